@@ -1,0 +1,38 @@
+"""deepfuse: multimodal fusion models for property prediction in DeepChem (and MatGL).
+
+``import deepfuse_plugin`` registers the public names below into ``deepchem.models``,
+``deepchem.feat``, ``deepchem.data`` and DeepChem's molnet featurizer table (``"multimodal"``).
+"""
+from __future__ import annotations
+
+import os as _os
+
+# DeepChem imports TensorFlow/JAX optionally and logs every missing one; keep the import quiet.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from deepfuse_plugin._registry import REGISTRY, RegistrationError, register  # noqa: E402
+from deepfuse_plugin._version import __version__  # noqa: E402
+from deepfuse_plugin.data.collate import MultiModalBatch, TokenBatch, collate_samples  # noqa: E402
+from deepfuse_plugin.data.datasets import (MultiModalDataset, drop_modalities,  # noqa: E402
+                                           presence_frame)
+from deepfuse_plugin.feat.molecule import (ModalityFeaturizer, MultiModalFeaturizer,  # noqa: E402
+                                           PrecomputedEmbeddingModality)
+from deepfuse_plugin.modalities import GraphFeatures, Modality, MultiModalSample  # noqa: E402
+from deepfuse_plugin.models.base import MultiModalTorchModel  # noqa: E402
+from deepfuse_plugin.models.dynamic import DynamicFusionModel  # noqa: E402
+
+REGISTRY["models"].update({"MultiModalTorchModel": MultiModalTorchModel,
+                           "DynamicFusionModel": DynamicFusionModel})
+REGISTRY["feat"].update({"MultiModalFeaturizer": MultiModalFeaturizer})
+REGISTRY["data"].update({"MultiModalDataset": MultiModalDataset})
+
+__all__ = [
+    "__version__", "register", "RegistrationError",
+    "Modality", "MultiModalSample", "GraphFeatures",
+    "MultiModalFeaturizer", "ModalityFeaturizer", "PrecomputedEmbeddingModality",
+    "MultiModalDataset", "presence_frame", "drop_modalities",
+    "MultiModalBatch", "TokenBatch", "collate_samples",
+    "MultiModalTorchModel", "DynamicFusionModel",
+]
+
+register()

@@ -1,0 +1,173 @@
+"""Turn a list of :class:`MultiModalSample` into model-ready tensors.
+
+Vectors are stacked (zeros where missing), token ids are padded with an attention mask, graphs become
+one PyG :class:`~torch_geometric.data.Batch` with an empty graph where missing (so graph ``i`` is
+sample ``i``), and the ``(batch, n_modalities)`` presence mask says what is real.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch_geometric.data import Batch
+
+from deepfuse_plugin.modalities import GraphFeatures, Modality, MultiModalSample
+
+
+@dataclass
+class TokenBatch:
+    """Padded token ids ``(B, L)`` and attention mask ``(B, L)`` (True = real token)."""
+
+    ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "TokenBatch":
+        return TokenBatch(self.ids.to(device), self.attention_mask.to(device))
+
+
+@dataclass
+class MultiModalBatch:
+    """Collated inputs of one batch.
+
+    Attributes
+    ----------
+    inputs: dict
+        Modality name -> ``Tensor (B, d)`` for vectors, :class:`TokenBatch` for sequences,
+        PyG ``Batch`` for graphs.
+    mask: torch.Tensor
+        ``(B, M)`` bool presence, columns in the order of ``names``.
+    names: tuple of str
+        Modality names, the model's order.
+    """
+
+    inputs: dict[str, Any]
+    mask: torch.Tensor
+    names: tuple[str, ...]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.mask.shape[0])
+
+    def to(self, device: torch.device | str) -> "MultiModalBatch":
+        return MultiModalBatch({k: v.to(device) for k, v in self.inputs.items()},
+                               self.mask.to(device), self.names)
+
+
+def _check_samples(samples: Sequence[Any], modalities: Sequence[Modality]) -> None:
+    for i, sample in enumerate(samples):
+        if not isinstance(sample, MultiModalSample):
+            raise TypeError(f"Row {i} of the batch is a {type(sample).__name__}, not a "
+                            "MultiModalSample: featurize the data with a deepfuse featurizer "
+                            "(e.g. MultiModalFeaturizer) before training or predicting")
+    expected = [m.name for m in modalities]
+    available = set(samples[0].values) if samples else set(expected)
+    absent = [n for n in expected if n not in available]
+    if absent:
+        raise ValueError(f"The model expects modalities {expected} but the data was featurized with "
+                         f"{sorted(available)}: missing {absent}. Use a featurizer built from the "
+                         "model's modalities (MultiModalFeaturizer(modalities=model.modalities)).")
+
+
+def _stack_vectors(values: list[np.ndarray | None], spec: Modality) -> torch.Tensor:
+    out = np.zeros((len(values), spec.dim), dtype=np.float32)
+    for i, v in enumerate(values):
+        if v is not None:
+            if v.shape[-1] != spec.dim:
+                raise ValueError(f"Modality {spec.name!r}: row {i} has width {v.shape[-1]}, the model "
+                                 f"expects {spec.dim} (featurizer and model configurations differ)")
+            out[i] = v
+    return torch.from_numpy(out)
+
+
+def _pad_tokens(values: list[np.ndarray | None], spec: Modality, pad_id: int = 0) -> TokenBatch:
+    lengths = [0 if v is None else len(v) for v in values]
+    width = max(1, max(lengths))
+    ids = np.full((len(values), width), pad_id, dtype=np.int64)
+    for i, v in enumerate(values):
+        if v is not None:
+            if spec.vocab_size is not None and len(v) and v.max() >= spec.vocab_size:
+                raise ValueError(f"Modality {spec.name!r}: row {i} has token id {int(v.max())} outside "
+                                 f"the model's vocabulary of {spec.vocab_size} tokens")
+            ids[i, : len(v)] = v
+    ids_t = torch.from_numpy(ids)
+    return TokenBatch(ids_t, ids_t != pad_id)
+
+
+def _batch_graphs(values: list[GraphFeatures | None], spec: Modality) -> Batch:
+    node_dim, edge_dim = spec.node_dim, spec.edge_dim
+    xs, edges, edge_attrs, counts = [], [], [], []
+    offset = 0
+    for i, g in enumerate(values):
+        if g is None:
+            counts.append(0)
+            continue
+        if g.node_features.shape[1] != node_dim or g.edge_features.shape[1] != edge_dim:
+            raise ValueError(f"Modality {spec.name!r}: row {i} has node/edge widths "
+                             f"{g.node_features.shape[1]}/{g.edge_features.shape[1]}, the model "
+                             f"expects {node_dim}/{edge_dim}")
+        xs.append(g.node_features)
+        edges.append(g.edge_index + offset)
+        edge_attrs.append(g.edge_features)
+        counts.append(g.num_nodes)
+        offset += g.num_nodes
+    x = np.concatenate(xs) if xs else np.zeros((0, node_dim), np.float32)
+    edge_index = np.concatenate(edges, axis=1) if edges else np.zeros((2, 0), np.int64)
+    edge_attr = np.concatenate(edge_attrs) if edge_attrs else np.zeros((0, edge_dim), np.float32)
+    counts_t = torch.tensor(counts, dtype=torch.long)
+    batch_vec = torch.repeat_interleave(torch.arange(len(values)), counts_t)
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long), counts_t.cumsum(0)])
+    return Batch(x=torch.from_numpy(x), edge_index=torch.from_numpy(edge_index),
+                 edge_attr=torch.from_numpy(edge_attr), batch=batch_vec, ptr=ptr,
+                 num_graphs=len(values))
+
+
+_COLLATERS = {
+    "vector": _stack_vectors,
+    "embedding": _stack_vectors,
+    "sequence": _pad_tokens,
+    "graph": _batch_graphs,
+}
+
+
+def register_collater(kind: str, fn: Any) -> None:
+    """Add batching for a new modality kind (used by the crystal modalities)."""
+    _COLLATERS[kind] = fn
+
+
+def collate_samples(samples: Sequence[MultiModalSample], modalities: Sequence[Modality],
+                    drop: Iterable[str] = ()) -> MultiModalBatch:
+    """Collate samples for the model whose modalities are ``modalities``.
+
+    Parameters
+    ----------
+    samples: sequence of MultiModalSample
+    modalities: sequence of Modality
+        The model's modality specs (order defines mask columns).
+    drop: iterable of str
+        Modalities to treat as missing for every sample (inference-time ablation).
+
+    Examples
+    --------
+    >>> from deepfuse_plugin import MultiModalFeaturizer
+    >>> feat = MultiModalFeaturizer(["ecfp", "smiles"], progress=False)
+    >>> batch = collate_samples(list(feat.featurize(["CCO", "CCN"])), feat.modalities)
+    >>> batch.inputs["ecfp"].shape, batch.mask.tolist()
+    (torch.Size([2, 2048]), [[True, True], [True, True]])
+    """
+    _check_samples(samples, modalities)
+    drop = set(drop)
+    unknown = drop - {m.name for m in modalities}
+    if unknown:
+        raise ValueError(f"Cannot drop {sorted(unknown)}: the model's modalities are "
+                         f"{[m.name for m in modalities]}")
+    inputs: dict[str, Any] = {}
+    mask = np.zeros((len(samples), len(modalities)), dtype=bool)
+    for j, spec in enumerate(modalities):
+        values = [None if spec.name in drop else s.values.get(spec.name) for s in samples]
+        mask[:, j] = [v is not None for v in values]
+        if spec.kind not in _COLLATERS:
+            raise ValueError(f"No collate function for modality kind {spec.kind!r}")
+        inputs[spec.name] = _COLLATERS[spec.kind](values, spec)
+    return MultiModalBatch(inputs, torch.from_numpy(mask), tuple(m.name for m in modalities))

@@ -1,0 +1,496 @@
+"""Multimodal molecular featurizer: parse each molecule once, compute every modality from that Mol.
+
+Each modality is a small :class:`ModalityFeaturizer` with one job (``compute``). A modality that fails
+for one molecule is recorded as missing for that molecule (with the reason); the molecule is kept.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing as mp
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+from deepchem.feat import MolecularFeaturizer
+from rdkit import Chem, RDLogger
+from tqdm.auto import tqdm
+
+from deepfuse_plugin.feat.tokenizers import (DEFAULT_SMILES_VOCAB, Vocabulary, default_selfies_vocab,
+                                             tokenize_selfies, tokenize_smiles)
+from deepfuse_plugin.modalities import GraphFeatures, Modality, MultiModalSample
+
+logger = logging.getLogger(__name__)
+
+EmbeddingSource = Mapping[str, Sequence[float]] | Callable[[str], Any]
+
+
+class ModalityFeaturizer(ABC):
+    """Computes one modality from an RDKit ``Mol``; subclasses implement :meth:`compute` only."""
+
+    name: str
+    spec: Modality
+
+    @abstractmethod
+    def compute(self, mol: Chem.Mol, smiles: str) -> Any:
+        """Value of the modality for one molecule. Raise to mark the modality missing.
+
+        ``smiles`` is the canonical SMILES of ``mol`` (the key used by embedding tables).
+        """
+
+
+class ECFPModality(ModalityFeaturizer):
+    """Morgan/ECFP fingerprint (bits or counts) from RDKit's fingerprint generator."""
+
+    def __init__(self, radius: int = 2, size: int = 2048, counts: bool = False, name: str = "ecfp"):
+        self.name, self.radius, self.size, self.counts = name, radius, size, counts
+        self.spec = Modality(name, "vector", dim=size,
+                             params={"radius": radius, "size": size, "counts": counts})
+        self._generator = None
+
+    def compute(self, mol: Chem.Mol, smiles: str) -> np.ndarray:
+        if self._generator is None:  # built lazily: generators cannot be pickled to worker processes
+            from rdkit.Chem import rdFingerprintGenerator
+
+            self._generator = rdFingerprintGenerator.GetMorganGenerator(radius=self.radius,
+                                                                        fpSize=self.size)
+        fp = (self._generator.GetCountFingerprintAsNumPy(mol) if self.counts
+              else self._generator.GetFingerprintAsNumPy(mol))
+        return fp.astype(np.float32)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_generator": None}
+
+
+# -- molecular graph --------------------------------------------------------------------------------
+_ATOMIC_NUMBERS = [1, 3, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 19, 20, 22, 24, 25, 26, 27, 28,
+                   29, 30, 32, 33, 34, 35, 38, 47, 50, 51, 53, 56, 64, 78, 79, 80, 82, 83]
+_HYBRIDIZATIONS = [Chem.HybridizationType.SP, Chem.HybridizationType.SP2,
+                   Chem.HybridizationType.SP3, Chem.HybridizationType.SP3D,
+                   Chem.HybridizationType.SP3D2]
+_CHIRAL_TAGS = [Chem.ChiralType.CHI_UNSPECIFIED, Chem.ChiralType.CHI_TETRAHEDRAL_CW,
+                Chem.ChiralType.CHI_TETRAHEDRAL_CCW]
+_BOND_TYPES = [Chem.BondType.SINGLE, Chem.BondType.DOUBLE, Chem.BondType.TRIPLE,
+               Chem.BondType.AROMATIC]
+_BOND_STEREO = [Chem.BondStereo.STEREONONE, Chem.BondStereo.STEREOANY, Chem.BondStereo.STEREOZ,
+                Chem.BondStereo.STEREOE, Chem.BondStereo.STEREOCIS, Chem.BondStereo.STEREOTRANS]
+
+
+def _one_hot_offsets(sizes: Sequence[int]) -> list[int]:
+    return list(np.cumsum([0, *sizes[:-1]]))
+
+
+# One-hot blocks, each with a trailing "other" slot: element, degree 0-5, formal charge -2..2,
+# total Hs 0-4, hybridisation, chirality; then aromatic, in-ring and mass/100 scalars.
+_ATOM_BLOCKS = [len(_ATOMIC_NUMBERS) + 1, 7, 6, 6, len(_HYBRIDIZATIONS) + 1, len(_CHIRAL_TAGS) + 1]
+_ATOM_OFFSETS = _one_hot_offsets(_ATOM_BLOCKS)
+_ATOM_SCALARS = sum(_ATOM_BLOCKS)  # first scalar column
+ATOM_FEATURE_DIM = _ATOM_SCALARS + 3
+# Bond: type (4), conjugated, in ring, stereo (6) -- what a D-MPNN/GINE edge network uses.
+BOND_FEATURE_DIM = len(_BOND_TYPES) + 2 + len(_BOND_STEREO)
+_ELEMENT_INDEX = {z: i for i, z in enumerate(_ATOMIC_NUMBERS)}
+_HYBRID_INDEX = {h: i for i, h in enumerate(_HYBRIDIZATIONS)}
+_CHIRAL_INDEX = {c: i for i, c in enumerate(_CHIRAL_TAGS)}
+_BOND_INDEX = {b: i for i, b in enumerate(_BOND_TYPES)}
+_STEREO_INDEX = {s: i for i, s in enumerate(_BOND_STEREO)}
+
+
+def _bucket(value: int, low: int, size: int) -> int:
+    """Index of ``value`` in a one-hot block covering ``low..low+size-2`` plus an 'other' slot."""
+    i = value - low
+    return i if 0 <= i < size - 1 else size - 1
+
+
+def atom_bond_features(mol: Chem.Mol) -> GraphFeatures:
+    """Atom and bond feature arrays of ``mol`` (hydrogens implicit), edges in both directions.
+
+    Examples
+    --------
+    >>> from rdkit import Chem
+    >>> g = atom_bond_features(Chem.MolFromSmiles("CCO"))
+    >>> g.node_features.shape, g.edge_index.shape, g.edge_features.shape
+    ((3, 73), (2, 4), (4, 12))
+    """
+    n_atoms = mol.GetNumAtoms()
+    x = np.zeros((n_atoms, ATOM_FEATURE_DIM), dtype=np.float32)
+    cols: list[int] = []
+    o = _ATOM_OFFSETS
+    for atom in mol.GetAtoms():
+        cols += [
+            o[0] + _ELEMENT_INDEX.get(atom.GetAtomicNum(), _ATOM_BLOCKS[0] - 1),
+            o[1] + _bucket(atom.GetDegree(), 0, _ATOM_BLOCKS[1]),
+            o[2] + _bucket(atom.GetFormalCharge(), -2, _ATOM_BLOCKS[2]),
+            o[3] + _bucket(atom.GetTotalNumHs(), 0, _ATOM_BLOCKS[3]),
+            o[4] + _HYBRID_INDEX.get(atom.GetHybridization(), _ATOM_BLOCKS[4] - 1),
+            o[5] + _CHIRAL_INDEX.get(atom.GetChiralTag(), _ATOM_BLOCKS[5] - 1),
+        ]
+        i = atom.GetIdx()
+        x[i, _ATOM_SCALARS] = atom.GetIsAromatic()
+        x[i, _ATOM_SCALARS + 1] = atom.IsInRing()
+        x[i, _ATOM_SCALARS + 2] = atom.GetMass() * 0.01
+    x[np.repeat(np.arange(n_atoms), len(_ATOM_BLOCKS)), cols] = 1.0
+
+    n_bonds = mol.GetNumBonds()
+    edge_index = np.empty((2, 2 * n_bonds), dtype=np.int64)
+    edge_attr = np.zeros((2 * n_bonds, BOND_FEATURE_DIM), dtype=np.float32)
+    n_types = len(_BOND_TYPES)
+    for k, bond in enumerate(mol.GetBonds()):
+        a, b = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+        edge_index[:, 2 * k] = (a, b)
+        edge_index[:, 2 * k + 1] = (b, a)
+        row = edge_attr[2 * k]
+        row[_BOND_INDEX.get(bond.GetBondType(), 0)] = 1.0
+        row[n_types] = bond.GetIsConjugated()
+        row[n_types + 1] = bond.IsInRing()
+        row[n_types + 2 + _STEREO_INDEX.get(bond.GetStereo(), 0)] = 1.0
+        edge_attr[2 * k + 1] = row
+    return GraphFeatures(x, edge_index, edge_attr)
+
+
+class GraphModality(ModalityFeaturizer):
+    """Molecular graph: atom features, bond features and both-direction edges, for PyG encoders."""
+
+    def __init__(self, name: str = "graph"):
+        self.name = name
+        self.spec = Modality(name, "graph", node_dim=ATOM_FEATURE_DIM, edge_dim=BOND_FEATURE_DIM)
+
+    def compute(self, mol: Chem.Mol, smiles: str) -> GraphFeatures:
+        if mol.GetNumAtoms() == 0:
+            raise ValueError("molecule has no atoms")
+        return atom_bond_features(mol)
+
+
+class SmilesModality(ModalityFeaturizer):
+    """Token ids of the canonical SMILES (regex tokenizer, ``[UNK]`` for unknown tokens)."""
+
+    def __init__(self, max_length: int = 128, vocabulary: Sequence[str] | None = None,
+                 name: str = "smiles"):
+        self.name, self.max_length = name, max_length
+        self.vocab = Vocabulary(vocabulary or DEFAULT_SMILES_VOCAB)
+        self.spec = Modality(name, "sequence", vocab=self.vocab.tokens, max_length=max_length,
+                             params={"max_length": max_length})
+
+    def compute(self, mol: Chem.Mol, smiles: str) -> np.ndarray:
+        return self.vocab.encode(tokenize_smiles(smiles), self.max_length)
+
+
+class SelfiesModality(ModalityFeaturizer):
+    """Token ids of the SELFIES string of the canonical SMILES."""
+
+    def __init__(self, max_length: int = 128, vocabulary: Sequence[str] | None = None,
+                 name: str = "selfies"):
+        self.name, self.max_length = name, max_length
+        self.vocab = Vocabulary(vocabulary or default_selfies_vocab())
+        self.spec = Modality(name, "sequence", vocab=self.vocab.tokens, max_length=max_length,
+                             params={"max_length": max_length})
+
+    def compute(self, mol: Chem.Mol, smiles: str) -> np.ndarray:
+        import selfies as sf
+
+        return self.vocab.encode(tokenize_selfies(sf.encoder(smiles, strict=False)),
+                                 self.max_length)
+
+
+class DescriptorsModality(ModalityFeaturizer):
+    """RDKit 2D descriptors, non-finite values set to 0, squashed with ``sign(x) * log1p(|x|)``.
+
+    The squashing needs no fitted statistics (so the featurizer stays stateless, as DeepChem's
+    caching expects) and keeps descriptors of very different ranges (MolWt, Ipc) on one scale.
+    """
+
+    def __init__(self, name: str = "descriptors"):
+        from rdkit.Chem import Descriptors
+
+        self.name = name
+        self._functions = list(Descriptors._descList)
+        self.spec = Modality(name, "vector", dim=len(self._functions),
+                             params={"descriptors": [n for n, _ in self._functions]})
+
+    def compute(self, mol: Chem.Mol, smiles: str) -> np.ndarray:
+        values = np.empty(len(self._functions), dtype=np.float64)
+        for i, (_, fn) in enumerate(self._functions):
+            try:
+                values[i] = fn(mol)
+            except Exception:  # RDKit raises on a few exotic molecules for single descriptors
+                values[i] = np.nan
+        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+        return (np.sign(values) * np.log1p(np.abs(values))).astype(np.float32)
+
+
+class PrecomputedEmbeddingModality(ModalityFeaturizer):
+    """Vectors computed elsewhere (SMI-TED, MolFormer, ChemBERTa, ...), keyed by SMILES or a callable.
+
+    Keys of a mapping are canonicalised once, so lookups succeed whatever SMILES spelling was used. A
+    molecule without an entry (or for which the callable returns ``None``) gets the modality missing.
+    """
+
+    def __init__(self, name: str, source: EmbeddingSource, dim: int | None = None):
+        self.name, self.source = name, source
+        if callable(source):
+            self._table = None
+            if dim is None:
+                raise ValueError(f"Embedding modality {name!r}: give dim= when the source is a callable")
+        else:
+            self._table = {_canonical_or_same(k): np.asarray(v, dtype=np.float32)
+                           for k, v in source.items()}
+            dims = {v.shape for v in self._table.values()}
+            if len(dims) > 1:
+                raise ValueError(f"Embedding modality {name!r}: vectors of different shapes {dims}")
+            table_dim = next(iter(dims))[0] if dims else dim
+            if dim is not None and table_dim != dim:
+                raise ValueError(f"Embedding modality {name!r}: dim={dim} but vectors have {table_dim}")
+            dim = table_dim
+        if dim is None:
+            raise ValueError(f"Embedding modality {name!r}: empty table and no dim")
+        self.spec = Modality(name, "embedding", dim=int(dim), params={"source": _source_id(source)})
+
+    def compute(self, mol: Chem.Mol, smiles: str) -> np.ndarray:
+        value = self.source(smiles) if self._table is None else self._table.get(smiles)
+        if value is None:
+            raise KeyError("no embedding for this molecule")
+        value = np.asarray(value, dtype=np.float32).reshape(-1)
+        if value.shape[0] != self.spec.dim or not np.isfinite(value).all():
+            raise ValueError(f"embedding has shape {value.shape} or non-finite values")
+        return value
+
+
+def _canonical_or_same(smiles: str) -> str:
+    mol = Chem.MolFromSmiles(smiles)
+    return Chem.MolToSmiles(mol) if mol is not None else smiles
+
+
+def _source_id(source: EmbeddingSource) -> str:
+    """Stable identity of an embedding source for cache keys and config comparison."""
+    if callable(source):
+        return f"callable:{getattr(source, '__qualname__', type(source).__name__)}"
+    digest = hashlib.sha1()
+    for key in sorted(source):
+        digest.update(key.encode())
+        digest.update(np.asarray(source[key], dtype=np.float32).tobytes())
+    return f"table:{len(source)}:{digest.hexdigest()[:12]}"
+
+
+BUILTIN_MODALITIES = ("ecfp", "graph", "smiles", "selfies", "descriptors")
+
+
+class MultiModalFeaturizer(MolecularFeaturizer):
+    """Several molecular modalities at once, from one RDKit parse per molecule.
+
+    Returns one :class:`~deepfuse_plugin.MultiModalSample` per molecule. A modality that fails for a
+    molecule is marked missing for that molecule (the molecule is kept); a SMILES RDKit cannot parse
+    gives an empty array (DeepChem's convention: its loaders drop that row) and is logged with its
+    index.
+
+    Parameters
+    ----------
+    modalities: sequence of str, Modality or ModalityFeaturizer
+        Built-in names ``"ecfp"``, ``"graph"``, ``"smiles"``, ``"selfies"``, ``"descriptors"``, names
+        of entries in ``embeddings``, :class:`Modality` specs (e.g. another featurizer's
+        ``.modalities``) or ready :class:`ModalityFeaturizer` objects.
+    ecfp_radius, ecfp_size, ecfp_counts:
+        Morgan fingerprint radius, length and whether to count bits.
+    max_length: int
+        Maximum token sequence length (``[BOS]``/``[EOS]`` included); longer sequences are truncated.
+    smiles_vocabulary, selfies_vocabulary: sequence of str, optional
+        Token vocabularies (default: built-in ones; see
+        :func:`~deepfuse_plugin.feat.tokenizers.fit_smiles_vocabulary`).
+    embeddings: dict, optional
+        ``{name: mapping SMILES -> vector | callable(canonical SMILES) -> vector or None}`` for
+        precomputed foundation-model embeddings; each name becomes an ``embedding`` modality.
+    n_jobs: int
+        Worker processes (1 = in-process).
+    progress: bool
+        Show a tqdm progress bar.
+
+    Attributes
+    ----------
+    modalities: list of Modality
+        Specs of the produced modalities; pass them to a model: ``DynamicFusionModel(modalities=
+        featurizer.modalities, ...)``.
+
+    Examples
+    --------
+    >>> import deepfuse_plugin
+    >>> feat = deepfuse_plugin.MultiModalFeaturizer(["ecfp", "graph", "smiles"], progress=False)
+    >>> samples = feat.featurize(["CCO", "c1ccccc1"])
+    >>> samples[0].values["ecfp"].shape, samples[0].present("graph")
+    ((2048,), True)
+    """
+
+    def __init__(self, modalities: Sequence[str | Modality | ModalityFeaturizer] = ("ecfp", "graph",
+                                                                                        "smiles"),
+                 ecfp_radius: int = 2, ecfp_size: int = 2048, ecfp_counts: bool = False,
+                 max_length: int = 128, smiles_vocabulary: Sequence[str] | None = None,
+                 selfies_vocabulary: Sequence[str] | None = None,
+                 embeddings: Mapping[str, EmbeddingSource] | None = None, n_jobs: int = 1,
+                 progress: bool = True):
+        super().__init__()
+        self.ecfp_radius, self.ecfp_size, self.ecfp_counts = ecfp_radius, ecfp_size, ecfp_counts
+        self.max_length = max_length
+        self.smiles_vocabulary = smiles_vocabulary
+        self.selfies_vocabulary = selfies_vocabulary
+        self.embeddings = dict(embeddings or {})
+        self.n_jobs, self.progress = n_jobs, progress
+        self.modality_featurizers = [self._resolve(m) for m in modalities]
+        names = [m.name for m in self.modality_featurizers]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"modalities must be a non-empty list of unique names, got {names}")
+        self.modalities: list[Modality] = [m.spec for m in self.modality_featurizers]
+
+    # -- construction --------------------------------------------------------------------------
+    def _resolve(self, item: str | Modality | ModalityFeaturizer) -> ModalityFeaturizer:
+        if isinstance(item, ModalityFeaturizer):
+            return item
+        if isinstance(item, Modality):
+            return self._from_spec(item)
+        if not isinstance(item, str):
+            raise TypeError(f"Cannot use {item!r} as a modality: give a name, a Modality or a "
+                            "ModalityFeaturizer")
+        if item in self.embeddings:
+            return PrecomputedEmbeddingModality(item, self.embeddings[item])
+        builders: dict[str, Callable[[], ModalityFeaturizer]] = {
+            "ecfp": lambda: ECFPModality(self.ecfp_radius, self.ecfp_size, self.ecfp_counts),
+            "graph": GraphModality,
+            "smiles": lambda: SmilesModality(self.max_length, self.smiles_vocabulary),
+            "selfies": lambda: SelfiesModality(self.max_length, self.selfies_vocabulary),
+            "descriptors": DescriptorsModality,
+        }
+        if item not in builders:
+            raise ValueError(f"Unknown modality {item!r}. Built-in: {list(BUILTIN_MODALITIES)}; "
+                             f"embedding modalities given: {sorted(self.embeddings)}")
+        return builders[item]()
+
+    def _from_spec(self, spec: Modality) -> ModalityFeaturizer:
+        p = spec.params
+        if spec.kind == "embedding":
+            if spec.name not in self.embeddings:
+                raise ValueError(f"Modality {spec.name!r} is a precomputed embedding: pass its table "
+                                 f"as embeddings={{{spec.name!r}: ...}}")
+            return PrecomputedEmbeddingModality(spec.name, self.embeddings[spec.name], spec.dim)
+        if spec.name == "ecfp" or "radius" in p:
+            return ECFPModality(p.get("radius", 2), p.get("size", spec.dim), p.get("counts", False),
+                                name=spec.name)
+        if spec.kind == "graph":
+            return GraphModality(spec.name)
+        if spec.kind == "sequence":
+            cls = SelfiesModality if spec.name == "selfies" else SmilesModality
+            return cls(spec.max_length or 128, spec.vocab, name=spec.name)
+        if spec.name == "descriptors":
+            return DescriptorsModality(spec.name)
+        raise ValueError(f"Cannot rebuild a featurizer for modality spec {spec!r}")
+
+    def __str__(self) -> str:
+        # DeepChem names molnet cache folders after str(featurizer) and skips list arguments; the
+        # modality specs must be part of the key or two featurizers would share a cache.
+        key = "|".join(repr(m) + repr(sorted(m.params.items())) for m in self.modalities)
+        return f"MultiModalFeaturizer_{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
+    @property
+    def modality_names(self) -> list[str]:
+        return [m.name for m in self.modalities]
+
+    # -- featurization -------------------------------------------------------------------------
+    def featurize(self, datapoints: Iterable[Any] | str | Chem.Mol, log_every_n: int = 1000,
+                  **kwargs: Any) -> np.ndarray:
+        """Featurize SMILES strings or RDKit Mols.
+
+        Returns
+        -------
+        np.ndarray of object
+            One :class:`MultiModalSample` per input, or an empty array where the input could not be
+            parsed (DeepChem's loaders drop those rows).
+        """
+        if isinstance(datapoints, (str, Chem.Mol)):
+            datapoints = [datapoints]
+        points = list(datapoints)
+        if self.n_jobs > 1 and len(points) >= 64:
+            results = self._featurize_parallel(points)
+        else:
+            iterator = tqdm(points, desc="featurize", disable=not self.progress, unit="mol")
+            results = [self.featurize_one(p) for p in iterator]
+        out = np.empty(len(points), dtype=object)
+        failed = []
+        for i, result in enumerate(results):
+            if result is None:
+                failed.append(i)
+                out[i] = np.array([])
+            else:
+                out[i] = result
+        if failed:
+            shown = ", ".join(f"{i}:{points[i]!r}" for i in failed[:20])
+            logger.warning("MultiModalFeaturizer: %d of %d inputs could not be parsed and are dropped "
+                           "by DeepChem loaders (index:input): %s%s", len(failed), len(points), shown,
+                           " ..." if len(failed) > 20 else "")
+        self._log_missing(results)
+        return out
+
+    def featurize_one(self, datapoint: Any) -> MultiModalSample | None:
+        """One :class:`MultiModalSample`, or ``None`` when the input cannot be parsed."""
+        mol = _to_mol(datapoint)
+        if mol is None:
+            return None
+        smiles = Chem.MolToSmiles(mol)
+        values: dict[str, Any] = {}
+        reasons: dict[str, str] = {}
+        for modality in self.modality_featurizers:
+            try:
+                values[modality.name] = modality.compute(mol, smiles)
+            except Exception as err:  # one failing modality must not cost the molecule
+                values[modality.name] = None
+                reasons[modality.name] = f"{type(err).__name__}: {err}"
+        return MultiModalSample(values, reasons)
+
+    def _featurize(self, datapoint: Any, **kwargs: Any) -> MultiModalSample | np.ndarray:
+        sample = self.featurize_one(datapoint)
+        return np.array([]) if sample is None else sample
+
+    def _featurize_parallel(self, points: list[Any]) -> list[MultiModalSample | None]:
+        # Mols are converted to SMILES so chunks pickle cheaply; the featurizer reaches workers by
+        # fork inheritance (initializer), not by pickling per task.
+        points = [Chem.MolToSmiles(p) if isinstance(p, Chem.Mol) else p for p in points]
+        chunk = max(16, min(512, len(points) // (self.n_jobs * 8) or 1))
+        chunks = [points[i:i + chunk] for i in range(0, len(points), chunk)]
+        ctx = mp.get_context("fork")
+        results: list[MultiModalSample | None] = []
+        with ctx.Pool(self.n_jobs, initializer=_init_worker, initargs=(self,)) as pool, \
+                tqdm(total=len(points), desc="featurize", disable=not self.progress,
+                     unit="mol") as bar:
+            for part in pool.imap(_featurize_chunk, chunks):
+                results.extend(part)
+                bar.update(len(part))
+        return results
+
+    def _log_missing(self, results: Sequence[MultiModalSample | None]) -> None:
+        counts: dict[str, int] = {}
+        for sample in results:
+            if sample is not None:
+                for name in sample.missing_reasons:
+                    counts[name] = counts.get(name, 0) + 1
+        for name, count in counts.items():
+            logger.info("MultiModalFeaturizer: modality %r missing for %d molecule(s)", name, count)
+
+
+def _to_mol(datapoint: Any) -> Chem.Mol | None:
+    if isinstance(datapoint, Chem.Mol):
+        return datapoint if datapoint.GetNumAtoms() > 0 else None
+    if not isinstance(datapoint, str) or not datapoint.strip():
+        return None
+    RDLogger.DisableLog("rdApp.*")  # the failure is reported once, with its index, by featurize()
+    try:
+        mol = Chem.MolFromSmiles(datapoint)
+    finally:
+        RDLogger.EnableLog("rdApp.*")
+    return mol if mol is not None and mol.GetNumAtoms() > 0 else None
+
+
+_WORKER_FEATURIZER: MultiModalFeaturizer | None = None
+
+
+def _init_worker(featurizer: MultiModalFeaturizer) -> None:
+    global _WORKER_FEATURIZER
+    _WORKER_FEATURIZER = featurizer
+
+
+def _featurize_chunk(points: list[Any]) -> list[MultiModalSample | None]:
+    assert _WORKER_FEATURIZER is not None
+    return [_WORKER_FEATURIZER.featurize_one(p) for p in points]

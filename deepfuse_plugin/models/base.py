@@ -1,0 +1,390 @@
+"""``MultiModalTorchModel``: the DeepChem plumbing every deepfuse fusion model shares.
+
+A concrete model only implements :meth:`MultiModalTorchModel._build_fusion` (and, if it has
+constructor arguments of its own, stores them under the same attribute names). Batching, losses,
+output types, checkpoints, configuration checks and named predictions live here.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import os
+from abc import abstractmethod
+from typing import Any, ClassVar, Iterable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from deepchem.data import Dataset
+from deepchem.models import TorchModel
+from deepchem.trans import undo_transforms
+from torch import nn
+from tqdm.auto import tqdm
+
+from deepfuse_plugin._version import __version__
+from deepfuse_plugin.data.collate import MultiModalBatch, collate_samples
+from deepfuse_plugin.modalities import Modality, as_modalities
+from deepfuse_plugin.nn import losses
+from deepfuse_plugin.nn.heads import TaskHead
+from deepfuse_plugin.nn.network import MultiModalNetwork, NetworkOutput
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "deepfuse_config.json"
+CONFIG_FORMAT = 1
+OUTPUT_TYPES = ["prediction", "loss", "loss", "embedding", "modality_weights"]
+NAMED_OUTPUTS = ("prediction", "embedding", "modality_weights")
+
+#: Model classes by name, for :meth:`MultiModalTorchModel.load`.
+MODEL_CLASSES: dict[str, type["MultiModalTorchModel"]] = {}
+
+
+def _resolve_modalities(modalities: Sequence[Modality | dict | str]) -> list[Modality]:
+    """Specs from specs, dicts, or built-in names (default featurizer settings)."""
+    named = [m for m in modalities if isinstance(m, str)]
+    if named:
+        from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
+
+        defaults = {m.name: m for m in MultiModalFeaturizer(named, progress=False).modalities}
+        modalities = [defaults[m] if isinstance(m, str) else m for m in modalities]
+    return as_modalities(modalities)
+
+
+class MultiModalTorchModel(TorchModel):
+    """Base class of deepfuse's fusion models (a DeepChem ``TorchModel``).
+
+    Parameters
+    ----------
+    n_tasks: int
+        Number of prediction tasks.
+    modalities: list of Modality (or their dicts / built-in names)
+        The featurizer's ``modalities``.
+    mode: str
+        ``"regression"`` or ``"classification"``.
+    n_classes: int
+        Classes per task (classification).
+    encoder_dim: int
+        Width of every modality encoder's output.
+    fused_dim: int
+        Width of the fused embedding.
+    head_hidden: int
+        Hidden width of the task head.
+    dropout: float
+        Dropout in encoders and head.
+    encoder_options: dict, optional
+        Per-kind encoder keyword arguments, e.g. ``{"graph": {"n_layers": 4}}``.
+    fusion_loss_weight: float
+        Weight of the fusion layer's auxiliary losses in ``fit`` (task loss has weight 1).
+    progress: bool
+        Show tqdm progress bars while training and predicting.
+    **kwargs:
+        Passed to ``dc.models.TorchModel`` (``batch_size``, ``learning_rate``, ``model_dir``,
+        ``device``, ...).
+
+    Output conventions follow DeepChem: regression predictions ``(N, n_tasks)``, classification
+    probabilities ``(N, n_tasks, n_classes)``; ``predict(..., output_types=["embedding"])`` gives
+    the fused embedding and ``["modality_weights"]`` the per-sample modality weights.
+    """
+
+    #: Extra constructor arguments of a subclass that belong in its saved configuration.
+    _config_extra: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        MODEL_CLASSES[cls.__name__] = cls
+
+    def __init__(self, n_tasks: int, modalities: Sequence[Modality | dict | str],
+                 mode: str = "regression", n_classes: int = 2, encoder_dim: int = 128,
+                 fused_dim: int = 128, head_hidden: int = 128, dropout: float = 0.1,
+                 encoder_options: dict[str, dict[str, Any]] | None = None,
+                 fusion_loss_weight: float = 1.0, progress: bool = True, **kwargs: Any):
+        if n_tasks < 1:
+            raise ValueError(f"n_tasks must be >= 1, got {n_tasks}")
+        self.n_tasks, self.mode, self.n_classes = n_tasks, mode, n_classes
+        self.modalities = _resolve_modalities(modalities)
+        self.encoder_dim, self.fused_dim, self.head_hidden = encoder_dim, fused_dim, head_hidden
+        self.dropout, self.encoder_options = dropout, dict(encoder_options or {})
+        self.fusion_loss_weight, self.progress = fusion_loss_weight, progress
+        head = TaskHead(fused_dim, n_tasks, mode, n_classes, head_hidden, dropout)
+        network = MultiModalNetwork(self.modalities, self._build_fusion(), head, encoder_dim,
+                                    self.encoder_options)
+        kwargs.setdefault("batch_size", 64)
+        super().__init__(network, loss=self._supervised_loss, output_types=list(OUTPUT_TYPES),
+                         **kwargs)
+        self._drop_modalities: tuple[str, ...] = ()
+
+    # -- what a subclass supplies ----------------------------------------------------------------
+    @abstractmethod
+    def _build_fusion(self) -> nn.Module:
+        """The fusion layer: ``(embeddings, mask) -> FusionOutput``, output width ``fused_dim``."""
+
+    def _on_epoch_start(self, progress: float) -> None:
+        """Hook called before each training epoch with ``progress`` in [0, 1] (curricula)."""
+
+    # -- configuration -------------------------------------------------------------------------
+    @property
+    def modality_names(self) -> list[str]:
+        return [m.name for m in self.modalities]
+
+    def get_config(self) -> dict[str, Any]:
+        """Every constructor argument (JSON-serialisable), enough to rebuild the model."""
+        keys = ["n_tasks", "modalities", "mode", "n_classes", "encoder_dim", "fused_dim",
+                "head_hidden", "dropout", "encoder_options", "fusion_loss_weight",
+                *self._config_extra, "batch_size", "learning_rate"]
+        config = {k: getattr(self, k) for k in keys}
+        config["modalities"] = [m.to_dict() for m in self.modalities]
+        if not isinstance(config["learning_rate"], (int, float)):
+            config["learning_rate"] = None  # a schedule object: not part of the architecture
+        return json.loads(json.dumps(config, default=_jsonable))
+
+    def _write_config(self, model_dir: str) -> None:
+        os.makedirs(model_dir, exist_ok=True)
+        payload = {"format": CONFIG_FORMAT, "deepfuse_version": __version__,
+                   "model_class": type(self).__name__, "config": self.get_config()}
+        with open(os.path.join(model_dir, CONFIG_FILE), "w") as fh:
+            json.dump(payload, fh, indent=1)
+
+    def save_checkpoint(self, max_checkpoints_to_keep: int = 5, model_dir: str | None = None) -> None:
+        super().save_checkpoint(max_checkpoints_to_keep, model_dir)
+        if max_checkpoints_to_keep:
+            self._write_config(model_dir or self.model_dir)
+
+    def restore(self, checkpoint: str | None = None, model_dir: str | None = None,
+                strict: bool | None = True) -> None:
+        """Restore weights, first checking the saved configuration matches this model's."""
+        directory = model_dir or (os.path.dirname(checkpoint) if checkpoint else self.model_dir)
+        saved = _read_config(directory)
+        if saved is not None:
+            mismatched = _config_diff(saved["config"], self.get_config())
+            if saved["model_class"] != type(self).__name__:
+                mismatched.insert(0, f"model_class: saved {saved['model_class']}, "
+                                     f"this {type(self).__name__}")
+            if mismatched:
+                raise ValueError(f"Cannot restore checkpoint from {directory!r} into this model: its "
+                                 "configuration differs:\n  " + "\n  ".join(mismatched) +
+                                 f"\nRebuild with {type(self).__name__}.load({directory!r}).")
+        try:
+            super().restore(checkpoint, model_dir, strict)
+        except RuntimeError as err:
+            raise ValueError(f"Checkpoint in {directory!r} does not fit this model's architecture: "
+                             f"{str(err).splitlines()[0]}") from err
+
+    @classmethod
+    def load(cls, model_dir: str, **overrides: Any) -> "MultiModalTorchModel":
+        """Rebuild a model from ``model_dir`` (configuration + latest checkpoint).
+
+        Examples
+        --------
+        >>> model = MultiModalTorchModel.load("results/demo/model")  # doctest: +SKIP
+        """
+        saved = _read_config(model_dir)
+        if saved is None:
+            raise FileNotFoundError(f"No {CONFIG_FILE} in {model_dir!r}: not a deepfuse model folder")
+        model_cls = MODEL_CLASSES.get(saved["model_class"])
+        if model_cls is None:
+            raise ValueError(f"Unknown model class {saved['model_class']!r} in {model_dir!r}")
+        if cls is not MultiModalTorchModel and not issubclass(model_cls, cls):
+            raise ValueError(f"{model_dir!r} holds a {saved['model_class']}, not a {cls.__name__}")
+        config = {k: v for k, v in saved["config"].items() if v is not None}
+        model = model_cls(**{**config, "model_dir": model_dir, **overrides})
+        model.restore()
+        return model
+
+    # -- batching ------------------------------------------------------------------------------
+    def default_generator(self, dataset: Dataset, epochs: int = 1, mode: str = "fit",
+                          deterministic: bool = True, pad_batches: bool = False
+                          ) -> Iterator[tuple[list, list, list]]:
+        """Batches ``([MultiModalBatch], [y], [w])``; calls the curriculum hook once per epoch."""
+        n_batches = math.ceil(len(dataset) / self.batch_size) * epochs
+        show = self.progress and mode == "fit"
+        with tqdm(total=n_batches, desc=f"{type(self).__name__} {mode}", disable=not show,
+                  unit="batch", leave=False) as bar:
+            for epoch in range(epochs):
+                if mode == "fit":
+                    self._on_epoch_start(epoch / max(1, epochs - 1))
+                for X_b, y_b, w_b, _ in dataset.iterbatches(batch_size=self.batch_size,
+                                                            deterministic=deterministic,
+                                                            pad_batches=False):
+                    batch = collate_samples(list(X_b), self.modalities, self._drop_modalities)
+                    bar.update(1)
+                    yield [batch], [y_b], [w_b]
+
+    def _prepare_batch(self, batch: tuple[Any, Any, Any]) -> tuple[list, list, list]:
+        inputs, labels, weights = batch
+        inputs = [x.to(self.device) if isinstance(x, MultiModalBatch) else x for x in inputs]
+
+        def to_tensors(arrays: Any) -> list[torch.Tensor]:
+            if arrays is None:
+                return []
+            return [torch.as_tensor(np.asarray(a, dtype=np.float32), device=self.device)
+                    for a in arrays if a is not None]
+
+        return inputs, to_tensors(labels), to_tensors(weights)
+
+    # -- losses ----------------------------------------------------------------------------------
+    def _task_loss(self, task_output: torch.Tensor, labels: torch.Tensor,
+                   weights: torch.Tensor) -> torch.Tensor:
+        if self.mode == "classification":
+            return losses.masked_classification_loss(task_output, labels, weights)
+        return losses.masked_regression_loss(task_output, labels, weights)
+
+    def _supervised_loss(self, outputs: list, labels: list, weights: list) -> torch.Tensor:
+        task_output, aux = outputs
+        if not labels:
+            raise ValueError("fit() needs labels; use pretrain() for self-supervised training")
+        weight = weights[0] if weights else torch.ones_like(labels[0])
+        return self._task_loss(task_output, labels[0], weight) + self.fusion_loss_weight * aux
+
+    @staticmethod
+    def _fusion_only_loss(outputs: list, labels: list, weights: list) -> torch.Tensor:
+        return outputs[1]
+
+    # -- training --------------------------------------------------------------------------------
+    def fit(self, dataset: Dataset, nb_epoch: int = 10, *args: Any, **kwargs: Any) -> float:
+        """DeepChem ``fit`` after checking the dataset (empty data, labels, modalities)."""
+        self._check_dataset(dataset, labelled=kwargs.get("loss") is None)
+        return super().fit(dataset, nb_epoch, *args, **kwargs)
+
+    def pretrain(self, dataset: Dataset, nb_epoch: int = 10, **kwargs: Any) -> float:
+        """Self-supervised training on the fusion objective only (labels are not used)."""
+        return self.fit(dataset, nb_epoch, loss=self._fusion_only_loss, **kwargs)
+
+    def _check_dataset(self, dataset: Dataset, labelled: bool) -> None:
+        if len(dataset) == 0:
+            raise ValueError("The dataset has no rows: every input failed to featurize or the "
+                             "split is empty (see the featurizer's warnings for the failed inputs)")
+        first = dataset.X[0]
+        collate_samples([first], self.modalities)  # clear error if modalities differ
+        if not labelled:
+            return
+        y = np.asarray(dataset.y, dtype=np.float64).reshape(len(dataset), -1)
+        if y.shape[1] != self.n_tasks:
+            raise ValueError(f"The model has n_tasks={self.n_tasks} but the labels have {y.shape[1]} "
+                             "column(s)")
+        bad_rows = np.flatnonzero(~np.isfinite(y).all(axis=1))
+        if len(bad_rows):
+            ids = [str(dataset.ids[i]) for i in bad_rows[:10]]
+            logger.warning("%d row(s) have NaN/inf labels; those entries get weight 0 (ids: %s%s)",
+                           len(bad_rows), ids, " ..." if len(bad_rows) > 10 else "")
+        if self.mode == "classification":
+            finite = y[np.isfinite(y)]
+            invalid = finite[(finite < 0) | (finite >= self.n_classes) | (finite != np.round(finite))]
+            if invalid.size:
+                rows = np.flatnonzero(((y < 0) | (y >= self.n_classes) | (y != np.round(y))) &
+                                      np.isfinite(y))[:10]
+                raise ValueError(f"Classification labels must be integers in [0, {self.n_classes}); "
+                                 f"found {sorted(set(invalid.tolist()))[:5]} (ids: "
+                                 f"{[str(dataset.ids[r]) for r in rows]})")
+
+    # -- inference -------------------------------------------------------------------------------
+    def _iterate_outputs(self, dataset: Dataset, drop_modalities: Iterable[str] = ()
+                         ) -> Iterator[tuple[NetworkOutput, MultiModalBatch]]:
+        """Evaluation-mode network outputs batch by batch, with ``drop_modalities`` made missing."""
+        self._ensure_built()
+        self.model.eval()
+        previous, self._drop_modalities = self._drop_modalities, tuple(drop_modalities)
+        try:
+            with torch.no_grad():
+                for (batch,), _, _ in self.default_generator(dataset, mode="predict"):
+                    batch = batch.to(self.device)
+                    yield self.model(batch), batch
+        finally:
+            self._drop_modalities = previous
+
+    def predict(self, dataset: Dataset, transformers: list = [],  # noqa: B006 (DeepChem signature)
+                output_types: str | list[str] | None = None,
+                drop_modalities: Iterable[str] = ()) -> np.ndarray | list[np.ndarray]:
+        """Predictions (or other named outputs) for ``dataset``.
+
+        Parameters
+        ----------
+        dataset: dc.data.Dataset
+            Featurized with the model's modalities.
+        transformers: list of dc.trans.Transformer
+            Undone on ``"prediction"`` outputs.
+        output_types: str or list of str, optional
+            Any of ``"prediction"`` (default), ``"embedding"``, ``"modality_weights"``.
+        drop_modalities: iterable of str
+            Modalities to treat as missing for every sample.
+        """
+        names = [output_types] if isinstance(output_types, str) else list(output_types or ["prediction"])
+        unknown = [n for n in names if n not in NAMED_OUTPUTS]
+        if unknown:
+            raise ValueError(f"Unknown output types {unknown}; available: {list(NAMED_OUTPUTS)}")
+        chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        for out, _ in self._iterate_outputs(dataset, drop_modalities):
+            for n in names:
+                chunks[n].append(getattr(out, n).detach().cpu().numpy())
+        results = []
+        for n in names:
+            values = np.concatenate(chunks[n]) if chunks[n] else np.zeros((0,))
+            if n == "prediction" and transformers:
+                values = undo_transforms(values, transformers)
+            results.append(values)
+        return results[0] if len(results) == 1 else results
+
+    def predict_embedding(self, dataset: Dataset) -> np.ndarray:
+        return self.predict(dataset, output_types="embedding")
+
+    def modality_weights(self, dataset: Dataset, drop_modalities: Iterable[str] = ()) -> pd.DataFrame:
+        """Per-sample modality weights (rows = dataset ids, columns = modalities; 0 = missing)."""
+        weights = self.predict(dataset, output_types="modality_weights",
+                               drop_modalities=drop_modalities)
+        return pd.DataFrame(weights, index=pd.Index(dataset.ids, name="id"),
+                            columns=self.modality_names)
+
+    def collect_extras(self, dataset: Dataset, key: str,
+                       drop_modalities: Iterable[str] = ()) -> np.ndarray:
+        """Concatenate a fusion layer's ``FusionOutput.extras[key]`` over ``dataset``."""
+        parts = []
+        for _, _ in self._iterate_outputs(dataset, drop_modalities):
+            extras = self.model.last_fusion.extras
+            if key not in extras:
+                raise KeyError(f"{type(self).__name__}'s fusion layer has no {key!r}; available: "
+                               f"{sorted(extras)}")
+            parts.append(extras[key].detach().cpu().numpy())
+        return np.concatenate(parts)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Modality):
+        return value.to_dict()
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"{value!r} is not JSON-serialisable")
+
+
+def _read_config(model_dir: str | None) -> dict[str, Any] | None:
+    path = os.path.join(model_dir or "", CONFIG_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def _config_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    ignore = {"batch_size", "learning_rate"}  # training settings, not architecture
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        if key in ignore or saved.get(key) == current.get(key):
+            continue
+        if key == "modalities":
+            s = {m["name"]: m for m in saved[key]}
+            c = {m["name"]: m for m in current[key]}
+            if list(s) != list(c):
+                out.append(f"modalities: saved {list(s)}, this {list(c)}")
+            else:
+                out += [f"modality {n!r}: saved {_short(s[n])}, this {_short(c[n])}"
+                        for n in s if s[n] != c[n]]
+        else:
+            out.append(f"{key}: saved {saved.get(key)!r}, this {current.get(key)!r}")
+    return out
+
+
+def _short(spec: dict[str, Any]) -> str:
+    return repr(Modality.from_dict(spec)) + (f" params={spec['params']}" if spec.get("params") else "")
+

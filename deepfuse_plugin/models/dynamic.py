@@ -1,0 +1,128 @@
+"""DynamicFusionModel: dynamic gated fusion with reconstruction and progressive modality masking."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+from deepchem.data import Dataset
+from torch import nn
+
+from deepfuse_plugin.models.base import MultiModalTorchModel
+from deepfuse_plugin.nn.fusion import DynamicFusion, curriculum_rate
+
+
+class DynamicFusionModel(MultiModalTorchModel):
+    """Dynamic multimodal fusion (Priyadarsini et al., 2025) as a DeepChem ``TorchModel``.
+
+    Per-modality encoders feed :class:`~deepfuse_plugin.nn.fusion.DynamicFusion`: intra-modal
+    sigmoid gates, projection to a shared space, masked inter-modal attention (missing modalities get
+    weight exactly 0), a weighted-sum fused embedding, and decoders that reconstruct masked
+    modalities from it. Training masks modalities at random with a probability rising linearly from
+    ``mask_start`` (first epoch) to ``mask_end`` (last epoch of each ``fit``/``pretrain`` call).
+
+    Objective: ``L = L_rec + l_a L_align + l_d L_div + l_e L_ent + l_s L_sparse``. ``pretrain``
+    optimises L alone (no labels); ``fit`` optimises ``task loss + fusion_loss_weight * L``.
+    ``L_ent`` is the *negative* entropy of the modality weights, so minimising it spreads attention
+    (the paper's formula, taken literally, would encourage collapse; see
+    :func:`deepfuse_plugin.nn.losses.negative_entropy`).
+
+    Defaults are CPU-sized: ``fused_dim=128`` instead of the paper's 512. The paper fuses 768- to
+    1024-d frozen foundation-model embeddings; here encoders are trained on MoleculeNet-sized data
+    (1-40k molecules), where 128 trains ~10x faster on 2 CPU cores and 512 only adds capacity to
+    overfit.
+
+    Parameters
+    ----------
+    n_tasks, modalities, mode, ...:
+        See :class:`~deepfuse_plugin.models.base.MultiModalTorchModel`.
+    mask_start, mask_end: float
+        Masking curriculum: drop probability per modality at the first and the last epoch.
+    lambda_align, lambda_div, lambda_ent, lambda_sparse: float
+        Weights of the alignment, gate-diversity, attention-entropy and gate-sparsity terms
+        (reconstruction has weight 1).
+    gate_hidden, attention_hidden, decoder_hidden: int
+        Widths of the gate MLPs, attention scorer and decoders.
+
+    Examples
+    --------
+    >>> import deepchem as dc
+    >>> import deepfuse_plugin
+    >>> feat = dc.feat.MultiModalFeaturizer(["ecfp", "graph", "smiles"], progress=False)
+    >>> smiles = ["CCO", "CCN", "c1ccccc1", "CC(=O)O", "CCCC", "c1ccncc1"]
+    >>> X = feat.featurize(smiles)
+    >>> ds = dc.data.NumpyDataset(X, np.arange(6, dtype=float).reshape(-1, 1), ids=smiles)
+    >>> model = dc.models.DynamicFusionModel(n_tasks=1, modalities=feat.modalities, progress=False)
+    >>> _ = model.fit(ds, nb_epoch=2)
+    >>> model.predict(ds).shape
+    (6, 1)
+    >>> model.modality_weights(ds).shape
+    (6, 3)
+    """
+
+    _config_extra = ("mask_start", "mask_end", "lambda_align", "lambda_div", "lambda_ent",
+                     "lambda_sparse", "gate_hidden", "attention_hidden", "decoder_hidden")
+
+    def __init__(self, n_tasks: int, modalities: Any, mode: str = "regression",
+                 mask_start: float = 0.1, mask_end: float = 0.4, lambda_align: float = 0.1,
+                 lambda_div: float = 0.01, lambda_ent: float = 0.01, lambda_sparse: float = 0.001,
+                 gate_hidden: int = 64, attention_hidden: int = 64, decoder_hidden: int = 128,
+                 **kwargs: Any):
+        for name, rate in (("mask_start", mask_start), ("mask_end", mask_end)):
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {rate}")
+        self.mask_start, self.mask_end = mask_start, mask_end
+        self.lambda_align, self.lambda_div = lambda_align, lambda_div
+        self.lambda_ent, self.lambda_sparse = lambda_ent, lambda_sparse
+        self.gate_hidden, self.attention_hidden = gate_hidden, attention_hidden
+        self.decoder_hidden = decoder_hidden
+        super().__init__(n_tasks, modalities, mode, **kwargs)
+
+    def _build_fusion(self) -> nn.Module:
+        weights = {"rec": 1.0, "align": self.lambda_align, "div": self.lambda_div,
+                   "ent": self.lambda_ent, "sparse": self.lambda_sparse}
+        return DynamicFusion(tuple(m.name for m in self.modalities), self.encoder_dim, self.fused_dim,
+                             self.gate_hidden, self.attention_hidden, self.decoder_hidden,
+                             mask_rate=self.mask_start, loss_weights=weights)
+
+    @property
+    def fusion(self) -> DynamicFusion:
+        return self.model.fusion
+
+    def _on_epoch_start(self, progress: float) -> None:
+        self.fusion.mask_rate = curriculum_rate(progress, self.mask_start, self.mask_end)
+
+    # -- inspection ------------------------------------------------------------------------------
+    def reconstruct(self, dataset: Dataset, modality: str,
+                    drop_modalities: Iterable[str] | None = None) -> np.ndarray:
+        """Reconstruction ``D_m(f)`` of ``modality``'s encoder embedding, ``(N, encoder_dim)``.
+
+        By default ``modality`` itself is dropped first, so the reconstruction comes only from the
+        other modalities (the missing-modality use case).
+        """
+        self._check_modality(modality)
+        drop = [modality] if drop_modalities is None else list(drop_modalities)
+        return self.collect_extras(dataset, f"reconstructed:{modality}", drop)
+
+    def reconstruction_similarity(self, dataset: Dataset, modality: str) -> np.ndarray:
+        """Cosine similarity per sample between ``D_m(f)`` (``modality`` dropped) and the real
+        encoder embedding of ``modality`` (the paper's Figure 3 measure)."""
+        reconstructed = self.reconstruct(dataset, modality)
+        target = self.collect_extras(dataset, "encoded")[:, self.modality_names.index(modality)]
+        num = (reconstructed * target).sum(1)
+        den = np.linalg.norm(reconstructed, axis=1) * np.linalg.norm(target, axis=1) + 1e-12
+        return num / den
+
+    def gate_activations(self, dataset: Dataset) -> dict[str, np.ndarray]:
+        """Intra-modal gate values ``g_m`` per modality, each ``(N, encoder_dim)``."""
+        gates = self.collect_extras(dataset, "gates")
+        return {name: gates[:, j] for j, name in enumerate(self.modality_names)}
+
+    def mean_modality_weights(self, dataset: Dataset) -> pd.Series:
+        """Average modality weight over the samples where each modality is present."""
+        weights = self.modality_weights(dataset)
+        return weights.where(weights > 0).mean().fillna(0.0)
+
+    def _check_modality(self, modality: str) -> None:
+        if modality not in self.modality_names:
+            raise ValueError(f"Unknown modality {modality!r}; the model has {self.modality_names}")

@@ -1,0 +1,174 @@
+"""Per-modality encoders (pure torch / PyG, no DeepChem import), chosen by modality kind.
+
+Every encoder maps its modality's batched input to :class:`EncodedModality`: a pooled vector per
+sample ``(B, d)`` and, where the modality has parts (tokens, atoms), the token/atom-level states
+``(B, L, d)`` with a mask, which intermediate (cross-attention) fusion attends over.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import GINEConv, global_mean_pool
+from torch_geometric.utils import to_dense_batch
+
+from deepfuse_plugin.modalities import Modality
+
+
+@dataclass
+class EncodedModality:
+    """Encoder output.
+
+    Attributes
+    ----------
+    pooled: Tensor ``(B, d)``
+    tokens: Tensor ``(B, L, d)`` or None (vector modalities have no parts)
+    token_mask: Tensor ``(B, L)`` bool or None (True = real token/atom)
+    """
+
+    pooled: Tensor
+    tokens: Tensor | None = None
+    token_mask: Tensor | None = None
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int, n_layers: int = 2, dropout: float = 0.0,
+        activation: Callable[[], nn.Module] = nn.SiLU) -> nn.Sequential:
+    """``n_layers`` linear layers with activation and dropout between them (none after the last)."""
+    dims = [in_dim] + [hidden_dim] * (n_layers - 1) + [out_dim]
+    layers: list[nn.Module] = []
+    for i in range(n_layers):
+        layers.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < n_layers - 1:
+            layers += [activation(), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)
+
+
+def reset_all(module: nn.Module) -> None:
+    """Re-initialise every sub-module that has ``reset_parameters`` (PyG convention)."""
+    for child in module.modules():
+        if child is not module and hasattr(child, "reset_parameters"):
+            child.reset_parameters()
+
+
+class VectorEncoder(nn.Module):
+    """MLP for raw feature vectors (fingerprints, descriptors). ``(B, in_dim) -> (B, out_dim)``."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 256, n_layers: int = 2,
+                 dropout: float = 0.1, **_: Any):
+        super().__init__()
+        self.net = mlp(in_dim, hidden_dim, out_dim, n_layers, dropout)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def reset_parameters(self) -> None:
+        reset_all(self)
+
+    def forward(self, x: Tensor) -> EncodedModality:
+        return EncodedModality(self.norm(self.net(x)))
+
+
+class EmbeddingEncoder(nn.Module):
+    """Identity plus projection for precomputed embeddings. ``(B, in_dim) -> (B, out_dim)``."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.1, **_: Any):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(in_dim), nn.Dropout(dropout), nn.Linear(in_dim, out_dim))
+
+    def reset_parameters(self) -> None:
+        reset_all(self)
+
+    def forward(self, x: Tensor) -> EncodedModality:
+        return EncodedModality(self.net(x))
+
+
+class SequenceEncoder(nn.Module):
+    """Transformer encoder over token ids with learned positions; masked mean pooling.
+
+    ``ids (B, L), attention_mask (B, L) -> pooled (B, d), tokens (B, L, d)``.
+    """
+
+    def __init__(self, vocab_size: int, out_dim: int, max_length: int = 128, n_layers: int = 2,
+                 n_heads: int = 4, dropout: float = 0.1, pad_id: int = 0, **_: Any):
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab_size, out_dim, padding_idx=pad_id)
+        self.position_embedding = nn.Embedding(max_length, out_dim)
+        layer = nn.TransformerEncoderLayer(out_dim, n_heads, dim_feedforward=2 * out_dim,
+                                           dropout=dropout, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(out_dim)
+        self.max_length = max_length
+
+    def reset_parameters(self) -> None:
+        reset_all(self)
+
+    def forward(self, tokens: Any) -> EncodedModality:
+        ids, attention = tokens.ids[:, : self.max_length], tokens.attention_mask[:, : self.max_length]
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        h = self.token_embedding(ids) + self.position_embedding(positions)[None]
+        # A sample whose sequence is missing has no real token; let it attend to position 0 so the
+        # softmax stays finite. Its output is ignored downstream because the presence mask is False.
+        safe = attention.clone()
+        safe[:, 0] |= ~attention.any(dim=1)
+        h = self.norm(self.encoder(h, src_key_padding_mask=~safe))
+        weights = attention.unsqueeze(-1).to(h.dtype)
+        pooled = (h * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return EncodedModality(pooled, h, attention)
+
+
+class GraphEncoder(nn.Module):
+    """GINE message passing with bond features (PyG), residual updates, mean pooling.
+
+    ``Batch(x (N, node_dim), edge_index (2, E), edge_attr (E, edge_dim)) -> pooled (B, d),
+    atoms (B, max_atoms, d)``. Empty graphs (missing modality) pool to zeros.
+    """
+
+    def __init__(self, node_dim: int, edge_dim: int, out_dim: int, n_layers: int = 3,
+                 dropout: float = 0.1, **_: Any):
+        super().__init__()
+        self.node_in = nn.Linear(node_dim, out_dim)
+        self.convs = nn.ModuleList(
+            GINEConv(mlp(out_dim, out_dim, out_dim, 2), edge_dim=edge_dim, train_eps=True)
+            for _ in range(n_layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(out_dim) for _ in range(n_layers))
+        self.dropout = nn.Dropout(dropout)
+
+    def reset_parameters(self) -> None:
+        reset_all(self)
+
+    def node_states(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+        """Atom embeddings ``(N, d)``; exposed for atom-level attributions."""
+        h = self.node_in(x)
+        for conv, norm in zip(self.convs, self.norms):
+            h = h + self.dropout(torch.relu(conv(norm(h), edge_index, edge_attr)))
+        return h
+
+    def forward(self, graph: Any) -> EncodedModality:
+        h = self.node_states(graph.x, graph.edge_index, graph.edge_attr)
+        n_graphs = int(graph.num_graphs)
+        pooled = global_mean_pool(h, graph.batch, size=n_graphs)
+        atoms, atom_mask = to_dense_batch(h, graph.batch, batch_size=n_graphs)
+        return EncodedModality(pooled, atoms, atom_mask)
+
+
+EncoderFactory = Callable[[Modality, int, dict[str, Any]], nn.Module]
+
+ENCODERS: dict[str, EncoderFactory] = {
+    "vector": lambda m, d, o: VectorEncoder(m.dim, d, **o),
+    "embedding": lambda m, d, o: EmbeddingEncoder(m.dim, d, **o),
+    "sequence": lambda m, d, o: SequenceEncoder(m.vocab_size, d, m.max_length or 128, **o),
+    "graph": lambda m, d, o: GraphEncoder(m.node_dim, m.edge_dim, d, **o),
+}
+
+
+def register_encoder(kind: str, factory: EncoderFactory) -> None:
+    """Register the encoder used for a modality kind (``factory(spec, out_dim, options)``)."""
+    ENCODERS[kind] = factory
+
+
+def build_encoder(modality: Modality, out_dim: int, options: dict[str, Any] | None = None) -> nn.Module:
+    """Encoder for ``modality`` chosen by its kind; ``options`` are passed to the encoder class."""
+    if modality.kind not in ENCODERS:
+        raise ValueError(f"No encoder registered for modality kind {modality.kind!r} "
+                         f"(modality {modality.name!r}); known kinds: {sorted(ENCODERS)}")
+    return ENCODERS[modality.kind](modality, out_dim, dict(options or {}))

@@ -1,0 +1,70 @@
+"""The multimodal network: per-modality encoders -> fusion layer -> task head (pure torch)."""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from deepfuse_plugin.modalities import Modality
+from deepfuse_plugin.nn.encoders import build_encoder
+from deepfuse_plugin.nn.fusion import FusionOutput
+from deepfuse_plugin.nn.heads import TaskHead
+
+
+class NetworkOutput(NamedTuple):
+    """Outputs in DeepChem ``output_types`` order: prediction, loss input, aux loss, embedding,
+    modality weights."""
+
+    prediction: Tensor
+    task_output: Tensor
+    aux_loss: Tensor
+    embedding: Tensor
+    modality_weights: Tensor
+
+
+class MultiModalNetwork(nn.Module):
+    """Encoders chosen by modality kind, any fusion layer, one task head.
+
+    Parameters
+    ----------
+    modalities: list of Modality
+    fusion: nn.Module
+        A layer with the common signature ``(embeddings, mask) -> FusionOutput``; it may carry
+        ``loss_weights`` for its auxiliary terms.
+    head: TaskHead
+    encoder_dim: int
+        Width of every encoder output.
+    encoder_options: dict kind -> dict
+        Extra keyword arguments per encoder kind (e.g. ``{"graph": {"n_layers": 4}}``).
+    """
+
+    def __init__(self, modalities: list[Modality], fusion: nn.Module, head: nn.Module,
+                 encoder_dim: int = 128, encoder_options: dict[str, dict[str, Any]] | None = None):
+        super().__init__()
+        self.modalities = list(modalities)
+        self.names = tuple(m.name for m in self.modalities)
+        options = encoder_options or {}
+        self.encoders = nn.ModuleDict(
+            {m.name: build_encoder(m, encoder_dim, options.get(m.kind, {})) for m in self.modalities})
+        self.fusion = fusion
+        self.head = head
+        self.last_fusion: FusionOutput | None = None
+
+    def encode(self, batch: Any) -> dict[str, Any]:
+        return {n: self.encoders[n](batch.inputs[n]) for n in self.names}
+
+    def forward(self, batch: Any) -> NetworkOutput:
+        out: FusionOutput = self.fusion(self.encode(batch), batch.mask)
+        self.last_fusion = out
+        prediction, task_output = self.head(out.fused)
+        weights = out.weights if out.weights is not None else batch.mask.to(out.fused.dtype)
+        return NetworkOutput(prediction, task_output, self.aux_loss(out), out.fused, weights)
+
+    def aux_loss(self, out: FusionOutput) -> Tensor:
+        """Weighted sum of the fusion layer's auxiliary terms (0 when it has none)."""
+        weights = getattr(self.fusion, "loss_weights", {})
+        total = out.fused.new_zeros(())
+        for name, value in out.aux_losses.items():
+            total = total + weights.get(name, 1.0) * value
+        return total
