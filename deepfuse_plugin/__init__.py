@@ -20,9 +20,19 @@ from deepfuse_plugin.feat.molecule import (ModalityFeaturizer, MultiModalFeaturi
 from deepfuse_plugin.modalities import GraphFeatures, Modality, MultiModalSample  # noqa: E402
 from deepfuse_plugin.models.base import MultiModalTorchModel  # noqa: E402
 from deepfuse_plugin.models.dynamic import DynamicFusionModel  # noqa: E402
+from deepfuse_plugin.models.early import EarlyFusionModel  # noqa: E402
+from deepfuse_plugin.models.late import LateFusionModel  # noqa: E402
+from deepfuse_plugin.models.cross_attention import CrossAttentionFusionModel  # noqa: E402
+from deepfuse_plugin.models.moe import GatedMoEFusionModel  # noqa: E402
+from deepfuse_plugin.models.unimodal import UnimodalModel  # noqa: E402
 
 REGISTRY["models"].update({"MultiModalTorchModel": MultiModalTorchModel,
-                           "DynamicFusionModel": DynamicFusionModel})
+                           "DynamicFusionModel": DynamicFusionModel,
+                           "EarlyFusionModel": EarlyFusionModel,
+                           "LateFusionModel": LateFusionModel,
+                           "CrossAttentionFusionModel": CrossAttentionFusionModel,
+                           "GatedMoEFusionModel": GatedMoEFusionModel,
+                           "UnimodalModel": UnimodalModel})
 REGISTRY["feat"].update({"MultiModalFeaturizer": MultiModalFeaturizer})
 REGISTRY["data"].update({"MultiModalDataset": MultiModalDataset})
 
@@ -33,6 +43,8 @@ __all__ = [
     "MultiModalDataset", "presence_frame", "drop_modalities",
     "MultiModalBatch", "TokenBatch", "collate_samples",
     "MultiModalTorchModel", "DynamicFusionModel",
+    "EarlyFusionModel", "LateFusionModel", "CrossAttentionFusionModel", "GatedMoEFusionModel",
+    "UnimodalModel",
 ]
 
 register()

@@ -10,6 +10,8 @@ that item is stored as ``None`` together with the reason: a missing modality is 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -76,6 +78,20 @@ class Modality:
         out["vocab"] = list(self.vocab) if self.vocab is not None else None
         return out
 
+    @property
+    def fingerprint(self) -> str:
+        """Short hash of the full spec (params and vocabulary included).
+
+        Samples record the fingerprint of the spec that produced them, so data featurized with other
+        settings of the same width (another ECFP radius, a vocabulary of the same size) is caught.
+        ``max_length`` is left out: it only truncates, and collate checks actual lengths.
+        """
+        spec = self.to_dict()
+        spec.pop("max_length")
+        spec["params"] = {k: v for k, v in spec["params"].items() if k != "max_length"}
+        text = json.dumps(spec, sort_keys=True, default=str)
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Modality":
         return cls(**dict(data))
@@ -132,6 +148,9 @@ class MultiModalSample:
         for graphs), or ``None`` when the modality is missing for this item.
     missing_reasons: dict
         Modality name -> why it is missing (e.g. ``"no embedding for this SMILES"``).
+    fingerprints: dict
+        Modality name -> :attr:`Modality.fingerprint` of the spec that produced the value (empty
+        for hand-made samples; then no consistency check is possible).
 
     Examples
     --------
@@ -144,6 +163,7 @@ class MultiModalSample:
 
     values: dict[str, Any]
     missing_reasons: dict[str, str] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)
 
     @property
     def modality_names(self) -> tuple[str, ...]:
@@ -167,4 +187,4 @@ class MultiModalSample:
         values = {k: (None if k in names else v) for k, v in self.values.items()}
         reasons = dict(self.missing_reasons)
         reasons.update({k: reason for k in names if k in self.values})
-        return MultiModalSample(values, reasons)
+        return MultiModalSample(values, reasons, self.fingerprints)

@@ -70,6 +70,18 @@ def _check_samples(samples: Sequence[Any], modalities: Sequence[Modality]) -> No
                          "model's modalities (MultiModalFeaturizer(modalities=model.modalities)).")
 
 
+def _check_fingerprints(samples: Sequence[MultiModalSample], modalities: Sequence[Modality]) -> None:
+    """Same-width data from other featurizer settings (ECFP radius, vocabulary) is an error."""
+    if not samples:
+        return
+    recorded = samples[0].fingerprints
+    differ = [m for m in modalities if m.name in recorded and recorded[m.name] != m.fingerprint]
+    if differ:
+        raise ValueError(f"Modalities {[m.name for m in differ]} were featurized with settings "
+                         f"that differ from the model's specs ({differ}): featurize with "
+                         "MultiModalFeaturizer(modalities=model.modalities)")
+
+
 def _stack_vectors(values: list[np.ndarray | None], spec: Modality) -> torch.Tensor:
     out = np.zeros((len(values), spec.dim), dtype=np.float32)
     for i, v in enumerate(values):
@@ -90,6 +102,10 @@ def _pad_tokens(values: list[np.ndarray | None], spec: Modality, pad_id: int = 0
             if spec.vocab_size is not None and len(v) and v.max() >= spec.vocab_size:
                 raise ValueError(f"Modality {spec.name!r}: row {i} has token id {int(v.max())} outside "
                                  f"the model's vocabulary of {spec.vocab_size} tokens")
+            if spec.max_length is not None and len(v) > spec.max_length:
+                raise ValueError(f"Modality {spec.name!r}: row {i} has {len(v)} tokens, the model's "
+                                 f"max_length is {spec.max_length} (featurizer and model "
+                                 "configurations differ)")
             ids[i, : len(v)] = v
     ids_t = torch.from_numpy(ids)
     return TokenBatch(ids_t, ids_t != pad_id)
@@ -170,4 +186,5 @@ def collate_samples(samples: Sequence[MultiModalSample], modalities: Sequence[Mo
         if spec.kind not in _COLLATERS:
             raise ValueError(f"No collate function for modality kind {spec.kind!r}")
         inputs[spec.name] = _COLLATERS[spec.kind](values, spec)
+    _check_fingerprints(samples, modalities)  # after collating: width errors are more specific
     return MultiModalBatch(inputs, torch.from_numpy(mask), tuple(m.name for m in modalities))

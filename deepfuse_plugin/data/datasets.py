@@ -28,7 +28,7 @@ class MultiModalDataset(NumpyDataset):
     >>> ds = dfp.MultiModalDataset.from_smiles(["CCO", "not a smiles", "CCN"], y=[1.0, 2.0, 3.0],
     ...                                        featurizer=feat)
     >>> list(ds.ids), ds.y.ravel().tolist()
-    [np.str_('CCO'), np.str_('CCN')], [1.0, 3.0]
+    (['CCO', 'CCN'], [1.0, 3.0])
     """
 
     @classmethod

@@ -168,7 +168,7 @@ class SmilesModality(ModalityFeaturizer):
         self.name, self.max_length = name, max_length
         self.vocab = Vocabulary(vocabulary or DEFAULT_SMILES_VOCAB)
         self.spec = Modality(name, "sequence", vocab=self.vocab.tokens, max_length=max_length,
-                             params={"max_length": max_length})
+                             params={"max_length": max_length, "tokenizer": "smiles"})
 
     def compute(self, mol: Chem.Mol, smiles: str) -> np.ndarray:
         return self.vocab.encode(tokenize_smiles(smiles), self.max_length)
@@ -182,7 +182,7 @@ class SelfiesModality(ModalityFeaturizer):
         self.name, self.max_length = name, max_length
         self.vocab = Vocabulary(vocabulary or default_selfies_vocab())
         self.spec = Modality(name, "sequence", vocab=self.vocab.tokens, max_length=max_length,
-                             params={"max_length": max_length})
+                             params={"max_length": max_length, "tokenizer": "selfies"})
 
     def compute(self, mol: Chem.Mol, smiles: str) -> np.ndarray:
         import selfies as sf
@@ -228,8 +228,12 @@ class PrecomputedEmbeddingModality(ModalityFeaturizer):
         self.name, self.source = name, source
         if callable(source):
             self._table = None
+            if dim is None:  # e.g. MultiModalFeaturizer(embeddings={name: fn}): infer from a probe
+                dim = _probe_dim(source)
             if dim is None:
-                raise ValueError(f"Embedding modality {name!r}: give dim= when the source is a callable")
+                raise ValueError(f"Embedding modality {name!r}: give dim= when the source is a "
+                                 f"callable (PrecomputedEmbeddingModality({name!r}, fn, dim=...)); "
+                                 f"it returned no vector for the probe molecules {_PROBE_SMILES}")
         else:
             self._table = {_canonical_or_same(k): np.asarray(v, dtype=np.float32)
                            for k, v in source.items()}
@@ -252,6 +256,21 @@ class PrecomputedEmbeddingModality(ModalityFeaturizer):
         if value.shape[0] != self.spec.dim or not np.isfinite(value).all():
             raise ValueError(f"embedding has shape {value.shape} or non-finite values")
         return value
+
+
+_PROBE_SMILES = ("C", "CCO", "c1ccccc1")
+
+
+def _probe_dim(source: Callable[[str], Any]) -> int | None:
+    """Width of a callable embedding source's vectors, from the first probe molecule it knows."""
+    for smiles in _PROBE_SMILES:
+        try:
+            value = source(smiles)
+        except Exception:  # a lookup-style callable may raise for molecules it does not know
+            continue
+        if value is not None:
+            return int(np.asarray(value).reshape(-1).shape[0])
+    return None
 
 
 def _canonical_or_same(smiles: str) -> str:
@@ -296,7 +315,9 @@ class MultiModalFeaturizer(MolecularFeaturizer):
         :func:`~deepfuse_plugin.feat.tokenizers.fit_smiles_vocabulary`).
     embeddings: dict, optional
         ``{name: mapping SMILES -> vector | callable(canonical SMILES) -> vector or None}`` for
-        precomputed foundation-model embeddings; each name becomes an ``embedding`` modality.
+        precomputed foundation-model embeddings; each name becomes an ``embedding`` modality. A
+        callable's vector width is read from its answer for a probe molecule (methane, ethanol or
+        benzene); otherwise pass ``PrecomputedEmbeddingModality(name, fn, dim=...)`` as a modality.
     n_jobs: int
         Worker processes (1 = in-process).
     progress: bool
@@ -336,6 +357,8 @@ class MultiModalFeaturizer(MolecularFeaturizer):
         if not names or len(set(names)) != len(names):
             raise ValueError(f"modalities must be a non-empty list of unique names, got {names}")
         self.modalities: list[Modality] = [m.spec for m in self.modality_featurizers]
+        # one dict shared by every sample (pickled once per dataset shard)
+        self._fingerprints = {m.name: m.fingerprint for m in self.modalities}
 
     # -- construction --------------------------------------------------------------------------
     def _resolve(self, item: str | Modality | ModalityFeaturizer) -> ModalityFeaturizer:
@@ -373,16 +396,20 @@ class MultiModalFeaturizer(MolecularFeaturizer):
         if spec.kind == "graph":
             return GraphModality(spec.name)
         if spec.kind == "sequence":
-            cls = SelfiesModality if spec.name == "selfies" else SmilesModality
+            # the spec's tokenizer, not its name, decides (a SELFIES modality may be called "sf")
+            tokenizer = p.get("tokenizer", "selfies" if spec.name == "selfies" else "smiles")
+            cls = SelfiesModality if tokenizer == "selfies" else SmilesModality
             return cls(spec.max_length or 128, spec.vocab, name=spec.name)
-        if spec.name == "descriptors":
+        if spec.name == "descriptors" or "descriptors" in p:
             return DescriptorsModality(spec.name)
         raise ValueError(f"Cannot rebuild a featurizer for modality spec {spec!r}")
 
     def __str__(self) -> str:
         # DeepChem names molnet cache folders after str(featurizer) and skips list arguments; the
         # modality specs must be part of the key or two featurizers would share a cache.
-        key = "|".join(repr(m) + repr(sorted(m.params.items())) for m in self.modalities)
+        # repr(Modality) shows only the vocabulary size: the tokens themselves go into the key too.
+        key = "|".join(repr(m) + repr(sorted(m.params.items())) + repr(m.vocab)
+                       for m in self.modalities)
         return f"MultiModalFeaturizer_{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
     @property
@@ -438,7 +465,7 @@ class MultiModalFeaturizer(MolecularFeaturizer):
             except Exception as err:  # one failing modality must not cost the molecule
                 values[modality.name] = None
                 reasons[modality.name] = f"{type(err).__name__}: {err}"
-        return MultiModalSample(values, reasons)
+        return MultiModalSample(values, reasons, self._fingerprints)
 
     def _featurize(self, datapoint: Any, **kwargs: Any) -> MultiModalSample | np.ndarray:
         sample = self.featurize_one(datapoint)

@@ -77,6 +77,10 @@ class MultiModalTorchModel(TorchModel):
         Per-kind encoder keyword arguments, e.g. ``{"graph": {"n_layers": 4}}``.
     fusion_loss_weight: float
         Weight of the fusion layer's auxiliary losses in ``fit`` (task loss has weight 1).
+    modality_dropout: float
+        Training-time modality dropout in [0, 1): each present modality is hidden from the fusion
+        layer with this probability per sample and batch (never all of a sample's modalities), so
+        any fusion model can be trained to cope with missing modalities. 0 (default) = off.
     progress: bool
         Show tqdm progress bars while training and predicting.
     **kwargs:
@@ -90,6 +94,10 @@ class MultiModalTorchModel(TorchModel):
 
     #: Extra constructor arguments of a subclass that belong in its saved configuration.
     _config_extra: ClassVar[tuple[str, ...]] = ()
+    #: Configuration keys that change training only, not the architecture: a checkpoint restores
+    #: across a difference in these (with a warning); any other difference is an error.
+    _training_settings: ClassVar[frozenset[str]] = frozenset(
+        {"dropout", "fusion_loss_weight", "modality_dropout", "batch_size", "learning_rate"})
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -99,7 +107,8 @@ class MultiModalTorchModel(TorchModel):
                  mode: str = "regression", n_classes: int = 2, encoder_dim: int = 128,
                  fused_dim: int = 128, head_hidden: int = 128, dropout: float = 0.1,
                  encoder_options: dict[str, dict[str, Any]] | None = None,
-                 fusion_loss_weight: float = 1.0, progress: bool = True, **kwargs: Any):
+                 fusion_loss_weight: float = 1.0, modality_dropout: float = 0.0,
+                 progress: bool = True, **kwargs: Any):
         if n_tasks < 1:
             raise ValueError(f"n_tasks must be >= 1, got {n_tasks}")
         self.n_tasks, self.mode, self.n_classes = n_tasks, mode, n_classes
@@ -107,9 +116,11 @@ class MultiModalTorchModel(TorchModel):
         self.encoder_dim, self.fused_dim, self.head_hidden = encoder_dim, fused_dim, head_hidden
         self.dropout, self.encoder_options = dropout, dict(encoder_options or {})
         self.fusion_loss_weight, self.progress = fusion_loss_weight, progress
-        head = TaskHead(fused_dim, n_tasks, mode, n_classes, head_hidden, dropout)
-        network = MultiModalNetwork(self.modalities, self._build_fusion(), head, encoder_dim,
-                                    self.encoder_options)
+        if not 0.0 <= modality_dropout < 1.0:
+            raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout}")
+        self.modality_dropout = modality_dropout
+        network = MultiModalNetwork(self.modalities, self._build_fusion(), self._build_head(),
+                                    encoder_dim, self.encoder_options, modality_dropout)
         kwargs.setdefault("batch_size", 64)
         super().__init__(network, loss=self._supervised_loss, output_types=list(OUTPUT_TYPES),
                          **kwargs)
@@ -119,6 +130,11 @@ class MultiModalTorchModel(TorchModel):
     @abstractmethod
     def _build_fusion(self) -> nn.Module:
         """The fusion layer: ``(embeddings, mask) -> FusionOutput``, output width ``fused_dim``."""
+
+    def _build_head(self) -> nn.Module | None:
+        """The task head on the fused embedding; None if the fusion layer predicts itself."""
+        return TaskHead(self.fused_dim, self.n_tasks, self.mode, self.n_classes, self.head_hidden,
+                        self.dropout)
 
     def _on_epoch_start(self, progress: float) -> None:
         """Hook called before each training epoch with ``progress`` in [0, 1] (curricula)."""
@@ -132,7 +148,7 @@ class MultiModalTorchModel(TorchModel):
         """Every constructor argument (JSON-serialisable), enough to rebuild the model."""
         keys = ["n_tasks", "modalities", "mode", "n_classes", "encoder_dim", "fused_dim",
                 "head_hidden", "dropout", "encoder_options", "fusion_loss_weight",
-                *self._config_extra, "batch_size", "learning_rate"]
+                "modality_dropout", *self._config_extra, "batch_size", "learning_rate"]
         config = {k: getattr(self, k) for k in keys}
         config["modalities"] = [m.to_dict() for m in self.modalities]
         if not isinstance(config["learning_rate"], (int, float)):
@@ -157,7 +173,8 @@ class MultiModalTorchModel(TorchModel):
         directory = model_dir or (os.path.dirname(checkpoint) if checkpoint else self.model_dir)
         saved = _read_config(directory)
         if saved is not None:
-            mismatched = _config_diff(saved["config"], self.get_config())
+            mismatched, training_only = _config_diff(saved["config"], self.get_config(),
+                                                     self._training_settings)
             if saved["model_class"] != type(self).__name__:
                 mismatched.insert(0, f"model_class: saved {saved['model_class']}, "
                                      f"this {type(self).__name__}")
@@ -165,6 +182,9 @@ class MultiModalTorchModel(TorchModel):
                 raise ValueError(f"Cannot restore checkpoint from {directory!r} into this model: its "
                                  "configuration differs:\n  " + "\n  ".join(mismatched) +
                                  f"\nRebuild with {type(self).__name__}.load({directory!r}).")
+            if training_only:
+                logger.warning("Restoring from %r with different training settings: %s", directory,
+                               "; ".join(training_only))
         try:
             super().restore(checkpoint, model_dir, strict)
         except RuntimeError as err:
@@ -239,6 +259,9 @@ class MultiModalTorchModel(TorchModel):
 
     @staticmethod
     def _fusion_only_loss(outputs: list, labels: list, weights: list) -> torch.Tensor:
+        if not outputs[1].requires_grad:
+            raise ValueError("This model's fusion layer has no self-supervised objective to "
+                             "pretrain on (e.g. DynamicFusionModel has one); use fit()")
         return outputs[1]
 
     # -- training --------------------------------------------------------------------------------
@@ -255,10 +278,14 @@ class MultiModalTorchModel(TorchModel):
         if len(dataset) == 0:
             raise ValueError("The dataset has no rows: every input failed to featurize or the "
                              "split is empty (see the featurizer's warnings for the failed inputs)")
-        first = dataset.X[0]
+        # not dataset.X: that loads every shard. DiskDataset yields a map per sample: unpack it.
+        first, *_ = next(iter(dataset.itersamples()))
         collate_samples([first], self.modalities)  # clear error if modalities differ
         if not labelled:
             return
+        if len(dataset.get_task_names()) == 0:  # e.g. CSVLoader(tasks=[]): DiskDataset.y fails
+            raise ValueError("The dataset has no labels (no tasks): fit() needs labels; use "
+                             "pretrain() for self-supervised training")
         y = np.asarray(dataset.y, dtype=np.float64).reshape(len(dataset), -1)
         if y.shape[1] != self.n_tasks:
             raise ValueError(f"The model has n_tasks={self.n_tasks} but the labels have {y.shape[1]} "
@@ -282,6 +309,9 @@ class MultiModalTorchModel(TorchModel):
     def _iterate_outputs(self, dataset: Dataset, drop_modalities: Iterable[str] = ()
                          ) -> Iterator[tuple[NetworkOutput, MultiModalBatch]]:
         """Evaluation-mode network outputs batch by batch, with ``drop_modalities`` made missing."""
+        if len(dataset) == 0:
+            raise ValueError("The dataset has no rows: nothing to predict (every input failed to "
+                             "featurize or the split is empty)")
         self._ensure_built()
         self.model.eval()
         previous, self._drop_modalities = self._drop_modalities, tuple(drop_modalities)
@@ -366,23 +396,25 @@ def _read_config(model_dir: str | None) -> dict[str, Any] | None:
         return json.load(fh)
 
 
-def _config_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    ignore = {"batch_size", "learning_rate"}  # training settings, not architecture
-    out = []
+def _config_diff(saved: dict[str, Any], current: dict[str, Any],
+                 training_settings: frozenset[str]) -> tuple[list[str], list[str]]:
+    """Differences as ``(architecture, training_only)`` lists of readable lines."""
+    architecture, training = [], []
     for key in sorted(set(saved) | set(current)):
-        if key in ignore or saved.get(key) == current.get(key):
+        if saved.get(key) == current.get(key):
             continue
         if key == "modalities":
             s = {m["name"]: m for m in saved[key]}
             c = {m["name"]: m for m in current[key]}
             if list(s) != list(c):
-                out.append(f"modalities: saved {list(s)}, this {list(c)}")
+                architecture.append(f"modalities: saved {list(s)}, this {list(c)}")
             else:
-                out += [f"modality {n!r}: saved {_short(s[n])}, this {_short(c[n])}"
-                        for n in s if s[n] != c[n]]
+                architecture += [f"modality {n!r}: saved {_short(s[n])}, this {_short(c[n])}"
+                                 for n in s if s[n] != c[n]]
         else:
-            out.append(f"{key}: saved {saved.get(key)!r}, this {current.get(key)!r}")
-    return out
+            line = f"{key}: saved {saved.get(key)!r}, this {current.get(key)!r}"
+            (training if key in training_settings else architecture).append(line)
+    return architecture, training
 
 
 def _short(spec: dict[str, Any]) -> str:

@@ -62,6 +62,8 @@ class DynamicFusionModel(MultiModalTorchModel):
 
     _config_extra = ("mask_start", "mask_end", "lambda_align", "lambda_div", "lambda_ent",
                      "lambda_sparse", "gate_hidden", "attention_hidden", "decoder_hidden")
+    _training_settings = MultiModalTorchModel._training_settings | {
+        "mask_start", "mask_end", "lambda_align", "lambda_div", "lambda_ent", "lambda_sparse"}
 
     def __init__(self, n_tasks: int, modalities: Any, mode: str = "regression",
                  mask_start: float = 0.1, mask_end: float = 0.4, lambda_align: float = 0.1,

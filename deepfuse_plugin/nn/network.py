@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from deepfuse_plugin.modalities import Modality
 from deepfuse_plugin.nn.encoders import build_encoder
-from deepfuse_plugin.nn.fusion import FusionOutput
+from deepfuse_plugin.nn.fusion import FusionOutput, sample_modality_drop
 from deepfuse_plugin.nn.heads import TaskHead
 
 
@@ -32,15 +32,20 @@ class MultiModalNetwork(nn.Module):
     fusion: nn.Module
         A layer with the common signature ``(embeddings, mask) -> FusionOutput``; it may carry
         ``loss_weights`` for its auxiliary terms.
-    head: TaskHead
+    head: TaskHead or None
+        None when the fusion layer predicts itself (``FusionOutput.task_outputs``, late fusion).
     encoder_dim: int
         Width of every encoder output.
     encoder_options: dict kind -> dict
         Extra keyword arguments per encoder kind (e.g. ``{"graph": {"n_layers": 4}}``).
+    modality_dropout: float
+        Training only: each present modality is hidden from the fusion layer with this probability
+        (never all of a sample's modalities), so any fusion layer learns to cope with missing ones.
     """
 
-    def __init__(self, modalities: list[Modality], fusion: nn.Module, head: nn.Module,
-                 encoder_dim: int = 128, encoder_options: dict[str, dict[str, Any]] | None = None):
+    def __init__(self, modalities: list[Modality], fusion: nn.Module, head: nn.Module | None,
+                 encoder_dim: int = 128, encoder_options: dict[str, dict[str, Any]] | None = None,
+                 modality_dropout: float = 0.0):
         super().__init__()
         self.modalities = list(modalities)
         self.names = tuple(m.name for m in self.modalities)
@@ -49,16 +54,23 @@ class MultiModalNetwork(nn.Module):
             {m.name: build_encoder(m, encoder_dim, options.get(m.kind, {})) for m in self.modalities})
         self.fusion = fusion
         self.head = head
+        self.modality_dropout = modality_dropout
         self.last_fusion: FusionOutput | None = None
 
     def encode(self, batch: Any) -> dict[str, Any]:
         return {n: self.encoders[n](batch.inputs[n]) for n in self.names}
 
     def forward(self, batch: Any) -> NetworkOutput:
-        out: FusionOutput = self.fusion(self.encode(batch), batch.mask)
+        mask = batch.mask
+        if self.training and self.modality_dropout > 0:
+            mask = mask & ~sample_modality_drop(mask, self.modality_dropout)
+        out: FusionOutput = self.fusion(self.encode(batch), mask)
         self.last_fusion = out
-        prediction, task_output = self.head(out.fused)
-        weights = out.weights if out.weights is not None else batch.mask.to(out.fused.dtype)
+        if out.task_outputs is not None:
+            prediction, task_output = out.task_outputs
+        else:
+            prediction, task_output = self.head(out.fused)
+        weights = out.weights if out.weights is not None else mask.to(out.fused.dtype)
         return NetworkOutput(prediction, task_output, self.aux_loss(out), out.fused, weights)
 
     def aux_loss(self, out: FusionOutput) -> Tensor:
