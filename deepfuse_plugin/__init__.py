@@ -25,6 +25,10 @@ from deepfuse_plugin.models.late import LateFusionModel  # noqa: E402
 from deepfuse_plugin.models.cross_attention import CrossAttentionFusionModel  # noqa: E402
 from deepfuse_plugin.models.moe import GatedMoEFusionModel  # noqa: E402
 from deepfuse_plugin.models.unimodal import UnimodalModel  # noqa: E402
+from deepfuse_plugin import analysis  # noqa: E402
+from deepfuse_plugin.analysis import (atom_attributions, embedding_projection,  # noqa: E402
+                                      evaluate_missing_modalities, modality_ablation,
+                                      modality_weights)
 
 REGISTRY["models"].update({"MultiModalTorchModel": MultiModalTorchModel,
                            "DynamicFusionModel": DynamicFusionModel,
@@ -45,6 +49,8 @@ __all__ = [
     "MultiModalTorchModel", "DynamicFusionModel",
     "EarlyFusionModel", "LateFusionModel", "CrossAttentionFusionModel", "GatedMoEFusionModel",
     "UnimodalModel",
+    "analysis", "evaluate_missing_modalities", "modality_ablation", "modality_weights",
+    "atom_attributions", "embedding_projection",
 ]
 
 register()

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from deepchem.feat import MolecularFeaturizer
-from rdkit import Chem, RDLogger
+from rdkit import Chem, rdBase
 from tqdm.auto import tqdm
 
 from deepfuse_plugin.feat.tokenizers import (DEFAULT_SMILES_VOCAB, Vocabulary, default_selfies_vocab,
@@ -502,11 +502,10 @@ def _to_mol(datapoint: Any) -> Chem.Mol | None:
         return datapoint if datapoint.GetNumAtoms() > 0 else None
     if not isinstance(datapoint, str) or not datapoint.strip():
         return None
-    RDLogger.DisableLog("rdApp.*")  # the failure is reported once, with its index, by featurize()
-    try:
+    # The failure is reported once, with its index, by featurize(). BlockLogs restores the
+    # previous logging state afterwards (a user's own DisableLog stays in force).
+    with rdBase.BlockLogs():
         mol = Chem.MolFromSmiles(datapoint)
-    finally:
-        RDLogger.EnableLog("rdApp.*")
     return mol if mol is not None and mol.GetNumAtoms() > 0 else None
 
 

@@ -1,0 +1,677 @@
+"""End-to-end workflows behind the ``deepfuse`` command: train on a CSV, predict from a saved run.
+
+Everything here is a plain function that tests (and notebooks) can call; :mod:`deepfuse_plugin.cli`
+only parses arguments. DeepChem does the data work (datasets, splitters, transformers, metrics);
+this module adds the glue a command-line user needs: input checks with clear messages, validation
+based checkpoint selection, and a run folder that ``deepfuse predict`` can use on its own.
+
+A run folder written by :func:`train_from_csv` (and by ``deepfuse demo``) looks like::
+
+    DIR/model/              the model (``MultiModalTorchModel.load(DIR/model)``), best valid epoch
+    DIR/deepfuse_run.json   model name, SMILES column, tasks, mode, modalities, featurizer settings,
+                            y normalization (mean/std per task), split and training settings
+    DIR/metrics.json        metrics on the valid and test splits (original label units)
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "deepfuse_run.json"
+METRICS_FILE = "metrics.json"
+RUN_FORMAT = 1
+
+#: ``--model`` name -> model class (or class name, looked up in ``deepfuse_plugin`` and then
+#: ``dc.models`` when used, so a name whose class is not installed gives a clear error instead of
+#: breaking the command). A new fusion model plugs in with one entry here or, at run time, with
+#: :func:`register_model`. Every class must accept the ``MultiModalTorchModel`` constructor
+#: arguments (``n_tasks, modalities, mode, batch_size, learning_rate, model_dir, progress``).
+MODELS: dict[str, str | type] = {
+    "dynamic": "DynamicFusionModel",
+    "early": "EarlyFusionModel",
+    "late": "LateFusionModel",
+    "crossattention": "CrossAttentionFusionModel",
+    "moe": "GatedMoEFusionModel",
+}
+
+#: Featurizer keyword arguments recorded with a run (the rest is in the model's modality specs).
+FEATURIZER_KEYS = ("ecfp_radius", "ecfp_size", "ecfp_counts", "max_length")
+
+SPLITS = ("scaffold", "random")
+MODES = ("regression", "classification")
+
+
+class WorkflowError(ValueError):
+    """Bad user input (missing column, empty file, ...): the message says what to fix."""
+
+
+# -- small utilities ---------------------------------------------------------------------------
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy (DeepChem's batch shuffling) and torch."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def register_model(name: str, model_class: str | type) -> None:
+    """Make ``--model name`` build ``model_class`` (a class or a class name in ``dc.models``)."""
+    MODELS[name] = model_class
+
+
+def resolve_model_class(name: str) -> type:
+    """The model class for a ``--model`` name.
+
+    Raises
+    ------
+    WorkflowError
+        Unknown name, or the class is not available in this installation.
+    """
+    if name not in MODELS:
+        raise WorkflowError(f"Unknown model {name!r}; available: {sorted(MODELS)}")
+    target = MODELS[name]
+    if isinstance(target, type):
+        return target
+    import deepchem as dc
+
+    import deepfuse_plugin
+
+    cls = getattr(deepfuse_plugin, target, None) or getattr(dc.models, target, None)
+    if cls is None:
+        raise WorkflowError(f"Model {name!r} needs {target}, which is not available in this "
+                            "installation of deepfuse/DeepChem")
+    return cls
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return value
+
+
+def write_json(path: str, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as indented JSON (NumPy values converted, NaN/inf as null)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(_jsonable(payload), fh, indent=1)
+        fh.write("\n")
+
+
+@contextlib.contextmanager
+def rdkit_log_disabled() -> Iterator[None]:
+    """Silence RDKit's C++ log inside the block (DeepChem's ``CircularFingerprint`` prints one
+    deprecation warning per molecule with current RDKit); the previous state is restored after."""
+    from rdkit import rdBase
+
+    with rdBase.BlockLogs():
+        yield
+
+
+# -- input ---------------------------------------------------------------------------------------
+def read_csv_checked(path: str, smiles_column: str, tasks: Sequence[str] = ()) -> pd.DataFrame:
+    """Read a CSV and check it has ``smiles_column`` and every task column and at least one row.
+
+    Raises
+    ------
+    WorkflowError
+        File missing or empty, or a named column absent (the message lists the available columns).
+    """
+    if not os.path.exists(path):
+        raise WorkflowError(f"CSV file not found: {path}")
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise WorkflowError(f"CSV file {path} is empty (no header, no rows)") from None
+    missing = [c for c in [smiles_column, *tasks] if c not in frame.columns]
+    if missing:
+        label = "Column" if len(missing) == 1 else "Columns"
+        raise WorkflowError(f"{label} {', '.join(repr(c) for c in missing)} not found in {path}. "
+                            f"Available columns: {list(frame.columns)}")
+    if len(frame) == 0:
+        raise WorkflowError(f"CSV file {path} has a header but no rows")
+    return frame
+
+
+def valid_smiles_mask(smiles: Sequence[Any], what: str = "row") -> tuple[np.ndarray, list[str]]:
+    """Which entries RDKit can parse (non-empty strings giving a molecule with atoms).
+
+    Logs one warning naming the invalid entries (position and value).
+
+    Returns
+    -------
+    mask: np.ndarray of bool
+    invalid: list of str
+        ``"<position>: <value>"`` for each invalid entry.
+    """
+    from rdkit import Chem
+
+    mask = np.zeros(len(smiles), dtype=bool)
+    with rdkit_log_disabled():  # the failures are reported once, below
+        for i, s in enumerate(smiles):
+            if isinstance(s, str) and s.strip():
+                mol = Chem.MolFromSmiles(s)
+                mask[i] = mol is not None and mol.GetNumAtoms() > 0
+    invalid = [f"{i}: {smiles[i]!r}" for i in np.flatnonzero(~mask)]
+    if invalid:
+        logger.warning("%d of %d SMILES cannot be parsed by RDKit; those %ss are skipped "
+                       "(0-based %s index: value): %s%s", len(invalid), len(smiles), what, what,
+                       "; ".join(invalid[:20]), " ..." if len(invalid) > 20 else "")
+    return mask, invalid
+
+
+def labels_and_weights(frame: pd.DataFrame, tasks: Sequence[str], ids: Sequence[str]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """``(y, w)`` from task columns: NaN (or non-numeric) labels get weight 0 and a warning."""
+    y = frame[list(tasks)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    w = np.isfinite(y).astype(np.float64)
+    bad = np.flatnonzero(w.min(axis=1) == 0) if len(y) else np.array([], int)
+    if len(bad):
+        shown = [str(ids[i]) for i in bad[:10]]
+        logger.warning("%d row(s) have missing/non-numeric labels; those entries get weight 0 "
+                       "(ids: %s%s)", len(bad), shown, " ..." if len(bad) > 10 else "")
+    if not w.any():
+        raise WorkflowError(f"No labelled rows: every value in the task columns {list(tasks)} is "
+                            "missing or non-numeric")
+    return np.nan_to_num(y, nan=0.0), w
+
+
+def make_dataset(X: np.ndarray, y: np.ndarray | None, w: np.ndarray | None,
+                 ids: Sequence[str]) -> Any:
+    """A ``dc.data.NumpyDataset`` (object ``X`` kept as is)."""
+    from deepchem.data import NumpyDataset
+
+    return NumpyDataset(X, y, w, np.asarray(ids, dtype=object))
+
+
+def split_indices(dataset: Any, split: str, seed: int, frac: tuple[float, float, float] = (0.8, 0.1,
+                                                                                          0.1)
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train/valid/test indices from DeepChem's ``ScaffoldSplitter`` or ``RandomSplitter``.
+
+    The indices can be applied to any dataset with the same rows (e.g. a baseline featurization),
+    so every model sees exactly the same split.
+    """
+    import deepchem as dc
+
+    if split not in SPLITS:
+        raise WorkflowError(f"Unknown split {split!r}; choose one of {list(SPLITS)}")
+    splitter = dc.splits.ScaffoldSplitter() if split == "scaffold" else dc.splits.RandomSplitter()
+    train, valid, test = splitter.split(dataset, frac_train=frac[0], frac_valid=frac[1],
+                                        frac_test=frac[2], seed=seed)
+    return np.asarray(train, int), np.asarray(valid, int), np.asarray(test, int)
+
+
+def fit_normalizer(train: Any) -> Any:
+    """``dc.trans.NormalizationTransformer(transform_y=True)`` fitted on ``train``.
+
+    DeepChem computes the mean/std over every entry, including weight-0 (missing) labels stored as
+    0; when there are such entries the statistics are recomputed over the labelled entries only.
+    """
+    import deepchem as dc
+
+    transformer = dc.trans.NormalizationTransformer(transform_y=True, dataset=train)
+    w = np.asarray(train.w, dtype=np.float64).reshape(len(train), -1)
+    if (w == 0).any():
+        y = np.asarray(train.y, dtype=np.float64).reshape(len(train), -1)
+        labelled = np.where(w > 0, y, np.nan)
+        means = np.nan_to_num(np.nanmean(labelled, axis=0))
+        stds = np.nan_to_num(np.nanstd(labelled, axis=0), nan=1.0)
+        stds[stds == 0] = 1.0
+        transformer.y_means, transformer.y_stds = means, stds
+    return transformer
+
+
+def normalizer_to_dict(transformer: Any | None) -> dict[str, list[float]] | None:
+    """JSON form of a y normalization (``None`` when labels were not normalized)."""
+    if transformer is None:
+        return None
+    return {"y_means": np.atleast_1d(transformer.y_means).tolist(),
+            "y_stds": np.atleast_1d(transformer.y_stds).tolist()}
+
+
+def denormalize(predictions: np.ndarray, normalization: dict[str, list[float]] | None
+                ) -> np.ndarray:
+    """Undo a y normalization stored by :func:`normalizer_to_dict` (``pred * std + mean``)."""
+    if not normalization:
+        return predictions
+    return predictions * np.asarray(normalization["y_stds"]) + np.asarray(normalization["y_means"])
+
+
+# -- metrics -------------------------------------------------------------------------------------
+def _task_arrays(y: np.ndarray, w: np.ndarray | None, n_tasks: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y, dtype=np.float64).reshape(len(y), n_tasks)
+    w = (np.ones_like(y) if w is None else np.asarray(w, dtype=np.float64).reshape(len(y), n_tasks))
+    return y, w
+
+
+def regression_metrics(y: np.ndarray, pred: np.ndarray, w: np.ndarray | None = None
+                       ) -> dict[str, float]:
+    """RMSE, MAE, R2 (coefficient of determination) and Pearson r^2, averaged over tasks.
+
+    Only entries with weight > 0 count. Uses ``dc.metrics`` score functions and sklearn's
+    ``r2_score``.
+    """
+    import deepchem as dc
+    from sklearn.metrics import r2_score
+
+    pred = np.asarray(pred, dtype=np.float64)
+    n_tasks = pred.reshape(len(pred), -1).shape[1]
+    y, w = _task_arrays(y, w, n_tasks)
+    pred = pred.reshape(len(pred), n_tasks)
+    scores: dict[str, list[float]] = {"rmse": [], "mae": [], "r2": [], "pearson_r2": []}
+    for t in range(n_tasks):
+        keep = w[:, t] > 0
+        yt, pt = y[keep, t], pred[keep, t]
+        if len(yt) == 0:
+            continue
+        scores["rmse"].append(float(dc.metrics.rms_score(yt, pt)))
+        scores["mae"].append(float(dc.metrics.mae_score(yt, pt)))
+        enough = len(yt) > 1 and np.std(yt) > 0
+        scores["r2"].append(float(r2_score(yt, pt)) if enough else math.nan)
+        scores["pearson_r2"].append(float(dc.metrics.pearson_r2_score(yt, pt))
+                                    if enough and np.std(pt) > 0 else math.nan)
+    out = {k: (float(np.nanmean(v)) if v and not np.isnan(v).all() else math.nan)
+           for k, v in scores.items()}
+    out["n"] = int((w > 0).any(axis=1).sum())
+    return out
+
+
+def classification_metrics(y: np.ndarray, prob: np.ndarray, w: np.ndarray | None = None
+                           ) -> dict[str, float]:
+    """ROC-AUC, accuracy (threshold 0.5) and log loss, averaged over tasks (weight > 0 only).
+
+    ``prob`` is ``(N, n_tasks)`` probabilities of class 1, or DeepChem's ``(N, n_tasks, 2)``.
+    ROC-AUC is NaN for a task whose entries are all one class.
+    """
+    import deepchem as dc
+    from sklearn.metrics import log_loss
+
+    prob = np.asarray(prob, dtype=np.float64)
+    if prob.ndim == 3:
+        prob = prob[..., 1]
+    n_tasks = prob.reshape(len(prob), -1).shape[1]
+    prob = prob.reshape(len(prob), n_tasks)
+    y, w = _task_arrays(y, w, n_tasks)
+    scores: dict[str, list[float]] = {"roc_auc": [], "accuracy": [], "log_loss": []}
+    for t in range(n_tasks):
+        keep = w[:, t] > 0
+        yt, pt = y[keep, t].astype(int), np.clip(prob[keep, t], 1e-7, 1 - 1e-7)
+        if len(yt) == 0:
+            continue
+        two_classes = len(np.unique(yt)) == 2
+        scores["roc_auc"].append(float(dc.metrics.roc_auc_score(yt, pt)) if two_classes
+                                  else math.nan)
+        scores["accuracy"].append(float(np.mean((pt >= 0.5) == yt)))
+        scores["log_loss"].append(float(log_loss(yt, pt, labels=[0, 1])))
+    out = {k: (float(np.nanmean(v)) if v and not np.isnan(v).all() else math.nan)
+           for k, v in scores.items()}
+    out["n"] = int((w > 0).any(axis=1).sum())
+    return out
+
+
+def predict_original_units(model: Any, dataset: Any, transformers: Sequence[Any], mode: str
+                           ) -> np.ndarray:
+    """Regression: predictions with ``transformers`` undone; classification: P(class 1)
+    ``(N, n_tasks)``."""
+    pred = model.predict(dataset, list(transformers))
+    pred = np.asarray(pred)
+    if mode == "classification":
+        return pred[..., 1] if pred.ndim == 3 else pred
+    return pred.reshape(len(dataset), -1)
+
+
+def evaluate(model: Any, dataset: Any, transformers: Sequence[Any], mode: str
+             ) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics of ``model`` on ``dataset`` in original label units, and the predictions."""
+    from deepchem.trans import undo_transforms
+
+    if len(dataset) == 0:
+        return {"n": 0}, np.zeros((0,))
+    pred = predict_original_units(model, dataset, transformers, mode)
+    y = undo_transforms(dataset.y, list(transformers)) if mode == "regression" else dataset.y
+    metrics = (regression_metrics(y, pred, dataset.w) if mode == "regression"
+               else classification_metrics(y, pred, dataset.w))
+    return metrics, pred
+
+
+def selection_score(metrics: dict[str, float], mode: str) -> tuple[str, float]:
+    """The validation number to minimise: RMSE (regression); -ROC-AUC, or log loss when ROC-AUC is
+    undefined (classification)."""
+    if mode == "regression":
+        return "rmse", metrics.get("rmse", math.nan)
+    auc = metrics.get("roc_auc", math.nan)
+    if auc is not None and math.isfinite(auc):
+        return "neg_roc_auc", -auc
+    return "log_loss", metrics.get("log_loss", math.nan)
+
+
+def fresh_model_dir(path: str, check_only: bool = False) -> str:
+    """Empty ``path`` for a new model: a previous deepfuse/DeepChem model folder there is removed
+    (its checkpoints must not mix with the new ones); any other non-empty folder is an error.
+
+    With ``check_only`` nothing is changed (used to fail fast before a long featurization).
+    """
+    from deepfuse_plugin.models.base import CONFIG_FILE
+
+    if os.path.isdir(path) and os.listdir(path):
+        entries = os.listdir(path)
+        if CONFIG_FILE not in entries and not all(e.startswith("checkpoint") for e in entries):
+            raise WorkflowError(f"{path} exists and is not a deepfuse model folder; choose another "
+                                "--out")
+        if not check_only:
+            shutil.rmtree(path)
+    elif os.path.exists(path) and not os.path.isdir(path):
+        raise WorkflowError(f"{path} exists and is not a folder")
+    if not check_only:
+        os.makedirs(path, exist_ok=True)
+    return path
+
+
+# -- training with validation-based checkpoint selection ----------------------------------------
+@dataclass
+class TrainingResult:
+    """What :func:`train_with_validation` did.
+
+    Attributes
+    ----------
+    best_epoch: int
+        Epoch whose checkpoint was kept (selected by the validation score, never by test).
+    best_score: float
+        Its validation score (lower is better; see :func:`selection_score`).
+    score_name: str
+        What the score is (``"rmse"``, ``"neg_roc_auc"`` or ``"log_loss"``).
+    history: list of dict
+        ``{"epoch", "score", ...validation metrics}`` at every evaluation.
+    train_time_s: float
+        Wall time of ``fit`` including the periodic validation passes and checkpoint writes.
+    """
+
+    best_epoch: int
+    best_score: float
+    score_name: str
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_time_s: float = 0.0
+
+
+class BestCheckpointCallback:
+    """A DeepChem ``fit`` callback: every ``eval_every`` epochs (and after the last step) evaluate
+    on ``valid`` and save a checkpoint into ``save_dir`` when the validation score improves.
+
+    Like ``dc.models.ValidationCallback``, but it records a history, feeds a progress bar, and puts
+    the network back into training mode after evaluating (DeepChem's and deepfuse's ``predict``
+    leave it in ``eval()`` mode, which would switch off dropout and modality masking for the rest
+    of the ``fit`` call).
+    """
+
+    def __init__(self, valid: Any, transformers: Sequence[Any], mode: str, steps_per_epoch: int,
+                 total_steps: int, eval_every: int, save_dir: str,
+                 bar: Any | None = None) -> None:
+        self.valid, self.transformers, self.mode = valid, list(transformers), mode
+        self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
+        self.eval_every, self.save_dir, self.bar = max(1, eval_every), save_dir, bar
+        self.start_step: int | None = None
+        self.history: list[dict[str, float]] = []
+        self.best_score, self.best_epoch, self.score_name = math.inf, 0, ""
+
+    def __call__(self, model: Any, step: int) -> None:
+        if self.start_step is None:
+            self.start_step = step - 1
+        local = step - self.start_step
+        if local % self.steps_per_epoch and local != self.total_steps:
+            return
+        epoch = math.ceil(local / self.steps_per_epoch)
+        if self.bar is not None:
+            self.bar.update(1)
+        if epoch % self.eval_every and local != self.total_steps:
+            return
+        metrics, _ = evaluate(model, self.valid, self.transformers, self.mode)
+        model.model.train()  # DeepChem models (the baselines) leave eval mode after predict()
+        self.score_name, score = selection_score(metrics, self.mode)
+        self.history.append({"epoch": epoch, "score": score, **metrics})
+        if math.isfinite(score) and score < self.best_score:
+            self.best_score, self.best_epoch = score, epoch
+            model.save_checkpoint(max_checkpoints_to_keep=1, model_dir=self.save_dir)
+        if self.bar is not None:
+            self.bar.set_postfix({f"valid_{self.score_name}": f"{score:.3f}",
+                                  "best_epoch": self.best_epoch})
+
+
+def train_with_validation(model: Any, train: Any, valid: Any, epochs: int, eval_every: int,
+                          transformers: Sequence[Any], mode: str, save_dir: str,
+                          desc: str = "train", progress: bool = True) -> TrainingResult:
+    """Fit ``model`` for ``epochs`` in ONE ``fit`` call (so epoch-based curricula run once), keep
+    the checkpoint with the best validation score in ``save_dir`` and restore it into ``model``.
+
+    With an empty ``valid`` split the last epoch is kept (a warning says so).
+    """
+    from tqdm.auto import tqdm
+
+    steps_per_epoch = max(1, math.ceil(len(train) / model.batch_size))
+    total = steps_per_epoch * epochs
+    if len(valid) == 0:
+        logger.warning("%s: the validation split is empty; keeping the last epoch", desc)
+    with tqdm(total=epochs, desc=desc, unit="epoch", disable=not progress, leave=True) as bar:
+        callback = BestCheckpointCallback(valid, transformers, mode, steps_per_epoch, total,
+                                          eval_every if len(valid) else epochs + 1, save_dir, bar)
+        start = time.perf_counter()
+        model.fit(train, nb_epoch=epochs, checkpoint_interval=0, callbacks=[callback])
+        elapsed = time.perf_counter() - start
+    if callback.best_epoch == 0:  # empty validation split or only NaN scores: keep the last epoch
+        model.save_checkpoint(max_checkpoints_to_keep=1, model_dir=save_dir)
+        callback.best_epoch = epochs
+    else:
+        model.restore(model_dir=save_dir)
+    return TrainingResult(callback.best_epoch, callback.best_score, callback.score_name,
+                          callback.history, elapsed)
+
+
+# -- deepfuse train ------------------------------------------------------------------------------
+def train_from_csv(csv: str, smiles_column: str, tasks: Sequence[str], out: str,
+                   mode: str = "regression", model: str = "dynamic", split: str = "scaffold",
+                   modalities: Sequence[str] = ("ecfp", "graph", "smiles"), epochs: int = 30,
+                   batch_size: int = 64, learning_rate: float = 1e-3, eval_every: int = 2,
+                   seed: int = 0, featurizer_kwargs: dict[str, Any] | None = None,
+                   model_kwargs: dict[str, Any] | None = None, n_jobs: int = 1,
+                   progress: bool = True) -> dict[str, Any]:
+    """Featurize a CSV, split it, train a fusion model with validation-based epoch selection and
+    write a run folder to ``out`` (see the module docstring).
+
+    Parameters
+    ----------
+    csv, smiles_column, tasks:
+        Input file, its SMILES column and its label columns.
+    out: str
+        Run folder (created).
+    mode: str
+        ``"regression"`` (labels normalized on the train split) or ``"classification"`` (0/1).
+    model: str
+        A key of :data:`MODELS`.
+    split: str
+        ``"scaffold"`` or ``"random"`` (80/10/10).
+    modalities: sequence of str
+        Built-in modality names for :class:`~deepfuse_plugin.MultiModalFeaturizer`.
+    epochs, batch_size, learning_rate, eval_every, seed:
+        Training budget; the validation split is scored every ``eval_every`` epochs.
+    featurizer_kwargs, model_kwargs: dict, optional
+        Extra arguments of the featurizer and the model.
+
+    Returns
+    -------
+    dict
+        The run record written to ``deepfuse_run.json`` (metrics included).
+    """
+    from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
+
+    tasks = list(tasks)
+    if not tasks:
+        raise WorkflowError("Give at least one task column (--tasks)")
+    if mode not in MODES:
+        raise WorkflowError(f"Unknown mode {mode!r}; choose one of {list(MODES)}")
+    if epochs < 1:
+        raise WorkflowError(f"epochs must be >= 1, got {epochs}")
+    model_cls = resolve_model_class(model)
+    try:
+        featurizer = MultiModalFeaturizer(list(modalities), n_jobs=n_jobs, progress=progress,
+                                          **(featurizer_kwargs or {}))
+    except (ValueError, TypeError) as err:
+        raise WorkflowError(f"Cannot build the featurizer: {err}") from err
+    fresh_model_dir(os.path.join(out, "model"), check_only=True)
+    frame = read_csv_checked(csv, smiles_column, tasks)
+    smiles = frame[smiles_column].tolist()
+    ok, invalid = valid_smiles_mask(smiles)
+    if not ok.any():
+        raise WorkflowError(f"None of the {len(smiles)} SMILES in column {smiles_column!r} of "
+                            f"{csv} could be parsed")
+    frame_ok = frame[ok].reset_index(drop=True)
+    ids = [str(s) for s in frame_ok[smiles_column]]
+    y, w = labels_and_weights(frame_ok, tasks, ids)
+    if mode == "classification":
+        labelled = y[w > 0]
+        if not np.isin(labelled, (0.0, 1.0)).all():
+            bad = sorted(set(labelled[~np.isin(labelled, (0.0, 1.0))].tolist()))[:5]
+            raise WorkflowError(f"Classification labels must be 0 or 1; found {bad} in {tasks}")
+
+    set_seed(seed)
+    X = featurizer.featurize(ids)
+    dataset = make_dataset(X, y, w, ids)
+    train_idx, valid_idx, test_idx = split_indices(dataset, split, seed)
+    train, valid, test = (dataset.select(i) for i in (train_idx, valid_idx, test_idx))
+    if len(train) == 0:
+        raise WorkflowError(f"The {split} split left no training rows ({len(dataset)} molecules"
+                            f"{'; try --split random' if split == 'scaffold' else ''})")
+    transformers = []
+    normalizer = None
+    if mode == "regression":
+        normalizer = fit_normalizer(train)
+        transformers = [normalizer]
+        train, valid, test = (normalizer.transform(d) for d in (train, valid, test))
+
+    model_dir = fresh_model_dir(os.path.join(out, "model"))
+    fusion = model_cls(n_tasks=len(tasks), modalities=featurizer.modalities, mode=mode,
+                       batch_size=batch_size, learning_rate=learning_rate, model_dir=model_dir,
+                       progress=False, **(model_kwargs or {}))
+    result = train_with_validation(fusion, train, valid, epochs, eval_every, transformers, mode,
+                                   model_dir, desc=f"{model} ({'+'.join(fusion.modality_names)})",
+                                   progress=progress)
+    metrics = {"valid": evaluate(fusion, valid, transformers, mode)[0],
+               "test": evaluate(fusion, test, transformers, mode)[0]}
+    record = {
+        "format": RUN_FORMAT,
+        "model": model, "model_class": type(fusion).__name__, "model_dir": "model",
+        "smiles_column": smiles_column, "tasks": tasks, "mode": mode,
+        "modalities": fusion.modality_names,
+        "featurizer": {k: getattr(featurizer, k) for k in FEATURIZER_KEYS},
+        "normalization": normalizer_to_dict(normalizer),
+        "data": {"csv": os.path.abspath(csv), "rows": len(frame), "invalid_smiles": invalid,
+                 "split": split, "n_train": len(train), "n_valid": len(valid),
+                 "n_test": len(test)},
+        "training": {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
+                     "eval_every": eval_every, "seed": seed, "best_epoch": result.best_epoch,
+                     "selection": f"validation {result.score_name}",
+                     "train_time_s": result.train_time_s, "history": result.history},
+        "metrics": metrics,
+    }
+    write_json(os.path.join(out, RUN_FILE), record)
+    write_json(os.path.join(out, METRICS_FILE), metrics)
+    return record
+
+
+# -- deepfuse predict ----------------------------------------------------------------------------
+def load_run(model_dir: str) -> tuple[Any, dict[str, Any]]:
+    """The model and run record of a run folder (or of a bare model folder, without record).
+
+    Raises
+    ------
+    WorkflowError
+        Neither a run folder nor a deepfuse model folder.
+    """
+    from deepfuse_plugin.models.base import CONFIG_FILE, MultiModalTorchModel
+
+    run_path = os.path.join(model_dir, RUN_FILE)
+    if os.path.exists(run_path):
+        with open(run_path) as fh:
+            record = json.load(fh)
+        folder = os.path.join(model_dir, record.get("model_dir", "model"))
+    elif os.path.exists(os.path.join(model_dir, CONFIG_FILE)):
+        logger.warning("%s has no %s: using the bare model (no y de-normalization, give "
+                       "--smiles-column)", model_dir, RUN_FILE)
+        record, folder = {}, model_dir
+    else:
+        raise WorkflowError(f"{model_dir} is not a deepfuse run folder (no {RUN_FILE}) nor a model "
+                            f"folder (no {CONFIG_FILE})")
+    model = MultiModalTorchModel.load(folder, progress=False)
+    record.setdefault("tasks", [f"task{i}" for i in range(model.n_tasks)])
+    record.setdefault("mode", model.mode)
+    return model, record
+
+
+def predict_from_csv(model_dir: str, csv: str, smiles_column: str | None = None,
+                     out: str | None = None, batch_size: int | None = None,
+                     progress: bool = False) -> pd.DataFrame:
+    """Predict every row of ``csv`` with a saved run; rows with unparseable SMILES get empty
+    predictions (and are reported), never dropped.
+
+    Returns the input rows plus one ``<task>_pred`` column per task (regression: original units;
+    classification: probability of class 1) and a ``deepfuse_status`` column (``"ok"`` or why the
+    row has no prediction). Written to ``out`` when given.
+    """
+    from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
+
+    model, record = load_run(model_dir)
+    column = smiles_column or record.get("smiles_column")
+    if not column:
+        raise WorkflowError("Give --smiles-column: the model folder does not record one")
+    frame = read_csv_checked(csv, column)
+    if batch_size:
+        model.batch_size = batch_size
+    saved_names = record.get("modalities")
+    if saved_names and saved_names != model.modality_names:
+        raise WorkflowError(f"Run record lists modalities {saved_names} but the model has "
+                            f"{model.modality_names}")
+    featurizer = MultiModalFeaturizer(modalities=model.modalities, progress=progress)
+    smiles = frame[column].tolist()
+    ok, invalid = valid_smiles_mask(smiles)
+    tasks, mode = record["tasks"], record["mode"]
+    values = np.full((len(frame), len(tasks)), np.nan)
+    if ok.any():
+        ids = [str(s) for s in frame.loc[ok, column]]
+        dataset = make_dataset(featurizer.featurize(ids), None, None, ids)
+        pred = predict_original_units(model, dataset, [], mode)
+        if mode == "regression":
+            pred = denormalize(pred, record.get("normalization"))
+        values[ok] = pred.reshape(int(ok.sum()), len(tasks))
+    result = frame.copy()
+    for t, task in enumerate(tasks):
+        result[f"{task}_pred"] = values[:, t]
+    result["deepfuse_status"] = np.where(ok, "ok", "invalid SMILES")
+    if invalid:
+        logger.warning("%d row(s) got no prediction because their SMILES cannot be parsed",
+                       len(invalid))
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        result.to_csv(out, index=False)
+    return result

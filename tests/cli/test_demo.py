@@ -1,0 +1,48 @@
+"""``deepfuse demo --quick``: runs end to end and writes its results."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deepfuse_plugin.cli import main
+
+
+@pytest.mark.slow
+def test_demo_quick_writes_results(tmp_path: Path, capsys):
+    from deepfuse_plugin import MultiModalTorchModel
+
+    out = tmp_path / "demo"
+    assert main(["--no-progress", "demo", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "DynamicFusion (ecfp+graph+smiles)" in printed and "MultitaskRegressor" in printed
+    assert "Mean modality weights" in printed
+    results = json.loads((out / "results.json").read_text())
+    names = [m["name"] for m in results["models"]]
+    assert names == ["DynamicFusion (ecfp+graph+smiles)", "DynamicFusion (ecfp only)",
+                     "DynamicFusion (graph only)", "DynamicFusion (smiles only)",
+                     "MultitaskRegressor (ECFP-2048)", "DMPNNModel (DeepChem)"]
+    for m in results["models"]:
+        assert {"rmse", "mae", "r2"} <= set(m["test"]) and m["train_time_s"] > 0
+        assert 1 <= m["best_epoch"] <= results["settings"]["epochs"]
+    weights = results["modality_weights_test"]["mean_where_present"]
+    assert set(weights) == {"ecfp", "graph", "smiles"}
+    assert results["restore_check_max_abs_diff"] < 1e-5
+    for png in ("parity.png", "modality_weights.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    model = MultiModalTorchModel.load(str(out / "model"))
+    assert model.modality_names == ["ecfp", "graph", "smiles"]
+    # the demo folder is also a run folder for `deepfuse predict`
+    csv = tmp_path / "q.csv"
+    csv.write_text("smiles\nCCO\nnot-a-smiles\n")
+    assert main(["--no-progress", "predict", "--model-dir", str(out), "--csv", str(csv),
+                 "--out", str(tmp_path / "p.csv")]) == 0
+
+
+def test_module_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "deepfuse_plugin.cli", "--version"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.startswith("deepfuse ")

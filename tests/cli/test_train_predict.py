@@ -1,0 +1,189 @@
+"""``deepfuse train`` and ``deepfuse predict`` on tiny CSV files (direct ``main([...])`` calls)."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deepfuse_plugin.cli import main
+from deepfuse_plugin.workflows import (METRICS_FILE, RUN_FILE, WorkflowError, predict_from_csv,
+                                       read_csv_checked, resolve_model_class)
+
+TRAIN_ARGS = ["--epochs", "2", "--eval-every", "1", "--batch-size", "16"]
+
+
+def _train(csv: Path, out: Path, *extra: str) -> int:
+    return main(["--no-progress", "train", "--csv", str(csv), "--smiles-column", "smi",
+                 "--tasks", "T1,T2", "--mode", "regression", "--model", "dynamic",
+                 "--split", "scaffold", "--modalities", "ecfp,graph,smiles", *TRAIN_ARGS,
+                 "--out", str(out), *extra])
+
+
+@pytest.fixture
+def trained_run(regression_csv: Path, tmp_path: Path, caplog) -> Path:
+    out = tmp_path / "run"
+    with caplog.at_level(logging.WARNING):
+        assert _train(regression_csv, out) == 0
+    # the bad SMILES row and the missing label are reported, not silently dropped
+    messages = "\n".join(r.getMessage() for r in caplog.records)
+    assert "cannot be parsed" in messages and "not a smiles" in messages
+    assert "weight 0" in messages
+    return out
+
+
+def test_train_writes_a_complete_run_folder(trained_run: Path):
+    from deepfuse_plugin import MultiModalTorchModel
+
+    record = json.loads((trained_run / RUN_FILE).read_text())
+    assert record["tasks"] == ["T1", "T2"] and record["mode"] == "regression"
+    assert record["modalities"] == ["ecfp", "graph", "smiles"]
+    assert record["smiles_column"] == "smi"
+    assert len(record["data"]["invalid_smiles"]) == 1
+    assert record["data"]["n_train"] + record["data"]["n_valid"] + record["data"]["n_test"] == 40
+    assert 1 <= record["training"]["best_epoch"] <= 2
+    assert len(record["normalization"]["y_means"]) == 2
+    # statistics over labelled entries only (T2 has one NaN, it must not count as 0)
+    assert record["normalization"]["y_means"][1] > 1.0
+    metrics = json.loads((trained_run / METRICS_FILE).read_text())
+    assert set(metrics) == {"valid", "test"}
+    assert {"rmse", "mae", "r2"} <= set(metrics["test"])
+    model = MultiModalTorchModel.load(str(trained_run / "model"))
+    assert model.n_tasks == 2 and model.modality_names == ["ecfp", "graph", "smiles"]
+
+
+def test_predict_keeps_every_row_and_undoes_normalization(trained_run: Path, query_csv: Path,
+                                                          tmp_path: Path, capsys):
+    out = tmp_path / "preds.csv"
+    code = main(["--no-progress", "predict", "--model-dir", str(trained_run), "--csv",
+                 str(query_csv), "--out", str(out)])
+    assert code == 0
+    assert "2 with invalid SMILES" in capsys.readouterr().out
+    preds = pd.read_csv(out)
+    assert list(preds["id"]) == ["a", "b", "c", "d"]          # input rows kept, in order
+    assert {"T1_pred", "T2_pred", "deepfuse_status"} <= set(preds.columns)
+    ok = preds["deepfuse_status"] == "ok"
+    assert list(ok) == [True, False, True, False]
+    assert preds.loc[~ok, ["T1_pred", "T2_pred"]].isna().all().all()
+    assert np.isfinite(preds.loc[ok, ["T1_pred", "T2_pred"]].to_numpy()).all()
+    # labels are ~10-18 (T1): predictions of a 2-epoch model must be in original units, not ~0
+    assert preds.loc[ok, "T1_pred"].between(5, 25).all()
+
+
+def test_predict_function_matches_model_predictions(trained_run: Path, query_csv: Path):
+    import deepchem as dc
+
+    from deepfuse_plugin import MultiModalFeaturizer, MultiModalTorchModel
+
+    frame = predict_from_csv(str(trained_run), str(query_csv))
+    record = json.loads((trained_run / RUN_FILE).read_text())
+    model = MultiModalTorchModel.load(str(trained_run / "model"))
+    X = MultiModalFeaturizer(model.modalities, progress=False).featurize(["CCOCC"])
+    raw = model.predict(dc.data.NumpyDataset(X))
+    expected = raw * np.array(record["normalization"]["y_stds"]) + \
+        np.array(record["normalization"]["y_means"])
+    np.testing.assert_allclose(frame.loc[0, ["T1_pred", "T2_pred"]].to_numpy(float), expected[0],
+                               rtol=1e-5)
+
+
+def test_retrain_into_the_same_folder(trained_run: Path, regression_csv: Path):
+    assert _train(regression_csv, trained_run, "--modalities", "ecfp") == 0
+    record = json.loads((trained_run / RUN_FILE).read_text())
+    assert record["modalities"] == ["ecfp"]
+    checkpoints = [p.name for p in (trained_run / "model").iterdir() if p.suffix == ".pt"]
+    assert len(checkpoints) == 1
+
+
+def test_predict_other_smiles_column(trained_run: Path, tmp_path: Path):
+    csv = tmp_path / "other.csv"
+    pd.DataFrame({"SMILES": ["CCO", "CCCN"]}).to_csv(csv, index=False)
+    frame = predict_from_csv(str(trained_run), str(csv), smiles_column="SMILES")
+    assert frame["deepfuse_status"].tolist() == ["ok", "ok"]
+
+
+def test_predict_with_a_bare_model_folder(trained_run: Path, query_csv: Path, caplog):
+    with caplog.at_level(logging.WARNING):
+        frame = predict_from_csv(str(trained_run / "model"), str(query_csv), smiles_column="smi")
+    assert "no y de-normalization" in caplog.text
+    assert list(frame.columns[-3:]) == ["task0_pred", "task1_pred", "deepfuse_status"]
+    with pytest.raises(WorkflowError, match="--smiles-column"):
+        predict_from_csv(str(trained_run / "model"), str(query_csv))
+
+
+def test_classification_train_and_predict(classification_csv: Path, tmp_path: Path):
+    out = tmp_path / "clf"
+    code = main(["--no-progress", "train", "--csv", str(classification_csv), "--smiles-column",
+                 "smiles", "--tasks", "active", "--mode", "classification", "--split", "random",
+                 "--modalities", "ecfp,graph", *TRAIN_ARGS, "--out", str(out)])
+    assert code == 0
+    record = json.loads((out / RUN_FILE).read_text())
+    assert record["normalization"] is None and "roc_auc" in record["metrics"]["test"]
+    frame = predict_from_csv(str(out), str(classification_csv))
+    assert frame["active_pred"].between(0, 1).all()
+
+
+def test_missing_column_is_a_clear_error(regression_csv: Path, tmp_path: Path, capsys):
+    code = main(["--no-progress", "train", "--csv", str(regression_csv), "--smiles-column",
+                 "SMILES", "--tasks", "T1", "--out", str(tmp_path / "x")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "'SMILES' not found" in err and "Available columns: ['name', 'smi', 'T1', 'T2']" in err
+    code = main(["--no-progress", "train", "--csv", str(regression_csv), "--smiles-column", "smi",
+                 "--tasks", "T1,T9", "--out", str(tmp_path / "x")])
+    assert code == 2 and "'T9' not found" in capsys.readouterr().err
+
+
+def test_predict_missing_column(trained_run: Path, tmp_path: Path, capsys):
+    csv = tmp_path / "nosmiles.csv"
+    pd.DataFrame({"structure": ["CCO"]}).to_csv(csv, index=False)
+    code = main(["--no-progress", "predict", "--model-dir", str(trained_run), "--csv", str(csv)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "'smi' not found" in err and "['structure']" in err
+
+
+def test_empty_csv(tmp_path: Path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(WorkflowError, match="empty"):
+        read_csv_checked(str(empty), "smiles")
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("smiles,y\n")
+    with pytest.raises(WorkflowError, match="no rows"):
+        read_csv_checked(str(header_only), "smiles", ["y"])
+    assert main(["--no-progress", "train", "--csv", str(empty), "--smiles-column", "smiles",
+                 "--tasks", "y", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_bad_inputs(tmp_path: Path, capsys):
+    csv = tmp_path / "nolabels.csv"
+    pd.DataFrame({"smiles": ["CCO", "CCN"], "y": [np.nan, np.nan]}).to_csv(csv, index=False)
+    assert main(["--no-progress", "train", "--csv", str(csv), "--smiles-column", "smiles",
+                 "--tasks", "y", "--out", str(tmp_path / "x")]) == 2
+    assert "No labelled rows" in capsys.readouterr().err
+    assert main(["--no-progress", "train", "--csv", str(csv), "--smiles-column", "smiles",
+                 "--tasks", "y", "--modalities", "ecfp,nope", "--out", str(tmp_path / "x")]) == 2
+    assert "Unknown modality 'nope'" in capsys.readouterr().err
+    (tmp_path / "user" / "model").mkdir(parents=True)
+    (tmp_path / "user" / "model" / "notes.txt").write_text("precious")
+    good = tmp_path / "good.csv"
+    pd.DataFrame({"smiles": ["CCO", "CCN", "CCC"], "y": [1.0, 2.0, 3.0]}).to_csv(good, index=False)
+    assert main(["--no-progress", "train", "--csv", str(good), "--smiles-column", "smiles",
+                 "--tasks", "y", "--out", str(tmp_path / "user")]) == 2
+    assert "not a deepfuse model folder" in capsys.readouterr().err
+    assert (tmp_path / "user" / "model" / "notes.txt").exists()
+    assert main(["--no-progress", "predict", "--model-dir", str(tmp_path), "--csv", str(csv)]) == 2
+    assert "not a deepfuse run folder" in capsys.readouterr().err
+    assert main(["train"]) == 2                      # argparse usage error -> exit code, no raise
+    assert main(["--help"]) == 0
+
+
+def test_model_names_resolve():
+    from deepfuse_plugin import DynamicFusionModel
+
+    assert resolve_model_class("dynamic") is DynamicFusionModel
+    with pytest.raises(WorkflowError, match="Unknown model"):
+        resolve_model_class("nonexistent")
