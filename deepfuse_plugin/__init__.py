@@ -25,6 +25,7 @@ from deepfuse_plugin.models.late import LateFusionModel  # noqa: E402
 from deepfuse_plugin.models.cross_attention import CrossAttentionFusionModel  # noqa: E402
 from deepfuse_plugin.models.moe import GatedMoEFusionModel  # noqa: E402
 from deepfuse_plugin.models.unimodal import UnimodalModel  # noqa: E402
+from deepfuse_plugin.models.calibration import calibration_report  # noqa: E402
 from deepfuse_plugin import analysis  # noqa: E402
 from deepfuse_plugin.analysis import (atom_attributions, embedding_projection,  # noqa: E402
                                       evaluate_missing_modalities, modality_ablation,
@@ -50,7 +51,7 @@ __all__ = [
     "EarlyFusionModel", "LateFusionModel", "CrossAttentionFusionModel", "GatedMoEFusionModel",
     "UnimodalModel",
     "analysis", "evaluate_missing_modalities", "modality_ablation", "modality_weights",
-    "atom_attributions", "embedding_projection",
+    "atom_attributions", "embedding_projection", "calibration_report",
 ]
 
 register()

@@ -27,7 +27,7 @@ from deepfuse_plugin._version import __version__
 from deepfuse_plugin.data.collate import MultiModalBatch, collate_samples
 from deepfuse_plugin.modalities import Modality, as_modalities
 from deepfuse_plugin.nn import losses
-from deepfuse_plugin.nn.heads import TaskHead
+from deepfuse_plugin.nn.heads import UNCERTAINTY_KINDS, dirichlet_moments, make_head, nig_moments
 from deepfuse_plugin.nn.network import MultiModalNetwork, NetworkOutput
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,11 @@ CONFIG_FILE = "deepfuse_config.json"
 CONFIG_FORMAT = 1
 OUTPUT_TYPES = ["prediction", "loss", "loss", "embedding", "modality_weights"]
 NAMED_OUTPUTS = ("prediction", "embedding", "modality_weights")
+#: ``predict_uncertainty(kind=...)`` values per mode (the first is the default).
+UNCERTAINTY_OUTPUTS = {"regression": ("total", "aleatoric", "epistemic"),
+                       "classification": ("total", "vacuity")}
+#: Default ``evidential_lambda`` per mode (Amini et al. use 0.01-0.2; Sensoy et al. anneal to 1).
+DEFAULT_EVIDENTIAL_LAMBDA = {"regression": 0.1, "classification": 1.0}
 
 #: Model classes by name, for :meth:`MultiModalTorchModel.load`.
 MODEL_CLASSES: dict[str, type["MultiModalTorchModel"]] = {}
@@ -81,6 +86,20 @@ class MultiModalTorchModel(TorchModel):
         Training-time modality dropout in [0, 1): each present modality is hidden from the fusion
         layer with this probability per sample and batch (never all of a sample's modalities), so
         any fusion model can be trained to cope with missing modalities. 0 (default) = off.
+    uncertainty: str, optional
+        None (default) or ``"evidential"``: an evidential head (Normal-Inverse-Gamma for
+        regression, Amini et al. 2020; Dirichlet for classification, Sensoy et al. 2018) and its
+        loss, so that :meth:`predict_uncertainty` returns analytic uncertainties in one forward
+        pass.
+        Predictions keep DeepChem's shapes. Part of the architecture.
+    evidential_lambda: float, optional
+        Weight of the evidential regulariser: regression ``|y - gamma| (2 nu + alpha)``,
+        classification ``KL(Dir(alpha~) || Dir(1))`` (annealed). None = 0.1 (regression) or 1.0
+        (classification).
+    evidential_anneal_epochs: int
+        Classification: the KL weight rises linearly from 0 to ``evidential_lambda`` over this many
+        training epochs (counted across ``fit`` calls of this model object; Sensoy et al. use 10).
+        0 = no annealing.
     progress: bool
         Show tqdm progress bars while training and predicting.
     **kwargs:
@@ -97,7 +116,8 @@ class MultiModalTorchModel(TorchModel):
     #: Configuration keys that change training only, not the architecture: a checkpoint restores
     #: across a difference in these (with a warning); any other difference is an error.
     _training_settings: ClassVar[frozenset[str]] = frozenset(
-        {"dropout", "fusion_loss_weight", "modality_dropout", "batch_size", "learning_rate"})
+        {"dropout", "fusion_loss_weight", "modality_dropout", "batch_size", "learning_rate",
+         "evidential_lambda", "evidential_anneal_epochs"})
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -108,9 +128,15 @@ class MultiModalTorchModel(TorchModel):
                  fused_dim: int = 128, head_hidden: int = 128, dropout: float = 0.1,
                  encoder_options: dict[str, dict[str, Any]] | None = None,
                  fusion_loss_weight: float = 1.0, modality_dropout: float = 0.0,
-                 progress: bool = True, **kwargs: Any):
+                 uncertainty: str | None = None, evidential_lambda: float | None = None,
+                 evidential_anneal_epochs: int = 10, progress: bool = True, **kwargs: Any):
         if n_tasks < 1:
             raise ValueError(f"n_tasks must be >= 1, got {n_tasks}")
+        if uncertainty not in UNCERTAINTY_KINDS:
+            raise ValueError(f"uncertainty must be one of {UNCERTAINTY_KINDS}, got {uncertainty!r}")
+        self.uncertainty, self.evidential_lambda = uncertainty, evidential_lambda
+        self.evidential_anneal_epochs = evidential_anneal_epochs
+        self._epochs_started, self._kl_anneal = 0, 1.0
         self.n_tasks, self.mode, self.n_classes = n_tasks, mode, n_classes
         self.modalities = _resolve_modalities(modalities)
         self.encoder_dim, self.fused_dim, self.head_hidden = encoder_dim, fused_dim, head_hidden
@@ -133,11 +159,19 @@ class MultiModalTorchModel(TorchModel):
 
     def _build_head(self) -> nn.Module | None:
         """The task head on the fused embedding; None if the fusion layer predicts itself."""
-        return TaskHead(self.fused_dim, self.n_tasks, self.mode, self.n_classes, self.head_hidden,
-                        self.dropout)
+        return make_head(self.fused_dim, self.n_tasks, self.mode, self.n_classes, self.head_hidden,
+                         self.dropout, self.uncertainty)
 
     def _on_epoch_start(self, progress: float) -> None:
-        """Hook called before each training epoch with ``progress`` in [0, 1] (curricula)."""
+        """Hook called before each training epoch with ``progress`` in [0, 1] (curricula).
+
+        Subclasses that override it call ``super()._on_epoch_start(progress)``: the base keeps the
+        evidential KL annealing state here.
+        """
+        self._epoch_progress = progress
+        anneal = self.evidential_anneal_epochs
+        self._kl_anneal = min(1.0, self._epochs_started / anneal) if anneal > 0 else 1.0
+        self._epochs_started += 1
 
     # -- configuration -------------------------------------------------------------------------
     @property
@@ -148,7 +182,8 @@ class MultiModalTorchModel(TorchModel):
         """Every constructor argument (JSON-serialisable), enough to rebuild the model."""
         keys = ["n_tasks", "modalities", "mode", "n_classes", "encoder_dim", "fused_dim",
                 "head_hidden", "dropout", "encoder_options", "fusion_loss_weight",
-                "modality_dropout", *self._config_extra, "batch_size", "learning_rate"]
+                "modality_dropout", "uncertainty", "evidential_lambda", "evidential_anneal_epochs",
+                *self._config_extra, "batch_size", "learning_rate"]
         config = {k: getattr(self, k) for k in keys}
         config["modalities"] = [m.to_dict() for m in self.modalities]
         if not isinstance(config["learning_rate"], (int, float)):
@@ -246,6 +281,14 @@ class MultiModalTorchModel(TorchModel):
     # -- losses ----------------------------------------------------------------------------------
     def _task_loss(self, task_output: torch.Tensor, labels: torch.Tensor,
                    weights: torch.Tensor) -> torch.Tensor:
+        if self.uncertainty == "evidential":
+            coefficient = (DEFAULT_EVIDENTIAL_LAMBDA[self.mode] if self.evidential_lambda is None
+                           else self.evidential_lambda)
+            if self.mode == "classification":
+                return losses.masked_dirichlet_loss(task_output, labels, weights,
+                                                    coefficient * self._kl_anneal)
+            return losses.masked_evidential_regression_loss(task_output, labels, weights,
+                                                            coefficient)
         if self.mode == "classification":
             return losses.masked_classification_loss(task_output, labels, weights)
         return losses.masked_regression_loss(task_output, labels, weights)
@@ -313,6 +356,9 @@ class MultiModalTorchModel(TorchModel):
             raise ValueError("The dataset has no rows: nothing to predict (every input failed to "
                              "featurize or the split is empty)")
         self._ensure_built()
+        # Restore the caller's mode afterwards: a validation callback predicting in the middle of
+        # fit() must not leave dropout and modality masking switched off for the rest of training.
+        was_training = self.model.training
         self.model.eval()
         previous, self._drop_modalities = self._drop_modalities, tuple(drop_modalities)
         try:
@@ -322,6 +368,7 @@ class MultiModalTorchModel(TorchModel):
                     yield self.model(batch), batch
         finally:
             self._drop_modalities = previous
+            self.model.train(was_training)
 
     def predict(self, dataset: Dataset, transformers: list = [],  # noqa: B006 (DeepChem signature)
                 output_types: str | list[str] | None = None,
@@ -355,6 +402,74 @@ class MultiModalTorchModel(TorchModel):
             results.append(values)
         return results[0] if len(results) == 1 else results
 
+    def predict_uncertainty(self, dataset: Dataset, masks: int | None = None,
+                            transformers: list = [],  # noqa: B006 (DeepChem signature)
+                            kind: str = "total", drop_modalities: Iterable[str] = ()
+                            ) -> tuple[np.ndarray, np.ndarray]:
+        """``(prediction, std)`` from the evidential head, analytically, in one forward pass.
+
+        DeepChem's convention (``TorchModel.predict_uncertainty``): ``std`` has the shape of the
+        prediction and estimates the standard deviation of each predicted value. Models built
+        without ``uncertainty="evidential"`` raise a ValueError rather than falling back to
+        DeepChem's Monte-Carlo dropout: that would be ``masks`` times slower, is not what the model
+        was trained for, and silently mixes two different notions of uncertainty.
+
+        Regression (NIG ``gamma, nu, alpha, beta``; Amini et al., 2020): the prediction is
+        ``gamma``; ``kind="total"`` (default) gives ``sqrt(aleatoric + epistemic)``, the standard
+        deviation of the predictive Student-t; ``"aleatoric"`` ``sqrt(beta / (alpha - 1))`` (noise
+        in the data); ``"epistemic"`` ``sqrt(beta / (nu (alpha - 1)))`` (uncertainty of the
+        model's mean). Note: a single evidential head's epistemic part is not a reliable novelty
+        score (it grows with the aleatoric scale, Meinert et al. 2023); a late-fusion model adds
+        the per-modality predictors' disagreement, which does rise off-distribution.
+
+        Classification (Dirichlet ``alpha``): the prediction is the Dirichlet mean
+        ``alpha / S``, ``(N, n_tasks, n_classes)``; ``kind="total"`` gives, per class, the Dirichlet
+        standard deviation of that class probability (for binary tasks the positive class's
+        std is ``std[..., 1]``; both columns are equal); ``"vacuity"`` gives ``u = n_classes / S``
+        in (0, 1], ``(N, n_tasks)`` (1 = no evidence).
+
+        Parameters
+        ----------
+        dataset: dc.data.Dataset
+        masks: int, optional
+            Accepted for DeepChem compatibility and ignored (no dropout sampling).
+        transformers: list of dc.trans.Transformer
+            Undone on the prediction, as in :meth:`predict`. The std is scaled by the slope of each
+            ``transform_y`` transformer's inverse, which must be affine (e.g.
+            ``NormalizationTransformer``: std times ``y_stds``); a non-affine one raises.
+        kind: str
+            See above; regression ``"total" | "aleatoric" | "epistemic"``, classification
+            ``"total" | "vacuity"``.
+        drop_modalities: iterable of str
+            Modalities to treat as missing for every sample.
+        """
+        if self.uncertainty is None:
+            raise ValueError(f"{type(self).__name__} was built without an uncertainty head: "
+                             "construct it with uncertainty=\"evidential\" (and train it) to use "
+                             "predict_uncertainty. Monte-Carlo dropout is deliberately not "
+                             "offered.")
+        kinds = UNCERTAINTY_OUTPUTS[self.mode]
+        if kind not in kinds:
+            raise ValueError(f"kind must be one of {kinds} for {self.mode}, got {kind!r}")
+        predictions, spreads = [], []
+        for out, _ in self._iterate_outputs(dataset, drop_modalities):
+            if self.mode == "regression":
+                mean, aleatoric, epistemic = nig_moments(out.task_output)
+                variance = {"total": aleatoric + epistemic, "aleatoric": aleatoric,
+                            "epistemic": epistemic}[kind]
+                spread = variance.sqrt()
+            else:
+                mean, std, vacuity = dirichlet_moments(out.task_output)
+                spread = std if kind == "total" else vacuity
+            predictions.append(mean.cpu().numpy())
+            spreads.append(spread.cpu().numpy())
+        prediction, spread = np.concatenate(predictions), np.concatenate(spreads)
+        if transformers:
+            if kind != "vacuity":
+                spread = _untransform_std(spread, prediction, transformers)
+            prediction = undo_transforms(prediction, transformers)
+        return prediction, spread
+
     def predict_embedding(self, dataset: Dataset) -> np.ndarray:
         return self.predict(dataset, output_types="embedding")
 
@@ -386,6 +501,27 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, tuple):
         return list(value)
     raise TypeError(f"{value!r} is not JSON-serialisable")
+
+
+def _untransform_std(std: np.ndarray, z: np.ndarray, transformers: list) -> np.ndarray:
+    """Carry ``std`` of the transformed-space values ``z`` through ``undo_transforms``: each
+    ``transform_y`` inverse must be affine elementwise, ``a z + b``; ``std`` is multiplied by
+    ``|a|`` (for ``NormalizationTransformer``, ``a = y_stds``)."""
+    dtype = np.asarray(std).dtype
+    std, z = np.asarray(std, dtype=np.float64), np.asarray(z, dtype=np.float64)
+    for transformer in reversed(transformers):
+        if not transformer.transform_y:
+            continue
+        f0, f1, f2 = (np.asarray(transformer.untransform(z + k), dtype=np.float64)
+                      for k in (0, 1, 2))
+        slope = f1 - f0
+        if not np.allclose(f2 - f1, slope, rtol=1e-5, atol=1e-8):
+            raise ValueError("Cannot carry a standard deviation through "
+                             f"{type(transformer).__name__}: its inverse is not affine. Undo it "
+                             "yourself (e.g. sample the predictive distribution) or train "
+                             "without it.")
+        std, z = std * np.abs(slope), f0
+    return std.astype(dtype)
 
 
 def _read_config(model_dir: str | None) -> dict[str, Any] | None:

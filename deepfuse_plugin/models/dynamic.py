@@ -92,6 +92,7 @@ class DynamicFusionModel(MultiModalTorchModel):
         return self.model.fusion
 
     def _on_epoch_start(self, progress: float) -> None:
+        super()._on_epoch_start(progress)
         self.fusion.mask_rate = curriculum_rate(progress, self.mask_start, self.mask_end)
 
     # -- inspection ------------------------------------------------------------------------------

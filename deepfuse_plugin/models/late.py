@@ -86,7 +86,7 @@ class LateFusionModel(MultiModalTorchModel):
     def _build_fusion(self) -> nn.Module:
         return LateFusion(tuple(self.modality_names), self.encoder_dim, self.n_tasks, self.mode,
                           self.n_classes, self.fused_dim, self.head_hidden, self.dropout,
-                          self.combine, self.stacking_hidden)
+                          self.combine, self.stacking_hidden, self.uncertainty)
 
     def _build_head(self) -> None:
         return None  # the layer predicts: FusionOutput.task_outputs

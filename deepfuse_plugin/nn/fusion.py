@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from deepfuse_plugin.nn import losses
 from deepfuse_plugin.nn.encoders import EncodedModality, mlp, reset_all
-from deepfuse_plugin.nn.heads import TaskHead
+from deepfuse_plugin.nn.heads import combine_dirichlet, combine_nig, make_head
 
 
 @dataclass
@@ -338,6 +338,14 @@ class LateFusion(nn.Module):
         ``"mean"``, ``"learned"`` or ``"stacking"``.
     stacking_hidden: int
         Hidden width of the stacking meta-learner.
+    uncertainty: str or None
+        ``"evidential"``: every predictor has an evidential head
+        (:func:`~deepfuse_plugin.nn.heads.make_head`) and the members' distributions are combined
+        with the same weights: NIGs by moment matching
+        (:func:`~deepfuse_plugin.nn.heads.combine_nig`, the members' disagreement becomes
+        epistemic variance), Dirichlets by weighted evidence
+        (:func:`~deepfuse_plugin.nn.heads.combine_dirichlet`). The loss input is then the combined
+        distribution's parameters, ``(B, T, 4)`` or ``alpha (B, T, C)``.
 
     Shapes
     ------
@@ -350,15 +358,15 @@ class LateFusion(nn.Module):
     def __init__(self, names: tuple[str, ...], in_dim: int, n_tasks: int,
                  mode: str = "regression", n_classes: int = 2, fused_dim: int = 128,
                  head_hidden: int = 128, dropout: float = 0.1, combine: str = "mean",
-                 stacking_hidden: int = 32):
+                 stacking_hidden: int = 32, uncertainty: str | None = None):
         super().__init__()
         if combine not in self.COMBINE:
             raise ValueError(f"combine must be one of {self.COMBINE}, got {combine!r}")
         self.names, self.combine, self.mode = _check_names(names), combine, mode
-        self.n_tasks, self.n_classes = n_tasks, n_classes
+        self.n_tasks, self.n_classes, self.uncertainty = n_tasks, n_classes, uncertainty
         self.projections = nn.ModuleDict({n: nn.Linear(in_dim, fused_dim) for n in self.names})
-        self.heads = nn.ModuleDict({n: TaskHead(fused_dim, n_tasks, mode, n_classes, head_hidden,
-                                                dropout) for n in self.names})
+        self.heads = nn.ModuleDict({n: make_head(fused_dim, n_tasks, mode, n_classes, head_hidden,
+                                                 dropout, uncertainty) for n in self.names})
         n_modalities = len(self.names)
         self.modality_logits = nn.Parameter(torch.zeros(n_modalities)) if combine == "learned" else None
         per_prediction = n_tasks * (n_classes if mode == "classification" else 1)
@@ -386,7 +394,14 @@ class LateFusion(nn.Module):
         predictions = torch.stack([o[0] for o in outs], dim=1)   # (B, M, T) or (B, M, T, C)
         task_outputs = torch.stack([o[1] for o in outs], dim=1)
         w = self.combination_weights(predictions, mask)
-        if self.mode == "regression":
+        if self.uncertainty is not None:
+            if self.mode == "regression":
+                params = combine_nig(task_outputs, w)
+                result = (params[..., 0], params)
+            else:
+                alpha = combine_dirichlet(task_outputs, w)
+                result = (alpha / alpha.sum(dim=-1, keepdim=True), alpha)
+        elif self.mode == "regression":
             combined = (_zero_missing(predictions, mask) * w.view(*w.shape, 1)).sum(dim=1)
             result = (combined, combined)
         else:

@@ -6,6 +6,7 @@ Each term is a function so it can be tested on its own. Shapes: ``B`` samples, `
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -97,3 +98,68 @@ def _mask_missing(labels: Tensor, weights: Tensor, shape: torch.Size) -> tuple[T
     weights = weights.reshape(shape[0], -1).expand(shape) if weights.numel() else torch.ones(shape)
     finite = torch.isfinite(labels)
     return torch.where(finite, labels, torch.zeros_like(labels)), weights * finite.to(weights.dtype)
+
+
+# -- evidential losses ----------------------------------------------------------------------------
+def nig_nll(y: Tensor, gamma: Tensor, nu: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
+    """Elementwise negative log-likelihood of ``y`` under the NIG's Student-t marginal
+    (Amini et al., 2020, eq. 8), with ``Omega = 2 beta (1 + nu)``::
+
+        0.5 log(pi / nu) - alpha log(Omega) + (alpha + 0.5) log(nu (y - gamma)^2 + Omega)
+        + lgamma(alpha) - lgamma(alpha + 0.5)
+    """
+    omega = 2.0 * beta * (1.0 + nu)
+    return (0.5 * torch.log(torch.pi / nu) - alpha * torch.log(omega)
+            + (alpha + 0.5) * torch.log(nu * (y - gamma).pow(2) + omega)
+            + torch.lgamma(alpha) - torch.lgamma(alpha + 0.5))
+
+
+def nig_regularizer(y: Tensor, gamma: Tensor, nu: Tensor, alpha: Tensor) -> Tensor:
+    """Elementwise evidence regulariser ``|y - gamma| (2 nu + alpha)`` (Amini et al., 2020, eq. 9):
+    non-negative, it penalises evidence in proportion to the error, so wrong predictions lose their
+    confidence."""
+    return (y - gamma).abs() * (2.0 * nu + alpha)
+
+
+def masked_evidential_regression_loss(params: Tensor, labels: Tensor, weights: Tensor,
+                                      coefficient: float = 0.1) -> Tensor:
+    """``NLL + coefficient * regulariser`` of NIG ``params (B, T, 4)``, weighted, mean over all
+    entries (DeepChem convention, as :func:`masked_regression_loss`). NaN labels weigh 0."""
+    shape = params.shape[:-1]
+    labels, weights = _mask_missing(labels.reshape(shape), weights, shape)
+    gamma, nu, alpha, beta = params.unbind(-1)
+    loss = (nig_nll(labels, gamma, nu, alpha, beta)
+            + coefficient * nig_regularizer(labels, gamma, nu, alpha))
+    return (loss * weights).mean()
+
+
+def dirichlet_expected_cross_entropy(alpha: Tensor, one_hot: Tensor) -> Tensor:
+    """``E_{p ~ Dir(alpha)}[-sum_k y_k log p_k] = sum_k y_k (digamma(S) - digamma(alpha_k))``
+    (Sensoy et al., 2018, eq. 4); ``alpha, one_hot (..., C)`` -> ``(...)``."""
+    strength = alpha.sum(dim=-1, keepdim=True)
+    return (one_hot * (torch.digamma(strength) - torch.digamma(alpha))).sum(dim=-1)
+
+
+def dirichlet_kl_uniform(alpha: Tensor) -> Tensor:
+    """``KL(Dir(alpha) || Dir(1, ..., 1))``; ``alpha (..., C)`` -> ``(...)``; >= 0, and 0 iff
+    alpha = 1."""
+    n_classes = alpha.shape[-1]
+    strength = alpha.sum(dim=-1)
+    return (torch.lgamma(strength) - math.lgamma(n_classes) - torch.lgamma(alpha).sum(dim=-1)
+            + ((alpha - 1.0) * (torch.digamma(alpha)
+                                - torch.digamma(strength).unsqueeze(-1))).sum(-1))
+
+
+def masked_dirichlet_loss(alpha: Tensor, labels: Tensor, weights: Tensor,
+                          kl_coefficient: float = 1.0) -> Tensor:
+    """Evidential classification loss of ``alpha (B, T, C)`` and integer ``labels (B, T)``:
+    expected cross-entropy ``+ kl_coefficient * KL(Dir(alpha~) || Dir(1))`` where
+    ``alpha~ = y + (1 - y) alpha`` keeps only the misleading evidence (Sensoy et al., 2018). The
+    caller anneals ``kl_coefficient`` from 0. Weighted mean over all entries; NaN labels weigh 0."""
+    shape = alpha.shape[:2]
+    labels, weights = _mask_missing(labels.reshape(shape), weights, shape)
+    one_hot = F.one_hot(labels.long(), alpha.shape[-1]).to(alpha.dtype)
+    loss = dirichlet_expected_cross_entropy(alpha, one_hot)
+    if kl_coefficient:
+        loss = loss + kl_coefficient * dirichlet_kl_uniform(one_hot + (1.0 - one_hot) * alpha)
+    return (loss * weights).mean()

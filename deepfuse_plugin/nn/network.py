@@ -14,7 +14,8 @@ from deepfuse_plugin.nn.heads import TaskHead
 
 class NetworkOutput(NamedTuple):
     """Outputs in DeepChem ``output_types`` order: prediction, loss input, aux loss, embedding,
-    modality weights."""
+    modality weights. The loss input (``task_output``) is the head's: values, logits, or an
+    evidential head's distribution parameters (NIG ``(B, T, 4)``, Dirichlet ``alpha (B, T, C)``)."""
 
     prediction: Tensor
     task_output: Tensor
