@@ -186,3 +186,13 @@ def iterate_network(model: Any, dataset: Dataset, drop: Iterable[str] = ()) -> I
     """``(NetworkOutput, FusionOutput)`` per batch, evaluation mode, no gradients."""
     for out, _ in model._iterate_outputs(dataset, tuple(drop)):
         yield out, model.model.last_fusion
+
+
+def finish_result(table: "pd.DataFrame", model: Any, plot: PlotArg, plotter: str) -> "AnalysisResult":
+    """Tag ``table`` with the model's class name and draw it with ``plots.<plotter>`` when asked."""
+    table.attrs.setdefault("model", type(model).__name__)
+    if plot is False or plot is None:
+        return AnalysisResult(table, None)
+    from deepfuse_plugin.analysis import plots
+
+    return AnalysisResult(table, getattr(plots, plotter)(table, plot_path(plot)))

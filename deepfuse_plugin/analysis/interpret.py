@@ -21,7 +21,7 @@ import pandas as pd
 from deepchem.data import Dataset
 
 from deepfuse_plugin.analysis._common import (AnalysisResult, NoModalityWeightsError, PlotArg,
-                                              as_seeds, iterate_network, plot_path, presence,
+                                              as_seeds, finish_result, iterate_network, presence,
                                               random_drop, samples_of, true_labels, with_samples)
 
 WEIGHT_COLUMNS = ["rate", "seed", "modality", "mean_weight", "std_weight", "mean_weight_present",
@@ -143,13 +143,7 @@ def mean_modality_weights(model: Any, dataset: Dataset, drop_modalities: Iterabl
     drop = tuple(drop_modalities)
     table = _summary(modality_weights(model, dataset, drop), dataset, drop)
     table.index.name = "modality"
-    table.attrs["model"] = type(model).__name__
-    figure = None
-    if plot is not False and plot is not None:
-        from deepfuse_plugin.analysis.plots import plot_modality_weights
-
-        figure = plot_modality_weights(table, plot_path(plot))
-    return AnalysisResult(table, figure)
+    return finish_result(table, model, plot, "plot_modality_weights")
 
 
 def weights_vs_masking_rate(model: Any, dataset: Dataset,
@@ -215,13 +209,7 @@ def weights_vs_masking_rate(model: Any, dataset: Dataset,
                 rows.append({"rate": rate, "seed": seed, "modality": modality, **stats.to_dict()})
     table = pd.DataFrame(rows, columns=WEIGHT_COLUMNS)
     table["seed"] = table["seed"].astype("Int64")
-    table.attrs["model"] = type(model).__name__
-    figure = None
-    if plot is not False and plot is not None:
-        from deepfuse_plugin.analysis.plots import plot_weights_vs_masking_rate
-
-        figure = plot_weights_vs_masking_rate(table, plot_path(plot))
-    return AnalysisResult(table, figure)
+    return finish_result(table, model, plot, "plot_weights_vs_masking_rate")
 
 
 def _project(embeddings: np.ndarray, method: str, random_state: int,
@@ -334,10 +322,5 @@ def embedding_projection(model: Any, dataset: Dataset, method: str = "tsne",
         table["color"] = values
         table.attrs["color_label"] = label
     table.attrs.update(method=method, model=type(model).__name__)
-    figure = None
-    if plot is not False and plot is not None:
-        from deepfuse_plugin.analysis.plots import plot_projection
-
-        figure = plot_projection(table, plot_path(plot))
-    return AnalysisResult(table, figure)
+    return finish_result(table, model, plot, "plot_projection")
 

@@ -22,7 +22,7 @@ from deepchem.metrics import Metric
 
 from deepfuse_plugin.analysis._common import random_drop as _random_drop
 from deepfuse_plugin.analysis._common import (AnalysisResult, PlotArg, as_seeds, logger,
-                                              modality_universe, output_transformers, plot_path,
+                                              finish_result, modality_universe, output_transformers,
                                               presence, resolve_metrics, samples_of,
                                               score, shuffle_modality, true_labels, with_samples)
 
@@ -203,13 +203,7 @@ def evaluate_missing_modalities(model: Any, dataset: Dataset, metrics: MetricArg
 
     table = pd.DataFrame(rows, columns=MISSING_COLUMNS)
     table["seed"] = table["seed"].astype("Int64")
-    table.attrs["model"] = type(model).__name__
-    figure = None
-    if plot is not False and plot is not None:
-        from deepfuse_plugin.analysis.plots import plot_degradation
-
-        figure = plot_degradation(table, plot_path(plot))
-    return AnalysisResult(table, figure)
+    return finish_result(table, model, plot, "plot_degradation")
 
 
 def modality_ablation(model: Any, dataset: Dataset, metrics: MetricArg,
@@ -326,10 +320,4 @@ def modality_ablation(model: Any, dataset: Dataset, metrics: MetricArg,
 
     table = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
     table["seed"] = table["seed"].astype("Int64")
-    table.attrs["model"] = type(model).__name__
-    figure = None
-    if plot is not False and plot is not None:
-        from deepfuse_plugin.analysis.plots import plot_ablation
-
-        figure = plot_ablation(table, plot_path(plot))
-    return AnalysisResult(table, figure)
+    return finish_result(table, model, plot, "plot_ablation")
