@@ -140,7 +140,10 @@ def check_fusion_strategy_results(results: dict) -> None:
     if evidential is not None:
         assert math.isfinite(evidential["test_rmse"])
         assert 0.0 <= evidential["within_1_std"] <= evidential["within_2_std"] <= 1.0
-        assert all(v > 0 for v in evidential["mean_std"].values())
+        assert set(evidential["by_condition"]) == {"all three", "no smiles", "ecfp only",
+                                                   "graph only", "smiles only"}
+        for entry in evidential["by_condition"].values():
+            assert entry["rms predicted std"] > 0 and math.isfinite(entry["actual RMSE"])
 
 
 RESULT_CHECKS = {"01_dynamic_fusion_with_deepchem": check_dynamic_fusion_results,
