@@ -276,11 +276,13 @@ def atom_attributions(model: Any, dataset: Dataset, task: int = 0, target: str =
 def draw_atom_attributions(smiles: Any, scores: Sequence[float],
                            path: str | os.PathLike | None = None,
                            size: tuple[int, int] = (400, 400), contour_lines: int = 10,
-                           **kwargs: Any) -> bytes:
+                           vmax: float | None = None, **kwargs: Any) -> bytes:
     """Draw per-atom scores on the 2D structure as an RDKit similarity map (PNG).
 
     Positive scores are green, negative pink (RDKit's default similarity-map colours); scores are
-    divided by the largest absolute score first, so the colour scale spans [-1, 1]. A one-atom
+    divided by ``vmax`` (default: this molecule's largest absolute score) and clipped, so the colour
+    scale spans [-1, 1]. Pass one ``vmax`` to several calls to compare pictures across molecules or
+    models: with the per-molecule default, a tiny attribution looks as strong as a large one. A one-atom
     molecule (RDKit's maps need two) gets its atom highlighted in the colour of the score's sign.
 
     Parameters
@@ -295,6 +297,8 @@ def draw_atom_attributions(smiles: Any, scores: Sequence[float],
         Width and height in pixels.
     contour_lines: int
         Contour lines of the map.
+    vmax: float, optional
+        Absolute score drawn at full colour (a shared colour scale).
     **kwargs:
         Passed to ``rdkit.Chem.Draw.SimilarityMaps.GetSimilarityMapFromWeights`` (e.g.
         ``colorMap``, ``alpha``).
@@ -330,8 +334,9 @@ def draw_atom_attributions(smiles: Any, scores: Sequence[float],
         Draw.rdMolDraw2D.PrepareAndDrawMolecule(canvas, mol, highlightAtoms=list(highlight),
                                                 highlightAtomColors=highlight)
     else:
-        if largest > 0:
-            weights = [v / largest for v in weights]  # the colour scale spans [-1, 1]
+        scale = largest if vmax is None else float(vmax)
+        if scale > 0:  # the colour scale spans [-1, 1]
+            weights = [float(np.clip(v / scale, -1.0, 1.0)) for v in weights]
         SimilarityMaps.GetSimilarityMapFromWeights(mol, weights, draw2d=canvas,
                                                    contourLines=contour_lines, **kwargs)
     canvas.FinishDrawing()

@@ -144,3 +144,11 @@ def test_draw_atom_attributions(tmp_path):
         draw_atom_attributions("CO", [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="cannot parse"):
         draw_atom_attributions("not a smiles", [1.0])
+
+
+def test_shared_colour_scale_makes_small_attributions_look_small():
+    small = draw_atom_attributions("CCO", [0.001, -0.002, 0.001], vmax=1.0)
+    same_as_large = draw_atom_attributions("CCO", [0.001, -0.002, 0.001])  # per-molecule scale
+    large = draw_atom_attributions("CCO", [0.5, -1.0, 0.5], vmax=1.0)
+    assert small != large  # on a shared scale the weak map is drawn fainter
+    assert same_as_large == large  # the per-molecule default hides the difference
