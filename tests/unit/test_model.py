@@ -428,3 +428,20 @@ def test_predict_on_batch_of_featurized_samples(trained, small_featurizer):
     with_bad_row = small_featurizer.featurize(["CCO", "not a molecule"])
     with pytest.raises(TypeError, match="not a MultiModalSample"):
         model.predict_on_batch(with_bad_row)
+
+
+def test_dynamic_fusion_regularises_fingerprint_encoders_by_default(small_featurizer,
+                                                                    tiny_dataset,
+                                                                    tiny_model_kwargs):
+    kwargs = {k: v for k, v in tiny_model_kwargs.items() if k != "encoder_options"}
+    model = DynamicFusionModel(1, small_featurizer.modalities, **kwargs)
+    ecfp_encoder = model.model.encoders["ecfp"]
+    assert ecfp_encoder.input_dropout.p == pytest.approx(0.2)
+    assert model.get_config()["encoder_options"] == {}  # defaults are not written into the config
+    model.fit(tiny_dataset, nb_epoch=2)
+    # dropout is off at inference: predictions are deterministic
+    np.testing.assert_array_equal(model.predict(tiny_dataset), model.predict(tiny_dataset))
+    # an explicit user setting wins over the model's default
+    custom = DynamicFusionModel(1, small_featurizer.modalities,
+                                encoder_options={"vector": {"input_dropout": 0.0}}, **kwargs)
+    assert custom.model.encoders["ecfp"].input_dropout.p == 0.0
