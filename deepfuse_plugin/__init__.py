@@ -26,6 +26,16 @@ from deepfuse_plugin.models.cross_attention import CrossAttentionFusionModel  # 
 from deepfuse_plugin.models.moe import GatedMoEFusionModel  # noqa: E402
 from deepfuse_plugin.models.unimodal import UnimodalModel  # noqa: E402
 from deepfuse_plugin.models.calibration import calibration_report  # noqa: E402
+# Crystals: these modules import without pymatgen/matgl (imported lazily where needed), so the
+# molecular API works without the `materials` extra; importing them registers the crystal_graph
+# and text encoders and collaters.
+from deepfuse_plugin.data import crystal as _crystal_collate  # noqa: E402,F401
+from deepfuse_plugin.nn import crystal as _crystal_encoders  # noqa: E402,F401
+from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer  # noqa: E402
+from deepfuse_plugin.models.matmmfuse import MatMMFuseModel, zero_shot_evaluate  # noqa: E402
+from deepfuse_plugin.data.loaders import (family_mask, load_cif_folder, load_extxyz,  # noqa: E402
+                                          load_extxyz_splits, load_materials_project,
+                                          load_molnet_materials)
 from deepfuse_plugin import analysis  # noqa: E402
 from deepfuse_plugin.analysis import (atom_attributions, embedding_projection,  # noqa: E402
                                       evaluate_missing_modalities, modality_ablation,
@@ -37,8 +47,10 @@ REGISTRY["models"].update({"MultiModalTorchModel": MultiModalTorchModel,
                            "LateFusionModel": LateFusionModel,
                            "CrossAttentionFusionModel": CrossAttentionFusionModel,
                            "GatedMoEFusionModel": GatedMoEFusionModel,
-                           "UnimodalModel": UnimodalModel})
-REGISTRY["feat"].update({"MultiModalFeaturizer": MultiModalFeaturizer})
+                           "UnimodalModel": UnimodalModel,
+                           "MatMMFuseModel": MatMMFuseModel})
+REGISTRY["feat"].update({"MultiModalFeaturizer": MultiModalFeaturizer,
+                         "CrystalMultiModalFeaturizer": CrystalMultiModalFeaturizer})
 REGISTRY["data"].update({"MultiModalDataset": MultiModalDataset})
 
 __all__ = [
@@ -50,6 +62,9 @@ __all__ = [
     "MultiModalTorchModel", "DynamicFusionModel",
     "EarlyFusionModel", "LateFusionModel", "CrossAttentionFusionModel", "GatedMoEFusionModel",
     "UnimodalModel",
+    "CrystalMultiModalFeaturizer", "MatMMFuseModel",
+    "load_extxyz", "load_extxyz_splits", "load_cif_folder", "load_molnet_materials",
+    "load_materials_project", "family_mask", "zero_shot_evaluate",
     "analysis", "evaluate_missing_modalities", "modality_ablation", "modality_weights",
     "atom_attributions", "embedding_projection", "calibration_report",
 ]

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import multiprocessing as mp
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from deepchem.feat import MolecularFeaturizer
 from rdkit import Chem, rdBase
-from tqdm.auto import tqdm
 
+from deepfuse_plugin.feat import _base
 from deepfuse_plugin.feat.tokenizers import (DEFAULT_SMILES_VOCAB, Vocabulary, default_selfies_vocab,
                                              tokenize_selfies, tokenize_smiles)
 from deepfuse_plugin.modalities import GraphFeatures, Modality, MultiModalSample
@@ -433,21 +432,8 @@ class MultiModalFeaturizer(MolecularFeaturizer):
         if self.n_jobs > 1 and len(points) >= 64:
             results = self._featurize_parallel(points)
         else:
-            iterator = tqdm(points, desc="featurize", disable=not self.progress, unit="mol")
-            results = [self.featurize_one(p) for p in iterator]
-        out = np.empty(len(points), dtype=object)
-        failed = []
-        for i, result in enumerate(results):
-            if result is None:
-                failed.append(i)
-                out[i] = np.array([])
-            else:
-                out[i] = result
-        if failed:
-            shown = ", ".join(f"{i}:{points[i]!r}" for i in failed[:20])
-            logger.warning("MultiModalFeaturizer: %d of %d inputs could not be parsed and are dropped "
-                           "by DeepChem loaders (index:input): %s%s", len(failed), len(points), shown,
-                           " ..." if len(failed) > 20 else "")
+            results = _base.featurize_serial(self, points, self.progress, unit="mol")
+        out = _base.to_object_array(results, points, "MultiModalFeaturizer", log=logger)
         self._log_missing(results)
         return out
 
@@ -475,26 +461,10 @@ class MultiModalFeaturizer(MolecularFeaturizer):
         # Mols are converted to SMILES so chunks pickle cheaply; the featurizer reaches workers by
         # fork inheritance (initializer), not by pickling per task.
         points = [Chem.MolToSmiles(p) if isinstance(p, Chem.Mol) else p for p in points]
-        chunk = max(16, min(512, len(points) // (self.n_jobs * 8) or 1))
-        chunks = [points[i:i + chunk] for i in range(0, len(points), chunk)]
-        ctx = mp.get_context("fork")
-        results: list[MultiModalSample | None] = []
-        with ctx.Pool(self.n_jobs, initializer=_init_worker, initargs=(self,)) as pool, \
-                tqdm(total=len(points), desc="featurize", disable=not self.progress,
-                     unit="mol") as bar:
-            for part in pool.imap(_featurize_chunk, chunks):
-                results.extend(part)
-                bar.update(len(part))
-        return results
+        return _base.featurize_parallel(self, points, self.n_jobs, self.progress, unit="mol")
 
     def _log_missing(self, results: Sequence[MultiModalSample | None]) -> None:
-        counts: dict[str, int] = {}
-        for sample in results:
-            if sample is not None:
-                for name in sample.missing_reasons:
-                    counts[name] = counts.get(name, 0) + 1
-        for name, count in counts.items():
-            logger.info("MultiModalFeaturizer: modality %r missing for %d molecule(s)", name, count)
+        _base.log_missing(results, "MultiModalFeaturizer", "molecule(s)", log=logger)
 
 
 def _to_mol(datapoint: Any) -> Chem.Mol | None:
@@ -508,15 +478,3 @@ def _to_mol(datapoint: Any) -> Chem.Mol | None:
         mol = Chem.MolFromSmiles(datapoint)
     return mol if mol is not None and mol.GetNumAtoms() > 0 else None
 
-
-_WORKER_FEATURIZER: MultiModalFeaturizer | None = None
-
-
-def _init_worker(featurizer: MultiModalFeaturizer) -> None:
-    global _WORKER_FEATURIZER
-    _WORKER_FEATURIZER = featurizer
-
-
-def _featurize_chunk(points: list[Any]) -> list[MultiModalSample | None]:
-    assert _WORKER_FEATURIZER is not None
-    return [_WORKER_FEATURIZER.featurize_one(p) for p in points]
