@@ -1,0 +1,962 @@
+"""MoleculeNet accuracy benchmark: ``deepfuse bench moleculenet`` (and ``make bench``).
+
+Every deepfuse fusion model, the unimodal baselines and the DeepChem peers
+(:mod:`deepfuse_plugin.bench.peers`) are trained on exactly the same molecules and split:
+
+1. **Data.** Each dataset is loaded through DeepChem's own loader (``dc.molnet.load_<name>``,
+   ``splitter=None``, no transformers, ``data_dir=<data-dir>/moleculenet``) three times, once per
+   feature set: ``MultiModalFeaturizer(["ecfp", "graph", "smiles"])`` (deepfuse models),
+   ``CircularFingerprint(size=2048)`` (MLP, random forest) and ``DMPNNFeaturizer`` (DMPNNModel).
+   DeepChem drops the rows a featurizer fails on, so the three datasets are aligned by id (the
+   SMILES; the k-th occurrence of a duplicated SMILES matches the k-th occurrence elsewhere) and
+   only the rows valid in *all three* are kept; how many each featurizer lost is recorded. The
+   rows are the same whichever ``--models`` are chosen, so runs can be combined.
+2. **Split.** ``ScaffoldSplitter`` (or ``RandomSplitter`` with ``--split-seed``) 80/10/10 is
+   computed once on the aligned rows and applied by index to every feature set, and exported as
+   CSV (``<out>/splits/<dataset>_<split>_{train,valid,test}.csv``: ``smiles`` plus one column per
+   task, empty where the label is missing) for other tools (chemprop next).
+3. **Training.** Every neural model gets the same epochs, batch size, learning rate and seed, and
+   keeps the epoch with the best validation score
+   (:func:`deepfuse_plugin.workflows.train_with_validation`: ROC-AUC or RMSE on the valid split,
+   never test). Regression labels are normalized on the train split; metrics are in original
+   units. Classification: ROC-AUC, mean over tasks, missing labels (``w == 0``) masked, no class
+   balancing for any model. The random forest has no epochs.
+4. **Records.** Every run (dataset, split, seed, model, hyper-parameters, valid/test metrics,
+   best epoch, train time, peak memory) goes to ``<out>/moleculenet.json`` as soon as it finishes
+   (``--resume`` skips the runs already there, e.g. to add seeds); the table
+   ``<out>/moleculenet.md`` (mean ± std over seeds, best per dataset in bold) and the plot
+   ``<out>/moleculenet.png`` are rewritten from all the runs.
+
+Peak memory: a background thread samples the process resident set size (``psutil``, every 50 ms)
+during each run; ``peak_rss_mib`` is the peak and ``peak_rss_delta_mib`` the peak minus the RSS
+when the run started (the process keeps what earlier runs allocated, so the delta is a lower bound
+of what a run needs on its own). Without ``psutil`` both are null.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from deepfuse_plugin import workflows as wf
+from deepfuse_plugin.bench import peers as peer_lib
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1
+STEM = "moleculenet"
+FUSION_MODALITIES = ("ecfp", "graph", "smiles")
+
+#: Datasets whose task type is known; anything else is decided from its labels (all 0/1 ->
+#: classification).
+KNOWN_MODES = {
+    "bbbp": "classification", "bace_classification": "classification",
+    "clintox": "classification", "hiv": "classification", "tox21": "classification",
+    "toxcast": "classification", "sider": "classification", "muv": "classification",
+    "pcba": "classification",
+    "delaney": "regression", "sampl": "regression", "freesolv": "regression",
+    "lipo": "regression", "bace_regression": "regression", "qm7": "regression",
+    "qm8": "regression", "qm9": "regression", "hppb": "regression", "clearance": "regression",
+    "thermosol": "regression", "ppb": "regression",
+}
+#: Common names -> DeepChem loader names.
+ALIASES = {"esol": "delaney", "bace": "bace_classification", "lipophilicity": "lipo"}
+#: Display names for the tables.
+DISPLAY = {"bbbp": "BBBP", "bace_classification": "BACE", "clintox": "ClinTox", "hiv": "HIV",
+           "tox21": "Tox21", "delaney": "ESOL (delaney)", "sampl": "FreeSolv (sampl)",
+           "lipo": "Lipophilicity", "freesolv": "FreeSolv"}
+
+UNIMODAL = tuple(f"unimodal_{m}" for m in FUSION_MODALITIES)
+FULL_DATASETS = ("bbbp", "bace_classification", "clintox", "hiv", "tox21", "delaney", "sampl")
+#: ``--suite``: defaults for datasets, seeds and epochs (explicit options override them).
+SUITES: dict[str, dict[str, Any]] = {
+    "reduced": {"datasets": ("bbbp", "delaney"), "seeds": (0,), "epochs": 30},
+    "full": {"datasets": FULL_DATASETS, "seeds": (0, 1, 2), "epochs": 30},
+}
+DEFAULT_EVAL_EVERY = 1
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_LEARNING_RATE = 1e-3
+
+
+def default_models() -> list[str]:
+    """Every deepfuse fusion model registered in :data:`workflows.MODELS`, the unimodal
+    baselines and the DeepChem peers."""
+    return [*wf.MODELS, *UNIMODAL, *peer_lib.PEERS]
+
+
+def model_kind(name: str) -> str:
+    if name in peer_lib.PEERS:
+        return "deepchem"
+    if name in UNIMODAL:
+        return "deepfuse unimodal"
+    return "deepfuse fusion"
+
+
+def model_features(name: str) -> str:
+    return peer_lib.PEERS[name].features if name in peer_lib.PEERS else "multimodal"
+
+
+def model_label(name: str) -> str:
+    if name in peer_lib.PEERS:
+        return peer_lib.PEERS[name].label
+    if name in UNIMODAL:
+        return f"UnimodalModel ({name.split('_', 1)[1]} only)"
+    target = wf.MODELS.get(name, name)
+    cls = target if isinstance(target, str) else target.__name__
+    return f"{cls} ({'+'.join(FUSION_MODALITIES)})"
+
+
+def check_models(models: Sequence[str]) -> list[str]:
+    known = default_models()
+    unknown = [m for m in models if m not in known]
+    if unknown:
+        raise wf.WorkflowError(f"Unknown model(s) {unknown}; available: {known}")
+    return list(dict.fromkeys(models))
+
+
+def resolve_dataset(name: str) -> tuple[str, Callable[..., Any]]:
+    """``(loader name, dc.molnet.load_<name>)`` for a dataset name (aliases: esol, bace, ...)."""
+    import deepchem as dc
+
+    key = ALIASES.get(name.lower(), name.lower())
+    loader = getattr(dc.molnet, f"load_{key}", None)
+    if loader is None:
+        available = sorted(n[5:] for n in dir(dc.molnet) if n.startswith("load_")
+                           and n != "load_function")
+        raise wf.WorkflowError(f"DeepChem has no loader for dataset {name!r} "
+                               f"(dc.molnet.load_{key}); available: {available}")
+    return key, loader
+
+
+def moleculenet_dir(data_dir: str) -> str:
+    """``<data_dir>/moleculenet`` when it exists (the layout of ``../shared/data``), else
+    ``data_dir`` itself."""
+    sub = os.path.join(data_dir, "moleculenet")
+    return sub if os.path.isdir(sub) else data_dir
+
+
+def decide_mode(name: str, y: np.ndarray, w: np.ndarray) -> str:
+    """The known task type of a MoleculeNet dataset, else classification iff every labelled value
+    is 0 or 1."""
+    if name in KNOWN_MODES:
+        return KNOWN_MODES[name]
+    labelled = np.asarray(y)[np.asarray(w) > 0]
+    return "classification" if labelled.size and np.isin(labelled, (0.0, 1.0)).all() \
+        else "regression"
+
+
+def primary_metric(mode: str) -> tuple[str, bool]:
+    """``(metric key, higher is better)``."""
+    return ("roc_auc", True) if mode == "classification" else ("rmse", False)
+
+
+# -- data ----------------------------------------------------------------------------------------
+def featurizers(n_jobs: int = 1, progress: bool = False) -> dict[str, Any]:
+    import deepchem as dc
+
+    from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
+
+    return {"multimodal": MultiModalFeaturizer(list(FUSION_MODALITIES), n_jobs=n_jobs,
+                                               progress=progress),
+            "ecfp": dc.feat.CircularFingerprint(size=peer_lib.ECFP_SIZE),
+            "dmpnn": dc.feat.DMPNNFeaturizer()}
+
+
+def occurrence_keys(ids: Sequence[Any]) -> list[tuple[str, int]]:
+    """``(id, k)`` for the k-th occurrence of each id (duplicated SMILES stay distinct rows)."""
+    seen: dict[str, int] = defaultdict(int)
+    keys = []
+    for i in ids:
+        keys.append((str(i), seen[str(i)]))
+        seen[str(i)] += 1
+    return keys
+
+
+def align(datasets: dict[str, Any], reference: str = "multimodal"
+          ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keep the rows valid in every feature set, in the reference's order.
+
+    Returns the aligned ``NumpyDataset`` per feature set and a report: rows per feature set,
+    rows kept, rows dropped per feature set (present elsewhere but not kept), dropped ids.
+
+    Raises
+    ------
+    WorkflowError
+        The labels of an aligned row differ between feature sets (they come from the same file,
+        so this means the alignment is wrong).
+    """
+    keys = {name: occurrence_keys(ds.ids) for name, ds in datasets.items()}
+    common = set.intersection(*(set(k) for k in keys.values()))
+    union = set().union(*(set(k) for k in keys.values()))
+    order = [k for k in keys[reference] if k in common]
+    aligned = {}
+    for name, ds in datasets.items():
+        position = {k: i for i, k in enumerate(keys[name])}
+        rows = np.array([position[k] for k in order], dtype=int)
+        aligned[name] = wf.make_dataset(ds.X[rows] if len(rows) else ds.X[:0], ds.y[rows],
+                                        ds.w[rows], ds.ids[rows])
+    ref = aligned[reference]
+    for name, ds in aligned.items():
+        same = np.allclose(np.asarray(ds.y, float) * (ds.w > 0), np.asarray(ref.y, float) *
+                           (ref.w > 0), equal_nan=True)
+        if not same:
+            raise wf.WorkflowError(f"Labels of feature set {name!r} differ from {reference!r} "
+                                   "after alignment by id")
+    dropped = sorted(union - common)
+    report = {"n_featurized": {name: len(ds) for name, ds in datasets.items()},
+              "n_molecules": len(order), "n_union": len(union),
+              "dropped": {name: len(union) - len(k) for name, k in keys.items()},
+              "n_dropped": len(dropped),
+              "dropped_ids": [k[0] for k in dropped[:50]]}
+    return aligned, report
+
+
+def load_dataset(name: str, data_dir: str, cache_dir: str, n_jobs: int = 1,
+                 progress: bool = False
+                 ) -> tuple[list[str], dict[str, Any], dict[str, int | None]]:
+    """Load ``name`` once per feature set with DeepChem's loader (no split, no transformers).
+
+    Returns the task names, ``{feature set: NumpyDataset}`` (not aligned yet) and the number of
+    rows each featurizer was given (``None`` when the features came from the cache).
+    """
+    key, loader = resolve_dataset(name)
+    folder = moleculenet_dir(data_dir)
+    out: dict[str, Any] = {}
+    tasks: list[str] = []
+    quiet = logging.getLogger("deepchem")
+    previous = quiet.level
+    quiet.setLevel(logging.ERROR)
+    rows_read: dict[str, int | None] = {}
+    try:
+        for set_name, featurizer in featurizers(n_jobs, progress).items():
+            start = time.perf_counter()
+            seen = _count_inputs(featurizer)
+            with wf.rdkit_log_disabled():
+                try:
+                    tasks, (dataset,), _ = loader(featurizer=featurizer, splitter=None,
+                                                  transformers=[], data_dir=folder,
+                                                  save_dir=cache_dir)
+                except (OSError, ValueError) as err:  # urllib errors are OSErrors
+                    raise wf.WorkflowError(f"Cannot load {key} from {folder}: {err} (is the "
+                                           "DeepChem file there? --data-dir)") from err
+            out[set_name] = wf.make_dataset(dataset.X, dataset.y, dataset.w, dataset.ids)
+            rows_read[set_name] = seen[0] or None  # None: served from the featurization cache
+            logger.info("%s: %s features for %d molecules in %.1f s", key, set_name, len(dataset),
+                        time.perf_counter() - start)
+    finally:
+        quiet.setLevel(previous)
+    return list(tasks), out, rows_read
+
+
+def _count_inputs(featurizer: Any) -> list[int]:
+    """Make ``featurizer`` count the inputs DeepChem's loader passes it (rows of the file), so
+    rows that fail in every featurizer (unparseable SMILES) can be reported too."""
+    seen = [0]
+    featurize = featurizer.featurize
+
+    def counting(datapoints: Any, *args: Any, **kwargs: Any) -> Any:
+        datapoints = list(datapoints) if not isinstance(datapoints, str) else [datapoints]
+        seen[0] += len(datapoints)
+        return featurize(datapoints, *args, **kwargs)
+
+    featurizer.featurize = counting  # instance attribute: str(featurizer) (cache key) unchanged
+    return seen
+
+
+def export_split(out: str, dataset: str, tag: str, tasks: Sequence[str],
+                 parts: dict[str, Any]) -> dict[str, str]:
+    """Write ``<out>/splits/<dataset>_<tag>_<part>.csv`` (``smiles`` + task columns; missing
+    labels empty). Returns part -> path relative to ``out``."""
+    import pandas as pd
+
+    folder = os.path.join(out, "splits")
+    os.makedirs(folder, exist_ok=True)
+    files = {}
+    for part, ds in parts.items():
+        y = np.asarray(ds.y, dtype=np.float64).reshape(len(ds), len(tasks))
+        w = np.asarray(ds.w, dtype=np.float64).reshape(len(ds), len(tasks))
+        frame = pd.DataFrame({"smiles": [str(i) for i in ds.ids]})
+        for t, task in enumerate(tasks):
+            frame[task] = np.where(w[:, t] > 0, y[:, t], np.nan)
+        name = f"{dataset}_{tag}_{part}.csv"
+        frame.to_csv(os.path.join(folder, name), index=False)
+        files[part] = os.path.join("splits", name)
+    return files
+
+
+@dataclass
+class PreparedDataset:
+    """A dataset ready for every model: aligned feature sets split the same way."""
+
+    name: str
+    tasks: list[str]
+    mode: str
+    parts: dict[str, tuple[Any, Any, Any]]  # feature set -> (train, valid, test), transformed
+    transformers: list[Any]
+    modalities: list[Any]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def split_tag(split: str, split_seed: int) -> str:
+    return split if split == "scaffold" else f"{split}{split_seed}"
+
+
+def prepare_dataset(name: str, data_dir: str, cache_dir: str, out: str, split: str,
+                    split_seed: int, n_jobs: int = 1, limit: int | None = None,
+                    progress: bool = False) -> PreparedDataset:
+    """Load, align, split, export and (regression) normalize one dataset."""
+    key, _ = resolve_dataset(name)
+    start = time.perf_counter()
+    tasks, raw, rows_read = load_dataset(key, data_dir, cache_dir, n_jobs, progress)
+    featurize_s = time.perf_counter() - start
+    aligned, report = align(raw)
+    known = [n for n in rows_read.values() if n]
+    report["n_rows_in_file"] = max(known) if known else None
+    if limit and limit < report["n_molecules"]:  # after alignment: the same rows for every set
+        aligned = {n: ds.select(np.arange(limit)) for n, ds in aligned.items()}
+        report["n_molecules"] = limit
+    if report["n_dropped"]:
+        logger.warning("%s: %d molecule(s) failed in at least one featurizer and are left out for "
+                       "every model: %s", key, report["n_dropped"], report["dropped"])
+    ref = aligned["multimodal"]
+    if len(ref) < 3:
+        raise wf.WorkflowError(f"{key}: only {len(ref)} molecules are valid in every featurizer")
+    mode = decide_mode(key, ref.y, ref.w)
+    indices = wf.split_indices(ref, split, split_seed)
+    if len(indices[0]) == 0:
+        raise wf.WorkflowError(f"{key}: the {split} split left no training rows")
+    split_parts = {n: tuple(ds.select(i) for i in indices) for n, ds in aligned.items()}
+    tag = split_tag(split, split_seed)
+    files = export_split(out, key, tag, tasks, dict(zip(("train", "valid", "test"),
+                                                        split_parts["multimodal"])))
+    transformers: list[Any] = []
+    normalizer = None
+    if mode == "regression":
+        normalizer = wf.fit_normalizer(split_parts["multimodal"][0])
+        transformers = [normalizer]
+        split_parts = {n: tuple(normalizer.transform(d) for d in p) for n, p in split_parts.items()}
+    modalities = featurizers(n_jobs)["multimodal"].modalities
+    metric, _ = primary_metric(mode)
+    info = {"loader": f"dc.molnet.load_{key}", "tasks": tasks, "n_tasks": len(tasks),
+            "mode": mode, "metric": metric, **report, "split": split, "split_tag": tag,
+            "split_seed": split_seed if split == "random" else None,
+            "splitter": ("ScaffoldSplitter" if split == "scaffold" else "RandomSplitter") +
+                        " 80/10/10",
+            "n_train": len(indices[0]), "n_valid": len(indices[1]), "n_test": len(indices[2]),
+            "split_files": files, "featurize_s": featurize_s, "limit": limit,
+            "normalization": wf.normalizer_to_dict(normalizer)}
+    return PreparedDataset(key, tasks, mode, split_parts, transformers, modalities, info)
+
+
+# -- memory --------------------------------------------------------------------------------------
+class PeakRSS:
+    """Sample this process's resident set size in a thread while the block runs (psutil)."""
+
+    method = "psutil RSS sampled every 50 ms (peak during the run; delta = peak - RSS at start)"
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.start_mib: float | None = None
+        self.peak_mib: float | None = None
+        try:
+            import psutil
+
+            self._process = psutil.Process()
+        except ImportError:  # pragma: no cover - psutil comes with ipykernel ([test] extra)
+            self._process = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _rss(self) -> float:
+        return self._process.memory_info().rss / 2**20
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_mib = max(self.peak_mib or 0.0, self._rss())
+
+    def __enter__(self) -> "PeakRSS":
+        if self._process is not None:
+            self.start_mib = self.peak_mib = self._rss()
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mib = max(self.peak_mib or 0.0, self._rss())
+
+    @property
+    def delta_mib(self) -> float | None:
+        if self.start_mib is None or self.peak_mib is None:
+            return None
+        return self.peak_mib - self.start_mib
+
+
+# -- one run -------------------------------------------------------------------------------------
+def build_deepfuse(name: str, data: PreparedDataset, model_dir: str, budget: dict[str, Any]
+                   ) -> Any:
+    common = dict(n_tasks=len(data.tasks), mode=data.mode, batch_size=budget["batch_size"],
+                  learning_rate=budget["learning_rate"], model_dir=model_dir, progress=False)
+    if name in UNIMODAL:
+        from deepfuse_plugin.models.unimodal import UnimodalModel
+
+        modality = name.split("_", 1)[1]
+        spec = next(m for m in data.modalities if m.name == modality)
+        return UnimodalModel(modality=spec, **common)
+    cls = wf.resolve_model_class(name)
+    return cls(modalities=list(data.modalities), **common)
+
+
+def hyperparameters(name: str, model: Any, data: PreparedDataset, budget: dict[str, Any]
+                    ) -> dict[str, Any]:
+    if name in peer_lib.PEERS:
+        return peer_lib.peer_hyperparameters(name, data.mode, budget)
+    config = dict(model.get_config())
+    config["modalities"] = [m.get("name") if isinstance(m, dict) else str(m)
+                            for m in config.get("modalities", [])]
+    return config
+
+
+def run_one(name: str, data: PreparedDataset, seed: int, budget: dict[str, Any], scratch: str,
+            progress: bool = False) -> dict[str, Any]:
+    """Train and score one model on one prepared dataset with one seed: the JSON run record."""
+    import torch
+
+    train, valid, test = data.parts[model_features(name)]
+    model_dir = os.path.join(scratch, f"{data.name}_{name}_{seed}")
+    wf.fresh_model_dir(model_dir)
+    metric, _ = primary_metric(data.mode)
+    wf.set_seed(seed)
+    record: dict[str, Any] = {
+        "dataset": data.name, "split": data.info["split"],
+        "split_seed": data.info["split_seed"], "seed": seed, "model": name,
+        "label": model_label(name), "kind": model_kind(name), "features": model_features(name),
+        "metric": metric, "torch_threads": torch.get_num_threads()}
+    peer = peer_lib.PEERS.get(name)
+    with PeakRSS() as memory:
+        wall = time.perf_counter()
+        if peer is not None and not peer.epochs:
+            model, valid_m, test_m, fit_s = peer_lib.fit_forest(
+                name, len(data.tasks), data.mode, seed, budget, train, valid, test,
+                data.transformers)
+            record.update(model_class="SklearnModel", epochs=None, eval_every=None,
+                          best_epoch=None, selection="none (no epochs)", history=[])
+        else:
+            if peer is not None:
+                model = peer.build(len(data.tasks), data.mode, model_dir, seed, budget)
+            else:
+                model = build_deepfuse(name, data, model_dir, budget)
+            result = wf.train_with_validation(model, train, valid, budget["epochs"],
+                                              budget["eval_every"], data.transformers, data.mode,
+                                              model_dir, desc=f"{data.name} {name} s{seed}",
+                                              progress=progress)
+            valid_m = wf.evaluate(model, valid, data.transformers, data.mode)[0]
+            test_m = wf.evaluate(model, test, data.transformers, data.mode)[0]
+            fit_s = result.train_time_s
+            record.update(model_class=type(model).__name__, epochs=budget["epochs"],
+                          eval_every=budget["eval_every"], best_epoch=result.best_epoch,
+                          selection=f"best validation {result.score_name}",
+                          history=[{"epoch": h["epoch"], "score": h["score"]}
+                                   for h in result.history])
+        wall = time.perf_counter() - wall
+    record.update(hyperparameters=hyperparameters(name, model, data, budget),
+                  valid=valid_m, test=test_m, valid_metric=valid_m.get(metric),
+                  test_metric=test_m.get(metric), train_time_s=fit_s, wall_time_s=wall,
+                  peak_rss_mib=memory.peak_mib, peak_rss_delta_mib=memory.delta_mib,
+                  memory_method=PeakRSS.method if memory.peak_mib is not None
+                  else "unavailable (psutil not installed)")
+    shutil.rmtree(model_dir, ignore_errors=True)
+    del model
+    return record
+
+
+# -- aggregation and output ----------------------------------------------------------------------
+def run_key(run: dict[str, Any]) -> tuple:
+    return (run["dataset"], run["split"], run.get("split_seed"), run["seed"], run["model"])
+
+
+def summarize(runs: Sequence[dict[str, Any]], key: str = "test_metric"
+              ) -> dict[tuple[str, str], dict[str, Any]]:
+    """``(dataset, model) -> {mean, std, n, values}`` of ``run[key]`` over seeds (std: sample
+    standard deviation, ddof=1; NaN with one seed)."""
+    groups: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for run in runs:
+        value = run.get(key)
+        groups[(run["dataset"], run["model"])].append(math.nan if value is None else float(value))
+    out = {}
+    for k, values in groups.items():
+        arr = np.asarray(values, dtype=float)
+        finite = arr[np.isfinite(arr)]
+        out[k] = {"mean": float(finite.mean()) if finite.size else math.nan,
+                  "std": float(finite.std(ddof=1)) if finite.size > 1 else math.nan,
+                  "n": int(finite.size), "values": values}
+    return out
+
+
+def _cell(stat: dict[str, Any] | None, digits: int = 3) -> str:
+    if not stat or not math.isfinite(stat["mean"]):
+        return "–"
+    text = f"{stat['mean']:.{digits}f}"
+    if stat["n"] > 1 and math.isfinite(stat["std"]):
+        text += f" ± {stat['std']:.{digits}f}"
+    return text
+
+
+def ordered_models(runs: Sequence[dict[str, Any]]) -> list[str]:
+    present = {r["model"] for r in runs}
+    order = [m for m in default_models() if m in present]
+    return order + sorted(present - set(order))
+
+
+def ordered_datasets(runs: Sequence[dict[str, Any]], datasets: dict[str, Any]) -> list[str]:
+    present = list(dict.fromkeys(r["dataset"] for r in runs))
+    known = [d for d in FULL_DATASETS if d in present]
+    return known + [d for d in present if d not in known]
+
+
+def best_models(stats: dict[tuple[str, str], dict[str, Any]], dataset: str, models: Sequence[str],
+                higher: bool) -> set[str]:
+    means = {m: stats[(dataset, m)]["mean"] for m in models if (dataset, m) in stats
+             and math.isfinite(stats[(dataset, m)]["mean"])}
+    if not means:
+        return set()
+    target = max(means.values()) if higher else min(means.values())
+    return {m for m, v in means.items() if round(v, 3) == round(target, 3)}
+
+
+def metric_table(runs: Sequence[dict[str, Any]], datasets: dict[str, Any], key: str,
+                 title_metric: Callable[[dict[str, Any]], str], higher_fn: Callable[[str], bool],
+                 dataset_filter: Callable[[str], bool] = lambda d: True) -> list[str]:
+    """Markdown table: one row per dataset, one column per model, best per row in bold."""
+    models = ordered_models(runs)
+    names = [d for d in ordered_datasets(runs, datasets) if dataset_filter(d)]
+    if not names:
+        return []
+    stats = summarize(runs, key)
+    header = "| dataset | metric | n mol (train/valid/test) | " + " | ".join(models) + " |"
+    lines = [header, "|" + "---|" * (3 + len(models))]
+    for d in names:
+        info = datasets.get(d, {})
+        higher = higher_fn(d)
+        best = best_models(stats, d, models, higher)
+        cells = []
+        for m in models:
+            text = _cell(stats.get((d, m)))
+            cells.append(f"**{text}**" if m in best else text)
+        sizes = (f"{info.get('n_molecules', '?')} ({info.get('n_train', '?')}/"
+                 f"{info.get('n_valid', '?')}/{info.get('n_test', '?')})")
+        lines.append(f"| {DISPLAY.get(d, d)} | {title_metric(info)} {'↑' if higher else '↓'} | "
+                     f"{sizes} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def goal_check(runs: Sequence[dict[str, Any]], datasets: dict[str, Any]) -> list[str]:
+    """Issue 5's goal: every fusion model at least as good as the best DeepChem baseline
+    (means over seeds, test metric)."""
+    stats = summarize(runs)
+    lines = []
+    models = ordered_models(runs)
+    fusion = [m for m in models if model_kind(m) == "deepfuse fusion"]
+    baselines = [m for m in models if model_kind(m) == "deepchem"]
+    for d in ordered_datasets(runs, datasets):
+        mode = datasets.get(d, {}).get("mode", "classification")
+        _, higher = primary_metric(mode)
+        base = {m: stats[(d, m)]["mean"] for m in baselines if (d, m) in stats
+                and math.isfinite(stats[(d, m)]["mean"])}
+        if not base or not fusion:
+            continue
+        best_name = max(base, key=base.get) if higher else min(base, key=base.get)
+        best = base[best_name]
+        ok, not_ok = [], []
+        for m in fusion:
+            if (d, m) not in stats or not math.isfinite(stats[(d, m)]["mean"]):
+                continue
+            v = stats[(d, m)]["mean"]
+            (ok if (v >= best if higher else v <= best) else not_ok).append(f"{m} {v:.3f}")
+        lines.append(f"- {DISPLAY.get(d, d)}: best DeepChem baseline {best_name} {best:.3f}; "
+                     f"fusion models as good or better: {', '.join(ok) or 'none'}; "
+                     f"worse: {', '.join(not_ok) or 'none'}.")
+    return lines
+
+
+def format_markdown(payload: dict[str, Any]) -> str:
+    runs, datasets, settings = payload["runs"], payload["datasets"], payload["settings"]
+    seeds = sorted({r["seed"] for r in runs})
+    models = ordered_models(runs)
+    env = payload.get("environment", {})
+
+    def higher(d: str) -> bool:
+        return primary_metric(datasets.get(d, {}).get("mode", "classification"))[1]
+
+    def metric_name(info: dict[str, Any]) -> str:
+        return "ROC-AUC" if info.get("mode") == "classification" else "RMSE"
+
+    lines = [
+        "# MoleculeNet benchmark: deepfuse vs DeepChem baselines",
+        "",
+        "Generated by " + " then ".join(f"`{c}`" for c in (payload.get("commands") or [
+            payload.get("command", "deepfuse bench moleculenet")])) + ". "
+        "Test-split metric, mean ± sample std over model seeds "
+        f"{', '.join(map(str, seeds))} (one seed: no std); best mean per dataset in **bold** "
+        "(ties at 3 decimals all bold). Every model sees the same molecules and the same split.",
+        "",
+        *metric_table(runs, datasets, "test_metric", metric_name, higher),
+        "",
+        "Models: " + "; ".join(f"`{m}` = {model_label(m)}" for m in models) + ".",
+        "",
+        "## Settings",
+        "",
+        f"- Split: {_split_text(datasets)}; exported to `splits/` (`smiles` + task columns) so "
+        "other tools can reuse exactly the same membership.",
+        f"- Neural models: {settings['epochs']} epochs, batch size {settings['batch_size']}, "
+        f"learning rate {settings['learning_rate']}, validation every {settings['eval_every']} "
+        "epoch(s); the checkpoint with the best validation score (ROC-AUC / RMSE) is kept, the "
+        "test split is never used for selection. deepfuse models use their default architecture "
+        "(encoder/fused width 128); DeepChem models their defaults (see the JSON).",
+        f"- Random forest: {peer_lib.RF_TREES} trees, one per task on labelled rows, no epochs.",
+        "- Classification: ROC-AUC averaged over tasks, missing labels masked (w = 0); no class "
+        "balancing for any model. Regression: labels normalized on train, metrics in original "
+        "units.",
+        f"- Machine: {env.get('cpu_count', '?')} CPU cores shared with other jobs, "
+        f"torch threads {settings.get('threads', '?')}; times are wall clock and noisy.",
+        "",
+    ]
+    reg = [d for d in ordered_datasets(runs, datasets) if not higher(d)]
+    if reg:
+        mae_runs = [{**r, "mae": (r.get("test") or {}).get("mae")} for r in runs]
+        lines += ["## Regression MAE (test)", "",
+                  *metric_table(mae_runs, datasets, "mae", lambda i: "MAE", lambda d: False,
+                                lambda d: d in reg), ""]
+    valid_lines = metric_table(runs, datasets, "valid_metric", metric_name, higher)
+    lines += ["## Validation metric of the selected checkpoint", "", *valid_lines, ""]
+    lines += ["## Train time (s) and peak memory", "",
+              "Train time: wall time of `fit` including the per-epoch validation passes "
+              "(random forest: fit). Peak RSS delta: " + PeakRSS.method + "; a lower bound, as "
+              "the process keeps memory from earlier runs.", ""]
+    time_stats = summarize(runs, "train_time_s")
+    mem_stats = summarize(runs, "peak_rss_delta_mib")
+    epoch_stats = summarize(runs, "best_epoch")
+    header = "| dataset | " + " | ".join(models) + " |"
+    lines += [header, "|" + "---|" * (1 + len(models))]
+    for d in ordered_datasets(runs, datasets):
+        cells = []
+        for m in models:
+            t, mem, ep = (s.get((d, m)) for s in (time_stats, mem_stats, epoch_stats))
+            text = _cell(t, 0) + " s"
+            if mem and math.isfinite(mem["mean"]):
+                text += f" / {mem['mean']:.0f} MiB"
+            if ep and math.isfinite(ep["mean"]):
+                text += f" / ep {ep['mean']:.0f}"
+            cells.append(text)
+        lines.append(f"| {DISPLAY.get(d, d)} | " + " | ".join(cells) + " |")
+    lines += ["", "Cells: mean train time / mean peak RSS delta / mean best epoch.", ""]
+    lines += ["## Goal check (issue 5: every fusion model ≥ the best DeepChem baseline)", "",
+              *goal_check(runs, datasets), ""]
+    lines += ["## Data", ""]
+    for d in ordered_datasets(runs, datasets):
+        info = datasets.get(d, {})
+        rows = info.get("n_rows_in_file")
+        unparsed = (rows - max(info.get("n_featurized", {}).values() or [0])) if rows else None
+        lines.append(f"- {DISPLAY.get(d, d)} (`{info.get('loader')}`, {info.get('n_tasks')} "
+                     f"task(s), {info.get('mode')}): {rows or '?'} rows in the file"
+                     + (f", {unparsed} not parseable by any featurizer" if unparsed else "")
+                     + f"; featurized per set {info.get('n_featurized')}; "
+                     f"{info.get('n_dropped', 0)} more left out because one featurizer failed "
+                     f"on them; {info.get('n_molecules')} molecules used by every model"
+                     + (f" (first {info['limit']}, --limit)" if info.get("limit") else "") + ".")
+    observed = observations(payload)
+    if observed:
+        lines += ["", "## Observations (computed from the runs)", "", *[f"- {o}" for o in observed]]
+    notes = payload.get("notes", [])
+    if notes:
+        lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
+    return "\n".join(lines) + "\n"
+
+
+def observations(payload: dict[str, Any]) -> list[str]:
+    """Facts worth a reader's attention, derived from the runs: models still improving at the
+    epoch budget, models whose validation score peaks in the first epochs, and a large gap
+    between the validation and test metric (a split whose validation part is not like its
+    test part)."""
+    runs, datasets = payload["runs"], payload["datasets"]
+    epochs = payload["settings"]["epochs"]
+    out = []
+    for d in ordered_datasets(runs, datasets):
+        these = [r for r in runs if r["dataset"] == d and r.get("best_epoch") is not None]
+        if not these:
+            continue
+        name = DISPLAY.get(d, d)
+        last = sorted({r["model"] for r in these if r["best_epoch"] >= epochs})
+        early = sorted({r["model"] for r in these if r["best_epoch"] <= max(2, epochs // 15)})
+        if last:
+            out.append(f"{name}: best validation score at the last epoch ({epochs}) for "
+                       f"{', '.join(last)} in at least one seed: still improving, the epoch "
+                       "budget limits them.")
+        if early:
+            out.append(f"{name}: best validation score within the first "
+                       f"{max(2, epochs // 15)} epochs for {', '.join(early)} in at least one "
+                       "seed: validation peaks (or overfitting starts) almost at once.")
+        pairs = [(r["valid_metric"], r["test_metric"]) for r in runs if r["dataset"] == d
+                 and r.get("valid_metric") is not None and r.get("test_metric") is not None]
+        if pairs:
+            valid, test = (float(np.mean(v)) for v in zip(*pairs))
+            mode = datasets.get(d, {}).get("mode")
+            gap = valid - test if mode == "classification" else test - valid
+            if (mode == "classification" and gap > 0.1) or (mode == "regression" and
+                                                           gap > 0.25 * valid):
+                out.append(f"{name}: mean validation {primary_metric(mode)[0]} {valid:.3f} vs "
+                           f"test {test:.3f} over all models: the {datasets[d].get('split')} "
+                           "validation part is much easier than the test part, so epoch "
+                           "selection on it is a weak guide.")
+    return out
+
+
+def _split_text(datasets: dict[str, Any]) -> str:
+    splitters = sorted({f"{i.get('splitter')}" + (f" (split seed {i['split_seed']})"
+                                                  if i.get("split_seed") is not None else "")
+                        for i in datasets.values()})
+    return ", ".join(splitters) or "?"
+
+
+def plot(payload: dict[str, Any], path: str) -> None:
+    """Grouped bar chart: one panel per metric (ROC-AUC, RMSE), datasets as groups, models as bars
+    (mean ± std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs, datasets = payload["runs"], payload["datasets"]
+    models = ordered_models(runs)
+    stats = summarize(runs)
+    panels = []
+    for mode, label in (("classification", "test ROC-AUC (higher is better)"),
+                        ("regression", "test RMSE (lower is better)")):
+        names = [d for d in ordered_datasets(runs, datasets)
+                 if datasets.get(d, {}).get("mode") == mode]
+        if names:
+            panels.append((names, label))
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, 3.2 * sum(len(p[0]) for p in panels)
+                                                          + 2), 4.2), squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    width = 0.8 / max(1, len(models))
+    for ax, (names, label) in zip(axes[0], panels):
+        x = np.arange(len(names))
+        for j, m in enumerate(models):
+            means = [stats.get((d, m), {}).get("mean", math.nan) for d in names]
+            stds = [stats.get((d, m), {}).get("std", math.nan) for d in names]
+            stds = [0.0 if not math.isfinite(s) else s for s in stds]
+            ax.bar(x - 0.4 + width * (j + 0.5), means, width, yerr=stds, capsize=2,
+                   color=cmap(j % 20), label=m,
+                   edgecolor="black" if model_kind(m) == "deepchem" else "none",
+                   hatch="//" if model_kind(m) == "deepchem" else None)
+        ax.set_xticks(x, [DISPLAY.get(d, d) for d in names])
+        ax.set_ylabel(label)
+        finite = [stats[(d, m)]["mean"] for d in names for m in models
+                  if (d, m) in stats and math.isfinite(stats[(d, m)]["mean"])]
+        if finite and "ROC" in label:
+            ax.set_ylim(max(0.0, min(finite) - 0.1), min(1.0, max(finite) + 0.05))
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    seeds = sorted({r["seed"] for r in runs})
+    fig.suptitle(f"MoleculeNet, {_split_text(datasets)}, seeds {seeds} "
+                 "(hatched: DeepChem baselines)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(payload: dict[str, Any], out: str, png: bool = True) -> None:
+    """``<out>/moleculenet.json`` (atomically), ``.md`` and (``png``) ``.png``."""
+    path = os.path.join(out, f"{STEM}.json")
+    wf.write_json(path + ".tmp", payload)
+    os.replace(path + ".tmp", path)
+    with open(os.path.join(out, f"{STEM}.md"), "w") as fh:
+        fh.write(format_markdown(payload))
+    if png:
+        plot(payload, os.path.join(out, f"{STEM}.png"))
+
+
+# -- the command ---------------------------------------------------------------------------------
+def _environment() -> dict[str, Any]:
+    import deepchem as dc
+    import rdkit
+    import sklearn
+    import torch
+
+    from deepfuse_plugin._version import __version__
+
+    return {"deepfuse": __version__, "deepchem": dc.__version__, "torch": torch.__version__,
+            "rdkit": rdkit.__version__, "sklearn": sklearn.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "cpu_count": os.cpu_count()}
+
+
+NOTES = [
+    "chemprop v2 is not in this table yet: it needs its own virtual environment (it pins a "
+    "different RDKit); the exported split CSVs are meant for it.",
+    "Peak memory is process RSS sampled with psutil; the delta over the RSS at the start of a run "
+    "is a lower bound of the run's own need (memory from earlier runs is reused).",
+]
+
+
+def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str = "../shared/data",
+                          seeds: Sequence[int] | None = None, epochs: int | None = None,
+                          split: str = "scaffold", split_seed: int = 0,
+                          models: Sequence[str] | None = None, out: str = "benchmarks",
+                          suite: str = "reduced", eval_every: int = DEFAULT_EVAL_EVERY,
+                          batch_size: int = DEFAULT_BATCH_SIZE,
+                          learning_rate: float = DEFAULT_LEARNING_RATE, n_jobs: int = 1,
+                          cache_dir: str | None = None, resume: bool = False,
+                          limit: int | None = None, progress: bool = True,
+                          command: str | None = None,
+                          echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the benchmark and write ``<out>/moleculenet.{json,md,png}`` and ``<out>/splits/``.
+
+    Parameters
+    ----------
+    datasets, seeds, epochs:
+        Default to the ``suite``'s (``"reduced"``: BBBP + ESOL, seed 0, 30 epochs; ``"full"``: the
+        seven datasets of issue 5, seeds 0-2, 30 epochs).
+    data_dir: str
+        Folder holding the DeepChem files (or its ``moleculenet/`` subfolder).
+    split, split_seed:
+        ``"scaffold"`` (deterministic) or ``"random"`` (seeded by ``split_seed``), 80/10/10.
+    models: list of str
+        Default :func:`default_models` (every fusion model, unimodal baselines, DeepChem peers).
+    out: str
+        Output folder.
+    eval_every, batch_size, learning_rate:
+        Shared budget of every neural model.
+    n_jobs: int
+        Featurization processes and random-forest jobs.
+    cache_dir: str, optional
+        Where DeepChem caches the featurized datasets (reused across calls); default: a temporary
+        folder removed at the end.
+    resume: bool
+        Keep the runs already in ``<out>/moleculenet.json`` (same settings required) and skip
+        them; used to add seeds or models to a table.
+    limit: int, optional
+        First ``limit`` molecules of each dataset (tests, quick runs).
+
+    Returns
+    -------
+    dict
+        The JSON payload.
+    """
+    from tqdm.auto import tqdm
+
+    if suite not in SUITES:
+        raise wf.WorkflowError(f"Unknown suite {suite!r}; choose one of {sorted(SUITES)}")
+    defaults = SUITES[suite]
+    names = [resolve_dataset(d)[0] for d in (datasets or defaults["datasets"])]
+    seeds = list(seeds if seeds is not None else defaults["seeds"])
+    epochs = int(epochs or defaults["epochs"])
+    models = check_models(models or default_models())
+    if split not in wf.SPLITS:
+        raise wf.WorkflowError(f"Unknown split {split!r}; choose one of {list(wf.SPLITS)}")
+    if epochs < 1:
+        raise wf.WorkflowError(f"epochs must be >= 1, got {epochs}")
+    import torch
+
+    settings = {"epochs": epochs, "eval_every": eval_every, "batch_size": batch_size,
+                "learning_rate": learning_rate, "split": split,
+                "split_seed": split_seed if split == "random" else None, "limit": limit,
+                "threads": torch.get_num_threads(), "n_jobs": n_jobs}
+    os.makedirs(out, exist_ok=True)
+    json_path = os.path.join(out, f"{STEM}.json")
+    payload: dict[str, Any] = {"benchmark": "moleculenet", "format": FORMAT,
+                               "command": command or "deepfuse bench moleculenet",
+                               "environment": _environment(), "settings": settings,
+                               "memory_method": PeakRSS.method, "datasets": {}, "runs": [],
+                               "notes": list(NOTES)}
+    if resume and os.path.exists(json_path):
+        with open(json_path) as fh:
+            previous = json.load(fh)
+        keys = ("epochs", "eval_every", "batch_size", "learning_rate", "split", "split_seed",
+                "limit")
+        differ = {k: (previous["settings"].get(k), settings[k]) for k in keys
+                  if previous["settings"].get(k) != settings[k]}
+        if differ:
+            raise wf.WorkflowError(f"--resume: {json_path} was made with other settings "
+                                   f"(old, new): {differ}")
+        payload["datasets"] = previous.get("datasets", {})
+        payload["runs"] = previous.get("runs", [])
+        payload["commands"] = previous.get("commands", [previous.get("command")])
+        payload["wall_time_s"] = previous.get("wall_time_s", 0.0)
+    payload.setdefault("commands", []).append(payload["command"])
+    done = {run_key(r) for r in payload["runs"]}
+    budget = {"epochs": epochs, "eval_every": eval_every, "batch_size": batch_size,
+              "learning_rate": learning_rate, "n_jobs": n_jobs}
+
+    plan = [(d, s, m) for d in names for s in seeds for m in models
+            if (d, split, settings["split_seed"], s, m) not in done]
+    summary = (f"deepfuse bench moleculenet: {len(names)} dataset(s) {names}, seeds {seeds}, "
+               f"{len(models)} model(s), {epochs} epochs, {split} split: {len(plan)} run(s)")
+    if resume:
+        summary += f" to do, {len(done)} already in {json_path}"
+    echo(summary)
+    own_cache = cache_dir is None
+    cache = cache_dir or tempfile.mkdtemp(prefix="deepfuse_molnet_cache_")
+    start = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix="deepfuse_molnet_models_") as scratch, \
+                tqdm(total=len(plan), desc="moleculenet runs", unit="run",
+                     disable=not progress) as bar:
+            for name in names:
+                todo = [(s, m) for d, s, m in plan if d == name]
+                if not todo:
+                    continue
+                bar.set_postfix_str(f"{name}: featurizing")
+                data = prepare_dataset(name, data_dir, cache, out, split, split_seed, n_jobs,
+                                       limit, progress=False)
+                old = payload["datasets"].get(name)
+                if old and (old.get("n_molecules"), old.get("n_train"), old.get("n_test")) != (
+                        data.info["n_molecules"], data.info["n_train"], data.info["n_test"]):
+                    raise wf.WorkflowError(f"--resume: {name} now has other rows or split sizes "
+                                           f"than in {json_path}")
+                payload["datasets"][name] = data.info
+                echo(f"{name}: {data.info['n_molecules']} molecules ({data.mode}, "
+                     f"{len(data.tasks)} task(s)), split {data.info['n_train']}/"
+                     f"{data.info['n_valid']}/{data.info['n_test']}, "
+                     f"{data.info['n_dropped']} dropped by a featurizer")
+                for seed, model in todo:
+                    bar.set_postfix_str(f"{name} {model} seed {seed}")
+                    record = run_one(model, data, seed, budget, scratch, progress=progress)
+                    payload["runs"].append(record)
+                    bar.update(1)
+                    echo(f"  {name:<12} {model:<16} seed {seed}: valid {record['metric']} "
+                         f"{_fmt(record['valid_metric'])}, test {_fmt(record['test_metric'])}, "
+                         f"best epoch {record['best_epoch']}, {record['train_time_s']:.1f} s, "
+                         f"peak RSS +{_fmt(record['peak_rss_delta_mib'], 0)} MiB")
+                    write_outputs(payload, out, png=False)
+                write_outputs(payload, out)
+    finally:
+        if own_cache:
+            shutil.rmtree(cache, ignore_errors=True)
+    payload["wall_time_s"] = payload.get("wall_time_s", 0.0) + time.perf_counter() - start
+    write_outputs(payload, out)
+    echo(format_markdown(payload).split("\n## Settings")[0])
+    echo(f"Wrote {json_path}, {STEM}.md, {STEM}.png and splits/ to {out} "
+         f"({time.perf_counter() - start:.0f} s)")
+    return payload
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "nan"
+    return f"{value:.{digits}f}"

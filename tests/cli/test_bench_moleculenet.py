@@ -1,0 +1,201 @@
+"""``deepfuse bench moleculenet`` on tiny BBBP / ESOL files written into ``tmp_path``.
+
+The real run is ``make bench`` (reduced suite) / ``make bench-full``. Here: split export, id
+alignment across featurizers, table and JSON writing, and a stub-free run of the DeepChem baselines
+(MultitaskClassifier/Regressor and the random forest, 1 epoch) next to one deepfuse model.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deepfuse_plugin.bench import moleculenet as mn
+from deepfuse_plugin.cli import main
+from tests.cli.conftest import BAD_SMILES, CLI_SMILES
+
+DELANEY_TASK = "measured log solubility in mols per litre"
+MODELS = ["unimodal_ecfp", "dc_mlp", "dc_rf"]
+RUN_KEYS = {"dataset", "split", "split_seed", "seed", "model", "label", "kind", "features",
+            "model_class", "hyperparameters", "epochs", "best_epoch", "selection", "metric",
+            "valid", "test", "valid_metric", "test_metric", "train_time_s", "peak_rss_mib",
+            "peak_rss_delta_mib", "memory_method", "history"}
+
+
+@pytest.fixture(scope="module")
+def tiny_molnet_dir(tmp_path_factory) -> Path:
+    """``<tmp>/moleculenet/{BBBP.csv, delaney-processed.csv}`` in DeepChem's formats: the 40 CLI
+    molecules, one unparseable SMILES and one duplicated SMILES (with a different label)."""
+    from rdkit import Chem
+
+    root = tmp_path_factory.mktemp("data")
+    folder = root / "moleculenet"
+    folder.mkdir()
+    smiles = CLI_SMILES[:20] + [BAD_SMILES] + CLI_SMILES[20:] + ["CCO"]
+    bbbp = pd.DataFrame({"num": range(1, len(smiles) + 1), "name": [f"m{i}" for i in
+                                                                        range(len(smiles))],
+                         "p_np": [i % 2 for i in range(len(smiles))], "smiles": smiles})
+    bbbp.to_csv(folder / "BBBP.csv", index=False)
+    heavy = [Chem.MolFromSmiles(s).GetNumHeavyAtoms() if Chem.MolFromSmiles(s) else 0
+             for s in smiles]
+    delaney = pd.DataFrame({"Compound ID": [f"c{i}" for i in range(len(smiles))],
+                            DELANEY_TASK: [-0.3 * h + 1.0 for h in heavy], "smiles": smiles})
+    delaney.to_csv(folder / "delaney-processed.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_molnet_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    printed: list[str] = []
+    payload = mn.run_moleculenet_bench(datasets=["bbbp", "esol"], data_dir=str(tiny_molnet_dir),
+                                       seeds=[0], epochs=1, models=MODELS, out=str(out),
+                                       progress=False, echo=printed.append)
+    return payload, out, printed
+
+
+def test_split_export_is_disjoint_and_covers_the_valid_molecules(tiny_run):
+    payload, out, _ = tiny_run
+    valid_smiles = CLI_SMILES + ["CCO"]  # BAD_SMILES dropped, duplicate kept as its own row
+    for name, task in (("bbbp", "p_np"), ("delaney", DELANEY_TASK)):
+        parts = {p: pd.read_csv(out / "splits" / f"{name}_scaffold_{p}.csv")
+                 for p in ("train", "valid", "test")}
+        for frame in parts.values():
+            assert list(frame.columns) == ["smiles", task]
+        sets = {p: set(f["smiles"]) for p, f in parts.items()}
+        assert not sets["train"] & sets["valid"]
+        assert not sets["train"] & sets["test"]
+        assert not sets["valid"] & sets["test"]
+        rows = sorted(s for f in parts.values() for s in f["smiles"])
+        assert rows == sorted(valid_smiles)
+        info = payload["datasets"][name]
+        assert info["n_molecules"] == len(valid_smiles)
+        assert info["n_rows_in_file"] == len(valid_smiles) + 1  # + the unparseable SMILES
+        assert info["n_featurized"] == {s: len(valid_smiles) for s in ("multimodal", "ecfp",
+                                                                        "dmpnn")}
+        assert (info["n_train"], info["n_valid"], info["n_test"]) == tuple(
+            len(parts[p]) for p in ("train", "valid", "test"))
+        assert info["split_files"]["test"] == f"splits/{name}_scaffold_test.csv"
+    # the exported labels are the file's labels (not normalized)
+    test = pd.read_csv(out / "splits" / "delaney_scaffold_train.csv")
+    assert test[DELANEY_TASK].max() <= 1.0 and test[DELANEY_TASK].min() < -1.0
+
+
+def test_json_records_every_run(tiny_run):
+    payload, out, _ = tiny_run
+    saved = json.loads((out / "moleculenet.json").read_text())
+    assert {"benchmark", "format", "environment", "settings", "datasets", "runs",
+            "memory_method", "notes"} <= set(saved)
+    assert saved["settings"]["epochs"] == 1
+    assert len(saved["runs"]) == 2 * len(MODELS)
+    modes = {"bbbp": "classification", "delaney": "regression"}
+    for run in saved["runs"]:
+        assert RUN_KEYS <= set(run), RUN_KEYS - set(run)
+        assert run["split"] == "scaffold" and run["seed"] == 0
+        assert saved["datasets"][run["dataset"]]["mode"] == modes[run["dataset"]]
+        assert run["metric"] == ("roc_auc" if run["dataset"] == "bbbp" else "rmse")
+        assert run["train_time_s"] > 0
+        assert run["hyperparameters"]
+        if run["model"] == "dc_rf":
+            assert run["best_epoch"] is None and run["hyperparameters"]["n_estimators"] == 500
+        else:
+            assert run["best_epoch"] == 1 and run["epochs"] == 1
+        if run["dataset"] == "delaney":  # original units, finite
+            assert math.isfinite(run["test"]["rmse"]) and run["test"]["n"] > 0
+            assert run["test_metric"] == run["test"]["rmse"]
+        else:
+            assert "roc_auc" in run["valid"]
+    classes = {r["model"]: r["model_class"] for r in saved["runs"] if r["dataset"] == "bbbp"}
+    assert classes == {"unimodal_ecfp": "UnimodalModel", "dc_mlp": "MultitaskClassifier",
+                       "dc_rf": "SklearnModel"}
+
+
+def test_markdown_table_and_plot(tiny_run):
+    payload, out, printed = tiny_run
+    text = (out / "moleculenet.md").read_text()
+    assert text == mn.format_markdown(payload)
+    header = next(line for line in text.splitlines() if line.startswith("| dataset | metric"))
+    assert header.split(" | ")[3:] == ["unimodal_ecfp", "dc_mlp", "dc_rf |"]
+    assert "| BBBP | ROC-AUC" in text and "| ESOL (delaney) | RMSE" in text
+    assert "**" in text and "chemprop" in text
+    assert (out / "moleculenet.png").stat().st_size > 1000
+    assert any("| BBBP |" in p for p in printed)
+
+
+def test_resume_adds_a_seed_and_reports_mean_and_std(tiny_run, tiny_molnet_dir):
+    _, out, _ = tiny_run
+    payload = mn.run_moleculenet_bench(datasets=["delaney"], data_dir=str(tiny_molnet_dir),
+                                       seeds=[0, 1], epochs=1, models=["dc_rf"], out=str(out),
+                                       resume=True, progress=False, echo=lambda _: None)
+    rf = [r for r in payload["runs"] if r["model"] == "dc_rf" and r["dataset"] == "delaney"]
+    assert sorted(r["seed"] for r in rf) == [0, 1]  # seed 0 kept, only seed 1 trained
+    assert len(payload["runs"]) == 2 * len(MODELS) + 1
+    row = next(line for line in (out / "moleculenet.md").read_text().splitlines()
+               if line.startswith("| ESOL (delaney) | RMSE"))
+    assert " ± " in row.split(" | ")[-1]
+    with pytest.raises(mn.wf.WorkflowError, match="other settings"):
+        mn.run_moleculenet_bench(datasets=["delaney"], data_dir=str(tiny_molnet_dir), seeds=[0],
+                                 epochs=2, models=["dc_rf"], out=str(out), resume=True,
+                                 progress=False, echo=lambda _: None)
+
+
+def test_align_keeps_rows_valid_everywhere_and_duplicates():
+    import deepchem as dc
+
+    def ds(ids, y):
+        return dc.data.NumpyDataset(np.arange(len(ids)).reshape(-1, 1).astype(float),
+                                    np.asarray(y, float).reshape(-1, 1), ids=np.array(ids))
+
+    sets = {"multimodal": ds(["A", "B", "C", "A", "D"], [1, 2, 3, 4, 5]),
+            "ecfp": ds(["A", "C", "A", "D"], [1, 3, 4, 5]),      # B failed here
+            "dmpnn": ds(["A", "B", "C", "A"], [1, 2, 3, 4])}      # D failed here
+    aligned, report = mn.align(sets)
+    assert report["n_molecules"] == 3 and report["n_dropped"] == 2
+    assert report["dropped"] == {"multimodal": 0, "ecfp": 1, "dmpnn": 1}
+    assert sorted(report["dropped_ids"]) == ["B", "D"]
+    for name, data in aligned.items():
+        assert list(data.ids) == ["A", "C", "A"]
+        np.testing.assert_array_equal(data.y.ravel(), [1, 3, 4])  # 2nd "A" matched to 2nd "A"
+    sets["ecfp"] = ds(["A", "C", "A", "D"], [1, 3, 9, 5])
+    with pytest.raises(mn.wf.WorkflowError, match="differ"):
+        mn.align(sets)
+
+
+def test_best_value_per_row_is_bold():
+    runs = [{"dataset": "bbbp", "model": m, "seed": s, "test_metric": v, "split": "scaffold"}
+            for m, vals in (("dynamic", (0.90, 0.92)), ("dc_rf", (0.80, 0.84))) for s, v in
+            enumerate(vals)]
+    runs += [{"dataset": "delaney", "model": m, "seed": 0, "test_metric": v, "split": "scaffold"}
+             for m, v in (("dynamic", 1.10), ("dc_rf", 0.95))]
+    datasets = {"bbbp": {"mode": "classification"}, "delaney": {"mode": "regression"}}
+    lines = mn.metric_table(runs, datasets, "test_metric", lambda i: "m",
+                            lambda d: datasets[d]["mode"] == "classification")
+    bbbp = next(line for line in lines if line.startswith("| BBBP"))
+    esol = next(line for line in lines if line.startswith("| ESOL"))
+    assert "**0.910 ± 0.014**" in bbbp and "| 0.820 ± 0.028 |" in bbbp
+    assert "**0.950**" in esol and "| 1.100 |" in esol
+    goal = mn.goal_check(runs, datasets)
+    assert "worse: none" in goal[0] and "as good or better: none" in goal[1]
+
+
+def test_mode_and_dataset_names():
+    assert mn.resolve_dataset("ESOL")[0] == "delaney"
+    assert mn.decide_mode("bbbp", np.zeros((2, 1)), np.ones((2, 1))) == "classification"
+    assert mn.decide_mode("unknown", np.array([[0.0], [1.0]]), np.ones((2, 1))) == "classification"
+    assert mn.decide_mode("unknown", np.array([[0.5], [1.0]]), np.ones((2, 1))) == "regression"
+    with pytest.raises(mn.wf.WorkflowError, match="no loader"):
+        mn.resolve_dataset("not_a_dataset")
+    with pytest.raises(mn.wf.WorkflowError, match="Unknown model"):
+        mn.check_models(["dynamic", "chemprop"])
+
+
+def test_cli_reports_bad_input(tmp_path, capsys):
+    code = main(["--no-progress", "bench", "moleculenet", "--datasets", "not_a_dataset",
+                 "--out", str(tmp_path)])
+    assert code == 2
+    assert "no loader" in capsys.readouterr().err
+    assert main(["bench", "moleculenet", "--models", "nope", "--out", str(tmp_path)]) == 2
