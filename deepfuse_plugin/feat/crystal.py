@@ -254,6 +254,52 @@ class CrystalGraphModality(CrystalModalityFeaturizer):
         return GraphFeatures(x.astype(np.float32), edge_index, edge_attr.reshape(-1, len(self.centers)))
 
 
+class MatGLGraphModality(CrystalModalityFeaturizer):
+    """Crystal graph in MatGL's format, for MatGL's MEGNet/M3GNet backbones in the DeepChem route.
+
+    Built with MatGL's own converter (``matgl.ext.pymatgen.Structure2Graph``: every neighbour within
+    ``cutoff`` Å, both directions, periodic images included), stored in a
+    :class:`~deepfuse_plugin.modalities.GraphFeatures`: node features ``[node_type, x, y, z]``
+    ``(N, 4)`` (the index into ``element_types`` and Cartesian coordinates in Å), edge features the
+    Cartesian shift of the neighbour's periodic image ``(E, 3)``. Bond lengths and angles are
+    computed by the backbone (:class:`~deepfuse_plugin.nn.matgl_backbone.MatGLGraphEncoder`). An atom
+    without neighbours inside the cutoff simply has no edge. A disordered structure raises
+    :class:`DisorderedStructureError` (marked missing), as does an element outside
+    ``element_types``.
+    """
+
+    def __init__(self, cutoff: float = 4.0, element_types: Sequence[str] | None = None,
+                 name: str = "matgl_graph"):
+        from deepfuse_plugin.nn.matgl_backbone import MATGL_FORMAT, default_element_types
+
+        self.name, self.cutoff = name, float(cutoff)
+        self.element_types = tuple(element_types or default_element_types())
+        self._converter: Any = None
+        self.spec = Modality(name, "crystal_graph", node_dim=4, edge_dim=3,
+                             params={"format": MATGL_FORMAT, "cutoff": self.cutoff,
+                                     "element_types": list(self.element_types)})
+
+    def compute(self, structure: Any, context: CrystalContext) -> GraphFeatures:
+        if not structure.is_ordered:
+            raise DisorderedStructureError("disordered structure (partial occupancies): no "
+                                           "MatGL graph; order it first")
+        unknown = sorted({el.symbol for el in structure.composition} - set(self.element_types))
+        if unknown:
+            raise ValueError(f"elements {unknown} are not in the graph's element_types")
+        if self._converter is None:
+            from matgl.ext.pymatgen import Structure2Graph
+
+            self._converter = Structure2Graph(self.element_types, self.cutoff)
+        graph, lattice, _ = self._converter.get_graph(structure)
+        lattice = lattice.reshape(3, 3).double().numpy()
+        node_type = graph.node_type.numpy().astype(np.float64)[:, None]
+        cartesian = graph.frac_coords.double().numpy() @ lattice
+        shift = graph.pbc_offset.double().numpy() @ lattice
+        nodes = np.concatenate([node_type, cartesian], axis=1).astype(np.float32)
+        return GraphFeatures(nodes, graph.edge_index.numpy().astype(np.int64),
+                             shift.astype(np.float32).reshape(-1, 3))
+
+
 class CompositionModality(CrystalModalityFeaturizer):
     """Element fractions over Z = 1..100, then for each of :data:`COMPOSITION_PROPERTIES`
     (z-scored over the elements) the fraction-weighted mean and standard deviation and the min and
@@ -358,7 +404,8 @@ class TextEmbeddingModality(CrystalModalityFeaturizer):
         return [pooled if self.level == "text" else sentences for pooled, sentences in encoded]
 
 
-BUILTIN_CRYSTAL_MODALITIES = ("graph", "text", "composition", "text_embedding", "text_sentences")
+BUILTIN_CRYSTAL_MODALITIES = ("graph", "text", "composition", "text_embedding", "text_sentences",
+                              "matgl_graph")
 
 
 class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
@@ -376,13 +423,18 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
     - ``"text"`` (kind ``text``, tokens): :class:`TextTokensModality`;
     - ``"composition"`` (kind ``vector``): :class:`CompositionModality`;
     - ``"text_embedding"`` (kind ``embedding``): frozen mean-pooled text vector;
-    - ``"text_sentences"`` (kind ``text``, sentence embeddings): frozen per-sentence vectors.
+    - ``"text_sentences"`` (kind ``text``, sentence embeddings): frozen per-sentence vectors;
+    - ``"matgl_graph"`` (kind ``crystal_graph``, MatGL format): :class:`MatGLGraphModality`, for
+      MatGL's MEGNet/M3GNet backbones (``MatMMFuseModel(backbone="megnet")``).
 
     Parameters
     ----------
     modalities: sequence of str, Modality or CrystalModalityFeaturizer
     radius, max_neighbors, gaussian_step, gaussian_var, atom_features:
         Crystal graph settings (:class:`CrystalGraphModality`).
+    matgl_cutoff: float
+        Neighbour cutoff (Å) of the ``matgl_graph`` modality (:class:`MatGLGraphModality`, MatGL's
+        converter; MEGNet's default 4 Å).
     describer: "fast", "robocrys" or a Describer
         Who writes the text description.
     text_model: str
@@ -416,9 +468,10 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
                  atom_features: str = "cgcnn", describer: str | Describer = "fast",
                  text_model: str = DEFAULT_TEXT_MODEL, text_max_length: int = 256,
                  cache_dir: str | os.PathLike | None | bool = None, embed_batch_size: int = 32,
-                 n_jobs: int = 1, progress: bool = True):
+                 n_jobs: int = 1, progress: bool = True, matgl_cutoff: float = 4.0):
         super().__init__()
         self.radius, self.max_neighbors = radius, max_neighbors
+        self.matgl_cutoff = matgl_cutoff
         self.gaussian_step, self.gaussian_var = gaussian_step, gaussian_var
         self.atom_features = atom_features
         self.describer = make_describer(describer)
@@ -460,6 +513,7 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
                                                   self.atom_features),
             "text": lambda: TextTokensModality(self.text_model, self.text_max_length, key),
             "composition": CompositionModality,
+            "matgl_graph": lambda: MatGLGraphModality(self.matgl_cutoff),
             "text_embedding": lambda: TextEmbeddingModality(self.embedder, key, "text"),
             "text_sentences": lambda: TextEmbeddingModality(self.embedder, key, "sentence",
                                                             name="text_sentences"),
@@ -471,6 +525,8 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
 
     def _from_spec(self, spec: Modality) -> CrystalModalityFeaturizer:
         p = spec.params
+        if spec.kind == "crystal_graph" and p.get("format") == "matgl":
+            return MatGLGraphModality(p.get("cutoff", 4.0), p.get("element_types"), name=spec.name)
         if spec.kind == "crystal_graph":
             return CrystalGraphModality(p.get("radius", 8.0), p.get("max_neighbors", 12),
                                         p.get("gaussian_step", 0.2), p.get("gaussian_var", 0.2),

@@ -47,14 +47,29 @@ MODEL_CLASSES: dict[str, type["MultiModalTorchModel"]] = {}
 
 
 def _resolve_modalities(modalities: Sequence[Modality | dict | str]) -> list[Modality]:
-    """Specs from specs, dicts, or built-in names (default featurizer settings)."""
-    named = [m for m in modalities if isinstance(m, str)]
-    if named:
-        from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
+    """Specs from specs, dicts, or built-in names (default featurizer settings).
 
-        defaults = {m.name: m for m in MultiModalFeaturizer(named, progress=False).modalities}
-        modalities = [defaults[m] if isinstance(m, str) else m for m in modalities]
-    return as_modalities(modalities)
+    Molecule names come first (``"graph"`` is the molecular graph); the crystal-only names
+    (``"text_sentences"``, ``"composition"``, ``"matgl_graph"``, ...) resolve with the crystal
+    featurizer's defaults."""
+    from deepfuse_plugin.feat.molecule import BUILTIN_MODALITIES, MultiModalFeaturizer
+
+    molecular = [m for m in modalities if isinstance(m, str) and m in BUILTIN_MODALITIES]
+    crystal = [m for m in modalities if isinstance(m, str) and m not in BUILTIN_MODALITIES]
+    defaults: dict[str, Modality] = {}
+    if molecular:
+        defaults.update((m.name, m) for m in
+                        MultiModalFeaturizer(molecular, progress=False).modalities)
+    if crystal:
+        from deepfuse_plugin.feat.crystal import BUILTIN_CRYSTAL_MODALITIES, crystal_modality_specs
+
+        unknown = [m for m in crystal if m not in BUILTIN_CRYSTAL_MODALITIES]
+        if unknown:
+            raise ValueError(f"Unknown modality names {unknown}; built-in molecule modalities: "
+                             f"{list(BUILTIN_MODALITIES)}, crystal modalities: "
+                             f"{list(BUILTIN_CRYSTAL_MODALITIES)}")
+        defaults.update((m.name, m) for m in crystal_modality_specs(crystal))
+    return as_modalities([defaults[m] if isinstance(m, str) else m for m in modalities])
 
 
 class MultiModalTorchModel(TorchModel):

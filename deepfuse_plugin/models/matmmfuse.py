@@ -13,7 +13,7 @@ from torch import nn
 from deepfuse_plugin.models.cross_attention import CrossAttentionFusionModel
 from deepfuse_plugin.nn.fusion import ProjectionFusion
 
-BACKBONES = ("cgcnn",)
+BACKBONES = ("cgcnn", "megnet", "m3gnet")
 
 
 class MatMMFuseModel(CrossAttentionFusionModel):
@@ -51,7 +51,11 @@ class MatMMFuseModel(CrossAttentionFusionModel):
         ``modalities``. Default ``["graph", "text_sentences"]``.
     mode: str
     backbone: str
-        Crystal graph encoder: ``"cgcnn"`` (MatGL's MEGNet/M3GNet: the MatGL route, not here yet).
+        Crystal graph encoder: ``"cgcnn"`` (default), or MatGL's ``"megnet"`` / ``"m3gnet"``, which
+        read the MatGL-format ``matgl_graph`` modality
+        (``CrystalMultiModalFeaturizer(["matgl_graph", "text_sentences"])``;
+        :class:`~deepfuse_plugin.nn.matgl_backbone.MatGLGraphEncoder`). CGCNN works on either
+        graph format. For MatGL's own training stack see :mod:`deepfuse_plugin.matgl`.
     n_heads, n_attention_layers, vector_tokens, pooling, attention_hidden:
         See :class:`~deepfuse_plugin.models.cross_attention.CrossAttentionFusionModel`.
     **kwargs:
@@ -75,8 +79,7 @@ class MatMMFuseModel(CrossAttentionFusionModel):
                  n_attention_layers: int = 1, vector_tokens: int = 4, pooling: str = "attention",
                  attention_hidden: int = 64, **kwargs: Any):
         if backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {BACKBONES} in the DeepChem route, got "
-                             f"{backbone!r}")
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
         self.backbone = backbone
         if any(isinstance(m, str) for m in modalities):
             from deepfuse_plugin.feat.crystal import crystal_modality_specs

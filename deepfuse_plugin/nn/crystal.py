@@ -1,7 +1,10 @@
 """Encoders of the crystal modality kinds (pure torch / PyG; transformers only for fine-tuning).
 
 - ``crystal_graph``: :class:`CGCNNEncoder`, the crystal graph convolutional network of Xie &
-  Grossman (PRL 120, 145301, 2018) built on PyG's :class:`~torch_geometric.nn.CGConv`.
+  Grossman (PRL 120, 145301, 2018) built on PyG's :class:`~torch_geometric.nn.CGConv`; for a
+  MatGL-format graph (``params["format"] == "matgl"``, the ``matgl_graph`` modality)
+  :class:`~deepfuse_plugin.nn.matgl_backbone.MatGLGraphEncoder` (MEGNet, M3GNet or CGCNN, chosen
+  by the ``backbone`` encoder option).
 - ``text``: chosen by the spec's ``params["representation"]``:
 
   * ``"sentence_embeddings"``: :class:`SentenceEmbeddingEncoder` over frozen, precomputed
@@ -223,11 +226,17 @@ def _resolve_text_model(model: Any) -> str:
 
 def _crystal_graph_encoder(spec: Modality, out_dim: int, options: dict[str, Any]) -> nn.Module:
     options = dict(options)
+    if spec.params.get("format") == "matgl":
+        from deepfuse_plugin.nn.matgl_backbone import MatGLGraphEncoder
+
+        return MatGLGraphEncoder(out_dim, options.pop("backbone", "megnet"),
+                                 spec.params.get("element_types"), spec.params.get("cutoff", 4.0),
+                                 **options)
     backbone = options.pop("backbone", "cgcnn")
     if backbone != "cgcnn":
-        raise ValueError(f"crystal graph backbone {backbone!r} is not available in the "
-                                  "DeepChem route yet (only 'cgcnn'); MatGL's MEGNet/M3GNet need "
-                                  "the MatGL route")
+        raise ValueError(f"Modality {spec.name!r} is a CGCNN-format crystal graph; backbone "
+                         f"{backbone!r} reads MatGL-format graphs: featurize with the "
+                         "'matgl_graph' modality (CrystalMultiModalFeaturizer(['matgl_graph', ...]))")
     return CGCNNEncoder(spec.node_dim, spec.edge_dim, out_dim, **options)
 
 

@@ -1,0 +1,238 @@
+"""Multimodal MatGL data: a MatGL ``MGLDataset`` whose graphs also carry text and composition.
+
+MatGL batches graphs with PyG (``Batch.from_data_list``), which concatenates every per-graph tensor
+along its first dimension. The extra modalities therefore ride on each graph as rows:
+
+- ``df_<name>``: a vector/embedding modality ``(1, d)`` (zeros when missing); a sentence-embedding
+  text ``(S, d)``; token ids ``(L,)``;
+- ``df_<name>_n``: ``(1,)`` the number of rows (sentences/tokens; 0 when missing);
+- ``df_mask``: ``(1, M)`` presence of the extra modalities, in the dataset's order.
+
+so a batch holds ``(B, d)`` vectors, ``(sum S, d)`` sentence rows with ``(B,)`` counts and a
+``(B, M)`` mask, and :func:`modality_inputs` turns that back into deepfuse's padded inputs. The
+graph itself is MatGL's, unchanged: MatGL's converter, loader, collate and Lightning module work
+as they are.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from matgl.graph.data import MGLDataset
+from torch_geometric.utils import to_dense_batch
+
+from deepfuse_plugin.modalities import Modality, MultiModalSample, as_modalities
+
+PREFIX = "df_"
+MASK = "df_mask"
+METADATA_FILE = "deepfuse_modalities.json"
+FORMAT_VERSION = 1
+_ROW_KINDS = ("text", "sequence")
+
+
+def _is_rows(spec: Modality) -> bool:
+    """Modalities stored as a variable number of rows per graph (sentences, tokens)."""
+    return spec.kind in _ROW_KINDS
+
+
+def _as_rows(value: Any, spec: Modality) -> Tensor:
+    if spec.kind in ("vector", "embedding"):
+        out = np.zeros((1, spec.dim), dtype=np.float32)
+        if value is not None:
+            value = np.asarray(value, dtype=np.float32).reshape(-1)
+            if value.shape[0] != spec.dim:
+                raise ValueError(f"Modality {spec.name!r}: width {value.shape[0]}, spec says "
+                                 f"{spec.dim}")
+            out[0] = value
+        return torch.from_numpy(out)
+    if spec.kind == "text" and spec.params.get("representation") == "sentence_embeddings":
+        if value is None:
+            return torch.zeros(0, spec.dim)
+        return torch.as_tensor(np.asarray(value, dtype=np.float32).reshape(-1, spec.dim))
+    if _is_rows(spec):
+        if value is None:
+            return torch.zeros(0, dtype=torch.long)
+        return torch.as_tensor(np.asarray(value, dtype=np.int64).reshape(-1))
+    raise ValueError(f"Modality {spec.name!r} of kind {spec.kind!r} cannot ride on a MatGL graph "
+                     "(the graph is MatGL's own)")
+
+
+def attach_modalities(graph: Any, sample: MultiModalSample | None,
+                      specs: Sequence[Modality]) -> Any:
+    """Store ``sample``'s values of ``specs`` on a MatGL graph (see the module docstring)."""
+    present = []
+    for spec in specs:
+        value = None if sample is None else sample.values.get(spec.name)
+        if value is not None and sample.fingerprints.get(spec.name) not in (None,
+                                                                             spec.fingerprint):
+            raise ValueError(f"Modality {spec.name!r} was featurized with other settings than "
+                             "the dataset's spec")
+        rows = _as_rows(value, spec)
+        setattr(graph, PREFIX + spec.name, rows)
+        setattr(graph, f"{PREFIX}{spec.name}_n", torch.tensor([0 if value is None else
+                                                               rows.shape[0]]))
+        present.append(value is not None)
+    setattr(graph, MASK, torch.tensor([present], dtype=torch.bool).reshape(1, len(specs)))
+    return graph
+
+
+def modality_inputs(batch: Any, specs: Sequence[Modality]) -> tuple[dict[str, Any], Tensor]:
+    """Deepfuse inputs and ``(B, M)`` presence of ``specs`` from a (batched) MatGL graph."""
+    from deepfuse_plugin.data.collate import TokenBatch
+    from deepfuse_plugin.data.crystal import SentenceBatch
+
+    n_graphs = int(getattr(batch, "num_graphs", 1))
+    inputs: dict[str, Any] = {}
+    for spec in specs:
+        if not hasattr(batch, PREFIX + spec.name):
+            raise ValueError(f"The MatGL graphs carry no {spec.name!r} modality: build them with "
+                             "MultiModalMGLDataset and a featurizer that computes it")
+        rows = getattr(batch, PREFIX + spec.name)
+        if not _is_rows(spec):
+            inputs[spec.name] = rows.reshape(n_graphs, -1)
+            continue
+        counts = getattr(batch, f"{PREFIX}{spec.name}_n").reshape(-1).long()
+        owner = torch.repeat_interleave(torch.arange(n_graphs, device=counts.device), counts)
+        if rows.dim() == 2:  # sentence embeddings
+            if rows.shape[1] != spec.dim:
+                raise ValueError(f"Modality {spec.name!r}: rows of width {rows.shape[1]}, the "
+                                 f"model expects {spec.dim}")
+            states, mask = to_dense_batch(rows, owner, batch_size=n_graphs)
+            inputs[spec.name] = SentenceBatch(states, mask)
+        else:
+            ids, mask = to_dense_batch(rows, owner, fill_value=int(spec.params.get("pad_id", 0)),
+                                       batch_size=n_graphs)
+            inputs[spec.name] = TokenBatch(ids, mask)
+    mask = getattr(batch, MASK, None)
+    if specs and mask is None:
+        raise ValueError("The MatGL graphs carry no modality mask (df_mask)")
+    present = (mask.reshape(n_graphs, -1).bool() if specs
+               else torch.zeros(n_graphs, 0, dtype=torch.bool))
+    if present.shape[1] != len(specs):
+        raise ValueError(f"The graphs carry {present.shape[1]} extra modalities, the model "
+                         f"expects {len(specs)} ({[s.name for s in specs]})")
+    return inputs, present
+
+
+def _check_structures(structures: Sequence[Any]) -> None:
+    from pymatgen.core import IStructure
+
+    bad = [i for i, s in enumerate(structures) if not isinstance(s, IStructure)]
+    if bad:
+        raise TypeError(f"MultiModalMGLDataset needs pymatgen Structures; rows {bad[:10]} "
+                        f"({len(bad)} in all) are not")
+
+
+def _check_labels(labels: dict[str, Any], n: int) -> None:
+    for name, values in labels.items():
+        values = np.asarray(values, dtype=float)
+        if len(values) != n:
+            raise ValueError(f"Label {name!r} has {len(values)} values for {n} structures")
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise ValueError(f"Label {name!r} is missing/non-finite in rows {bad[:10].tolist()} "
+                             f"({bad.size} in all): MatGL's loss cannot mask labels; drop those "
+                             "rows or use the DeepChem route (weights mask missing labels)")
+
+
+class MultiModalMGLDataset(MGLDataset):
+    """MatGL's ``MGLDataset`` plus deepfuse modalities (text, composition) on every graph.
+
+    The graphs are MatGL's (``converter``, e.g. ``Structure2Graph(element_types, cutoff)``);
+    ``featurizer`` (a :class:`~deepfuse_plugin.feat.crystal.CrystalMultiModalFeaturizer`
+    computing the *other* modalities, e.g. ``["text_sentences", "composition"]``) is run once
+    over all structures (parallel, cached, progress bar) and its values are attached to the
+    graphs (module docstring), so MatGL's ``MGLDataLoader``, ``collate_fn_graph`` and
+    ``ModelLightningModule`` work unchanged. A modality that failed for a structure is stored
+    as missing (``df_mask``), not an error.
+
+    The processed dataset is saved in ``root`` like MatGL's, plus
+    ``deepfuse_modalities.json`` (the modality specs); a cache made with other modality
+    settings is rebuilt, not silently reused. Load a saved one with
+    ``MultiModalMGLDataset(root=...)`` alone.
+
+    Parameters
+    ----------
+    structures: list of pymatgen Structure
+    labels: dict name -> list of float
+        MatGL's labels (its property collate uses the first one; every value must be finite).
+    converter: matgl GraphConverter
+    featurizer: CrystalMultiModalFeaturizer, optional
+        The extra modalities (a ``graph``/``matgl_graph`` modality in it is ignored: the
+        graph is the converter's).
+    root: str
+    **kwargs:
+        Passed to ``MGLDataset`` (``save_cache``, ``graph_labels``, ...).
+
+    Attributes
+    ----------
+    modalities: list of Modality
+        Specs of the extra modalities, in ``df_mask`` order.
+    """
+
+    def __init__(self, structures: Sequence[Any] | None = None,
+                 labels: dict[str, Sequence[float]] | None = None, converter: Any = None,
+                 featurizer: Any = None, root: str = "MultiModalMGLDataset", **kwargs: Any):
+        structures = list(structures or [])
+        if structures:
+            _check_structures(structures)
+            _check_labels(labels or {}, len(structures))
+        self.featurizer = featurizer
+        self.modalities: list[Modality] = (
+            [] if featurizer is None else
+            [m for m in featurizer.modalities if m.kind != "crystal_graph"])
+        super().__init__(structures=structures, labels=labels, converter=converter,
+                         root=root, **kwargs)
+
+    def has_cache(self) -> bool:
+        if not super().has_cache():
+            return False
+        path = Path(self.root) / METADATA_FILE
+        if not path.exists():
+            return False
+        stored = json.loads(path.read_text())
+        if self.converter is None or self.featurizer is None:  # load-only flow
+            return True
+        expected = [m.fingerprint for m in self.modalities]
+        return stored.get("fingerprints") == expected
+
+    def process(self) -> None:
+        if self.has_cache():
+            return
+        samples = self._featurize()
+        save_cache, self.save_cache = self.save_cache, False
+        try:
+            super().process()
+        finally:
+            self.save_cache = save_cache
+        for graph, sample in zip(self.graphs, samples):
+            attach_modalities(graph, sample, self.modalities)
+        self.save()
+
+    def _featurize(self) -> list[MultiModalSample | None]:
+        if not self.modalities:
+            return [None] * len(self.structures)
+        samples = list(self.featurizer.featurize(self.structures))
+        return [s if isinstance(s, MultiModalSample) else None for s in samples]
+
+    def save(self) -> None:
+        super().save()
+        if not self.save_cache:
+            return
+        payload = {"format": FORMAT_VERSION,
+                   "modalities": [m.to_dict() for m in self.modalities],
+                   "fingerprints": [m.fingerprint for m in self.modalities]}
+        (Path(self.root) / METADATA_FILE).write_text(json.dumps(payload, indent=2))
+
+    def load(self) -> None:
+        super().load()
+        payload = json.loads((Path(self.root) / METADATA_FILE).read_text())
+        if payload.get("format", 0) > FORMAT_VERSION:
+            raise ValueError(f"{self.root} was written by a newer deepfuse (format "
+                             f"{payload['format']})")
+        self.modalities = as_modalities(payload["modalities"]) if payload["modalities"] \
+            else []

@@ -1,0 +1,220 @@
+"""MatMMFuse as a MatGL model: a MatGL graph backbone fused with text/composition encoders."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from matgl.models import MatGLModel
+from torch import Tensor, nn
+
+from deepfuse_plugin.matgl._data import attach_modalities, modality_inputs
+from deepfuse_plugin.modalities import Modality, as_modalities
+from deepfuse_plugin.nn.fusion import (CrossAttentionFusion, DynamicFusion, EarlyFusion,
+                                       GatedMoEFusion, LateFusion, ProjectionFusion,
+                                       curriculum_rate)
+from deepfuse_plugin.nn.heads import make_head
+from deepfuse_plugin.nn.matgl_backbone import (MATGL_BACKBONES, MATGL_FORMAT, attach_positions,
+                                               default_element_types)
+from deepfuse_plugin.nn.network import MultiModalNetwork
+
+#: Fusion layers available in the MatGL route (one modality always uses ``projection``).
+FUSIONS = ("cross_attention", "dynamic", "early", "late", "moe", "projection")
+GRAPH = "graph"
+_VECTOR_KINDS = ("vector", "embedding")
+
+
+class _Inputs:
+    """What :class:`~deepfuse_plugin.nn.network.MultiModalNetwork` reads from a batch."""
+
+    def __init__(self, inputs: dict[str, Any], mask: Tensor):
+        self.inputs, self.mask = inputs, mask
+
+
+class MatMMFuse(MatGLModel):
+    """Structure + text (+ composition) fusion as a MatGL model (MatMMFuse, arXiv 2505.04634).
+
+    A MatGL graph backbone (MEGNet, M3GNet, or CGCNN convolutions on MatGL's graph) encodes the
+    crystal graph into a crystal vector and atom states; deepfuse encoders encode the other
+    modalities carried by :class:`~deepfuse_plugin.matgl.MultiModalMGLDataset` (per-sentence text
+    embeddings, token ids, composition); a deepfuse fusion layer combines them (default: multi-head
+    cross-attention between atoms and text sentences) and a head predicts ``n_tasks`` values.
+
+    It is a ``matgl.models.MatGLModel``: ``model.save(path)`` writes MatGL's ``model.pt`` /
+    ``state.pt`` / ``model.json`` and ``matgl.load_model(path)`` restores it (versioned by
+    ``__version__``); MatGL's ``ModelLightningModule`` trains it (use
+    :class:`~deepfuse_plugin.matgl.MultiModalLightningModule` to add the fusion layer's auxiliary
+    losses and masking curriculum); :meth:`predict_structure` predicts a pymatgen ``Structure``.
+
+    With ``modalities=[]`` it is the graph-only baseline (backbone -> projection -> head).
+
+    Parameters
+    ----------
+    modalities: sequence of Modality or dict
+        Specs of the extra modalities, as in the dataset (``dataset.modalities``).
+    backbone: str
+        ``"megnet"``, ``"m3gnet"`` or ``"cgcnn"``.
+    element_types: sequence of str, optional
+        The converter's element list (default MatGL's ``DEFAULT_ELEMENTS``).
+    cutoff: float
+        The converter's neighbour cutoff (Å).
+    fusion: str
+        One of :data:`FUSIONS`.
+    n_tasks: int
+    encoder_dim, fused_dim, head_hidden: int
+    dropout: float
+    backbone_options, encoder_options, fusion_options: dict, optional
+        Passed to the backbone (e.g. ``{"nblocks": 3}``), the other encoders by kind, and the
+        fusion layer (e.g. ``{"n_heads": 4}``; dynamic: ``{"mask_start": 0.3, "mask_end": 0.6}``).
+    featurizer_options: dict, optional
+        :class:`~deepfuse_plugin.feat.crystal.CrystalMultiModalFeaturizer` keyword arguments
+        (``describer``, ``text_model``, ...) that :meth:`predict_structure` uses to compute the
+        extra modalities of a new structure.
+    data_mean, data_std: float
+        Target scaling used in training (as given to the Lightning module);
+        :meth:`predict_structure` returns ``output * data_std + data_mean``.
+
+    Examples
+    --------
+    >>> from deepfuse_plugin.matgl import MatMMFuse  # doctest: +SKIP
+    >>> model = MatMMFuse.from_dataset(train_set, backbone="megnet")  # doctest: +SKIP
+    >>> module = MultiModalLightningModule(model)  # doctest: +SKIP
+    >>> lightning.Trainer(max_epochs=10).fit(module, train_loader, val_loader)  # doctest: +SKIP
+    >>> model.save("my_model"); matgl.load_model("my_model").predict_structure(s)  # doctest: +SKIP
+    """
+
+    __version__ = 1
+
+    def __init__(self, modalities: Sequence[Any] = (), backbone: str = "megnet",
+                 element_types: Sequence[str] | None = None, cutoff: float = 4.0,
+                 fusion: str = "cross_attention", n_tasks: int = 1, encoder_dim: int = 128,
+                 fused_dim: int = 128, head_hidden: int = 128, dropout: float = 0.1,
+                 backbone_options: dict | None = None, encoder_options: dict | None = None,
+                 fusion_options: dict | None = None, featurizer_options: dict | None = None,
+                 data_mean: float = 0.0, data_std: float = 1.0, **kwargs: Any):
+        super().__init__()
+        if backbone not in MATGL_BACKBONES:
+            raise ValueError(f"backbone must be one of {MATGL_BACKBONES}, got {backbone!r}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        # plain types only: MatGL stores the constructor arguments with torch.save(weights_only)
+        modalities = [m.to_dict() for m in as_modalities(modalities)] if modalities else []
+        element_types = tuple(element_types or default_element_types())
+        self.save_args(locals(), kwargs)
+        self.extra_modalities = as_modalities(modalities) if modalities else []
+        if GRAPH in {m.name for m in self.extra_modalities}:
+            raise ValueError("'graph' is the MatGL graph; name the other modalities otherwise")
+        self.element_types, self.cutoff, self.n_tasks = element_types, float(cutoff), n_tasks
+        self.fusion_kind = fusion if self.extra_modalities else "projection"
+        self.fusion_options = dict(fusion_options or {})
+        self.featurizer_options = dict(featurizer_options or {})
+        self.data_mean, self.data_std = float(data_mean), float(data_std)
+        self.aux_loss: Tensor | None = None
+        graph_spec = Modality(GRAPH, "crystal_graph", params={
+            "format": MATGL_FORMAT, "cutoff": self.cutoff, "element_types": list(element_types)})
+        specs = [graph_spec, *self.extra_modalities]
+        options = {k: dict(v) for k, v in (encoder_options or {}).items()}
+        options["crystal_graph"] = {"backbone": backbone, "dropout": 0.0,
+                                    **(backbone_options or {})}
+        fusion_layer = self._build_fusion(tuple(m.name for m in specs), specs, encoder_dim,
+                                          fused_dim, dropout)
+        head = None if self.fusion_kind == "late" else make_head(
+            fused_dim, n_tasks, "regression", 2, head_hidden, dropout)
+        self.network = MultiModalNetwork(specs, fusion_layer, head, encoder_dim, options)
+
+    def _build_fusion(self, names: tuple[str, ...], specs: list[Modality], encoder_dim: int,
+                      fused_dim: int, dropout: float) -> nn.Module:
+        options = dict(self.fusion_options)
+        kind = self.fusion_kind
+        if kind == "projection":
+            return ProjectionFusion(names, encoder_dim, fused_dim)
+        if kind == "cross_attention":
+            vectors = tuple(m.name for m in specs if m.kind in _VECTOR_KINDS)
+            return CrossAttentionFusion(names, encoder_dim, fused_dim, vectors,
+                                        dropout=dropout, **options)
+        if kind == "dynamic":
+            self.mask_start = float(options.pop("mask_start", 0.3))
+            self.mask_end = float(options.pop("mask_end", 0.6))
+            return DynamicFusion(names, encoder_dim, fused_dim, mask_rate=self.mask_start,
+                                 **options)
+        if kind == "early":
+            return EarlyFusion(names, encoder_dim, fused_dim, dropout=dropout, **options)
+        if kind == "moe":
+            return GatedMoEFusion(names, encoder_dim, fused_dim, dropout=dropout, **options)
+        return LateFusion(names, encoder_dim, self.n_tasks, fused_dim=fused_dim, dropout=dropout,
+                          **options)
+
+    @classmethod
+    def from_dataset(cls, dataset: Any, **kwargs: Any) -> "MatMMFuse":
+        """A model for a :class:`~deepfuse_plugin.matgl.MultiModalMGLDataset`: its modalities,
+        its converter's element types and cutoff, and its featurizer's settings."""
+        converter = getattr(dataset, "converter", None)
+        if converter is not None:
+            kwargs.setdefault("element_types", tuple(converter.element_types))
+            kwargs.setdefault("cutoff", float(converter.cutoff))
+        featurizer = getattr(dataset, "featurizer", None)
+        if featurizer is not None:
+            options = {"text_model": featurizer.text_model,
+                       "text_max_length": featurizer.text_max_length}
+            if featurizer.describer.name in ("fast", "robocrys"):
+                options["describer"] = featurizer.describer.name
+            kwargs.setdefault("featurizer_options", options)
+        model = cls(list(getattr(dataset, "modalities", [])), **kwargs)
+        model._featurizer = featurizer  # reused by predict_structure (a custom describer too)
+        return model
+
+    # -- MatGL interface ---------------------------------------------------------------------------
+    def forward(self, g: Any, state_attr: Tensor | None = None, **kwargs: Any) -> Tensor:
+        """Prediction for a batch of MatGL graphs with ``pos``/``pbc_offshift`` set (MatGL's
+        ``ModelLightningModule`` sets them): ``(B,)`` for one task, ``(B, n_tasks)`` otherwise.
+        The fusion layer's auxiliary loss of this pass is kept in ``self.aux_loss``."""
+        if state_attr is not None:
+            g.state_attr = state_attr.reshape(int(getattr(g, "num_graphs", 1)), -1)
+        inputs, extra_mask = modality_inputs(g, self.extra_modalities)
+        inputs[GRAPH] = g
+        graph_present = torch.ones(extra_mask.shape[0], 1, dtype=torch.bool,
+                                   device=extra_mask.device)
+        out = self.network(_Inputs(inputs, torch.cat([graph_present, extra_mask], dim=1)))
+        self.aux_loss = out.aux_loss
+        self.feature_dict = {"fused": out.embedding, "modality_weights": out.modality_weights}
+        prediction = out.prediction
+        return prediction.squeeze(-1) if self.n_tasks == 1 else prediction
+
+    def set_curriculum(self, progress: float) -> None:
+        """Masking curriculum of a dynamic fusion layer (``progress`` in [0, 1]); no-op otherwise."""
+        if self.fusion_kind == "dynamic":
+            self.network.fusion.mask_rate = curriculum_rate(progress, self.mask_start,
+                                                            self.mask_end)
+
+    def featurizer(self) -> Any:
+        """The :class:`~deepfuse_plugin.feat.crystal.CrystalMultiModalFeaturizer` of the extra
+        modalities (from the saved specs and ``featurizer_options``)."""
+        from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer
+
+        if getattr(self, "_featurizer", None) is None:
+            options = {"progress": False, **self.featurizer_options}
+            self._featurizer = CrystalMultiModalFeaturizer(self.extra_modalities, **options)
+        return self._featurizer
+
+    def predict_structure(self, structure: Any, state_attr: Tensor | None = None,
+                          featurizer: Any = None, **kwargs: Any) -> Tensor:
+        """Predict the property of one pymatgen ``Structure`` (original units).
+
+        ``featurizer`` computes the extra modalities (default :meth:`featurizer`, rebuilt from the
+        saved specs and ``featurizer_options``)."""
+        from matgl.ext.pymatgen import Structure2Graph
+        from torch_geometric.data import Batch
+
+        graph, lattice, _ = Structure2Graph(self.element_types, self.cutoff).get_graph(structure)
+        if self.extra_modalities:
+            sample = (featurizer or self.featurizer()).featurize([structure])[0]
+            attach_modalities(graph, sample if hasattr(sample, "values") else None,
+                              self.extra_modalities)
+        device = next(self.parameters()).device
+        batch = Batch.from_data_list([graph]).to(device)
+        attach_positions(batch, lattice.to(device))
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            out = self(batch, state_attr=state_attr)
+        self.train(was_training)
+        return (out * self.data_std + self.data_mean).squeeze(0)
