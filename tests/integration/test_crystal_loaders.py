@@ -18,6 +18,7 @@ import deepchem as dc  # noqa: E402
 import deepfuse_plugin  # noqa: E402,F401
 from deepfuse_plugin.data import loaders  # noqa: E402
 from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer  # noqa: E402
+from tests.unit.test_crystal_structures import needs_text_model  # noqa: E402
 
 N_SLICE = 50
 
@@ -136,12 +137,7 @@ def test_materials_project_loader_needs_a_key(monkeypatch):
 
 
 def test_matmmfuse_on_the_mp36k_slice(mp36k_slice, tmp_path):
-    try:
-        from deepfuse_plugin.feat.text import resolve_model_path
-
-        resolve_model_path(None)
-    except (ImportError, FileNotFoundError) as err:
-        pytest.skip(f"offline text model not installed: {err}")
+    needs_text_model()
     feat = CrystalMultiModalFeaturizer(["graph", "text_sentences"], progress=False,
                                        cache_dir=tmp_path / "cache")
     ds = loaders.load_extxyz(mp36k_slice, featurizer=feat, limit=24)

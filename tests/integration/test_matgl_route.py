@@ -20,8 +20,9 @@ import deepfuse_plugin  # noqa: E402,F401
 from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer  # noqa: E402
 from deepfuse_plugin.matgl import (MatMMFuse, MultiModalLightningModule,  # noqa: E402
                                    MultiModalMGLDataset, attach_positions, modality_inputs)
-from tests.unit.test_crystal_structures import (cscl, lone_atom, nacl, silicon,  # noqa: E402
-                                                srtio3, with_isolated_atom)
+from tests.unit.test_crystal_structures import (cscl, lone_atom, nacl,  # noqa: E402
+                                                needs_text_model, silicon, srtio3,
+                                                with_isolated_atom)
 
 BUILDERS = [nacl, cscl, silicon, srtio3, with_isolated_atom, lone_atom]
 TINY = dict(encoder_dim=16, fused_dim=16, head_hidden=16, dropout=0.0)
@@ -31,12 +32,7 @@ TINY_BACKBONE = {"megnet": {"nblocks": 1}, "m3gnet": {"nblocks": 1, "units": 16}
 
 @pytest.fixture(scope="module")
 def featurizer(tmp_path_factory):
-    try:
-        from deepfuse_plugin.feat.text import resolve_model_path
-
-        resolve_model_path(None)
-    except (ImportError, FileNotFoundError) as err:
-        pytest.skip(f"offline text model not installed: {err}")
+    needs_text_model()
     return CrystalMultiModalFeaturizer(["text_sentences", "composition"], progress=False,
                                        cache_dir=tmp_path_factory.mktemp("cache"))
 

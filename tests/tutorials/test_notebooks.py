@@ -5,7 +5,7 @@ into a temporary folder points at ``sys.executable``, so the test never picks up
 ``python3`` kernel registered on the machine). The notebooks read their settings from environment
 variables: ``DEEPFUSE_TUTORIAL_SMALL=1`` subsamples every split, ``DEEPFUSE_TUTORIAL_EPOCHS=2``
 shortens training, ``DEEPFUSE_TUTORIAL_RESULTS`` names a JSON file the notebook writes its results
-to. The notebooks need ``../shared/data/moleculenet``: without it the tests skip locally and fail
+to. The notebooks need ``../shared/data`` (moleculenet/, materials/): without it the tests skip locally and fail
 under ``CI=true`` (see ``tests/conftest.py``).
 """
 from __future__ import annotations
@@ -146,8 +146,28 @@ def check_fusion_strategy_results(results: dict) -> None:
             assert entry["rms predicted std"] > 0 and math.isfinite(entry["actual RMSE"])
 
 
+def check_crystal_results(results: dict) -> None:
+    """What ``03_crystal_structure_text_fusion.ipynb`` must have computed."""
+    assert results["settings"]["small"] is True and results["settings"]["epochs"] == 2
+    sizes = results["sizes"]
+    assert sizes["train"] == 200 and 0 < sizes["test"] <= 60 and sizes["sulfides (zero-shot)"] > 0
+    assert set(results["deepchem"]) == {"CGCNN (graph only)", "text only",
+                                        "MatMMFuse (graph + text)", "MatMMFuse + composition"}
+    for row in results["deepchem"].values():
+        assert math.isfinite(row["test MAE"]) and row["test MAE"] > 0
+        assert 1 <= row["best epoch"] <= 2
+    assert set(results["zero_shot_mae"]) == {"sulfides", "in-distribution test"}
+    for row in results["zero_shot_mae"].values():
+        assert row["n"] > 0 and all(math.isfinite(v) for v in row.values())
+    n_atoms, n_keys = results["attention_shape"]
+    assert n_atoms > 0 and n_keys >= 3  # null key + at least two sentences
+    assert math.isfinite(results["matgl"]["test_mae"])
+    assert results["matgl"]["restored_class"] == "MatMMFuse"
+
+
 RESULT_CHECKS = {"01_dynamic_fusion_with_deepchem": check_dynamic_fusion_results,
-                 "02_choosing_a_fusion_strategy": check_fusion_strategy_results}
+                 "02_choosing_a_fusion_strategy": check_fusion_strategy_results,
+                 "03_crystal_structure_text_fusion": check_crystal_results}
 
 
 @pytest.mark.slow

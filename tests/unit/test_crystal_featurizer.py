@@ -10,16 +10,8 @@ import deepfuse_plugin as dfp  # noqa: E402
 from deepfuse_plugin.feat import crystal  # noqa: E402
 from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer  # noqa: E402
 from tests.unit.test_crystal_structures import (ORDERED, cscl, disordered, lone_atom,  # noqa: E402
-                                                nacl, silicon, srtio3, with_isolated_atom)
-
-
-def _needs_text_model():
-    try:
-        from deepfuse_plugin.feat.text import resolve_model_path
-
-        resolve_model_path(None)
-    except (ImportError, FileNotFoundError) as err:
-        pytest.skip(f"offline text model not installed: {err}")
+                                                nacl, needs_text_model, silicon, srtio3,
+                                                with_isolated_atom)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +120,7 @@ def test_registered_in_deepchem():
 # -- text ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def textual(tmp_path_factory):
-    _needs_text_model()
+    needs_text_model()
     return CrystalMultiModalFeaturizer(["text", "text_embedding", "text_sentences"],
                                        progress=False, cache_dir=tmp_path_factory.mktemp("tcache"))
 

