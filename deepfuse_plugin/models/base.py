@@ -72,6 +72,18 @@ def _resolve_modalities(modalities: Sequence[Modality | dict | str]) -> list[Mod
     return as_modalities([defaults[m] if isinstance(m, str) else m for m in modalities])
 
 
+def autocast_dtype(mixed_precision: bool | str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``mixed_precision`` on ``device`` (see MultiModalTorchModel)."""
+    if mixed_precision not in ("auto", True, False):
+        raise ValueError(f"mixed_precision must be 'auto', True or False, got {mixed_precision!r}")
+    if mixed_precision is False:
+        return None
+    if mixed_precision == "auto":
+        on_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if on_gpu else None
+    return torch.bfloat16
+
+
 class MultiModalTorchModel(TorchModel):
     """Base class of deepfuse's fusion models (a DeepChem ``TorchModel``).
 
@@ -117,9 +129,14 @@ class MultiModalTorchModel(TorchModel):
         0 = no annealing.
     progress: bool
         Show tqdm progress bars while training and predicting.
+    mixed_precision: bool or "auto"
+        ``"auto"`` (default): bfloat16 autocast on a CUDA GPU that supports it, float32 otherwise;
+        ``True``: bfloat16 autocast on any device (CPU included); ``False``: float32. Losses and
+        outputs stay float32 (bfloat16 needs no loss scaling). A runtime choice, not saved in the
+        configuration.
     **kwargs:
         Passed to ``dc.models.TorchModel`` (``batch_size``, ``learning_rate``, ``model_dir``,
-        ``device``, ...).
+        ``device``, ...). The device defaults to the GPU when one is present (DeepChem's rule).
 
     Output conventions follow DeepChem: regression predictions ``(N, n_tasks)``, classification
     probabilities ``(N, n_tasks, n_classes)``; ``predict(..., output_types=["embedding"])`` gives
@@ -144,7 +161,8 @@ class MultiModalTorchModel(TorchModel):
                  encoder_options: dict[str, dict[str, Any]] | None = None,
                  fusion_loss_weight: float = 1.0, modality_dropout: float = 0.0,
                  uncertainty: str | None = None, evidential_lambda: float | None = None,
-                 evidential_anneal_epochs: int = 10, progress: bool = True, **kwargs: Any):
+                 evidential_anneal_epochs: int = 10, progress: bool = True,
+                 mixed_precision: bool | str = "auto", **kwargs: Any):
         if n_tasks < 1:
             raise ValueError(f"n_tasks must be >= 1, got {n_tasks}")
         if uncertainty not in UNCERTAINTY_KINDS:
@@ -166,6 +184,8 @@ class MultiModalTorchModel(TorchModel):
         kwargs.setdefault("batch_size", 64)
         super().__init__(network, loss=self._supervised_loss, output_types=list(OUTPUT_TYPES),
                          **kwargs)
+        self.mixed_precision = mixed_precision
+        network.autocast_dtype = autocast_dtype(mixed_precision, self.device)
         self._drop_modalities: tuple[str, ...] = ()
 
     # -- what a subclass supplies ----------------------------------------------------------------

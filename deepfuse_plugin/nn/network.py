@@ -42,11 +42,15 @@ class MultiModalNetwork(nn.Module):
     modality_dropout: float
         Training only: each present modality is hidden from the fusion layer with this probability
         (never all of a sample's modalities), so any fusion layer learns to cope with missing ones.
+    autocast_dtype: torch.dtype, optional
+        Mixed precision: run encoders and fusion under ``torch.autocast`` with this dtype (e.g.
+        ``torch.bfloat16`` on a GPU) on the device of the inputs; outputs are cast back to float32
+        so losses and metrics stay in full precision. None (default) runs in float32.
     """
 
     def __init__(self, modalities: list[Modality], fusion: nn.Module, head: nn.Module | None,
                  encoder_dim: int = 128, encoder_options: dict[str, dict[str, Any]] | None = None,
-                 modality_dropout: float = 0.0):
+                 modality_dropout: float = 0.0, autocast_dtype: torch.dtype | None = None):
         super().__init__()
         self.modalities = list(modalities)
         self.names = tuple(m.name for m in self.modalities)
@@ -56,12 +60,21 @@ class MultiModalNetwork(nn.Module):
         self.fusion = fusion
         self.head = head
         self.modality_dropout = modality_dropout
+        self.autocast_dtype = autocast_dtype
         self.last_fusion: FusionOutput | None = None
 
     def encode(self, batch: Any) -> dict[str, Any]:
         return {n: self.encoders[n](batch.inputs[n]) for n in self.names}
 
     def forward(self, batch: Any) -> NetworkOutput:
+        if self.autocast_dtype is None:
+            return self._forward(batch)
+        device_type = batch.mask.device.type
+        with torch.autocast(device_type=device_type, dtype=self.autocast_dtype):
+            out = self._forward(batch)
+        return NetworkOutput(*(t.float() for t in out))
+
+    def _forward(self, batch: Any) -> NetworkOutput:
         mask = batch.mask
         if self.training and self.modality_dropout > 0:
             mask = mask & ~sample_modality_drop(mask, self.modality_dropout)
