@@ -1,7 +1,8 @@
 """MoleculeNet accuracy benchmark: ``deepfuse bench moleculenet`` (and ``make bench``).
 
-Every deepfuse fusion model, the unimodal baselines and the DeepChem peers
-(:mod:`deepfuse_plugin.bench.peers`) are trained on exactly the same molecules and split:
+Every deepfuse fusion model, the unimodal baselines and the peers
+(:mod:`deepfuse_plugin.bench.peers`: DeepChem baselines and chemprop v2) are trained on exactly
+the same molecules and split:
 
 1. **Data.** Each dataset is loaded through DeepChem's own loader (``dc.molnet.load_<name>``,
    ``splitter=None``, no transformers, ``data_dir=<data-dir>/moleculenet``) three times, once per
@@ -14,13 +15,18 @@ Every deepfuse fusion model, the unimodal baselines and the DeepChem peers
 2. **Split.** ``ScaffoldSplitter`` (or ``RandomSplitter`` with ``--split-seed``) 80/10/10 is
    computed once on the aligned rows and applied by index to every feature set, and exported as
    CSV (``<out>/splits/<dataset>_<split>_{train,valid,test}.csv``: ``smiles`` plus one column per
-   task, empty where the label is missing) for other tools (chemprop next).
+   task, empty where the label is missing) for other tools; chemprop trains on these files.
 3. **Training.** Every neural model gets the same epochs, batch size, learning rate and seed, and
    keeps the epoch with the best validation score
    (:func:`deepfuse_plugin.workflows.train_with_validation`: ROC-AUC or RMSE on the valid split,
    never test). Regression labels are normalized on the train split; metrics are in original
    units. Classification: ROC-AUC, mean over tasks, missing labels (``w == 0``) masked, no class
-   balancing for any model. The random forest has no epochs.
+   balancing for any model. The random forest has no epochs. chemprop
+   (:mod:`deepfuse_plugin.bench.chemprop`) runs its own CLI in its own virtual environment
+   (created on first use; if that fails its runs are recorded as skipped, with the reason, and
+   the table says so) with its default settings, the same epochs and batch size, and keeps its
+   lowest-validation-loss checkpoint; its validation and test predictions are scored by the same
+   metric code on the same rows.
 4. **Records.** Every run (dataset, split, seed, model, hyper-parameters, valid/test metrics,
    best epoch, train time, peak memory) goes to ``<out>/moleculenet.json`` as soon as it finishes
    (``--resume`` skips the runs already there, e.g. to add seeds); the table
@@ -30,15 +36,18 @@ Every deepfuse fusion model, the unimodal baselines and the DeepChem peers
 Peak memory: a background thread samples the process resident set size (``psutil``, every 50 ms)
 during each run; ``peak_rss_mib`` is the peak and ``peak_rss_delta_mib`` the peak minus the RSS
 when the run started (the process keeps what earlier runs allocated, so the delta is a lower bound
-of what a run needs on its own). Without ``psutil`` both are null.
+of what a run needs on its own). chemprop runs in a child process: its peak is that process
+tree's, and the delta equals the peak. Without ``psutil`` both are null.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import platform
+import shlex
 import shutil
 import tempfile
 import threading
@@ -96,8 +105,9 @@ def default_models() -> list[str]:
 
 
 def model_kind(name: str) -> str:
+    """``"deepchem"``/``"chemprop"`` (peers), ``"deepfuse unimodal"`` or ``"deepfuse fusion"``."""
     if name in peer_lib.PEERS:
-        return "deepchem"
+        return peer_lib.PEERS[name].library
     if name in UNIMODAL:
         return "deepfuse unimodal"
     return "deepfuse fusion"
@@ -306,6 +316,7 @@ class PreparedDataset:
     transformers: list[Any]
     modalities: list[Any]
     info: dict[str, Any] = field(default_factory=dict)
+    split_paths: dict[str, str] = field(default_factory=dict)  # part -> exported CSV (chemprop)
 
 
 def split_tag(split: str, split_seed: int) -> str:
@@ -356,30 +367,50 @@ def prepare_dataset(name: str, data_dir: str, cache_dir: str, out: str, split: s
             "n_train": len(indices[0]), "n_valid": len(indices[1]), "n_test": len(indices[2]),
             "split_files": files, "featurize_s": featurize_s, "limit": limit,
             "normalization": wf.normalizer_to_dict(normalizer)}
-    return PreparedDataset(key, tasks, mode, split_parts, transformers, modalities, info)
+    return PreparedDataset(key, tasks, mode, split_parts, transformers, modalities, info,
+                           {part: os.path.join(out, path) for part, path in files.items()})
 
 
 # -- memory --------------------------------------------------------------------------------------
 class PeakRSS:
-    """Sample this process's resident set size in a thread while the block runs (psutil)."""
+    """Sample a process's resident set size in a thread while the block runs (psutil).
+
+    By default this process; ``pid`` another one, and ``tree`` adds its descendants' (the chemprop
+    child process tree). A process that has exited counts as 0.
+    """
 
     method = "psutil RSS sampled every 50 ms (peak during the run; delta = peak - RSS at start)"
 
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval = interval
+    def __init__(self, interval: float = 0.05, pid: int | None = None, tree: bool = False
+                 ) -> None:
+        self.interval, self.tree = interval, tree
         self.start_mib: float | None = None
         self.peak_mib: float | None = None
+        self._process = None
         try:
             import psutil
-
-            self._process = psutil.Process()
         except ImportError:  # pragma: no cover - psutil comes with ipykernel ([test] extra)
-            self._process = None
+            psutil = None
+        if psutil is not None:
+            self._gone = (psutil.NoSuchProcess, psutil.AccessDenied)
+            with contextlib.suppress(*self._gone):  # it may have ended before sampling began
+                self._process = psutil.Process(pid)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _rss(self) -> float:
-        return self._process.memory_info().rss / 2**20
+        total = 0
+        try:
+            processes = [self._process, *(self._process.children(recursive=True) if self.tree
+                                          else [])]
+        except self._gone:
+            return 0.0
+        for process in processes:
+            try:
+                total += process.memory_info().rss
+            except self._gone:
+                pass
+        return total / 2**20
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -430,22 +461,48 @@ def hyperparameters(name: str, model: Any, data: PreparedDataset, budget: dict[s
     return config
 
 
-def run_one(name: str, data: PreparedDataset, seed: int, budget: dict[str, Any], scratch: str,
-            progress: bool = False) -> dict[str, Any]:
-    """Train and score one model on one prepared dataset with one seed: the JSON run record."""
+def run_header(name: str, data: PreparedDataset, seed: int) -> dict[str, Any]:
+    """The identifying fields of a run record."""
     import torch
 
+    return {"dataset": data.name, "split": data.info["split"],
+            "split_seed": data.info["split_seed"], "seed": seed, "model": name,
+            "label": model_label(name), "kind": model_kind(name),
+            "features": model_features(name), "metric": primary_metric(data.mode)[0],
+            "torch_threads": torch.get_num_threads()}
+
+
+def finish_record(record: dict[str, Any], valid_m: dict[str, Any], test_m: dict[str, Any],
+                  fit_s: float | None, wall_s: float | None, peak_mib: float | None,
+                  delta_mib: float | None, memory_method: str | None) -> dict[str, Any]:
+    """Add the metrics, times and memory to ``record`` (the same fields for every model)."""
+    metric = record["metric"]
+    if memory_method is None:
+        memory_method = ("unavailable (psutil not installed)" if peak_mib is None
+                         else PeakRSS.method)
+    record.update(valid=valid_m, test=test_m, valid_metric=valid_m.get(metric),
+                  test_metric=test_m.get(metric), train_time_s=fit_s, wall_time_s=wall_s,
+                  peak_rss_mib=peak_mib, peak_rss_delta_mib=delta_mib,
+                  memory_method=memory_method)
+    return record
+
+
+def run_one(name: str, data: PreparedDataset, seed: int, budget: dict[str, Any], scratch: str,
+            progress: bool = False, chemprop: peer_lib.ChempropSetup | None = None
+            ) -> dict[str, Any]:
+    """Train and score one model on one prepared dataset with one seed: the JSON run record.
+
+    ``chemprop``: its environment, prepared once per benchmark (default: prepared here).
+    """
+    peer = peer_lib.PEERS.get(name)
+    if peer is not None and peer.library == "chemprop":
+        return run_chemprop_peer(name, data, seed, budget, scratch,
+                                 chemprop or peer_lib.chemprop_setup())
     train, valid, test = data.parts[model_features(name)]
     model_dir = os.path.join(scratch, f"{data.name}_{name}_{seed}")
     wf.fresh_model_dir(model_dir)
-    metric, _ = primary_metric(data.mode)
     wf.set_seed(seed)
-    record: dict[str, Any] = {
-        "dataset": data.name, "split": data.info["split"],
-        "split_seed": data.info["split_seed"], "seed": seed, "model": name,
-        "label": model_label(name), "kind": model_kind(name), "features": model_features(name),
-        "metric": metric, "torch_threads": torch.get_num_threads()}
-    peer = peer_lib.PEERS.get(name)
+    record = run_header(name, data, seed)
     with PeakRSS() as memory:
         wall = time.perf_counter()
         if peer is not None and not peer.epochs:
@@ -472,14 +529,63 @@ def run_one(name: str, data: PreparedDataset, seed: int, budget: dict[str, Any],
                           history=[{"epoch": h["epoch"], "score": h["score"]}
                                    for h in result.history])
         wall = time.perf_counter() - wall
-    record.update(hyperparameters=hyperparameters(name, model, data, budget),
-                  valid=valid_m, test=test_m, valid_metric=valid_m.get(metric),
-                  test_metric=test_m.get(metric), train_time_s=fit_s, wall_time_s=wall,
-                  peak_rss_mib=memory.peak_mib, peak_rss_delta_mib=memory.delta_mib,
-                  memory_method=PeakRSS.method if memory.peak_mib is not None
-                  else "unavailable (psutil not installed)")
+    record["hyperparameters"] = hyperparameters(name, model, data, budget)
+    finish_record(record, valid_m, test_m, fit_s, wall, memory.peak_mib, memory.delta_mib, None)
     shutil.rmtree(model_dir, ignore_errors=True)
     del model
+    return record
+
+
+CHEMPROP_MEMORY = ("psutil RSS of the chemprop child process tree (train, then predict), sampled "
+                   "every 50 ms; a fresh process, so delta = peak")
+
+
+def run_chemprop_peer(name: str, data: PreparedDataset, seed: int, budget: dict[str, Any],
+                      scratch: str, setup: peer_lib.ChempropSetup) -> dict[str, Any]:
+    """The chemprop run record: train on the exported split CSVs, score on the same rows.
+
+    An unavailable environment or a failing chemprop command gives a record with ``skipped``
+    (the reason) and null metrics instead of an exception, so the benchmark goes on.
+    """
+    from deepfuse_plugin.bench import chemprop as cp
+
+    record = run_header(name, data, seed)
+    record.update(model_class="chemprop.models.MPNN", epochs=budget["epochs"], eval_every=1,
+                  selection=cp.SELECTION, best_epoch=None, history=[], hyperparameters={})
+    if setup.executable is None:
+        return skipped_record(record, f"chemprop environment unavailable: {setup.reason}")
+    _, valid, test = data.parts["multimodal"]  # the rows of the exported CSVs, in their order
+    workdir = os.path.join(scratch, f"{data.name}_{name}_{seed}")
+    wall = time.perf_counter()
+    try:
+        result, valid_m, test_m = peer_lib.fit_chemprop(
+            data.split_paths, data.tasks, data.mode, seed, budget, valid, test,
+            data.transformers, workdir, setup.executable, record["torch_threads"])
+    except cp.ChempropError as err:
+        return skipped_record(record, f"chemprop run failed: {err}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    record.update(best_epoch=result.best_epoch,
+                  history=[{"epoch": h["epoch"], "score": h["val_loss"]} for h in result.history],
+                  hyperparameters=peer_lib.chemprop_hyperparameters(result, setup),
+                  chemprop={"commands": [shlex.join(c) for c in result.commands],
+                            "epochs_run": result.epochs_run, "n_train": result.n_train,
+                            "epoch_times_s": result.epoch_times_s,
+                            "seconds_per_epoch": result.seconds_per_epoch,
+                            "train_process_s": result.train_process_s,
+                            "predict_process_s": result.predict_process_s,
+                            "versions": setup.versions})
+    return finish_record(record, valid_m, test_m, result.train_time_s,
+                         time.perf_counter() - wall, result.peak_rss_mib, result.peak_rss_mib,
+                         CHEMPROP_MEMORY)
+
+
+def skipped_record(record: dict[str, Any], reason: str) -> dict[str, Any]:
+    """A run that did not happen: null metrics, times and memory, and ``skipped`` = why."""
+    logger.warning("%s %s seed %s skipped: %s", record["dataset"], record["model"],
+                   record["seed"], reason)
+    finish_record(record, {}, {}, None, None, None, None, "not measured (skipped)")
+    record["skipped"] = reason
     return record
 
 
@@ -589,7 +695,42 @@ def goal_check(runs: Sequence[dict[str, Any]], datasets: dict[str, Any]) -> list
         lines.append(f"- {DISPLAY.get(d, d)}: best DeepChem baseline {best_name} {best:.3f}; "
                      f"fusion models as good or better: {', '.join(ok) or 'none'}; "
                      f"worse: {', '.join(not_ok) or 'none'}.")
-    return lines
+    return lines + chemprop_goal(runs, datasets, stats)
+
+
+#: Issue 5: DynamicFusionModel at least as good as chemprop v2 on this many of the 7 datasets.
+CHEMPROP_GOAL = 5
+
+
+def chemprop_goal(runs: Sequence[dict[str, Any]], datasets: dict[str, Any],
+                  stats: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """Issue 5's second goal: ``dynamic`` at least as good as ``chemprop`` (test means) on
+    :data:`CHEMPROP_GOAL` of the 7 :data:`FULL_DATASETS`; a line only when both ran somewhere."""
+    compared: dict[str, bool] = {}
+    details = []
+    for d in ordered_datasets(runs, datasets):
+        ours, theirs = (stats.get((d, m), {}).get("mean", math.nan) for m in ("dynamic",
+                                                                             "chemprop"))
+        if not (math.isfinite(ours) and math.isfinite(theirs)):
+            continue
+        higher = primary_metric(datasets.get(d, {}).get("mode", "classification"))[1]
+        compared[d] = ours >= theirs if higher else ours <= theirs
+        details.append(f"{DISPLAY.get(d, d)} {ours:.3f} vs {theirs:.3f}"
+                       + ("" if compared[d] else " (worse)"))
+    if not compared:
+        return []
+    wins = sum(compared[d] for d in FULL_DATASETS if d in compared)
+    losses = sum(not compared[d] for d in FULL_DATASETS if d in compared)
+    if wins >= CHEMPROP_GOAL:
+        status = "met"
+    elif losses > len(FULL_DATASETS) - CHEMPROP_GOAL:
+        status = "not met"
+    else:
+        status = f"open ({wins + losses} of the {len(FULL_DATASETS)} datasets compared so far)"
+    return [f"- DynamicFusionModel (`dynamic`) vs chemprop v2 (`chemprop`), test mean: as good "
+            f"or better on {sum(compared.values())} of {len(compared)} dataset(s): "
+            f"{'; '.join(details)}. Goal (at least {CHEMPROP_GOAL} of the "
+            f"{len(FULL_DATASETS)} issue-5 datasets): {status}."]
 
 
 def format_markdown(payload: dict[str, Any]) -> str:
@@ -604,8 +745,10 @@ def format_markdown(payload: dict[str, Any]) -> str:
     def metric_name(info: dict[str, Any]) -> str:
         return "ROC-AUC" if info.get("mode") == "classification" else "RMSE"
 
+    with_chemprop = any(model_kind(m) == "chemprop" for m in models)
     lines = [
-        "# MoleculeNet benchmark: deepfuse vs DeepChem baselines",
+        "# MoleculeNet benchmark: deepfuse vs DeepChem baselines"
+        + (" and chemprop v2" if with_chemprop else ""),
         "",
         "Generated by " + " then ".join(f"`{c}`" for c in (payload.get("commands") or [
             payload.get("command", "deepfuse bench moleculenet")])) + ". "
@@ -627,6 +770,8 @@ def format_markdown(payload: dict[str, Any]) -> str:
         "test split is never used for selection. deepfuse models use their default architecture "
         "(encoder/fused width 128); DeepChem models their defaults (see the JSON).",
         f"- Random forest: {peer_lib.RF_TREES} trees, one per task on labelled rows, no epochs.",
+        *([CHEMPROP_SETTINGS.format(epochs=settings["epochs"],
+                                    batch_size=settings["batch_size"])] if with_chemprop else []),
         "- Classification: ROC-AUC averaged over tasks, missing labels masked (w = 0); no class "
         "balancing for any model. Regression: labels normalized on train, metrics in original "
         "units.",
@@ -645,7 +790,10 @@ def format_markdown(payload: dict[str, Any]) -> str:
     lines += ["## Train time (s) and peak memory", "",
               "Train time: wall time of `fit` including the per-epoch validation passes "
               "(random forest: fit). Peak RSS delta: " + PeakRSS.method + "; a lower bound, as "
-              "the process keeps memory from earlier runs.", ""]
+              "the process keeps memory from earlier runs."
+              + (" chemprop: Lightning `fit` in its child process (sanity check, epochs, "
+                 "validation, checkpoints; not the interpreter start-up and featurization), and "
+                 "the peak RSS of that process tree." if with_chemprop else ""), ""]
     time_stats = summarize(runs, "train_time_s")
     mem_stats = summarize(runs, "peak_rss_delta_mib")
     epoch_stats = summarize(runs, "best_epoch")
@@ -663,7 +811,9 @@ def format_markdown(payload: dict[str, Any]) -> str:
             cells.append(text)
         lines.append(f"| {DISPLAY.get(d, d)} | " + " | ".join(cells) + " |")
     lines += ["", "Cells: mean train time / mean peak RSS delta / mean best epoch.", ""]
-    lines += ["## Goal check (issue 5: every fusion model ≥ the best DeepChem baseline)", "",
+    lines += ["## Goal check (issue 5: every fusion model ≥ the best DeepChem baseline; "
+              f"DynamicFusionModel ≥ chemprop v2 on ≥ {CHEMPROP_GOAL} of the "
+              f"{len(FULL_DATASETS)} datasets)", "",
               *goal_check(runs, datasets), ""]
     lines += ["## Data", ""]
     for d in ordered_datasets(runs, datasets):
@@ -680,10 +830,20 @@ def format_markdown(payload: dict[str, Any]) -> str:
     observed = observations(payload)
     if observed:
         lines += ["", "## Observations (computed from the runs)", "", *[f"- {o}" for o in observed]]
-    notes = payload.get("notes", [])
+    notes = [*payload.get("notes", []), *skipped_notes(runs)]
     if notes:
         lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"
+
+
+def skipped_notes(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """One note per reason for the runs recorded as skipped (their cells show "–")."""
+    reasons: dict[str, list[str]] = defaultdict(list)
+    for run in runs:
+        if run.get("skipped"):
+            reasons[run["skipped"]].append(f"{run['model']} on {run['dataset']} seed {run['seed']}")
+    return [f"Skipped, shown as \"–\": {', '.join(which)}. Reason: {reason.strip()}"
+            for reason, which in reasons.items()]
 
 
 def observations(payload: dict[str, Any]) -> list[str]:
@@ -763,8 +923,8 @@ def plot(payload: dict[str, Any], path: str) -> None:
             stds = [0.0 if not math.isfinite(s) else s for s in stds]
             ax.bar(x - 0.4 + width * (j + 0.5), means, width, yerr=stds, capsize=2,
                    color=cmap(j % 20), label=m,
-                   edgecolor="black" if model_kind(m) == "deepchem" else "none",
-                   hatch="//" if model_kind(m) == "deepchem" else None)
+                   edgecolor="black" if m in peer_lib.PEERS else "none",
+                   hatch="//" if m in peer_lib.PEERS else None)
         ax.set_xticks(x, [DISPLAY.get(d, d) for d in names])
         ax.set_ylabel(label)
         finite = [stats[(d, m)]["mean"] for d in names for m in models
@@ -774,7 +934,7 @@ def plot(payload: dict[str, Any], path: str) -> None:
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     seeds = sorted({r["seed"] for r in runs})
     fig.suptitle(f"MoleculeNet, {_split_text(datasets)}, seeds {seeds} "
-                 "(hatched: DeepChem baselines)", fontsize=9)
+                 "(hatched: peers, DeepChem and chemprop)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -807,11 +967,21 @@ def _environment() -> dict[str, Any]:
 
 
 NOTES = [
-    "chemprop v2 is not in this table yet: it needs its own virtual environment (it pins a "
-    "different RDKit); the exported split CSVs are meant for it.",
     "Peak memory is process RSS sampled with psutil; the delta over the RSS at the start of a run "
     "is a lower bound of the run's own need (memory from earlier runs is reused).",
 ]
+
+
+#: The Settings line for chemprop (formatted with the run's epochs and batch size).
+CHEMPROP_SETTINGS = (
+    "- chemprop v2 (`chemprop`): chemprop==2.3.1 in its own virtual environment (it pins another "
+    "RDKit), driven through its CLI on the exported split CSVs (train/valid/test given as three "
+    "files: its predefined split) with its default settings (D-MPNN, hidden 300, depth 3, "
+    "1-layer FFN, Noam learning rate 1e-4 to 1e-3 to 1e-4), {epochs} epochs and batch size "
+    "{batch_size}. It keeps the checkpoint with the lowest validation loss (its default "
+    "tracking metric: MSE of standardized targets / binary cross-entropy), not the best "
+    "validation ROC-AUC/RMSE; its predictions are scored by the same metric code on the same "
+    "rows as every other model.")
 
 
 def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str = "../shared/data",
@@ -837,7 +1007,10 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
     split, split_seed:
         ``"scaffold"`` (deterministic) or ``"random"`` (seeded by ``split_seed``), 80/10/10.
     models: list of str
-        Default :func:`default_models` (every fusion model, unimodal baselines, DeepChem peers).
+        Default :func:`default_models` (every fusion model, unimodal baselines, DeepChem peers,
+        chemprop). chemprop's environment is created on first use (``.venv-chemprop`` in the
+        current folder, or ``$DEEPFUSE_CHEMPROP_VENV``); if that fails, its runs are recorded as
+        skipped with the reason.
     out: str
         Output folder.
     eval_every, batch_size, learning_rate:
@@ -849,7 +1022,7 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
         folder removed at the end.
     resume: bool
         Keep the runs already in ``<out>/moleculenet.json`` (same settings required) and skip
-        them; used to add seeds or models to a table.
+        them; used to add seeds or models to a table. Runs recorded as skipped are tried again.
     limit: int, optional
         First ``limit`` molecules of each dataset (tests, quick runs).
 
@@ -895,7 +1068,7 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
             raise wf.WorkflowError(f"--resume: {json_path} was made with other settings "
                                    f"(old, new): {differ}")
         payload["datasets"] = previous.get("datasets", {})
-        payload["runs"] = previous.get("runs", [])
+        payload["runs"] = [r for r in previous.get("runs", []) if not r.get("skipped")]
         payload["commands"] = previous.get("commands", [previous.get("command")])
         payload["wall_time_s"] = previous.get("wall_time_s", 0.0)
     payload.setdefault("commands", []).append(payload["command"])
@@ -910,6 +1083,12 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
     if resume:
         summary += f" to do, {len(done)} already in {json_path}"
     echo(summary)
+    chemprop = None
+    if any(model_kind(m) == "chemprop" for _, _, m in plan):
+        chemprop = peer_lib.chemprop_setup(echo=echo)
+        if chemprop.executable is None:
+            echo(f"chemprop is unavailable; its runs are recorded as skipped: {chemprop.reason}")
+        payload["environment"]["chemprop"] = chemprop.versions or None
     own_cache = cache_dir is None
     cache = cache_dir or tempfile.mkdtemp(prefix="deepfuse_molnet_cache_")
     start = time.perf_counter()
@@ -936,13 +1115,11 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
                      f"{data.info['n_dropped']} dropped by a featurizer")
                 for seed, model in todo:
                     bar.set_postfix_str(f"{name} {model} seed {seed}")
-                    record = run_one(model, data, seed, budget, scratch, progress=progress)
+                    record = run_one(model, data, seed, budget, scratch, progress=progress,
+                                     chemprop=chemprop)
                     payload["runs"].append(record)
                     bar.update(1)
-                    echo(f"  {name:<12} {model:<16} seed {seed}: valid {record['metric']} "
-                         f"{_fmt(record['valid_metric'])}, test {_fmt(record['test_metric'])}, "
-                         f"best epoch {record['best_epoch']}, {record['train_time_s']:.1f} s, "
-                         f"peak RSS +{_fmt(record['peak_rss_delta_mib'], 0)} MiB")
+                    echo(f"  {name:<12} {model:<16} seed {seed}: {_run_summary(record)}")
                     write_outputs(payload, out, png=False)
                 write_outputs(payload, out)
     finally:
@@ -954,6 +1131,15 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
     echo(f"Wrote {json_path}, {STEM}.md, {STEM}.png and splits/ to {out} "
          f"({time.perf_counter() - start:.0f} s)")
     return payload
+
+
+def _run_summary(record: dict[str, Any]) -> str:
+    if record.get("skipped"):
+        return f"skipped ({record['skipped'].splitlines()[0]})"
+    return (f"valid {record['metric']} {_fmt(record['valid_metric'])}, test "
+            f"{_fmt(record['test_metric'])}, best epoch {record['best_epoch']}, "
+            f"{record['train_time_s']:.1f} s, peak RSS +{_fmt(record['peak_rss_delta_mib'], 0)} "
+            "MiB")
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

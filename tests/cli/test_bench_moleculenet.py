@@ -126,6 +126,31 @@ def test_markdown_table_and_plot(tiny_run):
     assert any("| BBBP |" in p for p in printed)
 
 
+def test_unavailable_chemprop_is_a_skipped_row_not_a_crash(tiny_molnet_dir, tmp_path,
+                                                           monkeypatch):
+    blocked = tmp_path / "not_a_folder"
+    blocked.write_text("")  # the environment cannot be created below a file
+    monkeypatch.setenv("DEEPFUSE_CHEMPROP_VENV", str(blocked / "venv"))
+    printed: list[str] = []
+    kwargs = dict(datasets=["delaney"], data_dir=str(tiny_molnet_dir), seeds=[0], epochs=1,
+                  models=["dc_rf", "chemprop"], out=str(tmp_path / "out"), progress=False)
+    payload = mn.run_moleculenet_bench(**kwargs, echo=printed.append)
+    chemprop = next(r for r in payload["runs"] if r["model"] == "chemprop")
+    assert RUN_KEYS <= set(chemprop)
+    assert "Cannot create chemprop's environment folder" in chemprop["skipped"]
+    assert chemprop["test_metric"] is None and chemprop["train_time_s"] is None
+    assert any("chemprop is unavailable" in p for p in printed)
+    assert any("chemprop" in p and "skipped (chemprop environment unavailable" in p
+               for p in printed)
+    text = (tmp_path / "out" / "moleculenet.md").read_text()
+    assert "- Skipped, shown as \"–\": chemprop on delaney seed 0. Reason: chemprop " in text
+    row = next(line for line in text.splitlines() if line.startswith("| ESOL (delaney) | RMSE"))
+    assert row.endswith("| – |")  # the chemprop cell; dc_rf ran
+    # --resume tries the skipped run again (and records it once)
+    payload = mn.run_moleculenet_bench(**kwargs, resume=True, echo=lambda _: None)
+    assert [r["model"] for r in payload["runs"]] == ["dc_rf", "chemprop"]
+
+
 def test_resume_adds_a_seed_and_reports_mean_and_std(tiny_run, tiny_molnet_dir):
     _, out, _ = tiny_run
     payload = mn.run_moleculenet_bench(datasets=["delaney"], data_dir=str(tiny_molnet_dir),
@@ -189,8 +214,10 @@ def test_mode_and_dataset_names():
     assert mn.decide_mode("unknown", np.array([[0.5], [1.0]]), np.ones((2, 1))) == "regression"
     with pytest.raises(mn.wf.WorkflowError, match="no loader"):
         mn.resolve_dataset("not_a_dataset")
+    assert mn.check_models(["dynamic", "chemprop", "dynamic"]) == ["dynamic", "chemprop"]
+    assert mn.default_models()[-1] == "chemprop" and mn.model_kind("chemprop") == "chemprop"
     with pytest.raises(mn.wf.WorkflowError, match="Unknown model"):
-        mn.check_models(["dynamic", "chemprop"])
+        mn.check_models(["dynamic", "chemprop_v1"])
 
 
 def test_cli_reports_bad_input(tmp_path, capsys):

@@ -1,0 +1,698 @@
+"""chemprop v2 as a peer of ``deepfuse bench moleculenet``: its own environment, its own CLI.
+
+chemprop 2.3.1 pins its own RDKit, Lightning and friends, so it cannot live in deepfuse's
+environment. This module
+
+1. creates (once) a virtual environment for it, :func:`ensure_chemprop_env`
+   (``.venv-chemprop`` in the current folder, or ``$DEEPFUSE_CHEMPROP_VENV``): ``torch==2.13.0``
+   first, then ``chemprop==2.3.1``. Any other torch release would pull gigabytes of CUDA wheels,
+   and with the CPU wheel installed first pip keeps it. A stamp file records the requirements and
+   the versions pip resolved, so later calls return at once. About a minute from the local
+   mirror;
+2. trains and predicts with chemprop's own command line, :func:`run_chemprop`:
+
+   * ``chemprop train --data-path train.csv valid.csv test.csv``: with three files chemprop uses
+     them as the train, validation and test parts as they are (its predefined split; no
+     re-splitting). The call passes the task columns, ``--task-type classification|regression``,
+     ``--epochs`` (the shared budget), ``--batch-size`` (the shared budget; 64 by default, which
+     is chemprop's default too), ``--pytorch-seed``/``--data-seed`` (the model seed),
+     ``--num-workers 0`` and ``--accelerator cpu --devices 1``. Everything else keeps chemprop's
+     defaults: D-MPNN with hidden size 300, depth 3, no dropout, ``norm`` aggregation, a 1-layer
+     FFN of 300, and the Noam learning-rate schedule (1e-4 to 1e-3 to 1e-4, 2 warm-up epochs;
+     chemprop refuses budgets of 1 or 2 epochs with that, so such test-sized runs warm up for
+     ``epochs - 1``).
+     Regression targets are standardized on train and predictions un-scaled by chemprop itself.
+     Missing labels (empty cells) are masked in its loss;
+   * ``chemprop predict --model-paths best.pt`` on the validation and test SMILES. The
+     predictions come back in the rows' order, checked SMILES by SMILES: P(class 1) per task
+     for classification, original units for regression.
+
+Model selection. ``best.pt`` is the checkpoint that chemprop's ``ModelCheckpoint`` keeps. It
+tracks ``val_loss``, chemprop's default ``--tracking-metric``: the masked training criterion on
+the validation part, i.e. MSE of the standardized targets (regression) or binary cross-entropy
+(classification). The deepfuse and DeepChem models select on validation RMSE or ROC-AUC instead.
+Both choices use validation data only, never test. Early stopping is off: ``--patience``
+defaults to the number of epochs.
+
+Timing. ``chemprop train`` runs through a small launcher, ``chemprop_epoch_clock.py`` in the
+work folder. It calls chemprop's CLI entry point (``chemprop.cli.main.main``) with the same
+arguments and adds a Lightning callback that only records wall times. This gives
+:attr:`ChempropResult.train_time_s`, the Lightning ``fit`` (sanity check plus every epoch with
+its validation pass and checkpoint), which compares with the other models' fit time, and
+:attr:`ChempropResult.epoch_times_s`, one entry per epoch. ``train_process_s`` is the whole
+process: interpreter start-up, featurization, fit, chemprop's own test pass and saving. Peak
+memory is the resident set size of the child process tree, sampled with psutil.
+
+Examples
+--------
+>>> from deepfuse_plugin.bench import chemprop as cp
+>>> cp.train_command(["chemprop"], "tr.csv", "va.csv", "te.csv", ["logS"], "regression",
+...                  epochs=30, seed=0, output_dir="out")[:6]
+['chemprop', 'train', '--data-path', 'tr.csv', 'va.csv', 'te.csv']
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from deepfuse_plugin.workflows import WorkflowError
+
+CHEMPROP_VERSION = "2.3.1"
+TORCH_VERSION = "2.13.0"
+#: Installed in this order, one pip call each: the CPU torch wheel first, so that chemprop's
+#: ``torch`` requirement is already met and pip downloads no CUDA build.
+REQUIREMENTS = (f"torch=={TORCH_VERSION}", f"chemprop=={CHEMPROP_VERSION}")
+DEFAULT_VENV = ".venv-chemprop"
+VENV_ENV = "DEEPFUSE_CHEMPROP_VENV"
+STAMP = ".deepfuse-chemprop.json"
+INSTALL_LOG = ".deepfuse-install.log"
+#: Versions copied into the stamp (and the benchmark's JSON).
+REPORTED_PACKAGES = ("chemprop", "torch", "rdkit", "lightning", "numpy", "pandas", "scikit-learn")
+INSTALL_TIMEOUT_S = 1800.0
+DEFAULT_BATCH_SIZE = 64  # chemprop 2.3.1's --batch-size default
+#: chemprop 2.3.1's --warmup-epochs default; it refuses an epoch budget that is not larger.
+DEFAULT_WARMUP_EPOCHS = 2
+MODES = ("classification", "regression")
+PARTS = ("train", "valid", "test")
+CLOCK_ENV = "DEEPFUSE_CHEMPROP_CLOCK"
+TAIL_LINES = 25
+#: How chemprop picks its checkpoint (for the benchmark's records).
+SELECTION = ("lowest validation loss (chemprop's default --tracking-metric val_loss: MSE of "
+             "standardized targets / binary cross-entropy)")
+#: Settings in chemprop's config.toml left out of the recorded hyper-parameters: inputs and
+#: outputs, and chemprop's own splitter (unused: the split is given as three files); and prefixes
+#: of settings for atom/bond targets (unused here).
+_NOT_RECORDED = {"data-path", "output-dir", "smiles-columns", "target-columns", "devices",
+                 "num-workers", "accelerator", "split", "split-sizes", "split-key-molecule",
+                 "num-replicates"}
+_UNUSED_PREFIXES = ("atom-", "bond-", "multiclass-")
+
+#: Launcher for ``chemprop train``: chemprop's own CLI entry point plus a Lightning callback that
+#: writes wall times (fit, each training epoch including its validation pass) as JSON to
+#: ``$DEEPFUSE_CHEMPROP_CLOCK``. It changes nothing else.
+CLOCK_SCRIPT = '''"""`chemprop ARGS` plus a callback recording epoch wall times (by deepfuse)."""
+import json
+import os
+import sys
+import time
+
+import lightning.pytorch as pl
+from chemprop.cli.main import main
+
+
+class EpochClock(pl.Callback):
+    def __init__(self):
+        self.epoch_s = []
+
+    def on_fit_start(self, trainer, pl_module):
+        self.fit_start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.epoch_s.append(time.perf_counter() - self.epoch_start)
+
+    def on_fit_end(self, trainer, pl_module):
+        with open(os.environ["DEEPFUSE_CHEMPROP_CLOCK"], "w") as fh:
+            json.dump({"fit_s": time.perf_counter() - self.fit_start,
+                       "epoch_s": self.epoch_s}, fh)
+
+
+_init = pl.Trainer.__init__
+
+
+def _init_with_clock(self, *args, **kwargs):
+    kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), EpochClock()]
+    _init(self, *args, **kwargs)
+
+
+pl.Trainer.__init__ = _init_with_clock
+sys.argv[0] = "chemprop"
+sys.exit(main())
+'''
+
+
+class ChempropError(WorkflowError):
+    """A chemprop step failed (the message names the command and shows the end of its output)."""
+
+
+class ChempropEnvError(ChempropError):
+    """chemprop's virtual environment could not be created."""
+
+
+# -- the environment -----------------------------------------------------------------------------
+def default_venv_dir() -> Path:
+    """``$DEEPFUSE_CHEMPROP_VENV``, else ``.venv-chemprop`` in the current folder."""
+    return Path(os.environ.get(VENV_ENV) or DEFAULT_VENV)
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / "bin" / "python"
+
+
+def read_stamp(venv: str | os.PathLike) -> dict[str, Any] | None:
+    """The stamp of a finished installation (requirements, versions, install time), or None."""
+    try:
+        return json.loads((Path(venv) / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def env_ready(venv: str | os.PathLike) -> bool:
+    """Whether ``venv`` holds a finished installation of :data:`REQUIREMENTS`."""
+    stamp = read_stamp(venv)
+    return (stamp is not None and stamp.get("requirements") == list(REQUIREMENTS)
+            and (Path(venv) / "bin" / "chemprop").exists())
+
+
+def install_commands(venv: Path, python: str) -> list[list[str]]:
+    """The commands that build the environment: ``venv``, then one ``pip install`` per
+    requirement, in the order of :data:`REQUIREMENTS`."""
+    pip = [str(venv_python(venv)), "-m", "pip", "install", "--disable-pip-version-check"]
+    return [[python, "-m", "venv", str(venv)], *([*pip, req] for req in REQUIREMENTS)]
+
+
+def ensure_chemprop_env(venv_dir: str | os.PathLike | None = None, python: str | None = None,
+                        timeout: float = INSTALL_TIMEOUT_S,
+                        echo: Callable[[str], None] | None = None) -> Path:
+    """Create (or reuse) chemprop's virtual environment; return its ``chemprop`` executable.
+
+    Idempotent: a finished installation (stamp file present, same requirements) is returned at
+    once. Concurrent callers wait on a file lock, so only one of them installs.
+
+    Parameters
+    ----------
+    venv_dir: path, optional
+        Default :func:`default_venv_dir`.
+    python: str, optional
+        Interpreter that creates the environment (default: this one, Python >= 3.11 for
+        chemprop 2.3).
+    timeout: float
+        Seconds allowed for the whole installation.
+    echo: callable, optional
+        Receives a line before and after an installation.
+
+    Raises
+    ------
+    ChempropEnvError
+        A step failed or timed out; the message names the command and ends with the last lines
+        of pip's output (all of it is in ``<venv>/.deepfuse-install.log``).
+    """
+    venv = Path(venv_dir or default_venv_dir()).expanduser().absolute()
+    executable = venv / "bin" / "chemprop"
+    if env_ready(venv):
+        return executable
+    try:
+        venv.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ChempropEnvError(f"Cannot create chemprop's environment folder {venv}: {err}") \
+            from err
+    with _locked(venv / ".deepfuse-lock"):
+        if env_ready(venv):  # another process finished it while we waited
+            return executable
+        if echo:
+            echo(f"chemprop: creating its virtual environment {venv} ({', '.join(REQUIREMENTS)}; "
+                 "about a minute from a local package mirror)")
+        seconds = _install(venv, python or sys.executable, timeout)
+        if echo:
+            echo(f"chemprop: environment ready in {seconds:.0f} s: "
+                 f"{(read_stamp(venv) or {}).get('versions')}")
+    return executable
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    import fcntl
+
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _install(venv: Path, python: str, timeout: float) -> float:
+    """Run :func:`install_commands`, then write the stamp; return the seconds it took."""
+    log_path = venv / INSTALL_LOG
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        for cmd in install_commands(venv, python):
+            log.write(f"$ {shlex.join(cmd)}\n")
+            log.flush()
+            left = timeout - (time.perf_counter() - start)
+            try:
+                code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(),
+                                      timeout=max(left, 1.0)).returncode
+                problem = f"exited with code {code}" if code else ""
+            except subprocess.TimeoutExpired:
+                problem = f"did not finish within the {timeout:.0f} s allowed"
+            except OSError as err:
+                problem = f"could not start ({err})"
+            if problem:
+                log.flush()
+                raise ChempropEnvError(
+                    f"Could not create chemprop's environment {venv}: `{shlex.join(cmd)}` "
+                    f"{problem}. Last lines of its output ({log_path}):\n{tail(log_path)}")
+    seconds = time.perf_counter() - start
+    stamp = {"requirements": list(REQUIREMENTS), "versions": installed_versions(venv),
+             "python": python, "install_s": round(seconds, 1),
+             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (venv / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
+    return seconds
+
+
+def installed_versions(venv: Path) -> dict[str, str]:
+    """Versions of :data:`REPORTED_PACKAGES` that pip resolved in ``venv``."""
+    cmd = [str(venv_python(venv)), "-m", "pip", "list", "--format=json",
+           "--disable-pip-version-check"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
+    if done.returncode:
+        raise ChempropEnvError(f"`{shlex.join(cmd)}` failed:\n{done.stderr[-2000:]}")
+    found = {p["name"].lower(): p["version"] for p in json.loads(done.stdout)}
+    return {name: found[name] for name in REPORTED_PACKAGES if name in found}
+
+
+def child_env(threads: int | None = None) -> dict[str, str]:
+    """This process's environment without what would leak deepfuse's packages into chemprop's
+    interpreter; ``threads`` caps torch's intra-op threads (OpenMP/MKL)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV")}
+    env["PYTHONNOUSERSITE"] = "1"
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
+def tail(path: str | os.PathLike, lines: int = TAIL_LINES, width: int = 400) -> str:
+    """The last ``lines`` lines of a text file, each cut to ``width`` characters (chemprop logs
+    all its arguments on one very long line); '' when the file cannot be read."""
+    try:
+        with open(path, errors="replace") as fh:
+            last = fh.read().splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "\n".join(line if len(line) <= width else line[:width] + " [...]" for line in last)
+
+
+# -- commands ------------------------------------------------------------------------------------
+def train_command(program: Sequence[str], train_csv: str | os.PathLike,
+                  valid_csv: str | os.PathLike, test_csv: str | os.PathLike,
+                  tasks: Sequence[str], mode: str, epochs: int, seed: int,
+                  output_dir: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE,
+                  smiles_column: str = "smiles", accelerator: str = "cpu") -> list[str]:
+    """``chemprop train`` on a predefined split (three files: train, validation, test).
+
+    ``program`` is what runs chemprop's CLI (``[".../chemprop"]``, or the interpreter and the
+    epoch-clock launcher). chemprop refuses a budget of no more epochs than its 2 warm-up epochs,
+    so such short runs (tests) get ``--warmup-epochs epochs - 1``; longer ones keep the default.
+    """
+    warmup = ([] if epochs > DEFAULT_WARMUP_EPOCHS
+              else ["--warmup-epochs", str(max(0, epochs - 1))])
+    return [*map(str, program), "train",
+            "--data-path", str(train_csv), str(valid_csv), str(test_csv),
+            "--smiles-columns", smiles_column, "--target-columns", *tasks,
+            "--task-type", mode, "--epochs", str(epochs), *warmup,
+            "--batch-size", str(batch_size), "--pytorch-seed", str(seed),
+            "--data-seed", str(seed), "--num-workers", "0",
+            "--accelerator", accelerator, "--devices", "1", "--output-dir", str(output_dir)]
+
+
+def predict_command(executable: str | os.PathLike, input_csv: str | os.PathLike,
+                    output_csv: str | os.PathLike, model_path: str | os.PathLike,
+                    batch_size: int = DEFAULT_BATCH_SIZE, smiles_column: str = "smiles",
+                    accelerator: str = "cpu") -> list[str]:
+    """``chemprop predict`` with one trained model."""
+    return [str(executable), "predict", "--test-path", str(input_csv),
+            "--preds-path", str(output_csv), "--model-paths", str(model_path),
+            "--smiles-columns", smiles_column, "--batch-size", str(batch_size),
+            "--num-workers", "0", "--accelerator", accelerator, "--devices", "1"]
+
+
+# -- reading chemprop's files --------------------------------------------------------------------
+def read_smiles_csv(path: str | os.PathLike, smiles_column: str, tasks: Sequence[str],
+                    part: str) -> list[str]:
+    """The SMILES of a split CSV, after checking that it has the SMILES and task columns.
+
+    Raises
+    ------
+    ChempropError
+        Missing file or columns.
+    """
+    import pandas as pd
+
+    try:
+        header = list(pd.read_csv(path, nrows=0).columns)
+    except FileNotFoundError as err:
+        raise ChempropError(f"The {part} CSV {path} does not exist") from err
+    except pd.errors.EmptyDataError as err:
+        raise ChempropError(f"The {part} CSV {path} is empty (no header)") from err
+    if smiles_column not in header:
+        raise ChempropError(f"The {part} CSV {path} has no {smiles_column!r} column "
+                            f"(columns: {header})")
+    missing = [t for t in tasks if t not in header]
+    if missing:
+        raise ChempropError(f"The {part} CSV {path} lacks task column(s) {missing} "
+                            f"(columns: {header})")
+    frame = pd.read_csv(path, usecols=[smiles_column], dtype=str, keep_default_na=False)
+    return frame[smiles_column].tolist()
+
+
+def read_predictions(path: str | os.PathLike, smiles: Sequence[str], tasks: Sequence[str],
+                     mode: str, smiles_column: str = "smiles") -> np.ndarray:
+    """``chemprop predict``'s output as ``(len(smiles), n_tasks)`` floats, row-aligned.
+
+    Raises
+    ------
+    ChempropError
+        A missing task column, another number of rows, a row whose SMILES differs from the
+        input's (surrounding whitespace ignored), a NaN prediction, or a classification output
+        outside [0, 1].
+    """
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype={smiles_column: str}, keep_default_na=False,
+                        na_values={t: ["", "nan", "NaN"] for t in tasks})
+    missing = [t for t in [smiles_column, *tasks] if t not in frame.columns]
+    if missing:
+        raise ChempropError(f"chemprop's predictions {path} lack column(s) {missing} "
+                            f"(columns: {list(frame.columns)})")
+    if len(frame) != len(smiles):
+        raise ChempropError(f"chemprop's predictions {path} have {len(frame)} rows for "
+                            f"{len(smiles)} input molecules")
+    got = [str(s).strip() for s in frame[smiles_column]]
+    wrong = [i for i, (a, b) in enumerate(zip(got, smiles)) if a != str(b).strip()]
+    if wrong:
+        i = wrong[0]
+        raise ChempropError(f"chemprop's predictions {path} are not in the input's order: row {i} "
+                            f"is {got[i]!r}, expected {smiles[i]!r} ({len(wrong)} such rows)")
+    pred = frame[list(tasks)].to_numpy(dtype=np.float64)
+    if np.isnan(pred).any():
+        raise ChempropError(f"chemprop predicted NaN for {int(np.isnan(pred).any(1).sum())} "
+                            f"row(s) in {path}")
+    if mode == "classification" and ((pred < 0) | (pred > 1)).any():
+        raise ChempropError(f"chemprop's classification output in {path} is not a probability "
+                            f"(range {pred.min():.3g} to {pred.max():.3g})")
+    return pred
+
+
+def read_history(train_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], int | None]:
+    """Per-epoch ``val_loss``/``train_loss`` from Lightning's ``metrics.csv`` (1-based epochs) and
+    the epoch of the lowest validation loss (the one chemprop's checkpoint keeps; the first on
+    ties), or ``([], None)`` when the file is absent."""
+    import pandas as pd
+
+    files = sorted(Path(train_dir).glob("model_0/trainer_logs/*/metrics.csv"))
+    if not files:
+        return [], None
+    frame = pd.read_csv(files[-1])
+    history = []
+    for epoch, rows in frame.groupby("epoch", sort=True):
+        entry: dict[str, Any] = {"epoch": int(epoch) + 1}
+        for key, column in (("val_loss", "val_loss"), ("train_loss", "train_loss_epoch")):
+            values = rows[column].dropna() if column in rows else []
+            entry[key] = float(values.iloc[-1]) if len(values) else None
+        history.append(entry)
+    losses = [h["val_loss"] for h in history if h["val_loss"] is not None
+              and np.isfinite(h["val_loss"])]
+    best = (next(h["epoch"] for h in history if h["val_loss"] == min(losses))
+            if losses else None)
+    return history, best
+
+
+def read_settings(config_toml: str | os.PathLike) -> dict[str, Any]:
+    """The model and training settings chemprop wrote to ``config.toml`` (all of them, defaults
+    included), minus input/output paths and atom/bond-target settings.
+
+    chemprop writes ``key = value`` lines with bare lists (``[300]``), which are not TOML, so
+    they are parsed here: numbers, booleans, lists of them, else strings.
+    """
+    settings: dict[str, Any] = {}
+    for line in Path(config_toml).read_text().splitlines():
+        key, sep, value = (part.strip() for part in line.partition("="))
+        if not sep or key in _NOT_RECORDED or key.startswith(_UNUSED_PREFIXES):
+            continue
+        if value.startswith("[") and value.endswith("]"):
+            settings[key] = [_scalar(v.strip()) for v in value[1:-1].split(",") if v.strip()]
+        else:
+            settings[key] = _scalar(value)
+    return settings
+
+
+def _scalar(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+# -- one run -------------------------------------------------------------------------------------
+@dataclass
+class ChempropResult:
+    """What :func:`run_chemprop` measured and predicted.
+
+    Attributes
+    ----------
+    tasks, mode:
+        As given.
+    valid_pred, test_pred: numpy.ndarray or None
+        ``(n_rows, n_tasks)`` predictions of the best checkpoint, in the CSV's row order
+        (P(class 1) / original units); None with ``predict=False``.
+    valid_smiles, test_smiles: list of str
+        The SMILES of those rows, as read from the CSVs.
+    epochs: int
+        The epoch budget (``--epochs``); ``epochs_run`` is how many Lightning completed.
+    n_train, n_valid, n_test: int
+        Rows per part.
+    train_time_s: float
+        Lightning ``fit``: sanity check plus every epoch with its validation pass and checkpoint.
+    epoch_times_s: list of float
+        Wall time of each epoch, validation included.
+    train_process_s, predict_process_s:
+        Wall time of the whole ``chemprop train`` / ``chemprop predict`` process.
+    peak_rss_mib: float or None
+        Peak resident memory of the child process tree (the larger of train and predict).
+    best_epoch: int or None
+        1-based epoch of the kept checkpoint (lowest validation loss).
+    history: list of dict
+        ``{"epoch", "val_loss", "train_loss"}`` per epoch.
+    hyperparameters: dict
+        Every model/training setting chemprop used (its ``config.toml``).
+    commands: list of list of str
+        The exact command lines run (train, then predict).
+    model_path: Path
+        ``best.pt`` (deleted with ``workdir`` by the benchmark).
+    """
+
+    tasks: list[str]
+    mode: str
+    valid_pred: np.ndarray | None
+    test_pred: np.ndarray | None
+    valid_smiles: list[str]
+    test_smiles: list[str]
+    epochs: int
+    epochs_run: int
+    n_train: int
+    n_valid: int
+    n_test: int
+    train_time_s: float
+    epoch_times_s: list[float]
+    train_process_s: float
+    predict_process_s: float | None
+    peak_rss_mib: float | None
+    best_epoch: int | None
+    history: list[dict[str, Any]]
+    hyperparameters: dict[str, Any]
+    commands: list[list[str]]
+    model_path: Path
+    workdir: Path
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        """Mean wall time of an epoch (training + validation)."""
+        times = self.epoch_times_s or []
+        return float(np.mean(times)) if times else self.train_time_s / max(1, self.epochs_run)
+
+    @property
+    def train_molecules_per_s(self) -> float:
+        """Training throughput: train molecules per second of an average epoch."""
+        return self.n_train / self.seconds_per_epoch if self.seconds_per_epoch > 0 else float("nan")
+
+
+def run_chemprop(train_csv: str | os.PathLike, valid_csv: str | os.PathLike,
+                 test_csv: str | os.PathLike, tasks: Sequence[str], mode: str, epochs: int,
+                 seed: int, workdir: str | os.PathLike, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                 threads: int = 1, smiles_column: str = "smiles", accelerator: str = "cpu",
+                 executable: str | os.PathLike | None = None, predict: bool = True,
+                 timeout: float | None = None) -> ChempropResult:
+    """Train chemprop on a predefined split and predict its validation and test rows.
+
+    Parameters
+    ----------
+    train_csv, valid_csv, test_csv:
+        CSVs with ``smiles_column`` and one column per task (empty cell: missing label), e.g.
+        the ``splits/`` files of ``deepfuse bench moleculenet``.
+    tasks: list of str
+        Task columns, in the order of the returned prediction columns.
+    mode: str
+        ``"classification"`` (binary, per task) or ``"regression"``.
+    epochs, seed:
+        ``--epochs``; ``--pytorch-seed`` and ``--data-seed``.
+    workdir: path
+        Gets the logs, chemprop's output folder ``train/`` (replaced if present) and the
+        predictions.
+    batch_size, threads, accelerator:
+        ``--batch-size``; OpenMP/MKL threads of the child process; Lightning accelerator.
+    executable: path, optional
+        The environment's ``chemprop`` (default: :func:`ensure_chemprop_env`, which may install).
+    predict: bool
+        Predict the validation and test rows with the best checkpoint (False: only train, e.g.
+        to time it).
+    timeout: float, optional
+        Seconds allowed per chemprop process.
+
+    Returns
+    -------
+    ChempropResult
+
+    Raises
+    ------
+    ChempropError
+        Bad input (missing file or column, empty part, unknown mode), or a chemprop command that
+        failed: the message names the command and ends with the tail of its stderr.
+    """
+    tasks = _check_arguments(tasks, mode, epochs)
+    smiles = {part: read_smiles_csv(path, smiles_column, tasks, part)
+              for part, path in zip(PARTS, (train_csv, valid_csv, test_csv))}
+    empty = [part for part, rows in smiles.items() if not rows]
+    if empty:
+        raise ChempropError(f"chemprop needs rows in every part; empty: {empty}")
+    exe = Path(executable) if executable else ensure_chemprop_env()
+    work = Path(workdir).absolute()
+    work.mkdir(parents=True, exist_ok=True)
+    train_dir = work / "train"
+    shutil.rmtree(train_dir, ignore_errors=True)  # an old model_0/ would be mistaken for ours
+    clock = work / "epoch_clock.json"
+    clock.unlink(missing_ok=True)
+    launcher = work / "chemprop_epoch_clock.py"
+    launcher.write_text(CLOCK_SCRIPT)
+    env = {**child_env(threads), CLOCK_ENV: str(clock)}
+    paths = [Path(p).absolute() for p in (train_csv, valid_csv, test_csv)]
+    train_cmd = train_command([str(exe.parent / "python"), str(launcher)], *paths, tasks, mode,
+                              epochs, seed, train_dir, batch_size, smiles_column, accelerator)
+    train_s, train_peak = run_step(train_cmd, work / "train", env, timeout)
+    timing = json.loads(clock.read_text()) if clock.exists() else {}
+    history, best_epoch = read_history(train_dir)
+    model_path = train_dir / "model_0" / "best.pt"
+    result = ChempropResult(
+        tasks=tasks, mode=mode, valid_pred=None, test_pred=None,
+        valid_smiles=smiles["valid"], test_smiles=smiles["test"], epochs=epochs,
+        epochs_run=len(timing.get("epoch_s", [])) or len(history), n_train=len(smiles["train"]),
+        n_valid=len(smiles["valid"]), n_test=len(smiles["test"]),
+        train_time_s=float(timing.get("fit_s", train_s)), epoch_times_s=timing.get("epoch_s", []),
+        train_process_s=train_s, predict_process_s=None, peak_rss_mib=train_peak,
+        best_epoch=best_epoch, history=history, hyperparameters=_settings(train_dir),
+        commands=[train_cmd], model_path=model_path, workdir=work)
+    if predict:
+        _predict(result, exe, env, batch_size, smiles_column, accelerator, timeout)
+    return result
+
+
+def _check_arguments(tasks: Sequence[str], mode: str, epochs: int) -> list[str]:
+    tasks = [str(t) for t in tasks]
+    if not tasks:
+        raise ChempropError("chemprop needs at least one task column")
+    dashed = [t for t in tasks if t.startswith("-")]
+    if dashed:  # chemprop's argparse would read them as options
+        raise ChempropError(f"Task names starting with '-' cannot be passed to chemprop: {dashed}")
+    if mode not in MODES:
+        raise ChempropError(f"mode must be one of {MODES}, got {mode!r}")
+    if int(epochs) < 1:
+        raise ChempropError(f"epochs must be >= 1, got {epochs}")
+    return tasks
+
+
+def _settings(train_dir: Path) -> dict[str, Any]:
+    config = train_dir / "config.toml"
+    return read_settings(config) if config.exists() else {}
+
+
+def _predict(result: ChempropResult, exe: Path, env: dict[str, str], batch_size: int,
+             smiles_column: str, accelerator: str, timeout: float | None) -> None:
+    """One ``chemprop predict`` over the validation then the test SMILES (one start-up)."""
+    import pandas as pd
+
+    if not result.model_path.exists():
+        raise ChempropError(f"chemprop train finished without writing {result.model_path}")
+    work = result.workdir
+    rows = result.valid_smiles + result.test_smiles
+    input_csv, output_csv = work / "predict_input.csv", work / "predictions.csv"
+    pd.DataFrame({smiles_column: rows}).to_csv(input_csv, index=False)
+    cmd = predict_command(exe, input_csv, output_csv, result.model_path, batch_size,
+                          smiles_column, accelerator)
+    seconds, peak = run_step(cmd, work / "predict", env, timeout)
+    pred = read_predictions(output_csv, rows, result.tasks, result.mode, smiles_column)
+    result.valid_pred, result.test_pred = pred[:result.n_valid], pred[result.n_valid:]
+    result.predict_process_s = seconds
+    result.commands.append(cmd)
+    if peak is not None:
+        result.peak_rss_mib = max(peak, result.peak_rss_mib or 0.0)
+
+
+def run_step(cmd: Sequence[str], log_prefix: Path, env: dict[str, str],
+             timeout: float | None = None) -> tuple[float, float | None]:
+    """Run one chemprop command (output to ``<log_prefix>.{out,err}.log``), sampling the peak
+    resident memory of its process tree; return ``(wall seconds, peak MiB or None)``.
+
+    Raises
+    ------
+    ChempropError
+        The command could not start, failed or timed out.
+    """
+    from deepfuse_plugin.bench.moleculenet import PeakRSS
+
+    out_log, err_log = Path(f"{log_prefix}.out.log"), Path(f"{log_prefix}.err.log")
+    shown = shlex.join(cmd)
+    start = time.perf_counter()
+    with open(out_log, "w") as out, open(err_log, "w") as err:
+        try:
+            proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env,
+                                    cwd=str(log_prefix.parent))
+        except OSError as exc:
+            raise ChempropError(f"Cannot start `{shown}`: {exc}") from exc
+        with PeakRSS(pid=proc.pid, tree=True) as memory:
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _stop(proc)
+                raise ChempropError(f"`{shown}` did not finish within {timeout:.0f} s. Last "
+                                    f"lines of its stderr:\n{tail(err_log)}") from None
+            except BaseException:  # Ctrl-C: do not leave chemprop running
+                _stop(proc)
+                raise
+    seconds = time.perf_counter() - start
+    if code != 0:
+        raise ChempropError(f"`{shown}` failed with exit code {code}. Last lines of its stderr "
+                            f"({err_log}):\n{tail(err_log)}")
+    return seconds, memory.peak_mib
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.wait()
