@@ -46,13 +46,19 @@ class CGCNNConv(nn.Module):
     """One CGCNN convolution: ``h_i <- softplus(h_i + BN(sum_j sigmoid(W_f z_ij) * softplus(W_s z_ij)))``
     with ``z_ij = [h_i, h_j, e_ij]``.
 
-    The gated messages and their sum come from PyG's ``CGConv`` (its ``propagate``); the batch norm
-    over the summed messages and the outer softplus follow the original CGCNN ``ConvLayer``
+    The weights are PyG's ``CGConv`` (``lin_f``, ``lin_s`` over ``[x_i, x_j, e_ij]``); the batch
+    norm over the summed messages and the outer softplus follow the original CGCNN ``ConvLayer``
     (PyG's ``CGConv.forward`` has neither). An atom without neighbours keeps ``softplus(h_i + BN(0))``.
+
+    The messages are computed factorised, with the same weights and result as ``CGConv``:
+    ``W z_ij = W_i h_i + W_j h_j + W_e e_ij``, where the atom terms are one matrix product per atom
+    and only the edge term is per edge. With ~12 edges per atom this does about a third of
+    ``CGConv``'s multiply work (most of CGCNN's CPU training time).
     """
 
     def __init__(self, channels: int, edge_dim: int):
         super().__init__()
+        self.channels = channels
         self.conv = CGConv(channels, dim=edge_dim, aggr="add", batch_norm=False)
         self.norm = SafeBatchNorm1d(channels)
 
@@ -60,9 +66,20 @@ class CGCNNConv(nn.Module):
         self.conv.reset_parameters()
         self.norm.reset_parameters()
 
+    def messages(self, h: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+        """Summed gated messages per atom ``(N, channels)`` (edges run source -> target)."""
+        c = self.channels
+        weight = torch.cat([self.conv.lin_f.weight, self.conv.lin_s.weight])  # (2c, 2c + d)
+        bias = torch.cat([self.conv.lin_f.bias, self.conv.lin_s.bias])
+        source, target = edge_index
+        gates = (F.linear(h, weight[:, :c])[target] + F.linear(h, weight[:, c:2 * c])[source]
+                 + F.linear(edge_attr, weight[:, 2 * c:], bias))
+        filters, cores = gates.split(c, dim=-1)
+        out = h.new_zeros(h.shape[0], c)
+        return out.index_add_(0, target, filters.sigmoid() * F.softplus(cores))
+
     def forward(self, h: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
-        messages = self.conv.propagate(edge_index, x=(h, h), edge_attr=edge_attr)
-        return F.softplus(h + self.norm(messages))
+        return F.softplus(h + self.norm(self.messages(h, edge_index, edge_attr)))
 
 
 class CGCNNEncoder(nn.Module):
