@@ -139,3 +139,19 @@ def test_other_fusion_models_with_crystal_kinds():
         model = cls(1, [GRAPH, SENTENCES, TOKENS], **kwargs)
         model.fit(ds, nb_epoch=1)
         assert np.isfinite(model.predict(ds)).all()
+
+
+def test_factorised_cgcnn_messages_equal_pyg_cgconv():
+    from deepfuse_plugin.nn.crystal import CGCNNConv
+
+    torch.manual_seed(0)
+    conv = CGCNNConv(16, 5)
+    h = torch.randn(30, 16, requires_grad=True)
+    edge_index = torch.randint(0, 30, (2, 200))
+    edge_attr = torch.rand(200, 5)
+    reference = conv.conv.propagate(edge_index, x=(h, h), edge_attr=edge_attr)
+    factorised = conv.messages(h, edge_index, edge_attr)
+    torch.testing.assert_close(factorised, reference, atol=1e-5, rtol=1e-5)
+    (grad_ref,) = torch.autograd.grad(reference.square().sum(), h)
+    (grad_new,) = torch.autograd.grad(factorised.square().sum(), h)
+    torch.testing.assert_close(grad_new, grad_ref, atol=1e-4, rtol=1e-4)
