@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.deepfuse-installed
 DATA_DIR ?= ../shared/data
 # `materials` brings pymatgen/matgl/robocrys/MiniLM so the crystal tests run; EXTRAS=test skips them
-EXTRAS ?= test,materials
+# `bench` brings pyinstrument for `make bench-speed`'s profiles
+EXTRAS ?= test,materials,bench
 
-.PHONY: venv demo test bench bench-full clean
+.PHONY: venv demo test bench bench-full bench-crystals clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,6 +36,27 @@ bench: $(STAMP)
 # background; -> benchmarks/full/moleculenet.{md,json,png}
 bench-full: $(STAMP)
 	$(BIN)/deepfuse bench moleculenet --suite full --data-dir $(DATA_DIR) --out benchmarks/full --resume
+
+# mp36k formation energy (MEGNet split, sulfides held out for zero shot): CGCNN, text-only,
+# MatMMFuse, DynamicFusion on a fixed 2000/500/500 subset, 15 epochs (about an hour on 2 shared
+# CPU cores; featurized parts cached in ~/.cache/deepfuse) -> benchmarks/crystals.{md,json,png}.
+# On a CUDA machine add --full.
+bench-crystals: $(STAMP)
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/deepfuse bench crystals --data-dir $(DATA_DIR) --out benchmarks
+
+# chemprop v2 (chemprop==2.3.1, its own RDKit) for `deepfuse bench moleculenet`: .venv-chemprop,
+# torch 2.13.0 CPU first (1-2 min from the local mirror); the benchmark also creates it on first use
+.PHONY: chemprop-venv
+chemprop-venv: $(STAMP)
+	$(BIN)/python -c "from deepfuse_plugin.bench.chemprop import ensure_chemprop_env as e; print(e('.venv-chemprop', echo=print))"
+
+# speed and memory vs DeepChem (and chemprop): featurization, training, inference on the first
+# HIV molecules; peak memory featurizing/training all 41k HIV molecules in child processes; plus
+# pyinstrument profiles (about 30 minutes on 2 shared CPU cores)
+# -> benchmarks/speed.{md,json}, benchmarks/profiles/
+.PHONY: bench-speed
+bench-speed: $(STAMP)
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/deepfuse bench speed --data-dir $(DATA_DIR) --out-dir benchmarks --profile
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

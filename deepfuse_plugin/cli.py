@@ -7,6 +7,8 @@
     deepfuse predict --model-dir DIR --csv FILE [--smiles-column COL] [--out preds.csv]
     deepfuse bench featurize [--data-dir ../shared/data] [--n 3000]
     deepfuse bench moleculenet [--suite reduced|full] [--datasets bbbp,delaney] [--seeds 0,1,2]
+    deepfuse bench crystals [--n-train 2000 --n-val 500 --n-test 500 | --full] [--epochs 15]
+    deepfuse bench speed [--n-train 2000] [--epochs 2] [--n-memory N] [--no-chemprop] [--profile]
 
 Argument parsing only; the work is done by functions in :mod:`deepfuse_plugin.workflows` and
 :mod:`deepfuse_plugin.bench` that tests and notebooks call directly. ``main(argv)`` returns the exit
@@ -150,7 +152,92 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep the runs already in OUT/moleculenet.json and skip them")
     molnet.add_argument("--limit", type=_positive_int, default=None,
                         help="first N molecules of each dataset (quick runs)")
+    _add_crystals_parser(bench_sub)
+    _add_speed_parser(bench_sub)
     return parser
+
+
+def _add_crystals_parser(bench_sub: argparse._SubParsersAction) -> None:
+    """``deepfuse bench crystals`` (:func:`deepfuse_plugin.bench.crystals.run_crystal_bench`)."""
+    from deepfuse_plugin.bench.crystals import (DEFAULT_EPOCHS, DEFAULT_MODELS, DEFAULT_SIZES,
+                                                MIN_FORMATION_ENERGY, MODELS)
+
+    crystals = bench_sub.add_parser("crystals", help="mp36k formation energy (MEGNet split): "
+                                    "CGCNN, text-only, MatMMFuse and DynamicFusion, zero-shot "
+                                    "sulfides, featurization speed")
+    crystals.add_argument("--data-dir", default="../shared/data",
+                          help="folder with materials/mp36k.extxyz.xz (default: %(default)s)")
+    crystals.add_argument("--data-file", default=None,
+                          help="another extended XYZ file (info keys material_id, split, "
+                          "formation_energy_per_atom)")
+    for part, size in DEFAULT_SIZES.items():
+        crystals.add_argument(f"--n-{part}", type=_positive_int, default=size,
+                              help=f"first N {part} structures after a seeded shuffle "
+                              "(default: %(default)s)")
+    crystals.add_argument("--full", action="store_true",
+                          help="every row of every split (hours on 2 CPU cores; use a GPU)")
+    crystals.add_argument("--subset-seed", type=int, default=0, help="seed of the subset shuffle")
+    crystals.add_argument("--seed", type=int, default=0, help="model seed (same for every model)")
+    crystals.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS)
+    crystals.add_argument("--eval-every", type=_positive_int, default=1)
+    crystals.add_argument("--batch-size", type=_positive_int, default=64)
+    crystals.add_argument("--learning-rate", type=float, default=1e-3)
+    crystals.add_argument("--models", type=_csv_list, default=list(DEFAULT_MODELS),
+                          help=f"comma-separated, from {','.join(MODELS)} (default: "
+                          f"{','.join(DEFAULT_MODELS)})")
+    crystals.add_argument("--family", default="sulfides",
+                          help="family carved out of every split and evaluated zero-shot on the "
+                          "test split's members; 'none' disables (default: %(default)s)")
+    crystals.add_argument("--n-zero-shot", type=_positive_int, default=None,
+                          help="at most N family structures (default: all in the test split)")
+    crystals.add_argument("--min-formation-energy", type=float, default=MIN_FORMATION_ENERGY,
+                          help="drop rows below this eV/atom (default: %(default)s)")
+    crystals.add_argument("--n-timing", type=_positive_int, default=200,
+                          help="structures timed with the fast describer (default: %(default)s)")
+    crystals.add_argument("--robocrys-sample", type=int, default=10,
+                          help="structures timed with robocrys, seconds each; 0 skips "
+                          "(default: %(default)s)")
+    crystals.add_argument("--cache-dir", default=None,
+                          help="featurized datasets and description/embedding caches (default: "
+                          "$DEEPFUSE_CACHE_DIR or ~/.cache/deepfuse)")
+    crystals.add_argument("--out", default="benchmarks",
+                          help="writes crystals.{json,md,png} (default: %(default)s)")
+    crystals.add_argument("--n-jobs", type=_positive_int, default=1,
+                          help="featurization processes")
+
+
+def _add_speed_parser(bench_sub: argparse._SubParsersAction) -> None:
+    """``deepfuse bench speed`` (:func:`deepfuse_plugin.bench.speed.run_speed_bench`)."""
+    speed = bench_sub.add_parser("speed", help="featurization, training and inference speed and "
+                                 "peak memory vs DeepChem (and chemprop), as ratios")
+    speed.add_argument("--data-dir", default="../shared/data",
+                       help="folder containing moleculenet/HIV.csv (default: %(default)s)")
+    speed.add_argument("--n-featurize", type=_positive_int, default=3000,
+                       help="molecules timed for featurization (default: %(default)s)")
+    speed.add_argument("--n-train", type=_positive_int, default=2000,
+                       help="molecules for training throughput and inference (default: "
+                       "%(default)s)")
+    speed.add_argument("--epochs", type=_positive_int, default=2,
+                       help="timed epochs after one warm-up epoch (default: %(default)s)")
+    speed.add_argument("--repeats", type=_positive_int, default=3,
+                       help="featurization repeats, best reported (default: %(default)s)")
+    speed.add_argument("--latency-calls", type=_positive_int, default=200,
+                       help="timed one-molecule predictions per model (default: %(default)s)")
+    speed.add_argument("--n-memory", type=_positive_int, default=None,
+                       help="molecules for the peak-memory child processes (default: all of "
+                       "HIV.csv, 41,127)")
+    speed.add_argument("--memory-epochs", type=_positive_int, default=1,
+                       help="training epochs in the peak-memory children (default: %(default)s)")
+    speed.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
+    speed.add_argument("--no-chemprop", action="store_true",
+                       help="skip chemprop (otherwise its environment is created on first use)")
+    speed.add_argument("--chemprop-venv", default=None,
+                       help="chemprop's virtual environment (default: .venv-chemprop)")
+    speed.add_argument("--out-dir", default="benchmarks",
+                       help="where speed.json/.md (and profiles/) are written (default: "
+                       "%(default)s)")
+    speed.add_argument("--profile", action="store_true",
+                       help="also write pyinstrument profiles to OUT_DIR/profiles")
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -212,6 +299,30 @@ def _run(args: argparse.Namespace) -> int:
                               learning_rate=args.learning_rate, n_jobs=args.n_jobs,
                               cache_dir=args.cache_dir, resume=args.resume, limit=args.limit,
                               progress=progress, command=" ".join(["deepfuse", *sys.argv[1:]]))
+    elif args.command == "bench" and args.bench == "crystals":
+        from deepfuse_plugin.bench.crystals import run_crystal_bench
+
+        run_crystal_bench(data_dir=args.data_dir, data_file=args.data_file, n_train=args.n_train,
+                          n_val=args.n_val, n_test=args.n_test, full=args.full,
+                          subset_seed=args.subset_seed, seed=args.seed, epochs=args.epochs,
+                          eval_every=args.eval_every, batch_size=args.batch_size,
+                          learning_rate=args.learning_rate, models=args.models,
+                          family=None if args.family == "none" else args.family,
+                          n_zero_shot=args.n_zero_shot,
+                          min_formation_energy=args.min_formation_energy, n_timing=args.n_timing,
+                          robocrys_sample=args.robocrys_sample, cache_dir=args.cache_dir,
+                          out=args.out, n_jobs=args.n_jobs, progress=progress,
+                          command=" ".join(["deepfuse", *sys.argv[1:]]))
+    elif args.command == "bench" and args.bench == "speed":
+        from deepfuse_plugin.bench.speed import run_speed_bench
+
+        run_speed_bench(data_dir=args.data_dir, n_featurize=args.n_featurize, n_train=args.n_train,
+                        epochs=args.epochs, repeats=args.repeats, latency_calls=args.latency_calls,
+                        n_memory=args.n_memory, memory=not args.no_memory,
+                        memory_epochs=args.memory_epochs, chemprop=not args.no_chemprop,
+                        chemprop_venv=args.chemprop_venv, out_dir=args.out_dir,
+                        profile=args.profile, progress=progress,
+                        command=" ".join(["deepfuse", *sys.argv[1:]]))
     return 0
 
 

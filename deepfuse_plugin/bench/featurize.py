@@ -19,6 +19,8 @@ import os
 import platform
 import time
 import tracemalloc
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -32,8 +34,9 @@ TARGET_SPEEDUP = 5.0
 WARMUP_MOLECULES = 100
 
 
-def load_hiv_smiles(data_dir: str, n: int = 3000) -> list[str]:
-    """First ``n`` SMILES of ``<data_dir>/moleculenet/HIV.csv`` (column ``smiles``).
+def load_hiv_frame(data_dir: str, n: int | None = 3000,
+                   columns: Sequence[str] = ("smiles",)) -> Any:
+    """First ``n`` rows (``None``: all) of ``<data_dir>/moleculenet/HIV.csv``, ``columns`` only.
 
     Raises
     ------
@@ -46,17 +49,40 @@ def load_hiv_smiles(data_dir: str, n: int = 3000) -> list[str]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"HIV.csv not found at {path}; pass --data-dir pointing at the "
                                 "folder that contains moleculenet/")
-    return pd.read_csv(path, usecols=["smiles"], nrows=n)["smiles"].astype(str).tolist()
+    frame = pd.read_csv(path, usecols=list(columns), nrows=n)
+    frame["smiles"] = frame["smiles"].astype(str)
+    return frame
 
 
-def time_best(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:
-    """Best and all wall times (``time.perf_counter``) of ``repeats`` calls of ``fn``."""
-    times = []
+def load_hiv_smiles(data_dir: str, n: int | None = 3000) -> list[str]:
+    """First ``n`` SMILES (``None``: all) of ``<data_dir>/moleculenet/HIV.csv``."""
+    return load_hiv_frame(data_dir, n)["smiles"].tolist()
+
+
+@dataclass
+class Repeats:
+    """Wall (``perf_counter``) and CPU (``process_time``, this process only) seconds per repeat."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    @property
+    def best(self) -> int:
+        """Index of the fastest repeat (wall time)."""
+        return int(np.argmin(self.wall))
+
+
+def time_interleaved(sides: dict[str, Callable[[], Any]], repeats: int) -> dict[str, Repeats]:
+    """Time every side ``repeats`` times, interleaved (A B C A B C ...) so that background load
+    on a shared machine hits every side alike."""
+    timings = {name: Repeats() for name in sides}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times), times
+        for name, fn in sides.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            fn()
+            timings[name].cpu.append(time.process_time() - cpu)
+            timings[name].wall.append(time.perf_counter() - wall)
+    return timings
 
 
 def tracemalloc_peak_mb(fn: Callable[[], Any]) -> float:
@@ -72,16 +98,18 @@ def tracemalloc_peak_mb(fn: Callable[[], Any]) -> float:
     return peak / 2**20
 
 
-def _deepfuse(n_jobs: int = 1) -> Callable[[Sequence[str]], Any]:
+def deepfuse_featurizer(n_jobs: int = 1) -> Callable[[Sequence[str]], Any]:
+    """``MultiModalFeaturizer(["ecfp", "graph", "smiles"], n_jobs=n_jobs).featurize``."""
     from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
 
     featurizer = MultiModalFeaturizer(list(MODALITIES), n_jobs=n_jobs, progress=False)
     return featurizer.featurize
 
 
-def _deepchem(part_times: dict[str, list[float]]) -> Callable[[Sequence[str]], Any]:
+def deepchem_featurizers(part_times: dict[str, list[float]] | None = None
+                         ) -> Callable[[Sequence[str]], Any]:
     """DeepChem's two featurizers one after the other; appends each part's time to
-    ``part_times``."""
+    ``part_times`` (keys ``CircularFingerprint``, ``MolGraphConvFeaturizer``) when given."""
     import deepchem as dc
 
     ecfp = dc.feat.CircularFingerprint(size=1024)
@@ -92,21 +120,49 @@ def _deepchem(part_times: dict[str, list[float]]) -> Callable[[Sequence[str]], A
         fingerprints = ecfp.featurize(smiles)
         middle = time.perf_counter()
         graphs = graph.featurize(smiles)
-        part_times["CircularFingerprint"].append(middle - start)
-        part_times["MolGraphConvFeaturizer"].append(time.perf_counter() - middle)
+        if part_times is not None:
+            part_times["CircularFingerprint"].append(middle - start)
+            part_times["MolGraphConvFeaturizer"].append(time.perf_counter() - middle)
         return fingerprints, graphs
 
     return run
 
 
-class _QuietLogs:
+def deepchem_parallel(n_jobs: int) -> Callable[[Sequence[str]], Any]:
+    """DeepChem's two featurizers in ``n_jobs`` forked worker processes, chunked like deepfuse's
+    ``n_jobs`` path (DeepChem's featurizers have no ``n_jobs``: this is what a user would write).
+    The pool is started per call, as deepfuse's is."""
+    import multiprocessing as mp
+
+    from deepfuse_plugin.feat._base import chunked
+
+    def run(smiles: Sequence[str]) -> tuple[list[Any], list[Any]]:
+        with mp.get_context("fork").Pool(n_jobs) as pool:
+            parts = pool.map(_deepchem_chunk, chunked(list(smiles), n_jobs))
+        # lists: a chunk with a failed molecule comes back 1-D (object), the others 2-D
+        return [row for p in parts for row in p[0]], [g for p in parts for g in p[1]]
+
+    return run
+
+
+_WORKER_DEEPCHEM: Callable[[Sequence[str]], Any] | None = None
+
+
+def _deepchem_chunk(smiles: Sequence[str]) -> tuple[Any, Any]:
+    global _WORKER_DEEPCHEM
+    if _WORKER_DEEPCHEM is None:  # once per worker process
+        _WORKER_DEEPCHEM = deepchem_featurizers()
+    return _WORKER_DEEPCHEM(smiles)
+
+
+class QuietLogs:
     """Silence, while timing, RDKit's C++ log (DeepChem's CircularFingerprint prints a deprecation
     warning per molecule; that console I/O would slow DeepChem's side) and the per-call logs of
     both sides (failed molecules are counted once, outside the timed runs)."""
 
     names = ("deepchem", "deepfuse_plugin.feat.molecule")
 
-    def __enter__(self) -> "_QuietLogs":
+    def __enter__(self) -> "QuietLogs":
         from rdkit import rdBase
 
         self.block = rdBase.BlockLogs()
@@ -156,25 +212,19 @@ def run_featurize_bench(data_dir: str = "../shared/data", n: int = 3000, repeats
     n = len(smiles)
     parts: dict[str, list[float]] = {"CircularFingerprint": [], "MolGraphConvFeaturizer": []}
     sides: dict[str, Callable[[Sequence[str]], Any]] = {
-        "deepfuse": _deepfuse(1), "deepchem": _deepchem(parts)}
+        "deepfuse": deepfuse_featurizer(1), "deepchem": deepchem_featurizers(parts)}
     if parallel:
-        sides["deepfuse_n_jobs_2"] = _deepfuse(2)
+        sides["deepfuse_n_jobs_2"] = deepfuse_featurizer(2)
     record: dict[str, Any] = {}
-    with _QuietLogs():
-        for fn in sides.values():
-            fn(smiles[:WARMUP_MOLECULES])  # warm-up: lazy imports, fingerprint generators, caches
+    with QuietLogs():
+        warm_up(sides, smiles)
         for times in parts.values():
             times.clear()
-        # Repeats are interleaved (A B C A B C ...) so that every side sees the same background
-        # load on a shared machine; each side reports its best repeat.
-        all_times: dict[str, list[float]] = {name: [] for name in sides}
-        for _ in range(repeats):
-            for name, fn in sides.items():
-                all_times[name].append(time_best(lambda f=fn: f(smiles), 1)[0])
-        for name, times in all_times.items():
-            best = min(times)
-            record[name] = {"best_s": best, "times_s": times, "mol_per_s": n / best}
-        best_run = int(np.argmin(record["deepchem"]["times_s"]))
+        timings = time_interleaved({k: partial(f, smiles) for k, f in sides.items()}, repeats)
+        for name, times in timings.items():
+            best = min(times.wall)
+            record[name] = {"best_s": best, "times_s": times.wall, "mol_per_s": n / best}
+        best_run = timings["deepchem"].best
         record["deepchem"]["parts_mol_per_s"] = {k: n / v[best_run] for k, v in parts.items()}
         for name in ("deepfuse", "deepchem"):  # untimed traced runs (workers are not traced)
             record[name]["tracemalloc_peak_mib"] = tracemalloc_peak_mb(
@@ -211,6 +261,12 @@ def run_featurize_bench(data_dir: str = "../shared/data", n: int = 3000, repeats
             fh.write(markdown)
     echo(markdown)
     return result
+
+
+def warm_up(sides: dict[str, Callable[[Sequence[str]], Any]], smiles: Sequence[str]) -> None:
+    """One call per side on the first molecules: lazy imports, fingerprint generators, caches."""
+    for fn in sides.values():
+        fn(smiles[:WARMUP_MOLECULES])
 
 
 def env_note(result: dict[str, Any]) -> str:

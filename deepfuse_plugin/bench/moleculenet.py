@@ -612,12 +612,15 @@ def summarize(runs: Sequence[dict[str, Any]], key: str = "test_metric"
     return out
 
 
-def _cell(stat: dict[str, Any] | None, digits: int = 3) -> str:
+def _cell(stat: dict[str, Any] | None, digits: int = 3, expected_n: int | None = None) -> str:
+    """``mean ± std``; ``(n=k)`` when this cell has fewer seeds than the row's fullest cell."""
     if not stat or not math.isfinite(stat["mean"]):
         return "–"
     text = f"{stat['mean']:.{digits}f}"
     if stat["n"] > 1 and math.isfinite(stat["std"]):
         text += f" ± {stat['std']:.{digits}f}"
+    if expected_n is not None and stat["n"] < expected_n:
+        text += f" (n={stat['n']})"
     return text
 
 
@@ -658,9 +661,10 @@ def metric_table(runs: Sequence[dict[str, Any]], datasets: dict[str, Any], key: 
         info = datasets.get(d, {})
         higher = higher_fn(d)
         best = best_models(stats, d, models, higher)
+        seeds = max((stats[(d, m)]["n"] for m in models if (d, m) in stats), default=0)
         cells = []
         for m in models:
-            text = _cell(stats.get((d, m)))
+            text = _cell(stats.get((d, m)), expected_n=seeds)
             cells.append(f"**{text}**" if m in best else text)
         sizes = (f"{info.get('n_molecules', '?')} ({info.get('n_train', '?')}/"
                  f"{info.get('n_valid', '?')}/{info.get('n_test', '?')})")

@@ -75,11 +75,26 @@ def _check_fingerprints(samples: Sequence[MultiModalSample], modalities: Sequenc
     if not samples:
         return
     recorded = samples[0].fingerprints
-    differ = [m for m in modalities if m.name in recorded and recorded[m.name] != m.fingerprint]
+    differ = [m for m in modalities if m.name in recorded and recorded[m.name] != _fingerprint(m)]
     if differ:
         raise ValueError(f"Modalities {[m.name for m in differ]} were featurized with settings "
                          f"that differ from the model's specs ({differ}): featurize with "
                          "MultiModalFeaturizer(modalities=model.modalities)")
+
+
+# Modality.fingerprint hashes the whole spec, vocabulary included (~0.2 ms, more than collating a
+# batch of one); specs are frozen, so it is computed once per spec object. The cache holds the spec
+# itself, so an id cannot be reused by another object while its entry exists.
+_FINGERPRINTS: dict[int, tuple[Modality, str]] = {}
+
+
+def _fingerprint(spec: Modality) -> str:
+    entry = _FINGERPRINTS.get(id(spec))
+    if entry is None:
+        if len(_FINGERPRINTS) >= 4096:  # many short-lived models: keep the cache bounded
+            _FINGERPRINTS.clear()
+        entry = _FINGERPRINTS[id(spec)] = (spec, spec.fingerprint)
+    return entry[1]
 
 
 def _stack_vectors(values: list[np.ndarray | None], spec: Modality) -> torch.Tensor:
@@ -131,12 +146,13 @@ def _batch_graphs(values: list[GraphFeatures | None], spec: Modality) -> Batch:
     x = np.concatenate(xs) if xs else np.zeros((0, node_dim), np.float32)
     edge_index = np.concatenate(edges, axis=1) if edges else np.zeros((2, 0), np.int64)
     edge_attr = np.concatenate(edge_attrs) if edge_attrs else np.zeros((0, edge_dim), np.float32)
-    counts_t = torch.tensor(counts, dtype=torch.long)
-    batch_vec = torch.repeat_interleave(torch.arange(len(values)), counts_t)
-    ptr = torch.cat([torch.zeros(1, dtype=torch.long), counts_t.cumsum(0)])
+    # numpy, not torch: three small torch ops cost more than the rest of the graph batching
+    sizes = np.asarray(counts, dtype=np.int64)
+    batch_vec = np.repeat(np.arange(len(values), dtype=np.int64), sizes)
+    ptr = np.concatenate([np.zeros(1, np.int64), np.cumsum(sizes)])
     return Batch(x=torch.from_numpy(x), edge_index=torch.from_numpy(edge_index),
-                 edge_attr=torch.from_numpy(edge_attr), batch=batch_vec, ptr=ptr,
-                 num_graphs=len(values))
+                 edge_attr=torch.from_numpy(edge_attr), batch=torch.from_numpy(batch_vec),
+                 ptr=torch.from_numpy(ptr), num_graphs=len(values))
 
 
 _COLLATERS = {

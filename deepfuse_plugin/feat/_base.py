@@ -34,8 +34,7 @@ def featurize_parallel(featurizer: Any, points: Sequence[Any], n_jobs: int, prog
     task; only the chunks of inputs and the results are pickled, so inputs should pickle cheaply.
     """
     points = list(points)
-    chunk = max(16, min(512, len(points) // (n_jobs * 8) or 1))
-    chunks = [points[i:i + chunk] for i in range(0, len(points), chunk)]
+    chunks = chunked(points, n_jobs)
     ctx = mp.get_context("fork")
     results: list[MultiModalSample | None] = []
     with ctx.Pool(n_jobs, initializer=_init_worker, initargs=(featurizer,)) as pool, \
@@ -44,6 +43,13 @@ def featurize_parallel(featurizer: Any, points: Sequence[Any], n_jobs: int, prog
             results.extend(part)
             bar.update(len(part))
     return results
+
+
+def chunked(points: Sequence[Any], n_jobs: int) -> list[Sequence[Any]]:
+    """Consecutive chunks for ``n_jobs`` workers: about 8 per worker (load balance), 16 to 512
+    items each (per-task overhead vs. memory held per task)."""
+    size = max(16, min(512, len(points) // (n_jobs * 8) or 1))
+    return [points[i:i + size] for i in range(0, len(points), size)]
 
 
 def to_object_array(results: Sequence[MultiModalSample | None], points: Sequence[Any],

@@ -110,40 +110,50 @@ def atom_bond_features(mol: Chem.Mol) -> GraphFeatures:
     >>> g.node_features.shape, g.edge_index.shape, g.edge_features.shape
     ((3, 73), (2, 4), (4, 12))
     """
-    n_atoms = mol.GetNumAtoms()
+    # One pass over the RDKit objects collects plain ints/floats, then a few vectorised numpy
+    # assignments fill the arrays (per-element numpy writes were a third of the graph's time).
+    # Index access: RDKit's GetAtoms()/GetBonds() iterators cost ~2x GetAtomWithIdx per item.
+    atom_at, bond_at = mol.GetAtomWithIdx, mol.GetBondWithIdx
+    atoms = [_atom_row(atom_at(i)) for i in range(mol.GetNumAtoms())]
+    n_atoms = len(atoms)
     x = np.zeros((n_atoms, ATOM_FEATURE_DIM), dtype=np.float32)
-    cols: list[int] = []
-    o = _ATOM_OFFSETS
-    for atom in mol.GetAtoms():
-        cols += [
-            o[0] + _ELEMENT_INDEX.get(atom.GetAtomicNum(), _ATOM_BLOCKS[0] - 1),
-            o[1] + _bucket(atom.GetDegree(), 0, _ATOM_BLOCKS[1]),
-            o[2] + _bucket(atom.GetFormalCharge(), -2, _ATOM_BLOCKS[2]),
-            o[3] + _bucket(atom.GetTotalNumHs(), 0, _ATOM_BLOCKS[3]),
-            o[4] + _HYBRID_INDEX.get(atom.GetHybridization(), _ATOM_BLOCKS[4] - 1),
-            o[5] + _CHIRAL_INDEX.get(atom.GetChiralTag(), _ATOM_BLOCKS[5] - 1),
-        ]
-        i = atom.GetIdx()
-        x[i, _ATOM_SCALARS] = atom.GetIsAromatic()
-        x[i, _ATOM_SCALARS + 1] = atom.IsInRing()
-        x[i, _ATOM_SCALARS + 2] = atom.GetMass() * 0.01
-    x[np.repeat(np.arange(n_atoms), len(_ATOM_BLOCKS)), cols] = 1.0
+    if n_atoms:
+        table = np.array(atoms, dtype=np.float64)
+        cols = table[:, :len(_ATOM_BLOCKS)].astype(np.int64)
+        x[np.repeat(np.arange(n_atoms), len(_ATOM_BLOCKS)), cols.ravel()] = 1.0
+        x[:, _ATOM_SCALARS:] = table[:, len(_ATOM_BLOCKS):]
 
-    n_bonds = mol.GetNumBonds()
+    bonds = np.array([_bond_row(bond_at(i)) for i in range(mol.GetNumBonds())],
+                     dtype=np.int64).reshape(-1, 6)
+    n_bonds = len(bonds)
     edge_index = np.empty((2, 2 * n_bonds), dtype=np.int64)
-    edge_attr = np.zeros((2 * n_bonds, BOND_FEATURE_DIM), dtype=np.float32)
-    n_types = len(_BOND_TYPES)
-    for k, bond in enumerate(mol.GetBonds()):
-        a, b = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
-        edge_index[:, 2 * k] = (a, b)
-        edge_index[:, 2 * k + 1] = (b, a)
-        row = edge_attr[2 * k]
-        row[_BOND_INDEX.get(bond.GetBondType(), 0)] = 1.0
-        row[n_types] = bond.GetIsConjugated()
-        row[n_types + 1] = bond.IsInRing()
-        row[n_types + 2 + _STEREO_INDEX.get(bond.GetStereo(), 0)] = 1.0
-        edge_attr[2 * k + 1] = row
-    return GraphFeatures(x, edge_index, edge_attr)
+    edge_index[:, 0::2] = bonds[:, :2].T  # a -> b at 2k, b -> a at 2k + 1
+    edge_index[:, 1::2] = bonds[:, 1::-1].T
+    attr = np.zeros((n_bonds, BOND_FEATURE_DIM), dtype=np.float32)
+    rows, n_types = np.arange(n_bonds), len(_BOND_TYPES)
+    attr[rows, bonds[:, 2]] = 1.0
+    attr[:, n_types:n_types + 2] = bonds[:, 3:5]
+    attr[rows, n_types + 2 + bonds[:, 5]] = 1.0
+    return GraphFeatures(x, edge_index, np.repeat(attr, 2, axis=0))
+
+
+def _atom_row(atom: Chem.Atom) -> tuple[float, ...]:
+    """One-hot column of each atom block, then the aromatic, in-ring and mass/100 scalars."""
+    o, blocks = _ATOM_OFFSETS, _ATOM_BLOCKS
+    return (o[0] + _ELEMENT_INDEX.get(atom.GetAtomicNum(), blocks[0] - 1),
+            o[1] + _bucket(atom.GetDegree(), 0, blocks[1]),
+            o[2] + _bucket(atom.GetFormalCharge(), -2, blocks[2]),
+            o[3] + _bucket(atom.GetTotalNumHs(), 0, blocks[3]),
+            o[4] + _HYBRID_INDEX.get(atom.GetHybridization(), blocks[4] - 1),
+            o[5] + _CHIRAL_INDEX.get(atom.GetChiralTag(), blocks[5] - 1),
+            atom.GetIsAromatic(), atom.IsInRing(), atom.GetMass() * 0.01)
+
+
+def _bond_row(bond: Chem.Bond) -> tuple[int, ...]:
+    """Begin and end atom, bond-type column, conjugated, in ring, stereo column."""
+    return (bond.GetBeginAtomIdx(), bond.GetEndAtomIdx(),
+            _BOND_INDEX.get(bond.GetBondType(), 0), bond.GetIsConjugated(), bond.IsInRing(),
+            _STEREO_INDEX.get(bond.GetStereo(), 0))
 
 
 class GraphModality(ModalityFeaturizer):

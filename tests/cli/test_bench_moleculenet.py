@@ -226,3 +226,12 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     assert code == 2
     assert "no loader" in capsys.readouterr().err
     assert main(["bench", "moleculenet", "--models", "nope", "--out", str(tmp_path)]) == 2
+
+
+def test_table_cells_say_when_a_model_has_fewer_seeds():
+    from deepfuse_plugin.bench.moleculenet import metric_table
+
+    runs = [{"dataset": "delaney", "model": m, "seed": s, "test_metric": v}
+            for m, s, v in [("dynamic", 0, 1.0), ("dynamic", 1, 1.2), ("late", 0, 0.9)]]
+    line = metric_table(runs, {}, "test_metric", lambda info: "RMSE", lambda d: False)[-1]
+    assert "1.100 ± 0.141 |" in line and "**0.900 (n=1)**" in line
