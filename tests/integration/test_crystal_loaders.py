@@ -18,7 +18,7 @@ import deepchem as dc  # noqa: E402
 import deepfuse_plugin  # noqa: E402,F401
 from deepfuse_plugin.data import loaders  # noqa: E402
 from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer  # noqa: E402
-from tests.unit.test_crystal_structures import needs_text_model  # noqa: E402
+from tests.unit.test_crystal_structures import copy_extxyz_head, needs_text_model  # noqa: E402
 
 N_SLICE = 50
 
@@ -30,14 +30,8 @@ def mp36k_slice(shared_data_dir, tmp_path_factory) -> Path:
     source = shared_data_dir / "materials" / "mp36k.extxyz.xz"
     if not source.exists():
         pytest.skip(f"{source} not found")
-    target = tmp_path_factory.mktemp("mp36k") / "mp36k_head.extxyz"
-    with lzma.open(source, "rt") as src, open(target, "w") as out:
-        for _ in range(N_SLICE):
-            n_atoms = src.readline()
-            out.write(n_atoms)
-            for _ in range(int(n_atoms) + 1):
-                out.write(src.readline())
-    return target
+    return copy_extxyz_head(source, tmp_path_factory.mktemp("mp36k") / "mp36k_head.extxyz",
+                            N_SLICE)
 
 
 @pytest.fixture(scope="module")

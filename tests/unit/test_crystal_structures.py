@@ -62,6 +62,20 @@ def needs_text_model() -> None:
         pytest.skip(f"offline text model not installed: {err}")
 
 
+def copy_extxyz_head(source, target, n_frames: int):
+    """Write the first ``n_frames`` frames of the xz-compressed extended XYZ ``source`` to ``target``
+    (streamed: only the start of the archive is decompressed); returns ``target``."""
+    import lzma
+
+    with lzma.open(source, "rt") as src, open(target, "w") as out:
+        for _ in range(n_frames):
+            n_atoms = src.readline()
+            out.write(n_atoms)
+            for _ in range(int(n_atoms) + 1):
+                out.write(src.readline())
+    return target
+
+
 ORDERED = {"NaCl": nacl, "CsCl": cscl, "Si": silicon, "SrTiO3": srtio3}
 
 
