@@ -7,6 +7,7 @@
     deepfuse predict --model-dir DIR --csv FILE [--smiles-column COL] [--out preds.csv]
     deepfuse bench featurize [--data-dir ../shared/data] [--n 3000]
     deepfuse bench moleculenet [--suite reduced|full] [--datasets bbbp,delaney] [--seeds 0,1,2]
+    deepfuse bench merge benchmarks/full-hiv [...] --out benchmarks/full
     deepfuse bench crystals [--n-train 2000 --n-val 500 --n-test 500 | --full] [--epochs 15]
     deepfuse bench speed [--n-train 2000] [--epochs 2] [--n-memory N] [--no-chemprop] [--profile]
 
@@ -152,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep the runs already in OUT/moleculenet.json and skip them")
     molnet.add_argument("--limit", type=_positive_int, default=None,
                         help="first N molecules of each dataset (quick runs)")
+    molnet.add_argument("--length-bucket-pool", type=int, default=0,
+                        help="deepfuse models: length-bucketed training batches from pools of "
+                        "this many batches (faster SMILES Transformer on a CPU; changes results). "
+                        "Default 0: the models' default shuffled batches")
+    merge = bench_sub.add_parser("merge", help="merge 'bench moleculenet' output folders (e.g. "
+                                 "datasets run in parallel) into one table")
+    merge.add_argument("sources", nargs="+", help="folders holding moleculenet.json")
+    merge.add_argument("--out", required=True,
+                       help="folder to merge into; its own runs are kept, its moleculenet."
+                       "{md,json,png} and splits/ rewritten")
     _add_crystals_parser(bench_sub)
     _add_speed_parser(bench_sub)
     return parser
@@ -298,7 +309,12 @@ def _run(args: argparse.Namespace) -> int:
                               eval_every=args.eval_every, batch_size=args.batch_size,
                               learning_rate=args.learning_rate, n_jobs=args.n_jobs,
                               cache_dir=args.cache_dir, resume=args.resume, limit=args.limit,
+                              length_bucket_pool=args.length_bucket_pool,
                               progress=progress, command=" ".join(["deepfuse", *sys.argv[1:]]))
+    elif args.command == "bench" and args.bench == "merge":
+        from deepfuse_plugin.bench.moleculenet import merge_results
+
+        merge_results(args.sources, args.out)
     elif args.command == "bench" and args.bench == "crystals":
         from deepfuse_plugin.bench.crystals import run_crystal_bench
 

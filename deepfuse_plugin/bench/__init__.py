@@ -8,7 +8,8 @@ command). Each writes its tables to ``benchmarks/``.
 * :func:`deepfuse_plugin.bench.moleculenet.run_moleculenet_bench`: MoleculeNet accuracy of every
   deepfuse model, the DeepChem baselines (:mod:`~deepfuse_plugin.bench.peers`) and chemprop v2
   (:mod:`~deepfuse_plugin.bench.chemprop`, in its own environment) on the same split
-  (``deepfuse bench moleculenet``).
+  (``deepfuse bench moleculenet``); :func:`~deepfuse_plugin.bench.moleculenet.merge_results`
+  combines output folders run in parallel (``deepfuse bench merge``).
 * :func:`deepfuse_plugin.bench.speed.run_speed_bench`: featurization, training and inference
   speed and peak memory vs DMPNN and chemprop, with profiles (``deepfuse bench speed``).
 * :func:`deepfuse_plugin.bench.crystals.run_crystal_bench`: formation energy on mp36k (MEGNet

@@ -32,6 +32,9 @@ the same molecules and split:
    (``--resume`` skips the runs already there, e.g. to add seeds); the table
    ``<out>/moleculenet.md`` (mean ± std over seeds, best per dataset in bold) and the plot
    ``<out>/moleculenet.png`` are rewritten from all the runs.
+5. **Merging.** Datasets or seeds run in parallel processes or on other machines, each with its
+   own ``--out``, are combined by :func:`merge_results` (``deepfuse bench merge SRC... --out
+   DIR``), which requires the same shared settings and equal split files.
 
 Peak memory: a background thread samples the process resident set size (``psutil``, every 50 ms)
 during each run; ``peak_rss_mib`` is the peak and ``peak_rss_delta_mib`` the peak minus the RSS
@@ -440,7 +443,8 @@ class PeakRSS:
 def build_deepfuse(name: str, data: PreparedDataset, model_dir: str, budget: dict[str, Any]
                    ) -> Any:
     common = dict(n_tasks=len(data.tasks), mode=data.mode, batch_size=budget["batch_size"],
-                  learning_rate=budget["learning_rate"], model_dir=model_dir, progress=False)
+                  learning_rate=budget["learning_rate"], model_dir=model_dir, progress=False,
+                  length_bucket_pool=budget.get("length_bucket_pool", 0))
     if name in UNIMODAL:
         from deepfuse_plugin.models.unimodal import UnimodalModel
 
@@ -773,6 +777,9 @@ def format_markdown(payload: dict[str, Any]) -> str:
         "epoch(s); the checkpoint with the best validation score (ROC-AUC / RMSE) is kept, the "
         "test split is never used for selection. deepfuse models use their default architecture "
         "(encoder/fused width 128); DeepChem models their defaults (see the JSON).",
+        *([f"- deepfuse models train on length-bucketed batches (`length_bucket_pool="
+           f"{settings['length_bucket_pool']}`), not their default shuffled batches."]
+          if settings.get("length_bucket_pool") else []),
         f"- Random forest: {peer_lib.RF_TREES} trees, one per task on labelled rows, no epochs.",
         *([CHEMPROP_SETTINGS.format(epochs=settings["epochs"],
                                     batch_size=settings["batch_size"])] if with_chemprop else []),
@@ -996,7 +1003,8 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
                           batch_size: int = DEFAULT_BATCH_SIZE,
                           learning_rate: float = DEFAULT_LEARNING_RATE, n_jobs: int = 1,
                           cache_dir: str | None = None, resume: bool = False,
-                          limit: int | None = None, progress: bool = True,
+                          limit: int | None = None, length_bucket_pool: int = 0,
+                          progress: bool = True,
                           command: str | None = None,
                           echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark and write ``<out>/moleculenet.{json,md,png}`` and ``<out>/splits/``.
@@ -1029,6 +1037,9 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
         them; used to add seeds or models to a table. Runs recorded as skipped are tried again.
     limit: int, optional
         First ``limit`` molecules of each dataset (tests, quick runs).
+    length_bucket_pool: int
+        Passed to every deepfuse model (0: DeepChem's shuffled batches, the models' default;
+        ``k``: length-bucketed training batches, faster for the SMILES Transformer on a CPU).
 
     Returns
     -------
@@ -1053,7 +1064,8 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
     settings = {"epochs": epochs, "eval_every": eval_every, "batch_size": batch_size,
                 "learning_rate": learning_rate, "split": split,
                 "split_seed": split_seed if split == "random" else None, "limit": limit,
-                "threads": torch.get_num_threads(), "n_jobs": n_jobs}
+                "threads": torch.get_num_threads(), "n_jobs": n_jobs,
+                "length_bucket_pool": length_bucket_pool}
     os.makedirs(out, exist_ok=True)
     json_path = os.path.join(out, f"{STEM}.json")
     payload: dict[str, Any] = {"benchmark": "moleculenet", "format": FORMAT,
@@ -1062,15 +1074,8 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
                                "memory_method": PeakRSS.method, "datasets": {}, "runs": [],
                                "notes": list(NOTES)}
     if resume and os.path.exists(json_path):
-        with open(json_path) as fh:
-            previous = json.load(fh)
-        keys = ("epochs", "eval_every", "batch_size", "learning_rate", "split", "split_seed",
-                "limit")
-        differ = {k: (previous["settings"].get(k), settings[k]) for k in keys
-                  if previous["settings"].get(k) != settings[k]}
-        if differ:
-            raise wf.WorkflowError(f"--resume: {json_path} was made with other settings "
-                                   f"(old, new): {differ}")
+        previous = read_payload(json_path)
+        check_same_settings(previous["settings"], settings, f"--resume: {json_path}")
         payload["datasets"] = previous.get("datasets", {})
         payload["runs"] = [r for r in previous.get("runs", []) if not r.get("skipped")]
         payload["commands"] = previous.get("commands", [previous.get("command")])
@@ -1078,7 +1083,8 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
     payload.setdefault("commands", []).append(payload["command"])
     done = {run_key(r) for r in payload["runs"]}
     budget = {"epochs": epochs, "eval_every": eval_every, "batch_size": batch_size,
-              "learning_rate": learning_rate, "n_jobs": n_jobs}
+              "learning_rate": learning_rate, "n_jobs": n_jobs,
+              "length_bucket_pool": length_bucket_pool}
 
     plan = [(d, s, m) for d in names for s in seeds for m in models
             if (d, split, settings["split_seed"], s, m) not in done]
@@ -1135,6 +1141,115 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
     echo(f"Wrote {json_path}, {STEM}.md, {STEM}.png and splits/ to {out} "
          f"({time.perf_counter() - start:.0f} s)")
     return payload
+
+
+# -- merging runs made elsewhere -------------------------------------------------------------------
+#: Settings that must agree for runs to share a table (threads and n_jobs change speed only).
+SHARED_SETTINGS = ("epochs", "eval_every", "batch_size", "learning_rate", "split", "split_seed",
+                   "limit", "length_bucket_pool")
+#: Values of settings added after the first results were written (older JSON lacks them).
+LATER_SETTINGS = {"length_bucket_pool": 0}
+
+
+def read_payload(json_path: str) -> dict[str, Any]:
+    """A ``moleculenet.json`` written by :func:`run_moleculenet_bench`."""
+    with open(json_path) as fh:
+        payload = json.load(fh)
+    if payload.get("benchmark") != "moleculenet" or "runs" not in payload:
+        raise wf.WorkflowError(f"{json_path} is not a 'deepfuse bench moleculenet' result")
+    return payload
+
+
+def check_same_settings(old: dict[str, Any], new: dict[str, Any], where: str) -> None:
+    def value(settings: dict[str, Any], key: str) -> Any:
+        return settings.get(key, LATER_SETTINGS.get(key))
+
+    differ = {k: (value(old, k), value(new, k)) for k in SHARED_SETTINGS
+              if value(old, k) != value(new, k)}
+    if differ:
+        raise wf.WorkflowError(f"{where} was made with other settings (old, new): {differ}")
+
+
+def _same_result(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a.get("skipped") == b.get("skipped") and a.get("test") == b.get("test")
+
+
+def _merge_splits(source: str, out: str) -> None:
+    """Copy ``<source>/splits/*.csv`` into ``<out>/splits``; a file already there must be equal
+    (the same split of the same molecules)."""
+    import filecmp
+
+    folder = os.path.join(source, "splits")
+    if not os.path.isdir(folder):
+        return
+    target = os.path.join(out, "splits")
+    os.makedirs(target, exist_ok=True)
+    for name in sorted(os.listdir(folder)):
+        src, dst = os.path.join(folder, name), os.path.join(target, name)
+        if not os.path.exists(dst):
+            shutil.copyfile(src, dst)
+        elif not filecmp.cmp(src, dst, shallow=False):
+            raise wf.WorkflowError(f"{src} differs from {dst}: the two folders split "
+                                   f"{name.split('_')[0]} differently")
+
+
+def merge_results(sources: Sequence[str], out: str,
+                  echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Merge the runs of other ``deepfuse bench moleculenet`` output folders into ``out``.
+
+    For datasets or seeds run in parallel processes or on other machines (each with its own
+    ``--out``): the runs, dataset facts, commands and split CSVs are combined and the table, JSON
+    and plot of ``out`` rewritten. All folders must have the same shared settings (epochs,
+    validation, batch size, learning rate, split). A run present twice must have the same result;
+    a skipped run gives way to a finished one.
+
+    Parameters
+    ----------
+    sources: list of str
+        Output folders holding ``moleculenet.json``.
+    out: str
+        The folder to merge into (its own runs, if any, are kept).
+
+    Returns
+    -------
+    dict
+        The merged JSON payload.
+    """
+    folders = ([out] if os.path.exists(os.path.join(out, f"{STEM}.json")) else []) + [
+        s for s in sources if os.path.abspath(s) != os.path.abspath(out)]
+    if not folders:
+        raise wf.WorkflowError("nothing to merge: give at least one folder with moleculenet.json")
+    payloads = [read_payload(os.path.join(f, f"{STEM}.json")) for f in folders]
+    merged = dict(payloads[0], datasets=dict(payloads[0]["datasets"]), runs=[],
+                  commands=list(payloads[0].get("commands", [])))
+    by_key: dict[tuple, dict[str, Any]] = {}
+    for folder, payload in zip(folders, payloads):
+        check_same_settings(merged["settings"], payload["settings"], folder)
+        for name, info in payload["datasets"].items():
+            old = merged["datasets"].setdefault(name, info)
+            if any(old.get(k) != info.get(k) for k in ("n_molecules", "n_train", "n_test")):
+                raise wf.WorkflowError(f"{folder}: {name} has other rows or split sizes than "
+                                       f"in {folders[0]}")
+        for run in payload["runs"]:
+            key = run_key(run)
+            kept = by_key.get(key)
+            if kept is None or (kept.get("skipped") and not run.get("skipped")):
+                by_key[key] = run
+            elif not run.get("skipped") and not _same_result(kept, run):
+                raise wf.WorkflowError(f"{folder}: run {key} is also in another folder with a "
+                                       f"different result; remove one of them")
+        if payload is not payloads[0]:
+            merged["commands"] += [c for c in payload.get("commands", [])
+                                   if c not in merged["commands"]]
+            merged["wall_time_s"] = merged.get("wall_time_s", 0.0) + payload.get("wall_time_s",
+                                                                                  0.0)
+        if os.path.abspath(folder) != os.path.abspath(out):
+            _merge_splits(folder, out)
+    merged["runs"] = list(by_key.values())
+    os.makedirs(out, exist_ok=True)
+    write_outputs(merged, out)
+    echo(f"Merged {len(merged['runs'])} runs from {len(folders)} folder(s) into {out}")
+    return merged
 
 
 def _run_summary(record: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ sample ``i``), and the ``(batch, n_modalities)`` presence mask says what is real
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -204,3 +204,77 @@ def collate_samples(samples: Sequence[MultiModalSample], modalities: Sequence[Mo
         inputs[spec.name] = _COLLATERS[spec.kind](values, spec)
     _check_fingerprints(samples, modalities)  # after collating: width errors are more specific
     return MultiModalBatch(inputs, torch.from_numpy(mask), tuple(m.name for m in modalities))
+
+
+#: Modality kinds collated by padding to the longest row (token ids, crystal text tokens or
+#: sentence embeddings).
+PADDED_KINDS = ("sequence", "text")
+
+
+def sequence_lengths(samples: Sequence[MultiModalSample], modalities: Sequence[Modality]
+                     ) -> np.ndarray:
+    """Positions each sample adds to a padded batch: its lengths summed over the modalities of a
+    :data:`PADDED_KINDS` kind (0 for a missing one)."""
+    names = [m.name for m in modalities if m.kind in PADDED_KINDS]
+    return np.array([sum(len(v) for v in (s.values.get(n) for n in names) if v is not None)
+                     for s in samples], dtype=np.int64)
+
+
+def _take(array: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
+    return None if array is None else array[rows]
+
+
+def _concat(parts: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    return None if any(p is None for p in parts) else np.concatenate(parts)
+
+
+def length_bucketed(batches: Iterable[tuple[Any, Any, Any, Any]], modalities: Sequence[Modality],
+                    pool: int, rng: np.random.Generator) -> Iterator[tuple[Any, Any, Any, Any]]:
+    """Regroup a shuffled stream of DeepChem batches ``(X, y, w, ids)`` by sequence length.
+
+    Every ``pool`` consecutive batches are pooled, sorted by :func:`sequence_lengths` and cut
+    again into batches of the same size, which are yielded in random order. A batch then holds
+    molecules of similar length, so token padding (and a Transformer's work on it) shrinks; each
+    epoch still sees every molecule once, and which molecules meet in a pool stays random.
+
+    Parameters
+    ----------
+    batches: iterable of tuple
+        ``(X, y, w, ids)`` as from ``Dataset.iterbatches``; ``X`` holds MultiModalSamples.
+    modalities: sequence of Modality
+        The model's modalities (the padded ones set the length).
+    pool: int
+        Batches per pool (>= 1; 1 sorts within each batch only, which changes nothing).
+    rng: numpy.random.Generator
+        Orders the batches of a pool.
+
+    Examples
+    --------
+    >>> from deepfuse_plugin import MultiModalFeaturizer
+    >>> feat = MultiModalFeaturizer(["smiles"], progress=False)
+    >>> X = feat.featurize(["CCO", "c1ccccc1CCCCCC", "C", "CCCCCCCCCCCC(=O)O"])
+    >>> stream = [(X[:2], None, None, None), (X[2:], None, None, None)]
+    >>> out = length_bucketed(stream, feat.modalities, pool=2, rng=np.random.default_rng(0))
+    >>> sorted(sequence_lengths(b[0], feat.modalities).tolist() for b in out)
+    [[3, 5], [16, 19]]
+    """
+    if pool < 1:
+        raise ValueError(f"pool must be >= 1 batches, got {pool}")
+    buffer: list[tuple[Any, Any, Any, Any]] = []
+
+    def flush() -> Iterator[tuple[Any, Any, Any, Any]]:
+        size = max(len(b[0]) for b in buffer)
+        X, y, w, ids = (_concat([b[k] for b in buffer]) for k in range(4))
+        order = np.argsort(sequence_lengths(X, modalities), kind="stable")
+        chunks = [order[i:i + size] for i in range(0, len(order), size)]
+        for k in rng.permutation(len(chunks)):
+            rows = chunks[k]
+            yield X[rows], _take(y, rows), _take(w, rows), _take(ids, rows)
+
+    for batch in batches:
+        buffer.append(batch)
+        if len(buffer) == pool:
+            yield from flush()
+            buffer = []
+    if buffer:
+        yield from flush()

@@ -235,3 +235,50 @@ def test_table_cells_say_when_a_model_has_fewer_seeds():
             for m, s, v in [("dynamic", 0, 1.0), ("dynamic", 1, 1.2), ("late", 0, 0.9)]]
     line = metric_table(runs, {}, "test_metric", lambda info: "RMSE", lambda d: False)[-1]
     assert "1.100 ± 0.141 |" in line and "**0.900 (n=1)**" in line
+
+
+def test_merge_combines_folders_run_in_parallel(tiny_molnet_dir, tmp_path):
+    def run(out, dataset, seeds, epochs=1):
+        return mn.run_moleculenet_bench(datasets=[dataset], data_dir=str(tiny_molnet_dir),
+                                        seeds=seeds, epochs=epochs, models=["dc_rf"],
+                                        out=str(out), progress=False, echo=lambda _: None,
+                                        command=f"bench into {out.name}")
+
+    run(tmp_path / "a", "delaney", [0])
+    run(tmp_path / "b", "bbbp", [0, 1])
+    assert main(["bench", "merge", str(tmp_path / "b"), "--out", str(tmp_path / "a")]) == 0
+    merged = json.loads((tmp_path / "a" / "moleculenet.json").read_text())
+    assert sorted((r["dataset"], r["seed"]) for r in merged["runs"]) == [
+        ("bbbp", 0), ("bbbp", 1), ("delaney", 0)]
+    assert set(merged["datasets"]) == {"bbbp", "delaney"}
+    assert merged["commands"] == ["bench into a", "bench into b"]
+    assert sorted(p.name for p in (tmp_path / "a" / "splits").iterdir()) == sorted(
+        p.name for p in [*(tmp_path / "a" / "splits").glob("delaney_*"),
+                         *(tmp_path / "b" / "splits").glob("bbbp_*")])
+    table = (tmp_path / "a" / "moleculenet.md").read_text()
+    assert "| BBBP | ROC-AUC" in table and "| ESOL (delaney) | RMSE" in table
+    # merging again changes nothing: the same runs are recognised, not duplicated
+    again = mn.merge_results([str(tmp_path / "b")], str(tmp_path / "a"), echo=lambda _: None)
+    assert len(again["runs"]) == 3
+
+    run(tmp_path / "c", "bbbp", [0], epochs=2)
+    with pytest.raises(mn.wf.WorkflowError, match="other settings"):
+        mn.merge_results([str(tmp_path / "c")], str(tmp_path / "a"), echo=lambda _: None)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "moleculenet.json").write_text(json.dumps({"benchmark": "speed"}))
+    assert main(["bench", "merge", str(tmp_path / "d"), "--out", str(tmp_path / "a")]) == 2
+
+
+def test_length_bucket_pool_reaches_the_models_and_the_table(tiny_run, tiny_molnet_dir, tmp_path):
+    payload = mn.run_moleculenet_bench(datasets=["delaney"], data_dir=str(tiny_molnet_dir),
+                                       seeds=[0], epochs=1, models=["unimodal_smiles"],
+                                       out=str(tmp_path), length_bucket_pool=4, progress=False,
+                                       echo=lambda _: None)
+    (run,) = payload["runs"]
+    assert run["hyperparameters"]["length_bucket_pool"] == 4 and math.isfinite(
+        run["test_metric"])
+    assert "`length_bucket_pool=4`" in (tmp_path / "moleculenet.md").read_text()
+    # results with other batches are not merged into a table made with the default ones
+    _, default_out, _ = tiny_run
+    with pytest.raises(mn.wf.WorkflowError, match="length_bucket_pool"):
+        mn.merge_results([str(tmp_path)], str(default_out), echo=lambda _: None)

@@ -32,6 +32,9 @@ def test_bench_speed_tiny_run_writes_json_and_markdown(tiny_hiv_data_dir: Path, 
     training = result["training"]
     assert training["n_molecules"] == 40 and training["epochs_timed"] == 1
     assert training["chemprop"]["status"].startswith("not measured: skipped")
+    assert training["dynamic_bucketed"]["mol_per_s"] > 0
+    assert [r["peer"] for r in result["rows"] if "bucketed" in r["measurement"]] == [
+        speed.LABELS["dynamic"], speed.LABELS["dmpnn"]]
     assert result["inference"]["batch_1"]["dynamic"]["calls"] == 3
     assert result["inference"]["batch_256"]["dmpnn"]["batch_size"] == 40  # capped by the data
     for key in ("featurize_deepfuse", "featurize_deepchem", "train_dynamic", "train_dmpnn"):

@@ -167,3 +167,47 @@ def test_same_width_data_from_other_featurizer_settings_is_an_error():
     with pytest.raises(ValueError, match=r"\['ecfp'\] were featurized with settings that differ"):
         collate_samples(samples, radius2.modalities)
     assert collate_samples(samples, radius3.modalities).inputs["ecfp"].shape == (2, 64)
+
+
+# -- length-bucketed training batches ---------------------------------------------------------------
+def _padded_positions(batches, modalities) -> int:
+    from deepfuse_plugin.data.collate import sequence_lengths
+
+    return sum(len(X) * int(sequence_lengths(X, modalities).max()) for X, *_ in batches)
+
+
+def test_length_bucketed_keeps_every_row_aligned_and_pads_less():
+    from deepfuse_plugin.data.collate import length_bucketed, sequence_lengths
+
+    feat = dfp.MultiModalFeaturizer(["ecfp", "smiles"], ecfp_size=16, progress=False)
+    smiles = [("C" * n) + "O" for n in np.random.default_rng(0).integers(1, 40, size=50)]
+    X = feat.featurize(smiles)
+    y = np.arange(50, dtype=float).reshape(-1, 1)
+    ids = np.array(smiles, dtype=object)
+    stream = [(X[i:i + 8], y[i:i + 8], y[i:i + 8] * 0 + 1, ids[i:i + 8]) for i in range(0, 50, 8)]
+    out = list(length_bucketed(stream, feat.modalities, pool=4, rng=np.random.default_rng(1)))
+    # every molecule once, labels and ids still on their own sample, batch sizes kept
+    assert sorted(v for b in out for v in b[1][:, 0]) == y[:, 0].tolist()
+    for Xb, yb, wb, idb in out:
+        assert [smiles[int(v)] for v in yb[:, 0]] == list(idb)
+        lengths = sequence_lengths(Xb, feat.modalities)
+        assert lengths.tolist() == [len(s) + 2 for s in idb]  # + begin/end tokens
+        assert (wb == 1).all()
+    assert sorted(len(b[0]) for b in out) == sorted(len(b[0]) for b in stream)
+    assert _padded_positions(out, feat.modalities) < 0.8 * _padded_positions(stream,
+                                                                             feat.modalities)
+    with pytest.raises(ValueError, match="pool"):
+        list(length_bucketed(stream, feat.modalities, pool=0, rng=np.random.default_rng(0)))
+
+
+def test_length_bucketed_passes_missing_labels_and_tokens_through(feat, samples):
+    from deepfuse_plugin.data.collate import length_bucketed, sequence_lengths
+
+    X = np.empty(len(samples), dtype=object)
+    X[:] = samples
+    out = list(length_bucketed([(X, None, None, None)], feat.modalities, pool=2,
+                               rng=np.random.default_rng(0)))
+    assert len(out) == 1 and out[0][1] is None and out[0][3] is None
+    assert sorted(sequence_lengths(out[0][0], feat.modalities)) == sorted(
+        sequence_lengths(X, feat.modalities))
+    assert 0 in sequence_lengths(X, feat.modalities)  # sample 2 has no smiles: length 0

@@ -445,3 +445,32 @@ def test_dynamic_fusion_regularises_fingerprint_encoders_by_default(small_featur
     custom = DynamicFusionModel(1, small_featurizer.modalities,
                                 encoder_options={"vector": {"input_dropout": 0.0}}, **kwargs)
     assert custom.model.encoders["ecfp"].input_dropout.p == 0.0
+
+
+def test_length_bucket_pool_regroups_training_batches_only(small_featurizer, featurized, smiles,
+                                                           tiny_model_kwargs):
+    from deepfuse_plugin.data.collate import sequence_lengths
+
+    ds = dc.data.NumpyDataset(featurized, np.zeros((len(featurized), 1)), ids=np.array(smiles))
+    kwargs = {**tiny_model_kwargs, "batch_size": 4}
+    model = DynamicFusionModel(1, small_featurizer.modalities, length_bucket_pool=8, **kwargs)
+    np.random.seed(0)
+    fit_batches = list(model.default_generator(ds, epochs=1, mode="fit", deterministic=False))
+    widths = [b[0][0].inputs["smiles"].ids.shape[1] for b in fit_batches]
+    plain = DynamicFusionModel(1, small_featurizer.modalities, **kwargs)
+    np.random.seed(0)
+    plain_widths = [b[0][0].inputs["smiles"].ids.shape[1] for b in
+                    plain.default_generator(ds, epochs=1, mode="fit", deterministic=False)]
+    assert sum(len(b[1][0]) for b in fit_batches) == len(ds)
+    assert sum(w * len(b[1][0]) for w, b in zip(widths, fit_batches)) < sum(
+        w * len(b[1][0]) for w, b in zip(plain_widths, fit_batches))
+    # prediction keeps the dataset's order
+    predict_lengths = [sequence_lengths(ds.X[i:i + 4], small_featurizer.modalities).max()
+                       for i in range(0, len(ds), 4)]
+    assert [b[0][0].inputs["smiles"].ids.shape[1] for b in
+            model.default_generator(ds, mode="predict")] == predict_lengths
+    assert np.isfinite(model.fit(dc.data.NumpyDataset(featurized, np.random.default_rng(0).normal(
+        size=(len(featurized), 1))), nb_epoch=1))
+    assert model.get_config()["length_bucket_pool"] == 8
+    with pytest.raises(ValueError, match="length_bucket_pool"):
+        DynamicFusionModel(1, small_featurizer.modalities, length_bucket_pool=-1)
