@@ -33,7 +33,8 @@ bench: $(STAMP)
 	$(BIN)/deepfuse bench moleculenet --suite reduced --data-dir $(DATA_DIR) --out benchmarks
 
 # full suite (7 datasets incl. HIV, seeds 0,1,2; hours on 2 CPU cores): resumable, run it in the
-# background; -> benchmarks/full/moleculenet.{md,json,png}
+# background; -> benchmarks/full/moleculenet.{md,json,png}. To use more processes or machines, run
+# datasets with their own --out and combine them: deepfuse bench merge DIR... --out benchmarks/full
 bench-full: $(STAMP)
 	$(BIN)/deepfuse bench moleculenet --suite full --data-dir $(DATA_DIR) --out benchmarks/full --resume
 
