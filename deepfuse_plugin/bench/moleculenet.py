@@ -1113,11 +1113,8 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
                 bar.set_postfix_str(f"{name}: featurizing")
                 data = prepare_dataset(name, data_dir, cache, out, split, split_seed, n_jobs,
                                        limit, progress=False)
-                old = payload["datasets"].get(name)
-                if old and (old.get("n_molecules"), old.get("n_train"), old.get("n_test")) != (
-                        data.info["n_molecules"], data.info["n_train"], data.info["n_test"]):
-                    raise wf.WorkflowError(f"--resume: {name} now has other rows or split sizes "
-                                           f"than in {json_path}")
+                check_same_dataset(name, payload["datasets"].get(name), data.info,
+                                   f"--resume: {json_path}")
                 payload["datasets"][name] = data.info
                 echo(f"{name}: {data.info['n_molecules']} molecules ({data.mode}, "
                      f"{len(data.tasks)} task(s)), split {data.info['n_train']}/"
@@ -1170,6 +1167,15 @@ def check_same_settings(old: dict[str, Any], new: dict[str, Any], where: str) ->
         raise wf.WorkflowError(f"{where} was made with other settings (old, new): {differ}")
 
 
+def check_same_dataset(name: str, old: dict[str, Any] | None, new: dict[str, Any],
+                       where: str) -> None:
+    """Runs share a table only if their dataset had the same rows and split sizes."""
+    keys = ("n_molecules", "n_train", "n_test")
+    if old and any(old.get(k) != new.get(k) for k in keys):
+        raise wf.WorkflowError(f"{where}: {name} has other rows or split sizes "
+                               f"({[new.get(k) for k in keys]} vs {[old.get(k) for k in keys]})")
+
+
 def _same_result(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.get("skipped") == b.get("skipped") and a.get("test") == b.get("test")
 
@@ -1220,16 +1226,15 @@ def merge_results(sources: Sequence[str], out: str,
     if not folders:
         raise wf.WorkflowError("nothing to merge: give at least one folder with moleculenet.json")
     payloads = [read_payload(os.path.join(f, f"{STEM}.json")) for f in folders]
-    merged = dict(payloads[0], datasets=dict(payloads[0]["datasets"]), runs=[],
-                  commands=list(payloads[0].get("commands", [])))
+    merged = dict(payloads[0], datasets={}, runs=[], commands=[], wall_time_s=0.0)
     by_key: dict[tuple, dict[str, Any]] = {}
     for folder, payload in zip(folders, payloads):
         check_same_settings(merged["settings"], payload["settings"], folder)
         for name, info in payload["datasets"].items():
-            old = merged["datasets"].setdefault(name, info)
-            if any(old.get(k) != info.get(k) for k in ("n_molecules", "n_train", "n_test")):
-                raise wf.WorkflowError(f"{folder}: {name} has other rows or split sizes than "
-                                       f"in {folders[0]}")
+            check_same_dataset(name, merged["datasets"].setdefault(name, info), info, folder)
+        merged["commands"] += [c for c in payload.get("commands", [])
+                               if c not in merged["commands"]]
+        merged["wall_time_s"] += payload.get("wall_time_s", 0.0)
         for run in payload["runs"]:
             key = run_key(run)
             kept = by_key.get(key)
@@ -1238,11 +1243,6 @@ def merge_results(sources: Sequence[str], out: str,
             elif not run.get("skipped") and not _same_result(kept, run):
                 raise wf.WorkflowError(f"{folder}: run {key} is also in another folder with a "
                                        f"different result; remove one of them")
-        if payload is not payloads[0]:
-            merged["commands"] += [c for c in payload.get("commands", [])
-                                   if c not in merged["commands"]]
-            merged["wall_time_s"] = merged.get("wall_time_s", 0.0) + payload.get("wall_time_s",
-                                                                                  0.0)
         if os.path.abspath(folder) != os.path.abspath(out):
             _merge_splits(folder, out)
     merged["runs"] = list(by_key.values())
