@@ -57,7 +57,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -237,11 +237,12 @@ def align(datasets: dict[str, Any], reference: str = "multimodal"
 
 def load_dataset(name: str, data_dir: str, cache_dir: str, n_jobs: int = 1,
                  progress: bool = False
-                 ) -> tuple[list[str], dict[str, Any], dict[str, int | None]]:
+                 ) -> tuple[list[str], dict[str, Any], int | None]:
     """Load ``name`` once per feature set with DeepChem's loader (no split, no transformers).
 
     Returns the task names, ``{feature set: NumpyDataset}`` (not aligned yet) and the number of
-    rows each featurizer was given (``None`` when the features came from the cache).
+    rows in the file (``None`` when every feature set came from a cache that predates
+    :func:`rows_in_file`).
     """
     key, loader = resolve_dataset(name)
     folder = moleculenet_dir(data_dir)
@@ -269,7 +270,26 @@ def load_dataset(name: str, data_dir: str, cache_dir: str, n_jobs: int = 1,
                         time.perf_counter() - start)
     finally:
         quiet.setLevel(previous)
-    return list(tasks), out, rows_read
+    return list(tasks), out, rows_in_file(cache_dir, key, rows_read.values())
+
+
+def rows_in_file(cache_dir: str, key: str, counted: Iterable[int | None]) -> int | None:
+    """The row count the featurizers were given, kept beside DeepChem's featurization cache.
+
+    A run whose features all come from the cache featurizes nothing and so counts nothing; it
+    reads the count the featurizing run wrote. ``None`` for a cache written before this file.
+    """
+    path = os.path.join(cache_dir, f"{key}-rows-in-file.json")
+    known = [n for n in counted if n]
+    if known:
+        with open(path, "w") as handle:
+            json.dump({"rows_in_file": max(known)}, handle)
+        return max(known)
+    try:
+        with open(path) as handle:
+            return int(json.load(handle)["rows_in_file"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _count_inputs(featurizer: Any) -> list[int]:
@@ -332,11 +352,10 @@ def prepare_dataset(name: str, data_dir: str, cache_dir: str, out: str, split: s
     """Load, align, split, export and (regression) normalize one dataset."""
     key, _ = resolve_dataset(name)
     start = time.perf_counter()
-    tasks, raw, rows_read = load_dataset(key, data_dir, cache_dir, n_jobs, progress)
+    tasks, raw, rows = load_dataset(key, data_dir, cache_dir, n_jobs, progress)
     featurize_s = time.perf_counter() - start
     aligned, report = align(raw)
-    known = [n for n in rows_read.values() if n]
-    report["n_rows_in_file"] = max(known) if known else None
+    report["n_rows_in_file"] = rows
     if limit and limit < report["n_molecules"]:  # after alignment: the same rows for every set
         aligned = {n: ds.select(np.arange(limit)) for n, ds in aligned.items()}
         report["n_molecules"] = limit
@@ -457,11 +476,17 @@ def build_deepfuse(name: str, data: PreparedDataset, model_dir: str, budget: dic
 
 def hyperparameters(name: str, model: Any, data: PreparedDataset, budget: dict[str, Any]
                     ) -> dict[str, Any]:
+    from deepfuse_plugin.nn.encoders import SequenceEncoder
+
     if name in peer_lib.PEERS:
         return peer_lib.peer_hyperparameters(name, data.mode, budget)
     config = dict(model.get_config())
     config["modalities"] = [m.get("name") if isinstance(m, dict) else str(m)
                             for m in config.get("modalities", [])]
+    chunks = sorted({e.length_chunk for e in model.model.modules()
+                     if isinstance(e, SequenceEncoder)})
+    if chunks:  # provenance: runs recorded before SequenceEncoder had length chunks lack it
+        config["sequence_length_chunk"] = chunks[0] if len(chunks) == 1 else chunks
     return config
 
 
@@ -832,7 +857,9 @@ def format_markdown(payload: dict[str, Any]) -> str:
         rows = info.get("n_rows_in_file")
         unparsed = (rows - max(info.get("n_featurized", {}).values() or [0])) if rows else None
         lines.append(f"- {DISPLAY.get(d, d)} (`{info.get('loader')}`, {info.get('n_tasks')} "
-                     f"task(s), {info.get('mode')}): {rows or '?'} rows in the file"
+                     f"task(s), {info.get('mode')}): "
+                     + (f"{rows} rows in the file" if rows else "rows in the file not recorded "
+                        "(features served from a cache older than the row count)")
                      + (f", {unparsed} not parseable by any featurizer" if unparsed else "")
                      + f"; featurized per set {info.get('n_featurized')}; "
                      f"{info.get('n_dropped', 0)} more left out because one featurizer failed "
@@ -1113,9 +1140,8 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
                 bar.set_postfix_str(f"{name}: featurizing")
                 data = prepare_dataset(name, data_dir, cache, out, split, split_seed, n_jobs,
                                        limit, progress=False)
-                check_same_dataset(name, payload["datasets"].get(name), data.info,
-                                   f"--resume: {json_path}")
-                payload["datasets"][name] = data.info
+                payload["datasets"][name] = combine_dataset_info(
+                    name, payload["datasets"].get(name), data.info, f"--resume: {json_path}")
                 echo(f"{name}: {data.info['n_molecules']} molecules ({data.mode}, "
                      f"{len(data.tasks)} task(s)), split {data.info['n_train']}/"
                      f"{data.info['n_valid']}/{data.info['n_test']}, "
@@ -1167,13 +1193,17 @@ def check_same_settings(old: dict[str, Any], new: dict[str, Any], where: str) ->
         raise wf.WorkflowError(f"{where} was made with other settings (old, new): {differ}")
 
 
-def check_same_dataset(name: str, old: dict[str, Any] | None, new: dict[str, Any],
-                       where: str) -> None:
-    """Runs share a table only if their dataset had the same rows and split sizes."""
+def combine_dataset_info(name: str, old: dict[str, Any] | None, new: dict[str, Any],
+                         where: str) -> dict[str, Any]:
+    """The dataset facts of two runs sharing a table; they must have the same rows and split
+    sizes. A fact only one side knows (a row count a cached run could not take) is kept."""
     keys = ("n_molecules", "n_train", "n_test")
-    if old and any(old.get(k) != new.get(k) for k in keys):
+    if not old:
+        return new
+    if any(old.get(k) != new.get(k) for k in keys):
         raise wf.WorkflowError(f"{where}: {name} has other rows or split sizes "
                                f"({[new.get(k) for k in keys]} vs {[old.get(k) for k in keys]})")
+    return {**old, **{k: v for k, v in new.items() if v is not None}}
 
 
 def _same_result(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -1231,7 +1261,8 @@ def merge_results(sources: Sequence[str], out: str,
     for folder, payload in zip(folders, payloads):
         check_same_settings(merged["settings"], payload["settings"], folder)
         for name, info in payload["datasets"].items():
-            check_same_dataset(name, merged["datasets"].setdefault(name, info), info, folder)
+            merged["datasets"][name] = combine_dataset_info(
+                name, merged["datasets"].get(name), info, folder)
         merged["commands"] += [c for c in payload.get("commands", [])
                                if c not in merged["commands"]]
         merged["wall_time_s"] += payload.get("wall_time_s", 0.0)

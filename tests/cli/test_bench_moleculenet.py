@@ -275,6 +275,7 @@ def test_length_bucket_pool_reaches_the_models_and_the_table(tiny_run, tiny_moln
                                        out=str(tmp_path), length_bucket_pool=4, progress=False,
                                        echo=lambda _: None)
     (run,) = payload["runs"]
+    assert run["hyperparameters"]["sequence_length_chunk"] == 16  # the encoder's default
     assert run["hyperparameters"]["length_bucket_pool"] == 4 and math.isfinite(
         run["test_metric"])
     assert "`length_bucket_pool=4`" in (tmp_path / "moleculenet.md").read_text()
@@ -282,3 +283,27 @@ def test_length_bucket_pool_reaches_the_models_and_the_table(tiny_run, tiny_moln
     _, default_out, _ = tiny_run
     with pytest.raises(mn.wf.WorkflowError, match="length_bucket_pool"):
         mn.merge_results([str(tmp_path)], str(default_out), echo=lambda _: None)
+
+
+def test_row_count_survives_the_featurization_cache(tiny_molnet_dir, tmp_path):
+    def run(out):
+        return mn.run_moleculenet_bench(datasets=["delaney"], data_dir=str(tiny_molnet_dir),
+                                        seeds=[0], epochs=1, models=["dc_rf"], out=str(out),
+                                        cache_dir=str(tmp_path / "cache"), progress=False,
+                                        echo=lambda _: None)
+
+    rows = len(pd.read_csv(tiny_molnet_dir / "moleculenet" / "delaney-processed.csv"))
+    first, cached = run(tmp_path / "a"), run(tmp_path / "b")  # b featurizes nothing
+    assert first["datasets"]["delaney"]["n_rows_in_file"] == rows
+    assert cached["datasets"]["delaney"]["n_rows_in_file"] == rows
+    table = (tmp_path / "b" / "moleculenet.md").read_text()
+    assert f"{rows} rows in the file, 1 not parseable" in table
+
+
+def test_combined_dataset_facts_keep_what_one_side_knows():
+    old = {"n_molecules": 40, "n_train": 32, "n_test": 4, "n_rows_in_file": None}
+    new = {"n_molecules": 40, "n_train": 32, "n_test": 4, "n_rows_in_file": 41}
+    assert mn.combine_dataset_info("x", old, new, "here")["n_rows_in_file"] == 41
+    assert mn.combine_dataset_info("x", new, old, "here")["n_rows_in_file"] == 41
+    with pytest.raises(mn.wf.WorkflowError, match="here: x has other rows"):
+        mn.combine_dataset_info("x", old, {**new, "n_train": 31}, "here")
