@@ -136,8 +136,8 @@ class SequenceEncoder(nn.Module):
         safe[:, 0] |= ~attention.any(dim=1)
         h = self.norm(self.encoder(h, src_key_padding_mask=~safe))
         weights = attention.unsqueeze(-1).to(h.dtype)
-        pooled = (h * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        return EncodedModality(pooled, h * weights, attention)
+        states = h * weights  # zero at padding
+        return EncodedModality(states.sum(1) / weights.sum(1).clamp(min=1.0), states, attention)
 
     def _encode_in_length_chunks(self, ids: Tensor, attention: Tensor) -> EncodedModality:
         # Extent = last real token + 1 (the length for right-padded input, safe for any mask); a
@@ -145,9 +145,11 @@ class SequenceEncoder(nn.Module):
         positions = torch.arange(1, ids.shape[1] + 1, device=ids.device)
         extents = (positions * attention).amax(dim=1).clamp(min=1)
         order = torch.argsort(extents)
+        sorted_extents = extents[order].tolist()  # one host sync, not one per chunk
         pooled, states = [], []
-        for part in order.split(self.length_chunk):
-            longest = int(extents[part].max())
+        for start, part in zip(range(0, len(order), self.length_chunk),
+                               order.split(self.length_chunk)):
+            longest = sorted_extents[start + len(part) - 1]  # ascending: the chunk's last
             encoded = self._encode(ids[part, :longest], attention[part, :longest])
             pooled.append(encoded.pooled)
             states.append(F.pad(encoded.tokens, (0, 0, 0, ids.shape[1] - longest)))
