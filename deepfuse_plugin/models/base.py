@@ -199,6 +199,7 @@ class MultiModalTorchModel(TorchModel):
         self.mixed_precision = mixed_precision
         network.autocast_dtype = autocast_dtype(mixed_precision, self.device)
         self._drop_modalities: tuple[str, ...] = ()
+        self._fitting = False
 
     # -- what a subclass supplies ----------------------------------------------------------------
     @abstractmethod
@@ -378,6 +379,15 @@ class MultiModalTorchModel(TorchModel):
             kwargs["loss"] = _released_after_backward(kwargs.get("loss") or self._loss_fn)
         return super().fit(dataset, nb_epoch, *args, **kwargs)
 
+    def fit_generator(self, *args: Any, **kwargs: Any) -> float:
+        """DeepChem ``fit_generator``; a prediction made inside it (a validation callback) hands
+        the network back in training mode."""
+        self._fitting = True
+        try:
+            return super().fit_generator(*args, **kwargs)
+        finally:
+            self._fitting = False
+
     def pretrain(self, dataset: Dataset, nb_epoch: int = 10, **kwargs: Any) -> float:
         """Self-supervised training on the fusion objective only (labels are not used)."""
         return self.fit(dataset, nb_epoch, loss=self._fusion_only_loss, **kwargs)
@@ -421,10 +431,13 @@ class MultiModalTorchModel(TorchModel):
             raise ValueError("The dataset has no rows: nothing to predict (every input failed to "
                              "featurize or the split is empty)")
         self._ensure_built()
-        # Restore the caller's mode afterwards: a validation callback predicting in the middle of
-        # fit() must not leave dropout and modality masking switched off for the rest of training.
-        was_training = self.model.training
-        self.model.eval()
+        # Inside fit (a validation callback) training mode comes back afterwards, or dropout and
+        # modality masking would stay off for the rest of training. Outside fit the network stays
+        # in eval mode, as DeepChem leaves it: switching every module twice per call took about a
+        # fifth of a one-molecule predict.
+        restore = self._fitting and self.model.training
+        if self.model.training:
+            self.model.eval()
         previous, self._drop_modalities = self._drop_modalities, tuple(drop_modalities)
         try:
             with torch.no_grad():
@@ -433,7 +446,8 @@ class MultiModalTorchModel(TorchModel):
                     yield self.model(batch), batch
         finally:
             self._drop_modalities = previous
-            self.model.train(was_training)
+            if restore:
+                self.model.train()
 
     def predict(self, dataset: Dataset, transformers: list = [],  # noqa: B006 (DeepChem signature)
                 output_types: str | list[str] | None = None,

@@ -27,8 +27,8 @@ from torch_geometric.nn import CGConv, global_mean_pool
 from torch_geometric.utils import to_dense_batch
 
 from deepfuse_plugin.modalities import Modality
-from deepfuse_plugin.nn.encoders import (EncodedModality, SequenceEncoder, register_encoder,
-                                         reset_all)
+from deepfuse_plugin.nn.encoders import (EncodedModality, SequenceEncoder, check_length_chunk,
+                                         encode_in_length_chunks, register_encoder, reset_all)
 
 
 class SafeBatchNorm1d(nn.BatchNorm1d):
@@ -190,15 +190,22 @@ class TransformerTextEncoder(nn.Module):
     fixed (only the projection trains). The pretrained weights are loaded from ``model`` (a name or a
     local folder; the modality's ``params["model_path"]`` by default) when the encoder is built, and
     are part of the checkpoint afterwards.
+
+    A batch larger than ``length_chunk`` is encoded in chunks of descriptions of similar length,
+    each cut to its own longest one (:func:`~deepfuse_plugin.nn.encoders.encode_in_length_chunks`):
+    the backbone masks padding, so the outputs are those of one padded pass. ``length_chunk=0``
+    encodes in one pass.
     """
 
     def __init__(self, model: str, out_dim: int, freeze: bool = False, dropout: float = 0.1,
-                 **_: Any):
+                 length_chunk: int = 16, **_: Any):
         super().__init__()
         from transformers import AutoModel
 
+        check_length_chunk(length_chunk)
         self.backbone = AutoModel.from_pretrained(model)
         self.freeze = freeze
+        self.length_chunk = length_chunk
         if freeze:
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
@@ -206,7 +213,10 @@ class TransformerTextEncoder(nn.Module):
                                      nn.Linear(self.backbone.config.hidden_size, out_dim))
 
     def forward(self, tokens: Any) -> EncodedModality:
-        ids, attention = tokens.ids, tokens.attention_mask
+        return encode_in_length_chunks(self._encode, tokens.ids, tokens.attention_mask,
+                                       self.length_chunk)
+
+    def _encode(self, ids: Tensor, attention: Tensor) -> EncodedModality:
         safe = attention.clone()
         safe[:, 0] |= ~attention.any(dim=1)
         hidden = self.backbone(input_ids=ids, attention_mask=safe.long()).last_hidden_state

@@ -169,6 +169,32 @@ def test_fine_tuned_pretrained_text_encoder(tmp_path):
     np.testing.assert_allclose(restored.predict(ds), model.predict(ds), atol=1e-4)
 
 
+def test_pretrained_text_encoder_in_length_chunks_equals_one_pass():
+    from types import SimpleNamespace
+
+    from deepfuse_plugin.feat.text import resolve_model_path
+    from deepfuse_plugin.nn.crystal import TransformerTextEncoder
+
+    try:
+        path = resolve_model_path(None)
+    except ImportError as err:
+        pytest.skip(f"offline text model not installed: {err}")
+    torch.manual_seed(0)
+    one_pass = TransformerTextEncoder(path, 8, length_chunk=0).eval()
+    chunked = TransformerTextEncoder(path, 8, length_chunk=2).eval()
+    chunked.load_state_dict(one_pass.state_dict())
+    lengths = torch.tensor([5, 30, 0, 12, 3])  # 0: a crystal without a description
+    attention = torch.arange(30)[None] < lengths[:, None]
+    ids = torch.randint(1000, 2000, (5, 30)).masked_fill(~attention, 0)
+    batch = SimpleNamespace(ids=ids, attention_mask=attention)
+    with torch.no_grad():
+        expected, got = one_pass(batch), chunked(batch)
+    torch.testing.assert_close(got.pooled, expected.pooled, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got.tokens, expected.tokens, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="length_chunk"):
+        TransformerTextEncoder(path, 8, length_chunk=-1)
+
+
 def test_crystal_modality_names_resolve_in_any_model(featurizer):
     model = dc.models.DynamicFusionModel(1, ["graph", "ecfp"], progress=False)
     assert [m.kind for m in model.modalities] == ["graph", "vector"]  # "graph" = molecular

@@ -1,4 +1,5 @@
-"""SequenceEncoder: encoding a batch in length chunks gives the one-pass outputs and gradients."""
+"""SequenceEncoder: encoding a batch in length chunks gives the one-pass outputs and gradients;
+EncodedModality builds token states only when a fusion layer reads them."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -6,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from deepfuse_plugin.nn.encoders import SequenceEncoder
+from deepfuse_plugin.nn.encoders import EncodedModality, GraphEncoder, SequenceEncoder
 
 
 def padded_batch(lengths: list[int], width: int, vocab: int = 30, seed: int = 0) -> SimpleNamespace:
@@ -66,3 +67,34 @@ def test_training_mode_runs_in_chunks_and_rejects_a_negative_chunk():
     out.pooled.sum().backward()
     with pytest.raises(ValueError, match="length_chunk must be >= 0"):
         SequenceEncoder(30, 16, length_chunk=-1)
+
+
+def test_token_states_are_built_once_on_first_access():
+    calls = []
+
+    def token_states():
+        calls.append(1)
+        return torch.ones(2, 3, 4), torch.ones(2, 3, dtype=torch.bool)
+
+    encoded = EncodedModality(torch.zeros(2, 4), token_states=token_states)
+    assert calls == []  # a pooled-only fusion layer never pays for them
+    assert encoded.tokens.shape == (2, 3, 4) and encoded.token_mask.all()
+    assert encoded.token_mask is encoded.token_mask and calls == [1]
+    with pytest.raises(ValueError, match="either tokens or token_states"):
+        EncodedModality(torch.zeros(2, 4), torch.ones(2, 3, 4), token_states=token_states)
+
+
+def test_graph_atom_states_are_the_node_states_padded_per_molecule():
+    from torch_geometric.data import Batch, Data
+
+    torch.manual_seed(0)
+    graphs = [Data(x=torch.randn(n, 5), edge_index=torch.tensor([[0], [n - 1]]),
+                   edge_attr=torch.randn(1, 3)) for n in (2, 4, 3)]
+    batch = Batch.from_data_list(graphs)
+    encoder = GraphEncoder(5, 3, 8).eval()
+    encoded = encoder(batch)
+    nodes = encoder.node_states(batch.x, batch.edge_index, batch.edge_attr)
+    assert encoded.tokens.shape == (3, 4, 8)
+    assert encoded.token_mask.sum(1).tolist() == [2, 4, 3]
+    torch.testing.assert_close(encoded.tokens[encoded.token_mask], nodes)
+    assert (encoded.tokens[~encoded.token_mask] == 0).all()

@@ -397,3 +397,18 @@ def test_wrapper_extras(dataset):
         GatedMoEFusionModel(1, modalities, top_k=9)
     with pytest.raises(ValueError, match="self-supervised"):  # nothing to pretrain on
         make_model(EarlyFusionModel, {}, modalities, 2, "regression").pretrain(ds, nb_epoch=1)
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "moe"])
+def test_auxiliary_losses_are_skipped_without_gradients_and_outputs_unchanged(kind):
+    from deepfuse_plugin.nn.fusion import DynamicFusion
+
+    layer = DynamicFusion(NAMES, D_IN, D_OUT) if kind == "dynamic" else build("moe")
+    layer.eval()
+    embeddings = make_embeddings()
+    with_grad = layer(embeddings, MIXED_MASK)
+    with torch.no_grad():
+        inference = layer(embeddings, MIXED_MASK)
+    assert with_grad.aux_losses and inference.aux_losses == {}
+    torch.testing.assert_close(inference.fused, with_grad.fused)
+    torch.testing.assert_close(inference.weights, with_grad.weights)

@@ -215,3 +215,28 @@ def test_fit_raises_mask_rate_from_start_to_end_across_epochs(small_featurizer, 
     model.pretrain(ds, nb_epoch=2)
     assert seen == pytest.approx([0.1, 0.5])  # the curriculum restarts for every fit/pretrain call
 
+
+def test_validation_predictions_inside_fit_keep_training_mode(small_featurizer, featurized,
+                                                             tiny_model_kwargs):
+    import deepchem as dc
+
+    from deepfuse_plugin.models.dynamic import DynamicFusionModel
+
+    ds = dc.data.NumpyDataset(featurized[:8], np.zeros((8, 1)))
+    model = DynamicFusionModel(1, small_featurizer.modalities, **{**tiny_model_kwargs,
+                                                                  "batch_size": 4})
+    modes = []
+    model.model.fusion.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+
+    def validate(model_, step):  # a DeepChem callback: called after every training batch
+        model_.predict(ds)
+
+    model.fit(ds, nb_epoch=2, callbacks=[validate])
+    # per step: one training batch, then two prediction batches; training never runs in eval mode
+    assert modes == [True, False, False] * 4
+    modes.clear()
+    model.predict(ds)
+    assert not model.model.training  # outside fit, predict leaves eval mode, as DeepChem does
+    model.fit(ds, nb_epoch=1)  # and DeepChem's fit switches training mode back on
+    assert modes == [False, False, True, True]
+
