@@ -39,7 +39,11 @@ class ModalityFeaturizer(ABC):
 
 
 class ECFPModality(ModalityFeaturizer):
-    """Morgan/ECFP fingerprint (bits or counts) from RDKit's fingerprint generator."""
+    """Morgan/ECFP fingerprint (bits or counts) from RDKit's fingerprint generator.
+
+    Bits are kept as ``uint8`` (a quarter of float32's memory: 250 MiB less for HIV's 41k
+    molecules), counts as ``float32``; collate casts both to float32 batches.
+    """
 
     def __init__(self, radius: int = 2, size: int = 2048, counts: bool = False, name: str = "ecfp"):
         self.name, self.radius, self.size, self.counts = name, radius, size, counts
@@ -53,9 +57,9 @@ class ECFPModality(ModalityFeaturizer):
 
             self._generator = rdFingerprintGenerator.GetMorganGenerator(radius=self.radius,
                                                                         fpSize=self.size)
-        fp = (self._generator.GetCountFingerprintAsNumPy(mol) if self.counts
-              else self._generator.GetFingerprintAsNumPy(mol))
-        return fp.astype(np.float32)
+        if self.counts:
+            return self._generator.GetCountFingerprintAsNumPy(mol).astype(np.float32)
+        return self._generator.GetFingerprintAsNumPy(mol).astype(np.uint8, copy=False)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_generator": None}

@@ -5,6 +5,7 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 from rdkit import Chem
 
 import deepchem as dc
@@ -35,6 +36,23 @@ def test_is_a_deepchem_molecular_featurizer_and_publishes_specs(small_featurizer
     assert small_featurizer.modality_names == ["ecfp", "graph", "smiles"]
     assert all(isinstance(m, Modality) for m in small_featurizer.modalities)
     assert [m.kind for m in small_featurizer.modalities] == ["vector", "graph", "sequence"]
+
+
+def test_fingerprint_bits_are_stored_as_bytes_and_collate_to_float32():
+    from rdkit.Chem import rdFingerprintGenerator
+
+    from deepfuse_plugin.data.collate import collate_samples
+
+    feat = dfp.MultiModalFeaturizer(["ecfp"], progress=False)
+    counts = dfp.MultiModalFeaturizer(["ecfp"], ecfp_counts=True, progress=False)
+    (bits,), (counted,) = feat.featurize(["CCO"]), counts.featurize(["CCO"])
+    assert bits.values["ecfp"].dtype == np.uint8 and counted.values["ecfp"].dtype == np.float32
+    expected = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048
+                                                         ).GetFingerprintAsNumPy(
+        Chem.MolFromSmiles("CCO"))
+    batch = collate_samples([bits], feat.modalities)
+    assert batch.inputs["ecfp"].dtype == torch.float32
+    np.testing.assert_array_equal(batch.inputs["ecfp"][0].numpy(), expected.astype(np.float32))
 
 
 def test_featurize_accepts_smiles_mols_and_a_single_string(small_featurizer):
