@@ -64,20 +64,41 @@ def presence_frame(dataset: Dataset, names: Sequence[str] | None = None) -> pd.D
 
 
 def drop_modalities(dataset: Dataset, names: Iterable[str], fraction: float = 1.0,
-                    seed: int | None = 0) -> NumpyDataset:
+                    seed: int | None = 0, keep_one_of: Iterable[str] | None = None
+                    ) -> NumpyDataset:
     """Copy of ``dataset`` with ``names`` made missing in a random ``fraction`` of samples.
 
-    A sample never loses its last present modality (that one is kept), mirroring training-time
-    masking. Labels, weights and ids are unchanged.
+    A sample never loses its last present modality among ``keep_one_of`` (default: all of the
+    sample's modalities), mirroring training-time masking. Pass the model's modality names
+    (``keep_one_of=model.modality_names``) when the samples carry modalities the model does not
+    use, so that no sample is left with nothing the model can read. Labels, weights and ids are
+    unchanged.
+
+    Examples
+    --------
+    >>> import deepfuse_plugin as dfp
+    >>> feat = dfp.MultiModalFeaturizer(["ecfp", "smiles"], progress=False)
+    >>> ds = dfp.MultiModalDataset.from_smiles(["CCO", "CCN"], featurizer=feat)
+    >>> dfp.presence_frame(dfp.drop_modalities(ds, ["smiles"])).sum().to_dict()
+    {'ecfp': 2, 'smiles': 0}
     """
     names = list(names)
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    known = {n for sample in dataset.X for n in sample.modality_names}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"Cannot drop {unknown}: the samples' modalities are {sorted(known)}")
+    guarded = None if keep_one_of is None else set(keep_one_of)
     rng = np.random.default_rng(seed)
     out = []
     for sample in dataset.X:
         chosen = [n for n in names if rng.random() < fraction and sample.present(n)]
-        remaining = [n for n in sample.modality_names if sample.present(n) and n not in chosen]
-        if chosen and not remaining:
-            chosen.pop(int(rng.integers(len(chosen))))
+        remaining = [n for n in sample.modality_names if sample.present(n) and n not in chosen
+                     and (guarded is None or n in guarded)]
+        protected = [n for n in chosen if guarded is None or n in guarded]
+        if protected and not remaining:
+            chosen.remove(protected[int(rng.integers(len(protected)))])
         out.append(sample.without(chosen))
     X = np.empty(len(out), dtype=object)
     X[:] = out

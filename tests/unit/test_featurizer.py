@@ -257,3 +257,13 @@ def test_presence_frame_and_drop_modalities(featurized, smiles):
     only = dfp.drop_modalities(ds, ["ecfp", "graph", "smiles"], fraction=1.0)
     assert (dfp.presence_frame(only).sum(axis=1) == 1).all()
     np.testing.assert_array_equal(dropped.ids, ds.ids)
+    # for a model reading only ecfp and graph, the last of those two is kept (smiles does not count)
+    for_model = dfp.presence_frame(dfp.drop_modalities(ds, ["ecfp", "graph"], fraction=1.0,
+                                                       keep_one_of=["ecfp", "graph"]))
+    assert (for_model[["ecfp", "graph"]].sum(axis=1) == 1).all() and for_model["smiles"].all()
+    assert not dfp.presence_frame(dfp.drop_modalities(ds, ["ecfp", "graph"], fraction=1.0)
+                                  )[["ecfp", "graph"]].values.any()  # smiles was enough
+    with pytest.raises(ValueError, match=r"Cannot drop \['grpah'\]"):
+        dfp.drop_modalities(ds, ["grpah"])
+    with pytest.raises(ValueError, match="fraction"):
+        dfp.drop_modalities(ds, ["graph"], fraction=1.5)
