@@ -1,6 +1,7 @@
 """DynamicFusionModel: dynamic gated fusion with reconstruction and progressive modality masking."""
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable
 
 import numpy as np
@@ -11,6 +12,8 @@ from torch import nn
 from deepfuse_plugin.models.base import MultiModalTorchModel
 from deepfuse_plugin.nn.fusion import DynamicFusion, curriculum_rate
 
+logger = logging.getLogger(__name__)
+
 
 class DynamicFusionModel(MultiModalTorchModel):
     """Dynamic multimodal fusion (Priyadarsini et al., 2025) as a DeepChem ``TorchModel``.
@@ -19,7 +22,8 @@ class DynamicFusionModel(MultiModalTorchModel):
     sigmoid gates, projection to a shared space, masked inter-modal attention (missing modalities get
     weight exactly 0), a weighted-sum fused embedding, and decoders that reconstruct masked
     modalities from it. Training masks modalities at random with a probability rising linearly from
-    ``mask_start`` (first epoch) to ``mask_end`` (last epoch of each ``fit``/``pretrain`` call).
+    ``mask_start`` (first epoch) to ``mask_end`` (last epoch of each ``fit``/``pretrain`` call, or
+    of ``curriculum_epochs`` epochs counted over all calls).
 
     Objective: ``L = L_rec + l_a L_align + l_d L_div + l_e L_ent + l_s L_sparse``. ``pretrain``
     optimises L alone (no labels); ``fit`` optimises ``task loss + fusion_loss_weight * L``.
@@ -45,6 +49,12 @@ class DynamicFusionModel(MultiModalTorchModel):
         See :class:`~deepfuse_plugin.models.base.MultiModalTorchModel`.
     mask_start, mask_end: float
         Masking curriculum: drop probability per modality at the first and the last epoch.
+    curriculum_epochs: int, optional
+        Run the masking curriculum over this many epochs in total, across ``fit`` calls (for the
+        DeepChem pattern of calling ``fit(nb_epoch=1)`` in a loop; the rate stays at
+        ``mask_end`` afterwards). By default it runs over the epochs of each ``fit``/``pretrain``
+        call, so ``fit(nb_epoch=1)`` alone would always mask at ``mask_start``. The epoch count
+        lives in the Python object: a model rebuilt with ``load`` starts again from 0.
     vector_input_dropout, vector_dropout: float
         Input-feature (fingerprint bit) dropout and hidden dropout of raw-vector encoders such as
         ECFP; an explicit ``encoder_options={"vector": {...}}`` overrides them.
@@ -70,22 +80,27 @@ class DynamicFusionModel(MultiModalTorchModel):
     (6, 3)
     """
 
-    _config_extra = ("mask_start", "mask_end", "lambda_align", "lambda_div", "lambda_ent",
+    _config_extra = ("mask_start", "mask_end", "curriculum_epochs", "lambda_align", "lambda_div", "lambda_ent",
                      "lambda_sparse", "gate_hidden", "attention_hidden", "decoder_hidden",
                      "vector_input_dropout", "vector_dropout")
     _training_settings = MultiModalTorchModel._training_settings | {
-        "mask_start", "mask_end", "lambda_align", "lambda_div", "lambda_ent", "lambda_sparse",
-        "vector_input_dropout", "vector_dropout"}
+        "mask_start", "mask_end", "curriculum_epochs", "lambda_align", "lambda_div", "lambda_ent",
+        "lambda_sparse", "vector_input_dropout", "vector_dropout"}
 
     def __init__(self, n_tasks: int, modalities: Any, mode: str = "regression",
                  mask_start: float = 0.3, mask_end: float = 0.6, lambda_align: float = 0.1,
                  lambda_div: float = 0.01, lambda_ent: float = 0.01, lambda_sparse: float = 0.001,
                  gate_hidden: int = 64, attention_hidden: int = 64, decoder_hidden: int = 128,
-                 vector_input_dropout: float = 0.2, vector_dropout: float = 0.3, **kwargs: Any):
+                 vector_input_dropout: float = 0.2, vector_dropout: float = 0.3,
+                 curriculum_epochs: int | None = None, **kwargs: Any):
         for name, rate in (("mask_start", mask_start), ("mask_end", mask_end)):
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {rate}")
+        if curriculum_epochs is not None and curriculum_epochs < 1:
+            raise ValueError(f"curriculum_epochs must be >= 1 (or None), got {curriculum_epochs}")
         self.mask_start, self.mask_end = mask_start, mask_end
+        self.curriculum_epochs = curriculum_epochs
+        self._warned_single_epoch_fits = False
         self.lambda_align, self.lambda_div = lambda_align, lambda_div
         self.lambda_ent, self.lambda_sparse = lambda_ent, lambda_sparse
         self.gate_hidden, self.attention_hidden = gate_hidden, attention_hidden
@@ -111,7 +126,19 @@ class DynamicFusionModel(MultiModalTorchModel):
     def fusion(self) -> DynamicFusion:
         return self.model.fusion
 
+    def fit(self, dataset: Dataset, nb_epoch: int = 10, *args: Any, **kwargs: Any) -> float:
+        if (nb_epoch == 1 and self.curriculum_epochs is None and self._epochs_started > 0
+                and not self._warned_single_epoch_fits):
+            self._warned_single_epoch_fits = True
+            logger.warning("DynamicFusionModel.fit(nb_epoch=1) called again: the masking curriculum "
+                           "runs within each fit call, so every epoch masks at mask_start=%s. Pass "
+                           "curriculum_epochs=<total epochs> to run it across calls.",
+                           self.mask_start)
+        return super().fit(dataset, nb_epoch, *args, **kwargs)
+
     def _on_epoch_start(self, progress: float) -> None:
+        if self.curriculum_epochs is not None:  # epochs started so far, over every fit call
+            progress = self._epochs_started / max(1, self.curriculum_epochs - 1)
         super()._on_epoch_start(progress)
         self.fusion.mask_rate = curriculum_rate(progress, self.mask_start, self.mask_end)
 

@@ -213,8 +213,43 @@ def test_fit_raises_mask_rate_from_start_to_end_across_epochs(small_featurizer, 
     assert seen == []  # inference never masks
     seen.clear()
     model.pretrain(ds, nb_epoch=2)
-    assert seen == pytest.approx([0.1, 0.5])  # the curriculum restarts for every fit/pretrain call
+    assert seen == pytest.approx([0.1, 0.5])  # by default it restarts with every fit/pretrain call
 
+
+
+def test_curriculum_epochs_spans_fit_calls(small_featurizer, featurized, tiny_model_kwargs):
+    import deepchem as dc
+
+    from deepfuse_plugin.models.dynamic import DynamicFusionModel
+
+    ds = dc.data.NumpyDataset(featurized[:8], np.zeros((8, 1)))
+    model = DynamicFusionModel(1, small_featurizer.modalities, mask_start=0.1, mask_end=0.5,
+                               curriculum_epochs=5, **{**tiny_model_kwargs, "batch_size": 8})
+    seen = []
+    model.model.fusion.register_forward_pre_hook(
+        lambda module, args: seen.append(module.mask_rate) if module.training else None)
+    for _ in range(6):  # DeepChem's loop: one epoch per fit call
+        model.fit(ds, nb_epoch=1)
+    assert seen == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.5])  # held at mask_end afterwards
+    assert model.get_config()["curriculum_epochs"] == 5
+    with pytest.raises(ValueError, match="curriculum_epochs"):
+        DynamicFusionModel(1, small_featurizer.modalities, curriculum_epochs=0)
+
+
+def test_repeated_single_epoch_fits_warn_about_the_curriculum(small_featurizer, featurized,
+                                                             tiny_model_kwargs, caplog):
+    import deepchem as dc
+
+    from deepfuse_plugin.models.dynamic import DynamicFusionModel
+
+    ds = dc.data.NumpyDataset(featurized[:8], np.zeros((8, 1)))
+    model = DynamicFusionModel(1, small_featurizer.modalities, **tiny_model_kwargs)
+    with caplog.at_level("WARNING", logger="deepfuse_plugin.models.dynamic"):
+        for _ in range(3):
+            model.fit(ds, nb_epoch=1)
+    warnings = [r.getMessage() for r in caplog.records
+                if r.name == "deepfuse_plugin.models.dynamic"]
+    assert len(warnings) == 1 and "curriculum_epochs" in warnings[0]  # once, from the second fit
 
 def test_validation_predictions_inside_fit_keep_training_mode(small_featurizer, featurized,
                                                              tiny_model_kwargs):
