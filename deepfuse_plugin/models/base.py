@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "deepfuse_config.json"
 CONFIG_FORMAT = 1
-OUTPUT_TYPES = ["prediction", "loss", "loss", "embedding", "modality_weights"]
+OUTPUT_TYPES = ["prediction", "loss", "loss", "embedding", "modality_weights", "loss", "loss"]
 NAMED_OUTPUTS = ("prediction", "embedding", "modality_weights")
 #: ``predict_uncertainty(kind=...)`` values per mode (the first is the default).
 UNCERTAINTY_OUTPUTS = {"regression": ("total", "aleatoric", "epistemic"),
@@ -110,6 +110,13 @@ class MultiModalTorchModel(TorchModel):
         Per-kind encoder keyword arguments, e.g. ``{"graph": {"n_layers": 4}}``.
     fusion_loss_weight: float
         Weight of the fusion layer's auxiliary losses in ``fit`` (task loss has weight 1).
+    unimodal_loss_weight: float
+        Weight of auxiliary per-modality losses: every encoder gets its own task head (the kind of
+        the main head) and ``fit`` adds ``unimodal_loss_weight * mean_m task loss(head m)``, each
+        head's loss counting only samples where its modality is present. It trains each encoder to
+        predict on its own, so a fusion layer cannot leave one untrained while it leans on the
+        modality that fits the training set fastest. 0 (default) builds no heads. The heads are
+        used in training only.
     modality_dropout: float
         Training-time modality dropout in [0, 1): each present modality is hidden from the fusion
         layer with this probability per sample and batch (never all of a sample's modalities), so
@@ -157,7 +164,8 @@ class MultiModalTorchModel(TorchModel):
     #: across a difference in these (with a warning); any other difference is an error.
     _training_settings: ClassVar[frozenset[str]] = frozenset(
         {"dropout", "fusion_loss_weight", "modality_dropout", "batch_size", "learning_rate",
-         "evidential_lambda", "evidential_anneal_epochs", "length_bucket_pool"})
+         "evidential_lambda", "evidential_anneal_epochs", "length_bucket_pool",
+         "unimodal_loss_weight"})
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -168,7 +176,7 @@ class MultiModalTorchModel(TorchModel):
                  fused_dim: int = 128, head_hidden: int = 128, dropout: float = 0.1,
                  encoder_options: dict[str, dict[str, Any]] | None = None,
                  fusion_loss_weight: float = 1.0, modality_dropout: float = 0.0,
-                 uncertainty: str | None = None, evidential_lambda: float | None = None,
+                 unimodal_loss_weight: float = 0.0, uncertainty: str | None = None, evidential_lambda: float | None = None,
                  evidential_anneal_epochs: int = 10, progress: bool = True,
                  mixed_precision: bool | str = "auto", length_bucket_pool: int = 0,
                  **kwargs: Any):
@@ -190,9 +198,13 @@ class MultiModalTorchModel(TorchModel):
         if not 0.0 <= modality_dropout < 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout}")
         self.modality_dropout = modality_dropout
+        if unimodal_loss_weight < 0:
+            raise ValueError(f"unimodal_loss_weight must be >= 0, got {unimodal_loss_weight}")
+        self.unimodal_loss_weight = unimodal_loss_weight
         network = MultiModalNetwork(self.modalities, self._build_fusion(), self._build_head(),
                                     encoder_dim, self._effective_encoder_options(),
-                                    modality_dropout)
+                                    modality_dropout,
+                                    unimodal_heads=self._build_unimodal_heads())
         kwargs.setdefault("batch_size", 64)
         super().__init__(network, loss=self._supervised_loss, output_types=list(OUTPUT_TYPES),
                          **kwargs)
@@ -216,6 +228,16 @@ class MultiModalTorchModel(TorchModel):
         return make_head(self.fused_dim, self.n_tasks, self.mode, self.n_classes, self.head_hidden,
                          self.dropout, self.uncertainty)
 
+    def _build_unimodal_heads(self) -> nn.ModuleDict | None:
+        """A head per modality on its encoder output when ``unimodal_loss_weight > 0``; None for
+        fusion layers whose per-modality predictors provide the unimodal outputs (late fusion)."""
+        if self.unimodal_loss_weight == 0:
+            return None
+        return nn.ModuleDict({name: make_head(self.encoder_dim, self.n_tasks, self.mode,
+                                              self.n_classes, self.head_hidden, self.dropout,
+                                              self.uncertainty)
+                              for name in self.modality_names})
+
     def _on_epoch_start(self, progress: float) -> None:
         """Hook called before each training epoch with ``progress`` in [0, 1] (curricula).
 
@@ -236,7 +258,7 @@ class MultiModalTorchModel(TorchModel):
         """Every constructor argument (JSON-serialisable), enough to rebuild the model."""
         keys = ["n_tasks", "modalities", "mode", "n_classes", "encoder_dim", "fused_dim",
                 "head_hidden", "dropout", "encoder_options", "fusion_loss_weight",
-                "modality_dropout", "uncertainty", "evidential_lambda", "evidential_anneal_epochs",
+                "modality_dropout", "unimodal_loss_weight", "uncertainty", "evidential_lambda", "evidential_anneal_epochs",
                 *self._config_extra, "batch_size", "learning_rate", "length_bucket_pool"]
         config = {k: getattr(self, k) for k in keys}
         config["modalities"] = [m.to_dict() for m in self.modalities]
@@ -358,11 +380,18 @@ class MultiModalTorchModel(TorchModel):
         return losses.masked_regression_loss(task_output, labels, weights)
 
     def _supervised_loss(self, outputs: list, labels: list, weights: list) -> torch.Tensor:
-        task_output, aux = outputs
+        task_output, aux, unimodal, unimodal_mask = outputs
         if not labels:
             raise ValueError("fit() needs labels; use pretrain() for self-supervised training")
-        weight = weights[0] if weights else torch.ones_like(labels[0])
-        return self._task_loss(task_output, labels[0], weight) + self.fusion_loss_weight * aux
+        weight = weights[0] if weights and weights[0].numel() else torch.ones_like(labels[0])
+        loss = self._task_loss(task_output, labels[0], weight) + self.fusion_loss_weight * aux
+        if self.unimodal_loss_weight == 0 or unimodal.shape[1] == 0:
+            return loss
+        weight = weight.reshape(unimodal_mask.shape[0], -1)
+        per_modality = [self._task_loss(unimodal[:, j], labels[0],
+                                        weight * unimodal_mask[:, j:j + 1].to(weight.dtype))
+                        for j in range(unimodal_mask.shape[1])]
+        return loss + self.unimodal_loss_weight * torch.stack(per_modality).mean()
 
     @staticmethod
     def _fusion_only_loss(outputs: list, labels: list, weights: list) -> torch.Tensor:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from deepfuse_plugin.models.base import MultiModalTorchModel
@@ -71,17 +70,16 @@ class LateFusionModel(MultiModalTorchModel):
     True
     """
 
-    _config_extra = ("combine", "unimodal_loss_weight", "stacking_hidden")
-    _training_settings = MultiModalTorchModel._training_settings | {"unimodal_loss_weight"}
+    _config_extra = ("combine", "stacking_hidden")
 
     def __init__(self, n_tasks: int, modalities: Any, mode: str = "regression",
                  combine: str = "mean", unimodal_loss_weight: float = 1.0,
                  stacking_hidden: int = 32, **kwargs: Any):
         if combine not in LateFusion.COMBINE:
             raise ValueError(f"combine must be one of {LateFusion.COMBINE}, got {combine!r}")
-        self.combine, self.unimodal_loss_weight = combine, unimodal_loss_weight
-        self.stacking_hidden = stacking_hidden
-        super().__init__(n_tasks, modalities, mode, **kwargs)
+        self.combine, self.stacking_hidden = combine, stacking_hidden
+        super().__init__(n_tasks, modalities, mode, unimodal_loss_weight=unimodal_loss_weight,
+                         **kwargs)
 
     def _build_fusion(self) -> nn.Module:
         return LateFusion(tuple(self.modality_names), self.encoder_dim, self.n_tasks, self.mode,
@@ -91,20 +89,8 @@ class LateFusionModel(MultiModalTorchModel):
     def _build_head(self) -> None:
         return None  # the layer predicts: FusionOutput.task_outputs
 
-    def _supervised_loss(self, outputs: list, labels: list, weights: list) -> torch.Tensor:
-        loss = super()._supervised_loss(outputs, labels, weights)
-        if self.unimodal_loss_weight == 0:
-            return loss
-        # DeepChem's loss sees only the network's loss outputs; the per-modality outputs of the same
-        # forward pass are in the fusion output the network keeps.
-        extras = self.model.last_fusion.extras
-        task_outputs, mask = extras["unimodal_task_output"], extras["mask"]
-        weight = weights[0] if weights and weights[0].numel() else torch.ones_like(labels[0])
-        weight = weight.reshape(mask.shape[0], -1)
-        per_modality = [self._task_loss(task_outputs[:, j], labels[0],
-                                        weight * mask[:, j:j + 1].to(weight.dtype))
-                        for j in range(mask.shape[1])]
-        return loss + self.unimodal_loss_weight * torch.stack(per_modality).mean()
+    def _build_unimodal_heads(self) -> None:
+        return None  # the layer's own per-modality predictors are the unimodal outputs
 
     def predict_unimodal(self, dataset: Any) -> Any:
         """Each modality's own prediction, ``(N, M, n_tasks)`` or ``(N, M, n_tasks, n_classes)``

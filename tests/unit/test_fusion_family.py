@@ -412,3 +412,44 @@ def test_auxiliary_losses_are_skipped_without_gradients_and_outputs_unchanged(ki
     assert with_grad.aux_losses and inference.aux_losses == {}
     torch.testing.assert_close(inference.fused, with_grad.fused)
     torch.testing.assert_close(inference.weights, with_grad.weights)
+
+
+@pytest.mark.parametrize("mode", ["regression", "classification"])
+def test_unimodal_loss_trains_a_head_per_encoder_on_present_rows(small_featurizer, featurized,
+                                                                 tiny_model_kwargs, mode):
+    from deepfuse_plugin.data.collate import collate_samples
+    from deepfuse_plugin.models.dynamic import DynamicFusionModel
+
+    n = 8
+    y = (np.arange(n) % 2).reshape(-1, 1).astype(float)
+    ds = deepfuse_plugin.drop_modalities(dc.data.NumpyDataset(featurized[:n], y), ["graph"],
+                                         fraction=0.5, seed=0)
+    plain = DynamicFusionModel(1, small_featurizer.modalities, mode=mode, **tiny_model_kwargs)
+    model = DynamicFusionModel(1, small_featurizer.modalities, mode=mode, unimodal_loss_weight=0.5,
+                               **tiny_model_kwargs)
+    assert plain.model.unimodal_heads is None and set(model.model.unimodal_heads) == set(NAMES)
+    batch = collate_samples(list(ds.X), model.modalities)
+    labels, weights = torch.as_tensor(y, dtype=torch.float32), torch.ones(n, 1)
+    torch.manual_seed(0)
+    out = model.model(batch)
+    assert out.unimodal_output.shape[:2] == (n, 3) and out.unimodal_mask.equal(batch.mask)
+    per_modality = [model._task_loss(out.unimodal_output[:, j], labels,
+                                     weights * batch.mask[:, j:j + 1])
+                    for j in range(3)]
+    expected = (model._task_loss(out.task_output, labels, weights) + out.aux_loss
+                + 0.5 * torch.stack(per_modality).mean())
+    loss = model._supervised_loss([out.task_output, out.aux_loss, out.unimodal_output,
+                                   out.unimodal_mask], [labels], [weights])
+    torch.testing.assert_close(loss, expected)
+    graph = NAMES.index("graph")
+    assert 0 < int(batch.mask[:, graph].sum()) < n
+    assert (out.unimodal_output[~batch.mask[:, graph], graph] == 0).all()  # missing: no signal
+    with torch.no_grad():  # inference never runs the heads
+        assert model.model(batch).unimodal_output.shape[1] == 0
+    before = {k: v.clone() for k, v in model.model.unimodal_heads.state_dict().items()}
+    model.fit(ds, nb_epoch=2)
+    after = model.model.unimodal_heads.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError, match="unimodal_loss_weight"):
+        DynamicFusionModel(1, small_featurizer.modalities, unimodal_loss_weight=-1.0)
+
