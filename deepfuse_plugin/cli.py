@@ -163,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", required=True,
                        help="folder to merge into; its own runs are kept, its moleculenet."
                        "{md,json,png} and splits/ rewritten")
+    merge.add_argument("--replace", action="store_true",
+                       help="runs of the sources replace the same dataset/model/seed runs of "
+                       "--out (a model re-run after a change of its defaults); recorded in the "
+                       "notes")
     _add_crystals_parser(bench_sub)
     _add_speed_parser(bench_sub)
     return parser
@@ -314,7 +318,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "bench" and args.bench == "merge":
         from deepfuse_plugin.bench.moleculenet import merge_results
 
-        merge_results(args.sources, args.out)
+        merge_results(args.sources, args.out, replace=args.replace)
     elif args.command == "bench" and args.bench == "crystals":
         from deepfuse_plugin.bench.crystals import run_crystal_bench
 

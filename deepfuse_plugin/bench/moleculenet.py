@@ -1254,15 +1254,15 @@ def _merge_splits(source: str, out: str) -> None:
                                    f"{name.split('_')[0]} differently")
 
 
-def merge_results(sources: Sequence[str], out: str,
+def merge_results(sources: Sequence[str], out: str, replace: bool = False,
                   echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Merge the runs of other ``deepfuse bench moleculenet`` output folders into ``out``.
 
     For datasets or seeds run in parallel processes or on other machines (each with its own
     ``--out``): the runs, dataset facts, commands and split CSVs are combined and the table, JSON
     and plot of ``out`` rewritten. All folders must have the same shared settings (epochs,
-    validation, batch size, learning rate, split). A run present twice must have the same result;
-    a skipped run gives way to a finished one.
+    validation, batch size, learning rate, split). A run present twice must have the same result
+    (unless ``replace``); a skipped run gives way to a finished one.
 
     Parameters
     ----------
@@ -1270,6 +1270,10 @@ def merge_results(sources: Sequence[str], out: str,
         Output folders holding ``moleculenet.json``.
     out: str
         The folder to merge into (its own runs, if any, are kept).
+    replace: bool
+        A run of ``sources`` replaces the run of the same dataset, model, seed and split in
+        ``out`` (a model re-run after its defaults changed). The JSON's notes record how many runs
+        were replaced and from where.
 
     Returns
     -------
@@ -1291,14 +1295,23 @@ def merge_results(sources: Sequence[str], out: str,
         merged["commands"] += [c for c in payload.get("commands", [])
                                if c not in merged["commands"]]
         merged["wall_time_s"] += payload.get("wall_time_s", 0.0)
+        replacing = replace and os.path.abspath(folder) != os.path.abspath(out)
+        replaced = 0
         for run in payload["runs"]:
             key = run_key(run)
             kept = by_key.get(key)
             if kept is None or (kept.get("skipped") and not run.get("skipped")):
                 by_key[key] = run
+            elif replacing and not run.get("skipped"):
+                replaced += not _same_result(kept, run)
+                by_key[key] = run
             elif not run.get("skipped") and not _same_result(kept, run):
                 raise wf.WorkflowError(f"{folder}: run {key} is also in another folder with a "
-                                       f"different result; remove one of them")
+                                       f"different result; remove one of them, or merge with "
+                                       f"--replace to let the newer folder's run replace it")
+        if replaced:
+            note = f"{replaced} run(s) replaced by the runs of {folder} (bench merge --replace)."
+            merged["notes"] = [*merged.get("notes", []), note]
         if os.path.abspath(folder) != os.path.abspath(out):
             _merge_splits(folder, out)
     merged["runs"] = list(by_key.values())

@@ -268,6 +268,20 @@ def test_merge_combines_folders_run_in_parallel(tiny_molnet_dir, tmp_path):
     (tmp_path / "d" / "moleculenet.json").write_text(json.dumps({"benchmark": "speed"}))
     assert main(["bench", "merge", str(tmp_path / "d"), "--out", str(tmp_path / "a")]) == 2
 
+    # a re-run with another result is refused, unless it is meant to replace the old run
+    rerun = json.loads((tmp_path / "b" / "moleculenet.json").read_text())
+    rerun["runs"] = [dict(r, test_metric=0.5, test={**r["test"], "roc_auc": 0.5})
+                     for r in rerun["runs"] if r["seed"] == 1]
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "moleculenet.json").write_text(json.dumps(rerun))
+    with pytest.raises(mn.wf.WorkflowError, match="--replace"):
+        mn.merge_results([str(tmp_path / "e")], str(tmp_path / "a"), echo=lambda _: None)
+    assert main(["bench", "merge", str(tmp_path / "e"), "--out", str(tmp_path / "a"),
+                 "--replace"]) == 0
+    merged = json.loads((tmp_path / "a" / "moleculenet.json").read_text())
+    assert {(r["dataset"], r["seed"]): r["test_metric"] for r in merged["runs"]}[("bbbp", 1)] == 0.5
+    assert len(merged["runs"]) == 3 and "1 run(s) replaced" in merged["notes"][-1]
+
 
 def test_length_bucket_pool_reaches_the_models_and_the_table(tiny_run, tiny_molnet_dir, tmp_path):
     payload = mn.run_moleculenet_bench(datasets=["delaney"], data_dir=str(tiny_molnet_dir),
