@@ -34,7 +34,8 @@ from deepfuse_plugin.nn.network import MultiModalNetwork, NetworkOutput
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "deepfuse_config.json"
-CONFIG_FORMAT = 1
+#: 2: ``unimodal_loss_weight`` on every model (format 1 had unimodal losses in late fusion only).
+CONFIG_FORMAT = 2
 OUTPUT_TYPES = ["prediction", "loss", "loss", "embedding", "modality_weights", "loss", "loss"]
 NAMED_OUTPUTS = ("prediction", "embedding", "modality_weights")
 #: ``predict_uncertainty(kind=...)`` values per mode (the first is the default).
@@ -660,7 +661,19 @@ def _read_config(model_dir: str | None) -> dict[str, Any] | None:
     if not os.path.exists(path):
         return None
     with open(path) as fh:
-        return json.load(fh)
+        return _upgrade_config(json.load(fh), path)
+
+
+def _upgrade_config(payload: dict[str, Any], path: str) -> dict[str, Any]:
+    """A saved configuration in the current format: older formats get the settings their
+    version had implicitly; a newer format is an error."""
+    version = int(payload.get("format", 1))
+    if version > CONFIG_FORMAT:
+        raise ValueError(f"{path} was written by a newer deepfuse (configuration format "
+                         f"{version}; this version reads up to {CONFIG_FORMAT}): upgrade deepfuse")
+    if version < 2:  # before unimodal heads outside late fusion (late fusion always saved it)
+        payload["config"].setdefault("unimodal_loss_weight", 0.0)
+    return {**payload, "format": CONFIG_FORMAT}
 
 
 def _config_diff(saved: dict[str, Any], current: dict[str, Any],

@@ -31,6 +31,15 @@ class DynamicFusionModel(MultiModalTorchModel):
     (the paper's formula, taken literally, would encourage collapse; see
     :func:`deepfuse_plugin.nn.losses.negative_entropy`).
 
+    Every encoder also has its own task head, trained on the molecules where its modality is
+    present (``unimodal_loss_weight=1.0``, as in late fusion). Trained end to end, the attention
+    otherwise leans on the modality that fits the training set fastest and leaves the others
+    undertrained. On ClinTox (seed 0) it put 0.63 of the weight on ECFP, which alone scores 0.71
+    test ROC-AUC, and 0.16 on the graph, which alone scores 0.91. The heads raised validation
+    ROC-AUC there from 0.909 to 0.937. The value was chosen on validation of a dataset outside
+    the benchmark suite (Huuskonen solubility, scaffold split, 3 seeds: RMSE 0.951 with 0, 0.952
+    with 0.3, 0.945 with 1.0); see ``benchmarks/experiments``.
+
     Defaults are CPU-sized: ``fused_dim=128`` instead of the paper's 512. The paper fuses 768- to
     1024-d frozen foundation-model embeddings; here encoders are trained on MoleculeNet-sized data
     (1-40k molecules), where 128 trains ~10x faster on 2 CPU cores and 512 only adds capacity to
@@ -58,6 +67,8 @@ class DynamicFusionModel(MultiModalTorchModel):
     vector_input_dropout, vector_dropout: float
         Input-feature (fingerprint bit) dropout and hidden dropout of raw-vector encoders such as
         ECFP; an explicit ``encoder_options={"vector": {...}}`` overrides them.
+    unimodal_loss_weight: float
+        Weight of the per-encoder auxiliary task losses (see above; 0 builds no extra heads).
     lambda_align, lambda_div, lambda_ent, lambda_sparse: float
         Weights of the alignment, gate-diversity, attention-entropy and gate-sparsity terms
         (reconstruction has weight 1).
@@ -92,7 +103,8 @@ class DynamicFusionModel(MultiModalTorchModel):
                  lambda_div: float = 0.01, lambda_ent: float = 0.01, lambda_sparse: float = 0.001,
                  gate_hidden: int = 64, attention_hidden: int = 64, decoder_hidden: int = 128,
                  vector_input_dropout: float = 0.2, vector_dropout: float = 0.3,
-                 curriculum_epochs: int | None = None, **kwargs: Any):
+                 curriculum_epochs: int | None = None, unimodal_loss_weight: float = 1.0,
+                 **kwargs: Any):
         for name, rate in (("mask_start", mask_start), ("mask_end", mask_end)):
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {rate}")
@@ -106,7 +118,8 @@ class DynamicFusionModel(MultiModalTorchModel):
         self.gate_hidden, self.attention_hidden = gate_hidden, attention_hidden
         self.decoder_hidden = decoder_hidden
         self.vector_input_dropout, self.vector_dropout = vector_input_dropout, vector_dropout
-        super().__init__(n_tasks, modalities, mode, **kwargs)
+        super().__init__(n_tasks, modalities, mode, unimodal_loss_weight=unimodal_loss_weight,
+                         **kwargs)
 
     def _effective_encoder_options(self) -> dict[str, dict[str, Any]]:
         # Regularise raw-vector (fingerprint) encoders unless the user configured them explicitly.

@@ -424,9 +424,11 @@ def test_unimodal_loss_trains_a_head_per_encoder_on_present_rows(small_featurize
     y = (np.arange(n) % 2).reshape(-1, 1).astype(float)
     ds = deepfuse_plugin.drop_modalities(dc.data.NumpyDataset(featurized[:n], y), ["graph"],
                                          fraction=0.5, seed=0)
-    plain = DynamicFusionModel(1, small_featurizer.modalities, mode=mode, **tiny_model_kwargs)
+    plain = DynamicFusionModel(1, small_featurizer.modalities, mode=mode, unimodal_loss_weight=0.0,
+                               **tiny_model_kwargs)
     model = DynamicFusionModel(1, small_featurizer.modalities, mode=mode, unimodal_loss_weight=0.5,
                                **tiny_model_kwargs)
+    assert DynamicFusionModel(1, small_featurizer.modalities).unimodal_loss_weight == 1.0
     assert plain.model.unimodal_heads is None and set(model.model.unimodal_heads) == set(NAMES)
     batch = collate_samples(list(ds.X), model.modalities)
     labels, weights = torch.as_tensor(y, dtype=torch.float32), torch.ones(n, 1)

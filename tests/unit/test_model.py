@@ -158,6 +158,30 @@ def test_load_rebuilds_model_from_its_directory(trained):
                                   model.modality_weights(ds).values)
 
 
+def test_load_reads_configurations_of_older_formats(small_featurizer, featurized,
+                                                    tiny_model_kwargs, tmp_path):
+    """A format-1 configuration (before unimodal heads outside late fusion) loads as it was
+    saved, although DynamicFusionModel's default now builds unimodal heads."""
+    model_dir = str(tmp_path / "old")
+    ds = dc.data.NumpyDataset(featurized[:6], np.zeros((6, 1)))
+    old = DynamicFusionModel(1, small_featurizer.modalities, model_dir=model_dir,
+                             unimodal_loss_weight=0.0, **tiny_model_kwargs)
+    old.fit(ds, nb_epoch=1)
+    path = os.path.join(model_dir, "deepfuse_config.json")
+    with open(path) as fh:
+        payload = json.load(fh)
+    del payload["config"]["unimodal_loss_weight"]
+    with open(path, "w") as fh:
+        json.dump({**payload, "format": 1}, fh)
+    loaded = MultiModalTorchModel.load(model_dir, progress=False)
+    assert loaded.model.unimodal_heads is None and loaded.unimodal_loss_weight == 0.0
+    np.testing.assert_array_equal(loaded.predict(ds), old.predict(ds))
+    with open(path, "w") as fh:
+        json.dump({**payload, "format": 99}, fh)
+    with pytest.raises(ValueError, match="newer deepfuse"):
+        MultiModalTorchModel.load(model_dir)
+
+
 def test_load_from_a_folder_without_config_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a deepfuse model folder"):
         MultiModalTorchModel.load(str(tmp_path))
