@@ -177,7 +177,8 @@ class MultiModalTorchModel(TorchModel):
                  fused_dim: int = 128, head_hidden: int = 128, dropout: float = 0.1,
                  encoder_options: dict[str, dict[str, Any]] | None = None,
                  fusion_loss_weight: float = 1.0, modality_dropout: float = 0.0,
-                 unimodal_loss_weight: float = 0.0, uncertainty: str | None = None, evidential_lambda: float | None = None,
+                 unimodal_loss_weight: float = 0.0, uncertainty: str | None = None,
+                 evidential_lambda: float | None = None,
                  evidential_anneal_epochs: int = 10, progress: bool = True,
                  mixed_precision: bool | str = "auto", length_bucket_pool: int = 0,
                  **kwargs: Any):
@@ -259,7 +260,8 @@ class MultiModalTorchModel(TorchModel):
         """Every constructor argument (JSON-serialisable), enough to rebuild the model."""
         keys = ["n_tasks", "modalities", "mode", "n_classes", "encoder_dim", "fused_dim",
                 "head_hidden", "dropout", "encoder_options", "fusion_loss_weight",
-                "modality_dropout", "unimodal_loss_weight", "uncertainty", "evidential_lambda", "evidential_anneal_epochs",
+                "modality_dropout", "unimodal_loss_weight", "uncertainty", "evidential_lambda",
+                "evidential_anneal_epochs",
                 *self._config_extra, "batch_size", "learning_rate", "length_bucket_pool"]
         config = {k: getattr(self, k) for k in keys}
         config["modalities"] = [m.to_dict() for m in self.modalities]
