@@ -91,9 +91,9 @@ class DynamicFusionModel(MultiModalTorchModel):
     (6, 3)
     """
 
-    _config_extra = ("mask_start", "mask_end", "curriculum_epochs", "lambda_align", "lambda_div", "lambda_ent",
-                     "lambda_sparse", "gate_hidden", "attention_hidden", "decoder_hidden",
-                     "vector_input_dropout", "vector_dropout")
+    _config_extra = ("mask_start", "mask_end", "curriculum_epochs", "lambda_align", "lambda_div",
+                     "lambda_ent", "lambda_sparse", "gate_hidden", "attention_hidden",
+                     "decoder_hidden", "vector_input_dropout", "vector_dropout")
     _training_settings = MultiModalTorchModel._training_settings | {
         "mask_start", "mask_end", "curriculum_epochs", "lambda_align", "lambda_div", "lambda_ent",
         "lambda_sparse", "vector_input_dropout", "vector_dropout"}
@@ -143,10 +143,10 @@ class DynamicFusionModel(MultiModalTorchModel):
         if (nb_epoch == 1 and self.curriculum_epochs is None and self._epochs_started > 0
                 and not self._warned_single_epoch_fits):
             self._warned_single_epoch_fits = True
-            logger.warning("DynamicFusionModel.fit(nb_epoch=1) called again: the masking curriculum "
-                           "runs within each fit call, so every epoch masks at mask_start=%s. Pass "
-                           "curriculum_epochs=<total epochs> to run it across calls.",
-                           self.mask_start)
+            logger.warning("DynamicFusionModel.fit(nb_epoch=1) called again: the masking "
+                           "curriculum runs within each fit call, so every epoch masks at "
+                           "mask_start=%s. Pass curriculum_epochs=<total epochs> to run it "
+                           "across calls.", self.mask_start)
         return super().fit(dataset, nb_epoch, *args, **kwargs)
 
     def _on_epoch_start(self, progress: float) -> None:

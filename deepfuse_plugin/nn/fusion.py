@@ -727,7 +727,8 @@ class GatedMoEFusion(nn.Module):
         somewhere = n_available > 0
         importance = gates.sum(dim=0) / n_available.clamp(min=1.0)
         load = load / n_available.clamp(min=1.0)
-        return {"importance": cv_squared(importance[somewhere]), "load": cv_squared(load[somewhere])}
+        return {"importance": cv_squared(importance[somewhere]),
+                "load": cv_squared(load[somewhere])}
 
     def _load(self, clean: Tensor, logits: Tensor, noisy_std: Tensor | None, top_values: Tensor,
               available: Tensor, selected: Tensor) -> Tensor:
