@@ -81,8 +81,8 @@ def test_training_loss_drops_its_graph_after_backward():
     batch = collate_samples(list(featurizer(["CCO", "c1ccccc1", "CCN"])), model.modalities)
     outputs = model.model(batch)
     loss_fn = _released_after_backward(model._loss_fn)
-    loss = loss_fn([outputs.task_output, outputs.aux_loss], [torch.zeros(3, 1)],
-                   [torch.ones(3, 1)])
+    loss = loss_fn([outputs.task_output, outputs.aux_loss, outputs.unimodal_output,
+                    outputs.unimodal_mask], [torch.zeros(3, 1)], [torch.ones(3, 1)])
     value = float(loss.detach())
     loss.backward()
     assert loss.grad_fn is None and not loss.requires_grad and float(loss) == value
