@@ -41,7 +41,7 @@ class ModalityFeaturizer(ABC):
 class ECFPModality(ModalityFeaturizer):
     """Morgan/ECFP fingerprint (bits or counts) from RDKit's fingerprint generator.
 
-    Bits are kept as ``uint8`` (a quarter of float32's memory: 250 MiB less for HIV's 41k
+    Bits are kept as ``uint8`` (a quarter of float32's memory: 240 MiB less for HIV's 41k
     molecules), counts as ``float32``; collate casts both to float32 batches.
     """
 
