@@ -134,9 +134,13 @@ class CGCNNEncoder(nn.Module):
         # an empty (missing) graph must give exact zeros, not softplus(bias)
         has_atoms = torch.bincount(graph.batch, minlength=n_graphs)[:n_graphs] > 0
         pooled = torch.where(has_atoms.unsqueeze(1), pooled, torch.zeros_like(pooled))
-        atoms = F.softplus(self.conv_to_fc(F.softplus(h)))
-        tokens, token_mask = to_dense_batch(atoms, graph.batch, batch_size=n_graphs)
-        return EncodedModality(self.dropout(pooled), self.dropout(tokens), token_mask)
+
+        def atom_states() -> tuple[Tensor, Tensor]:  # built only for attention-based fusion
+            atoms = F.softplus(self.conv_to_fc(F.softplus(h)))
+            tokens, token_mask = to_dense_batch(atoms, graph.batch, batch_size=n_graphs)
+            return self.dropout(tokens), token_mask
+
+        return EncodedModality(self.dropout(pooled), token_states=atom_states)
 
 
 class SentenceEmbeddingEncoder(nn.Module):

@@ -158,9 +158,13 @@ class MatGLGraphEncoder(nn.Module):
         # a missing crystal (no atoms, DeepChem route) must encode to exact zeros
         has_atoms = torch.bincount(view.batch, minlength=view.num_graphs)[:view.num_graphs] > 0
         pooled = torch.where(has_atoms.unsqueeze(1), pooled, torch.zeros_like(pooled))
-        states = F.softplus(self.project_atoms(atoms))
-        tokens, token_mask = to_dense_batch(states, view.batch, batch_size=view.num_graphs)
-        return EncodedModality(self.dropout(pooled), self.dropout(tokens), token_mask)
+
+        def atom_states() -> tuple[Tensor, Tensor]:  # built only for attention-based fusion
+            states = F.softplus(self.project_atoms(atoms))
+            tokens, token_mask = to_dense_batch(states, view.batch, batch_size=view.num_graphs)
+            return self.dropout(tokens), token_mask
+
+        return EncodedModality(self.dropout(pooled), token_states=atom_states)
 
     def _matgl(self, view: _MatGLView) -> tuple[Tensor, Tensor]:
         state = view.state_attr
