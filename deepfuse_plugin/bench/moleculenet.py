@@ -1295,8 +1295,8 @@ def merge_results(sources: Sequence[str], out: str, replace: bool = False,
         merged["commands"] += [c for c in payload.get("commands", [])
                                if c not in merged["commands"]]
         merged["wall_time_s"] += payload.get("wall_time_s", 0.0)
-        replacing = replace and os.path.abspath(folder) != os.path.abspath(out)
-        replaced = 0
+        is_source = os.path.abspath(folder) != os.path.abspath(out)
+        replacing, replaced = replace and is_source, 0
         for run in payload["runs"]:
             key = run_key(run)
             kept = by_key.get(key)
@@ -1312,7 +1312,7 @@ def merge_results(sources: Sequence[str], out: str, replace: bool = False,
         if replaced:
             note = f"{replaced} run(s) replaced by the runs of {folder} (bench merge --replace)."
             merged["notes"] = [*merged.get("notes", []), note]
-        if os.path.abspath(folder) != os.path.abspath(out):
+        if is_source:
             _merge_splits(folder, out)
     merged["runs"] = list(by_key.values())
     os.makedirs(out, exist_ok=True)
