@@ -1296,22 +1296,22 @@ def merge_results(sources: Sequence[str], out: str, replace: bool = False,
                                if c not in merged["commands"]]
         merged["wall_time_s"] += payload.get("wall_time_s", 0.0)
         is_source = os.path.abspath(folder) != os.path.abspath(out)
-        replacing, replaced = replace and is_source, 0
+        replacing, replaced = replace and is_source, []
         for run in payload["runs"]:
             key = run_key(run)
             kept = by_key.get(key)
             if kept is None or (kept.get("skipped") and not run.get("skipped")):
                 by_key[key] = run
             elif replacing and not run.get("skipped"):
-                replaced += not _same_result(kept, run)
+                if not _same_result(kept, run):
+                    replaced.append(run)
                 by_key[key] = run
             elif not run.get("skipped") and not _same_result(kept, run):
                 raise wf.WorkflowError(f"{folder}: run {key} is also in another folder with a "
                                        f"different result; remove one of them, or merge with "
                                        f"--replace to let the newer folder's run replace it")
         if replaced:
-            note = f"{replaced} run(s) replaced by the runs of {folder} (bench merge --replace)."
-            merged["notes"] = [*merged.get("notes", []), note]
+            merged["notes"] = [*merged.get("notes", []), _replaced_note(replaced)]
         if is_source:
             _merge_splits(folder, out)
     merged["runs"] = list(by_key.values())
@@ -1319,6 +1319,17 @@ def merge_results(sources: Sequence[str], out: str, replace: bool = False,
     write_outputs(merged, out)
     echo(f"Merged {len(merged['runs'])} runs from {len(folders)} folder(s) into {out}")
     return merged
+
+
+def _replaced_note(runs: Sequence[dict[str, Any]]) -> str:
+    """Which runs a ``bench merge --replace`` re-ran, by model and dataset (no local paths: the
+    note is committed with the table)."""
+    seeds: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for run in runs:
+        seeds[(run["model"], run["dataset"])].append(run["seed"])
+    which = "; ".join(f"{model} on {dataset} seed(s) {', '.join(map(str, sorted(s)))}"
+                      for (model, dataset), s in sorted(seeds.items()))
+    return f"{len(runs)} run(s) replaced by a re-run (bench merge --replace): {which}."
 
 
 def _run_summary(record: dict[str, Any]) -> str:

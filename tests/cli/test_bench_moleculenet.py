@@ -280,7 +280,10 @@ def test_merge_combines_folders_run_in_parallel(tiny_molnet_dir, tmp_path):
                  "--replace"]) == 0
     merged = json.loads((tmp_path / "a" / "moleculenet.json").read_text())
     assert {(r["dataset"], r["seed"]): r["test_metric"] for r in merged["runs"]}[("bbbp", 1)] == 0.5
-    assert len(merged["runs"]) == 3 and "1 run(s) replaced" in merged["notes"][-1]
+    assert len(merged["runs"]) == 3
+    model = merged["runs"][0]["model"]
+    assert merged["notes"][-1] == ("1 run(s) replaced by a re-run (bench merge --replace): "
+                                   f"{model} on bbbp seed(s) 1.")
 
 
 def test_length_bucket_pool_reaches_the_models_and_the_table(tiny_run, tiny_molnet_dir, tmp_path):
