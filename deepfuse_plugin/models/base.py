@@ -191,7 +191,7 @@ class MultiModalTorchModel(TorchModel):
             raise ValueError(f"uncertainty must be one of {UNCERTAINTY_KINDS}, got {uncertainty!r}")
         self.uncertainty, self.evidential_lambda = uncertainty, evidential_lambda
         self.evidential_anneal_epochs = evidential_anneal_epochs
-        self._epochs_started, self._kl_anneal = 0, 1.0
+        self._kl_anneal = 1.0
         self.n_tasks, self.mode, self.n_classes = n_tasks, mode, n_classes
         self.modalities = _resolve_modalities(modalities)
         self.encoder_dim, self.fused_dim, self.head_hidden = encoder_dim, fused_dim, head_hidden
@@ -248,8 +248,14 @@ class MultiModalTorchModel(TorchModel):
         """
         self._epoch_progress = progress
         anneal = self.evidential_anneal_epochs
-        self._kl_anneal = min(1.0, self._epochs_started / anneal) if anneal > 0 else 1.0
-        self._epochs_started += 1
+        self._kl_anneal = min(1.0, self.epochs_started / anneal) if anneal > 0 else 1.0
+        self.model.epochs_started += 1
+
+    @property
+    def epochs_started(self) -> int:
+        """Training epochs begun over every ``fit`` call, saved in each checkpoint: a restored or
+        loaded model continues its evidential KL anneal and masking curriculum where it was."""
+        return int(self.model.epochs_started)
 
     # -- configuration -------------------------------------------------------------------------
     @property

@@ -140,7 +140,7 @@ class DynamicFusionModel(MultiModalTorchModel):
         return self.model.fusion
 
     def fit(self, dataset: Dataset, nb_epoch: int = 10, *args: Any, **kwargs: Any) -> float:
-        if (nb_epoch == 1 and self.curriculum_epochs is None and self._epochs_started > 0
+        if (nb_epoch == 1 and self.curriculum_epochs is None and self.epochs_started > 0
                 and not self._warned_single_epoch_fits):
             self._warned_single_epoch_fits = True
             logger.warning("DynamicFusionModel.fit(nb_epoch=1) called again: the masking "
@@ -151,7 +151,7 @@ class DynamicFusionModel(MultiModalTorchModel):
 
     def _on_epoch_start(self, progress: float) -> None:
         if self.curriculum_epochs is not None:  # epochs started so far, over every fit call
-            progress = self._epochs_started / max(1, self.curriculum_epochs - 1)
+            progress = self.epochs_started / max(1, self.curriculum_epochs - 1)
         super()._on_epoch_start(progress)
         self.fusion.mask_rate = curriculum_rate(progress, self.mask_start, self.mask_end)
 

@@ -73,6 +73,16 @@ class MultiModalNetwork(nn.Module):
         self.modality_dropout = modality_dropout
         self.autocast_dtype = autocast_dtype
         self.last_fusion: FusionOutput | None = None
+        # training epochs begun over every fit call (the evidential KL anneal and DynamicFusion's
+        # masking curriculum count them): a buffer, so each checkpoint carries its own count
+        self.register_buffer("epochs_started", torch.zeros((), dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any,
+                              **kwargs: Any) -> None:
+        # checkpoints written before the counter existed load as "no epoch started" (the way
+        # BatchNorm fills in num_batches_tracked)
+        state_dict.setdefault(prefix + "epochs_started", torch.zeros((), dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def encode(self, batch: Any) -> dict[str, Any]:
         return {n: self.encoders[n](batch.inputs[n]) for n in self.names}

@@ -236,6 +236,36 @@ def test_curriculum_epochs_spans_fit_calls(small_featurizer, featurized, tiny_mo
         DynamicFusionModel(1, small_featurizer.modalities, curriculum_epochs=0)
 
 
+def test_a_loaded_model_continues_its_curriculum(small_featurizer, featurized,
+                                                 tiny_model_kwargs, tmp_path):
+    import deepchem as dc
+    import torch
+
+    from deepfuse_plugin.models.dynamic import DynamicFusionModel
+
+    ds = dc.data.NumpyDataset(featurized[:8], np.zeros((8, 1)))
+    model = DynamicFusionModel(1, small_featurizer.modalities, mask_start=0.1, mask_end=0.5,
+                               curriculum_epochs=5, model_dir=str(tmp_path),
+                               **{**tiny_model_kwargs, "batch_size": 8})
+    for _ in range(3):
+        model.fit(ds, nb_epoch=1)  # each fit call ends with a checkpoint
+    loaded = DynamicFusionModel.load(str(tmp_path))
+    assert loaded.epochs_started == 3
+    seen = []
+    loaded.model.fusion.register_forward_pre_hook(
+        lambda module, args: seen.append(module.mask_rate) if module.training else None)
+    loaded.fit(ds, nb_epoch=1)
+    loaded.fit(ds, nb_epoch=1)
+    assert seen == pytest.approx([0.4, 0.5])  # where the saved model left off, not at 0.1
+    # a checkpoint written before the counter existed still restores, as "no epoch started"
+    (checkpoint,) = loaded.get_checkpoints()[:1]
+    data = torch.load(checkpoint)
+    del data["model_state_dict"]["epochs_started"]
+    torch.save(data, checkpoint)
+    loaded.restore(checkpoint)
+    assert loaded.epochs_started == 0
+
+
 def test_repeated_single_epoch_fits_warn_about_the_curriculum(small_featurizer, featurized,
                                                              tiny_model_kwargs, caplog):
     import deepchem as dc

@@ -331,9 +331,9 @@ def test_kl_annealing_runs_through_dynamic_curriculum(tiny_classification_datase
     model.fit(tiny_classification_dataset, nb_epoch=3)
     # DynamicFusionModel's own curriculum still runs, and the base hook ran too (super chain)
     assert model.fusion.mask_rate == pytest.approx(0.3)
-    assert model._epochs_started == 3 and model._kl_anneal == pytest.approx(2 / 4)
+    assert model.epochs_started == 3 and model._kl_anneal == pytest.approx(2 / 4)
     model.fit(tiny_classification_dataset, nb_epoch=3)  # counted across fit calls
-    assert model._epochs_started == 6 and model._kl_anneal == 1.0
+    assert model.epochs_started == 6 and model._kl_anneal == 1.0
     # the task loss uses the annealed KL weight
     alpha = torch.tensor([[[1.0, 4.0]]])
     labels, weights = torch.zeros(1, 1), torch.ones(1, 1)
