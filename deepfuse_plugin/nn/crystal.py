@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import CGConv, global_mean_pool
-from torch_geometric.utils import to_dense_batch
 
 from deepfuse_plugin.modalities import Modality
 from deepfuse_plugin.nn.encoders import (EncodedModality, SequenceEncoder, check_length_chunk,
-                                         encode_in_length_chunks, register_encoder, reset_all)
+                                         encode_crystal, encode_in_length_chunks, register_encoder,
+                                         reset_all)
 
 
 class SafeBatchNorm1d(nn.BatchNorm1d):
@@ -132,15 +132,8 @@ class CGCNNEncoder(nn.Module):
         crystal = global_mean_pool(h, graph.batch, size=n_graphs)
         pooled = F.softplus(self.conv_to_fc(F.softplus(crystal)))
         # an empty (missing) graph must give exact zeros, not softplus(bias)
-        has_atoms = torch.bincount(graph.batch, minlength=n_graphs)[:n_graphs] > 0
-        pooled = torch.where(has_atoms.unsqueeze(1), pooled, torch.zeros_like(pooled))
-
-        def atom_states() -> tuple[Tensor, Tensor]:  # built only for attention-based fusion
-            atoms = F.softplus(self.conv_to_fc(F.softplus(h)))
-            tokens, token_mask = to_dense_batch(atoms, graph.batch, batch_size=n_graphs)
-            return self.dropout(tokens), token_mask
-
-        return EncodedModality(self.dropout(pooled), token_states=atom_states)
+        return encode_crystal(pooled, lambda: F.softplus(self.conv_to_fc(F.softplus(h))),
+                              graph.batch, n_graphs, self.dropout)
 
 
 class SentenceEmbeddingEncoder(nn.Module):

@@ -204,6 +204,21 @@ class SequenceEncoder(nn.Module):
         return EncodedModality(states.sum(1) / weights.sum(1).clamp(min=1.0), states, attention)
 
 
+def encode_crystal(pooled: Tensor, atom_states: Callable[[], Tensor], batch: Tensor,
+                   n_graphs: int, dropout: nn.Module) -> EncodedModality:
+    """A crystal encoder's output: ``pooled (B, D)`` with exact zeros for a crystal without atoms
+    (a missing one), and padded atom states ``atom_states() (N, D)`` built on first access (only
+    attention-based fusion reads them); both pass through ``dropout``."""
+    has_atoms = torch.bincount(batch, minlength=n_graphs)[:n_graphs] > 0
+    pooled = torch.where(has_atoms.unsqueeze(1), pooled, torch.zeros_like(pooled))
+
+    def tokens() -> tuple[Tensor, Tensor]:
+        states, token_mask = to_dense_batch(atom_states(), batch, batch_size=n_graphs)
+        return dropout(states), token_mask
+
+    return EncodedModality(dropout(pooled), token_states=tokens)
+
+
 class GraphEncoder(nn.Module):
     """GINE message passing with bond features (PyG), residual updates, mean pooling.
 

@@ -23,9 +23,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.utils import to_dense_batch
 
-from deepfuse_plugin.nn.encoders import EncodedModality, reset_all
+from deepfuse_plugin.nn.encoders import EncodedModality, encode_crystal, reset_all
 
 #: Graph backbones of the MatGL format.
 MATGL_BACKBONES = ("megnet", "m3gnet", "cgcnn")
@@ -156,15 +155,8 @@ class MatGLGraphEncoder(nn.Module):
             atoms, crystal = self._matgl(view)
         pooled = F.softplus(self.project_crystal(crystal))
         # a missing crystal (no atoms, DeepChem route) must encode to exact zeros
-        has_atoms = torch.bincount(view.batch, minlength=view.num_graphs)[:view.num_graphs] > 0
-        pooled = torch.where(has_atoms.unsqueeze(1), pooled, torch.zeros_like(pooled))
-
-        def atom_states() -> tuple[Tensor, Tensor]:  # built only for attention-based fusion
-            states = F.softplus(self.project_atoms(atoms))
-            tokens, token_mask = to_dense_batch(states, view.batch, batch_size=view.num_graphs)
-            return self.dropout(tokens), token_mask
-
-        return EncodedModality(self.dropout(pooled), token_states=atom_states)
+        return encode_crystal(pooled, lambda: F.softplus(self.project_atoms(atoms)), view.batch,
+                              view.num_graphs, self.dropout)
 
     def _matgl(self, view: _MatGLView) -> tuple[Tensor, Tensor]:
         state = view.state_attr
