@@ -69,9 +69,6 @@ BATCH_SIZE = 64
 LEARNING_RATE = 1e-3
 SEED = 0
 INFERENCE_BATCHES = (1, 256)
-#: Epochs of DynamicFusionModel's masking curriculum in the timed one-epoch fit calls (the
-#: accuracy benchmark's budget).
-CURRICULUM_EPOCHS = 30
 #: ``length_bucket_pool`` of the length-bucketed DynamicFusionModel timed beside the default one.
 BUCKET_POOL = 32
 #: Calls timed for the batch-256 latency (at least; ``repeats`` if larger).
@@ -166,6 +163,7 @@ def build_model(side: str, model_dir: str) -> Any:
     """DynamicFusionModel (``dynamic``: deepfuse defaults; ``dynamic_bucketed``: with
     length-bucketed training batches) or DeepChem's DMPNNModel (``dmpnn``: DeepChem defaults, the
     ``dc_dmpnn`` peer of the accuracy benchmark) for HIV, one task, with the shared budget."""
+    from deepfuse_plugin.bench.moleculenet import SUITES
     from deepfuse_plugin.bench.peers import PEERS
     from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
     from deepfuse_plugin.models.dynamic import DynamicFusionModel
@@ -177,7 +175,7 @@ def build_model(side: str, model_dir: str) -> Any:
         # over the accuracy benchmark's epoch budget
         return DynamicFusionModel(n_tasks=1, modalities=specs, mode=MODE, batch_size=BATCH_SIZE,
                                   learning_rate=LEARNING_RATE, model_dir=model_dir,
-                                  progress=False, curriculum_epochs=CURRICULUM_EPOCHS,
+                                  progress=False, curriculum_epochs=SUITES["full"]["epochs"],
                                   length_bucket_pool=BUCKET_POOL if side.endswith("bucketed")
                                   else 0)
     budget = {"batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE}
