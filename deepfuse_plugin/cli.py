@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--n-jobs", type=_positive_int, default=1, help="featurization processes")
     train.add_argument("--out", required=True, help="run folder to write")
+    train.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run in OUT from its last finished epoch "
+                            "(same data and settings; otherwise OUT/model starts over)")
 
     predict = sub.add_parser("predict", help="predict a CSV with a run folder from 'train'/'demo'")
     predict.add_argument("--model-dir", required=True, help="run folder (or bare model folder)")
@@ -150,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     molnet.add_argument("--cache-dir", default=None,
                         help="keep DeepChem's featurized datasets here (default: temporary)")
     molnet.add_argument("--resume", action="store_true",
-                        help="keep the runs already in OUT/moleculenet.json and skip them")
+                        help="keep the runs already in OUT/moleculenet.json and skip them; "
+                             "continue an interrupted run from its last finished epoch")
     molnet.add_argument("--limit", type=_positive_int, default=None,
                         help="first N molecules of each dataset (quick runs)")
     molnet.add_argument("--length-bucket-pool", type=int, default=0,
@@ -281,7 +285,8 @@ def _run(args: argparse.Namespace) -> int:
                                 model=args.model, split=args.split, modalities=args.modalities,
                                 epochs=args.epochs, batch_size=args.batch_size,
                                 learning_rate=args.learning_rate, eval_every=args.eval_every,
-                                seed=args.seed, n_jobs=args.n_jobs, progress=progress)
+                                seed=args.seed, n_jobs=args.n_jobs, resume=args.resume,
+                                progress=progress)
         training = record["training"]
         print(f"Trained {record['model_class']} ({'+'.join(record['modalities'])}) on "
               f"{record['data']['n_train']} molecules; best epoch {training['best_epoch']} of "
@@ -359,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors
         return int(exc.code or 0)
     _configure_logging(args.verbose)
+    from deepfuse_plugin.resume import ResumeMismatchError
     from deepfuse_plugin.workflows import WorkflowError
 
     import torch
@@ -368,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         code = _run(args)
-    except (WorkflowError, FileNotFoundError) as err:
+    except (WorkflowError, ResumeMismatchError, FileNotFoundError) as err:
         print(f"deepfuse {args.command}: error: {err}", file=sys.stderr)
         return 2
     finally:

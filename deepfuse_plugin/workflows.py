@@ -7,7 +7,8 @@ based checkpoint selection, and a run folder that ``deepfuse predict`` can use o
 
 A run folder written by :func:`train_from_csv` (and by ``deepfuse demo``) looks like::
 
-    DIR/model/              the model (``MultiModalTorchModel.load(DIR/model)``), best valid epoch
+    DIR/model/              the model (``MultiModalTorchModel.load(DIR/model)``), best valid epoch;
+                            while training also its resume point (``train --resume``)
     DIR/deepfuse_run.json   model name, SMILES column, tasks, mode, modalities, featurizer settings,
                             y normalization (mean/std per task), split and training settings
     DIR/metrics.json        metrics on the valid and test splits (original label units)
@@ -23,10 +24,13 @@ import random
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from deepfuse_plugin.resume import ResumeState
 
 logger = logging.getLogger(__name__)
 
@@ -375,11 +379,13 @@ def fresh_model_dir(path: str, check_only: bool = False) -> str:
 
     With ``check_only`` nothing is changed (used to fail fast before a long featurization).
     """
+    from deepfuse_plugin import resume
     from deepfuse_plugin.models.base import CONFIG_FILE
 
     if os.path.isdir(path) and os.listdir(path):
         entries = os.listdir(path)
-        if CONFIG_FILE not in entries and not all(e.startswith("checkpoint") for e in entries):
+        ours = {CONFIG_FILE, resume.STATE_FILE, *resume.SLOTS}
+        if not ours & set(entries) and not all(e.startswith("checkpoint") for e in entries):
             raise WorkflowError(f"{path} exists and is not a deepfuse model folder; choose another "
                                 "--out")
         if not check_only:
@@ -407,7 +413,11 @@ class TrainingResult:
     history: list of dict
         ``{"epoch", "score", ...validation metrics}`` at every evaluation.
     train_time_s: float
-        Wall time of ``fit`` including the periodic validation passes and checkpoint writes.
+        Wall time of ``fit`` including the periodic validation passes and checkpoint writes
+        (summed over the segments of a resumed run).
+    resumed_at: list of int
+        Epochs after which an interrupted run was continued from its resume point (empty for a
+        run trained in one go).
     """
 
     best_epoch: int
@@ -415,6 +425,7 @@ class TrainingResult:
     score_name: str
     history: list[dict[str, float]] = field(default_factory=list)
     train_time_s: float = 0.0
+    resumed_at: list[int] = field(default_factory=list)
 
 
 class BestCheckpointCallback:
@@ -424,15 +435,18 @@ class BestCheckpointCallback:
     Like ``dc.models.ValidationCallback``, but it records a history, feeds a progress bar, and puts
     the network back into training mode after evaluating (DeepChem's and deepfuse's ``predict``
     leave it in ``eval()`` mode, which would switch off dropout and modality masking for the rest
-    of the ``fit`` call).
+    of the ``fit`` call). ``epoch_offset`` epochs were trained before this ``fit`` call (a resumed
+    run); ``on_epoch_end(model, epoch)`` runs after every epoch (resume points).
     """
 
     def __init__(self, valid: Any, transformers: Sequence[Any], mode: str, steps_per_epoch: int,
                  total_steps: int, eval_every: int, save_dir: str,
-                 bar: Any | None = None) -> None:
+                 bar: Any | None = None, epoch_offset: int = 0,
+                 on_epoch_end: Callable[[Any, int], None] | None = None) -> None:
         self.valid, self.transformers, self.mode = valid, list(transformers), mode
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
         self.eval_every, self.save_dir, self.bar = max(1, eval_every), save_dir, bar
+        self.epoch_offset, self.on_epoch_end = epoch_offset, on_epoch_end
         self.start_step: int | None = None
         self.history: list[dict[str, float]] = []
         self.best_score, self.best_epoch, self.score_name = math.inf, 0, ""
@@ -443,18 +457,24 @@ class BestCheckpointCallback:
         local = step - self.start_step
         if local % self.steps_per_epoch and local != self.total_steps:
             return
-        epoch = math.ceil(local / self.steps_per_epoch)
+        epoch = self.epoch_offset + math.ceil(local / self.steps_per_epoch)
         if self.bar is not None:
             self.bar.update(1)
-        if epoch % self.eval_every and local != self.total_steps:
-            return
+        if epoch % self.eval_every == 0 or local == self.total_steps:
+            self._validate(model, epoch)
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(model, epoch)
+
+    def _validate(self, model: Any, epoch: int) -> None:
+        from deepfuse_plugin.resume import save_checkpoint_atomically
+
         metrics, _ = evaluate(model, self.valid, self.transformers, self.mode)
         model.model.train()  # DeepChem models (the baselines) leave eval mode after predict()
         self.score_name, score = selection_score(metrics, self.mode)
         self.history.append({"epoch": epoch, "score": score, **metrics})
         if math.isfinite(score) and score < self.best_score:
             self.best_score, self.best_epoch = score, epoch
-            model.save_checkpoint(max_checkpoints_to_keep=1, model_dir=self.save_dir)
+            save_checkpoint_atomically(model, self.save_dir)
         if self.bar is not None:
             self.bar.set_postfix({f"valid_{self.score_name}": f"{score:.3f}",
                                   "best_epoch": self.best_epoch})
@@ -462,31 +482,84 @@ class BestCheckpointCallback:
 
 def train_with_validation(model: Any, train: Any, valid: Any, epochs: int, eval_every: int,
                           transformers: Sequence[Any], mode: str, save_dir: str,
-                          desc: str = "train", progress: bool = True) -> TrainingResult:
+                          desc: str = "train", progress: bool = True,
+                          resumable: bool = False) -> TrainingResult:
     """Fit ``model`` for ``epochs`` in ONE ``fit`` call (so epoch-based curricula run once), keep
     the checkpoint with the best validation score in ``save_dir`` and restore it into ``model``.
 
     With an empty ``valid`` split the last epoch is kept (a warning says so).
+
+    ``resumable``: write a resume point into ``save_dir`` after every epoch, and continue from
+    the one found there if an earlier call with the same plan (model configuration, training and
+    validation rows, epochs, batch size) was interrupted; see :mod:`deepfuse_plugin.resume`. A
+    different plan raises :class:`~deepfuse_plugin.resume.ResumeMismatchError`. A masking
+    curriculum counted per ``fit`` call (``DynamicFusionModel(curriculum_epochs=None)``) is
+    counted over the run's ``epochs`` instead (the same schedule), so that it survives a restart.
     """
     from tqdm.auto import tqdm
 
+    from deepfuse_plugin import resume
+
     steps_per_epoch = max(1, math.ceil(len(train) / model.batch_size))
-    total = steps_per_epoch * epochs
     if len(valid) == 0:
         logger.warning("%s: the validation split is empty; keeping the last epoch", desc)
-    with tqdm(total=epochs, desc=desc, unit="epoch", disable=not progress, leave=True) as bar:
-        callback = BestCheckpointCallback(valid, transformers, mode, steps_per_epoch, total,
-                                          eval_every if len(valid) else epochs + 1, save_dir, bar)
+    eval_every = eval_every if len(valid) else epochs + 1
+    state = _start_resumable(model, train, valid, epochs, eval_every, save_dir, desc) \
+        if resumable else None
+    done = state.epochs_done if state else 0
+    with tqdm(total=epochs, initial=done, desc=desc, unit="epoch", disable=not progress,
+              leave=True) as bar:
+        callback = BestCheckpointCallback(
+            valid, transformers, mode, steps_per_epoch, steps_per_epoch * (epochs - done),
+            eval_every, save_dir, bar, epoch_offset=done)
+        so_far = state.result if state else TrainingResult(0, math.inf, "")
+        callback.history, callback.score_name = list(so_far.history), so_far.score_name
+        callback.best_score, callback.best_epoch = so_far.best_score, so_far.best_epoch
         start = time.perf_counter()
-        model.fit(train, nb_epoch=epochs, checkpoint_interval=0, callbacks=[callback])
-        elapsed = time.perf_counter() - start
-    if callback.best_epoch == 0:  # empty validation split or only NaN scores: keep the last epoch
-        model.save_checkpoint(max_checkpoints_to_keep=1, model_dir=save_dir)
-        callback.best_epoch = epochs
+
+        def result() -> TrainingResult:
+            return TrainingResult(callback.best_epoch, callback.best_score, callback.score_name,
+                                  callback.history,
+                                  so_far.train_time_s + time.perf_counter() - start,
+                                  list(so_far.resumed_at))
+
+        def save_point(fitted: Any, epoch: int) -> None:
+            assert state is not None
+            state.epochs_done, state.result = epoch, result()
+            resume.save_resume_point(fitted, save_dir, state)
+
+        callback.on_epoch_end = save_point if state is not None else None
+        if done < epochs:
+            model.fit(train, nb_epoch=epochs - done, checkpoint_interval=0, callbacks=[callback])
+        final = result()
+    if final.best_epoch == 0:  # empty validation split or only NaN scores: keep the last epoch
+        resume.save_checkpoint_atomically(model, save_dir)
+        final.best_epoch = epochs
     else:
         model.restore(model_dir=save_dir)
-    return TrainingResult(callback.best_epoch, callback.best_score, callback.score_name,
-                          callback.history, elapsed)
+    if state is not None:
+        resume.clear(save_dir)
+    return final
+
+
+def _start_resumable(model: Any, train: Any, valid: Any, epochs: int, eval_every: int,
+                     save_dir: str, desc: str) -> ResumeState:
+    """The resume state to train from: a fresh one, or the interrupted run's (restored into
+    ``model``)."""
+    from deepfuse_plugin import resume
+
+    if getattr(model, "curriculum_epochs", 0) is None:
+        model.curriculum_epochs = epochs
+    plan = resume.training_plan(model, train, valid, epochs, eval_every)
+    state = resume.read_state(save_dir)
+    if state is None:
+        return resume.ResumeState(plan, 0, TrainingResult(0, math.inf, ""))
+    resume.check_plan(state, plan, save_dir)
+    resume.restore_resume_point(model, save_dir, state)
+    state.result.resumed_at.append(state.epochs_done)
+    logger.warning("%s: continuing from the resume point after epoch %d of %d in %s", desc,
+                   state.epochs_done, epochs, save_dir)
+    return state
 
 
 # -- deepfuse train ------------------------------------------------------------------------------
@@ -496,7 +569,7 @@ def train_from_csv(csv: str, smiles_column: str, tasks: Sequence[str], out: str,
                    batch_size: int = 64, learning_rate: float = 1e-3, eval_every: int = 2,
                    seed: int = 0, featurizer_kwargs: dict[str, Any] | None = None,
                    model_kwargs: dict[str, Any] | None = None, n_jobs: int = 1,
-                   progress: bool = True) -> dict[str, Any]:
+                   resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Featurize a CSV, split it, train a fusion model with validation-based epoch selection and
     write a run folder to ``out`` (see the module docstring).
 
@@ -518,6 +591,11 @@ def train_from_csv(csv: str, smiles_column: str, tasks: Sequence[str], out: str,
         Training budget; the validation split is scored every ``eval_every`` epochs.
     featurizer_kwargs, model_kwargs: dict, optional
         Extra arguments of the featurizer and the model.
+    resume: bool
+        Training writes a resume point into ``out/model`` after every epoch; with ``resume`` an
+        interrupted run there continues from its last finished epoch (same CSV and settings
+        required: :class:`~deepfuse_plugin.resume.ResumeMismatchError` otherwise). Without it
+        ``out/model`` starts over.
 
     Returns
     -------
@@ -539,7 +617,11 @@ def train_from_csv(csv: str, smiles_column: str, tasks: Sequence[str], out: str,
                                           **(featurizer_kwargs or {}))
     except (ValueError, TypeError) as err:
         raise WorkflowError(f"Cannot build the featurizer: {err}") from err
-    fresh_model_dir(os.path.join(out, "model"), check_only=True)
+    from deepfuse_plugin import resume as resume_lib
+
+    continuing = resume and resume_lib.read_state(os.path.join(out, "model")) is not None
+    if not continuing:
+        fresh_model_dir(os.path.join(out, "model"), check_only=True)
     frame = read_csv_checked(csv, smiles_column, tasks)
     smiles = frame[smiles_column].tolist()
     ok, invalid = valid_smiles_mask(smiles)
@@ -570,13 +652,14 @@ def train_from_csv(csv: str, smiles_column: str, tasks: Sequence[str], out: str,
         transformers = [normalizer]
         train, valid, test = (normalizer.transform(d) for d in (train, valid, test))
 
-    model_dir = fresh_model_dir(os.path.join(out, "model"))
+    model_dir = os.path.join(out, "model") if continuing else fresh_model_dir(
+        os.path.join(out, "model"))
     fusion = model_cls(n_tasks=len(tasks), modalities=featurizer.modalities, mode=mode,
                        batch_size=batch_size, learning_rate=learning_rate, model_dir=model_dir,
                        progress=False, **(model_kwargs or {}))
     result = train_with_validation(fusion, train, valid, epochs, eval_every, transformers, mode,
                                    model_dir, desc=f"{model} ({'+'.join(fusion.modality_names)})",
-                                   progress=progress)
+                                   progress=progress, resumable=True)
     metrics = {"valid": evaluate(fusion, valid, transformers, mode)[0],
                "test": evaluate(fusion, test, transformers, mode)[0]}
     record = {
@@ -592,7 +675,8 @@ def train_from_csv(csv: str, smiles_column: str, tasks: Sequence[str], out: str,
         "training": {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
                      "eval_every": eval_every, "seed": seed, "best_epoch": result.best_epoch,
                      "selection": f"validation {result.score_name}",
-                     "train_time_s": result.train_time_s, "history": result.history},
+                     "train_time_s": result.train_time_s, "history": result.history,
+                     "resumed_at_epochs": result.resumed_at},
         "metrics": metrics,
     }
     write_json(os.path.join(out, RUN_FILE), record)

@@ -12,14 +12,36 @@ can never pass by silently skipping them.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
+from unittest import mock
 
 import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+
+@contextlib.contextmanager
+def killed_after_epoch(epoch: int) -> Iterator[None]:
+    """Resumable training inside the block stops (``KeyboardInterrupt``, as on Ctrl-C) right after
+    writing the resume point of ``epoch``; the block must be interrupted that way."""
+    from deepfuse_plugin import resume
+
+    real = resume.save_resume_point
+
+    def save_then_stop(model, directory, state):
+        written = real(model, directory, state)
+        if written.epochs_done == epoch:
+            raise KeyboardInterrupt
+        return written
+
+    with mock.patch.object(resume, "save_resume_point", save_then_stop), \
+            pytest.raises(KeyboardInterrupt):
+        yield
+
 
 # 24 small, chemically varied, valid molecules (aromatics, heteroatoms, charges, stereo, rings).
 SMILES = [

@@ -29,7 +29,9 @@ the same molecules and split:
    metric code on the same rows.
 4. **Records.** Every run (dataset, split, seed, model, hyper-parameters, valid/test metrics,
    best epoch, train time, peak memory) goes to ``<out>/moleculenet.json`` as soon as it finishes
-   (``--resume`` skips the runs already there, e.g. to add seeds); the table
+   (``--resume`` skips the runs already there, e.g. to add seeds, and continues an interrupted
+   neural run from the resume point it wrote after its last finished epoch in
+   ``<out>/unfinished/``; see :mod:`deepfuse_plugin.resume`); the table
    ``<out>/moleculenet.md`` (mean ± std over seeds, best per dataset in bold) and the plot
    ``<out>/moleculenet.png`` are rewritten from all the runs.
 5. **Merging.** Datasets or seeds run in parallel processes or on other machines, each with its
@@ -61,6 +63,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from deepfuse_plugin import resume as resume_lib
 from deepfuse_plugin import workflows as wf
 from deepfuse_plugin.bench import peers as peer_lib
 
@@ -517,38 +520,35 @@ def finish_record(record: dict[str, Any], valid_m: dict[str, Any], test_m: dict[
 
 
 def run_one(name: str, data: PreparedDataset, seed: int, budget: dict[str, Any], scratch: str,
-            progress: bool = False, chemprop: peer_lib.ChempropSetup | None = None
-            ) -> dict[str, Any]:
+            progress: bool = False, chemprop: peer_lib.ChempropSetup | None = None,
+            work_dir: str | None = None, resume: bool = False) -> dict[str, Any]:
     """Train and score one model on one prepared dataset with one seed: the JSON run record.
 
     ``chemprop``: its environment, prepared once per benchmark (default: prepared here).
+    ``work_dir``: where epoch-trained models keep their checkpoints and resume points while they
+    train (default ``scratch``); with ``resume`` an interrupted run found there continues from its
+    last finished epoch (a run of other settings starts over, with a warning).
     """
     peer = peer_lib.PEERS.get(name)
     if peer is not None and peer.library == "chemprop":
         return run_chemprop_peer(name, data, seed, budget, scratch,
                                  chemprop or peer_lib.chemprop_setup())
     train, valid, test = data.parts[model_features(name)]
-    model_dir = os.path.join(scratch, f"{data.name}_{name}_{seed}")
-    wf.fresh_model_dir(model_dir)
-    wf.set_seed(seed)
+    model_dir = os.path.join(work_dir or scratch, f"{data.name}_{name}_{seed}")
+    if not (resume and resume_lib.read_state(model_dir) is not None):
+        wf.fresh_model_dir(model_dir)
     record = run_header(name, data, seed)
     with PeakRSS() as memory:
         wall = time.perf_counter()
         if peer is not None and not peer.epochs:
+            wf.set_seed(seed)
             model, valid_m, test_m, fit_s = peer_lib.fit_forest(
                 name, len(data.tasks), data.mode, seed, budget, train, valid, test,
                 data.transformers)
             record.update(model_class="SklearnModel", epochs=None, eval_every=None,
                           best_epoch=None, selection="none (no epochs)", history=[])
         else:
-            if peer is not None:
-                model = peer.build(len(data.tasks), data.mode, model_dir, seed, budget)
-            else:
-                model = build_deepfuse(name, data, model_dir, budget)
-            result = wf.train_with_validation(model, train, valid, budget["epochs"],
-                                              budget["eval_every"], data.transformers, data.mode,
-                                              model_dir, desc=f"{data.name} {name} s{seed}",
-                                              progress=progress)
+            model, result = _train_resumable(name, data, seed, budget, model_dir, progress)
             valid_m = wf.evaluate(model, valid, data.transformers, data.mode)[0]
             test_m = wf.evaluate(model, test, data.transformers, data.mode)[0]
             fit_s = result.train_time_s
@@ -557,12 +557,43 @@ def run_one(name: str, data: PreparedDataset, seed: int, budget: dict[str, Any],
                           selection=f"best validation {result.score_name}",
                           history=[{"epoch": h["epoch"], "score": h["score"]}
                                    for h in result.history])
+            if result.resumed_at:
+                record["resumed_at_epochs"] = result.resumed_at
         wall = time.perf_counter() - wall
     record["hyperparameters"] = hyperparameters(name, model, data, budget)
     finish_record(record, valid_m, test_m, fit_s, wall, memory.peak_mib, memory.delta_mib, None)
     shutil.rmtree(model_dir, ignore_errors=True)
     del model
     return record
+
+
+def _train_resumable(name: str, data: PreparedDataset, seed: int, budget: dict[str, Any],
+                     model_dir: str, progress: bool) -> tuple[Any, wf.TrainingResult]:
+    """Build and train an epoch-trained model with resume points in ``model_dir``; a resume
+    point of other settings (e.g. written by another deepfuse version) is discarded."""
+    train, valid, _ = data.parts[model_features(name)]
+    peer = peer_lib.PEERS.get(name)
+
+    def build() -> Any:
+        wf.set_seed(seed)
+        if peer is not None:
+            return peer.build(len(data.tasks), data.mode, model_dir, seed, budget)
+        return build_deepfuse(name, data, model_dir, budget)
+
+    def fit(model: Any) -> wf.TrainingResult:
+        return wf.train_with_validation(
+            model, train, valid, budget["epochs"], budget["eval_every"], data.transformers,
+            data.mode, model_dir, desc=f"{data.name} {name} s{seed}", progress=progress,
+            resumable=True)
+
+    model = build()
+    try:
+        return model, fit(model)
+    except resume_lib.ResumeMismatchError as err:
+        logger.warning("%s Starting this run over.", err)
+    wf.fresh_model_dir(model_dir)
+    model = build()
+    return model, fit(model)
 
 
 CHEMPROP_MEMORY = ("psutil RSS of the chemprop child process tree (train, then predict), sampled "
@@ -1032,7 +1063,13 @@ def _environment() -> dict[str, Any]:
 NOTES = [
     "Peak memory is process RSS sampled with psutil; the delta over the RSS at the start of a run "
     "is a lower bound of the run's own need (memory from earlier runs is reused).",
+    "A run interrupted and continued with --resume from its last finished epoch records "
+    "`resumed_at_epochs`; it trains the same epochs as an uninterrupted run (weights, optimizer, "
+    "random states restored), its train time sums the segments and its peak memory is the last "
+    "segment's.",
 ]
+#: Subfolder of ``--out`` where neural runs keep checkpoints and resume points while training.
+UNFINISHED_DIR = "unfinished"
 
 
 #: The Settings line for chemprop (formatted with the run's epochs and batch size).
@@ -1087,6 +1124,8 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
     resume: bool
         Keep the runs already in ``<out>/moleculenet.json`` (same settings required) and skip
         them; used to add seeds or models to a table. Runs recorded as skipped are tried again.
+        A neural run that was interrupted (its resume point is in ``<out>/unfinished/``, written
+        after every epoch) continues from its last finished epoch instead of starting over.
     limit: int, optional
         First ``limit`` molecules of each dataset (tests, quick runs).
     length_bucket_pool: int
@@ -1153,6 +1192,7 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
         payload["environment"]["chemprop"] = chemprop.versions or None
     own_cache = cache_dir is None
     cache = cache_dir or tempfile.mkdtemp(prefix="deepfuse_molnet_cache_")
+    unfinished = os.path.join(out, UNFINISHED_DIR, split_tag(split, split_seed))
     start = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="deepfuse_molnet_models_") as scratch, \
@@ -1173,8 +1213,10 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
                      f"{data.info['n_dropped']} dropped by a featurizer")
                 for seed, model in todo:
                     bar.set_postfix_str(f"{name} {model} seed {seed}")
+                    if resume:
+                        _echo_unfinished(unfinished, f"{name}_{model}_{seed}", echo)
                     record = run_one(model, data, seed, budget, scratch, progress=progress,
-                                     chemprop=chemprop)
+                                     chemprop=chemprop, work_dir=unfinished, resume=resume)
                     payload["runs"].append(record)
                     bar.update(1)
                     echo(f"  {name:<12} {model:<16} seed {seed}: {_run_summary(record)}")
@@ -1183,12 +1225,21 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
     finally:
         if own_cache:
             shutil.rmtree(cache, ignore_errors=True)
+        with contextlib.suppress(OSError):  # only while empty: unfinished runs stay resumable
+            os.removedirs(unfinished)
     payload["wall_time_s"] = payload.get("wall_time_s", 0.0) + time.perf_counter() - start
     write_outputs(payload, out)
     echo(format_markdown(payload).split("\n## Settings")[0])
     echo(f"Wrote {json_path}, {STEM}.md, {STEM}.png and splits/ to {out} "
          f"({time.perf_counter() - start:.0f} s)")
     return payload
+
+
+def _echo_unfinished(unfinished: str, run: str, echo: Callable[[str], None]) -> None:
+    state = resume_lib.read_state(os.path.join(unfinished, run))
+    if state is not None:
+        echo(f"  {run}: continuing the interrupted run after epoch {state.epochs_done} of "
+             f"{state.plan.get('epochs')}")
 
 
 # -- merging runs made elsewhere -------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 from deepfuse_plugin.bench import moleculenet as mn
 from deepfuse_plugin.cli import main
 from tests.cli.conftest import BAD_SMILES, CLI_SMILES
+from tests.conftest import killed_after_epoch
 
 DELANEY_TASK = "measured log solubility in mols per litre"
 MODELS = ["unimodal_ecfp", "dc_mlp", "dc_rf"]
@@ -324,3 +325,23 @@ def test_combined_dataset_facts_keep_what_one_side_knows():
     assert mn.combine_dataset_info("x", new, old, "here")["n_rows_in_file"] == 41
     with pytest.raises(mn.wf.WorkflowError, match="here: x has other rows"):
         mn.combine_dataset_info("x", old, {**new, "n_train": 31}, "here")
+
+
+def test_interrupted_run_continues_from_its_last_finished_epoch(tiny_molnet_dir, tmp_path):
+    from deepfuse_plugin import resume
+
+    out = tmp_path / "bench"
+    kwargs = dict(datasets=["delaney"], data_dir=str(tiny_molnet_dir), seeds=[0], epochs=3,
+                  models=["dc_mlp"], out=str(out), progress=False, echo=lambda _: None)
+    with killed_after_epoch(2):
+        mn.run_moleculenet_bench(**kwargs)
+    (folder,) = (out / mn.UNFINISHED_DIR / "scaffold").iterdir()
+    assert resume.read_state(str(folder)).epochs_done == 2
+
+    printed: list[str] = []
+    payload = mn.run_moleculenet_bench(**{**kwargs, "echo": printed.append}, resume=True)
+    (run,) = payload["runs"]
+    assert run["resumed_at_epochs"] == [2]
+    assert [h["epoch"] for h in run["history"]] == [1, 2, 3]
+    assert any("continuing the interrupted run after epoch 2 of 3" in line for line in printed)
+    assert not (out / mn.UNFINISHED_DIR).exists()  # removed once nothing is left unfinished

@@ -12,6 +12,7 @@ import pytest
 from deepfuse_plugin.cli import main
 from deepfuse_plugin.workflows import (METRICS_FILE, RUN_FILE, WorkflowError, predict_from_csv,
                                        read_csv_checked, resolve_model_class)
+from tests.conftest import killed_after_epoch
 
 TRAIN_ARGS = ["--epochs", "2", "--eval-every", "1", "--batch-size", "16"]
 
@@ -187,3 +188,17 @@ def test_model_names_resolve():
     assert resolve_model_class("dynamic") is DynamicFusionModel
     with pytest.raises(WorkflowError, match="Unknown model"):
         resolve_model_class("nonexistent")
+
+
+def test_resume_continues_an_interrupted_training(regression_csv: Path, tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    with killed_after_epoch(1):
+        _train(regression_csv, out)
+    assert not (out / RUN_FILE).exists()
+    # other settings: a clear error, and the resume point stays for the right command
+    assert _train(regression_csv, out, "--resume", "--learning-rate", "0.01") == 2
+    assert "learning_rate: 0.001 -> 0.01" in capsys.readouterr().err
+    assert _train(regression_csv, out, "--resume") == 0
+    training = json.loads((out / RUN_FILE).read_text())["training"]
+    assert training["resumed_at_epochs"] == [1]
+    assert [h["epoch"] for h in training["history"]] == [1, 2]
