@@ -27,7 +27,7 @@ import pickle
 import random
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -138,6 +138,7 @@ def _write_json_atomically(path: str, payload: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".json")
     with os.fdopen(fd, "w") as fh:
         json.dump(payload, fh, indent=1)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from other users of a shared folder
     os.replace(tmp, path)
 
 
@@ -164,7 +165,7 @@ def save_resume_point(model: Any, directory: str, state: ResumeState) -> ResumeS
     model.save_checkpoint(max_checkpoints_to_keep=1, model_dir=folder)
     with open(os.path.join(folder, RNG_FILE), "wb") as fh:
         pickle.dump(_random_states(model), fh)
-    state.slot = slot
+    state = replace(state, slot=slot)
     _write_json_atomically(os.path.join(directory, STATE_FILE), asdict(state))
     return state
 

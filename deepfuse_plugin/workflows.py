@@ -23,7 +23,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -525,8 +525,14 @@ def train_with_validation(model: Any, train: Any, valid: Any, epochs: int, eval_
 
         def save_point(fitted: Any, epoch: int) -> None:
             assert state is not None
-            state.epochs_done, state.result = epoch, result()
-            resume.save_resume_point(fitted, save_dir, state)
+            try:
+                resume.save_resume_point(fitted, save_dir, replace(state, epochs_done=epoch,
+                                                                   result=result()))
+            except OSError as err:  # e.g. a full disk: the run itself can still finish
+                saved = resume.read_state(save_dir)
+                logger.warning("%s: could not write the resume point of epoch %d (%s); training "
+                               "goes on, but an interruption now continues from epoch %d", desc,
+                               epoch, err, saved.epochs_done if saved else 0)
 
         callback.on_epoch_end = save_point if state is not None else None
         if done < epochs:

@@ -112,3 +112,24 @@ def test_fresh_model_dir_clears_an_unfinished_run(tiny_dataset, dynamic, tmp_pat
         _train(dynamic(folder), tiny_dataset, folder, resumable=True)
     wf.fresh_model_dir(folder)
     assert os.listdir(folder) == []
+
+
+def test_a_resume_point_that_cannot_be_written_does_not_stop_training(
+        tiny_dataset, dynamic, tmp_path, monkeypatch, caplog):
+    """A full disk while writing epoch 2's point: training finishes, the older point stays valid."""
+    real_states, calls = resume._random_states, []
+
+    def disk_full_at_epoch_2(model):
+        calls.append(1)
+        if len(calls) == 2:  # after the slot's checkpoint, before its random states
+            raise OSError(28, "No space left on device")
+        return real_states(model)
+
+    monkeypatch.setattr(resume, "_random_states", disk_full_at_epoch_2)
+    folder = str(tmp_path / "run")
+    with killed_after_epoch(3):
+        _train(dynamic(folder), tiny_dataset, folder, resumable=True)
+    assert "could not write the resume point of epoch 2" in caplog.text
+    assert "continues from epoch 1" in caplog.text
+    assert resume.read_state(folder).epochs_done == 3  # epoch 3's point was written again
+    assert oct(os.stat(os.path.join(folder, resume.STATE_FILE)).st_mode & 0o777) == "0o644"
