@@ -942,9 +942,9 @@ def skipped_notes(runs: Sequence[dict[str, Any]]) -> list[str]:
 
 def observations(payload: dict[str, Any]) -> list[str]:
     """Facts worth a reader's attention, derived from the runs: models still improving at the
-    epoch budget, models whose validation score peaks in the first epochs, and a large gap
+    epoch budget, models whose validation score peaks in the first epochs, a large gap
     between the validation and test metric (a split whose validation part is not like its
-    test part)."""
+    test part), and runs continued after an interruption."""
     runs, datasets = payload["runs"], payload["datasets"]
     epochs = payload["settings"]["epochs"]
     out = []
@@ -975,6 +975,13 @@ def observations(payload: dict[str, Any]) -> list[str]:
                            f"test {test:.3f} over all models: the {datasets[d].get('split')} "
                            "validation part is much easier than the test part, so epoch "
                            "selection on it is a weak guide.")
+        resumed = [f"{r['model']} seed {r['seed']} (after epoch "
+                   f"{', '.join(map(str, r['resumed_at_epochs']))})"
+                   for r in these if r.get("resumed_at_epochs")]
+        if resumed:
+            out.append(f"{name}: continued from a resume point after an interruption: "
+                       f"{'; '.join(resumed)}. Same epochs as an uninterrupted run; the train "
+                       "time adds the segments, the peak memory is the last segment's.")
     return out
 
 

@@ -344,4 +344,6 @@ def test_interrupted_run_continues_from_its_last_finished_epoch(tiny_molnet_dir,
     assert run["resumed_at_epochs"] == [2]
     assert [h["epoch"] for h in run["history"]] == [1, 2, 3]
     assert any("continuing the interrupted run after epoch 2 of 3" in line for line in printed)
+    assert "continued from a resume point after an interruption: dc_mlp seed 0 (after epoch 2)" \
+        in (out / "moleculenet.md").read_text()
     assert not (out / mn.UNFINISHED_DIR).exists()  # removed once nothing is left unfinished
