@@ -435,21 +435,25 @@ class BestCheckpointCallback:
     Like ``dc.models.ValidationCallback``, but it records a history, feeds a progress bar, and puts
     the network back into training mode after evaluating (DeepChem's and deepfuse's ``predict``
     leave it in ``eval()`` mode, which would switch off dropout and modality masking for the rest
-    of the ``fit`` call). ``epoch_offset`` epochs were trained before this ``fit`` call (a resumed
-    run); ``on_epoch_end(model, epoch)`` runs after every epoch (resume points).
+    of the ``fit`` call). A resumed run passes the ``epoch_offset`` epochs trained before this
+    ``fit`` call and their result ``so_far``; ``on_epoch_end(model, epoch)``, if set, runs after
+    every epoch (resume points).
     """
 
     def __init__(self, valid: Any, transformers: Sequence[Any], mode: str, steps_per_epoch: int,
                  total_steps: int, eval_every: int, save_dir: str,
                  bar: Any | None = None, epoch_offset: int = 0,
-                 on_epoch_end: Callable[[Any, int], None] | None = None) -> None:
+                 so_far: TrainingResult | None = None) -> None:
         self.valid, self.transformers, self.mode = valid, list(transformers), mode
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
         self.eval_every, self.save_dir, self.bar = max(1, eval_every), save_dir, bar
-        self.epoch_offset, self.on_epoch_end = epoch_offset, on_epoch_end
+        self.epoch_offset = epoch_offset
+        self.on_epoch_end: Callable[[Any, int], None] | None = None
         self.start_step: int | None = None
-        self.history: list[dict[str, float]] = []
-        self.best_score, self.best_epoch, self.score_name = math.inf, 0, ""
+        so_far = so_far or TrainingResult(0, math.inf, "")
+        self.history: list[dict[str, float]] = list(so_far.history)
+        self.best_score, self.best_epoch = so_far.best_score, so_far.best_epoch
+        self.score_name = so_far.score_name
 
     def __call__(self, model: Any, step: int) -> None:
         if self.start_step is None:
@@ -509,12 +513,10 @@ def train_with_validation(model: Any, train: Any, valid: Any, epochs: int, eval_
     done = state.epochs_done if state else 0
     with tqdm(total=epochs, initial=done, desc=desc, unit="epoch", disable=not progress,
               leave=True) as bar:
+        so_far = state.result if state else TrainingResult(0, math.inf, "")
         callback = BestCheckpointCallback(
             valid, transformers, mode, steps_per_epoch, steps_per_epoch * (epochs - done),
-            eval_every, save_dir, bar, epoch_offset=done)
-        so_far = state.result if state else TrainingResult(0, math.inf, "")
-        callback.history, callback.score_name = list(so_far.history), so_far.score_name
-        callback.best_score, callback.best_epoch = so_far.best_score, so_far.best_epoch
+            eval_every, save_dir, bar, epoch_offset=done, so_far=so_far)
         start = time.perf_counter()
 
         def result() -> TrainingResult:
@@ -534,7 +536,8 @@ def train_with_validation(model: Any, train: Any, valid: Any, epochs: int, eval_
                                "goes on, but an interruption now continues from epoch %d", desc,
                                epoch, err, saved.epochs_done if saved else 0)
 
-        callback.on_epoch_end = save_point if state is not None else None
+        if state is not None:
+            callback.on_epoch_end = save_point
         if done < epochs:
             model.fit(train, nb_epoch=epochs - done, checkpoint_interval=0, callbacks=[callback])
         final = result()
@@ -608,6 +611,7 @@ def train_from_csv(csv: str, smiles_column: str, tasks: Sequence[str], out: str,
     dict
         The run record written to ``deepfuse_run.json`` (metrics included).
     """
+    from deepfuse_plugin import resume as resume_lib
     from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
 
     tasks = list(tasks)
@@ -623,8 +627,6 @@ def train_from_csv(csv: str, smiles_column: str, tasks: Sequence[str], out: str,
                                           **(featurizer_kwargs or {}))
     except (ValueError, TypeError) as err:
         raise WorkflowError(f"Cannot build the featurizer: {err}") from err
-    from deepfuse_plugin import resume as resume_lib
-
     continuing = resume and resume_lib.read_state(os.path.join(out, "model")) is not None
     if not continuing:
         fresh_model_dir(os.path.join(out, "model"), check_only=True)

@@ -1070,10 +1070,6 @@ def _environment() -> dict[str, Any]:
 NOTES = [
     "Peak memory is process RSS sampled with psutil; the delta over the RSS at the start of a run "
     "is a lower bound of the run's own need (memory from earlier runs is reused).",
-    "A run interrupted and continued with --resume from its last finished epoch records "
-    "`resumed_at_epochs`; it trains the same epochs as an uninterrupted run (weights, optimizer, "
-    "random states restored), its train time sums the segments and its peak memory is the last "
-    "segment's.",
 ]
 #: Subfolder of ``--out`` where neural runs keep checkpoints and resume points while training.
 UNFINISHED_DIR = "unfinished"
