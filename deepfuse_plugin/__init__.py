@@ -25,7 +25,8 @@ from deepfuse_plugin.models.late import LateFusionModel  # noqa: E402
 from deepfuse_plugin.models.cross_attention import CrossAttentionFusionModel  # noqa: E402
 from deepfuse_plugin.models.moe import GatedMoEFusionModel  # noqa: E402
 from deepfuse_plugin.models.unimodal import UnimodalModel  # noqa: E402
-from deepfuse_plugin.models.calibration import calibration_report  # noqa: E402
+from deepfuse_plugin.models.calibration import (StdScales, calibration_report,  # noqa: E402
+                                                fit_std_scale, fit_std_scales)
 # Crystals: these modules import without pymatgen/matgl (imported lazily where needed), so the
 # molecular API works without the `materials` extra; importing them registers the crystal_graph
 # and text encoders and collaters.
@@ -66,7 +67,8 @@ __all__ = [
     "load_extxyz", "load_extxyz_splits", "load_cif_folder", "load_molnet_materials",
     "load_materials_project", "family_mask", "zero_shot_evaluate",
     "analysis", "evaluate_missing_modalities", "modality_ablation", "modality_weights",
-    "atom_attributions", "embedding_projection", "calibration_report",
+    "atom_attributions", "embedding_projection",
+    "calibration_report", "fit_std_scale", "fit_std_scales", "StdScales",
 ]
 
 register()

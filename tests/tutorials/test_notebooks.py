@@ -144,6 +144,8 @@ def check_fusion_strategy_results(results: dict) -> None:
                                                    "graph only", "smiles only"}
         for entry in evidential["by_condition"].values():
             assert entry["rms predicted std"] > 0 and math.isfinite(entry["actual RMSE"])
+            assert entry["rms std, rescaled per input"] > 0
+            assert 0.0 <= entry["within 1 std, rescaled"] <= 1.0
 
 
 def check_crystal_results(results: dict) -> None:

@@ -15,7 +15,9 @@ import deepchem as dc
 from deepfuse_plugin import (CrossAttentionFusionModel, DynamicFusionModel, EarlyFusionModel,
                              GatedMoEFusionModel, LateFusionModel, MultiModalTorchModel,
                              UnimodalModel)
-from deepfuse_plugin.models.calibration import calibration_report, fit_std_scale
+from deepfuse_plugin import drop_modalities
+from deepfuse_plugin.models.calibration import (StdScales, calibration_report, fit_std_scale,
+                                                fit_std_scales)
 from deepfuse_plugin.nn import losses
 from deepfuse_plugin.nn.heads import (DirichletHead, EvidentialRegressionHead, TaskHead,
                                       combine_dirichlet, combine_nig, dirichlet_moments,
@@ -297,6 +299,68 @@ def test_calibration_report_fractions(tiny_dataset, small_featurizer, tiny_model
     with pytest.raises(ValueError, match="regression"):
         calibration_report(classifier, tiny_dataset)
 
+
+
+@pytest.fixture
+def evidential_late(tiny_dataset, small_featurizer, tiny_model_kwargs):
+    model = LateFusionModel(1, small_featurizer.modalities, uncertainty="evidential",
+                            **tiny_model_kwargs)
+    model.fit(tiny_dataset, nb_epoch=2)
+    return model
+
+
+def _scale_by_hand(model, dataset, removed):
+    prediction, std = model.predict_uncertainty(dataset, drop_modalities=removed)
+    return float(np.sqrt(np.mean(((dataset.y - prediction) / std) ** 2)))
+
+
+def test_std_scales_are_fitted_per_set_of_present_modalities(evidential_late, tiny_dataset):
+    scales = fit_std_scales(evidential_late, tiny_dataset)
+    assert scales.modality_names == ("ecfp", "graph", "smiles")
+    assert list(scales.scales) == [("ecfp", "graph", "smiles"), ("ecfp", "graph"),
+                                   ("ecfp", "smiles"), ("graph", "smiles"), ("ecfp",),
+                                   ("graph",), ("smiles",)]
+    assert set(scales.n_entries.values()) == {len(tiny_dataset)}
+    assert scales.scales[("ecfp",)] == pytest.approx(
+        _scale_by_hand(evidential_late, tiny_dataset, ["graph", "smiles"]), rel=1e-6)
+    assert scales.scales[("ecfp", "graph", "smiles")] == pytest.approx(
+        fit_std_scale(evidential_late, tiny_dataset), rel=1e-6)
+    # applied to data with ECFP alone, every std is multiplied by ECFP's factor
+    ecfp_only = ["graph", "smiles"]
+    _, raw_std = evidential_late.predict_uncertainty(tiny_dataset, drop_modalities=ecfp_only)
+    prediction, std = scales.predict_uncertainty(evidential_late, tiny_dataset,
+                                                 drop_modalities=ecfp_only)
+    np.testing.assert_allclose(std, raw_std * scales.scales[("ecfp",)], rtol=1e-6)
+    # fitted and judged on the same rows, the standardised errors have unit mean square
+    assert np.mean(((tiny_dataset.y - prediction) / std) ** 2) == pytest.approx(1.0, rel=1e-5)
+    report = calibration_report(evidential_late, tiny_dataset, std_scale=scales,
+                                drop_modalities=ecfp_only)
+    assert report["mean_std"] == pytest.approx(float(std.mean()), rel=1e-6)
+    assert list(scales.to_frame()["present"])[:2] == ["ecfp+graph+smiles", "ecfp+graph"]
+
+
+def test_std_scales_group_rows_by_what_they_have(evidential_late, tiny_dataset):
+    half = drop_modalities(tiny_dataset, ["smiles"], fraction=0.5, seed=3)
+    without = int(sum(not x.present("smiles") for x in half.X))
+    assert 0 < without < len(half)
+    scales = fit_std_scales(evidential_late, half, patterns=[["smiles"]])
+    # rows missing SMILES already are ecfp+graph rows in both predictions
+    assert scales.n_entries == {("ecfp", "graph", "smiles"): len(half) - without,
+                                ("ecfp", "graph"): len(half) + without}
+    with pytest.raises(ValueError, match=r"No std scale was fitted for rows with present "
+                                         r"modalities \[\['ecfp'\]\]"):
+        scales.predict_uncertainty(evidential_late, half, drop_modalities=["graph", "smiles"])
+
+
+def test_std_scales_refuse_bad_requests(evidential_late, tiny_dataset):
+    with pytest.raises(ValueError, match="Too few labelled entries"):
+        fit_std_scales(evidential_late, tiny_dataset, min_entries=len(tiny_dataset) + 1)
+    with pytest.raises(ValueError, match=r"unknown: \['descriptors'\]"):
+        fit_std_scales(evidential_late, tiny_dataset, patterns=[["descriptors"]])
+    scales = fit_std_scales(evidential_late, tiny_dataset, kind="aleatoric", patterns=[])
+    assert isinstance(scales, StdScales) and list(scales.scales) == [("ecfp", "graph", "smiles")]
+    with pytest.raises(ValueError, match="fitted for kind='aleatoric'"):
+        calibration_report(evidential_late, tiny_dataset, std_scale=scales)
 
 def test_save_restore_keeps_uncertainty_config(tiny_dataset, small_featurizer, tiny_model_kwargs,
                                                model_dir, caplog):
