@@ -48,11 +48,13 @@ def main(setting: str, values: list[float], model_name: str = "dynamic") -> None
                       for name, part in (("valid", valid), ("test", test))}
             weights = (None if model_name == "early" else  # early fusion has no weights
                        mean_modality_weights(model, test, plot=False).table["mean_weight"])
-            print(json.dumps({"model": model_name, setting: value, "seed": seed,
-                              "best_epoch": result.best_epoch,
-                              "valid_rmse": scores["valid"], "test_rmse": scores["test"],
-                              "weights": None if weights is None else weights.round(3).to_dict()}),
-                  flush=True)
+            record = {"model": model_name, setting: value, "seed": seed,
+                      "best_epoch": result.best_epoch,
+                      "valid_rmse": scores["valid"], "test_rmse": scores["test"],
+                      "weights": None if weights is None else weights.round(3).to_dict()}
+            if hasattr(model, "expert_usage"):  # MoE: gate mass per expert (collapse shows here)
+                record["expert_gate"] = model.expert_usage(test)["mean_gate"].round(3).to_dict()
+            print(json.dumps(record), flush=True)
 
 
 if __name__ == "__main__":
