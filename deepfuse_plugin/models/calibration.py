@@ -79,6 +79,19 @@ class StdScales:
         factors = self.for_rows(_present(model, dataset, drop_modalities), dataset.ids)
         return prediction, std * factors.reshape(-1, *([1] * (std.ndim - 1)))
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (keep it beside the model folder); :meth:`from_dict` reads it back."""
+        return {"kind": self.kind, "modality_names": list(self.modality_names),
+                "scales": [{"present": list(k), "scale": v, "n_entries": self.n_entries[k]}
+                           for k, v in self.scales.items()]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StdScales":
+        entries = [(tuple(e["present"]), e) for e in data["scales"]]
+        return cls(data["kind"], tuple(data["modality_names"]),
+                   {k: float(e["scale"]) for k, e in entries},
+                   {k: int(e["n_entries"]) for k, e in entries})
+
     def to_frame(self) -> pd.DataFrame:
         """One row per fitted pattern: ``present``, ``scale``, ``n_entries``."""
         return pd.DataFrame({"present": ["+".join(k) for k in self.scales],

@@ -4,6 +4,7 @@ save/restore of the option, KL annealing, the calibration report, and a construc
 out-of-distribution example."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -337,6 +338,8 @@ def test_std_scales_are_fitted_per_set_of_present_modalities(evidential_late, ti
                                 drop_modalities=ecfp_only)
     assert report["mean_std"] == pytest.approx(float(std.mean()), rel=1e-6)
     assert list(scales.to_frame()["present"])[:2] == ["ecfp+graph+smiles", "ecfp+graph"]
+    # saved as JSON beside a model and read back, the scales are the same
+    assert StdScales.from_dict(json.loads(json.dumps(scales.to_dict()))) == scales
 
 
 def test_std_scales_group_rows_by_what_they_have(evidential_late, tiny_dataset):
