@@ -29,7 +29,7 @@ GAUSSIAN_WITHIN = {1: math.erf(1 / math.sqrt(2)), 2: math.erf(2 / math.sqrt(2))}
 Pattern = tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass
 class StdScales:
     """Std factors per set of present modalities, fitted on labelled data by :func:`fit_std_scales`.
 
@@ -43,7 +43,7 @@ class StdScales:
         ``present modalities (tuple, model order) -> s``: multiply the std of a row with exactly
         these modalities present by ``s`` (``s > 1``: the model was over-confident on them).
     n_entries: dict
-        The labelled entries each factor was fitted on.
+        The labelled entries each factor was fitted on (each row once per factor).
     """
 
     kind: str
@@ -64,25 +64,37 @@ class StdScales:
             raise ValueError(
                 f"No std scale was fitted for rows with present modalities "
                 f"{[list(k) for k in missing]} ({len(rows)} rows, e.g. {shown}); fitted: "
-                f"{[list(k) for k in self.scales]}. Rows with no modality cannot be predicted; "
-                "otherwise refit with patterns that leave these modalities")
+                f"{[list(k) for k in self.scales]}. A row with none of the model's modalities "
+                "has no factor (its prediction comes from biases alone); for the others, refit "
+                "with patterns that leave exactly these modalities")
         return np.array([self.scales[k] for k in keys], dtype=np.float64)
+
+    def factors(self, model: Any, dataset: Dataset,
+                drop_modalities: Iterable[str] = ()) -> np.ndarray:
+        """``(N,)`` factors for ``dataset``'s rows as ``model`` sees them after
+        ``drop_modalities``; the model must have the modalities the factors were fitted for."""
+        names = _model_modalities(model, "StdScales")
+        if names != self.modality_names:
+            raise ValueError(f"These std scales were fitted for a model with modalities "
+                             f"{list(self.modality_names)}, not {list(names)}")
+        return self.for_rows(_present(model, dataset, drop_modalities), dataset.ids)
 
     def predict_uncertainty(self, model: Any, dataset: Dataset,
                             transformers: list = [],  # noqa: B006 (DeepChem signature)
                             drop_modalities: Iterable[str] = ()) -> tuple[np.ndarray, np.ndarray]:
-        """``model.predict_uncertainty(dataset, ...)`` with each row's std times the factor of
-        the modalities present in it (after ``drop_modalities``)."""
+        """``model.predict_uncertainty(dataset, ...)`` (regression) with each row's std times
+        the factor of the modalities present in it (after ``drop_modalities``)."""
+        _check_regression(model)
+        factors = self.factors(model, dataset, drop_modalities)
         prediction, std = model.predict_uncertainty(dataset, transformers=transformers,
                                                     kind=self.kind,
                                                     drop_modalities=drop_modalities)
-        factors = self.for_rows(_present(model, dataset, drop_modalities), dataset.ids)
         return prediction, std * factors.reshape(-1, *([1] * (std.ndim - 1)))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (keep it beside the model folder); :meth:`from_dict` reads it back."""
         return {"kind": self.kind, "modality_names": list(self.modality_names),
-                "scales": [{"present": list(k), "scale": v, "n_entries": self.n_entries[k]}
+                "scales": [{"present": list(k), "scale": v, "n_entries": self.n_entries.get(k)}
                            for k, v in self.scales.items()]}
 
     @classmethod
@@ -90,13 +102,14 @@ class StdScales:
         entries = [(tuple(e["present"]), e) for e in data["scales"]]
         return cls(data["kind"], tuple(data["modality_names"]),
                    {k: float(e["scale"]) for k, e in entries},
-                   {k: int(e["n_entries"]) for k, e in entries})
+                   {k: int(e["n_entries"]) for k, e in entries
+                    if e.get("n_entries") is not None})
 
     def to_frame(self) -> pd.DataFrame:
         """One row per fitted pattern: ``present``, ``scale``, ``n_entries``."""
         return pd.DataFrame({"present": ["+".join(k) for k in self.scales],
                              "scale": list(self.scales.values()),
-                             "n_entries": [self.n_entries[k] for k in self.scales]})
+                             "n_entries": [self.n_entries.get(k) for k in self.scales]})
 
 
 def pattern_of(present_row: np.ndarray, names: Iterable[str]) -> Pattern:
@@ -150,14 +163,14 @@ def calibration_report(model: Any, dataset: Dataset, transformers: list = [],  #
     ...                    drop_modalities=["graph", "smiles"])["within_1sigma"]
     0.66
     """
-    if isinstance(std_scale, StdScales) and std_scale.kind != kind:
-        raise ValueError(f"std_scale was fitted for kind={std_scale.kind!r}, not {kind!r}")
-    error, sigma, keep, present = _errors_and_stds(model, dataset, transformers, kind,
-                                                   drop_modalities)
     if isinstance(std_scale, StdScales):
-        sigma = sigma * std_scale.for_rows(present, dataset.ids)[:, None]
+        if std_scale.kind != kind:
+            raise ValueError(f"std_scale was fitted for kind={std_scale.kind!r}, not {kind!r}")
+        factors = std_scale.factors(model, dataset, drop_modalities)[:, None]
     else:
-        sigma = sigma * std_scale
+        factors = std_scale
+    error, sigma, keep, _ = _errors_and_stds(model, dataset, transformers, kind, drop_modalities)
+    sigma = sigma * factors
     error, sigma = error[keep], sigma[keep]
     return {"n": int(error.size),
             "within_1sigma": float(np.mean(error <= sigma)),
@@ -223,24 +236,27 @@ def fit_std_scales(model: Any, dataset: Dataset, transformers: list = [],  # noq
     4               ecfp   2.39        113
     >>> prediction, std = scales.predict_uncertainty(model, test, transformers)  # doctest: +SKIP
     """
-    names = tuple(model.modality_names)
+    names = _model_modalities(model, "fit_std_scales")
     squares: dict[Pattern, list[np.ndarray]] = {}
+    counted: set[tuple[int, Pattern]] = set()
     for removed in [()] + _removal_patterns(patterns, names):
         error, sigma, keep, present = _errors_and_stds(model, dataset, transformers, kind,
                                                        removed)
         ratio = (error / sigma) ** 2
         for i, row in enumerate(present):
             key = pattern_of(row, names)
-            if key:
+            # a row already missing what this pattern removes gives the same prediction again
+            if key and (i, key) not in counted:
+                counted.add((i, key))
                 squares.setdefault(key, []).append(ratio[i][keep[i]])
-    counted = {k: np.concatenate(v) for k, v in squares.items()}
-    small = {"+".join(k): v.size for k, v in counted.items() if v.size < min_entries}
+    pooled = {k: np.concatenate(v) for k, v in squares.items()}
+    small = {"+".join(k): v.size for k, v in pooled.items() if v.size < min_entries}
     if small:
         raise ValueError(f"Too few labelled entries to fit a std scale for {small} (min_entries="
                          f"{min_entries}): fit on a larger validation set")
-    order = sorted(counted, key=lambda k: (-len(k), [names.index(n) for n in k]))
-    return StdScales(kind, names, {k: float(np.sqrt(counted[k].mean())) for k in order},
-                     {k: int(counted[k].size) for k in order})
+    order = sorted(pooled, key=lambda k: (-len(k), [names.index(n) for n in k]))
+    return StdScales(kind, names, {k: float(np.sqrt(pooled[k].mean())) for k in order},
+                     {k: int(pooled[k].size) for k in order})
 
 
 def _removal_patterns(patterns: str | Iterable[Iterable[str]],
@@ -254,11 +270,26 @@ def _removal_patterns(patterns: str | Iterable[Iterable[str]],
     for pattern in patterns:
         removed = (pattern,) if isinstance(pattern, str) else tuple(pattern)
         unknown = [n for n in removed if n not in names]
-        if unknown or not removed:
+        if unknown or not removed or set(removed) >= set(names):
             raise ValueError(f"Pattern {list(removed)}: give a non-empty list of the model's "
-                             f"modalities {list(names)} to remove (unknown: {unknown})")
+                             f"modalities {list(names)} to remove, leaving at least one "
+                             f"(unknown: {unknown})")
         out.append(removed)
     return out
+
+
+def _model_modalities(model: Any, what: str) -> tuple[str, ...]:
+    names = tuple(getattr(model, "modality_names", ()))
+    if not names:
+        raise ValueError(f"{what} needs a deepfuse model (one with modality_names); "
+                         f"{type(model).__name__} has no modalities to group rows by")
+    return names
+
+
+def _check_regression(model: Any) -> None:
+    if getattr(model, "mode", "regression") != "regression":
+        raise ValueError("calibration_report scores regression models; for classification use "
+                         "predict_uncertainty(kind='vacuity') or a reliability diagram")
 
 
 def _present(model: Any, dataset: Dataset, drop_modalities: Iterable[str] = ()) -> np.ndarray:
@@ -277,10 +308,10 @@ def _errors_and_stds(model: Any, dataset: Dataset, transformers: list, kind: str
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``|y - prediction|`` and the std, ``(N, T)`` in label units, the mask of labelled entries
     ``(N, T)`` and the presence of the model's modalities ``(N, M)``."""
-    if getattr(model, "mode", "regression") != "regression":
-        raise ValueError("calibration_report scores regression models; for classification use "
-                         "predict_uncertainty(kind='vacuity') or a reliability diagram")
+    _check_regression(model)
     drop_modalities = tuple(drop_modalities)
+    if drop_modalities:
+        _model_modalities(model, "drop_modalities")
     # only deepfuse models take drop_modalities; a DeepChem model is called the DeepChem way
     extra = {"drop_modalities": drop_modalities} if drop_modalities else {}
     prediction, std = model.predict_uncertainty(dataset, transformers=transformers, kind=kind,

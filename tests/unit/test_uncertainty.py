@@ -347,9 +347,10 @@ def test_std_scales_group_rows_by_what_they_have(evidential_late, tiny_dataset):
     without = int(sum(not x.present("smiles") for x in half.X))
     assert 0 < without < len(half)
     scales = fit_std_scales(evidential_late, half, patterns=[["smiles"]])
-    # rows missing SMILES already are ecfp+graph rows in both predictions
+    # a row missing SMILES already is an ecfp+graph row, counted once although both
+    # predictions (as it is, and with SMILES removed) see it that way
     assert scales.n_entries == {("ecfp", "graph", "smiles"): len(half) - without,
-                                ("ecfp", "graph"): len(half) + without}
+                                ("ecfp", "graph"): len(half)}
     with pytest.raises(ValueError, match=r"No std scale was fitted for rows with present "
                                          r"modalities \[\['ecfp'\]\]"):
         scales.predict_uncertainty(evidential_late, half, drop_modalities=["graph", "smiles"])
@@ -364,6 +365,19 @@ def test_std_scales_refuse_bad_requests(evidential_late, tiny_dataset):
     assert isinstance(scales, StdScales) and list(scales.scales) == [("ecfp", "graph", "smiles")]
     with pytest.raises(ValueError, match="fitted for kind='aleatoric'"):
         calibration_report(evidential_late, tiny_dataset, std_scale=scales)
+    with pytest.raises(ValueError, match="leaving at least one"):
+        fit_std_scales(evidential_late, tiny_dataset, patterns=[["ecfp", "graph", "smiles"]])
+    # factors read presence columns by name: scales of another model (or order) are refused
+    other_order = StdScales("aleatoric", ("smiles", "graph", "ecfp"), dict(scales.scales))
+    with pytest.raises(ValueError, match=r"fitted for a model with modalities \['smiles'"):
+        calibration_report(evidential_late, tiny_dataset, kind="aleatoric",
+                           std_scale=other_order)
+    # a DeepChem model has no modalities to group rows by
+    plain = dc.models.MultitaskRegressor(1, 128)
+    with pytest.raises(ValueError, match="needs a deepfuse model"):
+        fit_std_scales(plain, tiny_dataset)
+    with pytest.raises(ValueError, match="needs a deepfuse model"):
+        calibration_report(plain, tiny_dataset, drop_modalities=["graph"])
 
 def test_save_restore_keeps_uncertainty_config(tiny_dataset, small_featurizer, tiny_model_kwargs,
                                                model_dir, caplog):
