@@ -546,13 +546,15 @@ def run_one(name: str, data: PreparedDataset, seed: int, budget: dict[str, Any],
                 name, len(data.tasks), data.mode, seed, budget, train, valid, test,
                 data.transformers)
             record.update(model_class="SklearnModel", epochs=None, eval_every=None,
-                          best_epoch=None, selection="none (no epochs)", history=[])
+                          best_epoch=None, selection="none (no epochs)", history=[],
+                          device="cpu")
         else:
             model, result = _train_resumable(name, data, seed, budget, model_dir, progress)
             valid_m = wf.evaluate(model, valid, data.transformers, data.mode)[0]
             test_m = wf.evaluate(model, test, data.transformers, data.mode)[0]
             fit_s = result.train_time_s
             record.update(model_class=type(model).__name__, epochs=budget["epochs"],
+                          device=str(model.device),  # DeepChem's default: CUDA when present
                           eval_every=budget["eval_every"], best_epoch=result.best_epoch,
                           selection=f"best validation {result.score_name}",
                           history=[{"epoch": h["epoch"], "score": h["score"]}
@@ -868,7 +870,8 @@ def format_markdown(payload: dict[str, Any]) -> str:
         "balancing for any model. Regression: labels normalized on train, metrics in original "
         "units.",
         f"- Machine: {env.get('cpu_count', '?')} CPU cores shared with other jobs, "
-        f"torch threads {settings.get('threads', '?')}; times are wall clock and noisy.",
+        f"torch threads {settings.get('threads', '?')}; times are wall clock and noisy. "
+        + device_text(runs, env),
         "",
     ]
     reg = [d for d in ordered_datasets(runs, datasets) if not higher(d)]
@@ -928,6 +931,16 @@ def format_markdown(payload: dict[str, Any]) -> str:
     if notes:
         lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"
+
+
+def device_text(runs: Sequence[dict[str, Any]], env: dict[str, Any]) -> str:
+    """Where the runs trained: the GPU named when any deepfuse/DeepChem run used CUDA."""
+    devices = sorted({r["device"] for r in runs if r.get("device")})
+    if not any(d.startswith("cuda") for d in devices):
+        return "No GPU" + (" used (CUDA was available)." if env.get("gpu") else ".")
+    return (f"GPU: {env.get('gpu') or 'CUDA'}. deepfuse and DeepChem neural models ran on "
+            f"{', '.join(d for d in devices if d != 'cpu')} (the random forest on CPU; chemprop "
+            "on its Lightning default device).")
 
 
 def skipped_notes(runs: Sequence[dict[str, Any]]) -> list[str]:
@@ -1064,7 +1077,8 @@ def _environment() -> dict[str, Any]:
     return {"deepfuse": __version__, "deepchem": dc.__version__, "torch": torch.__version__,
             "rdkit": rdkit.__version__, "sklearn": sklearn.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
-            "cpu_count": os.cpu_count()}
+            "cpu_count": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 NOTES = [

@@ -258,7 +258,9 @@ def bench_training(datasets: dict[str, Any], epochs: int, scratch: str, progress
     timings = fb.time_interleaved(fits, epochs)
     n = len(next(iter(datasets.values())))
     records = {side: throughput(n, t) for side, t in timings.items()}
-    return {"n_molecules": n, "epochs_timed": epochs, "warmup_epochs": 1, **records}, models
+    devices = {side: str(m.device) for side, m in {**models, "dynamic_bucketed": bucketed}.items()}
+    return {"n_molecules": n, "epochs_timed": epochs, "warmup_epochs": 1, "devices": devices,
+            **records}, models
 
 
 def bench_inference(models: dict[str, Any], datasets: dict[str, Any], latency_calls: int,
@@ -464,7 +466,9 @@ def machine() -> dict[str, Any]:
     info: dict[str, Any] = {"cpu_count": os.cpu_count(), "cpu": _cpu_model(),
                             "platform": platform.platform(), "python": platform.python_version(),
                             "torch_threads": torch.get_num_threads(),
-                            "cuda": torch.cuda.is_available()}
+                            "cuda": torch.cuda.is_available(),
+                            "gpu": (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+                                    else None)}
     try:
         import psutil
 
@@ -697,6 +701,16 @@ def _ratio_text(row: dict[str, Any]) -> str:
     return f"**{ratio:.2f}x** ({'faster' if ratio >= 1 else 'slower'})"
 
 
+def _device_text(machine_info: dict[str, Any], devices: dict[str, str]) -> str:
+    """Which device trained and ran the models (host RSS only in the memory rows)."""
+    used = sorted({d for d in devices.values() if d.startswith("cuda")})
+    if used:
+        return (f", GPU {machine_info.get('gpu') or 'CUDA'}: training and inference ran on "
+                f"{', '.join(used)} (featurization on CPU; the memory rows are host RSS, not GPU "
+                "memory)")
+    return ", CUDA available (not used)" if machine_info.get("cuda") else ", no GPU"
+
+
 def format_markdown(result: dict[str, Any], out_dir: str | None = None) -> str:
     """The table and the method notes (plus ``<out_dir>/profiles/SUMMARY.md`` when present)."""
     m = result["machine"]
@@ -705,7 +719,7 @@ def format_markdown(result: dict[str, Any], out_dir: str | None = None) -> str:
              f"One run on one machine: {m['cpu']}, {m['cpu_count']} CPU cores"
              + (f", {m['memory_gib']} GiB RAM" if "memory_gib" in m else "")
              + f", {m['platform']}, torch threads {m['torch_threads']}"
-             + (", CUDA available (not used)" if m.get("cuda") else ", no GPU") + ".",
+             + _device_text(m, result.get("training", {}).get("devices", {})) + ".",
              "Load average (1/5/15 min) before each section: "
              + "; ".join(f"{k} {'/'.join(f'{x:.2f}' for x in v)}" for k, v in loads.items() if v)
              + ". The machine is shared with other jobs: treat the figures as noisy.", "",

@@ -35,6 +35,8 @@ def test_bench_speed_tiny_run_writes_json_and_markdown(tiny_hiv_data_dir: Path, 
     assert training["n_molecules"] == 40 and training["epochs_timed"] == 1
     assert training["chemprop"]["status"].startswith("not measured: skipped")
     assert training["dynamic_bucketed"]["mol_per_s"] > 0
+    expected_device = "cuda" if result["machine"]["cuda"] else "cpu"
+    assert {d.split(":")[0] for d in training["devices"].values()} == {expected_device}
     assert [r["peer"] for r in result["rows"] if "bucketed" in r["measurement"]] == [
         speed.LABELS["dynamic"], speed.LABELS["dmpnn"]]
     assert result["inference"]["batch_1"]["dynamic"]["calls"] == 3
@@ -54,6 +56,14 @@ def test_bench_speed_tiny_run_writes_json_and_markdown(tiny_hiv_data_dir: Path, 
     assert "| measurement |" in markdown and "not measured: skipped" in markdown
     assert "Load average" in markdown
     assert "peak memory, featurizing 40 HIV molecules" in capsys.readouterr().out
+
+
+def test_header_names_the_gpu_that_ran_the_models():
+    gpu = {"cuda": True, "gpu": "NVIDIA H100 80GB HBM3"}
+    text = speed._device_text(gpu, {"dynamic": "cuda:0", "dmpnn": "cuda:0"})
+    assert text.startswith(", GPU NVIDIA H100 80GB HBM3: training and inference ran on cuda:0")
+    assert speed._device_text(gpu, {"dynamic": "cpu"}) == ", CUDA available (not used)"
+    assert speed._device_text({"cuda": False}, {"dynamic": "cpu"}) == ", no GPU"
 
 
 def test_chemprop_row_says_why_it_was_not_measured(tmp_path: Path, monkeypatch):
