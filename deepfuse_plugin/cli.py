@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--n-jobs", type=_positive_int, default=1, help="featurization processes")
     train.add_argument("--out", required=True, help="run folder to write")
+    train.add_argument("--uncertainty", choices=["evidential"], default=None,
+                       help="predict a distribution: 'predict' then writes <task>_std "
+                            "(regression: rescaled per set of present modalities on the "
+                            "validation split)")
     train.add_argument("--resume", action="store_true",
                        help="continue an interrupted run in OUT from its last finished epoch "
                             "(same data and settings; otherwise OUT/model starts over)")
@@ -286,7 +290,7 @@ def _run(args: argparse.Namespace) -> int:
                                 epochs=args.epochs, batch_size=args.batch_size,
                                 learning_rate=args.learning_rate, eval_every=args.eval_every,
                                 seed=args.seed, n_jobs=args.n_jobs, resume=args.resume,
-                                progress=progress)
+                                uncertainty=args.uncertainty, progress=progress)
         training = record["training"]
         print(f"Trained {record['model_class']} ({'+'.join(record['modalities'])}) on "
               f"{record['data']['n_train']} molecules; best epoch {training['best_epoch']} of "
@@ -295,6 +299,11 @@ def _run(args: argparse.Namespace) -> int:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in record["metrics"][split].items()
                               if k != "n" and v is not None)
             print(f"  {split} (n={record['metrics'][split].get('n', 0)}): {shown}")
+        calibration = (record.get("uncertainty") or {}).get("test_calibration")
+        if calibration:
+            print("  test errors within 1 std: {:.0%} as predicted, {:.0%} rescaled per input "
+                  "(a Gaussian: 68%)".format(calibration["as_predicted"]["within_1sigma"],
+                                             calibration["rescaled"]["within_1sigma"]))
         print(f"Saved run folder {args.out} (model/, deepfuse_run.json, metrics.json)")
     elif args.command == "predict":
         from deepfuse_plugin.workflows import predict_from_csv

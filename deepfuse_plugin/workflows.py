@@ -12,6 +12,9 @@ A run folder written by :func:`train_from_csv` (and by ``deepfuse demo``) looks 
     DIR/deepfuse_run.json   model name, SMILES column, tasks, mode, modalities, featurizer settings,
                             y normalization (mean/std per task), split and training settings
     DIR/metrics.json        metrics on the valid and test splits (original label units)
+    DIR/std_scales.json     with ``--uncertainty evidential`` (regression): the std factor per set
+                            of present modalities, fitted on the validation split
+                            (:func:`~deepfuse_plugin.models.calibration.fit_std_scales`)
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 RUN_FILE = "deepfuse_run.json"
 METRICS_FILE = "metrics.json"
+STD_SCALES_FILE = "std_scales.json"
 RUN_FORMAT = 1
 
 #: ``--model`` name -> model class (or class name, looked up in ``deepfuse_plugin`` and then
@@ -578,7 +582,8 @@ def train_from_csv(csv: str, smiles_column: str, tasks: Sequence[str], out: str,
                    batch_size: int = 64, learning_rate: float = 1e-3, eval_every: int = 2,
                    seed: int = 0, featurizer_kwargs: dict[str, Any] | None = None,
                    model_kwargs: dict[str, Any] | None = None, n_jobs: int = 1,
-                   resume: bool = False, progress: bool = True) -> dict[str, Any]:
+                   resume: bool = False, uncertainty: str | None = None,
+                   progress: bool = True) -> dict[str, Any]:
     """Featurize a CSV, split it, train a fusion model with validation-based epoch selection and
     write a run folder to ``out`` (see the module docstring).
 
@@ -605,6 +610,12 @@ def train_from_csv(csv: str, smiles_column: str, tasks: Sequence[str], out: str,
         interrupted run there continues from its last finished epoch (same CSV and settings
         required: :class:`~deepfuse_plugin.resume.ResumeMismatchError` otherwise). Without it
         ``out/model`` starts over.
+    uncertainty: str, optional
+        ``"evidential"``: the model predicts a distribution (``predict`` then writes a
+        ``<task>_std`` column). For regression the std is rescaled per set of present modalities
+        on the validation split (``std_scales.json``; see
+        :func:`~deepfuse_plugin.models.calibration.fit_std_scales`), and the record gets the test
+        split's calibration.
 
     Returns
     -------
@@ -662,9 +673,10 @@ def train_from_csv(csv: str, smiles_column: str, tasks: Sequence[str], out: str,
 
     model_dir = os.path.join(out, "model") if continuing else fresh_model_dir(
         os.path.join(out, "model"))
+    extra = dict(model_kwargs or {}, **({"uncertainty": uncertainty} if uncertainty else {}))
     fusion = model_cls(n_tasks=len(tasks), modalities=featurizer.modalities, mode=mode,
                        batch_size=batch_size, learning_rate=learning_rate, model_dir=model_dir,
-                       progress=False, **(model_kwargs or {}))
+                       progress=False, **extra)
     result = train_with_validation(fusion, train, valid, epochs, eval_every, transformers, mode,
                                    model_dir, desc=f"{model} ({'+'.join(fusion.modality_names)})",
                                    progress=progress, resumable=True)
@@ -687,9 +699,39 @@ def train_from_csv(csv: str, smiles_column: str, tasks: Sequence[str], out: str,
                      "resumed_at_epochs": result.resumed_at},
         "metrics": metrics,
     }
+    if getattr(fusion, "uncertainty", None):
+        record["uncertainty"] = calibrate_run(fusion, valid, test, transformers, mode, out)
     write_json(os.path.join(out, RUN_FILE), record)
     write_json(os.path.join(out, METRICS_FILE), metrics)
     return record
+
+
+def calibrate_run(model: Any, valid: Any, test: Any, transformers: Sequence[Any], mode: str,
+                  out: str) -> dict[str, Any]:
+    """Fit the std factors of an evidential regression model on ``valid`` into
+    ``out/std_scales.json`` and report the test calibration before and after (the record's
+    ``uncertainty`` entry). Too few validation molecules for a factor: a warning, and the std is
+    used as predicted."""
+    from deepfuse_plugin.models.calibration import calibration_report, fit_std_scales
+
+    entry: dict[str, Any] = {"kind": model.uncertainty, "std_scales": None}
+    if mode != "regression":
+        return entry
+    path = os.path.join(out, STD_SCALES_FILE)
+    if os.path.exists(path):
+        os.remove(path)  # a factor of an earlier model in this folder must not survive
+    try:
+        scales = fit_std_scales(model, valid, list(transformers))
+    except ValueError as err:
+        logger.warning("No std factors fitted, the std is used as predicted: %s", err)
+        return entry
+    write_json(path, scales.to_dict())
+    entry["std_scales"] = STD_SCALES_FILE
+    if len(test):
+        entry["test_calibration"] = {
+            "as_predicted": calibration_report(model, test, list(transformers)),
+            "rescaled": calibration_report(model, test, list(transformers), std_scale=scales)}
+    return entry
 
 
 # -- deepfuse predict ----------------------------------------------------------------------------
@@ -721,6 +763,24 @@ def load_run(model_dir: str) -> tuple[Any, dict[str, Any]]:
     return model, record
 
 
+def predict_std(model: Any, dataset: Any, record: dict[str, Any], model_dir: str) -> np.ndarray:
+    """``(N, n_tasks)`` std of an evidential model's predictions in original units, rescaled
+    with the run's ``std_scales.json`` when it has one."""
+    from deepfuse_plugin.models.calibration import StdScales
+
+    if record.get("mode", model.mode) == "classification":
+        _, std = model.predict_uncertainty(dataset)
+        return std[..., 1].reshape(len(dataset), -1)  # the std of P(class 1)
+    path = os.path.join(model_dir, (record.get("uncertainty") or {}).get("std_scales") or "")
+    if os.path.isfile(path):
+        with open(path) as fh:
+            _, std = StdScales.from_dict(json.load(fh)).predict_uncertainty(model, dataset)
+    else:
+        _, std = model.predict_uncertainty(dataset)
+    scale = np.asarray((record.get("normalization") or {}).get("y_stds", 1.0))
+    return std.reshape(len(dataset), -1) * scale
+
+
 def predict_from_csv(model_dir: str, csv: str, smiles_column: str | None = None,
                      out: str | None = None, batch_size: int | None = None,
                      progress: bool = False) -> pd.DataFrame:
@@ -729,7 +789,10 @@ def predict_from_csv(model_dir: str, csv: str, smiles_column: str | None = None,
 
     Returns the input rows plus one ``<task>_pred`` column per task (regression: original units;
     classification: probability of class 1) and a ``deepfuse_status`` column (``"ok"`` or why the
-    row has no prediction). Written to ``out`` when given.
+    row has no prediction). An evidential model adds ``<task>_std``: the std of the prediction
+    (regression: original units, times the run's factor for the row's present modalities when
+    ``std_scales.json`` exists; classification: the Dirichlet std of P(class 1)). Written to
+    ``out`` when given.
     """
     from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
 
@@ -749,6 +812,7 @@ def predict_from_csv(model_dir: str, csv: str, smiles_column: str | None = None,
     ok, invalid = valid_smiles_mask(smiles)
     tasks, mode = record["tasks"], record["mode"]
     values = np.full((len(frame), len(tasks)), np.nan)
+    stds = np.full_like(values, np.nan) if getattr(model, "uncertainty", None) else None
     if ok.any():
         ids = [str(s) for s in frame.loc[ok, column]]
         dataset = make_dataset(featurizer.featurize(ids), None, None, ids)
@@ -756,9 +820,13 @@ def predict_from_csv(model_dir: str, csv: str, smiles_column: str | None = None,
         if mode == "regression":
             pred = denormalize(pred, record.get("normalization"))
         values[ok] = pred.reshape(int(ok.sum()), len(tasks))
+        if stds is not None:
+            stds[ok] = predict_std(model, dataset, record, model_dir)
     result = frame.copy()
     for t, task in enumerate(tasks):
         result[f"{task}_pred"] = values[:, t]
+        if stds is not None:
+            result[f"{task}_std"] = stds[:, t]
     result["deepfuse_status"] = np.where(ok, "ok", "invalid SMILES")
     if invalid:
         logger.warning("%d row(s) got no prediction because their SMILES cannot be parsed",

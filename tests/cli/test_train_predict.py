@@ -114,16 +114,23 @@ def test_predict_with_a_bare_model_folder(trained_run: Path, query_csv: Path, ca
         predict_from_csv(str(trained_run / "model"), str(query_csv))
 
 
-def test_classification_train_and_predict(classification_csv: Path, tmp_path: Path):
+@pytest.mark.parametrize("uncertainty", [None, "evidential"])
+def test_classification_train_and_predict(classification_csv: Path, tmp_path: Path, uncertainty):
     out = tmp_path / "clf"
     code = main(["--no-progress", "train", "--csv", str(classification_csv), "--smiles-column",
                  "smiles", "--tasks", "active", "--mode", "classification", "--split", "random",
-                 "--modalities", "ecfp,graph", *TRAIN_ARGS, "--out", str(out)])
+                 "--modalities", "ecfp,graph", *TRAIN_ARGS, "--out", str(out),
+                 *(["--uncertainty", uncertainty] if uncertainty else [])])
     assert code == 0
     record = json.loads((out / RUN_FILE).read_text())
     assert record["normalization"] is None and "roc_auc" in record["metrics"]["test"]
     frame = predict_from_csv(str(out), str(classification_csv))
     assert frame["active_pred"].between(0, 1).all()
+    if uncertainty:  # the Dirichlet std of P(active): a probability's std is at most 0.5
+        assert record["uncertainty"] == {"kind": "evidential", "std_scales": None}
+        assert frame["active_std"].between(0, 0.5, inclusive="neither").all()
+    else:
+        assert "active_std" not in frame and "uncertainty" not in record
 
 
 def test_missing_column_is_a_clear_error(regression_csv: Path, tmp_path: Path, capsys):
@@ -202,3 +209,60 @@ def test_resume_continues_an_interrupted_training(regression_csv: Path, tmp_path
     training = json.loads((out / RUN_FILE).read_text())["training"]
     assert training["resumed_at_epochs"] == [1]
     assert [h["epoch"] for h in training["history"]] == [1, 2]
+
+
+@pytest.fixture
+def larger_regression_csv(tmp_path: Path) -> Path:
+    """The 40 molecules three times (120 rows): a random split leaves 12 for validation."""
+    from tests.cli.conftest import CLI_SMILES, _labels
+
+    smiles = CLI_SMILES * 3
+    t1, t2 = _labels(smiles)
+    path = tmp_path / "larger.csv"
+    pd.DataFrame({"smi": smiles, "T1": t1, "T2": t2}).to_csv(path, index=False)
+    return path
+
+
+def test_evidential_run_predicts_a_std_rescaled_per_input(larger_regression_csv: Path,
+                                                          query_csv: Path, tmp_path: Path,
+                                                          capsys):
+    import deepchem as dc
+
+    from deepfuse_plugin import MultiModalFeaturizer, MultiModalTorchModel, StdScales
+
+    run = tmp_path / "run"
+    assert _train(larger_regression_csv, run, "--split", "random", "--uncertainty",
+                  "evidential") == 0
+    assert "test errors within 1 std" in capsys.readouterr().out
+    record = json.loads((run / RUN_FILE).read_text())
+    entry = record["uncertainty"]
+    assert entry["kind"] == "evidential" and entry["std_scales"] == "std_scales.json"
+    assert set(entry["test_calibration"]) == {"as_predicted", "rescaled"}
+    scales = StdScales.from_dict(json.loads((run / "std_scales.json").read_text()))
+    assert len(scales.scales) == 7  # every non-empty subset of ecfp, graph, smiles
+    preds = predict_from_csv(str(run), str(query_csv))
+    ok = (preds["deepfuse_status"] == "ok").to_numpy()
+    assert preds.loc[~ok, ["T1_std", "T2_std"]].isna().all().all()
+    # by hand: the model's std (normalized units) x the label std x the complete-input factor
+    model = MultiModalTorchModel.load(str(run / "model"), progress=False)
+    smiles = list(preds.loc[ok, "smi"])
+    dataset = dc.data.NumpyDataset(MultiModalFeaturizer(modalities=model.modalities,
+                                                        progress=False).featurize(smiles))
+    _, std = model.predict_uncertainty(dataset)
+    expected = (std.reshape(len(smiles), 2) * np.asarray(record["normalization"]["y_stds"])
+                * scales.scales[("ecfp", "graph", "smiles")])
+    np.testing.assert_allclose(preds.loc[ok, ["T1_std", "T2_std"]].to_numpy(), expected,
+                               rtol=1e-5)
+
+
+def test_evidential_run_without_enough_validation_keeps_the_std_as_predicted(
+        regression_csv: Path, query_csv: Path, tmp_path: Path, caplog):
+    run = tmp_path / "run"
+    with caplog.at_level(logging.WARNING):
+        assert _train(regression_csv, run, "--uncertainty", "evidential") == 0
+    assert "No std factors fitted" in caplog.text and "Too few labelled entries" in caplog.text
+    assert not (run / "std_scales.json").exists()
+    assert json.loads((run / RUN_FILE).read_text())["uncertainty"]["std_scales"] is None
+    preds = predict_from_csv(str(run), str(query_csv))
+    ok = preds["deepfuse_status"] == "ok"
+    assert (preds.loc[ok, ["T1_std", "T2_std"]].to_numpy() > 0).all()
