@@ -312,7 +312,7 @@ def _run(args: argparse.Namespace) -> int:
                                  args.batch_size, progress=progress)
         failed = int((frame["deepfuse_status"] != "ok").sum())
         print(f"Wrote {len(frame)} rows to {args.out} ({len(frame) - failed} predicted, {failed} "
-              f"with invalid SMILES left empty)")
+              f"left empty: invalid SMILES or no modality; see deepfuse_status)")
     elif args.command == "bench" and args.bench == "featurize":
         from deepfuse_plugin.bench.featurize import run_featurize_bench
 

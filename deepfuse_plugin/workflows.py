@@ -727,10 +727,12 @@ def calibrate_run(model: Any, valid: Any, test: Any, transformers: Sequence[Any]
         return entry
     write_json(path, scales.to_dict())
     entry["std_scales"] = STD_SCALES_FILE
-    if len(test):
+    try:
         entry["test_calibration"] = {
             "as_predicted": calibration_report(model, test, list(transformers)),
             "rescaled": calibration_report(model, test, list(transformers), std_scale=scales)}
+    except ValueError as err:  # e.g. an empty test split, or rows without a fitted factor
+        logger.warning("No test calibration in the record: %s", err)
     return entry
 
 
@@ -813,24 +815,39 @@ def predict_from_csv(model_dir: str, csv: str, smiles_column: str | None = None,
     tasks, mode = record["tasks"], record["mode"]
     values = np.full((len(frame), len(tasks)), np.nan)
     stds = np.full_like(values, np.nan) if getattr(model, "uncertainty", None) else None
+    status = np.where(ok, "ok", "invalid SMILES").astype(object)
     if ok.any():
-        ids = [str(s) for s in frame.loc[ok, column]]
-        dataset = make_dataset(featurizer.featurize(ids), None, None, ids)
+        rows = np.flatnonzero(ok)
+        X = featurizer.featurize([str(s) for s in frame.loc[ok, column]])
+        # a molecule none of whose modalities could be computed has nothing to predict from
+        usable = np.array([x.mask(model.modality_names).any() for x in X])
+        for i, x in zip(rows[~usable], X[~usable]):
+            status[i] = "no modality could be computed: " + "; ".join(
+                f"{name}: {reason}" for name, reason in x.missing_reasons.items())
+        rows = rows[usable]
+    if ok.any() and len(rows):
+        ids = [str(s) for s in frame.loc[rows, column]]
+        dataset = make_dataset(X[usable], None, None, ids)
         pred = predict_original_units(model, dataset, [], mode)
         if mode == "regression":
             pred = denormalize(pred, record.get("normalization"))
-        values[ok] = pred.reshape(int(ok.sum()), len(tasks))
+        values[rows] = pred.reshape(len(rows), len(tasks))
         if stds is not None:
-            stds[ok] = predict_std(model, dataset, record, model_dir)
+            stds[rows] = predict_std(model, dataset, record, model_dir)
     result = frame.copy()
     for t, task in enumerate(tasks):
         result[f"{task}_pred"] = values[:, t]
         if stds is not None:
             result[f"{task}_std"] = stds[:, t]
-    result["deepfuse_status"] = np.where(ok, "ok", "invalid SMILES")
+    result["deepfuse_status"] = status
     if invalid:
         logger.warning("%d row(s) got no prediction because their SMILES cannot be parsed",
                        len(invalid))
+    unusable = [i for i, s in enumerate(status) if s.startswith("no modality")]
+    if unusable:
+        logger.warning("%d row(s) got no prediction because none of the model's modalities "
+                       "could be computed (rows %s; see deepfuse_status)", len(unusable),
+                       unusable[:10])
     if out:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         result.to_csv(out, index=False)

@@ -45,7 +45,6 @@ import hashlib
 import logging
 import math
 import os
-import shutil
 import statistics
 import tempfile
 import time

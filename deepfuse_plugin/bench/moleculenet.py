@@ -613,7 +613,8 @@ def run_chemprop_peer(name: str, data: PreparedDataset, seed: int, budget: dict[
 
     record = run_header(name, data, seed)
     record.update(model_class="chemprop.models.MPNN", epochs=budget["epochs"], eval_every=1,
-                  selection=cp.SELECTION, best_epoch=None, history=[], hyperparameters={})
+                  selection=cp.SELECTION, best_epoch=None, history=[], hyperparameters={},
+                  device="cpu")  # run_chemprop passes --accelerator cpu
     if setup.executable is None:
         return skipped_record(record, f"chemprop environment unavailable: {setup.reason}")
     _, valid, test = data.parts["multimodal"]  # the rows of the exported CSVs, in their order
@@ -939,8 +940,8 @@ def device_text(runs: Sequence[dict[str, Any]], env: dict[str, Any]) -> str:
     if not any(d.startswith("cuda") for d in devices):
         return "No GPU" + (" used (CUDA was available)." if env.get("gpu") else ".")
     return (f"GPU: {env.get('gpu') or 'CUDA'}. deepfuse and DeepChem neural models ran on "
-            f"{', '.join(d for d in devices if d != 'cpu')} (the random forest on CPU; chemprop "
-            "on its Lightning default device).")
+            f"{', '.join(d for d in devices if d != 'cpu')} (the random forest and chemprop, "
+            "run with `--accelerator cpu`, on CPU).")
 
 
 def skipped_notes(runs: Sequence[dict[str, Any]]) -> list[str]:

@@ -69,8 +69,6 @@ def _mlp(n_tasks: int, mode: str, model_dir: str, seed: int, budget: dict[str, A
 
 
 def _dmpnn(n_tasks: int, mode: str, model_dir: str, seed: int, budget: dict[str, Any]) -> Any:
-    import deepchem as dc
-
     kwargs: dict[str, Any] = dict(mode=mode, n_tasks=n_tasks, batch_size=budget["batch_size"],
                                   learning_rate=budget["learning_rate"], model_dir=model_dir)
     if mode == "classification":

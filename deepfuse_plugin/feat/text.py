@@ -554,7 +554,7 @@ class TextEmbedder:
             enc = tok(strings, padding=True, truncation=True, max_length=self.max_length,
                       return_offsets_mapping=True, return_tensors="pt")
             offsets = enc.pop("offset_mapping").numpy()
-            special = enc.pop("special_tokens_mask", None)
+            enc.pop("special_tokens_mask", None)  # not a model input
             with torch.no_grad():
                 hidden = self._model(**{k: v.to(self.device) for k, v in enc.items()}
                                      ).last_hidden_state.float().cpu().numpy()

@@ -6,7 +6,6 @@ output types, checkpoints, configuration checks and named predictions live here.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math

@@ -9,7 +9,6 @@ from torch import Tensor, nn
 from deepfuse_plugin.modalities import Modality
 from deepfuse_plugin.nn.encoders import build_encoder
 from deepfuse_plugin.nn.fusion import FusionOutput, sample_modality_drop
-from deepfuse_plugin.nn.heads import TaskHead
 
 
 class NetworkOutput(NamedTuple):

@@ -102,7 +102,7 @@ def test_json_records_every_run(tiny_run):
         assert run["metric"] == ("roc_auc" if run["dataset"] == "bbbp" else "rmse")
         assert run["train_time_s"] > 0
         assert run["hyperparameters"]
-        neural_on_gpu = torch.cuda.is_available() and run["model"] != "dc_rf"
+        neural_on_gpu = torch.cuda.is_available() and run["model"] not in ("dc_rf", "chemprop")
         assert run["device"].split(":")[0] == ("cuda" if neural_on_gpu else "cpu")
         if run["model"] == "dc_rf":
             assert run["best_epoch"] is None and run["hyperparameters"]["n_estimators"] == 500
@@ -134,10 +134,11 @@ def test_machine_line_names_the_gpu_the_runs_used():
     cpu_runs = [{"model": "dc_rf", "device": "cpu"}, {"model": "dynamic", "device": "cpu"}]
     assert mn.device_text(cpu_runs, {"gpu": None}) == "No GPU."
     assert mn.device_text(cpu_runs, {"gpu": "NVIDIA H100"}) == "No GPU used (CUDA was available)."
-    gpu_runs = [{"model": "dc_rf", "device": "cpu"}, {"model": "dynamic", "device": "cuda:0"}]
+    # DeepChem's TorchModel picks torch.device("cuda"), without an index
+    gpu_runs = [{"model": "dc_rf", "device": "cpu"}, {"model": "dynamic", "device": "cuda"}]
     text = mn.device_text(gpu_runs, {"gpu": "NVIDIA H100 80GB HBM3"})
     assert text.startswith("GPU: NVIDIA H100 80GB HBM3. deepfuse and DeepChem neural models ran "
-                           "on cuda:0 (the random forest on CPU")
+                           "on cuda (the random forest and chemprop")
 
 
 def test_unavailable_chemprop_is_a_skipped_row_not_a_crash(tiny_molnet_dir, tmp_path,

@@ -60,8 +60,8 @@ def test_bench_speed_tiny_run_writes_json_and_markdown(tiny_hiv_data_dir: Path, 
 
 def test_header_names_the_gpu_that_ran_the_models():
     gpu = {"cuda": True, "gpu": "NVIDIA H100 80GB HBM3"}
-    text = speed._device_text(gpu, {"dynamic": "cuda:0", "dmpnn": "cuda:0"})
-    assert text.startswith(", GPU NVIDIA H100 80GB HBM3: training and inference ran on cuda:0")
+    text = speed._device_text(gpu, {"dynamic": "cuda", "dmpnn": "cuda"})
+    assert text.startswith(", GPU NVIDIA H100 80GB HBM3: training and inference ran on cuda ")
     assert speed._device_text(gpu, {"dynamic": "cpu"}) == ", CUDA available (not used)"
     assert speed._device_text({"cuda": False}, {"dynamic": "cpu"}) == ", no GPU"
 

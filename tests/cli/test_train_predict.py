@@ -12,6 +12,7 @@ import pytest
 from deepfuse_plugin.cli import main
 from deepfuse_plugin.workflows import (METRICS_FILE, RUN_FILE, WorkflowError, predict_from_csv,
                                        read_csv_checked, resolve_model_class)
+from tests.cli.conftest import BAD_SMILES
 from tests.conftest import killed_after_epoch
 
 TRAIN_ARGS = ["--epochs", "2", "--eval-every", "1", "--batch-size", "16"]
@@ -62,7 +63,7 @@ def test_predict_keeps_every_row_and_undoes_normalization(trained_run: Path, que
     code = main(["--no-progress", "predict", "--model-dir", str(trained_run), "--csv",
                  str(query_csv), "--out", str(out)])
     assert code == 0
-    assert "2 with invalid SMILES" in capsys.readouterr().out
+    assert "2 left empty: invalid SMILES or no modality" in capsys.readouterr().out
     preds = pd.read_csv(out)
     assert list(preds["id"]) == ["a", "b", "c", "d"]          # input rows kept, in order
     assert {"T1_pred", "T2_pred", "deepfuse_status"} <= set(preds.columns)
@@ -223,46 +224,75 @@ def larger_regression_csv(tmp_path: Path) -> Path:
     return path
 
 
-def test_evidential_run_predicts_a_std_rescaled_per_input(larger_regression_csv: Path,
-                                                          query_csv: Path, tmp_path: Path,
-                                                          capsys):
+def _std_by_hand(run: Path, smiles: list[str], factors: list[float]) -> np.ndarray:
+    """The model's std (normalized units) x the label std x each row's factor."""
     import deepchem as dc
 
-    from deepfuse_plugin import MultiModalFeaturizer, MultiModalTorchModel, StdScales
+    from deepfuse_plugin import MultiModalFeaturizer, MultiModalTorchModel
+
+    record = json.loads((run / RUN_FILE).read_text())
+    model = MultiModalTorchModel.load(str(run / "model"), progress=False)
+    dataset = dc.data.NumpyDataset(MultiModalFeaturizer(modalities=model.modalities,
+                                                        progress=False).featurize(smiles))
+    _, std = model.predict_uncertainty(dataset)
+    return (std.reshape(len(smiles), -1) * np.asarray(record["normalization"]["y_stds"])
+            * np.asarray(factors).reshape(-1, 1))
+
+
+def test_evidential_run_predicts_a_std_rescaled_per_input(larger_regression_csv: Path,
+                                                          tmp_path: Path, capsys):
+    from deepfuse_plugin import StdScales
 
     run = tmp_path / "run"
-    assert _train(larger_regression_csv, run, "--split", "random", "--uncertainty",
-                  "evidential") == 0
+    assert _train(larger_regression_csv, run, "--split", "random", "--modalities",
+                  "ecfp,selfies", "--uncertainty", "evidential") == 0
     assert "test errors within 1 std" in capsys.readouterr().out
     record = json.loads((run / RUN_FILE).read_text())
     entry = record["uncertainty"]
     assert entry["kind"] == "evidential" and entry["std_scales"] == "std_scales.json"
     assert set(entry["test_calibration"]) == {"as_predicted", "rescaled"}
     scales = StdScales.from_dict(json.loads((run / "std_scales.json").read_text()))
-    assert len(scales.scales) == 7  # every non-empty subset of ecfp, graph, smiles
-    preds = predict_from_csv(str(run), str(query_csv))
-    ok = (preds["deepfuse_status"] == "ok").to_numpy()
-    assert preds.loc[~ok, ["T1_std", "T2_std"]].isna().all().all()
-    # by hand: the model's std (normalized units) x the label std x the complete-input factor
-    model = MultiModalTorchModel.load(str(run / "model"), progress=False)
-    smiles = list(preds.loc[ok, "smi"])
-    dataset = dc.data.NumpyDataset(MultiModalFeaturizer(modalities=model.modalities,
-                                                        progress=False).featurize(smiles))
-    _, std = model.predict_uncertainty(dataset)
-    expected = (std.reshape(len(smiles), 2) * np.asarray(record["normalization"]["y_stds"])
-                * scales.scales[("ecfp", "graph", "smiles")])
-    np.testing.assert_allclose(preds.loc[ok, ["T1_std", "T2_std"]].to_numpy(), expected,
+    assert list(scales.scales) == [("ecfp", "selfies"), ("ecfp",), ("selfies",)]
+    # SELFIES cannot encode the dummy atom of "*CC": that row is predicted from ECFP alone,
+    # and its std gets ECFP's factor
+    query = tmp_path / "query.csv"
+    pd.DataFrame({"smi": ["CCOCC", "*CC", BAD_SMILES]}).to_csv(query, index=False)
+    preds = predict_from_csv(str(run), str(query))
+    assert list(preds["deepfuse_status"]) == ["ok", "ok", "invalid SMILES"]
+    assert preds.loc[2, ["T1_std", "T2_std"]].isna().all()
+    expected = _std_by_hand(run, ["CCOCC", "*CC"], [scales.scales[("ecfp", "selfies")],
+                                                    scales.scales[("ecfp",)]])
+    np.testing.assert_allclose(preds.loc[:1, ["T1_std", "T2_std"]].to_numpy(), expected,
                                rtol=1e-5)
+
+
+def test_a_row_without_any_modality_gets_a_status_not_a_prediction(larger_regression_csv: Path,
+                                                                   tmp_path: Path, caplog):
+    run = tmp_path / "run"
+    assert _train(larger_regression_csv, run, "--split", "random", "--modalities", "selfies",
+                  "--uncertainty", "evidential") == 0
+    query = tmp_path / "query.csv"
+    pd.DataFrame({"smi": ["CCOCC", "*CC"]}).to_csv(query, index=False)
+    with caplog.at_level(logging.WARNING):
+        preds = predict_from_csv(str(run), str(query))
+    assert preds.loc[0, "deepfuse_status"] == "ok"
+    assert preds.loc[1, "deepfuse_status"].startswith("no modality could be computed: selfies:")
+    assert preds.loc[1, ["T1_pred", "T2_pred", "T1_std", "T2_std"]].isna().all()
+    assert "none of the model's modalities could be computed (rows [1]" in caplog.text
 
 
 def test_evidential_run_without_enough_validation_keeps_the_std_as_predicted(
         regression_csv: Path, query_csv: Path, tmp_path: Path, caplog):
     run = tmp_path / "run"
+    run.mkdir()
+    (run / "std_scales.json").write_text("{}")  # an earlier run's factors must not survive
     with caplog.at_level(logging.WARNING):
         assert _train(regression_csv, run, "--uncertainty", "evidential") == 0
     assert "No std factors fitted" in caplog.text and "Too few labelled entries" in caplog.text
     assert not (run / "std_scales.json").exists()
     assert json.loads((run / RUN_FILE).read_text())["uncertainty"]["std_scales"] is None
     preds = predict_from_csv(str(run), str(query_csv))
-    ok = preds["deepfuse_status"] == "ok"
-    assert (preds.loc[ok, ["T1_std", "T2_std"]].to_numpy() > 0).all()
+    ok = (preds["deepfuse_status"] == "ok").to_numpy()
+    expected = _std_by_hand(run, list(preds.loc[ok, "smi"]), [1.0] * int(ok.sum()))
+    np.testing.assert_allclose(preds.loc[ok, ["T1_std", "T2_std"]].to_numpy(), expected,
+                               rtol=1e-5)
