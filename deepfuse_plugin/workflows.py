@@ -765,22 +765,31 @@ def load_run(model_dir: str) -> tuple[Any, dict[str, Any]]:
     return model, record
 
 
-def predict_std(model: Any, dataset: Any, record: dict[str, Any], model_dir: str) -> np.ndarray:
-    """``(N, n_tasks)`` std of an evidential model's predictions in original units, rescaled
-    with the run's ``std_scales.json`` when it has one."""
+def predict_with_std(model: Any, dataset: Any, record: dict[str, Any], model_dir: str
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(N, n_tasks)`` predictions in original units (classification: P(class 1)) and, for an
+    evidential model, their std from the same forward pass (regression: rescaled with the run's
+    ``std_scales.json`` when it has one; classification: the Dirichlet std of P(class 1)); the
+    std is None for other models."""
     from deepfuse_plugin.models.calibration import StdScales
 
-    if record.get("mode", model.mode) == "classification":
-        _, std = model.predict_uncertainty(dataset)
-        return std[..., 1].reshape(len(dataset), -1)  # the std of P(class 1)
+    mode, n = record.get("mode", model.mode), len(dataset)
+    if not getattr(model, "uncertainty", None):
+        pred = predict_original_units(model, dataset, [], mode)
+        return (denormalize(pred, record.get("normalization")) if mode == "regression"
+                else pred), None
+    if mode == "classification":
+        pred, std = model.predict_uncertainty(dataset)
+        return pred[..., 1].reshape(n, -1), std[..., 1].reshape(n, -1)
     path = os.path.join(model_dir, (record.get("uncertainty") or {}).get("std_scales") or "")
     if os.path.isfile(path):
         with open(path) as fh:
-            _, std = StdScales.from_dict(json.load(fh)).predict_uncertainty(model, dataset)
+            pred, std = StdScales.from_dict(json.load(fh)).predict_uncertainty(model, dataset)
     else:
-        _, std = model.predict_uncertainty(dataset)
-    scale = np.asarray((record.get("normalization") or {}).get("y_stds", 1.0))
-    return std.reshape(len(dataset), -1) * scale
+        pred, std = model.predict_uncertainty(dataset)
+    y_stds = np.asarray((record.get("normalization") or {}).get("y_stds", 1.0))
+    return (denormalize(pred.reshape(n, -1), record.get("normalization")),
+            std.reshape(n, -1) * y_stds)
 
 
 def predict_from_csv(model_dir: str, csv: str, smiles_column: str | None = None,
@@ -812,28 +821,26 @@ def predict_from_csv(model_dir: str, csv: str, smiles_column: str | None = None,
     featurizer = MultiModalFeaturizer(modalities=model.modalities, progress=progress)
     smiles = frame[column].tolist()
     ok, invalid = valid_smiles_mask(smiles)
-    tasks, mode = record["tasks"], record["mode"]
+    tasks = record["tasks"]
     values = np.full((len(frame), len(tasks)), np.nan)
     stds = np.full_like(values, np.nan) if getattr(model, "uncertainty", None) else None
     status = np.where(ok, "ok", "invalid SMILES").astype(object)
-    if ok.any():
-        rows = np.flatnonzero(ok)
-        X = featurizer.featurize([str(s) for s in frame.loc[ok, column]])
-        # a molecule none of whose modalities could be computed has nothing to predict from
-        usable = np.array([x.mask(model.modality_names).any() for x in X])
-        for i, x in zip(rows[~usable], X[~usable]):
-            status[i] = "no modality could be computed: " + "; ".join(
-                f"{name}: {reason}" for name, reason in x.missing_reasons.items())
-        rows = rows[usable]
-    if ok.any() and len(rows):
+    rows = np.flatnonzero(ok)
+    X = (featurizer.featurize([str(s) for s in frame.loc[ok, column]]) if len(rows)
+         else np.empty(0, dtype=object))
+    # a molecule none of whose modalities could be computed has nothing to predict from
+    usable = np.array([x.mask(model.modality_names).any() for x in X], dtype=bool)
+    for i, x in zip(rows[~usable], X[~usable]):
+        status[i] = "no modality could be computed: " + "; ".join(
+            f"{name}: {reason}" for name, reason in x.missing_reasons.items())
+    rows = rows[usable]
+    if len(rows):
         ids = [str(s) for s in frame.loc[rows, column]]
-        dataset = make_dataset(X[usable], None, None, ids)
-        pred = predict_original_units(model, dataset, [], mode)
-        if mode == "regression":
-            pred = denormalize(pred, record.get("normalization"))
+        pred, std = predict_with_std(model, make_dataset(X[usable], None, None, ids), record,
+                                     model_dir)
         values[rows] = pred.reshape(len(rows), len(tasks))
         if stds is not None:
-            stds[rows] = predict_std(model, dataset, record, model_dir)
+            stds[rows] = std
     result = frame.copy()
     for t, task in enumerate(tasks):
         result[f"{task}_pred"] = values[:, t]

@@ -22,6 +22,8 @@ import pandas as pd
 from deepchem.data import Dataset
 from deepchem.trans import undo_transforms
 
+from deepfuse_plugin.data.datasets import presence_frame
+
 #: Fraction of a Gaussian within 1 and 2 standard deviations of its mean.
 GAUSSIAN_WITHIN = {1: math.erf(1 / math.sqrt(2)), 2: math.erf(2 / math.sqrt(2))}
 
@@ -169,7 +171,7 @@ def calibration_report(model: Any, dataset: Dataset, transformers: list = [],  #
         factors = std_scale.factors(model, dataset, drop_modalities)[:, None]
     else:
         factors = std_scale
-    error, sigma, keep, _ = _errors_and_stds(model, dataset, transformers, kind, drop_modalities)
+    error, sigma, keep = _errors_and_stds(model, dataset, transformers, kind, drop_modalities)
     sigma = sigma * factors
     error, sigma = error[keep], sigma[keep]
     return {"n": int(error.size),
@@ -189,7 +191,7 @@ def fit_std_scale(model: Any, dataset: Dataset, transformers: list = [],  # noqa
     on ``dataset`` (``s^2 = mean((error / std)^2)``): fit it on a validation set, then pass it as
     ``calibration_report(..., std_scale=s)`` on the test set. ``s > 1``: the model is
     over-confident."""
-    error, sigma, keep, _ = _errors_and_stds(model, dataset, transformers, kind)
+    error, sigma, keep = _errors_and_stds(model, dataset, transformers, kind)
     return float(np.sqrt(np.mean((error[keep] / sigma[keep]) ** 2)))
 
 
@@ -240,10 +242,9 @@ def fit_std_scales(model: Any, dataset: Dataset, transformers: list = [],  # noq
     squares: dict[Pattern, list[np.ndarray]] = {}
     counted: set[tuple[int, Pattern]] = set()
     for removed in [()] + _removal_patterns(patterns, names):
-        error, sigma, keep, present = _errors_and_stds(model, dataset, transformers, kind,
-                                                       removed)
+        error, sigma, keep = _errors_and_stds(model, dataset, transformers, kind, removed)
         ratio = (error / sigma) ** 2
-        for i, row in enumerate(present):
+        for i, row in enumerate(_present(model, dataset, removed)):
             key = pattern_of(row, names)
             # a row already missing what this pattern removes gives the same prediction again
             if key and (i, key) not in counted:
@@ -293,21 +294,17 @@ def _check_regression(model: Any) -> None:
 
 
 def _present(model: Any, dataset: Dataset, drop_modalities: Iterable[str] = ()) -> np.ndarray:
-    """``(N, M)`` presence of the model's modalities in each row, after ``drop_modalities``
-    (``(N, 0)`` for a model without modalities, e.g. a DeepChem model)."""
-    names = list(getattr(model, "modality_names", ()))
-    if not names:
-        return np.zeros((len(dataset), 0), dtype=bool)
-    dropped = set(drop_modalities)
-    return np.stack([x.mask(names) & np.array([n not in dropped for n in names])
-                     for x in dataset.X])
+    """``(N, M)`` presence of the model's modalities in each row, after ``drop_modalities``."""
+    names = list(model.modality_names)
+    kept = np.array([n not in set(drop_modalities) for n in names])
+    return presence_frame(dataset, names).to_numpy() & kept
 
 
 def _errors_and_stds(model: Any, dataset: Dataset, transformers: list, kind: str,
                      drop_modalities: Iterable[str] = ()
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``|y - prediction|`` and the std, ``(N, T)`` in label units, the mask of labelled entries
-    ``(N, T)`` and the presence of the model's modalities ``(N, M)``."""
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``|y - prediction|`` and the std, ``(N, T)`` in label units, and the mask of labelled
+    entries ``(N, T)``."""
     _check_regression(model)
     drop_modalities = tuple(drop_modalities)
     if drop_modalities:
@@ -325,5 +322,4 @@ def _errors_and_stds(model: Any, dataset: Dataset, transformers: list, kind: str
     if not keep.any():
         raise ValueError("The dataset has no labelled entries (all weights 0 or labels NaN)")
     error = np.abs(np.nan_to_num(y) - prediction)
-    return (error, np.asarray(std, dtype=np.float64).reshape(n, -1), keep,
-            _present(model, dataset, drop_modalities))
+    return error, np.asarray(std, dtype=np.float64).reshape(n, -1), keep
