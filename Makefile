@@ -27,10 +27,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python -m pytest -q -ra --durations=15
 
-# reduced suite: BBBP + ESOL, seed 0, 30 epochs, every model -> benchmarks/moleculenet.{md,json,png}
+# reduced suite: BBBP + ESOL, seed 0, 30 epochs, every model -> benchmarks/moleculenet.{md,json,png};
+# runs in BENCH_PROCESSES worker processes (default: one per core, one torch thread each)
+BENCH_PROCESSES ?= $(shell nproc 2>/dev/null || echo 1)
 bench: $(STAMP)
 	$(BIN)/deepfuse bench featurize --data-dir $(DATA_DIR)
-	$(BIN)/deepfuse bench moleculenet --suite reduced --data-dir $(DATA_DIR) --out benchmarks
+	$(BIN)/deepfuse --threads 1 bench moleculenet --suite reduced --data-dir $(DATA_DIR) \
+		--out benchmarks --processes $(BENCH_PROCESSES)
 
 # full suite (7 datasets incl. HIV, seeds 0,1,2; hours on 2 CPU cores): resumable, run it in the
 # background; -> benchmarks/full/moleculenet.{md,json,png}. To use more processes or machines, run

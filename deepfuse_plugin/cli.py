@@ -7,6 +7,7 @@
     deepfuse predict --model-dir DIR --csv FILE [--smiles-column COL] [--out preds.csv]
     deepfuse bench featurize [--data-dir ../shared/data] [--n 3000]
     deepfuse bench moleculenet [--suite reduced|full] [--datasets bbbp,delaney] [--seeds 0,1,2]
+                               [--processes N]
     deepfuse bench merge benchmarks/full-hiv [...] --out benchmarks/full
     deepfuse bench crystals [--n-train 2000 --n-val 500 --n-test 500 | --full] [--epochs 15]
     deepfuse bench speed [--n-train 2000] [--epochs 2] [--n-memory N] [--no-chemprop] [--profile]
@@ -159,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     molnet.add_argument("--resume", action="store_true",
                         help="keep the runs already in OUT/moleculenet.json and skip them; "
                              "continue an interrupted run from its last finished epoch")
+    molnet.add_argument("--processes", type=_positive_int, default=1,
+                        help="run each dataset's runs in this many worker processes (Linux/"
+                        "macOS), each with torch threads / processes threads; results do not "
+                        "change (default: %(default)s)")
     molnet.add_argument("--limit", type=_positive_int, default=None,
                         help="first N molecules of each dataset (quick runs)")
     molnet.add_argument("--length-bucket-pool", type=int, default=0,
@@ -328,7 +333,8 @@ def _run(args: argparse.Namespace) -> int:
                               learning_rate=args.learning_rate, n_jobs=args.n_jobs,
                               cache_dir=args.cache_dir, resume=args.resume, limit=args.limit,
                               length_bucket_pool=args.length_bucket_pool,
-                              progress=progress, command=" ".join(["deepfuse", *sys.argv[1:]]))
+                              processes=args.processes, progress=progress,
+                              command=" ".join(["deepfuse", *sys.argv[1:]]))
     elif args.command == "bench" and args.bench == "merge":
         from deepfuse_plugin.bench.moleculenet import merge_results
 

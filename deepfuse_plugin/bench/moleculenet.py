@@ -34,7 +34,11 @@ the same molecules and split:
    ``<out>/unfinished/``; see :mod:`deepfuse_plugin.resume`); the table
    ``<out>/moleculenet.md`` (mean ± std over seeds, best per dataset in bold) and the plot
    ``<out>/moleculenet.png`` are rewritten from all the runs.
-5. **Merging.** Datasets or seeds run in parallel processes or on other machines, each with its
+5. **Parallel runs.** ``--processes N`` trains each dataset's runs in ``N`` forked worker
+   processes (:func:`run_many`), the dearest first; each run is seeded on its own, so the
+   results equal a one-process run's (a test checks it). On one machine this is the simple way
+   to use several cores: a run trains with one torch thread best here (see ``deepfuse --help``).
+6. **Merging.** Datasets or seeds run in separate processes or on other machines, each with its
    own ``--out``, are combined by :func:`merge_results` (``deepfuse bench merge SRC... --out
    DIR``), which requires the same shared settings and equal split files.
 
@@ -567,6 +571,65 @@ def run_one(name: str, data: PreparedDataset, seed: int, budget: dict[str, Any],
     shutil.rmtree(model_dir, ignore_errors=True)
     del model
     return record
+
+
+#: Seconds of one run on BBBP (seed 0, 30 epochs, one torch thread, this project's 2-core test
+#: machine; ``benchmarks/moleculenet.json``): parallel runs start with the dearest.
+RUN_COST_S = {"crossattention": 605, "dynamic": 295, "moe": 273, "early": 257, "late": 253,
+              "chemprop": 217, "unimodal_smiles": 194, "dc_dmpnn": 128, "unimodal_graph": 44,
+              "dc_mlp": 23, "dc_rf": 10, "unimodal_ecfp": 8}
+
+#: The dataset a forked worker runs on: set in the parent just before the fork, so that workers
+#: share it copy-on-write instead of unpickling it per run.
+_WORKER_DATA: PreparedDataset | None = None
+
+
+def _run_in_worker(name: str, seed: int, threads: int, kwargs: dict[str, Any]
+                   ) -> dict[str, Any]:
+    import torch
+
+    assert _WORKER_DATA is not None, "workers must be forked after _WORKER_DATA is set"
+    torch.set_num_threads(threads)
+    return run_one(name, _WORKER_DATA, seed, progress=False, **kwargs)
+
+
+def run_many(todo: Sequence[tuple[int, str]], data: PreparedDataset, processes: int = 1,
+             progress: bool = False, **kwargs: Any) -> Iterable[tuple[int, str, dict[str, Any]]]:
+    """``(seed, model, record)`` of each run in ``todo`` on ``data``, in the order they finish.
+
+    ``processes > 1`` runs them in that many forked worker processes, the dearest first
+    (:data:`RUN_COST_S`), each with ``torch threads // processes`` threads (at least 1). Each run
+    is seeded on its own, so a run's result does not depend on where it ran. ``kwargs`` go to
+    :func:`run_one`.
+    """
+    if processes <= 1 or len(todo) <= 1:
+        for seed, name in todo:
+            yield seed, name, run_one(name, data, seed, progress=progress, **kwargs)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        raise wf.WorkflowError("--processes > 1 needs the 'fork' start method (Linux or macOS); "
+                               "run with --processes 1")
+    global _WORKER_DATA
+    threads = max(1, torch.get_num_threads() // processes)
+    default_cost = float(np.median(list(RUN_COST_S.values())))
+    ordered = sorted(todo, key=lambda run: -RUN_COST_S.get(run[1], default_cost))
+    _WORKER_DATA = data
+    pool = ProcessPoolExecutor(max_workers=min(processes, len(todo)),
+                               mp_context=multiprocessing.get_context("fork"))
+    try:
+        futures = {pool.submit(_run_in_worker, name, seed, threads, kwargs): (seed, name)
+                   for seed, name in ordered}
+        for future in as_completed(futures):
+            seed, name = futures[future]
+            yield seed, name, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        _WORKER_DATA = None
 
 
 def _train_resumable(name: str, data: PreparedDataset, seed: int, budget: dict[str, Any],
@@ -1111,7 +1174,7 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
                           learning_rate: float = DEFAULT_LEARNING_RATE, n_jobs: int = 1,
                           cache_dir: str | None = None, resume: bool = False,
                           limit: int | None = None, length_bucket_pool: int = 0,
-                          progress: bool = True,
+                          processes: int = 1, progress: bool = True,
                           command: str | None = None,
                           echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark and write ``<out>/moleculenet.{json,md,png}`` and ``<out>/splits/``.
@@ -1149,6 +1212,11 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
     length_bucket_pool: int
         Passed to every deepfuse model (0: DeepChem's shuffled batches, the models' default;
         ``k``: length-bucketed training batches, faster for the SMILES Transformer on a CPU).
+    processes: int
+        Run each dataset's runs in this many worker processes (see :func:`run_many`): on a
+        CPU machine with ``N`` cores, ``processes=N`` with one torch thread each finishes the
+        reduced suite about ``N`` times sooner. Results do not depend on it; train times are
+        measured per run, beside the other workers.
 
     Returns
     -------
@@ -1174,7 +1242,9 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
                 "learning_rate": learning_rate, "split": split,
                 "split_seed": split_seed if split == "random" else None, "limit": limit,
                 "threads": torch.get_num_threads(), "n_jobs": n_jobs,
-                "length_bucket_pool": length_bucket_pool}
+                "length_bucket_pool": length_bucket_pool, "processes": processes}
+    if processes < 1:
+        raise wf.WorkflowError(f"processes must be >= 1, got {processes}")
     os.makedirs(out, exist_ok=True)
     json_path = os.path.join(out, f"{STEM}.json")
     payload: dict[str, Any] = {"benchmark": "moleculenet", "format": FORMAT,
@@ -1229,12 +1299,13 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
                      f"{len(data.tasks)} task(s)), split {data.info['n_train']}/"
                      f"{data.info['n_valid']}/{data.info['n_test']}, "
                      f"{data.info['n_dropped']} dropped by a featurizer")
-                for seed, model in todo:
-                    bar.set_postfix_str(f"{name} {model} seed {seed}")
-                    if resume:
+                if resume:
+                    for seed, model in todo:
                         _echo_unfinished(unfinished, f"{name}_{model}_{seed}", echo)
-                    record = run_one(model, data, seed, budget, scratch, progress=progress,
-                                     chemprop=chemprop, work_dir=unfinished, resume=resume)
+                bar.set_postfix_str(f"{name}: {len(todo)} run(s)")
+                for seed, model, record in run_many(
+                        todo, data, processes, progress=progress, budget=budget,
+                        scratch=scratch, chemprop=chemprop, work_dir=unfinished, resume=resume):
                     payload["runs"].append(record)
                     bar.update(1)
                     echo(f"  {name:<12} {model:<16} seed {seed}: {_run_summary(record)}")

@@ -183,6 +183,31 @@ def test_resume_adds_a_seed_and_reports_mean_and_std(tiny_run, tiny_molnet_dir):
                                  progress=False, echo=lambda _: None)
 
 
+def test_worker_processes_give_the_serial_results(tiny_run, tiny_molnet_dir, tmp_path):
+    serial, _, _ = tiny_run
+    printed: list[str] = []
+    payload = mn.run_moleculenet_bench(datasets=["bbbp", "esol"], data_dir=str(tiny_molnet_dir),
+                                       seeds=[0], epochs=1, models=MODELS, out=str(tmp_path),
+                                       processes=2, progress=False, echo=printed.append)
+
+    def scores(p: dict) -> dict:
+        return {(r["dataset"], r["model"]): (r["valid_metric"], r["test_metric"], r["best_epoch"])
+                for r in p["runs"]}
+
+    assert scores(payload).keys() == scores(serial).keys()
+    for key, expected in scores(serial).items():
+        assert scores(payload)[key] == pytest.approx(expected, abs=1e-6), key
+    assert payload["settings"]["processes"] == 2
+    assert all(r["torch_threads"] == 1 for r in payload["runs"])
+    assert sum(" seed 0: " in line for line in printed) == 2 * len(MODELS)
+    saved = json.loads((tmp_path / "moleculenet.json").read_text())
+    assert len(saved["runs"]) == 2 * len(MODELS)
+    with pytest.raises(mn.wf.WorkflowError, match="processes must be >= 1"):
+        mn.run_moleculenet_bench(datasets=["delaney"], data_dir=str(tiny_molnet_dir), seeds=[0],
+                                 epochs=1, models=["dc_rf"], out=str(tmp_path / "x"),
+                                 processes=0, progress=False, echo=lambda _: None)
+
+
 def test_align_keeps_rows_valid_everywhere_and_duplicates():
     import deepchem as dc
 
