@@ -1245,6 +1245,10 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
                 "length_bucket_pool": length_bucket_pool, "processes": processes}
     if processes < 1:
         raise wf.WorkflowError(f"processes must be >= 1, got {processes}")
+    if processes > 1 and torch.cuda.is_available():
+        # CUDA cannot be used again in a forked child once the parent has touched it
+        raise wf.WorkflowError("--processes > 1 is for CPU machines: with a CUDA GPU, run one "
+                               "process (the GPU trains one model at a time)")
     os.makedirs(out, exist_ok=True)
     json_path = os.path.join(out, f"{STEM}.json")
     payload: dict[str, Any] = {"benchmark": "moleculenet", "format": FORMAT,

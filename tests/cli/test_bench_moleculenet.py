@@ -208,6 +208,15 @@ def test_worker_processes_give_the_serial_results(tiny_run, tiny_molnet_dir, tmp
                                  processes=0, progress=False, echo=lambda _: None)
 
 
+def test_worker_processes_are_refused_next_to_a_gpu(tiny_molnet_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(mn.wf.WorkflowError, match="for CPU machines"):
+        mn.run_moleculenet_bench(datasets=["delaney"], data_dir=str(tiny_molnet_dir), seeds=[0],
+                                 epochs=1, models=["dc_rf"], out=str(tmp_path), processes=2,
+                                 progress=False, echo=lambda _: None)
+    assert not (tmp_path / "moleculenet.json").exists()
+
+
 def test_align_keeps_rows_valid_everywhere_and_duplicates():
     import deepchem as dc
 
