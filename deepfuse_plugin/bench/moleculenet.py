@@ -611,9 +611,6 @@ def run_many(todo: Sequence[tuple[int, str]], data: PreparedDataset, processes: 
 
     import torch
 
-    if "fork" not in multiprocessing.get_all_start_methods():
-        raise wf.WorkflowError("--processes > 1 needs the 'fork' start method (Linux or macOS); "
-                               "run with --processes 1")
     global _WORKER_DATA
     threads = max(1, torch.get_num_threads() // processes)
     default_cost = float(np.median(list(RUN_COST_S.values())))
@@ -1236,6 +1233,8 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
         raise wf.WorkflowError(f"Unknown split {split!r}; choose one of {list(wf.SPLITS)}")
     if epochs < 1:
         raise wf.WorkflowError(f"epochs must be >= 1, got {epochs}")
+    import multiprocessing
+
     import torch
 
     settings = {"epochs": epochs, "eval_every": eval_every, "batch_size": batch_size,
@@ -1245,6 +1244,9 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str =
                 "length_bucket_pool": length_bucket_pool, "processes": processes}
     if processes < 1:
         raise wf.WorkflowError(f"processes must be >= 1, got {processes}")
+    if processes > 1 and "fork" not in multiprocessing.get_all_start_methods():
+        raise wf.WorkflowError("--processes > 1 needs the 'fork' start method (Linux or macOS); "
+                               "run with --processes 1")
     if processes > 1 and torch.cuda.is_available():
         # CUDA cannot be used again in a forked child once the parent has touched it
         raise wf.WorkflowError("--processes > 1 is for CPU machines: with a CUDA GPU, run one "

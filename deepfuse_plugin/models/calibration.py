@@ -295,8 +295,8 @@ def _check_regression(model: Any) -> None:
 
 def _present(model: Any, dataset: Dataset, drop_modalities: Iterable[str] = ()) -> np.ndarray:
     """``(N, M)`` presence of the model's modalities in each row, after ``drop_modalities``."""
-    names = list(model.modality_names)
-    kept = np.array([n not in set(drop_modalities) for n in names])
+    names, dropped = list(model.modality_names), set(drop_modalities)
+    kept = np.array([n not in dropped for n in names])
     return presence_frame(dataset, names).to_numpy() & kept
 
 
