@@ -500,9 +500,10 @@ def train_with_validation(model: Any, train: Any, valid: Any, epochs: int, eval_
     ``resumable``: write a resume point into ``save_dir`` after every epoch, and continue from
     the one found there if an earlier call with the same plan (model configuration, training and
     validation rows, epochs, batch size) was interrupted; see :mod:`deepfuse_plugin.resume`. A
-    different plan raises :class:`~deepfuse_plugin.resume.ResumeMismatchError`. A masking
-    curriculum counted per ``fit`` call (``DynamicFusionModel(curriculum_epochs=None)``) is
-    counted over the run's ``epochs`` instead (the same schedule), so that it survives a restart.
+    different plan raises :class:`~deepfuse_plugin.resume.ResumeMismatchError`. Schedules counted
+    per ``fit`` call (``DynamicFusionModel(curriculum_epochs=None)``'s masking curriculum) are
+    counted over the run's ``epochs`` instead (``model.count_schedules_over``: the same schedule),
+    so that they survive a restart.
     """
     from tqdm.auto import tqdm
 
@@ -561,8 +562,9 @@ def _start_resumable(model: Any, train: Any, valid: Any, epochs: int, eval_every
     ``model``)."""
     from deepfuse_plugin import resume
 
-    if getattr(model, "curriculum_epochs", 0) is None:
-        model.curriculum_epochs = epochs
+    count_schedules_over = getattr(model, "count_schedules_over", None)
+    if count_schedules_over is not None:  # deepfuse models; DeepChem's have no such schedules
+        count_schedules_over(epochs)
     plan = resume.training_plan(model, train, valid, epochs, eval_every)
     state = resume.read_state(save_dir)
     if state is None:

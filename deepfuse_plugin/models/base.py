@@ -250,6 +250,12 @@ class MultiModalTorchModel(TorchModel):
         self._kl_anneal = min(1.0, self.epochs_started / anneal) if anneal > 0 else 1.0
         self.model.epochs_started += 1
 
+    def count_schedules_over(self, total_epochs: int) -> None:
+        """Run every schedule that is counted per ``fit`` call over ``total_epochs`` epochs in all
+        instead, across ``fit`` calls: training split into several calls (a resumed run) then
+        follows the schedule of one call. The base's evidential KL anneal already counts over
+        all calls; subclasses with a per-call schedule override this."""
+
     @property
     def epochs_started(self) -> int:
         """Training epochs begun over every ``fit`` call, saved in each checkpoint: a restored or

@@ -149,6 +149,12 @@ class DynamicFusionModel(MultiModalTorchModel):
                            "across calls.", self.mask_start)
         return super().fit(dataset, nb_epoch, *args, **kwargs)
 
+    def count_schedules_over(self, total_epochs: int) -> None:
+        """Count a per-``fit`` masking curriculum (``curriculum_epochs=None``) over
+        ``total_epochs``; an explicit ``curriculum_epochs`` is kept."""
+        if self.curriculum_epochs is None:
+            self.curriculum_epochs = total_epochs
+
     def _on_epoch_start(self, progress: float) -> None:
         if self.curriculum_epochs is not None:  # epochs started so far, over every fit call
             progress = self.epochs_started / max(1, self.curriculum_epochs - 1)

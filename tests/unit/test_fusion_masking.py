@@ -236,6 +236,33 @@ def test_curriculum_epochs_spans_fit_calls(small_featurizer, featurized, tiny_mo
         DynamicFusionModel(1, small_featurizer.modalities, curriculum_epochs=0)
 
 
+def test_count_schedules_over_spans_a_per_fit_curriculum(small_featurizer, featurized,
+                                                         tiny_model_kwargs):
+    import deepchem as dc
+
+    from deepfuse_plugin.models.dynamic import DynamicFusionModel
+    from deepfuse_plugin.models.late import LateFusionModel
+
+    ds = dc.data.NumpyDataset(featurized[:8], np.zeros((8, 1)))
+    kwargs = {**tiny_model_kwargs, "batch_size": 8}
+    model = DynamicFusionModel(1, small_featurizer.modalities, mask_start=0.1, mask_end=0.5,
+                               **kwargs)
+    model.count_schedules_over(5)  # what a resumable run does before its first fit call
+    seen = []
+    model.model.fusion.register_forward_pre_hook(
+        lambda module, args: seen.append(module.mask_rate) if module.training else None)
+    model.fit(ds, nb_epoch=2)
+    model.fit(ds, nb_epoch=3)  # a restart: continues the schedule instead of starting over
+    assert seen == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
+    explicit = DynamicFusionModel(1, small_featurizer.modalities, curriculum_epochs=7, **kwargs)
+    explicit.count_schedules_over(5)
+    assert explicit.curriculum_epochs == 7  # a user's own count wins
+    late = LateFusionModel(1, small_featurizer.modalities, **kwargs)
+    before = late.get_config()
+    late.count_schedules_over(5)  # no per-fit schedule: nothing changes
+    assert late.get_config() == before
+
+
 def test_a_loaded_model_continues_its_curriculum(small_featurizer, featurized,
                                                  tiny_model_kwargs, tmp_path):
     import deepchem as dc
