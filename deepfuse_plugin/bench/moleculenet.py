@@ -930,7 +930,8 @@ def format_markdown(payload: dict[str, Any]) -> str:
         "- Classification: ROC-AUC averaged over tasks, missing labels masked (w = 0); no class "
         "balancing for any model. Regression: labels normalized on train, metrics in original "
         "units.",
-        f"- Machine: {env.get('cpu_count', '?')} CPU cores shared with other jobs, "
+        f"- Machine: {env.get('cpu_count', '?')} CPU cores"
+        + (f" ({env['cpu']})" if env.get("cpu") else "") + " shared with other jobs, "
         f"torch threads {settings.get('threads', '?')}; times are wall clock and noisy. "
         + device_text(runs, env),
         "",
@@ -1136,10 +1137,40 @@ def _environment() -> dict[str, Any]:
     from deepfuse_plugin._version import __version__
 
     return {"deepfuse": __version__, "deepchem": dc.__version__, "torch": torch.__version__,
-            "rdkit": rdkit.__version__, "sklearn": sklearn.__version__,
+            "rdkit": rdkit.__version__, "sklearn": sklearn.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
+            "cpu": cpu_model(), "cpu_simd": cpu_simd_flags(), "cpu_count": os.cpu_count(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+#: CPU vector extensions worth recording: NumPy's and scikit-learn's float sums can round
+#: differently with and without them (``benchmarks/experiments/forest_label_rounding.py``).
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "neon", "asimd")
+
+
+def _cpuinfo_lines() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return fh.readlines()
+    except OSError:
+        return []
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what :mod:`platform` knows."""
+    for line in _cpuinfo_lines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_simd_flags() -> list[str] | None:
+    """Which of :data:`SIMD_FLAGS` the CPU reports (Linux); None where that cannot be read."""
+    for line in _cpuinfo_lines():
+        if line.startswith(("flags", "Features")):
+            reported = set(line.split(":", 1)[1].split())
+            return [flag for flag in SIMD_FLAGS if flag in reported]
+    return None
 
 
 NOTES = [

@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 
 from deepfuse_plugin import workflows as wf
 from deepfuse_plugin.bench import featurize as fb
+from deepfuse_plugin.bench.moleculenet import cpu_model
 
 logger = logging.getLogger(__name__)
 
@@ -463,7 +464,7 @@ def machine() -> dict[str, Any]:
 
     from deepfuse_plugin._version import __version__
 
-    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "cpu": _cpu_model(),
+    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "cpu": cpu_model(),
                             "platform": platform.platform(), "python": platform.python_version(),
                             "torch_threads": torch.get_num_threads(),
                             "cuda": torch.cuda.is_available(),
@@ -478,17 +479,6 @@ def machine() -> dict[str, Any]:
     versions = {"deepfuse": __version__, "deepchem": dc.__version__, "torch": torch.__version__,
                 "torch_geometric": torch_geometric.__version__, "rdkit": rdkit.__version__}
     return {**info, "versions": versions}
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_average() -> list[float] | None:

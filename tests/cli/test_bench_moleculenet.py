@@ -93,6 +93,11 @@ def test_json_records_every_run(tiny_run):
     assert {"benchmark", "format", "environment", "settings", "datasets", "runs",
             "memory_method", "notes"} <= set(saved)
     assert saved["settings"]["epochs"] == 1
+    # what decides last-digit reproducibility of float sums (forest_label_rounding experiment)
+    env = saved["environment"]
+    assert {"numpy", "sklearn", "torch", "cpu", "cpu_simd", "cpu_count"} <= set(env)
+    assert env["numpy"] == np.__version__ and isinstance(env["cpu"], str) and env["cpu"]
+    assert env["cpu_simd"] is None or set(env["cpu_simd"]) <= set(mn.SIMD_FLAGS)
     assert len(saved["runs"]) == 2 * len(MODELS)
     modes = {"bbbp": "classification", "delaney": "regression"}
     for run in saved["runs"]:
