@@ -1436,8 +1436,8 @@ def merge_results(sources: Sequence[str], out: str, replace: bool = False,
     """Merge the runs of other ``deepfuse bench moleculenet`` output folders into ``out``.
 
     For datasets or seeds run in parallel processes or on other machines (each with its own
-    ``--out``): the runs, dataset facts, commands and split CSVs are combined and the table, JSON
-    and plot of ``out`` rewritten. All folders must have the same shared settings (epochs,
+    ``--out``): the runs, dataset facts, commands, notes and split CSVs are combined and the
+    table, JSON and plot of ``out`` rewritten. All folders must have the same shared settings (epochs,
     validation, batch size, learning rate, split). A run present twice must have the same result
     (unless ``replace``); a skipped run gives way to a finished one.
 
@@ -1472,6 +1472,9 @@ def merge_results(sources: Sequence[str], out: str, replace: bool = False,
         merged["commands"] += [c for c in payload.get("commands", [])
                                if c not in merged["commands"]]
         merged["wall_time_s"] += payload.get("wall_time_s", 0.0)
+        # a source's notes (e.g. runs it replaced in an earlier merge) describe its runs
+        merged["notes"] = [*merged.get("notes", []), *(
+            n for n in payload.get("notes", []) if n not in merged.get("notes", []))]
         is_source = os.path.abspath(folder) != os.path.abspath(out)
         replacing, replaced = replace and is_source, []
         for run in payload["runs"]:

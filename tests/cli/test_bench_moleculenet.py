@@ -336,8 +336,15 @@ def test_merge_combines_folders_run_in_parallel(tiny_molnet_dir, tmp_path):
     assert {(r["dataset"], r["seed"]): r["test_metric"] for r in merged["runs"]}[("bbbp", 1)] == 0.5
     assert len(merged["runs"]) == 3
     model = merged["runs"][0]["model"]
-    assert merged["notes"][-1] == ("1 run(s) replaced by a re-run (bench merge --replace): "
-                                   f"{model} on bbbp seed(s) 1.")
+    replaced_note = ("1 run(s) replaced by a re-run (bench merge --replace): "
+                     f"{model} on bbbp seed(s) 1.")
+    assert merged["notes"][-1] == replaced_note
+    # merged onward, the folder's notes go with its runs (once, however often it is merged)
+    run(tmp_path / "f", "delaney", [1])
+    for _ in range(2):
+        onward = mn.merge_results([str(tmp_path / "a")], str(tmp_path / "f"), echo=lambda _: None)
+    assert onward["notes"].count(replaced_note) == 1 and len(onward["runs"]) == 4
+    assert replaced_note in (tmp_path / "f" / "moleculenet.md").read_text()
 
 
 def test_length_bucket_pool_reaches_the_models_and_the_table(tiny_run, tiny_molnet_dir, tmp_path):
