@@ -573,8 +573,9 @@ def run_one(name: str, data: PreparedDataset, seed: int, budget: dict[str, Any],
     return record
 
 
-#: Seconds of one run on BBBP (seed 0, 30 epochs, one torch thread, this project's 2-core test
-#: machine; ``benchmarks/moleculenet.json``): parallel runs start with the dearest.
+#: Seconds of one run on BBBP (seed 0, 30 epochs, one torch thread, a one-process ``make bench``
+#: on this project's 2-core test machine): parallel runs start with the dearest. Only the order
+#: matters.
 RUN_COST_S = {"crossattention": 605, "dynamic": 295, "moe": 273, "early": 257, "late": 253,
               "chemprop": 217, "unimodal_smiles": 194, "dc_dmpnn": 128, "unimodal_graph": 44,
               "dc_mlp": 23, "dc_rf": 10, "unimodal_ecfp": 8}
