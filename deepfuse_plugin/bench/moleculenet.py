@@ -1438,9 +1438,9 @@ def merge_results(sources: Sequence[str], out: str, replace: bool = False,
 
     For datasets or seeds run in parallel processes or on other machines (each with its own
     ``--out``): the runs, dataset facts, commands, notes and split CSVs are combined and the
-    table, JSON and plot of ``out`` rewritten. All folders must have the same shared settings (epochs,
-    validation, batch size, learning rate, split). A run present twice must have the same result
-    (unless ``replace``); a skipped run gives way to a finished one.
+    table, JSON and plot of ``out`` rewritten. All folders must have the same shared settings
+    (epochs, validation, batch size, learning rate, split). A run present twice must have the same
+    result (unless ``replace``); a skipped run gives way to a finished one.
 
     Parameters
     ----------
