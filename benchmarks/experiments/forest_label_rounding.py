@@ -27,9 +27,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import deepchem as dc
-    from sklearn.ensemble import RandomForestRegressor
 
-    from deepfuse_plugin.bench.peers import RF_TREES
+    from deepfuse_plugin.bench.peers import PEERS
 
     with tempfile.TemporaryDirectory() as save_dir:
         _, (train, _, test), transformers = dc.molnet.load_delaney(
@@ -40,7 +39,8 @@ def main() -> None:
     for seed in (int(s) for s in args.seeds.split(",")):
         for name, direction in NUDGES.items():
             labels = train.y[:, 0] if not direction else np.nextafter(train.y[:, 0], direction)
-            forest = RandomForestRegressor(n_estimators=RF_TREES, random_state=seed, n_jobs=1)
+            # the benchmark's own forest factory: same trees, seed and settings as `dc_rf`
+            forest = PEERS["dc_rf"].build(1, "regression", "", seed, {"n_jobs": 1})()
             forest.fit(train.X, labels)
             pred = transformers[0].untransform(forest.predict(test.X)[:, None])[:, 0]
             rmse[name].append(float(np.sqrt(np.mean((pred - truth) ** 2))))

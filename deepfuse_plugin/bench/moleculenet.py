@@ -51,6 +51,7 @@ tree's, and the delta equals the peak. Without ``psutil`` both are null.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -1149,12 +1150,14 @@ def _environment() -> dict[str, Any]:
 SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "neon", "asimd")
 
 
-def _cpuinfo_lines() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def _cpuinfo_lines() -> tuple[str, ...]:
+    """``/proc/cpuinfo`` (Linux; empty elsewhere), read once per process."""
     try:
         with open("/proc/cpuinfo") as fh:
-            return fh.readlines()
+            return tuple(fh)
     except OSError:
-        return []
+        return ()
 
 
 def cpu_model() -> str:
@@ -1463,7 +1466,7 @@ def merge_results(sources: Sequence[str], out: str, replace: bool = False,
     if not folders:
         raise wf.WorkflowError("nothing to merge: give at least one folder with moleculenet.json")
     payloads = [read_payload(os.path.join(f, f"{STEM}.json")) for f in folders]
-    merged = dict(payloads[0], datasets={}, runs=[], commands=[], wall_time_s=0.0)
+    merged = dict(payloads[0], datasets={}, runs=[], commands=[], notes=[], wall_time_s=0.0)
     by_key: dict[tuple, dict[str, Any]] = {}
     for folder, payload in zip(folders, payloads):
         check_same_settings(merged["settings"], payload["settings"], folder)
@@ -1474,8 +1477,7 @@ def merge_results(sources: Sequence[str], out: str, replace: bool = False,
                                if c not in merged["commands"]]
         merged["wall_time_s"] += payload.get("wall_time_s", 0.0)
         # a source's notes (e.g. runs it replaced in an earlier merge) describe its runs
-        merged["notes"] = [*merged.get("notes", []), *(
-            n for n in payload.get("notes", []) if n not in merged.get("notes", []))]
+        merged["notes"] += [n for n in payload.get("notes", []) if n not in merged["notes"]]
         is_source = os.path.abspath(folder) != os.path.abspath(out)
         replacing, replaced = replace and is_source, []
         for run in payload["runs"]:
@@ -1492,7 +1494,7 @@ def merge_results(sources: Sequence[str], out: str, replace: bool = False,
                                        f"different result; remove one of them, or merge with "
                                        f"--replace to let the newer folder's run replace it")
         if replaced:
-            merged["notes"] = [*merged.get("notes", []), _replaced_note(replaced)]
+            merged["notes"].append(_replaced_note(replaced))
         if is_source:
             _merge_splits(folder, out)
     merged["runs"] = list(by_key.values())
