@@ -40,7 +40,8 @@ def main() -> None:
         for name, direction in NUDGES.items():
             labels = train.y[:, 0] if not direction else np.nextafter(train.y[:, 0], direction)
             # the benchmark's own forest factory: same trees, seed and settings as `dc_rf`
-            forest = PEERS["dc_rf"].build(1, "regression", "", seed, {"n_jobs": 1})()
+            forest = PEERS["dc_rf"].build(n_tasks=1, mode="regression", model_dir="", seed=seed,
+                                         budget={"n_jobs": 1})()
             forest.fit(train.X, labels)
             pred = transformers[0].untransform(forest.predict(test.X)[:, None])[:, 0]
             rmse[name].append(float(np.sqrt(np.mean((pred - truth) ** 2))))
