@@ -42,6 +42,11 @@ class CrossAttentionFusionModel(MultiModalTorchModel):
         ``"attention"`` (learned, per sample) or ``"mean"`` across modalities.
     attention_hidden: int
         Hidden width of the modality-pooling scorer.
+    length_chunk: int
+        Batches larger than this run the cross-attention blocks in chunks of ``length_chunk``
+        molecules of similar size, each padded only to its own longest SMILES and molecule
+        (0: one padded pass). Results are those of one pass; only the order of dropout draws
+        changes. An HIV training epoch takes about half the time with the default 16.
 
     Shapes
     ------
@@ -67,13 +72,15 @@ class CrossAttentionFusionModel(MultiModalTorchModel):
     """
 
     _config_extra = ("n_heads", "n_attention_layers", "vector_tokens", "pooling",
-                     "attention_hidden")
+                     "attention_hidden", "length_chunk")
+    _training_settings = MultiModalTorchModel._training_settings | {"length_chunk"}
 
     def __init__(self, n_tasks: int, modalities: Any, mode: str = "regression", n_heads: int = 4,
                  n_attention_layers: int = 1, vector_tokens: int = 4, pooling: str = "attention",
-                 attention_hidden: int = 64, **kwargs: Any):
+                 attention_hidden: int = 64, length_chunk: int = 16, **kwargs: Any):
         self.n_heads, self.n_attention_layers = n_heads, n_attention_layers
         self.vector_tokens, self.pooling, self.attention_hidden = vector_tokens, pooling, attention_hidden
+        self.length_chunk = length_chunk
         super().__init__(n_tasks, modalities, mode, **kwargs)
 
     def _build_fusion(self) -> nn.Module:
@@ -81,7 +88,7 @@ class CrossAttentionFusionModel(MultiModalTorchModel):
         return CrossAttentionFusion(tuple(self.modality_names), self.encoder_dim, self.fused_dim,
                                     vectors, self.n_heads, self.n_attention_layers,
                                     self.vector_tokens, self.dropout, self.pooling,
-                                    self.attention_hidden)
+                                    self.attention_hidden, self.length_chunk)
 
     def attention_maps(self, dataset: Any, modality: str) -> list[np.ndarray]:
         """Per sample, the last block's head-averaged attention of ``modality``'s real tokens over

@@ -124,6 +124,14 @@ def check_length_chunk(length_chunk: int) -> None:
         raise ValueError(f"length_chunk must be >= 0 (0: one pass), got {length_chunk}")
 
 
+def last_real_extents(mask: Tensor) -> Tensor:
+    """``(B,)`` the width each row of a ``(B, L)`` token mask can be cut to: its last real token
+    + 1 (the length for right-padded rows, safe for any mask), at least 1 (a row without tokens
+    keeps position 0)."""
+    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return (positions * mask).amax(dim=1).clamp(min=1)
+
+
 def encode_in_length_chunks(encode: Callable[[Tensor, Tensor], EncodedModality], ids: Tensor,
                             attention: Tensor, length_chunk: int) -> EncodedModality:
     """``encode(ids, attention)`` applied to chunks of ``length_chunk`` sequences of similar
@@ -135,10 +143,7 @@ def encode_in_length_chunks(encode: Callable[[Tensor, Tensor], EncodedModality],
     """
     if not 0 < length_chunk < ids.shape[0]:
         return encode(ids, attention)
-    # Extent = last real token + 1 (the length for right-padded input, safe for any mask); a
-    # missing sequence keeps position 0.
-    positions = torch.arange(1, ids.shape[1] + 1, device=ids.device)
-    extents = (positions * attention).amax(dim=1).clamp(min=1)
+    extents = last_real_extents(attention)
     order = torch.argsort(extents)
     sorted_extents = extents[order].tolist()  # one host sync, not one per chunk
     pooled, states = [], []

@@ -2,6 +2,7 @@
 sparsity and balancing, late-fusion renormalisation, and a tiny DeepChem round trip per wrapper."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -210,6 +211,40 @@ def test_cross_attention_with_all_other_modalities_missing_attends_to_null_key()
     assert torch.allclose(attention[..., 0], torch.ones_like(attention[..., 0]))
 
 
+@pytest.mark.parametrize("length_chunk", [1, 4, 5])
+def test_cross_attention_in_length_chunks_equals_one_pass(length_chunk):
+    batch = 2 * len(MIXED_MASK)
+    mask = torch.cat([MIXED_MASK, torch.ones_like(MIXED_MASK)])
+    one_pass = build("cross", length_chunk=0).eval()  # eval: no dropout, both deterministic
+    chunked = build("cross", length_chunk=length_chunk).eval()
+    chunked.load_state_dict(one_pass.state_dict())
+    emb_a, emb_b = (make_embeddings(batch, seed=3, grad=True) for _ in range(2))
+    expected, got = one_pass(emb_a, mask), chunked(emb_b, mask)
+    torch.testing.assert_close(got.fused, expected.fused, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.weights, expected.weights, atol=1e-5, rtol=1e-5)
+    for name in NAMES:
+        query_mask = expected.extras[f"query_mask:{name}"]
+        assert torch.equal(got.extras[f"query_mask:{name}"], query_mask)
+        assert torch.equal(got.extras[f"key_mask:{name}"], expected.extras[f"key_mask:{name}"])
+        for key in (f"attention:{name}", f"attention:{name}:0"):  # both blocks' maps
+            assert got.extras[key].shape == expected.extras[key].shape
+            torch.testing.assert_close(got.extras[key][query_mask],
+                                       expected.extras[key][query_mask], atol=1e-5, rtol=1e-5)
+    scalar_of(expected).backward()
+    scalar_of(got).backward()
+    for (name, a), b in zip(one_pass.named_parameters(), chunked.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-4, rtol=1e-4, msg=name)
+    for name in NAMES:
+        a = emb_a[name].tokens if name in LENGTHS else emb_a[name].pooled
+        b = emb_b[name].tokens if name in LENGTHS else emb_b[name].pooled
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_cross_attention_rejects_a_negative_length_chunk():
+    with pytest.raises(ValueError, match="length_chunk must be >= 0"):
+        build("cross", length_chunk=-1)
+
+
 # -- mixture of experts -----------------------------------------------------------------------------
 @pytest.mark.parametrize("top_k", [1, 2, 4])
 @pytest.mark.parametrize("training", [True, False])
@@ -397,6 +432,29 @@ def test_wrapper_extras(dataset):
         GatedMoEFusionModel(1, modalities, top_k=9)
     with pytest.raises(ValueError, match="self-supervised"):  # nothing to pretrain on
         make_model(EarlyFusionModel, {}, modalities, 2, "regression").pretrain(ds, nb_epoch=1)
+
+
+def test_cross_attention_length_chunk_is_a_training_setting(dataset, tmp_path, caplog):
+    """Chunked and one-pass models predict alike from one checkpoint, and a configuration saved
+    before ``length_chunk`` existed loads (with the default)."""
+    ds, modalities = dataset
+    kwargs = {"n_heads": 2, "length_chunk": 3}
+    model = make_model(CrossAttentionFusionModel, kwargs, modalities, 2, "regression",
+                       model_dir=str(tmp_path))
+    model.fit(ds, nb_epoch=2)
+    expected = model.predict(ds)  # 12 molecules in batches of 8: the first batch in 3 chunks
+    one_pass = make_model(CrossAttentionFusionModel, {**kwargs, "length_chunk": 0}, modalities, 2,
+                          "regression", model_dir=str(tmp_path))
+    one_pass.restore()
+    assert "different training settings: length_chunk" in caplog.text
+    np.testing.assert_allclose(one_pass.predict(ds), expected, rtol=1e-5, atol=1e-6)
+    path = tmp_path / "deepfuse_config.json"
+    payload = json.loads(path.read_text())
+    del payload["config"]["length_chunk"]
+    path.write_text(json.dumps(payload))
+    loaded = MultiModalTorchModel.load(str(tmp_path))
+    assert loaded.length_chunk == 16
+    np.testing.assert_allclose(loaded.predict(ds), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["dynamic", "moe"])
