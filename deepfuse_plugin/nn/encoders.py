@@ -127,7 +127,9 @@ def check_length_chunk(length_chunk: int) -> None:
 def last_real_extents(mask: Tensor) -> Tensor:
     """``(B,)`` the width each row of a ``(B, L)`` token mask can be cut to: its last real token
     + 1 (the length for right-padded rows, safe for any mask), at least 1 (a row without tokens
-    keeps position 0)."""
+    keeps position 0); 0 when ``L`` is 0 (a modality missing from the whole batch)."""
+    if mask.shape[1] == 0:
+        return torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device)
     positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
     return (positions * mask).amax(dim=1).clamp(min=1)
 

@@ -582,7 +582,8 @@ class CrossAttentionFusion(nn.Module):
 
     def _key_mask(self, name: str, valid: dict[str, Tensor]) -> Tensor:
         """``(B, 1 + sum L_o)``: the null key (always valid), then the key modalities' tokens."""
-        null = torch.ones_like(valid[name][:, :1])
+        tokens = valid[name]
+        null = torch.ones(tokens.shape[0], 1, dtype=torch.bool, device=tokens.device)
         return torch.cat([null] + [valid[o] for o in self._key_modalities(name)], dim=1)
 
     def _attend(self, states: dict[str, Tensor], valid: dict[str, Tensor]

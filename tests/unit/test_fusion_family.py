@@ -240,6 +240,25 @@ def test_cross_attention_in_length_chunks_equals_one_pass(length_chunk):
         torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-5, msg=name)
 
 
+def test_cross_attention_in_length_chunks_with_a_modality_missing_from_the_whole_batch():
+    """A batch without any atom (the graph removed from every molecule) has zero-width graph
+    states; chunked and one-pass layers agree, and every key map still starts with the null key."""
+    batch = 2 * len(MIXED_MASK)
+    mask = torch.cat([MIXED_MASK, torch.ones_like(MIXED_MASK)])
+    mask[:, NAMES.index("graph")] = False
+    emb = make_embeddings(batch, seed=3)
+    emb["graph"] = EncodedModality(torch.zeros(batch, D_IN), torch.zeros(batch, 0, D_IN),
+                                   torch.zeros(batch, 0, dtype=torch.bool))
+    one_pass = build("cross", length_chunk=0).eval()
+    chunked = build("cross", length_chunk=4).eval()
+    chunked.load_state_dict(one_pass.state_dict())
+    expected, got = one_pass(emb, mask), chunked(emb, mask)
+    torch.testing.assert_close(got.fused, expected.fused, atol=1e-5, rtol=1e-5)
+    for name in NAMES:
+        assert torch.equal(got.extras[f"key_mask:{name}"], expected.extras[f"key_mask:{name}"])
+        assert got.extras[f"key_mask:{name}"][:, 0].all()  # the null key
+
+
 def test_cross_attention_rejects_a_negative_length_chunk():
     with pytest.raises(ValueError, match="length_chunk must be >= 0"):
         build("cross", length_chunk=-1)
