@@ -582,9 +582,13 @@ class CrossAttentionFusion(nn.Module):
 
     def _key_mask(self, name: str, valid: dict[str, Tensor]) -> Tensor:
         """``(B, 1 + sum L_o)``: the null key (always valid), then the key modalities' tokens."""
-        tokens = valid[name]
-        null = torch.ones(tokens.shape[0], 1, dtype=torch.bool, device=tokens.device)
+        rows = valid[name].shape[0]
+        null = torch.ones(rows, 1, dtype=torch.bool, device=valid[name].device)
         return torch.cat([null] + [valid[o] for o in self._key_modalities(name)], dim=1)
+
+    def _map_key(self, name: str, layer: int) -> str:
+        """``extras`` key of a block's attention map: the last block's is ``attention:<m>``."""
+        return f"attention:{name}" if layer == self.n_layers - 1 else f"attention:{name}:{layer}"
 
     def _attend(self, states: dict[str, Tensor], valid: dict[str, Tensor]
                 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -606,9 +610,8 @@ class CrossAttentionFusion(nn.Module):
                 h = states[n] + self.dropout(attended)
                 h = h + self.dropout(self.ffns[layer][n](self.ffn_norms[layer][n](h)))
                 updated[n] = _zero_missing(h, valid[n])
-                suffix = "" if layer == self.n_layers - 1 else f":{layer}"
-                extras[f"attention:{n}{suffix}"] = weights
-                if not suffix:
+                extras[self._map_key(n, layer)] = weights
+                if layer == self.n_layers - 1:
                     extras[f"key_mask:{n}"], extras[f"query_mask:{n}"] = key_valid, valid[n]
             states = updated
         pooled = torch.stack([masked_mean(states[n], valid[n], dim=1) for n in self.names], dim=1)
@@ -626,6 +629,8 @@ class CrossAttentionFusion(nn.Module):
         extents = torch.stack([last_real_extents(valid[n]) for n in self.names])  # (M, B)
         order = torch.argsort(extents.sum(dim=0))
         sorted_extents = extents[:, order].tolist()  # one host sync, not one per chunk
+        map_keys = [(n, self._map_key(n, layer)) for n in self.names
+                    for layer in range(self.n_layers)]
         pooled, maps = [], []
         for start, part in zip(range(0, len(order), self.length_chunk),
                                order.split(self.length_chunk)):
@@ -635,19 +640,18 @@ class CrossAttentionFusion(nn.Module):
                 {n: states[n][part, :cut[n]] for n in self.names},
                 {n: valid[n][part, :cut[n]] for n in self.names})
             pooled.append(chunk_pooled)
-            maps.append({key: self._pad_map(key, value, cut, states)
-                         for key, value in chunk_extras.items() if key.startswith("attention:")})
+            maps.append({key: self._pad_map(n, chunk_extras[key], cut, states)
+                         for n, key in map_keys})
         back = torch.argsort(order)
         extras = {key: torch.cat([m[key] for m in maps])[back] for key in maps[0]}
         for n in self.names:
             extras[f"key_mask:{n}"], extras[f"query_mask:{n}"] = self._key_mask(n, valid), valid[n]
         return torch.cat(pooled)[back], extras
 
-    def _pad_map(self, key: str, weights: Tensor, cut: dict[str, int],
+    def _pad_map(self, query: str, weights: Tensor, cut: dict[str, int],
                  states: dict[str, Tensor]) -> Tensor:
-        """A chunk's attention map ``(b, cut_m, 1 + sum cut_o)`` in the batch's layout
-        ``(b, L_m, 1 + sum L_o)``, zero at the cut-off positions."""
-        query = key.split(":")[1]
+        """A chunk's attention map of ``query`` ``(b, cut_m, 1 + sum cut_o)`` in the batch's
+        layout ``(b, L_m, 1 + sum L_o)``, zero at the cut-off positions."""
         others = self._key_modalities(query)
         segments = weights.split([1] + [cut[o] for o in others], dim=2)
         widths = [1] + [states[o].shape[1] for o in others]
