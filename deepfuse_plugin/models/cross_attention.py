@@ -44,9 +44,9 @@ class CrossAttentionFusionModel(MultiModalTorchModel):
         Hidden width of the modality-pooling scorer.
     length_chunk: int
         Batches larger than this run the cross-attention blocks in chunks of ``length_chunk``
-        molecules of similar size, each padded only to its own longest SMILES and molecule
-        (0: one padded pass). Results are those of one pass; only the order of dropout draws
-        changes. An HIV training epoch runs 1.5x faster with the default 16.
+        samples of similar size, each cut to its own longest sequence in every modality (0: one
+        padded pass). Results are those of one pass; only dropout's random masks differ. An HIV
+        training epoch runs 1.5x faster with the default 16.
 
     Shapes
     ------

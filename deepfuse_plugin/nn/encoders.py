@@ -134,6 +134,22 @@ def last_real_extents(mask: Tensor) -> Tensor:
     return (positions * mask).amax(dim=1).clamp(min=1)
 
 
+def length_sorted_chunks(extents: Tensor, size: int
+                         ) -> tuple[list[tuple[Tensor, list[int]]], Tensor]:
+    """A batch split into chunks of ``size`` samples of similar length.
+
+    ``extents (K, B)`` is each sample's width in each of ``K`` sequences (e.g.
+    :func:`last_real_extents` of every modality). Samples are sorted by their total width. Returns
+    the chunks as ``(rows, widths)``, ``widths[k]`` the chunk's largest width in sequence ``k``,
+    and ``back``: indexing the chunks' concatenated results with it restores the input order.
+    """
+    order = torch.argsort(extents.sum(dim=0))
+    sorted_extents = extents[:, order].tolist()  # one host sync, not one per chunk
+    chunks = [(rows, [max(widths[start:start + len(rows)]) for widths in sorted_extents])
+              for start, rows in zip(range(0, len(order), size), order.split(size))]
+    return chunks, torch.argsort(order)
+
+
 def encode_in_length_chunks(encode: Callable[[Tensor, Tensor], EncodedModality], ids: Tensor,
                             attention: Tensor, length_chunk: int) -> EncodedModality:
     """``encode(ids, attention)`` applied to chunks of ``length_chunk`` sequences of similar
@@ -145,16 +161,12 @@ def encode_in_length_chunks(encode: Callable[[Tensor, Tensor], EncodedModality],
     """
     if not 0 < length_chunk < ids.shape[0]:
         return encode(ids, attention)
-    extents = last_real_extents(attention)
-    order = torch.argsort(extents)
-    sorted_extents = extents[order].tolist()  # one host sync, not one per chunk
+    chunks, back = length_sorted_chunks(last_real_extents(attention)[None], length_chunk)
     pooled, states = [], []
-    for start, part in zip(range(0, len(order), length_chunk), order.split(length_chunk)):
-        longest = sorted_extents[start + len(part) - 1]  # ascending: the chunk's last
-        encoded = encode(ids[part, :longest], attention[part, :longest])
+    for rows, (longest,) in chunks:
+        encoded = encode(ids[rows, :longest], attention[rows, :longest])
         pooled.append(encoded.pooled)
         states.append(encoded.tokens)
-    back = torch.argsort(order)
 
     def token_states() -> tuple[Tensor, Tensor]:
         padded = [F.pad(t, (0, 0, 0, ids.shape[1] - t.shape[1])) for t in states]
@@ -173,7 +185,7 @@ class SequenceEncoder(nn.Module):
     similar length, each padded only to its own longest sequence. Every sequence is encoded on its
     own (attention, layer norms and the feed-forward net never mix samples), so the outputs are
     those of one padded pass, at a fraction of the cost: a batch of 64 HIV SMILES is padded to
-    about 116 tokens for a mean of 46, and chunks of 16 halve the forward+backward time. Only
+    about 114 tokens for a mean of 45, and chunks of 16 halve the forward+backward time. Only
     the order in which dropout draws its masks changes. ``length_chunk=0`` encodes in one pass.
     """
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from deepfuse_plugin.nn import losses
 from deepfuse_plugin.nn.encoders import (EncodedModality, check_length_chunk, last_real_extents,
-                                         mlp, reset_all)
+                                         length_sorted_chunks, mlp, reset_all)
 from deepfuse_plugin.nn.heads import combine_dirichlet, combine_nig, make_head
 
 
@@ -477,7 +477,7 @@ class CrossAttentionFusion(nn.Module):
     length_chunk: int
         A batch larger than this runs the blocks in chunks of ``length_chunk`` samples of similar
         token counts, each cut to its own longest sequence (0: one padded pass). The outputs are
-        those of one pass; a batch of 64 HIV molecules is padded to about 114 SMILES tokens and
+        those of one pass (only dropout's random masks differ); a batch of 64 HIV molecules is padded to about 114 SMILES tokens and
         70 atoms, for means of 45 and 25, and the chunks skip most of that padding.
 
     Shapes
@@ -623,26 +623,24 @@ class CrossAttentionFusion(nn.Module):
         modality cut to the chunk's last real token; results put back in the input order.
 
         The blocks never mix samples (attention stays within a sample, norms and feed-forward nets
-        act per token), so outputs and gradients are those of one padded pass; only the order of
-        dropout draws changes. Attention maps are padded back to the batch's key layout.
+        act per token), so outputs and gradients are those of one padded pass; only dropout's random
+        masks differ. Attention maps are padded back to the batch's key layout; their rows at
+        padding queries are zero where a chunk was cut (one pass gives them a distribution), and
+        like the padded keys they carry no meaning.
         """
         extents = torch.stack([last_real_extents(valid[n]) for n in self.names])  # (M, B)
-        order = torch.argsort(extents.sum(dim=0))
-        sorted_extents = extents[:, order].tolist()  # one host sync, not one per chunk
+        chunks, back = length_sorted_chunks(extents, self.length_chunk)
         map_keys = [(n, self._map_key(n, layer)) for n in self.names
                     for layer in range(self.n_layers)]
         pooled, maps = [], []
-        for start, part in zip(range(0, len(order), self.length_chunk),
-                               order.split(self.length_chunk)):
-            cut = {n: min(max(sorted_extents[j][start:start + len(part)]), states[n].shape[1])
-                   for j, n in enumerate(self.names)}
+        for rows, widths in chunks:
+            cut = dict(zip(self.names, widths))
             chunk_pooled, chunk_extras = self._attend(
-                {n: states[n][part, :cut[n]] for n in self.names},
-                {n: valid[n][part, :cut[n]] for n in self.names})
+                {n: states[n][rows, :cut[n]] for n in self.names},
+                {n: valid[n][rows, :cut[n]] for n in self.names})
             pooled.append(chunk_pooled)
             maps.append({key: self._pad_map(n, chunk_extras[key], cut, states)
                          for n, key in map_keys})
-        back = torch.argsort(order)
         extras = {key: torch.cat([m[key] for m in maps])[back] for key in maps[0]}
         for n in self.names:
             extras[f"key_mask:{n}"], extras[f"query_mask:{n}"] = self._key_mask(n, valid), valid[n]

@@ -206,7 +206,7 @@ def test_cross_attention_with_all_other_modalities_missing_attends_to_null_key()
     layer = build("cross").eval()
     mask = torch.tensor([[0, 1, 0]] * B, dtype=torch.bool)
     out = layer(make_embeddings(), mask)
-    attention = out.extras["attention:graph"]
+    attention = out.extras["attention:graph"][out.extras["query_mask:graph"]]  # real atoms
     assert torch.isfinite(out.fused).all()
     assert torch.allclose(attention[..., 0], torch.ones_like(attention[..., 0]))
 
@@ -218,8 +218,18 @@ def test_cross_attention_in_length_chunks_equals_one_pass(length_chunk):
     one_pass = build("cross", length_chunk=0).eval()  # eval: no dropout, both deterministic
     chunked = build("cross", length_chunk=length_chunk).eval()
     chunked.load_state_dict(one_pass.state_dict())
+    widths = []  # the token widths each chunk ran with
+    attend = chunked._attend
+
+    def recording_attend(states, valid):
+        widths.append({n: s.shape[1] for n, s in states.items()})
+        return attend(states, valid)
+
+    chunked._attend = recording_attend
     emb_a, emb_b = (make_embeddings(batch, seed=3, grad=True) for _ in range(2))
     expected, got = one_pass(emb_a, mask), chunked(emb_b, mask)
+    assert len(widths) == -(-batch // length_chunk)
+    assert any(w[n] < LENGTHS[n] for w in widths for n in LENGTHS)  # some chunks were cut
     torch.testing.assert_close(got.fused, expected.fused, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got.weights, expected.weights, atol=1e-5, rtol=1e-5)
     for name in NAMES:
