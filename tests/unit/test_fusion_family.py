@@ -250,6 +250,24 @@ def test_cross_attention_in_length_chunks_equals_one_pass(length_chunk):
         torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("names", [("graph",), ("graph", "smiles")])
+def test_cross_attention_in_length_chunks_with_mean_pooling_and_self_attention(names):
+    """One modality (self-attention) and two token modalities, pooled by a plain mean."""
+    batch = 10
+    mask = torch.ones(batch, len(names), dtype=torch.bool)
+    one_pass = build("cross", names, length_chunk=0, pooling="mean").eval()
+    chunked = build("cross", names, length_chunk=3, pooling="mean").eval()
+    chunked.load_state_dict(one_pass.state_dict())
+    emb = make_embeddings(batch, names, seed=5)
+    expected, got = one_pass(emb, mask), chunked(emb, mask)
+    torch.testing.assert_close(got.fused, expected.fused, atol=1e-5, rtol=1e-5)
+    for name in names:
+        query_mask = expected.extras[f"query_mask:{name}"]
+        torch.testing.assert_close(got.extras[f"attention:{name}"][query_mask],
+                                   expected.extras[f"attention:{name}"][query_mask],
+                                   atol=1e-5, rtol=1e-5)
+
+
 def test_cross_attention_in_length_chunks_with_a_modality_missing_from_the_whole_batch():
     """A batch without any atom (the graph removed from every molecule) has zero-width graph
     states; chunked and one-pass layers agree, and every key map still starts with the null key."""
