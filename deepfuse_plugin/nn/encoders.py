@@ -186,7 +186,7 @@ class SequenceEncoder(nn.Module):
     own (attention, layer norms and the feed-forward net never mix samples), so the outputs are
     those of one padded pass, at a fraction of the cost: a batch of 64 HIV SMILES is padded to
     about 114 tokens for a mean of 45, and chunks of 16 halve the forward+backward time. Only
-    the order in which dropout draws its masks changes. ``length_chunk=0`` encodes in one pass.
+    dropout's random masks differ. ``length_chunk=0`` encodes in one pass.
     """
 
     def __init__(self, vocab_size: int, out_dim: int, max_length: int = 128, n_layers: int = 2,

@@ -477,8 +477,9 @@ class CrossAttentionFusion(nn.Module):
     length_chunk: int
         A batch larger than this runs the blocks in chunks of ``length_chunk`` samples of similar
         token counts, each cut to its own longest sequence (0: one padded pass). The outputs are
-        those of one pass (only dropout's random masks differ); a batch of 64 HIV molecules is padded to about 114 SMILES tokens and
-        70 atoms, for means of 45 and 25, and the chunks skip most of that padding.
+        those of one pass (only dropout's random masks differ). A batch of 64 HIV molecules is
+        padded to about 114 SMILES tokens and 70 atoms, for means of 45 and 25; the chunks skip
+        most of that padding.
 
     Shapes
     ------

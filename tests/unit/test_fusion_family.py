@@ -211,13 +211,32 @@ def test_cross_attention_with_all_other_modalities_missing_attends_to_null_key()
     assert torch.allclose(attention[..., 0], torch.ones_like(attention[..., 0]))
 
 
+CHUNKED_BATCH_MASK = torch.cat([MIXED_MASK, torch.ones_like(MIXED_MASK)])  # 12 rows
+
+
+def one_pass_and_chunked(length_chunk: int, names: tuple[str, ...] = NAMES, **kw):
+    """Two cross-attention layers with the same weights, in eval mode (no dropout, so both are
+    deterministic): one padded pass, and chunks of ``length_chunk``."""
+    one_pass = build("cross", names, length_chunk=0, **kw).eval()
+    chunked = build("cross", names, length_chunk=length_chunk, **kw).eval()
+    chunked.load_state_dict(one_pass.state_dict())
+    return one_pass, chunked
+
+
+def assert_maps_equal_at_real_queries(got, expected, name, blocks=("",)):
+    """``name``'s attention maps (``blocks``: key suffixes, "" for the last block) agree at the
+    real query tokens."""
+    query_mask = expected.extras[f"query_mask:{name}"]
+    for key in (f"attention:{name}{block}" for block in blocks):
+        assert got.extras[key].shape == expected.extras[key].shape
+        torch.testing.assert_close(got.extras[key][query_mask], expected.extras[key][query_mask],
+                                   atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("length_chunk", [1, 4, 5])
 def test_cross_attention_in_length_chunks_equals_one_pass(length_chunk):
-    batch = 2 * len(MIXED_MASK)
-    mask = torch.cat([MIXED_MASK, torch.ones_like(MIXED_MASK)])
-    one_pass = build("cross", length_chunk=0).eval()  # eval: no dropout, both deterministic
-    chunked = build("cross", length_chunk=length_chunk).eval()
-    chunked.load_state_dict(one_pass.state_dict())
+    batch, mask = len(CHUNKED_BATCH_MASK), CHUNKED_BATCH_MASK
+    one_pass, chunked = one_pass_and_chunked(length_chunk)
     widths = []  # the token widths each chunk ran with
     attend = chunked._attend
 
@@ -233,13 +252,9 @@ def test_cross_attention_in_length_chunks_equals_one_pass(length_chunk):
     torch.testing.assert_close(got.fused, expected.fused, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got.weights, expected.weights, atol=1e-5, rtol=1e-5)
     for name in NAMES:
-        query_mask = expected.extras[f"query_mask:{name}"]
-        assert torch.equal(got.extras[f"query_mask:{name}"], query_mask)
-        assert torch.equal(got.extras[f"key_mask:{name}"], expected.extras[f"key_mask:{name}"])
-        for key in (f"attention:{name}", f"attention:{name}:0"):  # both blocks' maps
-            assert got.extras[key].shape == expected.extras[key].shape
-            torch.testing.assert_close(got.extras[key][query_mask],
-                                       expected.extras[key][query_mask], atol=1e-5, rtol=1e-5)
+        for kind in ("query_mask", "key_mask"):
+            assert torch.equal(got.extras[f"{kind}:{name}"], expected.extras[f"{kind}:{name}"])
+        assert_maps_equal_at_real_queries(got, expected, name, blocks=("", ":0"))  # both blocks
     scalar_of(expected).backward()
     scalar_of(got).backward()
     for (name, a), b in zip(one_pass.named_parameters(), chunked.parameters()):
@@ -255,31 +270,23 @@ def test_cross_attention_in_length_chunks_with_mean_pooling_and_self_attention(n
     """One modality (self-attention) and two token modalities, pooled by a plain mean."""
     batch = 10
     mask = torch.ones(batch, len(names), dtype=torch.bool)
-    one_pass = build("cross", names, length_chunk=0, pooling="mean").eval()
-    chunked = build("cross", names, length_chunk=3, pooling="mean").eval()
-    chunked.load_state_dict(one_pass.state_dict())
+    one_pass, chunked = one_pass_and_chunked(3, names, pooling="mean")
     emb = make_embeddings(batch, names, seed=5)
     expected, got = one_pass(emb, mask), chunked(emb, mask)
     torch.testing.assert_close(got.fused, expected.fused, atol=1e-5, rtol=1e-5)
     for name in names:
-        query_mask = expected.extras[f"query_mask:{name}"]
-        torch.testing.assert_close(got.extras[f"attention:{name}"][query_mask],
-                                   expected.extras[f"attention:{name}"][query_mask],
-                                   atol=1e-5, rtol=1e-5)
+        assert_maps_equal_at_real_queries(got, expected, name)
 
 
 def test_cross_attention_in_length_chunks_with_a_modality_missing_from_the_whole_batch():
     """A batch without any atom (the graph removed from every molecule) has zero-width graph
     states; chunked and one-pass layers agree, and every key map still starts with the null key."""
-    batch = 2 * len(MIXED_MASK)
-    mask = torch.cat([MIXED_MASK, torch.ones_like(MIXED_MASK)])
+    batch, mask = len(CHUNKED_BATCH_MASK), CHUNKED_BATCH_MASK.clone()
     mask[:, NAMES.index("graph")] = False
     emb = make_embeddings(batch, seed=3)
     emb["graph"] = EncodedModality(torch.zeros(batch, D_IN), torch.zeros(batch, 0, D_IN),
                                    torch.zeros(batch, 0, dtype=torch.bool))
-    one_pass = build("cross", length_chunk=0).eval()
-    chunked = build("cross", length_chunk=4).eval()
-    chunked.load_state_dict(one_pass.state_dict())
+    one_pass, chunked = one_pass_and_chunked(4)
     expected, got = one_pass(emb, mask), chunked(emb, mask)
     torch.testing.assert_close(got.fused, expected.fused, atol=1e-5, rtol=1e-5)
     for name in NAMES:
