@@ -7,7 +7,7 @@ STAMP := $(VENV)/.deepfuse-installed
 DATA_DIR ?= ../shared/data
 # `materials` brings pymatgen/matgl/robocrys/MiniLM so the crystal tests run; EXTRAS=test skips them
 # `bench` brings pyinstrument for `make bench-speed`'s profiles
-EXTRAS ?= test,materials,bench
+EXTRAS ?= test,materials,bench,pretrained
 
 .PHONY: venv demo test bench bench-full bench-crystals clean
 
@@ -16,6 +16,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	# MOSES (the pretraining corpus) ships in molsets' wheel; its pinned dependencies are obsolete
+	# and unused (deepfuse reads the file without importing moses)
+	$(BIN)/python -m pip install -q --no-deps molsets==0.3.1
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
