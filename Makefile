@@ -16,10 +16,10 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
-	# MOSES (the pretraining corpus) ships in molsets' wheel; its pinned dependencies are obsolete
-	# and unused (deepfuse reads the file without importing moses)
-	$(BIN)/python -m pip install -q --no-deps molsets==0.3.1
 	$(BIN)/python -m pip check
+	# MOSES (the pretraining corpus) ships in molsets' wheel; its pinned dependencies are obsolete
+	# and unused (deepfuse reads the file without importing moses), so it comes after pip check
+	$(BIN)/python -m pip install -q --no-deps molsets==0.3.1
 	touch $(STAMP)
 
 venv: $(STAMP)
