@@ -7,7 +7,7 @@ STAMP := $(VENV)/.deepfuse-installed
 DATA_DIR ?= ../shared/data
 # `materials` brings pymatgen/matgl/robocrys/MiniLM so the crystal tests run; EXTRAS=test skips them
 # `bench` brings pyinstrument for `make bench-speed`'s profiles
-EXTRAS ?= test,materials,bench,pretrained
+EXTRAS ?= test,materials,bench,pretrained,hpopt
 
 .PHONY: venv demo test bench bench-full bench-crystals clean
 

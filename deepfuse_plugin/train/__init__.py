@@ -1,0 +1,1 @@
+"""Training beyond one ``fit`` call: hyper-parameter search (:mod:`.hpopt`)."""
