@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from deepfuse_plugin.nn.encoders import EncodedModality, mlp, reset_all
-from deepfuse_plugin.nn.fusion.masking import (masked_softmax, present_pooled, presence_weights,
+from deepfuse_plugin.nn.fusion.masking import (masked_softmax, presence_weights, present_pooled,
                                                zero_missing)
 from deepfuse_plugin.nn.fusion.output import FusionOutput, check_names
 
