@@ -5,4 +5,4 @@ per test, the same policy for the shared benchmark data (skipped locally, failin
 missing) and the same tiny CSV files.
 """
 from tests.cli.conftest import tiny_hiv_data_dir  # noqa: F401 (fixture)
-from tests.conftest import _seed, pytest_configure, shared_data_dir  # noqa: F401 (fixtures, hook)
+from tests.conftest import _seed, pytest_configure  # noqa: F401 (fixture, hook)
