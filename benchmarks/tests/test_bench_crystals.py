@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from deepfuse_bench import crystals as bc
+from deepfuse_bench import crystals_data
 from deepfuse_bench.cli import main
 from tests.unit.test_crystal_structures import copy_extxyz_head
 
@@ -130,12 +131,12 @@ def test_select_rows_drops_outliers_and_carves_the_family():
                          "split": ["train"] * 4 + ["val", "test", "test", "none"],
                          bc.TARGET: [-1.0, -13.6, 0.5, np.nan, -0.2, -0.3, -0.4, 0.0]})
     family = np.array([False, False, True, False, False, False, True, False])
-    rows, report = bc.select_rows(info, family, {"train": None, "val": 5, "test": 5}, 0, -5.0,
+    rows, report = crystals_data.select_rows(info, family, {"train": None, "val": 5, "test": 5}, 0, -5.0,
                                   None)
     assert sorted(rows["train"]) == [0]  # 1: outlier, 2: family, 3: unlabelled
     assert list(rows["zero_shot"]) == [6] and list(rows["test"]) == [5]
     assert [o["material_id"] for o in report["outliers"]] == ["mp-1"]
-    again, _ = bc.select_rows(info, family, {"train": 1, "val": 5, "test": 5}, 0, -5.0, None)
+    again, _ = crystals_data.select_rows(info, family, {"train": 1, "val": 5, "test": 5}, 0, -5.0, None)
     assert list(again["train"]) == list(rows["train"][:1])
 
 

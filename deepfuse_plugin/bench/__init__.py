@@ -24,7 +24,8 @@ warnings.warn("deepfuse_plugin.bench is deprecated; import from deepfuse_bench (
 #: Old module -> the modules its names now live in, searched in this order.
 MOVED = {
     "chemprop": ("deepfuse_bench.chemprop", "deepfuse_bench.chemprop_env"),
-    "crystals": ("deepfuse_bench.crystals",),
+    "crystals": ("deepfuse_bench.crystals", "deepfuse_bench.crystals_data",
+                 "deepfuse_bench.crystals_report"),
     "demo": ("deepfuse_plugin.demo",),
     "featurize": ("deepfuse_bench.featurize",),
     "moleculenet": ("deepfuse_bench.moleculenet", "deepfuse_bench.datasets",
