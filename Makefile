@@ -4,10 +4,13 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deepfuse-installed
+# the benchmark harness (benchmarks/, its own package: deepfuse-bench), installed after the library
+BENCH_STAMP := $(VENV)/.deepfuse-bench-installed
+# this project's data folder; the harness itself has no default data path, so every target passes it
 DATA_DIR ?= ../shared/data
 # `materials` brings pymatgen/matgl/robocrys/MiniLM so the crystal tests run; EXTRAS=test skips them
-# `bench` brings pyinstrument for `make bench-speed`'s profiles
-EXTRAS ?= test,materials,bench,pretrained,hpopt
+# `pretrained` brings MiniMol (ONNX), `hpopt` Optuna
+EXTRAS ?= test,materials,pretrained,hpopt
 
 .PHONY: venv demo test bench bench-full bench-crystals clean
 
@@ -17,53 +20,61 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	$(BIN)/python -m pip check
+	touch $(STAMP)
+
+# the harness's `profile` extra brings pyinstrument for `make bench-speed`'s profiles; deepfuse-plugin,
+# its one requirement, is the editable install above
+$(BENCH_STAMP): $(STAMP) benchmarks/pyproject.toml
+	$(BIN)/python -m pip install -q -e "benchmarks[profile]"
+	$(BIN)/python -m pip check
 	# MOSES (the pretraining corpus) ships in molsets' wheel; its pinned dependencies are obsolete
 	# and unused (deepfuse reads the file without importing moses), so it comes after pip check
 	$(BIN)/python -m pip install -q --no-deps molsets==0.3.1
-	touch $(STAMP)
+	touch $(BENCH_STAMP)
 
-venv: $(STAMP)
+venv: $(BENCH_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/deepfuse demo --out results/demo
 
-test: $(STAMP)
+# library and harness tests (setup.cfg testpaths: tests, deepfuse_plugin, benchmarks/tests, ...)
+test: $(BENCH_STAMP)
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python -m pytest -q -ra --durations=15
 
 # reduced suite: BBBP + ESOL, seed 0, 30 epochs, every model -> benchmarks/moleculenet.{md,json,png};
 # runs in BENCH_PROCESSES worker processes (default: one per core, one torch thread each)
 BENCH_PROCESSES ?= $(shell nproc 2>/dev/null || echo 1)
-bench: $(STAMP)
-	$(BIN)/deepfuse bench featurize --data-dir $(DATA_DIR)
-	$(BIN)/deepfuse --threads 1 bench moleculenet --suite reduced --data-dir $(DATA_DIR) \
+bench: $(BENCH_STAMP)
+	$(BIN)/deepfuse-bench featurize --data-dir $(DATA_DIR)
+	$(BIN)/deepfuse-bench --threads 1 moleculenet --suite reduced --data-dir $(DATA_DIR) \
 		--out benchmarks --processes $(BENCH_PROCESSES)
 
 # full suite (7 datasets incl. HIV, seeds 0,1,2; hours on 2 CPU cores): resumable, run it in the
 # background; -> benchmarks/full/moleculenet.{md,json,png}. To use more processes or machines, run
-# datasets with their own --out and combine them: deepfuse bench merge DIR... --out benchmarks/full
-bench-full: $(STAMP)
-	$(BIN)/deepfuse bench moleculenet --suite full --data-dir $(DATA_DIR) --out benchmarks/full --resume
+# datasets with their own --out and combine them: deepfuse-bench merge DIR... --out benchmarks/full
+bench-full: $(BENCH_STAMP)
+	$(BIN)/deepfuse-bench moleculenet --suite full --data-dir $(DATA_DIR) --out benchmarks/full --resume
 
 # mp36k formation energy (MEGNet split, sulfides held out for zero shot): CGCNN, text-only,
 # MatMMFuse, DynamicFusion on a fixed 2000/500/500 subset, 15 epochs (about an hour on 2 shared
 # CPU cores; featurized parts cached in ~/.cache/deepfuse) -> benchmarks/crystals.{md,json,png}.
 # On a CUDA machine add --full.
-bench-crystals: $(STAMP)
-	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/deepfuse bench crystals --data-dir $(DATA_DIR) --out benchmarks
+bench-crystals: $(BENCH_STAMP)
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/deepfuse-bench crystals --data-dir $(DATA_DIR) --out benchmarks
 
-# chemprop v2 (chemprop==2.3.1, its own RDKit) for `deepfuse bench moleculenet`: .venv-chemprop,
+# chemprop v2 (chemprop==2.3.1, its own RDKit) for `deepfuse-bench moleculenet`: .venv-chemprop,
 # torch 2.13.0 CPU first (1-2 min from the local mirror); the benchmark also creates it on first use
 .PHONY: chemprop-venv
-chemprop-venv: $(STAMP)
-	$(BIN)/python -c "from deepfuse_plugin.bench.chemprop import ensure_chemprop_env as e; print(e('.venv-chemprop', echo=print))"
+chemprop-venv: $(BENCH_STAMP)
+	$(BIN)/python -c "from deepfuse_bench.chemprop_env import ensure_chemprop_env as e; print(e('.venv-chemprop', echo=print))"
 
 # speed and memory vs DeepChem (and chemprop): featurization, training, inference on the first
 # HIV molecules; peak memory featurizing/training all 41k HIV molecules in child processes; plus
 # pyinstrument profiles (about 30 minutes on 2 shared CPU cores)
 # -> benchmarks/speed.{md,json}, benchmarks/profiles/
 .PHONY: bench-speed
-bench-speed: $(STAMP)
-	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/deepfuse bench speed --data-dir $(DATA_DIR) --out-dir benchmarks --profile
+bench-speed: $(BENCH_STAMP)
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/deepfuse-bench speed --data-dir $(DATA_DIR) --out-dir benchmarks --profile
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -25,7 +25,7 @@ def hiv_dataset(data_dir: str, n: int) -> tuple[Any, list[Any]]:
     import deepchem as dc
     import pandas as pd
 
-    from deepfuse_plugin.bench.moleculenet import FUSION_MODALITIES
+    from deepfuse_bench.datasets import FUSION_MODALITIES
     from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
     from deepfuse_plugin.modalities import MultiModalSample
 

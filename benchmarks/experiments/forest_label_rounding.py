@@ -28,7 +28,7 @@ def main() -> None:
 
     import deepchem as dc
 
-    from deepfuse_plugin.bench.peers import PEERS
+    from deepfuse_bench.peers import PEERS
 
     with tempfile.TemporaryDirectory() as save_dir:
         _, (train, _, test), transformers = dc.molnet.load_delaney(

@@ -23,7 +23,7 @@ import torch
 
 from deepfuse_plugin import workflows as wf
 from deepfuse_plugin.analysis.interpret import mean_modality_weights
-from deepfuse_plugin.bench.demo import load_huuskonen
+from deepfuse_plugin.demo import load_huuskonen
 from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deepfuse_plugin.bench.featurize import format_markdown, run_featurize_bench
+from deepfuse_bench.featurize import format_markdown, run_featurize_bench
 
 
 def test_featurize_bench_tiny(tiny_hiv_data_dir: Path, tmp_path: Path):

@@ -1,7 +1,7 @@
-"""Peers of the deepfuse models in ``deepfuse bench moleculenet``: DeepChem and chemprop v2.
+"""Peers of the deepfuse models in ``deepfuse-bench moleculenet``: DeepChem and chemprop v2.
 
 Each peer is a name, the input it trains on and how it is built; the benchmark runner
-(:mod:`deepfuse_plugin.bench.moleculenet`) trains them on exactly the same rows and split as the
+(:mod:`deepfuse_bench.runner`) trains them on exactly the same rows and split as the
 deepfuse models:
 
 * ``dc_mlp``: ``dc.models.MultitaskClassifier`` / ``MultitaskRegressor`` on
@@ -14,21 +14,20 @@ deepfuse models:
   same ECFP; one forest per task on the rows where that task is labelled (weight > 0), no epochs;
 * ``chemprop``: chemprop v2 (``chemprop==2.3.1``) in its own virtual environment, driven through
   its command line on the exported split CSVs (``<out>/splits``) with its default settings, the
-  same epoch budget and batch size (:mod:`deepfuse_plugin.bench.chemprop`, :func:`fit_chemprop`).
+  same epoch budget and batch size (:mod:`deepfuse_bench.chemprop_peer`).
   Its predictions are scored by :func:`deepfuse_plugin.workflows.evaluate` like every other
   model's, on the same rows. It keeps the checkpoint with the lowest validation *loss*.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from deepfuse_plugin import workflows as wf
-from deepfuse_plugin.bench import chemprop as cp
+from deepfuse_bench.chemprop_env import CHEMPROP_VERSION
 
 #: Feature sets a model can train on (the benchmark featurizes each dataset once per set).
 FEATURE_SETS = ("multimodal", "ecfp", "dmpnn")
@@ -108,7 +107,7 @@ PEERS: dict[str, Peer] = {
     "dc_rf": Peer("dc_rf", "DeepChem SklearnModel RF-500 (ECFP-2048)", "ecfp", _forest,
                   epochs=False),
     "dc_dmpnn": Peer("dc_dmpnn", "DeepChem DMPNNModel", "dmpnn", _dmpnn),
-    "chemprop": Peer("chemprop", f"chemprop v{cp.CHEMPROP_VERSION} D-MPNN (CLI defaults, own "
+    "chemprop": Peer("chemprop", f"chemprop v{CHEMPROP_VERSION} D-MPNN (CLI defaults, own "
                      "virtual environment)", "smiles", library="chemprop"),
 }
 
@@ -206,72 +205,3 @@ def fit_forest(name: str, n_tasks: int, mode: str, seed: int, budget: dict[str, 
     valid_metrics = wf.evaluate(forest, valid, transformers, mode)[0]
     test_metrics = wf.evaluate(forest, test, transformers, mode)[0]
     return forest, valid_metrics, test_metrics, elapsed
-
-
-# -- chemprop ------------------------------------------------------------------------------------
-@dataclass
-class ChempropSetup:
-    """chemprop's environment for one benchmark: its executable, or why it is unavailable."""
-
-    executable: Path | None
-    reason: str | None = None
-    versions: dict[str, str] = field(default_factory=dict)
-
-
-def chemprop_setup(venv_dir: str | None = None,
-                   echo: Callable[[str], None] | None = None) -> ChempropSetup:
-    """Create or reuse chemprop's environment (:func:`.chemprop.ensure_chemprop_env`).
-
-    A failure is returned as the reason, not raised: the benchmark then records its chemprop
-    runs as skipped and goes on.
-    """
-    try:
-        executable = cp.ensure_chemprop_env(venv_dir, echo=echo)
-    except cp.ChempropError as err:
-        return ChempropSetup(None, str(err))
-    stamp = cp.read_stamp(executable.parents[1]) or {}
-    return ChempropSetup(executable, None, stamp.get("versions", {}))
-
-
-class Precomputed:
-    """Predictions made elsewhere (by chemprop), served through the ``predict(dataset,
-    transformers)`` interface :func:`deepfuse_plugin.workflows.evaluate` uses.
-
-    ``pred`` is in original units (regression) or P(class 1) (classification), so transformers are
-    not applied; ``predict`` checks that the dataset's ids are the SMILES that were predicted, in
-    the same order.
-    """
-
-    def __init__(self, pred: np.ndarray, smiles: Sequence[str]) -> None:
-        self.pred = np.asarray(pred, dtype=np.float64)
-        self.smiles = [str(s).strip() for s in smiles]
-
-    def predict(self, dataset: Any, transformers: Sequence[Any] = ()) -> np.ndarray:
-        ids = [str(i).strip() for i in dataset.ids]
-        if ids != self.smiles:
-            raise wf.WorkflowError(f"Predictions for {len(self.smiles)} molecules do not match the "
-                                   f"{len(ids)} rows being scored (other molecules or order)")
-        return self.pred
-
-
-def fit_chemprop(paths: dict[str, str], tasks: Sequence[str], mode: str, seed: int,
-                 budget: dict[str, Any], valid: Any, test: Any, transformers: list,
-                 workdir: str, executable: Path, threads: int = 1
-                 ) -> tuple[cp.ChempropResult, dict[str, Any], dict[str, Any]]:
-    """Train chemprop on the split CSVs ``paths`` (train/valid/test) and score its predictions
-    on ``valid`` and ``test`` (the same rows, as DeepChem datasets, possibly with normalized
-    labels undone by ``transformers``): ``(result, valid metrics, test metrics)``."""
-    result = cp.run_chemprop(paths["train"], paths["valid"], paths["test"], tasks, mode,
-                             budget["epochs"], seed, workdir, batch_size=budget["batch_size"],
-                             threads=threads, executable=executable)
-    metrics = [wf.evaluate(Precomputed(pred, smiles), part, transformers, mode)[0]
-               for pred, smiles, part in ((result.valid_pred, result.valid_smiles, valid),
-                                          (result.test_pred, result.test_smiles, test))]
-    return result, metrics[0], metrics[1]
-
-
-def chemprop_hyperparameters(result: cp.ChempropResult, setup: ChempropSetup) -> dict[str, Any]:
-    """What chemprop ran with (every setting of its config.toml, defaults included) and where."""
-    return {**result.hyperparameters, "selection": cp.SELECTION,
-            "chemprop": setup.versions.get("chemprop", cp.CHEMPROP_VERSION),
-            "environment": str(setup.executable.parents[1]) if setup.executable else None}

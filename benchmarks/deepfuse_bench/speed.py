@@ -1,16 +1,16 @@
-"""Speed and memory against the peers: ``deepfuse bench speed`` (also ``make bench-speed``).
+"""Speed and memory against the peers: ``deepfuse-bench speed`` (also ``make bench-speed``).
 
 One run, one machine, the same HIV molecules (``<data-dir>/moleculenet/HIV.csv``) for every side;
 every figure is printed next to the peer's and as a ratio:
 
 1. **Featurization**, molecules/s: ``MultiModalFeaturizer(["ecfp", "graph", "smiles"])`` vs
    DeepChem's ``CircularFingerprint`` + ``MolGraphConvFeaturizer`` for the same modalities
-   (:mod:`deepfuse_plugin.bench.featurize`), with ``n_jobs=1`` and ``n_jobs=2`` (DeepChem's
+   (:mod:`deepfuse_bench.featurize`), with ``n_jobs=1`` and ``n_jobs=2`` (DeepChem's
    featurizers have no ``n_jobs``: they run in two forked worker processes, chunked like
    deepfuse's). First ``n_featurize`` molecules, one warm-up call, best of ``repeats``
    interleaved repeats.
 2. **Training throughput**, molecules/s per epoch: DynamicFusionModel vs DeepChem ``DMPNNModel``
-   (DeepChem defaults) vs chemprop v2 (:mod:`deepfuse_plugin.bench.chemprop`, its own virtual
+   (DeepChem defaults) vs chemprop v2 (:mod:`deepfuse_bench.chemprop`, its own virtual
    environment and CLI), on the first ``n_train`` molecules that both in-process featurizers
    accept, batch size 64, learning rate 1e-3. Featurized input (featurization is timed
    separately). One warm-up epoch is excluded, then ``epochs`` epochs are timed, interleaved
@@ -57,8 +57,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from deepfuse_plugin import workflows as wf
-from deepfuse_plugin.bench import featurize as fb
-from deepfuse_plugin.bench.moleculenet import cpu_model
+from deepfuse_bench import featurize as fb
+from deepfuse_bench.environment import cpu_model
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +78,10 @@ LARGE_BATCH_CALLS = 5
 #: part; kept small so that its epoch time is mostly training).
 CHEMPROP_VALID_ROWS = 64
 #: The chemprop runner: a module with ``ensure_chemprop_env`` and ``run_chemprop``.
-CHEMPROP_MODULE = "deepfuse_plugin.bench.chemprop"
+CHEMPROP_MODULE = "deepfuse_bench.chemprop"
 #: Imported once by the memory children's forkserver, so every child starts from one baseline.
 PRELOAD = ("torch", "deepchem", "rdkit.Chem", "torch_geometric", "deepfuse_plugin.feat.molecule",
-           "deepfuse_plugin.models.dynamic", "deepfuse_plugin.bench.speed")
+           "deepfuse_plugin.models.dynamic", "deepfuse_bench.speed")
 MEMORY_TASKS = (("featurize", "deepfuse"), ("featurize", "deepchem"), ("train", "dynamic"),
                 ("train", "dmpnn"))
 MEMORY_METHOD = ("peak resident set size of a child process doing only this (VmHWM from "
@@ -164,8 +164,8 @@ def build_model(side: str, model_dir: str) -> Any:
     """DynamicFusionModel (``dynamic``: deepfuse defaults; ``dynamic_bucketed``: with
     length-bucketed training batches) or DeepChem's DMPNNModel (``dmpnn``: DeepChem defaults, the
     ``dc_dmpnn`` peer of the accuracy benchmark) for HIV, one task, with the shared budget."""
-    from deepfuse_plugin.bench.moleculenet import SUITES
-    from deepfuse_plugin.bench.peers import PEERS
+    from deepfuse_bench.datasets import SUITES
+    from deepfuse_bench.peers import PEERS
     from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
     from deepfuse_plugin.models.dynamic import DynamicFusionModel
 
@@ -417,7 +417,8 @@ def profiler_class() -> type:
         from pyinstrument import Profiler
     except ImportError as err:
         raise wf.WorkflowError("--profile needs pyinstrument: pip install pyinstrument "
-                               "(or the package's [bench] extra)") from err
+                               "(or the harness's extra: pip install -e 'benchmarks[profile]')"
+                               ) from err
     return Profiler
 
 
@@ -489,7 +490,7 @@ def load_average() -> list[float] | None:
         return None
 
 
-def run_speed_bench(data_dir: str = "../shared/data", n_featurize: int = 3000,
+def run_speed_bench(data_dir: str, n_featurize: int = 3000,
                     n_train: int = 2000, epochs: int = 2, repeats: int = 3,
                     latency_calls: int = 200, n_memory: int | None = None,
                     memory: bool = True, memory_epochs: int = 1, chemprop: bool = True,

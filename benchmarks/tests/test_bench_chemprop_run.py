@@ -1,5 +1,5 @@
 """chemprop v2 really installed and run: ``run_chemprop`` on a tiny split, and the chemprop peer
-in ``deepfuse bench moleculenet`` next to a DeepChem baseline.
+in ``deepfuse-bench moleculenet`` next to a DeepChem baseline.
 
 The session fixture creates ``<repo>/.venv-chemprop`` (or ``$DEEPFUSE_CHEMPROP_VENV``) when it is
 missing: torch 2.13.0 (CPU) then chemprop 2.3.1, measured at 1-2 minutes from the local package
@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepfuse_plugin.bench import chemprop as cp
-from deepfuse_plugin.bench import moleculenet as mn
+from deepfuse_bench import chemprop as cp
+from deepfuse_bench import chemprop_env as cpenv
+from deepfuse_bench import moleculenet as mn
 from tests.cli.conftest import CLI_SMILES
-from tests.cli.test_bench_moleculenet import RUN_KEYS, tiny_molnet_dir  # noqa: F401 (fixture)
+from test_bench_moleculenet import RUN_KEYS, tiny_molnet_dir  # noqa: F401 (fixture)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOX_TASKS = ["NR-AR", "SR-p53"]
@@ -26,10 +27,10 @@ TOX_TASKS = ["NR-AR", "SR-p53"]
 
 @pytest.fixture(scope="session")
 def chemprop_venv() -> Path:
-    venv = Path(os.environ.get(cp.VENV_ENV) or REPO_ROOT / cp.DEFAULT_VENV)
+    venv = Path(os.environ.get(cpenv.VENV_ENV) or REPO_ROOT / cpenv.DEFAULT_VENV)
     try:
         cp.ensure_chemprop_env(venv)
-    except cp.ChempropEnvError as err:
+    except cpenv.ChempropEnvError as err:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"chemprop's environment could not be created: {err}")
         pytest.skip(f"chemprop's environment could not be created: {err}")
@@ -73,7 +74,7 @@ def test_run_chemprop_on_a_tiny_multitask_split(chemprop_venv, tmp_path):
 
 def test_bench_runs_chemprop_next_to_a_deepchem_baseline(chemprop_venv, tiny_molnet_dir,
                                                          tmp_path, monkeypatch):
-    monkeypatch.setenv(cp.VENV_ENV, str(chemprop_venv))
+    monkeypatch.setenv(cpenv.VENV_ENV, str(chemprop_venv))
     payload = mn.run_moleculenet_bench(datasets=["delaney"], data_dir=str(tiny_molnet_dir),
                                        seeds=[0], epochs=2, models=["dc_rf", "chemprop"],
                                        out=str(tmp_path), progress=False, echo=lambda _: None)
@@ -86,7 +87,7 @@ def test_bench_runs_chemprop_next_to_a_deepchem_baseline(chemprop_venv, tiny_mol
         "delaney"]["n_test"]
     assert np.isfinite(chemprop["test_metric"]) and chemprop["test_metric"] == chemprop[
         "test"]["rmse"]
-    assert chemprop["hyperparameters"]["chemprop"] == cp.CHEMPROP_VERSION
+    assert chemprop["hyperparameters"]["chemprop"] == cpenv.CHEMPROP_VERSION
     assert chemprop["train_time_s"] > 0 and chemprop["peak_rss_delta_mib"] > 0
     assert chemprop["chemprop"]["commands"][0].split()[2] == "train"
     assert payload["environment"]["chemprop"]["rdkit"]

@@ -1,6 +1,6 @@
 """Featurization speed: deepfuse's one-parse multimodal featurizer vs DeepChem's featurizers.
 
-``deepfuse bench featurize`` times, on the first ``n`` molecules of ``moleculenet/HIV.csv``:
+``deepfuse-bench featurize`` times, on the first ``n`` molecules of ``moleculenet/HIV.csv``:
 
 * deepfuse: ``MultiModalFeaturizer(["ecfp", "graph", "smiles"])``, single process (and ``n_jobs=2``
   as an extra figure);
@@ -8,7 +8,8 @@
   after the other (each parses the SMILES itself, as a user combining them would).
 
 Method: ``time.perf_counter``, one warm-up call per side on 100 molecules, best of ``repeats``
-timed runs, interleaved across sides so that background load on a shared machine hits both alike. Peak memory is measured in a separate, untimed run per side with ``tracemalloc``
+timed runs, interleaved across sides so that background load on a shared machine hits both alike.
+Peak memory is measured in a separate, untimed run per side with ``tracemalloc``
 (peak of Python-heap allocations, NumPy buffers included, RDKit's C++ allocations not), because
 tracing slows the code it measures.
 """
@@ -30,7 +31,6 @@ from deepfuse_plugin import workflows as wf
 logger = logging.getLogger(__name__)
 
 MODALITIES = ("ecfp", "graph", "smiles")
-TARGET_SPEEDUP = 5.0
 WARMUP_MOLECULES = 100
 
 
@@ -177,7 +177,7 @@ class QuietLogs:
             logging.getLogger(name).setLevel(level)
 
 
-def run_featurize_bench(data_dir: str = "../shared/data", n: int = 3000, repeats: int = 3,
+def run_featurize_bench(data_dir: str, n: int = 3000, repeats: int = 3,
                         out_dir: str | None = "benchmarks", parallel: bool = True,
                         echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark, print a summary and write ``out_dir/featurize.{json,md}``.
@@ -245,8 +245,6 @@ def run_featurize_bench(data_dir: str = "../shared/data", n: int = 3000, repeats
                   "separate untimed run",
         "results": record,
         "speedup": speedup,
-        "target_speedup": TARGET_SPEEDUP,
-        "meets_target": bool(speedup >= TARGET_SPEEDUP),
         "environment": {"cpu_count": os.cpu_count(), "machine": platform.machine(),
                         "python": platform.python_version(), "rdkit": rdkit.__version__,
                         "deepchem": dc.__version__, "torch": torch.__version__,
@@ -293,9 +291,7 @@ def format_markdown(result: dict[str, Any]) -> str:
     if parts:
         lines += ["", "DeepChem parts (same best run): " +
                   ", ".join(f"{k} {v:.0f} molecules/s" for k, v in parts.items()) + "."]
-    verdict = "met" if result["meets_target"] else "NOT met"
-    lines += ["", f"Speedup, single process: **{result['speedup']:.1f}x** (target >= "
-                  f"{result['target_speedup']:.0f}x: {verdict}).",
+    lines += ["", f"Speedup, single process: **{result['speedup']:.1f}x**.",
               "", "The n_jobs=2 time includes starting the worker processes and sending the "
                   "samples back to the parent process.",
               "", "Environment: " + ", ".join(f"{k} {v}" for k, v in result["environment"].items()

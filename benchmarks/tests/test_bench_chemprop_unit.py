@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from deepfuse_bench import chemprop_peer, report
+from deepfuse_bench import datasets as molnet_data
+from deepfuse_bench import chemprop as cp
+from deepfuse_bench import chemprop_env as cpenv
 from deepfuse_plugin import workflows as wf
-from deepfuse_plugin.bench import chemprop as cp
-from deepfuse_plugin.bench import moleculenet as mn
-from deepfuse_plugin.bench import peers
 
 TASKS = ["logS", "log P"]  # a space, as in "measured log solubility in mols per litre"
 SMILES = ["CCO", "c1ccccc1 ", "CC(=O)O", "CCN"]
@@ -165,36 +166,36 @@ def test_ensure_env_is_idempotent_with_a_stamp(tmp_path):
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "chemprop").write_text("")
-    (venv / cp.STAMP).write_text(json.dumps({"requirements": list(cp.REQUIREMENTS)}))
+    (venv / cpenv.STAMP).write_text(json.dumps({"requirements": list(cpenv.REQUIREMENTS)}))
     # /bin/false would fail every install step: the stamp means none runs
     assert cp.ensure_chemprop_env(venv, python="/bin/false") == venv / "bin" / "chemprop"
-    assert cp.env_ready(venv)
-    (venv / cp.STAMP).write_text(json.dumps({"requirements": ["chemprop==0.1"]}))
-    assert not cp.env_ready(venv)  # other requirements: reinstall
+    assert cpenv.env_ready(venv)
+    (venv / cpenv.STAMP).write_text(json.dumps({"requirements": ["chemprop==0.1"]}))
+    assert not cpenv.env_ready(venv)  # other requirements: reinstall
 
 
 def test_ensure_env_failure_names_the_command_and_shows_its_output(tmp_path):
-    with pytest.raises(cp.ChempropEnvError) as err:
+    with pytest.raises(cpenv.ChempropEnvError) as err:
         cp.ensure_chemprop_env(tmp_path / "venv", python="/bin/false")
     text = str(err.value)
     assert "`/bin/false -m venv" in text and "exited with code 1" in text
-    assert cp.INSTALL_LOG in text and "$ /bin/false -m venv" in text  # the log's tail
-    assert not cp.env_ready(tmp_path / "venv")
+    assert cpenv.INSTALL_LOG in text and "$ /bin/false -m venv" in text  # the log's tail
+    assert not cpenv.env_ready(tmp_path / "venv")
     blocked = tmp_path / "a_file"
     blocked.write_text("")
-    with pytest.raises(cp.ChempropEnvError, match="Cannot create chemprop's environment folder"):
+    with pytest.raises(cpenv.ChempropEnvError, match="Cannot create chemprop's environment folder"):
         cp.ensure_chemprop_env(blocked / "venv")
 
 
 def test_install_puts_cpu_torch_first():
-    cmds = cp.install_commands(Path("/v"), "python3")
+    cmds = cpenv.install_commands(Path("/v"), "python3")
     assert cmds[0] == ["python3", "-m", "venv", "/v"]
     assert [c[-1] for c in cmds[1:]] == ["torch==2.13.0", "chemprop==2.3.1"]
 
 
 def test_child_env_isolates_chemprops_interpreter(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", "/somewhere")
-    env = cp.child_env(threads=1)
+    env = cpenv.child_env(threads=1)
     assert "PYTHONPATH" not in env and env["PYTHONNOUSERSITE"] == "1"
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
 
@@ -210,51 +211,18 @@ def test_chemprop_predictions_are_scored_by_the_same_metric_code():
     normalizer = dc.trans.NormalizationTransformer(transform_y=True, dataset=dataset)
     normalized = normalizer.transform(dataset)
     pred = y + rng.normal(0, 0.5, size=y.shape)  # original units, as chemprop predicts
-    got = wf.evaluate(peers.Precomputed(pred, SMILES + ["C", "CC"]), normalized, [normalizer],
+    got = wf.evaluate(chemprop_peer.Precomputed(pred, SMILES + ["C", "CC"]), normalized, [normalizer],
                       "regression")[0]
     assert got == pytest.approx(wf.regression_metrics(y, pred, w))
     with pytest.raises(wf.WorkflowError, match="do not match"):
-        peers.Precomputed(pred, SMILES[::-1] + ["C", "CC"]).predict(normalized)
-
-
-def test_goal_line_dynamic_vs_chemprop():
-    def run(d, m, v):
-        return {"dataset": d, "model": m, "seed": 0, "test_metric": v, "split": "scaffold"}
-
-    datasets = {"bbbp": {"mode": "classification"}, "delaney": {"mode": "regression"},
-                "sampl": {"mode": "regression"}}
-    runs = [run("bbbp", "dynamic", 0.91), run("bbbp", "chemprop", 0.90),
-            run("delaney", "dynamic", 1.2), run("delaney", "chemprop", 1.0),
-            run("sampl", "dynamic", 2.0), run("sampl", "chemprop", None)]
-    (line,) = mn.goal_check(runs, datasets)  # no DeepChem baseline: only the chemprop line
-    assert "as good or better on 1 of 2 dataset(s)" in line
-    assert "BBBP 0.910 vs 0.900; ESOL (delaney) 1.200 vs 1.000 (worse)" in line
-    assert "open (2 of the 7 datasets compared so far)" in line
-    seven = [run(d, m, v) for d in mn.FULL_DATASETS for m, v in (("dynamic", 1.0),
-                                                                   ("chemprop", 1.0))]
-    seven_info = {d: {"mode": mn.KNOWN_MODES[d]} for d in mn.FULL_DATASETS}
-    assert mn.goal_check(seven, seven_info)[-1].endswith("met.")  # ties count as as good
-
-
-def test_goals_compare_models_on_the_seeds_both_ran():
-    datasets = {"tox21": {"mode": "classification"}}
-    runs = [{"dataset": "tox21", "model": m, "seed": seed, "test_metric": v, "split": "scaffold"}
-            for m, seed, v in [("dynamic", 0, 0.75), ("dc_dmpnn", 0, 0.76), ("dc_dmpnn", 1, 0.70),
-                               ("dc_dmpnn", 2, 0.70), ("chemprop", 0, 0.74),
-                               ("chemprop", 1, 0.80)]]
-    fusion, chemprop = mn.goal_check(runs, datasets)
-    # over all seeds DMPNN averages 0.720 and dynamic (seed 0 only) would look better; on seed 0
-    # it is worse
-    assert "best DeepChem baseline dc_dmpnn 0.720" in fusion
-    assert "worse: dynamic 0.750 vs 0.760 (seed(s) 0 only)" in fusion
-    assert "Tox21 0.750 vs 0.740 (seed(s) 0 only)" in chemprop and "(worse)" not in chemprop
+        chemprop_peer.Precomputed(pred, SMILES[::-1] + ["C", "CC"]).predict(normalized)
 
 
 def test_skipped_runs_are_listed_in_the_notes():
     runs = [{"dataset": d, "model": "chemprop", "seed": 0, "skipped": "no mirror"}
             for d in ("bbbp", "delaney")]
-    (note,) = mn.skipped_notes(runs)
+    (note,) = report.skipped_notes(runs)
     assert note.startswith("Skipped") and "chemprop on bbbp seed 0, chemprop on delaney" in note
     assert note.endswith("Reason: no mirror")
-    assert math.isnan(mn.summarize(runs + [{**runs[0], "test_metric": None}])[
+    assert math.isnan(report.summarize(runs + [{**runs[0], "test_metric": None}])[
         ("bbbp", "chemprop")]["mean"])

@@ -1,4 +1,4 @@
-"""``deepfuse bench speed`` on a tiny HIV.csv (the real run is ``make bench-speed``)."""
+"""``deepfuse-bench speed`` on a tiny HIV.csv (the real run is ``make bench-speed``)."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from deepfuse_plugin.bench import speed
-from deepfuse_plugin.cli import main
+from deepfuse_bench import speed
+from deepfuse_bench.cli import main
 
 SECTIONS = ("settings", "machine", "load_average", "featurization", "training", "inference",
             "memory", "rows")
@@ -18,7 +18,7 @@ def test_bench_speed_tiny_run_writes_json_and_markdown(tiny_hiv_data_dir: Path, 
                                                        capsys, caplog):
     out = tmp_path / "bench"
     with caplog.at_level("WARNING"):
-        code = main(["--no-progress", "bench", "speed", "--data-dir", str(tiny_hiv_data_dir),
+        code = main(["--no-progress", "speed", "--data-dir", str(tiny_hiv_data_dir),
                      "--n-featurize", "40", "--n-train", "40", "--epochs", "1", "--repeats", "1",
                      "--latency-calls", "3", "--n-memory", "40", "--no-chemprop",
                      "--out-dir", str(out)])
