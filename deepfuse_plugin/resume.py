@@ -232,19 +232,11 @@ def save_resume_point(model: Any, directory: str, state: ResumeState) -> ResumeS
 
 def restore_resume_point(model: Any, directory: str, state: ResumeState) -> None:
     """Load the weights, optimizer, global step and random states of ``state`` into ``model``."""
-    from deepfuse_plugin.models.base import MultiModalTorchModel
-    from deepfuse_plugin.models.checkpoints import latest_checkpoint, load_checkpoint_file
+    from deepfuse_plugin.models.checkpoints import restore_safely
 
     folder = os.path.join(directory, state.slot)
     plain, tensors = _read_random_states(folder)  # first: a legacy pickle stops before anything
-    if isinstance(model, MultiModalTorchModel):
-        model.restore(model_dir=folder)
-    else:  # DeepChem's restore would call torch.load without weights_only
-        model._ensure_built()
-        data = load_checkpoint_file(latest_checkpoint(folder), model.device)
-        model.model.load_state_dict(data["model_state_dict"])
-        model._pytorch_optimizer.load_state_dict(data["optimizer_state_dict"])
-        model._global_step = int(data["global_step"])
+    restore_safely(model, folder)  # DeepChem baselines too, weights_only
     try:
         _set_random_states(model, plain, tensors)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:

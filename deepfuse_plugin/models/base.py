@@ -25,19 +25,22 @@ from tqdm.auto import tqdm
 from deepfuse_plugin._version import __version__
 from deepfuse_plugin.data.collate import (PADDED_KINDS, MultiModalBatch, collate_samples,
                                           length_bucketed)
-from deepfuse_plugin.errors import (CorruptCheckpointError, DeepfuseError, InvalidInputError,
-                                    InvalidSettingError)
+from deepfuse_plugin.errors import (CorruptCheckpointError, InvalidSettingError)
 from deepfuse_plugin.modalities import Modality, as_modalities
 from deepfuse_plugin.models import _settings as check
+from deepfuse_plugin.models._data_checks import (check_label_range, check_labelled_tasks,
+                                                 check_token_lengths, numeric_labels,
+                                                 refusing_non_finite, spec_differences)
 from deepfuse_plugin.models.checkpoints import (CONFIG_FILE, CONFIG_FORMAT,  # noqa: F401
                                                 MissingCheckpointError, checkpoint_digest,
+                                                config_diff,
                                                 latest_checkpoint, load_checkpoint_file,
                                                 read_config, verify_checkpoint_digest)
 from deepfuse_plugin.models.predictions import (NON_FINITE, CheckedPredictions, drop_names,
                                                 mark_failed_rows, non_finite_rows, row_problems,
                                                 warn_failed_rows)
 from deepfuse_plugin.nn import losses
-from deepfuse_plugin.nn.heads import UNCERTAINTY_KINDS, dirichlet_moments, make_head, nig_moments
+from deepfuse_plugin.nn.heads import dirichlet_moments, make_head, nig_moments
 from deepfuse_plugin.nn.network import MultiModalNetwork, NetworkOutput
 
 logger = logging.getLogger(__name__)
@@ -78,44 +81,6 @@ def _resolve_modalities(modalities: Sequence[Modality | dict | str]) -> list[Mod
                              f"{list(BUILTIN_CRYSTAL_MODALITIES)}")
         defaults.update((m.name, m) for m in crystal_modality_specs(crystal))
     return as_modalities([defaults[m] if isinstance(m, str) else m for m in modalities])
-
-
-def _check_base_settings(settings: dict[str, Any], kwargs: dict[str, Any]) -> None:
-    """Refuse a bad value of any base-model setting (``settings`` = the constructor's locals),
-    naming it, before the network is built (:class:`~deepfuse_plugin.errors.InvalidSettingError`).
-    """
-    check.check_all([
-        (check.positive_int, "n_tasks", settings["n_tasks"]),
-        *((check.positive_int, k, settings[k]) for k in ("encoder_dim", "fused_dim",
-                                                        "head_hidden")),
-        (check.probability, "dropout", settings["dropout"]),
-        (check.probability, "modality_dropout", settings["modality_dropout"]),
-        (check.non_negative_float, "fusion_loss_weight", settings["fusion_loss_weight"]),
-        (check.non_negative_float, "unimodal_loss_weight", settings["unimodal_loss_weight"]),
-        (check.non_negative_int, "evidential_anneal_epochs", settings["evidential_anneal_epochs"]),
-        (check.non_negative_int, "length_bucket_pool", settings["length_bucket_pool"]),
-    ])
-    check.one_of("mode", settings["mode"], ("regression", "classification"))
-    check.one_of("uncertainty", settings["uncertainty"], UNCERTAINTY_KINDS)
-    check.one_of("mixed_precision", settings["mixed_precision"], ("auto", True, False))
-    check.one_of("progress", settings["progress"], (True, False))
-    if settings["mode"] == "classification":
-        check.check_all([(check.positive_int, "n_classes", settings["n_classes"])])
-        if settings["n_classes"] < 2:
-            raise InvalidSettingError(f"n_classes must be >= 2 for classification, got "
-                                      f"{settings['n_classes']!r}")
-    if settings["evidential_lambda"] is not None:
-        check.non_negative_float("evidential_lambda", settings["evidential_lambda"])
-    options = settings["encoder_options"]
-    if options is not None and not (isinstance(options, dict) and all(
-            isinstance(v, dict) for v in options.values())):
-        raise InvalidSettingError("encoder_options must map a modality kind to a dict of "
-                                  f"encoder settings, e.g. {{'graph': {{'n_layers': 4}}}}; got "
-                                  f"{options!r}")
-    check.positive_int("batch_size", kwargs.get("batch_size", 64))
-    rate = kwargs.get("learning_rate", 0.001)
-    if isinstance(rate, (int, float, np.number)) or not hasattr(rate, "_create_pytorch_schedule"):
-        check.positive_float("learning_rate", rate)
 
 
 def autocast_dtype(mixed_precision: bool | str, device: torch.device) -> torch.dtype | None:
@@ -226,7 +191,7 @@ class MultiModalTorchModel(TorchModel):
                  evidential_anneal_epochs: int = 10, progress: bool = True,
                  mixed_precision: bool | str = "auto", length_bucket_pool: int = 0,
                  **kwargs: Any):
-        _check_base_settings(locals(), kwargs)
+        check.check_base_settings(locals(), kwargs)
         self.length_bucket_pool = int(length_bucket_pool)
         self.uncertainty, self.evidential_lambda = uncertainty, evidential_lambda
         self.evidential_anneal_epochs = evidential_anneal_epochs
@@ -365,7 +330,7 @@ class MultiModalTorchModel(TorchModel):
 
     def _check_saved_config(self, saved: dict[str, Any], directory: str) -> None:
         try:
-            mismatched, training_only = _config_diff(saved["config"], self.get_config(),
+            mismatched, training_only = config_diff(saved["config"], self.get_config(),
                                                      self._training_settings)
         except (KeyError, TypeError, ValueError) as err:
             raise CorruptCheckpointError(
@@ -507,7 +472,7 @@ class MultiModalTorchModel(TorchModel):
         self._check_dataset(dataset, labelled=kwargs.get("loss") is None)
         if len(args) < 6:  # ``loss`` is DeepChem's 8th parameter; not given positionally
             kwargs["loss"] = _released_after_backward(
-                _refusing_non_finite(kwargs.get("loss") or self._loss_fn, self))
+                refusing_non_finite(kwargs.get("loss") or self._loss_fn, self))
         return super().fit(dataset, nb_epoch, *args, **kwargs)
 
     def fit_generator(self, *args: Any, **kwargs: Any) -> float:
@@ -530,18 +495,18 @@ class MultiModalTorchModel(TorchModel):
         # not dataset.X: that loads every shard. DiskDataset yields a map per sample: unpack it.
         first, *_ = next(iter(dataset.itersamples()))
         collate_samples([first], self.modalities)  # clear error if modalities differ
-        self._check_token_lengths(dataset)
+        check_token_lengths(dataset, self.modalities)
         if not labelled:
             return
         if len(dataset.get_task_names()) == 0:  # e.g. CSVLoader(tasks=[]): DiskDataset.y fails
             raise ValueError("The dataset has no labels (no tasks): fit() needs labels; use "
                              "pretrain() for self-supervised training")
-        y = _numeric_labels(dataset)
+        y = numeric_labels(dataset)
         if y.shape[1] != self.n_tasks:
             raise ValueError(f"The model has n_tasks={self.n_tasks} but the labels have {y.shape[1]} "
                              "column(s)")
-        _check_label_range(y, dataset)
-        _check_labelled_tasks(y, dataset)
+        check_label_range(y, dataset)
+        check_labelled_tasks(y, dataset)
         bad_rows = np.flatnonzero(~np.isfinite(y).all(axis=1))
         if len(bad_rows):
             ids = [str(dataset.ids[i]) for i in bad_rows[:10]]
@@ -556,24 +521,6 @@ class MultiModalTorchModel(TorchModel):
                 raise ValueError(f"Classification labels must be integers in [0, {self.n_classes}); "
                                  f"found {sorted(set(invalid.tolist()))[:5]} (ids: "
                                  f"{[str(dataset.ids[r]) for r in rows]})")
-
-    def _check_token_lengths(self, dataset: Dataset) -> None:
-        """Token sequences longer than the model's ``max_length`` (data featurized with another
-        ``max_length``) are refused before training, naming the ids."""
-        limits = {m.name: m.max_length for m in self.modalities
-                  if m.kind == "sequence" and m.max_length is not None}
-        if not limits:
-            return
-        for name, limit in limits.items():
-            too_long = [(str(ids), len(x.values[name])) for x, _, _, ids in dataset.itersamples()
-                        if getattr(x, "values", {}).get(name) is not None
-                        and len(x.values[name]) > limit]
-            if too_long:
-                raise InvalidInputError(
-                    f"Modality {name!r}: {len(too_long)} row(s) have more tokens than the model's "
-                    f"max_length={limit} (ids and lengths: {too_long[:5]}): the data was "
-                    "featurized with another max_length; featurize with "
-                    "MultiModalFeaturizer(modalities=model.modalities)")
 
     def check_featurizer(self, featurizer: Any) -> None:
         """Raise if ``featurizer`` (or its ``modalities``) would give this model other inputs.
@@ -599,7 +546,7 @@ class MultiModalTorchModel(TorchModel):
         >>> model = dfp.EarlyFusionModel(1, ["ecfp"], encoder_dim=8, fused_dim=8, progress=False)
         >>> model.check_featurizer(dfp.MultiModalFeaturizer(["ecfp"], progress=False))
         >>> model.check_featurizer(dfp.MultiModalFeaturizer(["ecfp"], ecfp_size=64,
-        ...                                                 progress=False))
+        ...                                                 progress=False))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         deepfuse_plugin.errors.InvalidSettingError: The featurizer does not match the model: ...
@@ -611,7 +558,7 @@ class MultiModalTorchModel(TorchModel):
             raise InvalidSettingError(f"The featurizer does not compute the model's modalities "
                                       f"{missing} (it has {list(theirs)}): build it with "
                                       "MultiModalFeaturizer(modalities=model.modalities)")
-        problems = [line for m in self.modalities for line in _spec_differences(m, theirs[m.name])]
+        problems = [line for m in self.modalities for line in spec_differences(m, theirs[m.name])]
         if problems:
             raise InvalidSettingError("The featurizer does not match the model: " +
                                       "; ".join(problems) + ". Build it with "
@@ -854,94 +801,6 @@ def _released_after_backward(loss_fn: Any) -> Any:
     return loss
 
 
-def _refusing_non_finite(loss_fn: Any, model: "MultiModalTorchModel") -> Any:
-    """``loss_fn`` raising a clear error, before the optimizer step, when a batch's loss is not
-    finite (labels far too large for float32 arithmetic, a learning rate that diverges)."""
-    def loss(outputs: list, labels: list, weights: list) -> Any:
-        value = loss_fn(outputs, labels, weights)
-        if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value.detach()).all()):
-            largest = max((float(t.detach().abs().nan_to_num(0.0).max()) for t in labels
-                           if isinstance(t, torch.Tensor) and t.numel()), default=float("nan"))
-            raise DeepfuseError(
-                f"The training loss became {float(value.detach().sum()):g} at epoch "
-                f"{model.epochs_started}, batch {model._global_step + 1} (counted over every fit "
-                f"call; largest |label| in the batch {largest:g}, learning_rate "
-                f"{model.learning_rate!r}): normalise the labels (e.g. "
-                "dc.trans.NormalizationTransformer, or the workflows' default normalisation) or "
-                "lower learning_rate. This batch did not update the weights.")
-        return value
-
-    return loss
-
-
-def _numeric_labels(dataset: Dataset) -> np.ndarray:
-    """``dataset.y`` as ``(N, n_tasks)`` float64; text labels are an InvalidInputError."""
-    raw = np.asarray(dataset.y)
-    try:
-        return np.asarray(raw, dtype=np.float64).reshape(len(dataset), -1)
-    except (TypeError, ValueError) as err:
-        flat = raw.reshape(len(dataset), -1)
-        rows = [i for i in range(len(flat)) if not all(_is_number(v) for v in flat[i])]
-        examples = [(str(dataset.ids[i]), [str(v) for v in flat[i]]) for i in rows[:5]]
-        raise InvalidInputError(
-            f"Labels must be numbers; {len(rows)} row(s) are not (ids and values: {examples}). "
-            "Convert them (e.g. yes/no to 1/0) or mark a missing label as empty/NaN") from err
-
-
-def _is_number(value: Any) -> bool:
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def _check_label_range(y: np.ndarray, dataset: Dataset) -> None:
-    """Finite labels beyond float32's range would become inf in training and be dropped."""
-    huge = np.isfinite(y) & (np.abs(y) > np.finfo(np.float32).max)
-    if huge.any():
-        rows = np.flatnonzero(huge.any(axis=1))
-        raise InvalidInputError(
-            f"{len(rows)} row(s) have labels beyond float32's range (|y| > 3.4e38; ids and "
-            f"values: {[(str(dataset.ids[r]), y[r][huge[r]].tolist()) for r in rows[:5]]}): "
-            "fix or drop those values, or rescale the labels")
-
-
-def _check_labelled_tasks(y: np.ndarray, dataset: Dataset) -> None:
-    """A task without a single finite label of non-zero weight would train an untrained head."""
-    w = np.asarray(dataset.w, dtype=np.float64).reshape(len(dataset), -1)
-    if w.shape[1] not in (1, y.shape[1]):
-        return  # DeepChem's own checks report odd weight shapes
-    labelled = (np.isfinite(y) & (np.broadcast_to(w, y.shape) != 0)).any(axis=0)
-    if not labelled.all():
-        names = list(dataset.get_task_names())
-        empty = [str(names[j]) if j < len(names) else f"task {j}"
-                 for j in np.flatnonzero(~labelled)]
-        raise InvalidInputError(
-            f"Task(s) {empty} have no labelled rows (every label is missing/NaN or has weight "
-            "0): their predictions would come from an untrained head. Drop those tasks or add "
-            "labels.")
-
-
-def _spec_differences(ours: Modality, theirs: Modality) -> list[str]:
-    """Readable differences of two specs of the same modality, field by field."""
-    lines = []
-    for field in ("kind", "dim", "max_length", "node_dim", "edge_dim"):
-        a, b = getattr(ours, field), getattr(theirs, field)
-        if a != b:
-            lines.append(f"modality {ours.name!r} {field}: model {a!r}, featurizer {b!r}")
-    if ours.vocab != theirs.vocab:
-        a, b = ours.vocab or (), theirs.vocab or ()
-        first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        lines.append(f"modality {ours.name!r} vocab: model {len(a)} tokens, featurizer {len(b)} "
-                     f"tokens (first difference at token id {first})")
-    for key in sorted(set(ours.params) | set(theirs.params)):
-        a, b = ours.params.get(key), theirs.params.get(key)
-        if a != b and key != "vocab":
-            lines.append(f"modality {ours.name!r} params[{key!r}]: model {a!r}, featurizer {b!r}")
-    return lines
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Modality):
         return value.to_dict()
@@ -971,31 +830,3 @@ def _untransform_std(std: np.ndarray, z: np.ndarray, transformers: list) -> np.n
                              "without it.")
         std, z = std * np.abs(slope), f0
     return std.astype(dtype)
-
-
-def _config_diff(saved: dict[str, Any], current: dict[str, Any],
-                 training_settings: frozenset[str]) -> tuple[list[str], list[str]]:
-    """Differences as ``(architecture, training_only)`` lists of readable lines."""
-    architecture, training = [], []
-    for key in sorted(set(saved) | set(current)):
-        if saved.get(key) == current.get(key):
-            continue
-        if key not in saved and key in training_settings:
-            continue  # a training option newer than the checkpoint: nothing to compare
-        if key == "modalities":
-            s = {m["name"]: m for m in saved[key]}
-            c = {m["name"]: m for m in current[key]}
-            if list(s) != list(c):
-                architecture.append(f"modalities: saved {list(s)}, this {list(c)}")
-            else:
-                architecture += [f"modality {n!r}: saved {_short(s[n])}, this {_short(c[n])}"
-                                 for n in s if s[n] != c[n]]
-        else:
-            line = f"{key}: saved {saved.get(key)!r}, this {current.get(key)!r}"
-            (training if key in training_settings else architecture).append(line)
-    return architecture, training
-
-
-def _short(spec: dict[str, Any]) -> str:
-    return repr(Modality.from_dict(spec)) + (f" params={spec['params']}" if spec.get("params") else "")
-

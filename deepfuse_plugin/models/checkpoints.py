@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import torch
 
 from deepfuse_plugin.errors import CorruptCheckpointError, RunFolderError
+from deepfuse_plugin.modalities import Modality
 
 CONFIG_FILE = "deepfuse_config.json"
 #: 2: ``unimodal_loss_weight`` on every model (format 1 had unimodal losses in late fusion only).
@@ -69,7 +70,7 @@ def load_checkpoint_file(path: str, device: torch.device | str = "cpu") -> dict[
         raise CorruptCheckpointError(f"Checkpoint {path!r} is empty (0 bytes): {_FIX}")
     try:
         data = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # noqa: BLE001 (zip/unpickling errors have no common class)
+    except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CorruptCheckpointError(
             f"Checkpoint {path!r} cannot be read safely (truncated, damaged, or not a plain-tensor "
@@ -82,6 +83,23 @@ def load_checkpoint_file(path: str, device: torch.device | str = "cpu") -> dict[
                                      f"{missing or ['model_state_dict']}): {_FIX}")
     _check_finite(data["model_state_dict"], path)
     return dict(data)
+
+
+def restore_safely(model: Any, model_dir: str) -> None:
+    """Restore any DeepChem ``TorchModel`` from ``model_dir``'s newest checkpoint without
+    running code from it (DeepChem's own ``restore`` calls ``torch.load`` without
+    ``weights_only``). deepfuse models use their ``restore``, which also checks the saved
+    configuration."""
+    from deepfuse_plugin.models.base import MultiModalTorchModel
+
+    if isinstance(model, MultiModalTorchModel):
+        model.restore(model_dir=model_dir)
+        return
+    model._ensure_built()
+    data = load_checkpoint_file(latest_checkpoint(model_dir), model.device)
+    model.model.load_state_dict(data["model_state_dict"])
+    model._pytorch_optimizer.load_state_dict(data["optimizer_state_dict"])
+    model._global_step = int(data["global_step"])
 
 
 def _check_finite(state: Mapping[str, Any], path: str) -> None:
@@ -185,3 +203,30 @@ def verify_checkpoint_digest(model_dir: str, expected: str) -> None:
             f"The checkpoint or configuration in {model_dir!r} changed since it was saved "
             f"(sha256 {actual[7:19]}..., the run record says {str(expected)[7:19]}...): the "
             f"weights were damaged or a file was edited; {_FIX}")
+
+
+def config_diff(saved: dict[str, Any], current: dict[str, Any],
+                 training_settings: frozenset[str]) -> tuple[list[str], list[str]]:
+    """Differences as ``(architecture, training_only)`` lists of readable lines."""
+    architecture, training = [], []
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) == current.get(key):
+            continue
+        if key not in saved and key in training_settings:
+            continue  # a training option newer than the checkpoint: nothing to compare
+        if key == "modalities":
+            s = {m["name"]: m for m in saved[key]}
+            c = {m["name"]: m for m in current[key]}
+            if list(s) != list(c):
+                architecture.append(f"modalities: saved {list(s)}, this {list(c)}")
+            else:
+                architecture += [f"modality {n!r}: saved {_short(s[n])}, this {_short(c[n])}"
+                                 for n in s if s[n] != c[n]]
+        else:
+            line = f"{key}: saved {saved.get(key)!r}, this {current.get(key)!r}"
+            (training if key in training_settings else architecture).append(line)
+    return architecture, training
+
+
+def _short(spec: dict[str, Any]) -> str:
+    return repr(Modality.from_dict(spec)) + (f" params={spec['params']}" if spec.get("params") else "")

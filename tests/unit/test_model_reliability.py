@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,10 +75,7 @@ def test_a_planted_pickle_checkpoint_is_refused_not_run(copy_of, tmp_path):
 
 
 def test_every_torch_load_in_the_package_is_weights_only():
-    import pathlib
-    import re
-
-    root = pathlib.Path(dfp.__file__).parent
+    root = Path(dfp.__file__).parent
     for path in root.rglob("*.py"):
         text = path.read_text()
         assert "import pickle" not in text, path
@@ -89,7 +87,7 @@ def test_every_torch_load_in_the_package_is_weights_only():
 @pytest.mark.parametrize("damage", ["empty", "truncated", "random", "nan"])
 def test_a_damaged_checkpoint_is_a_corrupt_checkpoint_error(copy_of, damage):
     path = os.path.join(copy_of, "checkpoint1.pt")
-    data = open(path, "rb").read()
+    data = Path(path).read_bytes()
     if damage == "nan":
         state = torch.load(path, weights_only=True)
         name = next(k for k, v in state["model_state_dict"].items() if v.is_floating_point())
@@ -98,7 +96,7 @@ def test_a_damaged_checkpoint_is_a_corrupt_checkpoint_error(copy_of, damage):
     else:
         content = {"empty": b"", "truncated": data[: len(data) // 2],
                    "random": np.random.default_rng(0).bytes(4096)}[damage]
-        open(path, "wb").write(content)
+        Path(path).write_bytes(content)
     with pytest.raises(CorruptCheckpointError, match="checkpoint1.pt") as err:
         MultiModalTorchModel.load(copy_of, progress=False)
     assert "architecture" not in str(err.value)
@@ -130,8 +128,7 @@ def test_missing_folders_and_checkpoints_name_the_path(saved, small_featurizer, 
 ])
 def test_an_edited_configuration_is_a_clear_error(copy_of, edit, match):
     path = os.path.join(copy_of, "deepfuse_config.json")
-    text = open(path).read()
-    open(path, "w").write(edit(text))
+    Path(path).write_text(edit(Path(path).read_text()))
     with pytest.raises(DeepfuseError, match=match) as err:
         MultiModalTorchModel.load(copy_of, progress=False)
     if match != "architecture":
@@ -143,16 +140,16 @@ def test_checkpoint_digest_detects_a_flipped_bit_and_an_edit(copy_of, saved):
     assert digest == checkpoint_digest(saved[2]) and digest.startswith("sha256:")
     verify_checkpoint_digest(copy_of, digest)
     path = os.path.join(copy_of, "checkpoint1.pt")
-    data = bytearray(open(path, "rb").read())
+    data = bytearray(Path(path).read_bytes())
     data[len(data) // 2] ^= 0x01
-    open(path, "wb").write(bytes(data))
+    Path(path).write_bytes(bytes(data))
     with pytest.raises(CorruptCheckpointError, match="changed since it was saved"):
         verify_checkpoint_digest(copy_of, digest)
     data[len(data) // 2] ^= 0x01
-    open(path, "wb").write(bytes(data))
+    Path(path).write_bytes(bytes(data))
     verify_checkpoint_digest(copy_of, digest)
     config = os.path.join(copy_of, "deepfuse_config.json")
-    open(config, "a").write(" ")
+    Path(config).write_text(Path(config).read_text() + " ")
     assert checkpoint_digest(copy_of) != digest
 
 
