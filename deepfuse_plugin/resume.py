@@ -16,14 +16,19 @@ Layout inside the model folder (all removed when the run finishes)::
     training_state.json    the state above and which slot holds the latest resume point
     resume_a/, resume_b/   two slots used in turn: the state file is replaced (atomically) only
                            once the new slot is complete, so an interruption at any moment leaves
-                           a consistent resume point
+                           a consistent resume point. Each holds a checkpoint,
+                           random_state.json (Python and NumPy generators) and random_state.pt
+                           (torch generators and the learning-rate schedule)
+
+Nothing in a resume point is unpickled: the JSON is plain data, the checkpoint and
+``random_state.pt`` are read with ``torch.load(weights_only=True)``. A resume point written by an
+older deepfuse (``random_state.pkl``, a pickle) is refused, never loaded.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import pickle
 import random
 import shutil
 import tempfile
@@ -32,12 +37,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deepfuse_plugin.errors import CorruptCheckpointError
+
 if TYPE_CHECKING:
     from deepfuse_plugin.workflows import TrainingResult
 
 STATE_FILE = "training_state.json"
 SLOTS = ("resume_a", "resume_b")
-RNG_FILE = "random_state.pkl"
+RNG_JSON = "random_state.json"
+RNG_TENSORS = "random_state.pt"
+#: What older versions wrote (a pickle): its presence is reported, its contents never read.
+LEGACY_RNG_FILE = "random_state.pkl"
 FORMAT = 1
 
 
@@ -90,9 +100,18 @@ def read_state(directory: str) -> ResumeState | None:
     path = os.path.join(directory, STATE_FILE)
     if not os.path.exists(path):
         return None
-    with open(path) as fh:
-        saved = json.load(fh)
-    return ResumeState(**{**saved, "result": TrainingResult(**saved["result"])})
+    try:
+        with open(path) as fh:
+            saved = json.load(fh)
+        state = ResumeState(**{**saved, "result": TrainingResult(**saved["result"])})
+    except (ValueError, TypeError, KeyError) as err:  # JSONDecodeError is a ValueError
+        raise CorruptCheckpointError(
+            f"{path} is not a valid resume state ({type(err).__name__}: {err}): restart the run "
+            f"without --resume (resumable=False), or delete {STATE_FILE}") from err
+    if state.slot not in SLOTS:  # never a path out of the folder
+        raise CorruptCheckpointError(f"{path} names the slot {state.slot!r}, not one of {SLOTS}: "
+                                     f"restart the run without --resume, or delete {STATE_FILE}")
+    return state
 
 
 def check_plan(state: ResumeState, plan: dict[str, Any], directory: str) -> None:
@@ -110,27 +129,69 @@ def check_plan(state: ResumeState, plan: dict[str, Any], directory: str) -> None
             f"{'; '.join(differ)}. Remove {STATE_FILE} there (or the folder) to start over.")
 
 
-def _random_states(model: Any) -> dict[str, Any]:
+def _random_states(model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(plain, tensors)``: Python's and NumPy's generator states as JSON-ready data; torch's
+    (CPU and every CUDA device) and the learning-rate schedule's state for ``torch.save``."""
     import torch
 
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    plain = {"python": {"version": version, "state": list(internal), "gauss_next": gauss},
+             "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
     schedule = getattr(model, "_lr_schedule", None)
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "lr_schedule": schedule.state_dict() if schedule is not None else None}
+    tensors = {"torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+               "lr_schedule": schedule.state_dict() if schedule is not None else None}
+    return plain, tensors
 
 
-def _set_random_states(model: Any, states: dict[str, Any]) -> None:
+def _set_random_states(model: Any, plain: dict[str, Any], tensors: dict[str, Any]) -> None:
     import torch
 
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if states.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    py, npy = plain["python"], plain["numpy"]
+    random.setstate((int(py["version"]), tuple(int(v) for v in py["state"]), py["gauss_next"]))
+    np.random.set_state((str(npy["kind"]), np.asarray(npy["keys"], dtype=np.uint32),
+                         int(npy["pos"]), int(npy["has_gauss"]), float(npy["cached_gaussian"])))
+    torch.set_rng_state(tensors["torch"])
+    if tensors.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(tensors["cuda"])
     schedule = getattr(model, "_lr_schedule", None)
-    if schedule is not None and states.get("lr_schedule") is not None:
-        schedule.load_state_dict(states["lr_schedule"])
+    if schedule is not None and tensors.get("lr_schedule") is not None:
+        schedule.load_state_dict(tensors["lr_schedule"])
+
+
+def _write_random_states(model: Any, folder: str) -> None:
+    import torch
+
+    plain, tensors = _random_states(model)
+    with open(os.path.join(folder, RNG_JSON), "w") as fh:
+        json.dump(plain, fh)
+    torch.save(tensors, os.path.join(folder, RNG_TENSORS))
+
+
+def _read_random_states(folder: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The states :func:`_write_random_states` wrote, read without running code from the files."""
+    import torch
+
+    json_path, tensor_path = (os.path.join(folder, n) for n in (RNG_JSON, RNG_TENSORS))
+    if not os.path.exists(json_path) and os.path.exists(os.path.join(folder, LEGACY_RNG_FILE)):
+        raise CorruptCheckpointError(
+            f"The resume point in {folder!r} predates safe resume state: its random states are a "
+            f"pickle ({LEGACY_RNG_FILE}), which deepfuse never loads. Restart the run without "
+            "--resume (resumable=False), or delete that folder.")
+    try:
+        with open(json_path) as fh:
+            plain = json.load(fh)
+        tensors = torch.load(tensor_path, map_location="cpu", weights_only=True)
+        if not isinstance(plain, dict) or not isinstance(tensors, dict):
+            raise TypeError("not a mapping")
+    except Exception as err:  # noqa: BLE001 (missing, unreadable, unsafe or edited files)
+        raise CorruptCheckpointError(
+            f"The random states of the resume point in {folder!r} cannot be read safely "
+            f"({type(err).__name__}: {str(err).strip()[:200]}): restart the run without --resume "
+            "(resumable=False), or delete that folder.") from err
+    return plain, tensors
 
 
 def _write_json_atomically(path: str, payload: dict[str, Any]) -> None:
@@ -163,8 +224,7 @@ def save_resume_point(model: Any, directory: str, state: ResumeState) -> ResumeS
     folder = os.path.join(directory, slot)
     shutil.rmtree(folder, ignore_errors=True)
     model.save_checkpoint(max_checkpoints_to_keep=1, model_dir=folder)
-    with open(os.path.join(folder, RNG_FILE), "wb") as fh:
-        pickle.dump(_random_states(model), fh)
+    _write_random_states(model, folder)
     state = replace(state, slot=slot)
     _write_json_atomically(os.path.join(directory, STATE_FILE), asdict(state))
     return state
@@ -172,10 +232,18 @@ def save_resume_point(model: Any, directory: str, state: ResumeState) -> ResumeS
 
 def restore_resume_point(model: Any, directory: str, state: ResumeState) -> None:
     """Load the weights, optimizer, global step and random states of ``state`` into ``model``."""
+    from deepfuse_plugin.models.checkpoints import restore_safely
+
     folder = os.path.join(directory, state.slot)
-    model.restore(model_dir=folder)
-    with open(os.path.join(folder, RNG_FILE), "rb") as fh:
-        _set_random_states(model, pickle.load(fh))
+    plain, tensors = _read_random_states(folder)  # first: a legacy pickle stops before anything
+    restore_safely(model, folder)  # DeepChem baselines too, weights_only
+    try:
+        _set_random_states(model, plain, tensors)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CorruptCheckpointError(
+            f"The random states of the resume point in {folder!r} are invalid ({type(err).__name__}:"
+            f" {err}): restart the run without --resume (resumable=False), or delete that "
+            "folder.") from err
 
 
 def clear(directory: str) -> None:

@@ -25,12 +25,19 @@ from torch import Tensor
 from matgl.graph.data import MGLDataset
 from torch_geometric.utils import to_dense_batch
 
+from deepfuse_plugin.errors import CorruptCheckpointError
 from deepfuse_plugin.modalities import Modality, MultiModalSample, as_modalities
 
 PREFIX = "df_"
 MASK = "df_mask"
 METADATA_FILE = "deepfuse_modalities.json"
-FORMAT_VERSION = 1
+#: 2: graphs saved as plain tensors (read with ``weights_only=True``); 1 pickled PyG objects.
+FORMAT_VERSION = 2
+#: The cache files, in place of MatGL's (which MatGL reads with ``weights_only=False``).
+CACHE_FILES = {"filename": "deepfuse_graphs.pt", "filename_lattice": "deepfuse_lattices.pt",
+               "filename_state_attr": "deepfuse_state_attr.pt"}
+#: What MatGL (and deepfuse format 1) wrote: their presence is reported, never loaded.
+LEGACY_CACHE_FILES = ("pyg_graph.pt", "lattice.pt", "state_attr.pt")
 _ROW_KINDS = ("text", "sequence")
 
 
@@ -150,10 +157,14 @@ class MultiModalMGLDataset(MGLDataset):
     ``ModelLightningModule`` work unchanged. A modality that failed for a structure is stored
     as missing (``df_mask``), not an error.
 
-    The processed dataset is saved in ``root`` like MatGL's, plus
+    The processed dataset is saved in ``root``: the graphs, lattices and state attributes as
+    plain tensors (``deepfuse_graphs.pt``, ``deepfuse_lattices.pt``,
+    ``deepfuse_state_attr.pt``, read back with ``torch.load(weights_only=True)``: no code in a
+    cache folder ever runs), MatGL's ``labels.json`` and ``fingerprint.json``, and
     ``deepfuse_modalities.json`` (the modality specs); a cache made with other modality
     settings is rebuilt, not silently reused. Load a saved one with
-    ``MultiModalMGLDataset(root=...)`` alone.
+    ``MultiModalMGLDataset(root=...)`` alone. A cache in MatGL's own pickled format (or from
+    deepfuse before 0.x, format 1) is never loaded: rebuild it from the structures.
 
     Parameters
     ----------
@@ -182,6 +193,8 @@ class MultiModalMGLDataset(MGLDataset):
             _check_structures(structures)
             _check_labels(labels or {}, len(structures))
         self.featurizer = featurizer
+        for key, name in CACHE_FILES.items():
+            kwargs.setdefault(key, name)
         self.modalities: list[Modality] = (
             [] if featurizer is None else
             [m for m in featurizer.modalities if m.kind != "crystal_graph"])
@@ -194,7 +207,12 @@ class MultiModalMGLDataset(MGLDataset):
         path = Path(self.root) / METADATA_FILE
         if not path.exists():
             return False
-        stored = json.loads(path.read_text())
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False
+        if not isinstance(stored, dict) or stored.get("format") != FORMAT_VERSION:
+            return False  # an older (pickled) or unknown cache: rebuilt, or refused in process
         if self.converter is None or self.featurizer is None:  # load-only flow
             return True
         expected = [m.fingerprint for m in self.modalities]
@@ -203,6 +221,8 @@ class MultiModalMGLDataset(MGLDataset):
     def process(self) -> None:
         if self.has_cache():
             return
+        if not self.structures:
+            self._refuse_unusable_cache()
         samples = self._featurize()
         save_cache, self.save_cache = self.save_cache, False
         try:
@@ -219,20 +239,84 @@ class MultiModalMGLDataset(MGLDataset):
         samples = list(self.featurizer.featurize(self.structures))
         return [s if isinstance(s, MultiModalSample) else None for s in samples]
 
+    def _refuse_unusable_cache(self) -> None:
+        """Load-only flow without a usable cache: say why instead of MatGL's empty-dataset error."""
+        root = Path(self.root)
+        legacy = [n for n in LEGACY_CACHE_FILES if (root / n).exists()]
+        if legacy:
+            raise CorruptCheckpointError(
+                f"The dataset cache in {self.root} is in MatGL's pickled format ({legacy}), which "
+                "deepfuse does not load (unpickling can run code): rebuild it with "
+                "MultiModalMGLDataset(structures, labels, converter, featurizer, root=...) into "
+                "a new folder, or delete those files")
+        raise CorruptCheckpointError(
+            f"No complete dataset cache in {self.root} (expected {sorted(CACHE_FILES.values())}, "
+            f"labels.json and {METADATA_FILE}): build it from structures first")
+
     def save(self) -> None:
-        super().save()
+        """MatGL's cache, with the graphs as plain tensors instead of pickled PyG objects."""
         if not self.save_cache:
             return
+        from matgl.graph.data import _compute_cache_fingerprint
+
+        root = Path(self.root)
+        root.mkdir(parents=True, exist_ok=True)
+        if self.labels:
+            (root / self.filename_labels).write_text(json.dumps(self.labels))
+        torch.save([dict(graph.to_dict()) for graph in self.graphs], root / self.filename)
+        torch.save(list(self.lattices), root / self.filename_lattice)
+        torch.save(self.state_attr, root / self.filename_state_attr)
+        fingerprint = _compute_cache_fingerprint(self.converter, self.include_line_graph,
+                                                 self.include_ref_charge, self.graph_labels)
+        (root / self.filename_fingerprint).write_text(json.dumps(fingerprint, indent=2,
+                                                                 sort_keys=True))
         payload = {"format": FORMAT_VERSION,
                    "modalities": [m.to_dict() for m in self.modalities],
                    "fingerprints": [m.fingerprint for m in self.modalities]}
-        (Path(self.root) / METADATA_FILE).write_text(json.dumps(payload, indent=2))
+        (root / METADATA_FILE).write_text(json.dumps(payload, indent=2))
 
     def load(self) -> None:
-        super().load()
-        payload = json.loads((Path(self.root) / METADATA_FILE).read_text())
-        if payload.get("format", 0) > FORMAT_VERSION:
-            raise ValueError(f"{self.root} was written by a newer deepfuse (format "
-                             f"{payload['format']})")
-        self.modalities = as_modalities(payload["modalities"]) if payload["modalities"] \
-            else []
+        """Read the cache without running code from it (``torch.load(weights_only=True)``)."""
+        from torch_geometric.data import Data
+
+        root = Path(self.root)
+        payload = self._read_json(root / METADATA_FILE)
+        version = payload.get("format", 0) if isinstance(payload, dict) else 0
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CorruptCheckpointError(f"{self.root} was written by a newer deepfuse (format "
+                                         f"{version!r}): upgrade deepfuse")
+        if version < 2:
+            self._refuse_unusable_cache()
+        graphs = self._load_tensors(root / self.filename)
+        try:
+            self.graphs = [Data.from_dict(dict(g)) for g in graphs]
+        except (TypeError, ValueError, AttributeError) as err:
+            raise CorruptCheckpointError(f"{root / self.filename} does not hold graphs ({err}): "
+                                         "rebuild the cache from the structures") from err
+        self.lattices = self._load_tensors(root / self.filename_lattice)
+        self.state_attr = self._load_tensors(root / self.filename_state_attr)
+        self.labels = self._read_json(root / self.filename_labels)
+        try:
+            self.modalities = as_modalities(payload["modalities"]) if payload["modalities"] \
+                else []
+        except (KeyError, TypeError, ValueError) as err:
+            raise CorruptCheckpointError(f"{root / METADATA_FILE} holds no valid modality specs "
+                                         f"({err}): rebuild the cache") from err
+
+    @staticmethod
+    def _load_tensors(path: Path) -> Any:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 (zip/unpickling errors have no common class)
+            raise CorruptCheckpointError(
+                f"{path} cannot be read safely (damaged, or not a plain-tensor cache; nothing in "
+                f"it was run): {str(err).strip().splitlines()[0][:200] if str(err).strip() else err!r}"
+                ". Rebuild the cache from the structures") from err
+
+    @staticmethod
+    def _read_json(path: Path) -> Any:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise CorruptCheckpointError(f"{path} is missing or not valid JSON ({err}): rebuild "
+                                         "the cache from the structures") from err

@@ -25,16 +25,26 @@ from tqdm.auto import tqdm
 from deepfuse_plugin._version import __version__
 from deepfuse_plugin.data.collate import (PADDED_KINDS, MultiModalBatch, collate_samples,
                                           length_bucketed)
+from deepfuse_plugin.errors import (CorruptCheckpointError, InvalidSettingError)
 from deepfuse_plugin.modalities import Modality, as_modalities
+from deepfuse_plugin.models import _settings as check
+from deepfuse_plugin.models._data_checks import (check_label_range, check_labelled_tasks,
+                                                 check_token_lengths, numeric_labels,
+                                                 refusing_non_finite, spec_differences)
+from deepfuse_plugin.models.checkpoints import (CONFIG_FILE, CONFIG_FORMAT,  # noqa: F401
+                                                MissingCheckpointError, checkpoint_digest,
+                                                config_diff,
+                                                latest_checkpoint, load_checkpoint_file,
+                                                read_config, verify_checkpoint_digest)
+from deepfuse_plugin.models.predictions import (NON_FINITE, CheckedPredictions, drop_names,
+                                                mark_failed_rows, non_finite_rows, row_problems,
+                                                warn_failed_rows)
 from deepfuse_plugin.nn import losses
-from deepfuse_plugin.nn.heads import UNCERTAINTY_KINDS, dirichlet_moments, make_head, nig_moments
+from deepfuse_plugin.nn.heads import dirichlet_moments, make_head, nig_moments
 from deepfuse_plugin.nn.network import MultiModalNetwork, NetworkOutput
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "deepfuse_config.json"
-#: 2: ``unimodal_loss_weight`` on every model (format 1 had unimodal losses in late fusion only).
-CONFIG_FORMAT = 2
 OUTPUT_TYPES = ["prediction", "loss", "loss", "embedding", "modality_weights", "loss", "loss"]
 NAMED_OUTPUTS = ("prediction", "embedding", "modality_weights")
 #: ``predict_uncertainty(kind=...)`` values per mode (the first is the default).
@@ -181,13 +191,8 @@ class MultiModalTorchModel(TorchModel):
                  evidential_anneal_epochs: int = 10, progress: bool = True,
                  mixed_precision: bool | str = "auto", length_bucket_pool: int = 0,
                  **kwargs: Any):
-        if n_tasks < 1:
-            raise ValueError(f"n_tasks must be >= 1, got {n_tasks}")
-        if length_bucket_pool < 0:
-            raise ValueError(f"length_bucket_pool must be >= 0 batches, got {length_bucket_pool}")
+        check.check_base_settings(locals(), kwargs)
         self.length_bucket_pool = int(length_bucket_pool)
-        if uncertainty not in UNCERTAINTY_KINDS:
-            raise ValueError(f"uncertainty must be one of {UNCERTAINTY_KINDS}, got {uncertainty!r}")
         self.uncertainty, self.evidential_lambda = uncertainty, evidential_lambda
         self.evidential_anneal_epochs = evidential_anneal_epochs
         self._kl_anneal = 1.0
@@ -196,11 +201,7 @@ class MultiModalTorchModel(TorchModel):
         self.encoder_dim, self.fused_dim, self.head_hidden = encoder_dim, fused_dim, head_hidden
         self.dropout, self.encoder_options = dropout, dict(encoder_options or {})
         self.fusion_loss_weight, self.progress = fusion_loss_weight, progress
-        if not 0.0 <= modality_dropout < 1.0:
-            raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout}")
         self.modality_dropout = modality_dropout
-        if unimodal_loss_weight < 0:
-            raise ValueError(f"unimodal_loss_weight must be >= 0, got {unimodal_loss_weight}")
         self.unimodal_loss_weight = unimodal_loss_weight
         network = MultiModalNetwork(self.modalities, self._build_fusion(), self._build_head(),
                                     encoder_dim, self._effective_encoder_options(),
@@ -213,6 +214,7 @@ class MultiModalTorchModel(TorchModel):
         network.autocast_dtype = autocast_dtype(mixed_precision, self.device)
         self._drop_modalities: tuple[str, ...] = ()
         self._fitting = False
+        self._row_reasons = np.zeros(0, dtype=object)
 
     # -- what a subclass supplies ----------------------------------------------------------------
     @abstractmethod
@@ -294,46 +296,94 @@ class MultiModalTorchModel(TorchModel):
 
     def restore(self, checkpoint: str | None = None, model_dir: str | None = None,
                 strict: bool | None = True) -> None:
-        """Restore weights, first checking the saved configuration matches this model's."""
+        """Restore weights, first checking the saved configuration matches this model's.
+
+        The checkpoint is read with ``torch.load(weights_only=True)``: nothing in the file is run.
+        A missing folder or checkpoint raises :class:`MissingCheckpointError` (a
+        ``FileNotFoundError``); an empty, truncated, unreadable checkpoint, one with NaN/inf
+        weights, or an invalid configuration file raises
+        :class:`~deepfuse_plugin.errors.CorruptCheckpointError`; a configuration that differs in
+        the architecture raises :class:`~deepfuse_plugin.errors.InvalidSettingError` naming the
+        settings.
+        """
         directory = model_dir or (os.path.dirname(checkpoint) if checkpoint else self.model_dir)
-        saved = _read_config(directory)
+        if checkpoint is None:
+            checkpoint = latest_checkpoint(directory)
+        saved = read_config(directory)
         if saved is not None:
-            mismatched, training_only = _config_diff(saved["config"], self.get_config(),
-                                                     self._training_settings)
-            if saved["model_class"] != type(self).__name__:
-                mismatched.insert(0, f"model_class: saved {saved['model_class']}, "
-                                     f"this {type(self).__name__}")
-            if mismatched:
-                raise ValueError(f"Cannot restore checkpoint from {directory!r} into this model: its "
-                                 "configuration differs:\n  " + "\n  ".join(mismatched) +
-                                 f"\nRebuild with {type(self).__name__}.load({directory!r}).")
-            if training_only:
-                logger.warning("Restoring from %r with different training settings: %s", directory,
-                               "; ".join(training_only))
+            self._check_saved_config(saved, directory)
+        self._ensure_built()
+        data = load_checkpoint_file(checkpoint, self.device)
         try:
-            super().restore(checkpoint, model_dir, strict)
+            self.model.load_state_dict(data["model_state_dict"], strict=bool(strict))
         except RuntimeError as err:
-            raise ValueError(f"Checkpoint in {directory!r} does not fit this model's architecture: "
-                             f"{str(err).splitlines()[0]}") from err
+            raise InvalidSettingError(
+                f"Checkpoint in {directory!r} does not fit this model's architecture: "
+                f"{str(err).splitlines()[0]}") from err
+        try:
+            self._pytorch_optimizer.load_state_dict(data["optimizer_state_dict"])
+            self._global_step = int(data["global_step"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise CorruptCheckpointError(f"Checkpoint {checkpoint!r} has an unusable optimizer "
+                                         f"state or step ({err}): retrain the model, or restore "
+                                         "the folder from a backup copy") from err
+
+    def _check_saved_config(self, saved: dict[str, Any], directory: str) -> None:
+        try:
+            mismatched, training_only = config_diff(saved["config"], self.get_config(),
+                                                     self._training_settings)
+        except (KeyError, TypeError, ValueError) as err:
+            raise CorruptCheckpointError(
+                f"{os.path.join(directory, CONFIG_FILE)} is not a valid deepfuse configuration "
+                f"({type(err).__name__}: {err}): retrain the model, or restore the folder from a "
+                "backup copy") from err
+        if saved["model_class"] != type(self).__name__:
+            mismatched.insert(0, f"model_class: saved {saved['model_class']}, "
+                                 f"this {type(self).__name__}")
+        if mismatched:
+            raise InvalidSettingError(
+                f"Cannot restore checkpoint from {directory!r} into this model: its "
+                "configuration differs:\n  " + "\n  ".join(mismatched) +
+                f"\nRebuild with {type(self).__name__}.load({directory!r}).")
+        if training_only:
+            logger.warning("Restoring from %r with different training settings: %s", directory,
+                           "; ".join(training_only))
 
     @classmethod
     def load(cls, model_dir: str, **overrides: Any) -> "MultiModalTorchModel":
         """Rebuild a model from ``model_dir`` (configuration + latest checkpoint).
 
+        Errors name the folder or file: a missing folder or configuration raises
+        :class:`MissingCheckpointError` (a ``FileNotFoundError``); a configuration that is not
+        valid JSON, lacks a key or holds a value of the wrong type, and a damaged checkpoint,
+        raise :class:`~deepfuse_plugin.errors.CorruptCheckpointError`.
+
         Examples
         --------
         >>> model = MultiModalTorchModel.load("results/demo/model")  # doctest: +SKIP
         """
-        saved = _read_config(model_dir)
+        saved = read_config(model_dir)
         if saved is None:
-            raise FileNotFoundError(f"No {CONFIG_FILE} in {model_dir!r}: not a deepfuse model folder")
+            if not os.path.isdir(model_dir):
+                raise MissingCheckpointError(f"Model folder {model_dir!r} does not exist: give "
+                                             "the folder a trained model was saved in")
+            raise MissingCheckpointError(f"No {CONFIG_FILE} in {model_dir!r}: not a deepfuse "
+                                         "model folder")
+        path = os.path.join(model_dir, CONFIG_FILE)
         model_cls = MODEL_CLASSES.get(saved["model_class"])
         if model_cls is None:
-            raise ValueError(f"Unknown model class {saved['model_class']!r} in {model_dir!r}")
+            raise CorruptCheckpointError(f"Unknown model class {saved['model_class']!r} in {path}"
+                                         f" (known: {sorted(MODEL_CLASSES)})")
         if cls is not MultiModalTorchModel and not issubclass(model_cls, cls):
             raise ValueError(f"{model_dir!r} holds a {saved['model_class']}, not a {cls.__name__}")
         config = {k: v for k, v in saved["config"].items() if v is not None}
-        model = model_cls(**{**config, "model_dir": model_dir, **overrides})
+        try:
+            model = model_cls(**{**config, "model_dir": model_dir, **overrides})
+        except (TypeError, ValueError) as err:
+            given = f" with the overrides {sorted(overrides)}" if overrides else ""
+            raise CorruptCheckpointError(
+                f"The configuration in {path} cannot rebuild a {saved['model_class']}{given}: "
+                f"{err}. Retrain the model, or restore the file from a backup copy") from err
         model.restore()
         return model
 
@@ -417,9 +467,12 @@ class MultiModalTorchModel(TorchModel):
     # -- training --------------------------------------------------------------------------------
     def fit(self, dataset: Dataset, nb_epoch: int = 10, *args: Any, **kwargs: Any) -> float:
         """DeepChem ``fit`` after checking the dataset (empty data, labels, modalities)."""
+        if not check._is_int(nb_epoch) or nb_epoch < 1:
+            raise InvalidSettingError(f"nb_epoch must be a whole number >= 1, got {nb_epoch!r}")
         self._check_dataset(dataset, labelled=kwargs.get("loss") is None)
         if len(args) < 6:  # ``loss`` is DeepChem's 8th parameter; not given positionally
-            kwargs["loss"] = _released_after_backward(kwargs.get("loss") or self._loss_fn)
+            kwargs["loss"] = _released_after_backward(
+                refusing_non_finite(kwargs.get("loss") or self._loss_fn, self))
         return super().fit(dataset, nb_epoch, *args, **kwargs)
 
     def fit_generator(self, *args: Any, **kwargs: Any) -> float:
@@ -442,15 +495,18 @@ class MultiModalTorchModel(TorchModel):
         # not dataset.X: that loads every shard. DiskDataset yields a map per sample: unpack it.
         first, *_ = next(iter(dataset.itersamples()))
         collate_samples([first], self.modalities)  # clear error if modalities differ
+        check_token_lengths(dataset, self.modalities)
         if not labelled:
             return
         if len(dataset.get_task_names()) == 0:  # e.g. CSVLoader(tasks=[]): DiskDataset.y fails
             raise ValueError("The dataset has no labels (no tasks): fit() needs labels; use "
                              "pretrain() for self-supervised training")
-        y = np.asarray(dataset.y, dtype=np.float64).reshape(len(dataset), -1)
+        y = numeric_labels(dataset)
         if y.shape[1] != self.n_tasks:
             raise ValueError(f"The model has n_tasks={self.n_tasks} but the labels have {y.shape[1]} "
                              "column(s)")
+        check_label_range(y, dataset)
+        check_labelled_tasks(y, dataset)
         bad_rows = np.flatnonzero(~np.isfinite(y).all(axis=1))
         if len(bad_rows):
             ids = [str(dataset.ids[i]) for i in bad_rows[:10]]
@@ -466,6 +522,48 @@ class MultiModalTorchModel(TorchModel):
                                  f"found {sorted(set(invalid.tolist()))[:5]} (ids: "
                                  f"{[str(dataset.ids[r]) for r in rows]})")
 
+    def check_featurizer(self, featurizer: Any) -> None:
+        """Raise if ``featurizer`` (or its ``modalities``) would give this model other inputs.
+
+        Every input-changing field of each of the model's modality specs is compared: ``kind``,
+        ``dim``, ``vocab``, ``max_length``, ``node_dim``, ``edge_dim`` and the featurizer
+        ``params`` (ECFP size and radius, ...). Extra modalities of the featurizer are allowed
+        (a unimodal model reads one of several).
+
+        Parameters
+        ----------
+        featurizer: featurizer or sequence of Modality / dict
+            Anything with a ``modalities`` attribute (e.g. ``MultiModalFeaturizer``), or specs.
+
+        Raises
+        ------
+        InvalidSettingError
+            Naming the modality, the field and both values.
+
+        Examples
+        --------
+        >>> import deepfuse_plugin as dfp
+        >>> model = dfp.EarlyFusionModel(1, ["ecfp"], encoder_dim=8, fused_dim=8, progress=False)
+        >>> model.check_featurizer(dfp.MultiModalFeaturizer(["ecfp"], progress=False))
+        >>> model.check_featurizer(dfp.MultiModalFeaturizer(["ecfp"], ecfp_size=64,
+        ...                                                 progress=False))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        deepfuse_plugin.errors.InvalidSettingError: The featurizer does not match the model: ...
+        """
+        specs = getattr(featurizer, "modalities", featurizer)
+        theirs = {m.name: m for m in as_modalities(list(specs))}
+        missing = [n for n in self.modality_names if n not in theirs]
+        if missing:
+            raise InvalidSettingError(f"The featurizer does not compute the model's modalities "
+                                      f"{missing} (it has {list(theirs)}): build it with "
+                                      "MultiModalFeaturizer(modalities=model.modalities)")
+        problems = [line for m in self.modalities for line in spec_differences(m, theirs[m.name])]
+        if problems:
+            raise InvalidSettingError("The featurizer does not match the model: " +
+                                      "; ".join(problems) + ". Build it with "
+                                      "MultiModalFeaturizer(modalities=model.modalities)")
+
     # -- inference -------------------------------------------------------------------------------
     def _iterate_outputs(self, dataset: Dataset, drop_modalities: Iterable[str] = ()
                          ) -> Iterator[tuple[NetworkOutput, MultiModalBatch]]:
@@ -478,15 +576,21 @@ class MultiModalTorchModel(TorchModel):
         # modality masking would stay off for the rest of training. Outside fit the network stays
         # in eval mode, as DeepChem leaves it: switching every module twice per call took about a
         # fifth of a one-molecule predict.
+        drop = drop_names(drop_modalities, self.modality_names)
         restore = self._fitting and self.model.training
         if self.model.training:
             self.model.eval()
-        previous, self._drop_modalities = self._drop_modalities, tuple(drop_modalities)
+        previous, self._drop_modalities = self._drop_modalities, drop
+        reasons: list[np.ndarray] = []
         try:
             with torch.no_grad():
                 for (batch,), _, _ in self.default_generator(dataset, mode="predict"):
                     batch = batch.to(self.device)
-                    yield self.model(batch), batch
+                    out = self.model(batch)
+                    reasons.append(row_problems(out.prediction, batch.mask))
+                    yield out, batch
+            self._set_row_problems(np.concatenate(reasons) if reasons else np.zeros(0, object),
+                                   dataset.ids)
         finally:
             self._drop_modalities = previous
             if restore:
@@ -505,8 +609,14 @@ class MultiModalTorchModel(TorchModel):
             Undone on ``"prediction"`` outputs.
         output_types: str or list of str, optional
             Any of ``"prediction"`` (default), ``"embedding"``, ``"modality_weights"``.
-        drop_modalities: iterable of str
-            Modalities to treat as missing for every sample.
+        drop_modalities: str or iterable of str
+            Modalities to treat as missing for every sample (a string is one name; unknown
+            names, or all of the model's modalities, are refused).
+
+        Rows whose output is not finite, or that have no modality present, come back as NaN
+        (in the prediction and the embedding) with a warning naming their ids; every other
+        entry is finite. :meth:`predict_checked` also says which rows failed and why, and
+        :attr:`last_row_problems` keeps that for the latest call.
         """
         names = [output_types] if isinstance(output_types, str) else list(output_types or ["prediction"])
         unknown = [n for n in names if n not in NAMED_OUTPUTS]
@@ -521,8 +631,55 @@ class MultiModalTorchModel(TorchModel):
             values = np.concatenate(chunks[n]) if chunks[n] else np.zeros((0,))
             if n == "prediction" and transformers:
                 values = undo_transforms(values, transformers)
+                self._add_row_problems(non_finite_rows(values), dataset.ids)
             results.append(values)
+        reasons = self._row_reasons
+        results = [mark_failed_rows(v, reasons) if n != "modality_weights" else v
+                   for n, v in zip(names, results)]
         return results[0] if len(results) == 1 else results
+
+    def predict_checked(self, dataset: Dataset, transformers: list = [],  # noqa: B006
+                        drop_modalities: Iterable[str] = ()) -> CheckedPredictions:
+        """:meth:`predict` (the ``"prediction"`` output) with the rows that failed and why.
+
+        Returns
+        -------
+        CheckedPredictions
+            ``values`` (as :meth:`predict`; failed rows all NaN, every other entry finite),
+            ``reasons`` (``(N,)`` str: ``""`` for a good row, ``"non-finite model output"`` or
+            ``"no modality present"``), ``ids``, and the properties ``ok`` (``(N,)`` bool) and
+            ``failed_ids``.
+
+        Examples
+        --------
+        >>> checked = model.predict_checked(dataset)  # doctest: +SKIP
+        >>> checked.values.shape, checked.failed_ids  # doctest: +SKIP
+        ((24, 1), [])
+        """
+        values = self.predict(dataset, transformers, drop_modalities=drop_modalities)
+        return CheckedPredictions(values, self._row_reasons.copy(), np.asarray(dataset.ids))
+
+    @property
+    def last_row_problems(self) -> dict[int, str]:
+        """Rows of the latest prediction call (``predict``, ``predict_uncertainty``,
+        ``modality_weights``, ...) that failed, as ``{row index: reason}`` (empty: all good)."""
+        reasons = getattr(self, "_row_reasons", None)
+        if reasons is None:
+            return {}
+        return {int(i): str(reasons[i]) for i in np.flatnonzero(reasons != "")}
+
+    def _set_row_problems(self, reasons: np.ndarray, ids: Any) -> None:
+        self._row_reasons = reasons
+        warn_failed_rows(reasons, ids, logger)
+
+    def _add_row_problems(self, failed: np.ndarray, ids: Any) -> None:
+        """Mark more rows as non-finite (found after undoing transformers, or in a spread)."""
+        new = failed & (self._row_reasons == "")
+        if new.any():
+            reasons = self._row_reasons.copy()
+            reasons[new] = NON_FINITE
+            warn_failed_rows(np.where(new, reasons, ""), ids, logger)
+            self._row_reasons = reasons
 
     def predict_uncertainty(self, dataset: Dataset, masks: int | None = None,
                             transformers: list = [],  # noqa: B006 (DeepChem signature)
@@ -562,8 +719,11 @@ class MultiModalTorchModel(TorchModel):
         kind: str
             See above; regression ``"total" | "aleatoric" | "epistemic"``, classification
             ``"total" | "vacuity"``.
-        drop_modalities: iterable of str
+        drop_modalities: str or iterable of str
             Modalities to treat as missing for every sample.
+
+        Failed rows (non-finite output or spread, no modality present) are NaN in both arrays,
+        as in :meth:`predict`; :attr:`last_row_problems` names them.
         """
         if self.uncertainty is None:
             raise ValueError(f"{type(self).__name__} was built without an uncertainty head: "
@@ -590,7 +750,10 @@ class MultiModalTorchModel(TorchModel):
             if kind != "vacuity":
                 spread = _untransform_std(spread, prediction, transformers)
             prediction = undo_transforms(prediction, transformers)
-        return prediction, spread
+        self._add_row_problems(non_finite_rows(prediction) | non_finite_rows(spread),
+                               dataset.ids)
+        reasons = self._row_reasons
+        return mark_failed_rows(prediction, reasons), mark_failed_rows(spread, reasons)
 
     def predict_embedding(self, dataset: Dataset) -> np.ndarray:
         return self.predict(dataset, output_types="embedding")
@@ -667,51 +830,3 @@ def _untransform_std(std: np.ndarray, z: np.ndarray, transformers: list) -> np.n
                              "without it.")
         std, z = std * np.abs(slope), f0
     return std.astype(dtype)
-
-
-def _read_config(model_dir: str | None) -> dict[str, Any] | None:
-    path = os.path.join(model_dir or "", CONFIG_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as fh:
-        return _upgrade_config(json.load(fh), path)
-
-
-def _upgrade_config(payload: dict[str, Any], path: str) -> dict[str, Any]:
-    """A saved configuration in the current format: older formats get the settings their
-    version had implicitly; a newer format is an error."""
-    version = int(payload.get("format", 1))
-    if version > CONFIG_FORMAT:
-        raise ValueError(f"{path} was written by a newer deepfuse (configuration format "
-                         f"{version}; this version reads up to {CONFIG_FORMAT}): upgrade deepfuse")
-    if version < 2:  # before unimodal heads outside late fusion (late fusion always saved it)
-        payload["config"].setdefault("unimodal_loss_weight", 0.0)
-    return {**payload, "format": CONFIG_FORMAT}
-
-
-def _config_diff(saved: dict[str, Any], current: dict[str, Any],
-                 training_settings: frozenset[str]) -> tuple[list[str], list[str]]:
-    """Differences as ``(architecture, training_only)`` lists of readable lines."""
-    architecture, training = [], []
-    for key in sorted(set(saved) | set(current)):
-        if saved.get(key) == current.get(key):
-            continue
-        if key not in saved and key in training_settings:
-            continue  # a training option newer than the checkpoint: nothing to compare
-        if key == "modalities":
-            s = {m["name"]: m for m in saved[key]}
-            c = {m["name"]: m for m in current[key]}
-            if list(s) != list(c):
-                architecture.append(f"modalities: saved {list(s)}, this {list(c)}")
-            else:
-                architecture += [f"modality {n!r}: saved {_short(s[n])}, this {_short(c[n])}"
-                                 for n in s if s[n] != c[n]]
-        else:
-            line = f"{key}: saved {saved.get(key)!r}, this {current.get(key)!r}"
-            (training if key in training_settings else architecture).append(line)
-    return architecture, training
-
-
-def _short(spec: dict[str, Any]) -> str:
-    return repr(Modality.from_dict(spec)) + (f" params={spec['params']}" if spec.get("params") else "")
-

@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from deepfuse_plugin.models import _settings as check
 from deepfuse_plugin.models.base import MultiModalTorchModel
 from deepfuse_plugin.nn.fusion import CrossAttentionFusion
 
@@ -78,6 +79,15 @@ class CrossAttentionFusionModel(MultiModalTorchModel):
     def __init__(self, n_tasks: int, modalities: Any, mode: str = "regression", n_heads: int = 4,
                  n_attention_layers: int = 1, vector_tokens: int = 4, pooling: str = "attention",
                  attention_hidden: int = 64, length_chunk: int = 16, **kwargs: Any):
+        check.check_all([*((check.positive_int, k, v) for k, v in (
+            ("n_heads", n_heads), ("n_attention_layers", n_attention_layers),
+            ("vector_tokens", vector_tokens), ("attention_hidden", attention_hidden))),
+            (check.non_negative_int, "length_chunk", length_chunk)])
+        check.one_of("pooling", pooling, CrossAttentionFusion.POOLING)
+        encoder_dim = kwargs.get("encoder_dim", 128)
+        if check._is_int(encoder_dim) and encoder_dim % n_heads:
+            raise check.InvalidSettingError(f"encoder_dim ({encoder_dim}) must be divisible by "
+                                            f"n_heads ({n_heads})")
         self.n_heads, self.n_attention_layers = n_heads, n_attention_layers
         self.vector_tokens, self.pooling, self.attention_hidden = vector_tokens, pooling, attention_hidden
         self.length_chunk = length_chunk

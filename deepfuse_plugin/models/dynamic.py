@@ -9,6 +9,7 @@ import pandas as pd
 from deepchem.data import Dataset
 from torch import nn
 
+from deepfuse_plugin.models import _settings as check
 from deepfuse_plugin.models.base import MultiModalTorchModel
 from deepfuse_plugin.nn.fusion import DynamicFusion, curriculum_rate
 
@@ -105,11 +106,19 @@ class DynamicFusionModel(MultiModalTorchModel):
                  vector_input_dropout: float = 0.2, vector_dropout: float = 0.3,
                  curriculum_epochs: int | None = None, unimodal_loss_weight: float = 1.0,
                  **kwargs: Any):
-        for name, rate in (("mask_start", mask_start), ("mask_end", mask_end)):
-            if not 0.0 <= rate < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {rate}")
-        if curriculum_epochs is not None and curriculum_epochs < 1:
-            raise ValueError(f"curriculum_epochs must be >= 1 (or None), got {curriculum_epochs}")
+        check.check_all([
+            *((check.probability, k, v) for k, v in (
+                ("mask_start", mask_start), ("mask_end", mask_end),
+                ("vector_input_dropout", vector_input_dropout), ("vector_dropout", vector_dropout))),
+            *((check.non_negative_float, k, v) for k, v in (
+                ("lambda_align", lambda_align), ("lambda_div", lambda_div),
+                ("lambda_ent", lambda_ent), ("lambda_sparse", lambda_sparse))),
+            *((check.positive_int, k, v) for k, v in (
+                ("gate_hidden", gate_hidden), ("attention_hidden", attention_hidden),
+                ("decoder_hidden", decoder_hidden))),
+        ])
+        if curriculum_epochs is not None:
+            check.positive_int("curriculum_epochs", curriculum_epochs)
         self.mask_start, self.mask_end = mask_start, mask_end
         self.curriculum_epochs = curriculum_epochs
         self._warned_single_epoch_fits = False

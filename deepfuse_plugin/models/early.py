@@ -5,6 +5,7 @@ from typing import Any
 
 from torch import nn
 
+from deepfuse_plugin.models import _settings as check
 from deepfuse_plugin.models.base import MultiModalTorchModel
 from deepfuse_plugin.nn.fusion import EarlyFusion
 
@@ -55,6 +56,8 @@ class EarlyFusionModel(MultiModalTorchModel):
 
     def __init__(self, n_tasks: int, modalities: Any, mode: str = "regression",
                  fusion_hidden: int = 256, fusion_layers: int = 2, **kwargs: Any):
+        check.positive_int("fusion_hidden", fusion_hidden)
+        check.positive_int("fusion_layers", fusion_layers)
         self.fusion_hidden, self.fusion_layers = fusion_hidden, fusion_layers
         super().__init__(n_tasks, modalities, mode, **kwargs)
 

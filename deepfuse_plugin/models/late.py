@@ -5,6 +5,7 @@ from typing import Any
 
 from torch import nn
 
+from deepfuse_plugin.models import _settings as check
 from deepfuse_plugin.models.base import MultiModalTorchModel
 from deepfuse_plugin.nn.fusion import LateFusion
 
@@ -75,8 +76,8 @@ class LateFusionModel(MultiModalTorchModel):
     def __init__(self, n_tasks: int, modalities: Any, mode: str = "regression",
                  combine: str = "mean", unimodal_loss_weight: float = 1.0,
                  stacking_hidden: int = 32, **kwargs: Any):
-        if combine not in LateFusion.COMBINE:
-            raise ValueError(f"combine must be one of {LateFusion.COMBINE}, got {combine!r}")
+        check.one_of("combine", combine, LateFusion.COMBINE)
+        check.positive_int("stacking_hidden", stacking_hidden)
         self.combine, self.stacking_hidden = combine, stacking_hidden
         super().__init__(n_tasks, modalities, mode, unimodal_loss_weight=unimodal_loss_weight,
                          **kwargs)

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from deepfuse_plugin.models import _settings as check
 from deepfuse_plugin.models.base import MultiModalTorchModel
 from deepfuse_plugin.nn.fusion import GatedMoEFusion
 
@@ -74,6 +75,12 @@ class GatedMoEFusionModel(MultiModalTorchModel):
                  n_experts_shared: int = 2, n_experts_per_modality: int = 1, top_k: int = 2,
                  expert_hidden: int = 128, noisy_gating: bool = True, balance_weight: float = 0.01,
                  **kwargs: Any):
+        check.check_all([(check.non_negative_int, "n_experts_shared", n_experts_shared),
+                         (check.non_negative_int, "n_experts_per_modality", n_experts_per_modality),
+                         (check.positive_int, "top_k", top_k),
+                         (check.positive_int, "expert_hidden", expert_hidden),
+                         (check.non_negative_float, "balance_weight", balance_weight)])
+        check.one_of("noisy_gating", noisy_gating, (True, False))
         self.n_experts_shared, self.n_experts_per_modality = n_experts_shared, n_experts_per_modality
         self.top_k, self.expert_hidden = top_k, expert_hidden
         self.noisy_gating, self.balance_weight = noisy_gating, balance_weight

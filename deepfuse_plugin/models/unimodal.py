@@ -16,8 +16,9 @@ class UnimodalModel(MultiModalTorchModel):
     ``UnimodalModel(1, feat.modalities[1])`` is "graph only" when ``feat`` is
     ``MultiModalFeaturizer(["ecfp", "graph", "smiles"])``; it trains and predicts on the same
     multimodal dataset as the fusion models (the other modalities are ignored), so baselines and
-    fusion models compare on identical data and splits. Samples missing the modality get a zero
-    embedding (the prediction is then the head's bias: the model cannot do better without its input).
+    fusion models compare on identical data and splits. A sample missing the modality has no input
+    at all: ``predict`` returns NaN for it with a warning naming its id (``predict_checked`` lists
+    it as ``"no modality present"``) rather than the head's bias as if it were a prediction.
 
     Parameters
     ----------

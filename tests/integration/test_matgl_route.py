@@ -2,6 +2,8 @@
 ``model.save`` / ``matgl.load_model``; and MatGL backbones (MEGNet/M3GNet) in the DeepChem route."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -191,3 +193,42 @@ def test_cgcnn_format_graph_refuses_matgl_backbone():
     feat = CrystalMultiModalFeaturizer(["graph"], progress=False, cache_dir=False)
     with pytest.raises(ValueError, match="matgl_graph"):
         dc.models.MatMMFuseModel(1, feat.modalities, backbone="megnet")
+
+
+class _Planted:
+    """Unpickling this creates ``marker``: code planted in a dataset cache folder."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+@pytest.mark.parametrize("planted", ["graphs", "legacy_matgl_cache"])
+def test_a_planted_pickle_in_a_dataset_cache_is_refused_not_run(mgl_dataset, tmp_path, planted):
+    import json
+    import shutil
+    from pathlib import Path
+
+    from deepfuse_plugin.errors import CorruptCheckpointError
+    from deepfuse_plugin.matgl._data import CACHE_FILES, METADATA_FILE
+
+    root = Path(tmp_path / "cache")
+    shutil.copytree(mgl_dataset.root, root)
+    assert sorted(CACHE_FILES.values()) == sorted(p.name for p in root.glob("deepfuse_*.pt"))
+    marker = str(tmp_path / "pwned")
+    if planted == "graphs":
+        torch.save([_Planted(marker)], root / CACHE_FILES["filename"])
+        match = "deepfuse_graphs.pt cannot be read safely"
+    else:  # MatGL's own (and deepfuse format 1) layout: pickled PyG graphs
+        for name in CACHE_FILES.values():
+            (root / name).unlink()
+        for name in ("pyg_graph.pt", "lattice.pt", "state_attr.pt"):
+            torch.save([_Planted(marker)], root / name)
+        meta = json.loads((root / METADATA_FILE).read_text())
+        (root / METADATA_FILE).write_text(json.dumps({**meta, "format": 1}))
+        match = "MatGL's pickled format"
+    with pytest.raises(CorruptCheckpointError, match=match):
+        MultiModalMGLDataset(root=str(root))
+    assert not os.path.exists(marker)

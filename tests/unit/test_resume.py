@@ -133,3 +133,57 @@ def test_a_resume_point_that_cannot_be_written_does_not_stop_training(
     assert "continues from epoch 1" in caplog.text
     assert resume.read_state(folder).epochs_done == 3  # epoch 3's point was written again
     assert oct(os.stat(os.path.join(folder, resume.STATE_FILE)).st_mode & 0o777) == "0o644"
+
+
+class _Planted:
+    """Unpickling this creates ``marker``: a stand-in for code planted in a resume point."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+@pytest.mark.parametrize("planted", ["legacy_pkl", "tensor_file"])
+def test_planted_pickles_in_a_resume_point_are_refused_not_run(tiny_dataset, dynamic, tmp_path,
+                                                               planted):
+    import pickle
+
+    from deepfuse_plugin.errors import CorruptCheckpointError
+
+    folder = str(tmp_path / "run")
+    with killed_after_epoch(1):
+        _train(dynamic(folder), tiny_dataset, folder, resumable=True)
+    slot = os.path.join(folder, resume.read_state(folder).slot)
+    assert sorted(f for f in os.listdir(slot) if f.startswith("random_state")) == [
+        resume.RNG_JSON, resume.RNG_TENSORS]
+    marker = str(tmp_path / "pwned")
+    if planted == "legacy_pkl":  # what older versions wrote, with a payload
+        for name in (resume.RNG_JSON, resume.RNG_TENSORS):
+            os.remove(os.path.join(slot, name))
+        with open(os.path.join(slot, resume.LEGACY_RNG_FILE), "wb") as fh:
+            pickle.dump(_Planted(marker), fh)
+        match = "predates safe resume state.*without --resume"
+    else:
+        torch.save({"torch": _Planted(marker)}, os.path.join(slot, resume.RNG_TENSORS))
+        match = "cannot be read safely"
+    with pytest.raises(CorruptCheckpointError, match=match):
+        _train(dynamic(folder), tiny_dataset, folder, resumable=True)
+    assert not os.path.exists(marker)
+
+
+def test_random_states_round_trip_through_safe_files(tmp_path):
+    import random
+
+    class Plain:  # a model without a learning-rate schedule
+        _lr_schedule = None
+
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    np.random.normal()  # a cached Gaussian in NumPy's state
+    resume._write_random_states(Plain(), str(tmp_path))
+    expected = (random.random(), np.random.normal(), torch.rand(3))
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    resume._set_random_states(Plain(), *resume._read_random_states(str(tmp_path)))
+    got = (random.random(), np.random.normal(), torch.rand(3))
+    assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
