@@ -12,6 +12,7 @@ from torch import nn
 from deepfuse_plugin.errors import InvalidSettingError
 from deepfuse_plugin.modalities import Modality
 from deepfuse_plugin.pretrained import load_encoders, load_pretrained_encoders
+from deepfuse_plugin.pretrained._checkpoints import pretrained_input_names
 
 
 def check_fine_tuning_settings(pretrained: Any, freeze_encoders: bool,
@@ -34,6 +35,16 @@ def start_from_pretrained(encoders: nn.ModuleDict, modalities: list[Modality], p
         for name in loaded:
             encoders[name].requires_grad_(False)
     return loaded
+
+
+def pretrained_covers(pretrained: Any, modalities: list[Modality]) -> list[str]:
+    """The model's modalities a checkpoint covers, read from its ``model.json`` only (no weights);
+    empty when the checkpoint is not on this machine (a restored model has its weights anyway)."""
+    try:
+        names = set(pretrained_input_names(pretrained))
+    except InvalidSettingError:
+        return []
+    return [m.name for m in modalities if m.name in names]
 
 
 def parameter_groups(network: nn.Module, pretrained_names: list[str], learning_rate: float,

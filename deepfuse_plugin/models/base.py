@@ -28,6 +28,8 @@ from deepfuse_plugin.data.collate import (PADDED_KINDS, MultiModalBatch, collate
 from deepfuse_plugin.errors import (CorruptCheckpointError, InvalidSettingError)
 from deepfuse_plugin.modalities import Modality, as_modalities
 from deepfuse_plugin.models import _settings as check
+from deepfuse_plugin.models._pretrained import (check_fine_tuning_settings, parameter_groups,
+                                                pretrained_covers, start_from_pretrained)
 from deepfuse_plugin.models._data_checks import (check_label_range, check_labelled_tasks,
                                                  check_token_lengths, numeric_labels,
                                                  refusing_non_finite, spec_differences)
@@ -175,7 +177,7 @@ class MultiModalTorchModel(TorchModel):
     _training_settings: ClassVar[frozenset[str]] = frozenset(
         {"dropout", "fusion_loss_weight", "modality_dropout", "batch_size", "learning_rate",
          "evidential_lambda", "evidential_anneal_epochs", "length_bucket_pool",
-         "unimodal_loss_weight"})
+         "unimodal_loss_weight", "pretrained", "freeze_encoders", "encoder_lr_scale"})
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -190,8 +192,11 @@ class MultiModalTorchModel(TorchModel):
                  evidential_lambda: float | None = None,
                  evidential_anneal_epochs: int = 10, progress: bool = True,
                  mixed_precision: bool | str = "auto", length_bucket_pool: int = 0,
+                 pretrained: str | os.PathLike | None = None, freeze_encoders: bool = False,
+                 encoder_lr_scale: float = 1.0, load_pretrained_weights: bool = True,
                  **kwargs: Any):
         check.check_base_settings(locals(), kwargs)
+        check_fine_tuning_settings(pretrained, freeze_encoders, encoder_lr_scale)
         self.length_bucket_pool = int(length_bucket_pool)
         self.uncertainty, self.evidential_lambda = uncertainty, evidential_lambda
         self.evidential_anneal_epochs = evidential_anneal_epochs
@@ -215,6 +220,33 @@ class MultiModalTorchModel(TorchModel):
         self._drop_modalities: tuple[str, ...] = ()
         self._fitting = False
         self._row_reasons = np.zeros(0, dtype=object)
+        self.pretrained = None if pretrained is None else str(pretrained)
+        self.freeze_encoders, self.encoder_lr_scale = bool(freeze_encoders), encoder_lr_scale
+        #: modalities whose encoders started from ``pretrained`` (empty without one)
+        self.pretrained_modalities: list[str] = []
+        if self.pretrained is not None:
+            covered = pretrained_covers(self.pretrained, self.modalities)
+            self.pretrained_modalities = start_from_pretrained(
+                network.encoders, self.modalities, self.pretrained, encoder_dim,
+                self.freeze_encoders) if load_pretrained_weights else covered
+            if self.freeze_encoders:  # also when restoring: the weights come from the checkpoint
+                for name in self.pretrained_modalities:
+                    network.encoders[name].requires_grad_(False)
+
+    def _ensure_built(self) -> None:
+        """DeepChem's optimizer set-up, with parameter groups: pretrained encoders train at
+        ``learning_rate * encoder_lr_scale`` and frozen ones are left out."""
+        if self._built:
+            return
+        super()._ensure_built()
+        if self.pretrained_modalities and (self.freeze_encoders or self.encoder_lr_scale != 1):
+            rate = self.optimizer.learning_rate
+            rate = getattr(rate, "initial_rate", rate)
+            self._pytorch_optimizer = self.optimizer._create_pytorch_optimizer(parameter_groups(
+                self.model, self.pretrained_modalities, rate, self.encoder_lr_scale))
+            if self._lr_schedule is not None:
+                self._lr_schedule = self.optimizer.learning_rate._create_pytorch_schedule(
+                    self._pytorch_optimizer)
 
     # -- what a subclass supplies ----------------------------------------------------------------
     @abstractmethod
@@ -275,7 +307,8 @@ class MultiModalTorchModel(TorchModel):
                 "head_hidden", "dropout", "encoder_options", "fusion_loss_weight",
                 "modality_dropout", "unimodal_loss_weight", "uncertainty", "evidential_lambda",
                 "evidential_anneal_epochs",
-                *self._config_extra, "batch_size", "learning_rate", "length_bucket_pool"]
+                *self._config_extra, "batch_size", "learning_rate", "length_bucket_pool",
+                "pretrained", "freeze_encoders", "encoder_lr_scale"]
         config = {k: getattr(self, k) for k in keys}
         config["modalities"] = [m.to_dict() for m in self.modalities]
         if not isinstance(config["learning_rate"], (int, float)):
@@ -378,7 +411,9 @@ class MultiModalTorchModel(TorchModel):
             raise ValueError(f"{model_dir!r} holds a {saved['model_class']}, not a {cls.__name__}")
         config = {k: v for k, v in saved["config"].items() if v is not None}
         try:
-            model = model_cls(**{**config, "model_dir": model_dir, **overrides})
+            # the weights come from the checkpoint: a pretrained start need not be re-read
+            model = model_cls(**{**config, "model_dir": model_dir, "load_pretrained_weights": False,
+                                 **overrides})
         except (TypeError, ValueError) as err:
             given = f" with the overrides {sorted(overrides)}" if overrides else ""
             raise CorruptCheckpointError(

@@ -111,6 +111,16 @@ def resolve_pretrained(name_or_path: str | os.PathLike) -> Path:
                               f"{CONFIG_FILE} and not a shipped name (shipped: {names})")
 
 
+def pretrained_input_names(name_or_path: str | os.PathLike) -> list[str]:
+    """Names of the views a checkpoint encodes, from its ``model.json`` (weights not read)."""
+    config_path = resolve_pretrained(name_or_path) / CONFIG_FILE
+    try:
+        return [m["name"] for m in json.loads(config_path.read_text())["inputs"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CorruptCheckpointError(f"{config_path} is not a valid pretrained-model config "
+                                     f"({type(err).__name__}: {err})") from err
+
+
 def load_encoders(name_or_path: str | os.PathLike) -> PretrainedEncoders:
     """Load a checkpoint (weights via safetensors; the SHA-256 in ``model.json`` must match)."""
     from safetensors.torch import load_file
