@@ -3,7 +3,9 @@
 Mirrors :mod:`deepfuse_plugin.feat.molecule`: one :class:`CrystalModalityFeaturizer` per modality
 (a ``spec`` and a ``compute``); a modality that fails for a structure is recorded as missing with the
 reason and the structure is kept; ``featurize`` returns DeepChem's object array and runs in parallel
-(fork pool) with a progress bar. The language-model modalities (``text_embedding``,
+(fork pool) with a progress bar. Every structure is checked against the featurizer's
+:class:`~deepfuse_plugin.limits.InputLimits` before any modality (spglib, pymatgen's neighbour
+search) sees it: a NaN coordinate segfaults spglib, a 1e-6 A lattice vector exhausts memory. The language-model modalities (``text_embedding``,
 ``text_sentences``) are computed afterwards in the parent process, batched over all descriptions
 (a transformer in forked workers would be slower and unsafe), and cached on disk.
 
@@ -21,10 +23,13 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from deepchem.feat import MaterialStructureFeaturizer
 
+from deepfuse_plugin.errors import InvalidInputError
 from deepfuse_plugin.feat import _base
+from deepfuse_plugin.feat._base import RowFailure, exception_reason
 from deepfuse_plugin.feat.text import (DEFAULT_TEXT_MODEL, DescriptionCache, Describer,
                                        TextEmbedder, _require_pymatgen, load_tokenizer,
                                        make_describer)
+from deepfuse_plugin.limits import DEFAULT_LIMITS, InputLimits, structure_problem
 from deepfuse_plugin.modalities import GraphFeatures, Modality, MultiModalSample
 
 logger = logging.getLogger(__name__)
@@ -165,7 +170,7 @@ class CrystalContext:
     def description(self) -> str:
         if self._description is None and self._description_error is None:
             try:
-                self._description = self._featurizer.describe(self.structure)
+                self._description = _encodable(self._featurizer._describe_checked(self.structure))
             except Exception as err:
                 self._description_error = err
         if self._description_error is not None:
@@ -413,9 +418,12 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
 
     Returns one :class:`~deepfuse_plugin.MultiModalSample` per structure (DeepChem object array).
     Inputs: pymatgen ``Structure`` (or ``IStructure``), its ``as_dict()``, or an ASE ``Atoms``. An
-    input that cannot be read gives an empty array (DeepChem loaders drop it) and is logged; a modality
-    that fails for a structure (e.g. the graph of a disordered structure) is marked missing with the
-    reason.
+    input that cannot be read, or is refused by ``limits`` (no sites, a non-finite or degenerate
+    lattice, non-finite or huge coordinates, occupancies outside (0, 1] or summing over 1, sites
+    closer than ``limits.min_distance``), gives an empty array (DeepChem loaders drop it), is logged
+    with its index and reason, and its reason is kept in :attr:`last_failures`; a modality that fails
+    for a structure (e.g. the graph of a disordered structure, or a description whose text cannot be
+    encoded) is marked missing with the reason.
 
     Modalities (built-in names):
 
@@ -451,6 +459,15 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
         Worker processes for the per-structure pass (1 = in-process).
     progress: bool
         tqdm progress bars.
+    limits: InputLimits
+        Bounds on each structure (:class:`~deepfuse_plugin.limits.InputLimits`; default
+        :data:`~deepfuse_plugin.limits.DEFAULT_LIMITS`), checked before any modality.
+
+    Attributes
+    ----------
+    last_failures: dict of int to str
+        After each :meth:`featurize` call: ``{index in that call's input: reason}`` for every input
+        that gave an empty array; empty when every input gave a sample.
 
     Examples
     --------
@@ -468,8 +485,13 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
                  atom_features: str = "cgcnn", describer: str | Describer = "fast",
                  text_model: str = DEFAULT_TEXT_MODEL, text_max_length: int = 256,
                  cache_dir: str | os.PathLike | None | bool = None, embed_batch_size: int = 32,
-                 n_jobs: int = 1, progress: bool = True, matgl_cutoff: float = 4.0):
+                 n_jobs: int = 1, progress: bool = True, matgl_cutoff: float = 4.0,
+                 limits: InputLimits = DEFAULT_LIMITS):
         super().__init__()
+        if not isinstance(limits, InputLimits):
+            raise TypeError(f"limits must be an InputLimits, got {type(limits).__name__}")
+        self.limits = limits
+        self.last_failures: dict[int, str] = {}
         self.radius, self.max_neighbors = radius, max_neighbors
         self.matgl_cutoff = matgl_cutoff
         self.gaussian_step, self.gaussian_var = gaussian_step, gaussian_var
@@ -552,6 +574,8 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
     def __str__(self) -> str:
         # DeepChem names molnet cache folders after str(featurizer): the specs must be in the key
         key = "|".join(repr(m) + repr(sorted(m.params.items())) for m in self.modalities)
+        if self.limits != DEFAULT_LIMITS:  # other limits keep other rows (default: key unchanged)
+            key += repr(self.limits)
         return f"CrystalMultiModalFeaturizer_{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
     @property
@@ -560,8 +584,21 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
 
     # -- descriptions --------------------------------------------------------------------------
     def describe(self, structure: Any) -> str:
-        """The (cached) description of one structure."""
+        """The (cached) description of one structure.
+
+        Raises
+        ------
+        InvalidInputError
+            When the structure is over one of :attr:`limits` (spglib must not see it).
+        """
         structure = to_structure(structure)
+        problem = structure_problem(structure, self.limits)
+        if problem is not None:
+            raise InvalidInputError(f"Cannot describe this structure: {problem}")
+        return self._describe_checked(structure)
+
+    def _describe_checked(self, structure: Any) -> str:
+        """:meth:`describe` of a structure already checked against :attr:`limits`."""
         if self._description_cache is None:
             return self.describer.describe(structure)
         return self._description_cache.describe(structure, self.describer)
@@ -586,18 +623,26 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
                                              unit="structure")
         else:
             pairs = _base.featurize_serial(stage, points, self.progress, unit="structure")
-        results = [None if pair is None else pair[0] for pair in pairs]
-        self._fill_batched(results, [None if pair is None else pair[1] for pair in pairs])
-        out = _base.to_object_array(results, points, "CrystalMultiModalFeaturizer",
-                                    show=_show_input, log=logger)
+        results = [pair if isinstance(pair, RowFailure) else pair[0] for pair in pairs]
+        self._fill_batched(results, [None if isinstance(pair, RowFailure) else pair[1]
+                                     for pair in pairs])
+        out, self.last_failures = _base.to_object_array(
+            results, points, "CrystalMultiModalFeaturizer", show=_show_input, log=logger)
         _base.log_missing(results, "CrystalMultiModalFeaturizer", "structure(s)", log=logger)
         return out
 
     def featurize_one(self, datapoint: Any) -> MultiModalSample | None:
-        """One :class:`MultiModalSample`, or ``None`` when the input cannot be read."""
+        """One :class:`MultiModalSample`, or ``None`` when the input cannot be read or is refused
+        (:meth:`featurize_row` gives the reason)."""
+        result = self.featurize_row(datapoint)
+        return None if isinstance(result, RowFailure) else result
+
+    def featurize_row(self, datapoint: Any) -> MultiModalSample | RowFailure:
+        """One :class:`MultiModalSample`, or a :class:`~deepfuse_plugin.feat._base.RowFailure`
+        with the reason the input gives none. Never raises."""
         pair = self._featurize_structure(datapoint)
-        if pair is None:
-            return None
+        if isinstance(pair, RowFailure):
+            return pair
         self._fill_batched([pair[0]], [pair[1]])
         return pair[0]
 
@@ -606,13 +651,19 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
         return np.array([]) if sample is None else sample
 
     def _featurize_structure(self, datapoint: Any
-                             ) -> tuple[MultiModalSample, str | Exception | None] | None:
+                             ) -> tuple[MultiModalSample, str | Exception | None] | RowFailure:
         """Per-structure modalities; the batched ones are left None for :meth:`_fill_batched`.
         Returns the sample and the description (or the error that prevented it)."""
         try:
             structure = to_structure(datapoint)
-        except Exception:
-            return None
+        except Exception as err:
+            return RowFailure(f"cannot read a crystal structure: {exception_reason(err)}")
+        try:
+            problem = structure_problem(structure, self.limits)
+        except Exception as err:  # e.g. a lattice that is not numeric
+            problem = f"cannot check this structure: {exception_reason(err)}"
+        if problem is not None:
+            return RowFailure(problem)
         context = CrystalContext(structure, self)
         values: dict[str, Any] = {}
         reasons: dict[str, str] = {}
@@ -624,7 +675,7 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
                 values[modality.name] = modality.compute(structure, context)
             except Exception as err:  # one failing modality must not cost the structure
                 values[modality.name] = None
-                reasons[modality.name] = f"{type(err).__name__}: {err}"
+                reasons[modality.name] = exception_reason(err)
         description: str | Exception | None = None
         if any(m.batched for m in self.modality_featurizers):
             try:
@@ -638,14 +689,14 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
         batched = [m for m in self.modality_featurizers if m.batched]
         if not batched:
             return
-        rows = [i for i, s in enumerate(samples) if s is not None]
+        rows = [i for i, s in enumerate(samples) if isinstance(s, MultiModalSample)]
         texts = [i for i in rows if isinstance(descriptions[i], str)]
         for i in rows:
             if not isinstance(descriptions[i], str):
                 err = descriptions[i]
                 for m in batched:
                     samples[i].missing_reasons[m.name] = (  # type: ignore[union-attr]
-                        f"no description: {type(err).__name__}: {err}")
+                        f"no description: {exception_reason(err)}")
         for m in batched:
             if not texts:
                 break
@@ -654,20 +705,31 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
                                          progress=self.progress)
             except Exception as err:
                 for i in texts:
-                    samples[i].missing_reasons[m.name] = f"{type(err).__name__}: {err}"  # type: ignore[union-attr]
+                    samples[i].missing_reasons[m.name] = exception_reason(err)  # type: ignore[union-attr]
                 continue
             for i, value in zip(texts, values):
                 samples[i].values[m.name] = value  # type: ignore[union-attr]
 
 
 class _PerStructure:
-    """Adapter for :mod:`._base`'s loops: ``featurize_one`` = the per-structure pass."""
+    """Adapter for :mod:`._base`'s loops: ``featurize_row`` = the per-structure pass."""
 
     def __init__(self, featurizer: CrystalMultiModalFeaturizer):
         self.featurizer = featurizer
 
-    def featurize_one(self, point: Any) -> Any:
+    def featurize_row(self, point: Any) -> Any:
         return self.featurizer._featurize_structure(point)
+
+
+def _encodable(description: str) -> str:
+    """The description, checked to encode as UTF-8: a lone surrogate from a custom describer would
+    otherwise raise inside the batched text modalities and cost every structure of the batch."""
+    try:
+        description.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"description character at position {err.start} cannot be encoded as "
+                         "UTF-8 (lone surrogate)") from None
+    return description
 
 
 def _is_single(datapoints: Any) -> bool:

@@ -2,12 +2,15 @@
 
 Each modality is a small :class:`ModalityFeaturizer` with one job (``compute``). A modality that fails
 for one molecule is recorded as missing for that molecule (with the reason); the molecule is kept.
+Every input is checked against the featurizer's :class:`~deepfuse_plugin.limits.InputLimits` before
+RDKit sees it (a 20,000-character SMILES segfaults RDKit's SMILES writer); an input over a limit, or
+one RDKit cannot parse, is a per-row failure whose reason :attr:`MultiModalFeaturizer.last_failures`
+keeps.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -15,27 +18,17 @@ from deepchem.feat import MolecularFeaturizer
 from rdkit import Chem, rdBase
 
 from deepfuse_plugin.feat import _base
+from deepfuse_plugin.feat._base import RowFailure, exception_reason
+from deepfuse_plugin.feat.descriptors import DescriptorsModality
+from deepfuse_plugin.feat.modality import ModalityFeaturizer
 from deepfuse_plugin.feat.tokenizers import (DEFAULT_SMILES_VOCAB, Vocabulary, default_selfies_vocab,
                                              tokenize_selfies, tokenize_smiles)
+from deepfuse_plugin.limits import DEFAULT_LIMITS, InputLimits, molecule_problem, smiles_problem
 from deepfuse_plugin.modalities import GraphFeatures, Modality, MultiModalSample
 
 logger = logging.getLogger(__name__)
 
 EmbeddingSource = Mapping[str, Sequence[float]] | Callable[[str], Any]
-
-
-class ModalityFeaturizer(ABC):
-    """Computes one modality from an RDKit ``Mol``; subclasses implement :meth:`compute` only."""
-
-    name: str
-    spec: Modality
-
-    @abstractmethod
-    def compute(self, mol: Chem.Mol, smiles: str) -> Any:
-        """Value of the modality for one molecule. Raise to mark the modality missing.
-
-        ``smiles`` is the canonical SMILES of ``mol`` (the key used by embedding tables).
-        """
 
 
 class ECFPModality(ModalityFeaturizer):
@@ -204,32 +197,6 @@ class SelfiesModality(ModalityFeaturizer):
                                  self.max_length)
 
 
-class DescriptorsModality(ModalityFeaturizer):
-    """RDKit 2D descriptors, non-finite values set to 0, squashed with ``sign(x) * log1p(|x|)``.
-
-    The squashing needs no fitted statistics (so the featurizer stays stateless, as DeepChem's
-    caching expects) and keeps descriptors of very different ranges (MolWt, Ipc) on one scale.
-    """
-
-    def __init__(self, name: str = "descriptors"):
-        from rdkit.Chem import Descriptors
-
-        self.name = name
-        self._functions = list(Descriptors._descList)
-        self.spec = Modality(name, "vector", dim=len(self._functions),
-                             params={"descriptors": [n for n, _ in self._functions]})
-
-    def compute(self, mol: Chem.Mol, smiles: str) -> np.ndarray:
-        values = np.empty(len(self._functions), dtype=np.float64)
-        for i, (_, fn) in enumerate(self._functions):
-            try:
-                values[i] = fn(mol)
-            except Exception:  # RDKit raises on a few exotic molecules for single descriptors
-                values[i] = np.nan
-        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-        return (np.sign(values) * np.log1p(np.abs(values))).astype(np.float32)
-
-
 class PrecomputedEmbeddingModality(ModalityFeaturizer):
     """Vectors computed elsewhere (SMI-TED, MolFormer, ChemBERTa, ...), keyed by SMILES or a callable.
 
@@ -287,6 +254,8 @@ def _probe_dim(source: Callable[[str], Any]) -> int | None:
 
 
 def _canonical_or_same(smiles: str) -> str:
+    if smiles_problem(smiles) is not None:  # a key RDKit must not see stays as it is
+        return smiles
     mol = Chem.MolFromSmiles(smiles)
     return Chem.MolToSmiles(mol) if mol is not None else smiles
 
@@ -309,9 +278,14 @@ class MultiModalFeaturizer(MolecularFeaturizer):
     """Several molecular modalities at once, from one RDKit parse per molecule.
 
     Returns one :class:`~deepfuse_plugin.MultiModalSample` per molecule. A modality that fails for a
-    molecule is marked missing for that molecule (the molecule is kept); a SMILES RDKit cannot parse
-    gives an empty array (DeepChem's convention: its loaders drop that row) and is logged with its
-    index.
+    molecule is marked missing for that molecule (the molecule is kept). An input that is refused or
+    cannot be parsed gives an empty array (DeepChem's convention: its loaders drop that row), is
+    logged with its index and reason, and its reason is kept in :attr:`last_failures`. Refused
+    before RDKit sees them: non-strings (None, NaN, bytes, numbers), empty strings, strings with a
+    NUL or a lone surrogate, SMILES longer than ``limits.max_smiles_length`` or with more
+    fragments than ``limits.max_fragments``; right after parsing, molecules with more heavy atoms
+    than ``limits.max_atoms``. Molecules above ``limits.max_descriptor_atoms`` keep every modality
+    but ``descriptors`` (missing, with the reason). ``featurize`` raises for no input.
 
     Parameters
     ----------
@@ -335,12 +309,21 @@ class MultiModalFeaturizer(MolecularFeaturizer):
         Worker processes (1 = in-process).
     progress: bool
         Show a tqdm progress bar.
+    limits: InputLimits
+        Bounds on each input (:class:`~deepfuse_plugin.limits.InputLimits`; default
+        :data:`~deepfuse_plugin.limits.DEFAULT_LIMITS`); raise one for larger legitimate inputs,
+        e.g. ``limits=InputLimits(max_atoms=2000)``.
 
     Attributes
     ----------
     modalities: list of Modality
         Specs of the produced modalities; pass them to a model: ``DynamicFusionModel(modalities=
         featurizer.modalities, ...)``.
+    last_failures: dict of int to str
+        After each :meth:`featurize` call: ``{index in that call's input: reason}`` for every input
+        that gave an empty array (refused by a limit, unparsable, or its worker process crashed);
+        empty when every input gave a sample. DeepChem's loaders call ``featurize`` once per shard,
+        so there the indices count from the start of the last shard.
 
     Examples
     --------
@@ -349,6 +332,8 @@ class MultiModalFeaturizer(MolecularFeaturizer):
     >>> samples = feat.featurize(["CCO", "c1ccccc1"])
     >>> samples[0].values["ecfp"].shape, samples[0].present("graph")
     ((2048,), True)
+    >>> feat.featurize(["CCO", "C1CC", None]).tolist()[1:], feat.last_failures
+    ([array([], dtype=float64), array([], dtype=float64)], {1: 'RDKit cannot parse this SMILES', 2: 'not a string (got NoneType)'})
     """
 
     def __init__(self, modalities: Sequence[str | Modality | ModalityFeaturizer] = ("ecfp", "graph",
@@ -357,8 +342,12 @@ class MultiModalFeaturizer(MolecularFeaturizer):
                  max_length: int = 128, smiles_vocabulary: Sequence[str] | None = None,
                  selfies_vocabulary: Sequence[str] | None = None,
                  embeddings: Mapping[str, EmbeddingSource] | None = None, n_jobs: int = 1,
-                 progress: bool = True):
+                 progress: bool = True, limits: InputLimits = DEFAULT_LIMITS):
         super().__init__()
+        if not isinstance(limits, InputLimits):
+            raise TypeError(f"limits must be an InputLimits, got {type(limits).__name__}")
+        self.limits = limits
+        self.last_failures: dict[int, str] = {}
         self.ecfp_radius, self.ecfp_size, self.ecfp_counts = ecfp_radius, ecfp_size, ecfp_counts
         self.max_length = max_length
         self.smiles_vocabulary = smiles_vocabulary
@@ -423,6 +412,8 @@ class MultiModalFeaturizer(MolecularFeaturizer):
         # repr(Modality) shows only the vocabulary size: the tokens themselves go into the key too.
         key = "|".join(repr(m) + repr(sorted(m.params.items())) + repr(m.vocab)
                        for m in self.modalities)
+        if self.limits != DEFAULT_LIMITS:  # other limits keep other rows (default: key unchanged)
+            key += repr(self.limits)
         return f"MultiModalFeaturizer_{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
     @property
@@ -432,13 +423,14 @@ class MultiModalFeaturizer(MolecularFeaturizer):
     # -- featurization -------------------------------------------------------------------------
     def featurize(self, datapoints: Iterable[Any] | str | Chem.Mol, log_every_n: int = 1000,
                   **kwargs: Any) -> np.ndarray:
-        """Featurize SMILES strings or RDKit Mols.
+        """Featurize SMILES strings or RDKit Mols; never raises for a bad input.
 
         Returns
         -------
         np.ndarray of object
-            One :class:`MultiModalSample` per input, or an empty array where the input could not be
-            parsed (DeepChem's loaders drop those rows).
+            One :class:`MultiModalSample` per input, or an empty array where the input was refused
+            or could not be parsed (DeepChem's loaders drop those rows); the reasons are in
+            :attr:`last_failures`.
         """
         if isinstance(datapoints, (str, Chem.Mol)):
             datapoints = [datapoints]
@@ -447,48 +439,86 @@ class MultiModalFeaturizer(MolecularFeaturizer):
             results = self._featurize_parallel(points)
         else:
             results = _base.featurize_serial(self, points, self.progress, unit="mol")
-        out = _base.to_object_array(results, points, "MultiModalFeaturizer", log=logger)
+        out, self.last_failures = _base.to_object_array(results, points, "MultiModalFeaturizer",
+                                                        log=logger)
         self._log_missing(results)
         return out
 
     def featurize_one(self, datapoint: Any) -> MultiModalSample | None:
-        """One :class:`MultiModalSample`, or ``None`` when the input cannot be parsed."""
-        mol = _to_mol(datapoint)
-        if mol is None:
-            return None
-        smiles = Chem.MolToSmiles(mol)
+        """One :class:`MultiModalSample`, or ``None`` when the input is refused or cannot be parsed
+        (:meth:`featurize_row` gives the reason)."""
+        result = self.featurize_row(datapoint)
+        return None if isinstance(result, RowFailure) else result
+
+    def featurize_row(self, datapoint: Any) -> MultiModalSample | RowFailure:
+        """One :class:`MultiModalSample`, or a :class:`~deepfuse_plugin.feat._base.RowFailure`
+        with the reason the input gives none. Never raises."""
+        try:
+            mol = self._checked_mol(datapoint)
+            if isinstance(mol, RowFailure):
+                return mol
+            smiles = Chem.MolToSmiles(mol)
+        except Exception as err:  # an input that breaks RDKit costs only its own row
+            return RowFailure(f"RDKit failed on this input: {exception_reason(err)}")
         values: dict[str, Any] = {}
         reasons: dict[str, str] = {}
         for modality in self.modality_featurizers:
             try:
-                values[modality.name] = modality.compute(mol, smiles)
+                problem = modality.input_problem(mol, self.limits)
+                if problem is None:
+                    values[modality.name] = modality.compute(mol, smiles)
+                    continue
+                reasons[modality.name] = problem
             except Exception as err:  # one failing modality must not cost the molecule
-                values[modality.name] = None
-                reasons[modality.name] = f"{type(err).__name__}: {err}"
+                reasons[modality.name] = exception_reason(err)
+            values[modality.name] = None
         return MultiModalSample(values, reasons, self._fingerprints)
+
+    def _checked_mol(self, datapoint: Any) -> Chem.Mol | RowFailure:
+        """The parsed molecule, checked against the limits before anything else touches it."""
+        if isinstance(datapoint, Chem.Mol):
+            mol = datapoint
+        else:
+            problem = smiles_problem(datapoint, self.limits)
+            if problem is not None:
+                return RowFailure(problem)
+            # The failure is reported once, with its index, by featurize(). BlockLogs restores
+            # the previous logging state afterwards (a user's own DisableLog stays in force).
+            with rdBase.BlockLogs():
+                mol = Chem.MolFromSmiles(datapoint)
+            if mol is None:
+                return RowFailure("RDKit cannot parse this SMILES")
+        if mol.GetNumAtoms() == 0:
+            return RowFailure("molecule has no atoms")
+        problem = molecule_problem(mol, self.limits)
+        return mol if problem is None else RowFailure(problem)
 
     def _featurize(self, datapoint: Any, **kwargs: Any) -> MultiModalSample | np.ndarray:
         sample = self.featurize_one(datapoint)
         return np.array([]) if sample is None else sample
 
-    def _featurize_parallel(self, points: list[Any]) -> list[MultiModalSample | None]:
-        # Mols are converted to SMILES so chunks pickle cheaply; the featurizer reaches workers by
-        # fork inheritance (initializer), not by pickling per task.
-        points = [Chem.MolToSmiles(p) if isinstance(p, Chem.Mol) else p for p in points]
-        return _base.featurize_parallel(self, points, self.n_jobs, self.progress, unit="mol")
+    def _featurize_parallel(self, points: list[Any]) -> list[MultiModalSample | RowFailure]:
+        # Mols are converted to SMILES so chunks pickle cheaply (those over a limit are refused
+        # here: the SMILES writer is what crashes on them); the featurizer reaches workers by fork
+        # inheritance (initializer), not by pickling per task.
+        results: list[Any] = [None] * len(points)
+        portable: list[Any] = []
+        for i, point in enumerate(points):
+            if isinstance(point, Chem.Mol):
+                try:
+                    checked = self._checked_mol(point)
+                    if isinstance(checked, RowFailure):
+                        results[i] = checked
+                        continue
+                    point = Chem.MolToSmiles(point)
+                except Exception as err:
+                    results[i] = RowFailure(f"RDKit failed on this input: {exception_reason(err)}")
+                    continue
+            portable.append(point)
+        done = iter(_base.featurize_parallel(self, portable, self.n_jobs, self.progress,
+                                             unit="mol"))
+        return [next(done) if result is None else result for result in results]
 
-    def _log_missing(self, results: Sequence[MultiModalSample | None]) -> None:
+    def _log_missing(self, results: Sequence[MultiModalSample | RowFailure]) -> None:
         _base.log_missing(results, "MultiModalFeaturizer", "molecule(s)", log=logger)
-
-
-def _to_mol(datapoint: Any) -> Chem.Mol | None:
-    if isinstance(datapoint, Chem.Mol):
-        return datapoint if datapoint.GetNumAtoms() > 0 else None
-    if not isinstance(datapoint, str) or not datapoint.strip():
-        return None
-    # The failure is reported once, with its index, by featurize(). BlockLogs restores the
-    # previous logging state afterwards (a user's own DisableLog stays in force).
-    with rdBase.BlockLogs():
-        mol = Chem.MolFromSmiles(datapoint)
-    return mol if mol is not None and mol.GetNumAtoms() > 0 else None
 

@@ -86,6 +86,9 @@ def test_unreadable_input_is_dropped_and_logged(structural, caplog):
     assert isinstance(out[0], dfp.MultiModalSample) and isinstance(out[2], dfp.MultiModalSample)
     assert isinstance(out[1], np.ndarray) and out[1].size == 0
     assert "1 of 3 inputs could not be parsed" in caplog.text
+    assert structural.last_failures == {1: "cannot read a crystal structure: TypeError: Cannot "
+                                           "read a crystal structure from a str"}
+    assert "1:str (cannot read a crystal structure" in caplog.text
 
 
 def test_parallel_featurization_matches_serial(tmp_path):

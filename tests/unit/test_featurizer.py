@@ -84,6 +84,10 @@ def test_invalid_empty_and_none_give_empty_arrays_and_a_warning_naming_the_index
     for index, text in [(1, "'not_a_smiles'"), (2, "''"), (3, "None"), (5, "'C1CC'")]:
         assert f"{index}:{text}" in message
     assert "0:" not in message and "6:" not in message
+    assert small_featurizer.last_failures == {
+        1: "RDKit cannot parse this SMILES", 2: "empty SMILES", 3: "not a string (got NoneType)",
+        4: "not a string (got float)", 5: "RDKit cannot parse this SMILES"}
+    assert "5:'C1CC' (RDKit cannot parse this SMILES)" in message
 
 
 def test_no_warning_when_everything_parses(small_featurizer, caplog):
