@@ -30,7 +30,8 @@ from deepfuse_plugin.feat.text import (DEFAULT_TEXT_MODEL, DescriptionCache, Des
                                        TextEmbedder, _require_pymatgen, load_tokenizer,
                                        make_describer)
 from deepfuse_plugin.limits import DEFAULT_LIMITS, InputLimits, structure_problem
-from deepfuse_plugin.modalities import GraphFeatures, Modality, MultiModalSample
+from deepfuse_plugin.modalities import (MATGL_FORMAT, GraphFeatures, Modality, MultiModalSample,
+                                        default_element_types)
 
 logger = logging.getLogger(__name__)
 
@@ -275,8 +276,6 @@ class MatGLGraphModality(CrystalModalityFeaturizer):
 
     def __init__(self, cutoff: float = 4.0, element_types: Sequence[str] | None = None,
                  name: str = "matgl_graph"):
-        from deepfuse_plugin.nn.matgl_backbone import MATGL_FORMAT, default_element_types
-
         self.name, self.cutoff = name, float(cutoff)
         self.element_types = tuple(element_types or default_element_types())
         self._converter: Any = None

