@@ -56,7 +56,7 @@ def own_model_entries(model_dir: str) -> list[str]:
     fixed = {CONFIG_FILE, resume.STATE_FILE, *resume.SLOTS}
     return sorted(e for e in os.listdir(model_dir)
                   if e in fixed or (e.startswith("checkpoint") and e.endswith(".pt"))
-                  or e.startswith(".staging_") or e.startswith(".tmp_"))
+                  or e.startswith((".staging_", ".tmp_")))
 
 
 def is_model_folder(model_dir: str) -> bool:
