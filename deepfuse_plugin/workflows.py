@@ -766,7 +766,11 @@ def load_run(model_dir: str) -> tuple[Any, dict[str, Any]]:
     run_path = os.path.join(model_dir, RUN_FILE)
     if os.path.exists(run_path):
         record = _read_record(run_path)
-        folder = os.path.join(model_dir, str(record.get("model_dir", "model")))
+        inside = str(record.get("model_dir", "model"))
+        if os.path.isabs(inside) or ".." in inside.replace("\\", "/").split("/"):
+            raise CorruptCheckpointError(f"{run_path} points its model_dir outside the run folder "
+                                         f"({inside!r}); restore the original record")
+        folder = os.path.join(model_dir, inside)
         if not os.path.isdir(folder) or not os.listdir(folder):
             raise RunFolderError(f"{model_dir} has a {RUN_FILE} but its model folder {folder} is "
                                  f"{'empty' if os.path.isdir(folder) else 'missing'}: the run "

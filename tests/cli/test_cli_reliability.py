@@ -237,6 +237,10 @@ def test_an_edited_run_record_is_refused(run, query, tmp_path, capsys):
     with pytest.raises(CorruptCheckpointError, match="mode 'classification', the model's is "
                                                      "'regression'"):
         wf.load_run(str(run))
+    record["mode"], record["model_dir"] = "regression", "../elsewhere"
+    (run / wf.RUN_FILE).write_text(json.dumps(record))
+    with pytest.raises(CorruptCheckpointError, match="outside the run folder"):
+        wf.load_run(str(run))
 
 
 @pytest.mark.parametrize("state", ["missing", "empty", "no folder"])
