@@ -4,22 +4,28 @@
 
     deepfuse demo [--out results/demo] [--epochs N] [--seed S] [--quick]
     deepfuse train --csv FILE --smiles-column COL --tasks T1,T2 --mode regression --out DIR
+                   [--overwrite] [--resume]
     deepfuse predict --model-dir DIR --csv FILE [--smiles-column COL] [--out preds.csv]
+                     [--overwrite]
     deepfuse bench ...   (deprecated: forwards to ``deepfuse-bench``, the benchmark harness)
 
 Argument parsing only; the work is done by functions in :mod:`deepfuse_plugin.workflows` and
 :mod:`deepfuse_plugin.demo` that tests and notebooks call directly. ``main(argv)`` returns the exit
-code (0 success, 2 bad input or usage).
+code (0 success, 2 bad input or usage: one sentence on standard error, the traceback only with
+``--debug``).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
 import warnings
 from typing import Sequence
+
+from deepfuse_plugin.errors import DeepfuseError
 
 logger = logging.getLogger("deepfuse_plugin.cli")
 
@@ -32,9 +38,23 @@ def _csv_list(text: str) -> list[str]:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """A finite number > 0 (``nan``, ``inf``, ``0`` and negative values are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
     return value
 
 
@@ -48,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "benchmarks.")
     parser.add_argument("--version", action="version", version=f"deepfuse {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (by default a mistake in the "
+                        "input or the settings is one sentence and exit code 2)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--threads", type=_positive_int, default=1,
                         help="torch intra-op threads (default: %(default)s; see below)")
@@ -66,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="validate every N epochs, keep the best (default: 2; --quick: 1)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--batch-size", type=_positive_int, default=64)
-    demo.add_argument("--learning-rate", type=float, default=1e-3)
+    demo.add_argument("--learning-rate", type=_positive_float, default=1e-3)
     demo.add_argument("--limit", type=_positive_int, default=None,
                       help="use only the first N molecules")
     demo.add_argument("--no-dmpnn", action="store_true",
@@ -89,17 +112,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-every", type=_positive_int, default=2,
                        help="validate every N epochs, keep the best (default: %(default)s)")
     train.add_argument("--batch-size", type=_positive_int, default=64)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--learning-rate", type=_positive_float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--n-jobs", type=_positive_int, default=1, help="featurization processes")
-    train.add_argument("--out", required=True, help="run folder to write")
+    train.add_argument("--out", required=True,
+                       help="run folder to write (trained in OUT.deepfuse-partial, moved into OUT "
+                       "when training succeeds)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace a run already in OUT (only deepfuse's files there; your other "
+                       "files are kept)")
     train.add_argument("--uncertainty", choices=["evidential"], default=None,
                        help="predict a distribution: 'predict' then writes <task>_std "
                             "(regression: rescaled per set of present modalities on the "
                             "validation split)")
     train.add_argument("--resume", action="store_true",
-                       help="continue an interrupted run in OUT from its last finished epoch "
-                            "(same data and settings; otherwise OUT/model starts over)")
+                       help="continue an interrupted run (kept in OUT.deepfuse-partial) from "
+                            "its last finished epoch (same data and settings; otherwise training "
+                            "starts over)")
 
     predict = sub.add_parser("predict", help="predict a CSV with a run folder from 'train'/'demo'")
     predict.add_argument("--model-dir", required=True, help="run folder (or bare model folder)")
@@ -109,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default="predictions.csv",
                          help="output CSV (default: %(default)s)")
     predict.add_argument("--batch-size", type=_positive_int, default=None)
+    predict.add_argument("--overwrite", action="store_true",
+                         help="replace an existing --out file (never the input CSV)")
 
     bench = sub.add_parser("bench", help="deprecated: use the deepfuse-bench command (pip "
                            "install -e benchmarks); the arguments are forwarded to it")
@@ -160,7 +191,8 @@ def _run(args: argparse.Namespace) -> int:
                                 epochs=args.epochs, batch_size=args.batch_size,
                                 learning_rate=args.learning_rate, eval_every=args.eval_every,
                                 seed=args.seed, n_jobs=args.n_jobs, resume=args.resume,
-                                uncertainty=args.uncertainty, progress=progress)
+                                uncertainty=args.uncertainty, progress=progress,
+                                overwrite=args.overwrite)
         training = record["training"]
         print(f"Trained {record['model_class']} ({'+'.join(record['modalities'])}) on "
               f"{record['data']['n_train']} molecules; best epoch {training['best_epoch']} of "
@@ -179,11 +211,24 @@ def _run(args: argparse.Namespace) -> int:
         from deepfuse_plugin.workflows import predict_from_csv
 
         frame = predict_from_csv(args.model_dir, args.csv, args.smiles_column, args.out,
-                                 args.batch_size, progress=progress)
+                                 args.batch_size, progress=progress, overwrite=args.overwrite)
         failed = int((frame["deepfuse_status"] != "ok").sum())
         print(f"Wrote {len(frame)} rows to {args.out} ({len(frame) - failed} predicted, {failed} "
-              f"left empty: invalid SMILES or no modality; see deepfuse_status)")
+              f"left empty: invalid SMILES or no modality, or a non-finite output; see "
+              f"deepfuse_status)")
     return 0
+
+
+#: Errors caused by what the user gave (data, settings, paths): one message and exit code 2.
+#: ``DeepfuseError`` and ``ResumeMismatchError`` are ``ValueError`` s. Anything else is a bug and
+#: keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+               PermissionError, FileExistsError)
+
+
+def _one_message(err: BaseException) -> str:
+    """The error's own words (its type's name when it has none)."""
+    return str(err).strip() or type(err).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -201,9 +246,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench":
         return _forward_to_bench(args)
     _configure_logging(args.verbose)
-    from deepfuse_plugin.resume import ResumeMismatchError
-    from deepfuse_plugin.workflows import WorkflowError
-
     import torch
 
     start = time.perf_counter()
@@ -211,8 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         code = _run(args)
-    except (WorkflowError, ResumeMismatchError, FileNotFoundError) as err:
-        print(f"deepfuse {args.command}: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        print(f"deepfuse {args.command}: error: {_one_message(err)}", file=sys.stderr)
+        if not isinstance(err, DeepfuseError):  # a library's message: the way to see more
+            print("(run with --debug for the full traceback)", file=sys.stderr)
         return 2
     finally:
         torch.set_num_threads(previous_threads)  # main() may be called inside another program

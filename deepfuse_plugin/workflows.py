@@ -18,7 +18,6 @@ A run folder written by :func:`train_from_csv` (and by ``deepfuse demo``) looks 
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -27,21 +26,25 @@ import random
 import shutil
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
+
+from deepfuse_plugin import run_folder
+from deepfuse_plugin.errors import CorruptCheckpointError, InvalidSettingError, RunFolderError
+from deepfuse_plugin.inputs import (BINARY_SIGNATURES, MAX_ABS_LABEL, MISSING_LABELS,  # noqa: F401
+                                    WorkflowError, labels_and_weights, parse_labels,
+                                    rdkit_log_disabled, read_csv_checked, smiles_problems,
+                                    valid_smiles_mask)
+from deepfuse_plugin.run_folder import METRICS_FILE, RUN_FILE, STD_SCALES_FILE
 
 if TYPE_CHECKING:
     from deepfuse_plugin.resume import ResumeState
 
 logger = logging.getLogger(__name__)
 
-RUN_FILE = "deepfuse_run.json"
-METRICS_FILE = "metrics.json"
-STD_SCALES_FILE = "std_scales.json"
 RUN_FORMAT = 1
-
 #: ``--model`` name -> model class (or class name, looked up in ``deepfuse_plugin`` and then
 #: ``dc.models`` when used, so a name whose class is not installed gives a clear error instead of
 #: breaking the command). A new fusion model plugs in with one entry here or, at run time, with
@@ -60,10 +63,6 @@ FEATURIZER_KEYS = ("ecfp_radius", "ecfp_size", "ecfp_counts", "max_length")
 
 SPLITS = ("scaffold", "random")
 MODES = ("regression", "classification")
-
-
-class WorkflowError(ValueError):
-    """Bad user input (missing column, empty file, ...): the message says what to fix."""
 
 
 # -- small utilities ---------------------------------------------------------------------------
@@ -126,84 +125,6 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
     with open(path, "w") as fh:
         json.dump(_jsonable(payload), fh, indent=1)
         fh.write("\n")
-
-
-@contextlib.contextmanager
-def rdkit_log_disabled() -> Iterator[None]:
-    """Silence RDKit's C++ log inside the block (DeepChem's ``CircularFingerprint`` prints one
-    deprecation warning per molecule with current RDKit); the previous state is restored after."""
-    from rdkit import rdBase
-
-    with rdBase.BlockLogs():
-        yield
-
-
-# -- input ---------------------------------------------------------------------------------------
-def read_csv_checked(path: str, smiles_column: str, tasks: Sequence[str] = ()) -> pd.DataFrame:
-    """Read a CSV and check it has ``smiles_column`` and every task column and at least one row.
-
-    Raises
-    ------
-    WorkflowError
-        File missing or empty, or a named column absent (the message lists the available columns).
-    """
-    if not os.path.exists(path):
-        raise WorkflowError(f"CSV file not found: {path}")
-    try:
-        frame = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise WorkflowError(f"CSV file {path} is empty (no header, no rows)") from None
-    missing = [c for c in [smiles_column, *tasks] if c not in frame.columns]
-    if missing:
-        label = "Column" if len(missing) == 1 else "Columns"
-        raise WorkflowError(f"{label} {', '.join(repr(c) for c in missing)} not found in {path}. "
-                            f"Available columns: {list(frame.columns)}")
-    if len(frame) == 0:
-        raise WorkflowError(f"CSV file {path} has a header but no rows")
-    return frame
-
-
-def valid_smiles_mask(smiles: Sequence[Any], what: str = "row") -> tuple[np.ndarray, list[str]]:
-    """Which entries RDKit can parse (non-empty strings giving a molecule with atoms).
-
-    Logs one warning naming the invalid entries (position and value).
-
-    Returns
-    -------
-    mask: np.ndarray of bool
-    invalid: list of str
-        ``"<position>: <value>"`` for each invalid entry.
-    """
-    from rdkit import Chem
-
-    mask = np.zeros(len(smiles), dtype=bool)
-    with rdkit_log_disabled():  # the failures are reported once, below
-        for i, s in enumerate(smiles):
-            if isinstance(s, str) and s.strip():
-                mol = Chem.MolFromSmiles(s)
-                mask[i] = mol is not None and mol.GetNumAtoms() > 0
-    invalid = [f"{i}: {smiles[i]!r}" for i in np.flatnonzero(~mask)]
-    if invalid:
-        logger.warning("%d of %d SMILES cannot be parsed by RDKit; those %ss are skipped "
-                       "(0-based %s index: value): %s%s", len(invalid), len(smiles), what, what,
-                       "; ".join(invalid[:20]), " ..." if len(invalid) > 20 else "")
-    return mask, invalid
-
-
-def labels_and_weights(frame: pd.DataFrame, tasks: Sequence[str], ids: Sequence[str]
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """``(y, w)`` from task columns: NaN (or non-numeric) labels get weight 0 and a warning."""
-    y = frame[list(tasks)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-    w = np.isfinite(y).astype(np.float64)
-    bad = np.flatnonzero(w.min(axis=1) == 0) if len(y) else np.array([], int)
-    if len(bad):
-        shown = [str(ids[i]) for i in bad[:10]]
-        logger.warning("%d row(s) have missing/non-numeric labels; those entries get weight 0 "
-                       "(ids: %s%s)", len(bad), shown, " ..." if len(bad) > 10 else "")
-    if not w.any():
-        raise WorkflowError(f"No labelled rows: every value in the task columns {list(tasks)} is "
-                            "missing or non-numeric")
-    return np.nan_to_num(y, nan=0.0), w
 
 
 def make_dataset(X: np.ndarray, y: np.ndarray | None, w: np.ndarray | None,
@@ -378,22 +299,24 @@ def selection_score(metrics: dict[str, float], mode: str) -> tuple[str, float]:
 
 
 def fresh_model_dir(path: str, check_only: bool = False) -> str:
-    """Empty ``path`` for a new model: a previous deepfuse/DeepChem model folder there is removed
-    (its checkpoints must not mix with the new ones); any other non-empty folder is an error.
+    """Make ``path`` ready for a new model: the files of a previous deepfuse/DeepChem model there
+    are removed (its checkpoints must not mix with the new ones); a user's other files in it are
+    kept; a non-empty folder without any model is an error.
 
     With ``check_only`` nothing is changed (used to fail fast before a long featurization).
     """
-    from deepfuse_plugin import resume
-    from deepfuse_plugin.models.base import CONFIG_FILE
-
     if os.path.isdir(path) and os.listdir(path):
-        entries = os.listdir(path)
-        ours = {CONFIG_FILE, resume.STATE_FILE, *resume.SLOTS}
-        if not ours & set(entries) and not all(e.startswith("checkpoint") for e in entries):
+        entries = run_folder.own_model_entries(path)
+        if not entries:
             raise WorkflowError(f"{path} exists and is not a deepfuse model folder; choose another "
                                 "--out")
         if not check_only:
-            shutil.rmtree(path)
+            for entry in entries:
+                target = os.path.join(path, entry)
+                if os.path.isdir(target) and not os.path.islink(target):
+                    shutil.rmtree(target)
+                else:
+                    os.remove(target)
     elif os.path.exists(path) and not os.path.isdir(path):
         raise WorkflowError(f"{path} exists and is not a folder")
     if not check_only:
@@ -585,9 +508,12 @@ def train_from_csv(csv: str, smiles_column: str, tasks: Sequence[str], out: str,
                    seed: int = 0, featurizer_kwargs: dict[str, Any] | None = None,
                    model_kwargs: dict[str, Any] | None = None, n_jobs: int = 1,
                    resume: bool = False, uncertainty: str | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Featurize a CSV, split it, train a fusion model with validation-based epoch selection and
     write a run folder to ``out`` (see the module docstring).
+
+    Training happens in a staging folder next to ``out`` (``out.deepfuse-partial``); the run is
+    moved into ``out`` only when it has finished, so a failed run leaves ``out`` as it was.
 
     Parameters
     ----------
@@ -608,21 +534,34 @@ def train_from_csv(csv: str, smiles_column: str, tasks: Sequence[str], out: str,
     featurizer_kwargs, model_kwargs: dict, optional
         Extra arguments of the featurizer and the model.
     resume: bool
-        Training writes a resume point into ``out/model`` after every epoch; with ``resume`` an
-        interrupted run there continues from its last finished epoch (same CSV and settings
-        required: :class:`~deepfuse_plugin.resume.ResumeMismatchError` otherwise). Without it
-        ``out/model`` starts over.
+        Training writes a resume point into the staging folder after every epoch; with
+        ``resume`` an interrupted run there continues from its last finished epoch (same CSV and
+        settings required: :class:`~deepfuse_plugin.resume.ResumeMismatchError` otherwise).
+        Without it training starts over.
     uncertainty: str, optional
         ``"evidential"``: the model predicts a distribution (``predict`` then writes a
         ``<task>_std`` column). For regression the std is rescaled per set of present modalities
         on the validation split (``std_scales.json``; see
         :func:`~deepfuse_plugin.models.calibration.fit_std_scales`), and the record gets the test
         split's calibration.
+    overwrite: bool
+        Replace a run already in ``out`` (only deepfuse's files there: ``model/``'s model files,
+        ``deepfuse_run.json``, ``metrics.json``, ``std_scales.json``). Without it such an ``out``
+        is refused before any work.
 
     Returns
     -------
     dict
-        The run record written to ``deepfuse_run.json`` (metrics included).
+        The run record written to ``deepfuse_run.json`` (metrics and checksums included).
+
+    Raises
+    ------
+    RunFolderError
+        ``out`` holds a run and ``overwrite`` is false, or something there is not deepfuse's.
+    InvalidSettingError
+        A training setting outside its range (the message names it and its value).
+    WorkflowError
+        Bad input data (missing column, no labelled rows for a task, non-numeric labels, ...).
     """
     from deepfuse_plugin import resume as resume_lib
     from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
@@ -632,17 +571,104 @@ def train_from_csv(csv: str, smiles_column: str, tasks: Sequence[str], out: str,
         raise WorkflowError("Give at least one task column (--tasks)")
     if mode not in MODES:
         raise WorkflowError(f"Unknown mode {mode!r}; choose one of {list(MODES)}")
-    if epochs < 1:
-        raise WorkflowError(f"epochs must be >= 1, got {epochs}")
+    check_training_settings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                            eval_every=eval_every, n_jobs=n_jobs)
     model_cls = resolve_model_class(model)
     try:
         featurizer = MultiModalFeaturizer(list(modalities), n_jobs=n_jobs, progress=progress,
                                           **(featurizer_kwargs or {}))
     except (ValueError, TypeError) as err:
         raise WorkflowError(f"Cannot build the featurizer: {err}") from err
-    continuing = resume and resume_lib.read_state(os.path.join(out, "model")) is not None
-    if not continuing:
-        fresh_model_dir(os.path.join(out, "model"), check_only=True)
+    # fail fast, before a long featurization: nothing in out or the staging folder is touched yet
+    run_folder.check_run_target(out, overwrite)
+    staging = run_folder.staging_path(out)
+    run_folder.check_staging(staging)
+    continuing = resume and resume_lib.read_state(os.path.join(staging, "model")) is not None
+    frame, ids, y, w, invalid = _labelled_rows(csv, smiles_column, tasks, mode)
+
+    set_seed(seed)
+    X = featurizer.featurize(ids)
+    dataset = make_dataset(X, y, w, ids)
+    train_idx, valid_idx, test_idx = split_indices(dataset, split, seed)
+    train, valid, test = (dataset.select(i) for i in (train_idx, valid_idx, test_idx))
+    _check_training_split(train, tasks, split, len(dataset))
+    transformers = []
+    normalizer = None
+    if mode == "regression":
+        normalizer = fit_normalizer(train)
+        transformers = [normalizer]
+        train, valid, test = (normalizer.transform(d) for d in (train, valid, test))
+
+    run_folder.open_staging(staging, keep=continuing)
+    model_dir = os.path.join(staging, "model")
+    try:
+        extra = dict(model_kwargs or {}, **({"uncertainty": uncertainty} if uncertainty else {}))
+        fusion = model_cls(n_tasks=len(tasks), modalities=featurizer.modalities, mode=mode,
+                           batch_size=batch_size, learning_rate=learning_rate,
+                           model_dir=model_dir, progress=False, **extra)
+        result = train_with_validation(fusion, train, valid, epochs, eval_every, transformers,
+                                       mode, model_dir,
+                                       desc=f"{model} ({'+'.join(fusion.modality_names)})",
+                                       progress=progress, resumable=True)
+        metrics = {"valid": evaluate(fusion, valid, transformers, mode)[0],
+                   "test": evaluate(fusion, test, transformers, mode)[0]}
+        record = {
+            "format": RUN_FORMAT,
+            "model": model, "model_class": type(fusion).__name__, "model_dir": "model",
+            "smiles_column": smiles_column, "tasks": tasks, "mode": mode,
+            "modalities": fusion.modality_names,
+            "featurizer": {k: getattr(featurizer, k) for k in FEATURIZER_KEYS},
+            "normalization": normalizer_to_dict(normalizer),
+            "data": {"csv": os.path.abspath(csv), "rows": len(frame), "invalid_smiles": invalid,
+                     "split": split, "n_train": len(train), "n_valid": len(valid),
+                     "n_test": len(test)},
+            "training": {"epochs": epochs, "batch_size": batch_size,
+                         "learning_rate": learning_rate, "eval_every": eval_every, "seed": seed,
+                         "best_epoch": result.best_epoch,
+                         "selection": f"validation {result.score_name}",
+                         "train_time_s": result.train_time_s, "history": result.history,
+                         "resumed_at_epochs": result.resumed_at},
+            "metrics": metrics,
+        }
+        if getattr(fusion, "uncertainty", None):
+            record["uncertainty"] = calibrate_run(fusion, valid, test, transformers, mode,
+                                                  staging)
+        record = run_folder.seal_record(json.loads(json.dumps(_jsonable(record))), staging)
+        write_json(os.path.join(staging, RUN_FILE), record)
+        write_json(os.path.join(staging, METRICS_FILE), metrics)
+    except BaseException:
+        _keep_staging_only_to_resume(staging, out)
+        raise
+    run_folder.publish(staging, out, overwrite)
+    return record
+
+
+def check_training_settings(**settings: Any) -> None:
+    """Refuse training settings outside their range, naming the setting and its value:
+    ``epochs``, ``batch_size``, ``eval_every``, ``n_jobs`` (integers >= 1) and ``learning_rate``
+    (a finite number > 0).
+
+    Examples
+    --------
+    >>> check_training_settings(epochs=0)
+    Traceback (most recent call last):
+    ...
+    deepfuse_plugin.errors.InvalidSettingError: epochs must be an integer >= 1, got 0
+    """
+    for name, value in settings.items():
+        if name == "learning_rate":
+            number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+            if not (number and math.isfinite(value) and value > 0):
+                raise InvalidSettingError(f"learning_rate must be a finite number > 0, got "
+                                          f"{value!r}")
+        elif not (isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+                  and value >= 1):
+            raise InvalidSettingError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _labelled_rows(csv: str, smiles_column: str, tasks: list[str], mode: str
+                   ) -> tuple[pd.DataFrame, list[str], np.ndarray, np.ndarray, list[str]]:
+    """``(frame, ids, y, w, invalid)`` of the rows with a valid SMILES, labels checked."""
     frame = read_csv_checked(csv, smiles_column, tasks)
     smiles = frame[smiles_column].tolist()
     ok, invalid = valid_smiles_mask(smiles)
@@ -657,55 +683,32 @@ def train_from_csv(csv: str, smiles_column: str, tasks: Sequence[str], out: str,
         if not np.isin(labelled, (0.0, 1.0)).all():
             bad = sorted(set(labelled[~np.isin(labelled, (0.0, 1.0))].tolist()))[:5]
             raise WorkflowError(f"Classification labels must be 0 or 1; found {bad} in {tasks}")
+    return frame, ids, y, w, invalid
 
-    set_seed(seed)
-    X = featurizer.featurize(ids)
-    dataset = make_dataset(X, y, w, ids)
-    train_idx, valid_idx, test_idx = split_indices(dataset, split, seed)
-    train, valid, test = (dataset.select(i) for i in (train_idx, valid_idx, test_idx))
+
+def _check_training_split(train: Any, tasks: Sequence[str], split: str, n_rows: int) -> None:
+    """The training split must have rows, and a label for every task (else that task's head
+    would stay untrained while its predictions look like any other)."""
+    hint = "; try --split random" if split == "scaffold" else ""
     if len(train) == 0:
-        raise WorkflowError(f"The {split} split left no training rows ({len(dataset)} molecules"
-                            f"{'; try --split random' if split == 'scaffold' else ''})")
-    transformers = []
-    normalizer = None
-    if mode == "regression":
-        normalizer = fit_normalizer(train)
-        transformers = [normalizer]
-        train, valid, test = (normalizer.transform(d) for d in (train, valid, test))
+        raise WorkflowError(f"The {split} split left no training rows ({n_rows} molecules{hint})")
+    counts = np.asarray(train.w, dtype=np.float64).reshape(len(train), -1).sum(axis=0)
+    empty = [t for t, n in zip(tasks, counts) if n == 0]
+    if empty:
+        raise WorkflowError(f"No labelled rows for task(s) {empty} in the {split} training split "
+                            f"(their few labels went to validation/test){hint}, or add labels")
 
-    model_dir = os.path.join(out, "model") if continuing else fresh_model_dir(
-        os.path.join(out, "model"))
-    extra = dict(model_kwargs or {}, **({"uncertainty": uncertainty} if uncertainty else {}))
-    fusion = model_cls(n_tasks=len(tasks), modalities=featurizer.modalities, mode=mode,
-                       batch_size=batch_size, learning_rate=learning_rate, model_dir=model_dir,
-                       progress=False, **extra)
-    result = train_with_validation(fusion, train, valid, epochs, eval_every, transformers, mode,
-                                   model_dir, desc=f"{model} ({'+'.join(fusion.modality_names)})",
-                                   progress=progress, resumable=True)
-    metrics = {"valid": evaluate(fusion, valid, transformers, mode)[0],
-               "test": evaluate(fusion, test, transformers, mode)[0]}
-    record = {
-        "format": RUN_FORMAT,
-        "model": model, "model_class": type(fusion).__name__, "model_dir": "model",
-        "smiles_column": smiles_column, "tasks": tasks, "mode": mode,
-        "modalities": fusion.modality_names,
-        "featurizer": {k: getattr(featurizer, k) for k in FEATURIZER_KEYS},
-        "normalization": normalizer_to_dict(normalizer),
-        "data": {"csv": os.path.abspath(csv), "rows": len(frame), "invalid_smiles": invalid,
-                 "split": split, "n_train": len(train), "n_valid": len(valid),
-                 "n_test": len(test)},
-        "training": {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-                     "eval_every": eval_every, "seed": seed, "best_epoch": result.best_epoch,
-                     "selection": f"validation {result.score_name}",
-                     "train_time_s": result.train_time_s, "history": result.history,
-                     "resumed_at_epochs": result.resumed_at},
-        "metrics": metrics,
-    }
-    if getattr(fusion, "uncertainty", None):
-        record["uncertainty"] = calibrate_run(fusion, valid, test, transformers, mode, out)
-    write_json(os.path.join(out, RUN_FILE), record)
-    write_json(os.path.join(out, METRICS_FILE), metrics)
-    return record
+
+def _keep_staging_only_to_resume(staging: str, out: str) -> None:
+    """After a failed or interrupted run: keep the staging folder if it holds a resume point
+    (``--resume`` continues it), remove it otherwise. ``out`` was never touched."""
+    from deepfuse_plugin import resume as resume_lib
+
+    if resume_lib.read_state(os.path.join(staging, "model")) is not None:
+        logger.warning("Training stopped; %s is unchanged. The run so far is in %s: continue it "
+                       "with --resume", out, staging)
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def calibrate_run(model: Any, valid: Any, test: Any, transformers: Sequence[Any], mode: str,
@@ -742,29 +745,117 @@ def calibrate_run(model: Any, valid: Any, test: Any, transformers: Sequence[Any]
 def load_run(model_dir: str) -> tuple[Any, dict[str, Any]]:
     """The model and run record of a run folder (or of a bare model folder, without record).
 
+    A run folder's record and model files are checked against the checksums written at training
+    before any weight is loaded (:func:`~deepfuse_plugin.run_folder.verify_record`), and the
+    record's mode, tasks and modalities against the loaded model.
+
     Raises
     ------
-    WorkflowError
-        Neither a run folder nor a deepfuse model folder.
+    RunFolderError
+        ``model_dir`` is missing, or neither a run folder nor a deepfuse model folder, or its
+        model folder is missing.
+    CorruptCheckpointError
+        The record or a model file is unreadable, edited, truncated or replaced.
     """
-    from deepfuse_plugin.models.base import CONFIG_FILE, MultiModalTorchModel
+    from deepfuse_plugin.models.base import CONFIG_FILE
 
+    if not os.path.isdir(model_dir):
+        raise RunFolderError(f"Model folder {model_dir} does not exist" if not
+                             os.path.exists(model_dir) else f"{model_dir} is a file, not a run "
+                             "folder; give the folder written by 'deepfuse train --out'")
     run_path = os.path.join(model_dir, RUN_FILE)
     if os.path.exists(run_path):
-        with open(run_path) as fh:
-            record = json.load(fh)
-        folder = os.path.join(model_dir, record.get("model_dir", "model"))
+        record = _read_record(run_path)
+        inside = str(record.get("model_dir", "model"))
+        if os.path.isabs(inside) or ".." in inside.replace("\\", "/").split("/"):
+            raise CorruptCheckpointError(f"{run_path} points its model_dir outside the run folder "
+                                         f"({inside!r}); restore the original record")
+        folder = os.path.join(model_dir, inside)
+        if not os.path.isdir(folder) or not os.listdir(folder):
+            raise RunFolderError(f"{model_dir} has a {RUN_FILE} but its model folder {folder} is "
+                                 f"{'empty' if os.path.isdir(folder) else 'missing'}: the run "
+                                 "folder is incomplete; copy it again or train again")
+        run_folder.verify_record(record, model_dir)
     elif os.path.exists(os.path.join(model_dir, CONFIG_FILE)):
         logger.warning("%s has no %s: using the bare model (no y de-normalization, give "
                        "--smiles-column)", model_dir, RUN_FILE)
         record, folder = {}, model_dir
     else:
-        raise WorkflowError(f"{model_dir} is not a deepfuse run folder (no {RUN_FILE}) nor a model "
-                            f"folder (no {CONFIG_FILE})")
-    model = MultiModalTorchModel.load(folder, progress=False)
+        raise RunFolderError(f"{model_dir} is not a deepfuse run folder (no {RUN_FILE}) nor a "
+                             f"model folder (no {CONFIG_FILE})")
+    model = _load_model(folder)
+    _check_record_matches_model(record, model, run_path)
     record.setdefault("tasks", [f"task{i}" for i in range(model.n_tasks)])
     record.setdefault("mode", model.mode)
     return model, record
+
+
+def _read_record(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            record = json.load(fh)
+    except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError included
+        raise CorruptCheckpointError(f"{path} is not a readable run record ({err}); restore it "
+                                     "or train again") from None
+    if not isinstance(record, dict):
+        raise CorruptCheckpointError(f"{path} is not a run record (a JSON object was expected)")
+    return record
+
+
+def _load_model(folder: str) -> Any:
+    """``MultiModalTorchModel.load(folder)`` with every way a damaged folder fails turned into
+    one :class:`~deepfuse_plugin.errors.CorruptCheckpointError` naming the folder."""
+    import pickle
+    import zipfile
+
+    from deepfuse_plugin.models.base import MultiModalTorchModel
+
+    try:
+        return MultiModalTorchModel.load(folder, progress=False)
+    except CorruptCheckpointError:
+        raise
+    except FileNotFoundError as err:
+        raise RunFolderError(f"{err}") from None
+    except (ValueError, TypeError, KeyError, RuntimeError, EOFError, OSError,
+            pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise CorruptCheckpointError(f"Cannot load the model in {folder}: {type(err).__name__}: "
+                                     f"{first}. The checkpoint or its configuration is damaged "
+                                     "or was edited; copy the run folder again or train again"
+                                     ) from err
+
+
+def _check_record_matches_model(record: dict[str, Any], model: Any, run_path: str) -> None:
+    """What the record says about the outputs (mode, number of tasks, modalities, model class,
+    normalization) must be what the model computes; a mismatch would misread every prediction."""
+    if not record:
+        return
+    problems = []
+    if record.get("mode", model.mode) != model.mode:
+        problems.append(f"mode {record['mode']!r}, the model's is {model.mode!r}")
+    tasks = record.get("tasks")
+    if tasks is not None and (not isinstance(tasks, list) or len(tasks) != model.n_tasks):
+        problems.append(f"tasks {tasks!r}, the model has {model.n_tasks} output(s)")
+    saved_names = record.get("modalities")
+    if saved_names and saved_names != model.modality_names:
+        problems.append(f"modalities {saved_names}, the model has {model.modality_names}")
+    if record.get("model_class", type(model).__name__) != type(model).__name__:
+        problems.append(f"model_class {record['model_class']!r}, the model is a "
+                        f"{type(model).__name__}")
+    normalization = record.get("normalization")
+    if normalization:
+        for key in ("y_means", "y_stds"):
+            try:
+                values = np.asarray(normalization.get(key, []), dtype=np.float64).ravel()
+            except (TypeError, ValueError, AttributeError):
+                values = np.array([np.nan])
+            if len(values) != model.n_tasks or not np.isfinite(values).all():
+                problems.append(f"normalization {key} {normalization.get(key)!r} does not fit "
+                                f"{model.n_tasks} task(s)")
+    if problems:
+        raise CorruptCheckpointError(f"{run_path} does not match its model: it records "
+                                     f"{'; '.join(problems)}; restore the original record or "
+                                     "train again")
 
 
 def predict_with_std(model: Any, dataset: Any, record: dict[str, Any], model_dir: str
@@ -796,37 +887,55 @@ def predict_with_std(model: Any, dataset: Any, record: dict[str, Any], model_dir
 
 def predict_from_csv(model_dir: str, csv: str, smiles_column: str | None = None,
                      out: str | None = None, batch_size: int | None = None,
-                     progress: bool = False) -> pd.DataFrame:
+                     progress: bool = False, overwrite: bool = False) -> pd.DataFrame:
     """Predict every row of ``csv`` with a saved run; rows with unparseable SMILES get empty
     predictions (and are reported), never dropped.
 
-    Returns the input rows plus one ``<task>_pred`` column per task (regression: original units;
-    classification: probability of class 1) and a ``deepfuse_status`` column (``"ok"`` or why the
-    row has no prediction). An evidential model adds ``<task>_std``: the std of the prediction
-    (regression: original units, times the run's factor for the row's present modalities when
-    ``std_scales.json`` exists; classification: the Dirichlet std of P(class 1)). Written to
-    ``out`` when given.
+    Returns the input rows, their cells exactly as written (read as text), plus one
+    ``<task>_pred`` column per task (regression: original units; classification: probability of
+    class 1) and a ``deepfuse_status`` column (``"ok"`` or why the row has no prediction: an
+    invalid SMILES, no modality computable, or a non-finite model output). An evidential model
+    adds ``<task>_std``: the std of the prediction (regression: original units, times the run's
+    factor for the row's present modalities when ``std_scales.json`` exists; classification: the
+    Dirichlet std of P(class 1)). Written to ``out`` when given.
+
+    Parameters
+    ----------
+    overwrite: bool
+        Replace an existing ``out`` (never the input ``csv``, nor a file of the run folder).
+
+    Raises
+    ------
+    RunFolderError
+        ``out`` exists (without ``overwrite``), is the input, or lies inside the run folder.
+    CorruptCheckpointError
+        The run folder fails its checks (:func:`load_run`), or the model gives non-finite
+        outputs for most rows (damaged weights).
+    WorkflowError
+        An input column clashes with an output column, or the CSV cannot be used.
     """
     from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
 
+    if batch_size is not None:
+        check_training_settings(batch_size=batch_size)
+    if out:  # before any work: nothing is computed for an output that cannot be written
+        run_folder.check_output_file(out, overwrite, inputs=[csv], protected_dirs=[model_dir])
     model, record = load_run(model_dir)
     column = smiles_column or record.get("smiles_column")
     if not column:
         raise WorkflowError("Give --smiles-column: the model folder does not record one")
     frame = read_csv_checked(csv, column)
+    tasks = record["tasks"]
+    uncertain = bool(getattr(model, "uncertainty", None))
+    _check_output_columns(frame, tasks, uncertain, csv)
     if batch_size:
         model.batch_size = batch_size
-    saved_names = record.get("modalities")
-    if saved_names and saved_names != model.modality_names:
-        raise WorkflowError(f"Run record lists modalities {saved_names} but the model has "
-                            f"{model.modality_names}")
     featurizer = MultiModalFeaturizer(modalities=model.modalities, progress=progress)
-    smiles = frame[column].tolist()
-    ok, invalid = valid_smiles_mask(smiles)
-    tasks = record["tasks"]
+    problems = smiles_problems(frame[column].tolist())
+    ok = np.array([p is None for p in problems], dtype=bool)
     values = np.full((len(frame), len(tasks)), np.nan)
-    stds = np.full_like(values, np.nan) if getattr(model, "uncertainty", None) else None
-    status = np.where(ok, "ok", "invalid SMILES").astype(object)
+    stds = np.full_like(values, np.nan) if uncertain else None
+    status = np.array([p or "ok" for p in problems], dtype=object)
     rows = np.flatnonzero(ok)
     X = (featurizer.featurize([str(s) for s in frame.loc[ok, column]]) if len(rows)
          else np.empty(0, dtype=object))
@@ -843,21 +952,65 @@ def predict_from_csv(model_dir: str, csv: str, smiles_column: str | None = None,
         values[rows] = pred.reshape(len(rows), len(tasks))
         if stds is not None:
             stds[rows] = std
+        _flag_nonfinite_rows(values, stds, rows, status, model_dir)
     result = frame.copy()
     for t, task in enumerate(tasks):
         result[f"{task}_pred"] = values[:, t]
         if stds is not None:
             result[f"{task}_std"] = stds[:, t]
     result["deepfuse_status"] = status
-    if invalid:
-        logger.warning("%d row(s) got no prediction because their SMILES cannot be parsed",
-                       len(invalid))
-    unusable = [i for i, s in enumerate(status) if s.startswith("no modality")]
-    if unusable:
-        logger.warning("%d row(s) got no prediction because none of the model's modalities "
-                       "could be computed (rows %s; see deepfuse_status)", len(unusable),
-                       unusable[:10])
+    _log_row_failures(status)
     if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        result.to_csv(out, index=False)
+        run_folder.check_output_file(out, overwrite, inputs=[csv], protected_dirs=[model_dir])
+        run_folder.write_csv_atomically(result, out)
     return result
+
+
+#: Above this fraction of non-finite outputs the model, not the rows, is the problem.
+CORRUPT_OUTPUT_FRACTION = 0.5
+
+
+def _flag_nonfinite_rows(values: np.ndarray, stds: np.ndarray | None, rows: np.ndarray,
+                         status: np.ndarray, model_dir: str) -> None:
+    """A NaN/inf output is a row failure (emptied, with a status), never a number written as
+    "ok"; when most rows give one, the checkpoint is reported as corrupt."""
+    finite = np.isfinite(values[rows]).all(axis=1)
+    if stds is not None:
+        finite &= np.isfinite(stds[rows]).all(axis=1)
+    bad = rows[~finite]
+    if not len(bad):
+        return
+    if len(bad) > CORRUPT_OUTPUT_FRACTION * len(rows):
+        raise CorruptCheckpointError(
+            f"The model in {model_dir} gave non-finite (NaN/inf) outputs for {len(bad)} of "
+            f"{len(rows)} rows: its weights are damaged or training diverged; copy the run "
+            "folder again or train again (nothing was written)")
+    values[bad] = np.nan
+    if stds is not None:
+        stds[bad] = np.nan
+    status[bad] = "non-finite model output (NaN/inf)"
+
+
+def _check_output_columns(frame: pd.DataFrame, tasks: Sequence[str], uncertain: bool,
+                          csv: str) -> None:
+    """Output columns must not replace a column of the input."""
+    outputs = [f"{t}_pred" for t in tasks] + ([f"{t}_std" for t in tasks] if uncertain else [])
+    clashing = [c for c in [*outputs, "deepfuse_status"] if c in frame.columns]
+    if clashing:
+        raise WorkflowError(f"{csv} already has column(s) {clashing}, which predict would write; "
+                            "rename or drop them in the input so nothing is overwritten")
+
+
+def _log_row_failures(status: np.ndarray) -> None:
+    counts = {
+        "their SMILES cannot be parsed or are over an input limit":
+            [i for i, s in enumerate(status) if s.startswith("invalid SMILES")],
+        "none of the model's modalities could be computed":
+            [i for i, s in enumerate(status) if s.startswith("no modality")],
+        "the model's output was not finite":
+            [i for i, s in enumerate(status) if s.startswith("non-finite")]}
+    for why, rows in counts.items():
+        if rows:
+            logger.warning("%d row(s) got no prediction because %s (rows %s%s; see "
+                           "deepfuse_status)", len(rows), why, rows[:10],
+                           " ..." if len(rows) > 10 else "")

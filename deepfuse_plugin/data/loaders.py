@@ -11,6 +11,7 @@ from __future__ import annotations
 import lzma
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -68,8 +69,26 @@ def _decompressed(path: str | os.PathLike, workdir: str | None = None) -> tuple[
     return path, False
 
 
-def read_extxyz(path: str | os.PathLike, limit: int | None = None, index: str | None = None
-                ) -> tuple[list[Any], pd.DataFrame]:
+def _text_keys_parser(keys: Sequence[str]) -> Callable[[str], dict[str, Any]]:
+    """ASE's comment-line parser, but ``keys`` keep their text as written: ASE reads
+    ``material_id=0001`` as the integer 1, which loses the id (``0001.cif`` becomes ``1``)."""
+    from ase.io.extxyz import key_val_str_to_dict
+
+    patterns = {key: re.compile(rf'(?:^|\s){re.escape(key)}=("[^"]*"|\S+)') for key in keys}
+
+    def parse(line: str) -> dict[str, Any]:
+        info = key_val_str_to_dict(line)
+        for key, pattern in patterns.items():
+            found = pattern.search(line)
+            if found and key in info:
+                info[key] = found.group(1).strip('"')
+        return info
+
+    return parse
+
+
+def read_extxyz(path: str | os.PathLike, limit: int | None = None, index: str | None = None,
+                text_keys: Sequence[str] = ("material_id",)) -> tuple[list[Any], pd.DataFrame]:
     """Structures and per-structure info of an extended XYZ file (compressed or not).
 
     Parameters
@@ -81,6 +100,8 @@ def read_extxyz(path: str | os.PathLike, limit: int | None = None, index: str | 
         Read only the first ``limit`` frames.
     index: str, optional
         ASE index string (overrides ``limit``), e.g. ``"100:200"``.
+    text_keys: sequence of str
+        ``info`` keys read as text exactly as written (ids: ``0001`` stays ``"0001"``).
 
     Returns
     -------
@@ -95,7 +116,8 @@ def read_extxyz(path: str | os.PathLike, limit: int | None = None, index: str | 
     plain, temporary = _decompressed(path)
     try:
         selection = index if index is not None else (":" if limit is None else f":{int(limit)}")
-        frames = ase.io.read(plain, index=selection, format="extxyz")
+        frames = ase.io.read(plain, index=selection, format="extxyz",
+                             properties_parser=_text_keys_parser(text_keys))
     finally:
         if temporary:
             os.unlink(plain)
@@ -163,7 +185,7 @@ def load_extxyz(path: str | os.PathLike, targets: Sequence[str] = ("formation_en
     CrystalDataset
         Task names are ``targets`` (``dataset.get_task_names()``).
     """
-    structures, info = read_extxyz(path, limit=limit)
+    structures, info = read_extxyz(path, limit=limit, text_keys=(id_key,))
     return _dataset_from_frames(structures, info, targets, featurizer, id_key, split_key, split,
                                 where)
 
@@ -205,7 +227,7 @@ def load_extxyz_splits(path: str | os.PathLike,
     ...                            featurizer=feat)  # doctest: +SKIP
     >>> train, val, test = parts["train"], parts["val"], parts["test"]  # doctest: +SKIP
     """
-    structures, info = read_extxyz(path, limit=limit)
+    structures, info = read_extxyz(path, limit=limit, text_keys=(id_key,))
     if split_key not in info.columns:
         raise KeyError(f"No {split_key!r} column; available: {list(info.columns)}")
     mask = np.ones(len(info), dtype=bool) if where is None else np.asarray(where(info), dtype=bool)
@@ -247,9 +269,11 @@ def load_cif_folder(folder: str | os.PathLike, featurizer: Any = None,
     from pymatgen.core import Structure
 
     folder = Path(folder)
-    table = pd.read_csv(folder / id_prop, header=None)
-    ids = table.iloc[:, 0].astype(str).to_numpy(dtype=object)
-    values = table.iloc[:, 1:].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    # ids as text exactly as written: "0001" names 0001.cif (read as a number it would be 1)
+    table = pd.read_csv(folder / id_prop, header=None, dtype=str, keep_default_na=False)
+    ids = table.iloc[:, 0].str.strip().to_numpy(dtype=object)
+    values = table.iloc[:, 1:].apply(lambda c: pd.to_numeric(c.str.strip(), errors="coerce")
+                                     ).to_numpy(dtype=np.float64)
     tasks = list(tasks) if tasks is not None else [f"task{i}" for i in range(values.shape[1])]
     if len(tasks) != values.shape[1]:
         raise ValueError(f"{len(tasks)} task names for {values.shape[1]} target columns")

@@ -91,8 +91,12 @@ def test_predict_function_matches_model_predictions(trained_run: Path, query_csv
                                rtol=1e-5)
 
 
-def test_retrain_into_the_same_folder(trained_run: Path, regression_csv: Path):
-    assert _train(regression_csv, trained_run, "--modalities", "ecfp") == 0
+def test_retrain_into_the_same_folder(trained_run: Path, regression_csv: Path, capsys):
+    before = (trained_run / RUN_FILE).read_bytes()
+    assert _train(regression_csv, trained_run, "--modalities", "ecfp") == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (trained_run / RUN_FILE).read_bytes() == before     # refused before any change
+    assert _train(regression_csv, trained_run, "--modalities", "ecfp", "--overwrite") == 0
     record = json.loads((trained_run / RUN_FILE).read_text())
     assert record["modalities"] == ["ecfp"]
     checkpoints = [p.name for p in (trained_run / "model").iterdir() if p.suffix == ".pt"]
@@ -287,7 +291,7 @@ def test_evidential_run_without_enough_validation_keeps_the_std_as_predicted(
     run.mkdir()
     (run / "std_scales.json").write_text("{}")  # an earlier run's factors must not survive
     with caplog.at_level(logging.WARNING):
-        assert _train(regression_csv, run, "--uncertainty", "evidential") == 0
+        assert _train(regression_csv, run, "--uncertainty", "evidential", "--overwrite") == 0
     assert "No std factors fitted" in caplog.text and "Too few labelled entries" in caplog.text
     assert not (run / "std_scales.json").exists()
     assert json.loads((run / RUN_FILE).read_text())["uncertainty"]["std_scales"] is None

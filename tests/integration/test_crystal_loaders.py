@@ -98,6 +98,37 @@ def test_cif_folder_in_the_cgcnn_layout(tmp_path, featurizer):
     assert list(ds.get_task_names()) == ["a", "b"]
 
 
+def test_cif_ids_with_leading_zeros_stay_text(tmp_path):
+    """ids 0001/0002 name 0001.cif/0002.cif: read as numbers they became 1/2 and the rows were
+    dropped as unreadable."""
+    from tests.unit.test_crystal_structures import cscl, nacl
+
+    nacl().to(filename=str(tmp_path / "0001.cif"))
+    cscl().to(filename=str(tmp_path / "0002.cif"))
+    (tmp_path / "id_prop.csv").write_text("0001,1.5\n0002,NA\n")
+    ds = loaders.load_cif_folder(tmp_path)
+    assert list(ds.ids) == ["0001", "0002"]
+    assert ds.y[:, 0].tolist() == [1.5, 0.0] and ds.w[:, 0].tolist() == [1.0, 0.0]
+
+
+def test_extxyz_ids_with_leading_zeros_stay_text(tmp_path):
+    import ase
+    import ase.io
+
+    frames = []
+    for material_id in ["0001", "0002", "mp-7"]:
+        atoms = ase.Atoms("NaCl", positions=[[0, 0, 0], [2.8, 0, 0]], cell=[5.6, 5.6, 5.6],
+                          pbc=True)
+        atoms.info.update(material_id=material_id, formation_energy_per_atom=-1.0)
+        frames.append(atoms)
+    path = tmp_path / "ids.extxyz"
+    ase.io.write(path, frames, format="extxyz")
+    assert list(loaders.load_extxyz(path, split_key=None).ids) == ["0001", "0002", "mp-7"]
+    _, info = loaders.read_extxyz(path)
+    assert info["material_id"].tolist() == ["0001", "0002", "mp-7"]
+    assert info["formation_energy_per_atom"].tolist() == [-1.0] * 3  # other keys still numbers
+
+
 def test_deepchem_materials_loader_with_a_local_file(tmp_path, featurizer):
     """dc.molnet.load_mp_formation_energy reads data_dir/mp_formation_energy.json when it exists
     (no download): a 6-structure file in DeepChem's format goes through the multimodal featurizer."""

@@ -1,0 +1,310 @@
+"""Run folders and output files that never lose what a user owns, and that can be verified.
+
+``deepfuse train --out D`` trains into a staging folder next to ``D`` (``D.deepfuse-partial``) and
+moves its files into ``D`` only once training has succeeded, so a failed or interrupted re-train
+leaves the previous model in ``D`` intact (an interrupted run's resume point stays in the staging
+folder for ``--resume``). A ``D`` that already holds deepfuse's files is only replaced with
+``overwrite=True``, and then only deepfuse's own files are: a user's file in ``D`` or ``D/model``
+survives.
+
+Training records a SHA-256 of every model file and of the run record itself
+(:func:`seal_record`); ``deepfuse predict`` checks them (:func:`verify_record`) before it loads a
+weight, so a truncated, bit-flipped or replaced checkpoint, or a hand-edited record, is refused
+with the file named instead of producing wrong numbers.
+
+Examples
+--------
+>>> from deepfuse_plugin.run_folder import staging_path
+>>> staging_path("/tmp/runs/esol")
+'/tmp/runs/esol.deepfuse-partial'
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any, Iterable, Sequence
+
+from deepfuse_plugin.errors import CorruptCheckpointError, RunFolderError
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "deepfuse_run.json"
+METRICS_FILE = "metrics.json"
+STD_SCALES_FILE = "std_scales.json"
+MODEL_DIR = "model"
+#: deepfuse's files at the top of a run folder (``model/`` aside).
+RUN_FOLDER_FILES = (RUN_FILE, METRICS_FILE, STD_SCALES_FILE)
+STAGING_SUFFIX = ".deepfuse-partial"
+STAGING_MARKER = ".deepfuse-staging"
+INTEGRITY_KEY = "integrity"
+
+
+# -- what belongs to deepfuse ----------------------------------------------------------------
+def own_model_entries(model_dir: str) -> list[str]:
+    """Names in ``model_dir`` that deepfuse (or DeepChem's checkpointing) writes: the model
+    configuration, ``checkpoint*.pt``, resume points and their staging folders. Anything else is
+    the user's and is never removed."""
+    from deepfuse_plugin import resume
+    from deepfuse_plugin.models.base import CONFIG_FILE
+
+    if not os.path.isdir(model_dir):
+        return []
+    fixed = {CONFIG_FILE, resume.STATE_FILE, *resume.SLOTS}
+    return sorted(e for e in os.listdir(model_dir)
+                  if e in fixed or (e.startswith("checkpoint") and e.endswith(".pt"))
+                  or e.startswith((".staging_", ".tmp_")))
+
+
+def is_model_folder(model_dir: str) -> bool:
+    """Whether ``model_dir`` holds a deepfuse/DeepChem model (or an unfinished one)."""
+    return bool(own_model_entries(model_dir))
+
+
+def existing_run_files(out: str) -> list[str]:
+    """deepfuse's files already in ``out`` (``model/`` listed when it holds a model)."""
+    found = [name for name in RUN_FOLDER_FILES if os.path.lexists(os.path.join(out, name))]
+    if is_model_folder(os.path.join(out, MODEL_DIR)):
+        found.append(MODEL_DIR + "/")
+    return found
+
+
+def check_run_target(out: str, overwrite: bool) -> None:
+    """Refuse a ``--out`` whose contents training would lose (nothing is changed here).
+
+    Raises
+    ------
+    RunFolderError
+        ``out`` is a file; ``out/model`` exists and is not a deepfuse model folder; or ``out``
+        already holds a deepfuse run and ``overwrite`` is false.
+    """
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise RunFolderError(f"--out {out} exists and is a file, not a folder; choose another --out")
+    model_dir = os.path.join(out, MODEL_DIR)
+    if os.path.lexists(model_dir) and not os.path.isdir(model_dir):
+        raise RunFolderError(f"{model_dir} exists and is not a folder; choose another --out")
+    if os.path.isdir(model_dir) and os.listdir(model_dir) and not is_model_folder(model_dir):
+        raise RunFolderError(f"{model_dir} exists and is not a deepfuse model folder; choose "
+                             "another --out (nothing was changed)")
+    existing = existing_run_files(out)
+    if existing and not overwrite:
+        raise RunFolderError(f"{out} already holds a deepfuse run ({', '.join(existing)}); pass "
+                             "--overwrite (overwrite=True) to replace deepfuse's files there "
+                             "(your other files in it are kept), or choose another --out")
+
+
+# -- staging and publishing ----------------------------------------------------------------------
+def staging_path(out: str) -> str:
+    """The staging folder of run folder ``out``: next to it, so the final move is a rename."""
+    return os.path.abspath(out) + STAGING_SUFFIX
+
+
+def check_staging(staging: str) -> None:
+    """A staging folder that exists must be one deepfuse made (it will be replaced)."""
+    if os.path.lexists(staging) and not os.path.isfile(os.path.join(staging, STAGING_MARKER)):
+        raise RunFolderError(f"{staging} exists and was not made by deepfuse (deepfuse trains "
+                             "there before moving the run into --out); move it away or choose "
+                             "another --out")
+
+
+def open_staging(staging: str, keep: bool) -> str:
+    """Create an empty staging folder (replacing an earlier one), or ``keep`` the one there (a
+    resumed run). Returns its path."""
+    check_staging(staging)
+    if not keep and os.path.lexists(staging):
+        shutil.rmtree(staging)
+    os.makedirs(os.path.join(staging, MODEL_DIR), exist_ok=True)
+    with open(os.path.join(staging, STAGING_MARKER), "w") as fh:
+        fh.write("deepfuse staging folder: the run is moved into its --out on success\n")
+    return staging
+
+
+def publish(staging: str, out: str, overwrite: bool) -> None:
+    """Move a finished run from ``staging`` into ``out``.
+
+    A new ``out`` is one rename. Into an existing folder, deepfuse's earlier files there are first
+    moved aside, then the new ones moved in; if a move fails, everything is put back as it was and
+    the new run stays in ``staging``. Only deepfuse's files are replaced.
+    """
+    check_run_target(out, overwrite)
+    os.remove(os.path.join(staging, STAGING_MARKER))
+    if not os.path.lexists(out):
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        os.rename(staging, out)
+        return
+    backup = tempfile.mkdtemp(prefix=".deepfuse-previous-", dir=out)
+    set_aside: list[tuple[str, str]] = []    # (place in out, place in backup)
+    placed: list[tuple[str, str]] = []       # (place in staging, place in out)
+    try:
+        _move_all(_old_run_entries(out, backup), set_aside)
+        _move_all(_new_run_entries(staging, out), placed)
+    except BaseException:
+        for source, target in reversed(placed + set_aside):
+            os.rename(target, source)
+        with open(os.path.join(staging, STAGING_MARKER), "w") as fh:
+            fh.write("deepfuse staging folder\n")
+        shutil.rmtree(backup, ignore_errors=True)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _old_run_entries(out: str, backup: str) -> list[tuple[str, str]]:
+    moves = [(os.path.join(out, n), os.path.join(backup, n)) for n in RUN_FOLDER_FILES
+             if os.path.lexists(os.path.join(out, n))]
+    model_dir = os.path.join(out, MODEL_DIR)
+    entries = own_model_entries(model_dir)
+    if entries:
+        os.makedirs(os.path.join(backup, MODEL_DIR))
+        moves += [(os.path.join(model_dir, e), os.path.join(backup, MODEL_DIR, e))
+                  for e in entries]
+    return moves
+
+
+def _new_run_entries(staging: str, out: str) -> list[tuple[str, str]]:
+    moves = []
+    for name in sorted(os.listdir(staging)):
+        target = os.path.join(out, name)
+        if name == MODEL_DIR and os.path.isdir(target):  # keep the user's files in out/model
+            moves += [(os.path.join(staging, name, e), os.path.join(target, e))
+                      for e in sorted(os.listdir(os.path.join(staging, name)))]
+        else:
+            moves.append((os.path.join(staging, name), target))
+    return moves
+
+
+def _move_all(moves: Iterable[tuple[str, str]], done: list[tuple[str, str]]) -> None:
+    for source, target in moves:
+        if os.path.lexists(target):
+            raise RunFolderError(f"{target} appeared while the run was being moved in; nothing "
+                                 "was replaced")
+        os.rename(source, target)
+        done.append((source, target))
+
+
+# -- integrity ---------------------------------------------------------------------------------
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_file_digests(run_dir: str, model_dir: str = MODEL_DIR) -> dict[str, str]:
+    """``{"model/<file>": sha256}`` for the model configuration and checkpoint files."""
+    from deepfuse_plugin.models.base import CONFIG_FILE
+
+    folder = os.path.join(run_dir, model_dir)
+    names = [e for e in own_model_entries(folder) if e == CONFIG_FILE or e.endswith(".pt")]
+    return {f"{model_dir}/{name}": sha256_file(os.path.join(folder, name)) for name in names
+            if os.path.isfile(os.path.join(folder, name))}
+
+
+def record_digest(record: dict[str, Any]) -> str:
+    """SHA-256 of a run record's canonical JSON, its own ``integrity`` entry left out."""
+    content = {k: v for k, v in record.items() if k != INTEGRITY_KEY}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def seal_record(record: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """``record`` (JSON values only) with an ``integrity`` entry: the SHA-256 of every model
+    file in ``run_dir`` and of the record itself."""
+    files = model_file_digests(run_dir, record.get("model_dir", MODEL_DIR))
+    return {**record, INTEGRITY_KEY: {"algorithm": "sha256", "files": files,
+                                      "record": record_digest(record)}}
+
+
+def verify_record(record: dict[str, Any], run_dir: str) -> None:
+    """Check a run record and its model files against the checksums written at training.
+
+    A record without checksums (older deepfuse, ``deepfuse demo``) is accepted with a warning.
+
+    Raises
+    ------
+    CorruptCheckpointError
+        The record was edited, a model file is missing or changed, or the checkpoint the model
+        would load is not one that training wrote; the message names the file.
+    """
+    run_path = os.path.join(run_dir, RUN_FILE)
+    integrity = record.get(INTEGRITY_KEY)
+    if integrity is None:
+        logger.warning("%s has no checksums (written by an older deepfuse or by hand): its model "
+                       "files are not verified", run_path)
+        return
+    files = integrity.get("files") if isinstance(integrity, dict) else None
+    if not isinstance(files, dict) or not files or integrity.get("algorithm") != "sha256":
+        raise CorruptCheckpointError(f"{run_path}: its 'integrity' entry is damaged; restore the "
+                                     "original file or train again")
+    if record_digest(record) != integrity.get("record"):
+        raise CorruptCheckpointError(f"{run_path} was changed after training (its checksum does "
+                                     "not match): predictions could be misread (e.g. an edited "
+                                     "mode or normalization); restore the original file or train "
+                                     "again")
+    for name, expected in sorted(files.items()):
+        path = os.path.join(run_dir, name)
+        if not os.path.isfile(path):
+            raise CorruptCheckpointError(f"{path} is missing: the run folder is incomplete; copy "
+                                         "the whole folder again or train again")
+        if sha256_file(path) != expected:
+            raise CorruptCheckpointError(f"{path} has changed since training (SHA-256 mismatch): "
+                                         "the file is corrupt, truncated or replaced; copy the "
+                                         "run folder again or train again")
+    _check_loaded_checkpoint(run_dir, record.get("model_dir", MODEL_DIR), files)
+
+
+def _check_loaded_checkpoint(run_dir: str, model_dir: str, files: dict[str, str]) -> None:
+    """The checkpoint DeepChem restores (the first ``checkpoint*.pt`` by name) must be verified."""
+    folder = os.path.join(run_dir, model_dir)
+    checkpoints = sorted(e for e in own_model_entries(folder) if e.endswith(".pt"))
+    if checkpoints and f"{model_dir}/{checkpoints[0]}" not in files:
+        raise CorruptCheckpointError(f"{os.path.join(folder, checkpoints[0])} was not written by "
+                                     "the training of this run (it is not in the record's "
+                                     "checksums); remove it")
+
+
+# -- output files --------------------------------------------------------------------------------
+def check_output_file(out: str, overwrite: bool, inputs: Sequence[str] = (),
+                      protected_dirs: Sequence[str] = ()) -> None:
+    """Refuse an output path that would destroy something: an input file (always, also with
+    ``overwrite``), a file inside a run folder, or any existing file unless ``overwrite``."""
+    if os.path.isdir(out):
+        raise RunFolderError(f"--out {out} is a folder; give a file name, e.g. {out}/predictions.csv")
+    real = os.path.realpath(out)
+    for source in inputs:
+        same = os.path.realpath(source) == real or (
+            os.path.exists(out) and os.path.exists(source) and os.path.samefile(source, out))
+        if same:
+            raise RunFolderError(f"--out {out} is the input file {source}; predictions are never "
+                                 "written over their input; choose another --out")
+    for folder in protected_dirs:
+        if real.startswith(os.path.realpath(folder) + os.sep) and (
+                os.path.basename(real) in RUN_FOLDER_FILES or
+                os.path.dirname(real) != os.path.realpath(folder)):
+            raise RunFolderError(f"--out {out} is inside the run folder {folder}; choose another "
+                                 "--out")
+    if os.path.lexists(out) and not overwrite:
+        raise RunFolderError(f"{out} already exists; pass --overwrite (overwrite=True) to replace "
+                             "it, or choose another --out")
+
+
+def write_csv_atomically(frame: Any, out: str) -> None:
+    """``frame.to_csv(out, index=False)`` through a temporary file in the same folder, so an
+    interruption leaves the old file or the new one, never half of it."""
+    folder = os.path.dirname(os.path.abspath(out))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".deepfuse-", suffix=".csv.tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            frame.to_csv(fh, index=False)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
