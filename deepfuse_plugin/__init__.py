@@ -34,6 +34,8 @@ from deepfuse_plugin.data import crystal as _crystal_collate  # noqa: E402,F401
 from deepfuse_plugin.nn import crystal as _crystal_encoders  # noqa: E402,F401
 from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer  # noqa: E402
 from deepfuse_plugin.models.matmmfuse import MatMMFuseModel, zero_shot_evaluate  # noqa: E402
+from deepfuse_plugin.models.registry import (available_models, get_model_class,  # noqa: E402
+                                             model_entries, register_model)
 from deepfuse_plugin.data.loaders import (family_mask, load_cif_folder, load_extxyz,  # noqa: E402
                                           load_extxyz_splits, load_materials_project,
                                           load_molnet_materials)
@@ -43,13 +45,7 @@ from deepfuse_plugin.analysis import (atom_attributions, embedding_projection,  
                                       modality_weights)
 
 REGISTRY["models"].update({"MultiModalTorchModel": MultiModalTorchModel,
-                           "DynamicFusionModel": DynamicFusionModel,
-                           "EarlyFusionModel": EarlyFusionModel,
-                           "LateFusionModel": LateFusionModel,
-                           "CrossAttentionFusionModel": CrossAttentionFusionModel,
-                           "GatedMoEFusionModel": GatedMoEFusionModel,
-                           "UnimodalModel": UnimodalModel,
-                           "MatMMFuseModel": MatMMFuseModel})
+                           **{e.cls.__name__: e.cls for e in model_entries()}})
 REGISTRY["feat"].update({"MultiModalFeaturizer": MultiModalFeaturizer,
                          "CrystalMultiModalFeaturizer": CrystalMultiModalFeaturizer})
 REGISTRY["data"].update({"MultiModalDataset": MultiModalDataset})
@@ -62,7 +58,7 @@ __all__ = [
     "MultiModalBatch", "TokenBatch", "collate_samples",
     "MultiModalTorchModel", "DynamicFusionModel",
     "EarlyFusionModel", "LateFusionModel", "CrossAttentionFusionModel", "GatedMoEFusionModel",
-    "UnimodalModel",
+    "UnimodalModel", "register_model", "available_models", "get_model_class",
     "CrystalMultiModalFeaturizer", "MatMMFuseModel",
     "load_extxyz", "load_extxyz_splits", "load_cif_folder", "load_molnet_materials",
     "load_materials_project", "family_mask", "zero_shot_evaluate",

@@ -26,6 +26,7 @@ import random
 import shutil
 import time
 from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -45,18 +46,25 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RUN_FORMAT = 1
-#: ``--model`` name -> model class (or class name, looked up in ``deepfuse_plugin`` and then
-#: ``dc.models`` when used, so a name whose class is not installed gives a clear error instead of
-#: breaking the command). A new fusion model plugs in with one entry here or, at run time, with
-#: :func:`register_model`. Every class must accept the ``MultiModalTorchModel`` constructor
-#: arguments (``n_tasks, modalities, mode, batch_size, learning_rate, model_dir, progress``).
-MODELS: dict[str, str | type] = {
-    "dynamic": "DynamicFusionModel",
-    "early": "EarlyFusionModel",
-    "late": "LateFusionModel",
-    "crossattention": "CrossAttentionFusionModel",
-    "moe": "GatedMoEFusionModel",
-}
+class _FusionModels(Mapping):
+    """``--model`` name -> class: a read-only view of the fusion models of
+    :mod:`deepfuse_plugin.models.registry` (one registry for the CLI, workflows and harness)."""
+
+    def __getitem__(self, name: str) -> type:
+        from deepfuse_plugin.models.registry import available_models, get_model_class
+        if name not in available_models("fusion"):
+            raise KeyError(name)
+        return get_model_class(name, kind="fusion")
+
+    def __iter__(self) -> Iterator[str]:
+        from deepfuse_plugin.models.registry import available_models
+        return iter(available_models("fusion"))
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+
+MODELS: Mapping[str, type] = _FusionModels()
 
 #: Featurizer keyword arguments recorded with a run (the rest is in the model's modality specs).
 FEATURIZER_KEYS = ("ecfp_radius", "ecfp_size", "ecfp_counts", "max_length")
@@ -75,33 +83,32 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def register_model(name: str, model_class: str | type) -> None:
-    """Make ``--model name`` build ``model_class`` (a class or a class name in ``dc.models``)."""
-    MODELS[name] = model_class
+def register_model(name: str, model_class: type) -> None:
+    """Deprecated: decorate the class with
+    :func:`deepfuse_plugin.models.registry.register_model` instead."""
+    import warnings
+
+    from deepfuse_plugin.models.registry import register_model as register
+
+    warnings.warn("workflows.register_model is deprecated; use the @register_model decorator "
+                  "of deepfuse_plugin.models.registry", FutureWarning, stacklevel=2)
+    register(name, kind="fusion")(model_class)
 
 
 def resolve_model_class(name: str) -> type:
-    """The model class for a ``--model`` name.
+    """The fusion model class for a ``--model`` name (see :mod:`deepfuse_plugin.models.registry`).
 
     Raises
     ------
     WorkflowError
-        Unknown name, or the class is not available in this installation.
+        Unknown name.
     """
-    if name not in MODELS:
-        raise WorkflowError(f"Unknown model {name!r}; available: {sorted(MODELS)}")
-    target = MODELS[name]
-    if isinstance(target, type):
-        return target
-    import deepchem as dc
+    import deepfuse_plugin  # noqa: F401  (importing it registers every model)
+    from deepfuse_plugin.models.registry import available_models, get_model_class
 
-    import deepfuse_plugin
-
-    cls = getattr(deepfuse_plugin, target, None) or getattr(dc.models, target, None)
-    if cls is None:
-        raise WorkflowError(f"Model {name!r} needs {target}, which is not available in this "
-                            "installation of deepfuse/DeepChem")
-    return cls
+    if name not in available_models("fusion"):
+        raise WorkflowError(f"Unknown model {name!r}; available: {available_models('fusion')}")
+    return get_model_class(name, kind="fusion")
 
 
 def _jsonable(value: Any) -> Any:

@@ -7,6 +7,7 @@ import numpy as np
 from torch import nn
 
 from deepfuse_plugin.models import _settings as check
+from deepfuse_plugin.models.registry import register_model
 from deepfuse_plugin.models.base import MultiModalTorchModel
 from deepfuse_plugin.nn.fusion import CrossAttentionFusion
 
@@ -14,6 +15,7 @@ from deepfuse_plugin.nn.fusion import CrossAttentionFusion
 VECTOR_KINDS = ("vector", "embedding")
 
 
+@register_model("crossattention", kind="fusion")
 class CrossAttentionFusionModel(MultiModalTorchModel):
     """Intermediate fusion with multi-head cross-attention between modalities (MCMPP-style).
 

@@ -10,12 +10,14 @@ from deepchem.data import Dataset
 from torch import nn
 
 from deepfuse_plugin.models import _settings as check
+from deepfuse_plugin.models.registry import register_model
 from deepfuse_plugin.models.base import MultiModalTorchModel
 from deepfuse_plugin.nn.fusion import DynamicFusion, curriculum_rate
 
 logger = logging.getLogger(__name__)
 
 
+@register_model("dynamic", kind="fusion")
 class DynamicFusionModel(MultiModalTorchModel):
     """Dynamic multimodal fusion (Priyadarsini et al., 2025) as a DeepChem ``TorchModel``.
 

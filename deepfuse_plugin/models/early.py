@@ -6,10 +6,12 @@ from typing import Any
 from torch import nn
 
 from deepfuse_plugin.models import _settings as check
+from deepfuse_plugin.models.registry import register_model
 from deepfuse_plugin.models.base import MultiModalTorchModel
 from deepfuse_plugin.nn.fusion import EarlyFusion
 
 
+@register_model("early", kind="fusion")
 class EarlyFusionModel(MultiModalTorchModel):
     """Early fusion as a DeepChem ``TorchModel``: encoders -> concatenation -> MLP -> task head.
 

@@ -6,10 +6,12 @@ from typing import Any
 from torch import nn
 
 from deepfuse_plugin.models import _settings as check
+from deepfuse_plugin.models.registry import register_model
 from deepfuse_plugin.models.base import MultiModalTorchModel
 from deepfuse_plugin.nn.fusion import LateFusion
 
 
+@register_model("late", kind="fusion")
 class LateFusionModel(MultiModalTorchModel):
     """Late (decision-level) fusion as a DeepChem ``TorchModel``.
 

@@ -11,11 +11,13 @@ from typing import Any, Sequence
 from torch import nn
 
 from deepfuse_plugin.models.cross_attention import CrossAttentionFusionModel
+from deepfuse_plugin.models.registry import register_model
 from deepfuse_plugin.nn.fusion import ProjectionFusion
 
 BACKBONES = ("cgcnn", "megnet", "m3gnet")
 
 
+@register_model("matmmfuse", kind="crystal")
 class MatMMFuseModel(CrossAttentionFusionModel):
     """Structure + text fusion for crystal property prediction (a DeepChem ``TorchModel``).
 

@@ -8,10 +8,12 @@ import pandas as pd
 from torch import nn
 
 from deepfuse_plugin.models import _settings as check
+from deepfuse_plugin.models.registry import register_model
 from deepfuse_plugin.models.base import MultiModalTorchModel
 from deepfuse_plugin.nn.fusion import GatedMoEFusion
 
 
+@register_model("moe", kind="fusion")
 class GatedMoEFusionModel(MultiModalTorchModel):
     """Mixture-of-experts fusion with noisy top-k gating (Shazeer et al., 2017).
 

@@ -6,10 +6,12 @@ from typing import Any, Sequence
 from torch import nn
 
 from deepfuse_plugin.modalities import Modality
+from deepfuse_plugin.models.registry import register_model
 from deepfuse_plugin.models.base import MultiModalTorchModel
 from deepfuse_plugin.nn.fusion import ProjectionFusion
 
 
+@register_model("unimodal", kind="unimodal")
 class UnimodalModel(MultiModalTorchModel):
     """A single-modality baseline: encoder -> linear projection -> task head.
 
