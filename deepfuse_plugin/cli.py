@@ -59,7 +59,8 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (subcommands ``demo``, ``train``, ``predict``, ``bench``)."""
+    """The argument parser (subcommands ``demo``, ``train``, ``predict``, ``pretrain``,
+    ``pretrained``, ``bench``)."""
     from deepfuse_plugin._version import __version__
     from deepfuse_plugin.workflows import MODELS, MODES, SPLITS
 
@@ -106,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", choices=sorted(MODELS), default="dynamic")
     train.add_argument("--split", choices=SPLITS, default="scaffold",
                        help="DeepChem splitter, 80/10/10 (default: %(default)s)")
-    train.add_argument("--modalities", type=_csv_list, default=["ecfp", "graph", "smiles"],
-                       help="comma-separated modalities (default: ecfp,graph,smiles)")
+    train.add_argument("--modalities", type=_csv_list, default=None,
+                       help="comma-separated modalities (default: ecfp,graph,smiles, or the "
+                       "--pretrained checkpoint's)")
     train.add_argument("--epochs", type=_positive_int, default=30)
     train.add_argument("--eval-every", type=_positive_int, default=2,
                        help="validate every N epochs, keep the best (default: %(default)s)")
@@ -129,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue an interrupted run (kept in OUT.deepfuse-partial) from "
                             "its last finished epoch (same data and settings; otherwise training "
                             "starts over)")
+    _add_fine_tuning_arguments(train)
 
     predict = sub.add_parser("predict", help="predict a CSV with a run folder from 'train'/'demo'")
     predict.add_argument("--model-dir", required=True, help="run folder (or bare model folder)")
@@ -141,11 +144,96 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true",
                          help="replace an existing --out file (never the input CSV)")
 
+    _add_pretraining_parsers(sub)
     bench = sub.add_parser("bench", help="deprecated: use the deepfuse-bench command (pip "
                            "install -e benchmarks); the arguments are forwarded to it")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="ARGS",
                        help="a deepfuse-bench command line, e.g. 'featurize --data-dir DIR'")
     return parser
+
+
+def _add_fine_tuning_arguments(train: argparse.ArgumentParser) -> None:
+    train.add_argument("--pretrained", default=None, metavar="NAME_OR_DIR",
+                       help="start the encoders from a pretrained checkpoint (a shipped name, see "
+                       "'deepfuse pretrained', or a folder); --modalities then defaults to the "
+                       "checkpoint's (add ,minimol for the foundation-model view)")
+    train.add_argument("--freeze-encoders", action="store_true",
+                       help="keep the pretrained encoders fixed (train fusion and heads only)")
+    train.add_argument("--encoder-lr-scale", type=_positive_float, default=1.0,
+                       help="learning rate of the pretrained encoders relative to the rest "
+                       "(default: %(default)s)")
+    train.add_argument("--params", default=None, metavar="JSON",
+                       help="model settings (and epochs) from 'deepfuse hpopt' (best_params.json); "
+                       "explicit options given here still apply")
+
+
+def _add_pretraining_parsers(sub: argparse._SubParsersAction) -> None:
+    pretrain = sub.add_parser("pretrain", help="self-supervised multimodal pretraining of the "
+                              "encoders on unlabelled molecules (resumable)")
+    pretrain.add_argument("--corpus", default="moses",
+                          help="'moses' (molsets package) or a CSV / SMILES file")
+    pretrain.add_argument("--smiles-column", default="SMILES")
+    pretrain.add_argument("--n", type=_positive_int, default=None,
+                          help="a seeded random subset of N molecules")
+    pretrain.add_argument("--modalities", type=_csv_list, default=["ecfp", "graph", "smiles"],
+                          help="encoded views, shipped in the checkpoint (default: %(default)s)")
+    pretrain.add_argument("--targets", type=_csv_list, default=["descriptors"],
+                          help="pretraining-only target/teacher views (default: %(default)s)")
+    pretrain.add_argument("--epochs", type=_positive_int, default=5)
+    pretrain.add_argument("--batch-size", type=_positive_int, default=128)
+    pretrain.add_argument("--learning-rate", type=_positive_float, default=1e-3)
+    pretrain.add_argument("--encoder-dim", type=_positive_int, default=128)
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--n-jobs", type=_positive_int, default=1, help="featurization processes")
+    pretrain.add_argument("--name", required=True,
+                          help="checkpoint name, e.g. DeepFuse-MOSES40k-v1-Multiview")
+    pretrain.add_argument("--out", required=True, help="checkpoint folder")
+    pretrain.add_argument("--no-resume", action="store_true",
+                          help="start over even if OUT holds a resume point")
+    sub.add_parser("pretrained", help="list the shipped pretrained checkpoints")
+
+
+def _run_pretrain(args: argparse.Namespace, progress: bool) -> None:
+    from deepfuse_plugin.pretrained import PretrainingConfig, pretrain_from_corpus
+
+    config = PretrainingConfig(epochs=args.epochs, batch_size=args.batch_size,
+                               learning_rate=args.learning_rate, encoder_dim=args.encoder_dim,
+                               seed=args.seed)
+    out = pretrain_from_corpus(args.corpus, args.out, args.name, args.modalities, args.targets,
+                               n=args.n, smiles_column=args.smiles_column, config=config,
+                               n_jobs=args.n_jobs, resume=not args.no_resume, progress=progress)
+    print(f"Wrote the pretrained checkpoint {args.name} to {out} (encoders.safetensors, "
+          "model.json, history.json, loss_curve.png)")
+
+
+def _print_pretrained() -> None:
+    from deepfuse_plugin.pretrained import list_pretrained
+
+    rows = list_pretrained()
+    if not rows:
+        print("No pretrained checkpoints are shipped with this installation")
+    for row in rows:
+        print(f"{row['name']}\n  modalities: {','.join(row['modalities'])}; {row['size_mb']} MB; "
+              f"corpus: {row['corpus']}; objective: {row['objective']}")
+
+
+def _fine_tuning_options(args: argparse.Namespace) -> tuple[list[str], dict, int]:
+    """``train``'s modalities, model settings and epochs after --pretrained / --params."""
+    from deepfuse_plugin.pretrained._checkpoints import pretrained_input_names
+    from deepfuse_plugin.train.hpopt import load_best_params
+
+    model_kwargs: dict = {}
+    epochs = args.epochs
+    if args.params:
+        model_kwargs = load_best_params(args.params)
+        epochs = int(model_kwargs.pop("epochs", epochs))
+    modalities = args.modalities
+    if args.pretrained:
+        model_kwargs.update(pretrained=args.pretrained, freeze_encoders=args.freeze_encoders,
+                            encoder_lr_scale=args.encoder_lr_scale)
+        if modalities is None:
+            modalities = pretrained_input_names(args.pretrained)
+    return modalities or ["ecfp", "graph", "smiles"], model_kwargs, epochs
 
 
 def _forward_to_bench(args: argparse.Namespace) -> int:
@@ -186,9 +274,11 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "train":
         from deepfuse_plugin.workflows import train_from_csv
 
+        modalities, model_kwargs, epochs = _fine_tuning_options(args)
         record = train_from_csv(args.csv, args.smiles_column, args.tasks, args.out, mode=args.mode,
-                                model=args.model, split=args.split, modalities=args.modalities,
-                                epochs=args.epochs, batch_size=args.batch_size,
+                                model=args.model, split=args.split, modalities=modalities,
+                                model_kwargs=model_kwargs,
+                                epochs=epochs, batch_size=args.batch_size,
                                 learning_rate=args.learning_rate, eval_every=args.eval_every,
                                 seed=args.seed, n_jobs=args.n_jobs, resume=args.resume,
                                 uncertainty=args.uncertainty, progress=progress,
@@ -207,6 +297,10 @@ def _run(args: argparse.Namespace) -> int:
                   "(a Gaussian: 68%)".format(calibration["as_predicted"]["within_1sigma"],
                                              calibration["rescaled"]["within_1sigma"]))
         print(f"Saved run folder {args.out} (model/, deepfuse_run.json, metrics.json)")
+    elif args.command == "pretrain":
+        _run_pretrain(args, progress)
+    elif args.command == "pretrained":
+        _print_pretrained()
     elif args.command == "predict":
         from deepfuse_plugin.workflows import predict_from_csv
 

@@ -161,10 +161,27 @@ class MultiModalTorchModel(TorchModel):
         (:func:`~deepfuse_plugin.data.collate.length_bucketed`). Batches then pad far less, so a
         sequence encoder trains faster (``deepfuse bench speed`` measures it); batch composition
         is less random, so results differ from the default's. 32 is a good start.
+    pretrained: str or path, optional
+        A pretrained checkpoint (a shipped name from ``deepfuse pretrained`` /
+        :func:`~deepfuse_plugin.pretrained.list_pretrained`, or a folder written by
+        ``deepfuse pretrain``). Encoders of the modalities it covers start from its weights; other
+        modalities (e.g. a MiniMol view) start fresh. ``encoder_dim`` and the covered modalities'
+        specs must match the checkpoint's (an error names any difference).
+    freeze_encoders: bool
+        Keep the pretrained encoders fixed: only fusion, heads and fresh encoders train.
+    encoder_lr_scale: float
+        Learning rate of the pretrained encoders relative to ``learning_rate``, in (0, 1].
+    load_pretrained_weights: bool
+        False when the weights come from a checkpoint anyway (:meth:`load` passes it), so the
+        pretrained checkpoint need not be on the machine. Not saved.
+    pretrained_modalities: sequence of str, optional
+        Set by :meth:`load` from the saved configuration (which encoders started pretrained).
     **kwargs:
         Passed to ``dc.models.TorchModel`` (``batch_size``, ``learning_rate``, ``model_dir``,
         ``device``, ...). The device defaults to the GPU when one is present (DeepChem's rule).
 
+    Notes
+    -----
     Output conventions follow DeepChem: regression predictions ``(N, n_tasks)``, classification
     probabilities ``(N, n_tasks, n_classes)``; ``predict(..., output_types=["embedding"])`` gives
     the fused embedding and ``["modality_weights"]`` the per-sample modality weights.
@@ -177,7 +194,8 @@ class MultiModalTorchModel(TorchModel):
     _training_settings: ClassVar[frozenset[str]] = frozenset(
         {"dropout", "fusion_loss_weight", "modality_dropout", "batch_size", "learning_rate",
          "evidential_lambda", "evidential_anneal_epochs", "length_bucket_pool",
-         "unimodal_loss_weight", "pretrained", "freeze_encoders", "encoder_lr_scale"})
+         "unimodal_loss_weight", "pretrained", "freeze_encoders", "encoder_lr_scale",
+         "pretrained_modalities"})
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -194,7 +212,7 @@ class MultiModalTorchModel(TorchModel):
                  mixed_precision: bool | str = "auto", length_bucket_pool: int = 0,
                  pretrained: str | os.PathLike | None = None, freeze_encoders: bool = False,
                  encoder_lr_scale: float = 1.0, load_pretrained_weights: bool = True,
-                 **kwargs: Any):
+                 pretrained_modalities: Sequence[str] | None = None, **kwargs: Any):
         check.check_base_settings(locals(), kwargs)
         check_fine_tuning_settings(pretrained, freeze_encoders, encoder_lr_scale)
         self.length_bucket_pool = int(length_bucket_pool)
@@ -224,14 +242,16 @@ class MultiModalTorchModel(TorchModel):
         self.freeze_encoders, self.encoder_lr_scale = bool(freeze_encoders), encoder_lr_scale
         #: modalities whose encoders started from ``pretrained`` (empty without one)
         self.pretrained_modalities: list[str] = []
-        if self.pretrained is not None:
-            covered = pretrained_covers(self.pretrained, self.modalities)
+        if self.pretrained is not None and load_pretrained_weights:
             self.pretrained_modalities = start_from_pretrained(
                 network.encoders, self.modalities, self.pretrained, encoder_dim,
-                self.freeze_encoders) if load_pretrained_weights else covered
-            if self.freeze_encoders:  # also when restoring: the weights come from the checkpoint
-                for name in self.pretrained_modalities:
-                    network.encoders[name].requires_grad_(False)
+                self.freeze_encoders)
+        elif self.pretrained is not None:  # rebuilt by load(): the weights come from a checkpoint
+            self.pretrained_modalities = list(pretrained_modalities) \
+                if pretrained_modalities is not None \
+                else pretrained_covers(self.pretrained, self.modalities)
+            for name in self.pretrained_modalities if self.freeze_encoders else ():
+                network.encoders[name].requires_grad_(False)
 
     def _ensure_built(self) -> None:
         """DeepChem's optimizer set-up, with parameter groups: pretrained encoders train at
@@ -308,7 +328,7 @@ class MultiModalTorchModel(TorchModel):
                 "modality_dropout", "unimodal_loss_weight", "uncertainty", "evidential_lambda",
                 "evidential_anneal_epochs",
                 *self._config_extra, "batch_size", "learning_rate", "length_bucket_pool",
-                "pretrained", "freeze_encoders", "encoder_lr_scale"]
+                "pretrained", "freeze_encoders", "encoder_lr_scale", "pretrained_modalities"]
         config = {k: getattr(self, k) for k in keys}
         config["modalities"] = [m.to_dict() for m in self.modalities]
         if not isinstance(config["learning_rate"], (int, float)):
@@ -648,6 +668,8 @@ class MultiModalTorchModel(TorchModel):
             Modalities to treat as missing for every sample (a string is one name; unknown
             names, or all of the model's modalities, are refused).
 
+        Notes
+        -----
         Rows whose output is not finite, or that have no modality present, come back as NaN
         (in the prediction and the embedding) with a warning naming their ids; every other
         entry is finite. :meth:`predict_checked` also says which rows failed and why, and

@@ -18,7 +18,8 @@ from deepfuse_plugin.pretrained._checkpoints import (PretrainedEncoders, list_pr
                                                       save_encoders)
 from deepfuse_plugin.pretrained._loop import (PretrainingConfig, plot_loss_curve,
                                                pretrain_encoders)
+from deepfuse_plugin.pretrained._workflow import pretrain_from_corpus
 
 __all__ = ["PretrainedEncoders", "PretrainingConfig", "list_pretrained", "load_encoders",
-           "load_pretrained_encoders", "plot_loss_curve", "pretrain_encoders", "resolve_pretrained",
+           "load_pretrained_encoders", "plot_loss_curve", "pretrain_encoders", "pretrain_from_corpus", "resolve_pretrained",
            "save_encoders", "spec_differences"]
