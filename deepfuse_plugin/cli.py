@@ -201,7 +201,8 @@ def _run_pretrain(args: argparse.Namespace, progress: bool) -> None:
                                seed=args.seed)
     out = pretrain_from_corpus(args.corpus, args.out, args.name, args.modalities, args.targets,
                                n=args.n, smiles_column=args.smiles_column, config=config,
-                               n_jobs=args.n_jobs, resume=not args.no_resume, progress=progress)
+                               n_jobs=args.n_jobs, resume=not args.no_resume, progress=progress,
+                               command=" ".join(["deepfuse", *sys.argv[1:]]))
     print(f"Wrote the pretrained checkpoint {args.name} to {out} (encoders.safetensors, "
           "model.json, history.json, loss_curve.png)")
 

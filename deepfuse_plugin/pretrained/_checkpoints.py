@@ -149,3 +149,46 @@ def load_encoders(name_or_path: str | os.PathLike) -> PretrainedEncoders:
             if k not in ("inputs", "encoder_dim", "encoder_options", "name")}
     return PretrainedEncoders(config["name"], inputs, int(config["encoder_dim"]),
                               config.get("encoder_options", {}), state, info)
+
+
+def render_readme(directory: str | os.PathLike, downstream: str = "") -> str:
+    """The checkpoint's README (model card) from its ``model.json``: corpus, subset, objective,
+    epochs, hardware, cost, the command that regenerates it, the loss curve, and ``downstream``
+    (markdown with fine-tuning results, written by whoever measured them)."""
+    config = json.loads((Path(directory) / CONFIG_FILE).read_text())
+    training, corpus = config.get("training", {}), config.get("corpus", {})
+    hardware, objective = config.get("hardware", {}), config.get("objective", {})
+    last = (config.get("history") or [{}])[-1]
+    inputs = ", ".join(f"`{m['name']}` ({m['kind']})" for m in config["inputs"])
+    targets = ", ".join(f"`{t['name']}`" for t in objective.get("targets", [])) or "none"
+    weights = Path(directory) / WEIGHTS_FILE
+    size = f"{weights.stat().st_size / 1e6:.1f} MB" if weights.exists() else "?"
+    lines = [
+        f"# {config['name']}", "",
+        "Encoders pretrained by deepfuse's multimodal self-supervised objective; load them with "
+        f"`DynamicFusionModel(..., pretrained=\"{config['name']}\")` (any deepfuse model) or "
+        f"`deepfuse train --pretrained {config['name']}`.", "",
+        "| | |", "|---|---|",
+        f"| encoded views (shipped) | {inputs} |",
+        f"| pretraining-only targets / teacher | {targets} |",
+        f"| objective terms | {', '.join(objective.get('terms', []))} "
+        f"(weights {objective.get('loss_weights', {})}) |",
+        f"| corpus | {corpus.get('description', '?')}; {corpus.get('subset', '')}; "
+        f"{corpus.get('train', '?')} train / {corpus.get('valid', '?')} validation molecules |",
+        f"| epochs, batch, learning rate | {training.get('epochs')}, {training.get('batch_size')}, "
+        f"{training.get('learning_rate')} (warm-up + cosine) |",
+        f"| encoder width | {config.get('encoder_dim')} |",
+        f"| final loss (train / validation) | {last.get('train_loss', float('nan')):.3f} / "
+        f"{last.get('valid_loss', float('nan')):.3f} |",
+        f"| hardware | {hardware.get('device', '?')}, {hardware.get('torch_threads', '?')} torch "
+        f"thread(s), {hardware.get('processor') or hardware.get('machine', '?')} |",
+        f"| cost | {training.get('seconds', 0) / 3600:.2f} h, "
+        f"{training.get('molecules_per_second', '?')} molecules/s, peak memory "
+        f"{hardware.get('peak_rss_mb', '?')} MB |",
+        f"| weights | `{WEIGHTS_FILE}`, {size}, SHA-256 `{config.get('weights_sha256', '')[:16]}...` |",
+        f"| deepfuse | {config.get('deepfuse_version', '?')}, format {config.get('format_version')} |",
+        "", "## Regenerate", "", "```bash", config.get("command", "(command not recorded)"), "```",
+        "", "![loss curve](loss_curve.png)", ""]
+    if downstream:
+        lines += ["## Downstream", "", downstream.strip(), ""]
+    return "\n".join(lines)

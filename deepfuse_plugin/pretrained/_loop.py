@@ -26,7 +26,7 @@ from deepfuse_plugin.data.collate import collate_samples
 from deepfuse_plugin.errors import InvalidInputError, InvalidSettingError
 from deepfuse_plugin.modalities import Modality, MultiModalSample
 from deepfuse_plugin.nn.pretraining import PretrainingNetwork
-from deepfuse_plugin.pretrained._checkpoints import save_encoders
+from deepfuse_plugin.pretrained._checkpoints import render_readme, save_encoders
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +198,8 @@ class _Run:
 def pretrain_encoders(corpus: Any, inputs: Sequence[Modality], targets: Sequence[Modality] = (),
                       out_dir: str | os.PathLike = "pretrained", name: str = "DeepFuse-pretrained",
                       config: PretrainingConfig | None = None, resume: bool = True,
-                      progress: bool = True, corpus_info: dict[str, Any] | None = None) -> Path:
+                      progress: bool = True, corpus_info: dict[str, Any] | None = None,
+                      command: str | None = None) -> Path:
     """Pretrain encoders of ``inputs`` on ``corpus`` and write a checkpoint to ``out_dir``.
 
     Parameters
@@ -216,6 +217,8 @@ def pretrain_encoders(corpus: Any, inputs: Sequence[Modality], targets: Sequence
         Continue from ``out_dir``'s resume point when there is one (settings must match).
     corpus_info: dict, optional
         What the corpus is (description, subset, seed), recorded in ``model.json``.
+    command: str, optional
+        The command line that regenerates the checkpoint (recorded and shown in its README).
 
     Returns
     -------
@@ -240,10 +243,13 @@ def pretrain_encoders(corpus: Any, inputs: Sequence[Modality], targets: Sequence
                     "elapsed": elapsed + time.perf_counter() - started}, out / RESUME_FILE)
     seconds = elapsed + time.perf_counter() - started
     info = _run_info(run, config, history, seconds, len(samples), corpus_info)
+    if command:
+        info["command"] = command
     save_encoders(out, name, list(inputs), run.network.encoder_state(), config.encoder_dim,
                   config.encoder_options or {}, info)
     (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     plot_loss_curve(history, out / "loss_curve.png", title=name)
+    (out / "README.md").write_text(render_readme(out))
     (out / RESUME_FILE).unlink(missing_ok=True)
     return out
 

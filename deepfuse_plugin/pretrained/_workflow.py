@@ -15,7 +15,8 @@ def pretrain_from_corpus(corpus: str, out: str | os.PathLike, name: str,
                          targets: Sequence[str] = ("descriptors",), n: int | None = None,
                          smiles_column: str = "SMILES", config: PretrainingConfig | None = None,
                          n_jobs: int = 1, resume: bool = True, progress: bool = True,
-                         embedding_cache_dir: str | os.PathLike | None = None) -> Path:
+                         embedding_cache_dir: str | os.PathLike | None = None,
+                         command: str | None = None) -> Path:
     """Pretrain the encoders of ``modalities`` on ``corpus`` and write a checkpoint to ``out``.
 
     Parameters
@@ -53,6 +54,6 @@ def pretrain_from_corpus(corpus: str, out: str | os.PathLike, name: str,
     inputs = featurizer.modalities[:len(modalities)]
     target_specs = featurizer.modalities[len(modalities):]
     return pretrain_encoders(samples, inputs, target_specs, out, name=name, config=config,
-                             resume=resume, progress=progress,
+                             resume=resume, progress=progress, command=command,
                              corpus_info={"description": description, "subset": subset,
                                           "failed_to_featurize": len(featurizer.last_failures)})

@@ -84,7 +84,7 @@ def test_pretraining_writes_a_checkpoint_that_loads_into_a_fusion_network(corpus
     out = pretrain_encoders(X, feat.modalities[:3], feat.modalities[3:], tmp_path / "ckpt",
                             name="tiny", config=_config(), progress=False)
     assert {p.name for p in out.iterdir()} >= {"encoders.safetensors", "model.json",
-                                               "history.json", "loss_curve.png"}
+                                               "history.json", "loss_curve.png", "README.md"}
     config = json.loads((out / "model.json").read_text())
     assert len(config["history"]) == 2 and config["objective"]["terms"]
     encoders = load_encoders(out)
