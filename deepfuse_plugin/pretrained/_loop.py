@@ -56,6 +56,8 @@ class PretrainingConfig:
     valid_fraction: float
         Molecules held out to report a validation loss per epoch.
     seed: int
+    device: str, optional
+        ``"cuda"``, ``"cpu"``, ...; default: the GPU when one is present.
     """
 
     epochs: int = 5
@@ -70,6 +72,7 @@ class PretrainingConfig:
     temperature: float = 0.1
     valid_fraction: float = 0.02
     seed: int = 0
+    device: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "encoder_dim", "projection_dim"):
@@ -133,6 +136,9 @@ class _Run:
         for t in targets:
             mean, std = _target_statistics(self.train, t.name, int(t.dim))
             self.network.set_target_scaling(t.name, torch.tensor(mean), torch.tensor(std))
+        default = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(config.device or default)
+        self.network.to(self.device)
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=config.learning_rate,
                                            weight_decay=config.weight_decay)
         self.steps_per_epoch = len(self.train) // config.batch_size
@@ -152,7 +158,7 @@ class _Run:
         for start in range(0, len(order) - size + 1 if shuffle else len(order), size):
             rows = order[start:start + size]
             if len(rows) >= 4:
-                yield collate_samples(list(samples[rows]), self.modalities)
+                yield collate_samples(list(samples[rows]), self.modalities).to(self.device)
 
     def train_epoch(self, epoch: int, progress: bool) -> dict[str, float]:
         self.network.train()
@@ -255,14 +261,16 @@ def pretrain_encoders(corpus: Any, inputs: Sequence[Modality], targets: Sequence
 
 
 def _config_dict(config: PretrainingConfig) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()}
+    # the device is where it ran, not what it learned: a run may resume on another device
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()
+            if k != "device"}
 
 
 def _resume(run: _Run, out: Path, config: PretrainingConfig) -> tuple[list, int, float]:
     path = out / RESUME_FILE
     if not path.is_file():
         return [], 0, 0.0
-    state = torch.load(path, weights_only=True, map_location="cpu")
+    state = torch.load(path, weights_only=True, map_location=run.device)
     saved = json.loads(state["config"])
     if saved != _config_dict(config):
         diffs = sorted(k for k in saved if saved.get(k) != _config_dict(config).get(k))
@@ -290,7 +298,7 @@ def _run_info(run: _Run, config: PretrainingConfig, history: list, seconds: floa
                                                     len(run.train) * config.epochs / seconds, 1)},
             "history": history,
             "hardware": {"machine": platform.machine(), "processor": platform.processor(),
-                         "torch_threads": torch.get_num_threads(), "device": "cpu",
+                         "torch_threads": torch.get_num_threads(), "device": str(run.device),
                          "peak_rss_mb": round(resource.getrusage(
                              resource.RUSAGE_SELF).ru_maxrss / 1024, 1)},
             "deepfuse_version": __version__}
