@@ -2,15 +2,19 @@
 
 Everything here is a plain function that tests (and notebooks) can call; :mod:`deepfuse_plugin.cli`
 only parses arguments. DeepChem does the data work (datasets, splitters, transformers, metrics);
-this module adds the glue a command-line user needs: input checks with clear messages, validation
-based checkpoint selection, and a run folder that ``deepfuse predict`` can use on its own.
+this module adds the glue a command-line user needs: input checks with clear messages
+(:mod:`deepfuse_plugin.inputs`), validation based checkpoint selection
+(:mod:`deepfuse_plugin.train`), and a run folder that ``deepfuse predict``
+(:mod:`deepfuse_plugin.prediction`) can use on its own. The names of those modules that this one
+had before they moved are still importable from here.
 
 A run folder written by :func:`train_from_csv` (and by ``deepfuse demo``) looks like::
 
     DIR/model/              the model (``MultiModalTorchModel.load(DIR/model)``), best valid epoch;
                             while training also its resume point (``train --resume``)
-    DIR/deepfuse_run.json   model name, SMILES column, tasks, mode, modalities, featurizer settings,
-                            y normalization (mean/std per task), split and training settings
+    DIR/deepfuse_run.json   model name, SMILES column, tasks, mode, modalities, featurizer settings
+                            and input limits, y normalization (mean/std per task), split and
+                            training settings, checksums of itself and of the model
     DIR/metrics.json        metrics on the valid and test splits (original label units)
     DIR/std_scales.json     with ``--uncertainty evidential`` (regression): the std factor per set
                             of present modalities, fitted on the validation split
@@ -206,6 +210,13 @@ def train_from_csv(csv: str, smiles_column: str, tasks: Sequence[str], out: str,
         A training setting outside its range (the message names it and its value).
     WorkflowError
         Bad input data (missing column, no labelled rows for a task, non-numeric labels, ...).
+
+    Examples
+    --------
+    >>> record = train_from_csv("esol.csv", "smiles", ["logS"], "runs/esol",  # doctest: +SKIP
+    ...                         modalities=["ecfp", "graph"], epochs=20)
+    >>> record["training"]["best_epoch"], record["metrics"]["test"]["rmse"]  # doctest: +SKIP
+    (18, 0.71)
     """
     from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
 
