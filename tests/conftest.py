@@ -28,7 +28,7 @@ DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 def killed_after_epoch(epoch: int) -> Iterator[None]:
     """Resumable training inside the block stops (``KeyboardInterrupt``, as on Ctrl-C) right after
     writing the resume point of ``epoch``; the block must be interrupted that way."""
-    from deepfuse_plugin import resume
+    from deepfuse_plugin.train import resume
 
     real = resume.save_resume_point
 

@@ -296,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors
         return int(exc.code or 0)
     _configure_logging(args.verbose)
-    from deepfuse_plugin.resume import ResumeMismatchError
+    from deepfuse_plugin.train.resume import ResumeMismatchError
     from deepfuse_plugin.workflows import WorkflowError
 
     import torch

@@ -30,7 +30,7 @@ DeepChem baselines; chemprop v2) are trained on exactly the same molecules and s
    hyper-parameters, valid/test metrics, best epoch, train time, peak memory) goes to
    ``<out>/moleculenet.json`` as soon as it finishes (``--resume`` skips the runs already there,
    e.g. to add seeds, and continues an interrupted neural run from the resume point it wrote after
-   its last finished epoch in ``<out>/unfinished/``; see :mod:`deepfuse_plugin.resume`); the table
+   its last finished epoch in ``<out>/unfinished/``; see :mod:`deepfuse_plugin.train.resume`); the table
    ``<out>/moleculenet.md`` (mean ± std over seeds, best per dataset in bold) and the plot
    ``<out>/moleculenet.png`` are rewritten from all the runs.
 5. **Parallel runs.** ``--processes N`` trains each dataset's runs in ``N`` forked worker processes
@@ -58,7 +58,7 @@ import tempfile
 import time
 from typing import Any, Callable, Sequence
 
-from deepfuse_plugin import resume as resume_lib
+from deepfuse_plugin.train import resume as resume_lib
 from deepfuse_plugin import workflows as wf
 
 from deepfuse_bench.chemprop_peer import ChempropSetup, chemprop_setup

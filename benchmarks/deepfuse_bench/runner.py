@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from deepfuse_plugin import resume as resume_lib
+from deepfuse_plugin.train import resume as resume_lib
 from deepfuse_plugin import workflows as wf
 
 from deepfuse_bench import peers as peer_lib

@@ -405,7 +405,7 @@ def test_combined_dataset_facts_keep_what_one_side_knows():
 
 
 def test_interrupted_run_continues_from_its_last_finished_epoch(tiny_molnet_dir, tmp_path):
-    from deepfuse_plugin import resume
+    from deepfuse_plugin.train import resume
 
     out = tmp_path / "bench"
     kwargs = dict(datasets=["delaney"], data_dir=str(tiny_molnet_dir), seeds=[0], epochs=3,

@@ -1,7 +1,7 @@
 """Hyper-parameter search on validation data (Optuna, TPE), resumable, with a table and a plot.
 
 Every trial builds a model with suggested settings, trains it with validation-based epoch
-selection (:func:`~deepfuse_plugin.workflows.train_with_validation`) and reports its best
+selection (:func:`~deepfuse_plugin.train.loop.train_with_validation`) and reports its best
 validation score; the test split is never seen. The study lives in ``<out>/study.db`` (SQLite), so
 running the same search again continues it until ``n_trials`` trials are complete. The best
 settings go to ``<out>/best_params.json``, which ``deepfuse train --params`` reads.
@@ -124,7 +124,8 @@ def run_hpopt(train: Any, valid: Any, transformers: Sequence[Any], mode: str,
     """
     import optuna
 
-    from deepfuse_plugin.workflows import resolve_model_class, set_seed, train_with_validation
+    from deepfuse_plugin.train.loop import train_with_validation
+    from deepfuse_plugin.train.utils import resolve_model_class, set_seed
 
     if n_trials < 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")

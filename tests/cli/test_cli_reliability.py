@@ -180,25 +180,44 @@ def _set_weights(model_dir: Path, value: float) -> None:
 def test_non_finite_weights_are_reported_as_a_corrupt_checkpoint(run, query):
     """A bare model folder (no record, so no checksum to stop it first) with NaN weights."""
     _set_weights(run / "model", float("nan"))
-    with pytest.raises(CorruptCheckpointError, match="non-finite"):
+    with pytest.raises(CorruptCheckpointError, match="checkpoint1.pt' holds NaN/inf weights"):
         wf.predict_from_csv(str(run / "model"), str(query), smiles_column="smiles")
 
 
+def _non_finite_rows_from_the_model(monkeypatch, rows: list[int]) -> None:
+    """Make ``predict_checked`` report ``rows`` as non-finite model outputs (NaN)."""
+    from deepfuse_plugin import MultiModalTorchModel
+    from deepfuse_plugin.models.predictions import NON_FINITE, CheckedPredictions
+
+    real = MultiModalTorchModel.predict_checked
+
+    def with_nan_rows(self, *args, **kwargs):
+        checked = real(self, *args, **kwargs)
+        values, reasons = checked.values.copy(), checked.reasons.copy()
+        values[rows], reasons[rows] = np.nan, NON_FINITE
+        return CheckedPredictions(values, reasons, checked.ids)
+
+    monkeypatch.setattr(MultiModalTorchModel, "predict_checked", with_nan_rows)
+
+
 def test_a_non_finite_row_is_a_row_failure(run, tmp_path, monkeypatch):
+    """The status column takes the model's own row check (``predict_checked``)."""
     query = tmp_path / "q.csv"
     query.write_text("smiles\nCCO\nCCN\nCCC\n")
-    real = wf.predict_with_std
-
-    def one_nan(*args, **kwargs):
-        pred, std = real(*args, **kwargs)
-        pred[1] = np.nan
-        return pred, std
-
-    monkeypatch.setattr(wf, "predict_with_std", one_nan)
+    _non_finite_rows_from_the_model(monkeypatch, [1])
     frame = wf.predict_from_csv(str(run), str(query))
-    assert frame["deepfuse_status"].tolist()[1].startswith("non-finite")
+    assert frame["deepfuse_status"].tolist()[1] == "non-finite model output"
     assert frame["deepfuse_status"].tolist()[::2] == ["ok", "ok"]
     assert np.isnan(frame.loc[1, "y_pred"]) and np.isfinite(frame.loc[[0, 2], "y_pred"]).all()
+
+
+def test_mostly_non_finite_outputs_are_a_corrupt_checkpoint(run, tmp_path, monkeypatch):
+    query = tmp_path / "q.csv"
+    query.write_text("smiles\nCCO\nCCN\nCCC\n")
+    _non_finite_rows_from_the_model(monkeypatch, [0, 1])
+    with pytest.raises(CorruptCheckpointError, match="non-finite .* for 2 of 3 rows"):
+        wf.predict_from_csv(str(run), str(query), out=str(tmp_path / "p.csv"))
+    assert not (tmp_path / "p.csv").exists()
 
 
 @pytest.mark.parametrize("damage", ["bit flip", "truncate", "replace"])
@@ -221,8 +240,26 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file(run, query, tmp_path, c
 def test_a_truncated_checkpoint_in_a_bare_folder_is_a_clear_error(run, query):
     checkpoint = sorted((run / "model").glob("checkpoint*.pt"))[0]
     checkpoint.write_bytes(checkpoint.read_bytes()[:100])
-    with pytest.raises(CorruptCheckpointError, match="Cannot load the model"):
+    with pytest.raises(CorruptCheckpointError, match=f"{checkpoint.name}' cannot be read safely"):
         wf.predict_from_csv(str(run / "model"), str(query), smiles_column="smiles")
+
+
+def test_a_planted_checkpoint_or_an_edited_config_is_refused(run, query, tmp_path, capsys):
+    """The record's digest covers the checkpoint the model would load and its configuration."""
+    planted = run / "model" / "checkpoint0.pt"  # sorts first: the one the model would load
+    shutil.copy(run / "model" / "checkpoint1.pt", planted)
+    _set_weights(run / "model", 0.5)  # other (finite) weights in the planted file
+    assert _predict(run, query, tmp_path / "p.csv") == 2
+    assert "checkpoint0.pt" in capsys.readouterr().err
+    planted.unlink()
+    config = run / "model" / "deepfuse_config.json"
+    payload = json.loads(config.read_text())
+    payload["config"]["mode"] = "classification"
+    config.write_text(json.dumps(payload))
+    assert _predict(run, query, tmp_path / "p.csv") == 2
+    err = capsys.readouterr().err
+    assert "deepfuse_config.json" in err and "SHA-256 mismatch" in err
+    assert not (tmp_path / "p.csv").exists()
 
 
 def test_an_edited_run_record_is_refused(run, query, tmp_path, capsys):

@@ -40,6 +40,13 @@ def test_demo_quick_writes_results(tmp_path: Path, capsys):
     csv.write_text("smiles\nCCO\nnot-a-smiles\n")
     assert main(["--no-progress", "predict", "--model-dir", str(out), "--csv", str(csv),
                  "--out", str(tmp_path / "p.csv")]) == 0
+    # sealed like a trained run's record: an edited record or checkpoint is refused
+    record = json.loads((out / "deepfuse_run.json").read_text())
+    assert record["integrity"]["model"].startswith("sha256:")
+    assert record["featurizer"]["limits"]["max_smiles_length"] > 0
+    (out / "deepfuse_run.json").write_text(json.dumps({**record, "mode": "classification"}))
+    assert main(["--no-progress", "predict", "--model-dir", str(out), "--csv", str(csv),
+                 "--out", str(tmp_path / "p2.csv")]) == 2
 
 
 def test_module_entry_point():

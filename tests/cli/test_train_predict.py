@@ -262,7 +262,8 @@ def test_evidential_run_predicts_a_std_rescaled_per_input(larger_regression_csv:
     query = tmp_path / "query.csv"
     pd.DataFrame({"smi": ["CCOCC", "*CC", BAD_SMILES]}).to_csv(query, index=False)
     preds = predict_from_csv(str(run), str(query))
-    assert list(preds["deepfuse_status"]) == ["ok", "ok", "invalid SMILES"]
+    assert list(preds["deepfuse_status"]) == ["ok", "ok",
+                                              "invalid SMILES: RDKit cannot parse this SMILES"]
     assert preds.loc[2, ["T1_std", "T2_std"]].isna().all()
     expected = _std_by_hand(run, ["CCOCC", "*CC"], [scales.scales[("ecfp", "selfies")],
                                                     scales.scales[("ecfp",)]])
@@ -300,3 +301,29 @@ def test_evidential_run_without_enough_validation_keeps_the_std_as_predicted(
     expected = _std_by_hand(run, list(preds.loc[ok, "smi"]), [1.0] * int(ok.sum()))
     np.testing.assert_allclose(preds.loc[ok, ["T1_std", "T2_std"]].to_numpy(), expected,
                                rtol=1e-5)
+
+
+def test_predict_uses_the_input_limits_the_run_was_trained_with(regression_csv: Path,
+                                                                 tmp_path: Path):
+    from deepfuse_plugin.limits import InputLimits
+    from deepfuse_plugin.workflows import train_from_csv
+
+    limits = InputLimits(max_smiles_length=12)
+    record = train_from_csv(str(regression_csv), "smi", ["T1", "T2"], str(tmp_path / "run"),
+                            split="random", modalities=["ecfp"], epochs=1, eval_every=1,
+                            batch_size=16, featurizer_kwargs={"limits": limits}, progress=False)
+    assert record["featurizer"]["limits"]["max_smiles_length"] == 12
+    # training skips what its featurizer refuses (a row over the limit is reported, not a crash)
+    assert any("max_smiles_length" in row for row in record["data"]["invalid_smiles"])
+    query = tmp_path / "query.csv"
+    pd.DataFrame({"smi": ["CCOCC", "CC(=O)Oc1ccccc1C(=O)O"]}).to_csv(query, index=False)
+    preds = predict_from_csv(str(tmp_path / "run"), str(query))
+    assert preds.loc[0, "deepfuse_status"] == "ok"
+    assert preds.loc[1, "deepfuse_status"].startswith("invalid SMILES: ")
+    assert "max_smiles_length" in preds.loc[1, "deepfuse_status"]
+    # a record without limits (an older deepfuse, no checksums) predicts with the defaults
+    path = tmp_path / "run" / RUN_FILE
+    old = json.loads(path.read_text())
+    del old["featurizer"]["limits"], old["integrity"]
+    path.write_text(json.dumps(old))
+    assert (predict_from_csv(str(tmp_path / "run"), str(query))["deepfuse_status"] == "ok").all()

@@ -170,3 +170,27 @@ def test_inference_with_a_modality_missing_after_training(featurized, smiles, sm
     # a present sample's prediction does not depend on its neighbours' missing modalities
     full = model.predict(ds)
     np.testing.assert_allclose(model.predict(half)[present], full[present], rtol=1e-5, atol=1e-6)
+
+
+def test_train_with_validation_restores_a_deepchem_baseline_without_its_unpickling_restore(
+        tmp_path, monkeypatch):
+    """DeepChem's ``TorchModel.restore`` calls ``torch.load`` without ``weights_only``; the best
+    checkpoint of a DeepChem baseline is restored with ``restore_safely`` instead."""
+    from deepfuse_plugin.train import make_dataset, set_seed, train_with_validation
+
+    def unsafe_restore(self, *args, **kwargs):
+        raise AssertionError("DeepChem's restore was called")
+
+    monkeypatch.setattr(dc.models.TorchModel, "restore", unsafe_restore)
+    set_seed(0)
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 8)).astype(np.float32), rng.normal(size=(40, 1))
+    train, valid = make_dataset(X[:32], y[:32], None, range(32)), make_dataset(
+        X[32:], y[32:], None, range(32, 40))
+    model = dc.models.MultitaskRegressor(1, 8, batch_size=8, model_dir=str(tmp_path))
+    result = train_with_validation(model, train, valid, epochs=3, eval_every=1, transformers=[],
+                                   mode="regression", save_dir=str(tmp_path), progress=False)
+    assert 1 <= result.best_epoch <= 3
+    best = min(result.history, key=lambda h: h["score"])
+    restored = np.sqrt(np.mean((model.predict(valid).reshape(-1) - y[32:, 0]) ** 2))
+    assert restored == pytest.approx(best["rmse"], rel=1e-5)

@@ -289,3 +289,66 @@ def test_moved_names_still_import_from_their_old_homes():
         assert getattr(crystal, name) is getattr(cgcnn, name), name
     for name in ("MATGL_FORMAT", "default_element_types"):
         assert getattr(matgl_backbone, name) is getattr(modalities, name), name
+
+
+#: Layers of the training stack, bottom to top: a module never imports one above its own layer.
+TRAINING_LAYERS = (f"{PACKAGE}.train", f"{PACKAGE}.run_folder", f"{PACKAGE}.prediction",
+                   f"{PACKAGE}.workflows")
+
+
+def test_training_layers_only_import_downwards():
+    """``train/`` (metrics, loop, resume) is below the run-folder code, which is below
+    ``prediction``, which is below ``workflows``; nothing in them reaches up (no hidden cycles)."""
+    def layer(module: str) -> int | None:
+        return next((i for i, p in enumerate(TRAINING_LAYERS) if within(module, p)), None)
+
+    bad = [str(e) for e in _intra(library_imports())
+           if layer(e.source) is not None and layer(e.target) is not None
+           and layer(e.target) > layer(e.source)]
+    assert not bad, "training modules import a layer above their own:\n  " + "\n  ".join(bad)
+
+
+def test_the_library_never_imports_its_deprecated_aliases():
+    """``deepfuse_plugin.resume`` is a shim for users' old imports; the library itself must not
+    import it (every import of the library would warn)."""
+    bad = [str(e) for e in _intra(library_imports()) if e.target == f"{PACKAGE}.resume"]
+    assert not bad, "import deepfuse_plugin.train.resume instead:\n  " + "\n  ".join(bad)
+
+
+#: Every public name ``deepfuse_plugin.workflows`` had before training moved to ``train/``.
+WORKFLOWS_NAMES = (
+    "BINARY_SIGNATURES", "BestCheckpointCallback", "CORRUPT_OUTPUT_FRACTION",
+    "CorruptCheckpointError", "FEATURIZER_KEYS", "InvalidSettingError", "MAX_ABS_LABEL",
+    "METRICS_FILE", "MISSING_LABELS", "MODELS", "MODES", "RUN_FILE", "RUN_FORMAT",
+    "RunFolderError", "SPLITS", "STD_SCALES_FILE", "TrainingResult", "WorkflowError",
+    "calibrate_run", "check_training_settings", "classification_metrics", "denormalize",
+    "evaluate", "fit_normalizer", "fresh_model_dir", "labels_and_weights", "load_run",
+    "make_dataset", "normalizer_to_dict", "parse_labels", "predict_from_csv",
+    "predict_original_units", "predict_with_std", "rdkit_log_disabled", "read_csv_checked",
+    "register_model", "regression_metrics", "resolve_model_class", "selection_score",
+    "set_seed", "smiles_problems", "split_indices", "train_from_csv", "train_with_validation",
+    "valid_smiles_mask", "write_json")
+
+
+def test_moved_training_names_still_import_from_workflows():
+    import warnings
+
+    from deepfuse_plugin import train, workflows
+    from deepfuse_plugin.train import resume
+
+    missing = [n for n in WORKFLOWS_NAMES if n not in workflows.__all__ or
+               not hasattr(workflows, n)]
+    assert not missing, f"workflows lost {missing}"
+    for name in set(train.__all__) & set(WORKFLOWS_NAMES):
+        assert getattr(workflows, name) is getattr(train, name), name
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import importlib
+
+        import deepfuse_plugin.resume as shim
+        importlib.reload(shim)
+    assert any(issubclass(w.category, DeprecationWarning) and "train.resume" in str(w.message)
+               for w in caught)
+    for name in ("read_state", "save_resume_point", "ResumeState", "ResumeMismatchError",
+                 "STATE_FILE", "SLOTS", "clear", "training_plan", "restore_resume_point"):
+        assert getattr(shim, name) is getattr(resume, name), name

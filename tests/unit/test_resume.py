@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepfuse_plugin import resume
+from deepfuse_plugin.train import resume
 from deepfuse_plugin import workflows as wf
 from tests.conftest import killed_after_epoch
 
