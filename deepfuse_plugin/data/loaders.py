@@ -223,7 +223,7 @@ def load_extxyz_splits(path: str | os.PathLike,
 
     Examples
     --------
-    >>> parts = load_extxyz_splits("../shared/data/materials/mp36k.extxyz.xz",
+    >>> parts = load_extxyz_splits("mp36k.extxyz.xz",
     ...                            featurizer=feat)  # doctest: +SKIP
     >>> train, val, test = parts["train"], parts["val"], parts["test"]  # doctest: +SKIP
     """

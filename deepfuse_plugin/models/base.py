@@ -187,6 +187,8 @@ class MultiModalTorchModel(TorchModel):
     the fused embedding and ``["modality_weights"]`` the per-sample modality weights.
     """
 
+    #: ``restore`` loads weights only and checks the configuration (see ``restore_safely``).
+    restores_safely: ClassVar[bool] = True
     #: Extra constructor arguments of a subclass that belong in its saved configuration.
     _config_extra: ClassVar[tuple[str, ...]] = ()
     #: Configuration keys that change training only, not the architecture: a checkpoint restores

@@ -90,9 +90,7 @@ def restore_safely(model: Any, model_dir: str) -> None:
     running code from it (DeepChem's own ``restore`` calls ``torch.load`` without
     ``weights_only``). deepfuse models use their ``restore``, which also checks the saved
     configuration."""
-    from deepfuse_plugin.models.base import MultiModalTorchModel
-
-    if isinstance(model, MultiModalTorchModel):
+    if getattr(model, "restores_safely", False):  # deepfuse models: weights-only and checked
         model.restore(model_dir=model_dir)
         return
     model._ensure_built()
