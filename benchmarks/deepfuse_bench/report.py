@@ -266,15 +266,15 @@ RULE_TEXT = {"best validation neg_roc_auc": "best validation ROC-AUC",
 def selection_notes(runs: Sequence[dict[str, Any]]) -> list[str]:
     """Which checkpoint rule each model used (from the runs' ``selection``): models with the
     same rules share a clause."""
-    rules: dict[str, set[str]] = defaultdict(set)
+    rules: dict[str, dict[str, None]] = defaultdict(dict)  # model -> rules, in run order
     for run in runs:
         if run.get("selection"):
-            rules[run["model"]].add(RULE_TEXT.get(run["selection"], run["selection"]))
+            rules[run["model"]][RULE_TEXT.get(run["selection"], run["selection"])] = None
     if not rules:
         return []
     groups: dict[tuple[str, ...], list[str]] = defaultdict(list)
     for model in ordered(list(rules)):
-        groups[tuple(sorted(rules[model]))].append(model)
+        groups[tuple(rules[model])].append(model)
     parts = [f"{', '.join(f'`{m}`' for m in models)}: {' / '.join(rule)}"
              for rule, models in groups.items()]
     return ["Checkpoint selection, on the validation split only (as recorded in each run): "
