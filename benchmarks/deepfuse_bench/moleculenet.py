@@ -71,12 +71,12 @@ from deepfuse_plugin import resume as resume_lib
 from deepfuse_plugin import workflows as wf
 
 from deepfuse_bench.chemprop_peer import ChempropSetup, chemprop_setup
-from deepfuse_bench.datasets import (EXTRA_FEATURE_SETS, FUSION_MODALITIES, SUITES,
+from deepfuse_bench.datasets import (EXTRA_FEATURE_SETS, MINIMOL_MODALITIES, SUITES,
                                      PreparedDataset, check_minimol_installed, prepare_dataset,
                                      resolve_dataset, split_tag)
 from deepfuse_bench.environment import PeakRSS, environment
 from deepfuse_bench.merge import check_same_settings, combine_dataset_info, read_payload
-from deepfuse_bench.models import (MINIMOL_MODELS, PRETRAINED_MODELS, check_models,
+from deepfuse_bench.models import (MINIMOL_MODELS, PRETRAINED_MODELS, VARIANTS, check_models,
                                    default_models, model_features, model_kind)
 from deepfuse_bench.records import run_key, run_summary
 from deepfuse_bench.report import STEM, format_markdown, write_outputs
@@ -266,13 +266,27 @@ def check_model_needs(models: Sequence[str], pretrained: str | None) -> dict[str
         encoders = load_encoders(folder)
     except DeepfuseError as err:
         raise wf.WorkflowError(f"--pretrained {pretrained}: {err}") from err
-    covered = [m for m in FUSION_MODALITIES if m in encoders.modality_names]
-    if not covered:
-        raise wf.WorkflowError(f"--pretrained {pretrained}: the checkpoint {encoders.name!r} "
-                               f"encodes {encoders.modality_names}, none of the benchmark's "
-                               f"views {list(FUSION_MODALITIES)}")
+    _check_checkpoint_fits(needing, str(folder), pretrained)
     return {"name": encoders.name, "path": str(folder),
             "weights_sha256": str(encoders.info.get("weights_sha256"))}
+
+
+def _check_checkpoint_fits(models: Sequence[str], folder: str, given: str) -> None:
+    """Build each model once with the checkpoint (no data): a checkpoint of other views, specs
+    or widths is refused now, not after hours of other runs."""
+    from deepfuse_plugin.errors import DeepfuseError
+    from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
+
+    specs = MultiModalFeaturizer(list(MINIMOL_MODALITIES), embedding_cache_dir=False,
+                                 progress=False).modalities
+    for name in models:
+        cls = wf.resolve_model_class(VARIANTS[name].base)
+        with tempfile.TemporaryDirectory(prefix="deepfuse_bench_check_") as model_dir:
+            try:
+                cls(n_tasks=1, modalities=specs, pretrained=folder, model_dir=model_dir)
+            except DeepfuseError as err:
+                raise wf.WorkflowError(f"--pretrained {given} does not fit {name} (built with "
+                                       f"the default settings): {err}") from err
 
 
 def _package_version(name: str) -> str | None:

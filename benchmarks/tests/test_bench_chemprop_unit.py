@@ -121,8 +121,8 @@ def test_read_history_picks_the_first_lowest_validation_loss(tmp_path):
 
 def test_read_history_picks_the_epoch_of_the_best_tracked_metric(tmp_path):
     # the case of issue 20 item 6: the loss is lowest at epoch 1, the ROC-AUC best at epoch 3
-    _write_metrics(tmp_path, "epoch,step,train_loss_epoch,val/roc,val_loss\n"
-                   "0,0,,0.54,0.60\n0,0,0.7,,\n1,1,,0.70,0.65\n1,1,0.6,,\n2,2,,0.78,0.70\n2,2,0.5,,\n")
+    _write_metrics(tmp_path, "epoch,step,train_loss_epoch,val/roc,val_loss\n0,0,,0.54,0.60\n"
+                   "0,0,0.7,,\n1,1,,0.70,0.65\n1,1,0.6,,\n2,2,,0.78,0.70\n2,2,0.5,,\n")
     history, best = cp.read_history(tmp_path, "roc")
     assert best == 3 and [h["score"] for h in history] == [0.54, 0.70, 0.78]
     assert cp.read_history(tmp_path, "val_loss")[1] == 1

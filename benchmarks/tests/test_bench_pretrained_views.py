@@ -24,18 +24,22 @@ from test_bench_moleculenet import RUN_KEYS, tiny_molnet_dir  # noqa: F401 (fixt
 NEW = ["dynamic_minimol", "late_minimol", "dynamic_pretrained", "late_pretrained", "minimol_mlp"]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A one-epoch checkpoint of the ecfp/graph/smiles encoders (default featurizer settings,
-    encoder_dim 128: what the benchmark's models are built with)."""
+def _pretrain(folder: Path, encoder_dim: int = 128) -> Path:
+    """A one-epoch checkpoint of the ecfp/graph/smiles encoders (default featurizer settings)."""
     from deepfuse_plugin import MultiModalFeaturizer
     from deepfuse_plugin.pretrained import PretrainingConfig, pretrain_encoders
 
     feat = MultiModalFeaturizer(list(molnet_data.FUSION_MODALITIES), progress=False)
-    return pretrain_encoders(feat.featurize(CLI_SMILES), feat.modalities, [],
-                             tmp_path_factory.mktemp("ckpt") / "Tiny-test-v0", name="Tiny-test-v0",
-                             config=PretrainingConfig(epochs=1, batch_size=16,
-                                                      valid_fraction=0.2), progress=False)
+    config = PretrainingConfig(epochs=1, batch_size=16, valid_fraction=0.2,
+                               encoder_dim=encoder_dim)
+    return pretrain_encoders(feat.featurize(CLI_SMILES), feat.modalities, [], folder,
+                             name="Tiny-test-v0", config=config, progress=False)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """encoder_dim 128: what the benchmark's models are built with."""
+    return _pretrain(tmp_path_factory.mktemp("ckpt") / "Tiny-test-v0")
 
 
 def _same_value(a, b) -> bool:
@@ -142,7 +146,7 @@ def test_new_variants_train_and_appear_in_the_table(tiny_molnet_dir, checkpoint,
     assert "- MiniMol view (" in text and "molecules without it: BBBP 0" in text
     assert (f"`dynamic_pretrained`, `late_pretrained`: the ecfp/graph/smiles encoders start from "
             f"the pretrained checkpoint `Tiny-test-v0` (weights SHA-256 {sha[:12]}…)") in text
-    assert f"`minimol_mlp`: best validation ROC-AUC." in text
+    assert "`minimol_mlp`: best validation ROC-AUC." in text
 
 
 def test_pretrained_models_without_a_checkpoint_are_refused(checkpoint, tmp_path, capsys,
@@ -166,6 +170,9 @@ def test_pretrained_models_without_a_checkpoint_are_refused(checkpoint, tmp_path
         fh.seek(-4, 2)
         fh.write(b"\0\0\0\0")
     assert "does not match the SHA-256" in refused("--pretrained", str(damaged))
+    narrow = _pretrain(tmp_path / "narrow", encoder_dim=16)  # the models are 128 wide
+    err = refused("--pretrained", str(narrow))
+    assert "does not fit late_pretrained" in err and "encoder_dim=128" in err
     assert not (tmp_path / "out").exists()  # refused before anything ran or was written
 
 
