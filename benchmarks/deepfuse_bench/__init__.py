@@ -7,8 +7,11 @@ library it measures; the ``deepfuse-bench`` command runs it and writes the table
 * :mod:`~deepfuse_bench.featurize`: featurization speed and memory vs DeepChem's featurizers
   (``deepfuse-bench featurize``).
 * :mod:`~deepfuse_bench.moleculenet`: MoleculeNet accuracy of every deepfuse model, the DeepChem
-  baselines (:mod:`~deepfuse_bench.peers`) and chemprop v2 (:mod:`~deepfuse_bench.chemprop_peer`)
-  on the same split (``deepfuse-bench moleculenet``), built from
+  baselines (:mod:`~deepfuse_bench.peers`), chemprop v2 (:mod:`~deepfuse_bench.chemprop_peer`)
+  and, opt-in, the pretrained views (:mod:`~deepfuse_bench.models`: the MiniMol peer
+  ``minimol_mlp``, fusion with the MiniMol view from scratch and with pretrained encoders,
+  ``--pretrained``) on the same split (``deepfuse-bench moleculenet``), every model keeping its
+  best validation ROC-AUC / RMSE epoch, built from
   :mod:`~deepfuse_bench.datasets` (loading, alignment, split), :mod:`~deepfuse_bench.runner`
   (runs, worker processes, resume) and :mod:`~deepfuse_bench.report` (markdown, plot);
   :mod:`~deepfuse_bench.merge` combines output folders run in parallel

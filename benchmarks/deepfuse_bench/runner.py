@@ -6,6 +6,11 @@ with the best validation score (:func:`deepfuse_plugin.workflows.train_with_vali
 test). The random forest has no epochs; chemprop runs in its own environment
 (:mod:`deepfuse_bench.chemprop_peer`). Each run is seeded on its own, so a run's result does not
 depend on the process it ran in.
+
+The MiniMol peer (``minimol_mlp``) is a deepfuse ``UnimodalModel`` on the ``minimol`` view; the
+pretrained-view variants (:data:`deepfuse_bench.models.VARIANTS`) are fusion models on the
+MiniMol feature set, the ``*_pretrained`` ones built with ``pretrained=budget["pretrained"]``
+(a checkpoint folder; its name and weights SHA-256 go into the run's hyper-parameters).
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from deepfuse_bench import peers as peer_lib
 from deepfuse_bench.chemprop_peer import ChempropSetup, chemprop_setup, run_chemprop_peer
 from deepfuse_bench.datasets import PreparedDataset
 from deepfuse_bench.environment import PeakRSS
-from deepfuse_bench.models import UNIMODAL, model_features
+from deepfuse_bench.models import UNIMODAL, VARIANTS, model_features
 from deepfuse_bench.records import finish_record, run_header
 
 logger = logging.getLogger(__name__)
@@ -32,24 +37,32 @@ logger = logging.getLogger(__name__)
 
 def build_deepfuse(name: str, data: PreparedDataset, model_dir: str, budget: dict[str, Any]
                    ) -> Any:
+    """A deepfuse model: a fusion model, a unimodal baseline, the MiniMol peer or a
+    pretrained-view variant, with the shared budget."""
     common = dict(n_tasks=len(data.tasks), mode=data.mode, batch_size=budget["batch_size"],
                   learning_rate=budget["learning_rate"], model_dir=model_dir, progress=False,
                   length_bucket_pool=budget.get("length_bucket_pool", 0))
-    if name in UNIMODAL:
+    peer = peer_lib.PEERS.get(name)
+    modalities = data.modality_sets.get(model_features(name), data.modalities)
+    if name in UNIMODAL or (peer is not None and peer.modality):
         from deepfuse_plugin.models.unimodal import UnimodalModel
 
-        modality = name.split("_", 1)[1]
-        spec = next(m for m in data.modalities if m.name == modality)
+        modality = peer.modality if peer is not None else name.split("_", 1)[1]
+        spec = next(m for m in modalities if m.name == modality)
         return UnimodalModel(modality=spec, **common)
-    cls = wf.resolve_model_class(name)
-    return cls(modalities=list(data.modalities), **common)
+    variant = VARIANTS.get(name)
+    if variant is not None and variant.pretrained:
+        common["pretrained"] = budget["pretrained"]["path"]
+    cls = wf.resolve_model_class(variant.base if variant else name)
+    return cls(modalities=list(modalities), **common)
 
 
 def hyperparameters(name: str, model: Any, data: PreparedDataset, budget: dict[str, Any]
                     ) -> dict[str, Any]:
     from deepfuse_plugin.nn.encoders import SequenceEncoder
 
-    if name in peer_lib.PEERS:
+    peer = peer_lib.PEERS.get(name)
+    if peer is not None and not peer.modality:
         return peer_lib.peer_hyperparameters(name, data.mode, budget)
     config = dict(model.get_config())
     config["modalities"] = [m.get("name") if isinstance(m, dict) else str(m)
@@ -58,6 +71,10 @@ def hyperparameters(name: str, model: Any, data: PreparedDataset, budget: dict[s
                      if isinstance(e, SequenceEncoder)})
     if chunks:  # provenance: runs recorded before SequenceEncoder had length chunks lack it
         config["sequence_length_chunk"] = chunks[0] if len(chunks) == 1 else chunks
+    if config.get("pretrained") is not None:  # which weights: the name alone may be reused
+        config["pretrained_name"] = budget["pretrained"]["name"]
+        config["pretrained_weights_sha256"] = budget["pretrained"]["weights_sha256"]
+        config["pretrained_modalities"] = list(model.pretrained_modalities)
     return config
 
 
@@ -114,9 +131,13 @@ def run_one(name: str, data: PreparedDataset, seed: int, budget: dict[str, Any],
 #: Seconds of one run on BBBP (seed 0, 30 epochs, one torch thread, a one-process ``make bench``
 #: on this project's 2-core test machine): parallel runs start with the dearest. Only the order
 #: matters.
-RUN_COST_S = {"crossattention": 605, "dynamic": 295, "moe": 273, "early": 257, "late": 253,
-              "chemprop": 217, "unimodal_smiles": 194, "dc_dmpnn": 128, "unimodal_graph": 44,
-              "dc_mlp": 23, "dc_rf": 10, "unimodal_ecfp": 8}
+#: The MiniMol and pretrained variants are estimates (one more encoder, a 512-d MLP; the MiniMol
+#: embedding itself is computed once per dataset, before the runs).
+RUN_COST_S = {"crossattention": 605, "dynamic_minimol": 320, "dynamic_pretrained": 320,
+              "dynamic": 295, "late_minimol": 275, "late_pretrained": 275, "moe": 273,
+              "early": 257, "late": 253, "chemprop": 217, "unimodal_smiles": 194,
+              "dc_dmpnn": 128, "unimodal_graph": 44, "dc_mlp": 23, "minimol_mlp": 12,
+              "dc_rf": 10, "unimodal_ecfp": 8}
 
 #: The dataset a forked worker runs on: set in the parent just before the fork, so that workers
 #: share it copy-on-write instead of unpickling it per run.
@@ -177,7 +198,7 @@ def _train_resumable(name: str, data: PreparedDataset, seed: int, budget: dict[s
 
     def build() -> Any:
         wf.set_seed(seed)
-        if peer is not None:
+        if peer is not None and peer.build is not None:
             return peer.build(len(data.tasks), data.mode, model_dir, seed, budget)
         return build_deepfuse(name, data, model_dir, budget)
 

@@ -69,6 +69,9 @@ def test_run_chemprop_on_a_tiny_multitask_split(chemprop_venv, tmp_path):
     assert result.hyperparameters["message-hidden-dim"] == [300]  # chemprop's default
     assert result.hyperparameters["epochs"] == 2
     assert result.commands[0][2] == "train" and result.commands[1][1] == "predict"
+    # kept by the best validation ROC-AUC, logged by chemprop per epoch
+    assert result.hyperparameters["tracking-metric"] == "roc"
+    assert all(h["score"] is None or 0 <= h["score"] <= 1 for h in result.history)
     assert result.model_path.exists()
 
 
@@ -90,6 +93,8 @@ def test_bench_runs_chemprop_next_to_a_deepchem_baseline(chemprop_venv, tiny_mol
     assert chemprop["hyperparameters"]["chemprop"] == cpenv.CHEMPROP_VERSION
     assert chemprop["train_time_s"] > 0 and chemprop["peak_rss_delta_mib"] > 0
     assert chemprop["chemprop"]["commands"][0].split()[2] == "train"
+    assert "--tracking-metric rmse" in chemprop["chemprop"]["commands"][0]
+    assert chemprop["selection"].startswith("best validation RMSE (chemprop")
     assert payload["environment"]["chemprop"]["rdkit"]
     text = (tmp_path / "moleculenet.md").read_text()
     assert "and chemprop v2" in text and "- chemprop v2 (`chemprop`)" in text

@@ -42,10 +42,20 @@ def test_train_command_gives_the_split_as_three_files_and_the_budget():
     assert _option(cmd, "--num-workers") == ["0"] and _option(cmd, "--accelerator") == ["cpu"]
     assert _option(cmd, "--output-dir") == ["out"] and _option(cmd, "--smiles-columns") == [
         "smiles"]
-    # chemprop's defaults otherwise: no architecture, learning-rate, split or metric options
-    for flag in ("--warmup-epochs", "--split", "--splits-file", "--max-lr", "--depth",
-                 "--tracking-metric", "--metrics"):
+    # selected like every other model: best validation ROC-AUC (a tracking metric must be
+    # one of chemprop's --metrics, hence both options)
+    assert _option(cmd, "--metrics") == ["roc"] and _option(cmd, "--tracking-metric") == ["roc"]
+    # chemprop's defaults otherwise: no architecture, learning-rate or split options
+    for flag in ("--warmup-epochs", "--split", "--splits-file", "--max-lr", "--depth"):
         assert flag not in cmd
+
+
+def test_train_command_tracks_rmse_for_regression_and_can_keep_chemprops_own_rule():
+    cmd = cp.train_command(["chemprop"], "a", "b", "c", ["y"], "regression", 30, 0, "o")
+    assert _option(cmd, "--metrics") == ["rmse"] and _option(cmd, "--tracking-metric") == ["rmse"]
+    old = cp.train_command(["chemprop"], "a", "b", "c", ["y"], "regression", 30, 0, "o",
+                           tracking_metric="val_loss")
+    assert "--tracking-metric" not in old and "--metrics" not in old
 
 
 @pytest.mark.parametrize("epochs, warmup", [(1, "0"), (2, "1")])
@@ -91,19 +101,34 @@ def test_read_predictions_rejects_nan(tmp_path):
         cp.read_predictions(path, SMILES, TASKS, "classification")
 
 
-def test_read_history_picks_the_first_lowest_validation_loss(tmp_path):
-    folder = tmp_path / "model_0" / "trainer_logs" / "version_0"
+def _write_metrics(train_dir: Path, text: str) -> None:
+    """Lightning's CSVLogger file: per epoch one validation row, then one training row."""
+    folder = train_dir / "model_0" / "trainer_logs" / "version_0"
     folder.mkdir(parents=True)
-    # Lightning's CSVLogger: per epoch one validation row, then one training row
-    (folder / "metrics.csv").write_text(
-        "epoch,step,train_loss_epoch,val/mse,val_loss\n"
-        "0,0,,1.3,1.3\n0,0,1.0,,\n1,1,,0.9,0.9\n1,1,0.8,,\n2,2,,0.9,0.9\n2,2,0.7,,\n")
+    (folder / "metrics.csv").write_text(text)
+
+
+def test_read_history_picks_the_first_lowest_validation_loss(tmp_path):
+    _write_metrics(tmp_path, "epoch,step,train_loss_epoch,val/mse,val_loss\n"
+                   "0,0,,1.3,1.3\n0,0,1.0,,\n1,1,,0.9,0.9\n1,1,0.8,,\n2,2,,0.9,0.9\n2,2,0.7,,\n")
     history, best = cp.read_history(tmp_path)
     assert best == 2
-    assert history == [{"epoch": 1, "val_loss": 1.3, "train_loss": 1.0},
-                       {"epoch": 2, "val_loss": 0.9, "train_loss": 0.8},
-                       {"epoch": 3, "val_loss": 0.9, "train_loss": 0.7}]
+    assert history == [{"epoch": 1, "val_loss": 1.3, "train_loss": 1.0, "score": 1.3},
+                       {"epoch": 2, "val_loss": 0.9, "train_loss": 0.8, "score": 0.9},
+                       {"epoch": 3, "val_loss": 0.9, "train_loss": 0.7, "score": 0.9}]
     assert cp.read_history(tmp_path / "nothing") == ([], None)
+
+
+def test_read_history_picks_the_epoch_of_the_best_tracked_metric(tmp_path):
+    # the case of issue 20 item 6: the loss is lowest at epoch 1, the ROC-AUC best at epoch 3
+    _write_metrics(tmp_path, "epoch,step,train_loss_epoch,val/roc,val_loss\n0,0,,0.54,0.60\n"
+                   "0,0,0.7,,\n1,1,,0.70,0.65\n1,1,0.6,,\n2,2,,0.78,0.70\n2,2,0.5,,\n")
+    history, best = cp.read_history(tmp_path, "roc")
+    assert best == 3 and [h["score"] for h in history] == [0.54, 0.70, 0.78]
+    assert cp.read_history(tmp_path, "val_loss")[1] == 1
+    with pytest.raises(cp.ChempropError, match="tracking_metric must be one of"):
+        cp.run_chemprop("a.csv", "b.csv", "c.csv", ["y"], "regression", 2, 0, tmp_path,
+                        executable=NO_CHEMPROP, tracking_metric="mae")
 
 
 def test_read_settings_parses_chemprops_config(tmp_path):
