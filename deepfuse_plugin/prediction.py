@@ -103,8 +103,8 @@ def _read_record(path: str) -> dict[str, Any]:
 def _load_model(folder: str) -> Any:
     """``MultiModalTorchModel.load(folder)`` with every way a damaged folder fails turned into
     one :class:`~deepfuse_plugin.errors.CorruptCheckpointError` naming the folder."""
-    import pickle
     import zipfile
+    from pickle import UnpicklingError  # the error class only: nothing here unpickles
 
     from deepfuse_plugin.models.base import MultiModalTorchModel
 
@@ -115,7 +115,7 @@ def _load_model(folder: str) -> Any:
     except FileNotFoundError as err:
         raise RunFolderError(f"{err}") from None
     except (ValueError, TypeError, KeyError, RuntimeError, EOFError, OSError,
-            pickle.UnpicklingError, zipfile.BadZipFile) as err:
+            UnpicklingError, zipfile.BadZipFile) as err:
         first = (str(err).strip().splitlines() or [""])[0]
         raise CorruptCheckpointError(f"Cannot load the model in {folder}: {type(err).__name__}: "
                                      f"{first}. The checkpoint or its configuration is damaged "
