@@ -143,6 +143,11 @@ class MultiModalTorchModel(InferenceMixin, TorchModel):
     Output conventions follow DeepChem: regression predictions ``(N, n_tasks)``, classification
     probabilities ``(N, n_tasks, n_classes)``; ``predict(..., output_types=["embedding"])`` gives
     the fused embedding and ``["modality_weights"]`` the per-sample modality weights.
+
+    The prediction methods (``predict``, ``predict_checked``, ``predict_uncertainty``,
+    ``modality_weights``, ``collect_extras``) and the public way to the network's outputs
+    (``iterate_outputs``, ``inference_network``, ``fusion_layer``) are documented on
+    :class:`~deepfuse_plugin.models.inference.InferenceMixin`, a base of this class.
     """
 
     #: ``restore`` loads weights only and checks the configuration (see ``restore_safely``).
