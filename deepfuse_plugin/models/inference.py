@@ -193,7 +193,7 @@ class InferenceMixin:
             finally:
                 self._drop_modalities = previous
 
-    def predict(self, dataset: Dataset, transformers: list = [],
+    def predict(self, dataset: Dataset, transformers: list = [],  # noqa: B006 (DeepChem signature)
                 output_types: str | list[str] | None = None,
                 drop_modalities: Iterable[str] = ()) -> np.ndarray | list[np.ndarray]:
         """Predictions (or other named outputs) for ``dataset``.
@@ -237,7 +237,7 @@ class InferenceMixin:
                    for n, v in zip(names, results)]
         return results[0] if len(results) == 1 else results
 
-    def predict_checked(self, dataset: Dataset, transformers: list = [],
+    def predict_checked(self, dataset: Dataset, transformers: list = [],  # noqa: B006
                         drop_modalities: Iterable[str] = ()) -> CheckedPredictions:
         """:meth:`predict` (the ``"prediction"`` output) with the rows that failed and why.
 
@@ -281,7 +281,7 @@ class InferenceMixin:
             self._row_reasons = reasons
 
     def predict_uncertainty(self, dataset: Dataset, masks: int | None = None,
-                            transformers: list = [],
+                            transformers: list = [],  # noqa: B006 (DeepChem signature)
                             kind: str = "total", drop_modalities: Iterable[str] = ()
                             ) -> tuple[np.ndarray, np.ndarray]:
         """``(prediction, std)`` from the evidential head, analytically, in one forward pass.
