@@ -167,9 +167,25 @@ def check_crystal_results(results: dict) -> None:
     assert results["matgl"]["restored_class"] == "MatMMFuse"
 
 
+def check_pretrained_views_results(results: dict) -> None:
+    """What ``04_pretrained_views.ipynb`` must have computed."""
+    assert results["settings"]["small"] is True and results["settings"]["epochs"] == 2
+    assert results["sizes"] == {"train": 200, "valid": 100, "test": 100}
+    assert set(results["models"]) == {"from scratch", "MiniMol only", "+ MiniMol", "pretrained",
+                                      "pretrained + MiniMol"}
+    for row in results["models"].values():
+        assert math.isfinite(row["test RMSE"]) and row["test RMSE"] > 0
+        assert 1 <= row["best epoch"] <= 2
+    assert len(results["missing_minimol"]) == 4  # full, no MiniMol, MiniMol only, random 25%
+    assert all(math.isfinite(v) and v > 0 for v in results["missing_minimol"].values())
+    assert len(results["pretraining_history"]) == 1
+    assert results["checkpoint"] == "DeepFuse-MOSES40k-v1-Multiview"
+
+
 RESULT_CHECKS = {"01_dynamic_fusion_with_deepchem": check_dynamic_fusion_results,
                  "02_choosing_a_fusion_strategy": check_fusion_strategy_results,
-                 "03_crystal_structure_text_fusion": check_crystal_results}
+                 "03_crystal_structure_text_fusion": check_crystal_results,
+                 "04_pretrained_views": check_pretrained_views_results}
 
 
 @pytest.mark.slow
