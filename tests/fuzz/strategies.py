@@ -99,13 +99,86 @@ id_cells = st.one_of(
 # -- hyper-parameters --------------------------------------------------------------------------------
 _odd_values = st.sampled_from([0, -1, -5, 0.0, -0.5, float("nan"), float("inf"), float("-inf"),
                                True, False, None, "8", "0.1", "abc", [], {}, 2.5, 1e300, 10 ** 40])
-batch_sizes = st.one_of(st.integers(1, 64), st.integers(-10 ** 6, 10 ** 20), _odd_values)
-learning_rates = st.one_of(st.floats(1e-5, 1e-1), st.floats(allow_nan=True, allow_infinity=True),
-                           st.integers(-3, 3), _odd_values)
-epochs = st.one_of(st.integers(1, 2), st.integers(-10, 0), st.sampled_from([1.0, 1.5, "1", None,
-                                                                             float("nan"), True]))
-dropouts = st.one_of(st.floats(0, 0.99), st.floats(allow_nan=True, allow_infinity=True),
+# each setting is drawn valid about two times in three, so that some draws train a model
+batch_sizes = st.one_of(st.integers(1, 64), st.integers(1, 64), st.integers(-10 ** 6, 10 ** 20),
+                        _odd_values)
+learning_rates = st.one_of(st.floats(1e-5, 1e-1), st.floats(1e-5, 1e-1), st.floats(
+    allow_nan=True, allow_infinity=True), st.integers(-3, 3), _odd_values)
+epochs = st.one_of(st.integers(1, 2), st.integers(1, 2), st.integers(-10, 0), st.sampled_from(
+    [1.0, 1.5, "1", None, float("nan"), True]))
+dropouts = st.one_of(st.floats(0, 0.99), st.floats(0, 0.99), st.floats(allow_nan=True,
+                                                                       allow_infinity=True),
                      _odd_values)
-# widths that can be valid stay small (a real 10**6-wide network would take the machine's memory)
-encoder_dims = st.one_of(st.integers(1, 48), st.integers(-10 ** 6, 0), _odd_values.filter(
+# Widths that can be valid stay small (a real 10**6-wide network would take the machine's memory)
+# and are multiples of 4: the SMILES encoder's attention needs encoder_dim % n_heads == 0 (4 by
+# default); any other width raises a bare AssertionError inside torch (a known finding, pinned by
+# tests/fuzz/test_known_findings.py; widen this once it is fixed).
+encoder_dims = st.one_of(st.integers(1, 12).map(lambda k: 4 * k), st.integers(1, 12).map(
+    lambda k: 4 * k), st.integers(-10 ** 6, 0),
+                         _odd_values.filter(
     lambda v: not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 48)))
+
+# -- crystal structures ------------------------------------------------------------------------------
+ELEMENTS = ["H", "Li", "C", "N", "O", "Na", "Si", "Cl", "Fe", "Cu", "Sr", "I", "Cs", "W", "U", "Pu",
+            "Es", "Og"]
+_lengths = st.one_of(st.floats(1.5, 15.0), st.sampled_from(
+    [0.0, -4.0, 1e-6, 1e-3, 0.9, 1.0, 199.0, 1e4, 1e9, 1e300, float("nan"), float("inf")]))
+_components = st.one_of(st.floats(-12.0, 12.0), st.sampled_from(
+    [0.0, 1e-6, -1e-6, 1e9, -1e9, float("nan"), float("inf")]))
+
+
+@st.composite
+def lattice_matrices(draw) -> list[list[float]]:
+    """Mostly sane cells (cubic, orthorhombic, sheared), with degenerate, flat, tiny, huge and
+    non-finite ones mixed in."""
+    kind = draw(st.sampled_from(["cubic", "orthorhombic", "sheared", "raw", "coplanar"]))
+    if kind == "cubic":
+        a = draw(_lengths)
+        return [[a, 0.0, 0.0], [0.0, a, 0.0], [0.0, 0.0, a]]
+    if kind == "orthorhombic":
+        a, b, c = (draw(_lengths) for _ in range(3))
+        return [[a, 0.0, 0.0], [0.0, b, 0.0], [0.0, 0.0, c]]
+    if kind == "sheared":
+        a, b, c = (draw(st.floats(1.5, 12.0)) for _ in range(3))
+        sx, sy = draw(st.floats(-40.0, 40.0)), draw(st.floats(-40.0, 40.0))
+        return [[a, 0.0, 0.0], [sx, b, 0.0], [sy, sx, c]]
+    if kind == "coplanar":  # third vector nearly in the plane of the first two
+        a, b = draw(st.floats(1.5, 12.0)), draw(st.floats(1.5, 12.0))
+        eps = draw(st.sampled_from([0.0, 1e-9, 1e-4, 0.01, 0.05, 0.2]))
+        return [[a, 0.0, 0.0], [0.0, b, 0.0], [a, b, eps]]
+    return [[draw(_components) for _ in range(3)] for _ in range(3)]
+
+
+_fractions = st.one_of(st.floats(0.0, 1.0), st.floats(-3.0, 3.0), st.sampled_from(
+    [1e9, -1e9, 1e-12, float("nan"), float("inf"), 0.5 + 1e-12]))
+_occupancies = st.one_of(st.just(1.0), st.floats(0.0, 1.0), st.sampled_from(
+    [0.0, -0.5, 1.0000001, 1.5, 2.0, float("nan"), float("inf")]))
+
+
+@st.composite
+def site_dicts(draw) -> dict:
+    species = draw(st.lists(st.sampled_from(ELEMENTS), min_size=1, max_size=3, unique=True))
+    if len(species) == 1 and draw(st.booleans()):
+        occupancy = [1.0]
+    else:
+        occupancy = [draw(_occupancies) for _ in species]
+    abc = [draw(_fractions) for _ in range(3)]
+    return {"species": [{"element": el, "occu": o} for el, o in zip(species, occupancy)],
+            "abc": abc, "properties": {}}
+
+
+@st.composite
+def structure_dicts(draw, max_sites: int = 20) -> dict:
+    """A pymatgen ``Structure.as_dict()``-shaped dict: 0-``max_sites`` sites, every field drawn
+    from the hostile strategies above (some sites on a clean grid, so sane structures come up)."""
+    matrix = draw(lattice_matrices())
+    n_sites = draw(st.integers(0, max_sites))
+    sites = []
+    for i in range(n_sites):
+        site = draw(site_dicts())
+        if draw(st.booleans()):  # spread over the cell: a structure that passes every limit
+            site["abc"] = [((i * 0.37) % 1.0), ((i * 0.61) % 1.0), ((i * 0.13) % 1.0)]
+        sites.append(site)
+    return {"@module": "pymatgen.core.structure", "@class": "Structure", "charge": 0,
+            "lattice": {"matrix": matrix, "pbc": (True, True, True)}, "properties": {},
+            "sites": sites}

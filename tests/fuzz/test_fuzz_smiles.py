@@ -24,7 +24,7 @@ def featurizer(n_jobs: int = 1):
     return MultiModalFeaturizer(ALL_MODALITIES, progress=False, n_jobs=n_jobs)
 
 
-@settings(max_examples=examples(3))
+@settings(max_examples=examples(1.5))
 @given(st.lists(smiles_inputs, min_size=1, max_size=6))
 def test_featurize_never_raises_and_accounts_for_every_input(points):
     feat = featurizer()
