@@ -131,7 +131,7 @@ _components = st.one_of(st.floats(-12.0, 12.0), st.sampled_from(
 def lattice_matrices(draw) -> list[list[float]]:
     """Mostly sane cells (cubic, orthorhombic, sheared), with degenerate, flat, tiny, huge and
     non-finite ones mixed in."""
-    kind = draw(st.sampled_from(["cubic", "orthorhombic", "sheared", "raw", "coplanar"]))
+    kind = draw(st.sampled_from(["cubic", "orthorhombic", "sheared", "raw", "coplanar", "thin"]))
     if kind == "cubic":
         a = draw(_lengths)
         return [[a, 0.0, 0.0], [0.0, a, 0.0], [0.0, 0.0, a]]
@@ -146,6 +146,11 @@ def lattice_matrices(draw) -> list[list[float]]:
         a, b = draw(st.floats(1.5, 12.0)), draw(st.floats(1.5, 12.0))
         eps = draw(st.sampled_from([0.0, 1e-9, 1e-4, 0.01, 0.05, 0.2]))
         return [[a, 0.0, 0.0], [0.0, b, 0.0], [a, b, eps]]
+    if kind == "thin":  # third vector just out of the plane, between lattice points of it
+        a = draw(st.floats(2.0, 40.0))
+        p, q = draw(st.floats(-3.0, 3.0)), draw(st.floats(-3.0, 3.0))
+        eps = draw(st.sampled_from([1e-5, 1e-3, 0.01, 0.03, 0.1]))
+        return [[a, 0.0, 0.0], [0.0, a, 0.0], [p * a, q * a, eps]]
     return [[draw(_components) for _ in range(3)] for _ in range(3)]
 
 
