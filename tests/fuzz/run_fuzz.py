@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="deepfuse-fuzz-"))
     ledger, log = work / "ledger.json", Path(args.log or work / "pytest.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     failed_modules: list[str] = []
     crashes: dict[str, list[str]] = {}
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     for module, found in {**crashes, **hangs}.items():
         print(f"  {module}: {'crash' if module in crashes else 'hang'} on {found[0]}")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"profile": args.profile, "wall_s": round(wall, 1),
                                                "targets": rows, "totals": totals,
                                                "failed_modules": failed_modules}, indent=1))
