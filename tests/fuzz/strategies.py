@@ -80,6 +80,8 @@ def _float_text(x: float) -> str:
     return repr(x) if not math.isnan(x) else "nan"
 
 
+numeric_label_cells = st.one_of(st.floats(-100.0, 100.0).map(repr), st.integers(-50, 50).map(str),
+                                st.sampled_from(["", "NA", "nan", "1e2", " 3.5 ", "007"]))
 label_cells = st.one_of(
     st.floats(-1e6, 1e6, allow_nan=False).map(_float_text),
     st.floats(allow_nan=True, allow_infinity=True).map(_float_text),
@@ -173,15 +175,24 @@ def site_dicts(draw) -> dict:
 
 
 @st.composite
+def sane_lattices(draw) -> list[list[float]]:
+    a, b, c = (draw(st.floats(3.0, 12.0)) for _ in range(3))
+    shear = draw(st.floats(-0.4, 0.4)) * a
+    return [[a, 0.0, 0.0], [shear, b, 0.0], [0.0, shear, c]]
+
+
+@st.composite
 def structure_dicts(draw, max_sites: int = 20) -> dict:
     """A pymatgen ``Structure.as_dict()``-shaped dict: 0-``max_sites`` sites, every field drawn
-    from the hostile strategies above (some sites on a clean grid, so sane structures come up)."""
-    matrix = draw(lattice_matrices())
-    n_sites = draw(st.integers(0, max_sites))
+    from the hostile strategies above; half the draws start from a sane cell with sites spread
+    over it, so the graph and composition paths run too, not only the limits."""
+    sane = draw(st.booleans())
+    matrix = draw(sane_lattices() if sane else lattice_matrices())
+    n_sites = draw(st.integers(1, 8) if sane else st.integers(0, max_sites))
     sites = []
     for i in range(n_sites):
         site = draw(site_dicts())
-        if draw(st.booleans()):  # spread over the cell: a structure that passes every limit
+        if sane or draw(st.booleans()):  # spread over the cell: a structure that passes every limit
             site["abc"] = [((i * 0.37) % 1.0), ((i * 0.61) % 1.0), ((i * 0.13) % 1.0)]
         sites.append(site)
     return {"@module": "pymatgen.core.structure", "@class": "Structure", "charge": 0,

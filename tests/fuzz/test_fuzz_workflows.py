@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from tests.fuzz.conftest import examples
 from tests.fuzz.ledger import SilentResult, Violation, record, shown
-from tests.fuzz.strategies import VALID_SMILES, id_cells, label_cells, smiles_inputs
+from tests.fuzz.strategies import (VALID_SMILES, id_cells, label_cells, numeric_label_cells,
+                                   smiles_inputs)
 
 TRAIN_SMILES = ["CCO", "CCN", "CCCC", "CC(=O)O", "c1ccccc1", "c1ccncc1", "c1ccccc1O", "C1CCCCC1",
                 "ClC(Cl)Cl", "OC1CCCCC1", "CC#N", "C=CC=C", "CCOC(=O)C", "NC(=O)N", "c1ccsc1",
@@ -144,7 +145,10 @@ def trained_run() -> Path:
 
 # -- tests ---------------------------------------------------------------------------------------
 @settings(max_examples=examples(0.03, minimum=2))
-@given(labels=st.lists(label_cells, min_size=len(TRAIN_SMILES), max_size=len(TRAIN_SMILES)),
+# half the label columns are numbers with gaps (the run trains, predict is checked), half may hold
+# anything (the run must be refused with a clear error)
+@given(labels=st.lists(label_cells, min_size=len(TRAIN_SMILES), max_size=len(TRAIN_SMILES))
+       | st.lists(numeric_label_cells, min_size=len(TRAIN_SMILES), max_size=len(TRAIN_SMILES)),
        ids=st.lists(id_cells, min_size=len(TRAIN_SMILES), max_size=len(TRAIN_SMILES)),
        via_cli=st.booleans())
 def test_train_then_predict_on_hostile_labels_and_ids(labels, ids, via_cli):
