@@ -104,8 +104,13 @@ _odd_values = st.sampled_from([0, -1, -5, 0.0, -0.5, float("nan"), float("inf"),
 # each setting is drawn valid about two times in three, so that some draws train a model
 batch_sizes = st.one_of(st.integers(1, 64), st.integers(1, 64), st.integers(-10 ** 6, 10 ** 20),
                         _odd_values)
+# Finite rates above ~1e37 overflow inside torch's Adam step (a bare RuntimeError out of fit: a
+# known finding, pinned by tests/fuzz/test_known_findings.py); up to 1e30 they diverge and must be
+# refused by name. Widen this once the setting check bounds the rate.
 learning_rates = st.one_of(st.floats(1e-5, 1e-1), st.floats(1e-5, 1e-1), st.floats(
-    allow_nan=True, allow_infinity=True), st.integers(-3, 3), _odd_values)
+    allow_nan=True, allow_infinity=True), st.integers(-3, 3), _odd_values).filter(
+    lambda v: not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                   and v > 1e30))
 epochs = st.one_of(st.integers(1, 2), st.integers(1, 2), st.integers(-10, 0), st.sampled_from(
     [1.0, 1.5, "1", None, float("nan"), True]))
 dropouts = st.one_of(st.floats(0, 0.99), st.floats(0, 0.99), st.floats(allow_nan=True,

@@ -11,6 +11,20 @@ import pytest
 from deepfuse_plugin.errors import InvalidSettingError
 
 
+@pytest.mark.xfail(strict=True, raises=RuntimeError,
+                   reason="models/_settings.py:64 (positive_float) accepts any finite "
+                          "learning_rate; above ~1e37 torch's Adam step raises a bare "
+                          "RuntimeError (value cannot be converted to type float without "
+                          "overflow) out of fit, not an InvalidSettingError")
+def test_a_learning_rate_beyond_float32_is_a_named_setting_error(tmp_path):
+    # the input the fuzz suite shrank to (tests/fuzz/test_fuzz_settings.py's 12-molecule set)
+    from tests.fuzz.test_fuzz_settings import _build, dataset
+
+    values = dict(batch_size=1, learning_rate=3.402823466385288e+37, dropout=0.0, encoder_dim=4)
+    with pytest.raises(InvalidSettingError, match="learning_rate"):
+        _build(values, str(tmp_path)).fit(dataset()[1], nb_epoch=1)
+
+
 @pytest.mark.xfail(strict=True, raises=AssertionError,
                    reason="nn/encoders.py:199: encoder_dim not divisible by the SMILES encoder's "
                           "n_heads (4) raises torch's bare AssertionError, not a named setting")
