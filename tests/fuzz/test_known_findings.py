@@ -12,7 +12,7 @@ from deepfuse_plugin.errors import InvalidSettingError
 
 
 @pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="models/_settings.py:64 (positive_float) accepts any finite "
+                   reason="models/_settings.py:63 (positive_float) accepts any finite "
                           "learning_rate; above ~1e37 torch's Adam step raises a bare "
                           "RuntimeError (value cannot be converted to type float without "
                           "overflow) out of fit, not an InvalidSettingError")
