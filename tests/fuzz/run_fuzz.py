@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="deepfuse-fuzz-"))
     ledger, log = work / "ledger.json", Path(args.log or work / "pytest.log")
     log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_bytes(b"")  # this run's output only (each module's process appends)
     start = time.perf_counter()
     failed_modules: list[str] = []
     crashes: dict[str, list[str]] = {}

@@ -89,13 +89,15 @@ label_cells = st.one_of(
     st.sampled_from(["", "NA", "N/A", "nan", "NaN", "None", "null", "NULL", "inf", "-inf",
                      "Infinity", "1e300", "-1e300", "1e308", "1e309", "yes", "no", "TRUE", "false",
                      " 1.5 ", "007", "0x10", "1,5", "1_000", "½", "١٢", "--1", "1e", ".", "+"]),
-    st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r"), max_size=8),
+    st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r\x00"), max_size=8),
 )
+# NUL is left out of pass-through cells: one after the first 8 KiB of a file is read as an empty
+# cell (a known finding, pinned by tests/fuzz/test_known_findings.py; add it back with the fix)
 id_cells = st.one_of(
     st.from_regex(r"0{1,3}[0-9]{1,4}", fullmatch=True),
     st.sampled_from(["NA", "None", "null", "", "TRUE", "1.0", "1e3", "-0", " x ", "id,comma",
                      'quo"te', "multi\nline"]),
-    st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r"), max_size=10),
+    st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r\x00"), max_size=10),
 )
 
 # -- hyper-parameters --------------------------------------------------------------------------------
