@@ -52,3 +52,18 @@ def test_a_nul_cell_after_the_first_8_kib_is_refused_or_kept(tmp_path):
     except ValueError:
         return  # refused as a binary file: fine
     assert read_cells(tmp_path / "preds.csv")[2][0] == "\x00"
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="run_folder.py:296-310 (write_csv_atomically): frame.to_csv with '\\n' "
+                          "line ends writes a cell holding a bare '\\r' unquoted, so every CSV "
+                          "reader splits that row of predict's output in two")
+def test_a_cell_with_a_bare_carriage_return_survives_predict(tmp_path):
+    from deepfuse_plugin.workflows import predict_from_csv
+    from tests.fuzz.test_fuzz_workflows import read_cells, trained_run, write_csv
+
+    query = tmp_path / "query.csv"
+    write_csv(query, ["id", "smiles"], [["x\ry", "CCO"]])
+    predict_from_csv(str(trained_run()), str(query), out=str(tmp_path / "preds.csv"))
+    rows = read_cells(tmp_path / "preds.csv")
+    assert len(rows) == 2 and rows[1][:2] == ["x\ry", "CCO"]
