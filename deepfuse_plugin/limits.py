@@ -167,7 +167,7 @@ def structure_problem(structure: Any, limits: InputLimits = DEFAULT_LIMITS) -> s
     problem = _occupancy_problem(structure)
     if problem:
         return problem
-    shortest = _shortest_distance(matrix, frac)
+    shortest = _shortest_distance(matrix, frac, limits.min_distance)
     if shortest < limits.min_distance:
         return (f"two sites are {shortest:.4g} A apart, under {limits.min_distance} A "
                 "(InputLimits.min_distance)")
@@ -184,18 +184,38 @@ def _occupancy_problem(structure: Any) -> str | None:
     return None
 
 
-def _shortest_distance(matrix: np.ndarray, frac: np.ndarray) -> float:
-    """Smallest distance between two sites, or between a site and its own periodic image, over
-    the 27 neighbouring cells (exact once every lattice vector is longer than the answer, which the
-    length bound makes the case for real cells; a lower bound is all the check needs)."""
-    wrapped = frac - np.floor(frac)
-    shifts = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)],
-                      dtype=float)
-    cart = wrapped @ matrix
-    image_offsets = shifts @ matrix                                    # (27, 3)
-    diff = cart[:, None, None, :] - cart[None, :, None, :] + image_offsets[None, None]  # (n, n, 27, 3)
-    dist = np.linalg.norm(diff, axis=-1)
+def _shortest_distance(matrix: np.ndarray, frac: np.ndarray, below: float) -> float:
+    """Smallest distance between two sites, or between a site and a periodic image of itself,
+    exact whenever it is under ``below`` (otherwise some distance >= ``below`` is returned).
+
+    A skewed cell can put a site's image much closer than the 27 neighbouring cells suggest
+    (vectors of 10, 10 and 141 A with c = 10a + 10b + 0.05 A z: the image 0.05 A away is 10
+    cells along a and b). So the basis is LLL-reduced first (same lattice, near-orthogonal
+    vectors), and every image whose distance could be under ``below`` is searched: along vector
+    ``i`` with cell height ``h_i`` that is ``floor(below / h_i) + 1`` cells either way (one for any
+    real cell).
+    """
+    from pymatgen.core.lattice import Lattice  # deferred: only crystal inputs reach this
+
+    reduced = np.asarray(Lattice(matrix).get_lll_reduced_lattice().matrix, dtype=float)
+    shortest_vector = float(np.linalg.norm(reduced, axis=1).min())
+    if shortest_vector < below:  # every site is that close to its own image
+        return shortest_vector
+    cart = frac @ matrix
+    in_reduced = np.linalg.solve(reduced.T, cart.T).T
+    wrapped = in_reduced - np.floor(in_reduced)
+    cart = wrapped @ reduced
+    volume = abs(float(np.linalg.det(reduced)))
+    areas = np.linalg.norm(np.cross(reduced[[1, 2, 0]], reduced[[2, 0, 1]]), axis=1)
+    # LLL keeps heights within a small factor of the vector lengths, all >= below here: reach <= 3
+    reach = np.minimum(np.floor(below / (volume / areas)).astype(int) + 1, 4)
     n = len(frac)
-    zero_shift = int(np.flatnonzero((shifts == 0).all(axis=1))[0])
-    dist[np.arange(n), np.arange(n), zero_shift] = np.inf             # a site and itself
-    return float(dist.min())
+    best = np.inf
+    for shift in np.stack(np.meshgrid(*(np.arange(-r, r + 1) for r in reach),
+                                      indexing="ij"), axis=-1).reshape(-1, 3):
+        offset = shift.astype(float) @ reduced
+        dist = np.linalg.norm(cart[:, None, :] - cart[None, :, :] + offset, axis=-1)  # (n, n)
+        if not shift.any():
+            dist[np.arange(n), np.arange(n)] = np.inf  # a site and itself
+        best = min(best, float(dist.min()))
+    return best
