@@ -47,6 +47,14 @@ lint: $(BENCH_STAMP)
 	$(BIN)/ruff format --check deepfuse_plugin benchmarks tests
 	$(BIN)/mypy
 
+# fuzz suite at full size: thousands of hostile SMILES, CSV cells, labels, settings and crystal
+# structures; prints inputs, crashes, hangs, escaped exceptions and silent results per target and
+# fails on any (10-15 minutes on 2 CPU cores). `make test` runs the same tests small.
+.PHONY: fuzz
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
+		nice $(BIN)/python tests/fuzz/run_fuzz.py --json results/fuzz-report.json --log results/fuzz-pytest.log
+
 # the docs site (MkDocs Material + mkdocstrings) -> site/; --strict: any warning fails
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

@@ -113,9 +113,22 @@ def _check_text_file(path: str) -> None:
             hint = ("name it with its compression suffix (e.g. .csv.gz) or decompress it"
                     if packed else "export it as a CSV file")
             raise WorkflowError(f"{path} is {kind}, not a text CSV file; {hint}")
-    if b"\x00" in head and not compressed_name:
-        raise WorkflowError(f"{path} is a binary file (NUL byte at position {head.index(0)}), not "
+    position = None if compressed_name else _first_nul(path)
+    if position is not None:
+        raise WorkflowError(f"{path} is a binary file (NUL byte at position {position}), not "
                             "a text CSV file; export it as a CSV file")
+
+
+def _first_nul(path: str, block: int = 1 << 20) -> int | None:
+    """Offset of the first NUL byte in the whole file (pandas reads a NUL cell as empty, so one
+    anywhere would silently change a pass-through cell), or None."""
+    offset = 0
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(block), b""):
+            if b"\x00" in chunk:
+                return offset + chunk.index(0)
+            offset += len(chunk)
+    return None
 
 
 def _check_header(frame: pd.DataFrame, path: str) -> None:

@@ -22,6 +22,7 @@ Examples
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -293,10 +294,19 @@ def write_csv_atomically(frame: Any, out: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".deepfuse-", suffix=".csv.tmp")
     try:
         with os.fdopen(fd, "w", newline="") as fh:
-            frame.to_csv(fh, index=False)
+            # a bare carriage return in a cell is not quoted under "\n" line ends, and every CSV
+            # reader would split that row: quote every cell then (values are unchanged on reading)
+            frame.to_csv(fh, index=False,
+                         quoting=csv.QUOTE_ALL if _has_carriage_return(frame) else csv.QUOTE_MINIMAL)
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _has_carriage_return(frame: Any) -> bool:
+    text = frame.select_dtypes(include="object")
+    return bool(text.apply(lambda col: col.astype(str).str.contains("\r", regex=False)).any().any()) \
+        or any("\r" in str(c) for c in frame.columns)

@@ -61,10 +61,16 @@ def non_negative_float(name: str, value: Any) -> float:
     return value
 
 
-def positive_float(name: str, value: Any) -> float:
-    """``value`` if it is a finite number > 0 (learning rates)."""
-    if not _is_real(value) or not math.isfinite(value) or value <= 0:
-        raise InvalidSettingError(f"{name} must be a finite number > 0, got {value!r}")
+#: Largest learning rate accepted: far above any useful rate, far below float32's overflow (a
+#: rate of 1e37 overflowed inside torch's Adam step as a bare RuntimeError).
+MAX_LEARNING_RATE = 1e3
+
+
+def positive_float(name: str, value: Any, upper: float = math.inf) -> float:
+    """``value`` if it is a finite number in (0, ``upper``] (learning rates)."""
+    if not _is_real(value) or not math.isfinite(value) or not 0 < value <= upper:
+        bound = f" and at most {upper:g}" if math.isfinite(upper) else ""
+        raise InvalidSettingError(f"{name} must be a finite number > 0{bound}, got {value!r}")
     return value
 
 
@@ -122,7 +128,7 @@ def check_base_settings(settings: dict[str, Any], kwargs: dict[str, Any]) -> Non
     positive_int("batch_size", kwargs.get("batch_size", 64))
     rate = kwargs.get("learning_rate", 0.001)
     if isinstance(rate, (int, float, np.number)) or not hasattr(rate, "_create_pytorch_schedule"):
-        positive_float("learning_rate", rate)
+        positive_float("learning_rate", rate, MAX_LEARNING_RATE)
 
 
 def resolve_modalities(modalities: Sequence[Modality | dict | str]) -> list[Modality]:

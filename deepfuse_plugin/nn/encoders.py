@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from torch_geometric.nn import GINEConv, global_mean_pool
 from torch_geometric.utils import to_dense_batch
 
+from deepfuse_plugin.errors import InvalidSettingError
 from deepfuse_plugin.modalities import Modality
 
 
@@ -196,6 +197,11 @@ class SequenceEncoder(nn.Module):
         check_length_chunk(length_chunk)
         self.token_embedding = nn.Embedding(vocab_size, out_dim, padding_idx=pad_id)
         self.position_embedding = nn.Embedding(max_length, out_dim)
+        if n_heads < 1 or out_dim % n_heads:
+            raise InvalidSettingError(f"encoder_dim={out_dim} must be a multiple of the sequence encoder's "
+                             f"n_heads={n_heads} (attention splits the width across heads): "
+                             "choose another encoder_dim or encoder_options={'sequence': "
+                             "{'n_heads': ...}}")
         layer = nn.TransformerEncoderLayer(out_dim, n_heads, dim_feedforward=2 * out_dim,
                                            dropout=dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)

@@ -1,9 +1,7 @@
-"""Bugs the fuzz suite found outside the featurizers and loaders, pinned until they are fixed.
-
-Each test is ``xfail(strict=True)``: it fails today (the bug), and the day the bug is fixed it
-passes, which fails the suite, so the marker (and the matching restriction in
-:mod:`tests.fuzz.strategies`) is removed with the fix.
-"""
+"""Regression tests for bugs the fuzz suite found outside the featurizers and loaders (each was
+first pinned as a strict xfail, then fixed): an overflowing learning rate, an encoder width the
+attention heads cannot split, a NUL cell after the first 8 KiB of a CSV, and a bare carriage
+return in a pass-through cell."""
 from __future__ import annotations
 
 import pytest
@@ -11,11 +9,6 @@ import pytest
 from deepfuse_plugin.errors import InvalidSettingError
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="models/_settings.py:63 (positive_float) accepts any finite "
-                          "learning_rate; above ~1e37 torch's Adam step raises a bare "
-                          "RuntimeError (value cannot be converted to type float without "
-                          "overflow) out of fit, not an InvalidSettingError")
 def test_a_learning_rate_beyond_float32_is_a_named_setting_error(tmp_path):
     # the input the fuzz suite shrank to (tests/fuzz/test_fuzz_settings.py's 12-molecule set)
     from tests.fuzz.test_fuzz_settings import _build, dataset
@@ -25,9 +18,6 @@ def test_a_learning_rate_beyond_float32_is_a_named_setting_error(tmp_path):
         _build(values, str(tmp_path)).fit(dataset()[1], nb_epoch=1)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="nn/encoders.py:199: encoder_dim not divisible by the SMILES encoder's "
-                          "n_heads (4) raises torch's bare AssertionError, not a named setting")
 def test_encoder_dim_not_divisible_by_attention_heads_is_a_named_setting_error():
     from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
     from deepfuse_plugin.models.dynamic import DynamicFusionModel
@@ -37,10 +27,6 @@ def test_encoder_dim_not_divisible_by_attention_heads_is_a_named_setting_error()
         DynamicFusionModel(n_tasks=1, modalities=modalities, encoder_dim=30, progress=False)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="inputs.py:104-119 (_check_text_file) looks for NUL bytes only in the "
-                          "first 8192 bytes; a NUL cell further down is read by pandas as an "
-                          "empty cell, so predict rewrites a pass-through cell ('\\x00' -> '')")
 def test_a_nul_cell_after_the_first_8_kib_is_refused_or_kept(tmp_path):
     from deepfuse_plugin.workflows import predict_from_csv
     from tests.fuzz.test_fuzz_workflows import read_cells, trained_run, write_csv
@@ -54,10 +40,6 @@ def test_a_nul_cell_after_the_first_8_kib_is_refused_or_kept(tmp_path):
     assert read_cells(tmp_path / "preds.csv")[2][0] == "\x00"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="run_folder.py:296-310 (write_csv_atomically): frame.to_csv with '\\n' "
-                          "line ends writes a cell holding a bare '\\r' unquoted, so every CSV "
-                          "reader splits that row of predict's output in two")
 def test_a_cell_with_a_bare_carriage_return_survives_predict(tmp_path):
     from deepfuse_plugin.workflows import predict_from_csv
     from tests.fuzz.test_fuzz_workflows import read_cells, trained_run, write_csv
