@@ -10,10 +10,16 @@ Examples
 >>> issubclass(CorruptCheckpointError, DeepfuseError) and issubclass(DeepfuseError, ValueError)
 True
 """
+
 from __future__ import annotations
 
-__all__ = ["DeepfuseError", "InvalidInputError", "InvalidSettingError", "CorruptCheckpointError",
-           "RunFolderError"]
+__all__ = [
+    "DeepfuseError",
+    "InvalidInputError",
+    "InvalidSettingError",
+    "CorruptCheckpointError",
+    "RunFolderError",
+]
 
 
 class DeepfuseError(ValueError):

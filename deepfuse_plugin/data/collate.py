@@ -4,6 +4,7 @@ Vectors are stacked (zeros where missing), token ids are padded with an attentio
 one PyG :class:`~torch_geometric.data.Batch` with an empty graph where missing (so graph ``i`` is
 sample ``i``), and the ``(batch, n_modalities)`` presence mask says what is real.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,35 +52,44 @@ class MultiModalBatch:
         return int(self.mask.shape[0])
 
     def to(self, device: torch.device | str) -> "MultiModalBatch":
-        return MultiModalBatch({k: v.to(device) for k, v in self.inputs.items()},
-                               self.mask.to(device), self.names)
+        return MultiModalBatch(
+            {k: v.to(device) for k, v in self.inputs.items()}, self.mask.to(device), self.names
+        )
 
 
 def _check_samples(samples: Sequence[Any], modalities: Sequence[Modality]) -> None:
     for i, sample in enumerate(samples):
         if not isinstance(sample, MultiModalSample):
-            raise TypeError(f"Row {i} of the batch is a {type(sample).__name__}, not a "
-                            "MultiModalSample: featurize the data with a deepfuse featurizer "
-                            "(e.g. MultiModalFeaturizer) before training or predicting")
+            raise TypeError(
+                f"Row {i} of the batch is a {type(sample).__name__}, not a "
+                "MultiModalSample: featurize the data with a deepfuse featurizer "
+                "(e.g. MultiModalFeaturizer) before training or predicting"
+            )
     expected = [m.name for m in modalities]
     available = set(samples[0].values) if samples else set(expected)
     absent = [n for n in expected if n not in available]
     if absent:
-        raise ValueError(f"The model expects modalities {expected} but the data was featurized with "
-                         f"{sorted(available)}: missing {absent}. Use a featurizer built from the "
-                         "model's modalities (MultiModalFeaturizer(modalities=model.modalities)).")
+        raise ValueError(
+            f"The model expects modalities {expected} but the data was featurized with "
+            f"{sorted(available)}: missing {absent}. Use a featurizer built from the "
+            "model's modalities (MultiModalFeaturizer(modalities=model.modalities))."
+        )
 
 
-def _check_fingerprints(samples: Sequence[MultiModalSample], modalities: Sequence[Modality]) -> None:
+def _check_fingerprints(
+    samples: Sequence[MultiModalSample], modalities: Sequence[Modality]
+) -> None:
     """Same-width data from other featurizer settings (ECFP radius, vocabulary) is an error."""
     if not samples:
         return
     recorded = samples[0].fingerprints
     differ = [m for m in modalities if m.name in recorded and recorded[m.name] != _fingerprint(m)]
     if differ:
-        raise ValueError(f"Modalities {[m.name for m in differ]} were featurized with settings "
-                         f"that differ from the model's specs ({differ}): featurize with "
-                         "MultiModalFeaturizer(modalities=model.modalities)")
+        raise ValueError(
+            f"Modalities {[m.name for m in differ]} were featurized with settings "
+            f"that differ from the model's specs ({differ}): featurize with "
+            "MultiModalFeaturizer(modalities=model.modalities)"
+        )
 
 
 # Modality.fingerprint hashes the whole spec, vocabulary included (~0.2 ms, more than collating a
@@ -102,8 +112,10 @@ def _stack_vectors(values: list[np.ndarray | None], spec: Modality) -> torch.Ten
     for i, v in enumerate(values):
         if v is not None:
             if v.shape[-1] != spec.dim:
-                raise ValueError(f"Modality {spec.name!r}: row {i} has width {v.shape[-1]}, the model "
-                                 f"expects {spec.dim} (featurizer and model configurations differ)")
+                raise ValueError(
+                    f"Modality {spec.name!r}: row {i} has width {v.shape[-1]}, the model "
+                    f"expects {spec.dim} (featurizer and model configurations differ)"
+                )
             out[i] = v
     return torch.from_numpy(out)
 
@@ -115,12 +127,16 @@ def _pad_tokens(values: list[np.ndarray | None], spec: Modality, pad_id: int = 0
     for i, v in enumerate(values):
         if v is not None:
             if spec.vocab_size is not None and len(v) and v.max() >= spec.vocab_size:
-                raise ValueError(f"Modality {spec.name!r}: row {i} has token id {int(v.max())} outside "
-                                 f"the model's vocabulary of {spec.vocab_size} tokens")
+                raise ValueError(
+                    f"Modality {spec.name!r}: row {i} has token id {int(v.max())} outside "
+                    f"the model's vocabulary of {spec.vocab_size} tokens"
+                )
             if spec.max_length is not None and len(v) > spec.max_length:
-                raise ValueError(f"Modality {spec.name!r}: row {i} has {len(v)} tokens, the model's "
-                                 f"max_length is {spec.max_length} (featurizer and model "
-                                 "configurations differ)")
+                raise ValueError(
+                    f"Modality {spec.name!r}: row {i} has {len(v)} tokens, the model's "
+                    f"max_length is {spec.max_length} (featurizer and model "
+                    "configurations differ)"
+                )
             ids[i, : len(v)] = v
     ids_t = torch.from_numpy(ids)
     return TokenBatch(ids_t, ids_t != pad_id)
@@ -135,9 +151,11 @@ def _batch_graphs(values: list[GraphFeatures | None], spec: Modality) -> Batch:
             counts.append(0)
             continue
         if g.node_features.shape[1] != node_dim or g.edge_features.shape[1] != edge_dim:
-            raise ValueError(f"Modality {spec.name!r}: row {i} has node/edge widths "
-                             f"{g.node_features.shape[1]}/{g.edge_features.shape[1]}, the model "
-                             f"expects {node_dim}/{edge_dim}")
+            raise ValueError(
+                f"Modality {spec.name!r}: row {i} has node/edge widths "
+                f"{g.node_features.shape[1]}/{g.edge_features.shape[1]}, the model "
+                f"expects {node_dim}/{edge_dim}"
+            )
         xs.append(g.node_features)
         edges.append(g.edge_index + offset)
         edge_attrs.append(g.edge_features)
@@ -150,9 +168,14 @@ def _batch_graphs(values: list[GraphFeatures | None], spec: Modality) -> Batch:
     sizes = np.asarray(counts, dtype=np.int64)
     batch_vec = np.repeat(np.arange(len(values), dtype=np.int64), sizes)
     ptr = np.concatenate([np.zeros(1, np.int64), np.cumsum(sizes)])
-    return Batch(x=torch.from_numpy(x), edge_index=torch.from_numpy(edge_index),
-                 edge_attr=torch.from_numpy(edge_attr), batch=torch.from_numpy(batch_vec),
-                 ptr=torch.from_numpy(ptr), num_graphs=len(values))
+    return Batch(
+        x=torch.from_numpy(x),
+        edge_index=torch.from_numpy(edge_index),
+        edge_attr=torch.from_numpy(edge_attr),
+        batch=torch.from_numpy(batch_vec),
+        ptr=torch.from_numpy(ptr),
+        num_graphs=len(values),
+    )
 
 
 _COLLATERS = {
@@ -168,8 +191,9 @@ def register_collater(kind: str, fn: Any) -> None:
     _COLLATERS[kind] = fn
 
 
-def collate_samples(samples: Sequence[MultiModalSample], modalities: Sequence[Modality],
-                    drop: Iterable[str] = ()) -> MultiModalBatch:
+def collate_samples(
+    samples: Sequence[MultiModalSample], modalities: Sequence[Modality], drop: Iterable[str] = ()
+) -> MultiModalBatch:
     """Collate samples for the model whose modalities are ``modalities``.
 
     Parameters
@@ -192,8 +216,10 @@ def collate_samples(samples: Sequence[MultiModalSample], modalities: Sequence[Mo
     drop = set(drop)
     unknown = drop - {m.name for m in modalities}
     if unknown:
-        raise ValueError(f"Cannot drop {sorted(unknown)}: the model's modalities are "
-                         f"{[m.name for m in modalities]}")
+        raise ValueError(
+            f"Cannot drop {sorted(unknown)}: the model's modalities are "
+            f"{[m.name for m in modalities]}"
+        )
     inputs: dict[str, Any] = {}
     mask = np.zeros((len(samples), len(modalities)), dtype=bool)
     for j, spec in enumerate(modalities):
@@ -211,13 +237,16 @@ def collate_samples(samples: Sequence[MultiModalSample], modalities: Sequence[Mo
 PADDED_KINDS = ("sequence", "text")
 
 
-def sequence_lengths(samples: Sequence[MultiModalSample], modalities: Sequence[Modality]
-                     ) -> np.ndarray:
+def sequence_lengths(
+    samples: Sequence[MultiModalSample], modalities: Sequence[Modality]
+) -> np.ndarray:
     """Positions each sample adds to a padded batch: its lengths summed over the modalities of a
     :data:`PADDED_KINDS` kind (0 for a missing one)."""
     names = [m.name for m in modalities if m.kind in PADDED_KINDS]
-    return np.array([sum(len(v) for v in (s.values.get(n) for n in names) if v is not None)
-                     for s in samples], dtype=np.int64)
+    return np.array(
+        [sum(len(v) for v in (s.values.get(n) for n in names) if v is not None) for s in samples],
+        dtype=np.int64,
+    )
 
 
 def _take(array: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
@@ -228,8 +257,12 @@ def _concat(parts: Sequence[np.ndarray | None]) -> np.ndarray | None:
     return None if any(p is None for p in parts) else np.concatenate(parts)
 
 
-def length_bucketed(batches: Iterable[tuple[Any, Any, Any, Any]], modalities: Sequence[Modality],
-                    pool: int, rng: np.random.Generator) -> Iterator[tuple[Any, Any, Any, Any]]:
+def length_bucketed(
+    batches: Iterable[tuple[Any, Any, Any, Any]],
+    modalities: Sequence[Modality],
+    pool: int,
+    rng: np.random.Generator,
+) -> Iterator[tuple[Any, Any, Any, Any]]:
     """Regroup a shuffled stream of DeepChem batches ``(X, y, w, ids)`` by sequence length.
 
     Every ``pool`` consecutive batches are pooled, sorted by :func:`sequence_lengths` and cut
@@ -266,7 +299,7 @@ def length_bucketed(batches: Iterable[tuple[Any, Any, Any, Any]], modalities: Se
         size = max(len(b[0]) for b in buffer)
         X, y, w, ids = (_concat([b[k] for b in buffer]) for k in range(4))
         order = np.argsort(sequence_lengths(X, modalities), kind="stable")
-        chunks = [order[i:i + size] for i in range(0, len(order), size)]
+        chunks = [order[i : i + size] for i in range(0, len(order), size)]
         for k in rng.permutation(len(chunks)):
             rows = chunks[k]
             yield X[rows], _take(y, rows), _take(w, rows), _take(ids, rows)

@@ -24,6 +24,7 @@ Examples
 >>> model = MatMMFuse.from_dataset(data, backbone="megnet")  # doctest: +SKIP
 >>> L.Trainer(max_epochs=20).fit(MultiModalLightningModule(model), train_loader, val_loader)  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 from deepfuse_plugin.matgl._data import MultiModalMGLDataset, attach_modalities, modality_inputs

@@ -16,6 +16,7 @@ The encoder returns the crystal vector (MatGL's readout) and the atom states of 
 projected to the deepfuse encoder width, so any fusion layer (cross-attention over atoms included)
 can use them. Pure torch / PyG / MatGL: no DeepChem import.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -53,8 +54,10 @@ class _MatGLView:
     def __init__(self, graph: Any):
         if hasattr(graph, "node_type"):
             if getattr(graph, "pos", None) is None:
-                raise ValueError("The MatGL graph has no 'pos': call attach_positions(graph, "
-                                 "lattice) first (MatGL's ModelLightningModule does it)")
+                raise ValueError(
+                    "The MatGL graph has no 'pos': call attach_positions(graph, "
+                    "lattice) first (MatGL's ModelLightningModule does it)"
+                )
             self.node_type, self.pos = graph.node_type.long(), graph.pos
             self.pbc_offshift = getattr(graph, "pbc_offshift", None)
         else:  # deepfuse's collated matgl_graph modality
@@ -62,7 +65,8 @@ class _MatGLView:
                 raise ValueError(
                     f"A MatGL-format graph has node features [node_type, x, y, z] and edge "
                     f"features pbc_offshift (widths 4 and 3), got {graph.x.shape[1]} and "
-                    f"{graph.edge_attr.shape[1]}: featurize with the 'matgl_graph' modality")
+                    f"{graph.edge_attr.shape[1]}: featurize with the 'matgl_graph' modality"
+                )
             self.node_type, self.pos = graph.x[:, 0].round().long(), graph.x[:, 1:4]
             self.pbc_offshift = graph.edge_attr
         self.edge_index = graph.edge_index.long()
@@ -104,13 +108,20 @@ class MatGLGraphEncoder(nn.Module):
         to ``CGCNNEncoder`` (``atom_fea_len``, ``n_conv``) plus ``n_gaussians``.
     """
 
-    def __init__(self, out_dim: int, backbone: str = "megnet",
-                 element_types: Sequence[str] | None = None, cutoff: float = 4.0,
-                 dropout: float = 0.0, **backbone_options: Any):
+    def __init__(
+        self,
+        out_dim: int,
+        backbone: str = "megnet",
+        element_types: Sequence[str] | None = None,
+        cutoff: float = 4.0,
+        dropout: float = 0.0,
+        **backbone_options: Any,
+    ):
         super().__init__()
         if backbone not in MATGL_BACKBONES:
-            raise ValueError(f"MatGL graph backbone must be one of {MATGL_BACKBONES}, got "
-                             f"{backbone!r}")
+            raise ValueError(
+                f"MatGL graph backbone must be one of {MATGL_BACKBONES}, got {backbone!r}"
+            )
         self.backbone_name = backbone
         self.element_types = tuple(element_types or default_element_types())
         self.cutoff = float(cutoff)
@@ -147,8 +158,13 @@ class MatGLGraphEncoder(nn.Module):
             atoms, crystal = self._matgl(view)
         pooled = F.softplus(self.project_crystal(crystal))
         # a missing crystal (no atoms, DeepChem route) must encode to exact zeros
-        return encode_crystal(pooled, lambda: F.softplus(self.project_atoms(atoms)), view.batch,
-                              view.num_graphs, self.dropout)
+        return encode_crystal(
+            pooled,
+            lambda: F.softplus(self.project_atoms(atoms)),
+            view.batch,
+            view.num_graphs,
+            self.dropout,
+        )
 
     def _matgl(self, view: _MatGLView) -> tuple[Tensor, Tensor]:
         state = view.state_attr
@@ -170,7 +186,7 @@ class MatGLGraphEncoder(nn.Module):
         distance = vectors.norm(dim=-1, keepdim=True)
         centres = torch.linspace(0.0, self.cutoff, self.n_gaussians, device=distance.device)
         width = self.cutoff / max(self.n_gaussians - 1, 1)
-        edge_attr = torch.exp(-((distance - centres) ** 2) / width ** 2)
+        edge_attr = torch.exp(-((distance - centres) ** 2) / width**2)
         x = F.one_hot(view.node_type, len(self.element_types)).to(view.pos.dtype)
         # CGCNN messages flow neighbour -> centre: edge_index is (source, target) in PyG
         atoms = self.backbone.node_states(x, view.edge_index, edge_attr)
@@ -184,9 +200,13 @@ def _probe_widths(module: nn.Module, element_types: Sequence[str]) -> tuple[int,
     from torch_geometric.data import Batch, Data
 
     pos = torch.tensor([[0.0, 0.0, 0.0], [1.5, 0.0, 0.0]])
-    toy = Data(node_type=torch.tensor([0, min(1, len(element_types) - 1)]), pos=pos,
-               edge_index=torch.tensor([[0, 1], [1, 0]]), pbc_offshift=torch.zeros(2, 3),
-               num_nodes=2)
+    toy = Data(
+        node_type=torch.tensor([0, min(1, len(element_types) - 1)]),
+        pos=pos,
+        edge_index=torch.tensor([[0, 1], [1, 0]]),
+        pbc_offshift=torch.zeros(2, 3),
+        num_nodes=2,
+    )
     batch = Batch.from_data_list([toy])
     view = _MatGLView(batch)
     state = pos.new_zeros(1, 2) if type(module).__name__ == "MEGNet" else None
@@ -198,4 +218,5 @@ def _probe_widths(module: nn.Module, element_types: Sequence[str]) -> tuple[int,
     features = module.feature_dict
     last = max(int(k.split("_")[1]) for k in features if k.startswith("gc_"))
     return int(features[f"gc_{last}"]["node_feat"].shape[-1]), int(
-        features["readout"].reshape(1, -1).shape[-1])
+        features["readout"].reshape(1, -1).shape[-1]
+    )

@@ -1,5 +1,6 @@
 """SequenceEncoder: encoding a batch in length chunks gives the one-pass outputs and gradients;
 EncodedModality builds token states only when a fusion layer reads them."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -88,8 +89,14 @@ def test_graph_atom_states_are_the_node_states_padded_per_molecule():
     from torch_geometric.data import Batch, Data
 
     torch.manual_seed(0)
-    graphs = [Data(x=torch.randn(n, 5), edge_index=torch.tensor([[0], [n - 1]]),
-                   edge_attr=torch.randn(1, 3)) for n in (2, 4, 3)]
+    graphs = [
+        Data(
+            x=torch.randn(n, 5),
+            edge_index=torch.tensor([[0], [n - 1]]),
+            edge_attr=torch.randn(1, 3),
+        )
+        for n in (2, 4, 3)
+    ]
     batch = Batch.from_data_list(graphs)
     encoder = GraphEncoder(5, 3, 8).eval()
     encoded = encoder(batch)

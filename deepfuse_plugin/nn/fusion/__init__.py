@@ -20,23 +20,43 @@ The shared output type lives in ``output`` (:class:`FusionOutput`), the masking 
 uses in ``masking``. A new layer is a new module here that returns a :class:`FusionOutput`, is
 re-exported below, and gets a model wrapper in :mod:`deepfuse_plugin.models`.
 """
+
 from deepfuse_plugin.nn.fusion.cross_attention import CrossAttentionFusion
 from deepfuse_plugin.nn.fusion.dynamic import DynamicFusion
 from deepfuse_plugin.nn.fusion.early import EarlyFusion
 from deepfuse_plugin.nn.fusion.late import LateFusion
-from deepfuse_plugin.nn.fusion.masking import (curriculum_rate, masked_concat, masked_mean,
-                                               masked_softmax, present_pooled, presence_weights,
-                                               sample_modality_drop, zero_missing)
+from deepfuse_plugin.nn.fusion.masking import (
+    curriculum_rate,
+    masked_concat,
+    masked_mean,
+    masked_softmax,
+    present_pooled,
+    presence_weights,
+    sample_modality_drop,
+    zero_missing,
+)
 from deepfuse_plugin.nn.fusion.moe import GatedMoEFusion, cv_squared
 from deepfuse_plugin.nn.fusion.output import FusionOutput, check_names
 from deepfuse_plugin.nn.fusion.projection import ProjectionFusion
 
 __all__ = [
     # layers
-    "ProjectionFusion", "EarlyFusion", "LateFusion", "DynamicFusion", "CrossAttentionFusion",
+    "ProjectionFusion",
+    "EarlyFusion",
+    "LateFusion",
+    "DynamicFusion",
+    "CrossAttentionFusion",
     "GatedMoEFusion",
     # what they return and share
-    "FusionOutput", "check_names",
-    "masked_softmax", "masked_mean", "masked_concat", "present_pooled", "presence_weights",
-    "zero_missing", "sample_modality_drop", "curriculum_rate", "cv_squared",
+    "FusionOutput",
+    "check_names",
+    "masked_softmax",
+    "masked_mean",
+    "masked_concat",
+    "present_pooled",
+    "presence_weights",
+    "zero_missing",
+    "sample_modality_drop",
+    "curriculum_rate",
+    "cv_squared",
 ]

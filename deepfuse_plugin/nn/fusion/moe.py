@@ -1,12 +1,17 @@
 """Gated mixture of experts: per-modality and shared experts, noisy top-k gating, balance losses."""
+
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
 from deepfuse_plugin.nn.encoders import EncodedModality, mlp, reset_all
-from deepfuse_plugin.nn.fusion.masking import (masked_softmax, presence_weights, present_pooled,
-                                               zero_missing)
+from deepfuse_plugin.nn.fusion.masking import (
+    masked_softmax,
+    presence_weights,
+    present_pooled,
+    zero_missing,
+)
 from deepfuse_plugin.nn.fusion.output import FusionOutput, check_names
 
 
@@ -20,7 +25,6 @@ def cv_squared(x: Tensor, eps: float = 1e-10) -> Tensor:
         return x.new_zeros(())
     x = x.float()
     return x.var(correction=0) / (x.mean().pow(2) + eps)
-
 
 
 class GatedMoEFusion(nn.Module):
@@ -77,30 +81,49 @@ class GatedMoEFusion(nn.Module):
     ``embeddings[name].pooled (B, d)``, ``mask (B, M)`` -> ``fused (B, D)``, ``weights (B, M)``.
     """
 
-    def __init__(self, names: tuple[str, ...], in_dim: int, fused_dim: int = 128,
-                 n_experts_shared: int = 2, n_experts_per_modality: int = 1, top_k: int = 2,
-                 expert_hidden: int = 128, dropout: float = 0.1, noisy_gating: bool = True,
-                 balance_weight: float = 0.01, noise_epsilon: float = 1e-2):
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        in_dim: int,
+        fused_dim: int = 128,
+        n_experts_shared: int = 2,
+        n_experts_per_modality: int = 1,
+        top_k: int = 2,
+        expert_hidden: int = 128,
+        dropout: float = 0.1,
+        noisy_gating: bool = True,
+        balance_weight: float = 0.01,
+        noise_epsilon: float = 1e-2,
+    ):
         super().__init__()
         self.names = check_names(names)
         if n_experts_shared < 0 or n_experts_per_modality < 0:
             raise ValueError("Expert counts must be >= 0")
-        self.expert_names = tuple(f"{n}:{i}" for n in self.names for i in range(n_experts_per_modality)
-                                  ) + tuple(f"shared:{i}" for i in range(n_experts_shared))
+        self.expert_names = tuple(
+            f"{n}:{i}" for n in self.names for i in range(n_experts_per_modality)
+        ) + tuple(f"shared:{i}" for i in range(n_experts_shared))
         n_experts = len(self.expert_names)
         if n_experts == 0:
             raise ValueError("GatedMoEFusion needs at least one expert")
         if not 1 <= top_k <= n_experts:
-            raise ValueError(f"top_k must be in [1, {n_experts}] (the number of experts), got {top_k}")
+            raise ValueError(
+                f"top_k must be in [1, {n_experts}] (the number of experts), got {top_k}"
+            )
         self.top_k, self.noisy_gating, self.noise_epsilon = top_k, noisy_gating, noise_epsilon
         owner = [j for j in range(len(self.names)) for _ in range(n_experts_per_modality)]
-        self.register_buffer("expert_modality",
-                             torch.tensor(owner + [-1] * n_experts_shared, dtype=torch.long),
-                             persistent=False)
+        self.register_buffer(
+            "expert_modality",
+            torch.tensor(owner + [-1] * n_experts_shared, dtype=torch.long),
+            persistent=False,
+        )
         joint_dim = len(self.names) * (in_dim + 1)
         self.experts = nn.ModuleList(
-            [mlp(in_dim, expert_hidden, fused_dim, 2, dropout) for _ in owner] +
-            [mlp(joint_dim, expert_hidden, fused_dim, 2, dropout) for _ in range(n_experts_shared)])
+            [mlp(in_dim, expert_hidden, fused_dim, 2, dropout) for _ in owner]
+            + [
+                mlp(joint_dim, expert_hidden, fused_dim, 2, dropout)
+                for _ in range(n_experts_shared)
+            ]
+        )
         self.w_gate = nn.Linear(joint_dim, n_experts)
         self.w_noise = nn.Linear(joint_dim, n_experts)
         self.loss_weights = {"importance": balance_weight, "load": balance_weight}
@@ -136,8 +159,12 @@ class GatedMoEFusion(nn.Module):
         gates = masked_softmax(logits, selected)
 
         outputs = torch.stack(
-            [expert(x[:, int(owner)] if owner >= 0 else joint)
-             for expert, owner in zip(self.experts, self.expert_modality.tolist())], dim=1)
+            [
+                expert(x[:, int(owner)] if owner >= 0 else joint)
+                for expert, owner in zip(self.experts, self.expert_modality.tolist())
+            ],
+            dim=1,
+        )
         fused = (gates.unsqueeze(-1) * zero_missing(outputs, selected)).sum(dim=1)
 
         aux = {}
@@ -146,12 +173,18 @@ class GatedMoEFusion(nn.Module):
             aux = self._balance_losses(gates, load, available)
 
         shared_gate = (gates * (self.expert_modality < 0).to(gates.dtype)).sum(dim=1)
-        owner_one_hot = nn.functional.one_hot(self.expert_modality.clamp(min=0), len(self.names)).to(
-            gates.dtype) * (self.expert_modality >= 0).to(gates.dtype).unsqueeze(1)
+        owner_one_hot = nn.functional.one_hot(
+            self.expert_modality.clamp(min=0), len(self.names)
+        ).to(gates.dtype) * (self.expert_modality >= 0).to(gates.dtype).unsqueeze(1)
         weights = gates @ owner_one_hot + shared_gate.unsqueeze(1) * presence_weights(mask).to(
-            gates.dtype)
-        extras = {"gates": gates, "selected": selected, "expert_available": available,
-                  "shared_gate": shared_gate}
+            gates.dtype
+        )
+        extras = {
+            "gates": gates,
+            "selected": selected,
+            "expert_available": available,
+            "shared_gate": shared_gate,
+        }
         return FusionOutput(fused, weights, aux, extras)
 
     @staticmethod
@@ -162,18 +195,27 @@ class GatedMoEFusion(nn.Module):
         somewhere = n_available > 0
         importance = gates.sum(dim=0) / n_available.clamp(min=1.0)
         load = load / n_available.clamp(min=1.0)
-        return {"importance": cv_squared(importance[somewhere]),
-                "load": cv_squared(load[somewhere])}
+        return {
+            "importance": cv_squared(importance[somewhere]),
+            "load": cv_squared(load[somewhere]),
+        }
 
-    def _load(self, clean: Tensor, logits: Tensor, noisy_std: Tensor | None, top_values: Tensor,
-              available: Tensor, selected: Tensor) -> Tensor:
+    def _load(
+        self,
+        clean: Tensor,
+        logits: Tensor,
+        noisy_std: Tensor | None,
+        top_values: Tensor,
+        available: Tensor,
+        selected: Tensor,
+    ) -> Tensor:
         """Per-expert load ``(E,)``: smooth ``sum_b P(e in top-k)`` with noise, else the hard count."""
         k, n_experts = self.top_k, logits.shape[1]
         if noisy_std is None or k >= n_experts:
             return selected.to(clean.dtype).sum(dim=0)
         neg_half = torch.finfo(logits.dtype).min / 2
-        threshold_in = top_values[:, k:k + 1]       # (k+1)-th largest: to beat when already in
-        threshold_out = top_values[:, k - 1:k]      # k-th largest: to beat when out
+        threshold_in = top_values[:, k : k + 1]  # (k+1)-th largest: to beat when already in
+        threshold_out = top_values[:, k - 1 : k]  # k-th largest: to beat when out
         valid_in, valid_out = threshold_in > neg_half, threshold_out > neg_half
         normal = torch.distributions.Normal(clean.new_zeros(()), clean.new_ones(()))
         prob_in = normal.cdf((clean - torch.where(valid_in, threshold_in, 0.0)) / noisy_std)

@@ -1,5 +1,6 @@
 """Projection fusion: per-modality projections averaged over the present modalities (the unimodal
 baseline with one modality)."""
+
 from __future__ import annotations
 
 import torch
