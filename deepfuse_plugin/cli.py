@@ -24,7 +24,7 @@ import os
 import sys
 import time
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 from deepfuse_plugin.errors import DeepfuseError
 

@@ -20,9 +20,10 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -111,7 +112,7 @@ class Modality:
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Modality":
+    def from_dict(cls, data: Mapping[str, Any]) -> Modality:
         return cls(**dict(data))
 
     def __repr__(self) -> str:  # short: vocabularies can hold hundreds of tokens
@@ -202,7 +203,7 @@ class MultiModalSample:
         missing = [n for n in self.values if not self.present(n)]
         return f"MultiModalSample(present={present}, missing={missing})"
 
-    def without(self, names: Iterable[str], reason: str = "dropped by user") -> "MultiModalSample":
+    def without(self, names: Iterable[str], reason: str = "dropped by user") -> MultiModalSample:
         """Copy of the sample with ``names`` marked missing (the original is left untouched)."""
         names = set(names)
         values = {k: (None if k in names else v) for k, v in self.values.items()}

@@ -29,7 +29,8 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from deepfuse_plugin.errors import CorruptCheckpointError, RunFolderError
 from deepfuse_plugin.train import resume

@@ -23,8 +23,9 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from deepfuse_plugin.workflows import WorkflowError
 

@@ -13,18 +13,18 @@ import os
 import shlex
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
-
-from deepfuse_plugin import workflows as wf
 
 from deepfuse_bench import chemprop as cp
 from deepfuse_bench import chemprop_env
 from deepfuse_bench.datasets import PreparedDataset
 from deepfuse_bench.records import finish_record, run_header, skipped_record
+from deepfuse_plugin import workflows as wf
 
 
 @dataclass

@@ -29,7 +29,7 @@ import os
 import sys
 import time
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 from deepfuse_plugin.cli import _csv_list, _positive_int
 
@@ -523,10 +523,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors
         return int(exc.code or 0)
     _configure_logging(args.verbose)
+    import torch
+
     from deepfuse_plugin.train.resume import ResumeMismatchError
     from deepfuse_plugin.workflows import WorkflowError
-
-    import torch
 
     start = time.perf_counter()
     previous_threads = torch.get_num_threads()

@@ -49,11 +49,10 @@ import statistics
 import tempfile
 import time
 import warnings
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
-
-from deepfuse_plugin import workflows as wf
 
 from deepfuse_bench.crystals_data import (
     BASELINE,
@@ -73,6 +72,7 @@ from deepfuse_bench.crystals_report import STEM, format_markdown, write_outputs
 from deepfuse_bench.environment import PeakRSS
 from deepfuse_bench.environment import environment as base_environment
 from deepfuse_bench.records import fmt as _fmt
+from deepfuse_plugin import workflows as wf
 
 __all__ = [
     "DEFAULT_EPOCHS",

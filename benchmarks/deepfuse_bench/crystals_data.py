@@ -14,14 +14,14 @@ import hashlib
 import os
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from deepfuse_plugin import workflows as wf
-
 from deepfuse_bench.environment import PeakRSS
+from deepfuse_plugin import workflows as wf
 
 TARGET = "formation_energy_per_atom"
 SPLITS = ("train", "val", "test")

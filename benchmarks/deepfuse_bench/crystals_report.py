@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from deepfuse_plugin import workflows as wf
-
 from deepfuse_bench.crystals_data import TARGET
 from deepfuse_bench.environment import PeakRSS
 from deepfuse_bench.records import fmt as _fmt
+from deepfuse_plugin import workflows as wf
 
 #: File stem of the outputs: ``crystals.{json,md,png}``.
 STEM = "crystals"

@@ -30,14 +30,14 @@ import logging
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
-from deepfuse_plugin import workflows as wf
-
 from deepfuse_bench.peers import ECFP_SIZE
+from deepfuse_plugin import workflows as wf
 
 logger = logging.getLogger(__name__)
 

@@ -70,7 +70,7 @@ class PeakRSS:
         while not self._stop.wait(self.interval):
             self.peak_mib = max(self.peak_mib or 0.0, self._rss())
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         if self._process is not None:
             self.start_mib = self.peak_mib = self._rss()
             self._thread = threading.Thread(target=self._loop, daemon=True)

@@ -21,9 +21,10 @@ import os
 import platform
 import time
 import tracemalloc
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -167,7 +168,7 @@ class QuietLogs:
 
     names = ("deepchem", "deepfuse_plugin.feat.molecule")
 
-    def __enter__(self) -> "QuietLogs":
+    def __enter__(self) -> QuietLogs:
         from rdkit import rdBase
 
         self.block = rdBase.BlockLogs()

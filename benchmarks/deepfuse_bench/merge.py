@@ -12,13 +12,12 @@ import json
 import os
 import shutil
 from collections import defaultdict
-from typing import Any, Callable, Sequence
-
-from deepfuse_plugin import workflows as wf
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from deepfuse_bench.records import run_key
 from deepfuse_bench.report import STEM, write_outputs
-
+from deepfuse_plugin import workflows as wf
 
 #: Settings that must agree for runs to share a table (threads and n_jobs change speed only).
 SHARED_SETTINGS = (

@@ -20,13 +20,12 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
-
-from deepfuse_plugin import workflows as wf
 
 from deepfuse_bench.datasets import FUSION_MODALITIES, MINIMOL_FEATURES, MINIMOL_MODALITIES
 from deepfuse_bench.peers import PEERS
+from deepfuse_plugin import workflows as wf
 
 UNIMODAL = tuple(f"unimodal_{m}" for m in FUSION_MODALITIES)
 

@@ -66,10 +66,8 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Callable, Iterable, Sequence
-
-from deepfuse_plugin.train import resume as resume_lib
-from deepfuse_plugin import workflows as wf
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from deepfuse_bench.chemprop_peer import ChempropSetup, chemprop_setup
 from deepfuse_bench.datasets import (
@@ -96,6 +94,8 @@ from deepfuse_bench.models import (
 from deepfuse_bench.records import run_key, run_summary
 from deepfuse_bench.report import STEM, format_markdown, write_outputs
 from deepfuse_bench.runner import run_many
+from deepfuse_plugin import workflows as wf
+from deepfuse_plugin.train import resume as resume_lib
 
 FORMAT = 1
 DEFAULT_EVAL_EVERY = 1

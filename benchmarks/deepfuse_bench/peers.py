@@ -28,13 +28,14 @@ deepfuse models:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from deepfuse_plugin import workflows as wf
 from deepfuse_bench.chemprop_env import CHEMPROP_VERSION
+from deepfuse_plugin import workflows as wf
 
 #: Feature sets a model can train on (the benchmark featurizes each dataset once per set;
 #: "multimodal+minimol" only when a model needs it).
@@ -203,7 +204,7 @@ class ForestPerTask:
         self.constant: list[float | None] = []
         self.batch_size = 1024
 
-    def fit(self, dataset: Any) -> "ForestPerTask":
+    def fit(self, dataset: Any) -> ForestPerTask:
         import deepchem as dc
 
         y = np.asarray(dataset.y, dtype=np.float64).reshape(len(dataset), self.n_tasks)

@@ -14,11 +14,10 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
-
-from deepfuse_plugin import workflows as wf
 
 from deepfuse_bench import peers as peer_lib
 from deepfuse_bench.chemprop_peer import CHEMPROP_SETTINGS
@@ -31,6 +30,7 @@ from deepfuse_bench.datasets import (
 )
 from deepfuse_bench.environment import PeakRSS
 from deepfuse_bench.models import all_models, model_features, model_kind, model_label
+from deepfuse_plugin import workflows as wf
 
 #: File stem of the outputs: ``moleculenet.{json,md,png}``.
 STEM = "moleculenet"

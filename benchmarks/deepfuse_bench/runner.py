@@ -19,12 +19,10 @@ import logging
 import os
 import shutil
 import time
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
-
-from deepfuse_plugin.train import resume as resume_lib
-from deepfuse_plugin import workflows as wf
 
 from deepfuse_bench import peers as peer_lib
 from deepfuse_bench.chemprop_peer import ChempropSetup, chemprop_setup, run_chemprop_peer
@@ -32,6 +30,8 @@ from deepfuse_bench.datasets import PreparedDataset
 from deepfuse_bench.environment import PeakRSS
 from deepfuse_bench.models import UNIMODAL, VARIANTS, model_features
 from deepfuse_bench.records import finish_record, run_header
+from deepfuse_plugin import workflows as wf
+from deepfuse_plugin.train import resume as resume_lib
 
 logger = logging.getLogger(__name__)
 

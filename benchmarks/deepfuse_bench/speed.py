@@ -50,16 +50,17 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from deepfuse_plugin import workflows as wf
 from deepfuse_bench import featurize as fb
 from deepfuse_bench.environment import cpu_model
+from deepfuse_plugin import workflows as wf
 
 logger = logging.getLogger(__name__)
 

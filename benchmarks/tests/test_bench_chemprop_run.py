@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_bench_moleculenet import RUN_KEYS, tiny_molnet_dir  # noqa: F401 (fixture)
 
 from deepfuse_bench import chemprop as cp
 from deepfuse_bench import chemprop_env as cpenv
 from deepfuse_bench import moleculenet as mn
 from tests.cli.conftest import CLI_SMILES
-from test_bench_moleculenet import RUN_KEYS, tiny_molnet_dir  # noqa: F401 (fixture)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOX_TASKS = ["NR-AR", "SR-p53"]

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
-from deepfuse_bench import environment, merge, models, report
 from deepfuse_bench import datasets as molnet_data
+from deepfuse_bench import environment, merge, models, report
 from deepfuse_bench import moleculenet as mn
 from deepfuse_bench.cli import main
 from deepfuse_plugin import workflows as wf

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_bench_moleculenet import RUN_KEYS, tiny_molnet_dir  # noqa: F401 (fixture)
 
 from deepfuse_bench import datasets as molnet_data
 from deepfuse_bench import models, report, runner
 from deepfuse_bench.cli import main
 from deepfuse_plugin.modalities import GraphFeatures
 from tests.cli.conftest import CLI_SMILES
-from test_bench_moleculenet import RUN_KEYS, tiny_molnet_dir  # noqa: F401 (fixture)
 
 NEW = ["dynamic_minimol", "late_minimol", "dynamic_pretrained", "late_pretrained", "minimol_mlp"]
 

@@ -7,8 +7,9 @@ sample ``i``), and the ``(batch, n_modalities)`` presence mask says what is real
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ class TokenBatch:
     ids: torch.Tensor
     attention_mask: torch.Tensor
 
-    def to(self, device: torch.device | str) -> "TokenBatch":
+    def to(self, device: torch.device | str) -> TokenBatch:
         return TokenBatch(self.ids.to(device), self.attention_mask.to(device))
 
 
@@ -51,7 +52,7 @@ class MultiModalBatch:
     def batch_size(self) -> int:
         return int(self.mask.shape[0])
 
-    def to(self, device: torch.device | str) -> "MultiModalBatch":
+    def to(self, device: torch.device | str) -> MultiModalBatch:
         return MultiModalBatch(
             {k: v.to(device) for k, v in self.inputs.items()}, self.mask.to(device), self.names
         )

@@ -8,7 +8,8 @@ SMILES and inspect or change modality presence.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,7 +41,7 @@ class MultiModalDataset(NumpyDataset):
         y: Any = None,
         w: Any = None,
         ids: Sequence[Any] | None = None,
-    ) -> "MultiModalDataset":
+    ) -> MultiModalDataset:
         """Featurize ``smiles``; rows that cannot be parsed are dropped (and logged), the rest kept
         with their labels, weights and ids aligned."""
         smiles = list(smiles)

@@ -17,13 +17,14 @@ as they are.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 from matgl.graph.data import MGLDataset
+from torch import Tensor
 from torch_geometric.utils import to_dense_batch
 
 from deepfuse_plugin.errors import CorruptCheckpointError

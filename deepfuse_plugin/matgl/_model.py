@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from matgl.models import MatGLModel
@@ -191,7 +192,7 @@ class MatMMFuse(MatGLModel):
         )
 
     @classmethod
-    def from_dataset(cls, dataset: Any, **kwargs: Any) -> "MatMMFuse":
+    def from_dataset(cls, dataset: Any, **kwargs: Any) -> MatMMFuse:
         """A model for a :class:`~deepfuse_plugin.matgl.MultiModalMGLDataset`: its modalities,
         its converter's element types and cutoff, and its featurizer's settings."""
         converter = getattr(dataset, "converter", None)

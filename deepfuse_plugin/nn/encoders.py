@@ -7,7 +7,8 @@ sample ``(B, d)`` and, where the modality has parts (tokens, atoms), the token/a
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -19,7 +19,8 @@ can use them. Pure torch / PyG / MatGL: no DeepChem import.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

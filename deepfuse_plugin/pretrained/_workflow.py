@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from deepfuse_plugin.data.corpora import moses_smiles, read_smiles_file
 from deepfuse_plugin.errors import InvalidSettingError

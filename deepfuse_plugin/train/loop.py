@@ -26,8 +26,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from deepfuse_plugin.models.checkpoints import restore_safely
 from deepfuse_plugin.train import resume

@@ -200,9 +200,10 @@ def test_matmmfuse_on_the_mp36k_slice(mp36k_slice, tmp_path):
 
 
 def test_family_mask_and_zero_shot_table(tmp_path):
+    from pymatgen.core import Lattice, Structure
+
     from deepfuse_plugin.models.matmmfuse import zero_shot_evaluate
     from tests.unit.test_crystal_structures import cscl, nacl, silicon, srtio3
-    from pymatgen.core import Lattice, Structure
 
     zns = Structure.from_spacegroup(
         "F-43m", Lattice.cubic(5.41), ["Zn", "S"], [[0, 0, 0], [0.25, 0.25, 0.25]]

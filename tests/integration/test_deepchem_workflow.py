@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
+import deepchem as dc
 import numpy as np
 import pandas as pd
 import pytest
 
-import deepchem as dc
 import deepfuse_plugin  # noqa: F401  (registers dc.feat.MultiModalFeaturizer, dc.models.*)
 
 # 30 valid molecules from several scaffolds, one unparsable row, one empty SMILES.

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 
+import deepchem as dc
 import numpy as np
 import pytest
 
-import deepchem as dc
 import deepfuse_plugin
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 PACKAGE = "deepfuse_plugin"
@@ -114,7 +114,7 @@ def imports_of(
     return found
 
 
-@lru_cache(maxsize=None)
+@cache
 def library_imports(root: Path = ROOT) -> tuple[Import, ...]:
     """Every import of every module of the package (parsed once per test session)."""
     files = library_files(root)

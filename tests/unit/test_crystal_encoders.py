@@ -5,11 +5,11 @@ No pymatgen needed: these run in every environment (the materials extra only add
 
 from __future__ import annotations
 
+import deepchem as dc
 import numpy as np
 import pytest
 import torch
 
-import deepchem as dc
 import deepfuse_plugin as dfp
 from deepfuse_plugin.data.collate import collate_samples
 from deepfuse_plugin.data.crystal import SentenceBatch

@@ -3,11 +3,10 @@ is present (skipped without one; CI has none)."""
 
 from __future__ import annotations
 
+import deepchem as dc
 import numpy as np
 import pytest
 import torch
-
-import deepchem as dc
 
 import deepfuse_plugin  # noqa: F401
 from deepfuse_plugin.models.base import autocast_dtype

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import math
 
+import deepchem as dc
 import numpy as np
 import pytest
 import torch
 
-import deepchem as dc
 import deepfuse_plugin
 from deepfuse_plugin import (
     CrossAttentionFusionModel,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import deepchem as dc
 import numpy as np
 import pytest
 import selfies as sf
 from rdkit import Chem
 
-import deepchem as dc
 import deepfuse_plugin as dfp
 from deepfuse_plugin.feat.molecule import (
     ATOM_FEATURE_DIM,

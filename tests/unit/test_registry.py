@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
 import deepchem as dc
-import deepfuse_plugin
+import pytest
 from deepchem.molnet.load_function import molnet_loader
+
+import deepfuse_plugin
 from deepfuse_plugin import RegistrationError, register
 from deepfuse_plugin._registry import MOLNET_FEATURIZER_KEY, REGISTRY
 

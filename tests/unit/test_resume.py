@@ -4,14 +4,15 @@ the same epochs as a run trained in one go (weights, validation history, selecte
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from deepfuse_plugin.train import resume
 from deepfuse_plugin import workflows as wf
+from deepfuse_plugin.train import resume
 from tests.conftest import killed_after_epoch
 
 EPOCHS = 4

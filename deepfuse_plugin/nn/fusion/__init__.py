@@ -30,8 +30,8 @@ from deepfuse_plugin.nn.fusion.masking import (
     masked_concat,
     masked_mean,
     masked_softmax,
-    present_pooled,
     presence_weights,
+    present_pooled,
     sample_modality_drop,
     zero_missing,
 )
