@@ -1,8 +1,9 @@
 """Attach deepfuse's public names to DeepChem's namespaces.
 
-After ``import deepfuse_plugin``, ``dc.models.DynamicFusionModel``, ``dc.feat.MultiModalFeaturizer``,
-``dc.data.MultiModalDataset`` and ``dc.molnet.load_*(featurizer="multimodal")`` work. Registration
-is idempotent and never replaces something DeepChem (or another plugin) already defines.
+After ``import deepfuse_plugin``, ``dc.models.DynamicFusionModel``,
+``dc.feat.MultiModalFeaturizer``, ``dc.data.MultiModalDataset`` and
+``dc.molnet.load_*(featurizer="multimodal")`` work. Registration is idempotent and never replaces
+something DeepChem (or another plugin) already defines.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 DynamicFusionModel on ecfp+graph+smiles against, with the same budget (epochs, batch size, learning
 rate, seed, validation-based epoch selection; same encoders for the single-modality runs), each
 modality alone and two DeepChem baselines: ``MultitaskRegressor`` on
-``CircularFingerprint(size=2048)`` and ``DMPNNModel`` on ``DMPNNFeaturizer`` graphs. Every model sees
-the same scaffold split (indices computed once). Labels are normalized on the train split; metrics
-are in log-solubility units.
+``CircularFingerprint(size=2048)`` and ``DMPNNModel`` on ``DMPNNFeaturizer`` graphs. Every model
+sees the same scaffold split (indices computed once). Labels are normalized on the train split;
+metrics are in log-solubility units.
 """
 
 from __future__ import annotations

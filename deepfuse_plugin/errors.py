@@ -1,4 +1,4 @@
-"""deepfuse's error classes: one family, so callers (and the CLI) can tell a user's mistake from a bug.
+"""deepfuse's error classes: one family, so callers (and the CLI) tell a user's mistake from a bug.
 
 Every class derives from :class:`DeepfuseError`, itself a :class:`ValueError`, so code written
 against plain ``ValueError`` keeps working. The CLI turns any ``DeepfuseError`` into one sentence on

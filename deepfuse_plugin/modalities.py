@@ -1,8 +1,8 @@
 """Modality specifications and the per-item multimodal sample.
 
 A :class:`Modality` describes one view of a molecule or crystal (its name, its kind and the sizes an
-encoder needs). Featurizers publish their specs through ``featurizer.modalities`` and models are built
-from the same specs, so a model always knows exactly what its inputs look like.
+encoder needs). Featurizers publish their specs through ``featurizer.modalities`` and models are
+built from the same specs, so a model always knows exactly what its inputs look like.
 
 A :class:`MultiModalSample` holds the values of one item. A modality that could not be computed for
 that item is stored as ``None`` together with the reason: a missing modality is data, not an error.
@@ -212,7 +212,7 @@ class MultiModalSample:
         return MultiModalSample(values, reasons, self.fingerprints)
 
 
-# -- shared contracts of featurizers and networks ----------------------------------------------------
+# -- shared contracts of featurizers and networks --------------------------------------------------
 def default_element_types() -> tuple[str, ...]:
     """MatGL's default element list (89 elements, H to Pu), the node-type vocabulary of a
     MatGL-format crystal graph (:data:`MATGL_FORMAT`)."""

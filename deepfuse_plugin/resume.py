@@ -12,7 +12,7 @@ import warnings
 from deepfuse_plugin.train.resume import (
     FORMAT,
     LEGACY_RNG_FILE,
-    RNG_JSON,  # noqa: F401
+    RNG_JSON,
     RNG_TENSORS,
     SLOTS,
     STATE_FILE,
@@ -27,6 +27,25 @@ from deepfuse_plugin.train.resume import (
     save_resume_point,
     training_plan,
 )
+
+__all__ = [
+    "FORMAT",
+    "LEGACY_RNG_FILE",
+    "RNG_JSON",
+    "RNG_TENSORS",
+    "SLOTS",
+    "STATE_FILE",
+    "ResumeMismatchError",
+    "ResumeState",
+    "TrainingResult",
+    "check_plan",
+    "clear",
+    "read_state",
+    "restore_resume_point",
+    "save_checkpoint_atomically",
+    "save_resume_point",
+    "training_plan",
+]
 
 warnings.warn(
     "deepfuse_plugin.resume moved to deepfuse_plugin.train.resume; import it from "

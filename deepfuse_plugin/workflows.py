@@ -36,7 +36,7 @@ import pandas as pd
 from deepfuse_plugin import run_folder
 from deepfuse_plugin.errors import (
     CorruptCheckpointError,
-    InvalidSettingError,  # noqa: F401
+    InvalidSettingError,
     RunFolderError,
 )
 
@@ -45,7 +45,7 @@ from deepfuse_plugin.errors import (
 from deepfuse_plugin.inputs import (
     BINARY_SIGNATURES,
     MAX_ABS_LABEL,
-    MISSING_LABELS,  # noqa: F401
+    MISSING_LABELS,
     WorkflowError,
     labels_and_weights,
     parse_labels,
@@ -57,31 +57,31 @@ from deepfuse_plugin.inputs import (
 from deepfuse_plugin.limits import DEFAULT_LIMITS, InputLimits
 from deepfuse_plugin.prediction import (
     CORRUPT_OUTPUT_FRACTION,
-    load_run,  # noqa: F401
+    load_run,
     predict_from_csv,
     predict_with_std,
 )
-from deepfuse_plugin.run_folder import METRICS_FILE, RUN_FILE, STD_SCALES_FILE  # noqa: F401
+from deepfuse_plugin.run_folder import METRICS_FILE, RUN_FILE, STD_SCALES_FILE
 from deepfuse_plugin.train import resume as resume_points
 from deepfuse_plugin.train.data import (
     SPLITS,
     denormalize,
-    fit_normalizer,  # noqa: F401
+    fit_normalizer,
     make_dataset,
     normalizer_to_dict,
     split_indices,
 )
-from deepfuse_plugin.train.loop import BestCheckpointCallback, train_with_validation  # noqa: F401
+from deepfuse_plugin.train.loop import BestCheckpointCallback, train_with_validation
 from deepfuse_plugin.train.metrics import (
     classification_metrics,
-    evaluate,  # noqa: F401
+    evaluate,
     predict_original_units,
     regression_metrics,
     selection_score,
 )
-from deepfuse_plugin.train.result import TrainingResult  # noqa: F401
+from deepfuse_plugin.train.result import TrainingResult
 from deepfuse_plugin.train.utils import (
-    check_training_settings,  # noqa: F401
+    check_training_settings,
     resolve_model_class,
     set_seed,
     write_json,

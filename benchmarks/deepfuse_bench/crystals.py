@@ -50,6 +50,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -120,7 +121,7 @@ def time_describer(
         describer.describe(_warmup_structure())  # imports, robocrys' condenser set-up
         for s in tqdm(structures, desc=desc, unit="structure", disable=not progress):
             try:
-                times.append(_timed(lambda: describer.describe(s))[0] * 1e3)
+                times.append(_timed(partial(describer.describe, s))[0] * 1e3)
             except Exception as err:  # robocrys fails on some structures: count, do not abort
                 times.append(None)
                 errors[type(err).__name__] = errors.get(type(err).__name__, 0) + 1

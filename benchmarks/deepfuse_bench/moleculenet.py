@@ -39,8 +39,8 @@ DeepChem baselines; chemprop v2) are trained on exactly the same molecules and s
    hyper-parameters, valid/test metrics, best epoch, train time, peak memory) goes to
    ``<out>/moleculenet.json`` as soon as it finishes (``--resume`` skips the runs already there,
    e.g. to add seeds, and continues an interrupted neural run from the resume point it wrote after
-   its last finished epoch in ``<out>/unfinished/``; see :mod:`deepfuse_plugin.train.resume`); the table
-   ``<out>/moleculenet.md`` (mean ± std over seeds, best per dataset in bold) and the plot
+   its last finished epoch in ``<out>/unfinished/``; see :mod:`deepfuse_plugin.train.resume`); the
+   table ``<out>/moleculenet.md`` (mean ± std over seeds, best per dataset in bold) and the plot
    ``<out>/moleculenet.png`` are rewritten from all the runs.
 5. **Parallel runs.** ``--processes N`` trains each dataset's runs in ``N`` forked worker processes
    (:func:`~deepfuse_bench.runner.run_many`), the dearest first; each run is seeded on its own, so

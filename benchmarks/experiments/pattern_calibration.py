@@ -10,7 +10,8 @@ set of present modalities fitted on validation (``fit_std_scales``). Prints one 
 Usage::
 
     python benchmarks/experiments/pattern_calibration.py [--seeds 0,1,2] [--models late,dynamic]
-        [--epochs 30] [--plot benchmarks/experiments/pattern_calibration.png] > pattern_calibration.jsonl
+        [--epochs 30] [--plot benchmarks/experiments/pattern_calibration.png] \
+        > pattern_calibration.jsonl
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_bench_moleculenet import RUN_KEYS, tiny_molnet_dir  # noqa: F401 (fixture)
+from test_bench_moleculenet import RUN_KEYS
 
 from deepfuse_bench import chemprop as cp
 from deepfuse_bench import chemprop_env as cpenv

@@ -18,7 +18,6 @@ import pytest
 from deepfuse_bench import chemprop as cp
 from deepfuse_bench import chemprop_env as cpenv
 from deepfuse_bench import chemprop_peer, report
-from deepfuse_bench import datasets as molnet_data
 from deepfuse_plugin import workflows as wf
 
 TASKS = ["logS", "log P"]  # a space, as in "measured log solubility in mols per litre"

@@ -9,22 +9,22 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from deepchem.molnet.load_function.delaney_datasets import DELANEY_TASKS
 
 from deepfuse_bench import datasets as molnet_data
 from deepfuse_bench import environment, merge, models, report
 from deepfuse_bench import moleculenet as mn
 from deepfuse_bench.cli import main
 from deepfuse_plugin import workflows as wf
-from tests.cli.conftest import BAD_SMILES, CLI_SMILES
+from tests.cli.conftest import CLI_SMILES
 from tests.conftest import killed_after_epoch
 
-DELANEY_TASK = "measured log solubility in mols per litre"
+DELANEY_TASK = DELANEY_TASKS[0]  # the ESOL label column of delaney-processed.csv
 MODELS = ["unimodal_ecfp", "dc_mlp", "dc_rf"]
 RUN_KEYS = {
     "dataset",
@@ -51,39 +51,6 @@ RUN_KEYS = {
     "memory_method",
     "history",
 }
-
-
-@pytest.fixture(scope="module")
-def tiny_molnet_dir(tmp_path_factory) -> Path:
-    """``<tmp>/moleculenet/{BBBP.csv, delaney-processed.csv}`` in DeepChem's formats: the 40 CLI
-    molecules, one unparseable SMILES and one duplicated SMILES (with a different label)."""
-    from rdkit import Chem
-
-    root = tmp_path_factory.mktemp("data")
-    folder = root / "moleculenet"
-    folder.mkdir()
-    smiles = CLI_SMILES[:20] + [BAD_SMILES] + CLI_SMILES[20:] + ["CCO"]
-    bbbp = pd.DataFrame(
-        {
-            "num": range(1, len(smiles) + 1),
-            "name": [f"m{i}" for i in range(len(smiles))],
-            "p_np": [i % 2 for i in range(len(smiles))],
-            "smiles": smiles,
-        }
-    )
-    bbbp.to_csv(folder / "BBBP.csv", index=False)
-    heavy = [
-        Chem.MolFromSmiles(s).GetNumHeavyAtoms() if Chem.MolFromSmiles(s) else 0 for s in smiles
-    ]
-    delaney = pd.DataFrame(
-        {
-            "Compound ID": [f"c{i}" for i in range(len(smiles))],
-            DELANEY_TASK: [-0.3 * h + 1.0 for h in heavy],
-            "smiles": smiles,
-        }
-    )
-    delaney.to_csv(folder / "delaney-processed.csv", index=False)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -370,7 +337,7 @@ def test_align_keeps_rows_valid_everywhere_and_duplicates():
     assert report["n_molecules"] == 3 and report["n_dropped"] == 2
     assert report["dropped"] == {"multimodal": 0, "ecfp": 1, "dmpnn": 1}
     assert sorted(report["dropped_ids"]) == ["B", "D"]
-    for name, data in aligned.items():
+    for data in aligned.values():
         assert list(data.ids) == ["A", "C", "A"]
         np.testing.assert_array_equal(data.y.ravel(), [1, 3, 4])  # 2nd "A" matched to 2nd "A"
     sets["ecfp"] = ds(["A", "C", "A", "D"], [1, 3, 9, 5])

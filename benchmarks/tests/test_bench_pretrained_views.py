@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_bench_moleculenet import RUN_KEYS, tiny_molnet_dir  # noqa: F401 (fixture)
+from test_bench_moleculenet import RUN_KEYS
 
 from deepfuse_bench import datasets as molnet_data
 from deepfuse_bench import models, report, runner

@@ -1,8 +1,8 @@
 """Turn a list of :class:`MultiModalSample` into model-ready tensors.
 
-Vectors are stacked (zeros where missing), token ids are padded with an attention mask, graphs become
-one PyG :class:`~torch_geometric.data.Batch` with an empty graph where missing (so graph ``i`` is
-sample ``i``), and the ``(batch, n_modalities)`` presence mask says what is real.
+Vectors are stacked (zeros where missing), token ids are padded with an attention mask, graphs
+become one PyG :class:`~torch_geometric.data.Batch` with an empty graph where missing (so graph
+``i`` is sample ``i``), and the ``(batch, n_modalities)`` presence mask says what is real.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 :func:`moses_smiles` reads MOSES (Polykovskiy et al. 2020; 1.58M drug-like molecules from ZINC
 Clean Leads, MIT licence). The file ships inside the ``molsets`` wheel; ``molsets`` pins very old
-dependencies, so install it with ``pip install --no-deps molsets``. The file is read straight from the
-installed package: ``moses`` is located, never imported (importing it would need those
+dependencies, so install it with ``pip install --no-deps molsets``. The file is read straight from
+the installed package: ``moses`` is located, never imported (importing it would need those
 dependencies). A user without the package passes the CSV's path (MOSES publishes it as
 ``dataset_v1.csv`` and per-split files).
 

@@ -349,10 +349,11 @@ class MultiModalMGLDataset(MGLDataset):
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 (zip/unpickling errors have no common class)
+            message = str(err).strip()
+            first_line = message.splitlines()[0][:200] if message else repr(err)
             raise CorruptCheckpointError(
                 f"{path} cannot be read safely (damaged, or not a plain-tensor cache; nothing in "
-                f"it was run): {str(err).strip().splitlines()[0][:200] if str(err).strip() else err!r}"
-                ". Rebuild the cache from the structures"
+                f"it was run): {first_line}. Rebuild the cache from the structures"
             ) from err
 
     @staticmethod

@@ -231,7 +231,7 @@ class MatMMFuse(MatGLModel):
         return prediction.squeeze(-1) if self.n_tasks == 1 else prediction
 
     def set_curriculum(self, progress: float) -> None:
-        """Masking curriculum of a dynamic fusion layer (``progress`` in [0, 1]); no-op otherwise."""
+        """Masking curriculum of a dynamic fusion layer (``progress`` in [0, 1]); else a no-op."""
         if self.fusion_kind == "dynamic":
             self.network.fusion.mask_rate = curriculum_rate(
                 progress, self.mask_start, self.mask_end

@@ -30,12 +30,14 @@ class SafeBatchNorm1d(nn.BatchNorm1d):
 
 
 class CGCNNConv(nn.Module):
-    """One CGCNN convolution: ``h_i <- softplus(h_i + BN(sum_j sigmoid(W_f z_ij) * softplus(W_s z_ij)))``
-    with ``z_ij = [h_i, h_j, e_ij]``.
+    """One CGCNN convolution,
+    ``h_i <- softplus(h_i + BN(sum_j sigmoid(W_f z_ij) * softplus(W_s z_ij)))`` with
+    ``z_ij = [h_i, h_j, e_ij]``.
 
     The weights are PyG's ``CGConv`` (``lin_f``, ``lin_s`` over ``[x_i, x_j, e_ij]``); the batch
     norm over the summed messages and the outer softplus follow the original CGCNN ``ConvLayer``
-    (PyG's ``CGConv.forward`` has neither). An atom without neighbours keeps ``softplus(h_i + BN(0))``.
+    (PyG's ``CGConv.forward`` has neither). An atom without neighbours keeps
+    ``softplus(h_i + BN(0))``.
 
     The messages are computed factorised, with the same weights and result as ``CGConv``:
     ``W z_ij = W_i h_i + W_j h_j + W_e e_ij``, where the atom terms are one matrix product per atom

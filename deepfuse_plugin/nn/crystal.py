@@ -14,7 +14,8 @@
     :class:`~deepfuse_plugin.nn.encoders.SequenceEncoder` trained from scratch
     (``backbone="scratch"``).
 
-Importing this module registers both kinds with :func:`~deepfuse_plugin.nn.encoders.register_encoder`.
+Importing this module registers both kinds with
+:func:`~deepfuse_plugin.nn.encoders.register_encoder`.
 """
 
 from __future__ import annotations
@@ -103,9 +104,9 @@ class TransformerTextEncoder(nn.Module):
 
     ``ids (B, L), attention_mask (B, L)`` -> last hidden states, projected to ``out_dim``
     (``tokens``), and their masked mean (``pooled``). ``freeze=True`` keeps the pretrained weights
-    fixed (only the projection trains). The pretrained weights are loaded from ``model`` (a name or a
-    local folder; the modality's ``params["model_path"]`` by default) when the encoder is built, and
-    are part of the checkpoint afterwards.
+    fixed (only the projection trains). The pretrained weights are loaded from ``model`` (a name or
+    a local folder; the modality's ``params["model_path"]`` by default) when the encoder is built,
+    and are part of the checkpoint afterwards.
 
     A batch larger than ``length_chunk`` is encoded in chunks of descriptions of similar length,
     each cut to its own longest one (:func:`~deepfuse_plugin.nn.encoders.encode_in_length_chunks`):

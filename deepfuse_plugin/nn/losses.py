@@ -20,7 +20,8 @@ def reconstruction_loss(
     dropped: Tensor,
     names: tuple[str, ...],
 ) -> Tensor:
-    """``L_rec``: squared error of ``D_m(f)`` against ``x_m`` for the masked (dropped) modalities only.
+    """``L_rec``: squared error of ``D_m(f)`` against ``x_m``, for the masked (dropped) modalities
+    only.
 
     The squared L2 norm is averaged over feature dimensions (so modalities of different widths weigh
     the same), summed over the modalities dropped for a sample and averaged over the batch.
@@ -68,9 +69,9 @@ def negative_entropy(alpha: Tensor, visible: Tensor) -> Tensor:
     """``L_ent`` as used in the objective: ``E[sum_m alpha_m log alpha_m]`` (the negative entropy).
 
     The paper writes ``L_ent = -E[sum alpha log alpha]``, i.e. the entropy itself; adding that to a
-    loss that is minimised would *reward* collapse onto one modality. Its stated purpose is to prevent
-    collapse, so the term minimised here is the negative entropy: minimising it maximises entropy.
-    Samples with a single visible modality contribute 0 (their entropy is fixed).
+    loss that is minimised would *reward* collapse onto one modality. Its stated purpose is to
+    prevent collapse, so the term minimised here is the negative entropy: minimising it maximises
+    entropy. Samples with a single visible modality contribute 0 (their entropy is fixed).
     """
     safe = alpha.clamp(min=1e-12)
     plogp = torch.where(visible, alpha * safe.log(), torch.zeros_like(alpha))

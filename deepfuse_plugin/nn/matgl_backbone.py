@@ -2,8 +2,8 @@
 
 These encoders read a *MatGL-format* crystal graph: element indices into ``element_types``
 (``node_type``), Cartesian positions (``pos``) and, per directed edge, the Cartesian shift of the
-neighbour's periodic image (``pbc_offshift``); MatGL's models compute bond vectors and distances from
-those themselves. Two containers carry such a graph:
+neighbour's periodic image (``pbc_offshift``); MatGL's models compute bond vectors and distances
+from those themselves. Two containers carry such a graph:
 
 - the MatGL route: the PyG batch of :class:`matgl.graph.data.MGLDataset` (``node_type``,
   ``frac_coords``, ``pbc_offset``; ``pos`` and ``pbc_offshift`` are set by MatGL's
@@ -38,7 +38,8 @@ MATGL_BACKBONES = ("megnet", "m3gnet", "cgcnn")
 
 def attach_positions(graph: Any, lattice: Tensor) -> Any:
     """Set ``pos`` and ``pbc_offshift`` of a MatGL graph (batch) from its lattice(s), as MatGL's
-    ``ModelLightningModule.forward`` does. ``lattice``: ``(3, 3)``, ``(1, 3, 3)`` or ``(B, 3, 3)``."""
+    ``ModelLightningModule.forward`` does. ``lattice``: ``(3, 3)``, ``(1, 3, 3)`` or
+    ``(B, 3, 3)``."""
     lattice = lattice.reshape(-1, 3, 3).to(graph.frac_coords.dtype)
     batch = getattr(graph, "batch", None)
     if batch is None:

@@ -1,4 +1,4 @@
-"""Pretrained encoders: multimodal self-supervised pretraining, shipped checkpoints, loading by name.
+"""Pretrained encoders: multimodal self-supervised pretraining, shipped checkpoints, load by name.
 
 - :func:`pretrain_encoders` trains deepfuse's own encoders on unlabelled molecules (cross-view
   contrast, MMFRL relational similarity, auxiliary targets, masked cross-modal reconstruction)

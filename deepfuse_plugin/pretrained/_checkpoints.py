@@ -1,4 +1,4 @@
-"""Pretrained encoder checkpoints: a folder with ``encoders.safetensors``, ``model.json`` and a README.
+"""Pretrained encoder checkpoints: a folder with ``encoders.safetensors``, ``model.json``, a README.
 
 The layout follows MatGL's ``pretrained_models/<name>/``: the name says architecture, corpus,
 version and objective (``DeepFuse-MOSES50k-v1-Contrastive``). Weights are safetensors (plain
@@ -197,6 +197,7 @@ def render_readme(directory: str | os.PathLike, downstream: str = "") -> str:
     targets = ", ".join(f"`{t['name']}`" for t in objective.get("targets", [])) or "none"
     weights = Path(directory) / WEIGHTS_FILE
     size = f"{weights.stat().st_size / 1e6:.1f} MB" if weights.exists() else "?"
+    sha256_head = config.get("weights_sha256", "")[:16]
     lines = [
         f"# {config['name']}",
         "",
@@ -222,8 +223,9 @@ def render_readme(directory: str | os.PathLike, downstream: str = "") -> str:
         f"| cost | {training.get('seconds', 0) / 3600:.2f} h, "
         f"{training.get('molecules_per_second', '?')} molecules/s, peak memory "
         f"{hardware.get('peak_rss_mb', '?')} MB |",
-        f"| weights | `{WEIGHTS_FILE}`, {size}, SHA-256 `{config.get('weights_sha256', '')[:16]}...` |",
-        f"| deepfuse | {config.get('deepfuse_version', '?')}, format {config.get('format_version')} |",
+        f"| weights | `{WEIGHTS_FILE}`, {size}, SHA-256 `{sha256_head}...` |",
+        f"| deepfuse | {config.get('deepfuse_version', '?')}, "
+        f"format {config.get('format_version')} |",
         "",
         "## Regenerate",
         "",

@@ -99,7 +99,7 @@ def suggest_settings(trial: Any, model: str) -> dict[str, Any]:
 
 @dataclass
 class HpoptResult:
-    """Outcome of a search: the best trial's settings and score, and where everything was written."""
+    """Outcome of a search: the best trial's settings and score, and where everything went."""
 
     best_params: dict[str, Any]
     best_score: float

@@ -274,9 +274,9 @@ def restore_resume_point(model: Any, directory: str, state: ResumeState) -> None
         _set_random_states(model, plain, tensors)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CorruptCheckpointError(
-            f"The random states of the resume point in {folder!r} are invalid ({type(err).__name__}:"
-            f" {err}): restart the run without --resume (resumable=False), or delete that "
-            "folder."
+            f"The random states of the resume point in {folder!r} are invalid "
+            f"({type(err).__name__}: {err}): restart the run without --resume (resumable=False), "
+            "or delete that folder."
         ) from err
 
 

@@ -14,12 +14,12 @@ import pytest
 pytest.importorskip("pymatgen.core")
 pytest.importorskip("ase")
 
-import deepchem as dc  # noqa: E402
+import deepchem as dc
 
-import deepfuse_plugin  # noqa: E402,F401
-from deepfuse_plugin.data import loaders  # noqa: E402
-from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer  # noqa: E402
-from tests.unit.test_crystal_structures import copy_extxyz_head, needs_text_model  # noqa: E402
+import deepfuse_plugin
+from deepfuse_plugin.data import loaders
+from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer
+from tests.unit.test_crystal_structures import copy_extxyz_head, needs_text_model
 
 N_SLICE = 50
 
@@ -137,7 +137,8 @@ def test_extxyz_ids_with_leading_zeros_stay_text(tmp_path):
 
 def test_deepchem_materials_loader_with_a_local_file(tmp_path, featurizer):
     """dc.molnet.load_mp_formation_energy reads data_dir/mp_formation_energy.json when it exists
-    (no download): a 6-structure file in DeepChem's format goes through the multimodal featurizer."""
+    (no download): a 6-structure file in DeepChem's format goes through the multimodal
+    featurizer."""
     from tests.unit.test_crystal_structures import cscl, nacl, silicon, srtio3
 
     data_dir, save_dir = tmp_path / "data", tmp_path / "save"

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import deepfuse_plugin  # noqa: F401  (registers dc.feat.MultiModalFeaturizer, dc.models.*)
+import deepfuse_plugin
 
 # 30 valid molecules from several scaffolds, one unparsable row, one empty SMILES.
 CSV_SMILES = [
@@ -160,7 +160,7 @@ def test_csv_with_no_valid_rows_gives_a_clear_error_at_fit(tmp_path, featurizer,
 
 def test_disk_dataset_round_trip(featurized, smiles, small_featurizer, tiny_model_kwargs, tmp_path):
     y = np.arange(len(featurized), dtype=float).reshape(-1, 1)
-    disk = dc.data.DiskDataset.from_numpy(
+    dc.data.DiskDataset.from_numpy(  # writes the shards that DiskDataset reads back
         featurized, y, ids=np.array(smiles), data_dir=str(tmp_path / "disk")
     )
     reloaded = dc.data.DiskDataset(str(tmp_path / "disk"))

@@ -11,19 +11,19 @@ import pytest
 pytest.importorskip("matgl")
 pytest.importorskip("pymatgen.core")
 
-import deepchem as dc  # noqa: E402
-import lightning as L  # noqa: E402
-import matgl  # noqa: E402
-import torch  # noqa: E402
-from matgl.ext.pymatgen import Structure2Graph  # noqa: E402
-from matgl.graph.data import collate_fn_graph  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+import deepchem as dc
+import lightning as L
+import matgl
+import torch
+from matgl.ext.pymatgen import Structure2Graph
+from matgl.graph.data import collate_fn_graph
+from torch.utils.data import DataLoader
 
-import deepfuse_plugin  # noqa: E402,F401
-from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer  # noqa: E402
+import deepfuse_plugin  # noqa: F401
+from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer
 from deepfuse_plugin.matgl import (
     MatMMFuse,
-    MultiModalLightningModule,  # noqa: E402
+    MultiModalLightningModule,
     MultiModalMGLDataset,
     attach_positions,
     modality_inputs,
@@ -31,7 +31,7 @@ from deepfuse_plugin.matgl import (
 from tests.unit.test_crystal_structures import (
     cscl,
     lone_atom,
-    nacl,  # noqa: E402
+    nacl,
     needs_text_model,
     silicon,
     srtio3,

@@ -177,7 +177,7 @@ def test_same_width_data_from_other_featurizer_settings_is_an_error():
     assert collate_samples(samples, radius3.modalities).inputs["ecfp"].shape == (2, 64)
 
 
-# -- length-bucketed training batches ---------------------------------------------------------------
+# -- length-bucketed training batches --------------------------------------------------------------
 def _padded_positions(batches, modalities) -> int:
     from deepfuse_plugin.data.collate import sequence_lengths
 

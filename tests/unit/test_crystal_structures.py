@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("pymatgen.core")
 
-from pymatgen.core import Lattice, Structure  # noqa: E402
+from pymatgen.core import Lattice, Structure
 
 
 def nacl() -> Structure:
@@ -73,8 +73,8 @@ def needs_text_model() -> None:
 
 
 def copy_extxyz_head(source, target, n_frames: int):
-    """Write the first ``n_frames`` frames of the xz-compressed extended XYZ ``source`` to ``target``
-    (streamed: only the start of the archive is decompressed); returns ``target``."""
+    """Write the first ``n_frames`` frames of the xz-compressed extended XYZ ``source`` to
+    ``target`` (streamed: only the start of the archive is decompressed); returns ``target``."""
     import lzma
 
     with lzma.open(source, "rt") as src, open(target, "w") as out:

@@ -9,14 +9,14 @@ pytest.importorskip("pymatgen.core")
 from deepfuse_plugin.feat.text import (
     DescriptionCache,
     FastDescriber,
-    split_sentences,  # noqa: E402
+    split_sentences,
     structure_hash,
 )
 from tests.unit.test_crystal_structures import (
     cscl,
     disordered,
     lone_atom,
-    nacl,  # noqa: E402
+    nacl,
     silicon,
     srtio3,
     with_isolated_atom,

@@ -150,7 +150,7 @@ def test_every_layer_accepts_a_single_modality(kind):
     assert out.fused.shape == (B, D_OUT) and torch.isfinite(out.fused).all()
 
 
-# -- masking invariants -----------------------------------------------------------------------------
+# -- masking invariants ----------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", LAYERS)
 def test_missing_modality_gets_no_weight_and_no_gradient(kind):
     layer = build(kind)
@@ -330,7 +330,7 @@ def test_cross_attention_rejects_a_negative_length_chunk():
         build("cross", length_chunk=-1)
 
 
-# -- mixture of experts -----------------------------------------------------------------------------
+# -- mixture of experts ----------------------------------------------------------------------------
 @pytest.mark.parametrize("top_k", [1, 2, 4])
 @pytest.mark.parametrize("training", [True, False])
 def test_moe_keeps_exactly_top_k_available_experts(top_k, training):
@@ -372,7 +372,7 @@ def test_moe_balancing_loss_is_lower_for_balanced_usage_and_trains_towards_it():
     assert loss.item() < 0.5 * start
 
 
-# -- late fusion combination ------------------------------------------------------------------------
+# -- late fusion combination -----------------------------------------------------------------------
 def test_late_fusion_mean_renormalises_over_present_modalities():
     layer = build("late-mean").eval()
     out = layer(make_embeddings(), MIXED_MASK)
@@ -409,7 +409,7 @@ def test_late_fusion_classification_is_a_mixture_of_probabilities():
     assert torch.allclose(out.task_outputs[0], mixture, atol=1e-5)
 
 
-# -- generic modality dropout -----------------------------------------------------------------------
+# -- generic modality dropout ----------------------------------------------------------------------
 def test_network_modality_dropout_hides_modalities_only_in_training(dataset):
     ds, modalities = dataset
     model = EarlyFusionModel(

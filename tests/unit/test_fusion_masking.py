@@ -86,7 +86,7 @@ def test_missing_modality_values_do_not_change_the_output(garbage):
     torch.testing.assert_close(out.weights, out2.weights)
     for key in out.aux_losses:
         torch.testing.assert_close(out.aux_losses[key], out2.aux_losses[key])
-    for j, n in enumerate(NAMES):
+    for j in range(len(NAMES)):
         rows = MASK[:, j]
         torch.testing.assert_close(out.extras["gates"][rows, j], out2.extras["gates"][rows, j])
 

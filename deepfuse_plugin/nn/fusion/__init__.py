@@ -5,16 +5,16 @@
 ``embeddings`` are the encoder outputs in the model's modality order; ``mask`` is the presence mask
 (True = the modality exists for that sample). Layers never read a missing modality's values.
 
-================================  ====================  =============================================
-layer                             module                idea
-================================  ====================  =============================================
-:class:`ProjectionFusion`         ``projection``        projections averaged over present modalities
-:class:`EarlyFusion`              ``early``             zero-filled concatenation + presence bits, MLP
-:class:`LateFusion`               ``late``              one predictor per modality, weighted combination
-:class:`DynamicFusion`            ``dynamic``           gates, attention over modalities, reconstruction
-:class:`CrossAttentionFusion`     ``cross_attention``   token-level cross-attention between modalities
-:class:`GatedMoEFusion`           ``moe``               sparse mixture of experts, noisy top-k gating
-================================  ====================  =============================================
+=============================  ===================  ================================================
+layer                          module               idea
+=============================  ===================  ================================================
+:class:`ProjectionFusion`      ``projection``       projections averaged over present modalities
+:class:`EarlyFusion`           ``early``            zero-filled concatenation + presence bits, MLP
+:class:`LateFusion`            ``late``             one predictor per modality, weighted combination
+:class:`DynamicFusion`         ``dynamic``          gates, attention over modalities, reconstruction
+:class:`CrossAttentionFusion`  ``cross_attention``  token-level cross-attention between modalities
+:class:`GatedMoEFusion`        ``moe``              sparse mixture of experts, noisy top-k gating
+=============================  ===================  ================================================
 
 The shared output type lives in ``output`` (:class:`FusionOutput`), the masking helpers every layer
 uses in ``masking``. A new layer is a new module here that returns a :class:`FusionOutput`, is

@@ -29,25 +29,25 @@ class CrossAttentionFusion(nn.Module):
     Every modality becomes a token sequence in the encoder width ``d``: sequence and graph encoders
     supply their token/atom states (``EncodedModality.tokens``); a vector modality (fingerprint,
     descriptors, embedding) is turned into ``vector_tokens`` learned tokens by a linear map of its
-    pooled output reshaped into ``k`` chunks, plus a learned slot embedding per chunk, so that it offers
-    several keys (with a single key the softmax is identically 1 and attention does nothing). A
-    learned modality-type embedding is added to every token.
+    pooled output reshaped into ``k`` chunks, plus a learned slot embedding per chunk, so that it
+    offers several keys (with a single key the softmax is identically 1 and attention does nothing).
+    A learned modality-type embedding is added to every token.
 
     Each block, for every modality m (queries = m's tokens):
     ``h_m <- h_m + MHA(LN(h_m), K=V=[null_m; LN(h_o) for o != m])``, then
     ``h_m <- h_m + FFN(LN(h_m))`` (pre-norm transformer block,
-    ``Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V`` per head). The key padding mask covers padded
-    tokens *and* every token of a missing modality. ``null_m`` is a learned "attend to nothing" key,
-    always valid: a sample whose other modalities are all missing attends to it alone instead of
-    producing the NaN of an all-masked softmax, and a model can put weight on it when the other
-    modalities are uninformative. With a single modality there is nothing to cross-attend to and the
-    block degenerates to self-attention over the modality's own tokens (plus the null key).
+    ``Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V`` per head). The key padding mask covers
+    padded tokens *and* every token of a missing modality. ``null_m`` is a learned "attend to
+    nothing" key, always valid: a sample whose other modalities are all missing attends to it alone
+    instead of producing the NaN of an all-masked softmax, and a model can put weight on it when the
+    other modalities are uninformative. With a single modality there is nothing to cross-attend to
+    and the block degenerates to self-attention over the modality's own tokens (plus the null key).
 
     Each modality is pooled by a masked mean over its real tokens; modalities are then combined by a
     masked mean (``pooling="mean"``) or learned attention pooling (``pooling="attention"``,
     ``softmax_m(v^T tanh(U p_m))`` over present modalities) and projected to ``fused_dim``.
-    Padded tokens and missing modalities are zeroed with ``torch.where`` at every block, so they carry
-    no value and receive no gradient.
+    Padded tokens and missing modalities are zeroed with ``torch.where`` at every block, so they
+    carry no value and receive no gradient.
 
     ``extras["attention:<m>"]`` is the last block's head-averaged attention map of query modality m,
     ``(B, L_m, 1 + sum_{o != m} L_o)``; key 0 is the null key, then the other modalities' tokens in

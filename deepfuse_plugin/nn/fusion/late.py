@@ -30,9 +30,9 @@ class LateFusion(nn.Module):
     Regression: ``y = sum_m w_m y_m``. Classification: the **probabilities** are combined (linear
     opinion pool, ``p = sum_m w_m p_m``), as deep ensembles do: the result is a proper mixture whose
     weights are the modality weights, one over-confident unimodal predictor cannot dominate through
-    large logits, and the pool of calibrated members stays calibrated far better than a logit average
-    (a product of experts, which sharpens). The loss input is ``log p`` (computed with logsumexp),
-    which ``cross_entropy`` treats as logits, so the task loss is the mixture's NLL.
+    large logits, and the pool of calibrated members stays calibrated far better than a logit
+    average (a product of experts, which sharpens). The loss input is ``log p`` (computed with
+    logsumexp), which ``cross_entropy`` treats as logits, so the task loss is the mixture's NLL.
 
     The layer predicts itself: ``FusionOutput.task_outputs`` holds ``(prediction, loss_input)`` and
     the network's head is not used. ``fused = sum_m w_m z_m`` is the embedding reported by
@@ -66,7 +66,8 @@ class LateFusion(nn.Module):
     Shapes
     ------
     ``mask (B, M)`` -> ``fused (B, D)``, ``weights (B, M)``, ``task_outputs``: regression
-    ``(B, T)`` twice; classification probabilities ``(B, T, C)`` and log-probabilities ``(B, T, C)``.
+    ``(B, T)`` twice; classification probabilities ``(B, T, C)`` and log-probabilities
+    ``(B, T, C)``.
     """
 
     COMBINE = ("mean", "learned", "stacking")
@@ -114,7 +115,7 @@ class LateFusion(nn.Module):
             nn.init.zeros_(self.modality_logits)
 
     def combination_weights(self, predictions: Tensor, mask: Tensor) -> Tensor:
-        """``(B, M)`` weights, 0 for missing modalities, rows summing to 1 (0 if nothing present)."""
+        """``(B, M)`` weights, 0 for missing modalities, rows summing to 1 (0 if none present)."""
         if self.combine == "mean":
             return presence_weights(mask).to(predictions.dtype)
         if self.combine == "learned":
@@ -142,8 +143,8 @@ class LateFusion(nn.Module):
             combined = (zero_missing(predictions, mask) * w.view(*w.shape, 1)).sum(dim=1)
             result = (combined, combined)
         else:
-            # log p = logsumexp_m(log w_m + log p_m); missing modalities get a finite -huge log-weight,
-            # hence exactly zero weight (and gradient) in the logsumexp.
+            # log p = logsumexp_m(log w_m + log p_m); missing modalities get a finite -huge
+            # log-weight, hence exactly zero weight (and gradient) in the logsumexp.
             neg = torch.finfo(w.dtype).min
             log_w = torch.where(
                 mask, w.clamp(min=torch.finfo(w.dtype).tiny).log(), torch.full_like(w, neg)

@@ -77,7 +77,7 @@ def masked_concat(
 
 
 def masked_mean(x: Tensor, keep: Tensor, dim: int) -> Tensor:
-    """Mean of ``x`` over ``dim`` where ``keep`` (same leading shape); zeros where nothing is kept."""
+    """Mean of ``x`` over ``dim`` where ``keep`` (same leading shape); 0 where nothing is kept."""
     weight = keep.to(x.dtype)
     while weight.dim() < x.dim():
         weight = weight.unsqueeze(-1)

@@ -16,7 +16,8 @@ from deepfuse_plugin.nn.fusion.output import FusionOutput, check_names
 
 
 def cv_squared(x: Tensor, eps: float = 1e-10) -> Tensor:
-    """Squared coefficient of variation ``Var(x) / mean(x)^2`` (population variance); 0 for one value.
+    """Squared coefficient of variation ``Var(x) / mean(x)^2`` (population variance), 0 for one
+    value.
 
     The importance and load-balancing losses of Shazeer et al. (2017) are ``CV(importance)^2`` and
     ``CV(load)^2`` over experts: 0 when every expert gets the same share.
@@ -32,30 +33,31 @@ class GatedMoEFusion(nn.Module):
 
     Experts (each an MLP to ``fused_dim``):
 
-    - ``n_experts_per_modality`` per-modality experts per modality, each reading only that modality's
-      pooled embedding ``x_m``; an expert is *unavailable* for a sample whose modality is missing;
-    - ``n_experts_shared`` shared experts reading the zero-filled concatenation of all modalities plus
-      the presence bits (the early-fusion input ``u``); always available.
+    - ``n_experts_per_modality`` per-modality experts per modality, each reading only that
+      modality's pooled embedding ``x_m``; an expert is *unavailable* for a sample whose modality
+      is missing;
+    - ``n_experts_shared`` shared experts reading the zero-filled concatenation of all modalities
+      plus the presence bits (the early-fusion input ``u``); always available.
 
-    Gating on ``u``: ``H = u W_g + eps * softplus(u W_noise)``, ``eps ~ N(0, 1)`` during training only
-    (``noisy_gating``); unavailable experts are masked out; the ``top_k`` largest (among available
-    experts; all of them if fewer) are kept and a softmax over the kept ones gives the gates ``g``,
-    exactly ``min(top_k, n_available)`` non-zero per sample. ``fused = sum_e g_e E_e``. ``W_g`` and
-    ``W_noise`` start at zero (as in the paper), so gating starts uniform and noisy. All experts are
-    evaluated densely (cheap at these sizes; sparsity is in the gates, not the compute).
+    Gating on ``u``: ``H = u W_g + eps * softplus(u W_noise)``, ``eps ~ N(0, 1)`` during training
+    only (``noisy_gating``); unavailable experts are masked out; the ``top_k`` largest (among
+    available experts; all of them if fewer) are kept and a softmax over the kept ones gives the
+    gates ``g``, exactly ``min(top_k, n_available)`` non-zero per sample. ``fused = sum_e g_e E_e``.
+    ``W_g`` and ``W_noise`` start at zero (as in the paper), so gating starts uniform and noisy. All
+    experts are evaluated densely (cheap at these sizes; sparsity is in the gates, not the compute).
 
     Auxiliary losses (``aux_losses``): ``"importance"`` = ``CV(importance)^2`` and ``"load"`` =
     ``CV(load)^2``, where importance is the gate mass per expert and load the smooth estimate of the
     number of samples routing to it (``P(expert in top-k)`` under re-sampled noise, via the normal
-    CDF, as in the paper; the hard count in evaluation). Because per-modality experts cannot be chosen
-    for samples missing their modality, both are averaged over the samples where the expert is
-    available (a per-availability usage rate), and the CV is taken over experts available somewhere in
-    the batch: an expert is not pushed to compensate for samples it can never serve. Both terms are
-    weighted ``balance_weight`` (``loss_weights``).
+    CDF, as in the paper; the hard count in evaluation). Because per-modality experts cannot be
+    chosen for samples missing their modality, both are averaged over the samples where the expert
+    is available (a per-availability usage rate), and the CV is taken over experts available
+    somewhere in the batch: an expert is not pushed to compensate for samples it can never serve.
+    Both terms are weighted ``balance_weight`` (``loss_weights``).
 
-    Modality weights: a per-modality expert's gate counts for its modality; the shared experts' total
-    gate is split evenly among the sample's present modalities. Rows sum to 1. The shared share is
-    also reported separately in ``extras["shared_gate"]`` ``(B,)``, the per-expert gates in
+    Modality weights: a per-modality expert's gate counts for its modality; the shared experts'
+    total gate is split evenly among the sample's present modalities. Rows sum to 1. The shared
+    share is also reported separately in ``extras["shared_gate"]`` ``(B,)``, the per-expert gates in
     ``extras["gates"]`` ``(B, E)`` (expert order: :attr:`expert_names`), availability in
     ``extras["expert_available"]`` and the selection in ``extras["selected"]``.
 
@@ -136,7 +138,7 @@ class GatedMoEFusion(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def available(self, mask: Tensor) -> Tensor:
-        """``(B, E)``: per-modality experts need their modality; shared experts are always available."""
+        """``(B, E)``: per-modality experts need their modality; shared experts are always there."""
         owner = self.expert_modality
         return torch.where(owner >= 0, mask[:, owner.clamp(min=0)], torch.ones_like(mask[:, :1]))
 
@@ -209,7 +211,7 @@ class GatedMoEFusion(nn.Module):
         available: Tensor,
         selected: Tensor,
     ) -> Tensor:
-        """Per-expert load ``(E,)``: smooth ``sum_b P(e in top-k)`` with noise, else the hard count."""
+        """Per-expert load ``(E,)``: ``sum_b P(e in top-k)`` under noise, else the hard count."""
         k, n_experts = self.top_k, logits.shape[1]
         if noisy_std is None or k >= n_experts:
             return selected.to(clean.dtype).sum(dim=0)
