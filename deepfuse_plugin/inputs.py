@@ -231,9 +231,9 @@ def valid_smiles_mask(
     problems = smiles_problems(smiles, limits)
     mask = np.array([p is None for p in problems], dtype=bool)
     invalid = [
-        f"{i}: {_shown(smiles[i])}"
-        + (f" ({problems[i][16:]})" if problems[i] != "invalid SMILES" else "")
-        for i in np.flatnonzero(~mask)
+        f"{i}: {_shown(smiles[i])}" + (f" ({problem[16:]})" if problem != "invalid SMILES" else "")
+        for i, problem in enumerate(problems)
+        if problem is not None
     ]
     if invalid:
         logger.warning(

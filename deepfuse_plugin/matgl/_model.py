@@ -95,6 +95,9 @@ class MatMMFuse(MatGLModel):
     """
 
     __version__ = 1
+    #: the featurizer ``predict_structure`` uses: the dataset's (``from_dataset``; a custom
+    #: describer too), else a ``CrystalMultiModalFeaturizer`` built on first use
+    _featurizer: Any
 
     def __init__(
         self,
@@ -232,10 +235,9 @@ class MatMMFuse(MatGLModel):
 
     def set_curriculum(self, progress: float) -> None:
         """Masking curriculum of a dynamic fusion layer (``progress`` in [0, 1]); else a no-op."""
-        if self.fusion_kind == "dynamic":
-            self.network.fusion.mask_rate = curriculum_rate(
-                progress, self.mask_start, self.mask_end
-            )
+        fusion = self.network.fusion
+        if isinstance(fusion, DynamicFusion):
+            fusion.mask_rate = curriculum_rate(progress, self.mask_start, self.mask_end)
 
     def featurizer(self) -> Any:
         """The :class:`~deepfuse_plugin.feat.crystal.CrystalMultiModalFeaturizer` of the extra

@@ -156,7 +156,7 @@ class TransformerTextEncoder(nn.Module):
 def _text_encoder(spec: Modality, out_dim: int, options: dict[str, Any]) -> nn.Module:
     representation = spec.params.get("representation", "tokens")
     if representation == "sentence_embeddings":
-        return SentenceEmbeddingEncoder(spec.dim, out_dim, **options)
+        return SentenceEmbeddingEncoder(spec.require("dim"), out_dim, **options)
     if representation == "tokens":
         options = dict(options)
         backbone = options.pop("backbone", "pretrained")
@@ -194,7 +194,7 @@ def _crystal_graph_encoder(spec: Modality, out_dim: int, options: dict[str, Any]
             f"{backbone!r} reads MatGL-format graphs: featurize with the "
             "'matgl_graph' modality (CrystalMultiModalFeaturizer(['matgl_graph', ...]))"
         )
-    return CGCNNEncoder(spec.node_dim, spec.edge_dim, out_dim, **options)
+    return CGCNNEncoder(spec.require("node_dim"), spec.require("edge_dim"), out_dim, **options)
 
 
 register_encoder("crystal_graph", _crystal_graph_encoder)

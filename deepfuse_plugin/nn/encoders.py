@@ -92,8 +92,9 @@ def mlp(
 def reset_all(module: nn.Module) -> None:
     """Re-initialise every sub-module that has ``reset_parameters`` (PyG convention)."""
     for child in module.modules():
-        if child is not module and hasattr(child, "reset_parameters"):
-            child.reset_parameters()
+        reset = getattr(child, "reset_parameters", None)
+        if child is not module and callable(reset):
+            reset()
 
 
 class VectorEncoder(nn.Module):
@@ -195,8 +196,11 @@ def encode_in_length_chunks(
     pooled, states = [], []
     for rows, (longest,) in chunks:
         encoded = encode(ids[rows, :longest], attention[rows, :longest])
+        tokens = encoded.tokens
+        if tokens is None:
+            raise ValueError("encode_in_length_chunks needs an encoder that returns token states")
         pooled.append(encoded.pooled)
-        states.append(encoded.tokens)
+        states.append(tokens)
 
     def token_states() -> tuple[Tensor, Tensor]:
         padded = [F.pad(t, (0, 0, 0, ids.shape[1] - t.shape[1])) for t in states]
@@ -338,10 +342,12 @@ class GraphEncoder(nn.Module):
 EncoderFactory = Callable[[Modality, int, dict[str, Any]], nn.Module]
 
 ENCODERS: dict[str, EncoderFactory] = {
-    "vector": lambda m, d, o: VectorEncoder(m.dim, d, **o),
-    "embedding": lambda m, d, o: EmbeddingEncoder(m.dim, d, **o),
-    "sequence": lambda m, d, o: SequenceEncoder(m.vocab_size, d, m.max_length or 128, **o),
-    "graph": lambda m, d, o: GraphEncoder(m.node_dim, m.edge_dim, d, **o),
+    "vector": lambda m, d, o: VectorEncoder(m.require("dim"), d, **o),
+    "embedding": lambda m, d, o: EmbeddingEncoder(m.require("dim"), d, **o),
+    "sequence": lambda m, d, o: SequenceEncoder(
+        m.require("vocab_size"), d, m.max_length or 128, **o
+    ),
+    "graph": lambda m, d, o: GraphEncoder(m.require("node_dim"), m.require("edge_dim"), d, **o),
 }
 
 

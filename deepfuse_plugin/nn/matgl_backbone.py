@@ -20,7 +20,7 @@ can use them. Pure torch / PyG / MatGL: no DeepChem import.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -136,10 +136,11 @@ class MatGLGraphEncoder(nn.Module):
         if self.backbone_name == "cgcnn":
             self.n_gaussians = int(options.pop("n_gaussians", 40))
             width = int(options.get("atom_fea_len", 64))
-            module = CGCNNEncoder(len(self.element_types), self.n_gaussians, width, **options)
-            return module, width, width
+            cgcnn = CGCNNEncoder(len(self.element_types), self.n_gaussians, width, **options)
+            return cgcnn, width, width
         from matgl.models import M3GNet, MEGNet
 
+        module: nn.Module
         if self.backbone_name == "megnet":
             module = MEGNet(element_types=self.element_types, cutoff=self.cutoff, **options)
         else:
@@ -174,9 +175,8 @@ class MatGLGraphEncoder(nn.Module):
             # MatGL's structure converter gives every crystal the state [0, 0]
             state = view.pos.new_zeros(view.num_graphs, 2)
         self.backbone(view, state_attr=state)
-        features = self.backbone.feature_dict
-        last = max(int(k.split("_")[1]) for k in features if k.startswith("gc_"))
-        return features[f"gc_{last}"]["node_feat"], features["readout"].reshape(view.num_graphs, -1)
+        atoms, readout = _last_features(self.backbone)
+        return atoms, readout.reshape(view.num_graphs, -1)
 
     def _cgcnn(self, view: _MatGLView) -> tuple[Tensor, Tensor]:
         from torch_geometric.nn import global_mean_pool
@@ -191,7 +191,8 @@ class MatGLGraphEncoder(nn.Module):
         edge_attr = torch.exp(-((distance - centres) ** 2) / width**2)
         x = F.one_hot(view.node_type, len(self.element_types)).to(view.pos.dtype)
         # CGCNN messages flow neighbour -> centre: edge_index is (source, target) in PyG
-        atoms = self.backbone.node_states(x, view.edge_index, edge_attr)
+        backbone = cast(CGCNNEncoder, self.backbone)  # what _build makes for "cgcnn"
+        atoms = backbone.node_states(x, view.edge_index, edge_attr)
         crystal = global_mean_pool(atoms, view.batch, size=view.num_graphs)
         return atoms, crystal
 
@@ -217,8 +218,14 @@ def _probe_widths(module: nn.Module, element_types: Sequence[str]) -> tuple[int,
     with torch.no_grad():
         module(view, state_attr=state)
     module.train(was_training)
-    features = module.feature_dict
+    atoms, readout = _last_features(module)
+    return int(atoms.shape[-1]), int(readout.reshape(1, -1).shape[-1])
+
+
+def _last_features(module: nn.Module) -> tuple[Tensor, Tensor]:
+    """The node states of the last graph convolution and the readout that a MatGL model's forward
+    pass left in its ``feature_dict``."""
+    # MatGL sets feature_dict as a plain attribute in forward (nn.Module's typing cannot know it)
+    features = cast(dict[str, Any], module.feature_dict)
     last = max(int(k.split("_")[1]) for k in features if k.startswith("gc_"))
-    return int(features[f"gc_{last}"]["node_feat"].shape[-1]), int(
-        features["readout"].reshape(1, -1).shape[-1]
-    )
+    return features[f"gc_{last}"]["node_feat"], features["readout"]

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from deepfuse_plugin.errors import InvalidSettingError
 from deepfuse_plugin.modalities import Modality
 from deepfuse_plugin.nn.encoders import build_encoder
 from deepfuse_plugin.nn.fusion import FusionOutput, sample_modality_drop
@@ -116,8 +117,14 @@ class MultiModalNetwork(nn.Module):
         self.last_fusion = out
         if out.task_outputs is not None:
             prediction, task_output = out.task_outputs
-        else:
+        elif self.head is not None:
             prediction, task_output = self.head(out.fused)
+        else:
+            raise InvalidSettingError(
+                f"{type(self.fusion).__name__} gives no task outputs and the network has no head: "
+                "pass a head (only a fusion layer with its own predictors, such as LateFusion, "
+                "works without one)"
+            )
         weights = out.weights if out.weights is not None else mask.to(out.fused.dtype)
         unimodal, unimodal_mask = self.unimodal_outputs(encoded, out, mask)
         return NetworkOutput(

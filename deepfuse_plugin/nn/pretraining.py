@@ -201,7 +201,7 @@ class PretrainingNetwork(nn.Module):
         )
         self.target_heads = nn.ModuleDict(
             {
-                f"{n}->{t.name}": mlp(encoder_dim, 2 * encoder_dim, int(t.dim), 2)
+                f"{n}->{t.name}": mlp(encoder_dim, 2 * encoder_dim, t.require("dim"), 2)
                 for n in self.input_names
                 for t in self.targets
             }
@@ -213,8 +213,8 @@ class PretrainingNetwork(nn.Module):
         # targets are standardized with corpus statistics (set_target_scaling) so that a
         # 217-wide descriptor vector and a 512-wide embedding weigh alike
         for t in self.targets:
-            self.register_buffer(f"_mean_{t.name}", torch.zeros(int(t.dim)))
-            self.register_buffer(f"_std_{t.name}", torch.ones(int(t.dim)))
+            self.register_buffer(f"_mean_{t.name}", torch.zeros(t.require("dim")))
+            self.register_buffer(f"_std_{t.name}", torch.ones(t.require("dim")))
 
     def set_target_scaling(self, name: str, mean: Tensor, std: Tensor) -> None:
         """Standardize target ``name`` as ``(x - mean) / std`` (``std`` of 0 counts as 1)."""

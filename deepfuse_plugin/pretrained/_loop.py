@@ -155,7 +155,7 @@ class _Run:
             config.loss_weights,
         )
         for t in targets:
-            mean, std = _target_statistics(self.train, t.name, int(t.dim))
+            mean, std = _target_statistics(self.train, t.name, t.require("dim"))
             self.network.set_target_scaling(t.name, torch.tensor(mean), torch.tensor(std))
         default = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(config.device or default)
@@ -408,7 +408,9 @@ def plot_loss_curve(
         for split, style in (("train", "-"), ("valid", "--")):
             values = [row.get(f"{split}_{term}") for row in history]
             if any(v is not None for v in values):
-                ax.plot(epochs, values, style, color=color, label=f"{split} {term}")
+                # an epoch without this term is a gap in the line
+                points = [np.nan if v is None else v for v in values]
+                ax.plot(epochs, points, style, color=color, label=f"{split} {term}")
     ax.set(xlabel="epoch", ylabel="loss", title=title)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

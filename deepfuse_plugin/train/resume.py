@@ -34,7 +34,7 @@ import random
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -150,7 +150,9 @@ def _random_states(model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     import torch
 
     version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # the legacy global generator is always MT19937, whose state is this tuple (not a dict)
+    legacy_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    kind, keys, pos, has_gauss, cached = legacy_state
     plain = {
         "python": {"version": version, "state": list(internal), "gauss_next": gauss},
         "numpy": {

@@ -223,6 +223,14 @@ def test_dataset_rejects_bad_rows_by_index(structures, converter, featurizer, tm
         )
 
 
+def test_dataset_leaves_the_callers_labels_as_given(structures, converter, featurizer, tmp_path):
+    # MGLDataset turns arrays into lists inside the dict it gets: it must get a copy
+    given = {"e": np.array([0.0, 1.0])}
+    data = MultiModalMGLDataset(structures[:2], given, converter, featurizer, root=str(tmp_path))
+    assert isinstance(given["e"], np.ndarray) and given["e"].tolist() == [0.0, 1.0]
+    assert data.labels == {"e": [0.0, 1.0]}
+
+
 @pytest.mark.parametrize("backbone", ["megnet", "m3gnet"])
 def test_matgl_backbones_in_the_deepchem_route(backbone, tmp_path):
     feat = CrystalMultiModalFeaturizer(

@@ -116,12 +116,13 @@ class LateFusion(nn.Module):
 
     def combination_weights(self, predictions: Tensor, mask: Tensor) -> Tensor:
         """``(B, M)`` weights, 0 for missing modalities, rows summing to 1 (0 if none present)."""
-        if self.combine == "mean":
-            return presence_weights(mask).to(predictions.dtype)
-        if self.combine == "learned":
+        if self.modality_logits is not None:  # combine="learned"
             return masked_softmax(self.modality_logits.expand(mask.shape[0], -1), mask)
-        features = zero_missing(predictions.detach().flatten(2), mask).flatten(1)
-        return masked_softmax(self.stacker(torch.cat([features, mask.to(features.dtype)], 1)), mask)
+        if self.stacker is not None:  # combine="stacking"
+            features = zero_missing(predictions.detach().flatten(2), mask).flatten(1)
+            stacked = torch.cat([features, mask.to(features.dtype)], 1)
+            return masked_softmax(self.stacker(stacked), mask)
+        return presence_weights(mask).to(predictions.dtype)  # combine="mean"
 
     def forward(self, embeddings: dict[str, EncodedModality], mask: Tensor) -> FusionOutput:
         z = zero_missing(

@@ -83,6 +83,9 @@ class GatedMoEFusion(nn.Module):
     ``embeddings[name].pooled (B, d)``, ``mask (B, M)`` -> ``fused (B, D)``, ``weights (B, M)``.
     """
 
+    #: ``(E,)`` buffer: the modality index each expert reads, -1 for a shared expert
+    expert_modality: Tensor
+
     def __init__(
         self,
         names: tuple[str, ...],
