@@ -9,10 +9,10 @@ BENCH_STAMP := $(VENV)/.deepfuse-bench-installed
 # this project's data folder; the harness itself has no default data path, so every target passes it
 DATA_DIR ?= ../shared/data
 # `materials` brings pymatgen/matgl/robocrys/MiniLM so the crystal tests run; EXTRAS=test skips them
-# `pretrained` brings MiniMol (ONNX), `hpopt` Optuna
-EXTRAS ?= test,materials,pretrained,hpopt
+# `pretrained` brings MiniMol (ONNX), `hpopt` Optuna, `docs` MkDocs, `lint` ruff/mypy/pre-commit
+EXTRAS ?= test,materials,pretrained,hpopt,docs,lint
 
-.PHONY: venv demo test bench bench-full bench-crystals clean
+.PHONY: venv demo test lint docs bench bench-full bench-crystals clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,6 +40,16 @@ demo: $(STAMP)
 # library and harness tests (setup.cfg testpaths: tests, deepfuse_plugin, benchmarks/tests, ...)
 test: $(BENCH_STAMP)
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python -m pytest -q -ra --durations=15
+
+# ruff (lint + format check) over library, harness and tests; mypy over the library (pyproject.toml)
+lint: $(BENCH_STAMP)
+	$(BIN)/ruff check deepfuse_plugin benchmarks tests
+	$(BIN)/ruff format --check deepfuse_plugin benchmarks tests
+	$(BIN)/mypy
+
+# the docs site (MkDocs Material + mkdocstrings) -> site/; --strict: any warning fails
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # reduced suite: BBBP + ESOL, seed 0, 30 epochs, every model -> benchmarks/moleculenet.{md,json,png};
 # runs in BENCH_PROCESSES worker processes (default: one per core, one torch thread each)

@@ -178,9 +178,10 @@ def plot_path(plot: PlotArg) -> str | os.PathLike | None:
 
 
 def iterate_network(model: Any, dataset: Dataset, drop: Iterable[str] = ()) -> Iterable[tuple]:
-    """``(NetworkOutput, FusionOutput)`` per batch, evaluation mode, no gradients."""
-    for out, _ in model._iterate_outputs(dataset, tuple(drop)):
-        yield out, model.model.last_fusion
+    """``(NetworkOutput, FusionOutput)`` per batch, evaluation mode, no gradients
+    (:meth:`~deepfuse_plugin.models.base.MultiModalTorchModel.iterate_outputs`)."""
+    for outputs in model.iterate_outputs(dataset, tuple(drop)):
+        yield outputs.network, outputs.fusion
 
 
 def finish_result(table: "pd.DataFrame", model: Any, plot: PlotArg, plotter: str) -> "AnalysisResult":

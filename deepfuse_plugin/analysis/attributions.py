@@ -228,13 +228,9 @@ def atom_attributions(model: Any, dataset: Dataset, task: int = 0, target: str =
                          f"nothing to attribute to (ids: {lacking[:10]}); pass "
                          "on_missing='skip' or leave them out with indices=")
 
-    model._ensure_built()
-    network = model.model
-    was_training = network.training
-    network.eval()
     device = model.device
     results: list[AtomAttribution | None] = []
-    try:
+    with model.inference_network() as network:
         for i in rows:
             sample = samples[i]
             if not sample.present(graph_name):
@@ -268,8 +264,6 @@ def atom_attributions(model: Any, dataset: Dataset, task: int = 0, target: str =
                                            float(outputs[0]), float(outputs[1]),
                                            float(delta.detach().cpu().reshape(-1)[0]),
                                            target_label))
-    finally:
-        network.train(was_training)
     return results
 
 

@@ -77,7 +77,7 @@ def modality_weights(model: Any, dataset: Dataset, drop_modalities: Iterable[str
     if not has_weights and not allow_presence:
         raise NoModalityWeightsError(
             f"{type(model).__name__} has no modality weights: its fusion layer "
-            f"({type(model.model.fusion).__name__}) concatenates the modalities and only reports "
+            f"({type(model.fusion_layer).__name__}) concatenates the modalities and only reports "
             "their presence mask. Use a model with weights (DynamicFusionModel, "
             "CrossAttentionFusionModel, GatedMoEFusionModel, LateFusionModel), modality_ablation() "
             "for importance, or allow_presence=True to get the presence mask")

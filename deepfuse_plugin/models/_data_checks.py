@@ -4,11 +4,13 @@ the model reads, featurizer settings other than the model's, and a loss that sto
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from deepfuse_plugin.data.collate import collate_samples
 from deepfuse_plugin.errors import DeepfuseError, InvalidInputError
 from deepfuse_plugin.modalities import Modality
 
@@ -118,3 +120,47 @@ def spec_differences(ours: Modality, theirs: Modality) -> list[str]:
         if a != b and key != "vocab":
             lines.append(f"modality {ours.name!r} params[{key!r}]: model {a!r}, featurizer {b!r}")
     return lines
+
+
+def check_training_data(dataset: Dataset, modalities: Sequence[Modality], n_tasks: int,
+                        mode: str, n_classes: int, labelled: bool, log: logging.Logger) -> None:
+    """Refuse data ``fit`` cannot use, naming the rows: no rows, other modalities than the
+    model's, token sequences longer than the model reads, and (``labelled``) no tasks, a task
+    count other than ``n_tasks``, text or float32-overflowing labels, tasks without a label and
+    classification labels outside ``[0, n_classes)``. NaN/inf labels are logged (weight 0)."""
+    if len(dataset) == 0:
+        raise ValueError("The dataset has no rows: every input failed to featurize or the "
+                         "split is empty (see the featurizer's warnings for the failed inputs)")
+    # not dataset.X: that loads every shard. DiskDataset yields a map per sample: unpack it.
+    first, *_ = next(iter(dataset.itersamples()))
+    collate_samples([first], modalities)  # clear error if modalities differ
+    check_token_lengths(dataset, modalities)
+    if not labelled:
+        return
+    if len(dataset.get_task_names()) == 0:  # e.g. CSVLoader(tasks=[]): DiskDataset.y fails
+        raise ValueError("The dataset has no labels (no tasks): fit() needs labels; use "
+                         "pretrain() for self-supervised training")
+    y = numeric_labels(dataset)
+    if y.shape[1] != n_tasks:
+        raise ValueError(f"The model has n_tasks={n_tasks} but the labels have {y.shape[1]} "
+                         "column(s)")
+    check_label_range(y, dataset)
+    check_labelled_tasks(y, dataset)
+    bad_rows = np.flatnonzero(~np.isfinite(y).all(axis=1))
+    if len(bad_rows):
+        ids = [str(dataset.ids[i]) for i in bad_rows[:10]]
+        log.warning("%d row(s) have NaN/inf labels; those entries get weight 0 (ids: %s%s)",
+                    len(bad_rows), ids, " ..." if len(bad_rows) > 10 else "")
+    if mode == "classification":
+        _check_class_labels(y, dataset, n_classes)
+
+
+def _check_class_labels(y: np.ndarray, dataset: Dataset, n_classes: int) -> None:
+    finite = y[np.isfinite(y)]
+    invalid = finite[(finite < 0) | (finite >= n_classes) | (finite != np.round(finite))]
+    if invalid.size:
+        rows = np.flatnonzero(((y < 0) | (y >= n_classes) | (y != np.round(y))) &
+                              np.isfinite(y))[:10]
+        raise ValueError(f"Classification labels must be integers in [0, {n_classes}); "
+                         f"found {sorted(set(invalid.tolist()))[:5]} (ids: "
+                         f"{[str(dataset.ids[r]) for r in rows]})")

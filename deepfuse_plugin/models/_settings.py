@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from deepfuse_plugin.errors import InvalidSettingError
+from deepfuse_plugin.modalities import Modality, as_modalities
 from deepfuse_plugin.nn.heads import UNCERTAINTY_KINDS
 
 
@@ -122,3 +123,32 @@ def check_base_settings(settings: dict[str, Any], kwargs: dict[str, Any]) -> Non
     rate = kwargs.get("learning_rate", 0.001)
     if isinstance(rate, (int, float, np.number)) or not hasattr(rate, "_create_pytorch_schedule"):
         positive_float("learning_rate", rate)
+
+
+def resolve_modalities(modalities: Sequence[Modality | dict | str]) -> list[Modality]:
+    """Specs from specs, dicts, or built-in names (default featurizer settings).
+
+    Molecule names come first (``"graph"`` is the molecular graph); the crystal-only names
+    (``"text_sentences"``, ``"composition"``, ``"matgl_graph"``, ...) resolve with the crystal
+    featurizer's defaults."""
+    from deepfuse_plugin.feat.molecule import BUILTIN_MODALITIES, MultiModalFeaturizer
+
+    molecular = [m for m in modalities if isinstance(m, str) and m in BUILTIN_MODALITIES]
+    crystal = [m for m in modalities if isinstance(m, str) and m not in BUILTIN_MODALITIES]
+    defaults: dict[str, Modality] = {}
+    if molecular:
+        defaults.update((m.name, m) for m in
+                        MultiModalFeaturizer(molecular, progress=False).modalities)
+    if crystal:
+        from deepfuse_plugin.feat.crystal import (
+            BUILTIN_CRYSTAL_MODALITIES,
+            crystal_modality_specs,
+        )
+
+        unknown = [m for m in crystal if m not in BUILTIN_CRYSTAL_MODALITIES]
+        if unknown:
+            raise ValueError(f"Unknown modality names {unknown}; built-in molecule modalities: "
+                             f"{list(BUILTIN_MODALITIES)}, crystal modalities: "
+                             f"{list(BUILTIN_CRYSTAL_MODALITIES)}")
+        defaults.update((m.name, m) for m in crystal_modality_specs(crystal))
+    return as_modalities([defaults[m] if isinstance(m, str) else m for m in modalities])

@@ -1,103 +1,61 @@
 """``MultiModalTorchModel``: the DeepChem plumbing every deepfuse fusion model shares.
 
 A concrete model only implements :meth:`MultiModalTorchModel._build_fusion` (and, if it has
-constructor arguments of its own, stores them under the same attribute names). Batching, losses,
-output types, checkpoints, configuration checks and named predictions live here.
+constructor arguments of its own, stores them under the same attribute names). Construction,
+configuration, checkpoints and training are here; the prediction methods (``predict``,
+``iterate_outputs``, ``predict_uncertainty``, ...) come from
+:class:`~deepfuse_plugin.models.inference.InferenceMixin`. The work behind them lives in smaller
+modules: batching (``_batching``), losses (``_losses``), data checks (``_data_checks``),
+configuration files (:mod:`~deepfuse_plugin.models.checkpoints`), row checks
+(:mod:`~deepfuse_plugin.models.predictions`) and evidential uncertainty
+(:mod:`~deepfuse_plugin.models.uncertainty`).
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from abc import abstractmethod
-from typing import Any, ClassVar, Iterable, Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from deepchem.data import Dataset
 from deepchem.models import TorchModel
-from deepchem.trans import undo_transforms
 from torch import nn
-from tqdm.auto import tqdm
 
-from deepfuse_plugin._version import __version__
-from deepfuse_plugin.data.collate import (PADDED_KINDS, MultiModalBatch, collate_samples,
-                                          length_bucketed)
-from deepfuse_plugin.errors import (CorruptCheckpointError, InvalidSettingError)
+from deepfuse_plugin.data.collate import collate_samples
+from deepfuse_plugin.errors import CorruptCheckpointError, InvalidSettingError
 from deepfuse_plugin.modalities import Modality, as_modalities
+from deepfuse_plugin.models import _losses
 from deepfuse_plugin.models import _settings as check
+from deepfuse_plugin.models._batching import autocast_dtype, batch_to_device, multimodal_batches
+from deepfuse_plugin.models._data_checks import (check_training_data, refusing_non_finite,
+                                                 spec_differences)
+from deepfuse_plugin.models._losses import DEFAULT_EVIDENTIAL_LAMBDA  # noqa: F401 (re-export)
+from deepfuse_plugin.models._losses import released_after_backward as _released_after_backward
 from deepfuse_plugin.models._pretrained import (check_fine_tuning_settings, parameter_groups,
                                                 pretrained_covers, start_from_pretrained)
-from deepfuse_plugin.models._data_checks import (check_label_range, check_labelled_tasks,
-                                                 check_token_lengths, numeric_labels,
-                                                 refusing_non_finite, spec_differences)
-from deepfuse_plugin.models.checkpoints import (CONFIG_FILE, CONFIG_FORMAT,  # noqa: F401
-                                                MissingCheckpointError, checkpoint_digest,
-                                                config_diff,
-                                                latest_checkpoint, load_checkpoint_file,
-                                                read_config, verify_checkpoint_digest)
-from deepfuse_plugin.models.predictions import (NON_FINITE, CheckedPredictions, drop_names,
-                                                mark_failed_rows, non_finite_rows, row_problems,
-                                                warn_failed_rows)
-from deepfuse_plugin.nn import losses
-from deepfuse_plugin.nn.heads import dirichlet_moments, make_head, nig_moments
-from deepfuse_plugin.nn.network import MultiModalNetwork, NetworkOutput
+from deepfuse_plugin.models.checkpoints import (CONFIG_FILE, build_from_config,
+                                                check_saved_config, jsonable, latest_checkpoint,
+                                                load_weights, read_config, require_config,
+                                                write_config)
+from deepfuse_plugin.models.checkpoints import CONFIG_FORMAT, MissingCheckpointError  # noqa: F401
+from deepfuse_plugin.models.inference import InferenceMixin
+from deepfuse_plugin.models.inference import NAMED_OUTPUTS, BatchOutputs  # noqa: F401
+from deepfuse_plugin.models.uncertainty import UNCERTAINTY_OUTPUTS  # noqa: F401
+from deepfuse_plugin.nn.heads import make_head
+from deepfuse_plugin.nn.network import MultiModalNetwork
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ["prediction", "loss", "loss", "embedding", "modality_weights", "loss", "loss"]
-NAMED_OUTPUTS = ("prediction", "embedding", "modality_weights")
-#: ``predict_uncertainty(kind=...)`` values per mode (the first is the default).
-UNCERTAINTY_OUTPUTS = {"regression": ("total", "aleatoric", "epistemic"),
-                       "classification": ("total", "vacuity")}
-#: Default ``evidential_lambda`` per mode (Amini et al. use 0.01-0.2; Sensoy et al. anneal to 1).
-DEFAULT_EVIDENTIAL_LAMBDA = {"regression": 0.1, "classification": 1.0}
 
 #: Model classes by name, for :meth:`MultiModalTorchModel.load`.
 MODEL_CLASSES: dict[str, type["MultiModalTorchModel"]] = {}
 
 
-def _resolve_modalities(modalities: Sequence[Modality | dict | str]) -> list[Modality]:
-    """Specs from specs, dicts, or built-in names (default featurizer settings).
-
-    Molecule names come first (``"graph"`` is the molecular graph); the crystal-only names
-    (``"text_sentences"``, ``"composition"``, ``"matgl_graph"``, ...) resolve with the crystal
-    featurizer's defaults."""
-    from deepfuse_plugin.feat.molecule import BUILTIN_MODALITIES, MultiModalFeaturizer
-
-    molecular = [m for m in modalities if isinstance(m, str) and m in BUILTIN_MODALITIES]
-    crystal = [m for m in modalities if isinstance(m, str) and m not in BUILTIN_MODALITIES]
-    defaults: dict[str, Modality] = {}
-    if molecular:
-        defaults.update((m.name, m) for m in
-                        MultiModalFeaturizer(molecular, progress=False).modalities)
-    if crystal:
-        from deepfuse_plugin.feat.crystal import BUILTIN_CRYSTAL_MODALITIES, crystal_modality_specs
-
-        unknown = [m for m in crystal if m not in BUILTIN_CRYSTAL_MODALITIES]
-        if unknown:
-            raise ValueError(f"Unknown modality names {unknown}; built-in molecule modalities: "
-                             f"{list(BUILTIN_MODALITIES)}, crystal modalities: "
-                             f"{list(BUILTIN_CRYSTAL_MODALITIES)}")
-        defaults.update((m.name, m) for m in crystal_modality_specs(crystal))
-    return as_modalities([defaults[m] if isinstance(m, str) else m for m in modalities])
-
-
-def autocast_dtype(mixed_precision: bool | str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``mixed_precision`` on ``device`` (see MultiModalTorchModel)."""
-    if mixed_precision not in ("auto", True, False):
-        raise ValueError(f"mixed_precision must be 'auto', True or False, got {mixed_precision!r}")
-    if mixed_precision is False:
-        return None
-    if mixed_precision == "auto":
-        on_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if on_gpu else None
-    return torch.bfloat16
-
-
-class MultiModalTorchModel(TorchModel):
+class MultiModalTorchModel(InferenceMixin, TorchModel):
     """Base class of deepfuse's fusion models (a DeepChem ``TorchModel``).
 
     Parameters
@@ -176,7 +134,7 @@ class MultiModalTorchModel(TorchModel):
         pretrained checkpoint need not be on the machine. Not saved.
     pretrained_modalities: sequence of str, optional
         Set by :meth:`load` from the saved configuration (which encoders started pretrained).
-    **kwargs:
+    **kwargs
         Passed to ``dc.models.TorchModel`` (``batch_size``, ``learning_rate``, ``model_dir``,
         ``device``, ...). The device defaults to the GPU when one is present (DeepChem's rule).
 
@@ -185,6 +143,11 @@ class MultiModalTorchModel(TorchModel):
     Output conventions follow DeepChem: regression predictions ``(N, n_tasks)``, classification
     probabilities ``(N, n_tasks, n_classes)``; ``predict(..., output_types=["embedding"])`` gives
     the fused embedding and ``["modality_weights"]`` the per-sample modality weights.
+
+    The prediction methods (``predict``, ``predict_checked``, ``predict_uncertainty``,
+    ``modality_weights``, ``collect_extras``) and the public way to the network's outputs
+    (``iterate_outputs``, ``inference_network``, ``fusion_layer``) are documented on
+    :class:`~deepfuse_plugin.models.inference.InferenceMixin`, a base of this class.
     """
 
     #: ``restore`` loads weights only and checks the configuration (see ``restore_safely``).
@@ -222,7 +185,7 @@ class MultiModalTorchModel(TorchModel):
         self.evidential_anneal_epochs = evidential_anneal_epochs
         self._kl_anneal = 1.0
         self.n_tasks, self.mode, self.n_classes = n_tasks, mode, n_classes
-        self.modalities = _resolve_modalities(modalities)
+        self.modalities = check.resolve_modalities(modalities)
         self.encoder_dim, self.fused_dim, self.head_hidden = encoder_dim, fused_dim, head_hidden
         self.dropout, self.encoder_options = dropout, dict(encoder_options or {})
         self.fusion_loss_weight, self.progress = fusion_loss_weight, progress
@@ -335,19 +298,12 @@ class MultiModalTorchModel(TorchModel):
         config["modalities"] = [m.to_dict() for m in self.modalities]
         if not isinstance(config["learning_rate"], (int, float)):
             config["learning_rate"] = None  # a schedule object: not part of the architecture
-        return json.loads(json.dumps(config, default=_jsonable))
-
-    def _write_config(self, model_dir: str) -> None:
-        os.makedirs(model_dir, exist_ok=True)
-        payload = {"format": CONFIG_FORMAT, "deepfuse_version": __version__,
-                   "model_class": type(self).__name__, "config": self.get_config()}
-        with open(os.path.join(model_dir, CONFIG_FILE), "w") as fh:
-            json.dump(payload, fh, indent=1)
+        return json.loads(json.dumps(config, default=jsonable))
 
     def save_checkpoint(self, max_checkpoints_to_keep: int = 5, model_dir: str | None = None) -> None:
         super().save_checkpoint(max_checkpoints_to_keep, model_dir)
         if max_checkpoints_to_keep:
-            self._write_config(model_dir or self.model_dir)
+            write_config(model_dir or self.model_dir, type(self).__name__, self.get_config())
 
     def restore(self, checkpoint: str | None = None, model_dir: str | None = None,
                 strict: bool | None = True) -> None:
@@ -366,43 +322,10 @@ class MultiModalTorchModel(TorchModel):
             checkpoint = latest_checkpoint(directory)
         saved = read_config(directory)
         if saved is not None:
-            self._check_saved_config(saved, directory)
+            check_saved_config(saved, self.get_config(), type(self).__name__,
+                               self._training_settings, directory, logger)
         self._ensure_built()
-        data = load_checkpoint_file(checkpoint, self.device)
-        try:
-            self.model.load_state_dict(data["model_state_dict"], strict=bool(strict))
-        except RuntimeError as err:
-            raise InvalidSettingError(
-                f"Checkpoint in {directory!r} does not fit this model's architecture: "
-                f"{str(err).splitlines()[0]}") from err
-        try:
-            self._pytorch_optimizer.load_state_dict(data["optimizer_state_dict"])
-            self._global_step = int(data["global_step"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise CorruptCheckpointError(f"Checkpoint {checkpoint!r} has an unusable optimizer "
-                                         f"state or step ({err}): retrain the model, or restore "
-                                         "the folder from a backup copy") from err
-
-    def _check_saved_config(self, saved: dict[str, Any], directory: str) -> None:
-        try:
-            mismatched, training_only = config_diff(saved["config"], self.get_config(),
-                                                     self._training_settings)
-        except (KeyError, TypeError, ValueError) as err:
-            raise CorruptCheckpointError(
-                f"{os.path.join(directory, CONFIG_FILE)} is not a valid deepfuse configuration "
-                f"({type(err).__name__}: {err}): retrain the model, or restore the folder from a "
-                "backup copy") from err
-        if saved["model_class"] != type(self).__name__:
-            mismatched.insert(0, f"model_class: saved {saved['model_class']}, "
-                                 f"this {type(self).__name__}")
-        if mismatched:
-            raise InvalidSettingError(
-                f"Cannot restore checkpoint from {directory!r} into this model: its "
-                "configuration differs:\n  " + "\n  ".join(mismatched) +
-                f"\nRebuild with {type(self).__name__}.load({directory!r}).")
-        if training_only:
-            logger.warning("Restoring from %r with different training settings: %s", directory,
-                           "; ".join(training_only))
+        load_weights(self, checkpoint, directory, bool(strict))
 
     @classmethod
     def load(cls, model_dir: str, **overrides: Any) -> "MultiModalTorchModel":
@@ -417,30 +340,15 @@ class MultiModalTorchModel(TorchModel):
         --------
         >>> model = MultiModalTorchModel.load("results/demo/model")  # doctest: +SKIP
         """
-        saved = read_config(model_dir)
-        if saved is None:
-            if not os.path.isdir(model_dir):
-                raise MissingCheckpointError(f"Model folder {model_dir!r} does not exist: give "
-                                             "the folder a trained model was saved in")
-            raise MissingCheckpointError(f"No {CONFIG_FILE} in {model_dir!r}: not a deepfuse "
-                                         "model folder")
-        path = os.path.join(model_dir, CONFIG_FILE)
+        saved = require_config(model_dir)
         model_cls = MODEL_CLASSES.get(saved["model_class"])
         if model_cls is None:
-            raise CorruptCheckpointError(f"Unknown model class {saved['model_class']!r} in {path}"
+            raise CorruptCheckpointError(f"Unknown model class {saved['model_class']!r} in "
+                                         f"{os.path.join(model_dir, CONFIG_FILE)}"
                                          f" (known: {sorted(MODEL_CLASSES)})")
         if cls is not MultiModalTorchModel and not issubclass(model_cls, cls):
             raise ValueError(f"{model_dir!r} holds a {saved['model_class']}, not a {cls.__name__}")
-        config = {k: v for k, v in saved["config"].items() if v is not None}
-        try:
-            # the weights come from the checkpoint: a pretrained start need not be re-read
-            model = model_cls(**{**config, "model_dir": model_dir, "load_pretrained_weights": False,
-                                 **overrides})
-        except (TypeError, ValueError) as err:
-            given = f" with the overrides {sorted(overrides)}" if overrides else ""
-            raise CorruptCheckpointError(
-                f"The configuration in {path} cannot rebuild a {saved['model_class']}{given}: "
-                f"{err}. Retrain the model, or restore the file from a backup copy") from err
+        model = build_from_config(model_cls, saved, model_dir, overrides)
         model.restore()
         return model
 
@@ -453,80 +361,35 @@ class MultiModalTorchModel(TorchModel):
         Training batches are regrouped by length when ``length_bucket_pool`` is set (and the order
         is not ``deterministic``); prediction keeps the dataset's order.
         """
-        n_batches = math.ceil(len(dataset) / self.batch_size) * epochs
-        bucketed = (mode == "fit" and not deterministic and self.length_bucket_pool > 1
-                    and any(m.kind in PADDED_KINDS for m in self.modalities))
-        show = self.progress and mode == "fit"
-        with tqdm(total=n_batches, desc=f"{type(self).__name__} {mode}", disable=not show,
-                  unit="batch", leave=False) as bar:
-            for epoch in range(epochs):
-                if mode == "fit":
-                    self._on_epoch_start(epoch / max(1, epochs - 1))
-                batches = dataset.iterbatches(batch_size=self.batch_size,
-                                              deterministic=deterministic, pad_batches=False)
-                if bucketed:  # seeded from numpy's global state, like DeepChem's shuffling
-                    rng = np.random.default_rng(np.random.randint(2**31 - 1))
-                    batches = length_bucketed(batches, self.modalities, self.length_bucket_pool,
-                                              rng)
-                for X_b, y_b, w_b, _ in batches:
-                    batch = collate_samples(list(X_b), self.modalities, self._drop_modalities)
-                    bar.update(1)
-                    yield [batch], [y_b], [w_b]
+        return multimodal_batches(
+            dataset, self.modalities, self.batch_size,
+            lambda samples: collate_samples(samples, self.modalities, self._drop_modalities),
+            self._on_epoch_start, epochs=epochs, mode=mode, deterministic=deterministic,
+            bucket_pool=self.length_bucket_pool, progress=self.progress,
+            desc=type(self).__name__)
 
     def _prepare_batch(self, batch: tuple[Any, Any, Any]) -> tuple[list, list, list]:
-        inputs, labels, weights = batch
-        inputs = [x.to(self.device) if isinstance(x, MultiModalBatch) else x for x in inputs]
-
-        def to_tensors(arrays: Any) -> list[torch.Tensor]:
-            if arrays is None:
-                return []
-            return [torch.as_tensor(np.asarray(a, dtype=np.float32), device=self.device)
-                    for a in arrays if a is not None]
-
-        return inputs, to_tensors(labels), to_tensors(weights)
+        return batch_to_device(batch, self.device)
 
     # -- losses ----------------------------------------------------------------------------------
     def _task_loss(self, task_output: torch.Tensor, labels: torch.Tensor,
                    weights: torch.Tensor) -> torch.Tensor:
-        if self.uncertainty == "evidential":
-            coefficient = (DEFAULT_EVIDENTIAL_LAMBDA[self.mode] if self.evidential_lambda is None
-                           else self.evidential_lambda)
-            if self.mode == "classification":
-                return losses.masked_dirichlet_loss(task_output, labels, weights,
-                                                    coefficient * self._kl_anneal)
-            return losses.masked_evidential_regression_loss(task_output, labels, weights,
-                                                            coefficient)
-        if self.mode == "classification":
-            return losses.masked_classification_loss(task_output, labels, weights)
-        return losses.masked_regression_loss(task_output, labels, weights)
+        return _losses.task_loss(task_output, labels, weights, self.mode, self.uncertainty,
+                                 self.evidential_lambda, self._kl_anneal)
 
     def _supervised_loss(self, outputs: list, labels: list, weights: list) -> torch.Tensor:
-        task_output, aux, unimodal, unimodal_mask = outputs
-        if not labels:
-            raise ValueError("fit() needs labels; use pretrain() for self-supervised training")
-        weight = weights[0] if weights and weights[0].numel() else torch.ones_like(labels[0])
-        loss = self._task_loss(task_output, labels[0], weight) + self.fusion_loss_weight * aux
-        if self.unimodal_loss_weight == 0 or unimodal.shape[1] == 0:
-            return loss
-        weight = weight.reshape(unimodal_mask.shape[0], -1)
-        per_modality = [self._task_loss(unimodal[:, j], labels[0],
-                                        weight * unimodal_mask[:, j:j + 1].to(weight.dtype))
-                        for j in range(unimodal_mask.shape[1])]
-        return loss + self.unimodal_loss_weight * torch.stack(per_modality).mean()
+        return _losses.supervised_loss(outputs, labels, weights, self._task_loss,
+                                       self.fusion_loss_weight, self.unimodal_loss_weight)
 
-    @staticmethod
-    def _fusion_only_loss(outputs: list, labels: list, weights: list) -> torch.Tensor:
-        if not outputs[1].requires_grad:
-            raise ValueError("This model's fusion layer has no self-supervised objective to "
-                             "pretrain on (e.g. DynamicFusionModel has one); use fit()")
-        return outputs[1]
+    _fusion_only_loss = staticmethod(_losses.fusion_only_loss)
 
     # -- training --------------------------------------------------------------------------------
     def fit(self, dataset: Dataset, nb_epoch: int = 10, *args: Any, **kwargs: Any) -> float:
         """DeepChem ``fit`` after checking the dataset (empty data, labels, modalities)."""
         if not check._is_int(nb_epoch) or nb_epoch < 1:
             raise InvalidSettingError(f"nb_epoch must be a whole number >= 1, got {nb_epoch!r}")
-        self._check_dataset(dataset, labelled=kwargs.get("loss") is None)
+        check_training_data(dataset, self.modalities, self.n_tasks, self.mode, self.n_classes,
+                            labelled=kwargs.get("loss") is None, log=logger)
         if len(args) < 6:  # ``loss`` is DeepChem's 8th parameter; not given positionally
             kwargs["loss"] = _released_after_backward(
                 refusing_non_finite(kwargs.get("loss") or self._loss_fn, self))
@@ -544,40 +407,6 @@ class MultiModalTorchModel(TorchModel):
     def pretrain(self, dataset: Dataset, nb_epoch: int = 10, **kwargs: Any) -> float:
         """Self-supervised training on the fusion objective only (labels are not used)."""
         return self.fit(dataset, nb_epoch, loss=self._fusion_only_loss, **kwargs)
-
-    def _check_dataset(self, dataset: Dataset, labelled: bool) -> None:
-        if len(dataset) == 0:
-            raise ValueError("The dataset has no rows: every input failed to featurize or the "
-                             "split is empty (see the featurizer's warnings for the failed inputs)")
-        # not dataset.X: that loads every shard. DiskDataset yields a map per sample: unpack it.
-        first, *_ = next(iter(dataset.itersamples()))
-        collate_samples([first], self.modalities)  # clear error if modalities differ
-        check_token_lengths(dataset, self.modalities)
-        if not labelled:
-            return
-        if len(dataset.get_task_names()) == 0:  # e.g. CSVLoader(tasks=[]): DiskDataset.y fails
-            raise ValueError("The dataset has no labels (no tasks): fit() needs labels; use "
-                             "pretrain() for self-supervised training")
-        y = numeric_labels(dataset)
-        if y.shape[1] != self.n_tasks:
-            raise ValueError(f"The model has n_tasks={self.n_tasks} but the labels have {y.shape[1]} "
-                             "column(s)")
-        check_label_range(y, dataset)
-        check_labelled_tasks(y, dataset)
-        bad_rows = np.flatnonzero(~np.isfinite(y).all(axis=1))
-        if len(bad_rows):
-            ids = [str(dataset.ids[i]) for i in bad_rows[:10]]
-            logger.warning("%d row(s) have NaN/inf labels; those entries get weight 0 (ids: %s%s)",
-                           len(bad_rows), ids, " ..." if len(bad_rows) > 10 else "")
-        if self.mode == "classification":
-            finite = y[np.isfinite(y)]
-            invalid = finite[(finite < 0) | (finite >= self.n_classes) | (finite != np.round(finite))]
-            if invalid.size:
-                rows = np.flatnonzero(((y < 0) | (y >= self.n_classes) | (y != np.round(y))) &
-                                      np.isfinite(y))[:10]
-                raise ValueError(f"Classification labels must be integers in [0, {self.n_classes}); "
-                                 f"found {sorted(set(invalid.tolist()))[:5]} (ids: "
-                                 f"{[str(dataset.ids[r]) for r in rows]})")
 
     def check_featurizer(self, featurizer: Any) -> None:
         """Raise if ``featurizer`` (or its ``modalities``) would give this model other inputs.
@@ -620,272 +449,3 @@ class MultiModalTorchModel(TorchModel):
             raise InvalidSettingError("The featurizer does not match the model: " +
                                       "; ".join(problems) + ". Build it with "
                                       "MultiModalFeaturizer(modalities=model.modalities)")
-
-    # -- inference -------------------------------------------------------------------------------
-    def _iterate_outputs(self, dataset: Dataset, drop_modalities: Iterable[str] = ()
-                         ) -> Iterator[tuple[NetworkOutput, MultiModalBatch]]:
-        """Evaluation-mode network outputs batch by batch, with ``drop_modalities`` made missing."""
-        if len(dataset) == 0:
-            raise ValueError("The dataset has no rows: nothing to predict (every input failed to "
-                             "featurize or the split is empty)")
-        self._ensure_built()
-        # Inside fit (a validation callback) training mode comes back afterwards, or dropout and
-        # modality masking would stay off for the rest of training. Outside fit the network stays
-        # in eval mode, as DeepChem leaves it: switching every module twice per call took about a
-        # fifth of a one-molecule predict.
-        drop = drop_names(drop_modalities, self.modality_names)
-        restore = self._fitting and self.model.training
-        if self.model.training:
-            self.model.eval()
-        previous, self._drop_modalities = self._drop_modalities, drop
-        reasons: list[np.ndarray] = []
-        try:
-            with torch.no_grad():
-                for (batch,), _, _ in self.default_generator(dataset, mode="predict"):
-                    batch = batch.to(self.device)
-                    out = self.model(batch)
-                    reasons.append(row_problems(out.prediction, batch.mask))
-                    yield out, batch
-            self._set_row_problems(np.concatenate(reasons) if reasons else np.zeros(0, object),
-                                   dataset.ids)
-        finally:
-            self._drop_modalities = previous
-            if restore:
-                self.model.train()
-
-    def predict(self, dataset: Dataset, transformers: list = [],  # noqa: B006 (DeepChem signature)
-                output_types: str | list[str] | None = None,
-                drop_modalities: Iterable[str] = ()) -> np.ndarray | list[np.ndarray]:
-        """Predictions (or other named outputs) for ``dataset``.
-
-        Parameters
-        ----------
-        dataset: dc.data.Dataset
-            Featurized with the model's modalities.
-        transformers: list of dc.trans.Transformer
-            Undone on ``"prediction"`` outputs.
-        output_types: str or list of str, optional
-            Any of ``"prediction"`` (default), ``"embedding"``, ``"modality_weights"``.
-        drop_modalities: str or iterable of str
-            Modalities to treat as missing for every sample (a string is one name; unknown
-            names, or all of the model's modalities, are refused).
-
-        Notes
-        -----
-        Rows whose output is not finite, or that have no modality present, come back as NaN
-        (in the prediction and the embedding) with a warning naming their ids; every other
-        entry is finite. :meth:`predict_checked` also says which rows failed and why, and
-        :attr:`last_row_problems` keeps that for the latest call.
-        """
-        names = [output_types] if isinstance(output_types, str) else list(output_types or ["prediction"])
-        unknown = [n for n in names if n not in NAMED_OUTPUTS]
-        if unknown:
-            raise ValueError(f"Unknown output types {unknown}; available: {list(NAMED_OUTPUTS)}")
-        chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
-        for out, _ in self._iterate_outputs(dataset, drop_modalities):
-            for n in names:
-                chunks[n].append(getattr(out, n).detach().cpu().numpy())
-        results = []
-        for n in names:
-            values = np.concatenate(chunks[n]) if chunks[n] else np.zeros((0,))
-            if n == "prediction" and transformers:
-                values = undo_transforms(values, transformers)
-                self._add_row_problems(non_finite_rows(values), dataset.ids)
-            results.append(values)
-        reasons = self._row_reasons
-        results = [mark_failed_rows(v, reasons) if n != "modality_weights" else v
-                   for n, v in zip(names, results)]
-        return results[0] if len(results) == 1 else results
-
-    def predict_checked(self, dataset: Dataset, transformers: list = [],  # noqa: B006
-                        drop_modalities: Iterable[str] = ()) -> CheckedPredictions:
-        """:meth:`predict` (the ``"prediction"`` output) with the rows that failed and why.
-
-        Returns
-        -------
-        CheckedPredictions
-            ``values`` (as :meth:`predict`; failed rows all NaN, every other entry finite),
-            ``reasons`` (``(N,)`` str: ``""`` for a good row, ``"non-finite model output"`` or
-            ``"no modality present"``), ``ids``, and the properties ``ok`` (``(N,)`` bool) and
-            ``failed_ids``.
-
-        Examples
-        --------
-        >>> checked = model.predict_checked(dataset)  # doctest: +SKIP
-        >>> checked.values.shape, checked.failed_ids  # doctest: +SKIP
-        ((24, 1), [])
-        """
-        values = self.predict(dataset, transformers, drop_modalities=drop_modalities)
-        return CheckedPredictions(values, self._row_reasons.copy(), np.asarray(dataset.ids))
-
-    @property
-    def last_row_problems(self) -> dict[int, str]:
-        """Rows of the latest prediction call (``predict``, ``predict_uncertainty``,
-        ``modality_weights``, ...) that failed, as ``{row index: reason}`` (empty: all good)."""
-        reasons = getattr(self, "_row_reasons", None)
-        if reasons is None:
-            return {}
-        return {int(i): str(reasons[i]) for i in np.flatnonzero(reasons != "")}
-
-    def _set_row_problems(self, reasons: np.ndarray, ids: Any) -> None:
-        self._row_reasons = reasons
-        warn_failed_rows(reasons, ids, logger)
-
-    def _add_row_problems(self, failed: np.ndarray, ids: Any) -> None:
-        """Mark more rows as non-finite (found after undoing transformers, or in a spread)."""
-        new = failed & (self._row_reasons == "")
-        if new.any():
-            reasons = self._row_reasons.copy()
-            reasons[new] = NON_FINITE
-            warn_failed_rows(np.where(new, reasons, ""), ids, logger)
-            self._row_reasons = reasons
-
-    def predict_uncertainty(self, dataset: Dataset, masks: int | None = None,
-                            transformers: list = [],  # noqa: B006 (DeepChem signature)
-                            kind: str = "total", drop_modalities: Iterable[str] = ()
-                            ) -> tuple[np.ndarray, np.ndarray]:
-        """``(prediction, std)`` from the evidential head, analytically, in one forward pass.
-
-        DeepChem's convention (``TorchModel.predict_uncertainty``): ``std`` has the shape of the
-        prediction and estimates the standard deviation of each predicted value. Models built
-        without ``uncertainty="evidential"`` raise a ValueError rather than falling back to
-        DeepChem's Monte-Carlo dropout: that would be ``masks`` times slower, is not what the model
-        was trained for, and silently mixes two different notions of uncertainty.
-
-        Regression (NIG ``gamma, nu, alpha, beta``; Amini et al., 2020): the prediction is
-        ``gamma``; ``kind="total"`` (default) gives ``sqrt(aleatoric + epistemic)``, the standard
-        deviation of the predictive Student-t; ``"aleatoric"`` ``sqrt(beta / (alpha - 1))`` (noise
-        in the data); ``"epistemic"`` ``sqrt(beta / (nu (alpha - 1)))`` (uncertainty of the
-        model's mean). Note: a single evidential head's epistemic part is not a reliable novelty
-        score (it grows with the aleatoric scale, Meinert et al. 2023); a late-fusion model adds
-        the per-modality predictors' disagreement, which does rise off-distribution.
-
-        Classification (Dirichlet ``alpha``): the prediction is the Dirichlet mean
-        ``alpha / S``, ``(N, n_tasks, n_classes)``; ``kind="total"`` gives, per class, the Dirichlet
-        standard deviation of that class probability (for binary tasks the positive class's
-        std is ``std[..., 1]``; both columns are equal); ``"vacuity"`` gives ``u = n_classes / S``
-        in (0, 1], ``(N, n_tasks)`` (1 = no evidence).
-
-        Parameters
-        ----------
-        dataset: dc.data.Dataset
-        masks: int, optional
-            Accepted for DeepChem compatibility and ignored (no dropout sampling).
-        transformers: list of dc.trans.Transformer
-            Undone on the prediction, as in :meth:`predict`. The std is scaled by the slope of each
-            ``transform_y`` transformer's inverse, which must be affine (e.g.
-            ``NormalizationTransformer``: std times ``y_stds``); a non-affine one raises.
-        kind: str
-            See above; regression ``"total" | "aleatoric" | "epistemic"``, classification
-            ``"total" | "vacuity"``.
-        drop_modalities: str or iterable of str
-            Modalities to treat as missing for every sample.
-
-        Failed rows (non-finite output or spread, no modality present) are NaN in both arrays,
-        as in :meth:`predict`; :attr:`last_row_problems` names them.
-        """
-        if self.uncertainty is None:
-            raise ValueError(f"{type(self).__name__} was built without an uncertainty head: "
-                             "construct it with uncertainty=\"evidential\" (and train it) to use "
-                             "predict_uncertainty. Monte-Carlo dropout is deliberately not "
-                             "offered.")
-        kinds = UNCERTAINTY_OUTPUTS[self.mode]
-        if kind not in kinds:
-            raise ValueError(f"kind must be one of {kinds} for {self.mode}, got {kind!r}")
-        predictions, spreads = [], []
-        for out, _ in self._iterate_outputs(dataset, drop_modalities):
-            if self.mode == "regression":
-                mean, aleatoric, epistemic = nig_moments(out.task_output)
-                variance = {"total": aleatoric + epistemic, "aleatoric": aleatoric,
-                            "epistemic": epistemic}[kind]
-                spread = variance.sqrt()
-            else:
-                mean, std, vacuity = dirichlet_moments(out.task_output)
-                spread = std if kind == "total" else vacuity
-            predictions.append(mean.cpu().numpy())
-            spreads.append(spread.cpu().numpy())
-        prediction, spread = np.concatenate(predictions), np.concatenate(spreads)
-        if transformers:
-            if kind != "vacuity":
-                spread = _untransform_std(spread, prediction, transformers)
-            prediction = undo_transforms(prediction, transformers)
-        self._add_row_problems(non_finite_rows(prediction) | non_finite_rows(spread),
-                               dataset.ids)
-        reasons = self._row_reasons
-        return mark_failed_rows(prediction, reasons), mark_failed_rows(spread, reasons)
-
-    def predict_embedding(self, dataset: Dataset) -> np.ndarray:
-        return self.predict(dataset, output_types="embedding")
-
-    def modality_weights(self, dataset: Dataset, drop_modalities: Iterable[str] = ()) -> pd.DataFrame:
-        """Per-sample modality weights (rows = dataset ids, columns = modalities; 0 = missing)."""
-        weights = self.predict(dataset, output_types="modality_weights",
-                               drop_modalities=drop_modalities)
-        return pd.DataFrame(weights, index=pd.Index(dataset.ids, name="id"),
-                            columns=self.modality_names)
-
-    def collect_extras(self, dataset: Dataset, key: str,
-                       drop_modalities: Iterable[str] = ()) -> np.ndarray:
-        """Concatenate a fusion layer's ``FusionOutput.extras[key]`` over ``dataset``."""
-        parts = []
-        for _, _ in self._iterate_outputs(dataset, drop_modalities):
-            extras = self.model.last_fusion.extras
-            if key not in extras:
-                raise KeyError(f"{type(self).__name__}'s fusion layer has no {key!r}; available: "
-                               f"{sorted(extras)}")
-            parts.append(extras[key].detach().cpu().numpy())
-        return np.concatenate(parts)
-
-
-def _released_after_backward(loss_fn: Any) -> Any:
-    """``loss_fn`` whose loss tensor drops its autograd graph once backward has passed it.
-
-    DeepChem's fit loop adds every batch loss to a running sum (``avg_loss += batch_loss``) and
-    turns the sum into a float only every ``log_frequency`` (100) batches. Until then the sum keeps
-    every batch's graph alive, and PyTorch's Transformer layers keep tensors in their graph nodes
-    after backward: about 35 MB per batch of 64 HIV molecules, which made one epoch on HIV peak at
-    4.7 GB. Detaching the loss once its gradient is taken frees each graph at once; the loss
-    value and the gradients are unchanged.
-    """
-    def loss(outputs: list, labels: list, weights: list) -> Any:
-        value = loss_fn(outputs, labels, weights)
-        if isinstance(value, torch.Tensor) and value.requires_grad and not value._is_view():
-            def detach(grad: torch.Tensor) -> torch.Tensor:
-                value.detach_()
-                return grad
-
-            value.register_hook(detach)
-        return value
-
-    return loss
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Modality):
-        return value.to_dict()
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"{value!r} is not JSON-serialisable")
-
-
-def _untransform_std(std: np.ndarray, z: np.ndarray, transformers: list) -> np.ndarray:
-    """Carry ``std`` of the transformed-space values ``z`` through ``undo_transforms``: each
-    ``transform_y`` inverse must be affine elementwise, ``a z + b``; ``std`` is multiplied by
-    ``|a|`` (for ``NormalizationTransformer``, ``a = y_stds``)."""
-    dtype = np.asarray(std).dtype
-    std, z = np.asarray(std, dtype=np.float64), np.asarray(z, dtype=np.float64)
-    for transformer in reversed(transformers):
-        if not transformer.transform_y:
-            continue
-        f0, f1, f2 = (np.asarray(transformer.untransform(z + k), dtype=np.float64)
-                      for k in (0, 1, 2))
-        slope = f1 - f0
-        if not np.allclose(f2 - f1, slope, rtol=1e-5, atol=1e-8):
-            raise ValueError("Cannot carry a standard deviation through "
-                             f"{type(transformer).__name__}: its inverse is not affine. Undo it "
-                             "yourself (e.g. sample the predictive distribution) or train "
-                             "without it.")
-        std, z = std * np.abs(slope), f0
-    return std.astype(dtype)

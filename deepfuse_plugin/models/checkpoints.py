@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
-from deepfuse_plugin.errors import CorruptCheckpointError, RunFolderError
+from deepfuse_plugin._version import __version__
+from deepfuse_plugin.errors import CorruptCheckpointError, InvalidSettingError, RunFolderError
 from deepfuse_plugin.modalities import Modality
 
 CONFIG_FILE = "deepfuse_config.json"
@@ -228,3 +231,159 @@ def config_diff(saved: dict[str, Any], current: dict[str, Any],
 
 def _short(spec: dict[str, Any]) -> str:
     return repr(Modality.from_dict(spec)) + (f" params={spec['params']}" if spec.get("params") else "")
+
+
+# -- a model's configuration ---------------------------------------------------------------------
+def jsonable(value: Any) -> Any:
+    """``json.dumps`` ``default=`` for a model configuration: specs as dicts, numpy scalars as
+    Python numbers, tuples as lists.
+
+    Examples
+    --------
+    >>> json.dumps({"dim": np.int64(8), "names": ("a", "b")}, default=jsonable)
+    '{"dim": 8, "names": ["a", "b"]}'
+    """
+    if isinstance(value, Modality):
+        return value.to_dict()
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"{value!r} is not JSON-serialisable")
+
+
+def write_config(model_dir: str, model_class: str, config: dict[str, Any]) -> None:
+    """Write ``config`` (a model's ``get_config()``) as ``model_dir``/:data:`CONFIG_FILE`.
+
+    Parameters
+    ----------
+    model_dir : str
+        The model folder (created if missing).
+    model_class : str
+        The model's class name, which :meth:`MultiModalTorchModel.load` rebuilds.
+    config : dict
+        Every constructor argument, JSON-serialisable.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> write_config(folder, "EarlyFusionModel",
+    ...              {"n_tasks": 1, "mode": "regression", "modalities": []})
+    >>> read_config(folder)["model_class"]
+    'EarlyFusionModel'
+    """
+    os.makedirs(model_dir, exist_ok=True)
+    payload = {"format": CONFIG_FORMAT, "deepfuse_version": __version__,
+               "model_class": model_class, "config": config}
+    with open(os.path.join(model_dir, CONFIG_FILE), "w") as fh:
+        json.dump(payload, fh, indent=1)
+
+
+def check_saved_config(saved: dict[str, Any], current: dict[str, Any], model_class: str,
+                       training_settings: frozenset[str], directory: str,
+                       log: logging.Logger | None = None) -> None:
+    """Refuse to restore a checkpoint whose configuration differs in the architecture.
+
+    Parameters
+    ----------
+    saved : dict
+        The folder's payload (:func:`read_config`).
+    current : dict
+        The model's ``get_config()``.
+    model_class : str
+        The model's class name (must be the saved one).
+    training_settings : frozenset of str
+        Keys that may differ (logged as a warning on ``log``).
+    directory : str
+        The folder, named in the messages.
+    log : logging.Logger, optional
+        Where a training-only difference is reported (default: this module's logger).
+
+    Raises
+    ------
+    InvalidSettingError
+        Naming each architecture difference.
+    CorruptCheckpointError
+        When the saved configuration cannot be compared.
+
+    Examples
+    --------
+    >>> saved = {"model_class": "EarlyFusionModel", "config": {"fused_dim": 8}}
+    >>> check_saved_config(saved, {"fused_dim": 16}, "EarlyFusionModel", frozenset(), "run")
+    Traceback (most recent call last):
+    ...
+    deepfuse_plugin.errors.InvalidSettingError: Cannot restore checkpoint from 'run' into this model: its configuration differs:
+      fused_dim: saved 8, this 16
+    Rebuild with EarlyFusionModel.load('run').
+    """
+    try:
+        mismatched, training_only = config_diff(saved["config"], current, training_settings)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CorruptCheckpointError(
+            f"{os.path.join(directory, CONFIG_FILE)} is not a valid deepfuse configuration "
+            f"({type(err).__name__}: {err}): retrain the model, or restore the folder from a "
+            "backup copy") from err
+    if saved["model_class"] != model_class:
+        mismatched.insert(0, f"model_class: saved {saved['model_class']}, this {model_class}")
+    if mismatched:
+        raise InvalidSettingError(
+            f"Cannot restore checkpoint from {directory!r} into this model: its "
+            "configuration differs:\n  " + "\n  ".join(mismatched) +
+            f"\nRebuild with {model_class}.load({directory!r}).")
+    if training_only:
+        (log or logging.getLogger(__name__)).warning(
+            "Restoring from %r with different training settings: %s", directory,
+            "; ".join(training_only))
+
+
+def require_config(model_dir: str) -> dict[str, Any]:
+    """:func:`read_config`, but a missing folder or file is a :class:`MissingCheckpointError`."""
+    saved = read_config(model_dir)
+    if saved is None:
+        if not os.path.isdir(model_dir):
+            raise MissingCheckpointError(f"Model folder {model_dir!r} does not exist: give "
+                                         "the folder a trained model was saved in")
+        raise MissingCheckpointError(f"No {CONFIG_FILE} in {model_dir!r}: not a deepfuse "
+                                     "model folder")
+    return saved
+
+
+def build_from_config(model_cls: type, saved: dict[str, Any], model_dir: str,
+                      overrides: dict[str, Any]) -> Any:
+    """``model_cls`` built from the saved configuration (``None`` values left to the defaults)
+    and ``overrides``, in ``model_dir``; its weights are not restored yet.
+
+    A configuration the class refuses is a :class:`CorruptCheckpointError` naming the file."""
+    config = {k: v for k, v in saved["config"].items() if v is not None}
+    try:
+        # the weights come from the checkpoint: a pretrained start need not be re-read
+        return model_cls(**{**config, "model_dir": model_dir, "load_pretrained_weights": False,
+                            **overrides})
+    except (TypeError, ValueError) as err:
+        given = f" with the overrides {sorted(overrides)}" if overrides else ""
+        raise CorruptCheckpointError(
+            f"The configuration in {os.path.join(model_dir, CONFIG_FILE)} cannot rebuild a "
+            f"{saved['model_class']}{given}: {err}. Retrain the model, or restore the file from a "
+            "backup copy") from err
+
+
+def load_weights(model: Any, checkpoint: str, directory: str, strict: bool) -> None:
+    """Load ``checkpoint`` (weights-only, checked finite) into a built deepfuse ``model``: the
+    network's weights, the optimizer state and the step. A state that does not fit the network
+    is an :class:`~deepfuse_plugin.errors.InvalidSettingError`; an unusable optimizer state or
+    step a :class:`~deepfuse_plugin.errors.CorruptCheckpointError`."""
+    data = load_checkpoint_file(checkpoint, model.device)
+    try:
+        model.model.load_state_dict(data["model_state_dict"], strict=strict)
+    except RuntimeError as err:
+        raise InvalidSettingError(
+            f"Checkpoint in {directory!r} does not fit this model's architecture: "
+            f"{str(err).splitlines()[0]}") from err
+    try:
+        model._pytorch_optimizer.load_state_dict(data["optimizer_state_dict"])
+        model._global_step = int(data["global_step"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise CorruptCheckpointError(f"Checkpoint {checkpoint!r} has an unusable optimizer "
+                                     f"state or step ({err}): retrain the model, or restore "
+                                     "the folder from a backup copy") from err

@@ -109,8 +109,8 @@ class CrossAttentionFusionModel(MultiModalTorchModel):
         if modality not in self.modality_names:
             raise ValueError(f"Unknown modality {modality!r}; the model has {self.modality_names}")
         maps: list[np.ndarray] = []
-        for _ in self._iterate_outputs(dataset):
-            extras = self.model.last_fusion.extras
+        for outputs in self.iterate_outputs(dataset):
+            extras = outputs.fusion.extras
             attention, key_mask, query_mask = (
                 extras[f"{key}:{modality}"].cpu().numpy()
                 for key in ("attention", "key_mask", "query_mask"))

@@ -148,7 +148,9 @@ class DynamicFusionModel(MultiModalTorchModel):
 
     @property
     def fusion(self) -> DynamicFusion:
-        return self.model.fusion
+        """The model's :class:`~deepfuse_plugin.nn.fusion.DynamicFusion` layer
+        (:attr:`fusion_layer`)."""
+        return self.fusion_layer
 
     def fit(self, dataset: Dataset, nb_epoch: int = 10, *args: Any, **kwargs: Any) -> float:
         if (nb_epoch == 1 and self.curriculum_epochs is None and self.epochs_started > 0

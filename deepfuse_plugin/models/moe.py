@@ -96,7 +96,7 @@ class GatedMoEFusionModel(MultiModalTorchModel):
 
     @property
     def expert_names(self) -> list[str]:
-        return list(self.model.fusion.expert_names)
+        return list(self.fusion_layer.expert_names)
 
     def expert_usage(self, dataset: Any) -> pd.DataFrame:
         """Expert usage on ``dataset`` (evaluation mode: no gating noise).
@@ -109,9 +109,9 @@ class GatedMoEFusionModel(MultiModalTorchModel):
         expert is in the top k) and ``availability`` (fraction of samples where it could be chosen).
         """
         parts: dict[str, list[np.ndarray]] = {"gates": [], "selected": [], "expert_available": []}
-        for _ in self._iterate_outputs(dataset):
+        for outputs in self.iterate_outputs(dataset):
             for key, chunks in parts.items():
-                chunks.append(self.model.last_fusion.extras[key].detach().cpu().numpy())
+                chunks.append(outputs.fusion.extras[key].detach().cpu().numpy())
         gates, selected, available = (np.concatenate(chunks).astype(float)
                                       for chunks in parts.values())
         names = self.expert_names
