@@ -5,8 +5,8 @@ into a temporary folder points at ``sys.executable``, so the test never picks up
 ``python3`` kernel registered on the machine). The notebooks read their settings from environment
 variables: ``DEEPFUSE_TUTORIAL_SMALL=1`` subsamples every split, ``DEEPFUSE_TUTORIAL_EPOCHS=2``
 shortens training, ``DEEPFUSE_TUTORIAL_RESULTS`` names a JSON file the notebook writes its results
-to. The notebooks need ``../shared/data`` (moleculenet/, materials/): without it the tests skip locally and fail
-under ``CI=true`` (see ``tests/conftest.py``).
+to. The notebooks need ``../shared/data`` (moleculenet/, materials/): without it the tests skip
+locally and fail under ``CI=true`` (see ``tests/conftest.py``).
 """
 
 from __future__ import annotations
