@@ -1,9 +1,11 @@
 """Attach deepfuse's public names to DeepChem's namespaces.
 
-After ``import deepfuse_plugin``, ``dc.models.DynamicFusionModel``, ``dc.feat.MultiModalFeaturizer``,
-``dc.data.MultiModalDataset`` and ``dc.molnet.load_*(featurizer="multimodal")`` work. Registration
-is idempotent and never replaces something DeepChem (or another plugin) already defines.
+After ``import deepfuse_plugin``, ``dc.models.DynamicFusionModel``,
+``dc.feat.MultiModalFeaturizer``, ``dc.data.MultiModalDataset`` and
+``dc.molnet.load_*(featurizer="multimodal")`` work. Registration is idempotent and never replaces
+something DeepChem (or another plugin) already defines.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +31,10 @@ def _attach(namespace: Any, label: str, name: str, obj: Any) -> None:
     if existing is obj:
         return
     if existing is not None and not _is_ours(existing):
-        raise RegistrationError(f"dc.{label}.{name} already exists ({existing!r}); deepfuse will not "
-                                f"replace it. Use deepfuse_plugin.{name} instead.")
+        raise RegistrationError(
+            f"dc.{label}.{name} already exists ({existing!r}); deepfuse will not "
+            f"replace it. Use deepfuse_plugin.{name} instead."
+        )
     setattr(namespace, name, obj)
 
 
@@ -51,8 +55,9 @@ def register() -> list[str]:
     table = molnet_loader.featurizers
     existing = table.get(MOLNET_FEATURIZER_KEY)
     if existing is not None and not _is_ours(existing):
-        raise RegistrationError(f"molnet featurizer key {MOLNET_FEATURIZER_KEY!r} is already taken by "
-                                f"{existing!r}")
+        raise RegistrationError(
+            f"molnet featurizer key {MOLNET_FEATURIZER_KEY!r} is already taken by {existing!r}"
+        )
     if existing is None:
         from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
 

@@ -14,6 +14,7 @@ Argument parsing only; the work is done by functions in :mod:`deepfuse_plugin.wo
 code (0 success, 2 bad input or usage: one sentence on standard error, the traceback only with
 ``--debug``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ import os
 import sys
 import time
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 from deepfuse_plugin.errors import DeepfuseError
 
@@ -64,147 +65,260 @@ def build_parser() -> argparse.ArgumentParser:
     from deepfuse_plugin._version import __version__
     from deepfuse_plugin.workflows import MODELS, MODES, SPLITS
 
-    parser = argparse.ArgumentParser(prog="deepfuse", description="Multimodal fusion models for "
-                                     "DeepChem: demo, training and prediction on CSV files, "
-                                     "benchmarks.")
+    parser = argparse.ArgumentParser(
+        prog="deepfuse",
+        description="Multimodal fusion models for "
+        "DeepChem: demo, training and prediction on CSV files, "
+        "benchmarks.",
+    )
     parser.add_argument("--version", action="version", version=f"deepfuse {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback of an error (by default a mistake in the "
-                        "input or the settings is one sentence and exit code 2)")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error (by default a mistake in the "
+        "input or the settings is one sentence and exit code 2)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("--threads", type=_positive_int, default=1,
-                        help="torch intra-op threads (default: %(default)s; see below)")
-    parser.epilog = ("--threads defaults to 1: the networks are small (batch 64, width 128), and "
-                     "with 2 OpenMP threads on a 2-core machine shared with other jobs a training "
-                     "step was measured 4-10x slower than with 1 thread (spin-waiting threads).")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="torch intra-op threads (default: %(default)s; see below)",
+    )
+    parser.epilog = (
+        "--threads defaults to 1: the networks are small (batch 64, width 128), and "
+        "with 2 OpenMP threads on a 2-core machine shared with other jobs a training "
+        "step was measured 4-10x slower than with 1 thread (spin-waiting threads)."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    demo = sub.add_parser("demo", help="Huuskonen solubility: DynamicFusion vs single modalities "
-                          "and DeepChem baselines (about 10 minutes on 2 CPU cores)")
+    demo = sub.add_parser(
+        "demo",
+        help="Huuskonen solubility: DynamicFusion vs single modalities "
+        "and DeepChem baselines (about 10 minutes on 2 CPU cores)",
+    )
     demo.add_argument("--out", default="results/demo", help="output folder (default: %(default)s)")
-    demo.add_argument("--epochs", type=_positive_int, default=None,
-                      help="epochs for every model (default: 30; --quick: 2)")
-    demo.add_argument("--eval-every", type=_positive_int, default=None,
-                      help="validate every N epochs, keep the best (default: 2; --quick: 1)")
+    demo.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help="epochs for every model (default: 30; --quick: 2)",
+    )
+    demo.add_argument(
+        "--eval-every",
+        type=_positive_int,
+        default=None,
+        help="validate every N epochs, keep the best (default: 2; --quick: 1)",
+    )
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--batch-size", type=_positive_int, default=64)
     demo.add_argument("--learning-rate", type=_positive_float, default=1e-3)
-    demo.add_argument("--limit", type=_positive_int, default=None,
-                      help="use only the first N molecules")
-    demo.add_argument("--no-dmpnn", action="store_true",
-                      help="skip the DeepChem DMPNNModel baseline (about 30 s of the demo)")
-    demo.add_argument("--quick", action="store_true",
-                      help="tiny settings for tests (first 240 molecules, 2 epochs)")
+    demo.add_argument(
+        "--limit", type=_positive_int, default=None, help="use only the first N molecules"
+    )
+    demo.add_argument(
+        "--no-dmpnn",
+        action="store_true",
+        help="skip the DeepChem DMPNNModel baseline (about 30 s of the demo)",
+    )
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny settings for tests (first 240 molecules, 2 epochs)",
+    )
 
     train = sub.add_parser("train", help="train a fusion model on your CSV")
     train.add_argument("--csv", required=True, help="input CSV file")
     train.add_argument("--smiles-column", required=True)
-    train.add_argument("--tasks", required=True, type=_csv_list,
-                       help="comma-separated label columns, e.g. T1,T2")
+    train.add_argument(
+        "--tasks", required=True, type=_csv_list, help="comma-separated label columns, e.g. T1,T2"
+    )
     train.add_argument("--mode", choices=MODES, default="regression")
     train.add_argument("--model", choices=sorted(MODELS), default="dynamic")
-    train.add_argument("--split", choices=SPLITS, default="scaffold",
-                       help="DeepChem splitter, 80/10/10 (default: %(default)s)")
-    train.add_argument("--modalities", type=_csv_list, default=None,
-                       help="comma-separated modalities (default: ecfp,graph,smiles, or the "
-                       "--pretrained checkpoint's)")
+    train.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="scaffold",
+        help="DeepChem splitter, 80/10/10 (default: %(default)s)",
+    )
+    train.add_argument(
+        "--modalities",
+        type=_csv_list,
+        default=None,
+        help="comma-separated modalities (default: ecfp,graph,smiles, or the "
+        "--pretrained checkpoint's)",
+    )
     train.add_argument("--epochs", type=_positive_int, default=30)
-    train.add_argument("--eval-every", type=_positive_int, default=2,
-                       help="validate every N epochs, keep the best (default: %(default)s)")
+    train.add_argument(
+        "--eval-every",
+        type=_positive_int,
+        default=2,
+        help="validate every N epochs, keep the best (default: %(default)s)",
+    )
     train.add_argument("--batch-size", type=_positive_int, default=64)
     train.add_argument("--learning-rate", type=_positive_float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--n-jobs", type=_positive_int, default=1, help="featurization processes")
-    train.add_argument("--out", required=True,
-                       help="run folder to write (trained in OUT.deepfuse-partial, moved into OUT "
-                       "when training succeeds)")
-    train.add_argument("--overwrite", action="store_true",
-                       help="replace a run already in OUT (only deepfuse's files there; your other "
-                       "files are kept)")
-    train.add_argument("--uncertainty", choices=["evidential"], default=None,
-                       help="predict a distribution: 'predict' then writes <task>_std "
-                            "(regression: rescaled per set of present modalities on the "
-                            "validation split)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue an interrupted run (kept in OUT.deepfuse-partial) from "
-                            "its last finished epoch (same data and settings; otherwise training "
-                            "starts over)")
+    train.add_argument(
+        "--out",
+        required=True,
+        help="run folder to write (trained in OUT.deepfuse-partial, moved into OUT "
+        "when training succeeds)",
+    )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run already in OUT (only deepfuse's files there; your other "
+        "files are kept)",
+    )
+    train.add_argument(
+        "--uncertainty",
+        choices=["evidential"],
+        default=None,
+        help="predict a distribution: 'predict' then writes <task>_std "
+        "(regression: rescaled per set of present modalities on the "
+        "validation split)",
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run (kept in OUT.deepfuse-partial) from "
+        "its last finished epoch (same data and settings; otherwise training "
+        "starts over)",
+    )
     _add_fine_tuning_arguments(train)
 
     predict = sub.add_parser("predict", help="predict a CSV with a run folder from 'train'/'demo'")
     predict.add_argument("--model-dir", required=True, help="run folder (or bare model folder)")
     predict.add_argument("--csv", required=True)
-    predict.add_argument("--smiles-column", default=None,
-                         help="default: the column used for training")
-    predict.add_argument("--out", default="predictions.csv",
-                         help="output CSV (default: %(default)s)")
+    predict.add_argument(
+        "--smiles-column", default=None, help="default: the column used for training"
+    )
+    predict.add_argument(
+        "--out", default="predictions.csv", help="output CSV (default: %(default)s)"
+    )
     predict.add_argument("--batch-size", type=_positive_int, default=None)
-    predict.add_argument("--overwrite", action="store_true",
-                         help="replace an existing --out file (never the input CSV)")
+    predict.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file (never the input CSV)",
+    )
 
     _add_pretraining_parsers(sub)
-    bench = sub.add_parser("bench", help="deprecated: use the deepfuse-bench command (pip "
-                           "install -e benchmarks); the arguments are forwarded to it")
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="ARGS",
-                       help="a deepfuse-bench command line, e.g. 'featurize --data-dir DIR'")
+    bench = sub.add_parser(
+        "bench",
+        help="deprecated: use the deepfuse-bench command (pip "
+        "install -e benchmarks); the arguments are forwarded to it",
+    )
+    bench.add_argument(
+        "bench_args",
+        nargs=argparse.REMAINDER,
+        metavar="ARGS",
+        help="a deepfuse-bench command line, e.g. 'featurize --data-dir DIR'",
+    )
     return parser
 
 
 def _add_fine_tuning_arguments(train: argparse.ArgumentParser) -> None:
-    train.add_argument("--pretrained", default=None, metavar="NAME_OR_DIR",
-                       help="start the encoders from a pretrained checkpoint (a shipped name, see "
-                       "'deepfuse pretrained', or a folder); --modalities then defaults to the "
-                       "checkpoint's (add ,minimol for the foundation-model view)")
-    train.add_argument("--freeze-encoders", action="store_true",
-                       help="keep the pretrained encoders fixed (train fusion and heads only)")
-    train.add_argument("--encoder-lr-scale", type=_positive_float, default=1.0,
-                       help="learning rate of the pretrained encoders relative to the rest "
-                       "(default: %(default)s)")
-    train.add_argument("--params", default=None, metavar="JSON",
-                       help="model settings (and epochs) from 'deepfuse hpopt' (best_params.json); "
-                       "explicit options given here still apply")
+    train.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="NAME_OR_DIR",
+        help="start the encoders from a pretrained checkpoint (a shipped name, see "
+        "'deepfuse pretrained', or a folder); --modalities then defaults to the "
+        "checkpoint's (add ,minimol for the foundation-model view)",
+    )
+    train.add_argument(
+        "--freeze-encoders",
+        action="store_true",
+        help="keep the pretrained encoders fixed (train fusion and heads only)",
+    )
+    train.add_argument(
+        "--encoder-lr-scale",
+        type=_positive_float,
+        default=1.0,
+        help="learning rate of the pretrained encoders relative to the rest (default: %(default)s)",
+    )
+    train.add_argument(
+        "--params",
+        default=None,
+        metavar="JSON",
+        help="model settings (and epochs) from 'deepfuse hpopt' (best_params.json); "
+        "explicit options given here still apply",
+    )
 
 
 def _add_pretraining_parsers(sub: argparse._SubParsersAction) -> None:
-    pretrain = sub.add_parser("pretrain", help="self-supervised multimodal pretraining of the "
-                              "encoders on unlabelled molecules (resumable)")
-    pretrain.add_argument("--corpus", default="moses",
-                          help="'moses' (molsets package) or a CSV / SMILES file")
+    pretrain = sub.add_parser(
+        "pretrain",
+        help="self-supervised multimodal pretraining of the "
+        "encoders on unlabelled molecules (resumable)",
+    )
+    pretrain.add_argument(
+        "--corpus", default="moses", help="'moses' (molsets package) or a CSV / SMILES file"
+    )
     pretrain.add_argument("--smiles-column", default="SMILES")
-    pretrain.add_argument("--n", type=_positive_int, default=None,
-                          help="a seeded random subset of N molecules")
-    pretrain.add_argument("--modalities", type=_csv_list, default=["ecfp", "graph", "smiles"],
-                          help="encoded views, shipped in the checkpoint (default: %(default)s)")
-    pretrain.add_argument("--targets", type=_csv_list, default=["descriptors"],
-                          help="pretraining-only target/teacher views (default: %(default)s)")
+    pretrain.add_argument(
+        "--n", type=_positive_int, default=None, help="a seeded random subset of N molecules"
+    )
+    pretrain.add_argument(
+        "--modalities",
+        type=_csv_list,
+        default=["ecfp", "graph", "smiles"],
+        help="encoded views, shipped in the checkpoint (default: %(default)s)",
+    )
+    pretrain.add_argument(
+        "--targets",
+        type=_csv_list,
+        default=["descriptors"],
+        help="pretraining-only target/teacher views (default: %(default)s)",
+    )
     pretrain.add_argument("--epochs", type=_positive_int, default=5)
     pretrain.add_argument("--batch-size", type=_positive_int, default=128)
     pretrain.add_argument("--learning-rate", type=_positive_float, default=1e-3)
     pretrain.add_argument("--encoder-dim", type=_positive_int, default=128)
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--n-jobs", type=_positive_int, default=1, help="featurization processes")
-    pretrain.add_argument("--name", required=True,
-                          help="checkpoint name, e.g. DeepFuse-MOSES40k-v1-Multiview")
+    pretrain.add_argument(
+        "--name", required=True, help="checkpoint name, e.g. DeepFuse-MOSES40k-v1-Multiview"
+    )
     pretrain.add_argument("--out", required=True, help="checkpoint folder")
-    pretrain.add_argument("--no-resume", action="store_true",
-                          help="start over even if OUT holds a resume point")
+    pretrain.add_argument(
+        "--no-resume", action="store_true", help="start over even if OUT holds a resume point"
+    )
     sub.add_parser("pretrained", help="list the shipped pretrained checkpoints")
 
 
 def _run_pretrain(args: argparse.Namespace, progress: bool) -> None:
     from deepfuse_plugin.pretrained import PretrainingConfig, pretrain_from_corpus
 
-    config = PretrainingConfig(epochs=args.epochs, batch_size=args.batch_size,
-                               learning_rate=args.learning_rate, encoder_dim=args.encoder_dim,
-                               seed=args.seed)
-    out = pretrain_from_corpus(args.corpus, args.out, args.name, args.modalities, args.targets,
-                               n=args.n, smiles_column=args.smiles_column, config=config,
-                               n_jobs=args.n_jobs, resume=not args.no_resume, progress=progress,
-                               command=" ".join(["deepfuse", *sys.argv[1:]]))
-    print(f"Wrote the pretrained checkpoint {args.name} to {out} (encoders.safetensors, "
-          "model.json, history.json, loss_curve.png)")
+    config = PretrainingConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        encoder_dim=args.encoder_dim,
+        seed=args.seed,
+    )
+    out = pretrain_from_corpus(
+        args.corpus,
+        args.out,
+        args.name,
+        args.modalities,
+        args.targets,
+        n=args.n,
+        smiles_column=args.smiles_column,
+        config=config,
+        n_jobs=args.n_jobs,
+        resume=not args.no_resume,
+        progress=progress,
+        command=" ".join(["deepfuse", *sys.argv[1:]]),
+    )
+    print(
+        f"Wrote the pretrained checkpoint {args.name} to {out} (encoders.safetensors, "
+        "model.json, history.json, loss_curve.png)"
+    )
 
 
 def _print_pretrained() -> None:
@@ -214,8 +328,10 @@ def _print_pretrained() -> None:
     if not rows:
         print("No pretrained checkpoints are shipped with this installation")
     for row in rows:
-        print(f"{row['name']}\n  modalities: {','.join(row['modalities'])}; {row['size_mb']} MB; "
-              f"corpus: {row['corpus']}; objective: {row['objective']}")
+        print(
+            f"{row['name']}\n  modalities: {','.join(row['modalities'])}; {row['size_mb']} MB; "
+            f"corpus: {row['corpus']}; objective: {row['objective']}"
+        )
 
 
 def _fine_tuning_options(args: argparse.Namespace) -> tuple[list[str], dict, int]:
@@ -230,8 +346,11 @@ def _fine_tuning_options(args: argparse.Namespace) -> tuple[list[str], dict, int
         epochs = int(model_kwargs.pop("epochs", epochs))
     modalities = args.modalities
     if args.pretrained:
-        model_kwargs.update(pretrained=args.pretrained, freeze_encoders=args.freeze_encoders,
-                            encoder_lr_scale=args.encoder_lr_scale)
+        model_kwargs.update(
+            pretrained=args.pretrained,
+            freeze_encoders=args.freeze_encoders,
+            encoder_lr_scale=args.encoder_lr_scale,
+        )
         if modalities is None:
             modalities = pretrained_input_names(args.pretrained)
     return modalities or ["ecfp", "graph", "smiles"], model_kwargs, epochs
@@ -243,19 +362,28 @@ def _forward_to_bench(args: argparse.Namespace) -> int:
     try:
         from deepfuse_bench.cli import main as bench_main
     except ImportError:
-        print("deepfuse bench: the benchmark harness is a separate package now; install it from "
-              "the repository with `pip install -e benchmarks` and run `deepfuse-bench ...`",
-              file=sys.stderr)
+        print(
+            "deepfuse bench: the benchmark harness is a separate package now; install it from "
+            "the repository with `pip install -e benchmarks` and run `deepfuse-bench ...`",
+            file=sys.stderr,
+        )
         return 2
     print("deepfuse bench: deprecated, use `deepfuse-bench ...` (forwarding)", file=sys.stderr)
-    forwarded = ["--threads", str(args.threads), *(["-v"] if args.verbose else []),
-                 *(["--no-progress"] if args.no_progress else []), *args.bench_args]
+    forwarded = [
+        "--threads",
+        str(args.threads),
+        *(["-v"] if args.verbose else []),
+        *(["--no-progress"] if args.no_progress else []),
+        *args.bench_args,
+    ]
     return bench_main(forwarded)
 
 
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger("deepfuse_plugin").setLevel(logging.INFO if verbose else logging.WARNING)
     if not verbose:  # DeepChem logs every 1000 molecules and each checkpoint at INFO/WARNING
         logging.getLogger("deepchem").setLevel(logging.ERROR)
@@ -268,35 +396,65 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from deepfuse_plugin.demo import run_demo
 
-        run_demo(out=args.out, epochs=args.epochs, seed=args.seed, quick=args.quick,
-                 eval_every=args.eval_every, batch_size=args.batch_size,
-                 learning_rate=args.learning_rate, limit=args.limit, dmpnn=not args.no_dmpnn,
-                 progress=progress)
+        run_demo(
+            out=args.out,
+            epochs=args.epochs,
+            seed=args.seed,
+            quick=args.quick,
+            eval_every=args.eval_every,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            limit=args.limit,
+            dmpnn=not args.no_dmpnn,
+            progress=progress,
+        )
     elif args.command == "train":
         from deepfuse_plugin.workflows import train_from_csv
 
         modalities, model_kwargs, epochs = _fine_tuning_options(args)
-        record = train_from_csv(args.csv, args.smiles_column, args.tasks, args.out, mode=args.mode,
-                                model=args.model, split=args.split, modalities=modalities,
-                                model_kwargs=model_kwargs,
-                                epochs=epochs, batch_size=args.batch_size,
-                                learning_rate=args.learning_rate, eval_every=args.eval_every,
-                                seed=args.seed, n_jobs=args.n_jobs, resume=args.resume,
-                                uncertainty=args.uncertainty, progress=progress,
-                                overwrite=args.overwrite)
+        record = train_from_csv(
+            args.csv,
+            args.smiles_column,
+            args.tasks,
+            args.out,
+            mode=args.mode,
+            model=args.model,
+            split=args.split,
+            modalities=modalities,
+            model_kwargs=model_kwargs,
+            epochs=epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            eval_every=args.eval_every,
+            seed=args.seed,
+            n_jobs=args.n_jobs,
+            resume=args.resume,
+            uncertainty=args.uncertainty,
+            progress=progress,
+            overwrite=args.overwrite,
+        )
         training = record["training"]
-        print(f"Trained {record['model_class']} ({'+'.join(record['modalities'])}) on "
-              f"{record['data']['n_train']} molecules; best epoch {training['best_epoch']} of "
-              f"{training['epochs']} ({training['selection']}).")
+        print(
+            f"Trained {record['model_class']} ({'+'.join(record['modalities'])}) on "
+            f"{record['data']['n_train']} molecules; best epoch {training['best_epoch']} of "
+            f"{training['epochs']} ({training['selection']})."
+        )
         for split in ("valid", "test"):
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in record["metrics"][split].items()
-                              if k != "n" and v is not None)
+            shown = ", ".join(
+                f"{k}={v:.4g}"
+                for k, v in record["metrics"][split].items()
+                if k != "n" and v is not None
+            )
             print(f"  {split} (n={record['metrics'][split].get('n', 0)}): {shown}")
         calibration = (record.get("uncertainty") or {}).get("test_calibration")
         if calibration:
-            print("  test errors within 1 std: {:.0%} as predicted, {:.0%} rescaled per input "
-                  "(a Gaussian: 68%)".format(calibration["as_predicted"]["within_1sigma"],
-                                             calibration["rescaled"]["within_1sigma"]))
+            print(
+                "  test errors within 1 std: {:.0%} as predicted, {:.0%} rescaled per input "
+                "(a Gaussian: 68%)".format(
+                    calibration["as_predicted"]["within_1sigma"],
+                    calibration["rescaled"]["within_1sigma"],
+                )
+            )
         print(f"Saved run folder {args.out} (model/, deepfuse_run.json, metrics.json)")
     elif args.command == "pretrain":
         _run_pretrain(args, progress)
@@ -305,20 +463,35 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "predict":
         from deepfuse_plugin.workflows import predict_from_csv
 
-        frame = predict_from_csv(args.model_dir, args.csv, args.smiles_column, args.out,
-                                 args.batch_size, progress=progress, overwrite=args.overwrite)
+        frame = predict_from_csv(
+            args.model_dir,
+            args.csv,
+            args.smiles_column,
+            args.out,
+            args.batch_size,
+            progress=progress,
+            overwrite=args.overwrite,
+        )
         failed = int((frame["deepfuse_status"] != "ok").sum())
-        print(f"Wrote {len(frame)} rows to {args.out} ({len(frame) - failed} predicted, {failed} "
-              f"left empty: invalid SMILES or no modality, or a non-finite output; see "
-              f"deepfuse_status)")
+        print(
+            f"Wrote {len(frame)} rows to {args.out} ({len(frame) - failed} predicted, {failed} "
+            f"left empty: invalid SMILES or no modality, or a non-finite output; see "
+            f"deepfuse_status)"
+        )
     return 0
 
 
 #: Errors caused by what the user gave (data, settings, paths): one message and exit code 2.
 #: ``DeepfuseError`` and ``ResumeMismatchError`` are ``ValueError`` s. Anything else is a bug and
 #: keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
-               PermissionError, FileExistsError)
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    FileExistsError,
+)
 
 
 def _one_message(err: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""deepfuse's error classes: one family, so callers (and the CLI) can tell a user's mistake from a bug.
+"""deepfuse's error classes: one family, so callers (and the CLI) tell a user's mistake from a bug.
 
 Every class derives from :class:`DeepfuseError`, itself a :class:`ValueError`, so code written
 against plain ``ValueError`` keeps working. The CLI turns any ``DeepfuseError`` into one sentence on
@@ -10,10 +10,16 @@ Examples
 >>> issubclass(CorruptCheckpointError, DeepfuseError) and issubclass(DeepfuseError, ValueError)
 True
 """
+
 from __future__ import annotations
 
-__all__ = ["DeepfuseError", "InvalidInputError", "InvalidSettingError", "CorruptCheckpointError",
-           "RunFolderError"]
+__all__ = [
+    "DeepfuseError",
+    "InvalidInputError",
+    "InvalidSettingError",
+    "CorruptCheckpointError",
+    "RunFolderError",
+]
 
 
 class DeepfuseError(ValueError):

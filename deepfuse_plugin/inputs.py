@@ -14,12 +14,14 @@ Examples
 >>> y.ravel().tolist(), w.ravel().tolist()
 ([1.5, 0.0], [1.0, 0.0])
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,15 +35,41 @@ logger = logging.getLogger(__name__)
 #: that the normalization statistics (squares summed over the rows) stay finite.
 MAX_ABS_LABEL = 1e30
 #: Cell values read as a missing label (pandas' defaults), not as a non-numeric one.
-MISSING_LABELS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
-                            "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a",
-                            "nan", "null"})
+MISSING_LABELS = frozenset(
+    {
+        "",
+        "#N/A",
+        "#N/A N/A",
+        "#NA",
+        "-1.#IND",
+        "-1.#QNAN",
+        "-NaN",
+        "-nan",
+        "1.#IND",
+        "1.#QNAN",
+        "<NA>",
+        "N/A",
+        "NA",
+        "NULL",
+        "NaN",
+        "None",
+        "n/a",
+        "nan",
+        "null",
+    }
+)
 #: The first bytes of compressed or binary files a user might name ``.csv`` by mistake.
-BINARY_SIGNATURES = {b"\x1f\x8b": "gzip-compressed", b"PK\x03\x04": "a ZIP archive",
-                     b"\xfd7zXZ\x00": "xz-compressed", b"BZh": "bzip2-compressed",
-                     b"(\xb5/\xfd": "zstd-compressed", b"%PDF": "a PDF document",
-                     b"\x89HDF": "an HDF5 file", b"PAR1": "a Parquet file",
-                     b"SQLite format 3": "an SQLite database"}
+BINARY_SIGNATURES = {
+    b"\x1f\x8b": "gzip-compressed",
+    b"PK\x03\x04": "a ZIP archive",
+    b"\xfd7zXZ\x00": "xz-compressed",
+    b"BZh": "bzip2-compressed",
+    b"(\xb5/\xfd": "zstd-compressed",
+    b"%PDF": "a PDF document",
+    b"\x89HDF": "an HDF5 file",
+    b"PAR1": "a Parquet file",
+    b"SQLite format 3": "an SQLite database",
+}
 
 
 class WorkflowError(InvalidInputError):
@@ -85,17 +113,22 @@ def read_csv_checked(path: str, smiles_column: str, tasks: Sequence[str] = ()) -
     except pd.errors.EmptyDataError:
         raise WorkflowError(f"CSV file {path} is empty (no header, no rows)") from None
     except UnicodeDecodeError as err:
-        raise WorkflowError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at "
-                            f"position {err.start}); save it as UTF-8 CSV") from None
+        raise WorkflowError(
+            f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at "
+            f"position {err.start}); save it as UTF-8 CSV"
+        ) from None
     except pd.errors.ParserError as err:
-        raise WorkflowError(f"Cannot read {path} as CSV: {str(err).strip().splitlines()[-1]}"
-                            ) from None
+        raise WorkflowError(
+            f"Cannot read {path} as CSV: {str(err).strip().splitlines()[-1]}"
+        ) from None
     _check_header(frame, path)
     missing = [c for c in [smiles_column, *tasks] if c not in frame.columns]
     if missing:
         label = "Column" if len(missing) == 1 else "Columns"
-        raise WorkflowError(f"{label} {', '.join(repr(c) for c in missing)} not found in {path}. "
-                            f"Available columns: {list(frame.columns)}")
+        raise WorkflowError(
+            f"{label} {', '.join(repr(c) for c in missing)} not found in {path}. "
+            f"Available columns: {list(frame.columns)}"
+        )
     if len(frame) == 0:
         raise WorkflowError(f"CSV file {path} has a header but no rows")
     return frame
@@ -110,13 +143,18 @@ def _check_text_file(path: str) -> None:
     for signature, kind in BINARY_SIGNATURES.items():
         packed = "compressed" in kind or "ZIP" in kind
         if head.startswith(signature) and not (packed and compressed_name):
-            hint = ("name it with its compression suffix (e.g. .csv.gz) or decompress it"
-                    if packed else "export it as a CSV file")
+            hint = (
+                "name it with its compression suffix (e.g. .csv.gz) or decompress it"
+                if packed
+                else "export it as a CSV file"
+            )
             raise WorkflowError(f"{path} is {kind}, not a text CSV file; {hint}")
     position = None if compressed_name else _first_nul(path)
     if position is not None:
-        raise WorkflowError(f"{path} is a binary file (NUL byte at position {position}), not "
-                            "a text CSV file; export it as a CSV file")
+        raise WorkflowError(
+            f"{path} is a binary file (NUL byte at position {position}), not "
+            "a text CSV file; export it as a CSV file"
+        )
 
 
 def _first_nul(path: str, block: int = 1 << 20) -> int | None:
@@ -136,12 +174,15 @@ def _check_header(frame: pd.DataFrame, path: str) -> None:
     user's header, so a repeated name is refused."""
     if not any("." in str(c) for c in frame.columns):
         return
-    header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False
-                         ).iloc[0].tolist()
+    header = (
+        pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0].tolist()
+    )
     repeated = sorted({c for c in header if header.count(c) > 1})
     if repeated:
-        raise WorkflowError(f"Column name(s) {repeated} appear more than once in the header of "
-                            f"{path}; give every column its own name")
+        raise WorkflowError(
+            f"Column name(s) {repeated} appear more than once in the header of "
+            f"{path}; give every column its own name"
+        )
 
 
 def _shown(value: Any, width: int = 60) -> str:
@@ -150,8 +191,9 @@ def _shown(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else f"{text[: width - 20]}...({len(str(value))} chars)"
 
 
-def smiles_problems(smiles: Sequence[Any], limits: InputLimits = DEFAULT_LIMITS
-                    ) -> list[str | None]:
+def smiles_problems(
+    smiles: Sequence[Any], limits: InputLimits = DEFAULT_LIMITS
+) -> list[str | None]:
     """Per entry: ``None`` when RDKit parses it into a molecule within ``limits``, otherwise why
     not (``"invalid SMILES"`` for an empty or unparseable entry, ``"invalid SMILES: <reason>"``
     for one refused before parsing or over a size limit).
@@ -185,8 +227,9 @@ def smiles_problems(smiles: Sequence[Any], limits: InputLimits = DEFAULT_LIMITS
     return problems
 
 
-def valid_smiles_mask(smiles: Sequence[Any], what: str = "row",
-                      limits: InputLimits = DEFAULT_LIMITS) -> tuple[np.ndarray, list[str]]:
+def valid_smiles_mask(
+    smiles: Sequence[Any], what: str = "row", limits: InputLimits = DEFAULT_LIMITS
+) -> tuple[np.ndarray, list[str]]:
     """Which entries RDKit can parse (non-empty strings giving a molecule with atoms, within
     ``limits``; see :func:`smiles_problems`).
 
@@ -200,13 +243,22 @@ def valid_smiles_mask(smiles: Sequence[Any], what: str = "row",
     """
     problems = smiles_problems(smiles, limits)
     mask = np.array([p is None for p in problems], dtype=bool)
-    invalid = [f"{i}: {_shown(smiles[i])}" + (f" ({problems[i][16:]})"
-                                               if problems[i] != "invalid SMILES" else "")
-               for i in np.flatnonzero(~mask)]
+    invalid = [
+        f"{i}: {_shown(smiles[i])}" + (f" ({problem[16:]})" if problem != "invalid SMILES" else "")
+        for i, problem in enumerate(problems)
+        if problem is not None
+    ]
     if invalid:
-        logger.warning("%d of %d SMILES cannot be parsed by RDKit; those %ss are skipped "
-                       "(0-based %s index: value): %s%s", len(invalid), len(smiles), what, what,
-                       "; ".join(invalid[:20]), " ..." if len(invalid) > 20 else "")
+        logger.warning(
+            "%d of %d SMILES cannot be parsed by RDKit; those %ss are skipped "
+            "(0-based %s index: value): %s%s",
+            len(invalid),
+            len(smiles),
+            what,
+            what,
+            "; ".join(invalid[:20]),
+            " ..." if len(invalid) > 20 else "",
+        )
     return mask, invalid
 
 
@@ -232,7 +284,8 @@ def parse_labels(frame: pd.DataFrame, tasks: Sequence[str], ids: Sequence[str]) 
                     f"Task column {task!r} is not numeric: {len(bad)} row(s) hold text ({shown}"
                     f"{' ...' if len(bad) > 8 else ''}). Labels must be numbers; map categories "
                     "to numbers (e.g. yes/no to 1/0 for --mode classification) and leave a cell "
-                    "empty for a missing label")
+                    "empty for a missing label"
+                )
         else:
             values = pd.to_numeric(column, errors="coerce")
         columns.append(values.to_numpy(dtype=np.float64))
@@ -240,16 +293,20 @@ def parse_labels(frame: pd.DataFrame, tasks: Sequence[str], ids: Sequence[str]) 
     absurd = ~np.isnan(y) & ~(np.abs(y) <= MAX_ABS_LABEL)
     if absurd.any():
         rows, cols = np.nonzero(absurd)
-        shown = ", ".join(f"{ids[r]!s} ({tasks[c]}): {y[r, c]:.6g}" for r, c in
-                          zip(rows[:8], cols[:8]))
-        raise WorkflowError(f"{len(rows)} label(s) are infinite or beyond +-{MAX_ABS_LABEL:g}: "
-                            f"{shown}{' ...' if len(rows) > 8 else ''}. Fix these cells, or leave "
-                            "them empty for a missing label")
+        shown = ", ".join(
+            f"{ids[r]!s} ({tasks[c]}): {y[r, c]:.6g}" for r, c in zip(rows[:8], cols[:8])
+        )
+        raise WorkflowError(
+            f"{len(rows)} label(s) are infinite or beyond +-{MAX_ABS_LABEL:g}: "
+            f"{shown}{' ...' if len(rows) > 8 else ''}. Fix these cells, or leave "
+            "them empty for a missing label"
+        )
     return y
 
 
-def labels_and_weights(frame: pd.DataFrame, tasks: Sequence[str], ids: Sequence[str]
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def labels_and_weights(
+    frame: pd.DataFrame, tasks: Sequence[str], ids: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """``(y, w)`` from task columns: a missing label gets weight 0 and a warning.
 
     Raises
@@ -262,12 +319,18 @@ def labels_and_weights(frame: pd.DataFrame, tasks: Sequence[str], ids: Sequence[
     w = np.isfinite(y).astype(np.float64)
     unlabelled = [t for t, n in zip(tasks, w.sum(axis=0)) if n == 0] if len(y) else list(tasks)
     if unlabelled:
-        raise WorkflowError(f"No labelled rows for task(s) {unlabelled}: every value in "
-                            f"{'that column' if len(unlabelled) == 1 else 'those columns'} is "
-                            "missing; fill in labels or leave the task out of --tasks")
+        raise WorkflowError(
+            f"No labelled rows for task(s) {unlabelled}: every value in "
+            f"{'that column' if len(unlabelled) == 1 else 'those columns'} is "
+            "missing; fill in labels or leave the task out of --tasks"
+        )
     bad = np.flatnonzero(w.min(axis=1) == 0) if len(y) else np.array([], int)
     if len(bad):
         shown = [str(ids[i]) for i in bad[:10]]
-        logger.warning("%d row(s) have missing labels; those entries get weight 0 "
-                       "(ids: %s%s)", len(bad), shown, " ..." if len(bad) > 10 else "")
+        logger.warning(
+            "%d row(s) have missing labels; those entries get weight 0 (ids: %s%s)",
+            len(bad),
+            shown,
+            " ..." if len(bad) > 10 else "",
+        )
     return np.nan_to_num(y, nan=0.0), w

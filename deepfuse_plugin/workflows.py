@@ -20,62 +20,127 @@ A run folder written by :func:`train_from_csv` (and by ``deepfuse demo``) looks 
                             of present modalities, fitted on the validation split
                             (:func:`~deepfuse_plugin.models.calibration.fit_std_scales`)
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from deepfuse_plugin import run_folder
-from deepfuse_plugin.errors import (CorruptCheckpointError, InvalidSettingError,  # noqa: F401
-                                    RunFolderError)
+from deepfuse_plugin.errors import (
+    CorruptCheckpointError,
+    InvalidSettingError,
+    RunFolderError,
+)
+
 # Re-exported: ``from deepfuse_plugin.workflows import X`` keeps working for everything that
 # moved to ``inputs``, ``prediction`` and the ``train`` package.
-from deepfuse_plugin.inputs import (BINARY_SIGNATURES, MAX_ABS_LABEL, MISSING_LABELS,  # noqa: F401
-                                    WorkflowError, labels_and_weights, parse_labels,
-                                    rdkit_log_disabled, read_csv_checked, smiles_problems,
-                                    valid_smiles_mask)
+from deepfuse_plugin.inputs import (
+    BINARY_SIGNATURES,
+    MAX_ABS_LABEL,
+    MISSING_LABELS,
+    WorkflowError,
+    labels_and_weights,
+    parse_labels,
+    rdkit_log_disabled,
+    read_csv_checked,
+    smiles_problems,
+    valid_smiles_mask,
+)
 from deepfuse_plugin.limits import DEFAULT_LIMITS, InputLimits
-from deepfuse_plugin.prediction import (CORRUPT_OUTPUT_FRACTION, load_run,  # noqa: F401
-                                        predict_from_csv, predict_with_std)
-from deepfuse_plugin.run_folder import METRICS_FILE, RUN_FILE, STD_SCALES_FILE  # noqa: F401
+from deepfuse_plugin.prediction import (
+    CORRUPT_OUTPUT_FRACTION,
+    load_run,
+    predict_from_csv,
+    predict_with_std,
+)
+from deepfuse_plugin.run_folder import METRICS_FILE, RUN_FILE, STD_SCALES_FILE
 from deepfuse_plugin.train import resume as resume_points
-from deepfuse_plugin.train.data import (SPLITS, denormalize, fit_normalizer,  # noqa: F401
-                                        make_dataset, normalizer_to_dict, split_indices)
-from deepfuse_plugin.train.loop import BestCheckpointCallback, train_with_validation  # noqa: F401
-from deepfuse_plugin.train.metrics import (classification_metrics, evaluate,  # noqa: F401
-                                           predict_original_units, regression_metrics,
-                                           selection_score)
-from deepfuse_plugin.train.result import TrainingResult  # noqa: F401
-from deepfuse_plugin.train.utils import (check_training_settings,  # noqa: F401
-                                         resolve_model_class, set_seed, write_json)
+from deepfuse_plugin.train.data import (
+    SPLITS,
+    denormalize,
+    fit_normalizer,
+    make_dataset,
+    normalizer_to_dict,
+    split_indices,
+)
+from deepfuse_plugin.train.loop import BestCheckpointCallback, train_with_validation
+from deepfuse_plugin.train.metrics import (
+    classification_metrics,
+    evaluate,
+    predict_original_units,
+    regression_metrics,
+    selection_score,
+)
+from deepfuse_plugin.train.result import TrainingResult
+from deepfuse_plugin.train.utils import (
+    check_training_settings,
+    resolve_model_class,
+    set_seed,
+    write_json,
+)
 
 __all__ = [
     # the run-folder workflows
-    "train_from_csv", "predict_from_csv", "load_run", "predict_with_std", "calibrate_run",
-    "fresh_model_dir", "check_training_settings", "featurizer_settings",
+    "train_from_csv",
+    "predict_from_csv",
+    "load_run",
+    "predict_with_std",
+    "calibrate_run",
+    "fresh_model_dir",
+    "check_training_settings",
+    "featurizer_settings",
     # model names
-    "MODELS", "MODES", "SPLITS", "resolve_model_class", "register_model",
+    "MODELS",
+    "MODES",
+    "SPLITS",
+    "resolve_model_class",
+    "register_model",
     # run folder layout
-    "RUN_FILE", "RUN_FORMAT", "METRICS_FILE", "STD_SCALES_FILE", "FEATURIZER_KEYS",
+    "RUN_FILE",
+    "RUN_FORMAT",
+    "METRICS_FILE",
+    "STD_SCALES_FILE",
+    "FEATURIZER_KEYS",
     "CORRUPT_OUTPUT_FRACTION",
     # training pieces (deepfuse_plugin.train)
-    "train_with_validation", "BestCheckpointCallback", "TrainingResult", "evaluate",
-    "selection_score", "regression_metrics", "classification_metrics", "predict_original_units",
-    "set_seed", "write_json", "make_dataset", "split_indices", "fit_normalizer",
-    "normalizer_to_dict", "denormalize",
+    "train_with_validation",
+    "BestCheckpointCallback",
+    "TrainingResult",
+    "evaluate",
+    "selection_score",
+    "regression_metrics",
+    "classification_metrics",
+    "predict_original_units",
+    "set_seed",
+    "write_json",
+    "make_dataset",
+    "split_indices",
+    "fit_normalizer",
+    "normalizer_to_dict",
+    "denormalize",
     # input checks (deepfuse_plugin.inputs)
-    "WorkflowError", "read_csv_checked", "labels_and_weights", "parse_labels", "smiles_problems",
-    "valid_smiles_mask", "rdkit_log_disabled", "BINARY_SIGNATURES", "MAX_ABS_LABEL",
+    "WorkflowError",
+    "read_csv_checked",
+    "labels_and_weights",
+    "parse_labels",
+    "smiles_problems",
+    "valid_smiles_mask",
+    "rdkit_log_disabled",
+    "BINARY_SIGNATURES",
+    "MAX_ABS_LABEL",
     "MISSING_LABELS",
     # errors
-    "CorruptCheckpointError", "InvalidSettingError", "RunFolderError",
+    "CorruptCheckpointError",
+    "InvalidSettingError",
+    "RunFolderError",
 ]
 
 logger = logging.getLogger(__name__)
@@ -89,12 +154,14 @@ class _FusionModels(Mapping):
 
     def __getitem__(self, name: str) -> type:
         from deepfuse_plugin.models.registry import available_models, get_model_class
+
         if name not in available_models("fusion"):
             raise KeyError(name)
         return get_model_class(name, kind="fusion")
 
     def __iter__(self) -> Iterator[str]:
         from deepfuse_plugin.models.registry import available_models
+
         return iter(available_models("fusion"))
 
     def __len__(self) -> int:
@@ -117,8 +184,12 @@ def register_model(name: str, model_class: type) -> None:
 
     from deepfuse_plugin.models.registry import register_model as register
 
-    warnings.warn("workflows.register_model is deprecated; use the @register_model decorator "
-                  "of deepfuse_plugin.models.registry", FutureWarning, stacklevel=2)
+    warnings.warn(
+        "workflows.register_model is deprecated; use the @register_model decorator "
+        "of deepfuse_plugin.models.registry",
+        FutureWarning,
+        stacklevel=2,
+    )
     register(name, kind="fusion")(model_class)
 
 
@@ -132,8 +203,9 @@ def fresh_model_dir(path: str, check_only: bool = False) -> str:
     if os.path.isdir(path) and os.listdir(path):
         entries = run_folder.own_model_entries(path)
         if not entries:
-            raise WorkflowError(f"{path} exists and is not a deepfuse model folder; choose another "
-                                "--out")
+            raise WorkflowError(
+                f"{path} exists and is not a deepfuse model folder; choose another --out"
+            )
         if not check_only:
             for entry in entries:
                 target = os.path.join(path, entry)
@@ -149,14 +221,28 @@ def fresh_model_dir(path: str, check_only: bool = False) -> str:
 
 
 # -- deepfuse train ------------------------------------------------------------------------------
-def train_from_csv(csv: str, smiles_column: str, tasks: Sequence[str], out: str,
-                   mode: str = "regression", model: str = "dynamic", split: str = "scaffold",
-                   modalities: Sequence[str] = ("ecfp", "graph", "smiles"), epochs: int = 30,
-                   batch_size: int = 64, learning_rate: float = 1e-3, eval_every: int = 2,
-                   seed: int = 0, featurizer_kwargs: dict[str, Any] | None = None,
-                   model_kwargs: dict[str, Any] | None = None, n_jobs: int = 1,
-                   resume: bool = False, uncertainty: str | None = None,
-                   progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+def train_from_csv(
+    csv: str,
+    smiles_column: str,
+    tasks: Sequence[str],
+    out: str,
+    mode: str = "regression",
+    model: str = "dynamic",
+    split: str = "scaffold",
+    modalities: Sequence[str] = ("ecfp", "graph", "smiles"),
+    epochs: int = 30,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    eval_every: int = 2,
+    seed: int = 0,
+    featurizer_kwargs: dict[str, Any] | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    n_jobs: int = 1,
+    resume: bool = False,
+    uncertainty: str | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Featurize a CSV, split it, train a fusion model with validation-based epoch selection and
     write a run folder to ``out`` (see the module docstring).
 
@@ -225,12 +311,18 @@ def train_from_csv(csv: str, smiles_column: str, tasks: Sequence[str], out: str,
         raise WorkflowError("Give at least one task column (--tasks)")
     if mode not in MODES:
         raise WorkflowError(f"Unknown mode {mode!r}; choose one of {list(MODES)}")
-    check_training_settings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                            eval_every=eval_every, n_jobs=n_jobs)
+    check_training_settings(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        eval_every=eval_every,
+        n_jobs=n_jobs,
+    )
     model_cls = resolve_model_class(model)
     try:
-        featurizer = MultiModalFeaturizer(list(modalities), n_jobs=n_jobs, progress=progress,
-                                          **(featurizer_kwargs or {}))
+        featurizer = MultiModalFeaturizer(
+            list(modalities), n_jobs=n_jobs, progress=progress, **(featurizer_kwargs or {})
+        )
     except (ValueError, TypeError) as err:
         raise WorkflowError(f"Cannot build the featurizer: {err}") from err
     # fail fast, before a long featurization: nothing in out or the staging folder is touched yet
@@ -239,8 +331,7 @@ def train_from_csv(csv: str, smiles_column: str, tasks: Sequence[str], out: str,
     run_folder.check_staging(staging)
     model_dir = os.path.join(staging, run_folder.MODEL_DIR)
     continuing = resume and resume_points.read_state(model_dir) is not None
-    frame, ids, y, w, invalid = _labelled_rows(csv, smiles_column, tasks, mode,
-                                               featurizer.limits)
+    frame, ids, y, w, invalid = _labelled_rows(csv, smiles_column, tasks, mode, featurizer.limits)
 
     set_seed(seed)
     dataset = make_dataset(featurizer.featurize(ids), y, w, ids)
@@ -253,33 +344,65 @@ def train_from_csv(csv: str, smiles_column: str, tasks: Sequence[str], out: str,
     run_folder.open_staging(staging, keep=continuing)
     try:
         extra = dict(model_kwargs or {}, **({"uncertainty": uncertainty} if uncertainty else {}))
-        fusion = model_cls(n_tasks=len(tasks), modalities=featurizer.modalities, mode=mode,
-                           batch_size=batch_size, learning_rate=learning_rate,
-                           model_dir=model_dir, progress=False, **extra)
-        result = train_with_validation(fusion, train, valid, epochs, eval_every, transformers,
-                                       mode, model_dir,
-                                       desc=f"{model} ({'+'.join(fusion.modality_names)})",
-                                       progress=progress, resumable=True)
-        metrics = {"valid": evaluate(fusion, valid, transformers, mode)[0],
-                   "test": evaluate(fusion, test, transformers, mode)[0]}
+        fusion = model_cls(
+            n_tasks=len(tasks),
+            modalities=featurizer.modalities,
+            mode=mode,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            model_dir=model_dir,
+            progress=False,
+            **extra,
+        )
+        result = train_with_validation(
+            fusion,
+            train,
+            valid,
+            epochs,
+            eval_every,
+            transformers,
+            mode,
+            model_dir,
+            desc=f"{model} ({'+'.join(fusion.modality_names)})",
+            progress=progress,
+            resumable=True,
+        )
+        metrics = {
+            "valid": evaluate(fusion, valid, transformers, mode)[0],
+            "test": evaluate(fusion, test, transformers, mode)[0],
+        }
         record = {
             "format": RUN_FORMAT,
-            "model": model, "model_class": type(fusion).__name__,
-            "model_dir": run_folder.MODEL_DIR, "smiles_column": smiles_column, "tasks": tasks,
-            "mode": mode, "modalities": fusion.modality_names,
+            "model": model,
+            "model_class": type(fusion).__name__,
+            "model_dir": run_folder.MODEL_DIR,
+            "smiles_column": smiles_column,
+            "tasks": tasks,
+            "mode": mode,
+            "modalities": fusion.modality_names,
             "featurizer": featurizer_settings(featurizer),
             "normalization": normalizer_to_dict(normalizer),
-            "data": {"csv": os.path.abspath(csv), "rows": len(frame), "invalid_smiles": invalid,
-                     "split": split, "n_train": len(train), "n_valid": len(valid),
-                     "n_test": len(test)},
-            "training": {"epochs": epochs, "batch_size": batch_size,
-                         "learning_rate": learning_rate, "eval_every": eval_every, "seed": seed,
-                         **_selection_summary(result)},
+            "data": {
+                "csv": os.path.abspath(csv),
+                "rows": len(frame),
+                "invalid_smiles": invalid,
+                "split": split,
+                "n_train": len(train),
+                "n_valid": len(valid),
+                "n_test": len(test),
+            },
+            "training": {
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "learning_rate": learning_rate,
+                "eval_every": eval_every,
+                "seed": seed,
+                **_selection_summary(result),
+            },
             "metrics": metrics,
         }
         if getattr(fusion, "uncertainty", None):
-            record["uncertainty"] = calibrate_run(fusion, valid, test, transformers, mode,
-                                                  staging)
+            record["uncertainty"] = calibrate_run(fusion, valid, test, transformers, mode, staging)
         record = run_folder.write_sealed_record(staging, record)
         write_json(os.path.join(staging, METRICS_FILE), metrics)
     except BaseException:
@@ -292,15 +415,21 @@ def train_from_csv(csv: str, smiles_column: str, tasks: Sequence[str], out: str,
 def featurizer_settings(featurizer: Any) -> dict[str, Any]:
     """What a run record keeps of its featurizer: :data:`FEATURIZER_KEYS` and the input limits
     (``"limits"``), with which ``predict`` featurizes new molecules."""
-    return {**{k: getattr(featurizer, k) for k in FEATURIZER_KEYS},
-            "limits": asdict(featurizer.limits)}
+    return {
+        **{k: getattr(featurizer, k) for k in FEATURIZER_KEYS},
+        "limits": asdict(featurizer.limits),
+    }
 
 
 def _selection_summary(result: TrainingResult) -> dict[str, Any]:
     """The run record's account of how the kept epoch was chosen."""
-    return {"best_epoch": result.best_epoch, "selection": f"validation {result.score_name}",
-            "train_time_s": result.train_time_s, "history": result.history,
-            "resumed_at_epochs": result.resumed_at}
+    return {
+        "best_epoch": result.best_epoch,
+        "selection": f"validation {result.score_name}",
+        "train_time_s": result.train_time_s,
+        "history": result.history,
+        "resumed_at_epochs": result.resumed_at,
+    }
 
 
 def _split(dataset: Any, tasks: Sequence[str], split: str, seed: int) -> tuple[Any, Any, Any]:
@@ -310,17 +439,18 @@ def _split(dataset: Any, tasks: Sequence[str], split: str, seed: int) -> tuple[A
     return train, valid, test
 
 
-def _labelled_rows(csv: str, smiles_column: str, tasks: list[str], mode: str,
-                   limits: InputLimits = DEFAULT_LIMITS
-                   ) -> tuple[pd.DataFrame, list[str], np.ndarray, np.ndarray, list[str]]:
+def _labelled_rows(
+    csv: str, smiles_column: str, tasks: list[str], mode: str, limits: InputLimits = DEFAULT_LIMITS
+) -> tuple[pd.DataFrame, list[str], np.ndarray, np.ndarray, list[str]]:
     """``(frame, ids, y, w, invalid)`` of the rows with a valid SMILES (within the featurizer's
     ``limits``), labels checked."""
     frame = read_csv_checked(csv, smiles_column, tasks)
     smiles = frame[smiles_column].tolist()
     ok, invalid = valid_smiles_mask(smiles, limits=limits)
     if not ok.any():
-        raise WorkflowError(f"None of the {len(smiles)} SMILES in column {smiles_column!r} of "
-                            f"{csv} could be parsed")
+        raise WorkflowError(
+            f"None of the {len(smiles)} SMILES in column {smiles_column!r} of {csv} could be parsed"
+        )
     frame_ok = frame[ok].reset_index(drop=True)
     ids = [str(s) for s in frame_ok[smiles_column]]
     y, w = labels_and_weights(frame_ok, tasks, ids)
@@ -341,22 +471,28 @@ def _check_training_split(train: Any, tasks: Sequence[str], split: str, n_rows: 
     counts = np.asarray(train.w, dtype=np.float64).reshape(len(train), -1).sum(axis=0)
     empty = [t for t, n in zip(tasks, counts) if n == 0]
     if empty:
-        raise WorkflowError(f"No labelled rows for task(s) {empty} in the {split} training split "
-                            f"(their few labels went to validation/test){hint}, or add labels")
+        raise WorkflowError(
+            f"No labelled rows for task(s) {empty} in the {split} training split "
+            f"(their few labels went to validation/test){hint}, or add labels"
+        )
 
 
 def _keep_staging_only_to_resume(staging: str, out: str) -> None:
     """After a failed or interrupted run: keep the staging folder if it holds a resume point
     (``--resume`` continues it), remove it otherwise. ``out`` was never touched."""
     if resume_points.read_state(os.path.join(staging, run_folder.MODEL_DIR)) is not None:
-        logger.warning("Training stopped; %s is unchanged. The run so far is in %s: continue it "
-                       "with --resume", out, staging)
+        logger.warning(
+            "Training stopped; %s is unchanged. The run so far is in %s: continue it with --resume",
+            out,
+            staging,
+        )
     else:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def calibrate_run(model: Any, valid: Any, test: Any, transformers: Sequence[Any], mode: str,
-                  out: str) -> dict[str, Any]:
+def calibrate_run(
+    model: Any, valid: Any, test: Any, transformers: Sequence[Any], mode: str, out: str
+) -> dict[str, Any]:
     """Fit the std factors of an evidential regression model on ``valid`` into
     ``out/std_scales.json`` and report the test calibration before and after (the record's
     ``uncertainty`` entry). Too few validation molecules for a factor: a warning, and the std is
@@ -379,9 +515,8 @@ def calibrate_run(model: Any, valid: Any, test: Any, transformers: Sequence[Any]
     try:
         entry["test_calibration"] = {
             "as_predicted": calibration_report(model, test, list(transformers)),
-            "rescaled": calibration_report(model, test, list(transformers), std_scale=scales)}
+            "rescaled": calibration_report(model, test, list(transformers), std_scale=scales),
+        }
     except ValueError as err:  # e.g. an empty test split, or rows without a fitted factor
         logger.warning("No test calibration in the record: %s", err)
     return entry
-
-

@@ -10,12 +10,13 @@ The data lives beside the checkout (``<repo>/../shared/data``); ``DEEPFUSE_DATA_
 location. When the data is missing such tests are skipped locally but FAIL under ``CI=true``, so CI
 can never pass by silently skipping them.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from unittest import mock
 
 import numpy as np
@@ -23,6 +24,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+
 
 @contextlib.contextmanager
 def killed_after_epoch(epoch: int) -> Iterator[None]:
@@ -38,18 +40,39 @@ def killed_after_epoch(epoch: int) -> Iterator[None]:
             raise KeyboardInterrupt
         return written
 
-    with mock.patch.object(resume, "save_resume_point", save_then_stop), \
-            pytest.raises(KeyboardInterrupt):
+    with (
+        mock.patch.object(resume, "save_resume_point", save_then_stop),
+        pytest.raises(KeyboardInterrupt),
+    ):
         yield
 
 
 # 24 small, chemically varied, valid molecules (aromatics, heteroatoms, charges, stereo, rings).
 SMILES = [
-    "CCO", "CCN", "CCCC", "CC(=O)O", "c1ccccc1", "c1ccncc1", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1",
-    "C[C@H](N)C(=O)O", "O=C(O)c1ccccc1O", "CN1CCC[C@H]1c1cccnc1", "C1CCCCC1",
+    "CCO",
+    "CCN",
+    "CCCC",
+    "CC(=O)O",
+    "c1ccccc1",
+    "c1ccncc1",
+    "c1ccccc1O",
+    "CC(=O)Nc1ccc(O)cc1",
+    "C[C@H](N)C(=O)O",
+    "O=C(O)c1ccccc1O",
+    "CN1CCC[C@H]1c1cccnc1",
+    "C1CCCCC1",
     "CC(C)Cc1ccc(cc1)C(C)C(=O)O",
-    "ClC(Cl)Cl", "OC1CCCCC1", "c1ccc2ccccc2c1", "CC#N", "C=CC=C", "CCOC(=O)C", "NC(=O)N",
-    "c1ccsc1", "CC(C)(C)O", "C[N+](C)(C)C", "FC(F)(F)c1ccccc1",
+    "ClC(Cl)Cl",
+    "OC1CCCCC1",
+    "c1ccc2ccccc2c1",
+    "CC#N",
+    "C=CC=C",
+    "CCOC(=O)C",
+    "NC(=O)N",
+    "c1ccsc1",
+    "CC(C)(C)O",
+    "C[N+](C)(C)C",
+    "FC(F)(F)c1ccccc1",
 ]
 
 
@@ -62,8 +85,10 @@ def shared_data_dir() -> Path:
     """``../shared/data`` (or ``$DEEPFUSE_DATA_DIR``); fail under CI=true, skip otherwise."""
     path = _data_dir()
     if not (path / "moleculenet").is_dir():
-        message = (f"shared benchmark data not found at {path} (expected {path / 'moleculenet'}); "
-                   "set DEEPFUSE_DATA_DIR")
+        message = (
+            f"shared benchmark data not found at {path} (expected {path / 'moleculenet'}); "
+            "set DEEPFUSE_DATA_DIR"
+        )
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
@@ -85,8 +110,9 @@ def small_featurizer():
     """ecfp (128 bits) + graph + smiles (max 48 tokens), no progress bar."""
     import deepfuse_plugin as dfp
 
-    return dfp.MultiModalFeaturizer(["ecfp", "graph", "smiles"], ecfp_size=128, max_length=48,
-                                    progress=False)
+    return dfp.MultiModalFeaturizer(
+        ["ecfp", "graph", "smiles"], ecfp_size=128, max_length=48, progress=False
+    )
 
 
 @pytest.fixture(scope="session")
@@ -116,11 +142,18 @@ def tiny_classification_dataset(featurized):
     return dc.data.NumpyDataset(featurized, y, ids=np.array(SMILES))
 
 
-TINY_MODEL_KWARGS = dict(encoder_dim=32, fused_dim=32, head_hidden=32, gate_hidden=16,
-                         attention_hidden=16, decoder_hidden=32, batch_size=8, learning_rate=3e-3,
-                         encoder_options={"graph": {"n_layers": 2},
-                                          "sequence": {"n_layers": 1, "n_heads": 2}},
-                         progress=False)
+TINY_MODEL_KWARGS = dict(
+    encoder_dim=32,
+    fused_dim=32,
+    head_hidden=32,
+    gate_hidden=16,
+    attention_hidden=16,
+    decoder_hidden=32,
+    batch_size=8,
+    learning_rate=3e-3,
+    encoder_options={"graph": {"n_layers": 2}, "sequence": {"n_layers": 1, "n_heads": 2}},
+    progress=False,
+)
 
 
 def _tiny_kwargs(**overrides) -> dict:

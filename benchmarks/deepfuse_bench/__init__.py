@@ -26,6 +26,7 @@ library it measures; the ``deepfuse-bench`` command runs it and writes the table
 
 Submodules are imported on use, so ``import deepfuse_bench`` stays cheap.
 """
+
 from __future__ import annotations
 
 __version__ = "0.1.0"

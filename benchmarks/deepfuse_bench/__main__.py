@@ -1,4 +1,5 @@
 """``python -m deepfuse_bench``: the ``deepfuse-bench`` command."""
+
 import os
 import sys
 

@@ -58,6 +58,7 @@ Examples
 ...                  epochs=30, seed=0, output_dir="out")[:6]
 ['chemprop', 'train', '--data-path', 'tr.csv', 'va.csv', 'te.csv']
 """
+
 from __future__ import annotations
 
 import json
@@ -66,19 +67,38 @@ import shlex
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from deepfuse_bench.chemprop_env import (CHEMPROP_VERSION, ChempropEnvError, ChempropError,
-                                         child_env, ensure_chemprop_env, read_stamp, tail)
+from deepfuse_bench.chemprop_env import (
+    CHEMPROP_VERSION,
+    ChempropEnvError,
+    ChempropError,
+    child_env,
+    ensure_chemprop_env,
+    read_stamp,
+    tail,
+)
 from deepfuse_bench.environment import PeakRSS
 
-__all__ = ["CHEMPROP_VERSION", "ChempropEnvError", "ChempropError", "ChempropResult",
-           "ensure_chemprop_env", "predict_command", "read_history", "read_predictions",
-           "read_settings", "read_stamp", "run_chemprop", "train_command"]
+__all__ = [
+    "CHEMPROP_VERSION",
+    "ChempropEnvError",
+    "ChempropError",
+    "ChempropResult",
+    "ensure_chemprop_env",
+    "predict_command",
+    "read_history",
+    "read_predictions",
+    "read_settings",
+    "read_stamp",
+    "run_chemprop",
+    "train_command",
+]
 
 DEFAULT_BATCH_SIZE = 64  # chemprop 2.3.1's --batch-size default
 #: chemprop 2.3.1's --warmup-epochs default; it refuses an epoch budget that is not larger.
@@ -89,21 +109,35 @@ CLOCK_ENV = "DEEPFUSE_CHEMPROP_CLOCK"
 #: chemprop's ``--tracking-metric`` per task type: the benchmark's selection metric.
 TRACKING_METRICS = {"classification": "roc", "regression": "rmse"}
 #: Tracking metric -> (column of Lightning's metrics.csv, higher is better).
-_TRACKED_COLUMNS = {"val_loss": ("val_loss", False), "roc": ("val/roc", True),
-                    "rmse": ("val/rmse", False)}
+_TRACKED_COLUMNS = {
+    "val_loss": ("val_loss", False),
+    "roc": ("val/roc", True),
+    "rmse": ("val/rmse", False),
+}
 #: How chemprop picks its checkpoint (for the benchmark's records), per tracking metric.
 SELECTIONS = {
     "val_loss": "lowest validation loss (chemprop's default --tracking-metric val_loss: MSE of "
-                "standardized targets / binary cross-entropy)",
+    "standardized targets / binary cross-entropy)",
     "roc": "best validation ROC-AUC (chemprop --tracking-metric roc; several tasks: one "
-           "ROC-AUC over every labelled pair)",
-    "rmse": "best validation RMSE (chemprop --tracking-metric rmse, on standardized targets)"}
+    "ROC-AUC over every labelled pair)",
+    "rmse": "best validation RMSE (chemprop --tracking-metric rmse, on standardized targets)",
+}
 #: Settings in chemprop's config.toml left out of the recorded hyper-parameters: inputs and
 #: outputs, and chemprop's own splitter (unused: the split is given as three files); and prefixes
 #: of settings for atom/bond targets (unused here).
-_NOT_RECORDED = {"data-path", "output-dir", "smiles-columns", "target-columns", "devices",
-                 "num-workers", "accelerator", "split", "split-sizes", "split-key-molecule",
-                 "num-replicates"}
+_NOT_RECORDED = {
+    "data-path",
+    "output-dir",
+    "smiles-columns",
+    "target-columns",
+    "devices",
+    "num-workers",
+    "accelerator",
+    "split",
+    "split-sizes",
+    "split-key-molecule",
+    "num-replicates",
+}
 _UNUSED_PREFIXES = ("atom-", "bond-", "multiclass-")
 
 #: Launcher for ``chemprop train``: chemprop's own CLI entry point plus a Lightning callback that
@@ -153,12 +187,21 @@ sys.exit(main())
 
 
 # -- commands ------------------------------------------------------------------------------------
-def train_command(program: Sequence[str], train_csv: str | os.PathLike,
-                  valid_csv: str | os.PathLike, test_csv: str | os.PathLike,
-                  tasks: Sequence[str], mode: str, epochs: int, seed: int,
-                  output_dir: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE,
-                  smiles_column: str = "smiles", accelerator: str = "cpu",
-                  tracking_metric: str | None = None) -> list[str]:
+def train_command(
+    program: Sequence[str],
+    train_csv: str | os.PathLike,
+    valid_csv: str | os.PathLike,
+    test_csv: str | os.PathLike,
+    tasks: Sequence[str],
+    mode: str,
+    epochs: int,
+    seed: int,
+    output_dir: str | os.PathLike,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    smiles_column: str = "smiles",
+    accelerator: str = "cpu",
+    tracking_metric: str | None = None,
+) -> list[str]:
     """``chemprop train`` on a predefined split (three files: train, validation, test).
 
     ``program`` is what runs chemprop's CLI (``[".../chemprop"]``, or the interpreter and the
@@ -167,34 +210,81 @@ def train_command(program: Sequence[str], train_csv: str | os.PathLike,
     ``tracking_metric`` (default :data:`TRACKING_METRICS` of ``mode``; ``"val_loss"``: chemprop's
     own default, no option passed) picks the kept checkpoint.
     """
-    warmup = ([] if epochs > DEFAULT_WARMUP_EPOCHS
-              else ["--warmup-epochs", str(max(0, epochs - 1))])
+    warmup = [] if epochs > DEFAULT_WARMUP_EPOCHS else ["--warmup-epochs", str(max(0, epochs - 1))]
     tracking = tracking_metric or TRACKING_METRICS[mode]
-    selection = ([] if tracking == "val_loss"
-                 else ["--metrics", tracking, "--tracking-metric", tracking])
-    return [*map(str, program), "train",
-            "--data-path", str(train_csv), str(valid_csv), str(test_csv),
-            "--smiles-columns", smiles_column, "--target-columns", *tasks,
-            "--task-type", mode, "--epochs", str(epochs), *warmup, *selection,
-            "--batch-size", str(batch_size), "--pytorch-seed", str(seed),
-            "--data-seed", str(seed), "--num-workers", "0",
-            "--accelerator", accelerator, "--devices", "1", "--output-dir", str(output_dir)]
+    selection = (
+        [] if tracking == "val_loss" else ["--metrics", tracking, "--tracking-metric", tracking]
+    )
+    return [
+        *map(str, program),
+        "train",
+        "--data-path",
+        str(train_csv),
+        str(valid_csv),
+        str(test_csv),
+        "--smiles-columns",
+        smiles_column,
+        "--target-columns",
+        *tasks,
+        "--task-type",
+        mode,
+        "--epochs",
+        str(epochs),
+        *warmup,
+        *selection,
+        "--batch-size",
+        str(batch_size),
+        "--pytorch-seed",
+        str(seed),
+        "--data-seed",
+        str(seed),
+        "--num-workers",
+        "0",
+        "--accelerator",
+        accelerator,
+        "--devices",
+        "1",
+        "--output-dir",
+        str(output_dir),
+    ]
 
 
-def predict_command(executable: str | os.PathLike, input_csv: str | os.PathLike,
-                    output_csv: str | os.PathLike, model_path: str | os.PathLike,
-                    batch_size: int = DEFAULT_BATCH_SIZE, smiles_column: str = "smiles",
-                    accelerator: str = "cpu") -> list[str]:
+def predict_command(
+    executable: str | os.PathLike,
+    input_csv: str | os.PathLike,
+    output_csv: str | os.PathLike,
+    model_path: str | os.PathLike,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    smiles_column: str = "smiles",
+    accelerator: str = "cpu",
+) -> list[str]:
     """``chemprop predict`` with one trained model."""
-    return [str(executable), "predict", "--test-path", str(input_csv),
-            "--preds-path", str(output_csv), "--model-paths", str(model_path),
-            "--smiles-columns", smiles_column, "--batch-size", str(batch_size),
-            "--num-workers", "0", "--accelerator", accelerator, "--devices", "1"]
+    return [
+        str(executable),
+        "predict",
+        "--test-path",
+        str(input_csv),
+        "--preds-path",
+        str(output_csv),
+        "--model-paths",
+        str(model_path),
+        "--smiles-columns",
+        smiles_column,
+        "--batch-size",
+        str(batch_size),
+        "--num-workers",
+        "0",
+        "--accelerator",
+        accelerator,
+        "--devices",
+        "1",
+    ]
 
 
 # -- reading chemprop's files --------------------------------------------------------------------
-def read_smiles_csv(path: str | os.PathLike, smiles_column: str, tasks: Sequence[str],
-                    part: str) -> list[str]:
+def read_smiles_csv(
+    path: str | os.PathLike, smiles_column: str, tasks: Sequence[str], part: str
+) -> list[str]:
     """The SMILES of a split CSV, after checking that it has the SMILES and task columns.
 
     Raises
@@ -211,18 +301,25 @@ def read_smiles_csv(path: str | os.PathLike, smiles_column: str, tasks: Sequence
     except pd.errors.EmptyDataError as err:
         raise ChempropError(f"The {part} CSV {path} is empty (no header)") from err
     if smiles_column not in header:
-        raise ChempropError(f"The {part} CSV {path} has no {smiles_column!r} column "
-                            f"(columns: {header})")
+        raise ChempropError(
+            f"The {part} CSV {path} has no {smiles_column!r} column (columns: {header})"
+        )
     missing = [t for t in tasks if t not in header]
     if missing:
-        raise ChempropError(f"The {part} CSV {path} lacks task column(s) {missing} "
-                            f"(columns: {header})")
+        raise ChempropError(
+            f"The {part} CSV {path} lacks task column(s) {missing} (columns: {header})"
+        )
     frame = pd.read_csv(path, usecols=[smiles_column], dtype=str, keep_default_na=False)
     return frame[smiles_column].tolist()
 
 
-def read_predictions(path: str | os.PathLike, smiles: Sequence[str], tasks: Sequence[str],
-                     mode: str, smiles_column: str = "smiles") -> np.ndarray:
+def read_predictions(
+    path: str | os.PathLike,
+    smiles: Sequence[str],
+    tasks: Sequence[str],
+    mode: str,
+    smiles_column: str = "smiles",
+) -> np.ndarray:
     """``chemprop predict``'s output as ``(len(smiles), n_tasks)`` floats, row-aligned.
 
     Raises
@@ -234,33 +331,47 @@ def read_predictions(path: str | os.PathLike, smiles: Sequence[str], tasks: Sequ
     """
     import pandas as pd
 
-    frame = pd.read_csv(path, dtype={smiles_column: str}, keep_default_na=False,
-                        na_values={t: ["", "nan", "NaN"] for t in tasks})
+    frame = pd.read_csv(
+        path,
+        dtype={smiles_column: str},
+        keep_default_na=False,
+        na_values={t: ["", "nan", "NaN"] for t in tasks},
+    )
     missing = [t for t in [smiles_column, *tasks] if t not in frame.columns]
     if missing:
-        raise ChempropError(f"chemprop's predictions {path} lack column(s) {missing} "
-                            f"(columns: {list(frame.columns)})")
+        raise ChempropError(
+            f"chemprop's predictions {path} lack column(s) {missing} "
+            f"(columns: {list(frame.columns)})"
+        )
     if len(frame) != len(smiles):
-        raise ChempropError(f"chemprop's predictions {path} have {len(frame)} rows for "
-                            f"{len(smiles)} input molecules")
+        raise ChempropError(
+            f"chemprop's predictions {path} have {len(frame)} rows for "
+            f"{len(smiles)} input molecules"
+        )
     got = [str(s).strip() for s in frame[smiles_column]]
     wrong = [i for i, (a, b) in enumerate(zip(got, smiles)) if a != str(b).strip()]
     if wrong:
         i = wrong[0]
-        raise ChempropError(f"chemprop's predictions {path} are not in the input's order: row {i} "
-                            f"is {got[i]!r}, expected {smiles[i]!r} ({len(wrong)} such rows)")
+        raise ChempropError(
+            f"chemprop's predictions {path} are not in the input's order: row {i} "
+            f"is {got[i]!r}, expected {smiles[i]!r} ({len(wrong)} such rows)"
+        )
     pred = frame[list(tasks)].to_numpy(dtype=np.float64)
     if np.isnan(pred).any():
-        raise ChempropError(f"chemprop predicted NaN for {int(np.isnan(pred).any(1).sum())} "
-                            f"row(s) in {path}")
+        raise ChempropError(
+            f"chemprop predicted NaN for {int(np.isnan(pred).any(1).sum())} row(s) in {path}"
+        )
     if mode == "classification" and ((pred < 0) | (pred > 1)).any():
-        raise ChempropError(f"chemprop's classification output in {path} is not a probability "
-                            f"(range {pred.min():.3g} to {pred.max():.3g})")
+        raise ChempropError(
+            f"chemprop's classification output in {path} is not a probability "
+            f"(range {pred.min():.3g} to {pred.max():.3g})"
+        )
     return pred
 
 
-def read_history(train_dir: str | os.PathLike, tracking_metric: str = "val_loss"
-                 ) -> tuple[list[dict[str, Any]], int | None]:
+def read_history(
+    train_dir: str | os.PathLike, tracking_metric: str = "val_loss"
+) -> tuple[list[dict[str, Any]], int | None]:
     """Per-epoch ``val_loss``/``train_loss`` (and ``score``, the ``tracking_metric``'s value)
     from Lightning's ``metrics.csv`` (1-based epochs) and the epoch of the best score (the one
     chemprop's checkpoint keeps; the first on ties), or ``([], None)`` when the file is absent."""
@@ -274,8 +385,11 @@ def read_history(train_dir: str | os.PathLike, tracking_metric: str = "val_loss"
     history = []
     for epoch, rows in frame.groupby("epoch", sort=True):
         entry: dict[str, Any] = {"epoch": int(epoch) + 1}
-        for key, column in (("val_loss", "val_loss"), ("train_loss", "train_loss_epoch"),
-                            ("score", tracked)):
+        for key, column in (
+            ("val_loss", "val_loss"),
+            ("train_loss", "train_loss_epoch"),
+            ("score", tracked),
+        ):
             values = rows[column].dropna() if column in rows else []
             entry[key] = float(values.iloc[-1]) if len(values) else None
         history.append(entry)
@@ -397,13 +511,25 @@ class ChempropResult:
         return self.n_train / self.seconds_per_epoch if self.seconds_per_epoch > 0 else float("nan")
 
 
-def run_chemprop(train_csv: str | os.PathLike, valid_csv: str | os.PathLike,
-                 test_csv: str | os.PathLike, tasks: Sequence[str], mode: str, epochs: int,
-                 seed: int, workdir: str | os.PathLike, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                 threads: int = 1, smiles_column: str = "smiles", accelerator: str = "cpu",
-                 executable: str | os.PathLike | None = None, predict: bool = True,
-                 timeout: float | None = None, tracking_metric: str | None = None
-                 ) -> ChempropResult:
+def run_chemprop(
+    train_csv: str | os.PathLike,
+    valid_csv: str | os.PathLike,
+    test_csv: str | os.PathLike,
+    tasks: Sequence[str],
+    mode: str,
+    epochs: int,
+    seed: int,
+    workdir: str | os.PathLike,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    threads: int = 1,
+    smiles_column: str = "smiles",
+    accelerator: str = "cpu",
+    executable: str | os.PathLike | None = None,
+    predict: bool = True,
+    timeout: float | None = None,
+    tracking_metric: str | None = None,
+) -> ChempropResult:
     """Train chemprop on a predefined split and predict its validation and test rows.
 
     Parameters
@@ -446,10 +572,13 @@ def run_chemprop(train_csv: str | os.PathLike, valid_csv: str | os.PathLike,
     tasks = _check_arguments(tasks, mode, epochs)
     tracking = tracking_metric or TRACKING_METRICS[mode]
     if tracking not in _TRACKED_COLUMNS:
-        raise ChempropError(f"tracking_metric must be one of {sorted(_TRACKED_COLUMNS)}, got "
-                            f"{tracking!r}")
-    smiles = {part: read_smiles_csv(path, smiles_column, tasks, part)
-              for part, path in zip(PARTS, (train_csv, valid_csv, test_csv))}
+        raise ChempropError(
+            f"tracking_metric must be one of {sorted(_TRACKED_COLUMNS)}, got {tracking!r}"
+        )
+    smiles = {
+        part: read_smiles_csv(path, smiles_column, tasks, part)
+        for part, path in zip(PARTS, (train_csv, valid_csv, test_csv))
+    }
     empty = [part for part, rows in smiles.items() if not rows]
     if empty:
         raise ChempropError(f"chemprop needs rows in every part; empty: {empty}")
@@ -464,22 +593,48 @@ def run_chemprop(train_csv: str | os.PathLike, valid_csv: str | os.PathLike,
     launcher.write_text(CLOCK_SCRIPT)
     env = {**child_env(threads), CLOCK_ENV: str(clock)}
     paths = [Path(p).absolute() for p in (train_csv, valid_csv, test_csv)]
-    train_cmd = train_command([str(exe.parent / "python"), str(launcher)], *paths, tasks, mode,
-                              epochs, seed, train_dir, batch_size, smiles_column, accelerator,
-                              tracking)
+    train_cmd = train_command(
+        [str(exe.parent / "python"), str(launcher)],
+        *paths,
+        tasks,
+        mode,
+        epochs,
+        seed,
+        train_dir,
+        batch_size,
+        smiles_column,
+        accelerator,
+        tracking,
+    )
     train_s, train_peak = run_step(train_cmd, work / "train", env, timeout)
     timing = json.loads(clock.read_text()) if clock.exists() else {}
     history, best_epoch = read_history(train_dir, tracking)
     model_path = train_dir / "model_0" / "best.pt"
     result = ChempropResult(
-        tasks=tasks, mode=mode, valid_pred=None, test_pred=None,
-        valid_smiles=smiles["valid"], test_smiles=smiles["test"], epochs=epochs,
-        epochs_run=len(timing.get("epoch_s", [])) or len(history), n_train=len(smiles["train"]),
-        n_valid=len(smiles["valid"]), n_test=len(smiles["test"]),
-        train_time_s=float(timing.get("fit_s", train_s)), epoch_times_s=timing.get("epoch_s", []),
-        train_process_s=train_s, predict_process_s=None, peak_rss_mib=train_peak,
-        best_epoch=best_epoch, history=history, hyperparameters=_settings(train_dir),
-        commands=[train_cmd], model_path=model_path, workdir=work, tracking_metric=tracking)
+        tasks=tasks,
+        mode=mode,
+        valid_pred=None,
+        test_pred=None,
+        valid_smiles=smiles["valid"],
+        test_smiles=smiles["test"],
+        epochs=epochs,
+        epochs_run=len(timing.get("epoch_s", [])) or len(history),
+        n_train=len(smiles["train"]),
+        n_valid=len(smiles["valid"]),
+        n_test=len(smiles["test"]),
+        train_time_s=float(timing.get("fit_s", train_s)),
+        epoch_times_s=timing.get("epoch_s", []),
+        train_process_s=train_s,
+        predict_process_s=None,
+        peak_rss_mib=train_peak,
+        best_epoch=best_epoch,
+        history=history,
+        hyperparameters=_settings(train_dir),
+        commands=[train_cmd],
+        model_path=model_path,
+        workdir=work,
+        tracking_metric=tracking,
+    )
     if predict:
         _predict(result, exe, env, batch_size, smiles_column, accelerator, timeout)
     return result
@@ -504,8 +659,15 @@ def _settings(train_dir: Path) -> dict[str, Any]:
     return read_settings(config) if config.exists() else {}
 
 
-def _predict(result: ChempropResult, exe: Path, env: dict[str, str], batch_size: int,
-             smiles_column: str, accelerator: str, timeout: float | None) -> None:
+def _predict(
+    result: ChempropResult,
+    exe: Path,
+    env: dict[str, str],
+    batch_size: int,
+    smiles_column: str,
+    accelerator: str,
+    timeout: float | None,
+) -> None:
     """One ``chemprop predict`` over the validation then the test SMILES (one start-up)."""
     import pandas as pd
 
@@ -515,19 +677,21 @@ def _predict(result: ChempropResult, exe: Path, env: dict[str, str], batch_size:
     rows = result.valid_smiles + result.test_smiles
     input_csv, output_csv = work / "predict_input.csv", work / "predictions.csv"
     pd.DataFrame({smiles_column: rows}).to_csv(input_csv, index=False)
-    cmd = predict_command(exe, input_csv, output_csv, result.model_path, batch_size,
-                          smiles_column, accelerator)
+    cmd = predict_command(
+        exe, input_csv, output_csv, result.model_path, batch_size, smiles_column, accelerator
+    )
     seconds, peak = run_step(cmd, work / "predict", env, timeout)
     pred = read_predictions(output_csv, rows, result.tasks, result.mode, smiles_column)
-    result.valid_pred, result.test_pred = pred[:result.n_valid], pred[result.n_valid:]
+    result.valid_pred, result.test_pred = pred[: result.n_valid], pred[result.n_valid :]
     result.predict_process_s = seconds
     result.commands.append(cmd)
     if peak is not None:
         result.peak_rss_mib = max(peak, result.peak_rss_mib or 0.0)
 
 
-def run_step(cmd: Sequence[str], log_prefix: Path, env: dict[str, str],
-             timeout: float | None = None) -> tuple[float, float | None]:
+def run_step(
+    cmd: Sequence[str], log_prefix: Path, env: dict[str, str], timeout: float | None = None
+) -> tuple[float, float | None]:
     """Run one chemprop command (output to ``<log_prefix>.{out,err}.log``), sampling the peak
     resident memory of its process tree; return ``(wall seconds, peak MiB or None)``.
 
@@ -541,8 +705,9 @@ def run_step(cmd: Sequence[str], log_prefix: Path, env: dict[str, str],
     start = time.perf_counter()
     with open(out_log, "w") as out, open(err_log, "w") as err:
         try:
-            proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env,
-                                    cwd=str(log_prefix.parent))
+            proc = subprocess.Popen(
+                list(cmd), stdout=out, stderr=err, env=env, cwd=str(log_prefix.parent)
+            )
         except OSError as exc:
             raise ChempropError(f"Cannot start `{shown}`: {exc}") from exc
         with PeakRSS(pid=proc.pid, tree=True) as memory:
@@ -550,15 +715,19 @@ def run_step(cmd: Sequence[str], log_prefix: Path, env: dict[str, str],
                 code = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 _stop(proc)
-                raise ChempropError(f"`{shown}` did not finish within {timeout:.0f} s. Last "
-                                    f"lines of its stderr:\n{tail(err_log)}") from None
+                raise ChempropError(
+                    f"`{shown}` did not finish within {timeout:.0f} s. Last "
+                    f"lines of its stderr:\n{tail(err_log)}"
+                ) from None
             except BaseException:  # Ctrl-C: do not leave chemprop running
                 _stop(proc)
                 raise
     seconds = time.perf_counter() - start
     if code != 0:
-        raise ChempropError(f"`{shown}` failed with exit code {code}. Last lines of its stderr "
-                            f"({err_log}):\n{tail(err_log)}")
+        raise ChempropError(
+            f"`{shown}` failed with exit code {code}. Last lines of its stderr "
+            f"({err_log}):\n{tail(err_log)}"
+        )
     return seconds, memory.peak_mib
 
 

@@ -13,6 +13,7 @@ Examples
 >>> [c[-1] for c in install_commands(Path("venv"), "python3")[1:]] == list(REQUIREMENTS)
 True
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,9 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from deepfuse_plugin.workflows import WorkflowError
 
@@ -71,8 +73,11 @@ def read_stamp(venv: str | os.PathLike) -> dict[str, Any] | None:
 def env_ready(venv: str | os.PathLike) -> bool:
     """Whether ``venv`` holds a finished installation of :data:`REQUIREMENTS`."""
     stamp = read_stamp(venv)
-    return (stamp is not None and stamp.get("requirements") == list(REQUIREMENTS)
-            and (Path(venv) / "bin" / "chemprop").exists())
+    return (
+        stamp is not None
+        and stamp.get("requirements") == list(REQUIREMENTS)
+        and (Path(venv) / "bin" / "chemprop").exists()
+    )
 
 
 def install_commands(venv: Path, python: str) -> list[list[str]]:
@@ -82,9 +87,12 @@ def install_commands(venv: Path, python: str) -> list[list[str]]:
     return [[python, "-m", "venv", str(venv)], *([*pip, req] for req in REQUIREMENTS)]
 
 
-def ensure_chemprop_env(venv_dir: str | os.PathLike | None = None, python: str | None = None,
-                        timeout: float = INSTALL_TIMEOUT_S,
-                        echo: Callable[[str], None] | None = None) -> Path:
+def ensure_chemprop_env(
+    venv_dir: str | os.PathLike | None = None,
+    python: str | None = None,
+    timeout: float = INSTALL_TIMEOUT_S,
+    echo: Callable[[str], None] | None = None,
+) -> Path:
     """Create (or reuse) chemprop's virtual environment; return its ``chemprop`` executable.
 
     Idempotent: a finished installation (stamp file present, same requirements) is returned at
@@ -115,18 +123,23 @@ def ensure_chemprop_env(venv_dir: str | os.PathLike | None = None, python: str |
     try:
         venv.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ChempropEnvError(f"Cannot create chemprop's environment folder {venv}: {err}") \
-            from err
+        raise ChempropEnvError(
+            f"Cannot create chemprop's environment folder {venv}: {err}"
+        ) from err
     with _locked(venv / ".deepfuse-lock"):
         if env_ready(venv):  # another process finished it while we waited
             return executable
         if echo:
-            echo(f"chemprop: creating its virtual environment {venv} ({', '.join(REQUIREMENTS)}; "
-                 "about a minute from a local package mirror)")
+            echo(
+                f"chemprop: creating its virtual environment {venv} ({', '.join(REQUIREMENTS)}; "
+                "about a minute from a local package mirror)"
+            )
         seconds = _install(venv, python or sys.executable, timeout)
         if echo:
-            echo(f"chemprop: environment ready in {seconds:.0f} s: "
-                 f"{(read_stamp(venv) or {}).get('versions')}")
+            echo(
+                f"chemprop: environment ready in {seconds:.0f} s: "
+                f"{(read_stamp(venv) or {}).get('versions')}"
+            )
     return executable
 
 
@@ -152,8 +165,13 @@ def _install(venv: Path, python: str, timeout: float) -> float:
             log.flush()
             left = timeout - (time.perf_counter() - start)
             try:
-                code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(),
-                                      timeout=max(left, 1.0)).returncode
+                code = subprocess.run(
+                    cmd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=child_env(),
+                    timeout=max(left, 1.0),
+                ).returncode
                 problem = f"exited with code {code}" if code else ""
             except subprocess.TimeoutExpired:
                 problem = f"did not finish within the {timeout:.0f} s allowed"
@@ -163,19 +181,30 @@ def _install(venv: Path, python: str, timeout: float) -> float:
                 log.flush()
                 raise ChempropEnvError(
                     f"Could not create chemprop's environment {venv}: `{shlex.join(cmd)}` "
-                    f"{problem}. Last lines of its output ({log_path}):\n{tail(log_path)}")
+                    f"{problem}. Last lines of its output ({log_path}):\n{tail(log_path)}"
+                )
     seconds = time.perf_counter() - start
-    stamp = {"requirements": list(REQUIREMENTS), "versions": installed_versions(venv),
-             "python": python, "install_s": round(seconds, 1),
-             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    stamp = {
+        "requirements": list(REQUIREMENTS),
+        "versions": installed_versions(venv),
+        "python": python,
+        "install_s": round(seconds, 1),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     (venv / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
     return seconds
 
 
 def installed_versions(venv: Path) -> dict[str, str]:
     """Versions of :data:`REPORTED_PACKAGES` that pip resolved in ``venv``."""
-    cmd = [str(venv_python(venv)), "-m", "pip", "list", "--format=json",
-           "--disable-pip-version-check"]
+    cmd = [
+        str(venv_python(venv)),
+        "-m",
+        "pip",
+        "list",
+        "--format=json",
+        "--disable-pip-version-check",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
     if done.returncode:
         raise ChempropEnvError(f"`{shlex.join(cmd)}` failed:\n{done.stderr[-2000:]}")
@@ -186,8 +215,11 @@ def installed_versions(venv: Path) -> dict[str, str]:
 def child_env(threads: int | None = None) -> dict[str, str]:
     """This process's environment without what would leak deepfuse's packages into chemprop's
     interpreter; ``threads`` caps torch's intra-op threads (OpenMP/MKL)."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV")
+    }
     env["PYTHONNOUSERSITE"] = "1"
     if threads is not None:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)

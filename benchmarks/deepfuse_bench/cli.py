@@ -20,6 +20,7 @@ Examples
 >>> build_parser().parse_args(["featurize", "--data-dir", "data"]).n
 3000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,7 @@ import os
 import sys
 import time
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 from deepfuse_plugin.cli import _csv_list, _positive_int
 
@@ -41,20 +42,34 @@ def build_parser() -> argparse.ArgumentParser:
     ``speed``)."""
     from deepfuse_bench import __version__
 
-    parser = argparse.ArgumentParser(prog=PROG, description="Benchmarks of the deepfuse models "
-                                     "against DeepChem and chemprop: accuracy, speed, memory.")
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Benchmarks of the deepfuse models "
+        "against DeepChem and chemprop: accuracy, speed, memory.",
+    )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("--threads", type=_positive_int, default=1,
-                        help="torch intra-op threads (default: %(default)s; see below)")
-    parser.epilog = ("--threads defaults to 1: the networks are small (batch 64, width 128), and "
-                     "with 2 OpenMP threads on a 2-core machine shared with other jobs a training "
-                     "step was measured 4-10x slower than with 1 thread (spin-waiting threads).")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="torch intra-op threads (default: %(default)s; see below)",
+    )
+    parser.epilog = (
+        "--threads defaults to 1: the networks are small (batch 64, width 128), and "
+        "with 2 OpenMP threads on a 2-core machine shared with other jobs a training "
+        "step was measured 4-10x slower than with 1 thread (spin-waiting threads)."
+    )
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     sub.required = True
-    for add in (_add_featurize_parser, _add_moleculenet_parser, _add_merge_parser,
-                _add_crystals_parser, _add_speed_parser):
+    for add in (
+        _add_featurize_parser,
+        _add_moleculenet_parser,
+        _add_merge_parser,
+        _add_crystals_parser,
+        _add_speed_parser,
+    ):
         add(sub)
     return parser
 
@@ -62,12 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_featurize_parser(sub: argparse._SubParsersAction) -> None:
     """``deepfuse-bench featurize`` (:func:`deepfuse_bench.featurize.run_featurize_bench`)."""
     featurize = sub.add_parser("featurize", help="featurization speed vs DeepChem")
-    featurize.add_argument("--data-dir", required=True,
-                           help="folder containing moleculenet/HIV.csv")
+    featurize.add_argument(
+        "--data-dir", required=True, help="folder containing moleculenet/HIV.csv"
+    )
     featurize.add_argument("--n", type=_positive_int, default=3000, help="number of molecules")
     featurize.add_argument("--repeats", type=_positive_int, default=3)
-    featurize.add_argument("--out-dir", default="benchmarks",
-                           help="where featurize.json/.md are written (default: %(default)s)")
+    featurize.add_argument(
+        "--out-dir",
+        default="benchmarks",
+        help="where featurize.json/.md are written (default: %(default)s)",
+    )
     featurize.add_argument("--no-parallel", action="store_true", help="skip the n_jobs=2 figure")
 
 
@@ -75,159 +94,308 @@ def _add_moleculenet_parser(sub: argparse._SubParsersAction) -> None:
     """``deepfuse-bench moleculenet`` (:func:`deepfuse_bench.moleculenet.run_moleculenet_bench`)."""
     from deepfuse_plugin.workflows import SPLITS
 
-    molnet = sub.add_parser("moleculenet", help="MoleculeNet accuracy: deepfuse models vs "
-                                  "DeepChem baselines on the same split")
-    molnet.add_argument("--suite", choices=("reduced", "full"), default="reduced",
-                        help="defaults for datasets/seeds/epochs: reduced = bbbp,delaney, seed 0, "
-                        "30 epochs; full = 7 datasets incl. HIV, seeds 0,1,2 (default: "
-                        "%(default)s)")
-    molnet.add_argument("--datasets", type=_csv_list, default=None,
-                        help="DeepChem molnet loader names, e.g. bbbp,bace_classification,"
-                        "clintox,hiv,tox21,delaney,sampl,lipo")
-    molnet.add_argument("--data-dir", default=None,
-                        help="folder with the DeepChem files (or its moleculenet/ subfolder); "
-                        "default: DeepChem's data folder ($DEEPCHEM_DATA_DIR, else the "
-                        "temporary folder), where its loaders download missing files")
-    molnet.add_argument("--seeds", type=lambda t: [int(x) for x in _csv_list(t)], default=None,
-                        help="model seeds, e.g. 0,1,2")
-    molnet.add_argument("--epochs", type=_positive_int, default=None,
-                        help="epochs for every neural model (default: the suite's, 30)")
-    molnet.add_argument("--eval-every", type=_positive_int, default=1,
-                        help="validate every N epochs, keep the best (default: %(default)s)")
+    molnet = sub.add_parser(
+        "moleculenet",
+        help="MoleculeNet accuracy: deepfuse models vs DeepChem baselines on the same split",
+    )
+    molnet.add_argument(
+        "--suite",
+        choices=("reduced", "full"),
+        default="reduced",
+        help="defaults for datasets/seeds/epochs: reduced = bbbp,delaney, seed 0, "
+        "30 epochs; full = 7 datasets incl. HIV, seeds 0,1,2 (default: "
+        "%(default)s)",
+    )
+    molnet.add_argument(
+        "--datasets",
+        type=_csv_list,
+        default=None,
+        help="DeepChem molnet loader names, e.g. bbbp,bace_classification,"
+        "clintox,hiv,tox21,delaney,sampl,lipo",
+    )
+    molnet.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with the DeepChem files (or its moleculenet/ subfolder); "
+        "default: DeepChem's data folder ($DEEPCHEM_DATA_DIR, else the "
+        "temporary folder), where its loaders download missing files",
+    )
+    molnet.add_argument(
+        "--seeds",
+        type=lambda t: [int(x) for x in _csv_list(t)],
+        default=None,
+        help="model seeds, e.g. 0,1,2",
+    )
+    molnet.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help="epochs for every neural model (default: the suite's, 30)",
+    )
+    molnet.add_argument(
+        "--eval-every",
+        type=_positive_int,
+        default=1,
+        help="validate every N epochs, keep the best (default: %(default)s)",
+    )
     molnet.add_argument("--batch-size", type=_positive_int, default=64)
     molnet.add_argument("--learning-rate", type=float, default=1e-3)
     molnet.add_argument("--split", choices=SPLITS, default="scaffold")
     molnet.add_argument("--split-seed", type=int, default=0, help="seed of --split random")
-    molnet.add_argument("--models", type=_csv_list, default=None,
-                        help="default: every fusion model, unimodal_ecfp,unimodal_graph,"
-                        "unimodal_smiles, dc_mlp,dc_rf,dc_dmpnn,chemprop. Opt-in: minimol_mlp "
-                        "(MiniMol embedding + MLP head), dynamic_minimol,late_minimol (the three "
-                        "views + MiniMol, from scratch), dynamic_pretrained,late_pretrained (the "
-                        "same with encoders from --pretrained)")
-    molnet.add_argument("--pretrained", default=None, metavar="NAME_OR_FOLDER",
-                        help="checkpoint of the *_pretrained models: a shipped name (`deepfuse "
-                        "pretrained`) or a folder written by `deepfuse pretrain` (default: the "
-                        "first shipped checkpoint; without one those models are refused)")
-    molnet.add_argument("--embedding-cache-dir", default=None,
-                        help="cache of the MiniMol vectors (default: $DEEPFUSE_CACHE_DIR or "
-                        "~/.cache/deepfuse)")
-    molnet.add_argument("--out", default="benchmarks",
-                        help="writes moleculenet.{md,json,png} and splits/ (default: %(default)s)")
-    molnet.add_argument("--n-jobs", type=_positive_int, default=1,
-                        help="featurization processes and random-forest jobs")
-    molnet.add_argument("--cache-dir", default=None,
-                        help="keep DeepChem's featurized datasets here (default: temporary)")
-    molnet.add_argument("--resume", action="store_true",
-                        help="keep the runs already in OUT/moleculenet.json and skip them; "
-                             "continue an interrupted run from its last finished epoch")
-    molnet.add_argument("--processes", type=_positive_int, default=1,
-                        help="run each dataset's runs in this many worker processes (Linux/"
-                        "macOS), each with torch threads / processes threads; results do not "
-                        "change (default: %(default)s)")
-    molnet.add_argument("--limit", type=_positive_int, default=None,
-                        help="first N molecules of each dataset (quick runs)")
-    molnet.add_argument("--length-bucket-pool", type=int, default=0,
-                        help="deepfuse models: length-bucketed training batches from pools of "
-                        "this many batches (faster SMILES Transformer on a CPU; changes results). "
-                        "Default 0: the models' default shuffled batches")
+    molnet.add_argument(
+        "--models",
+        type=_csv_list,
+        default=None,
+        help="default: every fusion model, unimodal_ecfp,unimodal_graph,"
+        "unimodal_smiles, dc_mlp,dc_rf,dc_dmpnn,chemprop. Opt-in: minimol_mlp "
+        "(MiniMol embedding + MLP head), dynamic_minimol,late_minimol (the three "
+        "views + MiniMol, from scratch), dynamic_pretrained,late_pretrained (the "
+        "same with encoders from --pretrained)",
+    )
+    molnet.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="NAME_OR_FOLDER",
+        help="checkpoint of the *_pretrained models: a shipped name (`deepfuse "
+        "pretrained`) or a folder written by `deepfuse pretrain` (default: the "
+        "first shipped checkpoint; without one those models are refused)",
+    )
+    molnet.add_argument(
+        "--embedding-cache-dir",
+        default=None,
+        help="cache of the MiniMol vectors (default: $DEEPFUSE_CACHE_DIR or ~/.cache/deepfuse)",
+    )
+    molnet.add_argument(
+        "--out",
+        default="benchmarks",
+        help="writes moleculenet.{md,json,png} and splits/ (default: %(default)s)",
+    )
+    molnet.add_argument(
+        "--n-jobs",
+        type=_positive_int,
+        default=1,
+        help="featurization processes and random-forest jobs",
+    )
+    molnet.add_argument(
+        "--cache-dir",
+        default=None,
+        help="keep DeepChem's featurized datasets here (default: temporary)",
+    )
+    molnet.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs already in OUT/moleculenet.json and skip them; "
+        "continue an interrupted run from its last finished epoch",
+    )
+    molnet.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=1,
+        help="run each dataset's runs in this many worker processes (Linux/"
+        "macOS), each with torch threads / processes threads; results do not "
+        "change (default: %(default)s)",
+    )
+    molnet.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=None,
+        help="first N molecules of each dataset (quick runs)",
+    )
+    molnet.add_argument(
+        "--length-bucket-pool",
+        type=int,
+        default=0,
+        help="deepfuse models: length-bucketed training batches from pools of "
+        "this many batches (faster SMILES Transformer on a CPU; changes results). "
+        "Default 0: the models' default shuffled batches",
+    )
 
 
 def _add_merge_parser(sub: argparse._SubParsersAction) -> None:
     """``deepfuse-bench merge`` (:func:`deepfuse_bench.merge.merge_results`)."""
-    merge = sub.add_parser("merge", help="merge 'moleculenet' output folders (e.g. "
-                                 "datasets run in parallel) into one table")
+    merge = sub.add_parser(
+        "merge",
+        help="merge 'moleculenet' output folders (e.g. datasets run in parallel) into one table",
+    )
     merge.add_argument("sources", nargs="+", help="folders holding moleculenet.json")
-    merge.add_argument("--out", required=True,
-                       help="folder to merge into; its own runs are kept, its moleculenet."
-                       "{md,json,png} and splits/ rewritten")
-    merge.add_argument("--replace", action="store_true",
-                       help="runs of the sources replace the same dataset/model/seed runs of "
-                       "--out (a model re-run after a change of its defaults); recorded in the "
-                       "notes")
+    merge.add_argument(
+        "--out",
+        required=True,
+        help="folder to merge into; its own runs are kept, its moleculenet."
+        "{md,json,png} and splits/ rewritten",
+    )
+    merge.add_argument(
+        "--replace",
+        action="store_true",
+        help="runs of the sources replace the same dataset/model/seed runs of "
+        "--out (a model re-run after a change of its defaults); recorded in the "
+        "notes",
+    )
 
 
 def _add_crystals_parser(sub: argparse._SubParsersAction) -> None:
     """``deepfuse-bench crystals`` (:func:`deepfuse_bench.crystals.run_crystal_bench`)."""
-    from deepfuse_bench.crystals import (DEFAULT_EPOCHS, DEFAULT_MODELS, DEFAULT_SIZES,
-                                         MIN_FORMATION_ENERGY, MODELS)
+    from deepfuse_bench.crystals import (
+        DEFAULT_EPOCHS,
+        DEFAULT_MODELS,
+        DEFAULT_SIZES,
+        MIN_FORMATION_ENERGY,
+        MODELS,
+    )
 
-    crystals = sub.add_parser("crystals", help="mp36k formation energy (MEGNet split): "
-                                    "CGCNN, text-only, MatMMFuse and DynamicFusion, zero-shot "
-                                    "sulfides, featurization speed")
-    crystals.add_argument("--data-dir", default=None,
-                          help="folder with materials/mp36k.extxyz.xz (this or --data-file is "
-                          "required)")
-    crystals.add_argument("--data-file", default=None,
-                          help="another extended XYZ file (info keys material_id, split, "
-                          "formation_energy_per_atom)")
+    crystals = sub.add_parser(
+        "crystals",
+        help="mp36k formation energy (MEGNet split): "
+        "CGCNN, text-only, MatMMFuse and DynamicFusion, zero-shot "
+        "sulfides, featurization speed",
+    )
+    crystals.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with materials/mp36k.extxyz.xz (this or --data-file is required)",
+    )
+    crystals.add_argument(
+        "--data-file",
+        default=None,
+        help="another extended XYZ file (info keys material_id, split, formation_energy_per_atom)",
+    )
     for part, size in DEFAULT_SIZES.items():
-        crystals.add_argument(f"--n-{part}", type=_positive_int, default=size,
-                              help=f"first N {part} structures after a seeded shuffle "
-                              "(default: %(default)s)")
-    crystals.add_argument("--full", action="store_true",
-                          help="every row of every split (hours on 2 CPU cores; use a GPU)")
+        crystals.add_argument(
+            f"--n-{part}",
+            type=_positive_int,
+            default=size,
+            help=f"first N {part} structures after a seeded shuffle (default: %(default)s)",
+        )
+    crystals.add_argument(
+        "--full",
+        action="store_true",
+        help="every row of every split (hours on 2 CPU cores; use a GPU)",
+    )
     crystals.add_argument("--subset-seed", type=int, default=0, help="seed of the subset shuffle")
     crystals.add_argument("--seed", type=int, default=0, help="model seed (same for every model)")
     crystals.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS)
     crystals.add_argument("--eval-every", type=_positive_int, default=1)
     crystals.add_argument("--batch-size", type=_positive_int, default=64)
     crystals.add_argument("--learning-rate", type=float, default=1e-3)
-    crystals.add_argument("--models", type=_csv_list, default=list(DEFAULT_MODELS),
-                          help=f"comma-separated, from {','.join(MODELS)} (default: "
-                          f"{','.join(DEFAULT_MODELS)})")
-    crystals.add_argument("--family", default="sulfides",
-                          help="family carved out of every split and evaluated zero-shot on the "
-                          "test split's members; 'none' disables (default: %(default)s)")
-    crystals.add_argument("--n-zero-shot", type=_positive_int, default=None,
-                          help="at most N family structures (default: all in the test split)")
-    crystals.add_argument("--min-formation-energy", type=float, default=MIN_FORMATION_ENERGY,
-                          help="drop rows below this eV/atom (default: %(default)s)")
-    crystals.add_argument("--n-timing", type=_positive_int, default=200,
-                          help="structures timed with the fast describer (default: %(default)s)")
-    crystals.add_argument("--robocrys-sample", type=int, default=10,
-                          help="structures timed with robocrys, seconds each; 0 skips "
-                          "(default: %(default)s)")
-    crystals.add_argument("--cache-dir", default=None,
-                          help="featurized datasets and description/embedding caches (default: "
-                          "$DEEPFUSE_CACHE_DIR or ~/.cache/deepfuse)")
-    crystals.add_argument("--out", default="benchmarks",
-                          help="writes crystals.{json,md,png} (default: %(default)s)")
-    crystals.add_argument("--n-jobs", type=_positive_int, default=1,
-                          help="featurization processes")
+    crystals.add_argument(
+        "--models",
+        type=_csv_list,
+        default=list(DEFAULT_MODELS),
+        help=f"comma-separated, from {','.join(MODELS)} (default: {','.join(DEFAULT_MODELS)})",
+    )
+    crystals.add_argument(
+        "--family",
+        default="sulfides",
+        help="family carved out of every split and evaluated zero-shot on the "
+        "test split's members; 'none' disables (default: %(default)s)",
+    )
+    crystals.add_argument(
+        "--n-zero-shot",
+        type=_positive_int,
+        default=None,
+        help="at most N family structures (default: all in the test split)",
+    )
+    crystals.add_argument(
+        "--min-formation-energy",
+        type=float,
+        default=MIN_FORMATION_ENERGY,
+        help="drop rows below this eV/atom (default: %(default)s)",
+    )
+    crystals.add_argument(
+        "--n-timing",
+        type=_positive_int,
+        default=200,
+        help="structures timed with the fast describer (default: %(default)s)",
+    )
+    crystals.add_argument(
+        "--robocrys-sample",
+        type=int,
+        default=10,
+        help="structures timed with robocrys, seconds each; 0 skips (default: %(default)s)",
+    )
+    crystals.add_argument(
+        "--cache-dir",
+        default=None,
+        help="featurized datasets and description/embedding caches (default: "
+        "$DEEPFUSE_CACHE_DIR or ~/.cache/deepfuse)",
+    )
+    crystals.add_argument(
+        "--out", default="benchmarks", help="writes crystals.{json,md,png} (default: %(default)s)"
+    )
+    crystals.add_argument("--n-jobs", type=_positive_int, default=1, help="featurization processes")
 
 
 def _add_speed_parser(sub: argparse._SubParsersAction) -> None:
     """``deepfuse-bench speed`` (:func:`deepfuse_bench.speed.run_speed_bench`)."""
-    speed = sub.add_parser("speed", help="featurization, training and inference speed and "
-                                 "peak memory vs DeepChem (and chemprop), as ratios")
-    speed.add_argument("--data-dir", required=True,
-                       help="folder containing moleculenet/HIV.csv")
-    speed.add_argument("--n-featurize", type=_positive_int, default=3000,
-                       help="molecules timed for featurization (default: %(default)s)")
-    speed.add_argument("--n-train", type=_positive_int, default=2000,
-                       help="molecules for training throughput and inference (default: "
-                       "%(default)s)")
-    speed.add_argument("--epochs", type=_positive_int, default=2,
-                       help="timed epochs after one warm-up epoch (default: %(default)s)")
-    speed.add_argument("--repeats", type=_positive_int, default=3,
-                       help="featurization repeats, best reported (default: %(default)s)")
-    speed.add_argument("--latency-calls", type=_positive_int, default=200,
-                       help="timed one-molecule predictions per model (default: %(default)s)")
-    speed.add_argument("--n-memory", type=_positive_int, default=None,
-                       help="molecules for the peak-memory child processes (default: all of "
-                       "HIV.csv, 41,127)")
-    speed.add_argument("--memory-epochs", type=_positive_int, default=1,
-                       help="training epochs in the peak-memory children (default: %(default)s)")
+    speed = sub.add_parser(
+        "speed",
+        help="featurization, training and inference speed and "
+        "peak memory vs DeepChem (and chemprop), as ratios",
+    )
+    speed.add_argument("--data-dir", required=True, help="folder containing moleculenet/HIV.csv")
+    speed.add_argument(
+        "--n-featurize",
+        type=_positive_int,
+        default=3000,
+        help="molecules timed for featurization (default: %(default)s)",
+    )
+    speed.add_argument(
+        "--n-train",
+        type=_positive_int,
+        default=2000,
+        help="molecules for training throughput and inference (default: %(default)s)",
+    )
+    speed.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=2,
+        help="timed epochs after one warm-up epoch (default: %(default)s)",
+    )
+    speed.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=3,
+        help="featurization repeats, best reported (default: %(default)s)",
+    )
+    speed.add_argument(
+        "--latency-calls",
+        type=_positive_int,
+        default=200,
+        help="timed one-molecule predictions per model (default: %(default)s)",
+    )
+    speed.add_argument(
+        "--n-memory",
+        type=_positive_int,
+        default=None,
+        help="molecules for the peak-memory child processes (default: all of HIV.csv, 41,127)",
+    )
+    speed.add_argument(
+        "--memory-epochs",
+        type=_positive_int,
+        default=1,
+        help="training epochs in the peak-memory children (default: %(default)s)",
+    )
     speed.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
-    speed.add_argument("--no-chemprop", action="store_true",
-                       help="skip chemprop (otherwise its environment is created on first use)")
-    speed.add_argument("--chemprop-venv", default=None,
-                       help="chemprop's virtual environment (default: .venv-chemprop)")
-    speed.add_argument("--out-dir", default="benchmarks",
-                       help="where speed.json/.md (and profiles/) are written (default: "
-                       "%(default)s)")
-    speed.add_argument("--profile", action="store_true",
-                       help="also write pyinstrument profiles to OUT_DIR/profiles")
+    speed.add_argument(
+        "--no-chemprop",
+        action="store_true",
+        help="skip chemprop (otherwise its environment is created on first use)",
+    )
+    speed.add_argument(
+        "--chemprop-venv",
+        default=None,
+        help="chemprop's virtual environment (default: .venv-chemprop)",
+    )
+    speed.add_argument(
+        "--out-dir",
+        default="benchmarks",
+        help="where speed.json/.md (and profiles/) are written (default: %(default)s)",
+    )
+    speed.add_argument(
+        "--profile",
+        action="store_true",
+        help="also write pyinstrument profiles to OUT_DIR/profiles",
+    )
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -246,21 +414,40 @@ def _run(args: argparse.Namespace, command: str) -> None:
     if args.benchmark == "featurize":
         from deepfuse_bench.featurize import run_featurize_bench
 
-        run_featurize_bench(data_dir=args.data_dir, n=args.n, repeats=args.repeats,
-                            out_dir=args.out_dir, parallel=not args.no_parallel)
+        run_featurize_bench(
+            data_dir=args.data_dir,
+            n=args.n,
+            repeats=args.repeats,
+            out_dir=args.out_dir,
+            parallel=not args.no_parallel,
+        )
     elif args.benchmark == "moleculenet":
         from deepfuse_bench.moleculenet import run_moleculenet_bench
 
-        run_moleculenet_bench(datasets=args.datasets, data_dir=args.data_dir, seeds=args.seeds,
-                              epochs=args.epochs, split=args.split, split_seed=args.split_seed,
-                              models=args.models, out=args.out, suite=args.suite,
-                              eval_every=args.eval_every, batch_size=args.batch_size,
-                              learning_rate=args.learning_rate, n_jobs=args.n_jobs,
-                              cache_dir=args.cache_dir, resume=args.resume, limit=args.limit,
-                              length_bucket_pool=args.length_bucket_pool,
-                              processes=args.processes, progress=progress, command=command,
-                              pretrained=args.pretrained,
-                              embedding_cache_dir=args.embedding_cache_dir)
+        run_moleculenet_bench(
+            datasets=args.datasets,
+            data_dir=args.data_dir,
+            seeds=args.seeds,
+            epochs=args.epochs,
+            split=args.split,
+            split_seed=args.split_seed,
+            models=args.models,
+            out=args.out,
+            suite=args.suite,
+            eval_every=args.eval_every,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            n_jobs=args.n_jobs,
+            cache_dir=args.cache_dir,
+            resume=args.resume,
+            limit=args.limit,
+            length_bucket_pool=args.length_bucket_pool,
+            processes=args.processes,
+            progress=progress,
+            command=command,
+            pretrained=args.pretrained,
+            embedding_cache_dir=args.embedding_cache_dir,
+        )
     elif args.benchmark == "merge":
         from deepfuse_bench.merge import merge_results
 
@@ -270,27 +457,53 @@ def _run(args: argparse.Namespace, command: str) -> None:
     elif args.benchmark == "speed":
         from deepfuse_bench.speed import run_speed_bench
 
-        run_speed_bench(data_dir=args.data_dir, n_featurize=args.n_featurize, n_train=args.n_train,
-                        epochs=args.epochs, repeats=args.repeats, latency_calls=args.latency_calls,
-                        n_memory=args.n_memory, memory=not args.no_memory,
-                        memory_epochs=args.memory_epochs, chemprop=not args.no_chemprop,
-                        chemprop_venv=args.chemprop_venv, out_dir=args.out_dir,
-                        profile=args.profile, progress=progress, command=command)
+        run_speed_bench(
+            data_dir=args.data_dir,
+            n_featurize=args.n_featurize,
+            n_train=args.n_train,
+            epochs=args.epochs,
+            repeats=args.repeats,
+            latency_calls=args.latency_calls,
+            n_memory=args.n_memory,
+            memory=not args.no_memory,
+            memory_epochs=args.memory_epochs,
+            chemprop=not args.no_chemprop,
+            chemprop_venv=args.chemprop_venv,
+            out_dir=args.out_dir,
+            profile=args.profile,
+            progress=progress,
+            command=command,
+        )
 
 
 def _run_crystals(args: argparse.Namespace, progress: bool, command: str) -> None:
     from deepfuse_bench.crystals import run_crystal_bench
 
-    run_crystal_bench(data_dir=args.data_dir, data_file=args.data_file, n_train=args.n_train,
-                      n_val=args.n_val, n_test=args.n_test, full=args.full,
-                      subset_seed=args.subset_seed, seed=args.seed, epochs=args.epochs,
-                      eval_every=args.eval_every, batch_size=args.batch_size,
-                      learning_rate=args.learning_rate, models=args.models,
-                      family=None if args.family == "none" else args.family,
-                      n_zero_shot=args.n_zero_shot,
-                      min_formation_energy=args.min_formation_energy, n_timing=args.n_timing,
-                      robocrys_sample=args.robocrys_sample, cache_dir=args.cache_dir,
-                      out=args.out, n_jobs=args.n_jobs, progress=progress, command=command)
+    run_crystal_bench(
+        data_dir=args.data_dir,
+        data_file=args.data_file,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        n_test=args.n_test,
+        full=args.full,
+        subset_seed=args.subset_seed,
+        seed=args.seed,
+        epochs=args.epochs,
+        eval_every=args.eval_every,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        models=args.models,
+        family=None if args.family == "none" else args.family,
+        n_zero_shot=args.n_zero_shot,
+        min_formation_energy=args.min_formation_energy,
+        n_timing=args.n_timing,
+        robocrys_sample=args.robocrys_sample,
+        cache_dir=args.cache_dir,
+        out=args.out,
+        n_jobs=args.n_jobs,
+        progress=progress,
+        command=command,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -310,10 +523,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors
         return int(exc.code or 0)
     _configure_logging(args.verbose)
+    import torch
+
     from deepfuse_plugin.train.resume import ResumeMismatchError
     from deepfuse_plugin.workflows import WorkflowError
-
-    import torch
 
     start = time.perf_counter()
     previous_threads = torch.get_num_threads()

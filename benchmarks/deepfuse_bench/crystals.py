@@ -39,6 +39,7 @@ two modalities, each trained with the same epochs, batch size, learning rate and
 Outputs: ``<out>/crystals.json`` (rewritten after every model), ``crystals.md`` and ``crystals.png``
 (MAE bars and a test parity plot).
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,23 +49,40 @@ import statistics
 import tempfile
 import time
 import warnings
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
 
 import numpy as np
 
-from deepfuse_plugin import workflows as wf
-
-from deepfuse_bench.crystals_data import (BASELINE, DEFAULT_MODELS, DEFAULT_SIZES,
-                                          MIN_FORMATION_ENERGY, MODELS, SPLITS, TARGET,
-                                          CrystalData, check_family, check_models, prepare_data,
-                                          resolve_data_file)
+from deepfuse_bench.crystals_data import (
+    BASELINE,
+    DEFAULT_MODELS,
+    DEFAULT_SIZES,
+    MIN_FORMATION_ENERGY,
+    MODELS,
+    SPLITS,
+    TARGET,
+    CrystalData,
+    check_family,
+    check_models,
+    prepare_data,
+    resolve_data_file,
+)
 from deepfuse_bench.crystals_report import STEM, format_markdown, write_outputs
 from deepfuse_bench.environment import PeakRSS
 from deepfuse_bench.environment import environment as base_environment
 from deepfuse_bench.records import fmt as _fmt
+from deepfuse_plugin import workflows as wf
 
-__all__ = ["DEFAULT_EPOCHS", "DEFAULT_MODELS", "DEFAULT_SIZES", "MIN_FORMATION_ENERGY", "MODELS",
-           "run_crystal_bench"]
+__all__ = [
+    "DEFAULT_EPOCHS",
+    "DEFAULT_MODELS",
+    "DEFAULT_SIZES",
+    "MIN_FORMATION_ENERGY",
+    "MODELS",
+    "run_crystal_bench",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +96,9 @@ DEFAULT_LEARNING_RATE = 1e-3
 def _warmup_structure() -> Any:
     from pymatgen.core import Lattice, Structure
 
-    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.69), ["Na", "Cl"],
-                                     [[0, 0, 0], [0.5, 0.5, 0.5]]).get_primitive_structure()
+    return Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(5.69), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    ).get_primitive_structure()
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -88,8 +107,9 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, value
 
 
-def time_describer(describer: Any, structures: Sequence[Any], desc: str, progress: bool
-                   ) -> dict[str, Any]:
+def time_describer(
+    describer: Any, structures: Sequence[Any], desc: str, progress: bool
+) -> dict[str, Any]:
     """Per-structure wall times (ms) of ``describer.describe``, cold (no description cache);
     a structure it fails on gets ``None`` and its error is counted."""
     from tqdm.auto import tqdm
@@ -101,39 +121,54 @@ def time_describer(describer: Any, structures: Sequence[Any], desc: str, progres
         describer.describe(_warmup_structure())  # imports, robocrys' condenser set-up
         for s in tqdm(structures, desc=desc, unit="structure", disable=not progress):
             try:
-                times.append(_timed(lambda: describer.describe(s))[0] * 1e3)
+                times.append(_timed(partial(describer.describe, s))[0] * 1e3)
             except Exception as err:  # robocrys fails on some structures: count, do not abort
                 times.append(None)
                 errors[type(err).__name__] = errors.get(type(err).__name__, 0) + 1
     ok = [t for t in times if t is not None]
-    return {"n": len(structures), "n_ok": len(ok), "errors": errors, "times_ms": times,
-            "median_ms": statistics.median(ok) if ok else None,
-            "mean_ms": statistics.fmean(ok) if ok else None}
+    return {
+        "n": len(structures),
+        "n_ok": len(ok),
+        "errors": errors,
+        "times_ms": times,
+        "median_ms": statistics.median(ok) if ok else None,
+        "mean_ms": statistics.fmean(ok) if ok else None,
+    }
 
 
 def describer_speedup(fast: dict[str, Any], robocrys: dict[str, Any]) -> float | None:
     """Median robocrys time over the median fast time, on the structures both described."""
-    pairs = [(f, r) for f, r in zip(fast["times_ms"], robocrys["times_ms"])
-             if f is not None and r is not None]
+    pairs = [
+        (f, r)
+        for f, r in zip(fast["times_ms"], robocrys["times_ms"])
+        if f is not None and r is not None
+    ]
     if not pairs:
         return None
     return statistics.median(r for _, r in pairs) / statistics.median(f for f, _ in pairs)
 
 
-def time_featurization(structures: Sequence[Any], modalities: Sequence[str], robocrys_sample: int,
-                       progress: bool = False) -> dict[str, Any]:
+def time_featurization(
+    structures: Sequence[Any],
+    modalities: Sequence[str],
+    robocrys_sample: int,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Cold-cache featurization timings on ``structures`` (see the module docstring, step 4)."""
     from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer
     from deepfuse_plugin.feat.text import FastDescriber, RobocrysDescriber, TextEmbedder
 
     structures = list(structures)
     n = len(structures)
-    out: dict[str, Any] = {"n": n, "method": "time.perf_counter per structure, cold caches, "
-                           "warm-up call on NaCl excluded"}
+    out: dict[str, Any] = {
+        "n": n,
+        "method": "time.perf_counter per structure, cold caches, warm-up call on NaCl excluded",
+    }
     out["fast"] = time_describer(FastDescriber(), structures, "time fast describer", progress)
     out["robocrys"] = _time_robocrys(RobocrysDescriber(), structures[:robocrys_sample], progress)
-    out["speedup_median"] = (describer_speedup(out["fast"], out["robocrys"])
-                             if out["robocrys"].get("times_ms") else None)
+    out["speedup_median"] = (
+        describer_speedup(out["fast"], out["robocrys"]) if out["robocrys"].get("times_ms") else None
+    )
     fast = FastDescriber()
     texts = [fast.describe(s) for s in structures]
     embedder = TextEmbedder(cache_dir=False)
@@ -164,14 +199,27 @@ def build_model(name: str, specs: dict[str, Any], budget: dict[str, Any], model_
 
     entry = MODELS[name]
     cls = getattr(deepfuse_plugin, entry.model_class)
-    return cls(1, [specs[m] for m in entry.modalities], mode="regression",
-               batch_size=budget["batch_size"], learning_rate=budget["learning_rate"],
-               model_dir=model_dir, progress=False)
+    return cls(
+        1,
+        [specs[m] for m in entry.modalities],
+        mode="regression",
+        batch_size=budget["batch_size"],
+        learning_rate=budget["learning_rate"],
+        model_dir=model_dir,
+        progress=False,
+    )
 
 
-def train_one(name: str, parts: dict[str, Any], specs: dict[str, Any], transformers: list[Any],
-              budget: dict[str, Any], scratch: str, seed: int, progress: bool
-              ) -> tuple[dict[str, Any], Any, np.ndarray]:
+def train_one(
+    name: str,
+    parts: dict[str, Any],
+    specs: dict[str, Any],
+    transformers: list[Any],
+    budget: dict[str, Any],
+    scratch: str,
+    seed: int,
+    progress: bool,
+) -> tuple[dict[str, Any], Any, np.ndarray]:
     """Train one model (best validation epoch kept): its record, the model and test predictions."""
     import torch
 
@@ -179,27 +227,46 @@ def train_one(name: str, parts: dict[str, Any], specs: dict[str, Any], transform
     wf.set_seed(seed)
     with PeakRSS() as memory:
         model = build_model(name, specs, budget, model_dir)
-        result = wf.train_with_validation(model, parts["train"], parts["val"], budget["epochs"],
-                                          budget["eval_every"], transformers, "regression",
-                                          model_dir, desc=name, progress=progress)
+        result = wf.train_with_validation(
+            model,
+            parts["train"],
+            parts["val"],
+            budget["epochs"],
+            budget["eval_every"],
+            transformers,
+            "regression",
+            model_dir,
+            desc=name,
+            progress=progress,
+        )
         valid, _ = wf.evaluate(model, parts["val"], transformers, "regression")
         test, pred = wf.evaluate(model, parts["test"], transformers, "regression")
     config = model.get_config()
     config["modalities"] = model.modality_names
     n_train = len(parts["train"])
     record = {
-        "model": name, "label": MODELS[name].label, "model_class": type(model).__name__,
-        "modalities": model.modality_names, "hyperparameters": config, "seed": seed,
-        "epochs": budget["epochs"], "best_epoch": result.best_epoch,
+        "model": name,
+        "label": MODELS[name].label,
+        "model_class": type(model).__name__,
+        "modalities": model.modality_names,
+        "hyperparameters": config,
+        "seed": seed,
+        "epochs": budget["epochs"],
+        "best_epoch": result.best_epoch,
         "selection": f"best validation {result.score_name}",
-        "history": [{"epoch": h["epoch"], "rmse": h["score"], "mae": h.get("mae")}
-                    for h in result.history],
-        "valid": valid, "test": test, "valid_mae": valid.get("mae"), "test_mae": test.get("mae"),
+        "history": [
+            {"epoch": h["epoch"], "rmse": h["score"], "mae": h.get("mae")} for h in result.history
+        ],
+        "valid": valid,
+        "test": test,
+        "valid_mae": valid.get("mae"),
+        "test_mae": test.get("mae"),
         "train_time_s": result.train_time_s,
-        "throughput_structures_per_s": n_train * budget["epochs"] / max(result.train_time_s,
-                                                                           1e-9),
-        "peak_rss_mib": memory.peak_mib, "peak_rss_delta_mib": memory.delta_mib,
-        "torch_threads": torch.get_num_threads()}
+        "throughput_structures_per_s": n_train * budget["epochs"] / max(result.train_time_s, 1e-9),
+        "peak_rss_mib": memory.peak_mib,
+        "peak_rss_delta_mib": memory.delta_mib,
+        "torch_threads": torch.get_num_threads(),
+    }
     return record, model, pred
 
 
@@ -227,9 +294,16 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def train_models(models: Sequence[str], data: CrystalData, budget: dict[str, Any], seed: int,
-                 payload: dict[str, Any], out: str, progress: bool,
-                 echo: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+def train_models(
+    models: Sequence[str],
+    data: CrystalData,
+    budget: dict[str, Any],
+    seed: int,
+    payload: dict[str, Any],
+    out: str,
+    progress: bool,
+    echo: Callable[[str], None],
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train every model in turn (records appended to ``payload["runs"]``, outputs rewritten after
     each); returns the trained models and ``{model: (y_test, predictions)}``."""
     from tqdm.auto import tqdm
@@ -238,48 +312,68 @@ def train_models(models: Sequence[str], data: CrystalData, budget: dict[str, Any
     y_test = wf.denormalize(np.asarray(data.parts["test"].y), data.info["normalization"]).ravel()
     with tempfile.TemporaryDirectory(prefix="deepfuse_crystal_models_") as scratch:
         for name in tqdm(models, desc="crystal models", unit="model", disable=not progress):
-            record, trained[name], pred = train_one(name, data.parts, data.specs,
-                                                    data.transformers, budget, scratch, seed,
-                                                    progress)
+            record, trained[name], pred = train_one(
+                name, data.parts, data.specs, data.transformers, budget, scratch, seed, progress
+            )
             predictions[name] = (y_test, pred.ravel())
             payload["runs"].append(record)
             add_ratios(payload["runs"])
-            echo(f"  {name:<20} valid MAE {_fmt(record['valid_mae'])}, test MAE "
-                 f"{_fmt(record['test_mae'])}, best epoch {record['best_epoch']}, "
-                 f"{record['train_time_s']:.0f} s, {record['throughput_structures_per_s']:.0f} "
-                 "structures/s")
+            echo(
+                f"  {name:<20} valid MAE {_fmt(record['valid_mae'])}, test MAE "
+                f"{_fmt(record['test_mae'])}, best epoch {record['best_epoch']}, "
+                f"{record['train_time_s']:.0f} s, {record['throughput_structures_per_s']:.0f} "
+                "structures/s"
+            )
             write_outputs(payload, out)
     return trained, predictions
 
 
-def zero_shot(trained: dict[str, Any], family: str, data: CrystalData,
-              runs: list[dict[str, Any]]) -> dict[str, Any]:
+def zero_shot(
+    trained: dict[str, Any], family: str, data: CrystalData, runs: list[dict[str, Any]]
+) -> dict[str, Any]:
     """Every trained model on the held-out family, side by side (``zero_shot_evaluate``); sets
     ``zero_shot_mae`` on the runs."""
     from deepfuse_plugin.models.matmmfuse import zero_shot_evaluate
 
-    table = zero_shot_evaluate(trained, {family: data.parts["zero_shot"]},
-                               transformers=data.transformers)
+    table = zero_shot_evaluate(
+        trained, {family: data.parts["zero_shot"]}, transformers=data.transformers
+    )
     for run in runs:
         run["zero_shot_mae"] = float(table.loc[family, run["model"]])
-    return {"family": family, "split": "test", "n": int(table.loc[family, "n"]),
-            "mae": {m: float(table.loc[family, m]) for m in trained}}
+    return {
+        "family": family,
+        "split": "test",
+        "n": int(table.loc[family, "n"]),
+        "mae": {m: float(table.loc[family, m]) for m in trained},
+    }
 
 
-def run_crystal_bench(data_dir: str | None = None, data_file: str | None = None,
-                      n_train: int | None = DEFAULT_SIZES["train"],
-                      n_val: int | None = DEFAULT_SIZES["val"],
-                      n_test: int | None = DEFAULT_SIZES["test"], full: bool = False,
-                      subset_seed: int = 0, seed: int = 0, epochs: int = DEFAULT_EPOCHS,
-                      eval_every: int = 1, batch_size: int = DEFAULT_BATCH_SIZE,
-                      learning_rate: float = DEFAULT_LEARNING_RATE,
-                      models: Sequence[str] | None = None, family: str | None = "sulfides",
-                      n_zero_shot: int | None = None,
-                      min_formation_energy: float | None = MIN_FORMATION_ENERGY,
-                      n_timing: int = 200, robocrys_sample: int = 10,
-                      cache_dir: str | None = None, out: str = "benchmarks", n_jobs: int = 1,
-                      progress: bool = True, command: str | None = None,
-                      echo: Callable[[str], None] = print) -> dict[str, Any]:
+def run_crystal_bench(
+    data_dir: str | None = None,
+    data_file: str | None = None,
+    n_train: int | None = DEFAULT_SIZES["train"],
+    n_val: int | None = DEFAULT_SIZES["val"],
+    n_test: int | None = DEFAULT_SIZES["test"],
+    full: bool = False,
+    subset_seed: int = 0,
+    seed: int = 0,
+    epochs: int = DEFAULT_EPOCHS,
+    eval_every: int = 1,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
+    models: Sequence[str] | None = None,
+    family: str | None = "sulfides",
+    n_zero_shot: int | None = None,
+    min_formation_energy: float | None = MIN_FORMATION_ENERGY,
+    n_timing: int = 200,
+    robocrys_sample: int = 10,
+    cache_dir: str | None = None,
+    out: str = "benchmarks",
+    n_jobs: int = 1,
+    progress: bool = True,
+    command: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Run the crystal benchmark and write ``<out>/crystals.{json,md,png}``.
 
     Parameters
@@ -325,34 +419,80 @@ def run_crystal_bench(data_dir: str | None = None, data_file: str | None = None,
     if epochs < 1:
         raise wf.WorkflowError(f"epochs must be >= 1, got {epochs}")
     path = resolve_data_file(data_dir, data_file)
-    sizes = ({p: None for p in SPLITS} if full else
-             {"train": n_train, "val": n_val, "test": n_test})
+    sizes = {p: None for p in SPLITS} if full else {"train": n_train, "val": n_val, "test": n_test}
     cache_label = cache_dir or "$DEEPFUSE_CACHE_DIR or ~/.cache/deepfuse"
     cache_dir = str(cache_dir or default_cache_dir())
-    settings = {"target": TARGET, "full": full, "n_train": sizes["train"], "n_val": sizes["val"],
-                "n_test": sizes["test"], "subset_seed": subset_seed, "seed": seed,
-                "epochs": epochs, "eval_every": eval_every, "batch_size": batch_size,
-                "learning_rate": learning_rate, "models": models, "family": family,
-                "n_zero_shot": n_zero_shot, "min_formation_energy": min_formation_energy,
-                "n_timing": n_timing, "robocrys_sample": robocrys_sample, "describer": "fast",
-                "threads": torch.get_num_threads(), "n_jobs": n_jobs, "cache_dir": cache_label,
-                "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    settings = {
+        "target": TARGET,
+        "full": full,
+        "n_train": sizes["train"],
+        "n_val": sizes["val"],
+        "n_test": sizes["test"],
+        "subset_seed": subset_seed,
+        "seed": seed,
+        "epochs": epochs,
+        "eval_every": eval_every,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "models": models,
+        "family": family,
+        "n_zero_shot": n_zero_shot,
+        "min_formation_energy": min_formation_energy,
+        "n_timing": n_timing,
+        "robocrys_sample": robocrys_sample,
+        "describer": "fast",
+        "threads": torch.get_num_threads(),
+        "n_jobs": n_jobs,
+        "cache_dir": cache_label,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
     os.makedirs(out, exist_ok=True)
     start = time.perf_counter()
-    data = prepare_data(path, models, sizes, subset_seed, family, n_zero_shot,
-                        min_formation_energy, cache_dir, n_timing, n_jobs, progress, echo)
+    data = prepare_data(
+        path,
+        models,
+        sizes,
+        subset_seed,
+        family,
+        n_zero_shot,
+        min_formation_energy,
+        cache_dir,
+        n_timing,
+        n_jobs,
+        progress,
+        echo,
+    )
     payload: dict[str, Any] = {
-        "benchmark": "crystals", "format": FORMAT, "command": command or "deepfuse-bench crystals",
-        "environment": environment(), "settings": settings, "data": data.info,
-        "memory_method": PeakRSS.method, "runs": [], "notes": list(NOTES)}
-    echo(f"timing featurization on {len(data.timing_structures)} structures "
-         f"(robocrys on {min(robocrys_sample, len(data.timing_structures))})")
-    timing_s, payload["featurization"] = _timed(lambda: time_featurization(
-        data.timing_structures, list(data.specs), robocrys_sample, progress))
-    payload["stage_times_s"] = {"read": data.info["read_s"], "featurize": data.info["featurize_s"],
-                                "timing": timing_s}
-    budget = {"epochs": epochs, "eval_every": eval_every, "batch_size": batch_size,
-              "learning_rate": learning_rate}
+        "benchmark": "crystals",
+        "format": FORMAT,
+        "command": command or "deepfuse-bench crystals",
+        "environment": environment(),
+        "settings": settings,
+        "data": data.info,
+        "memory_method": PeakRSS.method,
+        "runs": [],
+        "notes": list(NOTES),
+    }
+    echo(
+        f"timing featurization on {len(data.timing_structures)} structures "
+        f"(robocrys on {min(robocrys_sample, len(data.timing_structures))})"
+    )
+    timing_s, payload["featurization"] = _timed(
+        lambda: time_featurization(
+            data.timing_structures, list(data.specs), robocrys_sample, progress
+        )
+    )
+    payload["stage_times_s"] = {
+        "read": data.info["read_s"],
+        "featurize": data.info["featurize_s"],
+        "timing": timing_s,
+    }
+    budget = {
+        "epochs": epochs,
+        "eval_every": eval_every,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+    }
     trained, predictions = train_models(models, data, budget, seed, payload, out, progress, echo)
     if family and len(data.parts.get("zero_shot", ())):
         payload["zero_shot"] = zero_shot(trained, family, data, payload["runs"])

@@ -7,20 +7,21 @@ Examples
 >>> check_models(["cgcnn", "dynamic", "cgcnn"])
 ['cgcnn', 'dynamic']
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from deepfuse_plugin import workflows as wf
-
 from deepfuse_bench.environment import PeakRSS
+from deepfuse_plugin import workflows as wf
 
 TARGET = "formation_energy_per_atom"
 SPLITS = ("train", "val", "test")
@@ -42,15 +43,20 @@ class CrystalModel:
 
 MODELS: dict[str, CrystalModel] = {
     "cgcnn": CrystalModel("CGCNN (graph only)", "MatMMFuseModel", ("graph",)),
-    "text": CrystalModel("text only (frozen MiniLM sentence embeddings)", "MatMMFuseModel",
-                         ("text_sentences",)),
-    "matmmfuse": CrystalModel("MatMMFuse (graph + text, cross-attention)", "MatMMFuseModel",
-                              ("graph", "text_sentences")),
-    "dynamic": CrystalModel("DynamicFusion (graph + text)", "DynamicFusionModel",
-                            ("graph", "text_sentences")),
-    "dynamic_composition": CrystalModel("DynamicFusion (graph + text + composition)",
-                                        "DynamicFusionModel",
-                                        ("graph", "text_sentences", "composition")),
+    "text": CrystalModel(
+        "text only (frozen MiniLM sentence embeddings)", "MatMMFuseModel", ("text_sentences",)
+    ),
+    "matmmfuse": CrystalModel(
+        "MatMMFuse (graph + text, cross-attention)", "MatMMFuseModel", ("graph", "text_sentences")
+    ),
+    "dynamic": CrystalModel(
+        "DynamicFusion (graph + text)", "DynamicFusionModel", ("graph", "text_sentences")
+    ),
+    "dynamic_composition": CrystalModel(
+        "DynamicFusion (graph + text + composition)",
+        "DynamicFusionModel",
+        ("graph", "text_sentences", "composition"),
+    ),
 }
 DEFAULT_MODELS = ("cgcnn", "text", "matmmfuse", "dynamic")
 #: The model every other model's MAE is divided by (``x CGCNN`` columns).
@@ -75,12 +81,15 @@ def resolve_data_file(data_dir: str | None, data_file: str | None = None) -> str
     """``data_file`` or ``<data_dir>/materials/mp36k.extxyz.xz``; raises if neither is given or
     the file does not exist."""
     if data_file is None and data_dir is None:
-        raise wf.WorkflowError(f"No crystal data given: pass --data-dir (folder with {DATA_FILE}) "
-                               "or --data-file")
+        raise wf.WorkflowError(
+            f"No crystal data given: pass --data-dir (folder with {DATA_FILE}) or --data-file"
+        )
     path = data_file or os.path.join(data_dir, DATA_FILE)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"Crystal data not found at {path}; pass --data-dir (folder with "
-                                f"{DATA_FILE}) or --data-file")
+        raise FileNotFoundError(
+            f"Crystal data not found at {path}; pass --data-dir (folder with "
+            f"{DATA_FILE}) or --data-file"
+        )
     return path
 
 
@@ -89,9 +98,14 @@ def _first(rows: np.ndarray, n: int | None) -> np.ndarray:
     return rows if n is None else rows[:n]
 
 
-def select_rows(info: Any, in_family: np.ndarray | None, sizes: dict[str, int | None],
-                subset_seed: int, min_formation_energy: float | None,
-                n_zero_shot: int | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def select_rows(
+    info: Any,
+    in_family: np.ndarray | None,
+    sizes: dict[str, int | None],
+    subset_seed: int,
+    min_formation_energy: float | None,
+    n_zero_shot: int | None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Row indices of every part (``train``/``val``/``test`` without the family, ``zero_shot`` =
     the family's rows of the test split) and a report of what was dropped and carved out.
 
@@ -104,23 +118,30 @@ def select_rows(info: Any, in_family: np.ndarray | None, sizes: dict[str, int | 
     split = info["split"].astype(str).to_numpy()
     energy = pd.to_numeric(info[TARGET], errors="coerce").to_numpy(dtype=np.float64)
     labelled = np.isfinite(energy)
-    outlier = labelled & (energy < min_formation_energy if min_formation_energy is not None
-                          else np.zeros(len(info), bool))
+    outlier = labelled & (
+        energy < min_formation_energy
+        if min_formation_energy is not None
+        else np.zeros(len(info), bool)
+    )
     family = np.zeros(len(info), bool) if in_family is None else np.asarray(in_family, bool)
     usable = labelled & ~outlier
     pools = {p: np.flatnonzero(usable & ~family & (split == p)) for p in SPLITS}
     if in_family is not None:
         pools["zero_shot"] = np.flatnonzero(usable & family & (split == "test"))
     limits = {**sizes, "zero_shot": n_zero_shot}
-    rows = {p: _first(np.random.default_rng([subset_seed, i]).permutation(pool), limits.get(p))
-            for i, (p, pool) in enumerate(pools.items())}
+    rows = {
+        p: _first(np.random.default_rng([subset_seed, i]).permutation(pool), limits.get(p))
+        for i, (p, pool) in enumerate(pools.items())
+    }
     ids = info["material_id"].astype(str).to_numpy()
     report = {
         "n_structures": len(info),
         "split_counts": {str(k): int(v) for k, v in zip(*np.unique(split, return_counts=True))},
         "unlabelled": int((~labelled).sum()),
-        "outliers": [{"material_id": ids[i], TARGET: float(energy[i]), "split": split[i]}
-                     for i in np.flatnonzero(outlier)],
+        "outliers": [
+            {"material_id": ids[i], TARGET: float(energy[i]), "split": split[i]}
+            for i in np.flatnonzero(outlier)
+        ],
         "family_per_split": {p: int((family & usable & (split == p)).sum()) for p in SPLITS},
         "pool_sizes": {p: len(v) for p, v in pools.items()},
         "n": {p: len(v) for p, v in rows.items()},
@@ -129,14 +150,16 @@ def select_rows(info: Any, in_family: np.ndarray | None, sizes: dict[str, int | 
 
 
 # -- features ------------------------------------------------------------------------------------
-def make_featurizer(models: Sequence[str], cache_dir: str | bool, n_jobs: int = 1,
-                    progress: bool = False) -> Any:
+def make_featurizer(
+    models: Sequence[str], cache_dir: str | bool, n_jobs: int = 1, progress: bool = False
+) -> Any:
     """One fast-describer featurizer with the union of the models' modalities."""
     from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer
 
     names = list(dict.fromkeys(m for name in models for m in MODELS[name].modalities))
-    return CrystalMultiModalFeaturizer(names, describer="fast", cache_dir=cache_dir,
-                                       n_jobs=n_jobs, progress=progress)
+    return CrystalMultiModalFeaturizer(
+        names, describer="fast", cache_dir=cache_dir, n_jobs=n_jobs, progress=progress
+    )
 
 
 def _dataset_key(featurizer: Any, ids: Sequence[str]) -> str:
@@ -144,8 +167,9 @@ def _dataset_key(featurizer: Any, ids: Sequence[str]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 
-def featurize_part(structures: Sequence[Any], ids: np.ndarray, y: np.ndarray, featurizer: Any,
-                   cache_root: str) -> tuple[Any, bool]:
+def featurize_part(
+    structures: Sequence[Any], ids: np.ndarray, y: np.ndarray, featurizer: Any, cache_root: str
+) -> tuple[Any, bool]:
     """The featurized part as a ``CrystalDataset`` and whether it came from the dataset cache.
 
     Cached as a ``DiskDataset`` under ``<cache_root>/<key>`` (written to a temporary folder, then
@@ -171,8 +195,10 @@ def featurize_part(structures: Sequence[Any], ids: np.ndarray, y: np.ndarray, fe
 
 def missing_modalities(dataset: Any, names: Sequence[str]) -> dict[str, int]:
     """Samples per modality that the featurizer marked missing (e.g. no description)."""
-    return {n: int(sum(not hasattr(s, "values") or s.values.get(n) is None for s in dataset.X))
-            for n in names}
+    return {
+        n: int(sum(not hasattr(s, "values") or s.values.get(n) is None for s in dataset.X))
+        for n in names
+    }
 
 
 @dataclass
@@ -186,11 +212,20 @@ class CrystalData:
     timing_structures: list[Any] = field(default_factory=list)
 
 
-def prepare_data(path: str, models: Sequence[str], sizes: dict[str, int | None],
-                 subset_seed: int, family: str | None, n_zero_shot: int | None,
-                 min_formation_energy: float | None, cache_dir: str, n_timing: int,
-                 n_jobs: int = 1, progress: bool = False, echo: Callable[[str], None] = print
-                 ) -> CrystalData:
+def prepare_data(
+    path: str,
+    models: Sequence[str],
+    sizes: dict[str, int | None],
+    subset_seed: int,
+    family: str | None,
+    n_zero_shot: int | None,
+    min_formation_energy: float | None,
+    cache_dir: str,
+    n_timing: int,
+    n_jobs: int = 1,
+    progress: bool = False,
+    echo: Callable[[str], None] = print,
+) -> CrystalData:
     """Read the file, choose the rows, featurize (or load the cached parts), normalize."""
     from deepfuse_plugin.data.loaders import family_mask, read_extxyz
 
@@ -201,10 +236,13 @@ def prepare_data(path: str, models: Sequence[str], sizes: dict[str, int | None],
     if absent:
         raise wf.WorkflowError(f"{path} lacks the info key(s) {absent}; found {list(info.columns)}")
     in_family = family_mask(structures, family) if family else None
-    rows, report = select_rows(info, in_family, sizes, subset_seed, min_formation_energy,
-                               n_zero_shot)
-    echo(f"read {len(structures)} structures in {read_s:.0f} s; parts {report['n']}, "
-         f"{len(report['outliers'])} outlier(s) dropped")
+    rows, report = select_rows(
+        info, in_family, sizes, subset_seed, min_formation_energy, n_zero_shot
+    )
+    echo(
+        f"read {len(structures)} structures in {read_s:.0f} s; parts {report['n']}, "
+        f"{len(report['outliers'])} outlier(s) dropped"
+    )
     featurizer = make_featurizer(models, cache_dir, n_jobs, progress)
     ids = info["material_id"].astype(str).to_numpy(dtype=object)
     energy = info[TARGET].astype(float).to_numpy()
@@ -213,20 +251,33 @@ def prepare_data(path: str, models: Sequence[str], sizes: dict[str, int | None],
         begin = time.perf_counter()
         for part, index in rows.items():
             parts[part], cached[part] = featurize_part(
-                [structures[i] for i in index], ids[index], energy[index][:, None], featurizer,
-                os.path.join(cache_dir, "crystal_bench"))
+                [structures[i] for i in index],
+                ids[index],
+                energy[index][:, None],
+                featurizer,
+                os.path.join(cache_dir, "crystal_bench"),
+            )
         featurize_s = time.perf_counter() - begin
     n_featurized = sum(len(p) for p in parts.values())
     normalizer = wf.fit_normalizer(parts["train"])
     missing = {p: missing_modalities(ds, featurizer.modality_names) for p, ds in parts.items()}
-    report.update(file=path, read_s=read_s, featurize_s=featurize_s,
-                  n_featurized=n_featurized,
-                  featurize_ms_per_structure=featurize_s * 1e3 / max(n_featurized, 1),
-                  dataset_cache=("hit" if all(cached.values()) else
-                                 "miss" if not any(cached.values()) else f"partial {cached}"),
-                  featurize_peak_rss_mib=memory.peak_mib,
-                  missing={p: m for p, m in missing.items() if any(m.values())},
-                  normalization=wf.normalizer_to_dict(normalizer))
+    report.update(
+        file=path,
+        read_s=read_s,
+        featurize_s=featurize_s,
+        n_featurized=n_featurized,
+        featurize_ms_per_structure=featurize_s * 1e3 / max(n_featurized, 1),
+        dataset_cache=(
+            "hit"
+            if all(cached.values())
+            else "miss"
+            if not any(cached.values())
+            else f"partial {cached}"
+        ),
+        featurize_peak_rss_mib=memory.peak_mib,
+        missing={p: m for p, m in missing.items() if any(m.values())},
+        normalization=wf.normalizer_to_dict(normalizer),
+    )
     parts = {p: normalizer.transform(ds) for p, ds in parts.items()}
     specs = {m.name: m for m in featurizer.modalities}
     timing = [structures[i] for i in rows["train"][:n_timing]]

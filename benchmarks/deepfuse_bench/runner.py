@@ -12,18 +12,17 @@ pretrained-view variants (:data:`deepfuse_bench.models.VARIANTS`) are fusion mod
 MiniMol feature set, the ``*_pretrained`` ones built with ``pretrained=budget["pretrained"]``
 (a checkpoint folder; its name and weights SHA-256 go into the run's hyper-parameters).
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import shutil
 import time
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
-
-from deepfuse_plugin.train import resume as resume_lib
-from deepfuse_plugin import workflows as wf
 
 from deepfuse_bench import peers as peer_lib
 from deepfuse_bench.chemprop_peer import ChempropSetup, chemprop_setup, run_chemprop_peer
@@ -31,17 +30,24 @@ from deepfuse_bench.datasets import PreparedDataset
 from deepfuse_bench.environment import PeakRSS
 from deepfuse_bench.models import UNIMODAL, VARIANTS, model_features
 from deepfuse_bench.records import finish_record, run_header
+from deepfuse_plugin import workflows as wf
+from deepfuse_plugin.train import resume as resume_lib
 
 logger = logging.getLogger(__name__)
 
 
-def build_deepfuse(name: str, data: PreparedDataset, model_dir: str, budget: dict[str, Any]
-                   ) -> Any:
+def build_deepfuse(name: str, data: PreparedDataset, model_dir: str, budget: dict[str, Any]) -> Any:
     """A deepfuse model: a fusion model, a unimodal baseline, the MiniMol peer or a
     pretrained-view variant, with the shared budget."""
-    common = dict(n_tasks=len(data.tasks), mode=data.mode, batch_size=budget["batch_size"],
-                  learning_rate=budget["learning_rate"], model_dir=model_dir, progress=False,
-                  length_bucket_pool=budget.get("length_bucket_pool", 0))
+    common = dict(
+        n_tasks=len(data.tasks),
+        mode=data.mode,
+        batch_size=budget["batch_size"],
+        learning_rate=budget["learning_rate"],
+        model_dir=model_dir,
+        progress=False,
+        length_bucket_pool=budget.get("length_bucket_pool", 0),
+    )
     peer = peer_lib.PEERS.get(name)
     modalities = data.modality_sets.get(model_features(name), data.modalities)
     if name in UNIMODAL or (peer is not None and peer.modality):
@@ -57,18 +63,21 @@ def build_deepfuse(name: str, data: PreparedDataset, model_dir: str, budget: dic
     return cls(modalities=list(modalities), **common)
 
 
-def hyperparameters(name: str, model: Any, data: PreparedDataset, budget: dict[str, Any]
-                    ) -> dict[str, Any]:
+def hyperparameters(
+    name: str, model: Any, data: PreparedDataset, budget: dict[str, Any]
+) -> dict[str, Any]:
     from deepfuse_plugin.nn.encoders import SequenceEncoder
 
     peer = peer_lib.PEERS.get(name)
     if peer is not None and not peer.modality:
         return peer_lib.peer_hyperparameters(name, data.mode, budget)
     config = dict(model.get_config())
-    config["modalities"] = [m.get("name") if isinstance(m, dict) else str(m)
-                            for m in config.get("modalities", [])]
-    chunks = sorted({e.length_chunk for e in model.model.modules()
-                     if isinstance(e, SequenceEncoder)})
+    config["modalities"] = [
+        m.get("name") if isinstance(m, dict) else str(m) for m in config.get("modalities", [])
+    ]
+    chunks = sorted(
+        {e.length_chunk for e in model.model.modules() if isinstance(e, SequenceEncoder)}
+    )
     if chunks:  # provenance: runs recorded before SequenceEncoder had length chunks lack it
         config["sequence_length_chunk"] = chunks[0] if len(chunks) == 1 else chunks
     if config.get("pretrained") is not None:  # which weights: the name alone may be reused
@@ -78,9 +87,17 @@ def hyperparameters(name: str, model: Any, data: PreparedDataset, budget: dict[s
     return config
 
 
-def run_one(name: str, data: PreparedDataset, seed: int, budget: dict[str, Any], scratch: str,
-            progress: bool = False, chemprop: ChempropSetup | None = None,
-            work_dir: str | None = None, resume: bool = False) -> dict[str, Any]:
+def run_one(
+    name: str,
+    data: PreparedDataset,
+    seed: int,
+    budget: dict[str, Any],
+    scratch: str,
+    progress: bool = False,
+    chemprop: ChempropSetup | None = None,
+    work_dir: str | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
     """Train and score one model on one prepared dataset with one seed: the JSON run record.
 
     ``chemprop``: its environment, prepared once per benchmark (default: prepared here).
@@ -90,8 +107,7 @@ def run_one(name: str, data: PreparedDataset, seed: int, budget: dict[str, Any],
     """
     peer = peer_lib.PEERS.get(name)
     if peer is not None and peer.library == "chemprop":
-        return run_chemprop_peer(name, data, seed, budget, scratch,
-                                 chemprop or chemprop_setup())
+        return run_chemprop_peer(name, data, seed, budget, scratch, chemprop or chemprop_setup())
     train, valid, test = data.parts[model_features(name)]
     model_dir = os.path.join(work_dir or scratch, f"{data.name}_{name}_{seed}")
     if not (resume and resume_lib.read_state(model_dir) is not None):
@@ -102,22 +118,39 @@ def run_one(name: str, data: PreparedDataset, seed: int, budget: dict[str, Any],
         if peer is not None and not peer.epochs:
             wf.set_seed(seed)
             model, valid_m, test_m, fit_s = peer_lib.fit_forest(
-                name, len(data.tasks), data.mode, seed, budget, train, valid, test,
-                data.transformers)
-            record.update(model_class="SklearnModel", epochs=None, eval_every=None,
-                          best_epoch=None, selection="none (no epochs)", history=[],
-                          device="cpu")
+                name,
+                len(data.tasks),
+                data.mode,
+                seed,
+                budget,
+                train,
+                valid,
+                test,
+                data.transformers,
+            )
+            record.update(
+                model_class="SklearnModel",
+                epochs=None,
+                eval_every=None,
+                best_epoch=None,
+                selection="none (no epochs)",
+                history=[],
+                device="cpu",
+            )
         else:
             model, result = _train_resumable(name, data, seed, budget, model_dir, progress)
             valid_m = wf.evaluate(model, valid, data.transformers, data.mode)[0]
             test_m = wf.evaluate(model, test, data.transformers, data.mode)[0]
             fit_s = result.train_time_s
-            record.update(model_class=type(model).__name__, epochs=budget["epochs"],
-                          device=str(model.device),  # DeepChem's default: CUDA when present
-                          eval_every=budget["eval_every"], best_epoch=result.best_epoch,
-                          selection=f"best validation {result.score_name}",
-                          history=[{"epoch": h["epoch"], "score": h["score"]}
-                                   for h in result.history])
+            record.update(
+                model_class=type(model).__name__,
+                epochs=budget["epochs"],
+                device=str(model.device),  # DeepChem's default: CUDA when present
+                eval_every=budget["eval_every"],
+                best_epoch=result.best_epoch,
+                selection=f"best validation {result.score_name}",
+                history=[{"epoch": h["epoch"], "score": h["score"]} for h in result.history],
+            )
             if result.resumed_at:
                 record["resumed_at_epochs"] = result.resumed_at
         wall = time.perf_counter() - wall
@@ -133,19 +166,32 @@ def run_one(name: str, data: PreparedDataset, seed: int, budget: dict[str, Any],
 #: matters.
 #: The MiniMol and pretrained variants are estimates (one more encoder, a 512-d MLP; the MiniMol
 #: embedding itself is computed once per dataset, before the runs).
-RUN_COST_S = {"crossattention": 605, "dynamic_minimol": 320, "dynamic_pretrained": 320,
-              "dynamic": 295, "late_minimol": 275, "late_pretrained": 275, "moe": 273,
-              "early": 257, "late": 253, "chemprop": 217, "unimodal_smiles": 194,
-              "dc_dmpnn": 128, "unimodal_graph": 44, "dc_mlp": 23, "minimol_mlp": 12,
-              "dc_rf": 10, "unimodal_ecfp": 8}
+RUN_COST_S = {
+    "crossattention": 605,
+    "dynamic_minimol": 320,
+    "dynamic_pretrained": 320,
+    "dynamic": 295,
+    "late_minimol": 275,
+    "late_pretrained": 275,
+    "moe": 273,
+    "early": 257,
+    "late": 253,
+    "chemprop": 217,
+    "unimodal_smiles": 194,
+    "dc_dmpnn": 128,
+    "unimodal_graph": 44,
+    "dc_mlp": 23,
+    "minimol_mlp": 12,
+    "dc_rf": 10,
+    "unimodal_ecfp": 8,
+}
 
 #: The dataset a forked worker runs on: set in the parent just before the fork, so that workers
 #: share it copy-on-write instead of unpickling it per run.
 _WORKER_DATA: PreparedDataset | None = None
 
 
-def _run_in_worker(name: str, seed: int, threads: int, kwargs: dict[str, Any]
-                   ) -> dict[str, Any]:
+def _run_in_worker(name: str, seed: int, threads: int, kwargs: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     assert _WORKER_DATA is not None, "workers must be forked after _WORKER_DATA is set"
@@ -153,8 +199,13 @@ def _run_in_worker(name: str, seed: int, threads: int, kwargs: dict[str, Any]
     return run_one(name, _WORKER_DATA, seed, progress=False, **kwargs)
 
 
-def run_many(todo: Sequence[tuple[int, str]], data: PreparedDataset, processes: int = 1,
-             progress: bool = False, **kwargs: Any) -> Iterable[tuple[int, str, dict[str, Any]]]:
+def run_many(
+    todo: Sequence[tuple[int, str]],
+    data: PreparedDataset,
+    processes: int = 1,
+    progress: bool = False,
+    **kwargs: Any,
+) -> Iterable[tuple[int, str, dict[str, Any]]]:
     """``(seed, model, record)`` of each run in ``todo`` on ``data``, in the order they finish.
 
     ``processes > 1`` runs them in that many forked worker processes, the dearest first
@@ -176,11 +227,14 @@ def run_many(todo: Sequence[tuple[int, str]], data: PreparedDataset, processes: 
     default_cost = float(np.median(list(RUN_COST_S.values())))
     ordered = sorted(todo, key=lambda run: -RUN_COST_S.get(run[1], default_cost))
     _WORKER_DATA = data
-    pool = ProcessPoolExecutor(max_workers=min(processes, len(todo)),
-                               mp_context=multiprocessing.get_context("fork"))
+    pool = ProcessPoolExecutor(
+        max_workers=min(processes, len(todo)), mp_context=multiprocessing.get_context("fork")
+    )
     try:
-        futures = {pool.submit(_run_in_worker, name, seed, threads, kwargs): (seed, name)
-                   for seed, name in ordered}
+        futures = {
+            pool.submit(_run_in_worker, name, seed, threads, kwargs): (seed, name)
+            for seed, name in ordered
+        }
         for future in as_completed(futures):
             seed, name = futures[future]
             yield seed, name, future.result()
@@ -189,8 +243,14 @@ def run_many(todo: Sequence[tuple[int, str]], data: PreparedDataset, processes: 
         _WORKER_DATA = None
 
 
-def _train_resumable(name: str, data: PreparedDataset, seed: int, budget: dict[str, Any],
-                     model_dir: str, progress: bool) -> tuple[Any, wf.TrainingResult]:
+def _train_resumable(
+    name: str,
+    data: PreparedDataset,
+    seed: int,
+    budget: dict[str, Any],
+    model_dir: str,
+    progress: bool,
+) -> tuple[Any, wf.TrainingResult]:
     """Build and train an epoch-trained model with resume points in ``model_dir``; a resume
     point of other settings (e.g. written by another deepfuse version) is discarded."""
     train, valid, _ = data.parts[model_features(name)]
@@ -204,9 +264,18 @@ def _train_resumable(name: str, data: PreparedDataset, seed: int, budget: dict[s
 
     def fit(model: Any) -> wf.TrainingResult:
         return wf.train_with_validation(
-            model, train, valid, budget["epochs"], budget["eval_every"], data.transformers,
-            data.mode, model_dir, desc=f"{data.name} {name} s{seed}", progress=progress,
-            resumable=True)
+            model,
+            train,
+            valid,
+            budget["epochs"],
+            budget["eval_every"],
+            data.transformers,
+            data.mode,
+            model_dir,
+            desc=f"{data.name} {name} s{seed}",
+            progress=progress,
+            resumable=True,
+        )
 
     model = build()
     try:

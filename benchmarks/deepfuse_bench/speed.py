@@ -35,6 +35,7 @@ less disturbed by them than wall time. The load average is recorded before every
 DynamicFusionModel with pyinstrument (optional dependency, ``pip install pyinstrument``) and
 writes the text reports to ``<out_dir>/profiles/``.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -49,16 +50,17 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from deepfuse_plugin import workflows as wf
 from deepfuse_bench import featurize as fb
 from deepfuse_bench.environment import cpu_model
+from deepfuse_plugin import workflows as wf
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +82,27 @@ CHEMPROP_VALID_ROWS = 64
 #: The chemprop runner: a module with ``ensure_chemprop_env`` and ``run_chemprop``.
 CHEMPROP_MODULE = "deepfuse_bench.chemprop"
 #: Imported once by the memory children's forkserver, so every child starts from one baseline.
-PRELOAD = ("torch", "deepchem", "rdkit.Chem", "torch_geometric", "deepfuse_plugin.feat.molecule",
-           "deepfuse_plugin.models.dynamic", "deepfuse_bench.speed")
-MEMORY_TASKS = (("featurize", "deepfuse"), ("featurize", "deepchem"), ("train", "dynamic"),
-                ("train", "dmpnn"))
-MEMORY_METHOD = ("peak resident set size of a child process doing only this (VmHWM from "
-                 "/proc/self/status; ru_maxrss where there is no /proc); the child is forked "
-                 "from a forkserver that has imported torch, DeepChem, RDKit and deepfuse, so the "
-                 "figure includes that baseline (reported separately)")
+PRELOAD = (
+    "torch",
+    "deepchem",
+    "rdkit.Chem",
+    "torch_geometric",
+    "deepfuse_plugin.feat.molecule",
+    "deepfuse_plugin.models.dynamic",
+    "deepfuse_bench.speed",
+)
+MEMORY_TASKS = (
+    ("featurize", "deepfuse"),
+    ("featurize", "deepchem"),
+    ("train", "dynamic"),
+    ("train", "dmpnn"),
+)
+MEMORY_METHOD = (
+    "peak resident set size of a child process doing only this (VmHWM from "
+    "/proc/self/status; ru_maxrss where there is no /proc); the child is forked "
+    "from a forkserver that has imported torch, DeepChem, RDKit and deepfuse, so the "
+    "figure includes that baseline (reported separately)"
+)
 LABELS = {
     "deepfuse": "MultiModalFeaturizer (ecfp, graph, smiles)",
     "deepchem": "DeepChem CircularFingerprint + MolGraphConvFeaturizer",
@@ -102,21 +117,32 @@ LABELS = {
 def throughput(n: int, times: fb.Repeats) -> dict[str, Any]:
     """Record of repeated runs over ``n`` molecules: best wall time and molecules/s, CPU time."""
     best = min(times.wall)
-    record = {"n_molecules": n, "wall_s": times.wall, "best_wall_s": best,
-              "median_wall_s": statistics.median(times.wall), "mol_per_s": n / best}
+    record = {
+        "n_molecules": n,
+        "wall_s": times.wall,
+        "best_wall_s": best,
+        "median_wall_s": statistics.median(times.wall),
+        "mol_per_s": n / best,
+    }
     if times.cpu:
-        record.update(cpu_s=times.cpu, best_cpu_s=min(times.cpu),
-                      mol_per_cpu_s=n / max(min(times.cpu), 1e-9))
+        record.update(
+            cpu_s=times.cpu, best_cpu_s=min(times.cpu), mol_per_cpu_s=n / max(min(times.cpu), 1e-9)
+        )
     return record
 
 
 def latency(batch: int, times: fb.Repeats) -> dict[str, Any]:
     """Record of repeated ``predict`` calls on ``batch`` molecules."""
     median = statistics.median(times.wall)
-    return {"batch_size": batch, "calls": len(times.wall), "median_ms": 1e3 * median,
-            "p90_ms": 1e3 * float(np.percentile(times.wall, 90)),
-            "mean_ms": 1e3 * statistics.fmean(times.wall), "mol_per_s": batch / median,
-            "median_cpu_ms": 1e3 * statistics.median(times.cpu)}
+    return {
+        "batch_size": batch,
+        "calls": len(times.wall),
+        "median_ms": 1e3 * median,
+        "p90_ms": 1e3 * float(np.percentile(times.wall, 90)),
+        "mean_ms": 1e3 * statistics.fmean(times.wall),
+        "mol_per_s": batch / median,
+        "median_cpu_ms": 1e3 * statistics.median(times.cpu),
+    }
 
 
 def proc_status_mib(key: str) -> float | None:
@@ -174,11 +200,17 @@ def build_model(side: str, model_dir: str) -> Any:
         specs = MultiModalFeaturizer(list(fb.MODALITIES), progress=False).modalities
         # the timed epochs are one-epoch fit calls: count the masking curriculum across them,
         # over the accuracy benchmark's epoch budget
-        return DynamicFusionModel(n_tasks=1, modalities=specs, mode=MODE, batch_size=BATCH_SIZE,
-                                  learning_rate=LEARNING_RATE, model_dir=model_dir,
-                                  progress=False, curriculum_epochs=SUITES["full"]["epochs"],
-                                  length_bucket_pool=BUCKET_POOL if side.endswith("bucketed")
-                                  else 0)
+        return DynamicFusionModel(
+            n_tasks=1,
+            modalities=specs,
+            mode=MODE,
+            batch_size=BATCH_SIZE,
+            learning_rate=LEARNING_RATE,
+            model_dir=model_dir,
+            progress=False,
+            curriculum_epochs=SUITES["full"]["epochs"],
+            length_bucket_pool=BUCKET_POOL if side.endswith("bucketed") else 0,
+        )
     budget = {"batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE}
     return PEERS["dc_dmpnn"].build(1, MODE, model_dir, SEED, budget)
 
@@ -193,8 +225,10 @@ def training_data(data_dir: str, n: int) -> tuple[Any, dict[str, Any]]:
     keep = features["dynamic"][1] & features["dmpnn"][1]
     frame = frame[keep].reset_index(drop=True)
     y = frame[LABEL].to_numpy(dtype=np.float64).reshape(-1, 1)
-    datasets = {side: dc.data.NumpyDataset(X[keep], y, ids=np.asarray(frame["smiles"]))
-                for side, (X, _) in features.items()}
+    datasets = {
+        side: dc.data.NumpyDataset(X[keep], y, ids=np.asarray(frame["smiles"]))
+        for side, (X, _) in features.items()
+    }
     return frame, datasets
 
 
@@ -220,14 +254,16 @@ def batch_size(models: dict[str, Any], size: int) -> Iterator[None]:
 
 
 # -- sections -------------------------------------------------------------------------------------
-def bench_featurization(smiles: Sequence[str], repeats: int, n_jobs: Sequence[int] = (1, 2)
-                        ) -> dict[str, Any]:
+def bench_featurization(
+    smiles: Sequence[str], repeats: int, n_jobs: Sequence[int] = (1, 2)
+) -> dict[str, Any]:
     """Molecules/s of deepfuse's and DeepChem's featurizers, per ``n_jobs``, interleaved."""
     sides: dict[str, Callable[[Sequence[str]], Any]] = {}
     for jobs in n_jobs:
         sides[f"deepfuse_{jobs}"] = fb.deepfuse_featurizer(jobs)
-        sides[f"deepchem_{jobs}"] = (fb.deepchem_featurizers() if jobs == 1
-                                     else fb.deepchem_parallel(jobs))
+        sides[f"deepchem_{jobs}"] = (
+            fb.deepchem_featurizers() if jobs == 1 else fb.deepchem_parallel(jobs)
+        )
     with fb.QuietLogs():
         fb.warm_up(sides, smiles)
         timings = fb.time_interleaved({k: partial(f, smiles) for k, f in sides.items()}, repeats)
@@ -243,37 +279,52 @@ def bench_featurization(smiles: Sequence[str], repeats: int, n_jobs: Sequence[in
     return out
 
 
-def bench_training(datasets: dict[str, Any], epochs: int, scratch: str, progress: bool = False
-                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+def bench_training(
+    datasets: dict[str, Any], epochs: int, scratch: str, progress: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Epoch throughput of DynamicFusionModel (default and length-bucketed batches) and
     DMPNNModel; returns the records and the trained models of ``datasets``' sides (used for
     inference)."""
     models = {side: build_model(side, os.path.join(scratch, side)) for side in datasets}
     bucketed = build_model("dynamic_bucketed", os.path.join(scratch, "dynamic_bucketed"))
-    fits = {side: partial(model.fit, datasets[side], nb_epoch=1, checkpoint_interval=0)
-            for side, model in models.items()}
-    fits["dynamic_bucketed"] = partial(bucketed.fit, datasets["dynamic"], nb_epoch=1,
-                                       checkpoint_interval=0)
+    fits = {
+        side: partial(model.fit, datasets[side], nb_epoch=1, checkpoint_interval=0)
+        for side, model in models.items()
+    }
+    fits["dynamic_bucketed"] = partial(
+        bucketed.fit, datasets["dynamic"], nb_epoch=1, checkpoint_interval=0
+    )
     for fit in tqdm(fits.values(), desc="training warm-up epoch", disable=not progress):
         fit()
     timings = fb.time_interleaved(fits, epochs)
     n = len(next(iter(datasets.values())))
     records = {side: throughput(n, t) for side, t in timings.items()}
     devices = {side: str(m.device) for side, m in {**models, "dynamic_bucketed": bucketed}.items()}
-    return {"n_molecules": n, "epochs_timed": epochs, "warmup_epochs": 1, "devices": devices,
-            **records}, models
+    return {
+        "n_molecules": n,
+        "epochs_timed": epochs,
+        "warmup_epochs": 1,
+        "devices": devices,
+        **records,
+    }, models
 
 
-def bench_inference(models: dict[str, Any], datasets: dict[str, Any], latency_calls: int,
-                    repeats: int, progress: bool = False) -> dict[str, Any]:
+def bench_inference(
+    models: dict[str, Any],
+    datasets: dict[str, Any],
+    latency_calls: int,
+    repeats: int,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Latency and molecules/s of ``predict`` on 1 and on 256 molecules (featurized input)."""
     n = len(next(iter(datasets.values())))
     out: dict[str, Any] = {"input": "featurized datasets (featurization excluded)"}
     for batch in INFERENCE_BATCHES:
         size = min(batch, n)  # tiny test runs have fewer molecules than a batch
         calls = latency_calls if batch == 1 else max(LARGE_BATCH_CALLS, repeats)
-        inputs = {side: [take(ds, i * size, size) for i in range(calls)]
-                  for side, ds in datasets.items()}
+        inputs = {
+            side: [take(ds, i * size, size) for i in range(calls)] for side, ds in datasets.items()
+        }
         times = {side: fb.Repeats() for side in models}
         with batch_size(models, size):
             for side, model in models.items():
@@ -292,8 +343,14 @@ def _time_call(times: fb.Repeats, fn: Callable[[], Any]) -> None:
     times.wall.append(time.perf_counter() - wall)
 
 
-def bench_chemprop(frame: Any, epochs: int, scratch: str, threads: int, enabled: bool = True,
-                   venv: str | None = None) -> dict[str, Any]:
+def bench_chemprop(
+    frame: Any,
+    epochs: int,
+    scratch: str,
+    threads: int,
+    enabled: bool = True,
+    venv: str | None = None,
+) -> dict[str, Any]:
     """chemprop v2's epoch throughput on the same molecules, or ``{"status": "not measured:
     <reason>"}`` when it is skipped, missing or fails."""
     if not enabled:
@@ -302,21 +359,34 @@ def bench_chemprop(frame: Any, epochs: int, scratch: str, threads: int, enabled:
         runner = importlib.import_module(CHEMPROP_MODULE)
         executable = runner.ensure_chemprop_env(venv_dir=venv)
         paths = _chemprop_csvs(frame, scratch)
-        result = runner.run_chemprop(*paths, [LABEL], MODE, epochs=1 + epochs, seed=SEED,
-                                     workdir=os.path.join(scratch, "chemprop"),
-                                     batch_size=BATCH_SIZE, threads=threads,
-                                     executable=executable, predict=False)
+        result = runner.run_chemprop(
+            *paths,
+            [LABEL],
+            MODE,
+            epochs=1 + epochs,
+            seed=SEED,
+            workdir=os.path.join(scratch, "chemprop"),
+            batch_size=BATCH_SIZE,
+            threads=threads,
+            executable=executable,
+            predict=False,
+        )
     except (ImportError, AttributeError, OSError, wf.WorkflowError) as err:
         reason = f"{type(err).__name__}: {_short_reason(err)}"
         logger.warning("chemprop not measured: %s", reason)
         return {"status": f"not measured: {reason}"}
     times = list(result.epoch_times_s[1:]) or [result.train_time_s / max(1, result.epochs_run)]
     record = throughput(result.n_train, fb.Repeats(wall=times))
-    record.update(status="measured", epochs_run=result.epochs_run,
-                  epoch_times_s=list(result.epoch_times_s), train_time_s=result.train_time_s,
-                  valid_rows=result.n_valid, peak_rss_mib=result.peak_rss_mib,
-                  note=f"epoch wall times from a Lightning callback, first epoch excluded; each "
-                       f"includes validating {result.n_valid} molecules")
+    record.update(
+        status="measured",
+        epochs_run=result.epochs_run,
+        epoch_times_s=list(result.epoch_times_s),
+        train_time_s=result.train_time_s,
+        valid_rows=result.n_valid,
+        peak_rss_mib=result.peak_rss_mib,
+        note=f"epoch wall times from a Lightning callback, first epoch excluded; each "
+        f"includes validating {result.n_valid} molecules",
+    )
     return record
 
 
@@ -335,8 +405,11 @@ def _chemprop_csvs(frame: Any, scratch: str) -> list[str]:
     both parts; only the epoch time is used)."""
     folder = os.path.join(scratch, "chemprop_data")
     os.makedirs(folder, exist_ok=True)
-    parts = {"train": frame, "valid": frame.iloc[:CHEMPROP_VALID_ROWS],
-             "test": frame.iloc[:CHEMPROP_VALID_ROWS]}
+    parts = {
+        "train": frame,
+        "valid": frame.iloc[:CHEMPROP_VALID_ROWS],
+        "test": frame.iloc[:CHEMPROP_VALID_ROWS],
+    }
     paths = []
     for name, part in parts.items():
         paths.append(os.path.join(folder, f"{name}.csv"))
@@ -344,25 +417,27 @@ def _chemprop_csvs(frame: Any, scratch: str) -> list[str]:
     return paths
 
 
-def bench_memory(data_dir: str, n: int | None, epochs: int, threads: int, scratch: str,
-                 progress: bool = False) -> dict[str, Any]:
+def bench_memory(
+    data_dir: str, n: int | None, epochs: int, threads: int, scratch: str, progress: bool = False
+) -> dict[str, Any]:
     """Peak RSS of featurizing and training, each in its own child process."""
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     ctx = mp.get_context(method)
     if method == "forkserver":
         ctx.set_forkserver_preload(list(PRELOAD))
-    out: dict[str, Any] = {"method": MEMORY_METHOD, "start_method": method,
-                           "epochs": epochs}
+    out: dict[str, Any] = {"method": MEMORY_METHOD, "start_method": method, "epochs": epochs}
     for task, side in tqdm(MEMORY_TASKS, desc="memory (child processes)", disable=not progress):
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
-            out[f"{task}_{side}"] = pool.submit(memory_child, task, side, data_dir, n, epochs,
-                                                threads, scratch).result()
+            out[f"{task}_{side}"] = pool.submit(
+                memory_child, task, side, data_dir, n, epochs, threads, scratch
+            ).result()
     out["n_molecules"] = out["featurize_deepfuse"]["n_molecules"]
     return out
 
 
-def memory_child(task: str, side: str, data_dir: str, n: int | None, epochs: int, threads: int,
-                 scratch: str) -> dict[str, Any]:
+def memory_child(
+    task: str, side: str, data_dir: str, n: int | None, epochs: int, threads: int, scratch: str
+) -> dict[str, Any]:
     """Run one memory measurement in this (fresh) process; return its record."""
     import torch
 
@@ -370,8 +445,12 @@ def memory_child(task: str, side: str, data_dir: str, n: int | None, epochs: int
     baseline = proc_status_mib("VmRSS")
     frame = fb.load_hiv_frame(data_dir, n, ("smiles", LABEL))
     smiles = frame["smiles"].tolist()
-    record: dict[str, Any] = {"task": task, "side": side, "n_molecules": len(smiles),
-                              "baseline_rss_mib": baseline}
+    record: dict[str, Any] = {
+        "task": task,
+        "side": side,
+        "n_molecules": len(smiles),
+        "baseline_rss_mib": baseline,
+    }
     start = time.perf_counter()
     if task == "featurize":
         featurize = fb.deepfuse_featurizer(1) if side == "deepfuse" else fb.deepchem_featurizers()
@@ -387,8 +466,9 @@ def memory_child(task: str, side: str, data_dir: str, n: int | None, epochs: int
     return record
 
 
-def _train_in_child(side: str, frame: Any, epochs: int, scratch: str,
-                    record: dict[str, Any]) -> Any:
+def _train_in_child(
+    side: str, frame: Any, epochs: int, scratch: str, record: dict[str, Any]
+) -> Any:
     """Featurize for ``side`` and train ``epochs`` epochs; featurize/fit times go to ``record``."""
     import deepchem as dc
 
@@ -399,8 +479,9 @@ def _train_in_child(side: str, frame: Any, epochs: int, scratch: str,
     model = build_model(side, os.path.join(scratch, f"memory_{side}"))
     fit_start = time.perf_counter()
     model.fit(dataset, nb_epoch=epochs, checkpoint_interval=0)
-    record.update(featurize_s=fit_start - start, fit_s=time.perf_counter() - fit_start,
-                  n_trained=len(dataset))
+    record.update(
+        featurize_s=fit_start - start, fit_s=time.perf_counter() - fit_start, n_trained=len(dataset)
+    )
     return dataset
 
 
@@ -416,14 +497,16 @@ def profiler_class() -> type:
     try:
         from pyinstrument import Profiler
     except ImportError as err:
-        raise wf.WorkflowError("--profile needs pyinstrument: pip install pyinstrument "
-                               "(or the harness's extra: pip install -e 'benchmarks[profile]')"
-                               ) from err
+        raise wf.WorkflowError(
+            "--profile needs pyinstrument: pip install pyinstrument "
+            "(or the harness's extra: pip install -e 'benchmarks[profile]')"
+        ) from err
     return Profiler
 
 
-def write_profiles(smiles: Sequence[str], datasets: dict[str, Any], folder: str, scratch: str
-                   ) -> list[str]:
+def write_profiles(
+    smiles: Sequence[str], datasets: dict[str, Any], folder: str, scratch: str
+) -> list[str]:
     """pyinstrument text reports of featurization, collate and one training epoch of
     DynamicFusionModel (after a warm-up epoch) in ``folder``; returns the paths."""
     from deepfuse_plugin.data.collate import collate_samples
@@ -435,12 +518,15 @@ def write_profiles(smiles: Sequence[str], datasets: dict[str, Any], folder: str,
     samples = list(dataset.X)
     model.fit(dataset, nb_epoch=1, checkpoint_interval=0)
     featurize = fb.deepfuse_featurizer(1)
-    featurize(smiles[:fb.WARMUP_MOLECULES])
+    featurize(smiles[: fb.WARMUP_MOLECULES])
     stages = {
         "featurize": partial(featurize, smiles),
-        "collate": lambda: [collate_samples(samples[i:i + BATCH_SIZE], model.modalities)
-                            for i in range(0, len(samples), BATCH_SIZE)],
-        "train_epoch": partial(model.fit, dataset, nb_epoch=1, checkpoint_interval=0)}
+        "collate": lambda: [
+            collate_samples(samples[i : i + BATCH_SIZE], model.modalities)
+            for i in range(0, len(samples), BATCH_SIZE)
+        ],
+        "train_epoch": partial(model.fit, dataset, nb_epoch=1, checkpoint_interval=0),
+    }
     os.makedirs(folder, exist_ok=True)
     paths = []
     for name, fn in stages.items():
@@ -465,20 +551,28 @@ def machine() -> dict[str, Any]:
 
     from deepfuse_plugin._version import __version__
 
-    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "cpu": cpu_model(),
-                            "platform": platform.platform(), "python": platform.python_version(),
-                            "torch_threads": torch.get_num_threads(),
-                            "cuda": torch.cuda.is_available(),
-                            "gpu": (torch.cuda.get_device_name(0) if torch.cuda.is_available()
-                                    else None)}
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "cpu": cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "gpu": (torch.cuda.get_device_name(0) if torch.cuda.is_available() else None),
+    }
     try:
         import psutil
 
         info["memory_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
     except ImportError:  # pragma: no cover - psutil comes with the test extra
         pass
-    versions = {"deepfuse": __version__, "deepchem": dc.__version__, "torch": torch.__version__,
-                "torch_geometric": torch_geometric.__version__, "rdkit": rdkit.__version__}
+    versions = {
+        "deepfuse": __version__,
+        "deepchem": dc.__version__,
+        "torch": torch.__version__,
+        "torch_geometric": torch_geometric.__version__,
+        "rdkit": rdkit.__version__,
+    }
     return {**info, "versions": versions}
 
 
@@ -490,13 +584,24 @@ def load_average() -> list[float] | None:
         return None
 
 
-def run_speed_bench(data_dir: str, n_featurize: int = 3000,
-                    n_train: int = 2000, epochs: int = 2, repeats: int = 3,
-                    latency_calls: int = 200, n_memory: int | None = None,
-                    memory: bool = True, memory_epochs: int = 1, chemprop: bool = True,
-                    chemprop_venv: str | None = None, out_dir: str | None = "benchmarks",
-                    profile: bool = False, progress: bool = True, command: str | None = None,
-                    echo: Callable[[str], None] = print) -> dict[str, Any]:
+def run_speed_bench(
+    data_dir: str,
+    n_featurize: int = 3000,
+    n_train: int = 2000,
+    epochs: int = 2,
+    repeats: int = 3,
+    latency_calls: int = 200,
+    n_memory: int | None = None,
+    memory: bool = True,
+    memory_epochs: int = 1,
+    chemprop: bool = True,
+    chemprop_venv: str | None = None,
+    out_dir: str | None = "benchmarks",
+    profile: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Run the speed and memory benchmark, print the table and write ``out_dir/speed.{json,md}``.
 
     Parameters
@@ -539,17 +644,34 @@ def run_speed_bench(data_dir: str, n_featurize: int = 3000,
     dict
         The JSON record (``rows`` holds the table).
     """
-    settings = {"data_dir": data_dir, "n_featurize": n_featurize, "n_train": n_train,
-                "epochs": epochs, "repeats": repeats, "latency_calls": latency_calls,
-                "n_memory": n_memory, "memory": memory, "memory_epochs": memory_epochs,
-                "chemprop": chemprop, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
-                "seed": SEED, "label": LABEL}
+    settings = {
+        "data_dir": data_dir,
+        "n_featurize": n_featurize,
+        "n_train": n_train,
+        "epochs": epochs,
+        "repeats": repeats,
+        "latency_calls": latency_calls,
+        "n_memory": n_memory,
+        "memory": memory,
+        "memory_epochs": memory_epochs,
+        "chemprop": chemprop,
+        "batch_size": BATCH_SIZE,
+        "learning_rate": LEARNING_RATE,
+        "seed": SEED,
+        "label": LABEL,
+    }
     if profile:
         profiler_class()  # fail now, not after the benchmark
     loads: dict[str, Any] = {"start": load_average()}
-    result: dict[str, Any] = {"format": FORMAT, "benchmark": "speed and memory",
-                              "command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                              "settings": settings, "machine": machine(), "load_average": loads}
+    result: dict[str, Any] = {
+        "format": FORMAT,
+        "benchmark": "speed and memory",
+        "command": command,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "settings": settings,
+        "machine": machine(),
+        "load_average": loads,
+    }
     scratch = tempfile.mkdtemp(prefix="deepfuse-speed-")
     try:
         smiles = fb.load_hiv_smiles(data_dir, n_featurize)
@@ -559,16 +681,21 @@ def run_speed_bench(data_dir: str, n_featurize: int = 3000,
         result["training"], models = bench_training(datasets, epochs, scratch, progress)
         loads["chemprop"] = load_average()
         result["training"]["chemprop"] = bench_chemprop(
-            frame, epochs, scratch, _threads(), chemprop, chemprop_venv)
+            frame, epochs, scratch, _threads(), chemprop, chemprop_venv
+        )
         loads["inference"] = load_average()
         result["inference"] = bench_inference(models, datasets, latency_calls, repeats, progress)
         loads["memory"] = load_average()
-        result["memory"] = (bench_memory(data_dir, n_memory, memory_epochs, _threads(), scratch,
-                                         progress) if memory else {"status": "skipped"})
+        result["memory"] = (
+            bench_memory(data_dir, n_memory, memory_epochs, _threads(), scratch, progress)
+            if memory
+            else {"status": "skipped"}
+        )
         loads["end"] = load_average()
         if profile and out_dir:
-            result["profiles"] = write_profiles(smiles, datasets,
-                                                os.path.join(out_dir, "profiles"), scratch)
+            result["profiles"] = write_profiles(
+                smiles, datasets, os.path.join(out_dir, "profiles"), scratch
+            )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     result["rows"] = table_rows(result)
@@ -588,17 +715,34 @@ def _threads() -> int:
 
 
 # -- table ----------------------------------------------------------------------------------------
-def _row(measurement: str, unit: str, ours: str, peer: str, ours_value: float | None,
-         peer_value: float | None, kind: str, status: str = "measured",
-         cpu_ratio: float | None = None) -> dict[str, Any]:
+def _row(
+    measurement: str,
+    unit: str,
+    ours: str,
+    peer: str,
+    ours_value: float | None,
+    peer_value: float | None,
+    kind: str,
+    status: str = "measured",
+    cpu_ratio: float | None = None,
+) -> dict[str, Any]:
     """One comparison. ``kind``: ``throughput`` (ratio ours / peer), ``latency`` (peer / ours),
     ``memory`` (ours / peer)."""
     ratio = None
     if ours_value and peer_value:
         ratio = peer_value / ours_value if kind == "latency" else ours_value / peer_value
-    return {"measurement": measurement, "unit": unit, "deepfuse": ours, "peer": peer,
-            "deepfuse_value": ours_value, "peer_value": peer_value, "ratio": ratio,
-            "ratio_kind": kind, "cpu_ratio": cpu_ratio, "status": status}
+    return {
+        "measurement": measurement,
+        "unit": unit,
+        "deepfuse": ours,
+        "peer": peer,
+        "deepfuse_value": ours_value,
+        "peer_value": peer_value,
+        "ratio": ratio,
+        "ratio_kind": kind,
+        "cpu_ratio": cpu_ratio,
+        "status": status,
+    }
 
 
 def _cpu_ratio(ours: dict[str, Any], peer: dict[str, Any], key: str) -> float | None:
@@ -622,30 +766,64 @@ def _featurization_rows(feat: dict[str, Any]) -> list[dict[str, Any]]:
     for key in (k for k in feat if k.startswith("n_jobs_")):
         ours, peer = feat[key]["deepfuse"], feat[key]["deepchem"]
         jobs = key.rsplit("_", 1)[1]
-        rows.append(_row(f"featurization, n_jobs={jobs}", "molecules/s", LABELS["deepfuse"],
-                         LABELS["deepchem"] + ("" if jobs == "1" else f", {jobs} processes"),
-                         ours["mol_per_s"], peer["mol_per_s"], "throughput",
-                         cpu_ratio=_cpu_ratio(ours, peer, "mol_per_cpu_s")))
+        rows.append(
+            _row(
+                f"featurization, n_jobs={jobs}",
+                "molecules/s",
+                LABELS["deepfuse"],
+                LABELS["deepchem"] + ("" if jobs == "1" else f", {jobs} processes"),
+                ours["mol_per_s"],
+                peer["mol_per_s"],
+                "throughput",
+                cpu_ratio=_cpu_ratio(ours, peer, "mol_per_cpu_s"),
+            )
+        )
     return rows
 
 
 def _training_rows(train: dict[str, Any]) -> list[dict[str, Any]]:
     ours = train["dynamic"]
-    rows = [_row("training", "molecules/s per epoch", LABELS["dynamic"], LABELS["dmpnn"],
-                 ours["mol_per_s"], train["dmpnn"]["mol_per_s"], "throughput",
-                 cpu_ratio=_cpu_ratio(ours, train["dmpnn"], "mol_per_cpu_s"))]
+    rows = [
+        _row(
+            "training",
+            "molecules/s per epoch",
+            LABELS["dynamic"],
+            LABELS["dmpnn"],
+            ours["mol_per_s"],
+            train["dmpnn"]["mol_per_s"],
+            "throughput",
+            cpu_ratio=_cpu_ratio(ours, train["dmpnn"], "mol_per_cpu_s"),
+        )
+    ]
     chemprop = train["chemprop"]
     measured = chemprop.get("status") == "measured"
-    rows.append(_row("training", "molecules/s per epoch", LABELS["dynamic"], LABELS["chemprop"],
-                     ours["mol_per_s"], chemprop["mol_per_s"] if measured else None,
-                     "throughput", status=chemprop["status"]))
+    rows.append(
+        _row(
+            "training",
+            "molecules/s per epoch",
+            LABELS["dynamic"],
+            LABELS["chemprop"],
+            ours["mol_per_s"],
+            chemprop["mol_per_s"] if measured else None,
+            "throughput",
+            status=chemprop["status"],
+        )
+    )
     bucketed = train.get("dynamic_bucketed")
     if bucketed:  # JSON from before length bucketing has none
         for peer in ("dynamic", "dmpnn"):
-            rows.append(_row("training, length-bucketed batches", "molecules/s per epoch",
-                             LABELS["dynamic_bucketed"], LABELS[peer], bucketed["mol_per_s"],
-                             train[peer]["mol_per_s"], "throughput",
-                             cpu_ratio=_cpu_ratio(bucketed, train[peer], "mol_per_cpu_s")))
+            rows.append(
+                _row(
+                    "training, length-bucketed batches",
+                    "molecules/s per epoch",
+                    LABELS["dynamic_bucketed"],
+                    LABELS[peer],
+                    bucketed["mol_per_s"],
+                    train[peer]["mol_per_s"],
+                    "throughput",
+                    cpu_ratio=_cpu_ratio(bucketed, train[peer], "mol_per_cpu_s"),
+                )
+            )
     return rows
 
 
@@ -654,26 +832,58 @@ def _inference_rows(inference: dict[str, Any]) -> list[dict[str, Any]]:
     for key in (k for k in inference if k.startswith("batch_")):
         ours, peer = inference[key]["dynamic"], inference[key]["dmpnn"]
         what = f"inference, batch of {ours['batch_size']}"
-        rows.append(_row(what, "molecules/s", LABELS["dynamic"], LABELS["dmpnn"],
-                         ours["mol_per_s"], peer["mol_per_s"], "throughput"))
+        rows.append(
+            _row(
+                what,
+                "molecules/s",
+                LABELS["dynamic"],
+                LABELS["dmpnn"],
+                ours["mol_per_s"],
+                peer["mol_per_s"],
+                "throughput",
+            )
+        )
         for stat in ("median_ms", "p90_ms"):
-            rows.append(_row(what, f"latency {stat.split('_')[0]} (ms)", LABELS["dynamic"],
-                             LABELS["dmpnn"], ours[stat], peer[stat], "latency",
-                             cpu_ratio=(_cpu_ratio(ours, peer, "median_cpu_ms")
-                                        if stat == "median_ms" else None)))
+            rows.append(
+                _row(
+                    what,
+                    f"latency {stat.split('_')[0]} (ms)",
+                    LABELS["dynamic"],
+                    LABELS["dmpnn"],
+                    ours[stat],
+                    peer[stat],
+                    "latency",
+                    cpu_ratio=(
+                        _cpu_ratio(ours, peer, "median_cpu_ms") if stat == "median_ms" else None
+                    ),
+                )
+            )
     return rows
 
 
 def _memory_rows(memory: dict[str, Any]) -> list[dict[str, Any]]:
     n = memory["n_molecules"]
-    pairs = {"featurize": ("deepfuse", "deepchem", "featurizing"),
-             "train": ("dynamic", "dmpnn", f"training ({memory['epochs']} epoch(s), "
-                                           "featurization included)")}
+    pairs = {
+        "featurize": ("deepfuse", "deepchem", "featurizing"),
+        "train": (
+            "dynamic",
+            "dmpnn",
+            f"training ({memory['epochs']} epoch(s), featurization included)",
+        ),
+    }
     rows = []
     for task, (ours, peer, what) in pairs.items():
-        rows.append(_row(f"peak memory, {what} {n:,} HIV molecules", "MiB (peak RSS)",
-                         LABELS[ours], LABELS[peer], memory[f"{task}_{ours}"]["peak_rss_mib"],
-                         memory[f"{task}_{peer}"]["peak_rss_mib"], "memory"))
+        rows.append(
+            _row(
+                f"peak memory, {what} {n:,} HIV molecules",
+                "MiB (peak RSS)",
+                LABELS[ours],
+                LABELS[peer],
+                memory[f"{task}_{ours}"]["peak_rss_mib"],
+                memory[f"{task}_{peer}"]["peak_rss_mib"],
+                "memory",
+            )
+        )
     return rows
 
 
@@ -696,9 +906,11 @@ def _device_text(machine_info: dict[str, Any], devices: dict[str, str]) -> str:
     """Which device trained and ran the models (host RSS only in the memory rows)."""
     used = sorted({d for d in devices.values() if d.startswith("cuda")})
     if used:
-        return (f", GPU {machine_info.get('gpu') or 'CUDA'}: training and inference ran on "
-                f"{', '.join(used)} (featurization on CPU; the memory rows are host RSS, not GPU "
-                "memory)")
+        return (
+            f", GPU {machine_info.get('gpu') or 'CUDA'}: training and inference ran on "
+            f"{', '.join(used)} (featurization on CPU; the memory rows are host RSS, not GPU "
+            "memory)"
+        )
     return ", CUDA available (not used)" if machine_info.get("cuda") else ", no GPU"
 
 
@@ -706,20 +918,27 @@ def format_markdown(result: dict[str, Any], out_dir: str | None = None) -> str:
     """The table and the method notes (plus ``<out_dir>/profiles/SUMMARY.md`` when present)."""
     m = result["machine"]
     loads = result["load_average"]
-    lines = ["# Speed and memory: deepfuse vs peers", "",
-             f"One run on one machine: {m['cpu']}, {m['cpu_count']} CPU cores"
-             + (f", {m['memory_gib']} GiB RAM" if "memory_gib" in m else "")
-             + f", {m['platform']}, torch threads {m['torch_threads']}"
-             + _device_text(m, result.get("training", {}).get("devices", {})) + ".",
-             "Load average (1/5/15 min) before each section: "
-             + "; ".join(f"{k} {'/'.join(f'{x:.2f}' for x in v)}" for k, v in loads.items() if v)
-             + ". The machine is shared with other jobs: treat the figures as noisy.", "",
-             "| measurement | unit | deepfuse | peer | deepfuse value | peer value | ratio |",
-             "|---|---|---|---|---:|---:|---|"]
+    lines = [
+        "# Speed and memory: deepfuse vs peers",
+        "",
+        f"One run on one machine: {m['cpu']}, {m['cpu_count']} CPU cores"
+        + (f", {m['memory_gib']} GiB RAM" if "memory_gib" in m else "")
+        + f", {m['platform']}, torch threads {m['torch_threads']}"
+        + _device_text(m, result.get("training", {}).get("devices", {}))
+        + ".",
+        "Load average (1/5/15 min) before each section: "
+        + "; ".join(f"{k} {'/'.join(f'{x:.2f}' for x in v)}" for k, v in loads.items() if v)
+        + ". The machine is shared with other jobs: treat the figures as noisy.",
+        "",
+        "| measurement | unit | deepfuse | peer | deepfuse value | peer value | ratio |",
+        "|---|---|---|---|---:|---:|---|",
+    ]
     for row in result["rows"]:
-        lines.append(f"| {row['measurement']} | {row['unit']} | {row['deepfuse']} | {row['peer']}"
-                     f" | {_fmt(row['deepfuse_value'])} | {_fmt(row['peer_value'])} | "
-                     f"{_ratio_text(row)} |")
+        lines.append(
+            f"| {row['measurement']} | {row['unit']} | {row['deepfuse']} | {row['peer']}"
+            f" | {_fmt(row['deepfuse_value'])} | {_fmt(row['peer_value'])} | "
+            f"{_ratio_text(row)} |"
+        )
     lines += ["", *_method_notes(result), ""]
     summary = os.path.join(out_dir or "", "profiles", "SUMMARY.md")
     if out_dir and os.path.exists(summary):
@@ -730,8 +949,11 @@ def format_markdown(result: dict[str, Any], out_dir: str | None = None) -> str:
 
 def _method_notes(result: dict[str, Any]) -> list[str]:
     s, train = result["settings"], result["training"]
-    cpu = [f"{r['measurement']} {r['unit']} {r['cpu_ratio']:.2f}x" for r in result["rows"]
-           if r.get("cpu_ratio")]
+    cpu = [
+        f"{r['measurement']} {r['unit']} {r['cpu_ratio']:.2f}x"
+        for r in result["rows"]
+        if r.get("cpu_ratio")
+    ]
     notes = [
         "Ratios: throughput deepfuse / peer, latency peer / deepfuse (both > 1 when deepfuse is "
         "faster); memory deepfuse / peer.",
@@ -754,16 +976,22 @@ def _method_notes(result: dict[str, Any]) -> list[str]:
         "size / median latency.",
     ]
     if "status" not in result["memory"]:
-        notes.append(f"- Memory: {result['memory']['method']}. " + _memory_details(
-            result["memory"]))
+        notes.append(
+            f"- Memory: {result['memory']['method']}. " + _memory_details(result["memory"])
+        )
     start, cores = result["load_average"].get("start"), result["machine"]["cpu_count"]
     if start and cores and start[0] >= cores:
-        notes.append(f"- The 1-minute load average ({start[0]:.1f}) was at or above the "
-                     f"{cores} CPU cores: other jobs kept every core busy, so worker processes "
-                     "(n_jobs=2) could not run in parallel and wall times are inflated.")
+        notes.append(
+            f"- The 1-minute load average ({start[0]:.1f}) was at or above the "
+            f"{cores} CPU cores: other jobs kept every core busy, so worker processes "
+            "(n_jobs=2) could not run in parallel and wall times are inflated."
+        )
     if cpu:
-        notes.append("- Same ratios by CPU time of this process (less disturbed by other jobs): "
-                     + "; ".join(cpu) + ".")
+        notes.append(
+            "- Same ratios by CPU time of this process (less disturbed by other jobs): "
+            + "; ".join(cpu)
+            + "."
+        )
     chemprop = train["chemprop"]
     if chemprop.get("status") == "measured":
         notes.append(f"- chemprop: {chemprop['note']}.")
@@ -774,8 +1002,13 @@ def _memory_details(memory: dict[str, Any]) -> str:
     parts = []
     for task, side in MEMORY_TASKS:
         rec = memory[f"{task}_{side}"]
-        extra = (f", fit {rec['fit_s']:.0f} s for {rec['n_trained']:,} molecules"
-                 if "fit_s" in rec else "")
-        parts.append(f"{task} {side}: peak {rec['peak_rss_mib']:,.0f} MiB (baseline "
-                     f"{_fmt(rec.get('baseline_rss_mib'))} MiB), {rec['seconds']:.0f} s{extra}")
+        extra = (
+            f", fit {rec['fit_s']:.0f} s for {rec['n_trained']:,} molecules"
+            if "fit_s" in rec
+            else ""
+        )
+        parts.append(
+            f"{task} {side}: peak {rec['peak_rss_mib']:,.0f} MiB (baseline "
+            f"{_fmt(rec.get('baseline_rss_mib'))} MiB), {rec['seconds']:.0f} s{extra}"
+        )
     return "; ".join(parts) + "."

@@ -8,6 +8,7 @@ JSON line per timed epoch, then the median per setting and the speed-up over one
 
     python benchmarks/experiments/cross_attention_length_chunks.py --data-dir ../shared/data
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,14 @@ def main() -> None:
         for chunk in chunks:
             torch.manual_seed(0)  # the same initial weights for every setting
             models[chunk] = CrossAttentionFusionModel(
-                1, modalities, mode="classification", batch_size=64, length_chunk=chunk,
-                progress=False, model_dir=f"{scratch}/{chunk}")
+                1,
+                modalities,
+                mode="classification",
+                batch_size=64,
+                length_chunk=chunk,
+                progress=False,
+                model_dir=f"{scratch}/{chunk}",
+            )
         reference = models[chunks[0]].predict(dataset)
         for chunk in chunks[1:]:
             gap = float(np.abs(models[chunk].predict(dataset) - reference).max())
@@ -69,12 +76,28 @@ def main() -> None:
                 start = time.process_time()
                 models[chunk].fit(dataset, nb_epoch=1)
                 seconds[chunk].append(time.process_time() - start)
-                print(json.dumps({"repeat": repeat, "length_chunk": chunk,
-                                  "cpu_s_per_epoch": round(seconds[chunk][-1], 2)}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "repeat": repeat,
+                            "length_chunk": chunk,
+                            "cpu_s_per_epoch": round(seconds[chunk][-1], 2),
+                        }
+                    ),
+                    flush=True,
+                )
     median = {c: statistics.median(s) for c, s in seconds.items()}
-    print(json.dumps({"molecules": len(dataset), "median_cpu_s_per_epoch": median,
-                      "speedup_over_one_pass": {c: round(median[0] / median[c], 2)
-                                                for c in chunks if 0 in median and c}}))
+    print(
+        json.dumps(
+            {
+                "molecules": len(dataset),
+                "median_cpu_s_per_epoch": median,
+                "speedup_over_one_pass": {
+                    c: round(median[0] / median[c], 2) for c in chunks if 0 in median and c
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

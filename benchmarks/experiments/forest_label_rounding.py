@@ -9,6 +9,7 @@ nudge (test RMSE in log mol/L), then the spread.
 
     python benchmarks/experiments/forest_label_rounding.py --data-dir ../shared/data
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,21 +33,27 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as save_dir:
         _, (train, _, test), transformers = dc.molnet.load_delaney(
-            featurizer=dc.feat.CircularFingerprint(size=2048, radius=2), splitter="scaffold",
-            data_dir=f"{args.data_dir}/moleculenet", save_dir=save_dir, reload=False)
+            featurizer=dc.feat.CircularFingerprint(size=2048, radius=2),
+            splitter="scaffold",
+            data_dir=f"{args.data_dir}/moleculenet",
+            save_dir=save_dir,
+            reload=False,
+        )
     truth = transformers[0].untransform(test.y)[:, 0]
     rmse: dict[str, list[float]] = {name: [] for name in NUDGES}
     for seed in (int(s) for s in args.seeds.split(",")):
         for name, direction in NUDGES.items():
             labels = train.y[:, 0] if not direction else np.nextafter(train.y[:, 0], direction)
             # the benchmark's own forest factory: same trees, seed and settings as `dc_rf`
-            forest = PEERS["dc_rf"].build(n_tasks=1, mode="regression", model_dir="", seed=seed,
-                                         budget={"n_jobs": 1})()
+            forest = PEERS["dc_rf"].build(
+                n_tasks=1, mode="regression", model_dir="", seed=seed, budget={"n_jobs": 1}
+            )()
             forest.fit(train.X, labels)
             pred = transformers[0].untransform(forest.predict(test.X)[:, None])[:, 0]
             rmse[name].append(float(np.sqrt(np.mean((pred - truth) ** 2))))
-            print(json.dumps({"seed": seed, "labels": name, "test_rmse": rmse[name][-1]}),
-                  flush=True)
+            print(
+                json.dumps({"seed": seed, "labels": name, "test_rmse": rmse[name][-1]}), flush=True
+            )
     spread = np.ptp(np.array(list(rmse.values())), axis=0)
     print(json.dumps({"max_rmse_spread_per_seed": [round(float(s), 4) for s in spread]}))
 

@@ -12,6 +12,7 @@ Usage::
 
 ``--model`` is a key of ``workflows.MODELS`` (default ``dynamic``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,19 +40,45 @@ def main(setting: str, values: list[float], model_name: str = "dynamic") -> None
     for value in values:
         for seed in (0, 1, 2):
             wf.set_seed(seed)
-            model = model_class(n_tasks=1, modalities=featurizer.modalities,
-                                mode="regression", batch_size=64, learning_rate=1e-3,
-                                progress=False, **{setting: value})
-            result = wf.train_with_validation(model, train, valid, 30, 1, [normalizer],
-                                              "regression", tempfile.mkdtemp(), progress=False)
-            scores = {name: wf.evaluate(model, part, [normalizer], "regression")[0]["rmse"]
-                      for name, part in (("valid", valid), ("test", test))}
-            weights = (None if model_name == "early" else  # early fusion has no weights
-                       mean_modality_weights(model, test, plot=False).table["mean_weight"])
-            record = {"model": model_name, setting: value, "seed": seed,
-                      "best_epoch": result.best_epoch,
-                      "valid_rmse": scores["valid"], "test_rmse": scores["test"],
-                      "weights": None if weights is None else weights.round(3).to_dict()}
+            model = model_class(
+                n_tasks=1,
+                modalities=featurizer.modalities,
+                mode="regression",
+                batch_size=64,
+                learning_rate=1e-3,
+                progress=False,
+                **{setting: value},
+            )
+            result = wf.train_with_validation(
+                model,
+                train,
+                valid,
+                30,
+                1,
+                [normalizer],
+                "regression",
+                tempfile.mkdtemp(),
+                progress=False,
+            )
+            scores = {
+                name: wf.evaluate(model, part, [normalizer], "regression")[0]["rmse"]
+                for name, part in (("valid", valid), ("test", test))
+            }
+            weights = (
+                None
+                if model_name == "early"
+                # early fusion has no weights
+                else mean_modality_weights(model, test, plot=False).table["mean_weight"]
+            )
+            record = {
+                "model": model_name,
+                setting: value,
+                "seed": seed,
+                "best_epoch": result.best_epoch,
+                "valid_rmse": scores["valid"],
+                "test_rmse": scores["test"],
+                "weights": None if weights is None else weights.round(3).to_dict(),
+            }
             if hasattr(model, "expert_usage"):  # MoE: gate mass per expert (collapse shows here)
                 record["expert_gate"] = model.expert_usage(test)["mean_gate"].round(3).to_dict()
             print(json.dumps(record), flush=True)

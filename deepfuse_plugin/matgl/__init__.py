@@ -17,13 +17,17 @@ Examples
 >>> from matgl.ext.pymatgen import Structure2Graph  # doctest: +SKIP
 >>> from matgl.graph.data import MGLDataLoader  # doctest: +SKIP
 >>> from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer  # doctest: +SKIP
->>> from deepfuse_plugin.matgl import MatMMFuse, MultiModalLightningModule, MultiModalMGLDataset  # doctest: +SKIP
+>>> from deepfuse_plugin.matgl import (  # doctest: +SKIP
+...     MatMMFuse, MultiModalLightningModule, MultiModalMGLDataset)
 >>> converter = Structure2Graph(element_types, cutoff=4.0)  # doctest: +SKIP
 >>> featurizer = CrystalMultiModalFeaturizer(["text_sentences", "composition"])  # doctest: +SKIP
->>> data = MultiModalMGLDataset(structures, {"eform": energies}, converter, featurizer)  # doctest: +SKIP
+>>> labels = {"eform": energies}  # doctest: +SKIP
+>>> data = MultiModalMGLDataset(structures, labels, converter, featurizer)  # doctest: +SKIP
 >>> model = MatMMFuse.from_dataset(data, backbone="megnet")  # doctest: +SKIP
->>> L.Trainer(max_epochs=20).fit(MultiModalLightningModule(model), train_loader, val_loader)  # doctest: +SKIP
+>>> module = MultiModalLightningModule(model)  # doctest: +SKIP
+>>> L.Trainer(max_epochs=20).fit(module, train_loader, val_loader)  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 from deepfuse_plugin.matgl._data import MultiModalMGLDataset, attach_modalities, modality_inputs

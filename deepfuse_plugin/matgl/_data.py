@@ -13,16 +13,18 @@ so a batch holds ``(B, d)`` vectors, ``(sum S, d)`` sentence rows with ``(B,)`` 
 graph itself is MatGL's, unchanged: MatGL's converter, loader, collate and Lightning module work
 as they are.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 from matgl.graph.data import MGLDataset
+from torch import Tensor
 from torch_geometric.utils import to_dense_batch
 
 from deepfuse_plugin.errors import CorruptCheckpointError
@@ -34,8 +36,11 @@ METADATA_FILE = "deepfuse_modalities.json"
 #: 2: graphs saved as plain tensors (read with ``weights_only=True``); 1 pickled PyG objects.
 FORMAT_VERSION = 2
 #: The cache files, in place of MatGL's (which MatGL reads with ``weights_only=False``).
-CACHE_FILES = {"filename": "deepfuse_graphs.pt", "filename_lattice": "deepfuse_lattices.pt",
-               "filename_state_attr": "deepfuse_state_attr.pt"}
+CACHE_FILES = {
+    "filename": "deepfuse_graphs.pt",
+    "filename_lattice": "deepfuse_lattices.pt",
+    "filename_state_attr": "deepfuse_state_attr.pt",
+}
 #: What MatGL (and deepfuse format 1) wrote: their presence is reported, never loaded.
 LEGACY_CACHE_FILES = ("pyg_graph.pt", "lattice.pt", "state_attr.pt")
 _ROW_KINDS = ("text", "sequence")
@@ -48,40 +53,47 @@ def _is_rows(spec: Modality) -> bool:
 
 def _as_rows(value: Any, spec: Modality) -> Tensor:
     if spec.kind in ("vector", "embedding"):
-        out = np.zeros((1, spec.dim), dtype=np.float32)
+        out = np.zeros((1, spec.require("dim")), dtype=np.float32)
         if value is not None:
             value = np.asarray(value, dtype=np.float32).reshape(-1)
             if value.shape[0] != spec.dim:
-                raise ValueError(f"Modality {spec.name!r}: width {value.shape[0]}, spec says "
-                                 f"{spec.dim}")
+                raise ValueError(
+                    f"Modality {spec.name!r}: width {value.shape[0]}, spec says {spec.dim}"
+                )
             out[0] = value
         return torch.from_numpy(out)
     if spec.kind == "text" and spec.params.get("representation") == "sentence_embeddings":
         if value is None:
-            return torch.zeros(0, spec.dim)
-        return torch.as_tensor(np.asarray(value, dtype=np.float32).reshape(-1, spec.dim))
+            return torch.zeros(0, spec.require("dim"))
+        rows = np.asarray(value, dtype=np.float32).reshape(-1, spec.require("dim"))
+        return torch.as_tensor(rows)
     if _is_rows(spec):
         if value is None:
             return torch.zeros(0, dtype=torch.long)
         return torch.as_tensor(np.asarray(value, dtype=np.int64).reshape(-1))
-    raise ValueError(f"Modality {spec.name!r} of kind {spec.kind!r} cannot ride on a MatGL graph "
-                     "(the graph is MatGL's own)")
+    raise ValueError(
+        f"Modality {spec.name!r} of kind {spec.kind!r} cannot ride on a MatGL graph "
+        "(the graph is MatGL's own)"
+    )
 
 
-def attach_modalities(graph: Any, sample: MultiModalSample | None,
-                      specs: Sequence[Modality]) -> Any:
+def attach_modalities(
+    graph: Any, sample: MultiModalSample | None, specs: Sequence[Modality]
+) -> Any:
     """Store ``sample``'s values of ``specs`` on a MatGL graph (see the module docstring)."""
     present = []
     for spec in specs:
         value = None if sample is None else sample.values.get(spec.name)
-        if value is not None and sample.fingerprints.get(spec.name) not in (None,
-                                                                             spec.fingerprint):
-            raise ValueError(f"Modality {spec.name!r} was featurized with other settings than "
-                             "the dataset's spec")
+        fingerprint = None if sample is None else sample.fingerprints.get(spec.name)
+        if value is not None and fingerprint not in (None, spec.fingerprint):
+            raise ValueError(
+                f"Modality {spec.name!r} was featurized with other settings than the dataset's spec"
+            )
         rows = _as_rows(value, spec)
         setattr(graph, PREFIX + spec.name, rows)
-        setattr(graph, f"{PREFIX}{spec.name}_n", torch.tensor([0 if value is None else
-                                                               rows.shape[0]]))
+        setattr(
+            graph, f"{PREFIX}{spec.name}_n", torch.tensor([0 if value is None else rows.shape[0]])
+        )
         present.append(value is not None)
     setattr(graph, MASK, torch.tensor([present], dtype=torch.bool).reshape(1, len(specs)))
     return graph
@@ -96,8 +108,10 @@ def modality_inputs(batch: Any, specs: Sequence[Modality]) -> tuple[dict[str, An
     inputs: dict[str, Any] = {}
     for spec in specs:
         if not hasattr(batch, PREFIX + spec.name):
-            raise ValueError(f"The MatGL graphs carry no {spec.name!r} modality: build them with "
-                             "MultiModalMGLDataset and a featurizer that computes it")
+            raise ValueError(
+                f"The MatGL graphs carry no {spec.name!r} modality: build them with "
+                "MultiModalMGLDataset and a featurizer that computes it"
+            )
         rows = getattr(batch, PREFIX + spec.name)
         if not _is_rows(spec):
             inputs[spec.name] = rows.reshape(n_graphs, -1)
@@ -106,22 +120,29 @@ def modality_inputs(batch: Any, specs: Sequence[Modality]) -> tuple[dict[str, An
         owner = torch.repeat_interleave(torch.arange(n_graphs, device=counts.device), counts)
         if rows.dim() == 2:  # sentence embeddings
             if rows.shape[1] != spec.dim:
-                raise ValueError(f"Modality {spec.name!r}: rows of width {rows.shape[1]}, the "
-                                 f"model expects {spec.dim}")
+                raise ValueError(
+                    f"Modality {spec.name!r}: rows of width {rows.shape[1]}, the "
+                    f"model expects {spec.dim}"
+                )
             states, mask = to_dense_batch(rows, owner, batch_size=n_graphs)
             inputs[spec.name] = SentenceBatch(states, mask)
         else:
-            ids, mask = to_dense_batch(rows, owner, fill_value=int(spec.params.get("pad_id", 0)),
-                                       batch_size=n_graphs)
+            ids, mask = to_dense_batch(
+                rows, owner, fill_value=int(spec.params.get("pad_id", 0)), batch_size=n_graphs
+            )
             inputs[spec.name] = TokenBatch(ids, mask)
     mask = getattr(batch, MASK, None)
-    if specs and mask is None:
+    if not specs:
+        present = torch.zeros(n_graphs, 0, dtype=torch.bool)
+    elif mask is None:
         raise ValueError("The MatGL graphs carry no modality mask (df_mask)")
-    present = (mask.reshape(n_graphs, -1).bool() if specs
-               else torch.zeros(n_graphs, 0, dtype=torch.bool))
+    else:
+        present = mask.reshape(n_graphs, -1).bool()
     if present.shape[1] != len(specs):
-        raise ValueError(f"The graphs carry {present.shape[1]} extra modalities, the model "
-                         f"expects {len(specs)} ({[s.name for s in specs]})")
+        raise ValueError(
+            f"The graphs carry {present.shape[1]} extra modalities, the model "
+            f"expects {len(specs)} ({[s.name for s in specs]})"
+        )
     return inputs, present
 
 
@@ -130,8 +151,10 @@ def _check_structures(structures: Sequence[Any]) -> None:
 
     bad = [i for i, s in enumerate(structures) if not isinstance(s, IStructure)]
     if bad:
-        raise TypeError(f"MultiModalMGLDataset needs pymatgen Structures; rows {bad[:10]} "
-                        f"({len(bad)} in all) are not")
+        raise TypeError(
+            f"MultiModalMGLDataset needs pymatgen Structures; rows {bad[:10]} "
+            f"({len(bad)} in all) are not"
+        )
 
 
 def _check_labels(labels: dict[str, Any], n: int) -> None:
@@ -141,9 +164,19 @@ def _check_labels(labels: dict[str, Any], n: int) -> None:
             raise ValueError(f"Label {name!r} has {len(values)} values for {n} structures")
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
-            raise ValueError(f"Label {name!r} is missing/non-finite in rows {bad[:10].tolist()} "
-                             f"({bad.size} in all): MatGL's loss cannot mask labels; drop those "
-                             "rows or use the DeepChem route (weights mask missing labels)")
+            raise ValueError(
+                f"Label {name!r} is missing/non-finite in rows {bad[:10].tolist()} "
+                f"({bad.size} in all): MatGL's loss cannot mask labels; drop those "
+                "rows or use the DeepChem route (weights mask missing labels)"
+            )
+
+
+def _label_lists(labels: Mapping[str, Sequence[float]] | None) -> dict[str, list[Any]] | None:
+    """A copy of ``labels`` with lists for values: ``MGLDataset`` turns arrays into lists in the
+    dict it is given, which must not be the caller's."""
+    if labels is None:
+        return None
+    return {k: v.tolist() if hasattr(v, "tolist") else list(v) for k, v in labels.items()}
 
 
 class MultiModalMGLDataset(MGLDataset):
@@ -185,9 +218,15 @@ class MultiModalMGLDataset(MGLDataset):
         Specs of the extra modalities, in ``df_mask`` order.
     """
 
-    def __init__(self, structures: Sequence[Any] | None = None,
-                 labels: dict[str, Sequence[float]] | None = None, converter: Any = None,
-                 featurizer: Any = None, root: str = "MultiModalMGLDataset", **kwargs: Any):
+    def __init__(
+        self,
+        structures: Sequence[Any] | None = None,
+        labels: dict[str, Sequence[float]] | None = None,
+        converter: Any = None,
+        featurizer: Any = None,
+        root: str = "MultiModalMGLDataset",
+        **kwargs: Any,
+    ):
         structures = list(structures or [])
         if structures:
             _check_structures(structures)
@@ -196,10 +235,17 @@ class MultiModalMGLDataset(MGLDataset):
         for key, name in CACHE_FILES.items():
             kwargs.setdefault(key, name)
         self.modalities: list[Modality] = (
-            [] if featurizer is None else
-            [m for m in featurizer.modalities if m.kind != "crystal_graph"])
-        super().__init__(structures=structures, labels=labels, converter=converter,
-                         root=root, **kwargs)
+            []
+            if featurizer is None
+            else [m for m in featurizer.modalities if m.kind != "crystal_graph"]
+        )
+        super().__init__(
+            structures=structures,
+            labels=_label_lists(labels),
+            converter=converter,
+            root=root,
+            **kwargs,
+        )
 
     def has_cache(self) -> bool:
         if not super().has_cache():
@@ -248,10 +294,12 @@ class MultiModalMGLDataset(MGLDataset):
                 f"The dataset cache in {self.root} is in MatGL's pickled format ({legacy}), which "
                 "deepfuse does not load (unpickling can run code): rebuild it with "
                 "MultiModalMGLDataset(structures, labels, converter, featurizer, root=...) into "
-                "a new folder, or delete those files")
+                "a new folder, or delete those files"
+            )
         raise CorruptCheckpointError(
             f"No complete dataset cache in {self.root} (expected {sorted(CACHE_FILES.values())}, "
-            f"labels.json and {METADATA_FILE}): build it from structures first")
+            f"labels.json and {METADATA_FILE}): build it from structures first"
+        )
 
     def save(self) -> None:
         """MatGL's cache, with the graphs as plain tensors instead of pickled PyG objects."""
@@ -266,13 +314,17 @@ class MultiModalMGLDataset(MGLDataset):
         torch.save([dict(graph.to_dict()) for graph in self.graphs], root / self.filename)
         torch.save(list(self.lattices), root / self.filename_lattice)
         torch.save(self.state_attr, root / self.filename_state_attr)
-        fingerprint = _compute_cache_fingerprint(self.converter, self.include_line_graph,
-                                                 self.include_ref_charge, self.graph_labels)
-        (root / self.filename_fingerprint).write_text(json.dumps(fingerprint, indent=2,
-                                                                 sort_keys=True))
-        payload = {"format": FORMAT_VERSION,
-                   "modalities": [m.to_dict() for m in self.modalities],
-                   "fingerprints": [m.fingerprint for m in self.modalities]}
+        fingerprint = _compute_cache_fingerprint(
+            self.converter, self.include_line_graph, self.include_ref_charge, self.graph_labels
+        )
+        (root / self.filename_fingerprint).write_text(
+            json.dumps(fingerprint, indent=2, sort_keys=True)
+        )
+        payload = {
+            "format": FORMAT_VERSION,
+            "modalities": [m.to_dict() for m in self.modalities],
+            "fingerprints": [m.fingerprint for m in self.modalities],
+        }
         (root / METADATA_FILE).write_text(json.dumps(payload, indent=2))
 
     def load(self) -> None:
@@ -283,40 +335,48 @@ class MultiModalMGLDataset(MGLDataset):
         payload = self._read_json(root / METADATA_FILE)
         version = payload.get("format", 0) if isinstance(payload, dict) else 0
         if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise CorruptCheckpointError(f"{self.root} was written by a newer deepfuse (format "
-                                         f"{version!r}): upgrade deepfuse")
+            raise CorruptCheckpointError(
+                f"{self.root} was written by a newer deepfuse (format "
+                f"{version!r}): upgrade deepfuse"
+            )
         if version < 2:
             self._refuse_unusable_cache()
         graphs = self._load_tensors(root / self.filename)
         try:
             self.graphs = [Data.from_dict(dict(g)) for g in graphs]
         except (TypeError, ValueError, AttributeError) as err:
-            raise CorruptCheckpointError(f"{root / self.filename} does not hold graphs ({err}): "
-                                         "rebuild the cache from the structures") from err
+            raise CorruptCheckpointError(
+                f"{root / self.filename} does not hold graphs ({err}): "
+                "rebuild the cache from the structures"
+            ) from err
         self.lattices = self._load_tensors(root / self.filename_lattice)
         self.state_attr = self._load_tensors(root / self.filename_state_attr)
         self.labels = self._read_json(root / self.filename_labels)
         try:
-            self.modalities = as_modalities(payload["modalities"]) if payload["modalities"] \
-                else []
+            self.modalities = as_modalities(payload["modalities"]) if payload["modalities"] else []
         except (KeyError, TypeError, ValueError) as err:
-            raise CorruptCheckpointError(f"{root / METADATA_FILE} holds no valid modality specs "
-                                         f"({err}): rebuild the cache") from err
+            raise CorruptCheckpointError(
+                f"{root / METADATA_FILE} holds no valid modality specs ({err}): rebuild the cache"
+            ) from err
 
     @staticmethod
     def _load_tensors(path: Path) -> Any:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 (zip/unpickling errors have no common class)
+            message = str(err).strip()
+            first_line = message.splitlines()[0][:200] if message else repr(err)
             raise CorruptCheckpointError(
                 f"{path} cannot be read safely (damaged, or not a plain-tensor cache; nothing in "
-                f"it was run): {str(err).strip().splitlines()[0][:200] if str(err).strip() else err!r}"
-                ". Rebuild the cache from the structures") from err
+                f"it was run): {first_line}. Rebuild the cache from the structures"
+            ) from err
 
     @staticmethod
     def _read_json(path: Path) -> Any:
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError) as err:
-            raise CorruptCheckpointError(f"{path} is missing or not valid JSON ({err}): rebuild "
-                                         "the cache from the structures") from err
+            raise CorruptCheckpointError(
+                f"{path} is missing or not valid JSON ({err}): rebuild "
+                "the cache from the structures"
+            ) from err

@@ -1,4 +1,5 @@
 """MatGL's ``ModelLightningModule`` with the fusion layer's auxiliary losses and curriculum."""
+
 from __future__ import annotations
 
 from typing import Any

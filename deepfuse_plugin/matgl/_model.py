@@ -1,7 +1,9 @@
 """MatMMFuse as a MatGL model: a MatGL graph backbone fused with text/composition encoders."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from matgl.models import MatGLModel
@@ -9,12 +11,22 @@ from torch import Tensor, nn
 
 from deepfuse_plugin.matgl._data import attach_modalities, modality_inputs
 from deepfuse_plugin.modalities import Modality, as_modalities
-from deepfuse_plugin.nn.fusion import (CrossAttentionFusion, DynamicFusion, EarlyFusion,
-                                       GatedMoEFusion, LateFusion, ProjectionFusion,
-                                       curriculum_rate)
+from deepfuse_plugin.nn.fusion import (
+    CrossAttentionFusion,
+    DynamicFusion,
+    EarlyFusion,
+    GatedMoEFusion,
+    LateFusion,
+    ProjectionFusion,
+    curriculum_rate,
+)
 from deepfuse_plugin.nn.heads import make_head
-from deepfuse_plugin.nn.matgl_backbone import (MATGL_BACKBONES, MATGL_FORMAT, attach_positions,
-                                               default_element_types)
+from deepfuse_plugin.nn.matgl_backbone import (
+    MATGL_BACKBONES,
+    MATGL_FORMAT,
+    attach_positions,
+    default_element_types,
+)
 from deepfuse_plugin.nn.network import MultiModalNetwork
 
 #: Fusion layers available in the MatGL route (one modality always uses ``projection``).
@@ -83,14 +95,30 @@ class MatMMFuse(MatGLModel):
     """
 
     __version__ = 1
+    #: the featurizer ``predict_structure`` uses: the dataset's (``from_dataset``; a custom
+    #: describer too), else a ``CrystalMultiModalFeaturizer`` built on first use
+    _featurizer: Any
 
-    def __init__(self, modalities: Sequence[Any] = (), backbone: str = "megnet",
-                 element_types: Sequence[str] | None = None, cutoff: float = 4.0,
-                 fusion: str = "cross_attention", n_tasks: int = 1, encoder_dim: int = 128,
-                 fused_dim: int = 128, head_hidden: int = 128, dropout: float = 0.1,
-                 backbone_options: dict | None = None, encoder_options: dict | None = None,
-                 fusion_options: dict | None = None, featurizer_options: dict | None = None,
-                 data_mean: float = 0.0, data_std: float = 1.0, **kwargs: Any):
+    def __init__(
+        self,
+        modalities: Sequence[Any] = (),
+        backbone: str = "megnet",
+        element_types: Sequence[str] | None = None,
+        cutoff: float = 4.0,
+        fusion: str = "cross_attention",
+        n_tasks: int = 1,
+        encoder_dim: int = 128,
+        fused_dim: int = 128,
+        head_hidden: int = 128,
+        dropout: float = 0.1,
+        backbone_options: dict | None = None,
+        encoder_options: dict | None = None,
+        fusion_options: dict | None = None,
+        featurizer_options: dict | None = None,
+        data_mean: float = 0.0,
+        data_std: float = 1.0,
+        **kwargs: Any,
+    ):
         super().__init__()
         if backbone not in MATGL_BACKBONES:
             raise ValueError(f"backbone must be one of {MATGL_BACKBONES}, got {backbone!r}")
@@ -109,42 +137,65 @@ class MatMMFuse(MatGLModel):
         self.featurizer_options = dict(featurizer_options or {})
         self.data_mean, self.data_std = float(data_mean), float(data_std)
         self.aux_loss: Tensor | None = None
-        graph_spec = Modality(GRAPH, "crystal_graph", params={
-            "format": MATGL_FORMAT, "cutoff": self.cutoff, "element_types": list(element_types)})
+        graph_spec = Modality(
+            GRAPH,
+            "crystal_graph",
+            params={
+                "format": MATGL_FORMAT,
+                "cutoff": self.cutoff,
+                "element_types": list(element_types),
+            },
+        )
         specs = [graph_spec, *self.extra_modalities]
         options = {k: dict(v) for k, v in (encoder_options or {}).items()}
-        options["crystal_graph"] = {"backbone": backbone, "dropout": 0.0,
-                                    **(backbone_options or {})}
-        fusion_layer = self._build_fusion(tuple(m.name for m in specs), specs, encoder_dim,
-                                          fused_dim, dropout)
-        head = None if self.fusion_kind == "late" else make_head(
-            fused_dim, n_tasks, "regression", 2, head_hidden, dropout)
+        options["crystal_graph"] = {
+            "backbone": backbone,
+            "dropout": 0.0,
+            **(backbone_options or {}),
+        }
+        fusion_layer = self._build_fusion(
+            tuple(m.name for m in specs), specs, encoder_dim, fused_dim, dropout
+        )
+        head = (
+            None
+            if self.fusion_kind == "late"
+            else make_head(fused_dim, n_tasks, "regression", 2, head_hidden, dropout)
+        )
         self.network = MultiModalNetwork(specs, fusion_layer, head, encoder_dim, options)
 
-    def _build_fusion(self, names: tuple[str, ...], specs: list[Modality], encoder_dim: int,
-                      fused_dim: int, dropout: float) -> nn.Module:
+    def _build_fusion(
+        self,
+        names: tuple[str, ...],
+        specs: list[Modality],
+        encoder_dim: int,
+        fused_dim: int,
+        dropout: float,
+    ) -> nn.Module:
         options = dict(self.fusion_options)
         kind = self.fusion_kind
         if kind == "projection":
             return ProjectionFusion(names, encoder_dim, fused_dim)
         if kind == "cross_attention":
             vectors = tuple(m.name for m in specs if m.kind in _VECTOR_KINDS)
-            return CrossAttentionFusion(names, encoder_dim, fused_dim, vectors,
-                                        dropout=dropout, **options)
+            return CrossAttentionFusion(
+                names, encoder_dim, fused_dim, vectors, dropout=dropout, **options
+            )
         if kind == "dynamic":
             self.mask_start = float(options.pop("mask_start", 0.3))
             self.mask_end = float(options.pop("mask_end", 0.6))
-            return DynamicFusion(names, encoder_dim, fused_dim, mask_rate=self.mask_start,
-                                 **options)
+            return DynamicFusion(
+                names, encoder_dim, fused_dim, mask_rate=self.mask_start, **options
+            )
         if kind == "early":
             return EarlyFusion(names, encoder_dim, fused_dim, dropout=dropout, **options)
         if kind == "moe":
             return GatedMoEFusion(names, encoder_dim, fused_dim, dropout=dropout, **options)
-        return LateFusion(names, encoder_dim, self.n_tasks, fused_dim=fused_dim, dropout=dropout,
-                          **options)
+        return LateFusion(
+            names, encoder_dim, self.n_tasks, fused_dim=fused_dim, dropout=dropout, **options
+        )
 
     @classmethod
-    def from_dataset(cls, dataset: Any, **kwargs: Any) -> "MatMMFuse":
+    def from_dataset(cls, dataset: Any, **kwargs: Any) -> MatMMFuse:
         """A model for a :class:`~deepfuse_plugin.matgl.MultiModalMGLDataset`: its modalities,
         its converter's element types and cutoff, and its featurizer's settings."""
         converter = getattr(dataset, "converter", None)
@@ -153,8 +204,10 @@ class MatMMFuse(MatGLModel):
             kwargs.setdefault("cutoff", float(converter.cutoff))
         featurizer = getattr(dataset, "featurizer", None)
         if featurizer is not None:
-            options = {"text_model": featurizer.text_model,
-                       "text_max_length": featurizer.text_max_length}
+            options = {
+                "text_model": featurizer.text_model,
+                "text_max_length": featurizer.text_max_length,
+            }
             if featurizer.describer.name in ("fast", "robocrys"):
                 options["describer"] = featurizer.describer.name
             kwargs.setdefault("featurizer_options", options)
@@ -171,8 +224,9 @@ class MatMMFuse(MatGLModel):
             g.state_attr = state_attr.reshape(int(getattr(g, "num_graphs", 1)), -1)
         inputs, extra_mask = modality_inputs(g, self.extra_modalities)
         inputs[GRAPH] = g
-        graph_present = torch.ones(extra_mask.shape[0], 1, dtype=torch.bool,
-                                   device=extra_mask.device)
+        graph_present = torch.ones(
+            extra_mask.shape[0], 1, dtype=torch.bool, device=extra_mask.device
+        )
         out = self.network(_Inputs(inputs, torch.cat([graph_present, extra_mask], dim=1)))
         self.aux_loss = out.aux_loss
         self.feature_dict = {"fused": out.embedding, "modality_weights": out.modality_weights}
@@ -180,10 +234,10 @@ class MatMMFuse(MatGLModel):
         return prediction.squeeze(-1) if self.n_tasks == 1 else prediction
 
     def set_curriculum(self, progress: float) -> None:
-        """Masking curriculum of a dynamic fusion layer (``progress`` in [0, 1]); no-op otherwise."""
-        if self.fusion_kind == "dynamic":
-            self.network.fusion.mask_rate = curriculum_rate(progress, self.mask_start,
-                                                            self.mask_end)
+        """Masking curriculum of a dynamic fusion layer (``progress`` in [0, 1]); else a no-op."""
+        fusion = self.network.fusion
+        if isinstance(fusion, DynamicFusion):
+            fusion.mask_rate = curriculum_rate(progress, self.mask_start, self.mask_end)
 
     def featurizer(self) -> Any:
         """The :class:`~deepfuse_plugin.feat.crystal.CrystalMultiModalFeaturizer` of the extra
@@ -195,8 +249,13 @@ class MatMMFuse(MatGLModel):
             self._featurizer = CrystalMultiModalFeaturizer(self.extra_modalities, **options)
         return self._featurizer
 
-    def predict_structure(self, structure: Any, state_attr: Tensor | None = None,
-                          featurizer: Any = None, **kwargs: Any) -> Tensor:
+    def predict_structure(
+        self,
+        structure: Any,
+        state_attr: Tensor | None = None,
+        featurizer: Any = None,
+        **kwargs: Any,
+    ) -> Tensor:
         """Predict the property of one pymatgen ``Structure`` (original units).
 
         ``featurizer`` computes the extra modalities (default :meth:`featurizer`, rebuilt from the
@@ -207,8 +266,9 @@ class MatMMFuse(MatGLModel):
         graph, lattice, _ = Structure2Graph(self.element_types, self.cutoff).get_graph(structure)
         if self.extra_modalities:
             sample = (featurizer or self.featurizer()).featurize([structure])[0]
-            attach_modalities(graph, sample if hasattr(sample, "values") else None,
-                              self.extra_modalities)
+            attach_modalities(
+                graph, sample if hasattr(sample, "values") else None, self.extra_modalities
+            )
         device = next(self.parameters()).device
         batch = Batch.from_data_list([graph]).to(device)
         attach_positions(batch, lattice.to(device))

@@ -11,6 +11,7 @@ Traceback (most recent call last):
 ...
 deepfuse_plugin.errors.InvalidSettingError: dropout must be a number in [0, 1), got 1.0
 """
+
 from __future__ import annotations
 
 import math
@@ -97,17 +98,18 @@ def check_base_settings(settings: dict[str, Any], kwargs: dict[str, Any]) -> Non
     """Refuse a bad value of any base-model setting (``settings`` = the constructor's locals),
     naming it, before the network is built (:class:`~deepfuse_plugin.errors.InvalidSettingError`).
     """
-    check_all([
-        (positive_int, "n_tasks", settings["n_tasks"]),
-        *((positive_int, k, settings[k]) for k in ("encoder_dim", "fused_dim",
-                                                        "head_hidden")),
-        (probability, "dropout", settings["dropout"]),
-        (probability, "modality_dropout", settings["modality_dropout"]),
-        (non_negative_float, "fusion_loss_weight", settings["fusion_loss_weight"]),
-        (non_negative_float, "unimodal_loss_weight", settings["unimodal_loss_weight"]),
-        (non_negative_int, "evidential_anneal_epochs", settings["evidential_anneal_epochs"]),
-        (non_negative_int, "length_bucket_pool", settings["length_bucket_pool"]),
-    ])
+    check_all(
+        [
+            (positive_int, "n_tasks", settings["n_tasks"]),
+            *((positive_int, k, settings[k]) for k in ("encoder_dim", "fused_dim", "head_hidden")),
+            (probability, "dropout", settings["dropout"]),
+            (probability, "modality_dropout", settings["modality_dropout"]),
+            (non_negative_float, "fusion_loss_weight", settings["fusion_loss_weight"]),
+            (non_negative_float, "unimodal_loss_weight", settings["unimodal_loss_weight"]),
+            (non_negative_int, "evidential_anneal_epochs", settings["evidential_anneal_epochs"]),
+            (non_negative_int, "length_bucket_pool", settings["length_bucket_pool"]),
+        ]
+    )
     one_of("mode", settings["mode"], ("regression", "classification"))
     one_of("uncertainty", settings["uncertainty"], UNCERTAINTY_KINDS)
     one_of("mixed_precision", settings["mixed_precision"], ("auto", True, False))
@@ -115,16 +117,20 @@ def check_base_settings(settings: dict[str, Any], kwargs: dict[str, Any]) -> Non
     if settings["mode"] == "classification":
         check_all([(positive_int, "n_classes", settings["n_classes"])])
         if settings["n_classes"] < 2:
-            raise InvalidSettingError(f"n_classes must be >= 2 for classification, got "
-                                      f"{settings['n_classes']!r}")
+            raise InvalidSettingError(
+                f"n_classes must be >= 2 for classification, got {settings['n_classes']!r}"
+            )
     if settings["evidential_lambda"] is not None:
         non_negative_float("evidential_lambda", settings["evidential_lambda"])
     options = settings["encoder_options"]
-    if options is not None and not (isinstance(options, dict) and all(
-            isinstance(v, dict) for v in options.values())):
-        raise InvalidSettingError("encoder_options must map a modality kind to a dict of "
-                                  f"encoder settings, e.g. {{'graph': {{'n_layers': 4}}}}; got "
-                                  f"{options!r}")
+    if options is not None and not (
+        isinstance(options, dict) and all(isinstance(v, dict) for v in options.values())
+    ):
+        raise InvalidSettingError(
+            "encoder_options must map a modality kind to a dict of "
+            f"encoder settings, e.g. {{'graph': {{'n_layers': 4}}}}; got "
+            f"{options!r}"
+        )
     positive_int("batch_size", kwargs.get("batch_size", 64))
     rate = kwargs.get("learning_rate", 0.001)
     if isinstance(rate, (int, float, np.number)) or not hasattr(rate, "_create_pytorch_schedule"):
@@ -143,8 +149,9 @@ def resolve_modalities(modalities: Sequence[Modality | dict | str]) -> list[Moda
     crystal = [m for m in modalities if isinstance(m, str) and m not in BUILTIN_MODALITIES]
     defaults: dict[str, Modality] = {}
     if molecular:
-        defaults.update((m.name, m) for m in
-                        MultiModalFeaturizer(molecular, progress=False).modalities)
+        defaults.update(
+            (m.name, m) for m in MultiModalFeaturizer(molecular, progress=False).modalities
+        )
     if crystal:
         from deepfuse_plugin.feat.crystal import (
             BUILTIN_CRYSTAL_MODALITIES,
@@ -153,8 +160,10 @@ def resolve_modalities(modalities: Sequence[Modality | dict | str]) -> list[Moda
 
         unknown = [m for m in crystal if m not in BUILTIN_CRYSTAL_MODALITIES]
         if unknown:
-            raise ValueError(f"Unknown modality names {unknown}; built-in molecule modalities: "
-                             f"{list(BUILTIN_MODALITIES)}, crystal modalities: "
-                             f"{list(BUILTIN_CRYSTAL_MODALITIES)}")
+            raise ValueError(
+                f"Unknown modality names {unknown}; built-in molecule modalities: "
+                f"{list(BUILTIN_MODALITIES)}, crystal modalities: "
+                f"{list(BUILTIN_CRYSTAL_MODALITIES)}"
+            )
         defaults.update((m.name, m) for m in crystal_modality_specs(crystal))
     return as_modalities([defaults[m] if isinstance(m, str) else m for m in modalities])

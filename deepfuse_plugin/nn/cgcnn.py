@@ -4,6 +4,7 @@ deepfuse encoder, built on PyG's :class:`~torch_geometric.nn.CGConv` (pure torch
 Used for CGCNN-format crystal graphs (:mod:`deepfuse_plugin.nn.crystal`) and as the ``"cgcnn"``
 backbone over MatGL-format graphs (:mod:`deepfuse_plugin.nn.matgl_backbone`).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,18 +23,21 @@ class SafeBatchNorm1d(nn.BatchNorm1d):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training and x.shape[0] < 2:
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                False, 0.0, self.eps)
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
         return super().forward(x)
 
 
 class CGCNNConv(nn.Module):
-    """One CGCNN convolution: ``h_i <- softplus(h_i + BN(sum_j sigmoid(W_f z_ij) * softplus(W_s z_ij)))``
-    with ``z_ij = [h_i, h_j, e_ij]``.
+    """One CGCNN convolution,
+    ``h_i <- softplus(h_i + BN(sum_j sigmoid(W_f z_ij) * softplus(W_s z_ij)))`` with
+    ``z_ij = [h_i, h_j, e_ij]``.
 
     The weights are PyG's ``CGConv`` (``lin_f``, ``lin_s`` over ``[x_i, x_j, e_ij]``); the batch
     norm over the summed messages and the outer softplus follow the original CGCNN ``ConvLayer``
-    (PyG's ``CGConv.forward`` has neither). An atom without neighbours keeps ``softplus(h_i + BN(0))``.
+    (PyG's ``CGConv.forward`` has neither). An atom without neighbours keeps
+    ``softplus(h_i + BN(0))``.
 
     The messages are computed factorised, with the same weights and result as ``CGConv``:
     ``W z_ij = W_i h_i + W_j h_j + W_e e_ij``, where the atom terms are one matrix product per atom
@@ -57,8 +61,11 @@ class CGCNNConv(nn.Module):
         weight = torch.cat([self.conv.lin_f.weight, self.conv.lin_s.weight])  # (2c, 2c + d)
         bias = torch.cat([self.conv.lin_f.bias, self.conv.lin_s.bias])
         source, target = edge_index
-        gates = (F.linear(h, weight[:, :c])[target] + F.linear(h, weight[:, c:2 * c])[source]
-                 + F.linear(edge_attr, weight[:, 2 * c:], bias))
+        gates = (
+            F.linear(h, weight[:, :c])[target]
+            + F.linear(h, weight[:, c : 2 * c])[source]
+            + F.linear(edge_attr, weight[:, 2 * c :], bias)
+        )
         filters, cores = gates.split(c, dim=-1)
         out = h.new_zeros(h.shape[0], c)
         return out.index_add_(0, target, filters.sigmoid() * F.softplus(cores))
@@ -93,8 +100,16 @@ class CGCNNEncoder(nn.Module):
         Dropout on the crystal vector and atom tokens (CGCNN: 0).
     """
 
-    def __init__(self, node_dim: int, edge_dim: int, out_dim: int, atom_fea_len: int = 64,
-                 n_conv: int = 3, dropout: float = 0.0, **_: Any):
+    def __init__(
+        self,
+        node_dim: int,
+        edge_dim: int,
+        out_dim: int,
+        atom_fea_len: int = 64,
+        n_conv: int = 3,
+        dropout: float = 0.0,
+        **_: Any,
+    ):
         super().__init__()
         self.embedding = nn.Linear(node_dim, atom_fea_len)
         self.convs = nn.ModuleList(CGCNNConv(atom_fea_len, edge_dim) for _ in range(n_conv))
@@ -117,5 +132,10 @@ class CGCNNEncoder(nn.Module):
         crystal = global_mean_pool(h, graph.batch, size=n_graphs)
         pooled = F.softplus(self.conv_to_fc(F.softplus(crystal)))
         # an empty (missing) graph must give exact zeros, not softplus(bias)
-        return encode_crystal(pooled, lambda: F.softplus(self.conv_to_fc(F.softplus(h))),
-                              graph.batch, n_graphs, self.dropout)
+        return encode_crystal(
+            pooled,
+            lambda: F.softplus(self.conv_to_fc(F.softplus(h))),
+            graph.batch,
+            n_graphs,
+            self.dropout,
+        )

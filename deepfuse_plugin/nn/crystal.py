@@ -14,8 +14,10 @@
     :class:`~deepfuse_plugin.nn.encoders.SequenceEncoder` trained from scratch
     (``backbone="scratch"``).
 
-Importing this module registers both kinds with :func:`~deepfuse_plugin.nn.encoders.register_encoder`.
+Importing this module registers both kinds with
+:func:`~deepfuse_plugin.nn.encoders.register_encoder`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -24,10 +26,17 @@ import torch
 from torch import Tensor, nn
 
 from deepfuse_plugin.modalities import MATGL_FORMAT, Modality, resolve_model_path
+
 # CGCNN lives in nn.cgcnn; its names stay importable from here
 from deepfuse_plugin.nn.cgcnn import CGCNNConv, CGCNNEncoder, SafeBatchNorm1d  # noqa: F401
-from deepfuse_plugin.nn.encoders import (EncodedModality, SequenceEncoder, check_length_chunk,
-                                         encode_in_length_chunks, register_encoder, reset_all)
+from deepfuse_plugin.nn.encoders import (
+    EncodedModality,
+    SequenceEncoder,
+    check_length_chunk,
+    encode_in_length_chunks,
+    register_encoder,
+    reset_all,
+)
 from deepfuse_plugin.nn.matgl_backbone import MatGLGraphEncoder
 
 
@@ -41,17 +50,32 @@ class SentenceEmbeddingEncoder(nn.Module):
     text is missing).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, max_sentences: int = 64, n_layers: int = 0,
-                 n_heads: int = 4, dropout: float = 0.1, **_: Any):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        max_sentences: int = 64,
+        n_layers: int = 0,
+        n_heads: int = 4,
+        dropout: float = 0.1,
+        **_: Any,
+    ):
         super().__init__()
-        self.project = nn.Sequential(nn.LayerNorm(in_dim), nn.Dropout(dropout),
-                                     nn.Linear(in_dim, out_dim))
+        self.project = nn.Sequential(
+            nn.LayerNorm(in_dim), nn.Dropout(dropout), nn.Linear(in_dim, out_dim)
+        )
         self.position = nn.Embedding(max_sentences, out_dim)
         self.max_sentences = max_sentences
         self.encoder = None
         if n_layers > 0:
-            layer = nn.TransformerEncoderLayer(out_dim, n_heads, dim_feedforward=2 * out_dim,
-                                               dropout=dropout, batch_first=True, norm_first=True)
+            layer = nn.TransformerEncoderLayer(
+                out_dim,
+                n_heads,
+                dim_feedforward=2 * out_dim,
+                dropout=dropout,
+                batch_first=True,
+                norm_first=True,
+            )
             self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(out_dim)
 
@@ -61,7 +85,8 @@ class SentenceEmbeddingEncoder(nn.Module):
     def forward(self, batch: Any) -> EncodedModality:
         states, mask = batch.states, batch.mask
         positions = torch.arange(states.shape[1], device=states.device).clamp(
-            max=self.max_sentences - 1)
+            max=self.max_sentences - 1
+        )
         h = self.project(states) + self.position(positions)[None]
         if self.encoder is not None:
             safe = mask.clone()
@@ -79,9 +104,9 @@ class TransformerTextEncoder(nn.Module):
 
     ``ids (B, L), attention_mask (B, L)`` -> last hidden states, projected to ``out_dim``
     (``tokens``), and their masked mean (``pooled``). ``freeze=True`` keeps the pretrained weights
-    fixed (only the projection trains). The pretrained weights are loaded from ``model`` (a name or a
-    local folder; the modality's ``params["model_path"]`` by default) when the encoder is built, and
-    are part of the checkpoint afterwards.
+    fixed (only the projection trains). The pretrained weights are loaded from ``model`` (a name or
+    a local folder; the modality's ``params["model_path"]`` by default) when the encoder is built,
+    and are part of the checkpoint afterwards.
 
     A batch larger than ``length_chunk`` is encoded in chunks of descriptions of similar length,
     each cut to its own longest one (:func:`~deepfuse_plugin.nn.encoders.encode_in_length_chunks`):
@@ -89,8 +114,15 @@ class TransformerTextEncoder(nn.Module):
     encodes in one pass.
     """
 
-    def __init__(self, model: str, out_dim: int, freeze: bool = False, dropout: float = 0.1,
-                 length_chunk: int = 16, **_: Any):
+    def __init__(
+        self,
+        model: str,
+        out_dim: int,
+        freeze: bool = False,
+        dropout: float = 0.1,
+        length_chunk: int = 16,
+        **_: Any,
+    ):
         super().__init__()
         from transformers import AutoModel
 
@@ -101,12 +133,14 @@ class TransformerTextEncoder(nn.Module):
         if freeze:
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
-        self.project = nn.Sequential(nn.Dropout(dropout),
-                                     nn.Linear(self.backbone.config.hidden_size, out_dim))
+        self.project = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(self.backbone.config.hidden_size, out_dim)
+        )
 
     def forward(self, tokens: Any) -> EncodedModality:
-        return encode_in_length_chunks(self._encode, tokens.ids, tokens.attention_mask,
-                                       self.length_chunk)
+        return encode_in_length_chunks(
+            self._encode, tokens.ids, tokens.attention_mask, self.length_chunk
+        )
 
     def _encode(self, ids: Tensor, attention: Tensor) -> EncodedModality:
         safe = attention.clone()
@@ -122,16 +156,22 @@ class TransformerTextEncoder(nn.Module):
 def _text_encoder(spec: Modality, out_dim: int, options: dict[str, Any]) -> nn.Module:
     representation = spec.params.get("representation", "tokens")
     if representation == "sentence_embeddings":
-        return SentenceEmbeddingEncoder(spec.dim, out_dim, **options)
+        return SentenceEmbeddingEncoder(spec.require("dim"), out_dim, **options)
     if representation == "tokens":
         options = dict(options)
         backbone = options.pop("backbone", "pretrained")
         if backbone == "scratch":
-            return SequenceEncoder(int(spec.params["vocab_size"]), out_dim, spec.max_length or 256,
-                                   pad_id=int(spec.params.get("pad_id", 0)), **options)
+            return SequenceEncoder(
+                int(spec.params["vocab_size"]),
+                out_dim,
+                spec.max_length or 256,
+                pad_id=int(spec.params.get("pad_id", 0)),
+                **options,
+            )
         if backbone != "pretrained":
-            raise ValueError(f"text encoder backbone must be 'pretrained' or 'scratch', got "
-                             f"{backbone!r}")
+            raise ValueError(
+                f"text encoder backbone must be 'pretrained' or 'scratch', got {backbone!r}"
+            )
         model = options.pop("model", None) or resolve_model_path(spec.params.get("model"))
         return TransformerTextEncoder(model, out_dim, **options)
     raise ValueError(f"Modality {spec.name!r}: unknown text representation {representation!r}")
@@ -140,15 +180,21 @@ def _text_encoder(spec: Modality, out_dim: int, options: dict[str, Any]) -> nn.M
 def _crystal_graph_encoder(spec: Modality, out_dim: int, options: dict[str, Any]) -> nn.Module:
     options = dict(options)
     if spec.params.get("format") == MATGL_FORMAT:
-        return MatGLGraphEncoder(out_dim, options.pop("backbone", "megnet"),
-                                 spec.params.get("element_types"), spec.params.get("cutoff", 4.0),
-                                 **options)
+        return MatGLGraphEncoder(
+            out_dim,
+            options.pop("backbone", "megnet"),
+            spec.params.get("element_types"),
+            spec.params.get("cutoff", 4.0),
+            **options,
+        )
     backbone = options.pop("backbone", "cgcnn")
     if backbone != "cgcnn":
-        raise ValueError(f"Modality {spec.name!r} is a CGCNN-format crystal graph; backbone "
-                         f"{backbone!r} reads MatGL-format graphs: featurize with the "
-                         "'matgl_graph' modality (CrystalMultiModalFeaturizer(['matgl_graph', ...]))")
-    return CGCNNEncoder(spec.node_dim, spec.edge_dim, out_dim, **options)
+        raise ValueError(
+            f"Modality {spec.name!r} is a CGCNN-format crystal graph; backbone "
+            f"{backbone!r} reads MatGL-format graphs: featurize with the "
+            "'matgl_graph' modality (CrystalMultiModalFeaturizer(['matgl_graph', ...]))"
+        )
+    return CGCNNEncoder(spec.require("node_dim"), spec.require("edge_dim"), out_dim, **options)
 
 
 register_encoder("crystal_graph", _crystal_graph_encoder)

@@ -4,9 +4,11 @@ Every encoder maps its modality's batched input to :class:`EncodedModality`: a p
 sample ``(B, d)`` and, where the modality has parts (tokens, atoms), the token/atom-level states
 ``(B, L, d)`` with a mask, which intermediate (cross-attention) fusion attends over.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -35,9 +37,14 @@ class EncodedModality:
 
     __slots__ = ("pooled", "_tokens", "_token_mask", "_token_states")
 
-    def __init__(self, pooled: Tensor, tokens: Tensor | None = None,
-                 token_mask: Tensor | None = None, *,
-                 token_states: Callable[[], tuple[Tensor, Tensor]] | None = None):
+    def __init__(
+        self,
+        pooled: Tensor,
+        tokens: Tensor | None = None,
+        token_mask: Tensor | None = None,
+        *,
+        token_states: Callable[[], tuple[Tensor, Tensor]] | None = None,
+    ):
         if token_states is not None and tokens is not None:
             raise ValueError("Pass either tokens or token_states, not both")
         self.pooled = pooled
@@ -65,8 +72,14 @@ class EncodedModality:
         return f"EncodedModality(pooled={tuple(self.pooled.shape)}, tokens={shape}{pending})"
 
 
-def mlp(in_dim: int, hidden_dim: int, out_dim: int, n_layers: int = 2, dropout: float = 0.0,
-        activation: Callable[[], nn.Module] = nn.SiLU) -> nn.Sequential:
+def mlp(
+    in_dim: int,
+    hidden_dim: int,
+    out_dim: int,
+    n_layers: int = 2,
+    dropout: float = 0.0,
+    activation: Callable[[], nn.Module] = nn.SiLU,
+) -> nn.Sequential:
     """``n_layers`` linear layers with activation and dropout between them (none after the last)."""
     dims = [in_dim] + [hidden_dim] * (n_layers - 1) + [out_dim]
     layers: list[nn.Module] = []
@@ -80,8 +93,9 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, n_layers: int = 2, dropout: 
 def reset_all(module: nn.Module) -> None:
     """Re-initialise every sub-module that has ``reset_parameters`` (PyG convention)."""
     for child in module.modules():
-        if child is not module and hasattr(child, "reset_parameters"):
-            child.reset_parameters()
+        reset = getattr(child, "reset_parameters", None)
+        if child is not module and callable(reset):
+            reset()
 
 
 class VectorEncoder(nn.Module):
@@ -92,8 +106,16 @@ class VectorEncoder(nn.Module):
     lever that stopped it from dominating fusion (see DynamicFusionModel's defaults).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 256, n_layers: int = 2,
-                 dropout: float = 0.1, input_dropout: float = 0.0, **_: Any):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int = 256,
+        n_layers: int = 2,
+        dropout: float = 0.1,
+        input_dropout: float = 0.0,
+        **_: Any,
+    ):
         super().__init__()
         self.input_dropout = nn.Dropout(input_dropout)
         self.net = mlp(in_dim, hidden_dim, out_dim, n_layers, dropout)
@@ -111,7 +133,9 @@ class EmbeddingEncoder(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.1, **_: Any):
         super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(in_dim), nn.Dropout(dropout), nn.Linear(in_dim, out_dim))
+        self.net = nn.Sequential(
+            nn.LayerNorm(in_dim), nn.Dropout(dropout), nn.Linear(in_dim, out_dim)
+        )
 
     def reset_parameters(self) -> None:
         reset_all(self)
@@ -135,8 +159,9 @@ def last_real_extents(mask: Tensor) -> Tensor:
     return (positions * mask).amax(dim=1).clamp(min=1)
 
 
-def length_sorted_chunks(extents: Tensor, size: int
-                         ) -> tuple[list[tuple[Tensor, list[int]]], Tensor]:
+def length_sorted_chunks(
+    extents: Tensor, size: int
+) -> tuple[list[tuple[Tensor, list[int]]], Tensor]:
     """A batch split into chunks of ``size`` samples of similar length.
 
     ``extents (K, B)`` is each sample's width in each of ``K`` sequences (e.g.
@@ -146,13 +171,19 @@ def length_sorted_chunks(extents: Tensor, size: int
     """
     order = torch.argsort(extents.sum(dim=0))
     sorted_extents = extents[:, order].tolist()  # one host sync, not one per chunk
-    chunks = [(rows, [max(widths[start:start + len(rows)]) for widths in sorted_extents])
-              for start, rows in zip(range(0, len(order), size), order.split(size))]
+    chunks = [
+        (rows, [max(widths[start : start + len(rows)]) for widths in sorted_extents])
+        for start, rows in zip(range(0, len(order), size), order.split(size))
+    ]
     return chunks, torch.argsort(order)
 
 
-def encode_in_length_chunks(encode: Callable[[Tensor, Tensor], EncodedModality], ids: Tensor,
-                            attention: Tensor, length_chunk: int) -> EncodedModality:
+def encode_in_length_chunks(
+    encode: Callable[[Tensor, Tensor], EncodedModality],
+    ids: Tensor,
+    attention: Tensor,
+    length_chunk: int,
+) -> EncodedModality:
     """``encode(ids, attention)`` applied to chunks of ``length_chunk`` sequences of similar
     length, each cut to its own longest sequence; outputs put back in the input order.
 
@@ -166,8 +197,11 @@ def encode_in_length_chunks(encode: Callable[[Tensor, Tensor], EncodedModality],
     pooled, states = [], []
     for rows, (longest,) in chunks:
         encoded = encode(ids[rows, :longest], attention[rows, :longest])
+        tokens = encoded.tokens
+        if tokens is None:
+            raise ValueError("encode_in_length_chunks needs an encoder that returns token states")
         pooled.append(encoded.pooled)
-        states.append(encoded.tokens)
+        states.append(tokens)
 
     def token_states() -> tuple[Tensor, Tensor]:
         padded = [F.pad(t, (0, 0, 0, ids.shape[1] - t.shape[1])) for t in states]
@@ -190,20 +224,37 @@ class SequenceEncoder(nn.Module):
     dropout's random masks differ. ``length_chunk=0`` encodes in one pass.
     """
 
-    def __init__(self, vocab_size: int, out_dim: int, max_length: int = 128, n_layers: int = 2,
-                 n_heads: int = 4, dropout: float = 0.1, pad_id: int = 0, length_chunk: int = 16,
-                 **_: Any):
+    def __init__(
+        self,
+        vocab_size: int,
+        out_dim: int,
+        max_length: int = 128,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        dropout: float = 0.1,
+        pad_id: int = 0,
+        length_chunk: int = 16,
+        **_: Any,
+    ):
         super().__init__()
         check_length_chunk(length_chunk)
         self.token_embedding = nn.Embedding(vocab_size, out_dim, padding_idx=pad_id)
         self.position_embedding = nn.Embedding(max_length, out_dim)
         if n_heads < 1 or out_dim % n_heads:
-            raise InvalidSettingError(f"encoder_dim={out_dim} must be a multiple of the sequence encoder's "
-                             f"n_heads={n_heads} (attention splits the width across heads): "
-                             "choose another encoder_dim or encoder_options={'sequence': "
-                             "{'n_heads': ...}}")
-        layer = nn.TransformerEncoderLayer(out_dim, n_heads, dim_feedforward=2 * out_dim,
-                                           dropout=dropout, batch_first=True, norm_first=True)
+            raise InvalidSettingError(
+                f"encoder_dim={out_dim} must be a multiple of the sequence encoder's "
+                f"n_heads={n_heads} (attention splits the width across heads): "
+                "choose another encoder_dim or encoder_options={'sequence': "
+                "{'n_heads': ...}}"
+            )
+        layer = nn.TransformerEncoderLayer(
+            out_dim,
+            n_heads,
+            dim_feedforward=2 * out_dim,
+            dropout=dropout,
+            batch_first=True,
+            norm_first=True,
+        )
         self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(out_dim)
         self.max_length = max_length
@@ -213,7 +264,10 @@ class SequenceEncoder(nn.Module):
         reset_all(self)
 
     def forward(self, tokens: Any) -> EncodedModality:
-        ids, attention = tokens.ids[:, : self.max_length], tokens.attention_mask[:, : self.max_length]
+        ids, attention = (
+            tokens.ids[:, : self.max_length],
+            tokens.attention_mask[:, : self.max_length],
+        )
         return encode_in_length_chunks(self._encode, ids, attention, self.length_chunk)
 
     def _encode(self, ids: Tensor, attention: Tensor) -> EncodedModality:
@@ -229,8 +283,13 @@ class SequenceEncoder(nn.Module):
         return EncodedModality(states.sum(1) / weights.sum(1).clamp(min=1.0), states, attention)
 
 
-def encode_crystal(pooled: Tensor, atom_states: Callable[[], Tensor], batch: Tensor,
-                   n_graphs: int, dropout: nn.Module) -> EncodedModality:
+def encode_crystal(
+    pooled: Tensor,
+    atom_states: Callable[[], Tensor],
+    batch: Tensor,
+    n_graphs: int,
+    dropout: nn.Module,
+) -> EncodedModality:
     """A crystal encoder's output: ``pooled (B, D)`` with exact zeros for a crystal without atoms
     (a missing one), and padded atom states ``atom_states() (N, D)`` built on first access (only
     attention-based fusion reads them); both pass through ``dropout``."""
@@ -251,13 +310,21 @@ class GraphEncoder(nn.Module):
     atoms (B, max_atoms, d)``. Empty graphs (missing modality) pool to zeros.
     """
 
-    def __init__(self, node_dim: int, edge_dim: int, out_dim: int, n_layers: int = 3,
-                 dropout: float = 0.1, **_: Any):
+    def __init__(
+        self,
+        node_dim: int,
+        edge_dim: int,
+        out_dim: int,
+        n_layers: int = 3,
+        dropout: float = 0.1,
+        **_: Any,
+    ):
         super().__init__()
         self.node_in = nn.Linear(node_dim, out_dim)
         self.convs = nn.ModuleList(
             GINEConv(mlp(out_dim, out_dim, out_dim, 2), edge_dim=edge_dim, train_eps=True)
-            for _ in range(n_layers))
+            for _ in range(n_layers)
+        )
         self.norms = nn.ModuleList(nn.LayerNorm(out_dim) for _ in range(n_layers))
         self.dropout = nn.Dropout(dropout)
 
@@ -275,17 +342,20 @@ class GraphEncoder(nn.Module):
         h = self.node_states(graph.x, graph.edge_index, graph.edge_attr)
         n_graphs = int(graph.num_graphs)
         pooled = global_mean_pool(h, graph.batch, size=n_graphs)
-        return EncodedModality(pooled, token_states=lambda: to_dense_batch(
-            h, graph.batch, batch_size=n_graphs))
+        return EncodedModality(
+            pooled, token_states=lambda: to_dense_batch(h, graph.batch, batch_size=n_graphs)
+        )
 
 
 EncoderFactory = Callable[[Modality, int, dict[str, Any]], nn.Module]
 
 ENCODERS: dict[str, EncoderFactory] = {
-    "vector": lambda m, d, o: VectorEncoder(m.dim, d, **o),
-    "embedding": lambda m, d, o: EmbeddingEncoder(m.dim, d, **o),
-    "sequence": lambda m, d, o: SequenceEncoder(m.vocab_size, d, m.max_length or 128, **o),
-    "graph": lambda m, d, o: GraphEncoder(m.node_dim, m.edge_dim, d, **o),
+    "vector": lambda m, d, o: VectorEncoder(m.require("dim"), d, **o),
+    "embedding": lambda m, d, o: EmbeddingEncoder(m.require("dim"), d, **o),
+    "sequence": lambda m, d, o: SequenceEncoder(
+        m.require("vocab_size"), d, m.max_length or 128, **o
+    ),
+    "graph": lambda m, d, o: GraphEncoder(m.require("node_dim"), m.require("edge_dim"), d, **o),
 }
 
 
@@ -294,9 +364,13 @@ def register_encoder(kind: str, factory: EncoderFactory) -> None:
     ENCODERS[kind] = factory
 
 
-def build_encoder(modality: Modality, out_dim: int, options: dict[str, Any] | None = None) -> nn.Module:
+def build_encoder(
+    modality: Modality, out_dim: int, options: dict[str, Any] | None = None
+) -> nn.Module:
     """Encoder for ``modality`` chosen by its kind; ``options`` are passed to the encoder class."""
     if modality.kind not in ENCODERS:
-        raise ValueError(f"No encoder registered for modality kind {modality.kind!r} "
-                         f"(modality {modality.name!r}); known kinds: {sorted(ENCODERS)}")
+        raise ValueError(
+            f"No encoder registered for modality kind {modality.kind!r} "
+            f"(modality {modality.name!r}); known kinds: {sorted(ENCODERS)}"
+        )
     return ENCODERS[modality.kind](modality, out_dim, dict(options or {}))

@@ -1,4 +1,5 @@
 """Prediction heads on the fused embedding (pure torch)."""
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,15 @@ class TaskHead(nn.Module):
     softmax probabilities ``(B, T, C)`` (DeepChem's output convention).
     """
 
-    def __init__(self, in_dim: int, n_tasks: int, mode: str = "regression", n_classes: int = 2,
-                 hidden_dim: int = 128, dropout: float = 0.1):
+    def __init__(
+        self,
+        in_dim: int,
+        n_tasks: int,
+        mode: str = "regression",
+        n_classes: int = 2,
+        hidden_dim: int = 128,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         if mode not in ("regression", "classification"):
             raise ValueError(f"mode must be 'regression' or 'classification', got {mode!r}")
@@ -54,8 +62,9 @@ class EvidentialRegressionHead(nn.Module):
     def __init__(self, in_dim: int, n_tasks: int, hidden_dim: int = 128, dropout: float = 0.1):
         super().__init__()
         self.n_tasks, self.mode = n_tasks, "regression"
-        self.net = nn.Sequential(nn.Dropout(dropout),
-                                 mlp(in_dim, hidden_dim, 4 * n_tasks, 2, dropout))
+        self.net = nn.Sequential(
+            nn.Dropout(dropout), mlp(in_dim, hidden_dim, 4 * n_tasks, 2, dropout)
+        )
 
     def reset_parameters(self) -> None:
         reset_all(self)
@@ -76,12 +85,19 @@ class DirichletHead(nn.Module):
     ``S = sum_k alpha_k``.
     """
 
-    def __init__(self, in_dim: int, n_tasks: int, n_classes: int = 2, hidden_dim: int = 128,
-                 dropout: float = 0.1):
+    def __init__(
+        self,
+        in_dim: int,
+        n_tasks: int,
+        n_classes: int = 2,
+        hidden_dim: int = 128,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         self.n_tasks, self.n_classes, self.mode = n_tasks, n_classes, "classification"
-        self.net = nn.Sequential(nn.Dropout(dropout),
-                                 mlp(in_dim, hidden_dim, n_tasks * n_classes, 2, dropout))
+        self.net = nn.Sequential(
+            nn.Dropout(dropout), mlp(in_dim, hidden_dim, n_tasks * n_classes, 2, dropout)
+        )
 
     def reset_parameters(self) -> None:
         reset_all(self)
@@ -92,9 +108,15 @@ class DirichletHead(nn.Module):
         return alpha / alpha.sum(dim=-1, keepdim=True), alpha
 
 
-def make_head(in_dim: int, n_tasks: int, mode: str = "regression", n_classes: int = 2,
-              hidden_dim: int = 128, dropout: float = 0.1,
-              uncertainty: str | None = None) -> nn.Module:
+def make_head(
+    in_dim: int,
+    n_tasks: int,
+    mode: str = "regression",
+    n_classes: int = 2,
+    hidden_dim: int = 128,
+    dropout: float = 0.1,
+    uncertainty: str | None = None,
+) -> nn.Module:
     """The task head for ``mode`` and ``uncertainty`` (None: :class:`TaskHead`; ``"evidential"``:
     :class:`EvidentialRegressionHead` or :class:`DirichletHead`). All return
     ``(prediction, loss_input)``; for the evidential heads the loss input is the distribution's
@@ -115,8 +137,15 @@ def nig_constrain(raw: Tensor) -> Tensor:
     """Unconstrained ``(..., 4)`` -> NIG parameters ``(gamma, nu, alpha, beta)`` in their domain."""
     softplus = torch.nn.functional.softplus
     gamma, nu, alpha, beta = raw.unbind(-1)
-    return torch.stack([gamma, softplus(nu) + EVIDENCE_EPS, softplus(alpha) + 1.0 + EVIDENCE_EPS,
-                        softplus(beta) + EVIDENCE_EPS], dim=-1)
+    return torch.stack(
+        [
+            gamma,
+            softplus(nu) + EVIDENCE_EPS,
+            softplus(alpha) + 1.0 + EVIDENCE_EPS,
+            softplus(beta) + EVIDENCE_EPS,
+        ],
+        dim=-1,
+    )
 
 
 def nig_moments(params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -145,8 +174,8 @@ def combine_nig(params: Tensor, weights: Tensor) -> Tensor:
     (pooled evidence), then ``beta = aleatoric (alpha - 1)``, ``nu = aleatoric / epistemic``.
     A row with no member (all weights 0) gets ``gamma = 0`` and a vague NIG (``alpha ~ 1``).
     """
-    w = weights.to(params.dtype).view(*weights.shape, 1)        # (B, M, 1)
-    gamma_m, aleatoric_m, epistemic_m = nig_moments(params)      # (B, M, T)
+    w = weights.to(params.dtype).view(*weights.shape, 1)  # (B, M, 1)
+    gamma_m, aleatoric_m, epistemic_m = nig_moments(params)  # (B, M, T)
     gamma = (w * gamma_m).sum(1)
     aleatoric = (w * aleatoric_m).sum(1).clamp(min=EVIDENCE_EPS)
     epistemic = (w * (epistemic_m + (gamma_m - gamma.unsqueeze(1)).pow(2))).sum(1)

@@ -3,6 +3,7 @@
 Each term is a function so it can be tested on its own. Shapes: ``B`` samples, ``M`` modalities,
 ``D`` fused width, ``d`` encoder width.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -13,9 +14,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def reconstruction_loss(reconstructed: dict[str, Tensor], targets: dict[str, Tensor],
-                        dropped: Tensor, names: tuple[str, ...]) -> Tensor:
-    """``L_rec``: squared error of ``D_m(f)`` against ``x_m`` for the masked (dropped) modalities only.
+def reconstruction_loss(
+    reconstructed: dict[str, Tensor],
+    targets: dict[str, Tensor],
+    dropped: Tensor,
+    names: tuple[str, ...],
+) -> Tensor:
+    """``L_rec``: squared error of ``D_m(f)`` against ``x_m``, for the masked (dropped) modalities
+    only.
 
     The squared L2 norm is averaged over feature dimensions (so modalities of different widths weigh
     the same), summed over the modalities dropped for a sample and averaged over the batch.
@@ -63,9 +69,9 @@ def negative_entropy(alpha: Tensor, visible: Tensor) -> Tensor:
     """``L_ent`` as used in the objective: ``E[sum_m alpha_m log alpha_m]`` (the negative entropy).
 
     The paper writes ``L_ent = -E[sum alpha log alpha]``, i.e. the entropy itself; adding that to a
-    loss that is minimised would *reward* collapse onto one modality. Its stated purpose is to prevent
-    collapse, so the term minimised here is the negative entropy: minimising it maximises entropy.
-    Samples with a single visible modality contribute 0 (their entropy is fixed).
+    loss that is minimised would *reward* collapse onto one modality. Its stated purpose is to
+    prevent collapse, so the term minimised here is the negative entropy: minimising it maximises
+    entropy. Samples with a single visible modality contribute 0 (their entropy is fixed).
     """
     safe = alpha.clamp(min=1e-12)
     plogp = torch.where(visible, alpha * safe.log(), torch.zeros_like(alpha))
@@ -89,8 +95,9 @@ def masked_classification_loss(logits: Tensor, labels: Tensor, weights: Tensor) 
     """Weighted softmax cross-entropy; ``logits (B, T, C)``, integer ``labels (B, T)``."""
     shape = logits.shape[:2]
     labels, weights = _mask_missing(labels.reshape(shape), weights, shape)
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.long().reshape(-1),
-                         reduction="none").reshape(shape)
+    ce = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.long().reshape(-1), reduction="none"
+    ).reshape(shape)
     return (ce * weights).mean()
 
 
@@ -109,9 +116,13 @@ def nig_nll(y: Tensor, gamma: Tensor, nu: Tensor, alpha: Tensor, beta: Tensor) -
         + lgamma(alpha) - lgamma(alpha + 0.5)
     """
     omega = 2.0 * beta * (1.0 + nu)
-    return (0.5 * torch.log(torch.pi / nu) - alpha * torch.log(omega)
-            + (alpha + 0.5) * torch.log(nu * (y - gamma).pow(2) + omega)
-            + torch.lgamma(alpha) - torch.lgamma(alpha + 0.5))
+    return (
+        0.5 * torch.log(torch.pi / nu)
+        - alpha * torch.log(omega)
+        + (alpha + 0.5) * torch.log(nu * (y - gamma).pow(2) + omega)
+        + torch.lgamma(alpha)
+        - torch.lgamma(alpha + 0.5)
+    )
 
 
 def nig_regularizer(y: Tensor, gamma: Tensor, nu: Tensor, alpha: Tensor) -> Tensor:
@@ -121,15 +132,17 @@ def nig_regularizer(y: Tensor, gamma: Tensor, nu: Tensor, alpha: Tensor) -> Tens
     return (y - gamma).abs() * (2.0 * nu + alpha)
 
 
-def masked_evidential_regression_loss(params: Tensor, labels: Tensor, weights: Tensor,
-                                      coefficient: float = 0.1) -> Tensor:
+def masked_evidential_regression_loss(
+    params: Tensor, labels: Tensor, weights: Tensor, coefficient: float = 0.1
+) -> Tensor:
     """``NLL + coefficient * regulariser`` of NIG ``params (B, T, 4)``, weighted, mean over all
     entries (DeepChem convention, as :func:`masked_regression_loss`). NaN labels weigh 0."""
     shape = params.shape[:-1]
     labels, weights = _mask_missing(labels.reshape(shape), weights, shape)
     gamma, nu, alpha, beta = params.unbind(-1)
-    loss = (nig_nll(labels, gamma, nu, alpha, beta)
-            + coefficient * nig_regularizer(labels, gamma, nu, alpha))
+    loss = nig_nll(labels, gamma, nu, alpha, beta) + coefficient * nig_regularizer(
+        labels, gamma, nu, alpha
+    )
     return (loss * weights).mean()
 
 
@@ -145,13 +158,17 @@ def dirichlet_kl_uniform(alpha: Tensor) -> Tensor:
     alpha = 1."""
     n_classes = alpha.shape[-1]
     strength = alpha.sum(dim=-1)
-    return (torch.lgamma(strength) - math.lgamma(n_classes) - torch.lgamma(alpha).sum(dim=-1)
-            + ((alpha - 1.0) * (torch.digamma(alpha)
-                                - torch.digamma(strength).unsqueeze(-1))).sum(-1))
+    return (
+        torch.lgamma(strength)
+        - math.lgamma(n_classes)
+        - torch.lgamma(alpha).sum(dim=-1)
+        + ((alpha - 1.0) * (torch.digamma(alpha) - torch.digamma(strength).unsqueeze(-1))).sum(-1)
+    )
 
 
-def masked_dirichlet_loss(alpha: Tensor, labels: Tensor, weights: Tensor,
-                          kl_coefficient: float = 1.0) -> Tensor:
+def masked_dirichlet_loss(
+    alpha: Tensor, labels: Tensor, weights: Tensor, kl_coefficient: float = 1.0
+) -> Tensor:
     """Evidential classification loss of ``alpha (B, T, C)`` and integer ``labels (B, T)``:
     expected cross-entropy ``+ kl_coefficient * KL(Dir(alpha~) || Dir(1))`` where
     ``alpha~ = y + (1 - y) alpha`` keeps only the misleading evidence (Sensoy et al., 2018). The

@@ -2,8 +2,8 @@
 
 These encoders read a *MatGL-format* crystal graph: element indices into ``element_types``
 (``node_type``), Cartesian positions (``pos``) and, per directed edge, the Cartesian shift of the
-neighbour's periodic image (``pbc_offshift``); MatGL's models compute bond vectors and distances from
-those themselves. Two containers carry such a graph:
+neighbour's periodic image (``pbc_offshift``); MatGL's models compute bond vectors and distances
+from those themselves. Two containers carry such a graph:
 
 - the MatGL route: the PyG batch of :class:`matgl.graph.data.MGLDataset` (``node_type``,
   ``frac_coords``, ``pbc_offset``; ``pos`` and ``pbc_offshift`` are set by MatGL's
@@ -16,9 +16,11 @@ The encoder returns the crystal vector (MatGL's readout) and the atom states of 
 projected to the deepfuse encoder width, so any fusion layer (cross-attention over atoms included)
 can use them. Pure torch / PyG / MatGL: no DeepChem import.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +38,8 @@ MATGL_BACKBONES = ("megnet", "m3gnet", "cgcnn")
 
 def attach_positions(graph: Any, lattice: Tensor) -> Any:
     """Set ``pos`` and ``pbc_offshift`` of a MatGL graph (batch) from its lattice(s), as MatGL's
-    ``ModelLightningModule.forward`` does. ``lattice``: ``(3, 3)``, ``(1, 3, 3)`` or ``(B, 3, 3)``."""
+    ``ModelLightningModule.forward`` does. ``lattice``: ``(3, 3)``, ``(1, 3, 3)`` or
+    ``(B, 3, 3)``."""
     lattice = lattice.reshape(-1, 3, 3).to(graph.frac_coords.dtype)
     batch = getattr(graph, "batch", None)
     if batch is None:
@@ -53,8 +56,10 @@ class _MatGLView:
     def __init__(self, graph: Any):
         if hasattr(graph, "node_type"):
             if getattr(graph, "pos", None) is None:
-                raise ValueError("The MatGL graph has no 'pos': call attach_positions(graph, "
-                                 "lattice) first (MatGL's ModelLightningModule does it)")
+                raise ValueError(
+                    "The MatGL graph has no 'pos': call attach_positions(graph, "
+                    "lattice) first (MatGL's ModelLightningModule does it)"
+                )
             self.node_type, self.pos = graph.node_type.long(), graph.pos
             self.pbc_offshift = getattr(graph, "pbc_offshift", None)
         else:  # deepfuse's collated matgl_graph modality
@@ -62,7 +67,8 @@ class _MatGLView:
                 raise ValueError(
                     f"A MatGL-format graph has node features [node_type, x, y, z] and edge "
                     f"features pbc_offshift (widths 4 and 3), got {graph.x.shape[1]} and "
-                    f"{graph.edge_attr.shape[1]}: featurize with the 'matgl_graph' modality")
+                    f"{graph.edge_attr.shape[1]}: featurize with the 'matgl_graph' modality"
+                )
             self.node_type, self.pos = graph.x[:, 0].round().long(), graph.x[:, 1:4]
             self.pbc_offshift = graph.edge_attr
         self.edge_index = graph.edge_index.long()
@@ -104,13 +110,20 @@ class MatGLGraphEncoder(nn.Module):
         to ``CGCNNEncoder`` (``atom_fea_len``, ``n_conv``) plus ``n_gaussians``.
     """
 
-    def __init__(self, out_dim: int, backbone: str = "megnet",
-                 element_types: Sequence[str] | None = None, cutoff: float = 4.0,
-                 dropout: float = 0.0, **backbone_options: Any):
+    def __init__(
+        self,
+        out_dim: int,
+        backbone: str = "megnet",
+        element_types: Sequence[str] | None = None,
+        cutoff: float = 4.0,
+        dropout: float = 0.0,
+        **backbone_options: Any,
+    ):
         super().__init__()
         if backbone not in MATGL_BACKBONES:
-            raise ValueError(f"MatGL graph backbone must be one of {MATGL_BACKBONES}, got "
-                             f"{backbone!r}")
+            raise ValueError(
+                f"MatGL graph backbone must be one of {MATGL_BACKBONES}, got {backbone!r}"
+            )
         self.backbone_name = backbone
         self.element_types = tuple(element_types or default_element_types())
         self.cutoff = float(cutoff)
@@ -123,10 +136,11 @@ class MatGLGraphEncoder(nn.Module):
         if self.backbone_name == "cgcnn":
             self.n_gaussians = int(options.pop("n_gaussians", 40))
             width = int(options.get("atom_fea_len", 64))
-            module = CGCNNEncoder(len(self.element_types), self.n_gaussians, width, **options)
-            return module, width, width
+            cgcnn = CGCNNEncoder(len(self.element_types), self.n_gaussians, width, **options)
+            return cgcnn, width, width
         from matgl.models import M3GNet, MEGNet
 
+        module: nn.Module
         if self.backbone_name == "megnet":
             module = MEGNet(element_types=self.element_types, cutoff=self.cutoff, **options)
         else:
@@ -147,8 +161,13 @@ class MatGLGraphEncoder(nn.Module):
             atoms, crystal = self._matgl(view)
         pooled = F.softplus(self.project_crystal(crystal))
         # a missing crystal (no atoms, DeepChem route) must encode to exact zeros
-        return encode_crystal(pooled, lambda: F.softplus(self.project_atoms(atoms)), view.batch,
-                              view.num_graphs, self.dropout)
+        return encode_crystal(
+            pooled,
+            lambda: F.softplus(self.project_atoms(atoms)),
+            view.batch,
+            view.num_graphs,
+            self.dropout,
+        )
 
     def _matgl(self, view: _MatGLView) -> tuple[Tensor, Tensor]:
         state = view.state_attr
@@ -156,9 +175,8 @@ class MatGLGraphEncoder(nn.Module):
             # MatGL's structure converter gives every crystal the state [0, 0]
             state = view.pos.new_zeros(view.num_graphs, 2)
         self.backbone(view, state_attr=state)
-        features = self.backbone.feature_dict
-        last = max(int(k.split("_")[1]) for k in features if k.startswith("gc_"))
-        return features[f"gc_{last}"]["node_feat"], features["readout"].reshape(view.num_graphs, -1)
+        atoms, readout = _last_features(self.backbone)
+        return atoms, readout.reshape(view.num_graphs, -1)
 
     def _cgcnn(self, view: _MatGLView) -> tuple[Tensor, Tensor]:
         from torch_geometric.nn import global_mean_pool
@@ -170,10 +188,11 @@ class MatGLGraphEncoder(nn.Module):
         distance = vectors.norm(dim=-1, keepdim=True)
         centres = torch.linspace(0.0, self.cutoff, self.n_gaussians, device=distance.device)
         width = self.cutoff / max(self.n_gaussians - 1, 1)
-        edge_attr = torch.exp(-((distance - centres) ** 2) / width ** 2)
+        edge_attr = torch.exp(-((distance - centres) ** 2) / width**2)
         x = F.one_hot(view.node_type, len(self.element_types)).to(view.pos.dtype)
         # CGCNN messages flow neighbour -> centre: edge_index is (source, target) in PyG
-        atoms = self.backbone.node_states(x, view.edge_index, edge_attr)
+        backbone = cast(CGCNNEncoder, self.backbone)  # what _build makes for "cgcnn"
+        atoms = backbone.node_states(x, view.edge_index, edge_attr)
         crystal = global_mean_pool(atoms, view.batch, size=view.num_graphs)
         return atoms, crystal
 
@@ -184,9 +203,13 @@ def _probe_widths(module: nn.Module, element_types: Sequence[str]) -> tuple[int,
     from torch_geometric.data import Batch, Data
 
     pos = torch.tensor([[0.0, 0.0, 0.0], [1.5, 0.0, 0.0]])
-    toy = Data(node_type=torch.tensor([0, min(1, len(element_types) - 1)]), pos=pos,
-               edge_index=torch.tensor([[0, 1], [1, 0]]), pbc_offshift=torch.zeros(2, 3),
-               num_nodes=2)
+    toy = Data(
+        node_type=torch.tensor([0, min(1, len(element_types) - 1)]),
+        pos=pos,
+        edge_index=torch.tensor([[0, 1], [1, 0]]),
+        pbc_offshift=torch.zeros(2, 3),
+        num_nodes=2,
+    )
     batch = Batch.from_data_list([toy])
     view = _MatGLView(batch)
     state = pos.new_zeros(1, 2) if type(module).__name__ == "MEGNet" else None
@@ -195,7 +218,14 @@ def _probe_widths(module: nn.Module, element_types: Sequence[str]) -> tuple[int,
     with torch.no_grad():
         module(view, state_attr=state)
     module.train(was_training)
-    features = module.feature_dict
+    atoms, readout = _last_features(module)
+    return int(atoms.shape[-1]), int(readout.reshape(1, -1).shape[-1])
+
+
+def _last_features(module: nn.Module) -> tuple[Tensor, Tensor]:
+    """The node states of the last graph convolution and the readout that a MatGL model's forward
+    pass left in its ``feature_dict``."""
+    # MatGL sets feature_dict as a plain attribute in forward (nn.Module's typing cannot know it)
+    features = cast(dict[str, Any], module.feature_dict)
     last = max(int(k.split("_")[1]) for k in features if k.startswith("gc_"))
-    return int(features[f"gc_{last}"]["node_feat"].shape[-1]), int(
-        features["readout"].reshape(1, -1).shape[-1])
+    return features[f"gc_{last}"]["node_feat"], features["readout"]

@@ -1,4 +1,5 @@
 """The multimodal network: per-modality encoders -> fusion layer -> task head (pure torch)."""
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -6,6 +7,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from deepfuse_plugin.errors import InvalidSettingError
 from deepfuse_plugin.modalities import Modality
 from deepfuse_plugin.nn.encoders import build_encoder
 from deepfuse_plugin.nn.fusion import FusionOutput, sample_modality_drop
@@ -56,16 +58,27 @@ class MultiModalNetwork(nn.Module):
         so losses and metrics stay in full precision. None (default) runs in float32.
     """
 
-    def __init__(self, modalities: list[Modality], fusion: nn.Module, head: nn.Module | None,
-                 encoder_dim: int = 128, encoder_options: dict[str, dict[str, Any]] | None = None,
-                 modality_dropout: float = 0.0, autocast_dtype: torch.dtype | None = None,
-                 unimodal_heads: nn.ModuleDict | None = None):
+    def __init__(
+        self,
+        modalities: list[Modality],
+        fusion: nn.Module,
+        head: nn.Module | None,
+        encoder_dim: int = 128,
+        encoder_options: dict[str, dict[str, Any]] | None = None,
+        modality_dropout: float = 0.0,
+        autocast_dtype: torch.dtype | None = None,
+        unimodal_heads: nn.ModuleDict | None = None,
+    ):
         super().__init__()
         self.modalities = list(modalities)
         self.names = tuple(m.name for m in self.modalities)
         options = encoder_options or {}
         self.encoders = nn.ModuleDict(
-            {m.name: build_encoder(m, encoder_dim, options.get(m.kind, {})) for m in self.modalities})
+            {
+                m.name: build_encoder(m, encoder_dim, options.get(m.kind, {}))
+                for m in self.modalities
+            }
+        )
         self.fusion = fusion
         self.head = head
         self.unimodal_heads = unimodal_heads
@@ -76,8 +89,9 @@ class MultiModalNetwork(nn.Module):
         # masking curriculum count them): a buffer, so each checkpoint carries its own count
         self.register_buffer("epochs_started", torch.zeros((), dtype=torch.long))
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any,
-                              **kwargs: Any) -> None:
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
         # checkpoints written before the counter existed load as "no epoch started" (the way
         # BatchNorm fills in num_batches_tracked)
         state_dict.setdefault(prefix + "epochs_started", torch.zeros((), dtype=torch.long))
@@ -103,21 +117,30 @@ class MultiModalNetwork(nn.Module):
         self.last_fusion = out
         if out.task_outputs is not None:
             prediction, task_output = out.task_outputs
-        else:
+        elif self.head is not None:
             prediction, task_output = self.head(out.fused)
+        else:
+            raise InvalidSettingError(
+                f"{type(self.fusion).__name__} gives no task outputs and the network has no head: "
+                "pass a head (only a fusion layer with its own predictors, such as LateFusion, "
+                "works without one)"
+            )
         weights = out.weights if out.weights is not None else mask.to(out.fused.dtype)
         unimodal, unimodal_mask = self.unimodal_outputs(encoded, out, mask)
-        return NetworkOutput(prediction, task_output, self.aux_loss(out), out.fused, weights,
-                             unimodal, unimodal_mask)
+        return NetworkOutput(
+            prediction, task_output, self.aux_loss(out), out.fused, weights, unimodal, unimodal_mask
+        )
 
-    def unimodal_outputs(self, encoded: dict[str, Any], out: FusionOutput, mask: Tensor
-                         ) -> tuple[Tensor, Tensor]:
+    def unimodal_outputs(
+        self, encoded: dict[str, Any], out: FusionOutput, mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Per-modality loss inputs stacked on dim 1 (zero where a modality is missing) and the
         mask they apply to: from the unimodal heads, or from a fusion layer that has per-modality
         predictors (late fusion's ``extras["unimodal_task_output"]``). Empty (``M = 0``) without
         either, and without gradients (nothing to train)."""
-        if not torch.is_grad_enabled() or (self.unimodal_heads is None
-                                           and "unimodal_task_output" not in out.extras):
+        if not torch.is_grad_enabled() or (
+            self.unimodal_heads is None and "unimodal_task_output" not in out.extras
+        ):
             return mask.new_zeros((mask.shape[0], 0), dtype=torch.float32), mask[:, :0]
         if self.unimodal_heads is None:
             return out.extras["unimodal_task_output"], out.extras["mask"]

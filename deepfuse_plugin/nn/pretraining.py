@@ -16,6 +16,7 @@ objectives, each from a paper this project implements:
 
 Shapes: ``B`` molecules, ``d`` encoder width, ``p`` projection width, ``V`` input views.
 """
+
 from __future__ import annotations
 
 from itertools import combinations
@@ -28,8 +29,15 @@ from torch import Tensor, nn
 from deepfuse_plugin.modalities import Modality
 from deepfuse_plugin.nn.encoders import build_encoder, mlp
 
-__all__ = ["PretrainingNetwork", "PretrainingOutput", "cross_view_info_nce", "relational_loss",
-           "masked_mse", "masked_view_prediction", "DEFAULT_LOSS_WEIGHTS"]
+__all__ = [
+    "PretrainingNetwork",
+    "PretrainingOutput",
+    "cross_view_info_nce",
+    "relational_loss",
+    "masked_mse",
+    "masked_view_prediction",
+    "DEFAULT_LOSS_WEIGHTS",
+]
 
 #: Weights of the four terms (chosen so each starts near 1 on MOSES; see the pretraining docs).
 DEFAULT_LOSS_WEIGHTS = {"contrastive": 1.0, "relational": 1.0, "targets": 1.0, "masked": 0.5}
@@ -60,8 +68,14 @@ def cross_view_info_nce(projections: Tensor, present: Tensor, temperature: float
     return torch.stack(losses).mean() if losses else projections.new_zeros(())
 
 
-def relational_loss(projections: Tensor, present: Tensor, teacher: Tensor, teacher_present: Tensor,
-                    temperature: float = 0.1, teacher_temperature: float = 0.1) -> Tensor:
+def relational_loss(
+    projections: Tensor,
+    present: Tensor,
+    teacher: Tensor,
+    teacher_present: Tensor,
+    temperature: float = 0.1,
+    teacher_temperature: float = 0.1,
+) -> Tensor:
     """MMFRL's relational objective: KL(teacher similarity distribution || view's), per row.
 
     Parameters
@@ -81,9 +95,17 @@ def relational_loss(projections: Tensor, present: Tensor, teacher: Tensor, teach
         n = int(rows.sum())
         off_diagonal = ~torch.eye(n, dtype=torch.bool, device=z.device)
         student = (z[rows, v] @ z[rows, v].T / temperature)[off_diagonal].view(n, n - 1)
-        target = (target_z[rows] @ target_z[rows].T / teacher_temperature)[off_diagonal].view(n, n - 1)
-        losses.append(F.kl_div(F.log_softmax(student, -1), F.log_softmax(target, -1),
-                               log_target=True, reduction="batchmean"))
+        target = (target_z[rows] @ target_z[rows].T / teacher_temperature)[off_diagonal].view(
+            n, n - 1
+        )
+        losses.append(
+            F.kl_div(
+                F.log_softmax(student, -1),
+                F.log_softmax(target, -1),
+                log_target=True,
+                reduction="batchmean",
+            )
+        )
     return torch.stack(losses).mean() if losses else projections.new_zeros(())
 
 
@@ -107,8 +129,9 @@ def masked_view_prediction(predicted: Tensor, projections: Tensor, hidden: Tenso
     """
     if not hidden.any():
         return predicted.new_zeros(())
-    cosine = F.cosine_similarity(predicted[hidden].float(), projections[hidden].detach().float(),
-                                 dim=-1)
+    cosine = F.cosine_similarity(
+        predicted[hidden].float(), projections[hidden].detach().float(), dim=-1
+    )
     return (1.0 - cosine).mean()
 
 
@@ -148,28 +171,41 @@ class PretrainingNetwork(nn.Module):
     ['ecfp', 'fp2']
     """
 
-    def __init__(self, inputs: list[Modality], targets: list[Modality], encoder_dim: int = 128,
-                 encoder_options: dict[str, dict[str, Any]] | None = None,
-                 projection_dim: int = 128, temperature: float = 0.1,
-                 loss_weights: dict[str, float] | None = None):
+    def __init__(
+        self,
+        inputs: list[Modality],
+        targets: list[Modality],
+        encoder_dim: int = 128,
+        encoder_options: dict[str, dict[str, Any]] | None = None,
+        projection_dim: int = 128,
+        temperature: float = 0.1,
+        loss_weights: dict[str, float] | None = None,
+    ):
         super().__init__()
         if len(inputs) < 1:
             raise ValueError("Pretraining needs at least one input view")
         unknown = set(loss_weights or {}) - set(DEFAULT_LOSS_WEIGHTS)
         if unknown:
-            raise ValueError(f"Unknown loss terms {sorted(unknown)}; known: "
-                             f"{sorted(DEFAULT_LOSS_WEIGHTS)}")
+            raise ValueError(
+                f"Unknown loss terms {sorted(unknown)}; known: {sorted(DEFAULT_LOSS_WEIGHTS)}"
+            )
         self.inputs, self.targets = list(inputs), list(targets)
         self.input_names = [m.name for m in self.inputs]
         self.target_names = [m.name for m in self.targets]
         options = encoder_options or {}
-        self.encoders = nn.ModuleDict({m.name: build_encoder(m, encoder_dim, options.get(m.kind, {}))
-                                       for m in self.inputs})
-        self.projectors = nn.ModuleDict({n: mlp(encoder_dim, encoder_dim, projection_dim, 2)
-                                         for n in self.input_names})
-        self.target_heads = nn.ModuleDict({
-            f"{n}->{t.name}": mlp(encoder_dim, 2 * encoder_dim, int(t.dim), 2)
-            for n in self.input_names for t in self.targets})
+        self.encoders = nn.ModuleDict(
+            {m.name: build_encoder(m, encoder_dim, options.get(m.kind, {})) for m in self.inputs}
+        )
+        self.projectors = nn.ModuleDict(
+            {n: mlp(encoder_dim, encoder_dim, projection_dim, 2) for n in self.input_names}
+        )
+        self.target_heads = nn.ModuleDict(
+            {
+                f"{n}->{t.name}": mlp(encoder_dim, 2 * encoder_dim, t.require("dim"), 2)
+                for n in self.input_names
+                for t in self.targets
+            }
+        )
         self.view_predictor = mlp(projection_dim, projection_dim, projection_dim * len(inputs), 2)
         self.temperature = temperature
         self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
@@ -177,8 +213,8 @@ class PretrainingNetwork(nn.Module):
         # targets are standardized with corpus statistics (set_target_scaling) so that a
         # 217-wide descriptor vector and a 512-wide embedding weigh alike
         for t in self.targets:
-            self.register_buffer(f"_mean_{t.name}", torch.zeros(int(t.dim)))
-            self.register_buffer(f"_std_{t.name}", torch.ones(int(t.dim)))
+            self.register_buffer(f"_mean_{t.name}", torch.zeros(t.require("dim")))
+            self.register_buffer(f"_std_{t.name}", torch.ones(t.require("dim")))
 
     def set_target_scaling(self, name: str, mean: Tensor, std: Tensor) -> None:
         """Standardize target ``name`` as ``(x - mean) / std`` (``std`` of 0 counts as 1)."""
@@ -188,7 +224,8 @@ class PretrainingNetwork(nn.Module):
 
     def _target(self, batch: Any, name: str) -> Tensor:
         return (batch.inputs[name].float() - getattr(self, f"_mean_{name}")) / getattr(
-            self, f"_std_{name}")
+            self, f"_std_{name}"
+        )
 
     def forward(self, batch: Any) -> PretrainingOutput:
         """``batch``: a :class:`~deepfuse_plugin.data.collate.MultiModalBatch` holding the input
@@ -205,23 +242,30 @@ class PretrainingNetwork(nn.Module):
             terms["targets"] = self._target_loss(batch, column, pooled, present)
         if self.targets and weights["relational"]:
             teacher = self.target_names[0]
-            terms["relational"] = relational_loss(projections, present, self._target(batch, teacher),
-                                                  batch.mask[:, column[teacher]], self.temperature,
-                                                  self.temperature)
+            terms["relational"] = relational_loss(
+                projections,
+                present,
+                self._target(batch, teacher),
+                batch.mask[:, column[teacher]],
+                self.temperature,
+                self.temperature,
+            )
         if weights["masked"] and len(self.input_names) > 1 and self.mask_rate > 0:
             terms["masked"] = self._masked_loss(projections, present)
         loss = sum((weights[k] * v for k, v in terms.items()), projections.new_zeros(()))
         return PretrainingOutput(loss, terms)
 
-    def _target_loss(self, batch: Any, column: dict[str, int], pooled: dict[str, Tensor],
-                     present: Tensor) -> Tensor:
+    def _target_loss(
+        self, batch: Any, column: dict[str, int], pooled: dict[str, Tensor], present: Tensor
+    ) -> Tensor:
         losses = []
         for t in self.target_names:
             target_present = batch.mask[:, column[t]]
             for v, n in enumerate(self.input_names):
                 prediction = self.target_heads[f"{n}->{t}"](pooled[n])
-                losses.append(masked_mse(prediction, self._target(batch, t),
-                                         present[:, v] & target_present))
+                losses.append(
+                    masked_mse(prediction, self._target(batch, t), present[:, v] & target_present)
+                )
         return torch.stack(losses).mean()
 
     def _masked_loss(self, projections: Tensor, present: Tensor) -> Tensor:
@@ -236,5 +280,8 @@ class PretrainingNetwork(nn.Module):
 
     def encoder_state(self) -> dict[str, Tensor]:
         """The encoders' weights, keyed ``<modality>.<parameter>`` (what a checkpoint ships)."""
-        return {f"{n}.{k}": v.detach().cpu().contiguous()
-                for n, enc in self.encoders.items() for k, v in enc.state_dict().items()}
+        return {
+            f"{n}.{k}": v.detach().cpu().contiguous()
+            for n, enc in self.encoders.items()
+            for k, v in enc.state_dict().items()
+        }

@@ -1,4 +1,4 @@
-"""Pretrained encoders: multimodal self-supervised pretraining, shipped checkpoints, loading by name.
+"""Pretrained encoders: multimodal self-supervised pretraining, shipped checkpoints, load by name.
 
 - :func:`pretrain_encoders` trains deepfuse's own encoders on unlabelled molecules (cross-view
   contrast, MMFRL relational similarity, auxiliary targets, masked cross-modal reconstruction)
@@ -12,14 +12,28 @@ Examples
 >>> isinstance(list_pretrained(), list)
 True
 """
+
 from deepfuse_plugin.pretrained._apply import load_pretrained_encoders, spec_differences
-from deepfuse_plugin.pretrained._checkpoints import (PretrainedEncoders, list_pretrained,
-                                                      load_encoders, resolve_pretrained,
-                                                      save_encoders)
-from deepfuse_plugin.pretrained._loop import (PretrainingConfig, plot_loss_curve,
-                                               pretrain_encoders)
+from deepfuse_plugin.pretrained._checkpoints import (
+    PretrainedEncoders,
+    list_pretrained,
+    load_encoders,
+    resolve_pretrained,
+    save_encoders,
+)
+from deepfuse_plugin.pretrained._loop import PretrainingConfig, plot_loss_curve, pretrain_encoders
 from deepfuse_plugin.pretrained._workflow import pretrain_from_corpus
 
-__all__ = ["PretrainedEncoders", "PretrainingConfig", "list_pretrained", "load_encoders",
-           "load_pretrained_encoders", "plot_loss_curve", "pretrain_encoders", "pretrain_from_corpus", "resolve_pretrained",
-           "save_encoders", "spec_differences"]
+__all__ = [
+    "PretrainedEncoders",
+    "PretrainingConfig",
+    "list_pretrained",
+    "load_encoders",
+    "load_pretrained_encoders",
+    "plot_loss_curve",
+    "pretrain_encoders",
+    "pretrain_from_corpus",
+    "resolve_pretrained",
+    "save_encoders",
+    "spec_differences",
+]

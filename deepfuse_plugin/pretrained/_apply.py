@@ -1,8 +1,9 @@
 """Start a model's encoders from a pretrained checkpoint (the fine-tuning side of pretraining)."""
+
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -21,13 +22,20 @@ def spec_differences(model_spec: Modality, pretrained_spec: Modality) -> list[st
     """Fields (``vocab``, ``dim``, ``params.radius``, ...) on which two specs disagree."""
     diffs = [f for f in _SPEC_FIELDS if getattr(model_spec, f) != getattr(pretrained_spec, f)]
     keys = set(model_spec.params) | set(pretrained_spec.params)
-    diffs += [f"params.{k}" for k in sorted(keys)
-              if model_spec.params.get(k) != pretrained_spec.params.get(k)]
+    diffs += [
+        f"params.{k}"
+        for k in sorted(keys)
+        if model_spec.params.get(k) != pretrained_spec.params.get(k)
+    ]
     return diffs
 
 
-def load_pretrained_encoders(encoders: nn.ModuleDict, modalities: Sequence[Modality],
-                             pretrained: PretrainedEncoders, encoder_dim: int) -> list[str]:
+def load_pretrained_encoders(
+    encoders: nn.ModuleDict,
+    modalities: Sequence[Modality],
+    pretrained: PretrainedEncoders,
+    encoder_dim: int,
+) -> list[str]:
     """Copy the checkpoint's encoder weights into ``encoders`` for every modality it covers.
 
     A modality the checkpoint does not cover keeps its fresh initialisation (e.g. a MiniMol view
@@ -40,9 +48,11 @@ def load_pretrained_encoders(encoders: nn.ModuleDict, modalities: Sequence[Modal
     list of str: the modalities that were loaded.
     """
     if encoder_dim != pretrained.encoder_dim:
-        raise InvalidSettingError(f"encoder_dim={encoder_dim} but the pretrained checkpoint "
-                                  f"{pretrained.name!r} has encoder_dim={pretrained.encoder_dim}: "
-                                  "build the model with the checkpoint's encoder_dim")
+        raise InvalidSettingError(
+            f"encoder_dim={encoder_dim} but the pretrained checkpoint "
+            f"{pretrained.name!r} has encoder_dim={pretrained.encoder_dim}: "
+            "build the model with the checkpoint's encoder_dim"
+        )
     by_name = {m.name: m for m in pretrained.inputs}
     loaded = []
     for spec in modalities:
@@ -53,18 +63,22 @@ def load_pretrained_encoders(encoders: nn.ModuleDict, modalities: Sequence[Modal
             raise InvalidSettingError(
                 f"Modality {spec.name!r} differs from the pretrained checkpoint "
                 f"{pretrained.name!r} in {diffs}: featurize with the checkpoint's modalities "
-                f"(deepfuse_plugin.pretrained.load_encoders({pretrained.name!r}).inputs)")
+                f"(deepfuse_plugin.pretrained.load_encoders({pretrained.name!r}).inputs)"
+            )
         try:
             encoders[spec.name].load_state_dict(pretrained.state[spec.name], strict=True)
         except RuntimeError as err:
             raise InvalidSettingError(
                 f"The {spec.name!r} encoder does not fit the pretrained checkpoint "
                 f"{pretrained.name!r} (encoder_options differ? the checkpoint used "
-                f"{pretrained.encoder_options}): {str(err).splitlines()[0]}") from err
+                f"{pretrained.encoder_options}): {str(err).splitlines()[0]}"
+            ) from err
         loaded.append(spec.name)
     if not loaded:
-        raise InvalidSettingError(f"The pretrained checkpoint {pretrained.name!r} covers "
-                                  f"{pretrained.modality_names}; the model has none of them "
-                                  f"({[m.name for m in modalities]})")
+        raise InvalidSettingError(
+            f"The pretrained checkpoint {pretrained.name!r} covers "
+            f"{pretrained.modality_names}; the model has none of them "
+            f"({[m.name for m in modalities]})"
+        )
     logger.info("Encoders %s start from the pretrained checkpoint %s", loaded, pretrained.name)
     return loaded

@@ -1,4 +1,4 @@
-"""Pretrained encoder checkpoints: a folder with ``encoders.safetensors``, ``model.json`` and a README.
+"""Pretrained encoder checkpoints: a folder with ``encoders.safetensors``, ``model.json``, a README.
 
 The layout follows MatGL's ``pretrained_models/<name>/``: the name says architecture, corpus,
 version and objective (``DeepFuse-MOSES50k-v1-Contrastive``). Weights are safetensors (plain
@@ -6,6 +6,7 @@ tensors, nothing executes on load); ``model.json`` holds the format version, the
 specs (vocabularies included, so a featurizer can be rebuilt), the encoder settings, the
 objective, the corpus, the training history and the SHA-256 of the weights file, checked on load.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -62,9 +63,15 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def save_encoders(directory: str | os.PathLike, name: str, inputs: list[Modality],
-                  state: dict[str, torch.Tensor], encoder_dim: int,
-                  encoder_options: dict[str, dict[str, Any]], info: dict[str, Any]) -> Path:
+def save_encoders(
+    directory: str | os.PathLike,
+    name: str,
+    inputs: list[Modality],
+    state: dict[str, torch.Tensor],
+    encoder_dim: int,
+    encoder_options: dict[str, dict[str, Any]],
+    info: dict[str, Any],
+) -> Path:
     """Write ``state`` (keys ``<modality>.<parameter>``) and ``model.json`` into ``directory``."""
     from safetensors.torch import save_file
 
@@ -72,9 +79,15 @@ def save_encoders(directory: str | os.PathLike, name: str, inputs: list[Modality
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / WEIGHTS_FILE
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(weights))
-    config = {"format_version": FORMAT_VERSION, "name": name,
-              "inputs": [m.to_dict() for m in inputs], "encoder_dim": int(encoder_dim),
-              "encoder_options": encoder_options, "weights_sha256": sha256_of(weights), **info}
+    config = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "inputs": [m.to_dict() for m in inputs],
+        "encoder_dim": int(encoder_dim),
+        "encoder_options": encoder_options,
+        "weights_sha256": sha256_of(weights),
+        **info,
+    }
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str) + "\n")
     return directory
 
@@ -90,11 +103,15 @@ def list_pretrained() -> list[dict[str, Any]]:
     for config_path in sorted(shipped_dir().glob(f"*/{CONFIG_FILE}")):
         config = json.loads(config_path.read_text())
         weights = config_path.parent / WEIGHTS_FILE
-        rows.append({"name": config["name"],
-                     "modalities": [m["name"] for m in config["inputs"]],
-                     "size_mb": round(weights.stat().st_size / 1e6, 2) if weights.exists() else None,
-                     "corpus": config.get("corpus", {}).get("description", ""),
-                     "objective": ", ".join(config.get("objective", {}).get("terms", []))})
+        rows.append(
+            {
+                "name": config["name"],
+                "modalities": [m["name"] for m in config["inputs"]],
+                "size_mb": round(weights.stat().st_size / 1e6, 2) if weights.exists() else None,
+                "corpus": config.get("corpus", {}).get("description", ""),
+                "objective": ", ".join(config.get("objective", {}).get("terms", [])),
+            }
+        )
     return rows
 
 
@@ -107,8 +124,10 @@ def resolve_pretrained(name_or_path: str | os.PathLike) -> Path:
     if (shipped / CONFIG_FILE).is_file():
         return shipped
     names = [row["name"] for row in list_pretrained()]
-    raise InvalidSettingError(f"No pretrained checkpoint {str(name_or_path)!r}: not a folder with "
-                              f"{CONFIG_FILE} and not a shipped name (shipped: {names})")
+    raise InvalidSettingError(
+        f"No pretrained checkpoint {str(name_or_path)!r}: not a folder with "
+        f"{CONFIG_FILE} and not a shipped name (shipped: {names})"
+    )
 
 
 def pretrained_input_names(name_or_path: str | os.PathLike) -> list[str]:
@@ -117,8 +136,9 @@ def pretrained_input_names(name_or_path: str | os.PathLike) -> list[str]:
     try:
         return [m["name"] for m in json.loads(config_path.read_text())["inputs"]]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CorruptCheckpointError(f"{config_path} is not a valid pretrained-model config "
-                                     f"({type(err).__name__}: {err})") from err
+        raise CorruptCheckpointError(
+            f"{config_path} is not a valid pretrained-model config ({type(err).__name__}: {err})"
+        ) from err
 
 
 def load_encoders(name_or_path: str | os.PathLike) -> PretrainedEncoders:
@@ -132,23 +152,37 @@ def load_encoders(name_or_path: str | os.PathLike) -> PretrainedEncoders:
         version = config["format_version"]
         inputs = [Modality.from_dict(m) for m in config["inputs"]]
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise CorruptCheckpointError(f"{config_path} is not a valid pretrained-model config "
-                                     f"({type(err).__name__}: {err})") from err
+        raise CorruptCheckpointError(
+            f"{config_path} is not a valid pretrained-model config ({type(err).__name__}: {err})"
+        ) from err
     if version > FORMAT_VERSION:
-        raise CorruptCheckpointError(f"{config_path} has format version {version}; this deepfuse "
-                                     f"reads up to {FORMAT_VERSION}: upgrade deepfuse")
+        raise CorruptCheckpointError(
+            f"{config_path} has format version {version}; this deepfuse "
+            f"reads up to {FORMAT_VERSION}: upgrade deepfuse"
+        )
     if not weights.is_file() or sha256_of(weights) != config.get("weights_sha256"):
-        raise CorruptCheckpointError(f"{weights} is missing or does not match the SHA-256 recorded "
-                                     f"in {config_path}: the file is damaged or was replaced")
+        raise CorruptCheckpointError(
+            f"{weights} is missing or does not match the SHA-256 recorded "
+            f"in {config_path}: the file is damaged or was replaced"
+        )
     flat = load_file(str(weights))
     state: dict[str, dict[str, torch.Tensor]] = {m.name: {} for m in inputs}
     for key, tensor in flat.items():
         modality, _, parameter = key.partition(".")
         state.setdefault(modality, {})[parameter] = tensor
-    info = {k: v for k, v in config.items()
-            if k not in ("inputs", "encoder_dim", "encoder_options", "name")}
-    return PretrainedEncoders(config["name"], inputs, int(config["encoder_dim"]),
-                              config.get("encoder_options", {}), state, info)
+    info = {
+        k: v
+        for k, v in config.items()
+        if k not in ("inputs", "encoder_dim", "encoder_options", "name")
+    }
+    return PretrainedEncoders(
+        config["name"],
+        inputs,
+        int(config["encoder_dim"]),
+        config.get("encoder_options", {}),
+        state,
+        info,
+    )
 
 
 def render_readme(directory: str | os.PathLike, downstream: str = "") -> str:
@@ -163,12 +197,16 @@ def render_readme(directory: str | os.PathLike, downstream: str = "") -> str:
     targets = ", ".join(f"`{t['name']}`" for t in objective.get("targets", [])) or "none"
     weights = Path(directory) / WEIGHTS_FILE
     size = f"{weights.stat().st_size / 1e6:.1f} MB" if weights.exists() else "?"
+    sha256_head = config.get("weights_sha256", "")[:16]
     lines = [
-        f"# {config['name']}", "",
+        f"# {config['name']}",
+        "",
         "Encoders pretrained by deepfuse's multimodal self-supervised objective; load them with "
-        f"`DynamicFusionModel(..., pretrained=\"{config['name']}\")` (any deepfuse model) or "
-        f"`deepfuse train --pretrained {config['name']}`.", "",
-        "| | |", "|---|---|",
+        f'`DynamicFusionModel(..., pretrained="{config["name"]}")` (any deepfuse model) or '
+        f"`deepfuse train --pretrained {config['name']}`.",
+        "",
+        "| | |",
+        "|---|---|",
         f"| encoded views (shipped) | {inputs} |",
         f"| pretraining-only targets / teacher | {targets} |",
         f"| objective terms | {', '.join(objective.get('terms', []))} "
@@ -185,10 +223,19 @@ def render_readme(directory: str | os.PathLike, downstream: str = "") -> str:
         f"| cost | {training.get('seconds', 0) / 3600:.2f} h, "
         f"{training.get('molecules_per_second', '?')} molecules/s, peak memory "
         f"{hardware.get('peak_rss_mb', '?')} MB |",
-        f"| weights | `{WEIGHTS_FILE}`, {size}, SHA-256 `{config.get('weights_sha256', '')[:16]}...` |",
-        f"| deepfuse | {config.get('deepfuse_version', '?')}, format {config.get('format_version')} |",
-        "", "## Regenerate", "", "```bash", config.get("command", "(command not recorded)"), "```",
-        "", "![loss curve](loss_curve.png)", ""]
+        f"| weights | `{WEIGHTS_FILE}`, {size}, SHA-256 `{sha256_head}...` |",
+        f"| deepfuse | {config.get('deepfuse_version', '?')}, "
+        f"format {config.get('format_version')} |",
+        "",
+        "## Regenerate",
+        "",
+        "```bash",
+        config.get("command", "(command not recorded)"),
+        "```",
+        "",
+        "![loss curve](loss_curve.png)",
+        "",
+    ]
     if downstream:
         lines += ["## Downstream", "", downstream.strip(), ""]
     return "\n".join(lines)

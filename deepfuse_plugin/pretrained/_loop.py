@@ -5,6 +5,7 @@ run resumed from its last finished epoch trains exactly the epochs an uninterrup
 resume point holds the network and optimizer state as plain tensors, loaded with
 ``torch.load(weights_only=True)`` (nothing executes on load).
 """
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,10 @@ import os
 import platform
 import resource
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,14 +82,18 @@ class PretrainingConfig:
             if not isinstance(value, int) or value < 1:
                 raise InvalidSettingError(f"{name} must be a positive integer, got {value!r}")
         if self.batch_size < 4:
-            raise InvalidSettingError(f"batch_size must be at least 4 (contrastive negatives come "
-                                      f"from the batch), got {self.batch_size}")
+            raise InvalidSettingError(
+                f"batch_size must be at least 4 (contrastive negatives come "
+                f"from the batch), got {self.batch_size}"
+            )
         for name in ("learning_rate", "temperature"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise InvalidSettingError(f"{name} must be a positive finite number, got {value!r}")
         if not 0 <= self.valid_fraction < 0.5:
-            raise InvalidSettingError(f"valid_fraction must be in [0, 0.5), got {self.valid_fraction}")
+            raise InvalidSettingError(
+                f"valid_fraction must be in [0, 0.5), got {self.valid_fraction}"
+            )
         if not all(0 <= r < 1 for r in self.mask_rate):
             raise InvalidSettingError(f"mask_rate values must be in [0, 1), got {self.mask_rate}")
 
@@ -103,8 +109,11 @@ def _samples(dataset: Any) -> np.ndarray:
 
 def _target_statistics(samples: np.ndarray, name: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
     values = [s.values.get(name) for s in samples]
-    stacked = np.stack([np.asarray(v, dtype=np.float64) for v in values if v is not None]) \
-        if any(v is not None for v in values) else np.zeros((1, dim))
+    stacked = (
+        np.stack([np.asarray(v, dtype=np.float64) for v in values if v is not None])
+        if any(v is not None for v in values)
+        else np.zeros((1, dim))
+    )
     return stacked.mean(0), stacked.std(0)
 
 
@@ -119,32 +128,46 @@ def _lr_factor(step: int, total: int) -> float:
 class _Run:
     """One run's state: network, optimizer, schedule, data order."""
 
-    def __init__(self, samples: np.ndarray, inputs: list[Modality], targets: list[Modality],
-                 config: PretrainingConfig):
+    def __init__(
+        self,
+        samples: np.ndarray,
+        inputs: list[Modality],
+        targets: list[Modality],
+        config: PretrainingConfig,
+    ):
         self.config, self.inputs, self.targets = config, inputs, targets
         rng = np.random.default_rng(config.seed)
         order = rng.permutation(len(samples))
         n_valid = int(round(config.valid_fraction * len(samples)))
         self.valid, self.train = samples[order[:n_valid]], samples[order[n_valid:]]
         if len(self.train) < config.batch_size:
-            raise InvalidInputError(f"{len(self.train)} training molecules, fewer than one batch "
-                                    f"of {config.batch_size}")
+            raise InvalidInputError(
+                f"{len(self.train)} training molecules, fewer than one batch of {config.batch_size}"
+            )
         torch.manual_seed(config.seed)
-        self.network = PretrainingNetwork(inputs, targets, config.encoder_dim,
-                                          config.encoder_options, config.projection_dim,
-                                          config.temperature, config.loss_weights)
+        self.network = PretrainingNetwork(
+            inputs,
+            targets,
+            config.encoder_dim,
+            config.encoder_options,
+            config.projection_dim,
+            config.temperature,
+            config.loss_weights,
+        )
         for t in targets:
-            mean, std = _target_statistics(self.train, t.name, int(t.dim))
+            mean, std = _target_statistics(self.train, t.name, t.require("dim"))
             self.network.set_target_scaling(t.name, torch.tensor(mean), torch.tensor(std))
         default = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(config.device or default)
         self.network.to(self.device)
-        self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=config.learning_rate,
-                                           weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
         self.steps_per_epoch = len(self.train) // config.batch_size
         self.total_steps = self.steps_per_epoch * config.epochs
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: _lr_factor(step, self.total_steps))
+            self.optimizer, lambda step: _lr_factor(step, self.total_steps)
+        )
         self.modalities = inputs + targets
 
     def mask_rate(self, step: int) -> float:
@@ -153,10 +176,13 @@ class _Run:
 
     def batches(self, samples: np.ndarray, epoch: int, shuffle: bool) -> Any:
         size = self.config.batch_size
-        order = (np.random.default_rng([self.config.seed, epoch]).permutation(len(samples))
-                 if shuffle else np.arange(len(samples)))
+        order = (
+            np.random.default_rng([self.config.seed, epoch]).permutation(len(samples))
+            if shuffle
+            else np.arange(len(samples))
+        )
         for start in range(0, len(order) - size + 1 if shuffle else len(order), size):
-            rows = order[start:start + size]
+            rows = order[start : start + size]
             if len(rows) >= 4:
                 yield collate_samples(list(samples[rows]), self.modalities).to(self.device)
 
@@ -164,16 +190,22 @@ class _Run:
         self.network.train()
         torch.manual_seed(self.config.seed * 100003 + epoch)
         sums: dict[str, float] = {}
-        bar = tqdm(self.batches(self.train, epoch, True), total=self.steps_per_epoch,
-                   desc=f"pretrain epoch {epoch + 1}/{self.config.epochs}", unit="batch",
-                   disable=not progress)
+        bar = tqdm(
+            self.batches(self.train, epoch, True),
+            total=self.steps_per_epoch,
+            desc=f"pretrain epoch {epoch + 1}/{self.config.epochs}",
+            unit="batch",
+            disable=not progress,
+        )
         for i, batch in enumerate(bar):
             step = epoch * self.steps_per_epoch + i
             self.network.mask_rate = self.mask_rate(step)
             out = self.network(batch)
             if not torch.isfinite(out.loss):
-                raise InvalidSettingError(f"The pretraining loss became {out.loss.item()} at epoch "
-                                          f"{epoch + 1}, batch {i + 1}: lower the learning rate")
+                raise InvalidSettingError(
+                    f"The pretraining loss became {out.loss.item()} at epoch "
+                    f"{epoch + 1}, batch {i + 1}: lower the learning rate"
+                )
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 5.0)
@@ -201,11 +233,18 @@ class _Run:
         return {k: v / count for k, v in sums.items()}
 
 
-def pretrain_encoders(corpus: Any, inputs: Sequence[Modality], targets: Sequence[Modality] = (),
-                      out_dir: str | os.PathLike = "pretrained", name: str = "DeepFuse-pretrained",
-                      config: PretrainingConfig | None = None, resume: bool = True,
-                      progress: bool = True, corpus_info: dict[str, Any] | None = None,
-                      command: str | None = None) -> Path:
+def pretrain_encoders(
+    corpus: Any,
+    inputs: Sequence[Modality],
+    targets: Sequence[Modality] = (),
+    out_dir: str | os.PathLike = "pretrained",
+    name: str = "DeepFuse-pretrained",
+    config: PretrainingConfig | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    corpus_info: dict[str, Any] | None = None,
+    command: str | None = None,
+) -> Path:
     """Pretrain encoders of ``inputs`` on ``corpus`` and write a checkpoint to ``out_dir``.
 
     Parameters
@@ -238,21 +277,38 @@ def pretrain_encoders(corpus: Any, inputs: Sequence[Modality], targets: Sequence
     history, start_epoch, elapsed = _resume(run, out, config) if resume else ([], 0, 0.0)
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
-        row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in
-                                      run.train_epoch(epoch, progress).items()}}
+        row = {
+            "epoch": epoch + 1,
+            **{f"train_{k}": v for k, v in run.train_epoch(epoch, progress).items()},
+        }
         row.update({f"valid_{k}": v for k, v in run.validate().items()})
         history.append(row)
         logger.info("pretraining %s", row)
-        torch.save({"network": run.network.state_dict(), "optimizer": run.optimizer.state_dict(),
-                    "schedule": run.schedule.state_dict(), "epoch": epoch + 1,
-                    "history": json.dumps(history), "config": json.dumps(_config_dict(config)),
-                    "elapsed": elapsed + time.perf_counter() - started}, out / RESUME_FILE)
+        torch.save(
+            {
+                "network": run.network.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "schedule": run.schedule.state_dict(),
+                "epoch": epoch + 1,
+                "history": json.dumps(history),
+                "config": json.dumps(_config_dict(config)),
+                "elapsed": elapsed + time.perf_counter() - started,
+            },
+            out / RESUME_FILE,
+        )
     seconds = elapsed + time.perf_counter() - started
     info = _run_info(run, config, history, seconds, len(samples), corpus_info)
     if command:
         info["command"] = command
-    save_encoders(out, name, list(inputs), run.network.encoder_state(), config.encoder_dim,
-                  config.encoder_options or {}, info)
+    save_encoders(
+        out,
+        name,
+        list(inputs),
+        run.network.encoder_state(),
+        config.encoder_dim,
+        config.encoder_options or {},
+        info,
+    )
     (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     plot_loss_curve(history, out / "loss_curve.png", title=name)
     (out / "README.md").write_text(render_readme(out))
@@ -262,8 +318,11 @@ def pretrain_encoders(corpus: Any, inputs: Sequence[Modality], targets: Sequence
 
 def _config_dict(config: PretrainingConfig) -> dict[str, Any]:
     # the device is where it ran, not what it learned: a run may resume on another device
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()
-            if k != "device"}
+    return {
+        k: (list(v) if isinstance(v, tuple) else v)
+        for k, v in vars(config).items()
+        if k != "device"
+    }
 
 
 def _resume(run: _Run, out: Path, config: PretrainingConfig) -> tuple[list, int, float]:
@@ -274,8 +333,10 @@ def _resume(run: _Run, out: Path, config: PretrainingConfig) -> tuple[list, int,
     saved = json.loads(state["config"])
     if saved != _config_dict(config):
         diffs = sorted(k for k in saved if saved.get(k) != _config_dict(config).get(k))
-        raise InvalidSettingError(f"{path} was written with other settings ({diffs}); use the same "
-                                  "settings, another out_dir, or resume=False")
+        raise InvalidSettingError(
+            f"{path} was written with other settings ({diffs}); use the same "
+            "settings, another out_dir, or resume=False"
+        )
     run.network.load_state_dict(state["network"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.schedule.load_state_dict(state["schedule"])
@@ -283,31 +344,59 @@ def _resume(run: _Run, out: Path, config: PretrainingConfig) -> tuple[list, int,
     return json.loads(state["history"]), int(state["epoch"]), float(state["elapsed"])
 
 
-def _run_info(run: _Run, config: PretrainingConfig, history: list, seconds: float, n: int,
-              corpus_info: dict[str, Any] | None) -> dict[str, Any]:
+def _run_info(
+    run: _Run,
+    config: PretrainingConfig,
+    history: list,
+    seconds: float,
+    n: int,
+    corpus_info: dict[str, Any] | None,
+) -> dict[str, Any]:
     from deepfuse_plugin._version import __version__
 
-    terms = sorted({k[len("train_"):] for row in history for k in row
-                    if k.startswith("train_") and k != "train_loss"})
-    return {"objective": {"terms": terms, "loss_weights": run.network.loss_weights,
-                          "targets": [t.to_dict() | {"vocab": None} for t in run.targets]},
-            "corpus": {"molecules": n, "train": len(run.train), "valid": len(run.valid),
-                       **(corpus_info or {})},
-            "training": _config_dict(config) | {"seconds": round(seconds, 1),
-                                                "molecules_per_second": round(
-                                                    len(run.train) * config.epochs / seconds, 1)},
-            "history": history,
-            "hardware": {"machine": platform.machine(), "processor": platform.processor(),
-                         "torch_threads": torch.get_num_threads(), "device": str(run.device),
-                         "peak_rss_mb": round(resource.getrusage(
-                             resource.RUSAGE_SELF).ru_maxrss / 1024, 1)},
-            "deepfuse_version": __version__}
+    terms = sorted(
+        {
+            k[len("train_") :]
+            for row in history
+            for k in row
+            if k.startswith("train_") and k != "train_loss"
+        }
+    )
+    return {
+        "objective": {
+            "terms": terms,
+            "loss_weights": run.network.loss_weights,
+            "targets": [t.to_dict() | {"vocab": None} for t in run.targets],
+        },
+        "corpus": {
+            "molecules": n,
+            "train": len(run.train),
+            "valid": len(run.valid),
+            **(corpus_info or {}),
+        },
+        "training": _config_dict(config)
+        | {
+            "seconds": round(seconds, 1),
+            "molecules_per_second": round(len(run.train) * config.epochs / seconds, 1),
+        },
+        "history": history,
+        "hardware": {
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+            "torch_threads": torch.get_num_threads(),
+            "device": str(run.device),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        },
+        "deepfuse_version": __version__,
+    }
 
 
-def plot_loss_curve(history: list[dict[str, float]], path: str | os.PathLike,
-                    title: str = "pretraining") -> None:
+def plot_loss_curve(
+    history: list[dict[str, float]], path: str | os.PathLike, title: str = "pretraining"
+) -> None:
     """Training (solid) and validation (dashed) loss terms per epoch."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -319,7 +408,9 @@ def plot_loss_curve(history: list[dict[str, float]], path: str | os.PathLike,
         for split, style in (("train", "-"), ("valid", "--")):
             values = [row.get(f"{split}_{term}") for row in history]
             if any(v is not None for v in values):
-                ax.plot(epochs, values, style, color=color, label=f"{split} {term}")
+                # an epoch without this term is a gap in the line
+                points = [np.nan if v is None else v for v in values]
+                ax.plot(epochs, points, style, color=color, label=f"{split} {term}")
     ax.set(xlabel="epoch", ylabel="loss", title=title)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

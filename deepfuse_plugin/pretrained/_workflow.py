@@ -1,22 +1,31 @@
 """``deepfuse pretrain``: featurize an unlabelled corpus and pretrain encoders on it."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from deepfuse_plugin.data.corpora import moses_smiles, read_smiles_file
 from deepfuse_plugin.errors import InvalidSettingError
 from deepfuse_plugin.pretrained._loop import PretrainingConfig, pretrain_encoders
 
 
-def pretrain_from_corpus(corpus: str, out: str | os.PathLike, name: str,
-                         modalities: Sequence[str] = ("ecfp", "graph", "smiles"),
-                         targets: Sequence[str] = ("descriptors",), n: int | None = None,
-                         smiles_column: str = "SMILES", config: PretrainingConfig | None = None,
-                         n_jobs: int = 1, resume: bool = True, progress: bool = True,
-                         embedding_cache_dir: str | os.PathLike | None = None,
-                         command: str | None = None) -> Path:
+def pretrain_from_corpus(
+    corpus: str,
+    out: str | os.PathLike,
+    name: str,
+    modalities: Sequence[str] = ("ecfp", "graph", "smiles"),
+    targets: Sequence[str] = ("descriptors",),
+    n: int | None = None,
+    smiles_column: str = "SMILES",
+    config: PretrainingConfig | None = None,
+    n_jobs: int = 1,
+    resume: bool = True,
+    progress: bool = True,
+    embedding_cache_dir: str | os.PathLike | None = None,
+    command: str | None = None,
+) -> Path:
     """Pretrain the encoders of ``modalities`` on ``corpus`` and write a checkpoint to ``out``.
 
     Parameters
@@ -48,12 +57,28 @@ def pretrain_from_corpus(corpus: str, out: str | os.PathLike, name: str,
         smiles = read_smiles_file(corpus, smiles_column, n=n, seed=config.seed)
         description = f"{Path(corpus).name}"
     subset = f"{n} molecules, seeded random subset (seed {config.seed})" if n else "all"
-    featurizer = MultiModalFeaturizer([*modalities, *targets], n_jobs=n_jobs, progress=progress,
-                                      embedding_cache_dir=embedding_cache_dir)
+    featurizer = MultiModalFeaturizer(
+        [*modalities, *targets],
+        n_jobs=n_jobs,
+        progress=progress,
+        embedding_cache_dir=embedding_cache_dir,
+    )
     samples = featurizer.featurize(smiles)
-    inputs = featurizer.modalities[:len(modalities)]
-    target_specs = featurizer.modalities[len(modalities):]
-    return pretrain_encoders(samples, inputs, target_specs, out, name=name, config=config,
-                             resume=resume, progress=progress, command=command,
-                             corpus_info={"description": description, "subset": subset,
-                                          "failed_to_featurize": len(featurizer.last_failures)})
+    inputs = featurizer.modalities[: len(modalities)]
+    target_specs = featurizer.modalities[len(modalities) :]
+    return pretrain_encoders(
+        samples,
+        inputs,
+        target_specs,
+        out,
+        name=name,
+        config=config,
+        resume=resume,
+        progress=progress,
+        command=command,
+        corpus_info={
+            "description": description,
+            "subset": subset,
+            "failed_to_featurize": len(featurizer.last_failures),
+        },
+    )

@@ -17,28 +17,60 @@ Examples
 >>> selection_score({"rmse": 0.7}, "regression")
 ('rmse', 0.7)
 """
-from deepfuse_plugin.train.data import (SPLITS, denormalize, fit_normalizer, make_dataset,
-                                        normalizer_to_dict, split_indices)
+
+from deepfuse_plugin.train.data import (
+    SPLITS,
+    denormalize,
+    fit_normalizer,
+    make_dataset,
+    normalizer_to_dict,
+    split_indices,
+)
 from deepfuse_plugin.train.loop import BestCheckpointCallback, train_with_validation
-from deepfuse_plugin.train.metrics import (classification_metrics, evaluate,
-                                           predict_original_units, regression_metrics,
-                                           selection_score, task_columns)
+from deepfuse_plugin.train.metrics import (
+    classification_metrics,
+    evaluate,
+    predict_original_units,
+    regression_metrics,
+    selection_score,
+    task_columns,
+)
 from deepfuse_plugin.train.result import TrainingResult
 from deepfuse_plugin.train.resume import ResumeMismatchError, ResumeState
-from deepfuse_plugin.train.utils import (check_training_settings, resolve_model_class, set_seed,
-                                         to_jsonable, write_json)
+from deepfuse_plugin.train.utils import (
+    check_training_settings,
+    resolve_model_class,
+    set_seed,
+    to_jsonable,
+    write_json,
+)
 
 __all__ = [
     # the loop
-    "train_with_validation", "BestCheckpointCallback", "TrainingResult",
+    "train_with_validation",
+    "BestCheckpointCallback",
+    "TrainingResult",
     # metrics and selection
-    "regression_metrics", "classification_metrics", "evaluate", "predict_original_units",
-    "task_columns", "selection_score",
+    "regression_metrics",
+    "classification_metrics",
+    "evaluate",
+    "predict_original_units",
+    "task_columns",
+    "selection_score",
     # data
-    "SPLITS", "make_dataset", "split_indices", "fit_normalizer", "normalizer_to_dict",
+    "SPLITS",
+    "make_dataset",
+    "split_indices",
+    "fit_normalizer",
+    "normalizer_to_dict",
     "denormalize",
     # resume points
-    "ResumeState", "ResumeMismatchError",
+    "ResumeState",
+    "ResumeMismatchError",
     # utilities
-    "set_seed", "check_training_settings", "resolve_model_class", "to_jsonable", "write_json",
+    "set_seed",
+    "check_training_settings",
+    "resolve_model_class",
+    "to_jsonable",
+    "write_json",
 ]

@@ -9,32 +9,41 @@ Examples
 >>> denormalize(np.array([[0.0], [1.0]]), {"y_means": [2.0], "y_stds": [0.5]}).ravel().tolist()
 [2.0, 2.5]
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from deepfuse_plugin.inputs import WorkflowError
 
-__all__ = ["SPLITS", "make_dataset", "split_indices", "fit_normalizer", "normalizer_to_dict",
-           "denormalize"]
+__all__ = [
+    "SPLITS",
+    "make_dataset",
+    "split_indices",
+    "fit_normalizer",
+    "normalizer_to_dict",
+    "denormalize",
+]
 
 #: Splitters ``split_indices`` knows (DeepChem's ``ScaffoldSplitter`` and ``RandomSplitter``).
 SPLITS = ("scaffold", "random")
 
 
-def make_dataset(X: np.ndarray, y: np.ndarray | None, w: np.ndarray | None,
-                 ids: Sequence[str]) -> Any:
+def make_dataset(
+    X: np.ndarray, y: np.ndarray | None, w: np.ndarray | None, ids: Sequence[str]
+) -> Any:
     """A ``dc.data.NumpyDataset`` (object ``X`` kept as is)."""
     from deepchem.data import NumpyDataset
 
     return NumpyDataset(X, y, w, np.asarray(ids, dtype=object))
 
 
-def split_indices(dataset: Any, split: str, seed: int, frac: tuple[float, float, float] = (0.8, 0.1,
-                                                                                          0.1)
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_indices(
+    dataset: Any, split: str, seed: int, frac: tuple[float, float, float] = (0.8, 0.1, 0.1)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train/valid/test indices from DeepChem's ``ScaffoldSplitter`` or ``RandomSplitter``.
 
     The indices can be applied to any dataset with the same rows (e.g. a baseline featurization),
@@ -45,8 +54,9 @@ def split_indices(dataset: Any, split: str, seed: int, frac: tuple[float, float,
     if split not in SPLITS:
         raise WorkflowError(f"Unknown split {split!r}; choose one of {list(SPLITS)}")
     splitter = dc.splits.ScaffoldSplitter() if split == "scaffold" else dc.splits.RandomSplitter()
-    train, valid, test = splitter.split(dataset, frac_train=frac[0], frac_valid=frac[1],
-                                        frac_test=frac[2], seed=seed)
+    train, valid, test = splitter.split(
+        dataset, frac_train=frac[0], frac_valid=frac[1], frac_test=frac[2], seed=seed
+    )
     return np.asarray(train, int), np.asarray(valid, int), np.asarray(test, int)
 
 
@@ -74,12 +84,15 @@ def normalizer_to_dict(transformer: Any | None) -> dict[str, list[float]] | None
     """JSON form of a y normalization (``None`` when labels were not normalized)."""
     if transformer is None:
         return None
-    return {"y_means": np.atleast_1d(transformer.y_means).tolist(),
-            "y_stds": np.atleast_1d(transformer.y_stds).tolist()}
+    return {
+        "y_means": np.atleast_1d(transformer.y_means).tolist(),
+        "y_stds": np.atleast_1d(transformer.y_stds).tolist(),
+    }
 
 
-def denormalize(predictions: np.ndarray, normalization: dict[str, list[float]] | None
-                ) -> np.ndarray:
+def denormalize(
+    predictions: np.ndarray, normalization: dict[str, list[float]] | None
+) -> np.ndarray:
     """Undo a y normalization stored by :func:`normalizer_to_dict` (``pred * std + mean``)."""
     if not normalization:
         return predictions

@@ -20,13 +20,15 @@ Examples
 >>> result.best_epoch in (2, 4), result.score_name
 (True, 'rmse')
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from deepfuse_plugin.models.checkpoints import restore_safely
 from deepfuse_plugin.train import resume
@@ -50,10 +52,19 @@ class BestCheckpointCallback:
     every epoch (resume points).
     """
 
-    def __init__(self, valid: Any, transformers: Sequence[Any], mode: str, steps_per_epoch: int,
-                 total_steps: int, eval_every: int, save_dir: str,
-                 bar: Any | None = None, epoch_offset: int = 0,
-                 so_far: TrainingResult | None = None) -> None:
+    def __init__(
+        self,
+        valid: Any,
+        transformers: Sequence[Any],
+        mode: str,
+        steps_per_epoch: int,
+        total_steps: int,
+        eval_every: int,
+        save_dir: str,
+        bar: Any | None = None,
+        epoch_offset: int = 0,
+        so_far: TrainingResult | None = None,
+    ) -> None:
         self.valid, self.transformers, self.mode = valid, list(transformers), mode
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
         self.eval_every, self.save_dir, self.bar = max(1, eval_every), save_dir, bar
@@ -88,14 +99,24 @@ class BestCheckpointCallback:
             self.best_score, self.best_epoch = score, epoch
             resume.save_checkpoint_atomically(model, self.save_dir)
         if self.bar is not None:
-            self.bar.set_postfix({f"valid_{self.score_name}": f"{score:.3f}",
-                                  "best_epoch": self.best_epoch})
+            self.bar.set_postfix(
+                {f"valid_{self.score_name}": f"{score:.3f}", "best_epoch": self.best_epoch}
+            )
 
 
-def train_with_validation(model: Any, train: Any, valid: Any, epochs: int, eval_every: int,
-                          transformers: Sequence[Any], mode: str, save_dir: str,
-                          desc: str = "train", progress: bool = True,
-                          resumable: bool = False) -> TrainingResult:
+def train_with_validation(
+    model: Any,
+    train: Any,
+    valid: Any,
+    epochs: int,
+    eval_every: int,
+    transformers: Sequence[Any],
+    mode: str,
+    save_dir: str,
+    desc: str = "train",
+    progress: bool = True,
+    resumable: bool = False,
+) -> TrainingResult:
     """Fit ``model`` for ``epochs`` in ONE ``fit`` call (so epoch-based curricula run once), keep
     the checkpoint with the best validation score in ``save_dir`` and restore it into ``model``.
 
@@ -115,33 +136,56 @@ def train_with_validation(model: Any, train: Any, valid: Any, epochs: int, eval_
     if len(valid) == 0:
         logger.warning("%s: the validation split is empty; keeping the last epoch", desc)
     eval_every = eval_every if len(valid) else epochs + 1
-    state = _start_resumable(model, train, valid, epochs, eval_every, save_dir, desc) \
-        if resumable else None
+    state = (
+        _start_resumable(model, train, valid, epochs, eval_every, save_dir, desc)
+        if resumable
+        else None
+    )
     done = state.epochs_done if state else 0
-    with tqdm(total=epochs, initial=done, desc=desc, unit="epoch", disable=not progress,
-              leave=True) as bar:
+    with tqdm(
+        total=epochs, initial=done, desc=desc, unit="epoch", disable=not progress, leave=True
+    ) as bar:
         so_far = state.result if state else TrainingResult(0, math.inf, "")
         callback = BestCheckpointCallback(
-            valid, transformers, mode, steps_per_epoch, steps_per_epoch * (epochs - done),
-            eval_every, save_dir, bar, epoch_offset=done, so_far=so_far)
+            valid,
+            transformers,
+            mode,
+            steps_per_epoch,
+            steps_per_epoch * (epochs - done),
+            eval_every,
+            save_dir,
+            bar,
+            epoch_offset=done,
+            so_far=so_far,
+        )
         start = time.perf_counter()
 
         def result() -> TrainingResult:
-            return TrainingResult(callback.best_epoch, callback.best_score, callback.score_name,
-                                  callback.history,
-                                  so_far.train_time_s + time.perf_counter() - start,
-                                  list(so_far.resumed_at))
+            return TrainingResult(
+                callback.best_epoch,
+                callback.best_score,
+                callback.score_name,
+                callback.history,
+                so_far.train_time_s + time.perf_counter() - start,
+                list(so_far.resumed_at),
+            )
 
         def save_point(fitted: Any, epoch: int) -> None:
             assert state is not None
             try:
-                resume.save_resume_point(fitted, save_dir, replace(state, epochs_done=epoch,
-                                                                   result=result()))
+                resume.save_resume_point(
+                    fitted, save_dir, replace(state, epochs_done=epoch, result=result())
+                )
             except OSError as err:  # e.g. a full disk: the run itself can still finish
                 saved = resume.read_state(save_dir)
-                logger.warning("%s: could not write the resume point of epoch %d (%s); training "
-                               "goes on, but an interruption now continues from epoch %d", desc,
-                               epoch, err, saved.epochs_done if saved else 0)
+                logger.warning(
+                    "%s: could not write the resume point of epoch %d (%s); training "
+                    "goes on, but an interruption now continues from epoch %d",
+                    desc,
+                    epoch,
+                    err,
+                    saved.epochs_done if saved else 0,
+                )
 
         if state is not None:
             callback.on_epoch_end = save_point
@@ -158,8 +202,9 @@ def train_with_validation(model: Any, train: Any, valid: Any, epochs: int, eval_
     return final
 
 
-def _start_resumable(model: Any, train: Any, valid: Any, epochs: int, eval_every: int,
-                     save_dir: str, desc: str) -> resume.ResumeState:
+def _start_resumable(
+    model: Any, train: Any, valid: Any, epochs: int, eval_every: int, save_dir: str, desc: str
+) -> resume.ResumeState:
     """The resume state to train from: a fresh one, or the interrupted run's (restored into
     ``model``)."""
     count_schedules_over = getattr(model, "count_schedules_over", None)
@@ -172,6 +217,11 @@ def _start_resumable(model: Any, train: Any, valid: Any, epochs: int, eval_every
     resume.check_plan(state, plan, save_dir)
     resume.restore_resume_point(model, save_dir, state)
     state.result.resumed_at.append(state.epochs_done)
-    logger.warning("%s: continuing from the resume point after epoch %d of %d in %s", desc,
-                   state.epochs_done, epochs, save_dir)
+    logger.warning(
+        "%s: continuing from the resume point after epoch %d of %d in %s",
+        desc,
+        state.epochs_done,
+        epochs,
+        save_dir,
+    )
     return state

@@ -13,26 +13,36 @@ Examples
 >>> selection_score({"roc_auc": 0.8}, "classification")
 ('neg_roc_auc', -0.8)
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["regression_metrics", "classification_metrics", "task_columns",
-           "predict_original_units", "evaluate", "selection_score"]
+__all__ = [
+    "regression_metrics",
+    "classification_metrics",
+    "task_columns",
+    "predict_original_units",
+    "evaluate",
+    "selection_score",
+]
 
 
-def _task_arrays(y: np.ndarray, w: np.ndarray | None, n_tasks: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _task_arrays(
+    y: np.ndarray, w: np.ndarray | None, n_tasks: int
+) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y, dtype=np.float64).reshape(len(y), n_tasks)
-    w = (np.ones_like(y) if w is None else np.asarray(w, dtype=np.float64).reshape(len(y), n_tasks))
+    w = np.ones_like(y) if w is None else np.asarray(w, dtype=np.float64).reshape(len(y), n_tasks)
     return y, w
 
 
-def regression_metrics(y: np.ndarray, pred: np.ndarray, w: np.ndarray | None = None
-                       ) -> dict[str, float]:
+def regression_metrics(
+    y: np.ndarray, pred: np.ndarray, w: np.ndarray | None = None
+) -> dict[str, float]:
     """RMSE, MAE, R2 (coefficient of determination) and Pearson r^2, averaged over tasks.
 
     Only entries with weight > 0 count. Uses ``dc.metrics`` score functions and sklearn's
@@ -55,16 +65,20 @@ def regression_metrics(y: np.ndarray, pred: np.ndarray, w: np.ndarray | None = N
         scores["mae"].append(float(dc.metrics.mae_score(yt, pt)))
         enough = len(yt) > 1 and np.std(yt) > 0
         scores["r2"].append(float(r2_score(yt, pt)) if enough else math.nan)
-        scores["pearson_r2"].append(float(dc.metrics.pearson_r2_score(yt, pt))
-                                    if enough and np.std(pt) > 0 else math.nan)
-    out = {k: (float(np.nanmean(v)) if v and not np.isnan(v).all() else math.nan)
-           for k, v in scores.items()}
+        scores["pearson_r2"].append(
+            float(dc.metrics.pearson_r2_score(yt, pt)) if enough and np.std(pt) > 0 else math.nan
+        )
+    out = {
+        k: (float(np.nanmean(v)) if v and not np.isnan(v).all() else math.nan)
+        for k, v in scores.items()
+    }
     out["n"] = int((w > 0).any(axis=1).sum())
     return out
 
 
-def classification_metrics(y: np.ndarray, prob: np.ndarray, w: np.ndarray | None = None
-                           ) -> dict[str, float]:
+def classification_metrics(
+    y: np.ndarray, prob: np.ndarray, w: np.ndarray | None = None
+) -> dict[str, float]:
     """ROC-AUC, accuracy (threshold 0.5) and log loss, averaged over tasks (weight > 0 only).
 
     ``prob`` is ``(N, n_tasks)`` probabilities of class 1, or DeepChem's ``(N, n_tasks, 2)``.
@@ -86,18 +100,22 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray, w: np.ndarray | None
         if len(yt) == 0:
             continue
         two_classes = len(np.unique(yt)) == 2
-        scores["roc_auc"].append(float(dc.metrics.roc_auc_score(yt, pt)) if two_classes
-                                  else math.nan)
+        scores["roc_auc"].append(
+            float(dc.metrics.roc_auc_score(yt, pt)) if two_classes else math.nan
+        )
         scores["accuracy"].append(float(np.mean((pt >= 0.5) == yt)))
         scores["log_loss"].append(float(log_loss(yt, pt, labels=[0, 1])))
-    out = {k: (float(np.nanmean(v)) if v and not np.isnan(v).all() else math.nan)
-           for k, v in scores.items()}
+    out = {
+        k: (float(np.nanmean(v)) if v and not np.isnan(v).all() else math.nan)
+        for k, v in scores.items()
+    }
     out["n"] = int((w > 0).any(axis=1).sum())
     return out
 
 
-def predict_original_units(model: Any, dataset: Any, transformers: Sequence[Any], mode: str
-                           ) -> np.ndarray:
+def predict_original_units(
+    model: Any, dataset: Any, transformers: Sequence[Any], mode: str
+) -> np.ndarray:
     """Regression: predictions with ``transformers`` undone; classification: P(class 1)
     ``(N, n_tasks)``."""
     return task_columns(model.predict(dataset, list(transformers)), mode)
@@ -112,8 +130,9 @@ def task_columns(pred: Any, mode: str) -> np.ndarray:
     return pred.reshape(len(pred), -1)
 
 
-def evaluate(model: Any, dataset: Any, transformers: Sequence[Any], mode: str
-             ) -> tuple[dict[str, float], np.ndarray]:
+def evaluate(
+    model: Any, dataset: Any, transformers: Sequence[Any], mode: str
+) -> tuple[dict[str, float], np.ndarray]:
     """Metrics of ``model`` on ``dataset`` in original label units, and the predictions."""
     from deepchem.trans import undo_transforms
 
@@ -121,8 +140,11 @@ def evaluate(model: Any, dataset: Any, transformers: Sequence[Any], mode: str
         return {"n": 0}, np.zeros((0,))
     pred = predict_original_units(model, dataset, transformers, mode)
     y = undo_transforms(dataset.y, list(transformers)) if mode == "regression" else dataset.y
-    metrics = (regression_metrics(y, pred, dataset.w) if mode == "regression"
-               else classification_metrics(y, pred, dataset.w))
+    metrics = (
+        regression_metrics(y, pred, dataset.w)
+        if mode == "regression"
+        else classification_metrics(y, pred, dataset.w)
+    )
     return metrics, pred
 
 

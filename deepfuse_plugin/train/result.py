@@ -7,6 +7,7 @@ Examples
 >>> TrainingResult(best_epoch=3, best_score=0.61, score_name="rmse").resumed_at
 []
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

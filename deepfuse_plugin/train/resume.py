@@ -24,6 +24,7 @@ Nothing in a resume point is unpickled: the JSON is plain data, the checkpoint a
 ``random_state.pt`` are read with ``torch.load(weights_only=True)``. A resume point written by an
 older deepfuse (``random_state.pkl``, a pickle) is refused, never loaded.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,7 +34,7 @@ import random
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -80,15 +81,23 @@ def _digest(values: Any) -> str:
     return hashlib.sha1("\n".join(map(str, values)).encode()).hexdigest()
 
 
-def training_plan(model: Any, train: Any, valid: Any, epochs: int, eval_every: int
-                  ) -> dict[str, Any]:
+def training_plan(
+    model: Any, train: Any, valid: Any, epochs: int, eval_every: int
+) -> dict[str, Any]:
     """The facts a resume point must share with the run continuing it (JSON-serialisable)."""
     config = model.get_config() if hasattr(model, "get_config") else {}
-    return {"format": FORMAT, "model_class": type(model).__name__,
-            "config": json.loads(json.dumps(config, default=str)), "epochs": int(epochs),
-            "eval_every": int(eval_every), "batch_size": int(model.batch_size),
-            "n_train": len(train), "n_valid": len(valid), "train_ids": _digest(train.ids),
-            "valid_ids": _digest(valid.ids)}
+    return {
+        "format": FORMAT,
+        "model_class": type(model).__name__,
+        "config": json.loads(json.dumps(config, default=str)),
+        "epochs": int(epochs),
+        "eval_every": int(eval_every),
+        "batch_size": int(model.batch_size),
+        "n_train": len(train),
+        "n_valid": len(valid),
+        "train_ids": _digest(train.ids),
+        "valid_ids": _digest(valid.ids),
+    }
 
 
 def read_state(directory: str) -> ResumeState | None:
@@ -103,10 +112,13 @@ def read_state(directory: str) -> ResumeState | None:
     except (ValueError, TypeError, KeyError) as err:  # JSONDecodeError is a ValueError
         raise CorruptCheckpointError(
             f"{path} is not a valid resume state ({type(err).__name__}: {err}): restart the run "
-            f"without --resume (resumable=False), or delete {STATE_FILE}") from err
+            f"without --resume (resumable=False), or delete {STATE_FILE}"
+        ) from err
     if state.slot not in SLOTS:  # never a path out of the folder
-        raise CorruptCheckpointError(f"{path} names the slot {state.slot!r}, not one of {SLOTS}: "
-                                     f"restart the run without --resume, or delete {STATE_FILE}")
+        raise CorruptCheckpointError(
+            f"{path} names the slot {state.slot!r}, not one of {SLOTS}: "
+            f"restart the run without --resume, or delete {STATE_FILE}"
+        )
     return state
 
 
@@ -116,13 +128,20 @@ def check_plan(state: ResumeState, plan: dict[str, Any], directory: str) -> None
     differ = [k for k in keys if state.plan.get(k) != plan.get(k)]
     if "config" in differ:
         old, new = state.plan.get("config", {}), plan.get("config", {})
-        differ[differ.index("config")] = "config (" + ", ".join(
-            f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
-            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)) + ")"
+        differ[differ.index("config")] = (
+            "config ("
+            + ", ".join(
+                f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+                for k in sorted(set(old) | set(new))
+                if old.get(k) != new.get(k)
+            )
+            + ")"
+        )
     if differ:
         raise ResumeMismatchError(
             f"The resume point in {directory!r} belongs to another run; it differs in: "
-            f"{'; '.join(differ)}. Remove {STATE_FILE} there (or the folder) to start over.")
+            f"{'; '.join(differ)}. Remove {STATE_FILE} there (or the folder) to start over."
+        )
 
 
 def _random_states(model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -131,14 +150,25 @@ def _random_states(model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     import torch
 
     version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    plain = {"python": {"version": version, "state": list(internal), "gauss_next": gauss},
-             "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+    # the legacy global generator is always MT19937, whose state is this tuple (not a dict)
+    legacy_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    kind, keys, pos, has_gauss, cached = legacy_state
+    plain = {
+        "python": {"version": version, "state": list(internal), "gauss_next": gauss},
+        "numpy": {
+            "kind": kind,
+            "keys": keys.tolist(),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+    }
     schedule = getattr(model, "_lr_schedule", None)
-    tensors = {"torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-               "lr_schedule": schedule.state_dict() if schedule is not None else None}
+    tensors = {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "lr_schedule": schedule.state_dict() if schedule is not None else None,
+    }
     return plain, tensors
 
 
@@ -147,8 +177,15 @@ def _set_random_states(model: Any, plain: dict[str, Any], tensors: dict[str, Any
 
     py, npy = plain["python"], plain["numpy"]
     random.setstate((int(py["version"]), tuple(int(v) for v in py["state"]), py["gauss_next"]))
-    np.random.set_state((str(npy["kind"]), np.asarray(npy["keys"], dtype=np.uint32),
-                         int(npy["pos"]), int(npy["has_gauss"]), float(npy["cached_gaussian"])))
+    np.random.set_state(
+        (
+            str(npy["kind"]),
+            np.asarray(npy["keys"], dtype=np.uint32),
+            int(npy["pos"]),
+            int(npy["has_gauss"]),
+            float(npy["cached_gaussian"]),
+        )
+    )
     torch.set_rng_state(tensors["torch"])
     if tensors.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(tensors["cuda"])
@@ -175,7 +212,8 @@ def _read_random_states(folder: str) -> tuple[dict[str, Any], dict[str, Any]]:
         raise CorruptCheckpointError(
             f"The resume point in {folder!r} predates safe resume state: its random states are a "
             f"pickle ({LEGACY_RNG_FILE}), which deepfuse never loads. Restart the run without "
-            "--resume (resumable=False), or delete that folder.")
+            "--resume (resumable=False), or delete that folder."
+        )
     try:
         with open(json_path) as fh:
             plain = json.load(fh)
@@ -186,7 +224,8 @@ def _read_random_states(folder: str) -> tuple[dict[str, Any], dict[str, Any]]:
         raise CorruptCheckpointError(
             f"The random states of the resume point in {folder!r} cannot be read safely "
             f"({type(err).__name__}: {str(err).strip()[:200]}): restart the run without --resume "
-            "(resumable=False), or delete that folder.") from err
+            "(resumable=False), or delete that folder."
+        ) from err
     return plain, tensors
 
 
@@ -237,9 +276,10 @@ def restore_resume_point(model: Any, directory: str, state: ResumeState) -> None
         _set_random_states(model, plain, tensors)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CorruptCheckpointError(
-            f"The random states of the resume point in {folder!r} are invalid ({type(err).__name__}:"
-            f" {err}): restart the run without --resume (resumable=False), or delete that "
-            "folder.") from err
+            f"The random states of the resume point in {folder!r} are invalid "
+            f"({type(err).__name__}: {err}): restart the run without --resume (resumable=False), "
+            "or delete that folder."
+        ) from err
 
 
 def clear(directory: str) -> None:

@@ -8,6 +8,7 @@ Examples
 >>> to_jsonable({"rmse": np.float32(0.5), "bad": float("nan"), "ids": np.arange(2)})
 {'rmse': 0.5, 'bad': None, 'ids': [0, 1]}
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,13 @@ import numpy as np
 from deepfuse_plugin.errors import InvalidSettingError
 from deepfuse_plugin.inputs import WorkflowError
 
-__all__ = ["set_seed", "to_jsonable", "write_json", "check_training_settings",
-           "resolve_model_class"]
+__all__ = [
+    "set_seed",
+    "to_jsonable",
+    "write_json",
+    "check_training_settings",
+    "resolve_model_class",
+]
 
 
 def set_seed(seed: int) -> None:
@@ -75,10 +81,12 @@ def check_training_settings(**settings: Any) -> None:
         if name == "learning_rate":
             number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
             if not (number and math.isfinite(value) and value > 0):
-                raise InvalidSettingError(f"learning_rate must be a finite number > 0, got "
-                                          f"{value!r}")
-        elif not (isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-                  and value >= 1):
+                raise InvalidSettingError(
+                    f"learning_rate must be a finite number > 0, got {value!r}"
+                )
+        elif not (
+            isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+        ):
             raise InvalidSettingError(f"{name} must be an integer >= 1, got {value!r}")
 
 

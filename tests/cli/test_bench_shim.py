@@ -1,6 +1,7 @@
 """``deepfuse bench`` and ``deepfuse_plugin.bench`` after the harness moved to ``deepfuse_bench``:
 forwarded with a deprecation note when the harness is installed, a clear exit/ImportError when not.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -57,8 +58,11 @@ def test_old_harness_imports_still_resolve_with_a_warning(monkeypatch):
 def test_old_harness_import_without_the_harness_is_an_import_error(monkeypatch):
     for name in [m for m in sys.modules if m.startswith("deepfuse_plugin.bench")]:
         monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "deepfuse_bench" else _find(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "deepfuse_bench" else _find(name, *a),
+    )
     with pytest.raises(ImportError, match="pip install -e benchmarks"):
         importlib.import_module("deepfuse_plugin.bench")
 

@@ -3,6 +3,7 @@ silent, every mistake is one sentence and exit code 2.
 
 One small run (ECFP only, one epoch) is trained per module; tests that damage a run work on a copy.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -16,14 +17,28 @@ import pytest
 
 from deepfuse_plugin import workflows as wf
 from deepfuse_plugin.cli import main
-from deepfuse_plugin.errors import (CorruptCheckpointError, DeepfuseError, InvalidSettingError,
-                                    RunFolderError)
+from deepfuse_plugin.errors import (
+    CorruptCheckpointError,
+    DeepfuseError,
+    InvalidSettingError,
+    RunFolderError,
+)
 from deepfuse_plugin.run_folder import STAGING_SUFFIX
 from tests.cli.conftest import CLI_SMILES, _labels
 from tests.conftest import killed_after_epoch
 
-FAST = ["--modalities", "ecfp", "--split", "random", "--epochs", "1", "--eval-every", "1",
-        "--batch-size", "16"]
+FAST = [
+    "--modalities",
+    "ecfp",
+    "--split",
+    "random",
+    "--epochs",
+    "1",
+    "--eval-every",
+    "1",
+    "--batch-size",
+    "16",
+]
 
 
 def _write_train_csv(path: Path) -> Path:
@@ -33,13 +48,38 @@ def _write_train_csv(path: Path) -> Path:
 
 
 def _train(csv: Path, out: Path, *extra: str) -> int:
-    return main(["--no-progress", "train", "--csv", str(csv), "--smiles-column", "smiles",
-                 "--tasks", "y", *FAST, "--out", str(out), *extra])
+    return main(
+        [
+            "--no-progress",
+            "train",
+            "--csv",
+            str(csv),
+            "--smiles-column",
+            "smiles",
+            "--tasks",
+            "y",
+            *FAST,
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def _predict(run: Path, csv: Path, out: Path, *extra: str) -> int:
-    return main(["--no-progress", "predict", "--model-dir", str(run), "--csv", str(csv),
-                 "--out", str(out), *extra])
+    return main(
+        [
+            "--no-progress",
+            "predict",
+            "--model-dir",
+            str(run),
+            "--csv",
+            str(csv),
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +108,15 @@ def query(tmp_path: Path) -> Path:
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 # -- nothing lost --------------------------------------------------------------------------------
-def test_a_failed_retrain_leaves_the_previous_model_usable(run, train_csv, query, tmp_path,
-                                                           monkeypatch):
+def test_a_failed_retrain_leaves_the_previous_model_usable(
+    run, train_csv, query, tmp_path, monkeypatch
+):
     before = _snapshot(run)
 
     def broken(*args, **kwargs):
@@ -84,7 +126,7 @@ def test_a_failed_retrain_leaves_the_previous_model_usable(run, train_csv, query
     with pytest.raises(RuntimeError, match="simulated crash"):
         _train(train_csv, run, "--overwrite")
     assert _snapshot(run) == before
-    assert not Path(str(run) + STAGING_SUFFIX).exists()   # no resume point: nothing kept
+    assert not Path(str(run) + STAGING_SUFFIX).exists()  # no resume point: nothing kept
     monkeypatch.undo()
     assert _predict(run, query, tmp_path / "p.csv") == 0
 
@@ -145,8 +187,7 @@ def test_predict_out_is_never_overwritten_silently(run, query, tmp_path, capsys)
 
 def test_pass_through_columns_are_copied_as_written(run, tmp_path):
     query = tmp_path / "ids.csv"
-    query.write_text("id,smiles,flag,note\n007,CCO,TRUE,NA\n0123,CCN,False,None\n"
-                     "1e5,CCC,null,\n")
+    query.write_text("id,smiles,flag,note\n007,CCO,TRUE,NA\n0123,CCN,False,None\n1e5,CCC,null,\n")
     out = tmp_path / "preds.csv"
     assert _predict(run, query, out) == 0
     written = pd.read_csv(out, dtype=str, keep_default_na=False)
@@ -271,8 +312,9 @@ def test_an_edited_run_record_is_refused(run, query, tmp_path, capsys):
     # without its checksums (a record by hand or an older deepfuse) the model itself disagrees
     del record["integrity"]
     (run / wf.RUN_FILE).write_text(json.dumps(record))
-    with pytest.raises(CorruptCheckpointError, match="mode 'classification', the model's is "
-                                                     "'regression'"):
+    with pytest.raises(
+        CorruptCheckpointError, match="mode 'classification', the model's is 'regression'"
+    ):
         wf.load_run(str(run))
     record["mode"], record["model_dir"] = "regression", "../elsewhere"
     (run / wf.RUN_FILE).write_text(json.dumps(record))
@@ -298,10 +340,27 @@ def test_an_incomplete_run_folder_is_a_clear_error(run, query, tmp_path, capsys,
 def test_a_task_without_labels_is_refused_before_training(tmp_path, capsys):
     csv = tmp_path / "t.csv"
     pd.DataFrame({"smiles": CLI_SMILES, "y": _labels(CLI_SMILES)[0], "z": ""}).to_csv(
-        csv, index=False)
+        csv, index=False
+    )
     out = tmp_path / "out"
-    assert main(["--no-progress", "train", "--csv", str(csv), "--smiles-column", "smiles",
-                 "--tasks", "y,z", *FAST, "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "--no-progress",
+                "train",
+                "--csv",
+                str(csv),
+                "--smiles-column",
+                "smiles",
+                "--tasks",
+                "y,z",
+                *FAST,
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "No labelled rows for task(s) ['z']" in capsys.readouterr().err
     assert not out.exists() and not Path(str(out) + STAGING_SUFFIX).exists()
 
@@ -316,18 +375,36 @@ def test_a_long_smiles_is_a_row_failure_not_a_crash(run, tmp_path):
 
 
 # -- clear errors --------------------------------------------------------------------------------
-@pytest.mark.parametrize("content, expected", [
-    (gzip.compress(b"smiles,y\nCCO,1\n"), "gzip-compressed"),
-    (b"\x00\x01\x02binary\x00", "binary file"),
-    (b"smiles,y\n\xff\xfeCCO,1\n", "not UTF-8"),
-    (b"", "empty"),
-    (b"smiles,y\n", "no rows"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (gzip.compress(b"smiles,y\nCCO,1\n"), "gzip-compressed"),
+        (b"\x00\x01\x02binary\x00", "binary file"),
+        (b"smiles,y\n\xff\xfeCCO,1\n", "not UTF-8"),
+        (b"", "empty"),
+        (b"smiles,y\n", "no rows"),
+    ],
+)
 def test_unreadable_csv_files(tmp_path, capsys, content, expected):
     csv = tmp_path / "data.csv"
     csv.write_bytes(content)
-    assert main(["--no-progress", "train", "--csv", str(csv), "--smiles-column", "smiles",
-                 "--tasks", "y", "--out", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "--no-progress",
+                "train",
+                "--csv",
+                str(csv),
+                "--smiles-column",
+                "smiles",
+                "--tasks",
+                "y",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert expected in err and str(csv) in err and "Traceback" not in err
 
@@ -338,17 +415,35 @@ def test_a_compressed_csv_with_its_suffix_is_read(tmp_path):
     assert wf.read_csv_checked(str(csv), "smiles", ["y"])["y"].tolist() == ["1"]
 
 
-@pytest.mark.parametrize("labels, expected", [
-    (["yes", "no"], ["not numeric", "'yes'", "'no'", "1/0"]),
-    (["1e300", "1"], ["beyond", "1e+300", "CCO"]),
-    (["inf", "2"], ["infinite", "CCO"]),
-])
+@pytest.mark.parametrize(
+    "labels, expected",
+    [
+        (["yes", "no"], ["not numeric", "'yes'", "'no'", "1/0"]),
+        (["1e300", "1"], ["beyond", "1e+300", "CCO"]),
+        (["inf", "2"], ["infinite", "CCO"]),
+    ],
+)
 def test_bad_labels_name_rows_and_values(tmp_path, capsys, labels, expected):
     csv = tmp_path / "labels.csv"
     smiles = ["CCO", "CCN"] * 5
     pd.DataFrame({"smiles": smiles, "y": labels * 5}).to_csv(csv, index=False)
-    assert main(["--no-progress", "train", "--csv", str(csv), "--smiles-column", "smiles",
-                 "--tasks", "y", "--out", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "--no-progress",
+                "train",
+                "--csv",
+                str(csv),
+                "--smiles-column",
+                "smiles",
+                "--tasks",
+                "y",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert all(e in err for e in expected), err
 
@@ -360,30 +455,73 @@ def test_missing_labels_are_not_errors(tmp_path):
     assert w[:, 0].tolist() == [1.0, 0.0, 0.0, 0.0, 1.0]
 
 
-@pytest.mark.parametrize("option, value", [("--learning-rate", "nan"), ("--learning-rate", "0"),
-                                           ("--batch-size", "0"), ("--epochs", "0"),
-                                           ("--epochs", "two")])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--learning-rate", "nan"),
+        ("--learning-rate", "0"),
+        ("--batch-size", "0"),
+        ("--epochs", "0"),
+        ("--epochs", "two"),
+    ],
+)
 def test_bad_settings_name_the_value(train_csv, tmp_path, capsys, option, value):
-    assert main(["train", "--csv", str(train_csv), "--smiles-column", "smiles", "--tasks", "y",
-                 "--out", str(tmp_path / "out"), option, value]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--csv",
+                str(train_csv),
+                "--smiles-column",
+                "smiles",
+                "--tasks",
+                "y",
+                "--out",
+                str(tmp_path / "out"),
+                option,
+                value,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert option in err and value in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("setting, value", [("batch_size", 0), ("epochs", 0), ("eval_every", -1),
-                                            ("learning_rate", float("nan")),
-                                            ("batch_size", 2.5)])
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("batch_size", 0),
+        ("epochs", 0),
+        ("eval_every", -1),
+        ("learning_rate", float("nan")),
+        ("batch_size", 2.5),
+    ],
+)
 def test_bad_settings_through_the_api(train_csv, tmp_path, setting, value):
     with pytest.raises(InvalidSettingError, match=f"{setting} must be .* got {value!r}"):
-        wf.train_from_csv(str(train_csv), "smiles", ["y"], str(tmp_path / "out"),
-                          **{setting: value})
+        wf.train_from_csv(
+            str(train_csv), "smiles", ["y"], str(tmp_path / "out"), **{setting: value}
+        )
     assert not (tmp_path / "out").exists()
 
 
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(DeepfuseError, match="not found"):
-        main(["--debug", "train", "--csv", str(tmp_path / "none.csv"), "--smiles-column", "s",
-              "--tasks", "y", "--out", str(tmp_path / "out")])
+        main(
+            [
+                "--debug",
+                "train",
+                "--csv",
+                str(tmp_path / "none.csv"),
+                "--smiles-column",
+                "s",
+                "--tasks",
+                "y",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
 
 
 def test_errors_are_of_the_deepfuse_family(run, query, tmp_path):

@@ -1,4 +1,5 @@
 """``deepfuse demo --quick``: runs end to end and writes its results."""
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,14 @@ def test_demo_quick_writes_results(tmp_path: Path, capsys):
     assert "Mean modality weights" in printed
     results = json.loads((out / "results.json").read_text())
     names = [m["name"] for m in results["models"]]
-    assert names == ["DynamicFusion (ecfp+graph+smiles)", "DynamicFusion (ecfp only)",
-                     "DynamicFusion (graph only)", "DynamicFusion (smiles only)",
-                     "MultitaskRegressor (ECFP-2048)", "DMPNNModel (DeepChem)"]
+    assert names == [
+        "DynamicFusion (ecfp+graph+smiles)",
+        "DynamicFusion (ecfp only)",
+        "DynamicFusion (graph only)",
+        "DynamicFusion (smiles only)",
+        "MultitaskRegressor (ECFP-2048)",
+        "DMPNNModel (DeepChem)",
+    ]
     for m in results["models"]:
         assert {"rmse", "mae", "r2"} <= set(m["test"]) and m["train_time_s"] > 0
         assert 1 <= m["best_epoch"] <= results["settings"]["epochs"]
@@ -38,18 +44,48 @@ def test_demo_quick_writes_results(tmp_path: Path, capsys):
     # the demo folder is also a run folder for `deepfuse predict`
     csv = tmp_path / "q.csv"
     csv.write_text("smiles\nCCO\nnot-a-smiles\n")
-    assert main(["--no-progress", "predict", "--model-dir", str(out), "--csv", str(csv),
-                 "--out", str(tmp_path / "p.csv")]) == 0
+    assert (
+        main(
+            [
+                "--no-progress",
+                "predict",
+                "--model-dir",
+                str(out),
+                "--csv",
+                str(csv),
+                "--out",
+                str(tmp_path / "p.csv"),
+            ]
+        )
+        == 0
+    )
     # sealed like a trained run's record: an edited record or checkpoint is refused
     record = json.loads((out / "deepfuse_run.json").read_text())
     assert record["integrity"]["model"].startswith("sha256:")
     assert record["featurizer"]["limits"]["max_smiles_length"] > 0
     (out / "deepfuse_run.json").write_text(json.dumps({**record, "mode": "classification"}))
-    assert main(["--no-progress", "predict", "--model-dir", str(out), "--csv", str(csv),
-                 "--out", str(tmp_path / "p2.csv")]) == 2
+    assert (
+        main(
+            [
+                "--no-progress",
+                "predict",
+                "--model-dir",
+                str(out),
+                "--csv",
+                str(csv),
+                "--out",
+                str(tmp_path / "p2.csv"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_module_entry_point():
-    proc = subprocess.run([sys.executable, "-m", "deepfuse_plugin.cli", "--version"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "deepfuse_plugin.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("deepfuse ")

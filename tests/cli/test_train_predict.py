@@ -1,4 +1,5 @@
 """``deepfuse train`` and ``deepfuse predict`` on tiny CSV files (direct ``main([...])`` calls)."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,14 @@ import pandas as pd
 import pytest
 
 from deepfuse_plugin.cli import main
-from deepfuse_plugin.workflows import (METRICS_FILE, RUN_FILE, WorkflowError, predict_from_csv,
-                                       read_csv_checked, resolve_model_class)
+from deepfuse_plugin.workflows import (
+    METRICS_FILE,
+    RUN_FILE,
+    WorkflowError,
+    predict_from_csv,
+    read_csv_checked,
+    resolve_model_class,
+)
 from tests.cli.conftest import BAD_SMILES
 from tests.conftest import killed_after_epoch
 
@@ -19,10 +26,30 @@ TRAIN_ARGS = ["--epochs", "2", "--eval-every", "1", "--batch-size", "16"]
 
 
 def _train(csv: Path, out: Path, *extra: str) -> int:
-    return main(["--no-progress", "train", "--csv", str(csv), "--smiles-column", "smi",
-                 "--tasks", "T1,T2", "--mode", "regression", "--model", "dynamic",
-                 "--split", "scaffold", "--modalities", "ecfp,graph,smiles", *TRAIN_ARGS,
-                 "--out", str(out), *extra])
+    return main(
+        [
+            "--no-progress",
+            "train",
+            "--csv",
+            str(csv),
+            "--smiles-column",
+            "smi",
+            "--tasks",
+            "T1,T2",
+            "--mode",
+            "regression",
+            "--model",
+            "dynamic",
+            "--split",
+            "scaffold",
+            "--modalities",
+            "ecfp,graph,smiles",
+            *TRAIN_ARGS,
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture
@@ -57,15 +84,26 @@ def test_train_writes_a_complete_run_folder(trained_run: Path):
     assert model.n_tasks == 2 and model.modality_names == ["ecfp", "graph", "smiles"]
 
 
-def test_predict_keeps_every_row_and_undoes_normalization(trained_run: Path, query_csv: Path,
-                                                          tmp_path: Path, capsys):
+def test_predict_keeps_every_row_and_undoes_normalization(
+    trained_run: Path, query_csv: Path, tmp_path: Path, capsys
+):
     out = tmp_path / "preds.csv"
-    code = main(["--no-progress", "predict", "--model-dir", str(trained_run), "--csv",
-                 str(query_csv), "--out", str(out)])
+    code = main(
+        [
+            "--no-progress",
+            "predict",
+            "--model-dir",
+            str(trained_run),
+            "--csv",
+            str(query_csv),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     assert "2 left empty: invalid SMILES or no modality" in capsys.readouterr().out
     preds = pd.read_csv(out)
-    assert list(preds["id"]) == ["a", "b", "c", "d"]          # input rows kept, in order
+    assert list(preds["id"]) == ["a", "b", "c", "d"]  # input rows kept, in order
     assert {"T1_pred", "T2_pred", "deepfuse_status"} <= set(preds.columns)
     ok = preds["deepfuse_status"] == "ok"
     assert list(ok) == [True, False, True, False]
@@ -85,17 +123,19 @@ def test_predict_function_matches_model_predictions(trained_run: Path, query_csv
     model = MultiModalTorchModel.load(str(trained_run / "model"))
     X = MultiModalFeaturizer(model.modalities, progress=False).featurize(["CCOCC"])
     raw = model.predict(dc.data.NumpyDataset(X))
-    expected = raw * np.array(record["normalization"]["y_stds"]) + \
-        np.array(record["normalization"]["y_means"])
-    np.testing.assert_allclose(frame.loc[0, ["T1_pred", "T2_pred"]].to_numpy(float), expected[0],
-                               rtol=1e-5)
+    expected = raw * np.array(record["normalization"]["y_stds"]) + np.array(
+        record["normalization"]["y_means"]
+    )
+    np.testing.assert_allclose(
+        frame.loc[0, ["T1_pred", "T2_pred"]].to_numpy(float), expected[0], rtol=1e-5
+    )
 
 
 def test_retrain_into_the_same_folder(trained_run: Path, regression_csv: Path, capsys):
     before = (trained_run / RUN_FILE).read_bytes()
     assert _train(regression_csv, trained_run, "--modalities", "ecfp") == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert (trained_run / RUN_FILE).read_bytes() == before     # refused before any change
+    assert (trained_run / RUN_FILE).read_bytes() == before  # refused before any change
     assert _train(regression_csv, trained_run, "--modalities", "ecfp", "--overwrite") == 0
     record = json.loads((trained_run / RUN_FILE).read_text())
     assert record["modalities"] == ["ecfp"]
@@ -122,10 +162,28 @@ def test_predict_with_a_bare_model_folder(trained_run: Path, query_csv: Path, ca
 @pytest.mark.parametrize("uncertainty", [None, "evidential"])
 def test_classification_train_and_predict(classification_csv: Path, tmp_path: Path, uncertainty):
     out = tmp_path / "clf"
-    code = main(["--no-progress", "train", "--csv", str(classification_csv), "--smiles-column",
-                 "smiles", "--tasks", "active", "--mode", "classification", "--split", "random",
-                 "--modalities", "ecfp,graph", *TRAIN_ARGS, "--out", str(out),
-                 *(["--uncertainty", uncertainty] if uncertainty else [])])
+    code = main(
+        [
+            "--no-progress",
+            "train",
+            "--csv",
+            str(classification_csv),
+            "--smiles-column",
+            "smiles",
+            "--tasks",
+            "active",
+            "--mode",
+            "classification",
+            "--split",
+            "random",
+            "--modalities",
+            "ecfp,graph",
+            *TRAIN_ARGS,
+            "--out",
+            str(out),
+            *(["--uncertainty", uncertainty] if uncertainty else []),
+        ]
+    )
     assert code == 0
     record = json.loads((out / RUN_FILE).read_text())
     assert record["normalization"] is None and "roc_auc" in record["metrics"]["test"]
@@ -139,13 +197,37 @@ def test_classification_train_and_predict(classification_csv: Path, tmp_path: Pa
 
 
 def test_missing_column_is_a_clear_error(regression_csv: Path, tmp_path: Path, capsys):
-    code = main(["--no-progress", "train", "--csv", str(regression_csv), "--smiles-column",
-                 "SMILES", "--tasks", "T1", "--out", str(tmp_path / "x")])
+    code = main(
+        [
+            "--no-progress",
+            "train",
+            "--csv",
+            str(regression_csv),
+            "--smiles-column",
+            "SMILES",
+            "--tasks",
+            "T1",
+            "--out",
+            str(tmp_path / "x"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "'SMILES' not found" in err and "Available columns: ['name', 'smi', 'T1', 'T2']" in err
-    code = main(["--no-progress", "train", "--csv", str(regression_csv), "--smiles-column", "smi",
-                 "--tasks", "T1,T9", "--out", str(tmp_path / "x")])
+    code = main(
+        [
+            "--no-progress",
+            "train",
+            "--csv",
+            str(regression_csv),
+            "--smiles-column",
+            "smi",
+            "--tasks",
+            "T1,T9",
+            "--out",
+            str(tmp_path / "x"),
+        ]
+    )
     assert code == 2 and "'T9' not found" in capsys.readouterr().err
 
 
@@ -167,30 +249,92 @@ def test_empty_csv(tmp_path: Path):
     header_only.write_text("smiles,y\n")
     with pytest.raises(WorkflowError, match="no rows"):
         read_csv_checked(str(header_only), "smiles", ["y"])
-    assert main(["--no-progress", "train", "--csv", str(empty), "--smiles-column", "smiles",
-                 "--tasks", "y", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "--no-progress",
+                "train",
+                "--csv",
+                str(empty),
+                "--smiles-column",
+                "smiles",
+                "--tasks",
+                "y",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_bad_inputs(tmp_path: Path, capsys):
     csv = tmp_path / "nolabels.csv"
     pd.DataFrame({"smiles": ["CCO", "CCN"], "y": [np.nan, np.nan]}).to_csv(csv, index=False)
-    assert main(["--no-progress", "train", "--csv", str(csv), "--smiles-column", "smiles",
-                 "--tasks", "y", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "--no-progress",
+                "train",
+                "--csv",
+                str(csv),
+                "--smiles-column",
+                "smiles",
+                "--tasks",
+                "y",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "No labelled rows" in capsys.readouterr().err
-    assert main(["--no-progress", "train", "--csv", str(csv), "--smiles-column", "smiles",
-                 "--tasks", "y", "--modalities", "ecfp,nope", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "--no-progress",
+                "train",
+                "--csv",
+                str(csv),
+                "--smiles-column",
+                "smiles",
+                "--tasks",
+                "y",
+                "--modalities",
+                "ecfp,nope",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "Unknown modality 'nope'" in capsys.readouterr().err
     (tmp_path / "user" / "model").mkdir(parents=True)
     (tmp_path / "user" / "model" / "notes.txt").write_text("precious")
     good = tmp_path / "good.csv"
     pd.DataFrame({"smiles": ["CCO", "CCN", "CCC"], "y": [1.0, 2.0, 3.0]}).to_csv(good, index=False)
-    assert main(["--no-progress", "train", "--csv", str(good), "--smiles-column", "smiles",
-                 "--tasks", "y", "--out", str(tmp_path / "user")]) == 2
+    assert (
+        main(
+            [
+                "--no-progress",
+                "train",
+                "--csv",
+                str(good),
+                "--smiles-column",
+                "smiles",
+                "--tasks",
+                "y",
+                "--out",
+                str(tmp_path / "user"),
+            ]
+        )
+        == 2
+    )
     assert "not a deepfuse model folder" in capsys.readouterr().err
     assert (tmp_path / "user" / "model" / "notes.txt").exists()
     assert main(["--no-progress", "predict", "--model-dir", str(tmp_path), "--csv", str(csv)]) == 2
     assert "not a deepfuse run folder" in capsys.readouterr().err
-    assert main(["train"]) == 2                      # argparse usage error -> exit code, no raise
+    assert main(["train"]) == 2  # argparse usage error -> exit code, no raise
     assert main(["--help"]) == 0
 
 
@@ -236,20 +380,36 @@ def _std_by_hand(run: Path, smiles: list[str], factors: list[float]) -> np.ndarr
 
     record = json.loads((run / RUN_FILE).read_text())
     model = MultiModalTorchModel.load(str(run / "model"), progress=False)
-    dataset = dc.data.NumpyDataset(MultiModalFeaturizer(modalities=model.modalities,
-                                                        progress=False).featurize(smiles))
+    dataset = dc.data.NumpyDataset(
+        MultiModalFeaturizer(modalities=model.modalities, progress=False).featurize(smiles)
+    )
     _, std = model.predict_uncertainty(dataset)
-    return (std.reshape(len(smiles), -1) * np.asarray(record["normalization"]["y_stds"])
-            * np.asarray(factors).reshape(-1, 1))
+    return (
+        std.reshape(len(smiles), -1)
+        * np.asarray(record["normalization"]["y_stds"])
+        * np.asarray(factors).reshape(-1, 1)
+    )
 
 
-def test_evidential_run_predicts_a_std_rescaled_per_input(larger_regression_csv: Path,
-                                                          tmp_path: Path, capsys):
+def test_evidential_run_predicts_a_std_rescaled_per_input(
+    larger_regression_csv: Path, tmp_path: Path, capsys
+):
     from deepfuse_plugin import StdScales
 
     run = tmp_path / "run"
-    assert _train(larger_regression_csv, run, "--split", "random", "--modalities",
-                  "ecfp,selfies", "--uncertainty", "evidential") == 0
+    assert (
+        _train(
+            larger_regression_csv,
+            run,
+            "--split",
+            "random",
+            "--modalities",
+            "ecfp,selfies",
+            "--uncertainty",
+            "evidential",
+        )
+        == 0
+    )
     assert "test errors within 1 std" in capsys.readouterr().out
     record = json.loads((run / RUN_FILE).read_text())
     entry = record["uncertainty"]
@@ -262,20 +422,35 @@ def test_evidential_run_predicts_a_std_rescaled_per_input(larger_regression_csv:
     query = tmp_path / "query.csv"
     pd.DataFrame({"smi": ["CCOCC", "*CC", BAD_SMILES]}).to_csv(query, index=False)
     preds = predict_from_csv(str(run), str(query))
-    assert list(preds["deepfuse_status"]) == ["ok", "ok",
-                                              "invalid SMILES: RDKit cannot parse this SMILES"]
+    assert list(preds["deepfuse_status"]) == [
+        "ok",
+        "ok",
+        "invalid SMILES: RDKit cannot parse this SMILES",
+    ]
     assert preds.loc[2, ["T1_std", "T2_std"]].isna().all()
-    expected = _std_by_hand(run, ["CCOCC", "*CC"], [scales.scales[("ecfp", "selfies")],
-                                                    scales.scales[("ecfp",)]])
-    np.testing.assert_allclose(preds.loc[:1, ["T1_std", "T2_std"]].to_numpy(), expected,
-                               rtol=1e-5)
+    expected = _std_by_hand(
+        run, ["CCOCC", "*CC"], [scales.scales[("ecfp", "selfies")], scales.scales[("ecfp",)]]
+    )
+    np.testing.assert_allclose(preds.loc[:1, ["T1_std", "T2_std"]].to_numpy(), expected, rtol=1e-5)
 
 
-def test_a_row_without_any_modality_gets_a_status_not_a_prediction(larger_regression_csv: Path,
-                                                                   tmp_path: Path, caplog):
+def test_a_row_without_any_modality_gets_a_status_not_a_prediction(
+    larger_regression_csv: Path, tmp_path: Path, caplog
+):
     run = tmp_path / "run"
-    assert _train(larger_regression_csv, run, "--split", "random", "--modalities", "selfies",
-                  "--uncertainty", "evidential") == 0
+    assert (
+        _train(
+            larger_regression_csv,
+            run,
+            "--split",
+            "random",
+            "--modalities",
+            "selfies",
+            "--uncertainty",
+            "evidential",
+        )
+        == 0
+    )
     query = tmp_path / "query.csv"
     pd.DataFrame({"smi": ["CCOCC", "*CC"]}).to_csv(query, index=False)
     with caplog.at_level(logging.WARNING):
@@ -287,7 +462,8 @@ def test_a_row_without_any_modality_gets_a_status_not_a_prediction(larger_regres
 
 
 def test_evidential_run_without_enough_validation_keeps_the_std_as_predicted(
-        regression_csv: Path, query_csv: Path, tmp_path: Path, caplog):
+    regression_csv: Path, query_csv: Path, tmp_path: Path, caplog
+):
     run = tmp_path / "run"
     run.mkdir()
     (run / "std_scales.json").write_text("{}")  # an earlier run's factors must not survive
@@ -299,19 +475,29 @@ def test_evidential_run_without_enough_validation_keeps_the_std_as_predicted(
     preds = predict_from_csv(str(run), str(query_csv))
     ok = (preds["deepfuse_status"] == "ok").to_numpy()
     expected = _std_by_hand(run, list(preds.loc[ok, "smi"]), [1.0] * int(ok.sum()))
-    np.testing.assert_allclose(preds.loc[ok, ["T1_std", "T2_std"]].to_numpy(), expected,
-                               rtol=1e-5)
+    np.testing.assert_allclose(preds.loc[ok, ["T1_std", "T2_std"]].to_numpy(), expected, rtol=1e-5)
 
 
-def test_predict_uses_the_input_limits_the_run_was_trained_with(regression_csv: Path,
-                                                                 tmp_path: Path):
+def test_predict_uses_the_input_limits_the_run_was_trained_with(
+    regression_csv: Path, tmp_path: Path
+):
     from deepfuse_plugin.limits import InputLimits
     from deepfuse_plugin.workflows import train_from_csv
 
     limits = InputLimits(max_smiles_length=12)
-    record = train_from_csv(str(regression_csv), "smi", ["T1", "T2"], str(tmp_path / "run"),
-                            split="random", modalities=["ecfp"], epochs=1, eval_every=1,
-                            batch_size=16, featurizer_kwargs={"limits": limits}, progress=False)
+    record = train_from_csv(
+        str(regression_csv),
+        "smi",
+        ["T1", "T2"],
+        str(tmp_path / "run"),
+        split="random",
+        modalities=["ecfp"],
+        epochs=1,
+        eval_every=1,
+        batch_size=16,
+        featurizer_kwargs={"limits": limits},
+        progress=False,
+    )
     assert record["featurizer"]["limits"]["max_smiles_length"] == 12
     # training skips what its featurizer refuses (a row over the limit is reported, not a crash)
     assert any("max_smiles_length" in row for row in record["data"]["invalid_smiles"])

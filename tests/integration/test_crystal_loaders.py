@@ -1,5 +1,6 @@
 """Crystal loaders: a small slice of mp36k (extended XYZ), CIF folders, DeepChem's materials loader
 (offline, from a local file), and a short DeepChem fit/evaluate on real crystals."""
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,12 @@ import pytest
 pytest.importorskip("pymatgen.core")
 pytest.importorskip("ase")
 
-import deepchem as dc  # noqa: E402
+import deepchem as dc
 
-import deepfuse_plugin  # noqa: E402,F401
-from deepfuse_plugin.data import loaders  # noqa: E402
-from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer  # noqa: E402
-from tests.unit.test_crystal_structures import copy_extxyz_head, needs_text_model  # noqa: E402
+import deepfuse_plugin
+from deepfuse_plugin.data import loaders
+from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer
+from tests.unit.test_crystal_structures import copy_extxyz_head, needs_text_model
 
 N_SLICE = 50
 
@@ -30,26 +31,28 @@ def mp36k_slice(shared_data_dir, tmp_path_factory) -> Path:
     source = shared_data_dir / "materials" / "mp36k.extxyz.xz"
     if not source.exists():
         pytest.skip(f"{source} not found")
-    return copy_extxyz_head(source, tmp_path_factory.mktemp("mp36k") / "mp36k_head.extxyz",
-                            N_SLICE)
+    return copy_extxyz_head(source, tmp_path_factory.mktemp("mp36k") / "mp36k_head.extxyz", N_SLICE)
 
 
 @pytest.fixture(scope="module")
 def featurizer(tmp_path_factory):
-    return CrystalMultiModalFeaturizer(["graph", "composition"], progress=False,
-                                       cache_dir=tmp_path_factory.mktemp("cache"))
+    return CrystalMultiModalFeaturizer(
+        ["graph", "composition"], progress=False, cache_dir=tmp_path_factory.mktemp("cache")
+    )
 
 
 def test_load_extxyz_multitask_with_ids_and_splits(mp36k_slice, featurizer):
-    ds = loaders.load_extxyz(mp36k_slice, targets=list(loaders.MP36K_TARGETS),
-                             featurizer=featurizer)
+    ds = loaders.load_extxyz(
+        mp36k_slice, targets=list(loaders.MP36K_TARGETS), featurizer=featurizer
+    )
     assert len(ds) == N_SLICE and ds.y.shape == (N_SLICE, 3)
     assert all(str(i).startswith("mp-") for i in ds.ids)
     assert list(ds.get_task_names()) == list(loaders.MP36K_TARGETS)
     assert all(isinstance(x, deepfuse_plugin.MultiModalSample) for x in ds.X)
     structures, info = loaders.read_extxyz(mp36k_slice, limit=5)
     assert len(structures) == 5 and {"material_id", "split", "formation_energy_per_atom"} <= set(
-        info.columns)
+        info.columns
+    )
     assert structures[0].composition.reduced_formula  # a pymatgen Structure
     train = loaders.load_extxyz(mp36k_slice, split="train")
     assert 0 < len(train) < N_SLICE and isinstance(train.X[0], type(structures[0]))
@@ -65,10 +68,12 @@ def test_missing_targets_get_weight_zero(tmp_path):
 
     frames = []
     for i, fermi in enumerate([1.5, float("nan")]):
-        atoms = ase.Atoms("NaCl", positions=[[0, 0, 0], [2.8, 0, 0]], cell=[5.6, 5.6, 5.6],
-                          pbc=True)
-        atoms.info.update(material_id=f"x-{i}", formation_energy_per_atom=-2.0, fermi_energy=fermi,
-                          split="train")
+        atoms = ase.Atoms(
+            "NaCl", positions=[[0, 0, 0], [2.8, 0, 0]], cell=[5.6, 5.6, 5.6], pbc=True
+        )
+        atoms.info.update(
+            material_id=f"x-{i}", formation_energy_per_atom=-2.0, fermi_energy=fermi, split="train"
+        )
         frames.append(atoms)
     path = tmp_path / "two.extxyz"
     ase.io.write(path, frames, format="extxyz")
@@ -117,8 +122,9 @@ def test_extxyz_ids_with_leading_zeros_stay_text(tmp_path):
 
     frames = []
     for material_id in ["0001", "0002", "mp-7"]:
-        atoms = ase.Atoms("NaCl", positions=[[0, 0, 0], [2.8, 0, 0]], cell=[5.6, 5.6, 5.6],
-                          pbc=True)
+        atoms = ase.Atoms(
+            "NaCl", positions=[[0, 0, 0], [2.8, 0, 0]], cell=[5.6, 5.6, 5.6], pbc=True
+        )
         atoms.info.update(material_id=material_id, formation_energy_per_atom=-1.0)
         frames.append(atoms)
     path = tmp_path / "ids.extxyz"
@@ -131,19 +137,27 @@ def test_extxyz_ids_with_leading_zeros_stay_text(tmp_path):
 
 def test_deepchem_materials_loader_with_a_local_file(tmp_path, featurizer):
     """dc.molnet.load_mp_formation_energy reads data_dir/mp_formation_energy.json when it exists
-    (no download): a 6-structure file in DeepChem's format goes through the multimodal featurizer."""
+    (no download): a 6-structure file in DeepChem's format goes through the multimodal
+    featurizer."""
     from tests.unit.test_crystal_structures import cscl, nacl, silicon, srtio3
 
     data_dir, save_dir = tmp_path / "data", tmp_path / "save"
     data_dir.mkdir()
-    rows = [{"structure": build().as_dict(), "formation_energy": float(-i)}
-            for i, build in enumerate([nacl, cscl, silicon, srtio3, nacl, cscl])]
+    rows = [
+        {"structure": build().as_dict(), "formation_energy": float(-i)}
+        for i, build in enumerate([nacl, cscl, silicon, srtio3, nacl, cscl])
+    ]
     with open(data_dir / "mp_formation_energy.json", "w") as fh:
         for row in rows:
             fh.write(json.dumps(row) + "\n")
     tasks, (train,), transformers = loaders.load_molnet_materials(
-        "mp_formation_energy", featurizer=featurizer, data_dir=str(data_dir),
-        save_dir=str(save_dir), splitter=None, transformers=[])
+        "mp_formation_energy",
+        featurizer=featurizer,
+        data_dir=str(data_dir),
+        save_dir=str(save_dir),
+        splitter=None,
+        transformers=[],
+    )
     assert tasks == ["formation_energy"] and len(train) == 6
     assert all(isinstance(x, deepfuse_plugin.MultiModalSample) for x in train.X)
     assert os.path.isdir(save_dir)
@@ -163,13 +177,22 @@ def test_materials_project_loader_needs_a_key(monkeypatch):
 
 def test_matmmfuse_on_the_mp36k_slice(mp36k_slice, tmp_path):
     needs_text_model()
-    feat = CrystalMultiModalFeaturizer(["graph", "text_sentences"], progress=False,
-                                       cache_dir=tmp_path / "cache")
+    feat = CrystalMultiModalFeaturizer(
+        ["graph", "text_sentences"], progress=False, cache_dir=tmp_path / "cache"
+    )
     ds = loaders.load_extxyz(mp36k_slice, featurizer=feat, limit=24)
     model = dc.models.MatMMFuseModel(
-        1, feat.modalities, encoder_dim=32, fused_dim=32, head_hidden=32, n_heads=2,
-        batch_size=8, progress=False, model_dir=str(tmp_path / "model"),
-        encoder_options={"crystal_graph": {"atom_fea_len": 16, "n_conv": 2}})
+        1,
+        feat.modalities,
+        encoder_dim=32,
+        fused_dim=32,
+        head_hidden=32,
+        n_heads=2,
+        batch_size=8,
+        progress=False,
+        model_dir=str(tmp_path / "model"),
+        encoder_options={"crystal_graph": {"atom_fea_len": 16, "n_conv": 2}},
+    )
     model.fit(ds, nb_epoch=2)
     mae = model.evaluate(ds, [dc.metrics.Metric(dc.metrics.mean_absolute_error)])
     assert np.isfinite(mae["mean_absolute_error"])
@@ -178,27 +201,43 @@ def test_matmmfuse_on_the_mp36k_slice(mp36k_slice, tmp_path):
 
 
 def test_family_mask_and_zero_shot_table(tmp_path):
-    from deepfuse_plugin.models.matmmfuse import zero_shot_evaluate
-    from tests.unit.test_crystal_structures import cscl, nacl, silicon, srtio3
     from pymatgen.core import Lattice, Structure
 
-    zns = Structure.from_spacegroup("F-43m", Lattice.cubic(5.41), ["Zn", "S"],
-                                    [[0, 0, 0], [0.25, 0.25, 0.25]])
+    from deepfuse_plugin.models.matmmfuse import zero_shot_evaluate
+    from tests.unit.test_crystal_structures import cscl, nacl, silicon, srtio3
+
+    zns = Structure.from_spacegroup(
+        "F-43m", Lattice.cubic(5.41), ["Zn", "S"], [[0, 0, 0], [0.25, 0.25, 0.25]]
+    )
     structures = [nacl(), cscl(), silicon(), srtio3(), zns]
     assert loaders.family_mask(structures, "sulfides").tolist() == [False] * 4 + [True]
     assert loaders.family_mask(structures, "perovskites_abx3").tolist() == [False] * 3 + [
-        True, False]
+        True,
+        False,
+    ]
     assert loaders.family_mask(structures, lambda s: len(s) == 5).tolist() == [
-        False, False, False, True, False]
+        False,
+        False,
+        False,
+        True,
+        False,
+    ]
     with pytest.raises(ValueError, match="Unknown family"):
         loaders.family_mask(structures, "borides")
     feat = CrystalMultiModalFeaturizer(["graph"], progress=False, cache_dir=tmp_path)
     X = feat.featurize(structures)
     train = dc.data.NumpyDataset(X[:4], np.arange(4.0).reshape(-1, 1))
     family = dc.data.NumpyDataset(X[4:], np.ones((1, 1)))
-    model = dc.models.MatMMFuseModel(1, feat.modalities, encoder_dim=16, fused_dim=16,
-                                     head_hidden=16, batch_size=4, progress=False,
-                                     encoder_options={"crystal_graph": {"atom_fea_len": 8}})
+    model = dc.models.MatMMFuseModel(
+        1,
+        feat.modalities,
+        encoder_dim=16,
+        fused_dim=16,
+        head_hidden=16,
+        batch_size=4,
+        progress=False,
+        encoder_options={"crystal_graph": {"atom_fea_len": 8}},
+    )
     model.fit(train, nb_epoch=1)
     table = zero_shot_evaluate({"CGCNN": model}, {"sulfides": family})
     assert list(table.columns) == ["n", "CGCNN"] and table.loc["sulfides", "n"] == 1

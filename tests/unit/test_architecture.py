@@ -13,11 +13,12 @@ runs). Layer rules count every kind; the cycle rule counts module-level imports,
 reports the cycles that deferred and typing-only imports still close. Every assertion message lists
 each violation as ``module:line -> imported module (kind)``.
 """
+
 from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 PACKAGE = "deepfuse_plugin"
@@ -25,8 +26,13 @@ ROOT = Path(__file__).resolve().parents[2] / PACKAGE
 MAX_LINES = 600
 #: The benchmark harness: today's in-library ``bench`` package and its future stand-alone names.
 HARNESS = ("deepfuse_bench", "benchmarks", f"{PACKAGE}.bench")
-NN_FORBIDDEN = ("deepchem", f"{PACKAGE}.feat", f"{PACKAGE}.models", f"{PACKAGE}.workflows",
-                f"{PACKAGE}.data")
+NN_FORBIDDEN = (
+    "deepchem",
+    f"{PACKAGE}.feat",
+    f"{PACKAGE}.models",
+    f"{PACKAGE}.workflows",
+    f"{PACKAGE}.data",
+)
 WORKSPACE_PATH = "../shared"
 
 
@@ -51,13 +57,15 @@ def module_name(path: Path, root: Path = ROOT) -> str:
 
 def library_files(root: Path = ROOT) -> dict[str, Path]:
     """Module name -> file, for every Python file of the package."""
-    return {module_name(p, root): p for p in sorted(root.rglob("*.py"))
-            if "__pycache__" not in p.parts}
+    return {
+        module_name(p, root): p for p in sorted(root.rglob("*.py")) if "__pycache__" not in p.parts
+    }
 
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _absolute(module: str | None, level: int, source: str, is_package: bool) -> str:
@@ -65,12 +73,16 @@ def _absolute(module: str | None, level: int, source: str, is_package: bool) -> 
     if level == 0:
         return module or ""
     base = source.split(".") if is_package else source.split(".")[:-1]
-    base = base[:len(base) - (level - 1)]
+    base = base[: len(base) - (level - 1)]
     return ".".join(base + ([module] if module else []))
 
 
-def imports_of(source: str, text: str, modules: set[str] | frozenset[str] = frozenset(),
-               is_package: bool = False) -> list[Import]:
+def imports_of(
+    source: str,
+    text: str,
+    modules: set[str] | frozenset[str] = frozenset(),
+    is_package: bool = False,
+) -> list[Import]:
     """Every import in ``text`` (the code of module ``source``), resolved to module names.
 
     ``from a import b`` names the module ``a.b`` when that is one of ``modules``, else ``a``.
@@ -82,8 +94,9 @@ def imports_of(source: str, text: str, modules: set[str] | frozenset[str] = froz
             found.extend(Import(source, alias.name, node.lineno, kind) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = _absolute(node.module, node.level, source, is_package)
-            targets = dict.fromkeys(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
-                                    for a in node.names)
+            targets = dict.fromkeys(
+                f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names
+            )
             found.extend(Import(source, t, node.lineno, kind) for t in targets)
         elif isinstance(node, ast.If) and _is_type_checking(node.test):
             for child in node.body:
@@ -101,14 +114,18 @@ def imports_of(source: str, text: str, modules: set[str] | frozenset[str] = froz
     return found
 
 
-@lru_cache(maxsize=None)
+@cache
 def library_imports(root: Path = ROOT) -> tuple[Import, ...]:
     """Every import of every module of the package (parsed once per test session)."""
     files = library_files(root)
     modules = set(files)
-    return tuple(imp for name, path in files.items()
-            for imp in imports_of(name, path.read_text(encoding="utf-8"), modules,
-                                  path.name == "__init__.py"))
+    return tuple(
+        imp
+        for name, path in files.items()
+        for imp in imports_of(
+            name, path.read_text(encoding="utf-8"), modules, path.name == "__init__.py"
+        )
+    )
 
 
 def within(module: str, prefixes: tuple[str, ...] | str) -> bool:
@@ -161,16 +178,19 @@ def import_cycles(edges: list[Import]) -> list[list[Import]]:
                 low[node] = min(low[node], index[child])
     cycles = []
     for group in groups:
-        inside = sorted((e for e in edges if e.source in group and e.target in group),
-                        key=lambda e: (e.source, e.line))
+        inside = sorted(
+            (e for e in edges if e.source in group and e.target in group),
+            key=lambda e: (e.source, e.line),
+        )
         if len(group) > 1 or inside:
             cycles.append(inside)
     return sorted(cycles, key=lambda c: c[0].source)
 
 
 def _describe_cycles(cycles: list[list[Import]]) -> str:
-    return "\n".join(f"cycle {i + 1}:\n  " + "\n  ".join(str(e) for e in cycle)
-                     for i, cycle in enumerate(cycles))
+    return "\n".join(
+        f"cycle {i + 1}:\n  " + "\n  ".join(str(e) for e in cycle) for i, cycle in enumerate(cycles)
+    )
 
 
 def _intra(edges: tuple[Import, ...]) -> list[Import]:
@@ -179,16 +199,18 @@ def _intra(edges: tuple[Import, ...]) -> list[Import]:
 
 # -- the checker itself -----------------------------------------------------------------------
 def test_imports_are_classified_and_resolved():
-    text = ("from __future__ import annotations\n"
-            "import deepchem as dc\n"
-            "from typing import TYPE_CHECKING\n"
-            "from . import encoders\n"
-            "from .fusion import FusionOutput\n"
-            "if TYPE_CHECKING:\n"
-            "    from deepfuse_plugin.feat import text\n"
-            "def build():\n"
-            "    from ..models.base import X\n"
-            "    return X\n")
+    text = (
+        "from __future__ import annotations\n"
+        "import deepchem as dc\n"
+        "from typing import TYPE_CHECKING\n"
+        "from . import encoders\n"
+        "from .fusion import FusionOutput\n"
+        "if TYPE_CHECKING:\n"
+        "    from deepfuse_plugin.feat import text\n"
+        "def build():\n"
+        "    from ..models.base import X\n"
+        "    return X\n"
+    )
     modules = {"pkg.nn.encoders", "pkg.nn.fusion", "pkg.feat.text", "pkg.models.base"}
     found = {(i.target, i.kind, i.line) for i in imports_of("pkg.nn.crystal", text, modules)}
     assert ("deepchem", "module", 2) in found
@@ -197,19 +219,28 @@ def test_imports_are_classified_and_resolved():
     assert ("deepfuse_plugin.feat", "typing", 7) in found
     assert ("pkg.models.base", "deferred", 9) in found
     # a package's own relative imports resolve inside it
-    package = imports_of("pkg.nn.fusion", "from .output import FusionOutput\n",
-                         {"pkg.nn.fusion.output"}, is_package=True)
+    package = imports_of(
+        "pkg.nn.fusion",
+        "from .output import FusionOutput\n",
+        {"pkg.nn.fusion.output"},
+        is_package=True,
+    )
     assert [i.target for i in package] == ["pkg.nn.fusion.output"]
 
 
 def test_cycle_finder_reports_every_edge_of_each_cycle():
-    edges = [Import("a", "b", 1, "module"), Import("b", "c", 2, "module"),
-             Import("c", "a", 3, "deferred"), Import("c", "d", 4, "module"),
-             Import("e", "e", 5, "module")]
+    edges = [
+        Import("a", "b", 1, "module"),
+        Import("b", "c", 2, "module"),
+        Import("c", "a", 3, "deferred"),
+        Import("c", "d", 4, "module"),
+        Import("e", "e", 5, "module"),
+    ]
     cycles = import_cycles(edges)
     assert [[str(e) for e in c] for c in cycles] == [
         ["a:1 -> b (module)", "b:2 -> c (module)", "c:3 -> a (deferred)"],
-        ["e:5 -> e (module)"]]
+        ["e:5 -> e (module)"],
+    ]
     assert import_cycles(edges[:2] + edges[3:4]) == []
 
 
@@ -222,30 +253,43 @@ def test_package_is_found():
 def test_no_module_level_import_cycles():
     edges = [e for e in _intra(library_imports()) if e.kind == "module"]
     cycles = import_cycles(edges)
-    assert not cycles, (f"{len(cycles)} import cycle(s) at module level:\n"
-                        + _describe_cycles(cycles))
+    assert not cycles, f"{len(cycles)} import cycle(s) at module level:\n" + _describe_cycles(
+        cycles
+    )
 
 
 def test_no_import_cycles_through_deferred_or_typing_imports():
     """A function-level or ``TYPE_CHECKING`` import that closes a cycle is a cycle hidden, not
     gone: the two modules still depend on each other."""
     cycles = import_cycles(_intra(library_imports()))
-    assert not cycles, (f"{len(cycles)} import cycle(s) counting deferred and typing-only "
-                        "imports:\n" + _describe_cycles(cycles))
+    assert not cycles, (
+        f"{len(cycles)} import cycle(s) counting deferred and typing-only "
+        "imports:\n" + _describe_cycles(cycles)
+    )
 
 
 def test_nn_is_pure_torch():
-    bad = [str(e) for e in library_imports()
-           if within(e.source, f"{PACKAGE}.nn") and within(e.target, NN_FORBIDDEN)]
-    assert not bad, ("nn/ must not import DeepChem, feat, data, models or workflows (shared "
-                     "contracts live in deepfuse_plugin.modalities):\n  " + "\n  ".join(bad))
+    bad = [
+        str(e)
+        for e in library_imports()
+        if within(e.source, f"{PACKAGE}.nn") and within(e.target, NN_FORBIDDEN)
+    ]
+    assert not bad, (
+        "nn/ must not import DeepChem, feat, data, models or workflows (shared "
+        "contracts live in deepfuse_plugin.modalities):\n  " + "\n  ".join(bad)
+    )
 
 
 def test_feat_does_not_import_nn():
-    bad = [str(e) for e in library_imports()
-           if within(e.source, f"{PACKAGE}.feat") and within(e.target, f"{PACKAGE}.nn")]
-    assert not bad, ("feat/ must not import nn/ (shared contracts live in "
-                     "deepfuse_plugin.modalities):\n  " + "\n  ".join(bad))
+    bad = [
+        str(e)
+        for e in library_imports()
+        if within(e.source, f"{PACKAGE}.feat") and within(e.target, f"{PACKAGE}.nn")
+    ]
+    assert not bad, (
+        "feat/ must not import nn/ (shared contracts live in "
+        "deepfuse_plugin.modalities):\n  " + "\n  ".join(bad)
+    )
 
 
 #: Deprecation shims that forward to the harness when it is installed (deferred imports only).
@@ -253,25 +297,39 @@ HARNESS_SHIMS = (f"{PACKAGE}.bench", f"{PACKAGE}.cli")
 
 
 def test_library_does_not_import_the_benchmark_harness():
-    bad = [str(e) for e in library_imports() if within(e.target, HARNESS)
-           and not (within(e.source, HARNESS_SHIMS) and e.kind == "deferred")
-           and not within(e.source, f"{PACKAGE}.bench")]
+    bad = [
+        str(e)
+        for e in library_imports()
+        if within(e.target, HARNESS)
+        and not (within(e.source, HARNESS_SHIMS) and e.kind == "deferred")
+        and not within(e.source, f"{PACKAGE}.bench")
+    ]
     assert not bad, "the library must not import the benchmark harness:\n  " + "\n  ".join(bad)
 
 
 def test_no_workspace_path_in_the_library():
-    bad = [f"{name}:{n}: {line.strip()}" for name, path in library_files().items()
-           for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-           if WORKSPACE_PATH in line]
-    assert not bad, (f"library modules name the workspace path {WORKSPACE_PATH!r} (data folders "
-                     "are arguments):\n  " + "\n  ".join(bad))
+    bad = [
+        f"{name}:{n}: {line.strip()}"
+        for name, path in library_files().items()
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if WORKSPACE_PATH in line
+    ]
+    assert not bad, (
+        f"library modules name the workspace path {WORKSPACE_PATH!r} (data folders "
+        "are arguments):\n  " + "\n  ".join(bad)
+    )
 
 
 def test_files_stay_readable():
-    sizes = {name: len(path.read_text(encoding="utf-8").splitlines())
-             for name, path in library_files().items()}
-    long = [f"{name}: {n} lines" for name, n in sorted(sizes.items(), key=lambda kv: -kv[1])
-            if n > MAX_LINES]
+    sizes = {
+        name: len(path.read_text(encoding="utf-8").splitlines())
+        for name, path in library_files().items()
+    }
+    long = [
+        f"{name}: {n} lines"
+        for name, n in sorted(sizes.items(), key=lambda kv: -kv[1])
+        if n > MAX_LINES
+    ]
     assert not long, f"modules over {MAX_LINES} lines:\n  " + "\n  ".join(long)
 
 
@@ -279,14 +337,34 @@ def test_moved_names_still_import_from_their_old_homes():
     """Layout moves keep the old import paths working (no behaviour change for users)."""
     from deepfuse_plugin import modalities
     from deepfuse_plugin.nn import cgcnn, crystal, fusion, matgl_backbone
-    from deepfuse_plugin.nn.fusion import (cross_attention, dynamic, early, late, masking, moe,
-                                           output, projection)
+    from deepfuse_plugin.nn.fusion import (
+        cross_attention,
+        dynamic,
+        early,
+        late,
+        masking,
+        moe,
+        output,
+        projection,
+    )
 
-    homes = {"FusionOutput": output, "masked_softmax": masking, "sample_modality_drop": masking,
-             "curriculum_rate": masking, "masked_mean": masking, "masked_concat": masking,
-             "present_pooled": masking, "presence_weights": masking, "cv_squared": moe,
-             "DynamicFusion": dynamic, "ProjectionFusion": projection, "EarlyFusion": early,
-             "LateFusion": late, "CrossAttentionFusion": cross_attention, "GatedMoEFusion": moe}
+    homes = {
+        "FusionOutput": output,
+        "masked_softmax": masking,
+        "sample_modality_drop": masking,
+        "curriculum_rate": masking,
+        "masked_mean": masking,
+        "masked_concat": masking,
+        "present_pooled": masking,
+        "presence_weights": masking,
+        "cv_squared": moe,
+        "DynamicFusion": dynamic,
+        "ProjectionFusion": projection,
+        "EarlyFusion": early,
+        "LateFusion": late,
+        "CrossAttentionFusion": cross_attention,
+        "GatedMoEFusion": moe,
+    }
     for name, home in homes.items():
         assert getattr(fusion, name) is getattr(home, name), name
         assert name in fusion.__all__, name
@@ -297,19 +375,28 @@ def test_moved_names_still_import_from_their_old_homes():
 
 
 #: Layers of the training stack, bottom to top: a module never imports one above its own layer.
-TRAINING_LAYERS = (f"{PACKAGE}.train", f"{PACKAGE}.run_folder", f"{PACKAGE}.prediction",
-                   f"{PACKAGE}.workflows")
+TRAINING_LAYERS = (
+    f"{PACKAGE}.train",
+    f"{PACKAGE}.run_folder",
+    f"{PACKAGE}.prediction",
+    f"{PACKAGE}.workflows",
+)
 
 
 def test_training_layers_only_import_downwards():
     """``train/`` (metrics, loop, resume) is below the run-folder code, which is below
     ``prediction``, which is below ``workflows``; nothing in them reaches up (no hidden cycles)."""
+
     def layer(module: str) -> int | None:
         return next((i for i, p in enumerate(TRAINING_LAYERS) if within(module, p)), None)
 
-    bad = [str(e) for e in _intra(library_imports())
-           if layer(e.source) is not None and layer(e.target) is not None
-           and layer(e.target) > layer(e.source)]
+    bad = [
+        str(e)
+        for e in _intra(library_imports())
+        if layer(e.source) is not None
+        and layer(e.target) is not None
+        and layer(e.target) > layer(e.source)
+    ]
     assert not bad, "training modules import a layer above their own:\n  " + "\n  ".join(bad)
 
 
@@ -322,17 +409,53 @@ def test_the_library_never_imports_its_deprecated_aliases():
 
 #: Every public name ``deepfuse_plugin.workflows`` had before training moved to ``train/``.
 WORKFLOWS_NAMES = (
-    "BINARY_SIGNATURES", "BestCheckpointCallback", "CORRUPT_OUTPUT_FRACTION",
-    "CorruptCheckpointError", "FEATURIZER_KEYS", "InvalidSettingError", "MAX_ABS_LABEL",
-    "METRICS_FILE", "MISSING_LABELS", "MODELS", "MODES", "RUN_FILE", "RUN_FORMAT",
-    "RunFolderError", "SPLITS", "STD_SCALES_FILE", "TrainingResult", "WorkflowError",
-    "calibrate_run", "check_training_settings", "classification_metrics", "denormalize",
-    "evaluate", "fit_normalizer", "fresh_model_dir", "labels_and_weights", "load_run",
-    "make_dataset", "normalizer_to_dict", "parse_labels", "predict_from_csv",
-    "predict_original_units", "predict_with_std", "rdkit_log_disabled", "read_csv_checked",
-    "register_model", "regression_metrics", "resolve_model_class", "selection_score",
-    "set_seed", "smiles_problems", "split_indices", "train_from_csv", "train_with_validation",
-    "valid_smiles_mask", "write_json")
+    "BINARY_SIGNATURES",
+    "BestCheckpointCallback",
+    "CORRUPT_OUTPUT_FRACTION",
+    "CorruptCheckpointError",
+    "FEATURIZER_KEYS",
+    "InvalidSettingError",
+    "MAX_ABS_LABEL",
+    "METRICS_FILE",
+    "MISSING_LABELS",
+    "MODELS",
+    "MODES",
+    "RUN_FILE",
+    "RUN_FORMAT",
+    "RunFolderError",
+    "SPLITS",
+    "STD_SCALES_FILE",
+    "TrainingResult",
+    "WorkflowError",
+    "calibrate_run",
+    "check_training_settings",
+    "classification_metrics",
+    "denormalize",
+    "evaluate",
+    "fit_normalizer",
+    "fresh_model_dir",
+    "labels_and_weights",
+    "load_run",
+    "make_dataset",
+    "normalizer_to_dict",
+    "parse_labels",
+    "predict_from_csv",
+    "predict_original_units",
+    "predict_with_std",
+    "rdkit_log_disabled",
+    "read_csv_checked",
+    "register_model",
+    "regression_metrics",
+    "resolve_model_class",
+    "selection_score",
+    "set_seed",
+    "smiles_problems",
+    "split_indices",
+    "train_from_csv",
+    "train_with_validation",
+    "valid_smiles_mask",
+    "write_json",
+)
 
 
 def test_moved_training_names_still_import_from_workflows():
@@ -341,8 +464,9 @@ def test_moved_training_names_still_import_from_workflows():
     from deepfuse_plugin import train, workflows
     from deepfuse_plugin.train import resume
 
-    missing = [n for n in WORKFLOWS_NAMES if n not in workflows.__all__ or
-               not hasattr(workflows, n)]
+    missing = [
+        n for n in WORKFLOWS_NAMES if n not in workflows.__all__ or not hasattr(workflows, n)
+    ]
     assert not missing, f"workflows lost {missing}"
     for name in set(train.__all__) & set(WORKFLOWS_NAMES):
         assert getattr(workflows, name) is getattr(train, name), name
@@ -351,9 +475,21 @@ def test_moved_training_names_still_import_from_workflows():
         import importlib
 
         import deepfuse_plugin.resume as shim
+
         importlib.reload(shim)
-    assert any(issubclass(w.category, DeprecationWarning) and "train.resume" in str(w.message)
-               for w in caught)
-    for name in ("read_state", "save_resume_point", "ResumeState", "ResumeMismatchError",
-                 "STATE_FILE", "SLOTS", "clear", "training_plan", "restore_resume_point"):
+    assert any(
+        issubclass(w.category, DeprecationWarning) and "train.resume" in str(w.message)
+        for w in caught
+    )
+    for name in (
+        "read_state",
+        "save_resume_point",
+        "ResumeState",
+        "ResumeMismatchError",
+        "STATE_FILE",
+        "SLOTS",
+        "clear",
+        "training_plan",
+        "restore_resume_point",
+    ):
         assert getattr(shim, name) is getattr(resume, name), name

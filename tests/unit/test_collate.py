@@ -1,4 +1,5 @@
 """collate_samples: stacked vectors, padded tokens, PyG batches with empty graphs, presence mask."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,8 +34,12 @@ def test_presence_mask_and_names(feat, samples):
     assert batch.names == ("ecfp", "graph", "smiles")
     assert batch.batch_size == 4
     assert batch.mask.dtype == torch.bool
-    assert batch.mask.tolist() == [[True, True, True], [True, False, True],
-                                   [True, True, False], [False, True, True]]
+    assert batch.mask.tolist() == [
+        [True, True, True],
+        [True, False, True],
+        [True, True, False],
+        [False, True, True],
+    ]
 
 
 def test_vectors_stacked_with_zeros_where_missing(feat, samples):
@@ -118,8 +123,9 @@ def test_mismatched_modalities_is_a_clear_error(feat):
 
 
 def test_extra_modalities_in_the_data_are_ignored(feat):
-    richer = dfp.MultiModalFeaturizer(["ecfp", "graph", "smiles", "selfies"], ecfp_size=64,
-                                      progress=False)
+    richer = dfp.MultiModalFeaturizer(
+        ["ecfp", "graph", "smiles", "selfies"], ecfp_size=64, progress=False
+    )
     batch = collate_samples(list(richer.featurize(["CCO"])), feat.modalities)
     assert set(batch.inputs) == {"ecfp", "graph", "smiles"}
 
@@ -128,15 +134,17 @@ def test_mismatched_widths_are_clear_errors(feat):
     wide = dfp.MultiModalFeaturizer(["ecfp", "graph", "smiles"], ecfp_size=128, progress=False)
     with pytest.raises(ValueError, match="'ecfp': row 0 has width 128, the model expects 64"):
         collate_samples(list(wide.featurize(["CCO"])), feat.modalities)
-    small_vocab = [Modality("smiles", "sequence", vocab=("[PAD]", "[UNK]", "[BOS]", "[EOS]"),
-                            max_length=8)]
+    small_vocab = [
+        Modality("smiles", "sequence", vocab=("[PAD]", "[UNK]", "[BOS]", "[EOS]"), max_length=8)
+    ]
     with pytest.raises(ValueError, match="outside the model's vocabulary"):
         collate_samples(list(feat.featurize(["CCO"])), small_vocab)
     # sequences longer than the model's max_length would be cut silently (EOS lost) by the encoder
     long_feat = dfp.MultiModalFeaturizer(["smiles"], max_length=64, progress=False)
     short_spec = dfp.MultiModalFeaturizer(["smiles"], max_length=8, progress=False).modalities
-    with pytest.raises(ValueError,
-                       match="'smiles': row 0 has 12 tokens, the model's max_length is 8"):
+    with pytest.raises(
+        ValueError, match="'smiles': row 0 has 12 tokens, the model's max_length is 8"
+    ):
         collate_samples(list(long_feat.featurize(["CCCCCCCCCC"])), short_spec)
     collate_samples(list(long_feat.featurize(["CCC"])), short_spec)  # short enough: fine
     graph_spec = [Modality("graph", "graph", node_dim=5, edge_dim=12)]
@@ -169,7 +177,7 @@ def test_same_width_data_from_other_featurizer_settings_is_an_error():
     assert collate_samples(samples, radius3.modalities).inputs["ecfp"].shape == (2, 64)
 
 
-# -- length-bucketed training batches ---------------------------------------------------------------
+# -- length-bucketed training batches --------------------------------------------------------------
 def _padded_positions(batches, modalities) -> int:
     from deepfuse_plugin.data.collate import sequence_lengths
 
@@ -184,7 +192,9 @@ def test_length_bucketed_keeps_every_row_aligned_and_pads_less():
     X = feat.featurize(smiles)
     y = np.arange(50, dtype=float).reshape(-1, 1)
     ids = np.array(smiles, dtype=object)
-    stream = [(X[i:i + 8], y[i:i + 8], y[i:i + 8] * 0 + 1, ids[i:i + 8]) for i in range(0, 50, 8)]
+    stream = [
+        (X[i : i + 8], y[i : i + 8], y[i : i + 8] * 0 + 1, ids[i : i + 8]) for i in range(0, 50, 8)
+    ]
     out = list(length_bucketed(stream, feat.modalities, pool=4, rng=np.random.default_rng(1)))
     # every molecule once, labels and ids still on their own sample, batch sizes kept
     assert sorted(v for b in out for v in b[1][:, 0]) == y[:, 0].tolist()
@@ -194,8 +204,9 @@ def test_length_bucketed_keeps_every_row_aligned_and_pads_less():
         assert lengths.tolist() == [len(s) + 2 for s in idb]  # + begin/end tokens
         assert (wb == 1).all()
     assert sorted(len(b[0]) for b in out) == sorted(len(b[0]) for b in stream)
-    assert _padded_positions(out, feat.modalities) < 0.8 * _padded_positions(stream,
-                                                                             feat.modalities)
+    assert _padded_positions(out, feat.modalities) < 0.8 * _padded_positions(
+        stream, feat.modalities
+    )
     with pytest.raises(ValueError, match="pool"):
         list(length_bucketed(stream, feat.modalities, pool=0, rng=np.random.default_rng(0)))
 
@@ -205,9 +216,13 @@ def test_length_bucketed_passes_missing_labels_and_tokens_through(feat, samples)
 
     X = np.empty(len(samples), dtype=object)
     X[:] = samples
-    out = list(length_bucketed([(X, None, None, None)], feat.modalities, pool=2,
-                               rng=np.random.default_rng(0)))
+    out = list(
+        length_bucketed(
+            [(X, None, None, None)], feat.modalities, pool=2, rng=np.random.default_rng(0)
+        )
+    )
     assert len(out) == 1 and out[0][1] is None and out[0][3] is None
     assert sorted(sequence_lengths(out[0][0], feat.modalities)) == sorted(
-        sequence_lengths(X, feat.modalities))
+        sequence_lengths(X, feat.modalities)
+    )
     assert 0 in sequence_lengths(X, feat.modalities)  # sample 2 has no smiles: length 0

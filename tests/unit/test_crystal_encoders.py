@@ -2,13 +2,14 @@
 
 No pymatgen needed: these run in every environment (the materials extra only adds featurization).
 """
+
 from __future__ import annotations
 
+import deepchem as dc
 import numpy as np
 import pytest
 import torch
 
-import deepchem as dc
 import deepfuse_plugin as dfp
 from deepfuse_plugin.data.collate import collate_samples
 from deepfuse_plugin.data.crystal import SentenceBatch
@@ -17,13 +18,26 @@ from deepfuse_plugin.nn.crystal import CGCNNEncoder, SentenceEmbeddingEncoder
 from deepfuse_plugin.nn.fusion import CrossAttentionFusion, ProjectionFusion
 
 GRAPH = Modality("graph", "crystal_graph", node_dim=6, edge_dim=5)
-SENTENCES = Modality("text_sentences", "text", dim=8,
-                     params={"representation": "sentence_embeddings"})
-TOKENS = Modality("text", "text", max_length=12,
-                  params={"representation": "tokens", "vocab_size": 50, "pad_id": 0})
-TINY = dict(encoder_dim=16, fused_dim=16, head_hidden=16, n_heads=2, attention_hidden=8,
-            batch_size=4, learning_rate=3e-3, progress=False,
-            encoder_options={"crystal_graph": {"atom_fea_len": 8, "n_conv": 2}})
+SENTENCES = Modality(
+    "text_sentences", "text", dim=8, params={"representation": "sentence_embeddings"}
+)
+TOKENS = Modality(
+    "text",
+    "text",
+    max_length=12,
+    params={"representation": "tokens", "vocab_size": 50, "pad_id": 0},
+)
+TINY = dict(
+    encoder_dim=16,
+    fused_dim=16,
+    head_hidden=16,
+    n_heads=2,
+    attention_hidden=8,
+    batch_size=4,
+    learning_rate=3e-3,
+    progress=False,
+    encoder_options={"crystal_graph": {"atom_fea_len": 8, "n_conv": 2}},
+)
 
 
 def _samples(n: int = 8, seed: int = 0) -> list[MultiModalSample]:
@@ -32,9 +46,11 @@ def _samples(n: int = 8, seed: int = 0) -> list[MultiModalSample]:
     for i in range(n):
         atoms = 1 + i % 4
         n_edges = 0 if atoms == 1 else 3 * atoms
-        graph = GraphFeatures(rng.normal(size=(atoms, 6)).astype(np.float32),
-                              rng.integers(0, atoms, size=(2, n_edges)),
-                              rng.random((n_edges, 5)).astype(np.float32))
+        graph = GraphFeatures(
+            rng.normal(size=(atoms, 6)).astype(np.float32),
+            rng.integers(0, atoms, size=(2, n_edges)),
+            rng.random((n_edges, 5)).astype(np.float32),
+        )
         sentences = rng.normal(size=(3 + i % 3, 8)).astype(np.float16)
         tokens = rng.integers(1, 50, size=4 + i % 5).astype(np.int32)
         values = {"graph": graph, "text_sentences": sentences, "text": tokens}
@@ -48,8 +64,9 @@ def _samples(n: int = 8, seed: int = 0) -> list[MultiModalSample]:
 def _dataset(n: int = 8) -> dc.data.NumpyDataset:
     X = np.empty(n, dtype=object)
     X[:] = _samples(n)
-    return dc.data.NumpyDataset(X, np.linspace(-1, 1, n).reshape(-1, 1),
-                                ids=np.array([f"c{i}" for i in range(n)]))
+    return dc.data.NumpyDataset(
+        X, np.linspace(-1, 1, n).reshape(-1, 1), ids=np.array([f"c{i}" for i in range(n)])
+    )
 
 
 def test_text_collate_pads_tokens_and_sentences():
@@ -72,13 +89,23 @@ def test_cgcnn_encoder_lone_atom_and_missing_graph():
     encoder = CGCNNEncoder(node_dim=5, edge_dim=3, out_dim=8, atom_fea_len=4, n_conv=2)
     encoder.train()
     # one single-atom crystal without edges in a training batch (batch norm over one row)
-    lone = Batch(x=torch.randn(1, 5), edge_index=torch.zeros(2, 0, dtype=torch.long),
-                 edge_attr=torch.zeros(0, 3), batch=torch.zeros(1, dtype=torch.long), num_graphs=1)
+    lone = Batch(
+        x=torch.randn(1, 5),
+        edge_index=torch.zeros(2, 0, dtype=torch.long),
+        edge_attr=torch.zeros(0, 3),
+        batch=torch.zeros(1, dtype=torch.long),
+        num_graphs=1,
+    )
     out = encoder(lone)
     assert out.pooled.shape == (1, 8) and torch.isfinite(out.pooled).all()
     # a missing crystal (no atoms) next to a real one pools to exact zeros
-    two = Batch(x=torch.randn(2, 5), edge_index=torch.tensor([[0, 1], [1, 0]]),
-                edge_attr=torch.randn(2, 3), batch=torch.tensor([1, 1]), num_graphs=2)
+    two = Batch(
+        x=torch.randn(2, 5),
+        edge_index=torch.tensor([[0, 1], [1, 0]]),
+        edge_attr=torch.randn(2, 3),
+        batch=torch.tensor([1, 1]),
+        num_graphs=2,
+    )
     out = encoder(two)
     assert torch.equal(out.pooled[0], torch.zeros(8))
     assert out.token_mask.tolist() == [[False, False], [True, True]]
@@ -95,8 +122,8 @@ def test_cgcnn_convolution_uses_the_edges():
     x2 = x.clone()
     x2[1] += 1.0
     h2 = encoder.node_states(x2, edge_index, edge_attr)
-    assert not torch.allclose(h[0], h2[0])      # centre 0 hears neighbour 1
-    assert torch.allclose(h[2], h2[2])          # atom 2 is isolated
+    assert not torch.allclose(h[0], h2[0])  # centre 0 hears neighbour 1
+    assert torch.allclose(h[2], h2[2])  # atom 2 is isolated
 
 
 def test_sentence_encoder_missing_text_pools_to_zero():
@@ -133,8 +160,10 @@ def test_matmmfuse_single_modality_is_the_unimodal_baseline():
 def test_other_fusion_models_with_crystal_kinds():
     ds = _dataset()
     kwargs = {k: v for k, v in TINY.items() if k != "n_heads"}
-    kwargs["encoder_options"] = {**TINY["encoder_options"],
-                                 "text": {"backbone": "scratch", "n_layers": 1, "n_heads": 2}}
+    kwargs["encoder_options"] = {
+        **TINY["encoder_options"],
+        "text": {"backbone": "scratch", "n_layers": 1, "n_heads": 2},
+    }
     for cls in (dfp.GatedMoEFusionModel, dfp.LateFusionModel):
         model = cls(1, [GRAPH, SENTENCES, TOKENS], **kwargs)
         model.fit(ds, nb_epoch=1)

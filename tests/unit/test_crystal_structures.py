@@ -2,19 +2,21 @@
 
 Everything skips cleanly without pymatgen (the ``materials`` extra).
 """
+
 from __future__ import annotations
 
 import pytest
 
 pytest.importorskip("pymatgen.core")
 
-from pymatgen.core import Lattice, Structure  # noqa: E402
+from pymatgen.core import Lattice, Structure
 
 
 def nacl() -> Structure:
     """Rock salt, Fm-3m (225), primitive cell (2 atoms)."""
-    conventional = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.69), ["Na", "Cl"],
-                                             [[0, 0, 0], [0.5, 0.5, 0.5]])
+    conventional = Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(5.69), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
     return conventional.get_primitive_structure()
 
 
@@ -25,20 +27,25 @@ def cscl() -> Structure:
 
 def silicon() -> Structure:
     """Diamond Si, Fd-3m (227), primitive cell (2 atoms)."""
-    return Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.43), ["Si"],
-                                     [[0, 0, 0]]).get_primitive_structure()
+    return Structure.from_spacegroup(
+        "Fd-3m", Lattice.cubic(5.43), ["Si"], [[0, 0, 0]]
+    ).get_primitive_structure()
 
 
 def srtio3() -> Structure:
     """Cubic perovskite SrTiO3, Pm-3m (221)."""
-    return Structure(Lattice.cubic(3.905), ["Sr", "Ti", "O", "O", "O"],
-                     [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    return Structure(
+        Lattice.cubic(3.905),
+        ["Sr", "Ti", "O", "O", "O"],
+        [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
+    )
 
 
 def with_isolated_atom() -> Structure:
     """A 20 Å cell: an Na-Cl pair 2.4 Å apart and an Ar atom more than 8 Å from everything."""
-    return Structure(Lattice.cubic(20.0), ["Na", "Cl", "Ar"],
-                     [[0, 0, 0], [0.12, 0, 0], [0.5, 0.5, 0.5]])
+    return Structure(
+        Lattice.cubic(20.0), ["Na", "Cl", "Ar"], [[0, 0, 0], [0.12, 0, 0], [0.5, 0.5, 0.5]]
+    )
 
 
 def lone_atom() -> Structure:
@@ -48,8 +55,11 @@ def lone_atom() -> Structure:
 
 def disordered() -> Structure:
     """bcc Fe0.5Co0.5 with partial occupancy on one site."""
-    return Structure(Lattice.cubic(2.85), [{"Fe": 0.5, "Co": 0.5}, {"Fe": 0.5, "Co": 0.5}],
-                     [[0, 0, 0], [0.5, 0.5, 0.5]])
+    return Structure(
+        Lattice.cubic(2.85),
+        [{"Fe": 0.5, "Co": 0.5}, {"Fe": 0.5, "Co": 0.5}],
+        [[0, 0, 0], [0.5, 0.5, 0.5]],
+    )
 
 
 def needs_text_model() -> None:
@@ -63,8 +73,8 @@ def needs_text_model() -> None:
 
 
 def copy_extxyz_head(source, target, n_frames: int):
-    """Write the first ``n_frames`` frames of the xz-compressed extended XYZ ``source`` to ``target``
-    (streamed: only the start of the archive is decompressed); returns ``target``."""
+    """Write the first ``n_frames`` frames of the xz-compressed extended XYZ ``source`` to
+    ``target`` (streamed: only the start of the archive is decompressed); returns ``target``."""
     import lzma
 
     with lzma.open(source, "rt") as src, open(target, "w") as out:
@@ -82,7 +92,9 @@ ORDERED = {"NaCl": nacl, "CsCl": cscl, "Si": silicon, "SrTiO3": srtio3}
 def test_builders_give_the_expected_space_groups():
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-    numbers = {name: SpacegroupAnalyzer(build()).get_space_group_number()
-               for name, build in ORDERED.items()}
+    numbers = {
+        name: SpacegroupAnalyzer(build()).get_space_group_number()
+        for name, build in ORDERED.items()
+    }
     assert numbers == {"NaCl": 225, "CsCl": 221, "Si": 227, "SrTiO3": 221}
     assert not disordered().is_ordered

@@ -1,19 +1,37 @@
 """Fast describer (deterministic, right space group and environments), caches, sentence split."""
+
 from __future__ import annotations
 
 import pytest
 
 pytest.importorskip("pymatgen.core")
 
-from deepfuse_plugin.feat.text import (DescriptionCache, FastDescriber, split_sentences,  # noqa: E402
-                                       structure_hash)
-from tests.unit.test_crystal_structures import (cscl, disordered, lone_atom, nacl,  # noqa: E402
-                                                silicon, srtio3, with_isolated_atom)
+from deepfuse_plugin.feat.text import (
+    DescriptionCache,
+    FastDescriber,
+    split_sentences,
+    structure_hash,
+)
+from tests.unit.test_crystal_structures import (
+    cscl,
+    disordered,
+    lone_atom,
+    nacl,
+    silicon,
+    srtio3,
+    with_isolated_atom,
+)
 
 
-@pytest.mark.parametrize("build, symbol, number, system", [
-    (nacl, "Fm-3m", 225, "cubic"), (cscl, "Pm-3m", 221, "cubic"), (silicon, "Fd-3m", 227, "cubic"),
-    (srtio3, "Pm-3m", 221, "cubic")])
+@pytest.mark.parametrize(
+    "build, symbol, number, system",
+    [
+        (nacl, "Fm-3m", 225, "cubic"),
+        (cscl, "Pm-3m", 221, "cubic"),
+        (silicon, "Fd-3m", 227, "cubic"),
+        (srtio3, "Pm-3m", 221, "cubic"),
+    ],
+)
 def test_fast_description_names_the_space_group(build, symbol, number, system):
     text = FastDescriber().describe(build())
     assert f"{system} {symbol} space group (No. {number})" in text

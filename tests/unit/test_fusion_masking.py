@@ -1,4 +1,5 @@
 """Masking invariants of DynamicFusion, modality drop sampling and the masking curriculum."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,12 +8,24 @@ import torch
 
 from deepfuse_plugin.data.collate import collate_samples
 from deepfuse_plugin.nn.encoders import EncodedModality
-from deepfuse_plugin.nn.fusion import (DynamicFusion, FusionOutput, curriculum_rate, masked_softmax,
-                                       sample_modality_drop)
+from deepfuse_plugin.nn.fusion import (
+    DynamicFusion,
+    FusionOutput,
+    curriculum_rate,
+    masked_softmax,
+    sample_modality_drop,
+)
 
 NAMES = ("a", "b", "c")
-MASK = torch.tensor([[True, True, True], [True, False, True], [False, False, True],
-                     [True, True, False], [False, True, False]])
+MASK = torch.tensor(
+    [
+        [True, True, True],
+        [True, False, True],
+        [False, False, True],
+        [True, True, False],
+        [False, True, False],
+    ]
+)
 
 
 def make_inputs(batch=5, dim=8, seed=0):
@@ -22,13 +35,20 @@ def make_inputs(batch=5, dim=8, seed=0):
 
 
 def fusion_layer(mask_rate=0.0):
-    return DynamicFusion(NAMES, in_dim=8, fused_dim=6, gate_hidden=8, attention_hidden=8,
-                         decoder_hidden=8, mask_rate=mask_rate)
+    return DynamicFusion(
+        NAMES,
+        in_dim=8,
+        fused_dim=6,
+        gate_hidden=8,
+        attention_hidden=8,
+        decoder_hidden=8,
+        mask_rate=mask_rate,
+    )
 
 
 def total_loss(out: FusionOutput, layer) -> torch.Tensor:
     aux = sum(layer.loss_weights[k] * v for k, v in out.aux_losses.items())
-    return (out.fused ** 2).sum() + out.fused.sum() + aux
+    return (out.fused**2).sum() + out.fused.sum() + aux
 
 
 def test_output_shapes_and_aux_terms():
@@ -66,7 +86,7 @@ def test_missing_modality_values_do_not_change_the_output(garbage):
     torch.testing.assert_close(out.weights, out2.weights)
     for key in out.aux_losses:
         torch.testing.assert_close(out.aux_losses[key], out2.aux_losses[key])
-    for j, n in enumerate(NAMES):
+    for j in range(len(NAMES)):
         rows = MASK[:, j]
         torch.testing.assert_close(out.extras["gates"][rows, j], out2.extras["gates"][rows, j])
 
@@ -96,10 +116,14 @@ def test_no_gradient_into_missing_rows_through_a_full_network(small_featurizer, 
     """Same invariant end to end: encoder input rows of missing samples get zero gradient."""
     from deepfuse_plugin.models.dynamic import DynamicFusionModel
 
-    model = DynamicFusionModel(1, small_featurizer.modalities, mask_start=0.3, mask_end=0.3,
-                               **tiny_model_kwargs)
-    samples = list(small_featurizer.featurize(["CCO", "CCN", "c1ccccc1", "CC(=O)O", "CCCC",
-                                               "c1ccncc1", "CCOC", "OCCO"]))
+    model = DynamicFusionModel(
+        1, small_featurizer.modalities, mask_start=0.3, mask_end=0.3, **tiny_model_kwargs
+    )
+    samples = list(
+        small_featurizer.featurize(
+            ["CCO", "CCN", "c1ccccc1", "CC(=O)O", "CCCC", "c1ccncc1", "CCOC", "OCCO"]
+        )
+    )
     samples[1] = samples[1].without(["ecfp"])
     samples[4] = samples[4].without(["ecfp", "graph"])
     batch = collate_samples(samples, small_featurizer.modalities)
@@ -151,7 +175,7 @@ def test_drop_rate_is_about_the_requested_rate():
     for rate in (0.1, 0.3, 0.5):
         dropped = sample_modality_drop(mask, rate, generator=g)
         # P(all 4 dropped) = rate^4 is restored (one kept), so the rate is slightly below `rate`
-        expected = rate - rate ** 4 / 4
+        expected = rate - rate**4 / 4
         assert abs(dropped.float().mean().item() - expected) < 0.01, rate
     assert not sample_modality_drop(mask, 0.0).any()
 
@@ -193,19 +217,22 @@ def test_curriculum_rate_endpoints_and_linearity():
     assert rates == sorted(rates)
 
 
-def test_fit_raises_mask_rate_from_start_to_end_across_epochs(small_featurizer, featurized,
-                                                            tiny_model_kwargs):
+def test_fit_raises_mask_rate_from_start_to_end_across_epochs(
+    small_featurizer, featurized, tiny_model_kwargs
+):
     import deepchem as dc
 
     from deepfuse_plugin.models.dynamic import DynamicFusionModel
 
     ds = dc.data.NumpyDataset(featurized[:8], np.zeros((8, 1)))
     kwargs = {**tiny_model_kwargs, "batch_size": 8}
-    model = DynamicFusionModel(1, small_featurizer.modalities, mask_start=0.1, mask_end=0.5,
-                               **kwargs)
+    model = DynamicFusionModel(
+        1, small_featurizer.modalities, mask_start=0.1, mask_end=0.5, **kwargs
+    )
     seen = []
     model.model.fusion.register_forward_pre_hook(
-        lambda module, args: seen.append(module.mask_rate) if module.training else None)
+        lambda module, args: seen.append(module.mask_rate) if module.training else None
+    )
     model.fit(ds, nb_epoch=5)
     assert seen == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])  # one batch per epoch
     seen.clear()
@@ -216,18 +243,24 @@ def test_fit_raises_mask_rate_from_start_to_end_across_epochs(small_featurizer, 
     assert seen == pytest.approx([0.1, 0.5])  # by default it restarts with every fit/pretrain call
 
 
-
 def test_curriculum_epochs_spans_fit_calls(small_featurizer, featurized, tiny_model_kwargs):
     import deepchem as dc
 
     from deepfuse_plugin.models.dynamic import DynamicFusionModel
 
     ds = dc.data.NumpyDataset(featurized[:8], np.zeros((8, 1)))
-    model = DynamicFusionModel(1, small_featurizer.modalities, mask_start=0.1, mask_end=0.5,
-                               curriculum_epochs=5, **{**tiny_model_kwargs, "batch_size": 8})
+    model = DynamicFusionModel(
+        1,
+        small_featurizer.modalities,
+        mask_start=0.1,
+        mask_end=0.5,
+        curriculum_epochs=5,
+        **{**tiny_model_kwargs, "batch_size": 8},
+    )
     seen = []
     model.model.fusion.register_forward_pre_hook(
-        lambda module, args: seen.append(module.mask_rate) if module.training else None)
+        lambda module, args: seen.append(module.mask_rate) if module.training else None
+    )
     for _ in range(6):  # DeepChem's loop: one epoch per fit call
         model.fit(ds, nb_epoch=1)
     assert seen == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.5])  # held at mask_end afterwards
@@ -236,8 +269,9 @@ def test_curriculum_epochs_spans_fit_calls(small_featurizer, featurized, tiny_mo
         DynamicFusionModel(1, small_featurizer.modalities, curriculum_epochs=0)
 
 
-def test_count_schedules_over_spans_a_per_fit_curriculum(small_featurizer, featurized,
-                                                         tiny_model_kwargs):
+def test_count_schedules_over_spans_a_per_fit_curriculum(
+    small_featurizer, featurized, tiny_model_kwargs
+):
     import deepchem as dc
 
     from deepfuse_plugin.models.dynamic import DynamicFusionModel
@@ -245,12 +279,14 @@ def test_count_schedules_over_spans_a_per_fit_curriculum(small_featurizer, featu
 
     ds = dc.data.NumpyDataset(featurized[:8], np.zeros((8, 1)))
     kwargs = {**tiny_model_kwargs, "batch_size": 8}
-    model = DynamicFusionModel(1, small_featurizer.modalities, mask_start=0.1, mask_end=0.5,
-                               **kwargs)
+    model = DynamicFusionModel(
+        1, small_featurizer.modalities, mask_start=0.1, mask_end=0.5, **kwargs
+    )
     model.count_schedules_over(5)  # what a resumable run does before its first fit call
     seen = []
     model.model.fusion.register_forward_pre_hook(
-        lambda module, args: seen.append(module.mask_rate) if module.training else None)
+        lambda module, args: seen.append(module.mask_rate) if module.training else None
+    )
     model.fit(ds, nb_epoch=2)
     model.fit(ds, nb_epoch=3)  # a restart: continues the schedule instead of starting over
     assert seen == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
@@ -263,24 +299,32 @@ def test_count_schedules_over_spans_a_per_fit_curriculum(small_featurizer, featu
     assert late.get_config() == before
 
 
-def test_a_loaded_model_continues_its_curriculum(small_featurizer, featurized,
-                                                 tiny_model_kwargs, tmp_path):
+def test_a_loaded_model_continues_its_curriculum(
+    small_featurizer, featurized, tiny_model_kwargs, tmp_path
+):
     import deepchem as dc
     import torch
 
     from deepfuse_plugin.models.dynamic import DynamicFusionModel
 
     ds = dc.data.NumpyDataset(featurized[:8], np.zeros((8, 1)))
-    model = DynamicFusionModel(1, small_featurizer.modalities, mask_start=0.1, mask_end=0.5,
-                               curriculum_epochs=5, model_dir=str(tmp_path),
-                               **{**tiny_model_kwargs, "batch_size": 8})
+    model = DynamicFusionModel(
+        1,
+        small_featurizer.modalities,
+        mask_start=0.1,
+        mask_end=0.5,
+        curriculum_epochs=5,
+        model_dir=str(tmp_path),
+        **{**tiny_model_kwargs, "batch_size": 8},
+    )
     for _ in range(3):
         model.fit(ds, nb_epoch=1)  # each fit call ends with a checkpoint
     loaded = DynamicFusionModel.load(str(tmp_path))
     assert loaded.epochs_started == 3
     seen = []
     loaded.model.fusion.register_forward_pre_hook(
-        lambda module, args: seen.append(module.mask_rate) if module.training else None)
+        lambda module, args: seen.append(module.mask_rate) if module.training else None
+    )
     loaded.fit(ds, nb_epoch=1)
     loaded.fit(ds, nb_epoch=1)
     assert seen == pytest.approx([0.4, 0.5])  # where the saved model left off, not at 0.1
@@ -293,8 +337,9 @@ def test_a_loaded_model_continues_its_curriculum(small_featurizer, featurized,
     assert loaded.epochs_started == 0
 
 
-def test_repeated_single_epoch_fits_warn_about_the_curriculum(small_featurizer, featurized,
-                                                             tiny_model_kwargs, caplog):
+def test_repeated_single_epoch_fits_warn_about_the_curriculum(
+    small_featurizer, featurized, tiny_model_kwargs, caplog
+):
     import deepchem as dc
 
     from deepfuse_plugin.models.dynamic import DynamicFusionModel
@@ -304,19 +349,23 @@ def test_repeated_single_epoch_fits_warn_about_the_curriculum(small_featurizer, 
     with caplog.at_level("WARNING", logger="deepfuse_plugin.models.dynamic"):
         for _ in range(3):
             model.fit(ds, nb_epoch=1)
-    warnings = [r.getMessage() for r in caplog.records
-                if r.name == "deepfuse_plugin.models.dynamic"]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.name == "deepfuse_plugin.models.dynamic"
+    ]
     assert len(warnings) == 1 and "curriculum_epochs" in warnings[0]  # once, from the second fit
 
-def test_validation_predictions_inside_fit_keep_training_mode(small_featurizer, featurized,
-                                                             tiny_model_kwargs):
+
+def test_validation_predictions_inside_fit_keep_training_mode(
+    small_featurizer, featurized, tiny_model_kwargs
+):
     import deepchem as dc
 
     from deepfuse_plugin.models.dynamic import DynamicFusionModel
 
     ds = dc.data.NumpyDataset(featurized[:8], np.zeros((8, 1)))
-    model = DynamicFusionModel(1, small_featurizer.modalities, **{**tiny_model_kwargs,
-                                                                  "batch_size": 4})
+    model = DynamicFusionModel(
+        1, small_featurizer.modalities, **{**tiny_model_kwargs, "batch_size": 4}
+    )
     modes = []
     model.model.fusion.register_forward_pre_hook(lambda module, args: modes.append(module.training))
 
@@ -331,4 +380,3 @@ def test_validation_predictions_inside_fit_keep_training_mode(small_featurizer, 
     assert not model.model.training  # outside fit, predict leaves eval mode, as DeepChem does
     model.fit(ds, nb_epoch=1)  # and DeepChem's fit switches training mode back on
     assert modes == [False, False, True, True]
-

@@ -1,4 +1,5 @@
 """Hyper-parameter search: trials on validation only, resumable study, best settings written."""
+
 import json
 
 import numpy as np
@@ -9,8 +10,24 @@ optuna = pytest.importorskip("optuna")
 from deepfuse_plugin import MultiModalDataset, MultiModalFeaturizer  # noqa: E402
 from deepfuse_plugin.train.hpopt import load_best_params, run_hpopt, suggest_settings  # noqa: E402
 
-SMILES = ["CCO", "CCN", "c1ccccc1", "CC(=O)O", "CCCl", "c1ccncc1", "CCOC", "CC(C)O", "C1CCCCC1",
-          "CC#N", "OCCO", "c1ccc(O)cc1", "CNC", "CCCC", "CC(=O)N", "c1ccsc1"]
+SMILES = [
+    "CCO",
+    "CCN",
+    "c1ccccc1",
+    "CC(=O)O",
+    "CCCl",
+    "c1ccncc1",
+    "CCOC",
+    "CC(C)O",
+    "C1CCCCC1",
+    "CC#N",
+    "OCCO",
+    "c1ccc(O)cc1",
+    "CNC",
+    "CCCC",
+    "CC(=O)N",
+    "c1ccsc1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -24,16 +41,37 @@ def data():
 def test_search_completes_trials_writes_results_and_resumes(data, tmp_path, monkeypatch):
     feat, train, valid = data
     from deepfuse_plugin.train import hpopt
+
     monkeypatch.setitem(hpopt.SEARCH_SPACES, "early", lambda trial: {})
     space = hpopt._common_space
     monkeypatch.setattr(hpopt, "_common_space", lambda trial: {**space(trial), "epochs": 2})
-    first = run_hpopt(train, valid, [], "regression", feat.modalities, 1, tmp_path, model="early",
-                      n_trials=2, progress=False)
+    first = run_hpopt(
+        train,
+        valid,
+        [],
+        "regression",
+        feat.modalities,
+        1,
+        tmp_path,
+        model="early",
+        n_trials=2,
+        progress=False,
+    )
     assert first.n_trials == 2 and first.score_name == "rmse"
     for name in ("study.db", "trials.csv", "trials.md", "best_params.json", "history.png"):
         assert (tmp_path / name).is_file()
-    again = run_hpopt(train, valid, [], "regression", feat.modalities, 1, tmp_path, model="early",
-                      n_trials=3, progress=False)
+    again = run_hpopt(
+        train,
+        valid,
+        [],
+        "regression",
+        feat.modalities,
+        1,
+        tmp_path,
+        model="early",
+        n_trials=3,
+        progress=False,
+    )
     assert again.n_trials == 3  # continued the stored study: one more trial, not three
     saved = json.loads((tmp_path / "best_params.json").read_text())
     assert saved["validation_score"] == pytest.approx(again.best_score)

@@ -1,4 +1,5 @@
 """Every loss term of nn/losses.py on hand-made tensors, values computed by hand."""
+
 from __future__ import annotations
 
 import math
@@ -104,10 +105,13 @@ def test_negative_entropy_ignores_masked_entries():
     assert approx(clean, garbage)
 
 
-@pytest.mark.parametrize("visible,expected", [
-    ([True, True, True, True], [0.25, 0.25, 0.25, 0.25]),
-    ([True, False, True, True], [1 / 3, 0.0, 1 / 3, 1 / 3]),
-])
+@pytest.mark.parametrize(
+    "visible,expected",
+    [
+        ([True, True, True, True], [0.25, 0.25, 0.25, 0.25]),
+        ([True, False, True, True], [1 / 3, 0.0, 1 / 3, 1 / 3]),
+    ],
+)
 def test_minimising_negative_entropy_drives_attention_to_uniform(visible, expected):
     """L_ent prevents attention collapse: gradient descent from a collapsed start spreads alpha."""
     scores = T([[6.0, -2.0, 0.5, -1.0]], requires_grad=True)

@@ -1,15 +1,20 @@
 """Each built-in modality of MultiModalFeaturizer: the values a user (or an encoder) relies on."""
+
 from __future__ import annotations
 
+import deepchem as dc
 import numpy as np
 import pytest
 import selfies as sf
 from rdkit import Chem
 
-import deepchem as dc
 import deepfuse_plugin as dfp
-from deepfuse_plugin.feat.molecule import (ATOM_FEATURE_DIM, BOND_FEATURE_DIM, DescriptorsModality,
-                                           atom_bond_features)
+from deepfuse_plugin.feat.molecule import (
+    ATOM_FEATURE_DIM,
+    BOND_FEATURE_DIM,
+    DescriptorsModality,
+    atom_bond_features,
+)
 from deepfuse_plugin.feat.tokenizers import BOS, EOS, PAD, tokenize_selfies, tokenize_smiles
 
 MOLS = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "C[C@H](N)C(=O)O", "CCCCCCCC"]
@@ -69,8 +74,9 @@ def test_graph_shapes_and_both_edge_directions():
     for bond in mol.GetBonds():
         a, b = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
         assert (a, b) in pairs and (b, a) in pairs
-        np.testing.assert_array_equal(g.edge_features[pairs[(a, b)]],
-                                      g.edge_features[pairs[(b, a)]])
+        np.testing.assert_array_equal(
+            g.edge_features[pairs[(a, b)]], g.edge_features[pairs[(b, a)]]
+        )
 
 
 def test_graph_features_encode_chemistry():
@@ -148,8 +154,17 @@ def test_selfies_tokens_round_trip_to_the_molecule():
 @pytest.mark.parametrize("name", ["smiles", "selfies"])
 def test_default_vocabularies_cover_stereo_charged_and_aromatic_nh(name):
     # stereo centres, double-bond stereo, pyrrole [nH], salts: common in MoleculeNet (BBBP)
-    common = ["C[C@H](N)C(=O)O", "C[C@@](O)(F)Cl", "F/C=C/F", "C/C=C\\C", "c1cc[nH]c1",
-              "[Na+].[Cl-]", "C[N+](C)(C)C", "CC(=O)[O-]", "c1ccc2[nH]ccc2c1"]
+    common = [
+        "C[C@H](N)C(=O)O",
+        "C[C@@](O)(F)Cl",
+        "F/C=C/F",
+        "C/C=C\\C",
+        "c1cc[nH]c1",
+        "[Na+].[Cl-]",
+        "C[N+](C)(C)C",
+        "CC(=O)[O-]",
+        "c1ccc2[nH]ccc2c1",
+    ]
     f = feat([name])
     unk = f.modalities[0].vocab.index("[UNK]")
     for smi, ids in zip(common, values(f, common, name)):
@@ -175,9 +190,14 @@ def test_descriptors_nan_inf_and_raising_functions_become_zero():
     def boom(mol):
         raise RuntimeError("descriptor failed")
 
-    modality._functions = [("nan", lambda m: float("nan")), ("inf", lambda m: float("inf")),
-                           ("neginf", lambda m: -float("inf")), ("raises", boom),
-                           ("three", lambda m: 3.0), ("minus", lambda m: -1.0)]
+    modality._functions = [
+        ("nan", lambda m: float("nan")),
+        ("inf", lambda m: float("inf")),
+        ("neginf", lambda m: -float("inf")),
+        ("raises", boom),
+        ("three", lambda m: 3.0),
+        ("minus", lambda m: -1.0),
+    ]
     out = modality.compute(Chem.MolFromSmiles("CCO"), "CCO")
     np.testing.assert_allclose(out, [0, 0, 0, 0, np.log1p(3.0), -np.log1p(1.0)], rtol=1e-6)
 
@@ -217,8 +237,11 @@ def test_embedding_from_callable_gets_canonical_smiles_and_none_means_missing():
 
 def test_embedding_callable_through_the_embeddings_argument_infers_its_width():
     """The documented form ``embeddings={name: callable}`` works without giving dim."""
-    f = feat(["ecfp", "emb"], ecfp_size=64,
-             embeddings={"emb": lambda s: None if s == "CCN" else np.arange(6.0)})
+    f = feat(
+        ["ecfp", "emb"],
+        ecfp_size=64,
+        embeddings={"emb": lambda s: None if s == "CCN" else np.arange(6.0)},
+    )
     assert f.modalities[1].kind == "embedding" and f.modalities[1].dim == 6
     samples = f.featurize(["CCO", "CCN"])
     np.testing.assert_array_equal(samples[0].values["emb"], np.arange(6.0))
@@ -242,8 +265,10 @@ def test_embedding_callable_whose_width_cannot_be_inferred_needs_dim():
 
 def test_embedding_with_wrong_width_or_nonfinite_is_missing_not_fatal():
     modality = dfp.PrecomputedEmbeddingModality(
-        "emb", lambda s: [1.0, 2.0] if s == "CCO" else ([np.nan] * 3 if s == "CCN" else [1.0] * 3),
-        dim=3)
+        "emb",
+        lambda s: [1.0, 2.0] if s == "CCO" else ([np.nan] * 3 if s == "CCN" else [1.0] * 3),
+        dim=3,
+    )
     samples = feat([modality]).featurize(["CCO", "CCN", "CCC"])
     assert [s.present("emb") for s in samples] == [False, False, True]
 

@@ -1,4 +1,5 @@
 """Multimodal pretraining: objectives, the resumable loop, checkpoints and loading them."""
+
 import json
 
 import numpy as np
@@ -8,19 +9,44 @@ import torch
 from deepfuse_plugin import MultiModalFeaturizer
 from deepfuse_plugin.errors import CorruptCheckpointError, InvalidSettingError
 from deepfuse_plugin.nn.encoders import build_encoder
-from deepfuse_plugin.nn.pretraining import (PretrainingNetwork, cross_view_info_nce,
-                                            masked_view_prediction, relational_loss)
-from deepfuse_plugin.pretrained import (PretrainingConfig, load_encoders,
-                                        load_pretrained_encoders, pretrain_encoders)
+from deepfuse_plugin.nn.pretraining import (
+    PretrainingNetwork,
+    cross_view_info_nce,
+    masked_view_prediction,
+    relational_loss,
+)
+from deepfuse_plugin.pretrained import (
+    PretrainingConfig,
+    load_encoders,
+    load_pretrained_encoders,
+    pretrain_encoders,
+)
 
-SMILES = ["CCO", "CCN", "c1ccccc1", "CC(=O)O", "CCCl", "c1ccncc1", "CCOC", "CC(C)O", "C1CCCCC1",
-          "CC#N", "OCCO", "c1ccc(O)cc1", "CNC", "CCCC", "CC(=O)N", "c1ccsc1"] * 3
+SMILES = [
+    "CCO",
+    "CCN",
+    "c1ccccc1",
+    "CC(=O)O",
+    "CCCl",
+    "c1ccncc1",
+    "CCOC",
+    "CC(C)O",
+    "C1CCCCC1",
+    "CC#N",
+    "OCCO",
+    "c1ccc(O)cc1",
+    "CNC",
+    "CCCC",
+    "CC(=O)N",
+    "c1ccsc1",
+] * 3
 
 
 @pytest.fixture(scope="module")
 def corpus():
-    feat = MultiModalFeaturizer(["ecfp", "graph", "smiles", "descriptors"], ecfp_size=256,
-                                max_length=32, progress=False)
+    feat = MultiModalFeaturizer(
+        ["ecfp", "graph", "smiles", "descriptors"], ecfp_size=256, max_length=32, progress=False
+    )
     return feat, feat.featurize(SMILES)
 
 
@@ -43,7 +69,9 @@ def test_relational_loss_is_zero_when_the_view_matches_its_teacher():
     teacher = torch.randn(6, 5)
     projections = teacher[:, None, :]
     present, teacher_present = torch.ones(6, 1, dtype=torch.bool), torch.ones(6, dtype=torch.bool)
-    assert relational_loss(projections, present, teacher, teacher_present) == pytest.approx(0, abs=1e-5)
+    assert relational_loss(projections, present, teacher, teacher_present) == pytest.approx(
+        0, abs=1e-5
+    )
     other = relational_loss(torch.randn(6, 1, 5), present, teacher, teacher_present)
     assert other > 1e-3
 
@@ -59,8 +87,10 @@ def test_masked_view_prediction_has_no_gradient_into_its_target():
 def test_network_reports_every_term_and_learns(corpus):
     feat, X = corpus
     from deepfuse_plugin.data.collate import collate_samples
-    net = PretrainingNetwork(feat.modalities[:3], feat.modalities[3:], encoder_dim=16,
-                             projection_dim=8)
+
+    net = PretrainingNetwork(
+        feat.modalities[:3], feat.modalities[3:], encoder_dim=16, projection_dim=8
+    )
     net.mask_rate = 0.3
     batch = collate_samples(list(X[:16]), feat.modalities)
     out = net(batch)
@@ -75,16 +105,36 @@ def test_unknown_loss_term_is_refused(corpus):
 
 
 def _config(**overrides):
-    return PretrainingConfig(**{"epochs": 2, "batch_size": 8, "encoder_dim": 16,
-                                "projection_dim": 8, "valid_fraction": 0.2, **overrides})
+    return PretrainingConfig(
+        **{
+            "epochs": 2,
+            "batch_size": 8,
+            "encoder_dim": 16,
+            "projection_dim": 8,
+            "valid_fraction": 0.2,
+            **overrides,
+        }
+    )
 
 
 def test_pretraining_writes_a_checkpoint_that_loads_into_a_fusion_network(corpus, tmp_path):
     feat, X = corpus
-    out = pretrain_encoders(X, feat.modalities[:3], feat.modalities[3:], tmp_path / "ckpt",
-                            name="tiny", config=_config(), progress=False)
-    assert {p.name for p in out.iterdir()} >= {"encoders.safetensors", "model.json",
-                                               "history.json", "loss_curve.png", "README.md"}
+    out = pretrain_encoders(
+        X,
+        feat.modalities[:3],
+        feat.modalities[3:],
+        tmp_path / "ckpt",
+        name="tiny",
+        config=_config(),
+        progress=False,
+    )
+    assert {p.name for p in out.iterdir()} >= {
+        "encoders.safetensors",
+        "model.json",
+        "history.json",
+        "loss_curve.png",
+        "README.md",
+    }
     config = json.loads((out / "model.json").read_text())
     assert len(config["history"]) == 2 and config["objective"]["terms"]
     encoders = load_encoders(out)
@@ -99,9 +149,11 @@ def test_pretraining_writes_a_checkpoint_that_loads_into_a_fusion_network(corpus
 def test_resumed_run_equals_uninterrupted_run(corpus, tmp_path, monkeypatch):
     feat, X = corpus
     args = (X, feat.modalities[:3], feat.modalities[3:])
-    whole = load_encoders(pretrain_encoders(*args, tmp_path / "a", config=_config(),
-                                            progress=False))
+    whole = load_encoders(
+        pretrain_encoders(*args, tmp_path / "a", config=_config(), progress=False)
+    )
     from deepfuse_plugin.pretrained import _loop
+
     original = _loop._Run.train_epoch
 
     def interrupted(self, epoch, progress):
@@ -114,8 +166,9 @@ def test_resumed_run_equals_uninterrupted_run(corpus, tmp_path, monkeypatch):
         pretrain_encoders(*args, tmp_path / "b", config=_config(), progress=False)
     assert (tmp_path / "b" / "resume_state.pt").is_file()
     monkeypatch.setattr(_loop._Run, "train_epoch", original)
-    resumed = load_encoders(pretrain_encoders(*args, tmp_path / "b", config=_config(),
-                                              progress=False))
+    resumed = load_encoders(
+        pretrain_encoders(*args, tmp_path / "b", config=_config(), progress=False)
+    )
     assert not (tmp_path / "b" / "resume_state.pt").exists()
     assert resumed.info["history"] == whole.info["history"]
     for name in whole.state:
@@ -127,8 +180,15 @@ def test_resume_with_other_settings_is_refused(corpus, tmp_path):
     feat, X = corpus
     out = tmp_path / "c"
     out.mkdir()
-    net_state = {"network": {}, "optimizer": {}, "schedule": {}, "epoch": 1, "history": "[]",
-                 "config": json.dumps({"epochs": 99}), "elapsed": 0.0}
+    net_state = {
+        "network": {},
+        "optimizer": {},
+        "schedule": {},
+        "epoch": 1,
+        "history": "[]",
+        "config": json.dumps({"epochs": 99}),
+        "elapsed": 0.0,
+    }
     torch.save(net_state, out / "resume_state.pt")
     with pytest.raises(InvalidSettingError, match="other settings"):
         pretrain_encoders(X, feat.modalities[:3], [], out, config=_config(), progress=False)
@@ -136,8 +196,9 @@ def test_resume_with_other_settings_is_refused(corpus, tmp_path):
 
 def test_damaged_weights_are_refused(corpus, tmp_path):
     feat, X = corpus
-    out = pretrain_encoders(X, feat.modalities[:2], [], tmp_path / "d",
-                            config=_config(epochs=1), progress=False)
+    out = pretrain_encoders(
+        X, feat.modalities[:2], [], tmp_path / "d", config=_config(epochs=1), progress=False
+    )
     data = bytearray((out / "encoders.safetensors").read_bytes())
     data[-10] ^= 0xFF
     (out / "encoders.safetensors").write_bytes(bytes(data))
@@ -147,16 +208,19 @@ def test_damaged_weights_are_refused(corpus, tmp_path):
 
 def test_a_covered_modality_with_another_spec_is_an_error(corpus, tmp_path):
     feat, X = corpus
-    out = pretrain_encoders(X, feat.modalities[:2], [], tmp_path / "e",
-                            config=_config(epochs=1), progress=False)
+    out = pretrain_encoders(
+        X, feat.modalities[:2], [], tmp_path / "e", config=_config(epochs=1), progress=False
+    )
     other = MultiModalFeaturizer(["ecfp"], ecfp_size=512, progress=False).modalities
     fresh = torch.nn.ModuleDict({m.name: build_encoder(m, 16) for m in other})
     with pytest.raises(InvalidSettingError, match="params.size"):
         load_pretrained_encoders(fresh, other, load_encoders(out), encoder_dim=16)
 
 
-@pytest.mark.parametrize("field, value", [("batch_size", 2), ("epochs", 0),
-                                          ("learning_rate", float("nan")), ("mask_rate", (0, 1.5))])
+@pytest.mark.parametrize(
+    "field, value",
+    [("batch_size", 2), ("epochs", 0), ("learning_rate", float("nan")), ("mask_rate", (0, 1.5))],
+)
 def test_invalid_pretraining_settings_name_the_field(field, value):
     with pytest.raises(InvalidSettingError, match=field):
         PretrainingConfig(**{field: value})
@@ -164,6 +228,7 @@ def test_invalid_pretraining_settings_name_the_field(field, value):
 
 def test_corpus_sampling_is_seeded_and_keeps_file_order(tmp_path):
     from deepfuse_plugin.data.corpora import read_smiles_file
+
     path = tmp_path / "corpus.csv"
     path.write_text("SMILES\n" + "\n".join(f"{'C' * (i + 1)}" for i in range(50)) + "\n")
     a = read_smiles_file(path, n=10, seed=3)

@@ -1,11 +1,12 @@
 """Registration of deepfuse's names into DeepChem: present, idempotent, never overwriting."""
+
 from __future__ import annotations
 
-import pytest
-
 import deepchem as dc
-import deepfuse_plugin
+import pytest
 from deepchem.molnet.load_function import molnet_loader
+
+import deepfuse_plugin
 from deepfuse_plugin import RegistrationError, register
 from deepfuse_plugin._registry import MOLNET_FEATURIZER_KEY, REGISTRY
 
@@ -33,15 +34,19 @@ def test_every_registered_name_is_importable_from_the_package():
 
 
 def test_register_is_idempotent():
-    before = {label: {n: getattr(getattr(dc, label), n) for n in names}
-              for label, names in REGISTRY.items()}
+    before = {
+        label: {n: getattr(getattr(dc, label), n) for n in names}
+        for label, names in REGISTRY.items()
+    }
     featurizer = molnet_loader.featurizers[MOLNET_FEATURIZER_KEY]
     first, second = register(), register()
     assert first == second
     assert "dc.models.DynamicFusionModel" in first
     assert "dc.feat.MultiModalFeaturizer" in first and "dc.data.MultiModalDataset" in first
-    after = {label: {n: getattr(getattr(dc, label), n) for n in names}
-             for label, names in REGISTRY.items()}
+    after = {
+        label: {n: getattr(getattr(dc, label), n) for n in names}
+        for label, names in REGISTRY.items()
+    }
     assert before == after
     assert molnet_loader.featurizers[MOLNET_FEATURIZER_KEY] is featurizer
 
@@ -53,13 +58,19 @@ def test_register_restores_a_removed_name(monkeypatch):
     assert dc.models.DynamicFusionModel is deepfuse_plugin.DynamicFusionModel
     monkeypatch.delitem(molnet_loader.featurizers, MOLNET_FEATURIZER_KEY)
     register()
-    assert isinstance(molnet_loader.featurizers[MOLNET_FEATURIZER_KEY],
-                      deepfuse_plugin.MultiModalFeaturizer)
+    assert isinstance(
+        molnet_loader.featurizers[MOLNET_FEATURIZER_KEY], deepfuse_plugin.MultiModalFeaturizer
+    )
 
 
-@pytest.mark.parametrize("label,name", [("models", "DynamicFusionModel"),
-                                        ("feat", "MultiModalFeaturizer"),
-                                        ("data", "MultiModalDataset")])
+@pytest.mark.parametrize(
+    "label,name",
+    [
+        ("models", "DynamicFusionModel"),
+        ("feat", "MultiModalFeaturizer"),
+        ("data", "MultiModalDataset"),
+    ],
+)
 def test_never_overwrites_a_foreign_attribute(monkeypatch, label, name):
     namespace = getattr(dc, label)
     monkeypatch.setattr(namespace, name, Foreign)

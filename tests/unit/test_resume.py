@@ -1,16 +1,18 @@
 """Resumable training: a run interrupted after an epoch and continued from its resume point trains
 the same epochs as a run trained in one go (weights, validation history, selected epoch)."""
+
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from deepfuse_plugin.train import resume
 from deepfuse_plugin import workflows as wf
+from deepfuse_plugin.train import resume
 from tests.conftest import killed_after_epoch
 
 EPOCHS = 4
@@ -18,8 +20,18 @@ EPOCHS = 4
 
 def _train(model, dataset, save_dir: str, resumable: bool, epochs: int = EPOCHS):
     train, valid = dataset.select(list(range(16))), dataset.select(list(range(16, 24)))
-    return wf.train_with_validation(model, train, valid, epochs, 1, [], "regression", save_dir,
-                                    progress=False, resumable=resumable)
+    return wf.train_with_validation(
+        model,
+        train,
+        valid,
+        epochs,
+        1,
+        [],
+        "regression",
+        save_dir,
+        progress=False,
+        resumable=resumable,
+    )
 
 
 def _whole_and_resumed(build: Callable[[str], Any], dataset, tmp_path, stop_after: int):
@@ -51,14 +63,17 @@ def dynamic(small_featurizer, tiny_model_kwargs):
 
     def build(model_dir: str, **overrides):
         torch.manual_seed(0)
-        return dfp.DynamicFusionModel(n_tasks=1, modalities=small_featurizer.modalities,
-                                      model_dir=model_dir, **{**tiny_model_kwargs, **overrides})
+        return dfp.DynamicFusionModel(
+            n_tasks=1,
+            modalities=small_featurizer.modalities,
+            model_dir=model_dir,
+            **{**tiny_model_kwargs, **overrides},
+        )
 
     return build
 
 
-def test_resumed_dynamic_fusion_run_matches_one_uninterrupted_run(tiny_dataset, dynamic,
-                                                                  tmp_path):
+def test_resumed_dynamic_fusion_run_matches_one_uninterrupted_run(tiny_dataset, dynamic, tmp_path):
     whole, expected, fresh, result = _whole_and_resumed(dynamic, tiny_dataset, tmp_path, 2)
 
     assert result.resumed_at == [2]
@@ -78,13 +93,17 @@ def test_deepchem_baseline_resumes_too(tmp_path):
     import deepchem as dc
 
     rng = np.random.default_rng(0)
-    dataset = dc.data.NumpyDataset(rng.normal(size=(24, 16)), rng.normal(size=(24, 1)),
-                                   ids=np.array([f"m{i}" for i in range(24)]))
+    dataset = dc.data.NumpyDataset(
+        rng.normal(size=(24, 16)),
+        rng.normal(size=(24, 1)),
+        ids=np.array([f"m{i}" for i in range(24)]),
+    )
 
     def mlp(folder: str):
         torch.manual_seed(0)
-        return dc.models.MultitaskRegressor(1, 16, layer_sizes=[32], dropouts=0.5, batch_size=8,
-                                            model_dir=folder)
+        return dc.models.MultitaskRegressor(
+            1, 16, layer_sizes=[32], dropouts=0.5, batch_size=8, model_dir=folder
+        )
 
     whole, expected, fresh, result = _whole_and_resumed(mlp, dataset, tmp_path, 3)
     assert result.resumed_at == [3]
@@ -115,7 +134,8 @@ def test_fresh_model_dir_clears_an_unfinished_run(tiny_dataset, dynamic, tmp_pat
 
 
 def test_a_resume_point_that_cannot_be_written_does_not_stop_training(
-        tiny_dataset, dynamic, tmp_path, monkeypatch, caplog):
+    tiny_dataset, dynamic, tmp_path, monkeypatch, caplog
+):
     """A full disk while writing epoch 2's point: training finishes, the older point stays valid."""
     real_states, calls = resume._random_states, []
 
@@ -146,8 +166,9 @@ class _Planted:
 
 
 @pytest.mark.parametrize("planted", ["legacy_pkl", "tensor_file"])
-def test_planted_pickles_in_a_resume_point_are_refused_not_run(tiny_dataset, dynamic, tmp_path,
-                                                               planted):
+def test_planted_pickles_in_a_resume_point_are_refused_not_run(
+    tiny_dataset, dynamic, tmp_path, planted
+):
     import pickle
 
     from deepfuse_plugin.errors import CorruptCheckpointError
@@ -157,7 +178,9 @@ def test_planted_pickles_in_a_resume_point_are_refused_not_run(tiny_dataset, dyn
         _train(dynamic(folder), tiny_dataset, folder, resumable=True)
     slot = os.path.join(folder, resume.read_state(folder).slot)
     assert sorted(f for f in os.listdir(slot) if f.startswith("random_state")) == [
-        resume.RNG_JSON, resume.RNG_TENSORS]
+        resume.RNG_JSON,
+        resume.RNG_TENSORS,
+    ]
     marker = str(tmp_path / "pwned")
     if planted == "legacy_pkl":  # what older versions wrote, with a payload
         for name in (resume.RNG_JSON, resume.RNG_TENSORS):

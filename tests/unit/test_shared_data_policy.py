@@ -1,4 +1,5 @@
 """Tests that need ../shared/data must FAIL (not skip) when it is missing under CI=true."""
+
 from __future__ import annotations
 
 import os
@@ -15,19 +16,26 @@ CONFTEST = Path(__file__).resolve().parent.parent / "conftest.py"
 def probe_project(tmp_path):
     """A throw-away test project: this suite's conftest and one test needing the shared data."""
     (tmp_path / "conftest.py").write_text(
-        f"exec(compile(open({str(CONFTEST)!r}).read(), {str(CONFTEST)!r}, 'exec'))\n")
+        f"exec(compile(open({str(CONFTEST)!r}).read(), {str(CONFTEST)!r}, 'exec'))\n"
+    )
     (tmp_path / "test_needs_data.py").write_text(
         "def test_needs_data(moleculenet_dir):\n"
-        "    assert (moleculenet_dir / 'BBBP.csv').exists()\n")
+        "    assert (moleculenet_dir / 'BBBP.csv').exists()\n"
+    )
     return tmp_path
 
 
 def run_probe(project, **env):
     environment = {k: v for k, v in os.environ.items() if k not in ("CI", "DEEPFUSE_DATA_DIR")}
     environment.update(env)
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-                             str(project)], cwd=project, env=environment, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(project)],
+        cwd=project,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return result.returncode, result.stdout + result.stderr
 
 

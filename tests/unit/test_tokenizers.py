@@ -1,25 +1,40 @@
 """Regex SMILES / SELFIES tokenizers and the Vocabulary."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 import deepfuse_plugin as dfp
-from deepfuse_plugin.feat.tokenizers import (BOS, DEFAULT_SMILES_VOCAB, EOS, PAD, SPECIAL_TOKENS,
-                                             UNK, Vocabulary, default_selfies_vocab,
-                                             fit_smiles_vocabulary, tokenize_selfies,
-                                             tokenize_smiles)
+from deepfuse_plugin.feat.tokenizers import (
+    BOS,
+    DEFAULT_SMILES_VOCAB,
+    EOS,
+    PAD,
+    SPECIAL_TOKENS,
+    UNK,
+    Vocabulary,
+    default_selfies_vocab,
+    fit_smiles_vocabulary,
+    tokenize_selfies,
+    tokenize_smiles,
+)
 
 
-@pytest.mark.parametrize("smiles,expected", [
-    ("CCO", ["C", "C", "O"]),
-    ("ClCBr", ["Cl", "C", "Br"]),
-    ("C[C@@H](Cl)c1ccccc1",
-     ["C", "[C@@H]", "(", "Cl", ")", "c", "1", "c", "c", "c", "c", "c", "1"]),
-    ("C%12CC%12", ["C", "%12", "C", "C", "%12"]),
-    ("[Na+].[Cl-]", ["[Na+]", ".", "[Cl-]"]),
-    ("F/C=C\\F", ["F", "/", "C", "=", "C", "\\", "F"]),
-])
+@pytest.mark.parametrize(
+    "smiles,expected",
+    [
+        ("CCO", ["C", "C", "O"]),
+        ("ClCBr", ["Cl", "C", "Br"]),
+        (
+            "C[C@@H](Cl)c1ccccc1",
+            ["C", "[C@@H]", "(", "Cl", ")", "c", "1", "c", "c", "c", "c", "c", "1"],
+        ),
+        ("C%12CC%12", ["C", "%12", "C", "C", "%12"]),
+        ("[Na+].[Cl-]", ["[Na+]", ".", "[Cl-]"]),
+        ("F/C=C\\F", ["F", "/", "C", "=", "C", "\\", "F"]),
+    ],
+)
 def test_tokenize_smiles(smiles, expected):
     tokens = tokenize_smiles(smiles)
     assert tokens == expected
@@ -35,11 +50,14 @@ def test_tokenize_selfies_splits_symbols():
     assert tokenize_selfies("[C][=C][Branch1][C][O]") == ["[C]", "[=C]", "[Branch1]", "[C]", "[O]"]
 
 
-@pytest.mark.parametrize("tokens", [
-    ["C", "C", "O"],
-    ["c", "1", "c", "c", "c", "c", "c", "1", "[C@@H]", "(", "Cl", ")"],
-    [],
-])
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        ["C", "C", "O"],
+        ["c", "1", "c", "c", "c", "c", "c", "1", "[C@@H]", "(", "Cl", ")"],
+        [],
+    ],
+)
 def test_round_trip(tokens):
     vocab = Vocabulary(DEFAULT_SMILES_VOCAB)
     ids = vocab.encode(tokens)
@@ -58,8 +76,13 @@ def test_round_trip_of_real_smiles_through_default_vocab():
 def test_unknown_token_maps_to_unk_and_is_kept():
     vocab = Vocabulary(["C", "O"])
     ids = vocab.encode(["C", "[Xe]", "O"])
-    assert ids.tolist() == [vocab.tokens.index(BOS), vocab.tokens.index("C"), vocab.unk_id,
-                            vocab.tokens.index("O"), vocab.tokens.index(EOS)]
+    assert ids.tolist() == [
+        vocab.tokens.index(BOS),
+        vocab.tokens.index("C"),
+        vocab.unk_id,
+        vocab.tokens.index("O"),
+        vocab.tokens.index(EOS),
+    ]
     assert vocab.decode(ids) == ["C", UNK, "O"]  # nothing silently dropped
 
 
@@ -86,9 +109,9 @@ def test_fit_smiles_vocabulary_extends_default_and_removes_unk():
     unusual = ["[U]CC", "C[Xe]C", "[U]O", "CCO"]
     tokens = fit_smiles_vocabulary(unusual)
     assert tokens[: len(DEFAULT_SMILES_VOCAB)] == DEFAULT_SMILES_VOCAB  # default ids unchanged
-    assert set(tokens[len(DEFAULT_SMILES_VOCAB):]) == {"[U]", "[Xe]"}
+    assert set(tokens[len(DEFAULT_SMILES_VOCAB) :]) == {"[U]", "[Xe]"}
     only_frequent = fit_smiles_vocabulary(unusual, min_freq=2)
-    assert set(only_frequent[len(DEFAULT_SMILES_VOCAB):]) == {"[U]"}
+    assert set(only_frequent[len(DEFAULT_SMILES_VOCAB) :]) == {"[U]"}
     # used by the featurizer: no [UNK] any more, and the vocabulary is part of the spec
     default = dfp.MultiModalFeaturizer(["smiles"], progress=False)
     fitted = dfp.MultiModalFeaturizer(["smiles"], smiles_vocabulary=tokens, progress=False)

@@ -1,4 +1,5 @@
 """Dynamic gated fusion: intra-modal gates, inter-modal attention, reconstruction decoders."""
+
 from __future__ import annotations
 
 import torch
@@ -54,16 +55,29 @@ class DynamicFusion(nn.Module):
 
     DEFAULT_LOSS_WEIGHTS = {"rec": 1.0, "align": 0.1, "div": 0.01, "ent": 0.01, "sparse": 0.001}
 
-    def __init__(self, names: tuple[str, ...], in_dim: int, fused_dim: int = 128,
-                 gate_hidden: int = 64, attention_hidden: int = 64, decoder_hidden: int = 128,
-                 mask_rate: float = 0.0, loss_weights: dict[str, float] | None = None):
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        in_dim: int,
+        fused_dim: int = 128,
+        gate_hidden: int = 64,
+        attention_hidden: int = 64,
+        decoder_hidden: int = 128,
+        mask_rate: float = 0.0,
+        loss_weights: dict[str, float] | None = None,
+    ):
         super().__init__()
         self.names = tuple(names)
         self.gates = nn.ModuleDict({n: mlp(in_dim, gate_hidden, in_dim, 2) for n in self.names})
         self.projections = nn.ModuleDict({n: nn.Linear(in_dim, fused_dim) for n in self.names})
-        self.scorer = nn.Sequential(nn.Linear(fused_dim, attention_hidden), nn.Tanh(),
-                                    nn.Linear(attention_hidden, 1, bias=False))
-        self.decoders = nn.ModuleDict({n: mlp(fused_dim, decoder_hidden, in_dim, 2) for n in self.names})
+        self.scorer = nn.Sequential(
+            nn.Linear(fused_dim, attention_hidden),
+            nn.Tanh(),
+            nn.Linear(attention_hidden, 1, bias=False),
+        )
+        self.decoders = nn.ModuleDict(
+            {n: mlp(fused_dim, decoder_hidden, in_dim, 2) for n in self.names}
+        )
         self.mask_rate = mask_rate
         self.loss_weights = {**self.DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
 
@@ -72,14 +86,20 @@ class DynamicFusion(nn.Module):
 
     def forward(self, embeddings: dict[str, EncodedModality], mask: Tensor) -> FusionOutput:
         # zero-fill missing rows (torch.where): alpha = 0 alone would let NaN/inf leak (0 * nan)
-        x = {n: torch.where(mask[:, j:j + 1], embeddings[n].pooled,
-                            torch.zeros_like(embeddings[n].pooled))
-             for j, n in enumerate(self.names)}
-        dropped = sample_modality_drop(mask, self.mask_rate) if self.training else torch.zeros_like(mask)
+        x = {
+            n: torch.where(
+                mask[:, j : j + 1], embeddings[n].pooled, torch.zeros_like(embeddings[n].pooled)
+            )
+            for j, n in enumerate(self.names)
+        }
+        dropped = (
+            sample_modality_drop(mask, self.mask_rate) if self.training else torch.zeros_like(mask)
+        )
         visible = mask & ~dropped
         gates = torch.stack([torch.sigmoid(self.gates[n](x[n])) for n in self.names], dim=1)
-        z = torch.stack([self.projections[n](gates[:, j] * x[n]) for j, n in enumerate(self.names)],
-                        dim=1)
+        z = torch.stack(
+            [self.projections[n](gates[:, j] * x[n]) for j, n in enumerate(self.names)], dim=1
+        )
         alpha = masked_softmax(self.scorer(z).squeeze(-1), visible)
         fused = (alpha.unsqueeze(-1) * z).sum(dim=1)
         reconstructed = {n: self.decoders[n](fused) for n in self.names}
@@ -93,7 +113,11 @@ class DynamicFusion(nn.Module):
                 "ent": losses.negative_entropy(alpha, visible),
                 "sparse": losses.sparsity_loss(gates, visible),
             }
-        extras = {"gates": gates, "dropped": dropped, "projections": z,
-                  "encoded": torch.stack([x[n] for n in self.names], dim=1),
-                  **{f"reconstructed:{n}": r for n, r in reconstructed.items()}}
+        extras = {
+            "gates": gates,
+            "dropped": dropped,
+            "projections": z,
+            "encoded": torch.stack([x[n] for n in self.names], dim=1),
+            **{f"reconstructed:{n}": r for n, r in reconstructed.items()},
+        }
         return FusionOutput(fused, alpha, aux, extras)

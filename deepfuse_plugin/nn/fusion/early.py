@@ -1,4 +1,5 @@
 """Early (feature-level) fusion: zero-filled concatenation plus presence bits, then an MLP."""
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -40,8 +41,15 @@ class EarlyFusion(nn.Module):
     ``embeddings[name].pooled (B, d)``, ``mask (B, M)`` -> ``fused (B, D)``.
     """
 
-    def __init__(self, names: tuple[str, ...], in_dim: int, fused_dim: int = 128,
-                 hidden_dim: int = 256, n_layers: int = 2, dropout: float = 0.1):
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        in_dim: int,
+        fused_dim: int = 128,
+        hidden_dim: int = 256,
+        n_layers: int = 2,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         self.names = check_names(names)
         self.net = mlp(len(self.names) * (in_dim + 1), hidden_dim, fused_dim, n_layers, dropout)

@@ -5,6 +5,7 @@ modalities, presence weights, and the random modality drop with its curriculum.
 are written as exact zeros with ``torch.where``, so no NaN or inf there can leak into a result and
 no gradient reaches them.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,7 +22,9 @@ def masked_softmax(scores: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
     return torch.softmax(scores, dim=dim) * mask.to(scores.dtype)
 
 
-def sample_modality_drop(mask: Tensor, rate: float, generator: torch.Generator | None = None) -> Tensor:
+def sample_modality_drop(
+    mask: Tensor, rate: float, generator: torch.Generator | None = None
+) -> Tensor:
     """Random ``(B, M)`` drop mask: each present modality dropped with probability ``rate``.
 
     Never drops every present modality of a sample: where that happens, one present modality chosen
@@ -58,21 +61,23 @@ def zero_missing(x: Tensor, keep: Tensor) -> Tensor:
     return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
-def present_pooled(embeddings: dict[str, EncodedModality], names: tuple[str, ...],
-                   mask: Tensor) -> Tensor:
+def present_pooled(
+    embeddings: dict[str, EncodedModality], names: tuple[str, ...], mask: Tensor
+) -> Tensor:
     """Pooled encoder outputs ``(B, M, d)``, missing modalities zero-filled."""
     return zero_missing(torch.stack([embeddings[n].pooled for n in names], dim=1), mask)
 
 
-def masked_concat(embeddings: dict[str, EncodedModality], names: tuple[str, ...],
-                  mask: Tensor) -> Tensor:
+def masked_concat(
+    embeddings: dict[str, EncodedModality], names: tuple[str, ...], mask: Tensor
+) -> Tensor:
     """``(B, M * d + M)``: zero-filled pooled outputs, concatenated, then the presence bits."""
     x = present_pooled(embeddings, names, mask)
     return torch.cat([x.flatten(1), mask.to(x.dtype)], dim=1)
 
 
 def masked_mean(x: Tensor, keep: Tensor, dim: int) -> Tensor:
-    """Mean of ``x`` over ``dim`` where ``keep`` (same leading shape); zeros where nothing is kept."""
+    """Mean of ``x`` over ``dim`` where ``keep`` (same leading shape); 0 where nothing is kept."""
     weight = keep.to(x.dtype)
     while weight.dim() < x.dim():
         weight = weight.unsqueeze(-1)

@@ -4,6 +4,7 @@ modality names.
 A fusion layer is a ``torch.nn.Module`` with the call signature
 ``layer(embeddings: dict[str, EncodedModality], mask: Tensor (B, M)) -> FusionOutput``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

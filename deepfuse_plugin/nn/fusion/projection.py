@@ -1,5 +1,6 @@
 """Projection fusion: per-modality projections averaged over the present modalities (the unimodal
 baseline with one modality)."""
+
 from __future__ import annotations
 
 import torch
@@ -11,8 +12,8 @@ from deepfuse_plugin.nn.fusion.output import FusionOutput, check_names
 
 
 class ProjectionFusion(nn.Module):
-    """The simplest fusion: each modality's pooled encoder output projected to ``fused_dim``, averaged
-    over the present modalities.
+    """The simplest fusion: each modality's pooled encoder output projected to ``fused_dim``,
+    averaged over the present modalities.
 
     With one modality this is "the encoder output, projected": the unimodal baseline
     (:class:`~deepfuse_plugin.models.unimodal.UnimodalModel`). A sample with no modality at all gets
