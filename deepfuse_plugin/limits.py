@@ -22,6 +22,7 @@ True
 >>> smiles_problem("C" * 5000, InputLimits(max_smiles_length=10000)) is None
 True
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["InputLimits", "DEFAULT_LIMITS", "smiles_problem", "molecule_problem",
-           "structure_problem"]
+__all__ = [
+    "InputLimits",
+    "DEFAULT_LIMITS",
+    "smiles_problem",
+    "molecule_problem",
+    "structure_problem",
+]
 
 
 @dataclass(frozen=True)
@@ -75,11 +81,14 @@ class InputLimits:
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
-                raise ValueError(f"InputLimits.{name} must be a positive finite number, "
-                                 f"got {value!r}")
+                raise ValueError(
+                    f"InputLimits.{name} must be a positive finite number, got {value!r}"
+                )
         if self.min_lattice_length >= self.max_lattice_length:
-            raise ValueError("InputLimits.min_lattice_length must be below max_lattice_length, got "
-                             f"{self.min_lattice_length} and {self.max_lattice_length}")
+            raise ValueError(
+                "InputLimits.min_lattice_length must be below max_lattice_length, got "
+                f"{self.min_lattice_length} and {self.max_lattice_length}"
+            )
 
 
 #: The limits every featurizer and loader uses unless given others.
@@ -104,12 +113,16 @@ def smiles_problem(text: Any, limits: InputLimits = DEFAULT_LIMITS) -> str | Non
     if "\x00" in text:
         return f"NUL character at position {text.index(chr(0))}"
     if len(text) > limits.max_smiles_length:
-        return (f"SMILES has {len(text)} characters, over the limit of "
-                f"{limits.max_smiles_length} (InputLimits.max_smiles_length)")
+        return (
+            f"SMILES has {len(text)} characters, over the limit of "
+            f"{limits.max_smiles_length} (InputLimits.max_smiles_length)"
+        )
     fragments = text.count(".") + 1
     if fragments > limits.max_fragments:
-        return (f"{fragments} fragments, over the limit of {limits.max_fragments} "
-                "(InputLimits.max_fragments)")
+        return (
+            f"{fragments} fragments, over the limit of {limits.max_fragments} "
+            "(InputLimits.max_fragments)"
+        )
     return None
 
 
@@ -120,14 +133,15 @@ def molecule_problem(mol: Any, limits: InputLimits = DEFAULT_LIMITS) -> str | No
     """
     atoms = mol.GetNumHeavyAtoms()
     if atoms > limits.max_atoms:
-        return (f"{atoms} heavy atoms, over the limit of {limits.max_atoms} "
-                "(InputLimits.max_atoms)")
+        return f"{atoms} heavy atoms, over the limit of {limits.max_atoms} (InputLimits.max_atoms)"
     from rdkit import Chem  # deferred: this module stays importable without RDKit
 
     fragments = len(Chem.GetMolFrags(mol))
     if fragments > limits.max_fragments:
-        return (f"{fragments} fragments, over the limit of {limits.max_fragments} "
-                "(InputLimits.max_fragments)")
+        return (
+            f"{fragments} fragments, over the limit of {limits.max_fragments} "
+            "(InputLimits.max_fragments)"
+        )
     return None
 
 
@@ -150,27 +164,35 @@ def structure_problem(structure: Any, limits: InputLimits = DEFAULT_LIMITS) -> s
         return "lattice matrix is not a finite 3x3 matrix"
     lengths = np.linalg.norm(matrix, axis=1)
     if lengths.min() < limits.min_lattice_length or lengths.max() > limits.max_lattice_length:
-        return (f"lattice vector lengths {np.round(lengths, 4).tolist()} A outside "
-                f"[{limits.min_lattice_length}, {limits.max_lattice_length}] "
-                "(InputLimits.min_lattice_length / max_lattice_length)")
+        return (
+            f"lattice vector lengths {np.round(lengths, 4).tolist()} A outside "
+            f"[{limits.min_lattice_length}, {limits.max_lattice_length}] "
+            "(InputLimits.min_lattice_length / max_lattice_length)"
+        )
     volume = abs(float(np.linalg.det(matrix)))
     if volume / n_sites < limits.min_volume_per_site:
-        return (f"cell volume {volume:.4g} A^3 is {volume / n_sites:.4g} per site, under "
-                f"{limits.min_volume_per_site} (InputLimits.min_volume_per_site)")
+        return (
+            f"cell volume {volume:.4g} A^3 is {volume / n_sites:.4g} per site, under "
+            f"{limits.min_volume_per_site} (InputLimits.min_volume_per_site)"
+        )
     frac = np.asarray(structure.frac_coords, dtype=float)
     if not np.isfinite(frac).all():
         rows = np.flatnonzero(~np.isfinite(frac).all(axis=1))
         return f"non-finite fractional coordinates at site(s) {rows[:10].tolist()}"
     if np.abs(frac).max() > limits.max_abs_frac_coord:
-        return (f"fractional coordinate {np.abs(frac).max():.4g} over the limit of "
-                f"{limits.max_abs_frac_coord} (InputLimits.max_abs_frac_coord)")
+        return (
+            f"fractional coordinate {np.abs(frac).max():.4g} over the limit of "
+            f"{limits.max_abs_frac_coord} (InputLimits.max_abs_frac_coord)"
+        )
     problem = _occupancy_problem(structure)
     if problem:
         return problem
     shortest = _shortest_distance(matrix, frac, limits.min_distance)
     if shortest < limits.min_distance:
-        return (f"two sites are {shortest:.4g} A apart, under {limits.min_distance} A "
-                "(InputLimits.min_distance)")
+        return (
+            f"two sites are {shortest:.4g} A apart, under {limits.min_distance} A "
+            "(InputLimits.min_distance)"
+        )
     return None
 
 
@@ -211,8 +233,9 @@ def _shortest_distance(matrix: np.ndarray, frac: np.ndarray, below: float) -> fl
     reach = np.minimum(np.floor(below / (volume / areas)).astype(int) + 1, 4)
     n = len(frac)
     best = np.inf
-    for shift in np.stack(np.meshgrid(*(np.arange(-r, r + 1) for r in reach),
-                                      indexing="ij"), axis=-1).reshape(-1, 3):
+    for shift in np.stack(
+        np.meshgrid(*(np.arange(-r, r + 1) for r in reach), indexing="ij"), axis=-1
+    ).reshape(-1, 3):
         offset = shift.astype(float) @ reduced
         dist = np.linalg.norm(cart[:, None, :] - cart[None, :, :] + offset, axis=-1)  # (n, n)
         if not shift.any():

@@ -16,23 +16,45 @@ returns an :class:`AnalysisResult` ``(table, figure)``: a tidy pandas table and 
 
 matplotlib, captum and scikit-learn are imported only when an analysis needs them.
 """
+
 from __future__ import annotations
 
 from deepfuse_plugin.analysis._common import AnalysisResult, NoModalityWeightsError
-from deepfuse_plugin.analysis.attributions import (AtomAttribution, atom_attributions,
-                                                   draw_atom_attributions)
-from deepfuse_plugin.analysis.interpret import (embedding_projection, mean_modality_weights,
-                                                modality_weights, weights_vs_masking_rate)
-from deepfuse_plugin.analysis.plots import (plot_ablation, plot_degradation, plot_modality_weights,
-                                            plot_projection, plot_weights_vs_masking_rate)
+from deepfuse_plugin.analysis.attributions import (
+    AtomAttribution,
+    atom_attributions,
+    draw_atom_attributions,
+)
+from deepfuse_plugin.analysis.interpret import (
+    embedding_projection,
+    mean_modality_weights,
+    modality_weights,
+    weights_vs_masking_rate,
+)
+from deepfuse_plugin.analysis.plots import (
+    plot_ablation,
+    plot_degradation,
+    plot_modality_weights,
+    plot_projection,
+    plot_weights_vs_masking_rate,
+)
 from deepfuse_plugin.analysis.robustness import evaluate_missing_modalities, modality_ablation
 
 __all__ = [
-    "AnalysisResult", "NoModalityWeightsError", "AtomAttribution",
-    "evaluate_missing_modalities", "modality_ablation",
-    "modality_weights", "mean_modality_weights", "weights_vs_masking_rate",
-    "atom_attributions", "draw_atom_attributions",
+    "AnalysisResult",
+    "NoModalityWeightsError",
+    "AtomAttribution",
+    "evaluate_missing_modalities",
+    "modality_ablation",
+    "modality_weights",
+    "mean_modality_weights",
+    "weights_vs_masking_rate",
+    "atom_attributions",
+    "draw_atom_attributions",
     "embedding_projection",
-    "plot_degradation", "plot_ablation", "plot_modality_weights", "plot_weights_vs_masking_rate",
+    "plot_degradation",
+    "plot_ablation",
+    "plot_modality_weights",
+    "plot_weights_vs_masking_rate",
     "plot_projection",
 ]

@@ -4,11 +4,13 @@ Nothing here imports matplotlib, captum or scikit-learn: ``import deepfuse_plugi
 the heavy packages load only when an analysis that needs them runs (:mod:`.plots` imports
 matplotlib inside its functions).
 """
+
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -64,18 +66,26 @@ def true_labels(dataset: Dataset, transformers: Sequence[Any]) -> tuple[np.ndarr
     return np.asarray(y), np.asarray(dataset.w)
 
 
-def score(metric: Metric, model: Any, y: np.ndarray, y_pred: np.ndarray, w: np.ndarray,
-          keep: np.ndarray | None = None) -> tuple[float, str]:
+def score(
+    metric: Metric,
+    model: Any,
+    y: np.ndarray,
+    y_pred: np.ndarray,
+    w: np.ndarray,
+    keep: np.ndarray | None = None,
+) -> tuple[float, str]:
     """``(value, reason)``: the metric on the rows ``keep`` (NaN and the error if it cannot be
     computed, e.g. ROC-AUC on rows of a single class)."""
     if keep is not None:
         y, y_pred, w = y[keep], y_pred[keep], w[keep]
     try:
-        value = metric.compute_metric(y, y_pred, w, n_tasks=model.n_tasks,
-                                      n_classes=getattr(model, "n_classes", 2))
+        value = metric.compute_metric(
+            y, y_pred, w, n_tasks=model.n_tasks, n_classes=getattr(model, "n_classes", 2)
+        )
     except (ValueError, ZeroDivisionError, IndexError) as err:
-        logger.warning("Metric %s could not be computed on %d samples: %s", metric.name, len(y),
-                       err)
+        logger.warning(
+            "Metric %s could not be computed on %d samples: %s", metric.name, len(y), err
+        )
         return float("nan"), f"metric failed: {err}"
     return float(np.mean(value)), ""
 
@@ -88,8 +98,10 @@ def samples_of(dataset: Dataset) -> np.ndarray:
     X = np.asarray(dataset.X, dtype=object)
     bad = [i for i, x in enumerate(X) if not isinstance(x, MultiModalSample)]
     if bad:
-        raise TypeError(f"Rows {bad[:5]} of the dataset are not MultiModalSample objects: "
-                        "featurize the data with a deepfuse featurizer (e.g. MultiModalFeaturizer)")
+        raise TypeError(
+            f"Rows {bad[:5]} of the dataset are not MultiModalSample objects: "
+            "featurize the data with a deepfuse featurizer (e.g. MultiModalFeaturizer)"
+        )
     return X
 
 
@@ -107,9 +119,13 @@ def presence(samples: Sequence[MultiModalSample], names: Sequence[str]) -> np.nd
     return np.stack([s.mask(names) for s in samples])
 
 
-def random_drop(samples: Sequence[MultiModalSample], candidates: Sequence[str],
-                guard: Sequence[str], rate: float, rng: np.random.Generator
-                ) -> tuple[list[MultiModalSample], np.ndarray]:
+def random_drop(
+    samples: Sequence[MultiModalSample],
+    candidates: Sequence[str],
+    guard: Sequence[str],
+    rate: float,
+    rng: np.random.Generator,
+) -> tuple[list[MultiModalSample], np.ndarray]:
     """Drop each present modality in ``candidates`` with probability ``rate``, per sample.
 
     A sample never loses its last present modality among ``guard`` (the model's modalities): when
@@ -135,8 +151,9 @@ def random_drop(samples: Sequence[MultiModalSample], candidates: Sequence[str],
     return out, dropped
 
 
-def shuffle_modality(samples: Sequence[MultiModalSample], name: str,
-                     rng: np.random.Generator) -> list[MultiModalSample]:
+def shuffle_modality(
+    samples: Sequence[MultiModalSample], name: str, rng: np.random.Generator
+) -> list[MultiModalSample]:
     """Permute modality ``name``'s values among the samples where it is present (presence kept)."""
     rows = [i for i, s in enumerate(samples) if s.present(name)]
     order = rng.permutation(len(rows))
@@ -144,8 +161,11 @@ def shuffle_modality(samples: Sequence[MultiModalSample], name: str,
     for k, i in enumerate(rows):
         source = samples[rows[order[k]]]
         sample = samples[i]
-        out[i] = MultiModalSample({**sample.values, name: source.values[name]},
-                                  dict(sample.missing_reasons), sample.fingerprints)
+        out[i] = MultiModalSample(
+            {**sample.values, name: source.values[name]},
+            dict(sample.missing_reasons),
+            sample.fingerprints,
+        )
     return out
 
 
@@ -157,8 +177,9 @@ def as_seeds(seeds: int | Iterable[int]) -> list[int]:
     return out
 
 
-def modality_universe(model: Any, samples: Sequence[MultiModalSample],
-                      modalities: Sequence[str] | None) -> list[str]:
+def modality_universe(
+    model: Any, samples: Sequence[MultiModalSample], modalities: Sequence[str] | None
+) -> list[str]:
     """The modalities an analysis varies: the model's (default) or the names given, which must be
     the model's or the data's modalities."""
     if modalities is None:
@@ -167,8 +188,10 @@ def modality_universe(model: Any, samples: Sequence[MultiModalSample],
     known = set(model.modality_names) | set(samples[0].modality_names)
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"Unknown modalities {unknown}: the model has {model.modality_names}, the "
-                         f"data {list(samples[0].modality_names)}")
+        raise ValueError(
+            f"Unknown modalities {unknown}: the model has {model.modality_names}, the "
+            f"data {list(samples[0].modality_names)}"
+        )
     return names
 
 
@@ -184,7 +207,9 @@ def iterate_network(model: Any, dataset: Dataset, drop: Iterable[str] = ()) -> I
         yield outputs.network, outputs.fusion
 
 
-def finish_result(table: "pd.DataFrame", model: Any, plot: PlotArg, plotter: str) -> "AnalysisResult":
+def finish_result(
+    table: pd.DataFrame, model: Any, plot: PlotArg, plotter: str
+) -> AnalysisResult:
     """Tag ``table`` with the model's class name and draw it with ``plots.<plotter>`` when asked."""
     table.attrs.setdefault("model", type(model).__name__)
     if plot is False or plot is None:

@@ -25,12 +25,14 @@ Models with discrete routing (``GatedMoEFusionModel``'s top-k gate) are piecewis
 along the integration path is a jump that gradients do not see, so completeness can fail for them;
 ``AtomAttribution.delta`` reports the gap.
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,13 +82,19 @@ class AtomAttribution:
     def n_atoms(self) -> int:
         return int(self.scores.shape[0])
 
-    def draw(self, path: str | os.PathLike | None = None, size: tuple[int, int] = (400, 400),
-             **kwargs: Any) -> bytes:
+    def draw(
+        self,
+        path: str | os.PathLike | None = None,
+        size: tuple[int, int] = (400, 400),
+        **kwargs: Any,
+    ) -> bytes:
         """PNG of the scores on the 2D structure (see :func:`draw_atom_attributions`)."""
         if self.smiles is None:
-            raise ValueError(f"No SMILES known for {self.id!r}: call "
-                             "draw_atom_attributions(smiles, attribution.scores) with the SMILES "
-                             "the molecule was featurized from")
+            raise ValueError(
+                f"No SMILES known for {self.id!r}: call "
+                "draw_atom_attributions(smiles, attribution.scores) with the SMILES "
+                "the molecule was featurized from"
+            )
         return draw_atom_attributions(self.smiles, self.scores, path=path, size=size, **kwargs)
 
 
@@ -94,15 +102,20 @@ def _graph_modality(model: Any, modality: str | None) -> str:
     graphs = [m.name for m in model.modalities if m.kind == "graph"]
     if modality is not None:
         if modality not in graphs:
-            raise ValueError(f"{modality!r} is not a graph modality of {type(model).__name__} "
-                             f"(graph modalities: {graphs}; all: {model.modality_names})")
+            raise ValueError(
+                f"{modality!r} is not a graph modality of {type(model).__name__} "
+                f"(graph modalities: {graphs}; all: {model.modality_names})"
+            )
         return modality
     if not graphs:
-        raise ValueError(f"{type(model).__name__} has no graph modality (its modalities: "
-                         f"{model.modality_names}): atom attributions need one")
+        raise ValueError(
+            f"{type(model).__name__} has no graph modality (its modalities: "
+            f"{model.modality_names}): atom attributions need one"
+        )
     if len(graphs) > 1:
-        raise ValueError(f"{type(model).__name__} has several graph modalities {graphs}: pass "
-                         "modality=")
+        raise ValueError(
+            f"{type(model).__name__} has several graph modalities {graphs}: pass modality="
+        )
     return graphs[0]
 
 
@@ -111,17 +124,23 @@ def _selector(model: Any, task: int, target: str, class_index: int) -> tuple[Any
         raise ValueError(f"task={task} but the model has {model.n_tasks} task(s)")
     if model.mode == "regression":
         if target not in ("auto", "prediction"):
-            raise ValueError(f"target={target!r} is for classification; a regression model's "
-                             "target is 'prediction'")
+            raise ValueError(
+                f"target={target!r} is for classification; a regression model's "
+                "target is 'prediction'"
+            )
         return (lambda out: out.prediction[:, task]), f"task {task} prediction"
     if not 0 <= class_index < model.n_classes:
         raise ValueError(f"class_index={class_index} but the model has {model.n_classes} classes")
     if target in ("auto", "probability"):
-        return ((lambda out: out.prediction[:, task, class_index]),
-                f"task {task} probability of class {class_index}")
+        return (
+            (lambda out: out.prediction[:, task, class_index]),
+            f"task {task} probability of class {class_index}",
+        )
     if target == "logit":
-        return ((lambda out: out.task_output[:, task, class_index]),
-                f"task {task} logit of class {class_index}")
+        return (
+            (lambda out: out.task_output[:, task, class_index]),
+            f"task {task} logit of class {class_index}",
+        )
     raise ValueError(f"target must be 'auto', 'probability' or 'logit', got {target!r}")
 
 
@@ -138,12 +157,21 @@ def _matching_smiles(candidate: Any, n_atoms: int) -> str | None:
     return candidate if mol is not None and mol.GetNumAtoms() == n_atoms else None
 
 
-def atom_attributions(model: Any, dataset: Dataset, task: int = 0, target: str = "auto",
-                      class_index: int = 1, modality: str | None = None, n_steps: int = 50,
-                      method: str = "gausslegendre", internal_batch_size: int | None = None,
-                      drop_modalities: Iterable[str] = (), smiles: Sequence[str] | None = None,
-                      indices: Sequence[int] | None = None,
-                      on_missing: str = "raise") -> list[AtomAttribution | None]:
+def atom_attributions(
+    model: Any,
+    dataset: Dataset,
+    task: int = 0,
+    target: str = "auto",
+    class_index: int = 1,
+    modality: str | None = None,
+    n_steps: int = 50,
+    method: str = "gausslegendre",
+    internal_batch_size: int | None = None,
+    drop_modalities: Iterable[str] = (),
+    smiles: Sequence[str] | None = None,
+    indices: Sequence[int] | None = None,
+    on_missing: str = "raise",
+) -> list[AtomAttribution | None]:
     """Integrated-Gradients attributions of a model output to each atom of the graph modality.
 
     One molecule at a time; the ``n_steps`` interpolation points of a molecule run as one batch
@@ -224,9 +252,11 @@ def atom_attributions(model: Any, dataset: Dataset, task: int = 0, target: str =
         raise ValueError(f"smiles has {len(smiles)} entries for {len(samples)} dataset rows")
     lacking = [ids[i] for i in rows if not samples[i].present(graph_name)]
     if lacking and on_missing == "raise":
-        raise ValueError(f"{len(lacking)} molecule(s) have no {graph_name!r} modality, so there is "
-                         f"nothing to attribute to (ids: {lacking[:10]}); pass "
-                         "on_missing='skip' or leave them out with indices=")
+        raise ValueError(
+            f"{len(lacking)} molecule(s) have no {graph_name!r} modality, so there is "
+            f"nothing to attribute to (ids: {lacking[:10]}); pass "
+            "on_missing='skip' or leave them out with indices="
+        )
 
     device = model.device
     results: list[AtomAttribution | None] = []
@@ -249,28 +279,48 @@ def atom_attributions(model: Any, dataset: Dataset, task: int = 0, target: str =
             x = torch.as_tensor(graph.node_features, dtype=torch.float32, device=device)[None]
             baseline = torch.zeros_like(x)
             with torch.enable_grad():
-                attr, delta = ig.attribute(x, baselines=baseline, n_steps=n_steps, method=method,
-                                           internal_batch_size=internal_batch_size,
-                                           return_convergence_delta=True)
+                attr, delta = ig.attribute(
+                    x,
+                    baselines=baseline,
+                    n_steps=n_steps,
+                    method=method,
+                    internal_batch_size=internal_batch_size,
+                    return_convergence_delta=True,
+                )
             with torch.no_grad():
                 outputs = forward(torch.cat([x, baseline])).detach().cpu().numpy()
             node_attr = attr[0].detach().cpu().numpy().astype(float)
             source = smiles[i] if smiles is not None else ids[i]
             matched = _matching_smiles(source, n_atoms)
             if matched is None and smiles is not None:
-                raise ValueError(f"smiles[{i}]={source!r} does not parse to a molecule with the "
-                                 f"graph's {n_atoms} atoms")
-            results.append(AtomAttribution(ids[i], matched, node_attr.sum(axis=1), node_attr,
-                                           float(outputs[0]), float(outputs[1]),
-                                           float(delta.detach().cpu().reshape(-1)[0]),
-                                           target_label))
+                raise ValueError(
+                    f"smiles[{i}]={source!r} does not parse to a molecule with the "
+                    f"graph's {n_atoms} atoms"
+                )
+            results.append(
+                AtomAttribution(
+                    ids[i],
+                    matched,
+                    node_attr.sum(axis=1),
+                    node_attr,
+                    float(outputs[0]),
+                    float(outputs[1]),
+                    float(delta.detach().cpu().reshape(-1)[0]),
+                    target_label,
+                )
+            )
     return results
 
 
-def draw_atom_attributions(smiles: Any, scores: Sequence[float],
-                           path: str | os.PathLike | None = None,
-                           size: tuple[int, int] = (400, 400), contour_lines: int = 10,
-                           vmax: float | None = None, **kwargs: Any) -> bytes:
+def draw_atom_attributions(
+    smiles: Any,
+    scores: Sequence[float],
+    path: str | os.PathLike | None = None,
+    size: tuple[int, int] = (400, 400),
+    contour_lines: int = 10,
+    vmax: float | None = None,
+    **kwargs: Any,
+) -> bytes:
     """Draw per-atom scores on the 2D structure as an RDKit similarity map (PNG).
 
     Positive scores are green, negative pink (RDKit's default similarity-map colours); scores are
@@ -325,14 +375,16 @@ def draw_atom_attributions(smiles: Any, scores: Sequence[float],
     if mol.GetNumAtoms() < 2:  # RDKit's similarity maps need two atoms: colour the atom itself
         colour = (0.6, 0.9, 0.6) if weights[0] > 0 else (0.95, 0.6, 0.8) if weights[0] < 0 else None
         highlight = {0: colour} if colour else {}
-        Draw.rdMolDraw2D.PrepareAndDrawMolecule(canvas, mol, highlightAtoms=list(highlight),
-                                                highlightAtomColors=highlight)
+        Draw.rdMolDraw2D.PrepareAndDrawMolecule(
+            canvas, mol, highlightAtoms=list(highlight), highlightAtomColors=highlight
+        )
     else:
         scale = largest if vmax is None else float(vmax)
         if scale > 0:  # the colour scale spans [-1, 1]
             weights = [float(np.clip(v / scale, -1.0, 1.0)) for v in weights]
-        SimilarityMaps.GetSimilarityMapFromWeights(mol, weights, draw2d=canvas,
-                                                   contourLines=contour_lines, **kwargs)
+        SimilarityMaps.GetSimilarityMapFromWeights(
+            mol, weights, draw2d=canvas, contourLines=contour_lines, **kwargs
+        )
     canvas.FinishDrawing()
     png = canvas.GetDrawingText()
     if path is not None:

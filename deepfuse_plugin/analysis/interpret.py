@@ -12,24 +12,44 @@ presence mask, so :func:`modality_weights` raises :class:`NoModalityWeightsError
 ``attrs["kind"] == "presence"``. Averaging presence bits would look like a weight plot and mean
 nothing, so :func:`mean_modality_weights` and :func:`weights_vs_masking_rate` always raise for it.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from deepchem.data import Dataset
 
-from deepfuse_plugin.analysis._common import (AnalysisResult, NoModalityWeightsError, PlotArg,
-                                              as_seeds, finish_result, iterate_network, presence,
-                                              random_drop, samples_of, true_labels, with_samples)
+from deepfuse_plugin.analysis._common import (
+    AnalysisResult,
+    NoModalityWeightsError,
+    PlotArg,
+    as_seeds,
+    finish_result,
+    iterate_network,
+    presence,
+    random_drop,
+    samples_of,
+    true_labels,
+    with_samples,
+)
 
-WEIGHT_COLUMNS = ["rate", "seed", "modality", "mean_weight", "std_weight", "mean_weight_present",
-                  "presence_rate"]
+WEIGHT_COLUMNS = [
+    "rate",
+    "seed",
+    "modality",
+    "mean_weight",
+    "std_weight",
+    "mean_weight_present",
+    "presence_rate",
+]
 
 
-def modality_weights(model: Any, dataset: Dataset, drop_modalities: Iterable[str] = (),
-                     allow_presence: bool = False) -> pd.DataFrame:
+def modality_weights(
+    model: Any, dataset: Dataset, drop_modalities: Iterable[str] = (), allow_presence: bool = False
+) -> pd.DataFrame:
     """Per-sample modality weights of the fusion layer (attention / gate / expert / combination).
 
     Parameters
@@ -80,10 +100,13 @@ def modality_weights(model: Any, dataset: Dataset, drop_modalities: Iterable[str
             f"({type(model.fusion_layer).__name__}) concatenates the modalities and only reports "
             "their presence mask. Use a model with weights (DynamicFusionModel, "
             "CrossAttentionFusionModel, GatedMoEFusionModel, LateFusionModel), modality_ablation() "
-            "for importance, or allow_presence=True to get the presence mask")
-    table = pd.DataFrame(np.concatenate(parts).astype(float),
-                         index=pd.Index(np.asarray(dataset.ids), name="id"),
-                         columns=list(model.modality_names))
+            "for importance, or allow_presence=True to get the presence mask"
+        )
+    table = pd.DataFrame(
+        np.concatenate(parts).astype(float),
+        index=pd.Index(np.asarray(dataset.ids), name="id"),
+        columns=list(model.modality_names),
+    )
     table.attrs.update(kind="weights" if has_weights else "presence", model=type(model).__name__)
     return table
 
@@ -94,16 +117,19 @@ def _summary(weights: pd.DataFrame, dataset: Dataset, drop: Iterable[str] = ()) 
     mask = presence(samples_of(dataset), list(weights.columns))
     mask[:, [j for j, n in enumerate(weights.columns) if n in set(drop)]] = False
     present = pd.DataFrame(mask, index=weights.index, columns=weights.columns)
-    return pd.DataFrame({
-        "mean_weight": weights.mean(axis=0),
-        "std_weight": weights.std(axis=0, ddof=0),
-        "mean_weight_present": weights.where(present).mean(axis=0).fillna(0.0),
-        "presence_rate": present.mean(axis=0),
-    })
+    return pd.DataFrame(
+        {
+            "mean_weight": weights.mean(axis=0),
+            "std_weight": weights.std(axis=0, ddof=0),
+            "mean_weight_present": weights.where(present).mean(axis=0).fillna(0.0),
+            "presence_rate": present.mean(axis=0),
+        }
+    )
 
 
-def mean_modality_weights(model: Any, dataset: Dataset, drop_modalities: Iterable[str] = (),
-                          plot: PlotArg = True) -> AnalysisResult:
+def mean_modality_weights(
+    model: Any, dataset: Dataset, drop_modalities: Iterable[str] = (), plot: PlotArg = True
+) -> AnalysisResult:
     """Mean modality weight per modality, with a bar plot (the paper's Figure 5).
 
     Parameters
@@ -146,10 +172,13 @@ def mean_modality_weights(model: Any, dataset: Dataset, drop_modalities: Iterabl
     return finish_result(table, model, plot, "plot_modality_weights")
 
 
-def weights_vs_masking_rate(model: Any, dataset: Dataset,
-                            rates: Iterable[float] = (0.0, 0.1, 0.25, 0.5, 0.75),
-                            seeds: int | Iterable[int] = (0, 1, 2),
-                            plot: PlotArg = True) -> AnalysisResult:
+def weights_vs_masking_rate(
+    model: Any,
+    dataset: Dataset,
+    rates: Iterable[float] = (0.0, 0.1, 0.25, 0.5, 0.75),
+    seeds: int | Iterable[int] = (0, 1, 2),
+    plot: PlotArg = True,
+) -> AnalysisResult:
     """Mean modality weights as a function of the inference-time masking rate (paper's Figure 4).
 
     For each rate ``p`` and seed, every present modality of every sample is masked with probability
@@ -198,11 +227,12 @@ def weights_vs_masking_rate(model: Any, dataset: Dataset,
     for rate in [float(r) for r in rates]:
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"Masking rates must be in [0, 1), got {rate}")
-        for seed in ([None] if rate == 0.0 else seed_list):
+        for seed in [None] if rate == 0.0 else seed_list:
             data = dataset
             if rate > 0.0:
-                new_samples, _ = random_drop(samples, names, names, rate,
-                                             np.random.default_rng(seed))
+                new_samples, _ = random_drop(
+                    samples, names, names, rate, np.random.default_rng(seed)
+                )
                 data = with_samples(dataset, new_samples)
             summary = _summary(modality_weights(model, data), data)
             for modality, stats in summary.iterrows():
@@ -212,30 +242,39 @@ def weights_vs_masking_rate(model: Any, dataset: Dataset,
     return finish_result(table, model, plot, "plot_weights_vs_masking_rate")
 
 
-def _project(embeddings: np.ndarray, method: str, random_state: int,
-             perplexity: float) -> np.ndarray:
+def _project(
+    embeddings: np.ndarray, method: str, random_state: int, perplexity: float
+) -> np.ndarray:
     n = embeddings.shape[0]
     if n < 2:
         raise ValueError(f"A 2-D projection needs at least 2 samples, got {n}")
     if method == "pca":
         from sklearn.decomposition import PCA
 
-        coords = PCA(n_components=min(2, embeddings.shape[1]),
-                     random_state=random_state).fit_transform(embeddings)
+        coords = PCA(
+            n_components=min(2, embeddings.shape[1]), random_state=random_state
+        ).fit_transform(embeddings)
     elif method == "tsne":
         from sklearn.manifold import TSNE
 
-        coords = TSNE(n_components=2, perplexity=float(min(perplexity, n - 1)), init="pca",
-                      random_state=random_state).fit_transform(embeddings)
+        coords = TSNE(
+            n_components=2,
+            perplexity=float(min(perplexity, n - 1)),
+            init="pca",
+            random_state=random_state,
+        ).fit_transform(embeddings)
     elif method == "umap":
         try:
             import umap
         except ImportError as err:
-            raise ImportError("method='umap' needs the optional package umap-learn "
-                              "(pip install umap-learn); use method='tsne' or 'pca' without "
-                              "it") from err
-        coords = umap.UMAP(n_components=2, n_neighbors=max(2, min(15, n - 1)),
-                           random_state=random_state).fit_transform(embeddings)
+            raise ImportError(
+                "method='umap' needs the optional package umap-learn "
+                "(pip install umap-learn); use method='tsne' or 'pca' without "
+                "it"
+            ) from err
+        coords = umap.UMAP(
+            n_components=2, n_neighbors=max(2, min(15, n - 1)), random_state=random_state
+        ).fit_transform(embeddings)
     else:
         raise ValueError(f"method must be 'tsne', 'umap' or 'pca', got {method!r}")
     coords = np.asarray(coords, dtype=float)
@@ -244,11 +283,17 @@ def _project(embeddings: np.ndarray, method: str, random_state: int,
     return coords
 
 
-def embedding_projection(model: Any, dataset: Dataset, method: str = "tsne",
-                         color_by: int | Sequence[float] | None = 0,
-                         drop_modalities: Iterable[str] = (), transformers: Sequence[Any] = (),
-                         perplexity: float = 30.0, random_state: int = 0,
-                         plot: PlotArg = True) -> AnalysisResult:
+def embedding_projection(
+    model: Any,
+    dataset: Dataset,
+    method: str = "tsne",
+    color_by: int | Sequence[float] | None = 0,
+    drop_modalities: Iterable[str] = (),
+    transformers: Sequence[Any] = (),
+    perplexity: float = 30.0,
+    random_state: int = 0,
+    plot: PlotArg = True,
+) -> AnalysisResult:
     """2-D projection of the fused embeddings (``predict(..., output_types="embedding")``).
 
     Parameters
@@ -294,11 +339,14 @@ def embedding_projection(model: Any, dataset: Dataset, method: str = "tsne",
     >>> list(coords.columns), coords.shape
     (['dim1', 'dim2', 'color'], (5, 3))
     """
-    embeddings = np.asarray(model.predict(dataset, output_types="embedding",
-                                          drop_modalities=tuple(drop_modalities)), dtype=float)
+    embeddings = np.asarray(
+        model.predict(dataset, output_types="embedding", drop_modalities=tuple(drop_modalities)),
+        dtype=float,
+    )
     coords = _project(embeddings.reshape(len(embeddings), -1), method, random_state, perplexity)
-    table = pd.DataFrame(coords[:, :2], columns=["dim1", "dim2"],
-                         index=pd.Index(np.asarray(dataset.ids), name="id"))
+    table = pd.DataFrame(
+        coords[:, :2], columns=["dim1", "dim2"], index=pd.Index(np.asarray(dataset.ids), name="id")
+    )
     label = None
     if color_by is not None:
         if isinstance(color_by, (int, np.integer)):
@@ -323,4 +371,3 @@ def embedding_projection(model: Any, dataset: Dataset, method: str = "tsne",
         table.attrs["color_label"] = label
     table.attrs.update(method=method, model=type(model).__name__)
     return finish_result(table, model, plot, "plot_projection")
-

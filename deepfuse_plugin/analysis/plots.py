@@ -5,6 +5,7 @@ saves it when ``path`` is given (format from the suffix: ``.png``, ``.pdf``, ``.
 it.
 In a notebook the returned figure displays itself.
 """
+
 from __future__ import annotations
 
 import os
@@ -109,8 +110,9 @@ def plot_degradation(table: pd.DataFrame, path: PathArg = None, title: str | Non
             ax.set_ylabel(metric)
             ax.set_title("random per-sample dropping")
     model_name = table.attrs.get("model") if hasattr(table, "attrs") else None
-    fig.suptitle(title or (f"{model_name}: missing modalities" if model_name else
-                           "missing modalities"))
+    fig.suptitle(
+        title or (f"{model_name}: missing modalities" if model_name else "missing modalities")
+    )
     return finish_figure(fig, path)
 
 
@@ -148,8 +150,13 @@ def plot_ablation(table: pd.DataFrame, path: PathArg = None, title: str | None =
         stats = _mean_std(usable, "modality", "delta").reindex(modalities)
         positions = np.arange(len(modalities))
         heights = stats["mean"].fillna(0.0).to_numpy()
-        ax.bar(positions, heights, yerr=stats["std"].fillna(0.0).to_numpy(), capsize=3,
-               color="tab:blue")  # one colour: whether higher is better depends on the metric
+        ax.bar(
+            positions,
+            heights,
+            yerr=stats["std"].fillna(0.0).to_numpy(),
+            capsize=3,
+            color="tab:blue",
+        )  # one colour: whether higher is better depends on the metric
         for x, m in zip(positions, modalities):
             if m not in set(usable["modality"]):
                 ax.text(x, 0.0, "n/a", ha="center", va="bottom", fontsize=8, color="tab:red")
@@ -159,13 +166,15 @@ def plot_ablation(table: pd.DataFrame, path: PathArg = None, title: str | None =
         mode = ", ".join(dict.fromkeys(rows["mode"])) if "mode" in rows else ""
         ax.set_title(f"one modality at a time: {mode}" if mode else metric)
     model_name = table.attrs.get("model")
-    fig.suptitle(title or (f"{model_name}: modality ablation" if model_name else
-                           "modality ablation"))
+    fig.suptitle(
+        title or (f"{model_name}: modality ablation" if model_name else "modality ablation")
+    )
     return finish_figure(fig, path)
 
 
-def plot_modality_weights(table: pd.DataFrame, path: PathArg = None, column: str = "mean_weight",
-                          title: str | None = None) -> Any:
+def plot_modality_weights(
+    table: pd.DataFrame, path: PathArg = None, column: str = "mean_weight", title: str | None = None
+) -> Any:
     """Bar plot of mean modality weights (Dynamic Fusion paper, Figure 5).
 
     Parameters
@@ -200,13 +209,15 @@ def plot_modality_weights(table: pd.DataFrame, path: PathArg = None, column: str
     ax.set_ylabel(column)
     ax.set_ylim(0, max(1.0, float(np.nanmax(table[column].to_numpy(), initial=0.0)) * 1.1))
     model_name = table.attrs.get("model")
-    fig.suptitle(title or (f"{model_name}: mean modality weights" if model_name else
-                           "mean modality weights"))
+    fig.suptitle(
+        title or (f"{model_name}: mean modality weights" if model_name else "mean modality weights")
+    )
     return finish_figure(fig, path)
 
 
-def plot_weights_vs_masking_rate(table: pd.DataFrame, path: PathArg = None,
-                                 column: str = "mean_weight", title: str | None = None) -> Any:
+def plot_weights_vs_masking_rate(
+    table: pd.DataFrame, path: PathArg = None, column: str = "mean_weight", title: str | None = None
+) -> Any:
     """Mean modality weight against the inference-time masking rate, one line per modality
     (Dynamic Fusion paper, Figure 4); mean +- std over seeds.
 
@@ -243,8 +254,14 @@ def plot_weights_vs_masking_rate(table: pd.DataFrame, path: PathArg = None,
     ax.set_ylabel(column)
     ax.legend(title="modality")
     model_name = table.attrs.get("model")
-    fig.suptitle(title or (f"{model_name}: modality weights vs masking rate" if model_name else
-                           "modality weights vs masking rate"))
+    fig.suptitle(
+        title
+        or (
+            f"{model_name}: modality weights vs masking rate"
+            if model_name
+            else "modality weights vs masking rate"
+        )
+    )
     return finish_figure(fig, path)
 
 
@@ -285,8 +302,9 @@ def plot_projection(coords: pd.DataFrame, path: PathArg = None, title: str | Non
         if (~known).any():
             ax.scatter(x[~known], y[~known], s=14, color="lightgray", label="no label")
         values = np.unique(color[known])
-        categorical = coords.attrs.get("categorical",
-                                       len(values) <= 10 and np.allclose(values, np.round(values)))
+        categorical = coords.attrs.get(
+            "categorical", len(values) <= 10 and np.allclose(values, np.round(values))
+        )
         if categorical:
             for v in values:
                 sel = known & (color == v)
@@ -301,6 +319,12 @@ def plot_projection(coords: pd.DataFrame, path: PathArg = None, title: str | Non
     ax.set_xlabel(f"{method} 1")
     ax.set_ylabel(f"{method} 2")
     model_name = coords.attrs.get("model")
-    fig.suptitle(title or (f"{model_name}: fused embeddings ({method})" if model_name else
-                           f"fused embeddings ({method})"))
+    fig.suptitle(
+        title
+        or (
+            f"{model_name}: fused embeddings ({method})"
+            if model_name
+            else f"fused embeddings ({method})"
+        )
+    )
     return finish_figure(fig, path)

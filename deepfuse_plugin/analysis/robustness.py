@@ -10,38 +10,83 @@ modality of a :class:`~deepfuse_plugin.UnimodalModel`) is **not computed**: its 
 ``applicable=False``, ``value=NaN`` and the reason, and a warning is logged. Random dropping never
 removes a sample's last modality (as in training-time masking), so it is always applicable.
 """
+
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from deepchem.data import Dataset
 from deepchem.metrics import Metric
 
+from deepfuse_plugin.analysis._common import (
+    AnalysisResult,
+    PlotArg,
+    as_seeds,
+    finish_result,
+    logger,
+    modality_universe,
+    output_transformers,
+    presence,
+    resolve_metrics,
+    samples_of,
+    score,
+    shuffle_modality,
+    true_labels,
+    with_samples,
+)
 from deepfuse_plugin.analysis._common import random_drop as _random_drop
-from deepfuse_plugin.analysis._common import (AnalysisResult, PlotArg, as_seeds, logger,
-                                              finish_result, modality_universe, output_transformers,
-                                              presence, resolve_metrics, samples_of,
-                                              score, shuffle_modality, true_labels, with_samples)
 
 MetricArg = Metric | Callable | Sequence[Metric | Callable]
 
-MISSING_COLUMNS = ["condition", "removed", "kept", "drop_fraction", "seed", "metric", "value",
-                   "delta", "n_samples", "n_excluded", "removed_fraction", "applicable", "reason"]
-ABLATION_COLUMNS = ["modality", "mode", "seed", "metric", "value", "full_value", "delta",
-                    "relative_delta", "n_samples", "n_excluded", "applicable", "reason"]
+MISSING_COLUMNS = [
+    "condition",
+    "removed",
+    "kept",
+    "drop_fraction",
+    "seed",
+    "metric",
+    "value",
+    "delta",
+    "n_samples",
+    "n_excluded",
+    "removed_fraction",
+    "applicable",
+    "reason",
+]
+ABLATION_COLUMNS = [
+    "modality",
+    "mode",
+    "seed",
+    "metric",
+    "value",
+    "full_value",
+    "delta",
+    "relative_delta",
+    "n_samples",
+    "n_excluded",
+    "applicable",
+    "reason",
+]
 
 
-def _normalise_patterns(patterns: str | Iterable[str | Sequence[str]], universe: list[str],
-                        model_names: list[str], samples: Sequence[Any]) -> list[tuple[str, ...]]:
+def _normalise_patterns(
+    patterns: str | Iterable[str | Sequence[str]],
+    universe: list[str],
+    model_names: list[str],
+    samples: Sequence[Any],
+) -> list[tuple[str, ...]]:
     if isinstance(patterns, str):
         if patterns != "all":
-            raise ValueError(f"patterns must be 'all' or a list of tuples of modality names, got "
-                             f"{patterns!r}")
-        return [combo for k in range(1, len(universe))
-                for combo in itertools.combinations(universe, k)]
+            raise ValueError(
+                f"patterns must be 'all' or a list of tuples of modality names, got {patterns!r}"
+            )
+        return [
+            combo for k in range(1, len(universe)) for combo in itertools.combinations(universe, k)
+        ]
     known = set(model_names) | set(samples[0].modality_names)
     out: list[tuple[str, ...]] = []
     for pattern in patterns:
@@ -50,20 +95,26 @@ def _normalise_patterns(patterns: str | Iterable[str | Sequence[str]], universe:
             raise ValueError("An empty pattern removes nothing: the full input is always reported")
         unknown = [n for n in names if n not in known]
         if unknown:
-            raise ValueError(f"Pattern {names}: unknown modalities {unknown}; the model has "
-                             f"{model_names}, the data {list(samples[0].modality_names)}")
+            raise ValueError(
+                f"Pattern {names}: unknown modalities {unknown}; the model has "
+                f"{model_names}, the data {list(samples[0].modality_names)}"
+            )
         if names not in out:
             out.append(names)
     return out
 
 
-def evaluate_missing_modalities(model: Any, dataset: Dataset, metrics: MetricArg,
-                                transformers: Sequence[Any] = (),
-                                patterns: str | Iterable[str | Sequence[str]] = "all",
-                                random_drop: Iterable[float] = (0.1, 0.25, 0.5),
-                                seeds: int | Iterable[int] = (0, 1, 2),
-                                modalities: Sequence[str] | None = None,
-                                plot: PlotArg = True) -> AnalysisResult:
+def evaluate_missing_modalities(
+    model: Any,
+    dataset: Dataset,
+    metrics: MetricArg,
+    transformers: Sequence[Any] = (),
+    patterns: str | Iterable[str | Sequence[str]] = "all",
+    random_drop: Iterable[float] = (0.1, 0.25, 0.5),
+    seeds: int | Iterable[int] = (0, 1, 2),
+    modalities: Sequence[str] | None = None,
+    plot: PlotArg = True,
+) -> AnalysisResult:
     """Metrics with modalities missing at inference (the Dynamic Fusion paper's Figure 2).
 
     Conditions: the full input; every pattern of removed modalities (default: every non-empty proper
@@ -151,9 +202,16 @@ def evaluate_missing_modalities(model: Any, dataset: Dataset, metrics: MetricArg
     rows: list[dict[str, Any]] = []
     full_values: dict[str, float] = {}
 
-    def add(condition: str, removed: Sequence[str], kept_mask: np.ndarray, fraction: float,
-            seed: int | None, prediction: np.ndarray | None, removed_entries: int,
-            reason: str = "") -> None:
+    def add(
+        condition: str,
+        removed: Sequence[str],
+        kept_mask: np.ndarray,
+        fraction: float,
+        seed: int | None,
+        prediction: np.ndarray | None,
+        removed_entries: int,
+        reason: str = "",
+    ) -> None:
         keep = kept_mask.any(axis=1)
         kept = "+".join(n for j, n in enumerate(names) if kept_mask[:, j].any())
         for metric in metric_objs:
@@ -164,13 +222,23 @@ def evaluate_missing_modalities(model: Any, dataset: Dataset, metrics: MetricArg
                 why = why or reason
             if condition == "full":
                 full_values[metric.name] = value
-            rows.append({"condition": condition, "removed": "+".join(removed), "kept": kept,
-                         "drop_fraction": fraction, "seed": seed, "metric": metric.name,
-                         "value": value, "delta": value - full_values.get(metric.name, np.nan),
-                         "n_samples": int(keep.sum()) if prediction is not None else 0,
-                         "n_excluded": int((~keep).sum()),
-                         "removed_fraction": removed_entries / max(1, n_present),
-                         "applicable": prediction is not None, "reason": why})
+            rows.append(
+                {
+                    "condition": condition,
+                    "removed": "+".join(removed),
+                    "kept": kept,
+                    "drop_fraction": fraction,
+                    "seed": seed,
+                    "metric": metric.name,
+                    "value": value,
+                    "delta": value - full_values.get(metric.name, np.nan),
+                    "n_samples": int(keep.sum()) if prediction is not None else 0,
+                    "n_excluded": int((~keep).sum()),
+                    "removed_fraction": removed_entries / max(1, n_present),
+                    "applicable": prediction is not None,
+                    "reason": why,
+                }
+            )
 
     full_prediction = model.predict(dataset, out_trans)
     add("full", (), present, 0.0, None, full_prediction, 0)
@@ -180,15 +248,26 @@ def evaluate_missing_modalities(model: Any, dataset: Dataset, metrics: MetricArg
         kept_mask = present & ~np.isin(names, effective)[None, :]
         removed_entries = int((present & ~kept_mask).sum())
         if not kept_mask.any():
-            reason = (f"removing {'+'.join(pattern)} leaves no sample with any of the model's "
-                      f"modalities {names}: the model cannot predict without an input")
-            logger.warning("%s: pattern %s not applicable: %s", type(model).__name__, pattern,
-                           reason)
+            reason = (
+                f"removing {'+'.join(pattern)} leaves no sample with any of the model's "
+                f"modalities {names}: the model cannot predict without an input"
+            )
+            logger.warning(
+                "%s: pattern %s not applicable: %s", type(model).__name__, pattern, reason
+            )
             add("subset", pattern, kept_mask, float("nan"), None, None, removed_entries, reason)
             continue
         if not effective:
-            add("subset", pattern, kept_mask, float("nan"), None, full_prediction, 0,
-                f"the model does not use {'+'.join(pattern)}: removing it changes nothing")
+            add(
+                "subset",
+                pattern,
+                kept_mask,
+                float("nan"),
+                None,
+                full_prediction,
+                0,
+                f"the model does not use {'+'.join(pattern)}: removing it changes nothing",
+            )
             continue
         prediction = model.predict(dataset, out_trans, drop_modalities=effective)
         add("subset", pattern, kept_mask, float("nan"), None, prediction, removed_entries)
@@ -196,8 +275,9 @@ def evaluate_missing_modalities(model: Any, dataset: Dataset, metrics: MetricArg
     candidates = [n for n in universe if n in names]
     for rate in rates:
         for seed in seed_list:
-            new_samples, dropped = _random_drop(samples, candidates, names, rate,
-                                               np.random.default_rng(seed))
+            new_samples, dropped = _random_drop(
+                samples, candidates, names, rate, np.random.default_rng(seed)
+            )
             prediction = model.predict(with_samples(dataset, new_samples), out_trans)
             add("random", (), present & ~dropped, rate, seed, prediction, int(dropped.sum()))
 
@@ -206,11 +286,16 @@ def evaluate_missing_modalities(model: Any, dataset: Dataset, metrics: MetricArg
     return finish_result(table, model, plot, "plot_degradation")
 
 
-def modality_ablation(model: Any, dataset: Dataset, metrics: MetricArg,
-                      transformers: Sequence[Any] = (), mode: str = "drop",
-                      seeds: int | Iterable[int] = (0, 1, 2),
-                      modalities: Sequence[str] | None = None,
-                      plot: PlotArg = True) -> AnalysisResult:
+def modality_ablation(
+    model: Any,
+    dataset: Dataset,
+    metrics: MetricArg,
+    transformers: Sequence[Any] = (),
+    mode: str = "drop",
+    seeds: int | Iterable[int] = (0, 1, 2),
+    modalities: Sequence[str] | None = None,
+    plot: PlotArg = True,
+) -> AnalysisResult:
     """Metric change when one modality at a time is dropped or shuffled.
 
     ``mode="drop"`` removes the modality from every sample (deterministic: one row per modality and
@@ -274,8 +359,13 @@ def modality_ablation(model: Any, dataset: Dataset, metrics: MetricArg,
     full = {m.name: score(m, model, y, full_prediction, w, keep_full)[0] for m in metric_objs}
     rows: list[dict[str, Any]] = []
 
-    def add(modality: str, seed: int | None, prediction: np.ndarray | None, keep: np.ndarray,
-            reason: str = "") -> None:
+    def add(
+        modality: str,
+        seed: int | None,
+        prediction: np.ndarray | None,
+        keep: np.ndarray,
+        reason: str = "",
+    ) -> None:
         for metric in metric_objs:
             if prediction is None:
                 value, why = float("nan"), reason
@@ -284,39 +374,61 @@ def modality_ablation(model: Any, dataset: Dataset, metrics: MetricArg,
                 why = why or reason
             base = full[metric.name]
             delta = value - base
-            rows.append({"modality": modality, "mode": mode, "seed": seed, "metric": metric.name,
-                         "value": value, "full_value": base, "delta": delta,
-                         "relative_delta": delta / abs(base) if base else float("nan"),
-                         "n_samples": int(keep.sum()) if prediction is not None else 0,
-                         "n_excluded": int((~keep).sum()), "applicable": prediction is not None,
-                         "reason": why})
+            rows.append(
+                {
+                    "modality": modality,
+                    "mode": mode,
+                    "seed": seed,
+                    "metric": metric.name,
+                    "value": value,
+                    "full_value": base,
+                    "delta": delta,
+                    "relative_delta": delta / abs(base) if base else float("nan"),
+                    "n_samples": int(keep.sum()) if prediction is not None else 0,
+                    "n_excluded": int((~keep).sum()),
+                    "applicable": prediction is not None,
+                    "reason": why,
+                }
+            )
 
     for modality in targets:
         if modality not in names:
             reason = f"the model does not use {modality!r}: ablating it changes nothing"
-            for seed in ([None] if mode == "drop" else as_seeds(seeds)):
+            for seed in [None] if mode == "drop" else as_seeds(seeds):
                 add(modality, seed, full_prediction, keep_full, reason)
             continue
         if mode == "drop":
             keep = (present & (np.asarray(names) != modality)[None, :]).any(axis=1)
             if not keep.any():
-                reason = (f"dropping {modality!r} leaves no sample with any of the model's "
-                          f"modalities {names}: the model cannot predict without an input")
+                reason = (
+                    f"dropping {modality!r} leaves no sample with any of the model's "
+                    f"modalities {names}: the model cannot predict without an input"
+                )
                 logger.warning("%s: %s", type(model).__name__, reason)
                 add(modality, None, None, keep, reason)
             else:
-                add(modality, None, model.predict(dataset, out_trans, drop_modalities=[modality]),
-                    keep)
+                add(
+                    modality,
+                    None,
+                    model.predict(dataset, out_trans, drop_modalities=[modality]),
+                    keep,
+                )
             continue
         n_have = int(present[:, names.index(modality)].sum())
         for seed in as_seeds(seeds):
             if n_have < 2:
-                add(modality, seed, None, keep_full,
-                    f"only {n_have} sample(s) have {modality!r}: nothing to shuffle")
+                add(
+                    modality,
+                    seed,
+                    None,
+                    keep_full,
+                    f"only {n_have} sample(s) have {modality!r}: nothing to shuffle",
+                )
                 continue
             shuffled = shuffle_modality(samples, modality, np.random.default_rng(seed))
-            add(modality, seed, model.predict(with_samples(dataset, shuffled), out_trans),
-                keep_full)
+            add(
+                modality, seed, model.predict(with_samples(dataset, shuffled), out_trans), keep_full
+            )
 
     table = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
     table["seed"] = table["seed"].astype("Int64")

@@ -7,6 +7,7 @@
   :class:`~deepfuse_plugin.data.collate.TokenBatch` (pad id from the spec, attention mask from the
   lengths), ``"sentence_embeddings"`` -> :class:`SentenceBatch` ``(B, S_max, d)`` float32 + mask.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ class SentenceBatch:
     states: torch.Tensor
     mask: torch.Tensor
 
-    def to(self, device: torch.device | str) -> "SentenceBatch":
+    def to(self, device: torch.device | str) -> SentenceBatch:
         return SentenceBatch(self.states.to(device), self.mask.to(device))
 
 
@@ -44,11 +45,15 @@ def collate_text(values: list[np.ndarray | None], spec: Modality) -> TokenBatch 
         if v is None:
             continue
         if spec.max_length is not None and len(v) > spec.max_length:
-            raise ValueError(f"Modality {spec.name!r}: row {i} has {len(v)} tokens, the model's "
-                             f"max_length is {spec.max_length}")
+            raise ValueError(
+                f"Modality {spec.name!r}: row {i} has {len(v)} tokens, the model's "
+                f"max_length is {spec.max_length}"
+            )
         if vocab_size is not None and len(v) and int(v.max()) >= int(vocab_size):
-            raise ValueError(f"Modality {spec.name!r}: row {i} has token id {int(v.max())} outside "
-                             f"the vocabulary of {vocab_size} tokens")
+            raise ValueError(
+                f"Modality {spec.name!r}: row {i} has token id {int(v.max())} outside "
+                f"the vocabulary of {vocab_size} tokens"
+            )
         ids[i, : len(v)] = v
         mask[i, : len(v)] = True
     return TokenBatch(torch.from_numpy(ids), torch.from_numpy(mask))
@@ -62,8 +67,10 @@ def _pad_sentences(values: list[np.ndarray | None], spec: Modality) -> SentenceB
         if v is None:
             continue
         if v.ndim != 2 or v.shape[1] != spec.dim:
-            raise ValueError(f"Modality {spec.name!r}: row {i} has shape {v.shape}, the model "
-                             f"expects (n_sentences, {spec.dim})")
+            raise ValueError(
+                f"Modality {spec.name!r}: row {i} has shape {v.shape}, the model "
+                f"expects (n_sentences, {spec.dim})"
+            )
         states[i, : len(v)] = v
         mask[i, : len(v)] = True
     return SentenceBatch(torch.from_numpy(states), torch.from_numpy(mask))

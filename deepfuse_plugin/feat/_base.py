@@ -7,15 +7,17 @@ costing the batch, with a tqdm bar), turns the results into DeepChem's object ar
 empty array for a failed input, which DeepChem loaders drop) and logs failures and missing
 modalities.
 """
+
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing.connection import wait
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -41,15 +43,17 @@ def exception_reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def featurize_serial(featurizer: Any, points: Sequence[Any], progress: bool,
-                     unit: str) -> list[Any]:
+def featurize_serial(
+    featurizer: Any, points: Sequence[Any], progress: bool, unit: str
+) -> list[Any]:
     """``featurizer.featurize_row`` over ``points`` in this process, with a progress bar."""
     iterator = tqdm(points, desc="featurize", disable=not progress, unit=unit)
     return [featurizer.featurize_row(p) for p in iterator]
 
 
-def featurize_parallel(featurizer: Any, points: Sequence[Any], n_jobs: int, progress: bool,
-                       unit: str) -> list[Any]:
+def featurize_parallel(
+    featurizer: Any, points: Sequence[Any], n_jobs: int, progress: bool, unit: str
+) -> list[Any]:
     """``featurizer.featurize_row`` over ``points`` with ``n_jobs`` forked workers, order kept.
 
     The featurizer reaches the workers by fork inheritance (pool initializer), not by pickling per
@@ -65,8 +69,9 @@ def featurize_parallel(featurizer: Any, points: Sequence[Any], n_jobs: int, prog
     parts: list[list[Any] | None] = [None] * len(chunks)
     ctx = mp.get_context("fork")
     with tqdm(total=len(points), desc="featurize", disable=not progress, unit=unit) as bar:
-        with ProcessPoolExecutor(n_jobs, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(featurizer,)) as pool:
+        with ProcessPoolExecutor(
+            n_jobs, mp_context=ctx, initializer=_init_worker, initargs=(featurizer,)
+        ) as pool:
             futures = [pool.submit(_featurize_chunk, chunk) for chunk in chunks]
             for index, future in enumerate(futures):
                 try:
@@ -77,8 +82,11 @@ def featurize_parallel(featurizer: Any, points: Sequence[Any], n_jobs: int, prog
         # after the pool is shut down: no executor threads left when the next processes fork
         unfinished = [i for i, part in enumerate(parts) if part is None]
         if unfinished:
-            logger.warning("a featurizer worker process died; re-running %d chunk(s) in fresh "
-                           "processes to find the input(s) responsible", len(unfinished))
+            logger.warning(
+                "a featurizer worker process died; re-running %d chunk(s) in fresh "
+                "processes to find the input(s) responsible",
+                len(unfinished),
+            )
             redone = run_isolated(featurizer, [chunks[i] for i in unfinished], n_jobs)
             for i, part in zip(unfinished, redone):
                 parts[i] = part
@@ -86,8 +94,7 @@ def featurize_parallel(featurizer: Any, points: Sequence[Any], n_jobs: int, prog
     return [result for part in parts for result in part]  # type: ignore[union-attr]
 
 
-def run_isolated(featurizer: Any, tasks: Sequence[Sequence[Any]], n_jobs: int
-                 ) -> list[list[Any]]:
+def run_isolated(featurizer: Any, tasks: Sequence[Sequence[Any]], n_jobs: int) -> list[list[Any]]:
     """Each task (a list of inputs) in its own fresh forked process, ``n_jobs`` at a time.
 
     A task whose process dies is split in halves and re-run the same way; a single input whose
@@ -104,8 +111,9 @@ def run_isolated(featurizer: Any, tasks: Sequence[Sequence[Any]], n_jobs: int
         while queue and len(running) < max(1, n_jobs):
             job = queue.pop(0)
             receive, send = ctx.Pipe(duplex=False)
-            process = ctx.Process(target=_isolated_main, args=(featurizer, job[2], send),
-                                  daemon=True)
+            process = ctx.Process(
+                target=_isolated_main, args=(featurizer, job[2], send), daemon=True
+            )
             process.start()
             send.close()  # the child holds the only writer: EOF on our side once it dies
             running[receive] = (process, job)
@@ -120,8 +128,10 @@ def run_isolated(featurizer: Any, tasks: Sequence[Sequence[Any]], n_jobs: int
             else:
                 half = len(items) // 2
                 queue += [(t, offset, items[:half]), (t, offset + half, items[half:])]
-    return [[r for (task, _), part in sorted(results.items()) if task == t for r in part]
-            for t in range(len(tasks))]
+    return [
+        [r for (task, _), part in sorted(results.items()) if task == t for r in part]
+        for t in range(len(tasks))
+    ]
 
 
 def _receive(connection: Any) -> list[Any] | None:
@@ -142,20 +152,30 @@ def _isolated_main(featurizer: Any, items: list[Any], connection: Any) -> None:
     try:
         connection.send(results)
     except Exception as err:  # e.g. a result that cannot be pickled
-        connection.send([RowFailure(f"result could not be returned from the worker process: "
-                                    f"{exception_reason(err)}")] * len(items))
+        connection.send(
+            [
+                RowFailure(
+                    f"result could not be returned from the worker process: {exception_reason(err)}"
+                )
+            ]
+            * len(items)
+        )
 
 
 def chunked(points: Sequence[Any], n_jobs: int) -> list[Sequence[Any]]:
     """Consecutive chunks for ``n_jobs`` workers: about 8 per worker (load balance), 16 to 512
     items each (per-task overhead vs. memory held per task)."""
     size = max(16, min(512, len(points) // (n_jobs * 8) or 1))
-    return [points[i:i + size] for i in range(0, len(points), size)]
+    return [points[i : i + size] for i in range(0, len(points), size)]
 
 
-def to_object_array(results: Sequence[MultiModalSample | RowFailure], points: Sequence[Any],
-                    owner: str, show: Callable[[Any], str] = repr,
-                    log: logging.Logger = logger) -> tuple[np.ndarray, dict[int, str]]:
+def to_object_array(
+    results: Sequence[MultiModalSample | RowFailure],
+    points: Sequence[Any],
+    owner: str,
+    show: Callable[[Any], str] = repr,
+    log: logging.Logger = logger,
+) -> tuple[np.ndarray, dict[int, str]]:
     """One sample per input, an empty array where the input failed, and ``{index: reason}`` of
     the failed inputs (logged once with index, input and reason on ``log``, the calling
     featurizer's logger; ``show`` renders an input)."""
@@ -168,11 +188,19 @@ def to_object_array(results: Sequence[MultiModalSample | RowFailure], points: Se
         else:
             out[i] = result
     if failures:
-        shown = ", ".join(f"{i}:{_safe_show(show, points[i])} ({reason})"
-                          for i, reason in list(failures.items())[:20])
-        log.warning("%s: %d of %d inputs could not be parsed or were refused, and are dropped "
-                    "by DeepChem loaders (index:input (reason)): %s%s", owner, len(failures),
-                    len(points), shown, " ..." if len(failures) > 20 else "")
+        shown = ", ".join(
+            f"{i}:{_safe_show(show, points[i])} ({reason})"
+            for i, reason in list(failures.items())[:20]
+        )
+        log.warning(
+            "%s: %d of %d inputs could not be parsed or were refused, and are dropped "
+            "by DeepChem loaders (index:input (reason)): %s%s",
+            owner,
+            len(failures),
+            len(points),
+            shown,
+            " ..." if len(failures) > 20 else "",
+        )
     return out, failures
 
 
@@ -188,8 +216,9 @@ def _safe_show(show: Callable[[Any], str], point: Any, limit: int = 80) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def log_missing(results: Sequence[Any], owner: str, unit: str,
-                log: logging.Logger = logger) -> None:
+def log_missing(
+    results: Sequence[Any], owner: str, unit: str, log: logging.Logger = logger
+) -> None:
     """Log, per modality, how many items have it missing (``unit``: "molecule(s)", ...)."""
     counts: dict[str, int] = {}
     for sample in results:

@@ -14,12 +14,14 @@ elemental property tables in :mod:`deepfuse_plugin.feat.elements`; their public 
 from here as well. pymatgen is imported lazily: this module imports without the ``materials``
 extra, and the featurizer raises a clear ImportError when it is used without pymatgen.
 """
+
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from deepchem.feat import MaterialStructureFeaturizer
@@ -27,25 +29,56 @@ from deepchem.feat import MaterialStructureFeaturizer
 from deepfuse_plugin.errors import InvalidInputError
 from deepfuse_plugin.feat import _base
 from deepfuse_plugin.feat._base import RowFailure, exception_reason
-from deepfuse_plugin.feat.crystal_modalities import (BUILTIN_CRYSTAL_MODALITIES,
-                                                     CompositionModality, CrystalContext,
-                                                     CrystalGraphModality,
-                                                     CrystalModalityFeaturizer,
-                                                     DisorderedStructureError, MatGLGraphModality,
-                                                     TextEmbeddingModality, TextTokensModality)
-from deepfuse_plugin.feat.elements import (ATOM_FEATURE_BLOCKS, ATOM_FEATURE_DIM, COMPOSITION_DIM,
-                                           COMPOSITION_PROPERTIES, MAX_Z, atom_feature_table)
-from deepfuse_plugin.feat.text import (DEFAULT_TEXT_MODEL, Describer, DescriptionCache,
-                                       TextEmbedder, _require_pymatgen, make_describer)
+from deepfuse_plugin.feat.crystal_modalities import (
+    BUILTIN_CRYSTAL_MODALITIES,
+    CompositionModality,
+    CrystalContext,
+    CrystalGraphModality,
+    CrystalModalityFeaturizer,
+    DisorderedStructureError,
+    MatGLGraphModality,
+    TextEmbeddingModality,
+    TextTokensModality,
+)
+from deepfuse_plugin.feat.elements import (
+    ATOM_FEATURE_BLOCKS,
+    ATOM_FEATURE_DIM,
+    COMPOSITION_DIM,
+    COMPOSITION_PROPERTIES,
+    MAX_Z,
+    atom_feature_table,
+)
+from deepfuse_plugin.feat.text import (
+    DEFAULT_TEXT_MODEL,
+    Describer,
+    DescriptionCache,
+    TextEmbedder,
+    _require_pymatgen,
+    make_describer,
+)
 from deepfuse_plugin.limits import DEFAULT_LIMITS, InputLimits, structure_problem
 from deepfuse_plugin.modalities import Modality, MultiModalSample
 
-__all__ = ["ATOM_FEATURE_BLOCKS", "ATOM_FEATURE_DIM", "BUILTIN_CRYSTAL_MODALITIES",
-           "COMPOSITION_DIM", "COMPOSITION_PROPERTIES", "MAX_Z", "CompositionModality",
-           "CrystalContext", "CrystalGraphModality", "CrystalModalityFeaturizer",
-           "CrystalMultiModalFeaturizer", "DisorderedStructureError", "MatGLGraphModality",
-           "TextEmbeddingModality", "TextTokensModality", "atom_feature_table",
-           "crystal_modality_specs", "to_structure"]
+__all__ = [
+    "ATOM_FEATURE_BLOCKS",
+    "ATOM_FEATURE_DIM",
+    "BUILTIN_CRYSTAL_MODALITIES",
+    "COMPOSITION_DIM",
+    "COMPOSITION_PROPERTIES",
+    "MAX_Z",
+    "CompositionModality",
+    "CrystalContext",
+    "CrystalGraphModality",
+    "CrystalModalityFeaturizer",
+    "CrystalMultiModalFeaturizer",
+    "DisorderedStructureError",
+    "MatGLGraphModality",
+    "TextEmbeddingModality",
+    "TextTokensModality",
+    "atom_feature_table",
+    "crystal_modality_specs",
+    "to_structure",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -116,14 +149,28 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
     (8, 91)
     """
 
-    def __init__(self, modalities: Sequence[str | Modality | CrystalModalityFeaturizer] = (
-                 "graph", "text", "composition"), radius: float = 8.0, max_neighbors: int = 12,
-                 gaussian_step: float = 0.2, gaussian_var: float = 0.2,
-                 atom_features: str = "cgcnn", describer: str | Describer = "fast",
-                 text_model: str = DEFAULT_TEXT_MODEL, text_max_length: int = 256,
-                 cache_dir: str | os.PathLike | None | bool = None, embed_batch_size: int = 32,
-                 n_jobs: int = 1, progress: bool = True, matgl_cutoff: float = 4.0,
-                 limits: InputLimits = DEFAULT_LIMITS):
+    def __init__(
+        self,
+        modalities: Sequence[str | Modality | CrystalModalityFeaturizer] = (
+            "graph",
+            "text",
+            "composition",
+        ),
+        radius: float = 8.0,
+        max_neighbors: int = 12,
+        gaussian_step: float = 0.2,
+        gaussian_var: float = 0.2,
+        atom_features: str = "cgcnn",
+        describer: str | Describer = "fast",
+        text_model: str = DEFAULT_TEXT_MODEL,
+        text_max_length: int = 256,
+        cache_dir: str | os.PathLike | None | bool = None,
+        embed_batch_size: int = 32,
+        n_jobs: int = 1,
+        progress: bool = True,
+        matgl_cutoff: float = 4.0,
+        limits: InputLimits = DEFAULT_LIMITS,
+    ):
         super().__init__()
         if not isinstance(limits, InputLimits):
             raise TypeError(f"limits must be an InputLimits, got {type(limits).__name__}")
@@ -137,8 +184,11 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
         self.text_model, self.text_max_length = str(text_model), text_max_length
         self.cache_dir, self.embed_batch_size = cache_dir, embed_batch_size
         self.n_jobs, self.progress = n_jobs, progress
-        self._description_cache = (None if cache_dir is False else DescriptionCache(
-            None if cache_dir in (None, True) else cache_dir))
+        self._description_cache = (
+            None
+            if cache_dir is False
+            else DescriptionCache(None if cache_dir in (None, True) else cache_dir)
+        )
         self._embedder: TextEmbedder | None = None
         self.modality_featurizers = [self._resolve(m) for m in modalities]
         names = [m.name for m in self.modality_featurizers]
@@ -151,14 +201,19 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
     @property
     def embedder(self) -> TextEmbedder:
         if self._embedder is None:
-            self._embedder = TextEmbedder(self.text_model, self.text_max_length,
-                                          self.embed_batch_size,
-                                          cache_dir=False if self.cache_dir is False else (
-                                              None if self.cache_dir in (None, True)
-                                              else self.cache_dir))
+            self._embedder = TextEmbedder(
+                self.text_model,
+                self.text_max_length,
+                self.embed_batch_size,
+                cache_dir=False
+                if self.cache_dir is False
+                else (None if self.cache_dir in (None, True) else self.cache_dir),
+            )
         return self._embedder
 
-    def _resolve(self, item: str | Modality | CrystalModalityFeaturizer) -> CrystalModalityFeaturizer:
+    def _resolve(
+        self, item: str | Modality | CrystalModalityFeaturizer
+    ) -> CrystalModalityFeaturizer:
         if isinstance(item, CrystalModalityFeaturizer):
             return item
         if isinstance(item, Modality):
@@ -167,19 +222,25 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
             raise TypeError(f"Cannot use {item!r} as a crystal modality")
         key = self.describer.key
         builders = {
-            "graph": lambda: CrystalGraphModality(self.radius, self.max_neighbors,
-                                                  self.gaussian_step, self.gaussian_var,
-                                                  self.atom_features),
+            "graph": lambda: CrystalGraphModality(
+                self.radius,
+                self.max_neighbors,
+                self.gaussian_step,
+                self.gaussian_var,
+                self.atom_features,
+            ),
             "text": lambda: TextTokensModality(self.text_model, self.text_max_length, key),
             "composition": CompositionModality,
             "matgl_graph": lambda: MatGLGraphModality(self.matgl_cutoff),
             "text_embedding": lambda: TextEmbeddingModality(self.embedder, key, "text"),
-            "text_sentences": lambda: TextEmbeddingModality(self.embedder, key, "sentence",
-                                                            name="text_sentences"),
+            "text_sentences": lambda: TextEmbeddingModality(
+                self.embedder, key, "sentence", name="text_sentences"
+            ),
         }
         if item not in builders:
-            raise ValueError(f"Unknown crystal modality {item!r}; built-in: "
-                             f"{list(BUILTIN_CRYSTAL_MODALITIES)}")
+            raise ValueError(
+                f"Unknown crystal modality {item!r}; built-in: {list(BUILTIN_CRYSTAL_MODALITIES)}"
+            )
         return builders[item]()
 
     def _from_spec(self, spec: Modality) -> CrystalModalityFeaturizer:
@@ -187,24 +248,39 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
         if spec.kind == "crystal_graph" and p.get("format") == "matgl":
             return MatGLGraphModality(p.get("cutoff", 4.0), p.get("element_types"), name=spec.name)
         if spec.kind == "crystal_graph":
-            return CrystalGraphModality(p.get("radius", 8.0), p.get("max_neighbors", 12),
-                                        p.get("gaussian_step", 0.2), p.get("gaussian_var", 0.2),
-                                        p.get("atom_features", "cgcnn"), name=spec.name)
+            return CrystalGraphModality(
+                p.get("radius", 8.0),
+                p.get("max_neighbors", 12),
+                p.get("gaussian_step", 0.2),
+                p.get("gaussian_var", 0.2),
+                p.get("atom_features", "cgcnn"),
+                name=spec.name,
+            )
         if spec.kind == "vector" and "properties" in p:
             return CompositionModality(spec.name)
         describer = p.get("describer", self.describer.key)
         if describer != self.describer.key:
-            raise ValueError(f"Modality {spec.name!r} was made with describer {describer}, this "
-                             f"featurizer uses {self.describer.key}: pass describer=...")
+            raise ValueError(
+                f"Modality {spec.name!r} was made with describer {describer}, this "
+                f"featurizer uses {self.describer.key}: pass describer=..."
+            )
         if spec.kind == "text" and p.get("representation") == "tokens":
-            return TextTokensModality(p.get("model", self.text_model),
-                                      spec.max_length or self.text_max_length, describer,
-                                      name=spec.name)
+            return TextTokensModality(
+                p.get("model", self.text_model),
+                spec.max_length or self.text_max_length,
+                describer,
+                name=spec.name,
+            )
         if spec.kind in ("embedding", "text") and "level" in p:
-            embedder = TextEmbedder(p["model"], p.get("max_length", self.text_max_length),
-                                    self.embed_batch_size, p.get("normalize", True),
-                                    cache_dir=False if self.cache_dir is False else (
-                                        None if self.cache_dir in (None, True) else self.cache_dir))
+            embedder = TextEmbedder(
+                p["model"],
+                p.get("max_length", self.text_max_length),
+                self.embed_batch_size,
+                p.get("normalize", True),
+                cache_dir=False
+                if self.cache_dir is False
+                else (None if self.cache_dir in (None, True) else self.cache_dir),
+            )
             return TextEmbeddingModality(embedder, describer, p["level"], name=spec.name)
         raise ValueError(f"Cannot rebuild a crystal featurizer for modality spec {spec!r}")
 
@@ -241,8 +317,9 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
         return self._description_cache.describe(structure, self.describer)
 
     # -- featurization -------------------------------------------------------------------------
-    def featurize(self, datapoints: Iterable[Any] | Any, log_every_n: int = 1000,
-                  **kwargs: Any) -> np.ndarray:
+    def featurize(
+        self, datapoints: Iterable[Any] | Any, log_every_n: int = 1000, **kwargs: Any
+    ) -> np.ndarray:
         """Featurize structures (``Structure``, dicts or ASE ``Atoms``).
 
         Returns
@@ -256,15 +333,18 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
         points = list(datapoints)
         stage = _PerStructure(self)
         if self.n_jobs > 1 and len(points) >= 32:
-            pairs = _base.featurize_parallel(stage, points, self.n_jobs, self.progress,
-                                             unit="structure")
+            pairs = _base.featurize_parallel(
+                stage, points, self.n_jobs, self.progress, unit="structure"
+            )
         else:
             pairs = _base.featurize_serial(stage, points, self.progress, unit="structure")
         results = [pair if isinstance(pair, RowFailure) else pair[0] for pair in pairs]
-        self._fill_batched(results, [None if isinstance(pair, RowFailure) else pair[1]
-                                     for pair in pairs])
+        self._fill_batched(
+            results, [None if isinstance(pair, RowFailure) else pair[1] for pair in pairs]
+        )
         out, self.last_failures = _base.to_object_array(
-            results, points, "CrystalMultiModalFeaturizer", show=_show_input, log=logger)
+            results, points, "CrystalMultiModalFeaturizer", show=_show_input, log=logger
+        )
         _base.log_missing(results, "CrystalMultiModalFeaturizer", "structure(s)", log=logger)
         return out
 
@@ -287,8 +367,9 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
         sample = self.featurize_one(datapoint)
         return np.array([]) if sample is None else sample
 
-    def _featurize_structure(self, datapoint: Any
-                             ) -> tuple[MultiModalSample, str | Exception | None] | RowFailure:
+    def _featurize_structure(
+        self, datapoint: Any
+    ) -> tuple[MultiModalSample, str | Exception | None] | RowFailure:
         """Per-structure modalities; the batched ones are left None for :meth:`_fill_batched`.
         Returns the sample and the description (or the error that prevented it)."""
         try:
@@ -325,8 +406,9 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
                 description = err
         return MultiModalSample(values, reasons, self._fingerprints), description
 
-    def _fill_batched(self, samples: list[MultiModalSample | None],
-                      descriptions: list[str | Exception | None]) -> None:
+    def _fill_batched(
+        self, samples: list[MultiModalSample | None], descriptions: list[str | Exception | None]
+    ) -> None:
         batched = [m for m in self.modality_featurizers if m.batched]
         if not batched:
             return
@@ -337,13 +419,16 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
                 err = descriptions[i]
                 for m in batched:
                     samples[i].missing_reasons[m.name] = (  # type: ignore[union-attr]
-                        f"no description: {exception_reason(err)}")
+                        f"no description: {exception_reason(err)}"
+                    )
         for m in batched:
             if not texts:
                 break
             try:
-                values = m.compute_batch([descriptions[i] for i in texts],  # type: ignore[attr-defined]
-                                         progress=self.progress)
+                values = m.compute_batch(
+                    [descriptions[i] for i in texts],  # type: ignore[attr-defined]
+                    progress=self.progress,
+                )
             except Exception as err:
                 for i in texts:
                     samples[i].missing_reasons[m.name] = exception_reason(err)  # type: ignore[union-attr]
@@ -362,13 +447,12 @@ class _PerStructure:
         return self.featurizer._featurize_structure(point)
 
 
-
-
 def _is_single(datapoints: Any) -> bool:
     if isinstance(datapoints, dict):
         return True
     try:
         from pymatgen.core import IStructure
+
         if isinstance(datapoints, IStructure):
             return True
     except ImportError:
@@ -377,8 +461,7 @@ def _is_single(datapoints: Any) -> bool:
 
 
 def _is_ase_atoms(obj: Any) -> bool:
-    return any(c.__name__ == "Atoms" and c.__module__.startswith("ase")
-               for c in type(obj).__mro__)
+    return any(c.__name__ == "Atoms" and c.__module__.startswith("ase") for c in type(obj).__mro__)
 
 
 def to_structure(datapoint: Any) -> Any:
@@ -431,8 +514,9 @@ def _show_input(point: Any) -> str:
         return type(point).__name__
 
 
-def crystal_modality_specs(names: Sequence[str | Modality | dict], **featurizer_kwargs: Any
-                           ) -> list[Modality | dict]:
+def crystal_modality_specs(
+    names: Sequence[str | Modality | dict], **featurizer_kwargs: Any
+) -> list[Modality | dict]:
     """Specs for built-in crystal modality names (default settings); specs and dicts pass through.
 
     Builds no model and tokenizes nothing for vectors and graphs; text modalities read the text
@@ -444,4 +528,3 @@ def crystal_modality_specs(names: Sequence[str | Modality | dict], **featurizer_
     feat = CrystalMultiModalFeaturizer(named, progress=False, **featurizer_kwargs)
     specs = {m.name: m for m in feat.modalities}
     return [specs[n] if isinstance(n, str) else n for n in names]
-

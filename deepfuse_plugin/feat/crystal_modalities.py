@@ -5,25 +5,46 @@ names (``"graph"``, ``"text"``, ``"composition"``, ``"text_embedding"``, ``"text
 ``"matgl_graph"``) or takes instances, including your own subclasses of
 :class:`CrystalModalityFeaturizer`. pymatgen is imported lazily (the ``materials`` extra).
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from deepfuse_plugin.feat.elements import (ATOM_FEATURE_DIM, COMPOSITION_DIM,
-                                           COMPOSITION_PROPERTIES, MAX_Z,
-                                           _composition_property_table, atom_feature_table)
+from deepfuse_plugin.feat.elements import (
+    ATOM_FEATURE_DIM,
+    COMPOSITION_DIM,
+    COMPOSITION_PROPERTIES,
+    MAX_Z,
+    _composition_property_table,
+    atom_feature_table,
+)
 from deepfuse_plugin.feat.text import DEFAULT_TEXT_MODEL, TextEmbedder, load_tokenizer
 from deepfuse_plugin.modalities import MATGL_FORMAT, GraphFeatures, Modality, default_element_types
 
-__all__ = ["BUILTIN_CRYSTAL_MODALITIES", "CompositionModality", "CrystalContext",
-           "CrystalGraphModality", "CrystalModalityFeaturizer", "DisorderedStructureError",
-           "MatGLGraphModality", "TextEmbeddingModality", "TextTokensModality"]
+__all__ = [
+    "BUILTIN_CRYSTAL_MODALITIES",
+    "CompositionModality",
+    "CrystalContext",
+    "CrystalGraphModality",
+    "CrystalModalityFeaturizer",
+    "DisorderedStructureError",
+    "MatGLGraphModality",
+    "TextEmbeddingModality",
+    "TextTokensModality",
+]
 
-BUILTIN_CRYSTAL_MODALITIES = ("graph", "text", "composition", "text_embedding", "text_sentences",
-                              "matgl_graph")
+BUILTIN_CRYSTAL_MODALITIES = (
+    "graph",
+    "text",
+    "composition",
+    "text_embedding",
+    "text_sentences",
+    "matgl_graph",
+)
 
 
 class CrystalContext:
@@ -84,8 +105,15 @@ class CrystalGraphModality(CrystalModalityFeaturizer):
     ``OrderDisorderedStructureTransformation``, to get a graph.
     """
 
-    def __init__(self, radius: float = 8.0, max_neighbors: int = 12, gaussian_step: float = 0.2,
-                 gaussian_var: float = 0.2, atom_features: str = "cgcnn", name: str = "graph"):
+    def __init__(
+        self,
+        radius: float = 8.0,
+        max_neighbors: int = 12,
+        gaussian_step: float = 0.2,
+        gaussian_var: float = 0.2,
+        atom_features: str = "cgcnn",
+        name: str = "graph",
+    ):
         if atom_features not in ("cgcnn", "onehot"):
             raise ValueError(f"atom_features must be 'cgcnn' or 'onehot', got {atom_features!r}")
         self.name, self.radius, self.max_neighbors = name, float(radius), int(max_neighbors)
@@ -93,17 +121,26 @@ class CrystalGraphModality(CrystalModalityFeaturizer):
         self.atom_features = atom_features
         self.centers = np.arange(0.0, self.radius + self.gaussian_step / 2, self.gaussian_step)
         node_dim = ATOM_FEATURE_DIM if atom_features == "cgcnn" else MAX_Z
-        self.spec = Modality(name, "crystal_graph", node_dim=node_dim, edge_dim=len(self.centers),
-                             params={"radius": self.radius, "max_neighbors": self.max_neighbors,
-                                     "gaussian_step": self.gaussian_step,
-                                     "gaussian_var": self.gaussian_var,
-                                     "atom_features": atom_features})
+        self.spec = Modality(
+            name,
+            "crystal_graph",
+            node_dim=node_dim,
+            edge_dim=len(self.centers),
+            params={
+                "radius": self.radius,
+                "max_neighbors": self.max_neighbors,
+                "gaussian_step": self.gaussian_step,
+                "gaussian_var": self.gaussian_var,
+                "atom_features": atom_features,
+            },
+        )
 
     def compute(self, structure: Any, context: CrystalContext) -> GraphFeatures:
         if not structure.is_ordered:
             raise DisorderedStructureError(
                 "disordered structure (partial occupancies): no crystal graph; order it first "
-                "(e.g. pymatgen OrderDisorderedStructureTransformation)")
+                "(e.g. pymatgen OrderDisorderedStructureTransformation)"
+            )
         numbers = np.array([site.specie.Z for site in structure], dtype=np.int64)
         if numbers.size == 0:
             raise ValueError("structure has no sites")
@@ -117,16 +154,27 @@ class CrystalGraphModality(CrystalModalityFeaturizer):
         centres, neighbours, images, distances = structure.get_neighbor_list(self.radius)
         if len(centres):
             images = np.asarray(images, dtype=np.float64)
-            order = np.lexsort((images[:, 2], images[:, 1], images[:, 0], neighbours,
-                                np.round(distances, 8), centres))
+            order = np.lexsort(
+                (
+                    images[:, 2],
+                    images[:, 1],
+                    images[:, 0],
+                    neighbours,
+                    np.round(distances, 8),
+                    centres,
+                )
+            )
             centres, neighbours, distances = centres[order], neighbours[order], distances[order]
             first = np.searchsorted(centres, centres, side="left")
             keep = (np.arange(len(centres)) - first) < self.max_neighbors
             centres, neighbours, distances = centres[keep], neighbours[keep], distances[keep]
         edge_index = np.stack([neighbours, centres]).astype(np.int64).reshape(2, -1)
-        edge_attr = np.exp(-((np.asarray(distances)[:, None] - self.centers[None]) ** 2)
-                           / self.gaussian_var ** 2).astype(np.float32)
-        return GraphFeatures(x.astype(np.float32), edge_index, edge_attr.reshape(-1, len(self.centers)))
+        edge_attr = np.exp(
+            -((np.asarray(distances)[:, None] - self.centers[None]) ** 2) / self.gaussian_var**2
+        ).astype(np.float32)
+        return GraphFeatures(
+            x.astype(np.float32), edge_index, edge_attr.reshape(-1, len(self.centers))
+        )
 
 
 class MatGLGraphModality(CrystalModalityFeaturizer):
@@ -143,19 +191,32 @@ class MatGLGraphModality(CrystalModalityFeaturizer):
     ``element_types``.
     """
 
-    def __init__(self, cutoff: float = 4.0, element_types: Sequence[str] | None = None,
-                 name: str = "matgl_graph"):
+    def __init__(
+        self,
+        cutoff: float = 4.0,
+        element_types: Sequence[str] | None = None,
+        name: str = "matgl_graph",
+    ):
         self.name, self.cutoff = name, float(cutoff)
         self.element_types = tuple(element_types or default_element_types())
         self._converter: Any = None
-        self.spec = Modality(name, "crystal_graph", node_dim=4, edge_dim=3,
-                             params={"format": MATGL_FORMAT, "cutoff": self.cutoff,
-                                     "element_types": list(self.element_types)})
+        self.spec = Modality(
+            name,
+            "crystal_graph",
+            node_dim=4,
+            edge_dim=3,
+            params={
+                "format": MATGL_FORMAT,
+                "cutoff": self.cutoff,
+                "element_types": list(self.element_types),
+            },
+        )
 
     def compute(self, structure: Any, context: CrystalContext) -> GraphFeatures:
         if not structure.is_ordered:
-            raise DisorderedStructureError("disordered structure (partial occupancies): no "
-                                           "MatGL graph; order it first")
+            raise DisorderedStructureError(
+                "disordered structure (partial occupancies): no MatGL graph; order it first"
+            )
         unknown = sorted({el.symbol for el in structure.composition} - set(self.element_types))
         if unknown:
             raise ValueError(f"elements {unknown} are not in the graph's element_types")
@@ -169,8 +230,11 @@ class MatGLGraphModality(CrystalModalityFeaturizer):
         cartesian = graph.frac_coords.double().numpy() @ lattice
         shift = graph.pbc_offset.double().numpy() @ lattice
         nodes = np.concatenate([node_type, cartesian], axis=1).astype(np.float32)
-        return GraphFeatures(nodes, graph.edge_index.numpy().astype(np.int64),
-                             shift.astype(np.float32).reshape(-1, 3))
+        return GraphFeatures(
+            nodes,
+            graph.edge_index.numpy().astype(np.int64),
+            shift.astype(np.float32).reshape(-1, 3),
+        )
 
 
 class CompositionModality(CrystalModalityFeaturizer):
@@ -182,8 +246,12 @@ class CompositionModality(CrystalModalityFeaturizer):
 
     def __init__(self, name: str = "composition"):
         self.name = name
-        self.spec = Modality(name, "vector", dim=COMPOSITION_DIM,
-                             params={"properties": list(COMPOSITION_PROPERTIES), "max_z": MAX_Z})
+        self.spec = Modality(
+            name,
+            "vector",
+            dim=COMPOSITION_DIM,
+            params={"properties": list(COMPOSITION_PROPERTIES), "max_z": MAX_Z},
+        )
 
     def compute(self, structure: Any, context: CrystalContext) -> np.ndarray:
         amounts = structure.composition.fractional_composition.get_el_amt_dict()
@@ -219,16 +287,29 @@ class TextTokensModality(CrystalModalityFeaturizer):
     is in the spec so data and model cannot silently disagree. The text itself stays available
     through :meth:`CrystalMultiModalFeaturizer.describe` (cached)."""
 
-    def __init__(self, model: str = DEFAULT_TEXT_MODEL, max_length: int = 256,
-                 describer_key: str = "", name: str = "text"):
+    def __init__(
+        self,
+        model: str = DEFAULT_TEXT_MODEL,
+        max_length: int = 256,
+        describer_key: str = "",
+        name: str = "text",
+    ):
         self.name, self.model, self.max_length = name, str(model), int(max_length)
         self._tokenizer = None
         tokenizer = self.tokenizer
-        self.spec = Modality(name, "text", max_length=self.max_length,
-                             params={"representation": "tokens", "model": self.model,
-                                     "vocab_size": int(len(tokenizer)),
-                                     "pad_id": int(tokenizer.pad_token_id or 0),
-                                     "describer": describer_key, "max_length": self.max_length})
+        self.spec = Modality(
+            name,
+            "text",
+            max_length=self.max_length,
+            params={
+                "representation": "tokens",
+                "model": self.model,
+                "vocab_size": int(len(tokenizer)),
+                "pad_id": int(tokenizer.pad_token_id or 0),
+                "describer": describer_key,
+                "max_length": self.max_length,
+            },
+        )
 
     @property
     def tokenizer(self) -> Any:
@@ -237,8 +318,9 @@ class TextTokensModality(CrystalModalityFeaturizer):
         return self._tokenizer
 
     def compute(self, structure: Any, context: CrystalContext) -> np.ndarray:
-        ids = self.tokenizer(context.description, truncation=True,
-                             max_length=self.max_length)["input_ids"]
+        ids = self.tokenizer(context.description, truncation=True, max_length=self.max_length)[
+            "input_ids"
+        ]
         return np.asarray(ids, dtype=np.int32)
 
 
@@ -255,24 +337,40 @@ class TextEmbeddingModality(CrystalModalityFeaturizer):
 
     batched = True
 
-    def __init__(self, embedder: TextEmbedder, describer_key: str, level: str = "text",
-                 name: str = "text_embedding"):
+    def __init__(
+        self,
+        embedder: TextEmbedder,
+        describer_key: str,
+        level: str = "text",
+        name: str = "text_embedding",
+    ):
         if level not in ("text", "sentence"):
             raise ValueError(f"level must be 'text' or 'sentence', got {level!r}")
         self.name, self.embedder, self.level = name, embedder, level
-        params = {"model": embedder.model_name, "pooling": "mean", "level": level,
-                  "max_length": embedder.max_length, "normalize": embedder.normalize,
-                  "describer": describer_key}
+        params = {
+            "model": embedder.model_name,
+            "pooling": "mean",
+            "level": level,
+            "max_length": embedder.max_length,
+            "normalize": embedder.normalize,
+            "describer": describer_key,
+        }
         if level == "text":
             self.spec = Modality(name, "embedding", dim=embedder.dim, params=params)
         else:
-            self.spec = Modality(name, "text", dim=embedder.dim,
-                                 params={**params, "representation": "sentence_embeddings"})
+            self.spec = Modality(
+                name,
+                "text",
+                dim=embedder.dim,
+                params={**params, "representation": "sentence_embeddings"},
+            )
 
     def compute(self, structure: Any, context: CrystalContext) -> np.ndarray:
         return self.compute_batch([context.description])[0]
 
-    def compute_batch(self, descriptions: Sequence[str], progress: bool = False) -> list[np.ndarray]:
+    def compute_batch(
+        self, descriptions: Sequence[str], progress: bool = False
+    ) -> list[np.ndarray]:
         encoded = self.embedder.embed(descriptions, progress=progress)
         return [pooled if self.level == "text" else sentences for pooled, sentences in encoded]
 
@@ -283,6 +381,8 @@ def _encodable(description: str) -> str:
     try:
         description.encode("utf-8")
     except UnicodeEncodeError as err:
-        raise ValueError(f"description character at position {err.start} cannot be encoded as "
-                         "UTF-8 (lone surrogate)") from None
+        raise ValueError(
+            f"description character at position {err.start} cannot be encoded as "
+            "UTF-8 (lone surrogate)"
+        ) from None
     return description

@@ -12,6 +12,7 @@ Examples
 >>> [name for name, size in ATOM_FEATURE_BLOCKS][:4]
 ['group', 'period', 'block', 'valence']
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,8 +21,14 @@ import numpy as np
 
 from deepfuse_plugin.feat.text import _require_pymatgen
 
-__all__ = ["ATOM_FEATURE_BLOCKS", "ATOM_FEATURE_DIM", "COMPOSITION_DIM", "COMPOSITION_PROPERTIES",
-           "MAX_Z", "atom_feature_table"]
+__all__ = [
+    "ATOM_FEATURE_BLOCKS",
+    "ATOM_FEATURE_DIM",
+    "COMPOSITION_DIM",
+    "COMPOSITION_PROPERTIES",
+    "MAX_Z",
+    "atom_feature_table",
+]
 
 MAX_Z = 100
 
@@ -32,18 +39,39 @@ MAX_Z = 100
 # over fixed ranges of Pauling electronegativity [0.7, 4.0], atomic radius [0.25, 2.6] Å, first
 # ionisation energy [3.5, 25] eV, electron affinity [-1, 3.7] eV and log10 molar volume [0.5, 2.0]
 # (log10 cm^3/mol). A missing property (e.g. the electronegativity of He) leaves its block all-zero.
-ATOM_FEATURE_BLOCKS = (("group", 18), ("period", 7), ("block", 4), ("valence", 12),
-                       ("electronegativity", 10), ("atomic_radius", 10), ("ionization_energy", 10),
-                       ("electron_affinity", 10), ("log_molar_volume", 10))
+ATOM_FEATURE_BLOCKS = (
+    ("group", 18),
+    ("period", 7),
+    ("block", 4),
+    ("valence", 12),
+    ("electronegativity", 10),
+    ("atomic_radius", 10),
+    ("ionization_energy", 10),
+    ("electron_affinity", 10),
+    ("log_molar_volume", 10),
+)
 ATOM_FEATURE_DIM = sum(n for _, n in ATOM_FEATURE_BLOCKS)  # 91
-_BIN_RANGES = {"electronegativity": (0.7, 4.0), "atomic_radius": (0.25, 2.6),
-               "ionization_energy": (3.5, 25.0), "electron_affinity": (-1.0, 3.7),
-               "log_molar_volume": (0.5, 2.0)}
+_BIN_RANGES = {
+    "electronegativity": (0.7, 4.0),
+    "atomic_radius": (0.25, 2.6),
+    "ionization_energy": (3.5, 25.0),
+    "electron_affinity": (-1.0, 3.7),
+    "log_molar_volume": (0.5, 2.0),
+}
 #: Elemental properties summarised by the composition modality (fraction-weighted mean and std,
 #: min and max over the elements present), each z-scored over Z = 1..100 first.
-COMPOSITION_PROPERTIES = ("electronegativity", "atomic_radius", "row", "group", "atomic_mass",
-                          "ionization_energy", "electron_affinity", "molar_volume",
-                          "melting_point", "mendeleev_no")
+COMPOSITION_PROPERTIES = (
+    "electronegativity",
+    "atomic_radius",
+    "row",
+    "group",
+    "atomic_mass",
+    "ionization_energy",
+    "electron_affinity",
+    "molar_volume",
+    "melting_point",
+    "mendeleev_no",
+)
 COMPOSITION_DIM = MAX_Z + 4 * len(COMPOSITION_PROPERTIES)  # 140
 
 _TABLES: dict[str, np.ndarray] = {}
@@ -58,36 +86,49 @@ def _element_properties() -> np.ndarray:
 
     from pymatgen.core.periodic_table import Element
 
-    names = ("electronegativity", "atomic_radius", "row", "group", "atomic_mass",
-             "ionization_energy", "electron_affinity", "molar_volume", "melting_point",
-             "mendeleev_no", "block")
+    names = (
+        "electronegativity",
+        "atomic_radius",
+        "row",
+        "group",
+        "atomic_mass",
+        "ionization_energy",
+        "electron_affinity",
+        "molar_volume",
+        "melting_point",
+        "mendeleev_no",
+        "block",
+    )
     table = np.full((MAX_Z + 1, len(names)), np.nan)
     blocks = {"s": 0, "p": 1, "d": 2, "f": 3}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for z in range(1, MAX_Z + 1):
             el = Element.from_Z(z)
-            values = {
-                "electronegativity": _num(lambda: el.X),
-                "atomic_radius": _num(lambda: el.atomic_radius),
-                "row": _num(lambda: el.row),
-                "group": _num(lambda: el.group),
-                "atomic_mass": _num(lambda: el.atomic_mass),
-                "ionization_energy": _num(lambda: el.ionization_energy),
-                "electron_affinity": _num(lambda: el.electron_affinity),
-                "molar_volume": _num(lambda: el.molar_volume),
-                "melting_point": _num(lambda: el.melting_point),
-                "mendeleev_no": _num(lambda: el.mendeleev_no),
-                "block": float(blocks.get(el.block, np.nan)) if el.block in blocks else np.nan,
+            # pymatgen's attribute for each property ("X" is the electronegativity)
+            attributes = {
+                "electronegativity": "X",
+                "atomic_radius": "atomic_radius",
+                "row": "row",
+                "group": "group",
+                "atomic_mass": "atomic_mass",
+                "ionization_energy": "ionization_energy",
+                "electron_affinity": "electron_affinity",
+                "molar_volume": "molar_volume",
+                "melting_point": "melting_point",
+                "mendeleev_no": "mendeleev_no",
             }
+            values = {name: _num(el, attribute) for name, attribute in attributes.items()}
+            values["block"] = float(blocks[el.block]) if el.block in blocks else np.nan
             table[z] = [values[n] for n in names]
     _TABLES["raw"] = table
     return table
 
 
-def _num(getter: Any) -> float:
+def _num(element: Any, attribute: str) -> float:
+    """``element.<attribute>`` as a finite float, NaN where pymatgen has none."""
     try:
-        value = getter()
+        value = getattr(element, attribute)
         value = float(value) if value is not None else np.nan
     except Exception:  # pymatgen raises or returns strings for some unknown properties
         return np.nan
@@ -99,9 +140,24 @@ def atom_feature_table() -> np.ndarray:
     if "atom" in _TABLES:
         return _TABLES["atom"]
     raw = _element_properties()
-    col = {n: i for i, n in enumerate(("electronegativity", "atomic_radius", "row", "group",
-                                       "atomic_mass", "ionization_energy", "electron_affinity",
-                                       "molar_volume", "melting_point", "mendeleev_no", "block"))}
+    col = {
+        n: i
+        for i, n in enumerate(
+            (
+                "electronegativity",
+                "atomic_radius",
+                "row",
+                "group",
+                "atomic_mass",
+                "ionization_energy",
+                "electron_affinity",
+                "molar_volume",
+                "melting_point",
+                "mendeleev_no",
+                "block",
+            )
+        )
+    }
     out = np.zeros((MAX_Z + 1, ATOM_FEATURE_DIM), dtype=np.float32)
     for z in range(1, MAX_Z + 1):
         r = raw[z]

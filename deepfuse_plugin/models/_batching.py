@@ -1,10 +1,12 @@
 """Batching of :class:`~deepfuse_plugin.models.base.MultiModalTorchModel`: DeepChem-style
 ``([MultiModalBatch], [y], [w])`` batches, length buckets for sequence modalities, the move to
 the model's device, and the mixed-precision rule."""
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,11 +29,20 @@ def autocast_dtype(mixed_precision: bool | str, device: torch.device) -> torch.d
     return torch.bfloat16
 
 
-def multimodal_batches(dataset: Dataset, modalities: Sequence[Modality], batch_size: int,
-                       collate: Callable[[list], MultiModalBatch],
-                       on_epoch_start: Callable[[float], None], *, epochs: int, mode: str,
-                       deterministic: bool, bucket_pool: int, progress: bool, desc: str
-                       ) -> Iterator[tuple[list, list, list]]:
+def multimodal_batches(
+    dataset: Dataset,
+    modalities: Sequence[Modality],
+    batch_size: int,
+    collate: Callable[[list], MultiModalBatch],
+    on_epoch_start: Callable[[float], None],
+    *,
+    epochs: int,
+    mode: str,
+    deterministic: bool,
+    bucket_pool: int,
+    progress: bool,
+    desc: str,
+) -> Iterator[tuple[list, list, list]]:
     """Batches ``([MultiModalBatch], [y], [w])``; ``on_epoch_start(progress)`` once per fit epoch.
 
     Training batches are regrouped by length when ``bucket_pool > 1`` (and the order is not
@@ -39,16 +50,22 @@ def multimodal_batches(dataset: Dataset, modalities: Sequence[Modality], batch_s
     samples into a batch (it applies the model's dropped modalities).
     """
     n_batches = math.ceil(len(dataset) / batch_size) * epochs
-    bucketed = (mode == "fit" and not deterministic and bucket_pool > 1
-                and any(m.kind in PADDED_KINDS for m in modalities))
+    bucketed = (
+        mode == "fit"
+        and not deterministic
+        and bucket_pool > 1
+        and any(m.kind in PADDED_KINDS for m in modalities)
+    )
     show = progress and mode == "fit"
-    with tqdm(total=n_batches, desc=f"{desc} {mode}", disable=not show,
-              unit="batch", leave=False) as bar:
+    with tqdm(
+        total=n_batches, desc=f"{desc} {mode}", disable=not show, unit="batch", leave=False
+    ) as bar:
         for epoch in range(epochs):
             if mode == "fit":
                 on_epoch_start(epoch / max(1, epochs - 1))
-            batches = dataset.iterbatches(batch_size=batch_size, deterministic=deterministic,
-                                          pad_batches=False)
+            batches = dataset.iterbatches(
+                batch_size=batch_size, deterministic=deterministic, pad_batches=False
+            )
             if bucketed:  # seeded from numpy's global state, like DeepChem's shuffling
                 rng = np.random.default_rng(np.random.randint(2**31 - 1))
                 batches = length_bucketed(batches, modalities, bucket_pool, rng)
@@ -58,8 +75,7 @@ def multimodal_batches(dataset: Dataset, modalities: Sequence[Modality], batch_s
                 yield [batch], [y_b], [w_b]
 
 
-def batch_to_device(batch: tuple[Any, Any, Any], device: torch.device
-                    ) -> tuple[list, list, list]:
+def batch_to_device(batch: tuple[Any, Any, Any], device: torch.device) -> tuple[list, list, list]:
     """``(inputs, labels, weights)`` on ``device``: batches moved, labels and weights as
     float32 tensors (``None`` entries dropped)."""
     inputs, labels, weights = batch
@@ -68,7 +84,10 @@ def batch_to_device(batch: tuple[Any, Any, Any], device: torch.device
     def to_tensors(arrays: Any) -> list[torch.Tensor]:
         if arrays is None:
             return []
-        return [torch.as_tensor(np.asarray(a, dtype=np.float32), device=device)
-                for a in arrays if a is not None]
+        return [
+            torch.as_tensor(np.asarray(a, dtype=np.float32), device=device)
+            for a in arrays
+            if a is not None
+        ]
 
     return inputs, to_tensors(labels), to_tensors(weights)

@@ -2,6 +2,7 @@
 
 Kept apart from :mod:`deepfuse_plugin.models.base` so the base class only calls two functions.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,19 +16,30 @@ from deepfuse_plugin.pretrained import load_encoders, load_pretrained_encoders
 from deepfuse_plugin.pretrained._checkpoints import pretrained_input_names
 
 
-def check_fine_tuning_settings(pretrained: Any, freeze_encoders: bool,
-                               encoder_lr_scale: float) -> None:
+def check_fine_tuning_settings(
+    pretrained: Any, freeze_encoders: bool, encoder_lr_scale: float
+) -> None:
     """Refuse settings that cannot work, naming the value."""
-    if not (isinstance(encoder_lr_scale, (int, float)) and math.isfinite(encoder_lr_scale)
-            and 0 < encoder_lr_scale <= 1):
+    if not (
+        isinstance(encoder_lr_scale, (int, float))
+        and math.isfinite(encoder_lr_scale)
+        and 0 < encoder_lr_scale <= 1
+    ):
         raise InvalidSettingError(f"encoder_lr_scale must be in (0, 1], got {encoder_lr_scale!r}")
     if pretrained is None and (freeze_encoders or encoder_lr_scale != 1):
-        raise InvalidSettingError("freeze_encoders and encoder_lr_scale apply to pretrained "
-                                  "encoders: pass pretrained=<checkpoint name or folder>")
+        raise InvalidSettingError(
+            "freeze_encoders and encoder_lr_scale apply to pretrained "
+            "encoders: pass pretrained=<checkpoint name or folder>"
+        )
 
 
-def start_from_pretrained(encoders: nn.ModuleDict, modalities: list[Modality], pretrained: Any,
-                          encoder_dim: int, freeze: bool) -> list[str]:
+def start_from_pretrained(
+    encoders: nn.ModuleDict,
+    modalities: list[Modality],
+    pretrained: Any,
+    encoder_dim: int,
+    freeze: bool,
+) -> list[str]:
     """Load the checkpoint's encoders into ``encoders``; freeze them if asked. Returns the
     modalities that start from the checkpoint."""
     loaded = load_pretrained_encoders(encoders, modalities, load_encoders(pretrained), encoder_dim)
@@ -47,8 +59,9 @@ def pretrained_covers(pretrained: Any, modalities: list[Modality]) -> list[str]:
     return [m.name for m in modalities if m.name in names]
 
 
-def parameter_groups(network: nn.Module, pretrained_names: list[str], learning_rate: float,
-                     encoder_lr_scale: float) -> list[dict[str, Any]] | Any:
+def parameter_groups(
+    network: nn.Module, pretrained_names: list[str], learning_rate: float, encoder_lr_scale: float
+) -> list[dict[str, Any]] | Any:
     """Optimizer parameter groups: the pretrained encoders at ``learning_rate * encoder_lr_scale``,
     everything else at ``learning_rate``; plain ``parameters()`` when there is nothing to scale.
     Frozen parameters are left out (no optimizer state for them)."""

@@ -10,13 +10,15 @@ configuration files (:mod:`~deepfuse_plugin.models.checkpoints`), row checks
 (:mod:`~deepfuse_plugin.models.predictions`) and evidential uncertainty
 (:mod:`~deepfuse_plugin.models.uncertainty`).
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
 from abc import abstractmethod
-from typing import Any, ClassVar, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,19 +32,33 @@ from deepfuse_plugin.modalities import Modality, as_modalities
 from deepfuse_plugin.models import _losses
 from deepfuse_plugin.models import _settings as check
 from deepfuse_plugin.models._batching import autocast_dtype, batch_to_device, multimodal_batches
-from deepfuse_plugin.models._data_checks import (check_training_data, refusing_non_finite,
-                                                 spec_differences)
+from deepfuse_plugin.models._data_checks import (
+    check_training_data,
+    refusing_non_finite,
+    spec_differences,
+)
 from deepfuse_plugin.models._losses import DEFAULT_EVIDENTIAL_LAMBDA  # noqa: F401 (re-export)
 from deepfuse_plugin.models._losses import released_after_backward as _released_after_backward
-from deepfuse_plugin.models._pretrained import (check_fine_tuning_settings, parameter_groups,
-                                                pretrained_covers, start_from_pretrained)
-from deepfuse_plugin.models.checkpoints import (CONFIG_FILE, build_from_config,
-                                                check_saved_config, jsonable, latest_checkpoint,
-                                                load_weights, read_config, require_config,
-                                                write_config)
-from deepfuse_plugin.models.checkpoints import CONFIG_FORMAT, MissingCheckpointError  # noqa: F401
-from deepfuse_plugin.models.inference import InferenceMixin
-from deepfuse_plugin.models.inference import NAMED_OUTPUTS, BatchOutputs  # noqa: F401
+from deepfuse_plugin.models._pretrained import (
+    check_fine_tuning_settings,
+    parameter_groups,
+    pretrained_covers,
+    start_from_pretrained,
+)
+from deepfuse_plugin.models.checkpoints import (  # noqa: F401
+    CONFIG_FILE,
+    CONFIG_FORMAT,
+    MissingCheckpointError,
+    build_from_config,
+    check_saved_config,
+    jsonable,
+    latest_checkpoint,
+    load_weights,
+    read_config,
+    require_config,
+    write_config,
+)
+from deepfuse_plugin.models.inference import NAMED_OUTPUTS, BatchOutputs, InferenceMixin  # noqa: F401
 from deepfuse_plugin.models.uncertainty import UNCERTAINTY_OUTPUTS  # noqa: F401
 from deepfuse_plugin.nn.heads import make_head
 from deepfuse_plugin.nn.network import MultiModalNetwork
@@ -52,7 +68,7 @@ logger = logging.getLogger(__name__)
 OUTPUT_TYPES = ["prediction", "loss", "loss", "embedding", "modality_weights", "loss", "loss"]
 
 #: Model classes by name, for :meth:`MultiModalTorchModel.load`.
-MODEL_CLASSES: dict[str, type["MultiModalTorchModel"]] = {}
+MODEL_CLASSES: dict[str, type[MultiModalTorchModel]] = {}
 
 
 class MultiModalTorchModel(InferenceMixin, TorchModel):
@@ -157,27 +173,54 @@ class MultiModalTorchModel(InferenceMixin, TorchModel):
     #: Configuration keys that change training only, not the architecture: a checkpoint restores
     #: across a difference in these (with a warning); any other difference is an error.
     _training_settings: ClassVar[frozenset[str]] = frozenset(
-        {"dropout", "fusion_loss_weight", "modality_dropout", "batch_size", "learning_rate",
-         "evidential_lambda", "evidential_anneal_epochs", "length_bucket_pool",
-         "unimodal_loss_weight", "pretrained", "freeze_encoders", "encoder_lr_scale",
-         "pretrained_modalities"})
+        {
+            "dropout",
+            "fusion_loss_weight",
+            "modality_dropout",
+            "batch_size",
+            "learning_rate",
+            "evidential_lambda",
+            "evidential_anneal_epochs",
+            "length_bucket_pool",
+            "unimodal_loss_weight",
+            "pretrained",
+            "freeze_encoders",
+            "encoder_lr_scale",
+            "pretrained_modalities",
+        }
+    )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         MODEL_CLASSES[cls.__name__] = cls
 
-    def __init__(self, n_tasks: int, modalities: Sequence[Modality | dict | str],
-                 mode: str = "regression", n_classes: int = 2, encoder_dim: int = 128,
-                 fused_dim: int = 128, head_hidden: int = 128, dropout: float = 0.1,
-                 encoder_options: dict[str, dict[str, Any]] | None = None,
-                 fusion_loss_weight: float = 1.0, modality_dropout: float = 0.0,
-                 unimodal_loss_weight: float = 0.0, uncertainty: str | None = None,
-                 evidential_lambda: float | None = None,
-                 evidential_anneal_epochs: int = 10, progress: bool = True,
-                 mixed_precision: bool | str = "auto", length_bucket_pool: int = 0,
-                 pretrained: str | os.PathLike | None = None, freeze_encoders: bool = False,
-                 encoder_lr_scale: float = 1.0, load_pretrained_weights: bool = True,
-                 pretrained_modalities: Sequence[str] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        n_tasks: int,
+        modalities: Sequence[Modality | dict | str],
+        mode: str = "regression",
+        n_classes: int = 2,
+        encoder_dim: int = 128,
+        fused_dim: int = 128,
+        head_hidden: int = 128,
+        dropout: float = 0.1,
+        encoder_options: dict[str, dict[str, Any]] | None = None,
+        fusion_loss_weight: float = 1.0,
+        modality_dropout: float = 0.0,
+        unimodal_loss_weight: float = 0.0,
+        uncertainty: str | None = None,
+        evidential_lambda: float | None = None,
+        evidential_anneal_epochs: int = 10,
+        progress: bool = True,
+        mixed_precision: bool | str = "auto",
+        length_bucket_pool: int = 0,
+        pretrained: str | os.PathLike | None = None,
+        freeze_encoders: bool = False,
+        encoder_lr_scale: float = 1.0,
+        load_pretrained_weights: bool = True,
+        pretrained_modalities: Sequence[str] | None = None,
+        **kwargs: Any,
+    ):
         check.check_base_settings(locals(), kwargs)
         check_fine_tuning_settings(pretrained, freeze_encoders, encoder_lr_scale)
         self.length_bucket_pool = int(length_bucket_pool)
@@ -191,13 +234,19 @@ class MultiModalTorchModel(InferenceMixin, TorchModel):
         self.fusion_loss_weight, self.progress = fusion_loss_weight, progress
         self.modality_dropout = modality_dropout
         self.unimodal_loss_weight = unimodal_loss_weight
-        network = MultiModalNetwork(self.modalities, self._build_fusion(), self._build_head(),
-                                    encoder_dim, self._effective_encoder_options(),
-                                    modality_dropout,
-                                    unimodal_heads=self._build_unimodal_heads())
+        network = MultiModalNetwork(
+            self.modalities,
+            self._build_fusion(),
+            self._build_head(),
+            encoder_dim,
+            self._effective_encoder_options(),
+            modality_dropout,
+            unimodal_heads=self._build_unimodal_heads(),
+        )
         kwargs.setdefault("batch_size", 64)
-        super().__init__(network, loss=self._supervised_loss, output_types=list(OUTPUT_TYPES),
-                         **kwargs)
+        super().__init__(
+            network, loss=self._supervised_loss, output_types=list(OUTPUT_TYPES), **kwargs
+        )
         self.mixed_precision = mixed_precision
         network.autocast_dtype = autocast_dtype(mixed_precision, self.device)
         self._drop_modalities: tuple[str, ...] = ()
@@ -209,12 +258,18 @@ class MultiModalTorchModel(InferenceMixin, TorchModel):
         self.pretrained_modalities: list[str] = []
         if self.pretrained is not None and load_pretrained_weights:
             self.pretrained_modalities = start_from_pretrained(
-                network.encoders, self.modalities, self.pretrained, encoder_dim,
-                self.freeze_encoders)
+                network.encoders,
+                self.modalities,
+                self.pretrained,
+                encoder_dim,
+                self.freeze_encoders,
+            )
         elif self.pretrained is not None:  # rebuilt by load(): the weights come from a checkpoint
-            self.pretrained_modalities = list(pretrained_modalities) \
-                if pretrained_modalities is not None \
+            self.pretrained_modalities = (
+                list(pretrained_modalities)
+                if pretrained_modalities is not None
                 else pretrained_covers(self.pretrained, self.modalities)
+            )
             for name in self.pretrained_modalities if self.freeze_encoders else ():
                 network.encoders[name].requires_grad_(False)
 
@@ -227,11 +282,15 @@ class MultiModalTorchModel(InferenceMixin, TorchModel):
         if self.pretrained_modalities and (self.freeze_encoders or self.encoder_lr_scale != 1):
             rate = self.optimizer.learning_rate
             rate = getattr(rate, "initial_rate", rate)
-            self._pytorch_optimizer = self.optimizer._create_pytorch_optimizer(parameter_groups(
-                self.model, self.pretrained_modalities, rate, self.encoder_lr_scale))
+            self._pytorch_optimizer = self.optimizer._create_pytorch_optimizer(
+                parameter_groups(
+                    self.model, self.pretrained_modalities, rate, self.encoder_lr_scale
+                )
+            )
             if self._lr_schedule is not None:
                 self._lr_schedule = self.optimizer.learning_rate._create_pytorch_schedule(
-                    self._pytorch_optimizer)
+                    self._pytorch_optimizer
+                )
 
     # -- what a subclass supplies ----------------------------------------------------------------
     @abstractmethod
@@ -245,18 +304,35 @@ class MultiModalTorchModel(InferenceMixin, TorchModel):
 
     def _build_head(self) -> nn.Module | None:
         """The task head on the fused embedding; None if the fusion layer predicts itself."""
-        return make_head(self.fused_dim, self.n_tasks, self.mode, self.n_classes, self.head_hidden,
-                         self.dropout, self.uncertainty)
+        return make_head(
+            self.fused_dim,
+            self.n_tasks,
+            self.mode,
+            self.n_classes,
+            self.head_hidden,
+            self.dropout,
+            self.uncertainty,
+        )
 
     def _build_unimodal_heads(self) -> nn.ModuleDict | None:
         """A head per modality on its encoder output when ``unimodal_loss_weight > 0``; None for
         fusion layers whose per-modality predictors provide the unimodal outputs (late fusion)."""
         if self.unimodal_loss_weight == 0:
             return None
-        return nn.ModuleDict({name: make_head(self.encoder_dim, self.n_tasks, self.mode,
-                                              self.n_classes, self.head_hidden, self.dropout,
-                                              self.uncertainty)
-                              for name in self.modality_names})
+        return nn.ModuleDict(
+            {
+                name: make_head(
+                    self.encoder_dim,
+                    self.n_tasks,
+                    self.mode,
+                    self.n_classes,
+                    self.head_hidden,
+                    self.dropout,
+                    self.uncertainty,
+                )
+                for name in self.modality_names
+            }
+        )
 
     def _on_epoch_start(self, progress: float) -> None:
         """Hook called before each training epoch with ``progress`` in [0, 1] (curricula).
@@ -288,25 +364,50 @@ class MultiModalTorchModel(InferenceMixin, TorchModel):
 
     def get_config(self) -> dict[str, Any]:
         """Every constructor argument (JSON-serialisable), enough to rebuild the model."""
-        keys = ["n_tasks", "modalities", "mode", "n_classes", "encoder_dim", "fused_dim",
-                "head_hidden", "dropout", "encoder_options", "fusion_loss_weight",
-                "modality_dropout", "unimodal_loss_weight", "uncertainty", "evidential_lambda",
-                "evidential_anneal_epochs",
-                *self._config_extra, "batch_size", "learning_rate", "length_bucket_pool",
-                "pretrained", "freeze_encoders", "encoder_lr_scale", "pretrained_modalities"]
+        keys = [
+            "n_tasks",
+            "modalities",
+            "mode",
+            "n_classes",
+            "encoder_dim",
+            "fused_dim",
+            "head_hidden",
+            "dropout",
+            "encoder_options",
+            "fusion_loss_weight",
+            "modality_dropout",
+            "unimodal_loss_weight",
+            "uncertainty",
+            "evidential_lambda",
+            "evidential_anneal_epochs",
+            *self._config_extra,
+            "batch_size",
+            "learning_rate",
+            "length_bucket_pool",
+            "pretrained",
+            "freeze_encoders",
+            "encoder_lr_scale",
+            "pretrained_modalities",
+        ]
         config = {k: getattr(self, k) for k in keys}
         config["modalities"] = [m.to_dict() for m in self.modalities]
         if not isinstance(config["learning_rate"], (int, float)):
             config["learning_rate"] = None  # a schedule object: not part of the architecture
         return json.loads(json.dumps(config, default=jsonable))
 
-    def save_checkpoint(self, max_checkpoints_to_keep: int = 5, model_dir: str | None = None) -> None:
+    def save_checkpoint(
+        self, max_checkpoints_to_keep: int = 5, model_dir: str | None = None
+    ) -> None:
         super().save_checkpoint(max_checkpoints_to_keep, model_dir)
         if max_checkpoints_to_keep:
             write_config(model_dir or self.model_dir, type(self).__name__, self.get_config())
 
-    def restore(self, checkpoint: str | None = None, model_dir: str | None = None,
-                strict: bool | None = True) -> None:
+    def restore(
+        self,
+        checkpoint: str | None = None,
+        model_dir: str | None = None,
+        strict: bool | None = True,
+    ) -> None:
         """Restore weights, first checking the saved configuration matches this model's.
 
         The checkpoint is read with ``torch.load(weights_only=True)``: nothing in the file is run.
@@ -322,13 +423,19 @@ class MultiModalTorchModel(InferenceMixin, TorchModel):
             checkpoint = latest_checkpoint(directory)
         saved = read_config(directory)
         if saved is not None:
-            check_saved_config(saved, self.get_config(), type(self).__name__,
-                               self._training_settings, directory, logger)
+            check_saved_config(
+                saved,
+                self.get_config(),
+                type(self).__name__,
+                self._training_settings,
+                directory,
+                logger,
+            )
         self._ensure_built()
         load_weights(self, checkpoint, directory, bool(strict))
 
     @classmethod
-    def load(cls, model_dir: str, **overrides: Any) -> "MultiModalTorchModel":
+    def load(cls, model_dir: str, **overrides: Any) -> MultiModalTorchModel:
         """Rebuild a model from ``model_dir`` (configuration + latest checkpoint).
 
         Errors name the folder or file: a missing folder or configuration raises
@@ -343,9 +450,11 @@ class MultiModalTorchModel(InferenceMixin, TorchModel):
         saved = require_config(model_dir)
         model_cls = MODEL_CLASSES.get(saved["model_class"])
         if model_cls is None:
-            raise CorruptCheckpointError(f"Unknown model class {saved['model_class']!r} in "
-                                         f"{os.path.join(model_dir, CONFIG_FILE)}"
-                                         f" (known: {sorted(MODEL_CLASSES)})")
+            raise CorruptCheckpointError(
+                f"Unknown model class {saved['model_class']!r} in "
+                f"{os.path.join(model_dir, CONFIG_FILE)}"
+                f" (known: {sorted(MODEL_CLASSES)})"
+            )
         if cls is not MultiModalTorchModel and not issubclass(model_cls, cls):
             raise ValueError(f"{model_dir!r} holds a {saved['model_class']}, not a {cls.__name__}")
         model = build_from_config(model_cls, saved, model_dir, overrides)
@@ -353,33 +462,59 @@ class MultiModalTorchModel(InferenceMixin, TorchModel):
         return model
 
     # -- batching ------------------------------------------------------------------------------
-    def default_generator(self, dataset: Dataset, epochs: int = 1, mode: str = "fit",
-                          deterministic: bool = True, pad_batches: bool = False
-                          ) -> Iterator[tuple[list, list, list]]:
+    def default_generator(
+        self,
+        dataset: Dataset,
+        epochs: int = 1,
+        mode: str = "fit",
+        deterministic: bool = True,
+        pad_batches: bool = False,
+    ) -> Iterator[tuple[list, list, list]]:
         """Batches ``([MultiModalBatch], [y], [w])``; calls the curriculum hook once per epoch.
 
         Training batches are regrouped by length when ``length_bucket_pool`` is set (and the order
         is not ``deterministic``); prediction keeps the dataset's order.
         """
         return multimodal_batches(
-            dataset, self.modalities, self.batch_size,
+            dataset,
+            self.modalities,
+            self.batch_size,
             lambda samples: collate_samples(samples, self.modalities, self._drop_modalities),
-            self._on_epoch_start, epochs=epochs, mode=mode, deterministic=deterministic,
-            bucket_pool=self.length_bucket_pool, progress=self.progress,
-            desc=type(self).__name__)
+            self._on_epoch_start,
+            epochs=epochs,
+            mode=mode,
+            deterministic=deterministic,
+            bucket_pool=self.length_bucket_pool,
+            progress=self.progress,
+            desc=type(self).__name__,
+        )
 
     def _prepare_batch(self, batch: tuple[Any, Any, Any]) -> tuple[list, list, list]:
         return batch_to_device(batch, self.device)
 
     # -- losses ----------------------------------------------------------------------------------
-    def _task_loss(self, task_output: torch.Tensor, labels: torch.Tensor,
-                   weights: torch.Tensor) -> torch.Tensor:
-        return _losses.task_loss(task_output, labels, weights, self.mode, self.uncertainty,
-                                 self.evidential_lambda, self._kl_anneal)
+    def _task_loss(
+        self, task_output: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        return _losses.task_loss(
+            task_output,
+            labels,
+            weights,
+            self.mode,
+            self.uncertainty,
+            self.evidential_lambda,
+            self._kl_anneal,
+        )
 
     def _supervised_loss(self, outputs: list, labels: list, weights: list) -> torch.Tensor:
-        return _losses.supervised_loss(outputs, labels, weights, self._task_loss,
-                                       self.fusion_loss_weight, self.unimodal_loss_weight)
+        return _losses.supervised_loss(
+            outputs,
+            labels,
+            weights,
+            self._task_loss,
+            self.fusion_loss_weight,
+            self.unimodal_loss_weight,
+        )
 
     _fusion_only_loss = staticmethod(_losses.fusion_only_loss)
 
@@ -388,11 +523,19 @@ class MultiModalTorchModel(InferenceMixin, TorchModel):
         """DeepChem ``fit`` after checking the dataset (empty data, labels, modalities)."""
         if not check._is_int(nb_epoch) or nb_epoch < 1:
             raise InvalidSettingError(f"nb_epoch must be a whole number >= 1, got {nb_epoch!r}")
-        check_training_data(dataset, self.modalities, self.n_tasks, self.mode, self.n_classes,
-                            labelled=kwargs.get("loss") is None, log=logger)
+        check_training_data(
+            dataset,
+            self.modalities,
+            self.n_tasks,
+            self.mode,
+            self.n_classes,
+            labelled=kwargs.get("loss") is None,
+            log=logger,
+        )
         if len(args) < 6:  # ``loss`` is DeepChem's 8th parameter; not given positionally
             kwargs["loss"] = _released_after_backward(
-                refusing_non_finite(kwargs.get("loss") or self._loss_fn, self))
+                refusing_non_finite(kwargs.get("loss") or self._loss_fn, self)
+            )
         return super().fit(dataset, nb_epoch, *args, **kwargs)
 
     def fit_generator(self, *args: Any, **kwargs: Any) -> float:
@@ -441,11 +584,16 @@ class MultiModalTorchModel(InferenceMixin, TorchModel):
         theirs = {m.name: m for m in as_modalities(list(specs))}
         missing = [n for n in self.modality_names if n not in theirs]
         if missing:
-            raise InvalidSettingError(f"The featurizer does not compute the model's modalities "
-                                      f"{missing} (it has {list(theirs)}): build it with "
-                                      "MultiModalFeaturizer(modalities=model.modalities)")
+            raise InvalidSettingError(
+                f"The featurizer does not compute the model's modalities "
+                f"{missing} (it has {list(theirs)}): build it with "
+                "MultiModalFeaturizer(modalities=model.modalities)"
+            )
         problems = [line for m in self.modalities for line in spec_differences(m, theirs[m.name])]
         if problems:
-            raise InvalidSettingError("The featurizer does not match the model: " +
-                                      "; ".join(problems) + ". Build it with "
-                                      "MultiModalFeaturizer(modalities=model.modalities)")
+            raise InvalidSettingError(
+                "The featurizer does not match the model: "
+                + "; ".join(problems)
+                + ". Build it with "
+                "MultiModalFeaturizer(modalities=model.modalities)"
+            )

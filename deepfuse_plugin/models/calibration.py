@@ -10,12 +10,14 @@ With a modality missing, the remaining predictors can be confidently wrong (tuto
 ECFP left, evidential late fusion on ESOL predicted a smaller std while its RMSE rose by a fifth to
 a quarter), so one factor for all inputs cannot be right for each of them.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -68,50 +70,69 @@ class StdScales:
                 f"{[list(k) for k in missing]} ({len(rows)} rows, e.g. {shown}); fitted: "
                 f"{[list(k) for k in self.scales]}. A row with none of the model's modalities "
                 "has no factor (its prediction comes from biases alone); for the others, refit "
-                "with patterns that leave exactly these modalities")
+                "with patterns that leave exactly these modalities"
+            )
         return np.array([self.scales[k] for k in keys], dtype=np.float64)
 
-    def factors(self, model: Any, dataset: Dataset,
-                drop_modalities: Iterable[str] = ()) -> np.ndarray:
+    def factors(
+        self, model: Any, dataset: Dataset, drop_modalities: Iterable[str] = ()
+    ) -> np.ndarray:
         """``(N,)`` factors for ``dataset``'s rows as ``model`` sees them after
         ``drop_modalities``; the model must have the modalities the factors were fitted for."""
         names = _model_modalities(model, "StdScales")
         if names != self.modality_names:
-            raise ValueError(f"These std scales were fitted for a model with modalities "
-                             f"{list(self.modality_names)}, not {list(names)}")
+            raise ValueError(
+                f"These std scales were fitted for a model with modalities "
+                f"{list(self.modality_names)}, not {list(names)}"
+            )
         return self.for_rows(_present(model, dataset, drop_modalities), dataset.ids)
 
-    def predict_uncertainty(self, model: Any, dataset: Dataset,
-                            transformers: list = [],  # noqa: B006 (DeepChem signature)
-                            drop_modalities: Iterable[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+    def predict_uncertainty(
+        self,
+        model: Any,
+        dataset: Dataset,
+        transformers: list = [],  # noqa: B006 (DeepChem signature)
+        drop_modalities: Iterable[str] = (),
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``model.predict_uncertainty(dataset, ...)`` (regression) with each row's std times
         the factor of the modalities present in it (after ``drop_modalities``)."""
         _check_regression(model)
         factors = self.factors(model, dataset, drop_modalities)
-        prediction, std = model.predict_uncertainty(dataset, transformers=transformers,
-                                                    kind=self.kind,
-                                                    drop_modalities=drop_modalities)
+        prediction, std = model.predict_uncertainty(
+            dataset, transformers=transformers, kind=self.kind, drop_modalities=drop_modalities
+        )
         return prediction, std * factors.reshape(-1, *([1] * (std.ndim - 1)))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (keep it beside the model folder); :meth:`from_dict` reads it back."""
-        return {"kind": self.kind, "modality_names": list(self.modality_names),
-                "scales": [{"present": list(k), "scale": v, "n_entries": self.n_entries.get(k)}
-                           for k, v in self.scales.items()]}
+        return {
+            "kind": self.kind,
+            "modality_names": list(self.modality_names),
+            "scales": [
+                {"present": list(k), "scale": v, "n_entries": self.n_entries.get(k)}
+                for k, v in self.scales.items()
+            ],
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "StdScales":
+    def from_dict(cls, data: dict[str, Any]) -> StdScales:
         entries = [(tuple(e["present"]), e) for e in data["scales"]]
-        return cls(data["kind"], tuple(data["modality_names"]),
-                   {k: float(e["scale"]) for k, e in entries},
-                   {k: int(e["n_entries"]) for k, e in entries
-                    if e.get("n_entries") is not None})
+        return cls(
+            data["kind"],
+            tuple(data["modality_names"]),
+            {k: float(e["scale"]) for k, e in entries},
+            {k: int(e["n_entries"]) for k, e in entries if e.get("n_entries") is not None},
+        )
 
     def to_frame(self) -> pd.DataFrame:
         """One row per fitted pattern: ``present``, ``scale``, ``n_entries``."""
-        return pd.DataFrame({"present": ["+".join(k) for k in self.scales],
-                             "scale": list(self.scales.values()),
-                             "n_entries": [self.n_entries.get(k) for k in self.scales]})
+        return pd.DataFrame(
+            {
+                "present": ["+".join(k) for k in self.scales],
+                "scale": list(self.scales.values()),
+                "n_entries": [self.n_entries.get(k) for k in self.scales],
+            }
+        )
 
 
 def pattern_of(present_row: np.ndarray, names: Iterable[str]) -> Pattern:
@@ -119,9 +140,14 @@ def pattern_of(present_row: np.ndarray, names: Iterable[str]) -> Pattern:
     return tuple(n for n, flag in zip(names, present_row) if flag)
 
 
-def calibration_report(model: Any, dataset: Dataset, transformers: list = [],  # noqa: B006
-                       kind: str = "total", std_scale: float | StdScales = 1.0,
-                       drop_modalities: Iterable[str] = ()) -> dict[str, float]:
+def calibration_report(
+    model: Any,
+    dataset: Dataset,
+    transformers: list = [],  # noqa: B006
+    kind: str = "total",
+    std_scale: float | StdScales = 1.0,
+    drop_modalities: Iterable[str] = (),
+) -> dict[str, float]:
     """Coverage of ``model``'s predicted standard deviations on a labelled regression ``dataset``.
 
     Errors and standard deviations are compared in the original label units: ``transformers``
@@ -174,19 +200,25 @@ def calibration_report(model: Any, dataset: Dataset, transformers: list = [],  #
     error, sigma, keep = _errors_and_stds(model, dataset, transformers, kind, drop_modalities)
     sigma = sigma * factors
     error, sigma = error[keep], sigma[keep]
-    return {"n": int(error.size),
-            "within_1sigma": float(np.mean(error <= sigma)),
-            "within_2sigma": float(np.mean(error <= 2 * sigma)),
-            "expected_1sigma": round(GAUSSIAN_WITHIN[1], 3),
-            "expected_2sigma": round(GAUSSIAN_WITHIN[2], 3),
-            "mean_std": float(sigma.mean()),
-            "rms_std": float(np.sqrt(np.mean(sigma ** 2))),
-            "rmse": float(np.sqrt(np.mean(error ** 2))),
-            "mean_abs_error": float(error.mean())}
+    return {
+        "n": int(error.size),
+        "within_1sigma": float(np.mean(error <= sigma)),
+        "within_2sigma": float(np.mean(error <= 2 * sigma)),
+        "expected_1sigma": round(GAUSSIAN_WITHIN[1], 3),
+        "expected_2sigma": round(GAUSSIAN_WITHIN[2], 3),
+        "mean_std": float(sigma.mean()),
+        "rms_std": float(np.sqrt(np.mean(sigma**2))),
+        "rmse": float(np.sqrt(np.mean(error**2))),
+        "mean_abs_error": float(error.mean()),
+    }
 
 
-def fit_std_scale(model: Any, dataset: Dataset, transformers: list = [],  # noqa: B006
-                  kind: str = "total") -> float:
+def fit_std_scale(
+    model: Any,
+    dataset: Dataset,
+    transformers: list = [],  # noqa: B006
+    kind: str = "total",
+) -> float:
     """The factor ``s`` that makes ``s * std`` the maximum-likelihood Gaussian scale of the errors
     on ``dataset`` (``s^2 = mean((error / std)^2)``): fit it on a validation set, then pass it as
     ``calibration_report(..., std_scale=s)`` on the test set. ``s > 1``: the model is
@@ -195,9 +227,14 @@ def fit_std_scale(model: Any, dataset: Dataset, transformers: list = [],  # noqa
     return float(np.sqrt(np.mean((error[keep] / sigma[keep]) ** 2)))
 
 
-def fit_std_scales(model: Any, dataset: Dataset, transformers: list = [],  # noqa: B006
-                   kind: str = "total", patterns: str | Iterable[Iterable[str]] = "all",
-                   min_entries: int = 10) -> StdScales:
+def fit_std_scales(
+    model: Any,
+    dataset: Dataset,
+    transformers: list = [],  # noqa: B006
+    kind: str = "total",
+    patterns: str | Iterable[Iterable[str]] = "all",
+    min_entries: int = 10,
+) -> StdScales:
     """:func:`fit_std_scale` for each set of present modalities, on labelled data (validation).
 
     The model predicts ``dataset`` once as it is and once per pattern of removed modalities
@@ -253,28 +290,38 @@ def fit_std_scales(model: Any, dataset: Dataset, transformers: list = [],  # noq
     pooled = {k: np.concatenate(v) for k, v in squares.items()}
     small = {"+".join(k): v.size for k, v in pooled.items() if v.size < min_entries}
     if small:
-        raise ValueError(f"Too few labelled entries to fit a std scale for {small} (min_entries="
-                         f"{min_entries}): fit on a larger validation set")
+        raise ValueError(
+            f"Too few labelled entries to fit a std scale for {small} (min_entries="
+            f"{min_entries}): fit on a larger validation set"
+        )
     order = sorted(pooled, key=lambda k: (-len(k), [names.index(n) for n in k]))
-    return StdScales(kind, names, {k: float(np.sqrt(pooled[k].mean())) for k in order},
-                     {k: int(pooled[k].size) for k in order})
+    return StdScales(
+        kind,
+        names,
+        {k: float(np.sqrt(pooled[k].mean())) for k in order},
+        {k: int(pooled[k].size) for k in order},
+    )
 
 
-def _removal_patterns(patterns: str | Iterable[Iterable[str]],
-                      names: tuple[str, ...]) -> list[Pattern]:
+def _removal_patterns(
+    patterns: str | Iterable[Iterable[str]], names: tuple[str, ...]
+) -> list[Pattern]:
     if isinstance(patterns, str):
         if patterns != "all":
-            raise ValueError(f"patterns must be 'all' or a list of lists of modality names, got "
-                             f"{patterns!r}")
+            raise ValueError(
+                f"patterns must be 'all' or a list of lists of modality names, got {patterns!r}"
+            )
         return [c for k in range(1, len(names)) for c in itertools.combinations(names, k)]
     out = []
     for pattern in patterns:
         removed = (pattern,) if isinstance(pattern, str) else tuple(pattern)
         unknown = [n for n in removed if n not in names]
         if unknown or not removed or set(removed) >= set(names):
-            raise ValueError(f"Pattern {list(removed)}: give a non-empty list of the model's "
-                             f"modalities {list(names)} to remove, leaving at least one "
-                             f"(unknown: {unknown})")
+            raise ValueError(
+                f"Pattern {list(removed)}: give a non-empty list of the model's "
+                f"modalities {list(names)} to remove, leaving at least one "
+                f"(unknown: {unknown})"
+            )
         out.append(removed)
     return out
 
@@ -282,15 +329,19 @@ def _removal_patterns(patterns: str | Iterable[Iterable[str]],
 def _model_modalities(model: Any, what: str) -> tuple[str, ...]:
     names = tuple(getattr(model, "modality_names", ()))
     if not names:
-        raise ValueError(f"{what} needs a deepfuse model (one with modality_names); "
-                         f"{type(model).__name__} has no modalities to group rows by")
+        raise ValueError(
+            f"{what} needs a deepfuse model (one with modality_names); "
+            f"{type(model).__name__} has no modalities to group rows by"
+        )
     return names
 
 
 def _check_regression(model: Any) -> None:
     if getattr(model, "mode", "regression") != "regression":
-        raise ValueError("calibration_report scores regression models; for classification use "
-                         "predict_uncertainty(kind='vacuity') or a reliability diagram")
+        raise ValueError(
+            "calibration_report scores regression models; for classification use "
+            "predict_uncertainty(kind='vacuity') or a reliability diagram"
+        )
 
 
 def _present(model: Any, dataset: Dataset, drop_modalities: Iterable[str] = ()) -> np.ndarray:
@@ -300,9 +351,9 @@ def _present(model: Any, dataset: Dataset, drop_modalities: Iterable[str] = ()) 
     return presence_frame(dataset, names).to_numpy() & kept
 
 
-def _errors_and_stds(model: Any, dataset: Dataset, transformers: list, kind: str,
-                     drop_modalities: Iterable[str] = ()
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _errors_and_stds(
+    model: Any, dataset: Dataset, transformers: list, kind: str, drop_modalities: Iterable[str] = ()
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``|y - prediction|`` and the std, ``(N, T)`` in label units, and the mask of labelled
     entries ``(N, T)``."""
     _check_regression(model)
@@ -311,8 +362,9 @@ def _errors_and_stds(model: Any, dataset: Dataset, transformers: list, kind: str
         _model_modalities(model, "drop_modalities")
     # only deepfuse models take drop_modalities; a DeepChem model is called the DeepChem way
     extra = {"drop_modalities": drop_modalities} if drop_modalities else {}
-    prediction, std = model.predict_uncertainty(dataset, transformers=transformers, kind=kind,
-                                                **extra)
+    prediction, std = model.predict_uncertainty(
+        dataset, transformers=transformers, kind=kind, **extra
+    )
     y = undo_transforms(np.asarray(dataset.y, dtype=np.float64), transformers)
     n = len(y)
     y, prediction = y.reshape(n, -1), np.asarray(prediction, dtype=np.float64).reshape(n, -1)

@@ -18,13 +18,15 @@ Traceback (most recent call last):
 ...
 MissingCheckpointError: No checkpoint (checkpoint*.pt) in '/tmp/...'
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,13 +54,18 @@ class MissingCheckpointError(RunFolderError, FileNotFoundError):
 def latest_checkpoint(model_dir: str) -> str:
     """Path of the newest DeepChem checkpoint (``checkpoint1.pt``) in ``model_dir``."""
     if not os.path.isdir(model_dir):
-        raise MissingCheckpointError(f"Model folder {model_dir!r} does not exist: give the folder "
-                                     "a trained model was saved in")
-    names = sorted(f for f in os.listdir(model_dir)
-                   if f.startswith("checkpoint") and f.endswith(".pt"))
+        raise MissingCheckpointError(
+            f"Model folder {model_dir!r} does not exist: give the folder "
+            "a trained model was saved in"
+        )
+    names = sorted(
+        f for f in os.listdir(model_dir) if f.startswith("checkpoint") and f.endswith(".pt")
+    )
     if not names:
-        raise MissingCheckpointError(f"No checkpoint (checkpoint*.pt) in {model_dir!r}: the model "
-                                     "was not trained or saved there")
+        raise MissingCheckpointError(
+            f"No checkpoint (checkpoint*.pt) in {model_dir!r}: the model "
+            "was not trained or saved there"
+        )
     return os.path.join(model_dir, names[0])
 
 
@@ -79,11 +86,16 @@ def load_checkpoint_file(path: str, device: torch.device | str = "cpu") -> dict[
             f"Checkpoint {path!r} cannot be read safely (truncated, damaged, or not a plain-tensor "
             f"checkpoint; nothing in it was run): {reason[:200]}. {_FIX[0].upper()}{_FIX[1:]}"
         ) from err
-    missing = [k for k in ("model_state_dict", "optimizer_state_dict", "global_step")
-               if not isinstance(data, Mapping) or k not in data]
+    missing = [
+        k
+        for k in ("model_state_dict", "optimizer_state_dict", "global_step")
+        if not isinstance(data, Mapping) or k not in data
+    ]
     if missing or not isinstance(data["model_state_dict"], Mapping):
-        raise CorruptCheckpointError(f"Checkpoint {path!r} is not a DeepChem checkpoint (missing "
-                                     f"{missing or ['model_state_dict']}): {_FIX}")
+        raise CorruptCheckpointError(
+            f"Checkpoint {path!r} is not a DeepChem checkpoint (missing "
+            f"{missing or ['model_state_dict']}): {_FIX}"
+        )
     _check_finite(data["model_state_dict"], path)
     return dict(data)
 
@@ -104,13 +116,19 @@ def restore_safely(model: Any, model_dir: str) -> None:
 
 
 def _check_finite(state: Mapping[str, Any], path: str) -> None:
-    bad = [name for name, value in state.items()
-           if isinstance(value, torch.Tensor) and value.is_floating_point()
-           and not bool(torch.isfinite(value).all())]
+    bad = [
+        name
+        for name, value in state.items()
+        if isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and not bool(torch.isfinite(value).all())
+    ]
     if bad:
-        raise CorruptCheckpointError(f"Checkpoint {path!r} holds NaN/inf weights in {bad[:5]}"
-                                     f"{' ...' if len(bad) > 5 else ''} (a damaged file or a "
-                                     f"diverged training run): {_FIX}")
+        raise CorruptCheckpointError(
+            f"Checkpoint {path!r} holds NaN/inf weights in {bad[:5]}"
+            f"{' ...' if len(bad) > 5 else ''} (a damaged file or a "
+            f"diverged training run): {_FIX}"
+        )
 
 
 def read_config(model_dir: str | None) -> dict[str, Any] | None:
@@ -130,8 +148,9 @@ def read_config(model_dir: str | None) -> dict[str, Any] | None:
 
 def _check_payload(payload: Any, path: str) -> dict[str, Any]:
     def bad(what: str) -> CorruptCheckpointError:
-        return CorruptCheckpointError(f"{path} is not a valid deepfuse configuration: {what}; "
-                                      f"{_FIX}")
+        return CorruptCheckpointError(
+            f"{path} is not a valid deepfuse configuration: {what}; {_FIX}"
+        )
 
     if not isinstance(payload, dict):
         raise bad(f"expected a JSON object, found {type(payload).__name__}")
@@ -144,7 +163,8 @@ def _check_payload(payload: Any, path: str) -> dict[str, Any]:
     if missing:
         raise bad(f"config lacks the key(s) {missing}")
     if not isinstance(config["modalities"], list) or not all(
-            isinstance(m, dict) for m in config["modalities"]):
+        isinstance(m, dict) for m in config["modalities"]
+    ):
         raise bad("config key 'modalities' must be a list of modality objects")
     version = payload.get("format", 1)
     if isinstance(version, bool) or not isinstance(version, int):
@@ -159,7 +179,8 @@ def upgrade_config(payload: dict[str, Any], path: str) -> dict[str, Any]:
     if version > CONFIG_FORMAT:
         raise CorruptCheckpointError(
             f"{path} was written by a newer deepfuse (configuration format {version}; this "
-            f"version reads up to {CONFIG_FORMAT}): upgrade deepfuse")
+            f"version reads up to {CONFIG_FORMAT}): upgrade deepfuse"
+        )
     if version < 2:  # before unimodal heads outside late fusion (late fusion always saved it)
         payload["config"].setdefault("unimodal_loss_weight", 0.0)
     return {**payload, "format": CONFIG_FORMAT}
@@ -184,8 +205,10 @@ def checkpoint_digest(model_dir: str) -> str:
     True
     """
     digest = hashlib.sha256()
-    for label, path in (("checkpoint", latest_checkpoint(model_dir)),
-                        ("config", os.path.join(model_dir, CONFIG_FILE))):
+    for label, path in (
+        ("checkpoint", latest_checkpoint(model_dir)),
+        ("config", os.path.join(model_dir, CONFIG_FILE)),
+    ):
         digest.update(label.encode() + b"\0")
         if os.path.exists(path):
             with open(path, "rb") as fh:
@@ -203,11 +226,13 @@ def verify_checkpoint_digest(model_dir: str, expected: str) -> None:
         raise CorruptCheckpointError(
             f"The checkpoint or configuration in {model_dir!r} changed since it was saved "
             f"(sha256 {actual[7:19]}..., the run record says {str(expected)[7:19]}...): the "
-            f"weights were damaged or a file was edited; {_FIX}")
+            f"weights were damaged or a file was edited; {_FIX}"
+        )
 
 
-def config_diff(saved: dict[str, Any], current: dict[str, Any],
-                 training_settings: frozenset[str]) -> tuple[list[str], list[str]]:
+def config_diff(
+    saved: dict[str, Any], current: dict[str, Any], training_settings: frozenset[str]
+) -> tuple[list[str], list[str]]:
     """Differences as ``(architecture, training_only)`` lists of readable lines."""
     architecture, training = [], []
     for key in sorted(set(saved) | set(current)):
@@ -221,8 +246,11 @@ def config_diff(saved: dict[str, Any], current: dict[str, Any],
             if list(s) != list(c):
                 architecture.append(f"modalities: saved {list(s)}, this {list(c)}")
             else:
-                architecture += [f"modality {n!r}: saved {_short(s[n])}, this {_short(c[n])}"
-                                 for n in s if s[n] != c[n]]
+                architecture += [
+                    f"modality {n!r}: saved {_short(s[n])}, this {_short(c[n])}"
+                    for n in s
+                    if s[n] != c[n]
+                ]
         else:
             line = f"{key}: saved {saved.get(key)!r}, this {current.get(key)!r}"
             (training if key in training_settings else architecture).append(line)
@@ -230,7 +258,9 @@ def config_diff(saved: dict[str, Any], current: dict[str, Any],
 
 
 def _short(spec: dict[str, Any]) -> str:
-    return repr(Modality.from_dict(spec)) + (f" params={spec['params']}" if spec.get("params") else "")
+    return repr(Modality.from_dict(spec)) + (
+        f" params={spec['params']}" if spec.get("params") else ""
+    )
 
 
 # -- a model's configuration ---------------------------------------------------------------------
@@ -274,15 +304,24 @@ def write_config(model_dir: str, model_class: str, config: dict[str, Any]) -> No
     'EarlyFusionModel'
     """
     os.makedirs(model_dir, exist_ok=True)
-    payload = {"format": CONFIG_FORMAT, "deepfuse_version": __version__,
-               "model_class": model_class, "config": config}
+    payload = {
+        "format": CONFIG_FORMAT,
+        "deepfuse_version": __version__,
+        "model_class": model_class,
+        "config": config,
+    }
     with open(os.path.join(model_dir, CONFIG_FILE), "w") as fh:
         json.dump(payload, fh, indent=1)
 
 
-def check_saved_config(saved: dict[str, Any], current: dict[str, Any], model_class: str,
-                       training_settings: frozenset[str], directory: str,
-                       log: logging.Logger | None = None) -> None:
+def check_saved_config(
+    saved: dict[str, Any],
+    current: dict[str, Any],
+    model_class: str,
+    training_settings: frozenset[str],
+    directory: str,
+    log: logging.Logger | None = None,
+) -> None:
     """Refuse to restore a checkpoint whose configuration differs in the architecture.
 
     Parameters
@@ -323,18 +362,23 @@ def check_saved_config(saved: dict[str, Any], current: dict[str, Any], model_cla
         raise CorruptCheckpointError(
             f"{os.path.join(directory, CONFIG_FILE)} is not a valid deepfuse configuration "
             f"({type(err).__name__}: {err}): retrain the model, or restore the folder from a "
-            "backup copy") from err
+            "backup copy"
+        ) from err
     if saved["model_class"] != model_class:
         mismatched.insert(0, f"model_class: saved {saved['model_class']}, this {model_class}")
     if mismatched:
         raise InvalidSettingError(
             f"Cannot restore checkpoint from {directory!r} into this model: its "
-            "configuration differs:\n  " + "\n  ".join(mismatched) +
-            f"\nRebuild with {model_class}.load({directory!r}).")
+            "configuration differs:\n  "
+            + "\n  ".join(mismatched)
+            + f"\nRebuild with {model_class}.load({directory!r})."
+        )
     if training_only:
         (log or logging.getLogger(__name__)).warning(
-            "Restoring from %r with different training settings: %s", directory,
-            "; ".join(training_only))
+            "Restoring from %r with different training settings: %s",
+            directory,
+            "; ".join(training_only),
+        )
 
 
 def require_config(model_dir: str) -> dict[str, Any]:
@@ -342,15 +386,19 @@ def require_config(model_dir: str) -> dict[str, Any]:
     saved = read_config(model_dir)
     if saved is None:
         if not os.path.isdir(model_dir):
-            raise MissingCheckpointError(f"Model folder {model_dir!r} does not exist: give "
-                                         "the folder a trained model was saved in")
-        raise MissingCheckpointError(f"No {CONFIG_FILE} in {model_dir!r}: not a deepfuse "
-                                     "model folder")
+            raise MissingCheckpointError(
+                f"Model folder {model_dir!r} does not exist: give "
+                "the folder a trained model was saved in"
+            )
+        raise MissingCheckpointError(
+            f"No {CONFIG_FILE} in {model_dir!r}: not a deepfuse model folder"
+        )
     return saved
 
 
-def build_from_config(model_cls: type, saved: dict[str, Any], model_dir: str,
-                      overrides: dict[str, Any]) -> Any:
+def build_from_config(
+    model_cls: type, saved: dict[str, Any], model_dir: str, overrides: dict[str, Any]
+) -> Any:
     """``model_cls`` built from the saved configuration (``None`` values left to the defaults)
     and ``overrides``, in ``model_dir``; its weights are not restored yet.
 
@@ -358,14 +406,16 @@ def build_from_config(model_cls: type, saved: dict[str, Any], model_dir: str,
     config = {k: v for k, v in saved["config"].items() if v is not None}
     try:
         # the weights come from the checkpoint: a pretrained start need not be re-read
-        return model_cls(**{**config, "model_dir": model_dir, "load_pretrained_weights": False,
-                            **overrides})
+        return model_cls(
+            **{**config, "model_dir": model_dir, "load_pretrained_weights": False, **overrides}
+        )
     except (TypeError, ValueError) as err:
         given = f" with the overrides {sorted(overrides)}" if overrides else ""
         raise CorruptCheckpointError(
             f"The configuration in {os.path.join(model_dir, CONFIG_FILE)} cannot rebuild a "
             f"{saved['model_class']}{given}: {err}. Retrain the model, or restore the file from a "
-            "backup copy") from err
+            "backup copy"
+        ) from err
 
 
 def load_weights(model: Any, checkpoint: str, directory: str, strict: bool) -> None:
@@ -379,11 +429,14 @@ def load_weights(model: Any, checkpoint: str, directory: str, strict: bool) -> N
     except RuntimeError as err:
         raise InvalidSettingError(
             f"Checkpoint in {directory!r} does not fit this model's architecture: "
-            f"{str(err).splitlines()[0]}") from err
+            f"{str(err).splitlines()[0]}"
+        ) from err
     try:
         model._pytorch_optimizer.load_state_dict(data["optimizer_state_dict"])
         model._global_step = int(data["global_step"])
     except (ValueError, KeyError, TypeError) as err:
-        raise CorruptCheckpointError(f"Checkpoint {checkpoint!r} has an unusable optimizer "
-                                     f"state or step ({err}): retrain the model, or restore "
-                                     "the folder from a backup copy") from err
+        raise CorruptCheckpointError(
+            f"Checkpoint {checkpoint!r} has an unusable optimizer "
+            f"state or step ({err}): retrain the model, or restore "
+            "the folder from a backup copy"
+        ) from err

@@ -1,4 +1,5 @@
 """CrossAttentionFusionModel: token/atom-level cross-attention between modalities."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -7,8 +8,8 @@ import numpy as np
 from torch import nn
 
 from deepfuse_plugin.models import _settings as check
-from deepfuse_plugin.models.registry import register_model
 from deepfuse_plugin.models.base import MultiModalTorchModel
+from deepfuse_plugin.models.registry import register_model
 from deepfuse_plugin.nn.fusion import CrossAttentionFusion
 
 #: Modality kinds whose encoder gives one pooled vector and no token states.
@@ -74,33 +75,73 @@ class CrossAttentionFusionModel(MultiModalTorchModel):
     True
     """
 
-    _config_extra = ("n_heads", "n_attention_layers", "vector_tokens", "pooling",
-                     "attention_hidden", "length_chunk")
+    _config_extra = (
+        "n_heads",
+        "n_attention_layers",
+        "vector_tokens",
+        "pooling",
+        "attention_hidden",
+        "length_chunk",
+    )
     _training_settings = MultiModalTorchModel._training_settings | {"length_chunk"}
 
-    def __init__(self, n_tasks: int, modalities: Any, mode: str = "regression", n_heads: int = 4,
-                 n_attention_layers: int = 1, vector_tokens: int = 4, pooling: str = "attention",
-                 attention_hidden: int = 64, length_chunk: int = 16, **kwargs: Any):
-        check.check_all([*((check.positive_int, k, v) for k, v in (
-            ("n_heads", n_heads), ("n_attention_layers", n_attention_layers),
-            ("vector_tokens", vector_tokens), ("attention_hidden", attention_hidden))),
-            (check.non_negative_int, "length_chunk", length_chunk)])
+    def __init__(
+        self,
+        n_tasks: int,
+        modalities: Any,
+        mode: str = "regression",
+        n_heads: int = 4,
+        n_attention_layers: int = 1,
+        vector_tokens: int = 4,
+        pooling: str = "attention",
+        attention_hidden: int = 64,
+        length_chunk: int = 16,
+        **kwargs: Any,
+    ):
+        check.check_all(
+            [
+                *(
+                    (check.positive_int, k, v)
+                    for k, v in (
+                        ("n_heads", n_heads),
+                        ("n_attention_layers", n_attention_layers),
+                        ("vector_tokens", vector_tokens),
+                        ("attention_hidden", attention_hidden),
+                    )
+                ),
+                (check.non_negative_int, "length_chunk", length_chunk),
+            ]
+        )
         check.one_of("pooling", pooling, CrossAttentionFusion.POOLING)
         encoder_dim = kwargs.get("encoder_dim", 128)
         if check._is_int(encoder_dim) and encoder_dim % n_heads:
-            raise check.InvalidSettingError(f"encoder_dim ({encoder_dim}) must be divisible by "
-                                            f"n_heads ({n_heads})")
+            raise check.InvalidSettingError(
+                f"encoder_dim ({encoder_dim}) must be divisible by n_heads ({n_heads})"
+            )
         self.n_heads, self.n_attention_layers = n_heads, n_attention_layers
-        self.vector_tokens, self.pooling, self.attention_hidden = vector_tokens, pooling, attention_hidden
+        self.vector_tokens, self.pooling, self.attention_hidden = (
+            vector_tokens,
+            pooling,
+            attention_hidden,
+        )
         self.length_chunk = length_chunk
         super().__init__(n_tasks, modalities, mode, **kwargs)
 
     def _build_fusion(self) -> nn.Module:
         vectors = tuple(m.name for m in self.modalities if m.kind in VECTOR_KINDS)
-        return CrossAttentionFusion(tuple(self.modality_names), self.encoder_dim, self.fused_dim,
-                                    vectors, self.n_heads, self.n_attention_layers,
-                                    self.vector_tokens, self.dropout, self.pooling,
-                                    self.attention_hidden, self.length_chunk)
+        return CrossAttentionFusion(
+            tuple(self.modality_names),
+            self.encoder_dim,
+            self.fused_dim,
+            vectors,
+            self.n_heads,
+            self.n_attention_layers,
+            self.vector_tokens,
+            self.dropout,
+            self.pooling,
+            self.attention_hidden,
+            self.length_chunk,
+        )
 
     def attention_maps(self, dataset: Any, modality: str) -> list[np.ndarray]:
         """Per sample, the last block's head-averaged attention of ``modality``'s real tokens over
@@ -113,7 +154,8 @@ class CrossAttentionFusionModel(MultiModalTorchModel):
             extras = outputs.fusion.extras
             attention, key_mask, query_mask = (
                 extras[f"{key}:{modality}"].cpu().numpy()
-                for key in ("attention", "key_mask", "query_mask"))
+                for key in ("attention", "key_mask", "query_mask")
+            )
             for b in range(attention.shape[0]):
                 maps.append(attention[b][query_mask[b]][:, key_mask[b]])
         return maps

@@ -1,8 +1,10 @@
 """DynamicFusionModel: dynamic gated fusion with reconstruction and progressive modality masking."""
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -10,8 +12,8 @@ from deepchem.data import Dataset
 from torch import nn
 
 from deepfuse_plugin.models import _settings as check
-from deepfuse_plugin.models.registry import register_model
 from deepfuse_plugin.models.base import MultiModalTorchModel
+from deepfuse_plugin.models.registry import register_model
 from deepfuse_plugin.nn.fusion import DynamicFusion, curriculum_rate
 
 logger = logging.getLogger(__name__)
@@ -94,31 +96,82 @@ class DynamicFusionModel(MultiModalTorchModel):
     (6, 3)
     """
 
-    _config_extra = ("mask_start", "mask_end", "curriculum_epochs", "lambda_align", "lambda_div",
-                     "lambda_ent", "lambda_sparse", "gate_hidden", "attention_hidden",
-                     "decoder_hidden", "vector_input_dropout", "vector_dropout")
+    _config_extra = (
+        "mask_start",
+        "mask_end",
+        "curriculum_epochs",
+        "lambda_align",
+        "lambda_div",
+        "lambda_ent",
+        "lambda_sparse",
+        "gate_hidden",
+        "attention_hidden",
+        "decoder_hidden",
+        "vector_input_dropout",
+        "vector_dropout",
+    )
     _training_settings = MultiModalTorchModel._training_settings | {
-        "mask_start", "mask_end", "curriculum_epochs", "lambda_align", "lambda_div", "lambda_ent",
-        "lambda_sparse", "vector_input_dropout", "vector_dropout"}
+        "mask_start",
+        "mask_end",
+        "curriculum_epochs",
+        "lambda_align",
+        "lambda_div",
+        "lambda_ent",
+        "lambda_sparse",
+        "vector_input_dropout",
+        "vector_dropout",
+    }
 
-    def __init__(self, n_tasks: int, modalities: Any, mode: str = "regression",
-                 mask_start: float = 0.3, mask_end: float = 0.6, lambda_align: float = 0.1,
-                 lambda_div: float = 0.01, lambda_ent: float = 0.01, lambda_sparse: float = 0.001,
-                 gate_hidden: int = 64, attention_hidden: int = 64, decoder_hidden: int = 128,
-                 vector_input_dropout: float = 0.2, vector_dropout: float = 0.3,
-                 curriculum_epochs: int | None = None, unimodal_loss_weight: float = 1.0,
-                 **kwargs: Any):
-        check.check_all([
-            *((check.probability, k, v) for k, v in (
-                ("mask_start", mask_start), ("mask_end", mask_end),
-                ("vector_input_dropout", vector_input_dropout), ("vector_dropout", vector_dropout))),
-            *((check.non_negative_float, k, v) for k, v in (
-                ("lambda_align", lambda_align), ("lambda_div", lambda_div),
-                ("lambda_ent", lambda_ent), ("lambda_sparse", lambda_sparse))),
-            *((check.positive_int, k, v) for k, v in (
-                ("gate_hidden", gate_hidden), ("attention_hidden", attention_hidden),
-                ("decoder_hidden", decoder_hidden))),
-        ])
+    def __init__(
+        self,
+        n_tasks: int,
+        modalities: Any,
+        mode: str = "regression",
+        mask_start: float = 0.3,
+        mask_end: float = 0.6,
+        lambda_align: float = 0.1,
+        lambda_div: float = 0.01,
+        lambda_ent: float = 0.01,
+        lambda_sparse: float = 0.001,
+        gate_hidden: int = 64,
+        attention_hidden: int = 64,
+        decoder_hidden: int = 128,
+        vector_input_dropout: float = 0.2,
+        vector_dropout: float = 0.3,
+        curriculum_epochs: int | None = None,
+        unimodal_loss_weight: float = 1.0,
+        **kwargs: Any,
+    ):
+        check.check_all(
+            [
+                *(
+                    (check.probability, k, v)
+                    for k, v in (
+                        ("mask_start", mask_start),
+                        ("mask_end", mask_end),
+                        ("vector_input_dropout", vector_input_dropout),
+                        ("vector_dropout", vector_dropout),
+                    )
+                ),
+                *(
+                    (check.non_negative_float, k, v)
+                    for k, v in (
+                        ("lambda_align", lambda_align),
+                        ("lambda_div", lambda_div),
+                        ("lambda_ent", lambda_ent),
+                        ("lambda_sparse", lambda_sparse),
+                    )
+                ),
+                *(
+                    (check.positive_int, k, v)
+                    for k, v in (
+                        ("gate_hidden", gate_hidden),
+                        ("attention_hidden", attention_hidden),
+                        ("decoder_hidden", decoder_hidden),
+                    )
+                ),
+            ]
+        )
         if curriculum_epochs is not None:
             check.positive_int("curriculum_epochs", curriculum_epochs)
         self.mask_start, self.mask_end = mask_start, mask_end
@@ -129,22 +182,38 @@ class DynamicFusionModel(MultiModalTorchModel):
         self.gate_hidden, self.attention_hidden = gate_hidden, attention_hidden
         self.decoder_hidden = decoder_hidden
         self.vector_input_dropout, self.vector_dropout = vector_input_dropout, vector_dropout
-        super().__init__(n_tasks, modalities, mode, unimodal_loss_weight=unimodal_loss_weight,
-                         **kwargs)
+        super().__init__(
+            n_tasks, modalities, mode, unimodal_loss_weight=unimodal_loss_weight, **kwargs
+        )
 
     def _effective_encoder_options(self) -> dict[str, dict[str, Any]]:
         # Regularise raw-vector (fingerprint) encoders unless the user configured them explicitly.
         options = {kind: dict(opts) for kind, opts in self.encoder_options.items()}
-        options["vector"] = {"input_dropout": self.vector_input_dropout,
-                             "dropout": self.vector_dropout, **options.get("vector", {})}
+        options["vector"] = {
+            "input_dropout": self.vector_input_dropout,
+            "dropout": self.vector_dropout,
+            **options.get("vector", {}),
+        }
         return options
 
     def _build_fusion(self) -> nn.Module:
-        weights = {"rec": 1.0, "align": self.lambda_align, "div": self.lambda_div,
-                   "ent": self.lambda_ent, "sparse": self.lambda_sparse}
-        return DynamicFusion(tuple(m.name for m in self.modalities), self.encoder_dim, self.fused_dim,
-                             self.gate_hidden, self.attention_hidden, self.decoder_hidden,
-                             mask_rate=self.mask_start, loss_weights=weights)
+        weights = {
+            "rec": 1.0,
+            "align": self.lambda_align,
+            "div": self.lambda_div,
+            "ent": self.lambda_ent,
+            "sparse": self.lambda_sparse,
+        }
+        return DynamicFusion(
+            tuple(m.name for m in self.modalities),
+            self.encoder_dim,
+            self.fused_dim,
+            self.gate_hidden,
+            self.attention_hidden,
+            self.decoder_hidden,
+            mask_rate=self.mask_start,
+            loss_weights=weights,
+        )
 
     @property
     def fusion(self) -> DynamicFusion:
@@ -153,13 +222,20 @@ class DynamicFusionModel(MultiModalTorchModel):
         return self.fusion_layer
 
     def fit(self, dataset: Dataset, nb_epoch: int = 10, *args: Any, **kwargs: Any) -> float:
-        if (nb_epoch == 1 and self.curriculum_epochs is None and self.epochs_started > 0
-                and not self._warned_single_epoch_fits):
+        if (
+            nb_epoch == 1
+            and self.curriculum_epochs is None
+            and self.epochs_started > 0
+            and not self._warned_single_epoch_fits
+        ):
             self._warned_single_epoch_fits = True
-            logger.warning("DynamicFusionModel.fit(nb_epoch=1) called again: the masking "
-                           "curriculum runs within each fit call, so every epoch masks at "
-                           "mask_start=%s. Pass curriculum_epochs=<total epochs> to run it "
-                           "across calls.", self.mask_start)
+            logger.warning(
+                "DynamicFusionModel.fit(nb_epoch=1) called again: the masking "
+                "curriculum runs within each fit call, so every epoch masks at "
+                "mask_start=%s. Pass curriculum_epochs=<total epochs> to run it "
+                "across calls.",
+                self.mask_start,
+            )
         return super().fit(dataset, nb_epoch, *args, **kwargs)
 
     def count_schedules_over(self, total_epochs: int) -> None:
@@ -175,8 +251,9 @@ class DynamicFusionModel(MultiModalTorchModel):
         self.fusion.mask_rate = curriculum_rate(progress, self.mask_start, self.mask_end)
 
     # -- inspection ------------------------------------------------------------------------------
-    def reconstruct(self, dataset: Dataset, modality: str,
-                    drop_modalities: Iterable[str] | None = None) -> np.ndarray:
+    def reconstruct(
+        self, dataset: Dataset, modality: str, drop_modalities: Iterable[str] | None = None
+    ) -> np.ndarray:
         """Reconstruction ``D_m(f)`` of ``modality``'s encoder embedding, ``(N, encoder_dim)``.
 
         By default ``modality`` itself is dropped first, so the reconstruction comes only from the

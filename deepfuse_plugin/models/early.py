@@ -1,4 +1,5 @@
 """EarlyFusionModel: concatenation of the modalities' encoder outputs (the naive baseline)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -6,8 +7,8 @@ from typing import Any
 from torch import nn
 
 from deepfuse_plugin.models import _settings as check
-from deepfuse_plugin.models.registry import register_model
 from deepfuse_plugin.models.base import MultiModalTorchModel
+from deepfuse_plugin.models.registry import register_model
 from deepfuse_plugin.nn.fusion import EarlyFusion
 
 
@@ -56,13 +57,26 @@ class EarlyFusionModel(MultiModalTorchModel):
 
     _config_extra = ("fusion_hidden", "fusion_layers")
 
-    def __init__(self, n_tasks: int, modalities: Any, mode: str = "regression",
-                 fusion_hidden: int = 256, fusion_layers: int = 2, **kwargs: Any):
+    def __init__(
+        self,
+        n_tasks: int,
+        modalities: Any,
+        mode: str = "regression",
+        fusion_hidden: int = 256,
+        fusion_layers: int = 2,
+        **kwargs: Any,
+    ):
         check.positive_int("fusion_hidden", fusion_hidden)
         check.positive_int("fusion_layers", fusion_layers)
         self.fusion_hidden, self.fusion_layers = fusion_hidden, fusion_layers
         super().__init__(n_tasks, modalities, mode, **kwargs)
 
     def _build_fusion(self) -> nn.Module:
-        return EarlyFusion(tuple(self.modality_names), self.encoder_dim, self.fused_dim,
-                           self.fusion_hidden, self.fusion_layers, self.dropout)
+        return EarlyFusion(
+            tuple(self.modality_names),
+            self.encoder_dim,
+            self.fused_dim,
+            self.fusion_hidden,
+            self.fusion_layers,
+            self.dropout,
+        )

@@ -7,11 +7,13 @@ checks, evidential uncertainty, modality weights and a fusion layer's extras.
 and :meth:`InferenceMixin.inference_network` are the public way to reach the network's outputs
 (the analyses in :mod:`deepfuse_plugin.analysis` use nothing else).
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -21,11 +23,20 @@ from deepchem.trans import undo_transforms
 from torch import nn
 
 from deepfuse_plugin.data.collate import MultiModalBatch
-from deepfuse_plugin.models.predictions import (NON_FINITE, CheckedPredictions, drop_names,
-                                                mark_failed_rows, non_finite_rows, row_problems,
-                                                warn_failed_rows)
-from deepfuse_plugin.models.uncertainty import (check_uncertainty_kind, evidential_spread,
-                                                untransform_std)
+from deepfuse_plugin.models.predictions import (
+    NON_FINITE,
+    CheckedPredictions,
+    drop_names,
+    mark_failed_rows,
+    non_finite_rows,
+    row_problems,
+    warn_failed_rows,
+)
+from deepfuse_plugin.models.uncertainty import (
+    check_uncertainty_kind,
+    evidential_spread,
+    untransform_std,
+)
 from deepfuse_plugin.nn.fusion import FusionOutput
 from deepfuse_plugin.nn.network import MultiModalNetwork, NetworkOutput
 
@@ -127,8 +138,9 @@ class InferenceMixin:
             if was_training and restore_training:
                 self.model.train()
 
-    def iterate_outputs(self, dataset: Dataset, drop_modalities: str | Iterable[str] = ()
-                        ) -> Iterator[BatchOutputs]:
+    def iterate_outputs(
+        self, dataset: Dataset, drop_modalities: str | Iterable[str] = ()
+    ) -> Iterator[BatchOutputs]:
         """Network and fusion outputs batch by batch, in evaluation mode, without gradients.
 
         What :meth:`predict`, :meth:`predict_uncertainty` and the analyses read; use it for any
@@ -166,8 +178,10 @@ class InferenceMixin:
         [(2, ['a', 'b']), (1, ['c'])]
         """
         if len(dataset) == 0:
-            raise ValueError("The dataset has no rows: nothing to predict (every input failed to "
-                             "featurize or the split is empty)")
+            raise ValueError(
+                "The dataset has no rows: nothing to predict (every input failed to "
+                "featurize or the split is empty)"
+            )
         drop = drop_names(drop_modalities, self.modality_names)
         ids = np.asarray(dataset.ids)
         # Inside fit (a validation callback) training mode comes back afterwards, or dropout and
@@ -185,17 +199,23 @@ class InferenceMixin:
                         out = network(batch)
                         reasons.append(row_problems(out.prediction, batch.mask))
                         rows = len(batch.mask)
-                        yield BatchOutputs(out, network.last_fusion, batch,
-                                           ids[start:start + rows])
+                        yield BatchOutputs(
+                            out, network.last_fusion, batch, ids[start : start + rows]
+                        )
                         start += rows
-                self._set_row_problems(np.concatenate(reasons) if reasons
-                                       else np.zeros(0, object), dataset.ids)
+                self._set_row_problems(
+                    np.concatenate(reasons) if reasons else np.zeros(0, object), dataset.ids
+                )
             finally:
                 self._drop_modalities = previous
 
-    def predict(self, dataset: Dataset, transformers: list = [],  # noqa: B006 (DeepChem signature)
-                output_types: str | list[str] | None = None,
-                drop_modalities: Iterable[str] = ()) -> np.ndarray | list[np.ndarray]:
+    def predict(
+        self,
+        dataset: Dataset,
+        transformers: list = [],  # noqa: B006 (DeepChem signature)
+        output_types: str | list[str] | None = None,
+        drop_modalities: Iterable[str] = (),
+    ) -> np.ndarray | list[np.ndarray]:
         """Predictions (or other named outputs) for ``dataset``.
 
         Parameters
@@ -217,7 +237,11 @@ class InferenceMixin:
         entry is finite. :meth:`predict_checked` also says which rows failed and why, and
         :attr:`last_row_problems` keeps that for the latest call.
         """
-        names = [output_types] if isinstance(output_types, str) else list(output_types or ["prediction"])
+        names = (
+            [output_types]
+            if isinstance(output_types, str)
+            else list(output_types or ["prediction"])
+        )
         unknown = [n for n in names if n not in NAMED_OUTPUTS]
         if unknown:
             raise ValueError(f"Unknown output types {unknown}; available: {list(NAMED_OUTPUTS)}")
@@ -233,12 +257,18 @@ class InferenceMixin:
                 self._add_row_problems(non_finite_rows(values), dataset.ids)
             results.append(values)
         reasons = self._row_reasons
-        results = [mark_failed_rows(v, reasons) if n != "modality_weights" else v
-                   for n, v in zip(names, results)]
+        results = [
+            mark_failed_rows(v, reasons) if n != "modality_weights" else v
+            for n, v in zip(names, results)
+        ]
         return results[0] if len(results) == 1 else results
 
-    def predict_checked(self, dataset: Dataset, transformers: list = [],  # noqa: B006
-                        drop_modalities: Iterable[str] = ()) -> CheckedPredictions:
+    def predict_checked(
+        self,
+        dataset: Dataset,
+        transformers: list = [],  # noqa: B006
+        drop_modalities: Iterable[str] = (),
+    ) -> CheckedPredictions:
         """:meth:`predict` (the ``"prediction"`` output) with the rows that failed and why.
 
         Returns
@@ -280,10 +310,14 @@ class InferenceMixin:
             warn_failed_rows(np.where(new, reasons, ""), ids, logger)
             self._row_reasons = reasons
 
-    def predict_uncertainty(self, dataset: Dataset, masks: int | None = None,
-                            transformers: list = [],  # noqa: B006 (DeepChem signature)
-                            kind: str = "total", drop_modalities: Iterable[str] = ()
-                            ) -> tuple[np.ndarray, np.ndarray]:
+    def predict_uncertainty(
+        self,
+        dataset: Dataset,
+        masks: int | None = None,
+        transformers: list = [],  # noqa: B006 (DeepChem signature)
+        kind: str = "total",
+        drop_modalities: Iterable[str] = (),
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(prediction, std)`` from the evidential head, analytically, in one forward pass.
 
         DeepChem's convention (``TorchModel.predict_uncertainty``): ``std`` has the shape of the
@@ -338,29 +372,35 @@ class InferenceMixin:
             if kind != "vacuity":
                 spread = untransform_std(spread, prediction, transformers)
             prediction = undo_transforms(prediction, transformers)
-        self._add_row_problems(non_finite_rows(prediction) | non_finite_rows(spread),
-                               dataset.ids)
+        self._add_row_problems(non_finite_rows(prediction) | non_finite_rows(spread), dataset.ids)
         reasons = self._row_reasons
         return mark_failed_rows(prediction, reasons), mark_failed_rows(spread, reasons)
 
     def predict_embedding(self, dataset: Dataset) -> np.ndarray:
         return self.predict(dataset, output_types="embedding")
 
-    def modality_weights(self, dataset: Dataset, drop_modalities: Iterable[str] = ()) -> pd.DataFrame:
+    def modality_weights(
+        self, dataset: Dataset, drop_modalities: Iterable[str] = ()
+    ) -> pd.DataFrame:
         """Per-sample modality weights (rows = dataset ids, columns = modalities; 0 = missing)."""
-        weights = self.predict(dataset, output_types="modality_weights",
-                               drop_modalities=drop_modalities)
-        return pd.DataFrame(weights, index=pd.Index(dataset.ids, name="id"),
-                            columns=self.modality_names)
+        weights = self.predict(
+            dataset, output_types="modality_weights", drop_modalities=drop_modalities
+        )
+        return pd.DataFrame(
+            weights, index=pd.Index(dataset.ids, name="id"), columns=self.modality_names
+        )
 
-    def collect_extras(self, dataset: Dataset, key: str,
-                       drop_modalities: Iterable[str] = ()) -> np.ndarray:
+    def collect_extras(
+        self, dataset: Dataset, key: str, drop_modalities: Iterable[str] = ()
+    ) -> np.ndarray:
         """Concatenate a fusion layer's ``FusionOutput.extras[key]`` over ``dataset``."""
         parts = []
         for outputs in self.iterate_outputs(dataset, drop_modalities):
             extras = outputs.fusion.extras
             if key not in extras:
-                raise KeyError(f"{type(self).__name__}'s fusion layer has no {key!r}; available: "
-                               f"{sorted(extras)}")
+                raise KeyError(
+                    f"{type(self).__name__}'s fusion layer has no {key!r}; available: "
+                    f"{sorted(extras)}"
+                )
             parts.append(extras[key].detach().cpu().numpy())
         return np.concatenate(parts)

@@ -1,4 +1,5 @@
 """LateFusionModel: one predictor per modality, predictions combined."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -6,8 +7,8 @@ from typing import Any
 from torch import nn
 
 from deepfuse_plugin.models import _settings as check
-from deepfuse_plugin.models.registry import register_model
 from deepfuse_plugin.models.base import MultiModalTorchModel
+from deepfuse_plugin.models.registry import register_model
 from deepfuse_plugin.nn.fusion import LateFusion
 
 
@@ -75,19 +76,37 @@ class LateFusionModel(MultiModalTorchModel):
 
     _config_extra = ("combine", "stacking_hidden")
 
-    def __init__(self, n_tasks: int, modalities: Any, mode: str = "regression",
-                 combine: str = "mean", unimodal_loss_weight: float = 1.0,
-                 stacking_hidden: int = 32, **kwargs: Any):
+    def __init__(
+        self,
+        n_tasks: int,
+        modalities: Any,
+        mode: str = "regression",
+        combine: str = "mean",
+        unimodal_loss_weight: float = 1.0,
+        stacking_hidden: int = 32,
+        **kwargs: Any,
+    ):
         check.one_of("combine", combine, LateFusion.COMBINE)
         check.positive_int("stacking_hidden", stacking_hidden)
         self.combine, self.stacking_hidden = combine, stacking_hidden
-        super().__init__(n_tasks, modalities, mode, unimodal_loss_weight=unimodal_loss_weight,
-                         **kwargs)
+        super().__init__(
+            n_tasks, modalities, mode, unimodal_loss_weight=unimodal_loss_weight, **kwargs
+        )
 
     def _build_fusion(self) -> nn.Module:
-        return LateFusion(tuple(self.modality_names), self.encoder_dim, self.n_tasks, self.mode,
-                          self.n_classes, self.fused_dim, self.head_hidden, self.dropout,
-                          self.combine, self.stacking_hidden, self.uncertainty)
+        return LateFusion(
+            tuple(self.modality_names),
+            self.encoder_dim,
+            self.n_tasks,
+            self.mode,
+            self.n_classes,
+            self.fused_dim,
+            self.head_hidden,
+            self.dropout,
+            self.combine,
+            self.stacking_hidden,
+            self.uncertainty,
+        )
 
     def _build_head(self) -> None:
         return None  # the layer predicts: FusionOutput.task_outputs

@@ -4,9 +4,11 @@ After MatMMFuse (arXiv 2505.04634): a CGCNN encoder captures local atomic enviro
 model embedding of a robocrystallographer-style description captures global information, and the
 two are fused with multi-head attention.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
@@ -76,10 +78,19 @@ class MatMMFuseModel(CrossAttentionFusionModel):
 
     _config_extra = CrossAttentionFusionModel._config_extra + ("backbone",)
 
-    def __init__(self, n_tasks: int, modalities: Sequence[Any] = ("graph", "text_sentences"),
-                 mode: str = "regression", backbone: str = "cgcnn", n_heads: int = 4,
-                 n_attention_layers: int = 1, vector_tokens: int = 4, pooling: str = "attention",
-                 attention_hidden: int = 64, **kwargs: Any):
+    def __init__(
+        self,
+        n_tasks: int,
+        modalities: Sequence[Any] = ("graph", "text_sentences"),
+        mode: str = "regression",
+        backbone: str = "cgcnn",
+        n_heads: int = 4,
+        n_attention_layers: int = 1,
+        vector_tokens: int = 4,
+        pooling: str = "attention",
+        attention_hidden: int = 64,
+        **kwargs: Any,
+    ):
         if backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
         self.backbone = backbone
@@ -92,10 +103,18 @@ class MatMMFuseModel(CrossAttentionFusionModel):
         if options["crystal_graph"]["backbone"] != backbone:
             raise ValueError("encoder_options['crystal_graph']['backbone'] differs from backbone=")
         kwargs.setdefault("learning_rate", 1e-3)
-        super().__init__(n_tasks, list(modalities), mode, n_heads=n_heads,
-                         n_attention_layers=n_attention_layers, vector_tokens=vector_tokens,
-                         pooling=pooling, attention_hidden=attention_hidden,
-                         encoder_options=options, **kwargs)
+        super().__init__(
+            n_tasks,
+            list(modalities),
+            mode,
+            n_heads=n_heads,
+            n_attention_layers=n_attention_layers,
+            vector_tokens=vector_tokens,
+            pooling=pooling,
+            attention_hidden=attention_hidden,
+            encoder_options=options,
+            **kwargs,
+        )
 
     def _build_fusion(self) -> nn.Module:
         if len(self.modalities) == 1:
@@ -104,13 +123,18 @@ class MatMMFuseModel(CrossAttentionFusionModel):
 
     def attention_maps(self, dataset: Any, modality: str) -> list:
         if len(self.modalities) == 1:
-            raise ValueError("A single-modality MatMMFuseModel (unimodal baseline) has no "
-                             "cross-attention")
+            raise ValueError(
+                "A single-modality MatMMFuseModel (unimodal baseline) has no cross-attention"
+            )
         return super().attention_maps(dataset, modality)
 
 
-def zero_shot_evaluate(models: dict[str, Any], families: dict[str, Any],
-                       metric: Any = None, transformers: Sequence[Any] = ()) -> "Any":
+def zero_shot_evaluate(
+    models: dict[str, Any],
+    families: dict[str, Any],
+    metric: Any = None,
+    transformers: Sequence[Any] = (),
+) -> Any:
     """Evaluate trained models, without any retraining, on specialised families.
 
     Parameters

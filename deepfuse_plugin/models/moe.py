@@ -1,4 +1,5 @@
 """GatedMoEFusionModel: sparse mixture of per-modality and shared experts with noisy top-k gating."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -8,8 +9,8 @@ import pandas as pd
 from torch import nn
 
 from deepfuse_plugin.models import _settings as check
-from deepfuse_plugin.models.registry import register_model
 from deepfuse_plugin.models.base import MultiModalTorchModel
+from deepfuse_plugin.models.registry import register_model
 from deepfuse_plugin.nn.fusion import GatedMoEFusion
 
 
@@ -69,30 +70,60 @@ class GatedMoEFusionModel(MultiModalTorchModel):
     1.0
     """
 
-    _config_extra = ("n_experts_shared", "n_experts_per_modality", "top_k", "expert_hidden",
-                     "noisy_gating", "balance_weight")
+    _config_extra = (
+        "n_experts_shared",
+        "n_experts_per_modality",
+        "top_k",
+        "expert_hidden",
+        "noisy_gating",
+        "balance_weight",
+    )
     _training_settings = MultiModalTorchModel._training_settings | {"balance_weight"}
 
-    def __init__(self, n_tasks: int, modalities: Any, mode: str = "regression",
-                 n_experts_shared: int = 2, n_experts_per_modality: int = 1, top_k: int = 2,
-                 expert_hidden: int = 128, noisy_gating: bool = True, balance_weight: float = 0.01,
-                 **kwargs: Any):
-        check.check_all([(check.non_negative_int, "n_experts_shared", n_experts_shared),
-                         (check.non_negative_int, "n_experts_per_modality", n_experts_per_modality),
-                         (check.positive_int, "top_k", top_k),
-                         (check.positive_int, "expert_hidden", expert_hidden),
-                         (check.non_negative_float, "balance_weight", balance_weight)])
+    def __init__(
+        self,
+        n_tasks: int,
+        modalities: Any,
+        mode: str = "regression",
+        n_experts_shared: int = 2,
+        n_experts_per_modality: int = 1,
+        top_k: int = 2,
+        expert_hidden: int = 128,
+        noisy_gating: bool = True,
+        balance_weight: float = 0.01,
+        **kwargs: Any,
+    ):
+        check.check_all(
+            [
+                (check.non_negative_int, "n_experts_shared", n_experts_shared),
+                (check.non_negative_int, "n_experts_per_modality", n_experts_per_modality),
+                (check.positive_int, "top_k", top_k),
+                (check.positive_int, "expert_hidden", expert_hidden),
+                (check.non_negative_float, "balance_weight", balance_weight),
+            ]
+        )
         check.one_of("noisy_gating", noisy_gating, (True, False))
-        self.n_experts_shared, self.n_experts_per_modality = n_experts_shared, n_experts_per_modality
+        self.n_experts_shared, self.n_experts_per_modality = (
+            n_experts_shared,
+            n_experts_per_modality,
+        )
         self.top_k, self.expert_hidden = top_k, expert_hidden
         self.noisy_gating, self.balance_weight = noisy_gating, balance_weight
         super().__init__(n_tasks, modalities, mode, **kwargs)
 
     def _build_fusion(self) -> nn.Module:
-        return GatedMoEFusion(tuple(self.modality_names), self.encoder_dim, self.fused_dim,
-                              self.n_experts_shared, self.n_experts_per_modality, self.top_k,
-                              self.expert_hidden, self.dropout, self.noisy_gating,
-                              self.balance_weight)
+        return GatedMoEFusion(
+            tuple(self.modality_names),
+            self.encoder_dim,
+            self.fused_dim,
+            self.n_experts_shared,
+            self.n_experts_per_modality,
+            self.top_k,
+            self.expert_hidden,
+            self.dropout,
+            self.noisy_gating,
+            self.balance_weight,
+        )
 
     @property
     def expert_names(self) -> list[str]:
@@ -112,11 +143,16 @@ class GatedMoEFusionModel(MultiModalTorchModel):
         for outputs in self.iterate_outputs(dataset):
             for key, chunks in parts.items():
                 chunks.append(outputs.fusion.extras[key].detach().cpu().numpy())
-        gates, selected, available = (np.concatenate(chunks).astype(float)
-                                      for chunks in parts.values())
+        gates, selected, available = (
+            np.concatenate(chunks).astype(float) for chunks in parts.values()
+        )
         names = self.expert_names
-        return pd.DataFrame({"modality": [n.rsplit(":", 1)[0] for n in names],
-                             "mean_gate": gates.mean(axis=0),
-                             "selection_frequency": selected.mean(axis=0),
-                             "availability": available.mean(axis=0)},
-                            index=pd.Index(names, name="expert"))
+        return pd.DataFrame(
+            {
+                "modality": [n.rsplit(":", 1)[0] for n in names],
+                "mean_gate": gates.mean(axis=0),
+                "selection_frequency": selected.mean(axis=0),
+                "availability": available.mean(axis=0),
+            },
+            index=pd.Index(names, name="expert"),
+        )

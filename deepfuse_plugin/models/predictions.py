@@ -16,11 +16,13 @@ Examples
 >>> mark_failed_rows(np.array([[1.0], [5.0], [2.0]]), reasons).ravel().tolist()
 [1.0, nan, nan]
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,16 +75,21 @@ def drop_names(drop: str | Iterable[str] | None, names: Sequence[str]) -> tuple[
     drop = (drop,) if isinstance(drop, str) else tuple(drop)
     not_names = [d for d in drop if not isinstance(d, str)]
     if not_names:
-        raise InvalidSettingError(f"drop_modalities must hold modality names (strings), got "
-                                  f"{not_names[:5]}; the model's modalities are {list(names)}")
+        raise InvalidSettingError(
+            f"drop_modalities must hold modality names (strings), got "
+            f"{not_names[:5]}; the model's modalities are {list(names)}"
+        )
     unknown = sorted(set(drop) - set(names))
     if unknown:
-        raise InvalidSettingError(f"Cannot drop {unknown}: the model's modalities are "
-                                  f"{list(names)}")
+        raise InvalidSettingError(
+            f"Cannot drop {unknown}: the model's modalities are {list(names)}"
+        )
     if drop and set(names) <= set(drop):
-        raise InvalidSettingError(f"drop_modalities={list(drop)} removes every modality of the "
-                                  f"model ({list(names)}): every prediction would be the same "
-                                  "constant. Keep at least one modality.")
+        raise InvalidSettingError(
+            f"drop_modalities={list(drop)} removes every modality of the "
+            f"model ({list(names)}): every prediction would be the same "
+            "constant. Keep at least one modality."
+        )
     return drop
 
 
@@ -90,7 +97,7 @@ def row_problems(prediction: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
     """Per row of a batch: ``""`` (fine), :data:`NO_MODALITY` or :data:`NON_FINITE`."""
     n = prediction.shape[0]
     finite = torch.isfinite(prediction.reshape(n, -1)).all(dim=1).cpu().numpy()
-    present = (mask.any(dim=1).cpu().numpy() if mask.shape[1] else np.zeros(n, dtype=bool))
+    present = mask.any(dim=1).cpu().numpy() if mask.shape[1] else np.zeros(n, dtype=bool)
     reasons = np.full(n, "", dtype=object)
     reasons[~finite] = NON_FINITE
     reasons[~present] = NO_MODALITY  # its output means nothing, finite or not
@@ -120,5 +127,10 @@ def warn_failed_rows(reasons: np.ndarray, ids: Sequence[Any], log: logging.Logge
     for reason in sorted({r for r in reasons if r}):
         rows = np.flatnonzero(reasons == reason)
         named = [str(ids[r]) if ids is not None and len(ids) > r else str(r) for r in rows[:10]]
-        log.warning("%d row(s) got no prediction (%s; returned as NaN): ids %s%s", len(rows),
-                    reason, named, " ..." if len(rows) > 10 else "")
+        log.warning(
+            "%d row(s) got no prediction (%s; returned as NaN): ids %s%s",
+            len(rows),
+            reason,
+            named,
+            " ..." if len(rows) > 10 else "",
+        )

@@ -13,15 +13,23 @@ Examples
 >>> get_model_class("dynamic").__name__
 'DynamicFusionModel'
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from deepfuse_plugin.errors import InvalidSettingError
 
-__all__ = ["ModelEntry", "register_model", "get_model_class", "available_models", "model_entries",
-           "MODEL_KINDS"]
+__all__ = [
+    "ModelEntry",
+    "register_model",
+    "get_model_class",
+    "available_models",
+    "model_entries",
+    "MODEL_KINDS",
+]
 
 #: ``fusion``: several modalities, trainable from a SMILES CSV with ``deepfuse train``;
 #: ``unimodal``: one modality; ``crystal``: structure + text models.
@@ -43,8 +51,7 @@ class ModelEntry:
 _ENTRIES: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, *, kind: str = "fusion",
-                   description: str = "") -> Callable[[T], T]:
+def register_model(name: str, *, kind: str = "fusion", description: str = "") -> Callable[[T], T]:
     """Class decorator: register a model class under ``name``.
 
     Registering a different class under a taken name is an error (a saved run names its model, so
@@ -56,8 +63,10 @@ def register_model(name: str, *, kind: str = "fusion",
     def decorate(cls: T) -> T:
         existing = _ENTRIES.get(name)
         if existing is not None and existing.cls.__qualname__ != cls.__qualname__:
-            raise ValueError(f"A model named {name!r} is already registered "
-                             f"({existing.cls.__module__}.{existing.cls.__qualname__})")
+            raise ValueError(
+                f"A model named {name!r} is already registered "
+                f"({existing.cls.__module__}.{existing.cls.__qualname__})"
+            )
         _ENTRIES[name] = ModelEntry(name, cls, kind, description or _first_line(cls.__doc__))
         return cls
 

@@ -13,6 +13,7 @@ Examples
 >>> mean.tolist(), std.tolist()
 ([[1.0]], [[1.4142135381698608]])
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,16 +23,16 @@ import torch
 
 from deepfuse_plugin.nn.heads import dirichlet_moments, nig_moments
 
-__all__ = ["UNCERTAINTY_OUTPUTS", "check_uncertainty_kind", "evidential_spread",
-           "untransform_std"]
+__all__ = ["UNCERTAINTY_OUTPUTS", "check_uncertainty_kind", "evidential_spread", "untransform_std"]
 
 #: ``predict_uncertainty(kind=...)`` values per mode (the first is the default).
-UNCERTAINTY_OUTPUTS = {"regression": ("total", "aleatoric", "epistemic"),
-                       "classification": ("total", "vacuity")}
+UNCERTAINTY_OUTPUTS = {
+    "regression": ("total", "aleatoric", "epistemic"),
+    "classification": ("total", "vacuity"),
+}
 
 
-def check_uncertainty_kind(model_name: str, uncertainty: str | None, mode: str,
-                           kind: str) -> None:
+def check_uncertainty_kind(model_name: str, uncertainty: str | None, mode: str, kind: str) -> None:
     """Refuse a model without an uncertainty head, or a ``kind`` its mode has not.
 
     Parameters
@@ -60,17 +61,20 @@ def check_uncertainty_kind(model_name: str, uncertainty: str | None, mode: str,
     ValueError: kind must be one of ('total', 'aleatoric', 'epistemic') for regression, got 'vacuity'
     """
     if uncertainty is None:
-        raise ValueError(f"{model_name} was built without an uncertainty head: "
-                         "construct it with uncertainty=\"evidential\" (and train it) to use "
-                         "predict_uncertainty. Monte-Carlo dropout is deliberately not "
-                         "offered.")
+        raise ValueError(
+            f"{model_name} was built without an uncertainty head: "
+            'construct it with uncertainty="evidential" (and train it) to use '
+            "predict_uncertainty. Monte-Carlo dropout is deliberately not "
+            "offered."
+        )
     kinds = UNCERTAINTY_OUTPUTS[mode]
     if kind not in kinds:
         raise ValueError(f"kind must be one of {kinds} for {mode}, got {kind!r}")
 
 
-def evidential_spread(task_output: torch.Tensor, mode: str, kind: str
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def evidential_spread(
+    task_output: torch.Tensor, mode: str, kind: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(prediction, spread)`` of an evidential head's output.
 
     Parameters
@@ -98,8 +102,9 @@ def evidential_spread(task_output: torch.Tensor, mode: str, kind: str
     """
     if mode == "regression":
         mean, aleatoric, epistemic = nig_moments(task_output)
-        variance = {"total": aleatoric + epistemic, "aleatoric": aleatoric,
-                    "epistemic": epistemic}[kind]
+        variance = {"total": aleatoric + epistemic, "aleatoric": aleatoric, "epistemic": epistemic}[
+            kind
+        ]
         return mean, variance.sqrt()
     mean, std, vacuity = dirichlet_moments(task_output)
     return mean, std if kind == "total" else vacuity
@@ -146,13 +151,16 @@ def untransform_std(std: np.ndarray, z: np.ndarray, transformers: list[Any]) -> 
     for transformer in reversed(transformers):
         if not transformer.transform_y:
             continue
-        f0, f1, f2 = (np.asarray(transformer.untransform(z + k), dtype=np.float64)
-                      for k in (0, 1, 2))
+        f0, f1, f2 = (
+            np.asarray(transformer.untransform(z + k), dtype=np.float64) for k in (0, 1, 2)
+        )
         slope = f1 - f0
         if not np.allclose(f2 - f1, slope, rtol=1e-5, atol=1e-8):
-            raise ValueError("Cannot carry a standard deviation through "
-                             f"{type(transformer).__name__}: its inverse is not affine. Undo it "
-                             "yourself (e.g. sample the predictive distribution) or train "
-                             "without it.")
+            raise ValueError(
+                "Cannot carry a standard deviation through "
+                f"{type(transformer).__name__}: its inverse is not affine. Undo it "
+                "yourself (e.g. sample the predictive distribution) or train "
+                "without it."
+            )
         std, z = std * np.abs(slope), f0
     return std.astype(dtype)

@@ -1,13 +1,15 @@
 """UnimodalModel: one modality, its encoder output projected (the unimodal baselines)."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
 from deepfuse_plugin.modalities import Modality
-from deepfuse_plugin.models.registry import register_model
 from deepfuse_plugin.models.base import MultiModalTorchModel
+from deepfuse_plugin.models.registry import register_model
 from deepfuse_plugin.nn.fusion import ProjectionFusion
 
 
@@ -55,16 +57,23 @@ class UnimodalModel(MultiModalTorchModel):
     (['graph'], (6, 1))
     """
 
-    def __init__(self, n_tasks: int, modality: Modality | dict | str | None = None,
-                 mode: str = "regression",
-                 modalities: Sequence[Modality | dict | str] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        n_tasks: int,
+        modality: Modality | dict | str | None = None,
+        mode: str = "regression",
+        modalities: Sequence[Modality | dict | str] | None = None,
+        **kwargs: Any,
+    ):
         if (modality is None) == (modalities is None):
             raise ValueError("UnimodalModel takes exactly one of `modality` or `modalities`")
         if modalities is None:
             modalities = [modality]
         elif len(modalities) != 1:
-            raise ValueError(f"UnimodalModel takes one modality, got {len(modalities)}; use a fusion "
-                             "model (e.g. EarlyFusionModel) for several")
+            raise ValueError(
+                f"UnimodalModel takes one modality, got {len(modalities)}; use a fusion "
+                "model (e.g. EarlyFusionModel) for several"
+            )
         super().__init__(n_tasks, list(modalities), mode, **kwargs)
 
     @property

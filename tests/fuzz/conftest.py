@@ -12,15 +12,23 @@ featurizing a string is cheap, a train-and-predict run is not. Deadlines are off
 own time budget instead and counts an input over it as a hang (:mod:`tests.fuzz.ledger`).
 No example database is written (nothing lands in the checkout); a failure prints its input.
 """
+
 from __future__ import annotations
 
 import os
 
 from hypothesis import HealthCheck, settings
 
-_COMMON = dict(deadline=None, database=None, print_blob=True,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                      HealthCheck.filter_too_much])
+_COMMON = dict(
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
+)
 settings.register_profile("ci", max_examples=40, **_COMMON)
 settings.register_profile("dev", max_examples=8, **_COMMON)
 settings.register_profile("fuzz", max_examples=2000, **_COMMON)

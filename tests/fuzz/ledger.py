@@ -18,6 +18,7 @@ pytest process dies, and counts the crash with that input.
 The ledger is written to ``$DEEPFUSE_FUZZ_LEDGER`` (JSON) after every input when that variable is
 set (``run_fuzz.py`` sets it); without it the counts stay in memory.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,7 +26,8 @@ import json
 import os
 import time
 from collections import defaultdict
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 OUTCOMES = ("ok", "refused", "escaped", "silent", "violation", "hang")
 #: the outcomes that are bugs (``make fuzz`` fails on any)
@@ -65,10 +67,17 @@ class _Ledger:
             self.examples[target] = entry["failing_examples"]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"targets": {t: {"inputs": self.inputs[t], "outcomes": dict(self.counts[t]),
-                                "seconds": round(self.seconds[t], 3),
-                                "failing_examples": self.examples[t]}
-                            for t in sorted(self.counts)}}
+        return {
+            "targets": {
+                t: {
+                    "inputs": self.inputs[t],
+                    "outcomes": dict(self.counts[t]),
+                    "seconds": round(self.seconds[t], 3),
+                    "failing_examples": self.examples[t],
+                }
+                for t in sorted(self.counts)
+            }
+        }
 
     def flush(self) -> None:
         if not self.path:
@@ -101,8 +110,9 @@ def shown(value: Any, limit: int = 300) -> str:
 
 
 @contextlib.contextmanager
-def record(target: str, value: Any, n_inputs: int = 1, budget_s: float | None = None
-           ) -> Iterator[dict[str, bool]]:
+def record(
+    target: str, value: Any, n_inputs: int = 1, budget_s: float | None = None
+) -> Iterator[dict[str, bool]]:
     """Count ``n_inputs`` generated inputs of ``target`` (``value`` is what a crash report shows)
     and classify the block's outcome; the block sets ``outcome["refused"] = True`` when the
     input was refused the documented way. An exception is re-raised after it is counted, so the
@@ -117,8 +127,10 @@ def record(target: str, value: Any, n_inputs: int = 1, budget_s: float | None = 
         yield outcome
         if budget_s is not None and time.perf_counter() - start > budget_s:
             kind = "hang"
-            raise Hang(f"{target}: took {time.perf_counter() - start:.1f} s, over the budget "
-                       f"of {budget_s} s, for {text}")
+            raise Hang(
+                f"{target}: took {time.perf_counter() - start:.1f} s, over the budget "
+                f"of {budget_s} s, for {text}"
+            )
         if outcome["refused"]:
             kind = "refused"
     except Hang:

@@ -17,6 +17,7 @@ Usage::
     python tests/fuzz/run_fuzz.py [--profile fuzz] [--timeout 1800] [--min-inputs 10000]
                                   [--json fuzz-report.json] [MODULE ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,24 +32,46 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-MODULES = ["test_fuzz_smiles.py", "test_fuzz_crystals.py", "test_fuzz_settings.py",
-           "test_fuzz_workflows.py"]
+MODULES = [
+    "test_fuzz_smiles.py",
+    "test_fuzz_crystals.py",
+    "test_fuzz_settings.py",
+    "test_fuzz_workflows.py",
+]
 COLUMNS = ["inputs", "refused", "crashes", "hangs", "escaped", "silent", "violation", "seconds"]
 BUG_COLUMNS = ["crashes", "hangs", "escaped", "silent", "violation"]
 
 
-def run_module(module: str, ledger: Path, profile: str, timeout: float, log: Path
-               ) -> tuple[int, str | None, str | None]:
+def run_module(
+    module: str, ledger: Path, profile: str, timeout: float, log: Path
+) -> tuple[int, str | None, str | None]:
     """``(pytest exit code, crash input, hang input)`` of one module's pytest process."""
-    env = dict(os.environ, HYPOTHESIS_PROFILE=profile, DEEPFUSE_FUZZ_LEDGER=str(ledger),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
-               "no:randomly", "-o", "addopts=", str(HERE / module)]
+    env = dict(
+        os.environ,
+        HYPOTHESIS_PROFILE=profile,
+        DEEPFUSE_FUZZ_LEDGER=str(ledger),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",
+        "-o",
+        "addopts=",
+        str(HERE / module),
+    ]
     inflight = Path(f"{ledger}.inflight")
     with open(log, "ab") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             code = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -69,14 +92,22 @@ def _take(path: Path) -> str | None:
     return text
 
 
-def summarize(ledger: dict, crashes: dict[str, list[str]], hangs: dict[str, list[str]]
-              ) -> dict[str, dict[str, float]]:
+def summarize(
+    ledger: dict, crashes: dict[str, list[str]], hangs: dict[str, list[str]]
+) -> dict[str, dict[str, float]]:
     rows: dict[str, dict[str, float]] = {}
     for target, entry in ledger.get("targets", {}).items():
         o = entry["outcomes"]
-        rows[target] = {"inputs": entry["inputs"], "refused": o["refused"], "crashes": 0,
-                        "hangs": o["hang"], "escaped": o["escaped"], "silent": o["silent"],
-                        "violation": o["violation"], "seconds": entry["seconds"]}
+        rows[target] = {
+            "inputs": entry["inputs"],
+            "refused": o["refused"],
+            "crashes": 0,
+            "hangs": o["hang"],
+            "escaped": o["escaped"],
+            "silent": o["silent"],
+            "violation": o["violation"],
+            "seconds": entry["seconds"],
+        }
     for kind, found in (("crashes", crashes), ("hangs", hangs)):
         for module, inputs in found.items():
             target = inputs[0].split("\t")[0] if "\t" in inputs[0] else module
@@ -106,8 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", default=MODULES)
     parser.add_argument("--profile", default=os.environ.get("HYPOTHESIS_PROFILE", "fuzz"))
-    parser.add_argument("--timeout", type=float, default=1800.0,
-                        help="seconds per module before it counts as a hang (default 1800)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=1800.0,
+        help="seconds per module before it counts as a hang (default 1800)",
+    )
     parser.add_argument("--min-inputs", type=int, default=10_000)
     parser.add_argument("--json", default=None, help="also write the summary here")
     parser.add_argument("--log", default=None, help="pytest output (default: a temporary file)")
@@ -143,9 +178,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {module}: {'crash' if module in crashes else 'hang'} on {found[0]}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"profile": args.profile, "wall_s": round(wall, 1),
-                                               "targets": rows, "totals": totals,
-                                               "failed_modules": failed_modules}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "profile": args.profile,
+                    "wall_s": round(wall, 1),
+                    "targets": rows,
+                    "totals": totals,
+                    "failed_modules": failed_modules,
+                },
+                indent=1,
+            )
+        )
     bugs = sum(totals[c] for c in BUG_COLUMNS)
     if failed_modules:
         print(f"FAILED: pytest failed in {failed_modules} (see {log})")

@@ -6,6 +6,7 @@ input, only finite values, within a time budget per structure.
 Text modalities are left out (a transformer per example would make the suite slow); the
 describer's own input check is the same ``structure_problem`` that guards the graph.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,7 +23,7 @@ from tests.fuzz.strategies import structure_dicts
 BUDGET_PER_STRUCTURE_S = 10.0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def featurizer():
     from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer
 
@@ -43,12 +44,15 @@ def _as_input(data: dict, form: str):
 
 
 @settings(max_examples=examples(1.0))
-@given(st.lists(structure_dicts(), min_size=1, max_size=3),
-       st.sampled_from(["dict", "Structure", "IStructure"]))
+@given(
+    st.lists(structure_dicts(), min_size=1, max_size=3),
+    st.sampled_from(["dict", "Structure", "IStructure"]),
+)
 def test_crystal_featurize_never_raises_and_accounts_for_every_input(structures, form):
     points = [_as_input(s, form) for s in structures]
     feat = featurizer()
-    with record("crystal", structures, n_inputs=len(points),
-                budget_s=BUDGET_PER_STRUCTURE_S * len(points)) as outcome:
+    with record(
+        "crystal", structures, n_inputs=len(points), budget_s=BUDGET_PER_STRUCTURE_S * len(points)
+    ) as outcome:
         out = feat.featurize(points)
         outcome["refused"] = check_featurized(out, points, feat.last_failures) > 0

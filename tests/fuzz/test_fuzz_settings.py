@@ -3,6 +3,7 @@
 NaN, inf, floats for integers, strings, None). Either the model is built and a 1-epoch fit gives a
 finite loss and checked predictions (finite, or the row flagged), or a ``ValueError``/``TypeError``
 names the setting."""
+
 from __future__ import annotations
 
 import functools
@@ -17,14 +18,26 @@ from tests.fuzz.conftest import examples
 from tests.fuzz.ledger import SilentResult, Violation, record, shown
 from tests.fuzz.strategies import batch_sizes, dropouts, encoder_dims, epochs, learning_rates
 
-SMILES = ["CCO", "CCN", "c1ccccc1", "CC(=O)O", "c1ccncc1", "CCCC", "OCC(O)CO", "C1CCCCC1",
-          "CC(C)O", "ClC(Cl)Cl", "c1ccsc1", "CC#N"]
+SMILES = [
+    "CCO",
+    "CCN",
+    "c1ccccc1",
+    "CC(=O)O",
+    "c1ccncc1",
+    "CCCC",
+    "OCC(O)CO",
+    "C1CCCCC1",
+    "CC(C)O",
+    "ClC(Cl)Cl",
+    "c1ccsc1",
+    "CC#N",
+]
 BUDGET_S = 60.0
 #: what a refusal must name: the setting as the user wrote it
 SETTING_NAMES = ("batch_size", "learning_rate", "dropout", "encoder_dim", "nb_epoch")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def dataset():
     import deepchem as dc
 
@@ -41,11 +54,20 @@ def _build(values: dict, model_dir: str):
 
     modalities, _ = dataset()
     return DynamicFusionModel(
-        n_tasks=1, modalities=modalities, encoder_dim=values["encoder_dim"],
-        dropout=values["dropout"], batch_size=values["batch_size"],
-        learning_rate=values["learning_rate"], fused_dim=16, head_hidden=16, gate_hidden=8,
-        decoder_hidden=16, encoder_options={"sequence": {"n_layers": 1}},
-        progress=False, model_dir=model_dir)
+        n_tasks=1,
+        modalities=modalities,
+        encoder_dim=values["encoder_dim"],
+        dropout=values["dropout"],
+        batch_size=values["batch_size"],
+        learning_rate=values["learning_rate"],
+        fused_dim=16,
+        head_hidden=16,
+        gate_hidden=8,
+        decoder_hidden=16,
+        encoder_options={"sequence": {"n_layers": 1}},
+        progress=False,
+        model_dir=model_dir,
+    )
 
 
 def _names_a_setting(err: BaseException) -> bool:
@@ -58,25 +80,43 @@ _VALID = dict(batch_size=8, learning_rate=1e-3, dropout=0.1, encoder_dim=16, nb_
 # half the draws change one setting of a valid set (each hostile value meets valid neighbours),
 # half draw all five at once
 @settings(max_examples=examples(0.15, minimum=6))
-@given(st.one_of(
-    st.fixed_dictionaries(dict(batch_size=batch_sizes, learning_rate=learning_rates,
-                               dropout=dropouts, encoder_dim=encoder_dims, nb_epoch=epochs)),
-    st.sampled_from([("batch_size", batch_sizes), ("learning_rate", learning_rates),
-                     ("dropout", dropouts), ("encoder_dim", encoder_dims),
-                     ("nb_epoch", epochs)]).flatmap(
-        lambda pair: pair[1].map(lambda v, name=pair[0]: {**_VALID, name: v}))))
+@given(
+    st.one_of(
+        st.fixed_dictionaries(
+            dict(
+                batch_size=batch_sizes,
+                learning_rate=learning_rates,
+                dropout=dropouts,
+                encoder_dim=encoder_dims,
+                nb_epoch=epochs,
+            )
+        ),
+        st.sampled_from(
+            [
+                ("batch_size", batch_sizes),
+                ("learning_rate", learning_rates),
+                ("dropout", dropouts),
+                ("encoder_dim", encoder_dims),
+                ("nb_epoch", epochs),
+            ]
+        ).flatmap(lambda pair: pair[1].map(lambda v, name=pair[0]: {**_VALID, name: v})),
+    )
+)
 def test_settings_are_refused_by_name_or_train_to_a_finite_loss(values):
     torch.manual_seed(0)
     _, data = dataset()
-    with record("settings", values, budget_s=BUDGET_S) as outcome, \
-            tempfile.TemporaryDirectory() as tmp:
+    with (
+        record("settings", values, budget_s=BUDGET_S) as outcome,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         try:
             model = _build(values, tmp)
             loss = model.fit(data, nb_epoch=values["nb_epoch"])
         except (ValueError, TypeError) as err:
             if not _names_a_setting(err):
-                raise Violation(f"{type(err).__name__} that names no setting for "
-                                f"{shown(values)}: {err}") from err
+                raise Violation(
+                    f"{type(err).__name__} that names no setting for {shown(values)}: {err}"
+                ) from err
             outcome["refused"] = True
             return
         if not (isinstance(loss, float) and np.isfinite(loss)):

@@ -2,6 +2,7 @@
 first pinned as a strict xfail, then fixed): an overflowing learning rate, an encoder width the
 attention heads cannot split, a NUL cell after the first 8 KiB of a CSV, and a bare carriage
 return in a pass-through cell."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,7 +14,7 @@ def test_a_learning_rate_beyond_float32_is_a_named_setting_error(tmp_path):
     # the input the fuzz suite shrank to (tests/fuzz/test_fuzz_settings.py's 12-molecule set)
     from tests.fuzz.test_fuzz_settings import _build, dataset
 
-    values = dict(batch_size=1, learning_rate=3.402823466385288e+37, dropout=0.0, encoder_dim=4)
+    values = dict(batch_size=1, learning_rate=3.402823466385288e37, dropout=0.0, encoder_dim=4)
     with pytest.raises(InvalidSettingError, match="learning_rate"):
         _build(values, str(tmp_path)).fit(dataset()[1], nb_epoch=1)
 

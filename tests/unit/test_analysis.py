@@ -1,29 +1,61 @@
 """deepfuse_plugin.analysis: missing-modality evaluation, ablation, modality weights, projections.
 
 Every analysis runs once on every model type of the family (tiny models, one epoch)."""
+
 from __future__ import annotations
 
+import deepchem as dc
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from matplotlib.figure import Figure
 
-import deepchem as dc
 import deepfuse_plugin
-from deepfuse_plugin import (CrossAttentionFusionModel, DynamicFusionModel, EarlyFusionModel,
-                             GatedMoEFusionModel, LateFusionModel, UnimodalModel)
-from deepfuse_plugin.analysis import (AnalysisResult, NoModalityWeightsError, embedding_projection,
-                                      evaluate_missing_modalities, mean_modality_weights,
-                                      modality_ablation, modality_weights, plot_degradation,
-                                      weights_vs_masking_rate)
+from deepfuse_plugin import (
+    CrossAttentionFusionModel,
+    DynamicFusionModel,
+    EarlyFusionModel,
+    GatedMoEFusionModel,
+    LateFusionModel,
+    UnimodalModel,
+)
+from deepfuse_plugin.analysis import (
+    AnalysisResult,
+    NoModalityWeightsError,
+    embedding_projection,
+    evaluate_missing_modalities,
+    mean_modality_weights,
+    modality_ablation,
+    modality_weights,
+    plot_degradation,
+    weights_vs_masking_rate,
+)
 from deepfuse_plugin.analysis._common import presence, random_drop, shuffle_modality
 
-SMILES = ["CCO", "CCN", "c1ccccc1", "CC(=O)O", "CCCC", "c1ccncc1", "CC(C)O", "OCCO", "CCOC(=O)C",
-          "c1ccc(O)cc1", "CN(C)C", "ClCCl"]
+SMILES = [
+    "CCO",
+    "CCN",
+    "c1ccccc1",
+    "CC(=O)O",
+    "CCCC",
+    "c1ccncc1",
+    "CC(C)O",
+    "OCCO",
+    "CCOC(=O)C",
+    "c1ccc(O)cc1",
+    "CN(C)C",
+    "ClCCl",
+]
 NAMES = ("ecfp", "graph", "smiles")
-SMALL = dict(encoder_dim=32, fused_dim=32, head_hidden=32, batch_size=8, progress=False,
-             encoder_options={"graph": {"n_layers": 2}, "sequence": {"n_layers": 1, "n_heads": 2}})
+SMALL = dict(
+    encoder_dim=32,
+    fused_dim=32,
+    head_hidden=32,
+    batch_size=8,
+    progress=False,
+    encoder_options={"graph": {"n_layers": 2}, "sequence": {"n_layers": 1, "n_heads": 2}},
+)
 KINDS = ["dynamic", "early", "late", "cross", "moe", "unimodal"]
 WEIGHTED = ["dynamic", "late", "cross", "moe", "unimodal"]
 R2 = dc.metrics.Metric(dc.metrics.pearson_r2_score)
@@ -33,8 +65,9 @@ MAE = dc.metrics.Metric(dc.metrics.mae_score)
 def build(kind: str, modalities, mode: str = "regression"):
     torch.manual_seed(0)
     if kind == "dynamic":
-        return DynamicFusionModel(1, modalities, mode, gate_hidden=16, attention_hidden=16,
-                                  decoder_hidden=32, **SMALL)
+        return DynamicFusionModel(
+            1, modalities, mode, gate_hidden=16, attention_hidden=16, decoder_hidden=32, **SMALL
+        )
     if kind == "early":
         return EarlyFusionModel(1, modalities, mode, fusion_hidden=32, **SMALL)
     if kind == "late":
@@ -42,8 +75,9 @@ def build(kind: str, modalities, mode: str = "regression"):
     if kind == "cross":
         return CrossAttentionFusionModel(1, modalities, mode, n_heads=2, vector_tokens=2, **SMALL)
     if kind == "moe":
-        return GatedMoEFusionModel(1, modalities, mode, n_experts_shared=1, top_k=2,
-                                   expert_hidden=32, **SMALL)
+        return GatedMoEFusionModel(
+            1, modalities, mode, n_experts_shared=1, top_k=2, expert_hidden=32, **SMALL
+        )
     if kind == "unimodal":  # graph only
         return UnimodalModel(1, modalities[1], mode, **SMALL)
     raise ValueError(kind)
@@ -51,8 +85,9 @@ def build(kind: str, modalities, mode: str = "regression"):
 
 @pytest.fixture(scope="module")
 def data():
-    feat = deepfuse_plugin.MultiModalFeaturizer(list(NAMES), ecfp_size=128, max_length=48,
-                                                progress=False)
+    feat = deepfuse_plugin.MultiModalFeaturizer(
+        list(NAMES), ecfp_size=128, max_length=48, progress=False
+    )
     X = feat.featurize(SMILES)
     y = np.random.default_rng(0).normal(size=(len(SMILES), 1))
     return dc.data.NumpyDataset(X, y, ids=np.array(SMILES)), feat.modalities
@@ -80,12 +115,20 @@ def with_missing(dataset, row: int, names) -> dc.data.NumpyDataset:
 def test_missing_modalities_every_model(kind, data, models):
     dataset, _ = data
     model = models[kind]
-    result = evaluate_missing_modalities(model, dataset, [R2, MAE], modalities=NAMES,
-                                         random_drop=(0.25, 0.5), seeds=(0, 1))
+    result = evaluate_missing_modalities(
+        model, dataset, [R2, MAE], modalities=NAMES, random_drop=(0.25, 0.5), seeds=(0, 1)
+    )
     assert isinstance(result, AnalysisResult) and isinstance(result.figure, Figure)
     table = result.table
-    assert list(table.columns[:7]) == ["condition", "removed", "kept", "drop_fraction", "seed",
-                                       "metric", "value"]
+    assert list(table.columns[:7]) == [
+        "condition",
+        "removed",
+        "kept",
+        "drop_fraction",
+        "seed",
+        "metric",
+        "value",
+    ]
     # 1 full + 6 proper subsets of 3 modalities + 2 rates x 2 seeds, per metric
     assert len(table) == 2 * (1 + 6 + 4)
     assert table.attrs["model"] == type(model).__name__
@@ -94,8 +137,14 @@ def test_missing_modalities_every_model(kind, data, models):
     for name in (R2.name, MAE.name):
         assert full[name] == pytest.approx(expected[name], rel=1e-5, abs=1e-6)
     subsets = table[table.condition == "subset"]
-    assert set(subsets.removed) == {"ecfp", "graph", "smiles", "ecfp+graph", "ecfp+smiles",
-                                    "graph+smiles"}
+    assert set(subsets.removed) == {
+        "ecfp",
+        "graph",
+        "smiles",
+        "ecfp+graph",
+        "ecfp+smiles",
+        "graph+smiles",
+    }
     random = table[table.condition == "random"]
     assert (random.n_excluded == 0).all() and (random.n_samples == len(SMILES)).all()
     assert sorted(random.seed.unique().tolist()) == [0, 1]
@@ -128,9 +177,9 @@ def test_missing_modalities_default_patterns_and_errors(data, models, tmp_path):
     assert path.stat().st_size > 1000 and isinstance(fig, Figure)
     assert list(table.condition) == ["full"] + ["subset"] * 6
     assert table.seed.isna().all()
-    table, fig = evaluate_missing_modalities(model, dataset, MAE, patterns=["graph", ("ecfp",
-                                                                                      "smiles")],
-                                             random_drop=(), plot=False)
+    table, fig = evaluate_missing_modalities(
+        model, dataset, MAE, patterns=["graph", ("ecfp", "smiles")], random_drop=(), plot=False
+    )
     assert fig is None and table.removed.tolist() == ["", "graph", "ecfp+smiles"]
     assert table.kept.tolist() == ["ecfp+graph+smiles", "ecfp+smiles", "graph"]
     with pytest.raises(ValueError, match="unknown modalities"):
@@ -148,8 +197,9 @@ def test_label_transformers_are_undone_like_evaluate(data, models):
     transformer = dc.trans.NormalizationTransformer(transform_y=True, dataset=shifted)
     transformed = transformer.transform(shifted)
     model = models["late"]
-    table, _ = evaluate_missing_modalities(model, transformed, MAE, [transformer],
-                                           patterns=["ecfp"], random_drop=(), plot=False)
+    table, _ = evaluate_missing_modalities(
+        model, transformed, MAE, [transformer], patterns=["ecfp"], random_drop=(), plot=False
+    )
     expected = model.evaluate(transformed, [MAE], [transformer])[MAE.name]
     assert table.value.iloc[0] == pytest.approx(expected, rel=1e-5)
     table, _ = modality_ablation(model, transformed, MAE, [transformer], plot=False)
@@ -159,8 +209,9 @@ def test_label_transformers_are_undone_like_evaluate(data, models):
 def test_samples_left_without_input_are_excluded(data, models):
     dataset, _ = data
     partial = with_missing(dataset, 0, ["ecfp", "smiles"])  # row 0: graph only
-    table, _ = evaluate_missing_modalities(models["early"], partial, MAE, patterns=["graph"],
-                                           random_drop=(0.5,), seeds=0, plot=False)
+    table, _ = evaluate_missing_modalities(
+        models["early"], partial, MAE, patterns=["graph"], random_drop=(0.5,), seeds=0, plot=False
+    )
     row = table[table.removed == "graph"].iloc[0]
     assert row.applicable and row.n_excluded == 1 and row.n_samples == len(SMILES) - 1
     random = table[table.condition == "random"].iloc[0]
@@ -174,8 +225,9 @@ def test_classification_full_row_matches_evaluate(data):
     model = build("late", modalities, "classification")
     model.fit(labelled, nb_epoch=1)
     auc = dc.metrics.Metric(dc.metrics.roc_auc_score)
-    table, _ = evaluate_missing_modalities(model, labelled, auc, random_drop=(0.5,), seeds=0,
-                                           plot=False)
+    table, _ = evaluate_missing_modalities(
+        model, labelled, auc, random_drop=(0.5,), seeds=0, plot=False
+    )
     full = table[table.condition == "full"].value.iloc[0]
     assert full == pytest.approx(model.evaluate(labelled, [auc])[auc.name])
     assert table.value.between(0, 1).all()
@@ -201,8 +253,11 @@ def test_shuffle_keeps_presence_and_permutes_values(data):
     before = sorted(tuple(s.values["smiles"]) for s in samples if s.present("smiles"))
     after = sorted(tuple(s.values["smiles"]) for s in shuffled if s.present("smiles"))
     assert before == after  # the same values, redistributed
-    moved = [i for i, (a, b) in enumerate(zip(samples, shuffled))
-             if a.present("smiles") and not np.array_equal(a.values["smiles"], b.values["smiles"])]
+    moved = [
+        i
+        for i, (a, b) in enumerate(zip(samples, shuffled))
+        if a.present("smiles") and not np.array_equal(a.values["smiles"], b.values["smiles"])
+    ]
     assert len(moved) >= 2
     # the other modalities stay with their molecule
     assert all(a.values["graph"] is b.values["graph"] for a, b in zip(samples, shuffled))
@@ -256,8 +311,9 @@ def test_early_fusion_has_no_weights(data, models):
         mean_modality_weights(models["early"], dataset)
     with pytest.raises(NoModalityWeightsError):
         weights_vs_masking_rate(models["early"], dataset, rates=(0.0,))
-    mask = modality_weights(models["early"], dataset, drop_modalities=["smiles"],
-                            allow_presence=True)
+    mask = modality_weights(
+        models["early"], dataset, drop_modalities=["smiles"], allow_presence=True
+    )
     assert mask.attrs["kind"] == "presence"
     assert mask.to_numpy().tolist() == [[1.0, 1.0, 0.0]] * len(SMILES)
 
@@ -278,8 +334,9 @@ def test_mean_modality_weights(data, models, tmp_path):
 @pytest.mark.parametrize("kind", ["dynamic", "moe"])
 def test_weights_vs_masking_rate(kind, data, models):
     dataset, _ = data
-    table, fig = weights_vs_masking_rate(models[kind], dataset, rates=(0.0, 0.25, 0.75),
-                                         seeds=(0, 1))
+    table, fig = weights_vs_masking_rate(
+        models[kind], dataset, rates=(0.0, 0.25, 0.75), seeds=(0, 1)
+    )
     assert isinstance(fig, Figure)
     assert len(table) == (1 + 2 + 2) * 3  # rate 0 once, other rates per seed; 3 modalities
     sums = table.groupby(["rate", "seed"], dropna=False).mean_weight.sum()
@@ -291,8 +348,17 @@ def test_weights_vs_masking_rate(kind, data, models):
 
 
 # -- embedding projection ------------------------------------------------------------------------
-@pytest.mark.parametrize("kind,method", [("dynamic", "tsne"), ("early", "pca"), ("late", "pca"),
-                                         ("cross", "pca"), ("moe", "pca"), ("unimodal", "tsne")])
+@pytest.mark.parametrize(
+    "kind,method",
+    [
+        ("dynamic", "tsne"),
+        ("early", "pca"),
+        ("late", "pca"),
+        ("cross", "pca"),
+        ("moe", "pca"),
+        ("unimodal", "tsne"),
+    ],
+)
 def test_embedding_projection(kind, method, data, models):
     dataset, _ = data
     coords, fig = embedding_projection(models[kind], dataset, method=method)
@@ -306,11 +372,19 @@ def test_embedding_projection_options(data, models):
     dataset, _ = data
     model = models["dynamic"]
     small = dataset.select(range(4))
-    coords, _ = embedding_projection(model, small, method="tsne", perplexity=50, color_by=None,
-                                     drop_modalities=["graph"], plot=False)
+    coords, _ = embedding_projection(
+        model,
+        small,
+        method="tsne",
+        perplexity=50,
+        color_by=None,
+        drop_modalities=["graph"],
+        plot=False,
+    )
     assert coords.shape == (4, 2)
-    coords, _ = embedding_projection(model, dataset, method="pca", color_by=np.arange(12.0),
-                                     plot=False)
+    coords, _ = embedding_projection(
+        model, dataset, method="pca", color_by=np.arange(12.0), plot=False
+    )
     assert coords.color.tolist() == list(range(12))
     with pytest.raises(ValueError, match="task"):
         embedding_projection(model, dataset, color_by=3, plot=False)

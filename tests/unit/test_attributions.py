@@ -1,27 +1,41 @@
 """Integrated-Gradients atom attributions for the graph modality, and their drawing."""
+
 from __future__ import annotations
 
+import deepchem as dc
 import numpy as np
 import pytest
 import torch
 from rdkit import Chem
 
-import deepchem as dc
 import deepfuse_plugin
-from deepfuse_plugin import (CrossAttentionFusionModel, DynamicFusionModel, EarlyFusionModel,
-                             GatedMoEFusionModel, LateFusionModel, UnimodalModel)
+from deepfuse_plugin import (
+    CrossAttentionFusionModel,
+    DynamicFusionModel,
+    EarlyFusionModel,
+    GatedMoEFusionModel,
+    LateFusionModel,
+    UnimodalModel,
+)
 from deepfuse_plugin.analysis import AtomAttribution, atom_attributions, draw_atom_attributions
 
 SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "C[N+](C)(C)C", "ClC(Cl)Cl", "C"]
-SMALL = dict(encoder_dim=32, fused_dim=32, head_hidden=32, batch_size=8, progress=False,
-             encoder_options={"graph": {"n_layers": 2}, "sequence": {"n_layers": 1, "n_heads": 2}})
+SMALL = dict(
+    encoder_dim=32,
+    fused_dim=32,
+    head_hidden=32,
+    batch_size=8,
+    progress=False,
+    encoder_options={"graph": {"n_layers": 2}, "sequence": {"n_layers": 1, "n_heads": 2}},
+)
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def data():
-    feat = deepfuse_plugin.MultiModalFeaturizer(["ecfp", "graph", "smiles"], ecfp_size=128,
-                                                max_length=48, progress=False)
+    feat = deepfuse_plugin.MultiModalFeaturizer(
+        ["ecfp", "graph", "smiles"], ecfp_size=128, max_length=48, progress=False
+    )
     y = np.random.default_rng(0).normal(size=(len(SMILES), 1))
     return dc.data.NumpyDataset(feat.featurize(SMILES), y, ids=np.array(SMILES)), feat.modalities
 
@@ -45,8 +59,9 @@ def check_completeness(results, predictions, rel=0.05, atol=2e-4):
 
 def test_completeness_and_alignment_regression(data):
     dataset, modalities = data
-    model = build(DynamicFusionModel, modalities, gate_hidden=16, attention_hidden=16,
-                  decoder_hidden=32)
+    model = build(
+        DynamicFusionModel, modalities, gate_hidden=16, attention_hidden=16, decoder_hidden=32
+    )
     model.fit(dataset, nb_epoch=1)
     results = atom_attributions(model, dataset, n_steps=64)
     assert [r.id for r in results] == SMILES
@@ -60,11 +75,16 @@ def test_completeness_and_alignment_regression(data):
     assert np.abs(results[2].scores).max() > 0
 
 
-@pytest.mark.parametrize("cls,kw", [(EarlyFusionModel, {}),
-                                    (LateFusionModel, {"combine": "stacking"}),
-                                    (CrossAttentionFusionModel, {"n_heads": 2}),
-                                    (UnimodalModel, {})],
-                         ids=["early", "late", "cross", "unimodal"])
+@pytest.mark.parametrize(
+    "cls,kw",
+    [
+        (EarlyFusionModel, {}),
+        (LateFusionModel, {"combine": "stacking"}),
+        (CrossAttentionFusionModel, {"n_heads": 2}),
+        (UnimodalModel, {}),
+    ],
+    ids=["early", "late", "cross", "unimodal"],
+)
 def test_completeness_classification(cls, kw, data):
     dataset, modalities = data
     model = build(cls, modalities, "classification", **kw)
@@ -72,8 +92,9 @@ def test_completeness_classification(cls, kw, data):
     probabilities = atom_attributions(model, dataset, indices=rows, n_steps=256)
     assert probabilities[0].target == "task 0 probability of class 1"
     check_completeness(probabilities, model.predict(dataset)[rows, 0, 1])
-    logits = atom_attributions(model, dataset, indices=rows, target="logit", class_index=0,
-                               n_steps=256)
+    logits = atom_attributions(
+        model, dataset, indices=rows, target="logit", class_index=0, n_steps=256
+    )
     assert logits[0].target == "task 0 logit of class 0"
     for r in logits:
         gap = r.output - r.baseline_output
@@ -85,18 +106,21 @@ def test_moe_runs_and_reports_the_gap(data):
     model = build(GatedMoEFusionModel, modalities, n_experts_shared=1, top_k=2)
     (result,) = atom_attributions(model, dataset, indices=[2], n_steps=16, internal_batch_size=8)
     assert result.n_atoms == 11 and np.isfinite(result.delta)
-    assert result.delta == pytest.approx(result.scores.sum() - (result.output -
-                                                                result.baseline_output), abs=1e-4)
+    assert result.delta == pytest.approx(
+        result.scores.sum() - (result.output - result.baseline_output), abs=1e-4
+    )
 
 
 def test_other_modalities_held_fixed_or_dropped(data):
     dataset, modalities = data
     model = build(EarlyFusionModel, modalities)
     held = atom_attributions(model, dataset, indices=[1], n_steps=16)[0]
-    alone = atom_attributions(model, dataset, indices=[1], n_steps=16,
-                              drop_modalities=["ecfp", "smiles"])[0]
+    alone = atom_attributions(
+        model, dataset, indices=[1], n_steps=16, drop_modalities=["ecfp", "smiles"]
+    )[0]
     assert alone.output == pytest.approx(
-        float(model.predict(dataset, drop_modalities=["ecfp", "smiles"])[1, 0]), abs=1e-5)
+        float(model.predict(dataset, drop_modalities=["ecfp", "smiles"])[1, 0]), abs=1e-5
+    )
     assert held.output != pytest.approx(alone.output)
 
 
@@ -135,8 +159,9 @@ def test_smiles_override_and_unknown_ids(data):
 
 def test_draw_atom_attributions(tmp_path):
     path = tmp_path / "phenol.png"
-    png = draw_atom_attributions("c1ccccc1O", [0.1, 0.2, -0.3, 0.0, 0.0, 0.9, -1.0], path=path,
-                                 size=(300, 250))
+    png = draw_atom_attributions(
+        "c1ccccc1O", [0.1, 0.2, -0.3, 0.0, 0.0, 0.9, -1.0], path=path, size=(300, 250)
+    )
     assert png[:8] == PNG and path.read_bytes() == png
     assert draw_atom_attributions(Chem.MolFromSmiles("CCO"), np.zeros(3))[:8] == PNG
     assert draw_atom_attributions("C", [0.5])[:8] == PNG  # one atom: highlighted, no map

@@ -1,4 +1,5 @@
 """CrystalMultiModalFeaturizer: graph, composition, text tokens and frozen text embeddings."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,16 +10,25 @@ pytest.importorskip("pymatgen.core")
 import deepfuse_plugin as dfp  # noqa: E402
 from deepfuse_plugin.feat import crystal  # noqa: E402
 from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer  # noqa: E402
-from tests.unit.test_crystal_structures import (ORDERED, cscl, disordered, lone_atom,  # noqa: E402
-                                                nacl, needs_text_model, silicon, srtio3,
-                                                with_isolated_atom)
+from tests.unit.test_crystal_structures import (
+    ORDERED,
+    cscl,
+    disordered,
+    lone_atom,  # noqa: E402
+    nacl,
+    needs_text_model,
+    silicon,
+    srtio3,
+    with_isolated_atom,
+)
 
 
 @pytest.fixture(scope="module")
 def structural(tmp_path_factory):
     """graph + composition only (no language model), cache in a temp folder."""
-    return CrystalMultiModalFeaturizer(["graph", "composition"], progress=False,
-                                       cache_dir=tmp_path_factory.mktemp("cache"))
+    return CrystalMultiModalFeaturizer(
+        ["graph", "composition"], progress=False, cache_dir=tmp_path_factory.mktemp("cache")
+    )
 
 
 def test_graph_follows_the_cgcnn_convention(structural):
@@ -86,17 +96,20 @@ def test_unreadable_input_is_dropped_and_logged(structural, caplog):
     assert isinstance(out[0], dfp.MultiModalSample) and isinstance(out[2], dfp.MultiModalSample)
     assert isinstance(out[1], np.ndarray) and out[1].size == 0
     assert "1 of 3 inputs could not be parsed" in caplog.text
-    assert structural.last_failures == {1: "cannot read a crystal structure: TypeError: Cannot "
-                                           "read a crystal structure from a str"}
+    assert structural.last_failures == {
+        1: "cannot read a crystal structure: TypeError: Cannot read a crystal structure from a str"
+    }
     assert "1:str (cannot read a crystal structure" in caplog.text
 
 
 def test_parallel_featurization_matches_serial(tmp_path):
     structures = [build() for build in ORDERED.values()] * 8  # 32: the parallel threshold
-    serial = CrystalMultiModalFeaturizer(["graph", "composition"], progress=False,
-                                         cache_dir=tmp_path)
-    parallel = CrystalMultiModalFeaturizer(["graph", "composition"], progress=False, n_jobs=2,
-                                           cache_dir=tmp_path)
+    serial = CrystalMultiModalFeaturizer(
+        ["graph", "composition"], progress=False, cache_dir=tmp_path
+    )
+    parallel = CrystalMultiModalFeaturizer(
+        ["graph", "composition"], progress=False, n_jobs=2, cache_dir=tmp_path
+    )
     for a, b in zip(serial.featurize(structures), parallel.featurize(structures)):
         np.testing.assert_array_equal(a.values["graph"].edge_index, b.values["graph"].edge_index)
         np.testing.assert_array_equal(a.values["composition"], b.values["composition"])
@@ -105,8 +118,9 @@ def test_parallel_featurization_matches_serial(tmp_path):
 def test_specs_rebuild_the_featurizer_and_str_is_a_cache_key(structural):
     again = CrystalMultiModalFeaturizer(structural.modalities, progress=False, cache_dir=False)
     assert again.modalities == structural.modalities
-    other = CrystalMultiModalFeaturizer(["graph", "composition"], radius=6.0, progress=False,
-                                        cache_dir=False)
+    other = CrystalMultiModalFeaturizer(
+        ["graph", "composition"], radius=6.0, progress=False, cache_dir=False
+    )
     assert str(other) != str(structural) and str(again) == str(structural)
     with pytest.raises(ValueError, match="Unknown crystal modality"):
         CrystalMultiModalFeaturizer(["nope"], cache_dir=False)
@@ -116,16 +130,21 @@ def test_registered_in_deepchem():
     import deepchem as dc
 
     assert dc.feat.CrystalMultiModalFeaturizer is CrystalMultiModalFeaturizer
-    assert isinstance(CrystalMultiModalFeaturizer(["composition"], cache_dir=False),
-                      dc.feat.MaterialStructureFeaturizer)
+    assert isinstance(
+        CrystalMultiModalFeaturizer(["composition"], cache_dir=False),
+        dc.feat.MaterialStructureFeaturizer,
+    )
 
 
 # -- text ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def textual(tmp_path_factory):
     needs_text_model()
-    return CrystalMultiModalFeaturizer(["text", "text_embedding", "text_sentences"],
-                                       progress=False, cache_dir=tmp_path_factory.mktemp("tcache"))
+    return CrystalMultiModalFeaturizer(
+        ["text", "text_embedding", "text_sentences"],
+        progress=False,
+        cache_dir=tmp_path_factory.mktemp("tcache"),
+    )
 
 
 def test_text_tokens_embeddings_and_sentences(textual):
@@ -145,7 +164,10 @@ def test_text_tokens_embeddings_and_sentences(textual):
         assert sentences.shape == (n, 384) and sentences.dtype == np.float16 and n >= 4
         assert np.isfinite(sentences.astype(np.float32)).all()
     # different crystals, different texts, different embeddings
-    assert np.abs(samples[0].values["text_embedding"] - samples[1].values["text_embedding"]).max() > 0.01
+    assert (
+        np.abs(samples[0].values["text_embedding"] - samples[1].values["text_embedding"]).max()
+        > 0.01
+    )
     assert textual.modalities[1].kind == "embedding" and textual.modalities[1].dim == 384
     assert textual.modalities[2].kind == "text"
     assert textual.modalities[2].params["representation"] == "sentence_embeddings"
@@ -173,8 +195,9 @@ def test_embedding_is_the_mean_pooled_sentence_transformer_vector(textual):
 
 def test_embeddings_and_descriptions_come_from_the_disk_cache(textual, monkeypatch):
     textual.featurize([cscl()])
-    again = CrystalMultiModalFeaturizer(textual.modalities, progress=False,
-                                        cache_dir=textual.cache_dir)
+    again = CrystalMultiModalFeaturizer(
+        textual.modalities, progress=False, cache_dir=textual.cache_dir
+    )
 
     def fail(*args, **kwargs):
         raise AssertionError("not cached")
@@ -200,12 +223,14 @@ def test_parallel_featurization_with_text(textual, tmp_path):
     """Descriptions and token ids are computed in forked workers (the SQLite description cache is
     written from them); the embeddings afterwards in this process."""
     structures = [build() for build in ORDERED.values()] * 8
-    parallel = CrystalMultiModalFeaturizer(textual.modalities, progress=False, n_jobs=2,
-                                           cache_dir=tmp_path)
+    parallel = CrystalMultiModalFeaturizer(
+        textual.modalities, progress=False, n_jobs=2, cache_dir=tmp_path
+    )
     serial = textual.featurize(structures[:4])
     out = parallel.featurize(structures)
     for i, sample in enumerate(out):
         reference = serial[i % 4]
         np.testing.assert_array_equal(sample.values["text"], reference.values["text"])
-        np.testing.assert_allclose(sample.values["text_embedding"],
-                                   reference.values["text_embedding"], atol=1e-5)
+        np.testing.assert_allclose(
+            sample.values["text_embedding"], reference.values["text_embedding"], atol=1e-5
+        )

@@ -1,5 +1,6 @@
 """MatMMFuseModel (CGCNN + text, cross-attention), its unimodal baselines, and the crystal
 modalities in the other fusion models."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,13 +14,28 @@ import torch  # noqa: E402,F401
 import deepfuse_plugin as dfp  # noqa: E402
 from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer  # noqa: E402
 from deepfuse_plugin.nn.fusion import CrossAttentionFusion, ProjectionFusion  # noqa: E402
-from tests.unit.test_crystal_structures import (cscl, disordered, lone_atom, nacl,  # noqa: E402
-                                                needs_text_model, silicon, srtio3,
-                                                with_isolated_atom)
+from tests.unit.test_crystal_structures import (
+    cscl,
+    disordered,
+    lone_atom,
+    nacl,  # noqa: E402
+    needs_text_model,
+    silicon,
+    srtio3,
+    with_isolated_atom,
+)
 
-TINY = dict(encoder_dim=32, fused_dim=32, head_hidden=32, n_heads=2, attention_hidden=16,
-            batch_size=4, learning_rate=3e-3, progress=False,
-            encoder_options={"crystal_graph": {"atom_fea_len": 16, "n_conv": 2}})
+TINY = dict(
+    encoder_dim=32,
+    fused_dim=32,
+    head_hidden=32,
+    n_heads=2,
+    attention_hidden=16,
+    batch_size=4,
+    learning_rate=3e-3,
+    progress=False,
+    encoder_options={"crystal_graph": {"atom_fea_len": 16, "n_conv": 2}},
+)
 
 
 def _tiny(**overrides):
@@ -34,8 +50,11 @@ STRUCTURES = [nacl, cscl, silicon, srtio3, with_isolated_atom, lone_atom, disord
 @pytest.fixture(scope="module")
 def featurizer(tmp_path_factory):
     needs_text_model()
-    return CrystalMultiModalFeaturizer(["graph", "text_sentences", "text_embedding", "composition"],
-                                       progress=False, cache_dir=tmp_path_factory.mktemp("c"))
+    return CrystalMultiModalFeaturizer(
+        ["graph", "text_sentences", "text_embedding", "composition"],
+        progress=False,
+        cache_dir=tmp_path_factory.mktemp("c"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -133,14 +152,17 @@ def test_other_fusion_models_take_crystal_modalities(featurizer, dataset, model_
 def test_text_tokens_route_with_a_scratch_encoder(tmp_path):
     """The fine-tuning route's data path: token ids -> padded batch -> a trainable text encoder."""
     try:
-        feat = CrystalMultiModalFeaturizer(["graph", "text"], text_max_length=64, progress=False,
-                                           cache_dir=tmp_path)
+        feat = CrystalMultiModalFeaturizer(
+            ["graph", "text"], text_max_length=64, progress=False, cache_dir=tmp_path
+        )
     except (ImportError, FileNotFoundError) as err:
         pytest.skip(f"offline text model not installed: {err}")
     X = feat.featurize([nacl(), cscl(), silicon(), srtio3()])
     ds = dc.data.NumpyDataset(X, np.arange(4.0).reshape(-1, 1))
-    options = {"crystal_graph": {"atom_fea_len": 16, "n_conv": 2},
-               "text": {"backbone": "scratch", "n_layers": 1, "n_heads": 2}}
+    options = {
+        "crystal_graph": {"atom_fea_len": 16, "n_conv": 2},
+        "text": {"backbone": "scratch", "n_layers": 1, "n_heads": 2},
+    }
     model = dc.models.MatMMFuseModel(1, feat.modalities, **_tiny(encoder_options=options))
     model.fit(ds, nb_epoch=1)
     assert model.predict(ds).shape == (4, 1)
@@ -150,15 +172,17 @@ def test_text_tokens_route_with_a_scratch_encoder(tmp_path):
 def test_fine_tuned_pretrained_text_encoder(tmp_path):
     """MatMMFuse's fine-tuned route: MiniLM trained end to end on the description tokens."""
     try:
-        feat = CrystalMultiModalFeaturizer(["graph", "text"], text_max_length=48, progress=False,
-                                           cache_dir=tmp_path)
+        feat = CrystalMultiModalFeaturizer(
+            ["graph", "text"], text_max_length=48, progress=False, cache_dir=tmp_path
+        )
     except (ImportError, FileNotFoundError) as err:
         pytest.skip(f"offline text model not installed: {err}")
     X = feat.featurize([nacl(), cscl(), silicon(), srtio3()])
     ds = dc.data.NumpyDataset(X, np.arange(4.0).reshape(-1, 1))
     options = {"crystal_graph": {"atom_fea_len": 16, "n_conv": 2}, "text": {"freeze": False}}
-    model = dc.models.MatMMFuseModel(1, feat.modalities, model_dir=str(tmp_path / "m"),
-                                     **_tiny(encoder_options=options))
+    model = dc.models.MatMMFuseModel(
+        1, feat.modalities, model_dir=str(tmp_path / "m"), **_tiny(encoder_options=options)
+    )
     backbone = model.model.encoders["text"].backbone
     before = next(backbone.parameters()).detach().clone()
     model.fit(ds, nb_epoch=1)
@@ -198,8 +222,12 @@ def test_pretrained_text_encoder_in_length_chunks_equals_one_pass():
 def test_crystal_modality_names_resolve_in_any_model(featurizer):
     model = dc.models.DynamicFusionModel(1, ["graph", "ecfp"], progress=False)
     assert [m.kind for m in model.modalities] == ["graph", "vector"]  # "graph" = molecular
-    crystal = dc.models.EarlyFusionModel(1, ["matgl_graph", "composition"], progress=False,
-                                         encoder_options={"crystal_graph": {"backbone": "cgcnn"}})
+    crystal = dc.models.EarlyFusionModel(
+        1,
+        ["matgl_graph", "composition"],
+        progress=False,
+        encoder_options={"crystal_graph": {"backbone": "cgcnn"}},
+    )
     assert [m.kind for m in crystal.modalities] == ["crystal_graph", "vector"]
     assert crystal.modalities[0].params["format"] == "matgl"
     with pytest.raises(ValueError, match="crystal modalities"):

@@ -1,14 +1,15 @@
 """MultiModalFeaturizer: bad input, modality failures, parallelism, cache key, rebuilding."""
+
 from __future__ import annotations
 
 import logging
 
+import deepchem as dc
 import numpy as np
 import pytest
 import torch
 from rdkit import Chem
 
-import deepchem as dc
 import deepfuse_plugin as dfp
 from deepfuse_plugin.feat import molecule
 from deepfuse_plugin.modalities import GraphFeatures, Modality
@@ -47,9 +48,9 @@ def test_fingerprint_bits_are_stored_as_bytes_and_collate_to_float32():
     counts = dfp.MultiModalFeaturizer(["ecfp"], ecfp_counts=True, progress=False)
     (bits,), (counted,) = feat.featurize(["CCO"]), counts.featurize(["CCO"])
     assert bits.values["ecfp"].dtype == np.uint8 and counted.values["ecfp"].dtype == np.float32
-    expected = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048
-                                                         ).GetFingerprintAsNumPy(
-        Chem.MolFromSmiles("CCO"))
+    expected = rdFingerprintGenerator.GetMorganGenerator(
+        radius=2, fpSize=2048
+    ).GetFingerprintAsNumPy(Chem.MolFromSmiles("CCO"))
     batch = collate_samples([bits], feat.modalities)
     assert batch.inputs["ecfp"].dtype == torch.float32
     np.testing.assert_array_equal(batch.inputs["ecfp"][0].numpy(), expected.astype(np.float32))
@@ -57,8 +58,9 @@ def test_fingerprint_bits_are_stored_as_bytes_and_collate_to_float32():
 
 def test_featurize_accepts_smiles_mols_and_a_single_string(small_featurizer):
     from_smiles = small_featurizer.featurize(["CCO", "c1ccccc1"])
-    from_mols = small_featurizer.featurize([Chem.MolFromSmiles("CCO"),
-                                            Chem.MolFromSmiles("c1ccccc1")])
+    from_mols = small_featurizer.featurize(
+        [Chem.MolFromSmiles("CCO"), Chem.MolFromSmiles("c1ccccc1")]
+    )
     single = small_featurizer.featurize("CCO")
     assert from_smiles.dtype == object and from_smiles.shape == (2,)
     assert single.shape == (1,)
@@ -67,8 +69,9 @@ def test_featurize_accepts_smiles_mols_and_a_single_string(small_featurizer):
     assert_samples_equal(single[0], from_smiles[0])
 
 
-def test_invalid_empty_and_none_give_empty_arrays_and_a_warning_naming_the_index(small_featurizer,
-                                                                                   caplog):
+def test_invalid_empty_and_none_give_empty_arrays_and_a_warning_naming_the_index(
+    small_featurizer, caplog
+):
     inputs = ["CCO", "not_a_smiles", "", None, float("nan"), "C1CC", "c1ccccc1"]
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         out = small_featurizer.featurize(inputs)
@@ -85,8 +88,12 @@ def test_invalid_empty_and_none_give_empty_arrays_and_a_warning_naming_the_index
         assert f"{index}:{text}" in message
     assert "0:" not in message and "6:" not in message
     assert small_featurizer.last_failures == {
-        1: "RDKit cannot parse this SMILES", 2: "empty SMILES", 3: "not a string (got NoneType)",
-        4: "not a string (got float)", 5: "RDKit cannot parse this SMILES"}
+        1: "RDKit cannot parse this SMILES",
+        2: "empty SMILES",
+        3: "not a string (got NoneType)",
+        4: "not a string (got float)",
+        5: "RDKit cannot parse this SMILES",
+    }
     assert "5:'C1CC' (RDKit cannot parse this SMILES)" in message
 
 
@@ -134,10 +141,12 @@ def test_failing_modality_rows_survive_csv_loader(tmp_path):
 
 def test_parallel_featurization_gives_the_same_samples(monkeypatch):
     smiles = ["CCO", "c1ccccc1", "CC(=O)Nc1ccc(O)cc1", "bad", "C[C@H](N)C(=O)O", "CCN"] * 12  # 72
-    serial = dfp.MultiModalFeaturizer(["ecfp", "graph", "smiles"], ecfp_size=64, n_jobs=1,
-                                      progress=False)
-    parallel = dfp.MultiModalFeaturizer(["ecfp", "graph", "smiles"], ecfp_size=64, n_jobs=2,
-                                        progress=False)
+    serial = dfp.MultiModalFeaturizer(
+        ["ecfp", "graph", "smiles"], ecfp_size=64, n_jobs=1, progress=False
+    )
+    parallel = dfp.MultiModalFeaturizer(
+        ["ecfp", "graph", "smiles"], ecfp_size=64, n_jobs=2, progress=False
+    )
     calls = []
     original = molecule.MultiModalFeaturizer._featurize_parallel
 
@@ -163,11 +172,17 @@ def test_str_is_a_cache_key_that_depends_on_the_modalities():
     base = key("ecfp", "smiles")
     assert base == key("ecfp", "smiles")  # stable: same config, same cache folder
     assert base == key("ecfp", "smiles", n_jobs=2)  # n_jobs does not change the features
-    variants = [key("ecfp"), key("ecfp", "graph"), key("smiles", "ecfp"),
-                key("ecfp", "smiles", ecfp_size=1024), key("ecfp", "smiles", ecfp_radius=3),
-                key("ecfp", "smiles", ecfp_counts=True), key("ecfp", "smiles", max_length=64),
-                key("ecfp", "emb", embeddings={"emb": {"CCO": [1.0, 2.0]}}),
-                key("ecfp", "emb", embeddings={"emb": {"CCO": [1.0, 3.0]}})]
+    variants = [
+        key("ecfp"),
+        key("ecfp", "graph"),
+        key("smiles", "ecfp"),
+        key("ecfp", "smiles", ecfp_size=1024),
+        key("ecfp", "smiles", ecfp_radius=3),
+        key("ecfp", "smiles", ecfp_counts=True),
+        key("ecfp", "smiles", max_length=64),
+        key("ecfp", "emb", embeddings={"emb": {"CCO": [1.0, 2.0]}}),
+        key("ecfp", "emb", embeddings={"emb": {"CCO": [1.0, 3.0]}}),
+    ]
     assert len({base, *variants}) == len(variants) + 1
     assert all(k.startswith("MultiModalFeaturizer_") for k in variants)
 
@@ -185,12 +200,18 @@ def test_rebuild_from_specs_gives_identical_features():
     smiles = ["CCO", "c1ccccc1O", "C[C@H](N)C(=O)O", "CC(=O)Nc1ccc(O)cc1", "C[Xe]C"]
     table = {"CCO": [1.0, 2.0], "Oc1ccccc1": [3.0, 4.0]}
     original = dfp.MultiModalFeaturizer(
-        ["ecfp", "graph", "smiles", "selfies", "descriptors", "emb"], ecfp_radius=3, ecfp_size=256,
-        ecfp_counts=True, max_length=20,
+        ["ecfp", "graph", "smiles", "selfies", "descriptors", "emb"],
+        ecfp_radius=3,
+        ecfp_size=256,
+        ecfp_counts=True,
+        max_length=20,
         smiles_vocabulary=dfp.feat.tokenizers.fit_smiles_vocabulary(["C[Xe]C"]),
-        embeddings={"emb": table}, progress=False)
-    rebuilt = dfp.MultiModalFeaturizer(modalities=original.modalities, embeddings={"emb": table},
-                                       progress=False)
+        embeddings={"emb": table},
+        progress=False,
+    )
+    rebuilt = dfp.MultiModalFeaturizer(
+        modalities=original.modalities, embeddings={"emb": table}, progress=False
+    )
     assert rebuilt.modalities == original.modalities
     assert str(rebuilt) == str(original)
     for a, b in zip(original.featurize(smiles), rebuilt.featurize(smiles)):
@@ -198,7 +219,9 @@ def test_rebuild_from_specs_gives_identical_features():
     # also from the JSON form a saved model keeps
     from_dicts = dfp.MultiModalFeaturizer(
         modalities=[Modality.from_dict(m.to_dict()) for m in original.modalities],
-        embeddings={"emb": table}, progress=False)
+        embeddings={"emb": table},
+        progress=False,
+    )
     assert from_dicts.modalities == original.modalities
 
 
@@ -206,14 +229,19 @@ def test_rebuild_from_specs_of_custom_named_modalities():
     """Specs, not names, say how to rebuild: a SELFIES modality called 'sf' stays SELFIES."""
     smiles = ["CCO", "c1ccccc1O", "C[C@H](N)C(=O)O"]
     original = dfp.MultiModalFeaturizer(
-        [molecule.SelfiesModality(max_length=32, name="sf"),
-         molecule.SmilesModality(max_length=16, name="smi16"),
-         molecule.ECFPModality(radius=1, size=64, name="fp"),
-         molecule.DescriptorsModality(name="rdkit2d"),
-         molecule.GraphModality(name="mol_graph")], progress=False)
+        [
+            molecule.SelfiesModality(max_length=32, name="sf"),
+            molecule.SmilesModality(max_length=16, name="smi16"),
+            molecule.ECFPModality(radius=1, size=64, name="fp"),
+            molecule.DescriptorsModality(name="rdkit2d"),
+            molecule.GraphModality(name="mol_graph"),
+        ],
+        progress=False,
+    )
     rebuilt = dfp.MultiModalFeaturizer(modalities=original.modalities, progress=False)
-    assert [type(m) for m in rebuilt.modality_featurizers] == \
-        [type(m) for m in original.modality_featurizers]
+    assert [type(m) for m in rebuilt.modality_featurizers] == [
+        type(m) for m in original.modality_featurizers
+    ]
     for a, b in zip(original.featurize(smiles), rebuilt.featurize(smiles)):
         assert_samples_equal(a, b)
 
@@ -262,11 +290,13 @@ def test_presence_frame_and_drop_modalities(featurized, smiles):
     assert (dfp.presence_frame(only).sum(axis=1) == 1).all()
     np.testing.assert_array_equal(dropped.ids, ds.ids)
     # for a model reading only ecfp and graph, the last of those two is kept (smiles does not count)
-    for_model = dfp.presence_frame(dfp.drop_modalities(ds, ["ecfp", "graph"], fraction=1.0,
-                                                       keep_one_of=["ecfp", "graph"]))
+    for_model = dfp.presence_frame(
+        dfp.drop_modalities(ds, ["ecfp", "graph"], fraction=1.0, keep_one_of=["ecfp", "graph"])
+    )
     assert (for_model[["ecfp", "graph"]].sum(axis=1) == 1).all() and for_model["smiles"].all()
-    assert not dfp.presence_frame(dfp.drop_modalities(ds, ["ecfp", "graph"], fraction=1.0)
-                                  )[["ecfp", "graph"]].values.any()  # smiles was enough
+    assert not dfp.presence_frame(dfp.drop_modalities(ds, ["ecfp", "graph"], fraction=1.0))[
+        ["ecfp", "graph"]
+    ].values.any()  # smiles was enough
     with pytest.raises(ValueError, match=r"Cannot drop \['grpah'\]"):
         dfp.drop_modalities(ds, ["grpah"])
     with pytest.raises(ValueError, match="fraction"):

@@ -4,6 +4,7 @@ Inputs that crash or stall RDKit/spglib/pymatgen (a 20,000-character SMILES, hug
 coordinates, collapsed lattices), inputs that are not text at all, and a worker process that dies:
 none may raise out of ``featurize`` or cost the other rows.
 """
+
 from __future__ import annotations
 
 import faulthandler
@@ -106,14 +107,14 @@ def test_huge_mol_inputs_are_refused_before_the_smiles_writer(n_jobs, monkeypatc
 def test_limits_can_be_raised_and_change_the_cache_key_only_when_not_default():
     default = dfp.MultiModalFeaturizer(["ecfp"], progress=False)
     assert default.limits is DEFAULT_LIMITS
-    roomy = dfp.MultiModalFeaturizer(["ecfp"], progress=False,
-                                     limits=InputLimits(max_atoms=2_000))
+    roomy = dfp.MultiModalFeaturizer(["ecfp"], progress=False, limits=InputLimits(max_atoms=2_000))
     assert not default.featurize_one("C" * 1_500)
     assert roomy.featurize_one("C" * 1_500).present("ecfp")
     assert str(default) == str(dfp.MultiModalFeaturizer(["ecfp"], progress=False))
     assert str(roomy) != str(default)
-    rebuilt = dfp.MultiModalFeaturizer(modalities=roomy.modalities, limits=roomy.limits,
-                                       progress=False)
+    rebuilt = dfp.MultiModalFeaturizer(
+        modalities=roomy.modalities, limits=roomy.limits, progress=False
+    )
     assert rebuilt.limits == roomy.limits and str(rebuilt) == str(roomy)
     with pytest.raises(TypeError, match="InputLimits"):
         dfp.MultiModalFeaturizer(["ecfp"], progress=False, limits={"max_atoms": 5})
@@ -130,7 +131,8 @@ def test_an_exception_while_parsing_fails_only_its_row(featurizer, monkeypatch):
     monkeypatch.setattr(molecule.Chem, "MolToSmiles", breaks_on_propanol)
     out = featurizer.featurize(["CCO", "CCCO", "CC"])
     assert featurizer.last_failures == {
-        1: "RDKit failed on this input: RuntimeError: writer exploded"}
+        1: "RDKit failed on this input: RuntimeError: writer exploded"
+    }
     assert isinstance(out[0], dfp.MultiModalSample) and isinstance(out[2], dfp.MultiModalSample)
 
 
@@ -199,14 +201,19 @@ def test_ipc_and_avg_ipc_share_one_characteristic_polynomial(monkeypatch):
 
 
 def test_descriptors_of_a_molecule_over_the_limit_are_missing_with_the_reason():
-    feat = dfp.MultiModalFeaturizer(["ecfp", "descriptors"], ecfp_size=32, progress=False,
-                                    limits=InputLimits(max_descriptor_atoms=10))
+    feat = dfp.MultiModalFeaturizer(
+        ["ecfp", "descriptors"],
+        ecfp_size=32,
+        progress=False,
+        limits=InputLimits(max_descriptor_atoms=10),
+    )
     small, large = feat.featurize(["CCO", "C" * 11])
     assert small.present("descriptors")
     assert large.present("ecfp") and not large.present("descriptors")
     assert large.missing_reasons["descriptors"] == (
         "11 heavy atoms, over the limit of 10 for RDKit descriptors "
-        "(InputLimits.max_descriptor_atoms)")
+        "(InputLimits.max_descriptor_atoms)"
+    )
     assert DEFAULT_LIMITS.max_descriptor_atoms <= 200  # the measured bound (module notes)
 
 
@@ -234,8 +241,9 @@ def test_parallel_featurization_survives_workers_that_die(caplog):
     smiles = [("C" * (i % 14 + 1)) for i in range(70)]  # C10 at 9, 23, ...; C12 at 11, 25, ...
     crashers = [i for i, s in enumerate(smiles) if s in ("C" * 10, "C" * 12)]
     serial = dfp.MultiModalFeaturizer(["ecfp", KillsItsProcess()], ecfp_size=32, progress=False)
-    parallel = dfp.MultiModalFeaturizer(["ecfp", KillsItsProcess()], ecfp_size=32,
-                                        progress=False, n_jobs=2)
+    parallel = dfp.MultiModalFeaturizer(
+        ["ecfp", KillsItsProcess()], ecfp_size=32, progress=False, n_jobs=2
+    )
     expected = serial.featurize(smiles)
     with caplog.at_level(logging.WARNING):
         out = parallel.featurize(smiles)
@@ -256,7 +264,10 @@ def test_run_isolated_keeps_task_order_and_isolates_the_crashing_item():
 
     tasks = [["a", "b", "die", "c", "d"], [], ["e"]]
     assert _base.run_isolated(Featurizer(), tasks, n_jobs=2) == [
-        ["A", "B", _base.RowFailure(_base.CRASH_REASON), "C", "D"], [], ["E"]]
+        ["A", "B", _base.RowFailure(_base.CRASH_REASON), "C", "D"],
+        [],
+        ["E"],
+    ]
 
 
 # -- crystals -------------------------------------------------------------------------------------
@@ -270,8 +281,10 @@ def crystal_cases():
     over_one = nacl()
     over_one.sites[0]._species = Composition({"Na": 0.8, "K": 0.5})  # as a careless reader might
     over_one_dict = nacl().as_dict()
-    over_one_dict["sites"][0]["species"] = [{"element": "Na", "occu": 0.8},
-                                            {"element": "K", "occu": 0.5}]
+    over_one_dict["sites"][0]["species"] = [
+        {"element": "Na", "occu": 0.8},
+        {"element": "K", "occu": 0.5},
+    ]
     return nacl(), {
         "nan": (nacl(((0, 0, 0), (np.nan, 0.5, 0.5))), "non-finite fractional coordinates"),
         "flat": (nacl(lattice=Lattice.orthorhombic(5, 5, 1e-6)), "lattice vector lengths"),
@@ -288,6 +301,7 @@ def test_each_hostile_crystal_is_a_row_failure_checked_before_any_modality(monke
     from deepfuse_plugin.feat import crystal
 
     good, cases = crystal_cases()
+
     class DescriptionLength(crystal.CrystalModalityFeaturizer):
         """Reads the description: the text describer (spglib) runs for each structure."""
 
@@ -297,13 +311,15 @@ def test_each_hostile_crystal_is_a_row_failure_checked_before_any_modality(monke
         def compute(self, structure, context):
             return np.full(1, len(context.description), np.float32)
 
-    feat = crystal.CrystalMultiModalFeaturizer(["graph", "composition", DescriptionLength()],
-                                               progress=False, cache_dir=False)
+    feat = crystal.CrystalMultiModalFeaturizer(
+        ["graph", "composition", DescriptionLength()], progress=False, cache_dir=False
+    )
     touched = []
     for modality in feat.modality_featurizers:
         real = modality.compute
-        monkeypatch.setattr(modality, "compute",
-                            lambda s, c, real=real: touched.append(len(s)) or real(s, c))
+        monkeypatch.setattr(
+            modality, "compute", lambda s, c, real=real: touched.append(len(s)) or real(s, c)
+        )
     inputs = [good, *(structure for structure, _ in cases.values())]
     out = feat.featurize(inputs)
     assert isinstance(out[0], dfp.MultiModalSample) and out[0].present("description_length")
@@ -324,8 +340,11 @@ def test_a_description_that_cannot_be_encoded_costs_only_its_own_text_modalities
         name = "surrogates"
 
         def describe(self, structure):
-            return "Bad \ud800 text." if structure.composition.reduced_formula == "NaCl" \
+            return (
+                "Bad \ud800 text."
+                if structure.composition.reduced_formula == "NaCl"
                 else super().describe(structure)
+            )
 
     class EncodesTexts(crystal.CrystalModalityFeaturizer):
         """A batched text modality: its batch would fail as a whole on a surrogate."""
@@ -341,8 +360,12 @@ def test_a_description_that_cannot_be_encoded_costs_only_its_own_text_modalities
 
     from tests.unit.test_crystal_structures import cscl
 
-    feat = crystal.CrystalMultiModalFeaturizer(["composition", EncodesTexts()], progress=False,
-                                               describer=SurrogateDescriber(), cache_dir=False)
+    feat = crystal.CrystalMultiModalFeaturizer(
+        ["composition", EncodesTexts()],
+        progress=False,
+        describer=SurrogateDescriber(),
+        cache_dir=False,
+    )
     bad, fine = feat.featurize([good, cscl()])
     assert bad.present("composition") and not bad.present("text_length")
     assert "cannot be encoded as UTF-8" in bad.missing_reasons["text_length"]

@@ -1,16 +1,24 @@
 """Input limits: every check returns a reason naming the field to raise, never raises."""
+
 import numpy as np
 import pytest
 from rdkit import Chem
 
-from deepfuse_plugin.limits import (InputLimits, molecule_problem, smiles_problem,
-                                    structure_problem)
+from deepfuse_plugin.limits import InputLimits, molecule_problem, smiles_problem, structure_problem
 
 
-@pytest.mark.parametrize("text, fragment", [
-    (None, "not a string"), ("", "empty"), ("  ", "empty"), ("C\ud800C", "UTF-8"),
-    ("C\x00C", "NUL"), ("C" * 2001, "max_smiles_length"), (".".join(["C"] * 51), "max_fragments"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        (None, "not a string"),
+        ("", "empty"),
+        ("  ", "empty"),
+        ("C\ud800C", "UTF-8"),
+        ("C\x00C", "NUL"),
+        ("C" * 2001, "max_smiles_length"),
+        (".".join(["C"] * 51), "max_fragments"),
+    ],
+)
 def test_smiles_problem_names_the_reason(text, fragment):
     assert fragment in smiles_problem(text)
 
@@ -42,13 +50,16 @@ def test_structure_problem_accepts_rock_salt():
     assert structure_problem(_structure(np.eye(3) * 5.6, [[0, 0, 0], [0.5, 0.5, 0.5]])) is None
 
 
-@pytest.mark.parametrize("lattice, coords, fragment", [
-    (np.diag([5.6, 5.6, 1e-6]), [[0, 0, 0], [0.5, 0.5, 0.5]], "lattice vector lengths"),
-    (np.eye(3) * 5.6, [[0, 0, 0], [0.5, 0.5, 1e9]], "max_abs_frac_coord"),
-    (np.eye(3) * 5.6, [[0, 0, 0], [0.01, 0, 0]], "min_distance"),
-    (np.eye(3) * 5.6, [[0, 0, 0], [0.99, 0, 0]], "min_distance"),  # through the periodic image
-    ([[5, 0, 0], [5, 1e-9, 0], [0, 0, 5]], [[0, 0, 0], [0.5, 0.5, 0.5]], "volume"),
-])
+@pytest.mark.parametrize(
+    "lattice, coords, fragment",
+    [
+        (np.diag([5.6, 5.6, 1e-6]), [[0, 0, 0], [0.5, 0.5, 0.5]], "lattice vector lengths"),
+        (np.eye(3) * 5.6, [[0, 0, 0], [0.5, 0.5, 1e9]], "max_abs_frac_coord"),
+        (np.eye(3) * 5.6, [[0, 0, 0], [0.01, 0, 0]], "min_distance"),
+        (np.eye(3) * 5.6, [[0, 0, 0], [0.99, 0, 0]], "min_distance"),  # through the periodic image
+        ([[5, 0, 0], [5, 1e-9, 0], [0, 0, 5]], [[0, 0, 0], [0.5, 0.5, 0.5]], "volume"),
+    ],
+)
 def test_structure_problem_names_the_broken_part(lattice, coords, fragment):
     assert fragment in structure_problem(_structure(lattice, coords))
 

@@ -1,16 +1,17 @@
 """DynamicFusionModel / MultiModalTorchModel: DeepChem conventions, checkpoints, bad input."""
+
 from __future__ import annotations
 
 import json
 import logging
 import os
 
+import deepchem as dc
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-import deepchem as dc
 import deepfuse_plugin as dfp
 from deepfuse_plugin import DynamicFusionModel, MultiModalTorchModel
 
@@ -26,8 +27,9 @@ def trained(small_featurizer, featurized, smiles, make_tiny_kwargs, tmp_path_fac
     ids = np.array(smiles)
     y = np.random.default_rng(1).normal(size=(len(featurized), N_TASKS))
     ds = dc.data.NumpyDataset(featurized, y, ids=ids)
-    model = DynamicFusionModel(N_TASKS, small_featurizer.modalities, model_dir=model_dir,
-                               **make_tiny_kwargs())
+    model = DynamicFusionModel(
+        N_TASKS, small_featurizer.modalities, model_dir=model_dir, **make_tiny_kwargs()
+    )
     loss = model.fit(ds, nb_epoch=3)
     return model, ds, model_dir, loss
 
@@ -54,8 +56,9 @@ def test_predict_undoes_transformers(trained):
 def test_classification_probabilities(small_featurizer, featurized, tiny_model_kwargs, n_tasks):
     y = (np.arange(len(featurized) * n_tasks).reshape(-1, n_tasks) % 2).astype(float)
     ds = dc.data.NumpyDataset(featurized, y)
-    model = DynamicFusionModel(n_tasks, small_featurizer.modalities, mode="classification",
-                               **tiny_model_kwargs)
+    model = DynamicFusionModel(
+        n_tasks, small_featurizer.modalities, mode="classification", **tiny_model_kwargs
+    )
     assert np.isfinite(model.fit(ds, nb_epoch=2))
     prob = model.predict(ds)
     assert prob.shape == (len(ds), n_tasks, 2)
@@ -69,14 +72,16 @@ def test_classification_rejects_non_class_labels(small_featurizer, featurized, t
     y = np.zeros((len(featurized), 1))
     y[3] = 2.0
     ds = dc.data.NumpyDataset(featurized, y, ids=np.array([f"mol{i}" for i in range(len(y))]))
-    model = DynamicFusionModel(1, small_featurizer.modalities, mode="classification",
-                               **tiny_model_kwargs)
+    model = DynamicFusionModel(
+        1, small_featurizer.modalities, mode="classification", **tiny_model_kwargs
+    )
     with pytest.raises(ValueError, match=r"integers in \[0, 2\).*mol3"):
         model.fit(ds, nb_epoch=1)
 
 
-def test_multitask_with_missing_labels_trains_with_finite_loss(small_featurizer, featurized,
-                                                               tiny_model_kwargs, caplog):
+def test_multitask_with_missing_labels_trains_with_finite_loss(
+    small_featurizer, featurized, tiny_model_kwargs, caplog
+):
     n = len(featurized)
     rng = np.random.default_rng(0)
     y = rng.normal(size=(n, 3))
@@ -117,14 +122,19 @@ def test_weights_are_honoured(small_featurizer, featurized, tiny_model_kwargs):
     n = len(featurized)
     y = np.random.default_rng(0).normal(size=(n, 1))
     w = np.ones((n, 1))
-    w[n // 2:] = 0
+    w[n // 2 :] = 0
     y_changed = y.copy()
-    y_changed[n // 2:] += 100.0  # only weight-0 labels differ
+    y_changed[n // 2 :] += 100.0  # only weight-0 labels differ
     results = []
     for labels in (y, y_changed):
         torch.manual_seed(0)
-        model = DynamicFusionModel(1, small_featurizer.modalities, mask_start=0.0, mask_end=0.0,
-                                   **{**tiny_model_kwargs, "dropout": 0.0})
+        model = DynamicFusionModel(
+            1,
+            small_featurizer.modalities,
+            mask_start=0.0,
+            mask_end=0.0,
+            **{**tiny_model_kwargs, "dropout": 0.0},
+        )
         torch.manual_seed(1)
         model.fit(dc.data.NumpyDataset(featurized, labels, w), nb_epoch=2, deterministic=True)
         results.append(model.predict(dc.data.NumpyDataset(featurized)))
@@ -134,8 +144,9 @@ def test_weights_are_honoured(small_featurizer, featurized, tiny_model_kwargs):
 # -- checkpoints and configuration ----------------------------------------------------------------
 def test_save_restore_gives_identical_predictions(trained, small_featurizer, make_tiny_kwargs):
     model, ds, model_dir, _ = trained
-    fresh = DynamicFusionModel(N_TASKS, small_featurizer.modalities, model_dir=model_dir,
-                               **make_tiny_kwargs())
+    fresh = DynamicFusionModel(
+        N_TASKS, small_featurizer.modalities, model_dir=model_dir, **make_tiny_kwargs()
+    )
     assert not np.array_equal(fresh.predict(ds), model.predict(ds))
     fresh.restore()
     np.testing.assert_array_equal(fresh.predict(ds), model.predict(ds))
@@ -154,18 +165,25 @@ def test_load_rebuilds_model_from_its_directory(trained):
     np.testing.assert_array_equal(loaded.predict(ds), model.predict(ds))
     via_subclass = DynamicFusionModel.load(model_dir, progress=False)
     np.testing.assert_array_equal(via_subclass.predict(ds), model.predict(ds))
-    np.testing.assert_array_equal(loaded.modality_weights(ds).values,
-                                  model.modality_weights(ds).values)
+    np.testing.assert_array_equal(
+        loaded.modality_weights(ds).values, model.modality_weights(ds).values
+    )
 
 
-def test_load_reads_configurations_of_older_formats(small_featurizer, featurized,
-                                                    tiny_model_kwargs, tmp_path):
+def test_load_reads_configurations_of_older_formats(
+    small_featurizer, featurized, tiny_model_kwargs, tmp_path
+):
     """A format-1 configuration (before unimodal heads outside late fusion) loads as it was
     saved, although DynamicFusionModel's default now builds unimodal heads."""
     model_dir = str(tmp_path / "old")
     ds = dc.data.NumpyDataset(featurized[:6], np.zeros((6, 1)))
-    old = DynamicFusionModel(1, small_featurizer.modalities, model_dir=model_dir,
-                             unimodal_loss_weight=0.0, **tiny_model_kwargs)
+    old = DynamicFusionModel(
+        1,
+        small_featurizer.modalities,
+        model_dir=model_dir,
+        unimodal_loss_weight=0.0,
+        **tiny_model_kwargs,
+    )
     old.fit(ds, nb_epoch=1)
     path = os.path.join(model_dir, "deepfuse_config.json")
     with open(path) as fh:
@@ -187,42 +205,55 @@ def test_load_from_a_folder_without_config_is_a_clear_error(tmp_path):
         MultiModalTorchModel.load(str(tmp_path))
 
 
-@pytest.mark.parametrize("change,key", [
-    ({"fused_dim": 64}, "fused_dim"),
-    ({"encoder_dim": 16}, "encoder_dim"),
-    ({"gate_hidden": 24}, "gate_hidden"),
-    ({"encoder_options": {"graph": {"n_layers": 3}}}, "encoder_options"),
-])
-def test_restore_into_a_different_configuration_names_the_key(trained, small_featurizer,
-                                                              make_tiny_kwargs, change, key):
+@pytest.mark.parametrize(
+    "change,key",
+    [
+        ({"fused_dim": 64}, "fused_dim"),
+        ({"encoder_dim": 16}, "encoder_dim"),
+        ({"gate_hidden": 24}, "gate_hidden"),
+        ({"encoder_options": {"graph": {"n_layers": 3}}}, "encoder_options"),
+    ],
+)
+def test_restore_into_a_different_configuration_names_the_key(
+    trained, small_featurizer, make_tiny_kwargs, change, key
+):
     _, _, model_dir, _ = trained
-    other = DynamicFusionModel(N_TASKS, small_featurizer.modalities, model_dir=model_dir,
-                               **make_tiny_kwargs(**change))
+    other = DynamicFusionModel(
+        N_TASKS, small_featurizer.modalities, model_dir=model_dir, **make_tiny_kwargs(**change)
+    )
     with pytest.raises(ValueError, match=f"configuration differs(.|\\n)*{key}"):
         other.restore()
 
 
 def test_restore_with_different_tasks_or_modalities_names_them(trained, make_tiny_kwargs):
     _, _, model_dir, _ = trained
-    specs = dfp.MultiModalFeaturizer(["ecfp", "graph", "smiles"], ecfp_size=64, max_length=48,
-                                     progress=False).modalities
+    specs = dfp.MultiModalFeaturizer(
+        ["ecfp", "graph", "smiles"], ecfp_size=64, max_length=48, progress=False
+    ).modalities
     with pytest.raises(ValueError, match="modality 'ecfp'"):
         DynamicFusionModel(N_TASKS, specs, model_dir=model_dir, **make_tiny_kwargs()).restore()
     fewer = specs[1:]
     with pytest.raises(ValueError, match="modalities: saved"):
         DynamicFusionModel(N_TASKS, fewer, model_dir=model_dir, **make_tiny_kwargs()).restore()
-    original = dfp.MultiModalFeaturizer(["ecfp", "graph", "smiles"], ecfp_size=128, max_length=48,
-                                        progress=False).modalities
+    original = dfp.MultiModalFeaturizer(
+        ["ecfp", "graph", "smiles"], ecfp_size=128, max_length=48, progress=False
+    ).modalities
     with pytest.raises(ValueError, match="n_tasks"):
         DynamicFusionModel(1, original, model_dir=model_dir, **make_tiny_kwargs()).restore()
 
 
-def test_training_settings_do_not_block_restore(trained, small_featurizer, make_tiny_kwargs,
-                                                caplog):
+def test_training_settings_do_not_block_restore(
+    trained, small_featurizer, make_tiny_kwargs, caplog
+):
     model, ds, model_dir, _ = trained
-    other = DynamicFusionModel(N_TASKS, small_featurizer.modalities, model_dir=model_dir,
-                               **make_tiny_kwargs(batch_size=3, learning_rate=1e-4, dropout=0.3,
-                                                  mask_end=0.2, lambda_ent=0.5))
+    other = DynamicFusionModel(
+        N_TASKS,
+        small_featurizer.modalities,
+        model_dir=model_dir,
+        **make_tiny_kwargs(
+            batch_size=3, learning_rate=1e-4, dropout=0.3, mask_end=0.2, lambda_ent=0.5
+        ),
+    )
     with caplog.at_level("WARNING"):
         other.restore()
     # architecture-neutral settings restore, but the user is told what differs
@@ -233,19 +264,46 @@ def test_training_settings_do_not_block_restore(trained, small_featurizer, make_
 
 
 def test_get_config_round_trips_every_constructor_argument(small_featurizer, tiny_model_kwargs):
-    model = DynamicFusionModel(1, small_featurizer.modalities, mask_start=0.05, mask_end=0.3,
-                               lambda_align=0.2, lambda_div=0.03, lambda_ent=0.04,
-                               lambda_sparse=0.005, **tiny_model_kwargs)
+    model = DynamicFusionModel(
+        1,
+        small_featurizer.modalities,
+        mask_start=0.05,
+        mask_end=0.3,
+        lambda_align=0.2,
+        lambda_div=0.03,
+        lambda_ent=0.04,
+        lambda_sparse=0.005,
+        **tiny_model_kwargs,
+    )
     config = model.get_config()
     json.dumps(config)
-    for key in ("mask_start", "mask_end", "lambda_align", "lambda_div", "lambda_ent",
-                "lambda_sparse", "gate_hidden", "attention_hidden", "decoder_hidden", "encoder_dim",
-                "fused_dim", "head_hidden", "dropout", "fusion_loss_weight"):
+    for key in (
+        "mask_start",
+        "mask_end",
+        "lambda_align",
+        "lambda_div",
+        "lambda_ent",
+        "lambda_sparse",
+        "gate_hidden",
+        "attention_hidden",
+        "decoder_hidden",
+        "encoder_dim",
+        "fused_dim",
+        "head_hidden",
+        "dropout",
+        "fusion_loss_weight",
+    ):
         assert config[key] == getattr(model, key), key
-    assert model.fusion.loss_weights == {"rec": 1.0, "align": 0.2, "div": 0.03, "ent": 0.04,
-                                         "sparse": 0.005}
-    rebuilt = DynamicFusionModel(**{k: v for k, v in config.items() if v is not None},
-                                 progress=False)
+    assert model.fusion.loss_weights == {
+        "rec": 1.0,
+        "align": 0.2,
+        "div": 0.03,
+        "ent": 0.04,
+        "sparse": 0.005,
+    }
+    rebuilt = DynamicFusionModel(
+        **{k: v for k, v in config.items() if v is not None}, progress=False
+    )
     assert rebuilt.get_config() == config
 
 
@@ -259,8 +317,14 @@ def test_invalid_constructor_arguments(small_featurizer):
 
 
 def test_modalities_given_by_name_use_default_specs():
-    model = DynamicFusionModel(1, ["ecfp", "smiles"], encoder_dim=16, fused_dim=16, progress=False,
-                               encoder_options={"sequence": {"n_heads": 2}})
+    model = DynamicFusionModel(
+        1,
+        ["ecfp", "smiles"],
+        encoder_dim=16,
+        fused_dim=16,
+        progress=False,
+        encoder_options={"sequence": {"n_heads": 2}},
+    )
     defaults = dfp.MultiModalFeaturizer(["ecfp", "smiles"], progress=False).modalities
     assert model.modalities == defaults
 
@@ -326,8 +390,9 @@ def test_fit_with_wrong_number_of_label_columns(trained, featurized):
 
 
 # -- self-supervised pretraining -------------------------------------------------------------------
-def test_pretrain_needs_no_labels_and_changes_weights(small_featurizer, featurized,
-                                                      tiny_model_kwargs):
+def test_pretrain_needs_no_labels_and_changes_weights(
+    small_featurizer, featurized, tiny_model_kwargs
+):
     unlabelled = dc.data.NumpyDataset(featurized)
     model = DynamicFusionModel(1, small_featurizer.modalities, **tiny_model_kwargs)
     before = {k: v.clone() for k, v in model.model.state_dict().items()}
@@ -358,8 +423,9 @@ def test_embedding_and_multiple_output_types(trained):
     emb = model.predict(ds, output_types=["embedding"])
     assert emb.shape == (len(ds), model.fused_dim)
     np.testing.assert_array_equal(model.predict_embedding(ds), emb)
-    pred, emb2, weights = model.predict(ds, output_types=["prediction", "embedding",
-                                                          "modality_weights"])
+    pred, emb2, weights = model.predict(
+        ds, output_types=["prediction", "embedding", "modality_weights"]
+    )
     assert pred.shape == (len(ds), N_TASKS) and weights.shape == (len(ds), 3)
     np.testing.assert_array_equal(emb2, emb)
     with pytest.raises(ValueError, match="Unknown output types"):
@@ -378,8 +444,9 @@ def test_modality_weights_dataframe(trained):
     assert list(mean.index) == ["ecfp", "graph", "smiles"]
     np.testing.assert_allclose(mean.values, frame.mean().values, rtol=1e-6)
     # a sample without a graph has graph weight exactly 0
-    partial = dc.data.NumpyDataset(np.array([ds.X[0].without(["graph"]), ds.X[1]], dtype=object),
-                                   ids=np.array(["a", "b"]))
+    partial = dc.data.NumpyDataset(
+        np.array([ds.X[0].without(["graph"]), ds.X[1]], dtype=object), ids=np.array(["a", "b"])
+    )
     weights = model.modality_weights(partial)
     assert weights.loc["a", "graph"] == 0.0 and weights.loc["b", "graph"] > 0
 
@@ -407,9 +474,13 @@ def test_every_modality_kind_trains_end_to_end(smiles, tiny_model_kwargs, tmp_pa
     """ecfp, graph, smiles, selfies, descriptors and a precomputed embedding in one model."""
     rng = np.random.default_rng(0)
     table = {s: rng.normal(size=8) for s in smiles[::2]}  # half the molecules have an embedding
-    feat = dfp.MultiModalFeaturizer(["ecfp", "graph", "smiles", "selfies", "descriptors", "emb"],
-                                    ecfp_size=64, max_length=40, embeddings={"emb": table},
-                                    progress=False)
+    feat = dfp.MultiModalFeaturizer(
+        ["ecfp", "graph", "smiles", "selfies", "descriptors", "emb"],
+        ecfp_size=64,
+        max_length=40,
+        embeddings={"emb": table},
+        progress=False,
+    )
     X = feat.featurize(smiles)
     assert [x.present("emb") for x in X] == [i % 2 == 0 for i in range(len(smiles))]
     ds = dc.data.NumpyDataset(X, rng.normal(size=(len(X), 1)), ids=np.array(smiles))
@@ -422,18 +493,21 @@ def test_every_modality_kind_trains_end_to_end(smiles, tiny_model_kwargs, tmp_pa
     loaded = MultiModalTorchModel.load(str(tmp_path), progress=False)
     np.testing.assert_array_equal(loaded.predict(ds), model.predict(ds))
     # the saved specs rebuild the featurizer for new data (the embedding table is given again)
-    again = dfp.MultiModalFeaturizer(modalities=loaded.modalities, embeddings={"emb": table},
-                                     progress=False)
+    again = dfp.MultiModalFeaturizer(
+        modalities=loaded.modalities, embeddings={"emb": table}, progress=False
+    )
     new = dc.data.NumpyDataset(again.featurize(smiles[:4]))
     np.testing.assert_allclose(loaded.predict(new), model.predict(ds)[:4], rtol=1e-5, atol=1e-6)
 
 
-def test_pretrain_on_an_unlabelled_csv_then_fit(tmp_path, small_featurizer, smiles,
-                                                tiny_model_kwargs):
+def test_pretrain_on_an_unlabelled_csv_then_fit(
+    tmp_path, small_featurizer, smiles, tiny_model_kwargs
+):
     path = tmp_path / "unlabelled.csv"
     pd.DataFrame({"smiles": smiles}).to_csv(path, index=False)
-    unlabelled = dc.data.CSVLoader(tasks=[], feature_field="smiles",
-                                   featurizer=small_featurizer).create_dataset(str(path))
+    unlabelled = dc.data.CSVLoader(
+        tasks=[], feature_field="smiles", featurizer=small_featurizer
+    ).create_dataset(str(path))
     assert unlabelled.get_task_names().size == 0
     model = DynamicFusionModel(1, small_featurizer.modalities, **tiny_model_kwargs)
     assert np.isfinite(model.pretrain(unlabelled, nb_epoch=1))
@@ -454,9 +528,9 @@ def test_predict_on_batch_of_featurized_samples(trained, small_featurizer):
         model.predict_on_batch(with_bad_row)
 
 
-def test_dynamic_fusion_regularises_fingerprint_encoders_by_default(small_featurizer,
-                                                                    tiny_dataset,
-                                                                    tiny_model_kwargs):
+def test_dynamic_fusion_regularises_fingerprint_encoders_by_default(
+    small_featurizer, tiny_dataset, tiny_model_kwargs
+):
     kwargs = {k: v for k, v in tiny_model_kwargs.items() if k != "encoder_options"}
     model = DynamicFusionModel(1, small_featurizer.modalities, **kwargs)
     ecfp_encoder = model.model.encoders["ecfp"]
@@ -466,13 +540,15 @@ def test_dynamic_fusion_regularises_fingerprint_encoders_by_default(small_featur
     # dropout is off at inference: predictions are deterministic
     np.testing.assert_array_equal(model.predict(tiny_dataset), model.predict(tiny_dataset))
     # an explicit user setting wins over the model's default
-    custom = DynamicFusionModel(1, small_featurizer.modalities,
-                                encoder_options={"vector": {"input_dropout": 0.0}}, **kwargs)
+    custom = DynamicFusionModel(
+        1, small_featurizer.modalities, encoder_options={"vector": {"input_dropout": 0.0}}, **kwargs
+    )
     assert custom.model.encoders["ecfp"].input_dropout.p == 0.0
 
 
-def test_length_bucket_pool_regroups_training_batches_only(small_featurizer, featurized, smiles,
-                                                           tiny_model_kwargs):
+def test_length_bucket_pool_regroups_training_batches_only(
+    small_featurizer, featurized, smiles, tiny_model_kwargs
+):
     from deepfuse_plugin.data.collate import sequence_lengths
 
     ds = dc.data.NumpyDataset(featurized, np.zeros((len(featurized), 1)), ids=np.array(smiles))
@@ -483,18 +559,30 @@ def test_length_bucket_pool_regroups_training_batches_only(small_featurizer, fea
     widths = [b[0][0].inputs["smiles"].ids.shape[1] for b in fit_batches]
     plain = DynamicFusionModel(1, small_featurizer.modalities, **kwargs)
     np.random.seed(0)
-    plain_widths = [b[0][0].inputs["smiles"].ids.shape[1] for b in
-                    plain.default_generator(ds, epochs=1, mode="fit", deterministic=False)]
+    plain_widths = [
+        b[0][0].inputs["smiles"].ids.shape[1]
+        for b in plain.default_generator(ds, epochs=1, mode="fit", deterministic=False)
+    ]
     assert sum(len(b[1][0]) for b in fit_batches) == len(ds)
     assert sum(w * len(b[1][0]) for w, b in zip(widths, fit_batches)) < sum(
-        w * len(b[1][0]) for w, b in zip(plain_widths, fit_batches))
+        w * len(b[1][0]) for w, b in zip(plain_widths, fit_batches)
+    )
     # prediction keeps the dataset's order
-    predict_lengths = [sequence_lengths(ds.X[i:i + 4], small_featurizer.modalities).max()
-                       for i in range(0, len(ds), 4)]
-    assert [b[0][0].inputs["smiles"].ids.shape[1] for b in
-            model.default_generator(ds, mode="predict")] == predict_lengths
-    assert np.isfinite(model.fit(dc.data.NumpyDataset(featurized, np.random.default_rng(0).normal(
-        size=(len(featurized), 1))), nb_epoch=1))
+    predict_lengths = [
+        sequence_lengths(ds.X[i : i + 4], small_featurizer.modalities).max()
+        for i in range(0, len(ds), 4)
+    ]
+    assert [
+        b[0][0].inputs["smiles"].ids.shape[1] for b in model.default_generator(ds, mode="predict")
+    ] == predict_lengths
+    assert np.isfinite(
+        model.fit(
+            dc.data.NumpyDataset(
+                featurized, np.random.default_rng(0).normal(size=(len(featurized), 1))
+            ),
+            nb_epoch=1,
+        )
+    )
     assert model.get_config()["length_bucket_pool"] == 8
     with pytest.raises(ValueError, match="length_bucket_pool"):
         DynamicFusionModel(1, small_featurizer.modalities, length_bucket_pool=-1)

@@ -1,15 +1,16 @@
 """The public way to a model's outputs: ``iterate_outputs``, ``inference_network``,
 ``fusion_layer``; and the names that moved out of ``models/base.py`` and ``feat/crystal.py``."""
+
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import deepchem as dc
 import numpy as np
 import pytest
 import torch
 
-import deepchem as dc
 from deepfuse_plugin import DynamicFusionModel, EarlyFusionModel, MultiModalTorchModel
 from deepfuse_plugin.models.inference import BatchOutputs
 
@@ -37,8 +38,11 @@ def test_iterate_outputs_gives_network_fusion_batch_and_ids_per_batch(model_and_
     predictions = np.concatenate([o.network.prediction.numpy() for o in outputs])
     np.testing.assert_allclose(predictions, model.predict(ds), rtol=1e-6)
     key = sorted(first.fusion.extras)[0]
-    np.testing.assert_allclose(np.concatenate([o.fusion.extras[key].numpy() for o in outputs]),
-                               model.collect_extras(ds, key), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.concatenate([o.fusion.extras[key].numpy() for o in outputs]),
+        model.collect_extras(ds, key),
+        rtol=1e-6,
+    )
 
 
 def test_iterate_outputs_drops_modalities_and_refuses_unknown_ones(model_and_data):
@@ -53,8 +57,9 @@ def test_iterate_outputs_drops_modalities_and_refuses_unknown_ones(model_and_dat
         next(model.iterate_outputs(empty))
 
 
-def test_inference_network_builds_evaluates_and_restores_training(small_featurizer,
-                                                                  tiny_model_kwargs):
+def test_inference_network_builds_evaluates_and_restores_training(
+    small_featurizer, tiny_model_kwargs
+):
     model = EarlyFusionModel(1, small_featurizer.modalities, **tiny_model_kwargs)
     assert not model._built and model.model.training
     with model.inference_network() as network:
@@ -81,9 +86,18 @@ def test_fusion_layer_is_the_networks_fusion_layer(model_and_data):
 
 
 def test_prediction_methods_stay_on_the_model_and_override_deepchems():
-    for name in ("predict", "predict_checked", "predict_uncertainty", "predict_embedding",
-                 "modality_weights", "collect_extras", "iterate_outputs", "inference_network",
-                 "fusion_layer", "last_row_problems"):
+    for name in (
+        "predict",
+        "predict_checked",
+        "predict_uncertainty",
+        "predict_embedding",
+        "modality_weights",
+        "collect_extras",
+        "iterate_outputs",
+        "inference_network",
+        "fusion_layer",
+        "last_row_problems",
+    ):
         assert hasattr(MultiModalTorchModel, name), name
     for name in ("predict", "predict_uncertainty", "predict_embedding"):
         assert getattr(MultiModalTorchModel, name) is not getattr(dc.models.TorchModel, name)
@@ -92,9 +106,12 @@ def test_prediction_methods_stay_on_the_model_and_override_deepchems():
 def test_analysis_reads_no_private_model_state():
     """The analyses go through iterate_outputs / inference_network / fusion_layer only."""
     private = re.compile(r"\._iterate_outputs|\.last_fusion|\._ensure_built|model\.model\b")
-    found = [f"{path.name}:{n}: {line.strip()}" for path in sorted(ANALYSIS.glob("*.py"))
-             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-             if private.search(line)]
+    found = [
+        f"{path.name}:{n}: {line.strip()}"
+        for path in sorted(ANALYSIS.glob("*.py"))
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if private.search(line)
+    ]
     assert not found, "\n".join(found)
 
 
@@ -102,12 +119,20 @@ def test_names_that_moved_still_import_from_their_old_homes():
     from deepfuse_plugin.feat import crystal, crystal_modalities, elements
     from deepfuse_plugin.models import _batching, _losses, base, checkpoints, inference, uncertainty
 
-    moved = {base: {"autocast_dtype": _batching, "DEFAULT_EVIDENTIAL_LAMBDA": _losses,
-                    "_released_after_backward": None, "UNCERTAINTY_OUTPUTS": uncertainty,
-                    "NAMED_OUTPUTS": inference, "CONFIG_FILE": checkpoints,
-                    "CONFIG_FORMAT": checkpoints, "MissingCheckpointError": checkpoints},
-             crystal: {n: crystal_modalities for n in crystal_modalities.__all__}
-             | {n: elements for n in elements.__all__}}
+    moved = {
+        base: {
+            "autocast_dtype": _batching,
+            "DEFAULT_EVIDENTIAL_LAMBDA": _losses,
+            "_released_after_backward": None,
+            "UNCERTAINTY_OUTPUTS": uncertainty,
+            "NAMED_OUTPUTS": inference,
+            "CONFIG_FILE": checkpoints,
+            "CONFIG_FORMAT": checkpoints,
+            "MissingCheckpointError": checkpoints,
+        },
+        crystal: {n: crystal_modalities for n in crystal_modalities.__all__}
+        | {n: elements for n in elements.__all__},
+    }
     for old, names in moved.items():
         for name, new in names.items():
             assert hasattr(old, name), f"{old.__name__}.{name}"

@@ -1,5 +1,6 @@
 """Issue 21, model side: no code runs from a model folder, nothing is silently wrong, every bad
 setting or file is one clear error naming it."""
+
 from __future__ import annotations
 
 import json
@@ -8,18 +9,25 @@ import os
 import re
 from pathlib import Path
 
+import deepchem as dc
 import numpy as np
 import pytest
 import torch
 
-import deepchem as dc
 import deepfuse_plugin as dfp
 from deepfuse_plugin import EarlyFusionModel, MultiModalTorchModel
-from deepfuse_plugin.errors import (CorruptCheckpointError, DeepfuseError, InvalidInputError,
-                                    InvalidSettingError)
+from deepfuse_plugin.errors import (
+    CorruptCheckpointError,
+    DeepfuseError,
+    InvalidInputError,
+    InvalidSettingError,
+)
 from deepfuse_plugin.modalities import MultiModalSample
-from deepfuse_plugin.models.checkpoints import (MissingCheckpointError, checkpoint_digest,
-                                                verify_checkpoint_digest)
+from deepfuse_plugin.models.checkpoints import (
+    MissingCheckpointError,
+    checkpoint_digest,
+    verify_checkpoint_digest,
+)
 
 
 class Planted:
@@ -37,9 +45,14 @@ def plant_pickle(path: str, marker: str) -> None:
 
 
 def early(modalities, **overrides):
-    kwargs = dict(encoder_dim=16, fused_dim=16, head_hidden=16, batch_size=8, progress=False,
-                  encoder_options={"graph": {"n_layers": 1},
-                                   "sequence": {"n_layers": 1, "n_heads": 2}})
+    kwargs = dict(
+        encoder_dim=16,
+        fused_dim=16,
+        head_hidden=16,
+        batch_size=8,
+        progress=False,
+        encoder_options={"graph": {"n_layers": 1}, "sequence": {"n_layers": 1, "n_heads": 2}},
+    )
     return EarlyFusionModel(1, modalities, **{**kwargs, **overrides})
 
 
@@ -48,8 +61,9 @@ def saved(small_featurizer, featurized, smiles, tmp_path_factory):
     """A trained EarlyFusionModel, its dataset and its folder."""
     torch.manual_seed(0)
     folder = str(tmp_path_factory.mktemp("saved"))
-    ds = dc.data.NumpyDataset(featurized, np.random.default_rng(0).normal(size=(len(smiles), 1)),
-                              ids=np.array(smiles))
+    ds = dc.data.NumpyDataset(
+        featurized, np.random.default_rng(0).normal(size=(len(smiles), 1)), ids=np.array(smiles)
+    )
     model = early(small_featurizer.modalities, model_dir=folder)
     model.fit(ds, nb_epoch=1)
     return model, ds, folder
@@ -94,8 +108,11 @@ def test_a_damaged_checkpoint_is_a_corrupt_checkpoint_error(copy_of, damage):
         state["model_state_dict"][name].fill_(float("nan"))
         torch.save(state, path)
     else:
-        content = {"empty": b"", "truncated": data[: len(data) // 2],
-                   "random": np.random.default_rng(0).bytes(4096)}[damage]
+        content = {
+            "empty": b"",
+            "truncated": data[: len(data) // 2],
+            "random": np.random.default_rng(0).bytes(4096),
+        }[damage]
         Path(path).write_bytes(content)
     with pytest.raises(CorruptCheckpointError, match="checkpoint1.pt") as err:
         MultiModalTorchModel.load(copy_of, progress=False)
@@ -115,17 +132,45 @@ def test_missing_folders_and_checkpoints_name_the_path(saved, small_featurizer, 
         early(small_featurizer.modalities, model_dir=str(empty)).restore()
 
 
-@pytest.mark.parametrize("edit,match", [
-    (lambda text: text[:-40], "not valid JSON"),
-    (lambda text: json.dumps({**json.loads(text), "config": "x"}), "'config' must be an object"),
-    (lambda text: json.dumps({**json.loads(text), "config": {
-        k: v for k, v in json.loads(text)["config"].items() if k != "n_tasks"}}),
-     r"lacks the key\(s\) \['n_tasks'\]"),
-    (lambda text: json.dumps({**json.loads(text), "config": {
-        **json.loads(text)["config"], "batch_size": "eight"}}), "batch_size.*'eight'"),
-    (lambda text: json.dumps({**json.loads(text), "config": {
-        **json.loads(text)["config"], "mode": "classification"}}), "architecture"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda text: text[:-40], "not valid JSON"),
+        (
+            lambda text: json.dumps({**json.loads(text), "config": "x"}),
+            "'config' must be an object",
+        ),
+        (
+            lambda text: json.dumps(
+                {
+                    **json.loads(text),
+                    "config": {
+                        k: v for k, v in json.loads(text)["config"].items() if k != "n_tasks"
+                    },
+                }
+            ),
+            r"lacks the key\(s\) \['n_tasks'\]",
+        ),
+        (
+            lambda text: json.dumps(
+                {
+                    **json.loads(text),
+                    "config": {**json.loads(text)["config"], "batch_size": "eight"},
+                }
+            ),
+            "batch_size.*'eight'",
+        ),
+        (
+            lambda text: json.dumps(
+                {
+                    **json.loads(text),
+                    "config": {**json.loads(text)["config"], "mode": "classification"},
+                }
+            ),
+            "architecture",
+        ),
+    ],
+)
 def test_an_edited_configuration_is_a_clear_error(copy_of, edit, match):
     path = os.path.join(copy_of, "deepfuse_config.json")
     Path(path).write_text(edit(Path(path).read_text()))
@@ -155,8 +200,9 @@ def test_checkpoint_digest_detects_a_flipped_bit_and_an_edit(copy_of, saved):
 
 # -- nothing silent in predictions ----------------------------------------------------------------
 def _with_ecfp(sample: MultiModalSample, value: np.ndarray) -> MultiModalSample:
-    return MultiModalSample({**sample.values, "ecfp": value}, dict(sample.missing_reasons),
-                            dict(sample.fingerprints))
+    return MultiModalSample(
+        {**sample.values, "ecfp": value}, dict(sample.missing_reasons), dict(sample.fingerprints)
+    )
 
 
 def test_non_finite_rows_are_nan_named_and_reported(saved, caplog):
@@ -184,8 +230,9 @@ def test_non_finite_rows_are_nan_named_and_reported(saved, caplog):
 
 def test_dropping_modalities_by_string_and_refusing_all(saved):
     model, ds, _ = saved
-    np.testing.assert_array_equal(model.predict(ds, drop_modalities="graph"),
-                                  model.predict(ds, drop_modalities=["graph"]))
+    np.testing.assert_array_equal(
+        model.predict(ds, drop_modalities="graph"), model.predict(ds, drop_modalities=["graph"])
+    )
     with pytest.raises(InvalidSettingError, match=r"Cannot drop \['grpah'\].*'ecfp', 'graph'"):
         model.predict(ds, drop_modalities="grpah")
     with pytest.raises(InvalidSettingError, match="removes every modality"):
@@ -193,17 +240,26 @@ def test_dropping_modalities_by_string_and_refusing_all(saved):
 
 
 # -- training refuses what would be silently wrong -------------------------------------------------
-@pytest.mark.parametrize("labels,weights,match", [
-    (np.nan, 1.0, r"Task\(s\) \['1'\] have no labelled rows"),
-    (1.0, 0.0, r"Task\(s\) \['1'\] have no labelled rows"),
-])
+@pytest.mark.parametrize(
+    "labels,weights,match",
+    [
+        (np.nan, 1.0, r"Task\(s\) \['1'\] have no labelled rows"),
+        (1.0, 0.0, r"Task\(s\) \['1'\] have no labelled rows"),
+    ],
+)
 def test_fit_refuses_a_task_without_labels(featurized, small_featurizer, labels, weights, match):
     y = np.ones((len(featurized), 2))
     w = np.ones_like(y)
     y[:, 1], w[:, 1] = labels, weights
     ds = dc.data.NumpyDataset(featurized, y, w)
-    model = EarlyFusionModel(2, small_featurizer.modalities, encoder_dim=8, fused_dim=8,
-                             progress=False, encoder_options={"sequence": {"n_heads": 2}})
+    model = EarlyFusionModel(
+        2,
+        small_featurizer.modalities,
+        encoder_dim=8,
+        fused_dim=8,
+        progress=False,
+        encoder_options={"sequence": {"n_heads": 2}},
+    )
     with pytest.raises(InvalidInputError, match=match):
         model.fit(ds, nb_epoch=1)
 
@@ -219,8 +275,7 @@ def test_huge_and_text_labels_are_clear_errors(saved, featurized, smiles):
         model.fit(dc.data.NumpyDataset(featurized, text, ids=np.array(smiles)), nb_epoch=1)
 
 
-def test_a_non_finite_loss_stops_training_before_the_weights_change(small_featurizer,
-                                                                    featurized):
+def test_a_non_finite_loss_stops_training_before_the_weights_change(small_featurizer, featurized):
     y = np.full((len(featurized), 1), 1e30)  # finite in float32, its square is not
     model = early(small_featurizer.modalities)
     before = {k: v.clone() for k, v in model.model.state_dict().items()}
@@ -231,14 +286,31 @@ def test_a_non_finite_loss_stops_training_before_the_weights_change(small_featur
             assert torch.equal(value, before[name]), name
 
 
-@pytest.mark.parametrize("setting", [
-    {"batch_size": 0}, {"batch_size": -5}, {"batch_size": 2.5}, {"batch_size": True},
-    {"learning_rate": float("nan")}, {"learning_rate": -1e-3}, {"learning_rate": 0.0},
-    {"dropout": 1.0}, {"dropout": -0.1}, {"modality_dropout": 1.0}, {"encoder_dim": 0},
-    {"fused_dim": 8.5}, {"head_hidden": -1}, {"fusion_loss_weight": float("inf")},
-    {"unimodal_loss_weight": -1.0}, {"evidential_lambda": float("nan")}, {"n_classes": 1},
-    {"mode": "ranking"}, {"fusion_layers": 0}, {"progress": "yes"},
-])
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"batch_size": 0},
+        {"batch_size": -5},
+        {"batch_size": 2.5},
+        {"batch_size": True},
+        {"learning_rate": float("nan")},
+        {"learning_rate": -1e-3},
+        {"learning_rate": 0.0},
+        {"dropout": 1.0},
+        {"dropout": -0.1},
+        {"modality_dropout": 1.0},
+        {"encoder_dim": 0},
+        {"fused_dim": 8.5},
+        {"head_hidden": -1},
+        {"fusion_loss_weight": float("inf")},
+        {"unimodal_loss_weight": -1.0},
+        {"evidential_lambda": float("nan")},
+        {"n_classes": 1},
+        {"mode": "ranking"},
+        {"fusion_layers": 0},
+        {"progress": "yes"},
+    ],
+)
 def test_invalid_settings_are_refused_at_construction(small_featurizer, setting):
     name, value = next(iter(setting.items()))
     if name == "n_classes":
@@ -248,16 +320,24 @@ def test_invalid_settings_are_refused_at_construction(small_featurizer, setting)
     assert repr(value) in str(err.value) or str(value) in str(err.value)
 
 
-@pytest.mark.parametrize("model_cls,setting", [
-    ("DynamicFusionModel", {"mask_end": 1.0}), ("DynamicFusionModel", {"gate_hidden": 0}),
-    ("DynamicFusionModel", {"lambda_align": -1.0}), ("LateFusionModel", {"stacking_hidden": 0}),
-    ("GatedMoEFusionModel", {"top_k": 0}), ("GatedMoEFusionModel", {"balance_weight": -1}),
-    ("CrossAttentionFusionModel", {"n_heads": 3}), ("CrossAttentionFusionModel", {"pooling": "max"}),
-])
+@pytest.mark.parametrize(
+    "model_cls,setting",
+    [
+        ("DynamicFusionModel", {"mask_end": 1.0}),
+        ("DynamicFusionModel", {"gate_hidden": 0}),
+        ("DynamicFusionModel", {"lambda_align": -1.0}),
+        ("LateFusionModel", {"stacking_hidden": 0}),
+        ("GatedMoEFusionModel", {"top_k": 0}),
+        ("GatedMoEFusionModel", {"balance_weight": -1}),
+        ("CrossAttentionFusionModel", {"n_heads": 3}),
+        ("CrossAttentionFusionModel", {"pooling": "max"}),
+    ],
+)
 def test_invalid_subclass_settings_are_refused(small_featurizer, model_cls, setting):
     with pytest.raises(InvalidSettingError, match=next(iter(setting))):
-        getattr(dfp, model_cls)(1, small_featurizer.modalities, encoder_dim=16, progress=False,
-                                **setting)
+        getattr(dfp, model_cls)(
+            1, small_featurizer.modalities, encoder_dim=16, progress=False, **setting
+        )
 
 
 @pytest.mark.parametrize("nb_epoch", [0, -1, 1.5])
@@ -272,12 +352,14 @@ def test_check_featurizer_names_the_field_and_both_values(saved, small_featurize
     model = saved[0]
     model.check_featurizer(small_featurizer)
     model.check_featurizer(small_featurizer.modalities)
-    longer = dfp.MultiModalFeaturizer(["ecfp", "graph", "smiles"], ecfp_size=128, max_length=100,
-                                      progress=False)
+    longer = dfp.MultiModalFeaturizer(
+        ["ecfp", "graph", "smiles"], ecfp_size=128, max_length=100, progress=False
+    )
     with pytest.raises(InvalidSettingError, match="'smiles' max_length: model 48, featurizer 100"):
         model.check_featurizer(longer)
-    wider = dfp.MultiModalFeaturizer(["ecfp", "graph", "smiles"], ecfp_size=256, max_length=48,
-                                     progress=False)
+    wider = dfp.MultiModalFeaturizer(
+        ["ecfp", "graph", "smiles"], ecfp_size=256, max_length=48, progress=False
+    )
     with pytest.raises(InvalidSettingError, match="'ecfp' dim: model 128, featurizer 256"):
         model.check_featurizer(wider)
     with pytest.raises(InvalidSettingError, match=r"modalities \['graph'\]"):
@@ -287,8 +369,9 @@ def test_check_featurizer_names_the_field_and_both_values(saved, small_featurize
 def test_fit_refuses_token_sequences_longer_than_the_model_allows(saved, small_featurizer):
     model = saved[0]
     long_smiles = "C" * 70
-    longer = dfp.MultiModalFeaturizer(["ecfp", "graph", "smiles"], ecfp_size=128, max_length=100,
-                                      progress=False)
+    longer = dfp.MultiModalFeaturizer(
+        ["ecfp", "graph", "smiles"], ecfp_size=128, max_length=100, progress=False
+    )
     X = longer.featurize(["CCO", long_smiles])
     ds = dc.data.NumpyDataset(X, np.zeros((2, 1)), ids=np.array(["short", "long"]))
     with pytest.raises(InvalidInputError, match=r"max_length=48.*\('long', 7\d\)"):

