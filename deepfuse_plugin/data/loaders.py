@@ -469,7 +469,7 @@ def load_materials_project(
     return _make_dataset(structures, np.nan_to_num(y), w, ids, featurizer, targets)
 
 
-# -- families for zero-shot transfer -------------------------------------------------------------------
+# -- families for zero-shot transfer ---------------------------------------------------------------
 _HALOGENS = {"F", "Cl", "Br", "I"}
 _CHALCOGENS = {"S", "Se", "Te"}
 

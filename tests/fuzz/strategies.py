@@ -176,7 +176,7 @@ smiles_inputs = st.one_of(
 )
 
 
-# -- CSV cells and labels ----------------------------------------------------------------------------
+# -- CSV cells and labels --------------------------------------------------------------------------
 def _float_text(x: float) -> str:
     return repr(x) if not math.isnan(x) else "nan"
 
@@ -247,7 +247,7 @@ id_cells = st.one_of(
     st.text(alphabet=st.characters(codec="utf-8"), max_size=10),
 )
 
-# -- hyper-parameters --------------------------------------------------------------------------------
+# -- hyper-parameters ------------------------------------------------------------------------------
 _odd_values = st.sampled_from(
     [
         0,
@@ -305,7 +305,7 @@ encoder_dims = st.one_of(
     ),
 )
 
-# -- crystal structures ------------------------------------------------------------------------------
+# -- crystal structures ----------------------------------------------------------------------------
 ELEMENTS = [
     "H",
     "Li",

@@ -217,7 +217,7 @@ def test_descriptors_of_a_molecule_over_the_limit_are_missing_with_the_reason():
     assert DEFAULT_LIMITS.max_descriptor_atoms <= 200  # the measured bound (module notes)
 
 
-# -- a worker that dies -----------------------------------------------------------------------------
+# -- a worker that dies ----------------------------------------------------------------------------
 PARENT = os.getpid()
 
 
