@@ -73,6 +73,11 @@ COMPOSITION_PROPERTIES = (
     "mendeleev_no",
 )
 COMPOSITION_DIM = MAX_Z + 4 * len(COMPOSITION_PROPERTIES)  # 140
+#: Columns of the raw element table: the composition properties, then the block (s, p, d, f).
+_ELEMENT_COLUMNS = (*COMPOSITION_PROPERTIES, "block")
+_COLUMN = {name: i for i, name in enumerate(_ELEMENT_COLUMNS)}
+#: pymatgen's attribute where it differs from the property's name
+_PYMATGEN_ATTRIBUTE = {"electronegativity": "X"}
 
 _TABLES: dict[str, np.ndarray] = {}
 
@@ -86,41 +91,18 @@ def _element_properties() -> np.ndarray:
 
     from pymatgen.core.periodic_table import Element
 
-    names = (
-        "electronegativity",
-        "atomic_radius",
-        "row",
-        "group",
-        "atomic_mass",
-        "ionization_energy",
-        "electron_affinity",
-        "molar_volume",
-        "melting_point",
-        "mendeleev_no",
-        "block",
-    )
-    table = np.full((MAX_Z + 1, len(names)), np.nan)
+    table = np.full((MAX_Z + 1, len(_ELEMENT_COLUMNS)), np.nan)
     blocks = {"s": 0, "p": 1, "d": 2, "f": 3}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for z in range(1, MAX_Z + 1):
             el = Element.from_Z(z)
-            # pymatgen's attribute for each property ("X" is the electronegativity)
-            attributes = {
-                "electronegativity": "X",
-                "atomic_radius": "atomic_radius",
-                "row": "row",
-                "group": "group",
-                "atomic_mass": "atomic_mass",
-                "ionization_energy": "ionization_energy",
-                "electron_affinity": "electron_affinity",
-                "molar_volume": "molar_volume",
-                "melting_point": "melting_point",
-                "mendeleev_no": "mendeleev_no",
+            values = {
+                name: _num(el, _PYMATGEN_ATTRIBUTE.get(name, name))
+                for name in COMPOSITION_PROPERTIES
             }
-            values = {name: _num(el, attribute) for name, attribute in attributes.items()}
             values["block"] = float(blocks[el.block]) if el.block in blocks else np.nan
-            table[z] = [values[n] for n in names]
+            table[z] = [values[n] for n in _ELEMENT_COLUMNS]
     _TABLES["raw"] = table
     return table
 
@@ -140,24 +122,7 @@ def atom_feature_table() -> np.ndarray:
     if "atom" in _TABLES:
         return _TABLES["atom"]
     raw = _element_properties()
-    col = {
-        n: i
-        for i, n in enumerate(
-            (
-                "electronegativity",
-                "atomic_radius",
-                "row",
-                "group",
-                "atomic_mass",
-                "ionization_energy",
-                "electron_affinity",
-                "molar_volume",
-                "melting_point",
-                "mendeleev_no",
-                "block",
-            )
-        )
-    }
+    col = _COLUMN
     out = np.zeros((MAX_Z + 1, ATOM_FEATURE_DIM), dtype=np.float32)
     for z in range(1, MAX_Z + 1):
         r = raw[z]
