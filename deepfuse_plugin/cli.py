@@ -59,6 +59,24 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def add_global_options(parser: argparse.ArgumentParser) -> None:
+    """``-v``, ``--no-progress`` and ``--threads`` (with the epilog explaining the thread
+    default), shared by ``deepfuse`` and the benchmark harness's ``deepfuse-bench``."""
+    parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="torch intra-op threads (default: %(default)s; see below)",
+    )
+    parser.epilog = (
+        "--threads defaults to 1: the networks are small (batch 64, width 128), and "
+        "with 2 OpenMP threads on a 2-core machine shared with other jobs a training "
+        "step was measured 4-10x slower than with 1 thread (spin-waiting threads)."
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommands ``demo``, ``train``, ``predict``, ``pretrain``,
     ``pretrained``, ``bench``)."""
@@ -72,24 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         "benchmarks.",
     )
     parser.add_argument("--version", action="version", version=f"deepfuse {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
+    add_global_options(parser)
     parser.add_argument(
         "--debug",
         action="store_true",
         help="show the full traceback of an error (by default a mistake in the "
         "input or the settings is one sentence and exit code 2)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=1,
-        help="torch intra-op threads (default: %(default)s; see below)",
-    )
-    parser.epilog = (
-        "--threads defaults to 1: the networks are small (batch 64, width 128), and "
-        "with 2 OpenMP threads on a 2-core machine shared with other jobs a training "
-        "step was measured 4-10x slower than with 1 thread (spin-waiting threads)."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

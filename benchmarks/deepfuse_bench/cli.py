@@ -31,7 +31,7 @@ import time
 import warnings
 from collections.abc import Sequence
 
-from deepfuse_plugin.cli import _csv_list, _positive_int
+from deepfuse_plugin.cli import _csv_list, _positive_int, add_global_options
 
 logger = logging.getLogger("deepfuse_bench.cli")
 PROG = "deepfuse-bench"
@@ -48,19 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         "against DeepChem and chemprop: accuracy, speed, memory.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=1,
-        help="torch intra-op threads (default: %(default)s; see below)",
-    )
-    parser.epilog = (
-        "--threads defaults to 1: the networks are small (batch 64, width 128), and "
-        "with 2 OpenMP threads on a 2-core machine shared with other jobs a training "
-        "step was measured 4-10x slower than with 1 thread (spin-waiting threads)."
-    )
+    add_global_options(parser)
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     sub.required = True
     for add in (
