@@ -207,9 +207,7 @@ def iterate_network(model: Any, dataset: Dataset, drop: Iterable[str] = ()) -> I
         yield outputs.network, outputs.fusion
 
 
-def finish_result(
-    table: pd.DataFrame, model: Any, plot: PlotArg, plotter: str
-) -> AnalysisResult:
+def finish_result(table: pd.DataFrame, model: Any, plot: PlotArg, plotter: str) -> AnalysisResult:
     """Tag ``table`` with the model's class name and draw it with ``plots.<plotter>`` when asked."""
     table.attrs.setdefault("model", type(model).__name__)
     if plot is False or plot is None:

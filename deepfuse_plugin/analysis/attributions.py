@@ -326,8 +326,9 @@ def draw_atom_attributions(
     Positive scores are green, negative pink (RDKit's default similarity-map colours); scores are
     divided by ``vmax`` (default: this molecule's largest absolute score) and clipped, so the colour
     scale spans [-1, 1]. Pass one ``vmax`` to several calls to compare pictures across molecules or
-    models: with the per-molecule default, a tiny attribution looks as strong as a large one. A one-atom
-    molecule (RDKit's maps need two) gets its atom highlighted in the colour of the score's sign.
+    models: with the per-molecule default, a tiny attribution looks as strong as a large one. A
+    one-atom molecule (RDKit's maps need two) gets its atom highlighted in the colour of the score's
+    sign.
 
     Parameters
     ----------

@@ -5,6 +5,7 @@ density, per-site coordination environments and bond lengths, about 10 ms) and
 :class:`RobocrysDescriber` (robocrystallographer, optional, seconds per structure) share one
 interface, :class:`Describer`; :func:`make_describer` picks one by name.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,11 +1,11 @@
 """Multimodal molecular featurizer: parse each molecule once, compute every modality from that Mol.
 
-Each modality is a small :class:`ModalityFeaturizer` with one job (``compute``). A modality that fails
-for one molecule is recorded as missing for that molecule (with the reason); the molecule is kept.
-Every input is checked against the featurizer's :class:`~deepfuse_plugin.limits.InputLimits` before
-RDKit sees it (a 20,000-character SMILES segfaults RDKit's SMILES writer); an input over a limit, or
-one RDKit cannot parse, is a per-row failure whose reason :attr:`MultiModalFeaturizer.last_failures`
-keeps.
+Each modality is a small :class:`ModalityFeaturizer` with one job (``compute``). A modality that
+fails for one molecule is recorded as missing for that molecule (with the reason); the molecule is
+kept. Every input is checked against the featurizer's :class:`~deepfuse_plugin.limits.InputLimits`
+before RDKit sees it (a 20,000-character SMILES segfaults RDKit's SMILES writer); an input over a
+limit, or one RDKit cannot parse, is a per-row failure whose reason
+:attr:`MultiModalFeaturizer.last_failures` keeps.
 """
 
 from __future__ import annotations
@@ -126,10 +126,11 @@ class SelfiesModality(ModalityFeaturizer):
 
 
 class PrecomputedEmbeddingModality(ModalityFeaturizer):
-    """Vectors computed elsewhere (SMI-TED, MolFormer, ChemBERTa, ...), keyed by SMILES or a callable.
+    """Vectors computed elsewhere (SMI-TED, MolFormer, ChemBERTa, ...), keyed by SMILES or callable.
 
-    Keys of a mapping are canonicalised once, so lookups succeed whatever SMILES spelling was used. A
-    molecule without an entry (or for which the callable returns ``None``) gets the modality missing.
+    Keys of a mapping are canonicalised once, so lookups succeed whatever SMILES spelling was used.
+    A molecule without an entry (or for which the callable returns ``None``) gets the modality
+    missing.
     """
 
     def __init__(self, name: str, source: EmbeddingSource, dim: int | None = None):
@@ -231,7 +232,8 @@ class MultiModalFeaturizer(MolecularFeaturizer):
     ecfp_radius, ecfp_size, ecfp_counts:
         Morgan fingerprint radius, length and whether to count bits.
     max_length: int
-        Maximum token sequence length (``[BOS]``/``[EOS]`` included); longer sequences are truncated.
+        Maximum token sequence length (``[BOS]``/``[EOS]`` included); longer sequences are
+        truncated.
     smiles_vocabulary, selfies_vocabulary: sequence of str, optional
         Token vocabularies (default: built-in ones; see
         :func:`~deepfuse_plugin.feat.tokenizers.fit_smiles_vocabulary`).
@@ -271,8 +273,10 @@ class MultiModalFeaturizer(MolecularFeaturizer):
     >>> samples = feat.featurize(["CCO", "c1ccccc1"])
     >>> samples[0].values["ecfp"].shape, samples[0].present("graph")
     ((2048,), True)
-    >>> feat.featurize(["CCO", "C1CC", None]).tolist()[1:], feat.last_failures
-    ([array([], dtype=float64), array([], dtype=float64)], {1: 'RDKit cannot parse this SMILES', 2: 'not a string (got NoneType)'})
+    >>> failed = feat.featurize(["CCO", "C1CC", None]).tolist()[1:]
+    >>> failed, feat.last_failures  # doctest: +NORMALIZE_WHITESPACE
+    ([array([], dtype=float64), array([], dtype=float64)],
+     {1: 'RDKit cannot parse this SMILES', 2: 'not a string (got NoneType)'})
     """
 
     def __init__(

@@ -3,9 +3,10 @@ checks, evidential uncertainty, modality weights and a fusion layer's extras.
 
 :class:`InferenceMixin` is a base of
 :class:`~deepfuse_plugin.models.base.MultiModalTorchModel`; its methods are called on the model
-(``model.predict(dataset)``, ``model.iterate_outputs(dataset)``). :meth:`InferenceMixin.iterate_outputs`
-and :meth:`InferenceMixin.inference_network` are the public way to reach the network's outputs
-(the analyses in :mod:`deepfuse_plugin.analysis` use nothing else).
+(``model.predict(dataset)``, ``model.iterate_outputs(dataset)``).
+:meth:`InferenceMixin.iterate_outputs` and :meth:`InferenceMixin.inference_network` are the public
+way to reach the network's outputs (the analyses in :mod:`deepfuse_plugin.analysis` use nothing
+else).
 """
 
 from __future__ import annotations
