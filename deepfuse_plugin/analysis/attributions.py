@@ -145,15 +145,13 @@ def _selector(model: Any, task: int, target: str, class_index: int) -> tuple[Any
 
 
 def _matching_smiles(candidate: Any, n_atoms: int) -> str | None:
-    from rdkit import Chem, RDLogger
+    from rdkit import Chem, rdBase
 
     if not isinstance(candidate, str):
         return None
-    RDLogger.DisableLog("rdApp.*")
-    try:
+    # BlockLogs restores the previous logging state afterwards (a user's own DisableLog stays)
+    with rdBase.BlockLogs():
         mol = Chem.MolFromSmiles(candidate)
-    finally:
-        RDLogger.EnableLog("rdApp.*")
     return candidate if mol is not None and mol.GetNumAtoms() == n_atoms else None
 
 
@@ -314,7 +312,7 @@ def atom_attributions(
 
 def draw_atom_attributions(
     smiles: Any,
-    scores: Sequence[float],
+    scores: Sequence[float] | np.ndarray,
     path: str | os.PathLike | None = None,
     size: tuple[int, int] = (400, 400),
     contour_lines: int = 10,
@@ -334,7 +332,7 @@ def draw_atom_attributions(
     ----------
     smiles: str or rdkit.Chem.Mol
         The molecule whose atom order ``scores`` follow.
-    scores: sequence of float
+    scores: sequence of float or numpy.ndarray
         One score per atom.
     path: str or path, optional
         Where to write the PNG.

@@ -119,6 +119,7 @@ class _SharedIpc:
         return self._polynomial
 
     def _entropy(self) -> float:
-        from rdkit.ML.InfoTheory import entropy
+        # the C implementation that GraphDescriptors' ``entropy.InfoEntropy`` resolves to
+        from rdkit.ML.InfoTheory import rdInfoTheory
 
-        return entropy.InfoEntropy(self.polynomial())
+        return float(rdInfoTheory.InfoEntropy(self.polynomial()))

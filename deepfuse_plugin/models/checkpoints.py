@@ -234,7 +234,8 @@ def config_diff(
     saved: dict[str, Any], current: dict[str, Any], training_settings: frozenset[str]
 ) -> tuple[list[str], list[str]]:
     """Differences as ``(architecture, training_only)`` lists of readable lines."""
-    architecture, training = [], []
+    architecture: list[str] = []
+    training: list[str] = []
     for key in sorted(set(saved) | set(current)):
         if saved.get(key) == current.get(key):
             continue

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from torch import nn
@@ -77,7 +77,8 @@ class CrossAttentionFusionModel(MultiModalTorchModel):
     True
     """
 
-    _config_extra = (
+    # a subclass (MatMMFuseModel) extends the list, so the type is any tuple of names
+    _config_extra: ClassVar[tuple[str, ...]] = (
         "n_heads",
         "n_attention_layers",
         "vector_tokens",

@@ -219,7 +219,9 @@ class DynamicFusionModel(MultiModalTorchModel):
     def fusion(self) -> DynamicFusion:
         """The model's :class:`~deepfuse_plugin.nn.fusion.DynamicFusion` layer
         (:attr:`fusion_layer`)."""
-        return self.fusion_layer
+        layer = self.fusion_layer
+        assert isinstance(layer, DynamicFusion)  # the layer _build_fusion made
+        return layer
 
     def fit(self, dataset: Dataset, nb_epoch: int = 10, *args: Any, **kwargs: Any) -> float:
         if (

@@ -127,7 +127,9 @@ class GatedMoEFusionModel(MultiModalTorchModel):
 
     @property
     def expert_names(self) -> list[str]:
-        return list(self.fusion_layer.expert_names)
+        layer = self.fusion_layer
+        assert isinstance(layer, GatedMoEFusion)  # the layer _build_fusion made
+        return list(layer.expert_names)
 
     def expert_usage(self, dataset: Any) -> pd.DataFrame:
         """Expert usage on ``dataset`` (evaluation mode: no gating noise).
