@@ -9,6 +9,8 @@
                    [--timeout SECONDS] [--overwrite]
     deepfuse predict --model-dir DIR --csv FILE [--smiles-column COL] [--out preds.csv]
                      [--overwrite]
+    (--csv also takes crystal structures: a CIF folder, an extended XYZ file, or a CSV with
+    --cif-column COL instead of --smiles-column)
     deepfuse bench ...   (deprecated: forwards to ``deepfuse-bench``, the benchmark harness)
 
 Argument parsing only; the work is done by functions in :mod:`deepfuse_plugin.workflows` and
@@ -35,6 +37,7 @@ from deepfuse_plugin.cli_options import (
     add_pretrained_arguments,
     add_run_arguments,
     csv_list,
+    input_help,
     modalities_and_pretrained,
     positive_float,
     positive_int,
@@ -123,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     train = sub.add_parser("train", help="train a fusion model on your CSV")
-    train.add_argument("--csv", required=True, help="input CSV file")
+    train.add_argument(
+        "--csv", "--data", dest="csv", metavar="DATA", required=True, help=input_help()
+    )
     add_data_arguments(train)
     train.add_argument(
         "--epochs",
@@ -184,9 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_hpopt_parser(sub)
     predict = sub.add_parser("predict", help="predict a CSV with a run folder from 'train'/'demo'")
     predict.add_argument("--model-dir", required=True, help="run folder (or bare model folder)")
-    predict.add_argument("--csv", required=True)
+    predict.add_argument(
+        "--csv",
+        "--data",
+        dest="csv",
+        metavar="DATA",
+        required=True,
+        help=input_help() + "; a CIF folder may hold just the .cif files",
+    )
     predict.add_argument(
         "--smiles-column", default=None, help="default: the column used for training"
+    )
+    predict.add_argument(
+        "--cif-column", default=None, help="default: the column used for training, if any"
     )
     predict.add_argument(
         "--out", default="predictions.csv", help="output CSV (default: %(default)s)"
@@ -315,7 +330,7 @@ def _fine_tuning_options(args: argparse.Namespace) -> tuple[list[str], dict, int
             f"--params {args.params}: epochs {from_file[0]!r} or learning_rate "
             f"{from_file[1]!r} is not a number; give the file 'deepfuse hpopt' wrote"
         ) from None
-    modalities, pretrained = modalities_and_pretrained(args)
+    modalities, pretrained = modalities_and_pretrained(args, args.csv)
     return modalities, {**model_kwargs, **pretrained}, epochs, learning_rate
 
 
@@ -395,11 +410,13 @@ def _run(args: argparse.Namespace) -> int:
             uncertainty=args.uncertainty,
             progress=progress,
             overwrite=args.overwrite,
+            cif_column=args.cif_column,
         )
         training = record["training"]
+        rows = "structures" if record["input"]["kind"] == "structures" else "molecules"
         print(
             f"Trained {record['model_class']} ({'+'.join(record['modalities'])}) on "
-            f"{record['data']['n_train']} molecules; best epoch {training['best_epoch']} of "
+            f"{record['data']['n_train']} {rows}; best epoch {training['best_epoch']} of "
             f"{training['epochs']} ({training['selection']})."
         )
         for split in ("valid", "test"):
@@ -436,11 +453,13 @@ def _run(args: argparse.Namespace) -> int:
             args.batch_size,
             progress=progress,
             overwrite=args.overwrite,
+            cif_column=args.cif_column,
         )
         failed = int((frame["deepfuse_status"] != "ok").sum())
+        rows = "structure" if frame.attrs.get("input_kind") == "structures" else "SMILES"
         print(
             f"Wrote {len(frame)} rows to {args.out} ({len(frame) - failed} predicted, {failed} "
-            f"left empty: invalid SMILES or no modality, or a non-finite output; see "
+            f"left empty: invalid {rows} or no modality, or a non-finite output; see "
             f"deepfuse_status)"
         )
     return 0

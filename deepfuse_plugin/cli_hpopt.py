@@ -19,6 +19,7 @@ from deepfuse_plugin.cli_options import (
     add_data_arguments,
     add_pretrained_arguments,
     add_run_arguments,
+    input_help,
     modalities_and_pretrained,
     positive_float,
     positive_int,
@@ -43,9 +44,16 @@ def add_hpopt_parser(sub: argparse._SubParsersAction) -> None:
         "(best first), history.png and best_params.json.",
     )
     hpopt.add_argument(
-        "data", nargs="?", default=None, metavar="DATA.csv", help="input CSV (or --csv)"
+        "data", nargs="?", default=None, metavar="DATA", help=input_help() + " (or --csv)"
     )
-    hpopt.add_argument("--csv", dest="csv_option", default=None, help="input CSV (or DATA.csv)")
+    hpopt.add_argument(
+        "--csv",
+        "--data",
+        dest="csv_option",
+        default=None,
+        metavar="DATA",
+        help="the input (instead of the positional DATA)",
+    )
     add_data_arguments(hpopt)
     hpopt.add_argument(
         "--trials",
@@ -93,8 +101,8 @@ def run_hpopt_command(args: argparse.Namespace, progress: bool) -> None:
         )
     csv = args.data or args.csv_option
     if not csv:
-        raise InvalidSettingError("Give the input CSV: deepfuse hpopt DATA.csv ... (or --csv)")
-    modalities, pretrained = modalities_and_pretrained(args)
+        raise InvalidSettingError("Give the input: deepfuse hpopt DATA ... (or --csv DATA)")
+    modalities, pretrained = modalities_and_pretrained(args, csv)
     result = hpopt_from_csv(
         csv,
         args.smiles_column,
@@ -114,6 +122,7 @@ def run_hpopt_command(args: argparse.Namespace, progress: bool) -> None:
         n_jobs=args.n_jobs,
         overwrite=args.overwrite,
         progress=progress,
+        cif_column=args.cif_column,
     )
     print(
         f"Search of {args.model} ({'+'.join(modalities)}): {result.n_trials} trial(s) complete, "
@@ -132,9 +141,17 @@ def run_hpopt_command(args: argparse.Namespace, progress: bool) -> None:
 
 def train_command(args: argparse.Namespace, csv: str, modalities: list[str]) -> list[str]:
     """The ``deepfuse train`` command line that reuses a search's data and best settings."""
-    command = ["deepfuse", "train", "--csv", csv, "--smiles-column", args.smiles_column]
+    from deepfuse_plugin.training_data import input_kind, resolve_split
+
+    split = resolve_split(args.split, input_kind(csv, args.smiles_column, args.cif_column))
+    command = ["deepfuse", "train", "--csv", csv]
+    for option, value in (
+        ("--smiles-column", args.smiles_column),
+        ("--cif-column", args.cif_column),
+    ):
+        command += [option, value] if value else []
     command += ["--tasks", ",".join(args.tasks), "--mode", args.mode, "--model", args.model]
-    command += ["--split", args.split, "--modalities", ",".join(modalities)]
+    command += ["--split", split, "--modalities", ",".join(modalities)]
     command += ["--batch-size", str(args.batch_size), "--seed", str(args.seed)]
     if args.pretrained:
         command += ["--pretrained", args.pretrained]

@@ -53,29 +53,34 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """The input columns, task, model and split options ``train`` and ``hpopt`` share."""
     from deepfuse_plugin.workflows import MODELS, MODES, SPLITS
 
-    parser.add_argument("--smiles-column", required=True)
+    parser.add_argument("--smiles-column", default=None, help="SMILES column of a CSV of molecules")
+    parser.add_argument(
+        "--cif-column", default=None, help="column of CIF text of a CSV of crystal structures"
+    )
     parser.add_argument(
         "--tasks",
         "--target-columns",
         dest="tasks",
         required=True,
         type=csv_list,
-        help="comma-separated label columns, e.g. T1,T2",
+        help="comma-separated label columns, e.g. T1,T2 (extended XYZ: info keys; CIF "
+        "folder: one name per target column of id_prop.csv)",
     )
     parser.add_argument("--mode", choices=MODES, default="regression")
     parser.add_argument("--model", choices=sorted(MODELS), default="dynamic")
     parser.add_argument(
         "--split",
         choices=SPLITS,
-        default="scaffold",
-        help="DeepChem splitter, 80/10/10 (default: %(default)s)",
+        default=None,
+        help="DeepChem splitter, 80/10/10 (default: scaffold for molecules, random for structures)",
     )
     parser.add_argument(
         "--modalities",
         type=csv_list,
         default=None,
         help="comma-separated modalities (default: ecfp,graph,smiles, or the "
-        "--pretrained checkpoint's)",
+        "--pretrained checkpoint's; structures: graph,composition, add text_embedding or "
+        "text_sentences for the text view)",
     )
 
 
@@ -108,13 +113,25 @@ def add_pretrained_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def modalities_and_pretrained(args: argparse.Namespace) -> tuple[list[str], dict]:
-    """``--modalities`` (default: the --pretrained checkpoint's, else ecfp,graph,smiles) and the
-    model settings of --pretrained."""
+def input_help() -> str:
+    """Help text of the input option of ``train``, ``hpopt`` and ``predict``."""
+    return (
+        "input: a CSV of molecules (--smiles-column) or of CIF text (--cif-column), a CIF "
+        "folder in CGCNN's layout (id_prop.csv + <id>.cif), or an extended XYZ file (labels "
+        "from each frame's info)"
+    )
+
+
+def modalities_and_pretrained(args: argparse.Namespace, data: str) -> tuple[list[str], dict]:
+    """``--modalities`` (default: the --pretrained checkpoint's, else the input kind's:
+    ecfp,graph,smiles for molecules, graph,composition for structures) and the model settings
+    of --pretrained."""
     from deepfuse_plugin.pretrained._checkpoints import pretrained_input_names
+    from deepfuse_plugin.training_data import default_modalities, input_kind
 
     if not args.pretrained:
-        return args.modalities or ["ecfp", "graph", "smiles"], {}
+        kind = input_kind(data, args.smiles_column, args.cif_column)
+        return args.modalities or default_modalities(kind), {}
     settings = dict(
         pretrained=args.pretrained,
         freeze_encoders=args.freeze_encoders,

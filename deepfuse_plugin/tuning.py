@@ -25,20 +25,26 @@ from deepfuse_plugin.inputs import WorkflowError
 from deepfuse_plugin.train import hpopt
 from deepfuse_plugin.train.hpopt import HpoptResult
 from deepfuse_plugin.train.utils import check_training_settings, resolve_model_class, to_jsonable
-from deepfuse_plugin.training_data import file_sha256, prepare_training_data
+from deepfuse_plugin.training_data import (
+    default_modalities,
+    file_sha256,
+    input_kind,
+    prepare_training_data,
+    resolve_split,
+)
 
 __all__ = ["hpopt_from_csv"]
 
 
 def hpopt_from_csv(
     csv: str,
-    smiles_column: str,
+    smiles_column: str | None,
     tasks: Sequence[str],
     out: str,
     mode: str = "regression",
     model: str = "dynamic",
-    split: str = "scaffold",
-    modalities: Sequence[str] = ("ecfp", "graph", "smiles"),
+    split: str | None = None,
+    modalities: Sequence[str] | None = None,
     n_trials: int = 20,
     timeout_s: float | None = None,
     seed: int = 0,
@@ -50,6 +56,7 @@ def hpopt_from_csv(
     n_jobs: int = 1,
     overwrite: bool = False,
     progress: bool = True,
+    cif_column: str | None = None,
 ) -> HpoptResult:
     """Search a fusion model's settings on the validation split of a CSV (Optuna TPE) and write
     the study, a trials table and plot and ``best_params.json`` to ``out``.
@@ -63,8 +70,9 @@ def hpopt_from_csv(
 
     Parameters
     ----------
-    csv, smiles_column, tasks, mode, model, split, modalities, seed, featurizer_kwargs, n_jobs:
-        As for :func:`train_from_csv`.
+    csv, smiles_column, tasks, mode, model, split, modalities, seed, featurizer_kwargs, n_jobs,
+    cif_column:
+        As for :func:`train_from_csv` (molecules or crystal structures).
     out: str
         Search folder (:data:`~deepfuse_plugin.train.hpopt.HPOPT_FILES`; other files are kept).
     n_trials: int
@@ -107,6 +115,9 @@ def hpopt_from_csv(
         **({"epochs": epochs} if epochs is not None else {}),
     )
     resolve_model_class(model)
+    kind = input_kind(csv, smiles_column, cif_column)
+    split = resolve_split(split, kind)
+    modalities = list(modalities) if modalities else default_modalities(kind)
     fixed = {"batch_size": batch_size, **(model_kwargs or {})}
     if epochs is not None:
         fixed["epochs"] = epochs
@@ -116,6 +127,7 @@ def hpopt_from_csv(
         "csv": os.path.abspath(csv),
         "csv_sha256": file_sha256(csv),
         "smiles_column": smiles_column,
+        "cif_column": cif_column,
         "tasks": list(tasks),
         "mode": mode,
         "model": model,
@@ -143,6 +155,7 @@ def hpopt_from_csv(
         featurizer_kwargs=featurizer_kwargs,
         n_jobs=n_jobs,
         progress=progress,
+        cif_column=cif_column,
     )
     if len(data.valid) == 0:
         raise WorkflowError(

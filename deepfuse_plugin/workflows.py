@@ -110,6 +110,7 @@ __all__ = [
     "METRICS_FILE",
     "STD_SCALES_FILE",
     "FEATURIZER_KEYS",
+    "CRYSTAL_FEATURIZER_KEYS",
     "CORRUPT_OUTPUT_FRACTION",
     # training pieces (deepfuse_plugin.train)
     "train_with_validation",
@@ -174,6 +175,17 @@ MODELS: Mapping[str, type] = _FusionModels()
 #: Featurizer keyword arguments recorded with a run (the rest is in the model's modality specs;
 #: the input limits are recorded too, under ``"limits"``).
 FEATURIZER_KEYS = ("ecfp_radius", "ecfp_size", "ecfp_counts", "max_length")
+#: The same for a crystal run (the graph, text model and MatGL cutoff settings).
+CRYSTAL_FEATURIZER_KEYS = (
+    "radius",
+    "max_neighbors",
+    "gaussian_step",
+    "gaussian_var",
+    "atom_features",
+    "text_model",
+    "text_max_length",
+    "matgl_cutoff",
+)
 
 
 def register_model(name: str, model_class: type) -> None:
@@ -222,13 +234,13 @@ def fresh_model_dir(path: str, check_only: bool = False) -> str:
 # -- deepfuse train ------------------------------------------------------------------------------
 def train_from_csv(
     csv: str,
-    smiles_column: str,
+    smiles_column: str | None,
     tasks: Sequence[str],
     out: str,
     mode: str = "regression",
     model: str = "dynamic",
-    split: str = "scaffold",
-    modalities: Sequence[str] = ("ecfp", "graph", "smiles"),
+    split: str | None = None,
+    modalities: Sequence[str] | None = None,
     epochs: int = 30,
     batch_size: int = 64,
     learning_rate: float = 1e-3,
@@ -241,9 +253,11 @@ def train_from_csv(
     uncertainty: str | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    cif_column: str | None = None,
 ) -> dict[str, Any]:
-    """Featurize a CSV, split it, train a fusion model with validation-based epoch selection and
-    write a run folder to ``out`` (see the module docstring).
+    """Featurize a CSV (or crystal structures), split it, train a fusion model with
+    validation-based epoch selection and write a run folder to ``out`` (see the module
+    docstring).
 
     The data are read, featurized, split and normalized by :func:`prepare_training_data` (which
     ``deepfuse hpopt`` uses too). Training happens in a staging folder next to ``out``
@@ -253,17 +267,21 @@ def train_from_csv(
     Parameters
     ----------
     csv, smiles_column, tasks:
-        Input file, its SMILES column and its label columns.
+        Input file, its SMILES column and its label columns. For crystal structures ``csv`` is
+        a CIF folder (``id_prop.csv`` + ``<id>.cif``), an extended XYZ file or a CSV with
+        ``cif_column``, and ``smiles_column`` is None (see :func:`prepare_training_data`).
     out: str
         Run folder (created).
     mode: str
         ``"regression"`` (labels normalized on the train split) or ``"classification"`` (0/1).
     model: str
         A key of :data:`MODELS`.
-    split: str
-        ``"scaffold"`` or ``"random"`` (80/10/10).
-    modalities: sequence of str
-        Built-in modality names for :class:`~deepfuse_plugin.MultiModalFeaturizer`.
+    split: str, optional
+        ``"scaffold"`` or ``"random"`` (80/10/10); default scaffold for molecules, random for
+        structures.
+    modalities: sequence of str, optional
+        Built-in modality names (default ``ecfp, graph, smiles``; structures:
+        ``graph, composition``).
     epochs, batch_size, learning_rate, eval_every, seed:
         Training budget; the validation split is scored every ``eval_every`` epochs.
     featurizer_kwargs, model_kwargs: dict, optional
@@ -283,6 +301,8 @@ def train_from_csv(
         Replace a run already in ``out`` (only deepfuse's files there: ``model/``'s model files,
         ``deepfuse_run.json``, ``metrics.json``, ``std_scales.json``). Without it such an ``out``
         is refused before any work.
+    cif_column: str, optional
+        The column of CIF text when ``csv`` is a CSV of crystal structures.
 
     Returns
     -------
@@ -330,6 +350,7 @@ def train_from_csv(
         featurizer_kwargs=featurizer_kwargs,
         n_jobs=n_jobs,
         progress=progress,
+        cif_column=cif_column,
     )
     featurizer, transformers, normalizer = data.featurizer, data.transformers, data.normalizer
     train, valid, test = data.train, data.valid, data.test
@@ -370,6 +391,7 @@ def train_from_csv(
             "model_class": type(fusion).__name__,
             "model_dir": run_folder.MODEL_DIR,
             "smiles_column": smiles_column,
+            "input": data.input,
             "tasks": data.tasks,
             "mode": mode,
             "modalities": fusion.modality_names,
@@ -398,12 +420,15 @@ def train_from_csv(
 
 
 def featurizer_settings(featurizer: Any) -> dict[str, Any]:
-    """What a run record keeps of its featurizer: :data:`FEATURIZER_KEYS` and the input limits
-    (``"limits"``), with which ``predict`` featurizes new molecules."""
-    return {
-        **{k: getattr(featurizer, k) for k in FEATURIZER_KEYS},
-        "limits": asdict(featurizer.limits),
-    }
+    """What a run record keeps of its featurizer: :data:`FEATURIZER_KEYS` (a crystal
+    featurizer's :data:`CRYSTAL_FEATURIZER_KEYS` and describer) and the input limits
+    (``"limits"``), with which ``predict`` featurizes new molecules or structures."""
+    if hasattr(featurizer, "describer"):  # CrystalMultiModalFeaturizer
+        settings = {k: getattr(featurizer, k) for k in CRYSTAL_FEATURIZER_KEYS}
+        settings["describer"] = featurizer.describer.name
+    else:
+        settings = {k: getattr(featurizer, k) for k in FEATURIZER_KEYS}
+    return {**settings, "limits": asdict(featurizer.limits)}
 
 
 def _selection_summary(result: TrainingResult) -> dict[str, Any]:
