@@ -4,9 +4,13 @@
 
     deepfuse demo [--out results/demo] [--epochs N] [--seed S] [--quick]
     deepfuse train --csv FILE --smiles-column COL --tasks T1,T2 --mode regression --out DIR
-                   [--overwrite] [--resume]
+                   [--overwrite] [--resume] [--params DIR/best_params.json]
+    deepfuse hpopt DATA.csv --smiles-column COL --target-columns T1,T2 --trials N --out DIR
+                   [--timeout SECONDS] [--overwrite]
     deepfuse predict --model-dir DIR --csv FILE [--smiles-column COL] [--out preds.csv]
                      [--overwrite]
+    (--csv also takes crystal structures: a CIF folder, an extended XYZ file, or a CSV with
+    --cif-column COL instead of --smiles-column)
     deepfuse bench ...   (deprecated: forwards to ``deepfuse-bench``, the benchmark harness)
 
 Argument parsing only; the work is done by functions in :mod:`deepfuse_plugin.workflows` and
@@ -19,44 +23,31 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 import time
 import warnings
 from collections.abc import Sequence
 
-from deepfuse_plugin.errors import DeepfuseError
+from deepfuse_plugin.cli_hpopt import add_hpopt_parser, run_hpopt_command
+from deepfuse_plugin.cli_options import (
+    DEFAULT_EPOCHS,
+    DEFAULT_LEARNING_RATE,
+    add_data_arguments,
+    add_pretrained_arguments,
+    add_run_arguments,
+    csv_list,
+    input_help,
+    modalities_and_pretrained,
+    positive_float,
+    positive_int,
+)
+from deepfuse_plugin.errors import DeepfuseError, InvalidSettingError
+
+# the benchmark harness imports these names from here
+_csv_list, _positive_int, _positive_float = csv_list, positive_int, positive_float
 
 logger = logging.getLogger("deepfuse_plugin.cli")
-
-
-def _csv_list(text: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError("expected a comma-separated list, e.g. 'ecfp,graph'")
-    return items
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    """A finite number > 0 (``nan``, ``inf``, ``0`` and negative values are refused)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return value
 
 
 def add_global_options(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +57,7 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="torch intra-op threads (default: %(default)s; see below)",
     )
@@ -78,10 +69,9 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (subcommands ``demo``, ``train``, ``predict``, ``pretrain``,
-    ``pretrained``, ``bench``)."""
+    """The argument parser (subcommands ``demo``, ``train``, ``hpopt``, ``predict``,
+    ``pretrain``, ``pretrained``, ``bench``)."""
     from deepfuse_plugin._version import __version__
-    from deepfuse_plugin.workflows import MODELS, MODES, SPLITS
 
     parser = argparse.ArgumentParser(
         prog="deepfuse",
@@ -108,21 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="results/demo", help="output folder (default: %(default)s)")
     demo.add_argument(
         "--epochs",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="epochs for every model (default: 30; --quick: 2)",
     )
     demo.add_argument(
         "--eval-every",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="validate every N epochs, keep the best (default: 2; --quick: 1)",
     )
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--batch-size", type=_positive_int, default=64)
-    demo.add_argument("--learning-rate", type=_positive_float, default=1e-3)
+    demo.add_argument("--batch-size", type=positive_int, default=64)
+    demo.add_argument("--learning-rate", type=positive_float, default=1e-3)
     demo.add_argument(
-        "--limit", type=_positive_int, default=None, help="use only the first N molecules"
+        "--limit", type=positive_int, default=None, help="use only the first N molecules"
     )
     demo.add_argument(
         "--no-dmpnn",
@@ -136,37 +126,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     train = sub.add_parser("train", help="train a fusion model on your CSV")
-    train.add_argument("--csv", required=True, help="input CSV file")
-    train.add_argument("--smiles-column", required=True)
     train.add_argument(
-        "--tasks", required=True, type=_csv_list, help="comma-separated label columns, e.g. T1,T2"
+        "--csv", "--data", dest="csv", metavar="DATA", required=True, help=input_help()
     )
-    train.add_argument("--mode", choices=MODES, default="regression")
-    train.add_argument("--model", choices=sorted(MODELS), default="dynamic")
+    add_data_arguments(train)
     train.add_argument(
-        "--split",
-        choices=SPLITS,
-        default="scaffold",
-        help="DeepChem splitter, 80/10/10 (default: %(default)s)",
-    )
-    train.add_argument(
-        "--modalities",
-        type=_csv_list,
+        "--epochs",
+        type=positive_int,
         default=None,
-        help="comma-separated modalities (default: ecfp,graph,smiles, or the "
-        "--pretrained checkpoint's)",
+        help=f"default: {DEFAULT_EPOCHS}, or the --params file's",
     )
-    train.add_argument("--epochs", type=_positive_int, default=30)
     train.add_argument(
         "--eval-every",
-        type=_positive_int,
+        type=positive_int,
         default=2,
         help="validate every N epochs, keep the best (default: %(default)s)",
     )
-    train.add_argument("--batch-size", type=_positive_int, default=64)
-    train.add_argument("--learning-rate", type=_positive_float, default=1e-3)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--n-jobs", type=_positive_int, default=1, help="featurization processes")
+    train.add_argument("--batch-size", type=positive_int, default=64)
+    train.add_argument(
+        "--learning-rate",
+        type=positive_float,
+        default=None,
+        help=f"default: {DEFAULT_LEARNING_RATE}, or the --params file's",
+    )
+    add_run_arguments(train)
     train.add_argument(
         "--out",
         required=True,
@@ -194,18 +177,36 @@ def build_parser() -> argparse.ArgumentParser:
         "its last finished epoch (same data and settings; otherwise training "
         "starts over)",
     )
-    _add_fine_tuning_arguments(train)
+    add_pretrained_arguments(train)
+    train.add_argument(
+        "--params",
+        default=None,
+        metavar="JSON",
+        help="model settings (and epochs) from 'deepfuse hpopt' (DIR/best_params.json); "
+        "options given here explicitly (e.g. --epochs, --learning-rate) take precedence",
+    )
 
+    add_hpopt_parser(sub)
     predict = sub.add_parser("predict", help="predict a CSV with a run folder from 'train'/'demo'")
     predict.add_argument("--model-dir", required=True, help="run folder (or bare model folder)")
-    predict.add_argument("--csv", required=True)
+    predict.add_argument(
+        "--csv",
+        "--data",
+        dest="csv",
+        metavar="DATA",
+        required=True,
+        help=input_help() + "; a CIF folder may hold just the .cif files",
+    )
     predict.add_argument(
         "--smiles-column", default=None, help="default: the column used for training"
     )
     predict.add_argument(
+        "--cif-column", default=None, help="default: the column used for training, if any"
+    )
+    predict.add_argument(
         "--out", default="predictions.csv", help="output CSV (default: %(default)s)"
     )
-    predict.add_argument("--batch-size", type=_positive_int, default=None)
+    predict.add_argument("--batch-size", type=positive_int, default=None)
     predict.add_argument(
         "--overwrite",
         action="store_true",
@@ -227,35 +228,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_fine_tuning_arguments(train: argparse.ArgumentParser) -> None:
-    train.add_argument(
-        "--pretrained",
-        default=None,
-        metavar="NAME_OR_DIR",
-        help="start the encoders from a pretrained checkpoint (a shipped name, see "
-        "'deepfuse pretrained', or a folder); --modalities then defaults to the "
-        "checkpoint's (add ,minimol for the foundation-model view)",
-    )
-    train.add_argument(
-        "--freeze-encoders",
-        action="store_true",
-        help="keep the pretrained encoders fixed (train fusion and heads only)",
-    )
-    train.add_argument(
-        "--encoder-lr-scale",
-        type=_positive_float,
-        default=1.0,
-        help="learning rate of the pretrained encoders relative to the rest (default: %(default)s)",
-    )
-    train.add_argument(
-        "--params",
-        default=None,
-        metavar="JSON",
-        help="model settings (and epochs) from 'deepfuse hpopt' (best_params.json); "
-        "explicit options given here still apply",
-    )
-
-
 def _add_pretraining_parsers(sub: argparse._SubParsersAction) -> None:
     pretrain = sub.add_parser(
         "pretrain",
@@ -267,26 +239,26 @@ def _add_pretraining_parsers(sub: argparse._SubParsersAction) -> None:
     )
     pretrain.add_argument("--smiles-column", default="SMILES")
     pretrain.add_argument(
-        "--n", type=_positive_int, default=None, help="a seeded random subset of N molecules"
+        "--n", type=positive_int, default=None, help="a seeded random subset of N molecules"
     )
     pretrain.add_argument(
         "--modalities",
-        type=_csv_list,
+        type=csv_list,
         default=["ecfp", "graph", "smiles"],
         help="encoded views, shipped in the checkpoint (default: %(default)s)",
     )
     pretrain.add_argument(
         "--targets",
-        type=_csv_list,
+        type=csv_list,
         default=["descriptors"],
         help="pretraining-only target/teacher views (default: %(default)s)",
     )
-    pretrain.add_argument("--epochs", type=_positive_int, default=5)
-    pretrain.add_argument("--batch-size", type=_positive_int, default=128)
-    pretrain.add_argument("--learning-rate", type=_positive_float, default=1e-3)
-    pretrain.add_argument("--encoder-dim", type=_positive_int, default=128)
+    pretrain.add_argument("--epochs", type=positive_int, default=5)
+    pretrain.add_argument("--batch-size", type=positive_int, default=128)
+    pretrain.add_argument("--learning-rate", type=positive_float, default=1e-3)
+    pretrain.add_argument("--encoder-dim", type=positive_int, default=128)
     pretrain.add_argument("--seed", type=int, default=0)
-    pretrain.add_argument("--n-jobs", type=_positive_int, default=1, help="featurization processes")
+    pretrain.add_argument("--n-jobs", type=positive_int, default=1, help="featurization processes")
     pretrain.add_argument(
         "--name", required=True, help="checkpoint name, e.g. DeepFuse-MOSES40k-v1-Multiview"
     )
@@ -340,26 +312,26 @@ def _print_pretrained() -> None:
         )
 
 
-def _fine_tuning_options(args: argparse.Namespace) -> tuple[list[str], dict, int]:
-    """``train``'s modalities, model settings and epochs after --pretrained / --params."""
-    from deepfuse_plugin.pretrained._checkpoints import pretrained_input_names
+def _fine_tuning_options(args: argparse.Namespace) -> tuple[list[str], dict, int, float]:
+    """``train``'s modalities, model settings, epochs and learning rate after --pretrained and
+    --params (an option given on the command line wins over the file's value)."""
     from deepfuse_plugin.train.hpopt import load_best_params
 
-    model_kwargs: dict = {}
-    epochs = args.epochs
-    if args.params:
-        model_kwargs = load_best_params(args.params)
-        epochs = int(model_kwargs.pop("epochs", epochs))
-    modalities = args.modalities
-    if args.pretrained:
-        model_kwargs.update(
-            pretrained=args.pretrained,
-            freeze_encoders=args.freeze_encoders,
-            encoder_lr_scale=args.encoder_lr_scale,
-        )
-        if modalities is None:
-            modalities = pretrained_input_names(args.pretrained)
-    return modalities or ["ecfp", "graph", "smiles"], model_kwargs, epochs
+    model_kwargs: dict = load_best_params(args.params) if args.params else {}
+    from_file = (
+        model_kwargs.pop("epochs", DEFAULT_EPOCHS),
+        model_kwargs.pop("learning_rate", DEFAULT_LEARNING_RATE),
+    )
+    try:
+        epochs = args.epochs or int(from_file[0])
+        learning_rate = args.learning_rate or float(from_file[1])
+    except (TypeError, ValueError):
+        raise InvalidSettingError(
+            f"--params {args.params}: epochs {from_file[0]!r} or learning_rate "
+            f"{from_file[1]!r} is not a number; give the file 'deepfuse hpopt' wrote"
+        ) from None
+    modalities, pretrained = modalities_and_pretrained(args, args.csv)
+    return modalities, {**model_kwargs, **pretrained}, epochs, learning_rate
 
 
 def _forward_to_bench(args: argparse.Namespace) -> int:
@@ -417,7 +389,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "train":
         from deepfuse_plugin.workflows import train_from_csv
 
-        modalities, model_kwargs, epochs = _fine_tuning_options(args)
+        modalities, model_kwargs, epochs, learning_rate = _fine_tuning_options(args)
         record = train_from_csv(
             args.csv,
             args.smiles_column,
@@ -430,7 +402,7 @@ def _run(args: argparse.Namespace) -> int:
             model_kwargs=model_kwargs,
             epochs=epochs,
             batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
+            learning_rate=learning_rate,
             eval_every=args.eval_every,
             seed=args.seed,
             n_jobs=args.n_jobs,
@@ -438,11 +410,13 @@ def _run(args: argparse.Namespace) -> int:
             uncertainty=args.uncertainty,
             progress=progress,
             overwrite=args.overwrite,
+            cif_column=args.cif_column,
         )
         training = record["training"]
+        rows = "structures" if record["input"]["kind"] == "structures" else "molecules"
         print(
             f"Trained {record['model_class']} ({'+'.join(record['modalities'])}) on "
-            f"{record['data']['n_train']} molecules; best epoch {training['best_epoch']} of "
+            f"{record['data']['n_train']} {rows}; best epoch {training['best_epoch']} of "
             f"{training['epochs']} ({training['selection']})."
         )
         for split in ("valid", "test"):
@@ -462,6 +436,8 @@ def _run(args: argparse.Namespace) -> int:
                 )
             )
         print(f"Saved run folder {args.out} (model/, deepfuse_run.json, metrics.json)")
+    elif args.command == "hpopt":
+        run_hpopt_command(args, progress)
     elif args.command == "pretrain":
         _run_pretrain(args, progress)
     elif args.command == "pretrained":
@@ -477,11 +453,13 @@ def _run(args: argparse.Namespace) -> int:
             args.batch_size,
             progress=progress,
             overwrite=args.overwrite,
+            cif_column=args.cif_column,
         )
         failed = int((frame["deepfuse_status"] != "ok").sum())
+        rows = "structure" if frame.attrs.get("input_kind") == "structures" else "SMILES"
         print(
             f"Wrote {len(frame)} rows to {args.out} ({len(frame) - failed} predicted, {failed} "
-            f"left empty: invalid SMILES or no modality, or a non-finite output; see "
+            f"left empty: invalid {rows} or no modality, or a non-finite output; see "
             f"deepfuse_status)"
         )
     return 0

@@ -268,9 +268,10 @@ def predict_from_csv(
     batch_size: int | None = None,
     progress: bool = False,
     overwrite: bool = False,
+    cif_column: str | None = None,
 ) -> pd.DataFrame:
-    """Predict every row of ``csv`` with a saved run; rows with unparseable SMILES get empty
-    predictions (and are reported), never dropped.
+    """Predict every row of ``csv`` with a saved run; rows with unparseable SMILES (or
+    unreadable structures) get empty predictions (and are reported), never dropped.
 
     Returns the input rows, their cells exactly as written (read as text), plus one
     ``<task>_pred`` column per task (regression: original units; classification: probability of
@@ -280,11 +281,19 @@ def predict_from_csv(
     (regression: original units, times the run's factor for the row's present modalities when
     ``std_scales.json`` exists; classification: the Dirichlet std of P(class 1)). Written to
     ``out`` when given. Molecules are featurized with the input limits recorded at training.
+    ``frame.attrs["input_kind"]`` is ``"smiles"`` or ``"structures"``.
+
+    A run trained on crystal structures predicts structures: ``csv`` is then a CIF folder
+    (``id_prop.csv`` + ``<id>.cif``, or just ``.cif`` files), an extended XYZ file, or a CSV
+    with ``cif_column`` (default: the run's); a folder's or XYZ file's rows are an ``id`` column
+    (and the frames' ``info``), with ``formula`` added.
 
     Parameters
     ----------
     overwrite: bool
         Replace an existing ``out`` (never the input ``csv``, nor a file of the run folder).
+    cif_column: str, optional
+        The column of CIF text of a CSV of structures.
 
     Raises
     ------
@@ -294,7 +303,8 @@ def predict_from_csv(
         The run folder fails its checks (:func:`load_run`), or the model gives non-finite
         outputs for most rows (damaged weights).
     WorkflowError
-        An input column clashes with an output column, or the CSV cannot be used.
+        An input column clashes with an output column, the input does not fit the run
+        (structures for a molecule run or the reverse), or it cannot be used.
 
     Examples
     --------
@@ -307,23 +317,23 @@ def predict_from_csv(
     if out:  # before any work: nothing is computed for an output that cannot be written
         run_folder.check_output_file(out, overwrite, inputs=[csv], protected_dirs=[model_dir])
     model, record = load_run(model_dir)
-    column = smiles_column or record.get("smiles_column")
-    if not column:
-        raise WorkflowError("Give --smiles-column: the model folder does not record one")
-    frame = read_csv_checked(csv, column)
+    if (record.get("input") or {}).get("kind") == "structures":
+        frame, X, status, ids = _structure_inputs(model, record, csv, cif_column, progress)
+    else:
+        frame, X, status, ids = _molecule_inputs(
+            model, record, csv, smiles_column, cif_column, progress
+        )
     tasks = record["tasks"]
     uncertain = bool(getattr(model, "uncertainty", None))
     _check_output_columns(frame, tasks, uncertain, csv)
     if batch_size:
         model.batch_size = batch_size
-    X, status = _featurize_rows(model, record, frame[column].tolist(), progress)
     values = np.full((len(frame), len(tasks)), np.nan)
     stds = np.full_like(values, np.nan) if uncertain else None
     rows = np.flatnonzero(status == "ok")
     if len(rows):
-        ids = [str(s) for s in frame.loc[rows, column]]
         pred, std, reasons = _checked_predictions(
-            model, make_dataset(X[rows], None, None, ids), record, model_dir
+            model, make_dataset(X[rows], None, None, [ids[i] for i in rows]), record, model_dir
         )
         # de-normalizing can overflow an output the model gave finite (a hand-made record)
         failed = (
@@ -343,11 +353,83 @@ def predict_from_csv(
         if stds is not None:
             result[f"{task}_std"] = stds[:, t]
     result["deepfuse_status"] = status
+    result.attrs["input_kind"] = (record.get("input") or {}).get("kind", "smiles")
     _log_row_failures(status)
     if out:
         run_folder.check_output_file(out, overwrite, inputs=[csv], protected_dirs=[model_dir])
         run_folder.write_csv_atomically(result, out)
     return result
+
+
+def _molecule_inputs(
+    model: Any,
+    record: dict[str, Any],
+    csv: str,
+    smiles_column: str | None,
+    cif_column: str | None,
+    progress: bool,
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]]:
+    """``(frame, samples, status, ids)`` of a CSV of molecules for a molecule run."""
+    from deepfuse_plugin.structure_inputs import structure_format
+
+    if cif_column or structure_format(csv) is not None:
+        raise WorkflowError(
+            f"This run was trained on molecules (SMILES); {csv} holds crystal structures. "
+            "Give a CSV with a SMILES column, or a run trained on structures"
+        )
+    column = smiles_column or record.get("smiles_column")
+    if not column:
+        raise WorkflowError("Give --smiles-column: the model folder does not record one")
+    frame = read_csv_checked(csv, column)
+    X, status = _featurize_rows(model, record, frame[column].tolist(), progress)
+    return frame, X, status, [str(s) for s in frame[column]]
+
+
+def _structure_inputs(
+    model: Any, record: dict[str, Any], path: str, cif_column: str | None, progress: bool
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]]:
+    """``(frame, samples, status, ids)`` of structures for a crystal run: every row kept, its
+    status the reason a structure could not be read, was refused, or has no modality."""
+    from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer
+    from deepfuse_plugin.structure_inputs import read_structures, structure_format
+
+    column = cif_column or (record.get("input") or {}).get("cif_column")
+    if structure_format(path, column) is None:
+        raise WorkflowError(
+            f"This run was trained on crystal structures; give a CIF folder, an extended XYZ "
+            f"file, or a CSV of CIF text with --cif-column (got {path})"
+        )
+    read = read_structures(path, column)
+    frame = read.frame.copy()
+    status = np.full(len(read.ids), "ok", dtype=object)
+    for row, reason in read.problems.items():
+        status[row] = f"invalid structure: {reason}"
+    if read.format != "cif_csv" and "formula" not in frame.columns:
+        frame["formula"] = [
+            "" if s is None else s.composition.reduced_formula for s in read.structures
+        ]
+    settings = record.get("featurizer") or {}
+    try:
+        featurizer = CrystalMultiModalFeaturizer(
+            model.modalities,
+            describer=settings.get("describer", "fast"),
+            progress=progress,
+            limits=_featurizer_limits(record),
+        )
+    except (ValueError, TypeError) as err:
+        raise CorruptCheckpointError(
+            f"Cannot rebuild the run's crystal featurizer ({err}); restore the run folder"
+        ) from None
+    X = np.empty(len(read.ids), dtype=object)
+    rows = read.readable()
+    if len(rows):
+        featurized = featurizer.featurize([read.structures[i] for i in rows])
+        for row, sample in zip(rows, featurized):  # one by one: numpy must not broadcast them
+            X[row] = sample
+        for position, reason in featurizer.last_failures.items():
+            status[rows[position]] = f"invalid structure: {reason}"
+    _mark_rows_without_modality(model, X, status)
+    return frame, X, status, read.ids
 
 
 def _featurize_rows(
@@ -365,13 +447,18 @@ def _featurize_rows(
     status = np.full(len(smiles), "ok", dtype=object)
     for row, reason in featurizer.last_failures.items():
         status[row] = f"invalid SMILES: {reason}"
+    _mark_rows_without_modality(model, X, status)
+    return X, status
+
+
+def _mark_rows_without_modality(model: Any, X: np.ndarray, status: np.ndarray) -> None:
+    """A row none of whose modalities could be computed has nothing to predict from: its status
+    says why each is missing."""
     for row in np.flatnonzero(status == "ok").tolist():
-        # a molecule none of whose modalities could be computed has nothing to predict from
         if not X[row].mask(model.modality_names).any():
             status[row] = "no modality could be computed: " + "; ".join(
                 f"{name}: {reason}" for name, reason in X[row].missing_reasons.items()
             )
-    return X, status
 
 
 def _refuse_mostly_non_finite(reasons: np.ndarray, model_dir: str) -> None:
@@ -402,6 +489,9 @@ def _log_row_failures(status: np.ndarray) -> None:
     counts = {
         "their SMILES cannot be parsed or are over an input limit": [
             i for i, s in enumerate(status) if s.startswith("invalid SMILES")
+        ],
+        "their structure cannot be read or is over an input limit": [
+            i for i, s in enumerate(status) if s.startswith("invalid structure")
         ],
         "none of the model's modalities could be computed": [
             i for i, s in enumerate(status) if s.startswith("no modality")

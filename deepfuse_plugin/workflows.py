@@ -30,9 +30,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from deepfuse_plugin import run_folder
 from deepfuse_plugin.errors import (
     CorruptCheckpointError,
@@ -54,7 +51,6 @@ from deepfuse_plugin.inputs import (
     smiles_problems,
     valid_smiles_mask,
 )
-from deepfuse_plugin.limits import DEFAULT_LIMITS, InputLimits
 from deepfuse_plugin.prediction import (
     CORRUPT_OUTPUT_FRACTION,
     load_run,
@@ -86,10 +82,15 @@ from deepfuse_plugin.train.utils import (
     set_seed,
     write_json,
 )
+from deepfuse_plugin.training_data import MODES, TrainingData, prepare_training_data
+from deepfuse_plugin.tuning import hpopt_from_csv
 
 __all__ = [
     # the run-folder workflows
     "train_from_csv",
+    "prepare_training_data",
+    "hpopt_from_csv",
+    "TrainingData",
     "predict_from_csv",
     "load_run",
     "predict_with_std",
@@ -109,6 +110,7 @@ __all__ = [
     "METRICS_FILE",
     "STD_SCALES_FILE",
     "FEATURIZER_KEYS",
+    "CRYSTAL_FEATURIZER_KEYS",
     "CORRUPT_OUTPUT_FRACTION",
     # training pieces (deepfuse_plugin.train)
     "train_with_validation",
@@ -173,8 +175,17 @@ MODELS: Mapping[str, type] = _FusionModels()
 #: Featurizer keyword arguments recorded with a run (the rest is in the model's modality specs;
 #: the input limits are recorded too, under ``"limits"``).
 FEATURIZER_KEYS = ("ecfp_radius", "ecfp_size", "ecfp_counts", "max_length")
-
-MODES = ("regression", "classification")
+#: The same for a crystal run (the graph, text model and MatGL cutoff settings).
+CRYSTAL_FEATURIZER_KEYS = (
+    "radius",
+    "max_neighbors",
+    "gaussian_step",
+    "gaussian_var",
+    "atom_features",
+    "text_model",
+    "text_max_length",
+    "matgl_cutoff",
+)
 
 
 def register_model(name: str, model_class: type) -> None:
@@ -223,13 +234,13 @@ def fresh_model_dir(path: str, check_only: bool = False) -> str:
 # -- deepfuse train ------------------------------------------------------------------------------
 def train_from_csv(
     csv: str,
-    smiles_column: str,
+    smiles_column: str | None,
     tasks: Sequence[str],
     out: str,
     mode: str = "regression",
     model: str = "dynamic",
-    split: str = "scaffold",
-    modalities: Sequence[str] = ("ecfp", "graph", "smiles"),
+    split: str | None = None,
+    modalities: Sequence[str] | None = None,
     epochs: int = 30,
     batch_size: int = 64,
     learning_rate: float = 1e-3,
@@ -242,27 +253,35 @@ def train_from_csv(
     uncertainty: str | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    cif_column: str | None = None,
 ) -> dict[str, Any]:
-    """Featurize a CSV, split it, train a fusion model with validation-based epoch selection and
-    write a run folder to ``out`` (see the module docstring).
+    """Featurize a CSV (or crystal structures), split it, train a fusion model with
+    validation-based epoch selection and write a run folder to ``out`` (see the module
+    docstring).
 
-    Training happens in a staging folder next to ``out`` (``out.deepfuse-partial``); the run is
-    moved into ``out`` only when it has finished, so a failed run leaves ``out`` as it was.
+    The data are read, featurized, split and normalized by :func:`prepare_training_data` (which
+    ``deepfuse hpopt`` uses too). Training happens in a staging folder next to ``out``
+    (``out.deepfuse-partial``); the run is moved into ``out`` only when it has finished, so a
+    failed run leaves ``out`` as it was.
 
     Parameters
     ----------
     csv, smiles_column, tasks:
-        Input file, its SMILES column and its label columns.
+        Input file, its SMILES column and its label columns. For crystal structures ``csv`` is
+        a CIF folder (``id_prop.csv`` + ``<id>.cif``), an extended XYZ file or a CSV with
+        ``cif_column``, and ``smiles_column`` is None (see :func:`prepare_training_data`).
     out: str
         Run folder (created).
     mode: str
         ``"regression"`` (labels normalized on the train split) or ``"classification"`` (0/1).
     model: str
         A key of :data:`MODELS`.
-    split: str
-        ``"scaffold"`` or ``"random"`` (80/10/10).
-    modalities: sequence of str
-        Built-in modality names for :class:`~deepfuse_plugin.MultiModalFeaturizer`.
+    split: str, optional
+        ``"scaffold"`` or ``"random"`` (80/10/10); default scaffold for molecules, random for
+        structures.
+    modalities: sequence of str, optional
+        Built-in modality names (default ``ecfp, graph, smiles``; structures:
+        ``graph, composition``).
     epochs, batch_size, learning_rate, eval_every, seed:
         Training budget; the validation split is scored every ``eval_every`` epochs.
     featurizer_kwargs, model_kwargs: dict, optional
@@ -282,6 +301,8 @@ def train_from_csv(
         Replace a run already in ``out`` (only deepfuse's files there: ``model/``'s model files,
         ``deepfuse_run.json``, ``metrics.json``, ``std_scales.json``). Without it such an ``out``
         is refused before any work.
+    cif_column: str, optional
+        The column of CIF text when ``csv`` is a CSV of crystal structures.
 
     Returns
     -------
@@ -304,13 +325,6 @@ def train_from_csv(
     >>> record["training"]["best_epoch"], record["metrics"]["test"]["rmse"]  # doctest: +SKIP
     (18, 0.71)
     """
-    from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
-
-    tasks = list(tasks)
-    if not tasks:
-        raise WorkflowError("Give at least one task column (--tasks)")
-    if mode not in MODES:
-        raise WorkflowError(f"Unknown mode {mode!r}; choose one of {list(MODES)}")
     check_training_settings(
         epochs=epochs,
         batch_size=batch_size,
@@ -319,33 +333,33 @@ def train_from_csv(
         n_jobs=n_jobs,
     )
     model_cls = resolve_model_class(model)
-    try:
-        featurizer = MultiModalFeaturizer(
-            list(modalities), n_jobs=n_jobs, progress=progress, **(featurizer_kwargs or {})
-        )
-    except (ValueError, TypeError) as err:
-        raise WorkflowError(f"Cannot build the featurizer: {err}") from err
     # fail fast, before a long featurization: nothing in out or the staging folder is touched yet
     run_folder.check_run_target(out, overwrite)
     staging = run_folder.staging_path(out)
     run_folder.check_staging(staging)
     model_dir = os.path.join(staging, run_folder.MODEL_DIR)
     continuing = resume and resume_points.read_state(model_dir) is not None
-    frame, ids, y, w, invalid = _labelled_rows(csv, smiles_column, tasks, mode, featurizer.limits)
-
-    set_seed(seed)
-    dataset = make_dataset(featurizer.featurize(ids), y, w, ids)
-    splits = (train, valid, test) = _split(dataset, tasks, split, seed)
-    normalizer = fit_normalizer(train) if mode == "regression" else None
-    transformers = [normalizer] if normalizer is not None else []
-    if normalizer is not None:
-        train, valid, test = (normalizer.transform(d) for d in splits)
+    data = prepare_training_data(
+        csv,
+        smiles_column,
+        tasks,
+        mode=mode,
+        split=split,
+        modalities=modalities,
+        seed=seed,
+        featurizer_kwargs=featurizer_kwargs,
+        n_jobs=n_jobs,
+        progress=progress,
+        cif_column=cif_column,
+    )
+    featurizer, transformers, normalizer = data.featurizer, data.transformers, data.normalizer
+    train, valid, test = data.train, data.valid, data.test
 
     run_folder.open_staging(staging, keep=continuing)
     try:
         extra = dict(model_kwargs or {}, **({"uncertainty": uncertainty} if uncertainty else {}))
         fusion = model_cls(
-            n_tasks=len(tasks),
+            n_tasks=len(data.tasks),
             modalities=featurizer.modalities,
             mode=mode,
             batch_size=batch_size,
@@ -377,20 +391,13 @@ def train_from_csv(
             "model_class": type(fusion).__name__,
             "model_dir": run_folder.MODEL_DIR,
             "smiles_column": smiles_column,
-            "tasks": tasks,
+            "input": data.input,
+            "tasks": data.tasks,
             "mode": mode,
             "modalities": fusion.modality_names,
             "featurizer": featurizer_settings(featurizer),
             "normalization": normalizer_to_dict(normalizer),
-            "data": {
-                "csv": os.path.abspath(csv),
-                "rows": len(frame),
-                "invalid_smiles": invalid,
-                "split": split,
-                "n_train": len(train),
-                "n_valid": len(valid),
-                "n_test": len(test),
-            },
+            "data": data.summary(),
             "training": {
                 "epochs": epochs,
                 "batch_size": batch_size,
@@ -413,12 +420,15 @@ def train_from_csv(
 
 
 def featurizer_settings(featurizer: Any) -> dict[str, Any]:
-    """What a run record keeps of its featurizer: :data:`FEATURIZER_KEYS` and the input limits
-    (``"limits"``), with which ``predict`` featurizes new molecules."""
-    return {
-        **{k: getattr(featurizer, k) for k in FEATURIZER_KEYS},
-        "limits": asdict(featurizer.limits),
-    }
+    """What a run record keeps of its featurizer: :data:`FEATURIZER_KEYS` (a crystal
+    featurizer's :data:`CRYSTAL_FEATURIZER_KEYS` and describer) and the input limits
+    (``"limits"``), with which ``predict`` featurizes new molecules or structures."""
+    if hasattr(featurizer, "describer"):  # CrystalMultiModalFeaturizer
+        settings = {k: getattr(featurizer, k) for k in CRYSTAL_FEATURIZER_KEYS}
+        settings["describer"] = featurizer.describer.name
+    else:
+        settings = {k: getattr(featurizer, k) for k in FEATURIZER_KEYS}
+    return {**settings, "limits": asdict(featurizer.limits)}
 
 
 def _selection_summary(result: TrainingResult) -> dict[str, Any]:
@@ -430,51 +440,6 @@ def _selection_summary(result: TrainingResult) -> dict[str, Any]:
         "history": result.history,
         "resumed_at_epochs": result.resumed_at,
     }
-
-
-def _split(dataset: Any, tasks: Sequence[str], split: str, seed: int) -> tuple[Any, Any, Any]:
-    """Train/valid/test datasets of ``split`` (80/10/10), the training split checked."""
-    train, valid, test = (dataset.select(i) for i in split_indices(dataset, split, seed))
-    _check_training_split(train, tasks, split, len(dataset))
-    return train, valid, test
-
-
-def _labelled_rows(
-    csv: str, smiles_column: str, tasks: list[str], mode: str, limits: InputLimits = DEFAULT_LIMITS
-) -> tuple[pd.DataFrame, list[str], np.ndarray, np.ndarray, list[str]]:
-    """``(frame, ids, y, w, invalid)`` of the rows with a valid SMILES (within the featurizer's
-    ``limits``), labels checked."""
-    frame = read_csv_checked(csv, smiles_column, tasks)
-    smiles = frame[smiles_column].tolist()
-    ok, invalid = valid_smiles_mask(smiles, limits=limits)
-    if not ok.any():
-        raise WorkflowError(
-            f"None of the {len(smiles)} SMILES in column {smiles_column!r} of {csv} could be parsed"
-        )
-    frame_ok = frame[ok].reset_index(drop=True)
-    ids = [str(s) for s in frame_ok[smiles_column]]
-    y, w = labels_and_weights(frame_ok, tasks, ids)
-    if mode == "classification":
-        labelled = y[w > 0]
-        if not np.isin(labelled, (0.0, 1.0)).all():
-            bad = sorted(set(labelled[~np.isin(labelled, (0.0, 1.0))].tolist()))[:5]
-            raise WorkflowError(f"Classification labels must be 0 or 1; found {bad} in {tasks}")
-    return frame, ids, y, w, invalid
-
-
-def _check_training_split(train: Any, tasks: Sequence[str], split: str, n_rows: int) -> None:
-    """The training split must have rows, and a label for every task (else that task's head
-    would stay untrained while its predictions look like any other)."""
-    hint = "; try --split random" if split == "scaffold" else ""
-    if len(train) == 0:
-        raise WorkflowError(f"The {split} split left no training rows ({n_rows} molecules{hint})")
-    counts = np.asarray(train.w, dtype=np.float64).reshape(len(train), -1).sum(axis=0)
-    empty = [t for t, n in zip(tasks, counts) if n == 0]
-    if empty:
-        raise WorkflowError(
-            f"No labelled rows for task(s) {empty} in the {split} training split "
-            f"(their few labels went to validation/test){hint}, or add labels"
-        )
 
 
 def _keep_staging_only_to_resume(staging: str, out: str) -> None:

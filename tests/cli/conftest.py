@@ -62,9 +62,8 @@ def _labels(smiles: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return 10.0 + 0.5 * heavy, 5.0 - 0.2 * heavy
 
 
-@pytest.fixture
-def regression_csv(tmp_path: Path) -> Path:
-    """40 molecules + one unparseable SMILES, two tasks, one missing label."""
+def write_regression_csv(path: Path) -> Path:
+    """40 molecules + one unparseable SMILES, two tasks (T1, T2), one missing label."""
     t1, t2 = _labels(CLI_SMILES)
     frame = pd.DataFrame(
         {"name": [f"mol{i}" for i in range(len(CLI_SMILES))], "smi": CLI_SMILES, "T1": t1, "T2": t2}
@@ -72,9 +71,14 @@ def regression_csv(tmp_path: Path) -> Path:
     frame.loc[3, "T2"] = np.nan
     bad = pd.DataFrame({"name": ["broken"], "smi": [BAD_SMILES], "T1": [11.0], "T2": [4.0]})
     frame = pd.concat([frame.iloc[:10], bad, frame.iloc[10:]], ignore_index=True)
-    path = tmp_path / "train.csv"
     frame.to_csv(path, index=False)
     return path
+
+
+@pytest.fixture
+def regression_csv(tmp_path: Path) -> Path:
+    """40 molecules + one unparseable SMILES, two tasks, one missing label."""
+    return write_regression_csv(tmp_path / "train.csv")
 
 
 @pytest.fixture

@@ -1,0 +1,140 @@
+"""Options several ``deepfuse`` commands share (``train``, ``hpopt``, ``pretrain``, and the
+benchmark harness's ``deepfuse-bench``): argument types that refuse bad values with a usage
+error, and the data, model and pretrained-checkpoint options.
+
+Examples
+--------
+>>> from deepfuse_plugin.cli_options import csv_list
+>>> csv_list("ecfp, graph")
+['ecfp', 'graph']
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+#: ``train``'s epochs and learning rate when neither the command line nor ``--params`` sets them.
+DEFAULT_EPOCHS = 30
+DEFAULT_LEARNING_RATE = 1e-3
+
+
+def csv_list(text: str) -> list[str]:
+    """A comma-separated list (at least one item)."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list, e.g. 'ecfp,graph'")
+    return items
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (``nan``, ``inf``, ``0`` and negative values are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The input columns, task, model and split options ``train`` and ``hpopt`` share."""
+    from deepfuse_plugin.workflows import MODELS, MODES, SPLITS
+
+    parser.add_argument("--smiles-column", default=None, help="SMILES column of a CSV of molecules")
+    parser.add_argument(
+        "--cif-column", default=None, help="column of CIF text of a CSV of crystal structures"
+    )
+    parser.add_argument(
+        "--tasks",
+        "--target-columns",
+        dest="tasks",
+        required=True,
+        type=csv_list,
+        help="comma-separated label columns, e.g. T1,T2 (extended XYZ: info keys; CIF "
+        "folder: one name per target column of id_prop.csv)",
+    )
+    parser.add_argument("--mode", choices=MODES, default="regression")
+    parser.add_argument("--model", choices=sorted(MODELS), default="dynamic")
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        default=None,
+        help="DeepChem splitter, 80/10/10 (default: scaffold for molecules, random for structures)",
+    )
+    parser.add_argument(
+        "--modalities",
+        type=csv_list,
+        default=None,
+        help="comma-separated modalities (default: ecfp,graph,smiles, or the "
+        "--pretrained checkpoint's; structures: graph,composition, add text_embedding or "
+        "text_sentences for the text view)",
+    )
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--seed`` and ``--n-jobs``."""
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-jobs", type=positive_int, default=1, help="featurization processes")
+
+
+def add_pretrained_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--pretrained``, ``--freeze-encoders`` and ``--encoder-lr-scale``."""
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="NAME_OR_DIR",
+        help="start the encoders from a pretrained checkpoint (a shipped name, see "
+        "'deepfuse pretrained', or a folder); --modalities then defaults to the "
+        "checkpoint's (add ,minimol for the foundation-model view)",
+    )
+    parser.add_argument(
+        "--freeze-encoders",
+        action="store_true",
+        help="keep the pretrained encoders fixed (train fusion and heads only)",
+    )
+    parser.add_argument(
+        "--encoder-lr-scale",
+        type=positive_float,
+        default=1.0,
+        help="learning rate of the pretrained encoders relative to the rest (default: %(default)s)",
+    )
+
+
+def input_help() -> str:
+    """Help text of the input option of ``train``, ``hpopt`` and ``predict``."""
+    return (
+        "input: a CSV of molecules (--smiles-column) or of CIF text (--cif-column), a CIF "
+        "folder in CGCNN's layout (id_prop.csv + <id>.cif), or an extended XYZ file (labels "
+        "from each frame's info)"
+    )
+
+
+def modalities_and_pretrained(args: argparse.Namespace, data: str) -> tuple[list[str], dict]:
+    """``--modalities`` (default: the --pretrained checkpoint's, else the input kind's:
+    ecfp,graph,smiles for molecules, graph,composition for structures) and the model settings
+    of --pretrained."""
+    from deepfuse_plugin.pretrained._checkpoints import pretrained_input_names
+    from deepfuse_plugin.training_data import default_modalities, input_kind
+
+    if not args.pretrained:
+        kind = input_kind(data, args.smiles_column, args.cif_column)
+        return args.modalities or default_modalities(kind), {}
+    settings = dict(
+        pretrained=args.pretrained,
+        freeze_encoders=args.freeze_encoders,
+        encoder_lr_scale=args.encoder_lr_scale,
+    )
+    return args.modalities or pretrained_input_names(args.pretrained), settings
