@@ -6,8 +6,10 @@ reason and the structure is kept; ``featurize`` returns DeepChem's object array 
 (fork pool) with a progress bar. Every structure is checked against the featurizer's
 :class:`~deepfuse_plugin.limits.InputLimits` before any modality (spglib, pymatgen's neighbour
 search) sees it: a NaN coordinate segfaults spglib, a 1e-6 A lattice vector exhausts memory.
-The language-model modalities (``text_embedding``, ``text_sentences``) are computed afterwards in the parent process, batched over all descriptions
-(a transformer in forked workers would be slower and unsafe), and cached on disk.
+The language-model modalities (``text_embedding``, ``text_sentences``) are computed afterwards in
+the parent process, batched over all descriptions (a transformer in forked workers would be slower
+and unsafe), and cached on disk; the pretrained structure views (``chgnet``, ``chgnet_atoms``:
+:mod:`deepfuse_plugin.feat.crystal_pretrained`) likewise, but before the per-structure pass.
 
 The modalities themselves live in :mod:`deepfuse_plugin.feat.crystal_modalities` and the
 elemental property tables in :mod:`deepfuse_plugin.feat.elements`; their public names import
@@ -20,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,6 +41,11 @@ from deepfuse_plugin.feat.crystal_modalities import (
     MatGLGraphModality,
     TextEmbeddingModality,
     TextTokensModality,
+)
+from deepfuse_plugin.feat.crystal_pretrained import (
+    Embedders,
+    pretrained_crystal_modality,
+    pretrained_crystal_modality_from_spec,
 )
 from deepfuse_plugin.feat.elements import (
     ATOM_FEATURE_BLOCKS,
@@ -103,7 +110,18 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
     - ``"text_embedding"`` (kind ``embedding``): frozen mean-pooled text vector;
     - ``"text_sentences"`` (kind ``text``, sentence embeddings): frozen per-sentence vectors;
     - ``"matgl_graph"`` (kind ``crystal_graph``, MatGL format): :class:`MatGLGraphModality`, for
-      MatGL's MEGNet/M3GNet backbones (``MatMMFuseModel(backbone="megnet")``).
+      MatGL's MEGNet/M3GNet backbones (``MatMMFuseModel(backbone="megnet")``);
+    - ``"chgnet"`` (kind ``embedding``, 64-d) and ``"chgnet_atoms"`` (kind ``vector_set``, one
+      64-d state per site, what MatMMFuse's cross-attention attends over): the pretrained CHGNet
+      0.3.0's crystal and atom features (:class:`~deepfuse_plugin.feat.chgnet.CHGNetProvider`,
+      needs the ``chgnet`` package of the ``materials`` extra; offline), computed in batches
+      and cached by structure hash; a structure CHGNet cannot take (partial occupancies, Z > 94,
+      an atom with no neighbour within 6 Å) has them missing with the reason. Any registered
+      :class:`~deepfuse_plugin.feat.pretrained.StructureEmbeddingProvider` ``p`` gives ``"p"``
+      and ``"p_atoms"`` the same way. **Leakage**: CHGNet is trained on MPtrj (Materials
+      Project relaxations, which include the structures and energies of MP-derived sets such as
+      mp36k, test splits too): on MP data it leaks; judge it on non-MP data (e.g. the Castelli
+      perovskites).
 
     Parameters
     ----------
@@ -121,8 +139,11 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
     text_max_length: int
         Token ids kept for ``text``; tokens per encoded chunk for the embeddings.
     cache_dir: path, optional
-        Where descriptions and embeddings are cached (default ``$DEEPFUSE_CACHE_DIR`` or
-        ``~/.cache/deepfuse``); ``False`` disables caching.
+        Where descriptions and embeddings (text and pretrained structure views) are cached
+        (default ``$DEEPFUSE_CACHE_DIR`` or ``~/.cache/deepfuse``); ``False`` disables caching.
+    pretrained_options: dict, optional
+        Constructor options of the pretrained structure providers by name, e.g.
+        ``{"chgnet": {"model": "0.2.0", "batch_size": 16, "device": "cuda"}}``.
     embed_batch_size: int
         Chunks per transformer forward pass.
     n_jobs: int
@@ -170,6 +191,7 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
         progress: bool = True,
         matgl_cutoff: float = 4.0,
         limits: InputLimits = DEFAULT_LIMITS,
+        pretrained_options: Mapping[str, Mapping[str, Any]] | None = None,
     ):
         super().__init__()
         if not isinstance(limits, InputLimits):
@@ -190,6 +212,8 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
             else DescriptionCache(None if cache_dir in (None, True) else cache_dir)
         )
         self._embedder: TextEmbedder | None = None
+        self.pretrained_options = {k: dict(v) for k, v in (pretrained_options or {}).items()}
+        self._structure_embedders: Embedders = {}
         self.modality_featurizers = [self._resolve(m) for m in modalities]
         names = [m.name for m in self.modality_featurizers]
         if not names or len(set(names)) != len(names):
@@ -237,11 +261,16 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
                 self.embedder, key, "sentence", name="text_sentences"
             ),
         }
-        if item not in builders:
+        if item in builders:
+            return builders[item]()
+        pretrained = pretrained_crystal_modality(
+            item, self._structure_embedders, self.cache_dir, self.pretrained_options
+        )
+        if pretrained is None:
             raise ValueError(
                 f"Unknown crystal modality {item!r}; built-in: {list(BUILTIN_CRYSTAL_MODALITIES)}"
             )
-        return builders[item]()
+        return pretrained
 
     def _from_spec(self, spec: Modality) -> CrystalModalityFeaturizer:
         p = spec.params
@@ -258,6 +287,10 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
             )
         if spec.kind == "vector" and "properties" in p:
             return CompositionModality(spec.name)
+        if "provider" in p:
+            return pretrained_crystal_modality_from_spec(
+                spec, self._structure_embedders, self.cache_dir, self.pretrained_options
+            )
         describer = p.get("describer", self.describer.key)
         if describer != self.describer.key:
             raise ValueError(
@@ -331,6 +364,7 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
         if _is_single(datapoints):
             datapoints = [datapoints]
         points = list(datapoints)
+        self._prepare_up_front(points)
         stage = _PerStructure(self)
         if self.n_jobs > 1 and len(points) >= 32:
             pairs = _base.featurize_parallel(
@@ -347,6 +381,18 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
         )
         _base.log_missing(results, "CrystalMultiModalFeaturizer", "structure(s)", log=logger)
         return out
+
+    def _prepare_up_front(self, points: Sequence[Any]) -> None:
+        """Let the ``up_front`` modalities (pretrained structure models) embed every input that
+        the per-structure pass will accept, in batches, before that pass (inputs it refuses are
+        skipped here and reported by it)."""
+        up_front = [m for m in self.modality_featurizers if m.up_front]
+        if not up_front:
+            return
+        checked = [self._checked_structure(point) for point in points]
+        structures = [s for s in checked if not isinstance(s, RowFailure)]
+        for modality in up_front:
+            modality.prepare(structures, progress=self.progress)
 
     def featurize_one(self, datapoint: Any) -> MultiModalSample | None:
         """One :class:`MultiModalSample`, or ``None`` when the input cannot be read or is refused
@@ -372,20 +418,9 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
     ) -> tuple[MultiModalSample, str | Exception | None] | RowFailure:
         """Per-structure modalities; the batched ones are left None for :meth:`_fill_batched`.
         Returns the sample and the description (or the error that prevented it)."""
-        try:
-            structure = to_structure(datapoint)
-        except Exception as err:
-            return RowFailure(f"cannot read a crystal structure: {exception_reason(err)}")
-        try:
-            problem = structure_problem(structure, self.limits)
-        except Exception as err:  # e.g. a lattice that is not numeric
-            problem = f"cannot check this structure: {exception_reason(err)}"
-        if problem is not None:
-            return RowFailure(problem)
-        try:
-            structure = searchable_cell(structure)
-        except Exception as err:
-            return RowFailure(f"cannot reduce this cell: {exception_reason(err)}")
+        structure = self._checked_structure(datapoint)
+        if isinstance(structure, RowFailure):
+            return structure
         context = CrystalContext(structure, self)
         values: dict[str, Any] = {}
         reasons: dict[str, str] = {}
@@ -405,6 +440,24 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
             except Exception as err:
                 description = err
         return MultiModalSample(values, reasons, self._fingerprints), description
+
+    def _checked_structure(self, datapoint: Any) -> Any:
+        """The structure every modality sees (read, checked against :attr:`limits`, on a
+        searchable cell), or the :class:`RowFailure` saying why there is none."""
+        try:
+            structure = to_structure(datapoint)
+        except Exception as err:
+            return RowFailure(f"cannot read a crystal structure: {exception_reason(err)}")
+        try:
+            problem = structure_problem(structure, self.limits)
+        except Exception as err:  # e.g. a lattice that is not numeric
+            problem = f"cannot check this structure: {exception_reason(err)}"
+        if problem is not None:
+            return RowFailure(problem)
+        try:
+            return searchable_cell(structure)
+        except Exception as err:
+            return RowFailure(f"cannot reduce this cell: {exception_reason(err)}")
 
     def _fill_batched(
         self, samples: list[MultiModalSample | None], descriptions: list[str | Exception | None]

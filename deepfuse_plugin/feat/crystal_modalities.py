@@ -2,7 +2,8 @@
 
 :class:`~deepfuse_plugin.feat.crystal.CrystalMultiModalFeaturizer` builds them from built-in
 names (``"graph"``, ``"text"``, ``"composition"``, ``"text_embedding"``, ``"text_sentences"``,
-``"matgl_graph"``) or takes instances, including your own subclasses of
+``"matgl_graph"``; the pretrained ``"chgnet"`` and ``"chgnet_atoms"`` live in
+:mod:`deepfuse_plugin.feat.crystal_pretrained`) or takes instances, including your own subclasses of
 :class:`CrystalModalityFeaturizer`. pymatgen is imported lazily (the ``materials`` extra).
 """
 
@@ -44,6 +45,8 @@ BUILTIN_CRYSTAL_MODALITIES = (
     "text_embedding",
     "text_sentences",
     "matgl_graph",
+    "chgnet",
+    "chgnet_atoms",
 )
 
 
@@ -76,10 +79,17 @@ class CrystalModalityFeaturizer(ABC):
     spec: Modality
     #: computed after the per-structure pass, batched over all descriptions (language models)
     batched: bool = False
+    #: :meth:`prepare` runs before the per-structure pass, over every structure (pretrained
+    #: structure models, :mod:`deepfuse_plugin.feat.crystal_pretrained`)
+    up_front: bool = False
 
     @abstractmethod
     def compute(self, structure: Any, context: CrystalContext) -> Any:
         """Value for one structure; raise to mark the modality missing."""
+
+    def prepare(self, structures: Sequence[Any], progress: bool = False) -> None:
+        """Batched work over all ``structures`` (already checked against the featurizer's input
+        limits) before :meth:`compute` sees them one by one; only for ``up_front`` modalities."""
 
 
 class DisorderedStructureError(ValueError):
