@@ -37,6 +37,7 @@ from deepfuse_plugin.feat.pretrained import (
     StructureEmbeddingProvider,
     StructureResult,
     available_structure_providers,
+    cache_location,
     structure_provider,
 )
 from deepfuse_plugin.feat.text import _SQLiteStore, default_cache_dir, structure_hash
@@ -120,9 +121,7 @@ class StructureEmbedder:
         self.provider = provider
         self.chunk_size = int(chunk_size)
         self._cache = (
-            None
-            if cache_dir is False
-            else StructureEmbeddingCache(None if cache_dir in (None, True) else cache_dir)
+            None if cache_dir is False else StructureEmbeddingCache(cache_location(cache_dir))
         )
         self._prepared: dict[str, StructureResult] = {}
 
@@ -181,7 +180,9 @@ class StructureEmbeddingModality(CrystalModalityFeaturizer):
 
     up_front = True
 
-    def __init__(self, embedder: StructureEmbedder, level: str = "crystal", name: str | None = None):
+    def __init__(
+        self, embedder: StructureEmbedder, level: str = "crystal", name: str | None = None
+    ):
         if level not in LEVELS:
             raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
         provider = embedder.provider

@@ -376,6 +376,13 @@ def _checked(vector: np.ndarray, dim: int) -> EmbeddingResult:
     return vector
 
 
+def cache_location(cache_dir: str | os.PathLike | None | bool) -> str | os.PathLike | None:
+    """The folder a featurizer's ``cache_dir`` argument names: ``None`` (and ``True``) for the
+    default location (:func:`~deepfuse_plugin.feat.text.default_cache_dir`); ``False`` (no cache
+    at all) is the caller's to handle."""
+    return None if cache_dir is None or isinstance(cache_dir, bool) else cache_dir
+
+
 class EmbeddingCache:
     """Vectors and failure reasons on disk: ``<cache_dir>/embeddings.sqlite``, one row per
     (provider key, canonical SMILES). Values are raw float32 bytes (no pickle)."""
@@ -446,11 +453,7 @@ class ProviderEmbeddingModality(ModalityFeaturizer):
         self.provider = provider
         self.name = name or provider.name
         self.cache_dir, self.chunk_size = cache_dir, int(chunk_size)
-        self._cache = (
-            None
-            if cache_dir is False
-            else EmbeddingCache(None if cache_dir in (None, True) else cache_dir)
-        )
+        self._cache = None if cache_dir is False else EmbeddingCache(cache_location(cache_dir))
         self._prepared: dict[str, EmbeddingResult] = {}
         self.spec = Modality(
             self.name,

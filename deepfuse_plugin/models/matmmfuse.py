@@ -76,7 +76,9 @@ class MatMMFuseModel(CrossAttentionFusionModel):
     >>> cgcnn = dc.models.MatMMFuseModel(1, [feat.modalities[0]])  # doctest: +SKIP
     """
 
-    _config_extra = CrossAttentionFusionModel._config_extra + ("backbone",)
+    # mypy infers the parent's tuple as fixed-length (models/cross_attention.py does not repeat
+    # base.py's ClassVar[tuple[str, ...]] annotation), so any longer tuple reads as a mismatch
+    _config_extra = (*CrossAttentionFusionModel._config_extra, "backbone")  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -160,7 +162,7 @@ def zero_shot_evaluate(
     metric = metric or dc.metrics.Metric(dc.metrics.mean_absolute_error)
     rows = {}
     for family, dataset in families.items():
-        row = {"n": len(dataset)}
+        row: dict[str, float] = {"n": len(dataset)}
         for name, model in models.items():
             scores = model.evaluate(dataset, [metric], list(transformers))
             row[name] = float(scores[metric.name])
