@@ -183,7 +183,8 @@ def _label_lists(labels: Mapping[str, Sequence[float]] | None) -> dict[str, list
 
 
 class MultiModalMGLDataset(MGLDataset):
-    """MatGL's ``MGLDataset`` plus deepfuse modalities (text, composition) on every graph.
+    """MatGL's ``MGLDataset`` plus deepfuse modalities (text, composition, the pretrained
+    ``chgnet``/``chgnet_atoms`` view) on every graph.
 
     The graphs are MatGL's (``converter``, e.g. ``Structure2Graph(element_types, cutoff)``);
     ``featurizer`` (a :class:`~deepfuse_plugin.feat.crystal.CrystalMultiModalFeaturizer`

@@ -32,7 +32,13 @@ class MatMMFuseModel(CrossAttentionFusionModel):
       fine-tuned transformers encoder (``encoder_options={"text": {"freeze": False}}``), one state
       per token. Or ``text_embedding`` (one frozen vector), which the fusion turns into
       ``vector_tokens`` learned tokens;
-    - ``composition`` (optional, ``vector``): MLP, turned into ``vector_tokens`` tokens.
+    - ``composition`` (optional, ``vector``): MLP, turned into ``vector_tokens`` tokens;
+    - ``chgnet_atoms`` (optional, ``vector_set``: the pretrained CHGNet's 64-d state of every
+      site): :class:`~deepfuse_plugin.nn.encoders.VectorSetEncoder`, one token per atom, so the
+      graph's atoms and the text attend over CHGNet's atoms (``chgnet``, its crystal vector, is
+      an ``embedding`` turned into ``vector_tokens`` tokens). CHGNet is trained on MPtrj
+      (Materials Project): on MP-derived data such as mp36k this view leaks the test labels'
+      source; judge it on non-MP data (e.g. the Castelli perovskites).
 
     Fusion (:class:`~deepfuse_plugin.nn.fusion.CrossAttentionFusion`): each atom state queries the
     text tokens, and each text token queries the atoms, with multi-head attention (key padding
@@ -74,6 +80,8 @@ class MatMMFuseModel(CrossAttentionFusionModel):
     >>> ds = dc.data.NumpyDataset(feat.featurize(structures), y)  # doctest: +SKIP
     >>> model = dc.models.MatMMFuseModel(1, feat.modalities)  # doctest: +SKIP
     >>> cgcnn = dc.models.MatMMFuseModel(1, [feat.modalities[0]])  # doctest: +SKIP
+    >>> pretrained = dc.models.MatMMFuseModel(  # doctest: +SKIP
+    ...     1, ["graph", "text_sentences", "chgnet_atoms"])
     """
 
     # mypy infers the parent's tuple as fixed-length (models/cross_attention.py does not repeat
