@@ -204,3 +204,11 @@ def test_atom_states_collate_and_encode_permutation_invariantly(featurizer, samp
     perovskite = encoder(shuffled)
     torch.testing.assert_close(perovskite.pooled[1], out.pooled[1])
     torch.testing.assert_close(perovskite.tokens[1], out.tokens[1, order])
+
+
+def test_without_the_chgnet_package_the_error_says_how_to_install(monkeypatch):
+    import deepfuse_plugin.feat.chgnet as chgnet_view
+
+    monkeypatch.setattr(chgnet_view, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match="pip install"):
+        chgnet_view._package_dir()
