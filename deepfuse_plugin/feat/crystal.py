@@ -510,15 +510,20 @@ class _PerStructure:
 
 def crystal_modality_specs(
     names: Sequence[str | Modality | dict], **featurizer_kwargs: Any
-) -> list[Modality | dict]:
-    """Specs for built-in crystal modality names (default settings); specs and dicts pass through.
+) -> list[Modality]:
+    """Specs for built-in crystal modality names (default settings); specs pass through and dicts
+    become specs.
 
     Builds no model and tokenizes nothing for vectors and graphs; text modalities read the text
-    model's tokenizer/config (offline for the default model).
+    model's tokenizer/config (offline for the default model), the pretrained views their
+    checkpoint's sizes.
     """
     named = [n for n in names if isinstance(n, str)]
-    if not named:
-        return [n for n in names if not isinstance(n, str)]
-    feat = CrystalMultiModalFeaturizer(named, progress=False, **featurizer_kwargs)
-    specs = {m.name: m for m in feat.modalities}
-    return [specs[n] if isinstance(n, str) else n for n in names]
+    specs: dict[str, Modality] = {}
+    if named:
+        feat = CrystalMultiModalFeaturizer(named, progress=False, **featurizer_kwargs)
+        specs = {m.name: m for m in feat.modalities}
+    return [
+        specs[n] if isinstance(n, str) else n if isinstance(n, Modality) else Modality.from_dict(n)
+        for n in names
+    ]

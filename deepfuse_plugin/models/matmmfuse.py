@@ -84,9 +84,7 @@ class MatMMFuseModel(CrossAttentionFusionModel):
     ...     1, ["graph", "text_sentences", "chgnet_atoms"])
     """
 
-    # mypy infers the parent's tuple as fixed-length (models/cross_attention.py does not repeat
-    # base.py's ClassVar[tuple[str, ...]] annotation), so any longer tuple reads as a mismatch
-    _config_extra = (*CrossAttentionFusionModel._config_extra, "backbone")  # type: ignore[assignment]
+    _config_extra = (*CrossAttentionFusionModel._config_extra, "backbone")
 
     def __init__(
         self,
