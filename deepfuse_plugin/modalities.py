@@ -30,8 +30,18 @@ import numpy as np
 from deepfuse_plugin.errors import InvalidSettingError
 
 #: Kinds an encoder can be chosen by. ``embedding`` is a precomputed vector (identity encoder plus
-#: projection), ``vector`` a raw feature vector (MLP encoder).
-MODALITY_KINDS = ("vector", "embedding", "sequence", "graph", "crystal_graph", "text")
+#: projection), ``vector`` a raw feature vector (MLP encoder), ``vector_set`` a precomputed set of
+#: ``dim``-wide vectors per item, ``(n, dim)``, whose order carries no meaning (a pretrained
+#: model's atom states: one token per atom for attention-based fusion).
+MODALITY_KINDS = (
+    "vector",
+    "embedding",
+    "sequence",
+    "graph",
+    "crystal_graph",
+    "text",
+    "vector_set",
+)
 
 #: ``Modality.params["format"]`` of a MatGL-format crystal graph.
 MATGL_FORMAT = "matgl"
@@ -52,7 +62,7 @@ class Modality:
     kind: str
         One of :data:`MODALITY_KINDS`; encoders are chosen by kind.
     dim: int, optional
-        Width of a ``vector``/``embedding`` value.
+        Width of a ``vector``/``embedding`` value (of each vector of a ``vector_set``).
     vocab: tuple of str, optional
         Token vocabulary of a ``sequence`` modality (index = token id).
     max_length: int, optional

@@ -6,6 +6,7 @@
 - ``text``: by the spec's ``params["representation"]``: ``"tokens"`` -> padded
   :class:`~deepfuse_plugin.data.collate.TokenBatch` (pad id from the spec, attention mask from the
   lengths), ``"sentence_embeddings"`` -> :class:`SentenceBatch` ``(B, S_max, d)`` float32 + mask.
+- ``vector_set`` (e.g. CHGNet's atom states): the same padded :class:`SentenceBatch`.
 """
 
 from __future__ import annotations
@@ -79,3 +80,4 @@ def _pad_sentences(values: list[np.ndarray | None], spec: Modality) -> SentenceB
 
 register_collater("crystal_graph", _batch_graphs)
 register_collater("text", collate_text)
+register_collater("vector_set", _pad_sentences)  # pretrained atom states: padded rows + mask

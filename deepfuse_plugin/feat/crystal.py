@@ -1,13 +1,16 @@
 """Multimodal crystal featurizer: read each structure once, compute every modality from it.
 
-Mirrors :mod:`deepfuse_plugin.feat.molecule`: one :class:`CrystalModalityFeaturizer` per modality
-(a ``spec`` and a ``compute``); a modality that fails for a structure is recorded as missing with the
-reason and the structure is kept; ``featurize`` returns DeepChem's object array and runs in parallel
-(fork pool) with a progress bar. Every structure is checked against the featurizer's
-:class:`~deepfuse_plugin.limits.InputLimits` before any modality (spglib, pymatgen's neighbour
-search) sees it: a NaN coordinate segfaults spglib, a 1e-6 A lattice vector exhausts memory.
-The language-model modalities (``text_embedding``, ``text_sentences``) are computed afterwards in the parent process, batched over all descriptions
-(a transformer in forked workers would be slower and unsafe), and cached on disk.
+Mirrors :mod:`deepfuse_plugin.feat.molecule`: one :class:`CrystalModalityFeaturizer` per
+modality (a ``spec`` and a ``compute``); a modality that fails for a structure is recorded as
+missing with the reason and the structure is kept; ``featurize`` returns DeepChem's object array
+and runs in parallel (fork pool) with a progress bar. Every structure is checked against the
+featurizer's :class:`~deepfuse_plugin.limits.InputLimits` before any modality (spglib,
+pymatgen's neighbour search) sees it: a NaN coordinate segfaults spglib, a 1e-6 A lattice vector
+exhausts memory.
+The language-model modalities (``text_embedding``, ``text_sentences``) are computed afterwards in
+the parent process, batched over all descriptions (a transformer in forked workers would be slower
+and unsafe), and cached on disk; the pretrained structure views (``chgnet``, ``chgnet_atoms``:
+:mod:`deepfuse_plugin.feat.crystal_pretrained`) likewise, but before the per-structure pass.
 
 The modalities themselves live in :mod:`deepfuse_plugin.feat.crystal_modalities` and the
 elemental property tables in :mod:`deepfuse_plugin.feat.elements`; their public names import
@@ -20,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,6 +32,12 @@ from deepchem.feat import MaterialStructureFeaturizer
 from deepfuse_plugin.errors import InvalidInputError
 from deepfuse_plugin.feat import _base
 from deepfuse_plugin.feat._base import RowFailure, exception_reason
+from deepfuse_plugin.feat.crystal_inputs import (
+    _is_single,
+    _show_input,
+    searchable_cell,
+    to_structure,
+)
 from deepfuse_plugin.feat.crystal_modalities import (
     BUILTIN_CRYSTAL_MODALITIES,
     CompositionModality,
@@ -40,6 +49,11 @@ from deepfuse_plugin.feat.crystal_modalities import (
     TextEmbeddingModality,
     TextTokensModality,
 )
+from deepfuse_plugin.feat.crystal_pretrained import (
+    Embedders,
+    pretrained_crystal_modality,
+    pretrained_crystal_modality_from_spec,
+)
 from deepfuse_plugin.feat.elements import (
     ATOM_FEATURE_BLOCKS,
     ATOM_FEATURE_DIM,
@@ -48,6 +62,7 @@ from deepfuse_plugin.feat.elements import (
     MAX_Z,
     atom_feature_table,
 )
+from deepfuse_plugin.feat.pretrained import cache_location
 from deepfuse_plugin.feat.text import (
     DEFAULT_TEXT_MODEL,
     Describer,
@@ -77,6 +92,7 @@ __all__ = [
     "TextTokensModality",
     "atom_feature_table",
     "crystal_modality_specs",
+    "searchable_cell",
     "to_structure",
 ]
 
@@ -90,10 +106,10 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
     Inputs: pymatgen ``Structure`` (or ``IStructure``), its ``as_dict()``, or an ASE ``Atoms``. An
     input that cannot be read, or is refused by ``limits`` (no sites, a non-finite or degenerate
     lattice, non-finite or huge coordinates, occupancies outside (0, 1] or summing over 1, sites
-    closer than ``limits.min_distance``), gives an empty array (DeepChem loaders drop it), is logged
-    with its index and reason, and its reason is kept in :attr:`last_failures`; a modality that fails
-    for a structure (e.g. the graph of a disordered structure, or a description whose text cannot be
-    encoded) is marked missing with the reason.
+    closer than ``limits.min_distance``), gives an empty array (DeepChem loaders drop it), is
+    logged with its index and reason, and its reason is kept in :attr:`last_failures`; a modality
+    that fails for a structure (e.g. the graph of a disordered structure, or a description whose
+    text cannot be encoded) is marked missing with the reason.
 
     Modalities (built-in names):
 
@@ -103,7 +119,18 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
     - ``"text_embedding"`` (kind ``embedding``): frozen mean-pooled text vector;
     - ``"text_sentences"`` (kind ``text``, sentence embeddings): frozen per-sentence vectors;
     - ``"matgl_graph"`` (kind ``crystal_graph``, MatGL format): :class:`MatGLGraphModality`, for
-      MatGL's MEGNet/M3GNet backbones (``MatMMFuseModel(backbone="megnet")``).
+      MatGL's MEGNet/M3GNet backbones (``MatMMFuseModel(backbone="megnet")``);
+    - ``"chgnet"`` (kind ``embedding``, 64-d) and ``"chgnet_atoms"`` (kind ``vector_set``, one
+      64-d state per site, what MatMMFuse's cross-attention attends over): the pretrained CHGNet
+      0.3.0's crystal and atom features (:class:`~deepfuse_plugin.feat.chgnet.CHGNetProvider`,
+      needs the ``chgnet`` package of the ``materials`` extra; offline), computed in batches
+      and cached by structure hash; a structure CHGNet cannot take (partial occupancies, Z > 94,
+      an atom with no neighbour within 6 Å) has them missing with the reason. Any registered
+      :class:`~deepfuse_plugin.feat.pretrained.StructureEmbeddingProvider` ``p`` gives ``"p"``
+      and ``"p_atoms"`` the same way. **Leakage**: CHGNet is trained on MPtrj (Materials
+      Project relaxations, which include the structures and energies of MP-derived sets such as
+      mp36k, test splits too): on MP data it leaks; judge it on non-MP data (e.g. the Castelli
+      perovskites).
 
     Parameters
     ----------
@@ -121,8 +148,11 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
     text_max_length: int
         Token ids kept for ``text``; tokens per encoded chunk for the embeddings.
     cache_dir: path, optional
-        Where descriptions and embeddings are cached (default ``$DEEPFUSE_CACHE_DIR`` or
-        ``~/.cache/deepfuse``); ``False`` disables caching.
+        Where descriptions and embeddings (text and pretrained structure views) are cached
+        (default ``$DEEPFUSE_CACHE_DIR`` or ``~/.cache/deepfuse``); ``False`` disables caching.
+    pretrained_options: dict, optional
+        Constructor options of the pretrained structure providers by name, e.g.
+        ``{"chgnet": {"model": "0.2.0", "batch_size": 16, "device": "cuda"}}``.
     embed_batch_size: int
         Chunks per transformer forward pass.
     n_jobs: int
@@ -144,9 +174,12 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
     >>> from pymatgen.core import Lattice, Structure  # doctest: +SKIP
     >>> nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.69), ["Na", "Cl"],
     ...                                  [[0, 0, 0], [0.5, 0.5, 0.5]])  # doctest: +SKIP
-    >>> feat = CrystalMultiModalFeaturizer(["graph", "composition"], progress=False)  # doctest: +SKIP
-    >>> feat.featurize([nacl])[0].values["graph"].node_features.shape  # doctest: +SKIP
+    >>> feat = CrystalMultiModalFeaturizer(["graph", "chgnet_atoms"])  # doctest: +SKIP
+    >>> sample = feat.featurize([nacl])[0]  # doctest: +SKIP
+    >>> sample.values["graph"].node_features.shape  # doctest: +SKIP
     (8, 91)
+    >>> sample.values["chgnet_atoms"].shape  # one CHGNet state per site  # doctest: +SKIP
+    (8, 64)
     """
 
     def __init__(
@@ -170,6 +203,7 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
         progress: bool = True,
         matgl_cutoff: float = 4.0,
         limits: InputLimits = DEFAULT_LIMITS,
+        pretrained_options: Mapping[str, Mapping[str, Any]] | None = None,
     ):
         super().__init__()
         if not isinstance(limits, InputLimits):
@@ -185,11 +219,11 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
         self.cache_dir, self.embed_batch_size = cache_dir, embed_batch_size
         self.n_jobs, self.progress = n_jobs, progress
         self._description_cache = (
-            None
-            if cache_dir is False
-            else DescriptionCache(None if cache_dir in (None, True) else cache_dir)
+            None if cache_dir is False else DescriptionCache(cache_location(cache_dir))
         )
         self._embedder: TextEmbedder | None = None
+        self.pretrained_options = {k: dict(v) for k, v in (pretrained_options or {}).items()}
+        self._structure_embedders: Embedders = {}
         self.modality_featurizers = [self._resolve(m) for m in modalities]
         names = [m.name for m in self.modality_featurizers]
         if not names or len(set(names)) != len(names):
@@ -205,9 +239,7 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
                 self.text_model,
                 self.text_max_length,
                 self.embed_batch_size,
-                cache_dir=False
-                if self.cache_dir is False
-                else (None if self.cache_dir in (None, True) else self.cache_dir),
+                cache_dir=False if self.cache_dir is False else cache_location(self.cache_dir),
             )
         return self._embedder
 
@@ -237,11 +269,16 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
                 self.embedder, key, "sentence", name="text_sentences"
             ),
         }
-        if item not in builders:
+        if item in builders:
+            return builders[item]()
+        pretrained = pretrained_crystal_modality(
+            item, self._structure_embedders, self.cache_dir, self.pretrained_options
+        )
+        if pretrained is None:
             raise ValueError(
                 f"Unknown crystal modality {item!r}; built-in: {list(BUILTIN_CRYSTAL_MODALITIES)}"
             )
-        return builders[item]()
+        return pretrained
 
     def _from_spec(self, spec: Modality) -> CrystalModalityFeaturizer:
         p = spec.params
@@ -258,6 +295,10 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
             )
         if spec.kind == "vector" and "properties" in p:
             return CompositionModality(spec.name)
+        if "provider" in p:
+            return pretrained_crystal_modality_from_spec(
+                spec, self._structure_embedders, self.cache_dir, self.pretrained_options
+            )
         describer = p.get("describer", self.describer.key)
         if describer != self.describer.key:
             raise ValueError(
@@ -277,9 +318,7 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
                 p.get("max_length", self.text_max_length),
                 self.embed_batch_size,
                 p.get("normalize", True),
-                cache_dir=False
-                if self.cache_dir is False
-                else (None if self.cache_dir in (None, True) else self.cache_dir),
+                cache_dir=False if self.cache_dir is False else cache_location(self.cache_dir),
             )
             return TextEmbeddingModality(embedder, describer, p["level"], name=spec.name)
         raise ValueError(f"Cannot rebuild a crystal featurizer for modality spec {spec!r}")
@@ -331,6 +370,7 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
         if _is_single(datapoints):
             datapoints = [datapoints]
         points = list(datapoints)
+        self._prepare_up_front(points)
         stage = _PerStructure(self)
         if self.n_jobs > 1 and len(points) >= 32:
             pairs = _base.featurize_parallel(
@@ -347,6 +387,18 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
         )
         _base.log_missing(results, "CrystalMultiModalFeaturizer", "structure(s)", log=logger)
         return out
+
+    def _prepare_up_front(self, points: Sequence[Any]) -> None:
+        """Let the ``up_front`` modalities (pretrained structure models) embed every input that
+        the per-structure pass will accept, in batches, before that pass (inputs it refuses are
+        skipped here and reported by it)."""
+        up_front = [m for m in self.modality_featurizers if m.up_front]
+        if not up_front:
+            return
+        checked = [self._checked_structure(point) for point in points]
+        structures = [s for s in checked if not isinstance(s, RowFailure)]
+        for modality in up_front:
+            modality.prepare(structures, progress=self.progress)
 
     def featurize_one(self, datapoint: Any) -> MultiModalSample | None:
         """One :class:`MultiModalSample`, or ``None`` when the input cannot be read or is refused
@@ -372,20 +424,9 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
     ) -> tuple[MultiModalSample, str | Exception | None] | RowFailure:
         """Per-structure modalities; the batched ones are left None for :meth:`_fill_batched`.
         Returns the sample and the description (or the error that prevented it)."""
-        try:
-            structure = to_structure(datapoint)
-        except Exception as err:
-            return RowFailure(f"cannot read a crystal structure: {exception_reason(err)}")
-        try:
-            problem = structure_problem(structure, self.limits)
-        except Exception as err:  # e.g. a lattice that is not numeric
-            problem = f"cannot check this structure: {exception_reason(err)}"
-        if problem is not None:
-            return RowFailure(problem)
-        try:
-            structure = searchable_cell(structure)
-        except Exception as err:
-            return RowFailure(f"cannot reduce this cell: {exception_reason(err)}")
+        structure = self._checked_structure(datapoint)
+        if isinstance(structure, RowFailure):
+            return structure
         context = CrystalContext(structure, self)
         values: dict[str, Any] = {}
         reasons: dict[str, str] = {}
@@ -406,35 +447,55 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
                 description = err
         return MultiModalSample(values, reasons, self._fingerprints), description
 
+    def _checked_structure(self, datapoint: Any) -> Any:
+        """The structure every modality sees (read, checked against :attr:`limits`, on a
+        searchable cell), or the :class:`RowFailure` saying why there is none."""
+        try:
+            structure = to_structure(datapoint)
+        except Exception as err:
+            return RowFailure(f"cannot read a crystal structure: {exception_reason(err)}")
+        try:
+            problem = structure_problem(structure, self.limits)
+        except Exception as err:  # e.g. a lattice that is not numeric
+            problem = f"cannot check this structure: {exception_reason(err)}"
+        if problem is not None:
+            return RowFailure(problem)
+        try:
+            return searchable_cell(structure)
+        except Exception as err:
+            return RowFailure(f"cannot reduce this cell: {exception_reason(err)}")
+
     def _fill_batched(
-        self, samples: list[MultiModalSample | None], descriptions: list[str | Exception | None]
+        self,
+        results: Sequence[MultiModalSample | RowFailure | None],
+        descriptions: Sequence[str | Exception | None],
     ) -> None:
         batched = [m for m in self.modality_featurizers if m.batched]
         if not batched:
             return
-        rows = [i for i, s in enumerate(samples) if isinstance(s, MultiModalSample)]
-        texts = [i for i in rows if isinstance(descriptions[i], str)]
-        for i in rows:
-            if not isinstance(descriptions[i], str):
-                err = descriptions[i]
-                for m in batched:
-                    samples[i].missing_reasons[m.name] = (  # type: ignore[union-attr]
-                        f"no description: {exception_reason(err)}"
-                    )
+        samples = {i: s for i, s in enumerate(results) if isinstance(s, MultiModalSample)}
+        texts: dict[int, str] = {}
+        for i, sample in samples.items():
+            description = descriptions[i]
+            if isinstance(description, str):
+                texts[i] = description
+                continue
+            reason = "no description" + (
+                "" if description is None else f": {exception_reason(description)}"
+            )
+            for m in batched:
+                sample.missing_reasons[m.name] = reason
         for m in batched:
             if not texts:
                 break
             try:
-                values = m.compute_batch(
-                    [descriptions[i] for i in texts],  # type: ignore[attr-defined]
-                    progress=self.progress,
-                )
+                values = m.compute_batch(list(texts.values()), progress=self.progress)
             except Exception as err:
                 for i in texts:
-                    samples[i].missing_reasons[m.name] = exception_reason(err)  # type: ignore[union-attr]
+                    samples[i].missing_reasons[m.name] = exception_reason(err)
                 continue
             for i, value in zip(texts, values):
-                samples[i].values[m.name] = value  # type: ignore[union-attr]
+                samples[i].values[m.name] = value
 
 
 class _PerStructure:
@@ -447,84 +508,22 @@ class _PerStructure:
         return self.featurizer._featurize_structure(point)
 
 
-def _is_single(datapoints: Any) -> bool:
-    if isinstance(datapoints, dict):
-        return True
-    try:
-        from pymatgen.core import IStructure
-
-        if isinstance(datapoints, IStructure):
-            return True
-    except ImportError:
-        pass
-    return _is_ase_atoms(datapoints)
-
-
-def _is_ase_atoms(obj: Any) -> bool:
-    return any(c.__name__ == "Atoms" and c.__module__.startswith("ase") for c in type(obj).__mro__)
-
-
-def to_structure(datapoint: Any) -> Any:
-    """pymatgen ``Structure`` from a ``Structure``/``IStructure``, its dict or an ASE ``Atoms``."""
-    _require_pymatgen()
-    from pymatgen.core import IStructure, Structure
-
-    if isinstance(datapoint, Structure):
-        return datapoint
-    if isinstance(datapoint, IStructure):
-        return Structure.from_sites(datapoint.sites)
-    if isinstance(datapoint, dict):
-        return Structure.from_dict(datapoint)
-    if _is_ase_atoms(datapoint):
-        from pymatgen.io.ase import AseAtomsAdaptor
-
-        return AseAtomsAdaptor.get_structure(datapoint)
-    raise TypeError(f"Cannot read a crystal structure from a {type(datapoint).__name__}")
-
-
-def searchable_cell(structure: Any) -> Any:
-    """``structure`` itself, or the same crystal on its LLL-reduced cell when the given cell is so
-    skewed that a neighbour search would crawl.
-
-    pymatgen's neighbour search scans as many cell images along each vector as the radius over
-    that cell height; a cell of 20 x 20 x 14.9 A whose third vector lies 0.01 A out of the
-    plane of the other two (passing every input limit: 4 A^3 for one site) takes 22 s at 8 A,
-    and each halving of the height costs about 8 times more. The reduced cell holds the same
-    periodic crystal (same distances, same neighbour list) with near-orthogonal vectors. Cells
-    whose thinnest height is already at least half the reduced cell's (every ordinary cell) are
-    returned unchanged, so their graphs keep the input's own cell and coordinates.
-    """
-    heights = _cell_heights(np.asarray(structure.lattice.matrix, dtype=float))
-    reduced = structure.lattice.get_lll_reduced_lattice()
-    if heights.min() >= 0.5 * _cell_heights(np.asarray(reduced.matrix, dtype=float)).min():
-        return structure
-    return structure.get_reduced_structure("LLL")
-
-
-def _cell_heights(matrix: np.ndarray) -> np.ndarray:
-    """Distance between opposite faces of the cell, along each vector's reciprocal direction."""
-    areas = np.linalg.norm(np.cross(matrix[[1, 2, 0]], matrix[[2, 0, 1]]), axis=1)
-    return abs(float(np.linalg.det(matrix))) / areas
-
-
-def _show_input(point: Any) -> str:
-    try:
-        return repr(to_structure(point).composition.reduced_formula)
-    except Exception:
-        return type(point).__name__
-
-
 def crystal_modality_specs(
     names: Sequence[str | Modality | dict], **featurizer_kwargs: Any
-) -> list[Modality | dict]:
-    """Specs for built-in crystal modality names (default settings); specs and dicts pass through.
+) -> list[Modality]:
+    """Specs for built-in crystal modality names (default settings); specs pass through and dicts
+    become specs.
 
     Builds no model and tokenizes nothing for vectors and graphs; text modalities read the text
-    model's tokenizer/config (offline for the default model).
+    model's tokenizer/config (offline for the default model), the pretrained views their
+    checkpoint's sizes.
     """
     named = [n for n in names if isinstance(n, str)]
-    if not named:
-        return list(names)
-    feat = CrystalMultiModalFeaturizer(named, progress=False, **featurizer_kwargs)
-    specs = {m.name: m for m in feat.modalities}
-    return [specs[n] if isinstance(n, str) else n for n in names]
+    specs: dict[str, Modality] = {}
+    if named:
+        feat = CrystalMultiModalFeaturizer(named, progress=False, **featurizer_kwargs)
+        specs = {m.name: m for m in feat.modalities}
+    return [
+        specs[n] if isinstance(n, str) else n if isinstance(n, Modality) else Modality.from_dict(n)
+        for n in names
+    ]

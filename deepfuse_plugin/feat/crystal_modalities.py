@@ -2,7 +2,8 @@
 
 :class:`~deepfuse_plugin.feat.crystal.CrystalMultiModalFeaturizer` builds them from built-in
 names (``"graph"``, ``"text"``, ``"composition"``, ``"text_embedding"``, ``"text_sentences"``,
-``"matgl_graph"``) or takes instances, including your own subclasses of
+``"matgl_graph"``; the pretrained ``"chgnet"`` and ``"chgnet_atoms"`` live in
+:mod:`deepfuse_plugin.feat.crystal_pretrained`) or takes instances, including your own subclasses of
 :class:`CrystalModalityFeaturizer`. pymatgen is imported lazily (the ``materials`` extra).
 """
 
@@ -44,6 +45,8 @@ BUILTIN_CRYSTAL_MODALITIES = (
     "text_embedding",
     "text_sentences",
     "matgl_graph",
+    "chgnet",
+    "chgnet_atoms",
 )
 
 
@@ -76,10 +79,22 @@ class CrystalModalityFeaturizer(ABC):
     spec: Modality
     #: computed after the per-structure pass, batched over all descriptions (language models)
     batched: bool = False
+    #: :meth:`prepare` runs before the per-structure pass, over every structure (pretrained
+    #: structure models, :mod:`deepfuse_plugin.feat.crystal_pretrained`)
+    up_front: bool = False
 
     @abstractmethod
     def compute(self, structure: Any, context: CrystalContext) -> Any:
         """Value for one structure; raise to mark the modality missing."""
+
+    def compute_batch(self, descriptions: Sequence[str], progress: bool = False) -> list[Any]:
+        """Values for many descriptions at once; only for ``batched`` modalities."""
+        raise NotImplementedError(f"{type(self).__name__} is not a batched modality")
+
+    def prepare(self, structures: Sequence[Any], progress: bool = False) -> None:
+        """Batched work over all ``structures`` (already checked against the featurizer's input
+        limits) before :meth:`compute` sees them one by one; only for ``up_front`` modalities."""
+        return None  # nothing to prepare by default
 
 
 class DisorderedStructureError(ValueError):
@@ -183,10 +198,10 @@ class MatGLGraphModality(CrystalModalityFeaturizer):
     Built with MatGL's own converter (``matgl.ext.pymatgen.Structure2Graph``: every neighbour within
     ``cutoff`` Å, both directions, periodic images included), stored in a
     :class:`~deepfuse_plugin.modalities.GraphFeatures`: node features ``[node_type, x, y, z]``
-    ``(N, 4)`` (the index into ``element_types`` and Cartesian coordinates in Å), edge features the
-    Cartesian shift of the neighbour's periodic image ``(E, 3)``. Bond lengths and angles are
-    computed by the backbone (:class:`~deepfuse_plugin.nn.matgl_backbone.MatGLGraphEncoder`). An atom
-    without neighbours inside the cutoff simply has no edge. A disordered structure raises
+    ``(N, 4)`` (the index into ``element_types`` and Cartesian coordinates in Å), edge features
+    the Cartesian shift of the neighbour's periodic image ``(E, 3)``. Bond lengths and angles are
+    computed by the backbone (:class:`~deepfuse_plugin.nn.matgl_backbone.MatGLGraphEncoder`). An
+    atom without neighbours inside the cutoff simply has no edge. A disordered structure raises
     :class:`DisorderedStructureError` (marked missing), as does an element outside
     ``element_types``.
     """
@@ -329,10 +344,11 @@ class TextEmbeddingModality(CrystalModalityFeaturizer):
 
     ``level="text"`` (kind ``embedding``): the mean-pooled text vector ``(d,)`` (384 for MiniLM).
     ``level="sentence"`` (kind ``text``, representation ``sentence_embeddings``): one vector per
-    sentence ``(S, d)`` float16, mean-pooled from the *same* contextual hidden states. These are the
-    text tokens MatMMFuse's cross-attention attends over: a few real, distinct text units per crystal
-    (space group sentence, lattice sentence, one per inequivalent site) at about S * d * 2 bytes
-    (7-15 KB) per structure; storing every token's hidden state would cost ~20x more.
+    sentence ``(S, d)`` float16, mean-pooled from the *same* contextual hidden states. These are
+    the text tokens MatMMFuse's cross-attention attends over: a few real, distinct text units per
+    crystal (space group sentence, lattice sentence, one per inequivalent site) at about
+    S * d * 2 bytes (7-15 KB) per structure; storing every token's hidden state would cost ~20x
+    more.
     """
 
     batched = True

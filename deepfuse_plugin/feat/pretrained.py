@@ -1,4 +1,4 @@
-"""Foundation-model views of a molecule: pretrained embedding providers, batched and cached on disk.
+"""Foundation-model views: pretrained embedding providers, batched and cached on disk.
 
 A provider turns canonical SMILES into fixed-width vectors (MiniMol's 512-d fingerprint, a chemical
 language model's pooled hidden states, ...). :class:`ProviderEmbeddingModality` makes any provider
@@ -14,6 +14,11 @@ Adding the next foundation model is one class::
     class MyModel(EmbeddingProvider):
         name = "mymodel"
         ...
+
+Crystals have the same pattern: a :class:`StructureEmbeddingProvider` (crystal vector and atom
+states of a pymatgen structure, e.g. CHGNet's, :mod:`deepfuse_plugin.feat.chgnet`) registered with
+:func:`register_structure_provider` becomes the crystal modalities ``<name>`` and
+``<name>_atoms`` (:mod:`deepfuse_plugin.feat.crystal_pretrained`).
 
 Examples
 --------
@@ -31,7 +36,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import numpy as np
 from rdkit import Chem, rdBase
@@ -43,7 +48,14 @@ from deepfuse_plugin.limits import DEFAULT_LIMITS, InputLimits, molecule_problem
 from deepfuse_plugin.modalities import Modality
 
 __all__ = [
+    "PretrainedProvider",
+    "ProviderRegistry",
     "EmbeddingProvider",
+    "StructureEmbedding",
+    "StructureEmbeddingProvider",
+    "register_structure_provider",
+    "structure_provider",
+    "available_structure_providers",
     "MiniMolProvider",
     "HFTransformerProvider",
     "register_embedding_provider",
@@ -59,7 +71,24 @@ logger = logging.getLogger(__name__)
 EmbeddingResult = np.ndarray | str
 
 
-class EmbeddingProvider(ABC):
+class PretrainedProvider(ABC):
+    """What every pretrained-model provider (molecule or structure) has: a registry :attr:`name`
+    and the :meth:`settings` that change its outputs, which together give its cache :attr:`key`."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def settings(self) -> dict[str, Any]:
+        """JSON-able settings that change the outputs (model file, version, pooling, ...)."""
+
+    @property
+    def key(self) -> str:
+        """Identity of the outputs for caches and config comparison: name + settings digest."""
+        blob = json.dumps(self.settings(), sort_keys=True, default=str).encode()
+        return f"{self.name}:{hashlib.sha1(blob).hexdigest()[:12]}"
+
+
+class EmbeddingProvider(PretrainedProvider):
     """A pretrained model that embeds canonical SMILES into ``dim``-wide float32 vectors.
 
     Subclasses set :attr:`name` (the registry name), implement :meth:`settings`, :attr:`dim` and
@@ -67,59 +96,134 @@ class EmbeddingProvider(ABC):
     molecule's place.
     """
 
-    name: ClassVar[str]
-
     @property
     @abstractmethod
     def dim(self) -> int:
         """Width of every vector."""
 
     @abstractmethod
-    def settings(self) -> dict[str, Any]:
-        """JSON-able settings that change the vectors (model file, version, pooling, ...)."""
-
-    @abstractmethod
     def embed(self, smiles: Sequence[str]) -> list[EmbeddingResult]:
         """One vector (shape ``(dim,)``, finite) or one reason string per SMILES, in order."""
 
+
+class StructureEmbedding(NamedTuple):
+    """A pretrained model's view of one crystal: ``crystal (dim,)`` float32 and one state per
+    site, ``atoms (n_sites, atom_dim)`` (float16: the atom states are inputs to a learned
+    projection, and half precision halves the cache and the featurized dataset)."""
+
+    crystal: np.ndarray
+    atoms: np.ndarray
+
+
+#: One structure's embedding or the reason the model could not embed the structure.
+StructureResult = StructureEmbedding | str
+
+
+class StructureEmbeddingProvider(PretrainedProvider):
+    """A pretrained model that embeds pymatgen structures: a crystal vector and atom states.
+
+    Subclasses set :attr:`name`, implement :meth:`settings`, :attr:`dim`, :attr:`atom_dim` and
+    :meth:`embed`. :meth:`embed` never raises for one bad structure: it returns the reason in that
+    structure's place. The structures it receives have already passed the featurizer's
+    :class:`~deepfuse_plugin.limits.InputLimits`.
+    """
+
     @property
-    def key(self) -> str:
-        """Identity of the vectors for caches and config comparison: name + settings digest."""
-        blob = json.dumps(self.settings(), sort_keys=True, default=str).encode()
-        return f"{self.name}:{hashlib.sha1(blob).hexdigest()[:12]}"
+    @abstractmethod
+    def dim(self) -> int:
+        """Width of the crystal vector."""
+
+    @property
+    @abstractmethod
+    def atom_dim(self) -> int:
+        """Width of each atom state."""
+
+    @abstractmethod
+    def embed(self, structures: Sequence[Any]) -> list[StructureResult]:
+        """One :class:`StructureEmbedding` or one reason string per structure, in order."""
+
+    def rebuild_options(self) -> dict[str, Any]:
+        """Constructor options that change the outputs (e.g. which checkpoint), stored in the
+        modality specs so a saved model rebuilds the same provider; run-time options (batch
+        size, device) are left out, so changing them never invalidates a model's inputs."""
+        return {}
 
 
-_PROVIDERS: dict[str, Callable[..., EmbeddingProvider]] = {}
+P = TypeVar("P", bound=PretrainedProvider)
 
 
-def register_embedding_provider(cls: type[EmbeddingProvider]) -> type[EmbeddingProvider]:
-    """Class decorator: make ``cls`` available by ``cls.name`` to featurizers and the CLI.
+class ProviderRegistry(Generic[P]):
+    """Provider classes by name, for one kind of input (molecules, structures).
 
     A name is registered once; registering another class under a taken name is an error (a plugin
     must not silently replace a provider that saved models were built with).
     """
-    existing = _PROVIDERS.get(cls.name)
-    if existing is not None and existing is not cls:
-        raise ValueError(
-            f"An embedding provider named {cls.name!r} is already registered "
-            f"({existing.__module__}.{existing.__qualname__})"
-        )
-    _PROVIDERS[cls.name] = cls
-    return cls
+
+    def __init__(self, what: str):
+        self.what = what
+        self._classes: dict[str, Callable[..., P]] = {}
+
+    def register(self, cls: type[P]) -> type[P]:
+        """Class decorator: make ``cls`` available by ``cls.name``."""
+        existing = self._classes.get(cls.name)
+        if existing is not None and existing is not cls:
+            raise ValueError(
+                f"An {self.what} named {cls.name!r} is already registered "
+                f"({existing.__module__}.{existing.__qualname__})"
+            )
+        self._classes[cls.name] = cls
+        return cls
+
+    def names(self) -> list[str]:
+        """Names of the registered providers."""
+        return sorted(self._classes)
+
+    def build(self, name: str, **options: Any) -> P:
+        """The registered provider ``name`` built with ``options``."""
+        if name not in self._classes:
+            raise ValueError(f"Unknown {self.what} {name!r}; registered: {self.names()}")
+        return self._classes[name](**options)
+
+
+_PROVIDERS: ProviderRegistry[EmbeddingProvider] = ProviderRegistry("embedding provider")
+_STRUCTURE_PROVIDERS: ProviderRegistry[StructureEmbeddingProvider] = ProviderRegistry(
+    "structure embedding provider"
+)
+
+
+def register_embedding_provider(cls: type[EmbeddingProvider]) -> type[EmbeddingProvider]:
+    """Class decorator: make ``cls`` available by ``cls.name`` to featurizers and the CLI
+    (:class:`ProviderRegistry`: a taken name is an error)."""
+    return _PROVIDERS.register(cls)
 
 
 def available_embedding_providers() -> list[str]:
-    """Names of the registered providers."""
-    return sorted(_PROVIDERS)
+    """Names of the registered molecule providers."""
+    return _PROVIDERS.names()
 
 
 def embedding_provider(name: str, **options: Any) -> EmbeddingProvider:
-    """The registered provider ``name`` built with ``options``."""
-    if name not in _PROVIDERS:
-        raise ValueError(
-            f"Unknown embedding provider {name!r}; registered: {available_embedding_providers()}"
-        )
-    return _PROVIDERS[name](**options)
+    """The registered molecule provider ``name`` built with ``options``."""
+    return _PROVIDERS.build(name, **options)
+
+
+def register_structure_provider(
+    cls: type[StructureEmbeddingProvider],
+) -> type[StructureEmbeddingProvider]:
+    """Class decorator: make a :class:`StructureEmbeddingProvider` available by ``cls.name`` to
+    :class:`~deepfuse_plugin.feat.crystal.CrystalMultiModalFeaturizer` (``"chgnet"`` is built in:
+    :mod:`deepfuse_plugin.feat.chgnet`)."""
+    return _STRUCTURE_PROVIDERS.register(cls)
+
+
+def available_structure_providers() -> list[str]:
+    """Names of the registered structure providers."""
+    return _STRUCTURE_PROVIDERS.names()
+
+
+def structure_provider(name: str, **options: Any) -> StructureEmbeddingProvider:
+    """The registered structure provider ``name`` built with ``options``."""
+    return _STRUCTURE_PROVIDERS.build(name, **options)
 
 
 @register_embedding_provider
@@ -272,6 +376,13 @@ def _checked(vector: np.ndarray, dim: int) -> EmbeddingResult:
     return vector
 
 
+def cache_location(cache_dir: str | os.PathLike | None | bool) -> str | os.PathLike | None:
+    """The folder a featurizer's ``cache_dir`` argument names: ``None`` (and ``True``) for the
+    default location (:func:`~deepfuse_plugin.feat.text.default_cache_dir`); ``False`` (no cache
+    at all) is the caller's to handle."""
+    return None if cache_dir is None or isinstance(cache_dir, bool) else cache_dir
+
+
 class EmbeddingCache:
     """Vectors and failure reasons on disk: ``<cache_dir>/embeddings.sqlite``, one row per
     (provider key, canonical SMILES). Values are raw float32 bytes (no pickle)."""
@@ -342,11 +453,7 @@ class ProviderEmbeddingModality(ModalityFeaturizer):
         self.provider = provider
         self.name = name or provider.name
         self.cache_dir, self.chunk_size = cache_dir, int(chunk_size)
-        self._cache = (
-            None
-            if cache_dir is False
-            else EmbeddingCache(None if cache_dir in (None, True) else cache_dir)
-        )
+        self._cache = None if cache_dir is False else EmbeddingCache(cache_location(cache_dir))
         self._prepared: dict[str, EmbeddingResult] = {}
         self.spec = Modality(
             self.name,

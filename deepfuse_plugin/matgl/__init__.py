@@ -1,7 +1,8 @@
 """The MatGL route: multimodal crystal fusion trained with MatGL's own stack.
 
 - :class:`MultiModalMGLDataset`: MatGL's ``MGLDataset`` whose graphs also carry deepfuse
-  modalities (per-sentence text embeddings, token ids, composition) and a presence mask;
+  modalities (per-sentence text embeddings, token ids, composition, CHGNet's pretrained crystal
+  vector and atom states) and a presence mask;
 - :class:`MatMMFuse`: a ``matgl.models.MatGLModel`` (MEGNet / M3GNet / CGCNN backbone + deepfuse
   encoders + a deepfuse fusion layer), saved with ``model.save`` and restored with
   ``matgl.load_model``; ``predict_structure`` for a pymatgen ``Structure``;

@@ -4,8 +4,9 @@ MatGL batches graphs with PyG (``Batch.from_data_list``), which concatenates eve
 along its first dimension. The extra modalities therefore ride on each graph as rows:
 
 - ``df_<name>``: a vector/embedding modality ``(1, d)`` (zeros when missing); a sentence-embedding
-  text ``(S, d)``; token ids ``(L,)``;
-- ``df_<name>_n``: ``(1,)`` the number of rows (sentences/tokens; 0 when missing);
+  text ``(S, d)``; a ``vector_set`` (e.g. CHGNet's atom states, ``chgnet_atoms``) ``(n_atoms, d)``;
+  token ids ``(L,)``;
+- ``df_<name>_n``: ``(1,)`` the number of rows (sentences/atoms/tokens; 0 when missing);
 - ``df_mask``: ``(1, M)`` presence of the extra modalities, in the dataset's order.
 
 so a batch holds ``(B, d)`` vectors, ``(sum S, d)`` sentence rows with ``(B,)`` counts and a
@@ -43,11 +44,11 @@ CACHE_FILES = {
 }
 #: What MatGL (and deepfuse format 1) wrote: their presence is reported, never loaded.
 LEGACY_CACHE_FILES = ("pyg_graph.pt", "lattice.pt", "state_attr.pt")
-_ROW_KINDS = ("text", "sequence")
+_ROW_KINDS = ("text", "sequence", "vector_set")
 
 
 def _is_rows(spec: Modality) -> bool:
-    """Modalities stored as a variable number of rows per graph (sentences, tokens)."""
+    """Modalities stored as a variable number of rows per graph (sentences, tokens, atom states)."""
     return spec.kind in _ROW_KINDS
 
 
@@ -62,7 +63,9 @@ def _as_rows(value: Any, spec: Modality) -> Tensor:
                 )
             out[0] = value
         return torch.from_numpy(out)
-    if spec.kind == "text" and spec.params.get("representation") == "sentence_embeddings":
+    if spec.kind == "vector_set" or (
+        spec.kind == "text" and spec.params.get("representation") == "sentence_embeddings"
+    ):
         if value is None:
             return torch.zeros(0, spec.require("dim"))
         rows = np.asarray(value, dtype=np.float32).reshape(-1, spec.require("dim"))
@@ -118,7 +121,7 @@ def modality_inputs(batch: Any, specs: Sequence[Modality]) -> tuple[dict[str, An
             continue
         counts = getattr(batch, f"{PREFIX}{spec.name}_n").reshape(-1).long()
         owner = torch.repeat_interleave(torch.arange(n_graphs, device=counts.device), counts)
-        if rows.dim() == 2:  # sentence embeddings
+        if rows.dim() == 2:  # sentence embeddings, atom states
             if rows.shape[1] != spec.dim:
                 raise ValueError(
                     f"Modality {spec.name!r}: rows of width {rows.shape[1]}, the "
@@ -180,7 +183,8 @@ def _label_lists(labels: Mapping[str, Sequence[float]] | None) -> dict[str, list
 
 
 class MultiModalMGLDataset(MGLDataset):
-    """MatGL's ``MGLDataset`` plus deepfuse modalities (text, composition) on every graph.
+    """MatGL's ``MGLDataset`` plus deepfuse modalities (text, composition, the pretrained
+    ``chgnet``/``chgnet_atoms`` view) on every graph.
 
     The graphs are MatGL's (``converter``, e.g. ``Structure2Graph(element_types, cutoff)``);
     ``featurizer`` (a :class:`~deepfuse_plugin.feat.crystal.CrystalMultiModalFeaturizer`

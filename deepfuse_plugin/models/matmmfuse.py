@@ -32,7 +32,13 @@ class MatMMFuseModel(CrossAttentionFusionModel):
       fine-tuned transformers encoder (``encoder_options={"text": {"freeze": False}}``), one state
       per token. Or ``text_embedding`` (one frozen vector), which the fusion turns into
       ``vector_tokens`` learned tokens;
-    - ``composition`` (optional, ``vector``): MLP, turned into ``vector_tokens`` tokens.
+    - ``composition`` (optional, ``vector``): MLP, turned into ``vector_tokens`` tokens;
+    - ``chgnet_atoms`` (optional, ``vector_set``: the pretrained CHGNet's 64-d state of every
+      site): :class:`~deepfuse_plugin.nn.encoders.VectorSetEncoder`, one token per atom, so the
+      graph's atoms and the text attend over CHGNet's atoms (``chgnet``, its crystal vector, is
+      an ``embedding`` turned into ``vector_tokens`` tokens). CHGNet is trained on MPtrj
+      (Materials Project): on MP-derived data such as mp36k this view leaks the test labels'
+      source; judge it on non-MP data (e.g. the Castelli perovskites).
 
     Fusion (:class:`~deepfuse_plugin.nn.fusion.CrossAttentionFusion`): each atom state queries the
     text tokens, and each text token queries the atoms, with multi-head attention (key padding
@@ -74,9 +80,11 @@ class MatMMFuseModel(CrossAttentionFusionModel):
     >>> ds = dc.data.NumpyDataset(feat.featurize(structures), y)  # doctest: +SKIP
     >>> model = dc.models.MatMMFuseModel(1, feat.modalities)  # doctest: +SKIP
     >>> cgcnn = dc.models.MatMMFuseModel(1, [feat.modalities[0]])  # doctest: +SKIP
+    >>> pretrained = dc.models.MatMMFuseModel(  # doctest: +SKIP
+    ...     1, ["graph", "text_sentences", "chgnet_atoms"])
     """
 
-    _config_extra = CrossAttentionFusionModel._config_extra + ("backbone",)
+    _config_extra = (*CrossAttentionFusionModel._config_extra, "backbone")
 
     def __init__(
         self,
@@ -160,7 +168,7 @@ def zero_shot_evaluate(
     metric = metric or dc.metrics.Metric(dc.metrics.mean_absolute_error)
     rows = {}
     for family, dataset in families.items():
-        row = {"n": len(dataset)}
+        row: dict[str, float] = {"n": len(dataset)}
         for name, model in models.items():
             scores = model.evaluate(dataset, [metric], list(transformers))
             row[name] = float(scores[metric.name])

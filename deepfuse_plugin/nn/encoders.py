@@ -144,6 +144,66 @@ class EmbeddingEncoder(nn.Module):
         return EncodedModality(self.net(x))
 
 
+class VectorSetEncoder(nn.Module):
+    """Precomputed sets of vectors (a pretrained model's atom states) -> tokens and pooled vector.
+
+    ``states (B, L, in_dim), mask (B, L)`` (True = real; any object with ``.states`` and
+    ``.mask``, e.g. :class:`~deepfuse_plugin.data.crystal.SentenceBatch`) -> ``tokens (B, L,
+    out_dim)`` (zero at padding) and their masked mean ``pooled (B, out_dim)`` (zeros for a
+    missing set). Each vector gets ``LayerNorm -> Dropout -> Linear``; ``n_layers`` optional
+    self-attention blocks let the vectors of a set see each other. There is no position
+    embedding: a crystal's site order carries no meaning, and the encoder is permutation
+    equivariant (the pooled vector invariant).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        n_layers: int = 0,
+        n_heads: int = 4,
+        dropout: float = 0.1,
+        **_: Any,
+    ):
+        super().__init__()
+        self.project = nn.Sequential(
+            nn.LayerNorm(in_dim), nn.Dropout(dropout), nn.Linear(in_dim, out_dim)
+        )
+        self.encoder = None
+        if n_layers > 0:
+            if n_heads < 1 or out_dim % n_heads:
+                raise InvalidSettingError(
+                    f"encoder_dim={out_dim} must be a multiple of the vector_set encoder's "
+                    f"n_heads={n_heads}: choose another encoder_dim or "
+                    "encoder_options={'vector_set': {'n_heads': ...}}"
+                )
+            layer = nn.TransformerEncoderLayer(
+                out_dim,
+                n_heads,
+                dim_feedforward=2 * out_dim,
+                dropout=dropout,
+                batch_first=True,
+                norm_first=True,
+            )
+            self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def reset_parameters(self) -> None:
+        reset_all(self)
+
+    def forward(self, batch: Any) -> EncodedModality:
+        mask = batch.mask
+        h = self.project(batch.states)
+        if self.encoder is not None:
+            safe = mask.clone()
+            safe[:, 0] |= ~mask.any(dim=1)  # a missing set attends to its first (padding) slot
+            h = self.encoder(h, src_key_padding_mask=~safe)
+        h = torch.where(mask.unsqueeze(-1), self.norm(h), torch.zeros_like(h))
+        weights = mask.unsqueeze(-1).to(h.dtype)
+        pooled = (h * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return EncodedModality(pooled, h, mask)
+
+
 def check_length_chunk(length_chunk: int) -> None:
     if length_chunk < 0:
         raise ValueError(f"length_chunk must be >= 0 (0: one pass), got {length_chunk}")
@@ -356,6 +416,7 @@ ENCODERS: dict[str, EncoderFactory] = {
         m.require("vocab_size"), d, m.max_length or 128, **o
     ),
     "graph": lambda m, d, o: GraphEncoder(m.require("node_dim"), m.require("edge_dim"), d, **o),
+    "vector_set": lambda m, d, o: VectorSetEncoder(m.require("dim"), d, **o),
 }
 
 
