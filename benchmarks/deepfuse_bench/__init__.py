@@ -17,7 +17,9 @@ library it measures; the ``deepfuse-bench`` command runs it and writes the table
   :mod:`~deepfuse_bench.merge` combines output folders run in parallel
   (``deepfuse-bench merge``).
 * :mod:`~deepfuse_bench.speed`: featurization, training and inference speed and peak memory vs
-  DMPNN and chemprop, with profiles (``deepfuse-bench speed``).
+  DMPNN and chemprop, with profiles (``deepfuse-bench speed``), built from
+  :mod:`~deepfuse_bench.speed_runs` (the timed sections), :mod:`~deepfuse_bench.speed_profile`
+  (pyinstrument) and :mod:`~deepfuse_bench.speed_report` (table, markdown).
 * :mod:`~deepfuse_bench.crystals`: formation energy on mp36k (MEGNet split): CGCNN, text-only,
   MatMMFuse and DynamicFusion, zero-shot sulfides, describer speed (``deepfuse-bench crystals``).
 * :mod:`~deepfuse_bench.chemprop_env` and :mod:`~deepfuse_bench.chemprop`: chemprop's own

@@ -91,8 +91,8 @@ def score(
 
 
 # -- samples ------------------------------------------------------------------------------------
-def samples_of(dataset: Dataset) -> np.ndarray:
-    """The dataset's ``MultiModalSample`` objects (object array), with a clear error otherwise."""
+def samples_of(dataset: Dataset) -> list[MultiModalSample]:
+    """The dataset's ``MultiModalSample`` objects in row order, with a clear error otherwise."""
     if len(dataset) == 0:
         raise ValueError("The dataset has no rows: nothing to analyse")
     X = np.asarray(dataset.X, dtype=object)
@@ -102,7 +102,7 @@ def samples_of(dataset: Dataset) -> np.ndarray:
             f"Rows {bad[:5]} of the dataset are not MultiModalSample objects: "
             "featurize the data with a deepfuse featurizer (e.g. MultiModalFeaturizer)"
         )
-    return X
+    return list(X)
 
 
 def with_samples(dataset: Dataset, samples: Sequence[MultiModalSample]) -> NumpyDataset:
@@ -117,6 +117,14 @@ def presence(samples: Sequence[MultiModalSample], names: Sequence[str]) -> np.nd
     if not len(samples):
         return np.zeros((0, len(names)), dtype=bool)
     return np.stack([s.mask(names) for s in samples])
+
+
+def rows_with_any(mask: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: does row ``i`` of the ``(N, M)`` bool ``mask`` hold a True?
+
+    ``mask.any(axis=1)`` typed as an array (NumPy's stubs allow a scalar for ``axis=None``).
+    """
+    return np.asarray(mask.any(axis=1), dtype=bool)
 
 
 def random_drop(
@@ -207,9 +215,7 @@ def iterate_network(model: Any, dataset: Dataset, drop: Iterable[str] = ()) -> I
         yield outputs.network, outputs.fusion
 
 
-def finish_result(
-    table: pd.DataFrame, model: Any, plot: PlotArg, plotter: str
-) -> AnalysisResult:
+def finish_result(table: pd.DataFrame, model: Any, plot: PlotArg, plotter: str) -> AnalysisResult:
     """Tag ``table`` with the model's class name and draw it with ``plots.<plotter>`` when asked."""
     table.attrs.setdefault("model", type(model).__name__)
     if plot is False or plot is None:

@@ -145,15 +145,13 @@ def _selector(model: Any, task: int, target: str, class_index: int) -> tuple[Any
 
 
 def _matching_smiles(candidate: Any, n_atoms: int) -> str | None:
-    from rdkit import Chem, RDLogger
+    from rdkit import Chem, rdBase
 
     if not isinstance(candidate, str):
         return None
-    RDLogger.DisableLog("rdApp.*")
-    try:
+    # BlockLogs restores the previous logging state afterwards (a user's own DisableLog stays)
+    with rdBase.BlockLogs():
         mol = Chem.MolFromSmiles(candidate)
-    finally:
-        RDLogger.EnableLog("rdApp.*")
     return candidate if mol is not None and mol.GetNumAtoms() == n_atoms else None
 
 
@@ -314,7 +312,7 @@ def atom_attributions(
 
 def draw_atom_attributions(
     smiles: Any,
-    scores: Sequence[float],
+    scores: Sequence[float] | np.ndarray,
     path: str | os.PathLike | None = None,
     size: tuple[int, int] = (400, 400),
     contour_lines: int = 10,
@@ -326,14 +324,15 @@ def draw_atom_attributions(
     Positive scores are green, negative pink (RDKit's default similarity-map colours); scores are
     divided by ``vmax`` (default: this molecule's largest absolute score) and clipped, so the colour
     scale spans [-1, 1]. Pass one ``vmax`` to several calls to compare pictures across molecules or
-    models: with the per-molecule default, a tiny attribution looks as strong as a large one. A one-atom
-    molecule (RDKit's maps need two) gets its atom highlighted in the colour of the score's sign.
+    models: with the per-molecule default, a tiny attribution looks as strong as a large one. A
+    one-atom molecule (RDKit's maps need two) gets its atom highlighted in the colour of the score's
+    sign.
 
     Parameters
     ----------
     smiles: str or rdkit.Chem.Mol
         The molecule whose atom order ``scores`` follow.
-    scores: sequence of float
+    scores: sequence of float or numpy.ndarray
         One score per atom.
     path: str or path, optional
         Where to write the PNG.

@@ -87,11 +87,11 @@ def plot_degradation(table: pd.DataFrame, path: PathArg = None, title: str | Non
         heights = [v if ok and np.isfinite(v) else 0.0 for v, ok in zip(values, applicable)]
         colors = ["tab:gray"] + ["tab:blue"] * len(subsets)
         ax.bar(positions, heights, color=colors)
-        for x, ok, v in zip(positions, applicable, values):
+        for position, ok, v in zip(positions, applicable, values):
             if not ok:
-                ax.text(x, 0.0, "n/a", ha="center", va="bottom", fontsize=8, color="tab:red")
+                ax.text(position, 0.0, "n/a", ha="center", va="bottom", fontsize=8, color="tab:red")
             elif not np.isfinite(v):
-                ax.text(x, 0.0, "nan", ha="center", va="bottom", fontsize=8, color="tab:red")
+                ax.text(position, 0.0, "nan", ha="center", va="bottom", fontsize=8, color="tab:red")
         if np.isfinite(full_value):
             ax.axhline(full_value, color="k", linestyle="--", linewidth=0.8)
         ax.set_xticks(positions, labels, rotation=45, ha="right", fontsize=8)

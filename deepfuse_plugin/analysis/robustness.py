@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,7 @@ from deepfuse_plugin.analysis._common import (
     output_transformers,
     presence,
     resolve_metrics,
+    rows_with_any,
     samples_of,
     score,
     shuffle_modality,
@@ -40,7 +41,7 @@ from deepfuse_plugin.analysis._common import (
 )
 from deepfuse_plugin.analysis._common import random_drop as _random_drop
 
-MetricArg = Metric | Callable | Sequence[Metric | Callable]
+MetricArg: TypeAlias = Metric | Callable | Sequence[Metric | Callable]
 
 MISSING_COLUMNS = [
     "condition",
@@ -212,7 +213,7 @@ def evaluate_missing_modalities(
         removed_entries: int,
         reason: str = "",
     ) -> None:
-        keep = kept_mask.any(axis=1)
+        keep = rows_with_any(kept_mask)
         kept = "+".join(n for j, n in enumerate(names) if kept_mask[:, j].any())
         for metric in metric_objs:
             if prediction is None:
@@ -355,7 +356,7 @@ def modality_ablation(
     y, w = true_labels(dataset, transformers)
     present = presence(samples, names)
     full_prediction = model.predict(dataset, out_trans)
-    keep_full = present.any(axis=1)
+    keep_full = rows_with_any(present)
     full = {m.name: score(m, model, y, full_prediction, w, keep_full)[0] for m in metric_objs}
     rows: list[dict[str, Any]] = []
 
@@ -398,7 +399,7 @@ def modality_ablation(
                 add(modality, seed, full_prediction, keep_full, reason)
             continue
         if mode == "drop":
-            keep = (present & (np.asarray(names) != modality)[None, :]).any(axis=1)
+            keep = rows_with_any(present & (np.asarray(names) != modality)[None, :])
             if not keep.any():
                 reason = (
                     f"dropping {modality!r} leaves no sample with any of the model's "

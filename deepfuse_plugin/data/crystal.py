@@ -60,16 +60,17 @@ def collate_text(values: list[np.ndarray | None], spec: Modality) -> TokenBatch 
 
 
 def _pad_sentences(values: list[np.ndarray | None], spec: Modality) -> SentenceBatch:
+    dim = spec.require("dim")
     lengths = [0 if v is None else v.shape[0] for v in values]
-    states = np.zeros((len(values), max(1, max(lengths, default=0)), spec.dim), dtype=np.float32)
+    states = np.zeros((len(values), max(1, max(lengths, default=0)), dim), dtype=np.float32)
     mask = np.zeros(states.shape[:2], dtype=bool)
     for i, v in enumerate(values):
         if v is None:
             continue
-        if v.ndim != 2 or v.shape[1] != spec.dim:
+        if v.ndim != 2 or v.shape[1] != dim:
             raise ValueError(
                 f"Modality {spec.name!r}: row {i} has shape {v.shape}, the model "
-                f"expects (n_sentences, {spec.dim})"
+                f"expects (n_sentences, {dim})"
             )
         states[i, : len(v)] = v
         mask[i, : len(v)] = True

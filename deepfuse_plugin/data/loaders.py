@@ -40,7 +40,7 @@ class CrystalDataset(NumpyDataset):
         w: Any = None,
         ids: Any = None,
         n_tasks: int = 1,
-        tasks: Sequence[str] | None = None,
+        tasks: Sequence[str] | np.ndarray | None = None,
     ):
         super().__init__(X, y, w, ids, n_tasks=n_tasks)
         self.tasks = None if tasks is None else np.array(list(tasks))

@@ -5,6 +5,7 @@ density, per-site coordination environments and bond lengths, about 10 ms) and
 :class:`RobocrysDescriber` (robocrystallographer, optional, seconds per structure) share one
 interface, :class:`Describer`; :func:`make_describer` picks one by name.
 """
+
 from __future__ import annotations
 
 import json
@@ -153,6 +154,7 @@ class FastDescriber(Describer):
         formula = structure.composition.reduced_formula
         sentences = []
         symmetry = None
+        equivalent: np.ndarray  # index of each site's symmetry-equivalent representative
         try:
             sga = SpacegroupAnalyzer(structure, symprec=self.symprec)
             symmetry = sga.get_symmetry_dataset()
@@ -272,7 +274,10 @@ class RobocrysDescriber(Describer):
 
     def __init__(self, **describer_options: Any):
         self.describer_options = describer_options
-        self._condenser = self._describer = None
+        # robocrys's StructureCondenser and StructureDescriber (an optional package that ships
+        # no types), built on first use
+        self._condenser: Any = None
+        self._describer: Any = None
 
     @property
     def version(self) -> str:  # type: ignore[override]

@@ -1,9 +1,9 @@
 """The ``descriptors`` modality: RDKit's 2D descriptors, with their cost bounded.
 
-Two of RDKit's 217 descriptors, ``Ipc`` and ``AvgIpc``, each compute the characteristic polynomial of
-the adjacency matrix by the Le Verrier-Faddeev method: one dense n x n matrix product per atom, so
-O(n^4). Measured with ``time.perf_counter`` (all 217 descriptors of a polyamide chain, one call each,
-on a shared 2-core machine):
+Two of RDKit's 217 descriptors, ``Ipc`` and ``AvgIpc``, each compute the characteristic polynomial
+of the adjacency matrix by the Le Verrier-Faddeev method: one dense n x n matrix product per atom,
+so O(n^4). Measured with ``time.perf_counter`` (all 217 descriptors of a polyamide chain, one call
+each, on a shared 2-core machine):
 
 =========== ============== ================== ====================
 heavy atoms all 217 (s)    Ipc + AvgIpc (s)   next slowest (s)
@@ -119,6 +119,7 @@ class _SharedIpc:
         return self._polynomial
 
     def _entropy(self) -> float:
-        from rdkit.ML.InfoTheory import entropy
+        # the C implementation that GraphDescriptors' ``entropy.InfoEntropy`` resolves to
+        from rdkit.ML.InfoTheory import rdInfoTheory
 
-        return entropy.InfoEntropy(self.polynomial())
+        return float(rdInfoTheory.InfoEntropy(self.polynomial()))

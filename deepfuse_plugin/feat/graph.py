@@ -7,6 +7,7 @@ Examples
 >>> atom_bond_features(Chem.MolFromSmiles("CCO")).num_nodes
 3
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,11 +1,11 @@
 """Multimodal molecular featurizer: parse each molecule once, compute every modality from that Mol.
 
-Each modality is a small :class:`ModalityFeaturizer` with one job (``compute``). A modality that fails
-for one molecule is recorded as missing for that molecule (with the reason); the molecule is kept.
-Every input is checked against the featurizer's :class:`~deepfuse_plugin.limits.InputLimits` before
-RDKit sees it (a 20,000-character SMILES segfaults RDKit's SMILES writer); an input over a limit, or
-one RDKit cannot parse, is a per-row failure whose reason :attr:`MultiModalFeaturizer.last_failures`
-keeps.
+Each modality is a small :class:`ModalityFeaturizer` with one job (``compute``). A modality that
+fails for one molecule is recorded as missing for that molecule (with the reason); the molecule is
+kept. Every input is checked against the featurizer's :class:`~deepfuse_plugin.limits.InputLimits`
+before RDKit sees it (a 20,000-character SMILES segfaults RDKit's SMILES writer); an input over a
+limit, or one RDKit cannot parse, is a per-row failure whose reason
+:attr:`MultiModalFeaturizer.last_failures` keeps.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from deepchem.feat import MolecularFeaturizer
@@ -45,6 +45,9 @@ from deepfuse_plugin.feat.tokenizers import (
 from deepfuse_plugin.limits import DEFAULT_LIMITS, InputLimits, molecule_problem, smiles_problem
 from deepfuse_plugin.modalities import Modality, MultiModalSample
 
+if TYPE_CHECKING:
+    from rdkit.Chem.rdFingerprintGenerator import FingerprintGenerator64
+
 logger = logging.getLogger(__name__)
 
 EmbeddingSource = Mapping[str, Sequence[float]] | Callable[[str], Any]
@@ -62,20 +65,20 @@ class ECFPModality(ModalityFeaturizer):
         self.spec = Modality(
             name, "vector", dim=size, params={"radius": radius, "size": size, "counts": counts}
         )
-        self._generator = None
+        self._generator: FingerprintGenerator64 | None = None
 
     def compute(self, mol: Chem.Mol, smiles: str) -> np.ndarray:
-        if (
-            self._generator is None
-        ):  # built lazily: generators cannot be pickled to worker processes
+        generator = self._generator
+        if generator is None:  # built lazily: generators cannot be pickled to worker processes
             from rdkit.Chem import rdFingerprintGenerator
 
-            self._generator = rdFingerprintGenerator.GetMorganGenerator(
+            generator = rdFingerprintGenerator.GetMorganGenerator(
                 radius=self.radius, fpSize=self.size
             )
+            self._generator = generator
         if self.counts:
-            return self._generator.GetCountFingerprintAsNumPy(mol).astype(np.float32)
-        return self._generator.GetFingerprintAsNumPy(mol).astype(np.uint8, copy=False)
+            return generator.GetCountFingerprintAsNumPy(mol).astype(np.float32)
+        return generator.GetFingerprintAsNumPy(mol).astype(np.uint8, copy=False)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_generator": None}
@@ -126,16 +129,19 @@ class SelfiesModality(ModalityFeaturizer):
 
 
 class PrecomputedEmbeddingModality(ModalityFeaturizer):
-    """Vectors computed elsewhere (SMI-TED, MolFormer, ChemBERTa, ...), keyed by SMILES or a callable.
+    """Vectors computed elsewhere (SMI-TED, MolFormer, ChemBERTa, ...), keyed by SMILES or callable.
 
-    Keys of a mapping are canonicalised once, so lookups succeed whatever SMILES spelling was used. A
-    molecule without an entry (or for which the callable returns ``None``) gets the modality missing.
+    Keys of a mapping are canonicalised once, so lookups succeed whatever SMILES spelling was used.
+    A molecule without an entry (or for which the callable returns ``None``) gets the modality
+    missing.
     """
 
     def __init__(self, name: str, source: EmbeddingSource, dim: int | None = None):
         self.name, self.source = name, source
+        # what compute() asks for a SMILES: the callable itself, or the canonicalised table
+        self._lookup: Callable[[str], Any]
         if callable(source):
-            self._table = None
+            self._lookup = source
             if dim is None:  # e.g. MultiModalFeaturizer(embeddings={name: fn}): infer from a probe
                 dim = _probe_dim(source)
             if dim is None:
@@ -145,10 +151,11 @@ class PrecomputedEmbeddingModality(ModalityFeaturizer):
                     f"it returned no vector for the probe molecules {_PROBE_SMILES}"
                 )
         else:
-            self._table = {
+            table = {
                 _canonical_or_same(k): np.asarray(v, dtype=np.float32) for k, v in source.items()
             }
-            dims = {v.shape for v in self._table.values()}
+            self._lookup = table.get
+            dims = {v.shape for v in table.values()}
             if len(dims) > 1:
                 raise ValueError(f"Embedding modality {name!r}: vectors of different shapes {dims}")
             table_dim = next(iter(dims))[0] if dims else dim
@@ -162,7 +169,7 @@ class PrecomputedEmbeddingModality(ModalityFeaturizer):
         self.spec = Modality(name, "embedding", dim=int(dim), params={"source": _source_id(source)})
 
     def compute(self, mol: Chem.Mol, smiles: str) -> np.ndarray:
-        value = self.source(smiles) if self._table is None else self._table.get(smiles)
+        value = self._lookup(smiles)
         if value is None:
             raise KeyError("no embedding for this molecule")
         value = np.asarray(value, dtype=np.float32).reshape(-1)
@@ -231,7 +238,8 @@ class MultiModalFeaturizer(MolecularFeaturizer):
     ecfp_radius, ecfp_size, ecfp_counts:
         Morgan fingerprint radius, length and whether to count bits.
     max_length: int
-        Maximum token sequence length (``[BOS]``/``[EOS]`` included); longer sequences are truncated.
+        Maximum token sequence length (``[BOS]``/``[EOS]`` included); longer sequences are
+        truncated.
     smiles_vocabulary, selfies_vocabulary: sequence of str, optional
         Token vocabularies (default: built-in ones; see
         :func:`~deepfuse_plugin.feat.tokenizers.fit_smiles_vocabulary`).
@@ -271,8 +279,10 @@ class MultiModalFeaturizer(MolecularFeaturizer):
     >>> samples = feat.featurize(["CCO", "c1ccccc1"])
     >>> samples[0].values["ecfp"].shape, samples[0].present("graph")
     ((2048,), True)
-    >>> feat.featurize(["CCO", "C1CC", None]).tolist()[1:], feat.last_failures
-    ([array([], dtype=float64), array([], dtype=float64)], {1: 'RDKit cannot parse this SMILES', 2: 'not a string (got NoneType)'})
+    >>> failed = feat.featurize(["CCO", "C1CC", None]).tolist()[1:]
+    >>> failed, feat.last_failures  # doctest: +NORMALIZE_WHITESPACE
+    ([array([], dtype=float64), array([], dtype=float64)],
+     {1: 'RDKit cannot parse this SMILES', 2: 'not a string (got NoneType)'})
     """
 
     def __init__(

@@ -67,8 +67,8 @@ def structure_hash(structure: Any, decimals: int = 4) -> str:
     differ), which is safe for a cache.
     """
     lattice = np.round(np.asarray(structure.lattice.matrix, dtype=np.float64), decimals)
-    frac = np.round(np.mod(np.asarray(structure.frac_coords, dtype=np.float64), 1.0), decimals)
-    frac = np.where(frac >= 1.0 - 0.5 * 10.0**-decimals, 0.0, frac) + 0.0  # 0.99999 -> 0, -0 -> 0
+    rounded = np.round(np.mod(np.asarray(structure.frac_coords, dtype=np.float64), 1.0), decimals)
+    frac = np.where(rounded >= 1.0 - 0.5 * 10.0**-decimals, 0.0, rounded) + 0.0  # 0.99999 -> 0
     species = [site.species_string for site in structure]
     digest = hashlib.sha1()
     digest.update(lattice.tobytes())
@@ -210,10 +210,15 @@ class TextEmbedder:
     ):
         self.model_name, self.max_length, self.batch_size = str(model), max_length, batch_size
         self.normalize, self.device = normalize, device
-        self._tokenizer = self._model = None
-        self._store = None
+        # transformers' AutoTokenizer and AutoModel (from_pretrained returns them untyped),
+        # loaded on first use
+        self._tokenizer: Any = None
+        self._model: Any = None
+        self._store: _SQLiteStore | None = None
         if cache_dir is not False:
-            root = default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)
+            root = (
+                default_cache_dir() if cache_dir is None or cache_dir is True else Path(cache_dir)
+            )
             self._store = _SQLiteStore(root / "text_embeddings.sqlite", "embeddings")
 
     @property
@@ -252,7 +257,7 @@ class TextEmbedder:
         results: dict[str, tuple[np.ndarray, np.ndarray]] = {
             k: _unpack(v) for k, v in found.items()
         }
-        todo = {}
+        todo: dict[str, str] = {}  # cache key -> text, each text once
         for k, t in zip(keys, texts):
             if k not in results:
                 todo.setdefault(k, t)
@@ -326,13 +331,13 @@ class TextEmbedder:
         for t_index in range(len(texts)):
             pooled = sums[t_index] / max(1, counts[t_index])
             parts = [v for _, _, v in sorted(sentence_vectors[t_index], key=lambda x: (x[0], x[1]))]
-            sentences = np.stack(parts) if parts else np.zeros((0, dim))
+            sentence_states = np.stack(parts) if parts else np.zeros((0, dim))
             if self.normalize:
-                pooled = pooled / max(np.linalg.norm(pooled), 1e-12)
-                sentences = sentences / np.maximum(
-                    np.linalg.norm(sentences, axis=1, keepdims=True), 1e-12
+                pooled = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
+                sentence_states = sentence_states / np.maximum(
+                    np.linalg.norm(sentence_states, axis=1, keepdims=True), 1e-12
                 )
-            out.append((pooled.astype(np.float32), sentences.astype(np.float16)))
+            out.append((pooled.astype(np.float32), sentence_states.astype(np.float16)))
         return out
 
     def __getstate__(self) -> dict:

@@ -1,8 +1,8 @@
 """Regex SMILES and SELFIES tokenizers with a fixed, savable vocabulary.
 
 Token ids are computed at featurization time, so the vocabulary is part of the modality spec
-(:attr:`Modality.vocab`) and travels with every model built from it. Tokens outside the vocabulary map
-to ``[UNK]``; nothing is silently dropped.
+(:attr:`Modality.vocab`) and travels with every model built from it. Tokens outside the vocabulary
+map to ``[UNK]``; nothing is silently dropped.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ SMILES_REGEX = re.compile(
 _ORGANIC = ["B", "C", "N", "O", "P", "S", "F", "Cl", "Br", "I", "b", "c", "n", "o", "s", "p"]
 _SYNTAX = ["(", ")", ".", "=", "#", "-", "+", "\\", "/", ":", "~", "@", "*", "$"]
 _RINGS = [str(i) for i in range(10)] + [f"%{i}" for i in range(10, 30)]
-# Bracket atoms that cover >99.9% of MoleculeNet bracket tokens (charged N/O/S, stereo carbons, common
-# counter-ions and metals). Anything else becomes [UNK] unless the vocabulary is fitted on the data.
+# Bracket atoms that cover >99.9% of MoleculeNet bracket tokens (charged N/O/S, stereo carbons,
+# common counter-ions and metals). Anything else becomes [UNK] unless the vocabulary is fitted on
+# the data.
 _BRACKETS = [
     "[nH]",
     "[NH]",

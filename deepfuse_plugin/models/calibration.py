@@ -191,6 +191,7 @@ def calibration_report(
     ...                    drop_modalities=["graph", "smiles"])["within_1sigma"]
     0.66
     """
+    factors: np.ndarray | float
     if isinstance(std_scale, StdScales):
         if std_scale.kind != kind:
             raise ValueError(f"std_scale was fitted for kind={std_scale.kind!r}, not {kind!r}")

@@ -234,7 +234,8 @@ def config_diff(
     saved: dict[str, Any], current: dict[str, Any], training_settings: frozenset[str]
 ) -> tuple[list[str], list[str]]:
     """Differences as ``(architecture, training_only)`` lists of readable lines."""
-    architecture, training = [], []
+    architecture: list[str] = []
+    training: list[str] = []
     for key in sorted(set(saved) | set(current)):
         if saved.get(key) == current.get(key):
             continue
@@ -349,10 +350,13 @@ def check_saved_config(
     Examples
     --------
     >>> saved = {"model_class": "EarlyFusionModel", "config": {"fused_dim": 8}}
-    >>> check_saved_config(saved, {"fused_dim": 16}, "EarlyFusionModel", frozenset(), "run")
+    >>> check_saved_config(
+    ...     saved, {"fused_dim": 16}, "EarlyFusionModel", frozenset(), "run"
+    ... )  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    deepfuse_plugin.errors.InvalidSettingError: Cannot restore checkpoint from 'run' into this model: its configuration differs:
+    deepfuse_plugin.errors.InvalidSettingError: Cannot restore checkpoint from 'run' into this
+    model: its configuration differs:
       fused_dim: saved 8, this 16
     Rebuild with EarlyFusionModel.load('run').
     """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from torch import nn
@@ -21,12 +21,13 @@ class CrossAttentionFusionModel(MultiModalTorchModel):
     """Intermediate fusion with multi-head cross-attention between modalities (MCMPP-style).
 
     SMILES Transformer token states, GNN atom states and the fingerprint MLP output (reshaped into
-    ``vector_tokens`` learned tokens) attend to each other at token/atom level: each modality's tokens
-    query the concatenation of the other modalities' tokens (plus a learned null key), with key padding
-    masks covering padded tokens and missing modalities; each modality is then mean-pooled over its
-    tokens and the modalities are combined (learned attention pooling or mean) into the fused
-    embedding (:class:`~deepfuse_plugin.nn.fusion.CrossAttentionFusion`). The modality weights are
-    the pooling weights. :meth:`attention_maps` returns the token-level attention.
+    ``vector_tokens`` learned tokens) attend to each other at token/atom level: each modality's
+    tokens query the concatenation of the other modalities' tokens (plus a learned null key), with
+    key padding masks covering padded tokens and missing modalities; each modality is then
+    mean-pooled over its tokens and the modalities are combined (learned attention pooling or mean)
+    into the fused embedding (:class:`~deepfuse_plugin.nn.fusion.CrossAttentionFusion`). The
+    modality weights are the pooling weights. :meth:`attention_maps` returns the token-level
+    attention.
 
     A sample whose other modalities are all missing attends only to the null key (no NaN); with a
     single modality the blocks are self-attention.
@@ -65,17 +66,19 @@ class CrossAttentionFusionModel(MultiModalTorchModel):
     >>> feat = dc.feat.MultiModalFeaturizer(["ecfp", "graph", "smiles"], progress=False)
     >>> smiles = ["CCO", "CCN", "c1ccccc1", "CC(=O)O", "CCCC", "c1ccncc1"]
     >>> ds = dc.data.NumpyDataset(feat.featurize(smiles), np.arange(6.0).reshape(-1, 1), ids=smiles)
-    >>> model = dc.models.CrossAttentionFusionModel(1, feat.modalities, encoder_dim=32, fused_dim=32,
-    ...                                             progress=False)
+    >>> model = dc.models.CrossAttentionFusionModel(
+    ...     1, feat.modalities, encoder_dim=32, fused_dim=32, progress=False
+    ... )
     >>> _ = model.fit(ds, nb_epoch=2)
     >>> model.predict(ds).shape, model.modality_weights(ds).shape
     ((6, 1), (6, 3))
-    >>> maps = model.attention_maps(ds, "graph")  # graph atoms attend to SMILES tokens + ECFP tokens
+    >>> maps = model.attention_maps(ds, "graph")  # graph atoms attend to SMILES + ECFP tokens
     >>> len(maps) == 6 and maps[0].shape[0] == 3  # ethanol: 3 heavy atoms (queries)
     True
     """
 
-    _config_extra = (
+    # a subclass (MatMMFuseModel) extends the list, so the type is any tuple of names
+    _config_extra: ClassVar[tuple[str, ...]] = (
         "n_heads",
         "n_attention_layers",
         "vector_tokens",

@@ -24,8 +24,8 @@ class DynamicFusionModel(MultiModalTorchModel):
     """Dynamic multimodal fusion (Priyadarsini et al., 2025) as a DeepChem ``TorchModel``.
 
     Per-modality encoders feed :class:`~deepfuse_plugin.nn.fusion.DynamicFusion`: intra-modal
-    sigmoid gates, projection to a shared space, masked inter-modal attention (missing modalities get
-    weight exactly 0), a weighted-sum fused embedding, and decoders that reconstruct masked
+    sigmoid gates, projection to a shared space, masked inter-modal attention (missing modalities
+    get weight exactly 0), a weighted-sum fused embedding, and decoders that reconstruct masked
     modalities from it. Training masks modalities at random with a probability rising linearly from
     ``mask_start`` (first epoch) to ``mask_end`` (last epoch of each ``fit``/``pretrain`` call, or
     of ``curriculum_epochs`` epochs counted over all calls).
@@ -52,10 +52,10 @@ class DynamicFusionModel(MultiModalTorchModel):
 
     The fingerprint branch is regularised by default (fingerprint bits dropped with probability
     ``vector_input_dropout=0.2``, hidden dropout ``vector_dropout=0.3``) and the masking curriculum
-    runs from 0.3 to 0.6. With the unregularised settings the 2048-bit MLP memorised the training set
-    within a few epochs, attention leaned on it and validation selection kept an early, overfitted
-    checkpoint. Chosen on validation (Huuskonen scaffold split, 3 seeds), the defaults lowered test
-    RMSE from 1.17 +- 0.07 to 1.04 +- 0.03.
+    runs from 0.3 to 0.6. With the unregularised settings the 2048-bit MLP memorised the training
+    set within a few epochs, attention leaned on it and validation selection kept an early,
+    overfitted checkpoint. Chosen on validation (Huuskonen scaffold split, 3 seeds), the defaults
+    lowered test RMSE from 1.17 +- 0.07 to 1.04 +- 0.03.
 
     Parameters
     ----------
@@ -219,7 +219,9 @@ class DynamicFusionModel(MultiModalTorchModel):
     def fusion(self) -> DynamicFusion:
         """The model's :class:`~deepfuse_plugin.nn.fusion.DynamicFusion` layer
         (:attr:`fusion_layer`)."""
-        return self.fusion_layer
+        layer = self.fusion_layer
+        assert isinstance(layer, DynamicFusion)  # the layer _build_fusion made
+        return layer
 
     def fit(self, dataset: Dataset, nb_epoch: int = 10, *args: Any, **kwargs: Any) -> float:
         if (

@@ -17,13 +17,14 @@ class EarlyFusionModel(MultiModalTorchModel):
     """Early fusion as a DeepChem ``TorchModel``: encoders -> concatenation -> MLP -> task head.
 
     The pooled encoder outputs of all modalities are concatenated together with one presence bit per
-    modality and mapped by an MLP to the fused embedding (:class:`~deepfuse_plugin.nn.fusion.EarlyFusion`).
-    This is the naive concatenation baseline of the Dynamic Fusion paper.
+    modality and mapped by an MLP to the fused embedding
+    (:class:`~deepfuse_plugin.nn.fusion.EarlyFusion`). This is the naive concatenation baseline of
+    the Dynamic Fusion paper.
 
     Missing modalities: a missing modality's features are **zero-filled** and its presence bit is 0,
     so the network sees "absent" explicitly rather than an all-zero feature vector it cannot tell
-    apart from a real one. Nothing else compensates: train with ``modality_dropout > 0`` if the model
-    will meet missing modalities at prediction time. Early fusion has no modality weights;
+    apart from a real one. Nothing else compensates: train with ``modality_dropout > 0`` if the
+    model will meet missing modalities at prediction time. Early fusion has no modality weights;
     ``modality_weights`` reports the presence mask (1 = present).
 
     Parameters

@@ -3,9 +3,10 @@ checks, evidential uncertainty, modality weights and a fusion layer's extras.
 
 :class:`InferenceMixin` is a base of
 :class:`~deepfuse_plugin.models.base.MultiModalTorchModel`; its methods are called on the model
-(``model.predict(dataset)``, ``model.iterate_outputs(dataset)``). :meth:`InferenceMixin.iterate_outputs`
-and :meth:`InferenceMixin.inference_network` are the public way to reach the network's outputs
-(the analyses in :mod:`deepfuse_plugin.analysis` use nothing else).
+(``model.predict(dataset)``, ``model.iterate_outputs(dataset)``).
+:meth:`InferenceMixin.iterate_outputs` and :meth:`InferenceMixin.inference_network` are the public
+way to reach the network's outputs (the analyses in :mod:`deepfuse_plugin.analysis` use nothing
+else).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import numpy as np
 import pandas as pd
@@ -197,17 +198,36 @@ class InferenceMixin:
                     for (batch,), _, _ in self.default_generator(dataset, mode="predict"):
                         batch = batch.to(self.device)
                         out = network(batch)
+                        fusion = network.last_fusion
+                        assert fusion is not None  # every forward pass sets it
                         reasons.append(row_problems(out.prediction, batch.mask))
                         rows = len(batch.mask)
-                        yield BatchOutputs(
-                            out, network.last_fusion, batch, ids[start : start + rows]
-                        )
+                        yield BatchOutputs(out, fusion, batch, ids[start : start + rows])
                         start += rows
                 self._set_row_problems(
                     np.concatenate(reasons) if reasons else np.zeros(0, object), dataset.ids
                 )
             finally:
                 self._drop_modalities = previous
+
+    # one output type gives one array; a list of several gives a list of arrays
+    @overload
+    def predict(
+        self,
+        dataset: Dataset,
+        transformers: list = ...,
+        output_types: str | None = ...,
+        drop_modalities: Iterable[str] = ...,
+    ) -> np.ndarray: ...
+
+    @overload
+    def predict(
+        self,
+        dataset: Dataset,
+        transformers: list = ...,
+        output_types: list[str] = ...,
+        drop_modalities: Iterable[str] = ...,
+    ) -> np.ndarray | list[np.ndarray]: ...
 
     def predict(
         self,
@@ -362,11 +382,14 @@ class InferenceMixin:
         as in :meth:`predict`; :attr:`last_row_problems` names them.
         """
         check_uncertainty_kind(type(self).__name__, self.uncertainty, self.mode, kind)
-        predictions, spreads = [], []
+        predictions: list[np.ndarray] = []
+        spreads: list[np.ndarray] = []
         for outputs in self.iterate_outputs(dataset, drop_modalities):
-            mean, spread = evidential_spread(outputs.network.task_output, self.mode, kind)
-            predictions.append(mean.cpu().numpy())
-            spreads.append(spread.cpu().numpy())
+            batch_mean, batch_spread = evidential_spread(
+                outputs.network.task_output, self.mode, kind
+            )
+            predictions.append(batch_mean.cpu().numpy())
+            spreads.append(batch_spread.cpu().numpy())
         prediction, spread = np.concatenate(predictions), np.concatenate(spreads)
         if transformers:
             if kind != "vacuity":

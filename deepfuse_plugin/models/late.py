@@ -28,8 +28,8 @@ class LateFusionModel(MultiModalTorchModel):
 
     A missing modality's predictor is excluded and the remaining weights are renormalised to sum to
     1; the weights are the model's ``modality_weights``. Classification combines **probabilities**
-    (linear opinion pool), not logits; see the layer for why. The model has no shared head: the layer
-    returns the combined prediction itself.
+    (linear opinion pool), not logits; see the layer for why. The model has no shared head: the
+    layer returns the combined prediction itself.
 
     Loss: ``task loss(combined) + unimodal_loss_weight * mean_m task loss(predictor m)``, where
     predictor m's loss only counts samples on which modality m is present (and labelled). The second

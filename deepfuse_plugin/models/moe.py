@@ -1,4 +1,4 @@
-"""GatedMoEFusionModel: sparse mixture of per-modality and shared experts with noisy top-k gating."""
+"""GatedMoEFusionModel: a sparse mixture of per-modality and shared experts, noisy top-k gating."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ class GatedMoEFusionModel(MultiModalTorchModel):
     """Mixture-of-experts fusion with noisy top-k gating (Shazeer et al., 2017).
 
     Per-modality experts read one modality's embedding (and are unavailable to the gate when that
-    modality is missing); shared experts read the zero-filled concatenation of all modalities plus the
-    presence bits. A noisy top-k gate picks ``top_k`` experts per sample and mixes their outputs into
-    the fused embedding (:class:`~deepfuse_plugin.nn.fusion.GatedMoEFusion`). The importance and
-    load-balancing losses (``CV^2`` of per-expert gate mass and load) are added with weight
+    modality is missing); shared experts read the zero-filled concatenation of all modalities plus
+    the presence bits. A noisy top-k gate picks ``top_k`` experts per sample and mixes their outputs
+    into the fused embedding (:class:`~deepfuse_plugin.nn.fusion.GatedMoEFusion`). The importance
+    and load-balancing losses (``CV^2`` of per-expert gate mass and load) are added with weight
     ``balance_weight`` each (times ``fusion_loss_weight``).
 
     Modality weights: a per-modality expert's gate counts for its modality, the shared experts' gate
@@ -127,17 +127,20 @@ class GatedMoEFusionModel(MultiModalTorchModel):
 
     @property
     def expert_names(self) -> list[str]:
-        return list(self.fusion_layer.expert_names)
+        layer = self.fusion_layer
+        assert isinstance(layer, GatedMoEFusion)  # the layer _build_fusion made
+        return list(layer.expert_names)
 
     def expert_usage(self, dataset: Any) -> pd.DataFrame:
         """Expert usage on ``dataset`` (evaluation mode: no gating noise).
 
         Returns
         -------
-        pandas.DataFrame indexed by expert name (``"<modality>:<i>"``, ``"shared:<i>"``) with columns
-        ``modality`` (``"shared"`` for shared experts), ``mean_gate`` (mean gate weight over all
-        samples; sums to 1 over experts), ``selection_frequency`` (fraction of samples for which the
-        expert is in the top k) and ``availability`` (fraction of samples where it could be chosen).
+        pandas.DataFrame indexed by expert name (``"<modality>:<i>"``, ``"shared:<i>"``) with
+        columns ``modality`` (``"shared"`` for shared experts), ``mean_gate`` (mean gate weight over
+        all samples; sums to 1 over experts), ``selection_frequency`` (fraction of samples for which
+        the expert is in the top k) and ``availability`` (fraction of samples where it could be
+        chosen).
         """
         parts: dict[str, list[np.ndarray]] = {"gates": [], "selected": [], "expert_available": []}
         for outputs in self.iterate_outputs(dataset):

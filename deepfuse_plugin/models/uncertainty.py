@@ -55,10 +55,13 @@ def check_uncertainty_kind(model_name: str, uncertainty: str | None, mode: str, 
     Examples
     --------
     >>> check_uncertainty_kind("M", "evidential", "classification", "vacuity")
-    >>> check_uncertainty_kind("M", "evidential", "regression", "vacuity")
+    >>> check_uncertainty_kind(
+    ...     "M", "evidential", "regression", "vacuity"
+    ... )  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    ValueError: kind must be one of ('total', 'aleatoric', 'epistemic') for regression, got 'vacuity'
+    ValueError: kind must be one of ('total', 'aleatoric', 'epistemic') for regression,
+    got 'vacuity'
     """
     if uncertainty is None:
         raise ValueError(

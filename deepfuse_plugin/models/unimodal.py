@@ -67,14 +67,13 @@ class UnimodalModel(MultiModalTorchModel):
     ):
         if (modality is None) == (modalities is None):
             raise ValueError("UnimodalModel takes exactly one of `modality` or `modalities`")
-        if modalities is None:
-            modalities = [modality]
-        elif len(modalities) != 1:
+        specs = [modality] if modality is not None else list(modalities or ())
+        if len(specs) != 1:
             raise ValueError(
-                f"UnimodalModel takes one modality, got {len(modalities)}; use a fusion "
+                f"UnimodalModel takes one modality, got {len(specs)}; use a fusion "
                 "model (e.g. EarlyFusionModel) for several"
             )
-        super().__init__(n_tasks, list(modalities), mode, **kwargs)
+        super().__init__(n_tasks, specs, mode, **kwargs)
 
     @property
     def modality(self) -> Modality:

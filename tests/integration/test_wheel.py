@@ -1,4 +1,5 @@
 """The package works from its wheel: everything it loads at run time is package data."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +17,22 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                            "-q", "-w", str(out), str(REPO)], capture_output=True, text=True)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if build.returncode != 0:
         pytest.fail(f"building the wheel failed:\n{build.stderr[-2000:]}")
     (path,) = out.glob("deepfuse_plugin-*.whl")
@@ -25,8 +40,9 @@ def wheel(tmp_path_factory) -> Path:
 
 
 def test_the_wheel_ships_every_pretrained_checkpoint_intact(wheel: Path):
-    shipped = sorted(p.parent.name for p in
-                     (REPO / "deepfuse_plugin" / "pretrained_models").glob("*/model.json"))
+    shipped = sorted(
+        p.parent.name for p in (REPO / "deepfuse_plugin" / "pretrained_models").glob("*/model.json")
+    )
     assert shipped, "no shipped checkpoint found in the source tree"
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())

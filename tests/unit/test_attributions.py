@@ -177,3 +177,19 @@ def test_shared_colour_scale_makes_small_attributions_look_small():
     large = draw_atom_attributions("CCO", [0.5, -1.0, 0.5], vmax=1.0)
     assert small != large  # on a shared scale the weak map is drawn fainter
     assert same_as_large == large  # the per-molecule default hides the difference
+
+
+def test_matching_a_smiles_leaves_the_users_rdkit_logging_as_it_was():
+    """Parsing candidate SMILES quietly must not re-enable RDKit logs a user turned off."""
+    from rdkit import rdBase
+
+    from deepfuse_plugin.analysis.attributions import _matching_smiles
+
+    rdBase.DisableLog("rdApp.error")
+    try:
+        before = rdBase.LogStatus()
+        assert _matching_smiles("CCO", 3) == "CCO"
+        assert _matching_smiles("C1CC", 3) is None  # unparsable
+        assert rdBase.LogStatus() == before
+    finally:
+        rdBase.EnableLog("rdApp.error")
