@@ -222,8 +222,6 @@ def check_featurizer_matches(modalities: Sequence[Modality], featurizer: Any) ->
     problems = [line for m in modalities for line in spec_differences(m, theirs[m.name])]
     if problems:
         raise InvalidSettingError(
-            "The featurizer does not match the model: "
-            + "; ".join(problems)
-            + ". Build it with "
+            "The featurizer does not match the model: " + "; ".join(problems) + ". Build it with "
             "MultiModalFeaturizer(modalities=model.modalities)"
         )

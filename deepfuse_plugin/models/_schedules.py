@@ -156,11 +156,11 @@ class ScheduleMixin:
 
     def _init_schedule(self, settings: dict[str, Any], learning_rate: Any) -> None:
         """Check and keep the schedule settings (``settings``: the constructor's locals)."""
-        values = [settings[name] for name in SCHEDULE_SETTINGS]
-        check_schedule_settings(*values, learning_rate)
-        self.lr_schedule, warmup, grad_clip, self.early_stopping, self.plateau_patience = values
-        self.warmup_epochs = float(warmup)
+        schedule, warmup, grad_clip, patience, plateau = (settings[n] for n in SCHEDULE_SETTINGS)
+        check_schedule_settings(schedule, warmup, grad_clip, patience, plateau, learning_rate)
+        self.lr_schedule, self.warmup_epochs = schedule, float(warmup)
         self.grad_clip = None if grad_clip is None else float(grad_clip)
+        self.early_stopping, self.plateau_patience = patience, plateau
 
     def _ensure_built(self) -> None:
         """DeepChem's optimizer set-up, with parameter groups (pretrained encoders train at

@@ -362,10 +362,6 @@ class MultiModalTorchModel(InferenceMixin, ScheduleMixin, TorchModel):
         return int(self.model.epochs_started)
 
     # -- configuration -------------------------------------------------------------------------
-    @property
-    def modality_names(self) -> list[str]:
-        return [m.name for m in self.modalities]
-
     def get_config(self) -> dict[str, Any]:
         """Every constructor argument (JSON-serialisable), enough to rebuild the model."""
         keys = [

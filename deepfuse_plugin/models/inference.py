@@ -24,6 +24,7 @@ from deepchem.trans import undo_transforms
 from torch import nn
 
 from deepfuse_plugin.data.collate import MultiModalBatch
+from deepfuse_plugin.modalities import Modality
 from deepfuse_plugin.models.predictions import (
     NON_FINITE,
     CheckedPredictions,
@@ -86,12 +87,17 @@ class InferenceMixin:
     device: torch.device
     mode: str
     uncertainty: str | None
-    modality_names: list[str]
     _fitting: bool
     _drop_modalities: tuple[str, ...]
     _row_reasons: np.ndarray
     _ensure_built: Callable[[], None]
     default_generator: Callable[..., Iterator[tuple[list, list, list]]]
+    modalities: list[Modality]
+
+    @property
+    def modality_names(self) -> list[str]:
+        """Names of the model's modalities, in input order."""
+        return [m.name for m in self.modalities]
 
     @property
     def fusion_layer(self) -> nn.Module:
