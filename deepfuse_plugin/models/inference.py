@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import torch
 from deepchem.data import Dataset
-from deepchem.trans import undo_transforms
 from torch import nn
 
 from deepfuse_plugin.data.collate import MultiModalBatch
+from deepfuse_plugin.data.datasets import untransform_labels
 from deepfuse_plugin.modalities import Modality
 from deepfuse_plugin.models.predictions import (
     NON_FINITE,
@@ -279,7 +279,7 @@ class InferenceMixin:
         for n in names:
             values = np.concatenate(chunks[n]) if chunks[n] else np.zeros((0,))
             if n == "prediction" and transformers:
-                values = undo_transforms(values, transformers)
+                values = untransform_labels(values, transformers)
                 self._add_row_problems(non_finite_rows(values), dataset.ids)
             results.append(values)
         reasons = self._row_reasons
@@ -400,7 +400,7 @@ class InferenceMixin:
         if transformers:
             if kind != "vacuity":
                 spread = untransform_std(spread, prediction, transformers)
-            prediction = undo_transforms(prediction, transformers)
+            prediction = untransform_labels(prediction, transformers)
         self._add_row_problems(non_finite_rows(prediction) | non_finite_rows(spread), dataset.ids)
         reasons = self._row_reasons
         return mark_failed_rows(prediction, reasons), mark_failed_rows(spread, reasons)

@@ -234,3 +234,27 @@ def test_schedule_settings_are_saved_and_restored(small_featurizer, tiny_model_k
     model.save_checkpoint()
     loaded = dfp.MultiModalTorchModel.load(str(tmp_path))
     assert {k: getattr(loaded, k) for k in settings} == settings
+
+
+def test_one_row_multitask_split_is_scored_in_original_units():
+    """DeepChem's untransform turns one row of T > 1 tasks into (T, T); a one-row validation or
+    test split crashed the scoring."""
+    import deepchem as dc
+
+    from deepfuse_plugin.data.datasets import untransform_labels
+    from deepfuse_plugin.train import evaluate
+
+    rng = np.random.default_rng(0)
+    raw = dc.data.NumpyDataset(
+        rng.normal(size=(10, 3)), rng.normal(size=(10, 2)) * 5 + 3, np.ones((10, 2))
+    )
+    normalizer = dc.trans.NormalizationTransformer(transform_y=True, dataset=raw)
+    one = normalizer.transform(raw).select([4])
+    np.testing.assert_allclose(untransform_labels(one.y, [normalizer]), raw.y[4:5])
+
+    class Oracle:  # predicts the transformed labels exactly
+        def predict(self, dataset, transformers=()):
+            return untransform_labels(dataset.y, transformers) if transformers else dataset.y
+
+    metrics, pred = evaluate(Oracle(), one, [normalizer], "regression")
+    assert pred.shape == (1, 2) and metrics["rmse"] == pytest.approx(0.0, abs=1e-9)
