@@ -31,6 +31,7 @@ import time
 import warnings
 from collections.abc import Sequence
 
+from deepfuse_bench import gains, plainfit
 from deepfuse_plugin.cli import _csv_list, _positive_int, add_global_options
 
 logger = logging.getLogger("deepfuse_bench.cli")
@@ -57,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_merge_parser,
         _add_crystals_parser,
         _add_speed_parser,
+        plainfit.add_parser,
+        gains.add_parser,
     ):
         add(sub)
     return parser
@@ -436,6 +439,10 @@ def _run(args: argparse.Namespace, command: str) -> None:
             pretrained=args.pretrained,
             embedding_cache_dir=args.embedding_cache_dir,
         )
+    elif args.benchmark == "gains":
+        gains.run_from_args(args)
+    elif args.benchmark == "plain-fit":
+        plainfit.run_from_args(args)
     elif args.benchmark == "merge":
         from deepfuse_bench.merge import merge_results
 

@@ -127,3 +127,18 @@ def drop_modalities(
     X = np.empty(len(out), dtype=object)
     X[:] = out
     return NumpyDataset(X, dataset.y, dataset.w, dataset.ids)
+
+
+def untransform_labels(y: np.ndarray, transformers: Sequence[Any]) -> np.ndarray:
+    """``y`` ``(N, n_tasks)`` with ``transformers`` undone, keeping its shape.
+
+    DeepChem's ``NormalizationTransformer.untransform`` broadcasts a single row ``(1, T)`` with
+    ``T > 1`` tasks into ``(T, T)`` (it squeezes the row away first), which broke a one-row
+    validation or test split; a one-row input is therefore untransformed as two copies.
+    """
+    from deepchem.trans import undo_transforms
+
+    y = np.asarray(y)
+    if len(y) == 1:
+        return np.asarray(undo_transforms(np.concatenate([y, y]), list(transformers)))[:1]
+    return np.asarray(undo_transforms(y, list(transformers)))

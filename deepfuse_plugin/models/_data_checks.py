@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from deepfuse_plugin.data.collate import collate_samples
-from deepfuse_plugin.errors import DeepfuseError, InvalidInputError
-from deepfuse_plugin.modalities import Modality
+from deepfuse_plugin.errors import DeepfuseError, InvalidInputError, InvalidSettingError
+from deepfuse_plugin.modalities import Modality, as_modalities
 
 Dataset = Any  # a deepchem.data.Dataset
 
@@ -204,4 +204,24 @@ def _check_class_labels(y: np.ndarray, dataset: Dataset, n_classes: int) -> None
             f"Classification labels must be integers in [0, {n_classes}); "
             f"found {sorted(set(invalid.tolist()))[:5]} (ids: "
             f"{[str(dataset.ids[r]) for r in rows]})"
+        )
+
+
+def check_featurizer_matches(modalities: Sequence[Modality], featurizer: Any) -> None:
+    """Raise :class:`~deepfuse_plugin.errors.InvalidSettingError` if ``featurizer`` (or a list
+    of modality specs) lacks one of ``modalities`` or computes it differently."""
+    specs = getattr(featurizer, "modalities", featurizer)
+    theirs = {m.name: m for m in as_modalities(list(specs))}
+    missing = [m.name for m in modalities if m.name not in theirs]
+    if missing:
+        raise InvalidSettingError(
+            f"The featurizer does not compute the model's modalities "
+            f"{missing} (it has {list(theirs)}): build it with "
+            "MultiModalFeaturizer(modalities=model.modalities)"
+        )
+    problems = [line for m in modalities for line in spec_differences(m, theirs[m.name])]
+    if problems:
+        raise InvalidSettingError(
+            "The featurizer does not match the model: " + "; ".join(problems) + ". Build it with "
+            "MultiModalFeaturizer(modalities=model.modalities)"
         )

@@ -12,6 +12,7 @@ from torch import nn
 
 from deepfuse_plugin.errors import InvalidSettingError
 from deepfuse_plugin.modalities import Modality
+from deepfuse_plugin.nn.network import MultiModalNetwork
 from deepfuse_plugin.pretrained import load_encoders, load_pretrained_encoders
 from deepfuse_plugin.pretrained._checkpoints import pretrained_input_names
 
@@ -60,7 +61,10 @@ def pretrained_covers(pretrained: Any, modalities: list[Modality]) -> list[str]:
 
 
 def parameter_groups(
-    network: nn.Module, pretrained_names: list[str], learning_rate: float, encoder_lr_scale: float
+    network: MultiModalNetwork,
+    pretrained_names: list[str],
+    learning_rate: float,
+    encoder_lr_scale: float,
 ) -> list[dict[str, Any]] | Any:
     """Optimizer parameter groups: the pretrained encoders at ``learning_rate * encoder_lr_scale``,
     everything else at ``learning_rate``; plain ``parameters()`` when there is nothing to scale.

@@ -166,5 +166,5 @@ def resolve_modalities(modalities: Sequence[Modality | dict | str]) -> list[Moda
                 f"{list(BUILTIN_MODALITIES)}, crystal modalities: "
                 f"{list(BUILTIN_CRYSTAL_MODALITIES)}"
             )
-        defaults.update((m.name, m) for m in crystal_modality_specs(crystal))
+        defaults.update((m.name, m) for m in as_modalities(crystal_modality_specs(crystal)))
     return as_modalities([defaults[m] if isinstance(m, str) else m for m in modalities])

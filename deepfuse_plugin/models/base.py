@@ -28,23 +28,23 @@ from torch import nn
 
 from deepfuse_plugin.data.collate import collate_samples
 from deepfuse_plugin.errors import CorruptCheckpointError, InvalidSettingError
-from deepfuse_plugin.modalities import Modality, as_modalities
+from deepfuse_plugin.modalities import Modality
 from deepfuse_plugin.models import _losses
 from deepfuse_plugin.models import _settings as check
 from deepfuse_plugin.models._batching import autocast_dtype, batch_to_device, multimodal_batches
 from deepfuse_plugin.models._data_checks import (
+    check_featurizer_matches,
     check_training_data,
     refusing_non_finite,
-    spec_differences,
 )
 from deepfuse_plugin.models._losses import DEFAULT_EVIDENTIAL_LAMBDA  # noqa: F401 (re-export)
 from deepfuse_plugin.models._losses import released_after_backward as _released_after_backward
 from deepfuse_plugin.models._pretrained import (
     check_fine_tuning_settings,
-    parameter_groups,
     pretrained_covers,
     start_from_pretrained,
 )
+from deepfuse_plugin.models._schedules import SCHEDULE_SETTINGS, ScheduleMixin
 from deepfuse_plugin.models.checkpoints import (  # noqa: F401
     CONFIG_FILE,
     CONFIG_FORMAT,
@@ -71,7 +71,7 @@ OUTPUT_TYPES = ["prediction", "loss", "loss", "embedding", "modality_weights", "
 MODEL_CLASSES: dict[str, type[MultiModalTorchModel]] = {}
 
 
-class MultiModalTorchModel(InferenceMixin, TorchModel):
+class MultiModalTorchModel(InferenceMixin, ScheduleMixin, TorchModel):
     """Base class of deepfuse's fusion models (a DeepChem ``TorchModel``).
 
     Parameters
@@ -150,6 +150,21 @@ class MultiModalTorchModel(InferenceMixin, TorchModel):
         pretrained checkpoint need not be on the machine. Not saved.
     pretrained_modalities: sequence of str, optional
         Set by :meth:`load` from the saved configuration (which encoders started pretrained).
+    lr_schedule: str
+        Learning rate over a run: ``"constant"``, ``"cosine"`` (cosine decay to 0),
+        ``"onecycle"`` (warm-up from ``lr/25``, 30% of the run unless ``warmup_epochs`` is set,
+        then cosine to ``lr/1e4``) or ``"plateau"`` (halved after ``plateau_patience``
+        validations without improvement; needs the validation loop). A plain ``fit`` call runs
+        the whole schedule; ``train_with_validation`` runs it once over all its epochs.
+    warmup_epochs: float
+        Linear warm-up of the learning rate over this many epochs (0 = none).
+    grad_clip: float, optional
+        Clip the global gradient norm to this value before every step (None = no clipping).
+    early_stopping: int, optional
+        Patience of the validation loop (``train_with_validation``, ``deepfuse train``): stop
+        after this many validations without improvement. None = train every epoch.
+    plateau_patience: int
+        Validations without improvement before ``"plateau"`` halves the rate.
     **kwargs
         Passed to ``dc.models.TorchModel`` (``batch_size``, ``learning_rate``, ``model_dir``,
         ``device``, ...). The device defaults to the GPU when one is present (DeepChem's rule).
@@ -187,6 +202,7 @@ class MultiModalTorchModel(InferenceMixin, TorchModel):
             "freeze_encoders",
             "encoder_lr_scale",
             "pretrained_modalities",
+            *SCHEDULE_SETTINGS,
         }
     )
 
@@ -219,9 +235,15 @@ class MultiModalTorchModel(InferenceMixin, TorchModel):
         encoder_lr_scale: float = 1.0,
         load_pretrained_weights: bool = True,
         pretrained_modalities: Sequence[str] | None = None,
+        lr_schedule: str = "constant",
+        warmup_epochs: float = 0.0,
+        grad_clip: float | None = None,
+        early_stopping: int | None = None,
+        plateau_patience: int = 3,
         **kwargs: Any,
     ):
         check.check_base_settings(locals(), kwargs)
+        self._init_schedule(locals(), kwargs.get("learning_rate"))
         check_fine_tuning_settings(pretrained, freeze_encoders, encoder_lr_scale)
         self.length_bucket_pool = int(length_bucket_pool)
         self.uncertainty, self.evidential_lambda = uncertainty, evidential_lambda
@@ -272,25 +294,6 @@ class MultiModalTorchModel(InferenceMixin, TorchModel):
             )
             for name in self.pretrained_modalities if self.freeze_encoders else ():
                 network.encoders[name].requires_grad_(False)
-
-    def _ensure_built(self) -> None:
-        """DeepChem's optimizer set-up, with parameter groups: pretrained encoders train at
-        ``learning_rate * encoder_lr_scale`` and frozen ones are left out."""
-        if self._built:
-            return
-        super()._ensure_built()
-        if self.pretrained_modalities and (self.freeze_encoders or self.encoder_lr_scale != 1):
-            rate = self.optimizer.learning_rate
-            rate = getattr(rate, "initial_rate", rate)
-            self._pytorch_optimizer = self.optimizer._create_pytorch_optimizer(
-                parameter_groups(
-                    self.model, self.pretrained_modalities, rate, self.encoder_lr_scale
-                )
-            )
-            if self._lr_schedule is not None:
-                self._lr_schedule = self.optimizer.learning_rate._create_pytorch_schedule(
-                    self._pytorch_optimizer
-                )
 
     # -- what a subclass supplies ----------------------------------------------------------------
     @abstractmethod
@@ -348,8 +351,9 @@ class MultiModalTorchModel(InferenceMixin, TorchModel):
     def count_schedules_over(self, total_epochs: int) -> None:
         """Run every schedule that is counted per ``fit`` call over ``total_epochs`` epochs in all
         instead, across ``fit`` calls: training split into several calls (a resumed run) then
-        follows the schedule of one call. The base's evidential KL anneal already counts over
-        all calls; subclasses with a per-call schedule override this."""
+        follows the schedule of one call: the learning-rate schedule here (the evidential KL
+        anneal already counts over all calls); subclasses with a per-call schedule extend this."""
+        self._schedule_epochs, self._schedule_origin = total_epochs, self.epochs_started
 
     @property
     def epochs_started(self) -> int:
@@ -358,10 +362,6 @@ class MultiModalTorchModel(InferenceMixin, TorchModel):
         return int(self.model.epochs_started)
 
     # -- configuration -------------------------------------------------------------------------
-    @property
-    def modality_names(self) -> list[str]:
-        return [m.name for m in self.modalities]
-
     def get_config(self) -> dict[str, Any]:
         """Every constructor argument (JSON-serialisable), enough to rebuild the model."""
         keys = [
@@ -388,6 +388,7 @@ class MultiModalTorchModel(InferenceMixin, TorchModel):
             "freeze_encoders",
             "encoder_lr_scale",
             "pretrained_modalities",
+            *SCHEDULE_SETTINGS,
         ]
         config = {k: getattr(self, k) for k in keys}
         config["modalities"] = [m.to_dict() for m in self.modalities]
@@ -536,6 +537,8 @@ class MultiModalTorchModel(InferenceMixin, TorchModel):
             kwargs["loss"] = _released_after_backward(
                 refusing_non_finite(kwargs.get("loss") or self._loss_fn, self)
             )
+        self._ensure_built()
+        self._start_schedule(len(dataset), nb_epoch)
         return super().fit(dataset, nb_epoch, *args, **kwargs)
 
     def fit_generator(self, *args: Any, **kwargs: Any) -> float:
@@ -580,20 +583,4 @@ class MultiModalTorchModel(InferenceMixin, TorchModel):
         ...
         deepfuse_plugin.errors.InvalidSettingError: The featurizer does not match the model: ...
         """
-        specs = getattr(featurizer, "modalities", featurizer)
-        theirs = {m.name: m for m in as_modalities(list(specs))}
-        missing = [n for n in self.modality_names if n not in theirs]
-        if missing:
-            raise InvalidSettingError(
-                f"The featurizer does not compute the model's modalities "
-                f"{missing} (it has {list(theirs)}): build it with "
-                "MultiModalFeaturizer(modalities=model.modalities)"
-            )
-        problems = [line for m in self.modalities for line in spec_differences(m, theirs[m.name])]
-        if problems:
-            raise InvalidSettingError(
-                "The featurizer does not match the model: "
-                + "; ".join(problems)
-                + ". Build it with "
-                "MultiModalFeaturizer(modalities=model.modalities)"
-            )
+        check_featurizer_matches(self.modalities, featurizer)

@@ -243,6 +243,7 @@ class DynamicFusionModel(MultiModalTorchModel):
     def count_schedules_over(self, total_epochs: int) -> None:
         """Count a per-``fit`` masking curriculum (``curriculum_epochs=None``) over
         ``total_epochs``; an explicit ``curriculum_epochs`` is kept."""
+        super().count_schedules_over(total_epochs)
         if self.curriculum_epochs is None:
             self.curriculum_epochs = total_epochs
 

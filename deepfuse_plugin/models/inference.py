@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 import torch
 from deepchem.data import Dataset
-from deepchem.trans import undo_transforms
 from torch import nn
 
 from deepfuse_plugin.data.collate import MultiModalBatch
+from deepfuse_plugin.data.datasets import untransform_labels
+from deepfuse_plugin.modalities import Modality
 from deepfuse_plugin.models.predictions import (
     NON_FINITE,
     CheckedPredictions,
@@ -86,12 +87,17 @@ class InferenceMixin:
     device: torch.device
     mode: str
     uncertainty: str | None
-    modality_names: list[str]
     _fitting: bool
     _drop_modalities: tuple[str, ...]
     _row_reasons: np.ndarray
     _ensure_built: Callable[[], None]
     default_generator: Callable[..., Iterator[tuple[list, list, list]]]
+    modalities: list[Modality]
+
+    @property
+    def modality_names(self) -> list[str]:
+        """Names of the model's modalities, in input order."""
+        return [m.name for m in self.modalities]
 
     @property
     def fusion_layer(self) -> nn.Module:
@@ -273,7 +279,7 @@ class InferenceMixin:
         for n in names:
             values = np.concatenate(chunks[n]) if chunks[n] else np.zeros((0,))
             if n == "prediction" and transformers:
-                values = undo_transforms(values, transformers)
+                values = untransform_labels(values, transformers)
                 self._add_row_problems(non_finite_rows(values), dataset.ids)
             results.append(values)
         reasons = self._row_reasons
@@ -394,7 +400,7 @@ class InferenceMixin:
         if transformers:
             if kind != "vacuity":
                 spread = untransform_std(spread, prediction, transformers)
-            prediction = undo_transforms(prediction, transformers)
+            prediction = untransform_labels(prediction, transformers)
         self._add_row_problems(non_finite_rows(prediction) | non_finite_rows(spread), dataset.ids)
         reasons = self._row_reasons
         return mark_failed_rows(prediction, reasons), mark_failed_rows(spread, reasons)

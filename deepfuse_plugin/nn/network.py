@@ -87,6 +87,7 @@ class MultiModalNetwork(nn.Module):
         self.last_fusion: FusionOutput | None = None
         # training epochs begun over every fit call (the evidential KL anneal and DynamicFusion's
         # masking curriculum count them): a buffer, so each checkpoint carries its own count
+        self.epochs_started: torch.Tensor
         self.register_buffer("epochs_started", torch.zeros((), dtype=torch.long))
 
     def _load_from_state_dict(

@@ -40,6 +40,14 @@ __all__ = ["BestCheckpointCallback", "train_with_validation"]
 logger = logging.getLogger(__name__)
 
 
+class _EarlyStop(Exception):
+    """Raised by :class:`BestCheckpointCallback` to end ``fit`` when the patience runs out."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"early stop after epoch {epoch}")
+        self.epoch = epoch
+
+
 class BestCheckpointCallback:
     """A DeepChem ``fit`` callback: every ``eval_every`` epochs (and after the last step) evaluate
     on ``valid`` and save a checkpoint into ``save_dir`` when the validation score improves.
@@ -50,6 +58,10 @@ class BestCheckpointCallback:
     of the ``fit`` call). A resumed run passes the ``epoch_offset`` epochs trained before this
     ``fit`` call and their result ``so_far``; ``on_epoch_end(model, epoch)``, if set, runs after
     every epoch (resume points).
+
+    Every validation score goes to the model's ``report_validation`` (deepfuse models: the
+    ``"plateau"`` learning-rate schedule), and with ``patience`` (the model's ``early_stopping``)
+    ``fit`` ends after that many validations without improvement.
     """
 
     def __init__(
@@ -64,11 +76,12 @@ class BestCheckpointCallback:
         bar: Any | None = None,
         epoch_offset: int = 0,
         so_far: TrainingResult | None = None,
+        patience: int | None = None,
     ) -> None:
         self.valid, self.transformers, self.mode = valid, list(transformers), mode
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
         self.eval_every, self.save_dir, self.bar = max(1, eval_every), save_dir, bar
-        self.epoch_offset = epoch_offset
+        self.epoch_offset, self.patience = epoch_offset, patience
         self.on_epoch_end: Callable[[Any, int], None] | None = None
         self.start_step: int | None = None
         so_far = so_far or TrainingResult(0, math.inf, "")
@@ -89,6 +102,18 @@ class BestCheckpointCallback:
             self._validate(model, epoch)
         if self.on_epoch_end is not None:
             self.on_epoch_end(model, epoch)
+        if self.patience is not None and self.waited() >= self.patience:
+            raise _EarlyStop(epoch)
+
+    def waited(self) -> int:
+        """Validations since the best one (all of them while none had a finite score)."""
+        return sum(1 for h in self.history if h["epoch"] > self.best_epoch)
+
+    def report_scores(self, model: Any) -> None:
+        """Hand every validation score so far to the model (its plateau schedule)."""
+        report = getattr(model, "report_validation", None)
+        if report is not None:
+            report([h["score"] for h in self.history])
 
     def _validate(self, model: Any, epoch: int) -> None:
         metrics, _ = evaluate(model, self.valid, self.transformers, self.mode)
@@ -98,6 +123,7 @@ class BestCheckpointCallback:
         if math.isfinite(score) and score < self.best_score:
             self.best_score, self.best_epoch = score, epoch
             resume.save_checkpoint_atomically(model, self.save_dir)
+        self.report_scores(model)
         if self.bar is not None:
             self.bar.set_postfix(
                 {f"valid_{self.score_name}": f"{score:.3f}", "best_epoch": self.best_epoch}
@@ -128,7 +154,10 @@ def train_with_validation(
     A different plan raises :class:`~deepfuse_plugin.train.resume.ResumeMismatchError`. Schedules
     counted per ``fit`` call (``DynamicFusionModel(curriculum_epochs=None)``'s masking
     curriculum) are counted over the run's ``epochs`` instead (``model.count_schedules_over``: the
-    same schedule), so that they survive a restart.
+    same schedule), so that they survive a restart; so is the learning-rate schedule.
+
+    A deepfuse model's ``early_stopping`` patience ends training after that many validations
+    without improvement (``result.stopped_at``); its ``"plateau"`` schedule reads the scores.
     """
     from tqdm.auto import tqdm
 
@@ -136,6 +165,9 @@ def train_with_validation(
     if len(valid) == 0:
         logger.warning("%s: the validation split is empty; keeping the last epoch", desc)
     eval_every = eval_every if len(valid) else epochs + 1
+    count_schedules_over = getattr(model, "count_schedules_over", None)
+    if count_schedules_over is not None:  # deepfuse models; DeepChem's have no such schedules
+        count_schedules_over(epochs)
     state = (
         _start_resumable(model, train, valid, epochs, eval_every, save_dir, desc)
         if resumable
@@ -157,7 +189,10 @@ def train_with_validation(
             bar,
             epoch_offset=done,
             so_far=so_far,
+            patience=getattr(model, "early_stopping", None) if len(valid) else None,
         )
+        callback.report_scores(model)  # a resumed run continues at its plateau scale
+        stopped_at = state.result.stopped_at if state else None
         start = time.perf_counter()
 
         def result() -> TrainingResult:
@@ -168,6 +203,7 @@ def train_with_validation(
                 callback.history,
                 so_far.train_time_s + time.perf_counter() - start,
                 list(so_far.resumed_at),
+                stopped_at,
             )
 
         def save_point(fitted: Any, epoch: int) -> None:
@@ -189,8 +225,19 @@ def train_with_validation(
 
         if state is not None:
             callback.on_epoch_end = save_point
-        if done < epochs:
-            model.fit(train, nb_epoch=epochs - done, checkpoint_interval=0, callbacks=[callback])
+        if done < epochs and stopped_at is None:
+            try:
+                model.fit(
+                    train, nb_epoch=epochs - done, checkpoint_interval=0, callbacks=[callback]
+                )
+            except _EarlyStop as stop:
+                stopped_at = stop.epoch
+                logger.info(
+                    "%s: no better validation score in %d evaluations; stopped after epoch %d",
+                    desc,
+                    callback.patience,
+                    stop.epoch,
+                )
         final = result()
     if final.best_epoch == 0:  # empty validation split or only NaN scores: keep the last epoch
         resume.save_checkpoint_atomically(model, save_dir)
@@ -207,9 +254,6 @@ def _start_resumable(
 ) -> resume.ResumeState:
     """The resume state to train from: a fresh one, or the interrupted run's (restored into
     ``model``)."""
-    count_schedules_over = getattr(model, "count_schedules_over", None)
-    if count_schedules_over is not None:  # deepfuse models; DeepChem's have no such schedules
-        count_schedules_over(epochs)
     plan = resume.training_plan(model, train, valid, epochs, eval_every)
     state = resume.read_state(save_dir)
     if state is None:

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from deepfuse_plugin.data.datasets import untransform_labels
+
 __all__ = [
     "regression_metrics",
     "classification_metrics",
@@ -118,6 +120,8 @@ def predict_original_units(
 ) -> np.ndarray:
     """Regression: predictions with ``transformers`` undone; classification: P(class 1)
     ``(N, n_tasks)``."""
+    if mode == "regression":
+        return untransform_labels(task_columns(model.predict(dataset), mode), transformers)
     return task_columns(model.predict(dataset, list(transformers)), mode)
 
 
@@ -134,12 +138,10 @@ def evaluate(
     model: Any, dataset: Any, transformers: Sequence[Any], mode: str
 ) -> tuple[dict[str, float], np.ndarray]:
     """Metrics of ``model`` on ``dataset`` in original label units, and the predictions."""
-    from deepchem.trans import undo_transforms
-
     if len(dataset) == 0:
         return {"n": 0}, np.zeros((0,))
     pred = predict_original_units(model, dataset, transformers, mode)
-    y = undo_transforms(dataset.y, list(transformers)) if mode == "regression" else dataset.y
+    y = untransform_labels(dataset.y, transformers) if mode == "regression" else dataset.y
     metrics = (
         regression_metrics(y, pred, dataset.w)
         if mode == "regression"

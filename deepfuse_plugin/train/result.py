@@ -36,6 +36,9 @@ class TrainingResult:
     resumed_at: list of int
         Epochs after which an interrupted run was continued from its resume point (empty for a
         run trained in one go).
+    stopped_at: int, optional
+        Epoch after which early stopping ended the run (the model's ``early_stopping``
+        patience ran out); None when every planned epoch trained.
     """
 
     best_epoch: int
@@ -44,3 +47,4 @@ class TrainingResult:
     history: list[dict[str, float]] = field(default_factory=list)
     train_time_s: float = 0.0
     resumed_at: list[int] = field(default_factory=list)
+    stopped_at: int | None = None

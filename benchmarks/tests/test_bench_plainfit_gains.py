@@ -1,0 +1,94 @@
+"""``deepfuse-bench plain-fit`` (the README's plain ``fit`` against the random forest) and
+``deepfuse-bench gains`` (what the pretrained views bought)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deepfuse_bench import gains
+from deepfuse_bench.cli import main
+from deepfuse_bench.plainfit import parse_variants, summary_rows
+from deepfuse_plugin.errors import InvalidSettingError
+
+
+def test_plain_fit_trains_every_variant_and_the_forest(tiny_molnet_dir, tmp_path):
+    out = tmp_path / "plain"
+    variants = json.dumps({"defaults": {}, "cosine": {"lr_schedule": "cosine"}})
+    code = main(
+        [
+            "--no-progress",
+            "plain-fit",
+            "--data-dir",
+            str(tiny_molnet_dir),
+            "--datasets",
+            "delaney",
+            "--seeds",
+            "0",
+            "--epochs",
+            "2",
+            "--variants",
+            variants,
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    payload = json.loads((out / "plainfit.json").read_text())
+    assert [r["variant"] for r in payload["runs"]] == ["rf_ecfp", "defaults", "cosine"]
+    for run in payload["runs"]:
+        assert run["valid"]["rmse"] > 0 and run["test"]["rmse"] > 0
+    assert "| delaney | cosine | rmse |" in (out / "plainfit.md").read_text()
+
+
+def test_variants_must_be_named_settings(tmp_path):
+    path = tmp_path / "v.json"
+    path.write_text('{"a": {"grad_clip": 1.0}}')
+    assert parse_variants(str(path)) == {"a": {"grad_clip": 1.0}}
+    with pytest.raises(InvalidSettingError, match="--variants"):
+        parse_variants('["cosine"]')
+
+
+def test_summary_averages_seeds():
+    runs = [
+        {"dataset": "d", "variant": "v", "valid": {"rmse": v}, "test": {"rmse": t}}
+        for v, t in ((1.0, 2.0), (3.0, 4.0))
+    ]
+    assert summary_rows(runs) == [("d", "v", "rmse", 2.0, 3.0, 2)]
+
+
+def _run(dataset: str, model: str, seed: int, score: float, metric: str = "rmse") -> dict:
+    return {
+        "dataset": dataset,
+        "model": model,
+        "seed": seed,
+        "metric": metric,
+        "test_metric": score,
+    }
+
+
+def test_gains_table_counts_the_targets(tmp_path):
+    runs = [
+        *(_run("esol", "dynamic", s, 1.0) for s in range(2)),
+        *(_run("esol", "dynamic_minimol", s, 0.9) for s in range(2)),
+        *(_run("esol", "dynamic_pretrained", s, 0.8) for s in range(2)),
+        *(_run("esol", "dc_rf", s, 0.85) for s in range(2)),
+        *(_run("esol", "moe", s, 0.5) for s in range(2)),  # another fusion model: not a peer
+        _run("bbbp", "dynamic", 0, 0.70, "roc_auc"),
+        _run("bbbp", "dynamic_pretrained", 0, 0.68, "roc_auc"),
+        _run("bbbp", "chemprop", 0, 0.72, "roc_auc"),
+    ]
+    path = tmp_path / "moleculenet.json"
+    path.write_text(json.dumps({"runs": runs, "datasets": {}}))
+    text = gains.run_gains([str(tmp_path)], str(tmp_path / "out"), seeds=2, echo=lambda _: None)
+    rows = {r["dataset"]: r for r in gains.gains_table(runs)}
+    assert rows["esol"]["gain"] == pytest.approx(0.2)
+    assert rows["esol"]["beats_others"] and rows["esol"]["beats_scratch"]
+    assert rows["esol"]["best_other"][0] == "dc_rf"
+    assert not rows["bbbp"]["beats_others"] and not rows["bbbp"]["beats_scratch"]
+    assert "best model on 1 of 2 datasets (esol)" in text
+    assert "0.680 (1 seed)" in text
+    assert (tmp_path / "out" / "gains.png").stat().st_size > 0
