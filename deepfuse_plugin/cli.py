@@ -36,11 +36,13 @@ from deepfuse_plugin.cli_options import (
     add_data_arguments,
     add_pretrained_arguments,
     add_run_arguments,
+    add_schedule_arguments,
     csv_list,
     input_help,
     modalities_and_pretrained,
     positive_float,
     positive_int,
+    schedule_settings,
 )
 from deepfuse_plugin.errors import DeepfuseError, InvalidSettingError
 
@@ -178,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         "starts over)",
     )
     add_pretrained_arguments(train)
+    add_schedule_arguments(train)
     train.add_argument(
         "--params",
         default=None,
@@ -331,7 +334,12 @@ def _fine_tuning_options(args: argparse.Namespace) -> tuple[list[str], dict, int
             f"{from_file[1]!r} is not a number; give the file 'deepfuse hpopt' wrote"
         ) from None
     modalities, pretrained = modalities_and_pretrained(args, args.csv)
-    return modalities, {**model_kwargs, **pretrained}, epochs, learning_rate
+    return (
+        modalities,
+        {**model_kwargs, **schedule_settings(args), **pretrained},
+        epochs,
+        learning_rate,
+    )
 
 
 def _forward_to_bench(args: argparse.Namespace) -> int:

@@ -113,6 +113,43 @@ def add_pretrained_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training-schedule options of ``train`` (model defaults unless given)."""
+    from deepfuse_plugin.models._schedules import LR_SCHEDULES
+
+    parser.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default=None,
+        help="learning rate over the run (default: the model's, constant)",
+    )
+    parser.add_argument(
+        "--warmup-epochs", type=float, default=None, help="linear warm-up of the learning rate"
+    )
+    parser.add_argument(
+        "--grad-clip", type=positive_float, default=None, help="clip the gradient norm"
+    )
+    parser.add_argument(
+        "--early-stopping",
+        type=positive_int,
+        default=None,
+        metavar="PATIENCE",
+        help="stop after this many validations without improvement",
+    )
+    parser.add_argument(
+        "--plateau-patience",
+        type=positive_int,
+        default=None,
+        help="validations without improvement before --lr-schedule plateau halves the rate",
+    )
+
+
+def schedule_settings(args: argparse.Namespace) -> dict:
+    """The schedule options given on the command line, as model settings."""
+    names = ("lr_schedule", "warmup_epochs", "grad_clip", "early_stopping", "plateau_patience")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
 def input_help() -> str:
     """Help text of the input option of ``train``, ``hpopt`` and ``predict``."""
     return (

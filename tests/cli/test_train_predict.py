@@ -513,3 +513,17 @@ def test_predict_uses_the_input_limits_the_run_was_trained_with(
     del old["featurizer"]["limits"], old["integrity"]
     path.write_text(json.dumps(old))
     assert (predict_from_csv(str(tmp_path / "run"), str(query))["deepfuse_status"] == "ok").all()
+
+
+def test_schedule_options_reach_the_model_and_win_over_params(regression_csv: Path, tmp_path: Path):
+    from deepfuse_plugin import MultiModalTorchModel
+
+    params = tmp_path / "best_params.json"
+    params.write_text(json.dumps({"params": {"lr_schedule": "cosine", "grad_clip": 5.0}}))
+    out = tmp_path / "run"
+    extra = ["--lr-schedule", "onecycle", "--early-stopping", "1", "--params", str(params)]
+    assert _train(regression_csv, out, *extra) == 0
+    model = MultiModalTorchModel.load(str(out / "model"))
+    assert (model.lr_schedule, model.grad_clip, model.early_stopping) == ("onecycle", 5.0, 1)
+    training = json.loads((out / RUN_FILE).read_text())["training"]
+    assert training["best_epoch"] in (1, 2)
