@@ -83,8 +83,8 @@ def iter_smiles_chunks(
     Examples
     --------
     >>> import io
-    >>> list(iter_smiles_chunks(io.StringIO("SMILES\\nCCO\\n\\nCCN\\nC\\n"), chunk_rows=2))
-    [['CCO'], ['CCN', 'C']]
+    >>> list(iter_smiles_chunks(io.StringIO("SMILES\\nCCO\\nCCN\\nC\\n"), chunk_rows=2))
+    [['CCO', 'CCN'], ['C']]
     """
     if chunk_rows < 1:
         raise InvalidInputError(f"chunk_rows must be at least 1, got {chunk_rows}")
