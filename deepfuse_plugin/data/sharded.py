@@ -76,7 +76,7 @@ def featurize_to_disk(
     labels: Any = None,
     ids: Sequence[Any] | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
-    n_jobs: int = 1,
+    n_jobs: int | None = None,
     progress: bool = True,
 ) -> DiskDataset:
     """Featurize a CSV file or a list of SMILES into a ``DiskDataset`` in ``out_dir``, in shards.
@@ -87,7 +87,7 @@ def featurize_to_disk(
         A CSV file (any compression pandas reads, e.g. ``.csv.gz``), read ``shard_size`` rows at
         a time; or the inputs themselves (SMILES strings).
     featurizer: MultiModalFeaturizer
-        Its ``featurize_row`` makes each sample. Its ``n_jobs`` is not used: pass ``n_jobs`` here.
+        Its ``featurize_row`` makes each sample.
     out_dir: path
         A new or empty folder, or the folder of an unfinished featurization of the same input
         with the same settings (it is continued; shards already written are kept).
@@ -101,8 +101,9 @@ def featurize_to_disk(
         For a sequence: one id per input (default: the SMILES).
     shard_size: int
         Inputs per shard (also what each worker holds in memory at a time).
-    n_jobs: int
-        Worker processes; each featurizes and writes its own shards.
+    n_jobs: int, optional
+        Worker processes, each featurizing and writing its own shards (default: the
+        featurizer's ``n_jobs``).
     progress: bool
         Show a tqdm progress bar (molecules).
 
@@ -122,7 +123,7 @@ def featurize_to_disk(
     RunFolderError
         ``out_dir`` holds other files, or another featurization (other input or settings).
     """
-    _check_settings(featurizer, shard_size, n_jobs)
+    n_jobs = _check_settings(featurizer, shard_size, n_jobs)
     if isinstance(source, (str, os.PathLike)):
         reader: _Input = _CsvInput(os.fspath(source), smiles_column, list(tasks), id_column)
         if labels is not None or ids is not None:
@@ -144,7 +145,7 @@ def featurize_corpus_to_disk(
     seed: int = 0,
     column: str = "SMILES",
     shard_size: int = DEFAULT_SHARD_SIZE,
-    n_jobs: int = 1,
+    n_jobs: int | None = None,
     progress: bool = True,
 ) -> DiskDataset:
     """Featurize an unlabelled corpus (``"moses"`` or a SMILES file) into a ``DiskDataset``.
@@ -159,7 +160,7 @@ def featurize_corpus_to_disk(
     >>> ds = featurize_corpus_to_disk("moses", feat, "moses_100k", n=100_000,
     ...                               n_jobs=2)  # doctest: +SKIP
     """
-    _check_settings(featurizer, shard_size, n_jobs)
+    n_jobs = _check_settings(featurizer, shard_size, n_jobs)
     path = moses_path("train") if str(corpus) == "moses" else Path(corpus)
     if not path.is_file():
         raise InvalidInputError(f"Corpus file not found: {path}")
@@ -340,16 +341,19 @@ def _file_sha256(path: str) -> str:
 
 
 # -- the run ---------------------------------------------------------------------------------------
-def _check_settings(featurizer: Any, shard_size: int, n_jobs: int) -> None:
+def _check_settings(featurizer: Any, shard_size: int, n_jobs: int | None) -> int:
+    """``n_jobs`` to use (default: the featurizer's) once the settings are checked."""
     if not hasattr(featurizer, "featurize_row"):
         raise InvalidSettingError(
             f"featurizer must be a deepfuse featurizer (with featurize_row), got "
             f"{type(featurizer).__name__}; e.g. MultiModalFeaturizer([...])"
         )
-    if int(shard_size) < 1 or int(n_jobs) < 1:
+    n_jobs = int(getattr(featurizer, "n_jobs", 1) if n_jobs is None else n_jobs)
+    if int(shard_size) < 1 or n_jobs < 1:
         raise InvalidSettingError(
             f"shard_size and n_jobs must be at least 1, got {shard_size} and {n_jobs}"
         )
+    return n_jobs
 
 
 def _featurize(

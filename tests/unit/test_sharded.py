@@ -287,3 +287,16 @@ def test_pretraining_reads_a_disk_dataset(featurizer, smiles, tmp_path):
         disk, featurizer.modalities, (), tmp_path / "ckpt", "tiny", config, progress=False
     )
     assert json.loads((out / "model.json").read_text())["history"][0]["epoch"] == 1
+
+
+def test_processes_default_to_the_featurizers_and_bad_settings_are_refused(tmp_path):
+    from deepfuse_plugin.data.sharded import _check_settings
+    from deepfuse_plugin.errors import InvalidSettingError
+
+    featurizer = dfp.MultiModalFeaturizer(["ecfp"], n_jobs=3, progress=False)
+    assert _check_settings(featurizer, 10, None) == 3 and _check_settings(featurizer, 10, 1) == 1
+    with pytest.raises(InvalidSettingError, match="shard_size and n_jobs must be at least 1"):
+        featurize_to_disk(["CCO"], featurizer, tmp_path / "ds", shard_size=0)
+    with pytest.raises(InvalidSettingError, match="featurize_row"):
+        featurize_to_disk(["CCO"], object(), tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
