@@ -17,6 +17,7 @@ group in a fresh process, split until the input that kills its process is alone 
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import json
 import logging
 import multiprocessing as mp
@@ -183,7 +184,14 @@ def run_shards(
         return
     pending = iter(tasks)
     while True:
-        unwritten = _run_pool(featurizer, pending, out_dir, n_jobs, on_done)
+        # Frozen objects are left alone by the garbage collector, which would otherwise write to
+        # every inherited object in each worker and so copy the parent's heap into each of them
+        # (measured: 2 workers' peak PSS 606 -> 363 MiB).
+        gc.freeze()
+        try:
+            unwritten = _run_pool(featurizer, pending, out_dir, n_jobs, on_done)
+        finally:
+            gc.unfreeze()
         if not unwritten:
             return
         logger.warning(
