@@ -10,6 +10,7 @@
     deepfuse-bench merge benchmarks/full-hiv [...] --out benchmarks/full
     deepfuse-bench crystals --data-dir DIR [--n-train 2000 --n-val 500 --n-test 500 | --full]
     deepfuse-bench speed --data-dir DIR [--n-train 2000] [--epochs 2] [--no-chemprop] [--profile]
+    deepfuse-bench featurize-disk [--sizes 10000,100000,1000000] [--jobs 1,2] [--out benchmarks]
 
 Argument parsing only; the work is done by the functions of :mod:`deepfuse_bench` that tests and
 notebooks call directly. ``main(argv)`` returns the exit code (0 success, 2 bad input or usage).
@@ -40,7 +41,7 @@ PROG = "deepfuse-bench"
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommands ``featurize``, ``moleculenet``, ``merge``, ``crystals``,
-    ``speed``)."""
+    ``speed``, ``featurize-disk``)."""
     from deepfuse_bench import __version__
 
     parser = argparse.ArgumentParser(
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_speed_parser,
         plainfit.add_parser,
         gains.add_parser,
+        _add_featurize_disk_parser,
     ):
         add(sub)
     return parser
@@ -389,6 +391,37 @@ def _add_speed_parser(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_featurize_disk_parser(sub: argparse._SubParsersAction) -> None:
+    """``deepfuse-bench featurize-disk`` (:func:`deepfuse_bench.scaling.run_scaling_bench`)."""
+    from deepfuse_bench.scaling import DEFAULT_JOBS, DEFAULT_SIZES
+
+    disk = sub.add_parser(
+        "featurize-disk",
+        help="out-of-core featurization into a DiskDataset: peak memory at growing sizes, "
+        "molecules/s with 1 and 2 processes",
+    )
+    disk.add_argument(
+        "--sizes",
+        type=lambda t: [_positive_int(x) for x in _csv_list(t)],
+        default=list(DEFAULT_SIZES),
+        help="molecules per run, seeded subsets of MOSES (default: %(default)s; 1M takes "
+        "about 10 min per process count on 2 idle cores and ~10 GiB of scratch disk)",
+    )
+    disk.add_argument(
+        "--jobs",
+        type=lambda t: [_positive_int(x) for x in _csv_list(t)],
+        default=list(DEFAULT_JOBS),
+        help="process counts (default: %(default)s)",
+    )
+    disk.add_argument("--shard-size", type=_positive_int, default=4096)
+    disk.add_argument("--seed", type=int, default=0, help="seed of the subsets")
+    disk.add_argument("--corpus", default=None, help="a SMILES file instead of MOSES")
+    disk.add_argument("--scratch", default=None, help="folder for subsets and featurized data")
+    disk.add_argument(
+        "--out", default="benchmarks", help="writes featurize_disk.{json,md} (default: %(default)s)"
+    )
+
+
 def _configure_logging(verbose: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -449,6 +482,18 @@ def _run(args: argparse.Namespace, command: str) -> None:
         merge_results(args.sources, args.out, replace=args.replace)
     elif args.benchmark == "crystals":
         _run_crystals(args, progress, command)
+    elif args.benchmark == "featurize-disk":
+        from deepfuse_bench.scaling import run_scaling_bench
+
+        run_scaling_bench(
+            sizes=args.sizes,
+            jobs=args.jobs,
+            out=args.out,
+            shard_size=args.shard_size,
+            seed=args.seed,
+            corpus=args.corpus,
+            scratch=args.scratch,
+        )
     elif args.benchmark == "speed":
         from deepfuse_bench.speed import run_speed_bench
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -27,7 +28,7 @@ import pandas as pd
 
 from deepfuse_plugin.errors import InvalidInputError
 
-__all__ = ["moses_smiles", "moses_path", "read_smiles_file"]
+__all__ = ["iter_smiles_chunks", "moses_smiles", "moses_path", "read_smiles_file"]
 
 MOSES_SPLITS = ("train", "test", "test_scaffolds")
 
@@ -62,19 +63,76 @@ def read_smiles_file(
         Keep a random subset of ``n`` molecules (in file order), drawn with ``seed``.
     seed: int
     """
-    frame = pd.read_csv(source, dtype=str, keep_default_na=False)
-    if column not in frame.columns:
-        if frame.shape[1] != 1:
-            raise InvalidInputError(
-                f"{source}: no {column!r} column (columns: {list(frame.columns)}); pass column="
-            )
-        column = frame.columns[0]
-    smiles = frame[column].str.strip()
-    smiles = smiles[smiles != ""].tolist()
-    if n is not None and n < len(smiles):
-        keep = np.sort(np.random.default_rng(seed).choice(len(smiles), size=n, replace=False))
-        smiles = [smiles[i] for i in keep]
-    return smiles
+    return [s for chunk in iter_smiles_chunks(source, column, n=n, seed=seed) for s in chunk]
+
+
+def iter_smiles_chunks(
+    source: str | os.PathLike | IO[str],
+    column: str = "SMILES",
+    chunk_rows: int = 65536,
+    n: int | None = None,
+    seed: int = 0,
+) -> Iterator[list[str]]:
+    """The SMILES :func:`read_smiles_file` returns, in lists of at most ``chunk_rows``, reading
+    the file ``chunk_rows`` rows at a time (memory does not grow with the file).
+
+    Whitespace around a SMILES is stripped and empty entries are skipped. With ``n``, the subset
+    is the one :func:`read_smiles_file` draws (same ``seed``, same molecules): a first pass counts
+    the entries, so ``source`` must then be a path or a seekable stream.
+
+    Examples
+    --------
+    >>> import io
+    >>> list(iter_smiles_chunks(io.StringIO("SMILES\\nCCO\\nCCN\\nC\\n"), chunk_rows=2))
+    [['CCO', 'CCN'], ['C']]
+    """
+    if chunk_rows < 1:
+        raise InvalidInputError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    keep = None
+    if n is not None:
+        total = sum(len(chunk) for chunk in _stripped_chunks(source, column, chunk_rows))
+        if n < total:
+            keep = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
+        _rewind(source)
+    seen = 0  # entries read so far: the position of the next one in read_smiles_file's list
+    for chunk in _stripped_chunks(source, column, chunk_rows):
+        if keep is not None:
+            lo, hi = np.searchsorted(keep, [seen, seen + len(chunk)])
+            picked = [chunk[i - seen] for i in keep[lo:hi]]
+            seen += len(chunk)
+            chunk = picked
+        if chunk:
+            yield chunk
+
+
+def _stripped_chunks(
+    source: str | os.PathLike | IO[str], column: str, chunk_rows: int
+) -> Iterator[list[str]]:
+    """Non-empty stripped entries of ``column`` (or of the only column), ``chunk_rows`` rows of
+    the file at a time."""
+    reader = pd.read_csv(source, dtype=str, keep_default_na=False, chunksize=chunk_rows)
+    with reader:
+        for frame in reader:
+            if column not in frame.columns:
+                if frame.shape[1] != 1:
+                    raise InvalidInputError(
+                        f"{source}: no {column!r} column (columns: {list(frame.columns)}); "
+                        "pass column="
+                    )
+                column = frame.columns[0]
+            smiles = frame[column].str.strip()
+            yield smiles[smiles != ""].tolist()
+
+
+def _rewind(source: str | os.PathLike | IO[str]) -> None:
+    """Back to the start of a stream for a second pass (paths are simply reopened)."""
+    if isinstance(source, (str, os.PathLike)):
+        return
+    if not (hasattr(source, "seekable") and source.seekable()):
+        raise InvalidInputError(
+            "A random subset (n=...) reads the input twice: pass a path or a seekable stream"
+        )
+    source.seek(0)
 
 
 def moses_smiles(

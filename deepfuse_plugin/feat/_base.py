@@ -237,6 +237,6 @@ def _init_worker(featurizer: Any) -> None:
     _WORKER_FEATURIZER = featurizer
 
 
-def _featurize_chunk(points: list[Any]) -> list[Any]:
+def _featurize_chunk(points: Sequence[Any]) -> list[Any]:
     assert _WORKER_FEATURIZER is not None
     return [_WORKER_FEATURIZER.featurize_row(p) for p in points]

@@ -1,0 +1,496 @@
+"""Out-of-core featurization: a CSV, a SMILES list or a corpus straight into a ``DiskDataset``.
+
+:func:`featurize_to_disk` and :func:`featurize_corpus_to_disk` read their input a shard at a time,
+featurize each shard (in ``n_jobs`` worker processes, each writing its own shards) and write a
+DeepChem :class:`~deepchem.data.DiskDataset` whose ``X``, ``y``, ``w`` and ``ids`` are exactly
+what the in-memory path gives (:meth:`deepfuse_plugin.MultiModalDataset.from_smiles`): the same
+samples in the same order, failed inputs dropped and reported with their row numbers. Memory
+stays flat whatever the input's length (at most two shards per worker in flight), so a 1.5M
+molecule corpus featurizes on a laptop; models train on the result as on any DeepChem dataset
+(``model.fit(dataset)`` streams it shard by shard).
+
+The folder is resumable: a featurization that is interrupted (Ctrl-C, a killed job) continues
+where it stopped when called again with the same input and settings; shards already written are
+kept. A folder holding anything else is refused, never overwritten.
+
+Security: DeepChem stores object arrays (the samples, the ids) with NumPy's pickle and opens every
+``.npy`` file of a ``DiskDataset`` with ``allow_pickle=True``, whatever it holds. Opening a folder
+therefore runs whatever the files contain: open only folders you (or your own pipeline) wrote,
+never one downloaded or received from elsewhere. Storing the samples as fixed-width numeric arrays
+would not change that (DeepChem's loader unpickles regardless) and would no longer be the
+``MultiModalSample`` objects every deepfuse model reads, so the samples are stored as they are.
+
+Examples
+--------
+>>> import tempfile, os
+>>> import deepfuse_plugin as dfp
+>>> from deepfuse_plugin.data import featurize_to_disk
+>>> feat = dfp.MultiModalFeaturizer(["ecfp", "smiles"], progress=False)
+>>> out = os.path.join(tempfile.mkdtemp(), "featurized")
+>>> ds = featurize_to_disk(["CCO", "not a smiles", "CCN"], feat, out, labels=[1.0, 2.0, 3.0],
+...                        shard_size=2, progress=False)
+>>> list(ds.ids), ds.y.ravel().tolist(), feat.last_failures
+(['CCO', 'CCN'], [1.0, 3.0], {1: 'RDKit cannot parse this SMILES'})
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from deepchem.data import DiskDataset
+from tqdm.auto import tqdm
+
+from deepfuse_plugin.data import _shards
+from deepfuse_plugin.data._shards import ShardTask
+from deepfuse_plugin.data.corpora import iter_smiles_chunks, moses_path
+from deepfuse_plugin.errors import InvalidInputError, InvalidSettingError, RunFolderError
+
+__all__ = ["featurize_to_disk", "featurize_corpus_to_disk", "read_failures", "MANIFEST"]
+
+logger = logging.getLogger(__name__)
+
+#: The file that marks a folder as a deepfuse featurization (in progress or complete).
+MANIFEST = "deepfuse_featurization.json"
+#: Every failed input of a complete featurization: ``row,input,reason``.
+FAILURES_FILE = "failures.csv"
+_FORMAT = "deepfuse-featurization/1"
+DEFAULT_SHARD_SIZE = 4096
+
+
+def featurize_to_disk(
+    source: str | os.PathLike | Sequence[Any],
+    featurizer: Any,
+    out_dir: str | os.PathLike,
+    *,
+    smiles_column: str = "smiles",
+    tasks: Sequence[str] = (),
+    id_column: str | None = None,
+    labels: Any = None,
+    ids: Sequence[Any] | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    n_jobs: int | None = None,
+    progress: bool = True,
+) -> DiskDataset:
+    """Featurize a CSV file or a list of SMILES into a ``DiskDataset`` in ``out_dir``, in shards.
+
+    Parameters
+    ----------
+    source: path or sequence
+        A CSV file (any compression pandas reads, e.g. ``.csv.gz``), read ``shard_size`` rows at
+        a time; or the inputs themselves (SMILES strings).
+    featurizer: MultiModalFeaturizer
+        Its ``featurize_row`` makes each sample.
+    out_dir: path
+        A new or empty folder, or the folder of an unfinished featurization of the same input
+        with the same settings (it is continued; shards already written are kept).
+    smiles_column, tasks, id_column:
+        For a CSV: the SMILES column, the label columns (parsed like ``deepfuse train`` does:
+        empty/``NA`` = missing, weight 0; text is an error) and the id column (default: the
+        SMILES). Every data row is one input, its row number counts from 0 after the header.
+    labels: array-like, optional
+        For a sequence: ``(n,)`` or ``(n, tasks)`` labels, NaN where missing.
+    ids: sequence, optional
+        For a sequence: one id per input (default: the SMILES).
+    shard_size: int
+        Inputs per shard (also what each worker holds in memory at a time).
+    n_jobs: int, optional
+        Worker processes, each featurizing and writing its own shards (default: the
+        featurizer's ``n_jobs``).
+    progress: bool
+        Show a tqdm progress bar (molecules).
+
+    Returns
+    -------
+    dc.data.DiskDataset
+        ``X``: :class:`~deepfuse_plugin.MultiModalSample` per featurized input, ``ids``, ``y``,
+        ``w`` (1 where a label is known), task names ``tasks``. Failed inputs are left out and
+        set as ``featurizer.last_failures`` (``{row: reason}``, rows of the whole input), logged
+        and written to ``out_dir/failures.csv``; :func:`read_failures` reads them back.
+
+    Raises
+    ------
+    InvalidInputError
+        Missing file or column, text in a label column, labels or ids of another length than the
+        inputs, or no input could be featurized.
+    RunFolderError
+        ``out_dir`` holds other files, or another featurization (other input or settings).
+    """
+    n_jobs = _check_settings(featurizer, shard_size, n_jobs)
+    if isinstance(source, (str, os.PathLike)):
+        reader: _Input = _CsvInput(os.fspath(source), smiles_column, list(tasks), id_column)
+        if labels is not None or ids is not None:
+            raise InvalidSettingError(
+                "labels= and ids= go with a list of SMILES; for a CSV name its columns "
+                "(tasks=, id_column=)"
+            )
+    else:
+        reader = _SequenceInput(list(source), labels, ids)
+    return _featurize(reader, featurizer, out_dir, shard_size, n_jobs, progress)
+
+
+def featurize_corpus_to_disk(
+    corpus: str | os.PathLike,
+    featurizer: Any,
+    out_dir: str | os.PathLike,
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    column: str = "SMILES",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    n_jobs: int | None = None,
+    progress: bool = True,
+) -> DiskDataset:
+    """Featurize an unlabelled corpus (``"moses"`` or a SMILES file) into a ``DiskDataset``.
+
+    The molecules are those :func:`~deepfuse_plugin.data.corpora.moses_smiles` /
+    :func:`~deepfuse_plugin.data.corpora.read_smiles_file` return for the same ``n``, ``seed``
+    and ``column`` (entries stripped, empty ones skipped; row numbers count those molecules),
+    read a shard at a time. Everything else as :func:`featurize_to_disk` (ids: the SMILES).
+
+    Examples
+    --------
+    >>> ds = featurize_corpus_to_disk("moses", feat, "moses_100k", n=100_000,
+    ...                               n_jobs=2)  # doctest: +SKIP
+    """
+    n_jobs = _check_settings(featurizer, shard_size, n_jobs)
+    path = moses_path("train") if str(corpus) == "moses" else Path(corpus)
+    if not path.is_file():
+        raise InvalidInputError(f"Corpus file not found: {path}")
+    reader = _CorpusInput(str(path), column, n, seed)
+    return _featurize(reader, featurizer, out_dir, shard_size, n_jobs, progress)
+
+
+def read_failures(out_dir: str | os.PathLike) -> dict[int, str]:
+    """``{row: reason}`` of the inputs a featurization in ``out_dir`` could not featurize (so
+    far, for one still in progress)."""
+    failures: dict[int, str] = {}
+    for record in _records(str(out_dir)):
+        failures.update({int(row): reason for row, _, reason in record["failures"]})
+    return dict(sorted(failures.items()))
+
+
+# -- the inputs ------------------------------------------------------------------------------------
+class _Input:
+    """An input read in shards: ``identity()`` (what must match to resume), ``count()`` and
+    ``shards(size)``."""
+
+    task_names: list[Any] = []
+
+    def identity(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def count(self) -> int | None:
+        return None
+
+    def shards(self, size: int) -> Iterator[ShardTask]:
+        raise NotImplementedError
+
+
+class _SequenceInput(_Input):
+    def __init__(self, points: list[Any], labels: Any, ids: Sequence[Any] | None):
+        self.points = points
+        self.y = None if labels is None else np.asarray(labels, dtype=np.float64)
+        if self.y is not None:
+            if self.y.shape[0] != len(points):
+                raise InvalidInputError(
+                    f"labels has {self.y.shape[0]} rows for {len(points)} inputs: "
+                    "give one per input"
+                )
+            self.y = self.y.reshape(len(points), -1)
+            self.task_names = list(range(self.y.shape[1]))  # NumpyDataset's task names
+        self.ids = None if ids is None else [str(i) for i in ids]
+        if self.ids is not None and len(self.ids) != len(points):
+            raise InvalidInputError(
+                f"ids has {len(self.ids)} entries for {len(points)} inputs: give one per input"
+            )
+
+    def identity(self) -> dict[str, Any]:
+        digest = hashlib.sha256(json.dumps([repr(p) for p in self.points]).encode())
+        if self.y is not None:
+            digest.update(self.y.tobytes())
+        digest.update(json.dumps(self.ids).encode())
+        return {"input": "sequence", "rows": len(self.points), "sha256": digest.hexdigest()}
+
+    def count(self) -> int:
+        return len(self.points)
+
+    def shards(self, size: int) -> Iterator[ShardTask]:
+        for index, start in enumerate(range(0, len(self.points), size)):
+            stop = start + size
+            yield ShardTask(
+                index,
+                start,
+                self.points[start:stop],
+                None if self.y is None else self.y[start:stop],
+                None if self.ids is None else self.ids[start:stop],
+            )
+
+
+class _CsvInput(_Input):
+    def __init__(self, path: str, smiles_column: str, tasks: list[str], id_column: str | None):
+        self.path, self.smiles_column, self.id_column = path, smiles_column, id_column
+        self.task_names = tasks
+        if not os.path.isfile(path):
+            raise InvalidInputError(f"CSV file not found: {path}")
+        header = list(pd.read_csv(path, dtype=str, nrows=0).columns)
+        wanted = [smiles_column, *tasks, *([id_column] if id_column else [])]
+        missing = [c for c in wanted if c not in header]
+        if missing:
+            raise InvalidInputError(
+                f"Column(s) {missing} not found in {path}. Available columns: {header}"
+            )
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "input": "csv",
+            "file": os.path.abspath(self.path),
+            "sha256": _file_sha256(self.path),
+            "smiles_column": self.smiles_column,
+            "tasks": self.task_names,
+            "id_column": self.id_column,
+        }
+
+    def count(self) -> int:
+        """Rows of the file; the label columns are parsed on the way, so text in one stops the
+        featurization before any shard is written."""
+        rows = 0
+        for frame in self._frames(65536):
+            if self.task_names:
+                self._labels(frame, rows)
+            rows += len(frame)
+        return rows
+
+    def shards(self, size: int) -> Iterator[ShardTask]:
+        start = 0
+        for index, frame in enumerate(self._frames(size)):
+            yield ShardTask(
+                index,
+                start,
+                frame[self.smiles_column].tolist(),
+                self._labels(frame, start) if self.task_names else None,
+                None if self.id_column is None else frame[self.id_column].tolist(),
+            )
+            start += len(frame)
+
+    def _frames(self, rows: int) -> Iterator[pd.DataFrame]:
+        columns = [
+            self.smiles_column,
+            *self.task_names,
+            *([self.id_column] if self.id_column else []),
+        ]
+        with pd.read_csv(
+            self.path,
+            dtype=str,
+            keep_default_na=False,
+            usecols=lambda c: c in columns,
+            chunksize=rows,
+        ) as reader:
+            yield from reader
+
+    def _labels(self, frame: pd.DataFrame, start: int) -> np.ndarray:
+        from deepfuse_plugin.inputs import parse_labels
+
+        rows = [f"row {start + i}" for i in range(len(frame))]
+        return parse_labels(frame.reset_index(drop=True), self.task_names, rows)
+
+
+class _CorpusInput(_Input):
+    def __init__(self, path: str, column: str, n: int | None, seed: int):
+        self.path, self.column, self.n, self.seed = path, column, n, seed
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "input": "corpus",
+            "file": os.path.abspath(self.path),
+            "sha256": _file_sha256(self.path),
+            "column": self.column,
+            "n": self.n,
+            "seed": self.seed,
+        }
+
+    def count(self) -> int | None:
+        return self.n  # a full corpus is not counted: that is a pass over the whole file
+
+    def shards(self, size: int) -> Iterator[ShardTask]:
+        chunks = iter_smiles_chunks(self.path, self.column, size, self.n, self.seed)
+        buffer: list[str] = []
+        index = start = 0
+        for chunk in chunks:
+            buffer += chunk
+            while len(buffer) >= size:
+                yield ShardTask(index, start, buffer[:size], None, None)
+                buffer, index, start = buffer[size:], index + 1, start + size
+        if buffer:
+            yield ShardTask(index, start, buffer, None, None)
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- the run ---------------------------------------------------------------------------------------
+def _check_settings(featurizer: Any, shard_size: int, n_jobs: int | None) -> int:
+    """``n_jobs`` to use (default: the featurizer's) once the settings are checked."""
+    if not hasattr(featurizer, "featurize_row"):
+        raise InvalidSettingError(
+            f"featurizer must be a deepfuse featurizer (with featurize_row), got "
+            f"{type(featurizer).__name__}; e.g. MultiModalFeaturizer([...])"
+        )
+    n_jobs = int(getattr(featurizer, "n_jobs", 1) if n_jobs is None else n_jobs)
+    if int(shard_size) < 1 or n_jobs < 1:
+        raise InvalidSettingError(
+            f"shard_size and n_jobs must be at least 1, got {shard_size} and {n_jobs}"
+        )
+    return n_jobs
+
+
+def _featurize(
+    reader: _Input,
+    featurizer: Any,
+    out_dir: str | os.PathLike,
+    shard_size: int,
+    n_jobs: int,
+    progress: bool,
+) -> DiskDataset:
+    out = os.fspath(out_dir)
+    identity = {
+        "format": _FORMAT,
+        **reader.identity(),
+        "featurizer": str(featurizer),
+        "modalities": [m.fingerprint for m in getattr(featurizer, "modalities", [])],
+        "shard_size": int(shard_size),
+    }
+    manifest = _claim_folder(out, identity)
+    if manifest.get("status") != "complete":
+        total = reader.count()  # a CSV's labels are checked here, before any shard is written
+        records: dict[int, dict[str, Any]] = {}
+        with tqdm(total=total, desc="featurize", unit="mol", disable=not progress) as bar:
+
+            def done(record: dict[str, Any]) -> None:
+                records[record["shard"]] = record
+                bar.update(record["rows"])
+
+            _shards.run_shards(featurizer, _todo(reader, out, shard_size, done), out, n_jobs, done)
+        _finish(out, identity, reader.task_names, [records[i] for i in sorted(records)])
+    failures = read_failures(out)
+    if hasattr(featurizer, "last_failures"):
+        featurizer.last_failures = failures
+    return DiskDataset(out)
+
+
+def _todo(reader: _Input, out: str, shard_size: int, done: Any) -> Iterator[ShardTask]:
+    """The reader's shards not written yet; those written by an earlier run are reported to
+    ``done`` and skipped."""
+    for task in reader.shards(shard_size):
+        record = _shards.read_record(out, task.index)
+        if record is not None and record["rows"] == len(task.points):
+            done(record)
+        else:
+            yield task
+
+
+def _claim_folder(out: str, identity: dict[str, Any]) -> dict[str, Any]:
+    """The folder's manifest; a new or empty folder gets one. Anything else is refused."""
+    path = os.path.join(out, MANIFEST)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RunFolderError(f"{out} is a file, not a folder: give a folder for the dataset")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as fh:
+            manifest = json.load(fh)
+        recorded = manifest.get("identity", {})
+        differ = sorted(k for k in {*recorded, *identity} if recorded.get(k) != identity.get(k))
+        if differ:
+            raise RunFolderError(
+                f"{out} holds a featurization of another input or with other settings "
+                f"(differs in: {', '.join(differ)}); give a new folder, or remove this one "
+                "to featurize again"
+            )
+        if manifest.get("status") == "complete":
+            logger.info("%s: featurization already complete, reusing it", out)
+        else:
+            logger.info("%s: continuing an unfinished featurization", out)
+        return dict(manifest)
+    if os.path.isdir(out) and os.listdir(out):
+        raise RunFolderError(
+            f"{out} is not empty and is not a deepfuse featurization (no {MANIFEST}): give a new "
+            "or empty folder; nothing in it was changed"
+        )
+    os.makedirs(out, exist_ok=True)
+    manifest = {"identity": identity, "status": "in progress"}
+    _shards._write_json_atomically(path, manifest)
+    return manifest
+
+
+def _finish(
+    out: str, identity: dict[str, Any], task_names: list[Any], records: list[dict[str, Any]]
+) -> None:
+    """DeepChem's metadata from the shards' records, the failure report and the manifest."""
+    rows = sum(r["rows"] for r in records)
+    kept = sum(r["kept"] for r in records)
+    if kept == 0:
+        raise InvalidInputError(
+            f"None of the {rows} inputs could be featurized (first failures: "
+            f"{[tuple(f) for r in records for f in r['failures']][:5]}); see {out}"
+        )
+    metadata = DiskDataset._construct_metadata(
+        [_shards.metadata_row(r) for r in records if r["files"]]
+    )
+    tasks = task_names or [0]  # NumpyDataset's single zero column when unlabelled
+    DiskDataset._save_metadata(metadata, out, tasks)
+    failures = [f for r in records for f in r["failures"]]
+    pd.DataFrame(failures, columns=["row", "input", "reason"]).to_csv(
+        os.path.join(out, FAILURES_FILE), index=False
+    )
+    _log_outcome(out, rows, failures, records)
+    _shards._write_json_atomically(
+        os.path.join(out, MANIFEST),
+        {"identity": identity, "status": "complete", "rows": rows, "kept": kept},
+    )
+
+
+def _log_outcome(
+    out: str, rows: int, failures: list[list[Any]], records: list[dict[str, Any]]
+) -> None:
+    if failures:
+        shown = ", ".join(f"{row}:{text[:80]} ({reason})" for row, text, reason in failures[:20])
+        logger.warning(
+            "featurize_to_disk: %d of %d inputs could not be parsed or were refused and are "
+            "left out of %s (row:input (reason); all in %s): %s%s",
+            len(failures),
+            rows,
+            out,
+            FAILURES_FILE,
+            shown,
+            " ..." if len(failures) > 20 else "",
+        )
+    missing: dict[str, int] = {}
+    for record in records:
+        for name, count in record["missing"].items():
+            missing[name] = missing.get(name, 0) + count
+    for name, count in missing.items():
+        logger.info("featurize_to_disk: modality %r missing for %d molecule(s)", name, count)
+
+
+def _records(out: str) -> Iterator[dict[str, Any]]:
+    """The records of every shard written in ``out``, in shard order."""
+    numbers = sorted(
+        int(name[len("shard-") : -len(".done.json")])
+        for name in os.listdir(out)
+        if name.startswith("shard-") and name.endswith(".done.json")
+    )
+    for index in numbers:
+        record = _shards.read_record(out, index)
+        if record is not None:
+            yield record
