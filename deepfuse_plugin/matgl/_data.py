@@ -12,7 +12,8 @@ along its first dimension. The extra modalities therefore ride on each graph as 
 so a batch holds ``(B, d)`` vectors, ``(sum S, d)`` sentence rows with ``(B,)`` counts and a
 ``(B, M)`` mask, and :func:`modality_inputs` turns that back into deepfuse's padded inputs. The
 graph itself is MatGL's, unchanged: MatGL's converter, loader, collate and Lightning module work
-as they are.
+as they are. For more than one target, batch with :func:`collate_fn_targets` (MatGL's
+``collate_fn_graph`` keeps the first label only).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from matgl.graph.data import MGLDataset
 from torch import Tensor
 from torch_geometric.utils import to_dense_batch
 
-from deepfuse_plugin.errors import CorruptCheckpointError
+from deepfuse_plugin.errors import CorruptCheckpointError, InvalidInputError
 from deepfuse_plugin.modalities import Modality, MultiModalSample, as_modalities
 
 PREFIX = "df_"
@@ -149,6 +150,63 @@ def modality_inputs(batch: Any, specs: Sequence[Modality]) -> tuple[dict[str, An
     return inputs, present
 
 
+def collate_fn_targets(batch: Sequence[tuple[Any, Tensor, Tensor, dict[str, Tensor]]]) -> tuple:
+    """MatGL's ``collate_fn_graph`` for every label: ``(g, lattices, state_attr, targets)``.
+
+    MatGL's ``collate_fn_graph`` (and ``MGLDataLoader``, which picks it) keeps the *first* label
+    of each structure only. This collate stacks all of them, in the dataset's label order
+    (``MultiModalMGLDataset.target_names``): ``targets`` is ``(B, n_targets)``, or ``(B,)`` for
+    a single label, exactly as ``collate_fn_graph`` gives it.
+
+    Parameters
+    ----------
+    batch: list of tuple
+        ``(graph, lattice, state_attr, labels)`` items of an ``MGLDataset``.
+
+    Returns
+    -------
+    tuple
+        ``(graph batch, lattices, state attributes, targets)``.
+
+    Examples
+    --------
+    >>> from torch.utils.data import DataLoader
+    >>> from deepfuse_plugin.matgl import collate_fn_targets
+    >>> loader = DataLoader(dataset, batch_size=32, collate_fn=collate_fn_targets)  # doctest: +SKIP
+    >>> g, lattices, state_attr, targets = next(iter(loader))  # doctest: +SKIP
+    >>> targets.shape  # doctest: +SKIP
+    torch.Size([32, 2])
+    """
+    from matgl.graph.data import collate_fn_graph
+
+    labels = [item[3] for item in batch]
+    names = list(labels[0])
+    if not names:
+        raise InvalidInputError("The structures carry no label to train on (labels={})")
+    rows = []
+    for row, values in enumerate(labels):
+        if list(values) != names:
+            raise InvalidInputError(
+                f"Structure {row} of the batch has labels {list(values)}, the first one "
+                f"{names}: every structure needs the same labels"
+            )
+        rows.append(torch.stack([_one_number(values[k], k) for k in names]))
+    targets = torch.stack(rows)
+    # MatGL's collate does the graph batching (its labels, the first one only, are replaced)
+    g, lattices, state_attr, _ = collate_fn_graph([(*item[:3], {"": 0.0}) for item in batch])
+    return g, lattices, state_attr, targets.squeeze(1) if len(names) == 1 else targets
+
+
+def _one_number(value: Any, name: str) -> Tensor:
+    value = torch.as_tensor(value)
+    if value.numel() != 1:
+        raise InvalidInputError(
+            f"Label {name!r} holds {value.numel()} values per structure; give each target "
+            "its own label name"
+        )
+    return value.reshape(())
+
+
 def _check_structures(structures: Sequence[Any]) -> None:
     from pymatgen.core import IStructure
 
@@ -165,6 +223,12 @@ def _check_labels(labels: dict[str, Any], n: int) -> None:
         values = np.asarray(values, dtype=float)
         if len(values) != n:
             raise ValueError(f"Label {name!r} has {len(values)} values for {n} structures")
+        if values.ndim != 1:
+            # one label is one target: the model predicts one number per label name
+            raise InvalidInputError(
+                f"Label {name!r} holds {values[0].size} values per structure; give each "
+                f"target its own label name (e.g. {{'{name}_0': ..., '{name}_1': ...}})"
+            )
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
             raise ValueError(
@@ -207,7 +271,11 @@ class MultiModalMGLDataset(MGLDataset):
     ----------
     structures: list of pymatgen Structure
     labels: dict name -> list of float
-        MatGL's labels (its property collate uses the first one; every value must be finite).
+        The targets, one number per structure each (every value finite), e.g.
+        ``{"eform": [...], "band_gap": [...]}``. Batch them with :func:`collate_fn_targets`
+        (MatGL's ``collate_fn_graph`` keeps the first label only);
+        :meth:`MatMMFuse.from_dataset <deepfuse_plugin.matgl.MatMMFuse.from_dataset>` predicts
+        all of them (``target_names``).
     converter: matgl GraphConverter
     featurizer: CrystalMultiModalFeaturizer, optional
         The extra modalities (a ``graph``/``matgl_graph`` modality in it is ignored: the
@@ -220,6 +288,8 @@ class MultiModalMGLDataset(MGLDataset):
     ----------
     modalities: list of Modality
         Specs of the extra modalities, in ``df_mask`` order.
+    target_names: list of str
+        The label names, in the order :func:`collate_fn_targets` stacks them.
     """
 
     def __init__(
@@ -250,6 +320,16 @@ class MultiModalMGLDataset(MGLDataset):
             root=root,
             **kwargs,
         )
+
+    @property
+    def target_names(self) -> list[str]:
+        """The label names (the model's targets), in the order :func:`collate_fn_targets`
+        stacks them; MatGL leaves text labels out of its items, so they are left out here."""
+        return [
+            name
+            for name, values in (self.labels or {}).items()
+            if not (len(values) and isinstance(values[0], str))
+        ]
 
     def has_cache(self) -> bool:
         if not super().has_cache():
