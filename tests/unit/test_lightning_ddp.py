@@ -4,6 +4,8 @@ batch, and what DDP keeps restores into the ordinary model."""
 
 from __future__ import annotations
 
+import json
+
 import deepchem as dc
 import numpy as np
 import pytest
@@ -115,3 +117,57 @@ def test_settings_are_checked_and_ddp_tolerates_unused_parameters(
         fit_distributed(model, train, epochs=1, devices=0)
     assert lightning_strategy("ddp") == "ddp_find_unused_parameters_true"
     assert lightning_strategy("fsdp") == "fsdp"
+
+
+def _csv(path, smiles):
+    y = np.random.default_rng(0).normal(size=len(smiles))
+    path.write_text("smi,T1\n" + "".join(f"{s},{v:.4f}\n" for s, v in zip(smiles, y)))
+    return str(path)
+
+
+def _train_args(csv, out, *extra):
+    return [
+        "--no-progress",
+        "train",
+        "--csv",
+        csv,
+        "--smiles-column",
+        "smi",
+        "--tasks",
+        "T1",
+        "--model",
+        "early",
+        "--split",
+        "random",
+        "--modalities",
+        "ecfp",
+        "--epochs",
+        "2",
+        "--eval-every",
+        "1",
+        "--batch-size",
+        "8",
+        "--out",
+        out,
+        *extra,
+    ]
+
+
+def test_deepfuse_train_devices_2_writes_an_ordinary_run(smiles, tmp_path, capsys):
+    from deepfuse_plugin.cli import main
+    from deepfuse_plugin.workflows import predict_from_csv
+
+    csv = _csv(tmp_path / "data.csv", smiles)
+    out = str(tmp_path / "run")
+    assert main(_train_args(csv, out, "--devices", "2")) == 0
+    record = json.loads((tmp_path / "run" / "deepfuse_run.json").read_text())
+    assert record["training"]["best_epoch"] in (1, 2)
+    assert [h["epoch"] for h in record["training"]["history"]] == [1, 2]
+    assert not list((tmp_path / "run" / "model").glob(RESULT_FILE))
+    predictions = predict_from_csv(out, csv, smiles_column="smi", progress=False)
+    assert np.isfinite(predictions["T1_pred"].to_numpy()).all()
+    # more than one node would start the command on every node: refused, nothing written
+    nodes = str(tmp_path / "nodes")
+    assert main(_train_args(csv, nodes, "--devices", "2", "--num-nodes", "2")) == 2
+    assert "fit_distributed" in capsys.readouterr().err
+    assert not (tmp_path / "nodes").exists()
