@@ -34,10 +34,12 @@ from deepfuse_plugin.cli_options import (
     DEFAULT_EPOCHS,
     DEFAULT_LEARNING_RATE,
     add_data_arguments,
+    add_distributed_arguments,
     add_pretrained_arguments,
     add_run_arguments,
     add_schedule_arguments,
     csv_list,
+    distributed_settings,
     input_help,
     modalities_and_pretrained,
     positive_float,
@@ -181,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_pretrained_arguments(train)
     add_schedule_arguments(train)
+    add_distributed_arguments(train)
     train.add_argument(
         "--params",
         default=None,
@@ -419,6 +422,7 @@ def _run(args: argparse.Namespace) -> int:
             progress=progress,
             overwrite=args.overwrite,
             cif_column=args.cif_column,
+            distributed=distributed_settings(args),
         )
         training = record["training"]
         rows = "structures" if record["input"]["kind"] == "structures" else "molecules"

@@ -150,6 +150,59 @@ def schedule_settings(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
+#: ``--strategy`` values ``deepfuse train`` runs: the training processes are started from the
+#: command's own process, so the run folder has one writer. ``ddp`` re-runs the whole command per
+#: process (and multi-node runs start it on every node): use ``fit_distributed`` from Python.
+CLI_STRATEGIES = ("ddp_fork", "ddp_spawn", "auto")
+
+
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--accelerator``, ``--devices``, ``--num-nodes`` and ``--strategy`` (chemprop's names)."""
+    parser.add_argument(
+        "--accelerator",
+        default="cpu",
+        choices=("cpu", "gpu", "cuda", "mps", "auto"),
+        help="Lightning accelerator of --devices (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--devices",
+        type=positive_int,
+        default=1,
+        help="training processes (one per GPU, or CPU processes); more than 1 trains with "
+        "DDP under Lightning (default: %(default)s: the single-process trainer)",
+    )
+    parser.add_argument(
+        "--num-nodes", type=positive_int, default=1, help="machines (only 1 from the command line)"
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=CLI_STRATEGIES,
+        default=None,
+        help="Lightning strategy (default with --devices > 1: ddp_fork); given, training runs "
+        "under Lightning even on one device",
+    )
+
+
+def distributed_settings(args: argparse.Namespace) -> dict | None:
+    """``fit_distributed``'s settings when the options ask for Lightning, else None."""
+    from deepfuse_plugin.errors import InvalidSettingError
+
+    if args.num_nodes > 1:
+        raise InvalidSettingError(
+            "--num-nodes > 1: a multi-node run starts the command on every node, and deepfuse "
+            "train's run folder supports one writer only; train across nodes with "
+            "deepfuse_plugin.train.fit_distributed(..., num_nodes=N, strategy='ddp') from Python"
+        )
+    if args.devices == 1 and args.strategy is None:
+        return None
+    return dict(
+        accelerator=args.accelerator,
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        strategy=args.strategy or "ddp_fork",
+    )
+
+
 def input_help() -> str:
     """Help text of the input option of ``train``, ``hpopt`` and ``predict``."""
     return (

@@ -254,6 +254,7 @@ def train_from_csv(
     progress: bool = True,
     overwrite: bool = False,
     cif_column: str | None = None,
+    distributed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Featurize a CSV (or crystal structures), split it, train a fusion model with
     validation-based epoch selection and write a run folder to ``out`` (see the module
@@ -303,6 +304,10 @@ def train_from_csv(
         is refused before any work.
     cif_column: str, optional
         The column of CIF text when ``csv`` is a CSV of crystal structures.
+    distributed: dict, optional
+        Train under Lightning with these :func:`~deepfuse_plugin.train.lightning.fit_distributed`
+        settings (``accelerator``, ``devices``, ``num_nodes``, ``strategy``); the same
+        validation-based epoch selection, no resume points. None: the single-process trainer.
 
     Returns
     -------
@@ -339,6 +344,11 @@ def train_from_csv(
     run_folder.check_staging(staging)
     model_dir = os.path.join(staging, run_folder.MODEL_DIR)
     continuing = resume and resume_points.read_state(model_dir) is not None
+    if continuing and distributed:
+        raise InvalidSettingError(
+            f"--resume continues a single-process run ({staging}); distributed training "
+            "writes no resume points: drop --resume to start over, or --devices/--strategy"
+        )
     data = prepare_training_data(
         csv,
         smiles_column,
@@ -368,18 +378,18 @@ def train_from_csv(
             progress=False,
             **extra,
         )
-        result = train_with_validation(
+        result = _train(
             fusion,
             train,
             valid,
             epochs,
             eval_every,
             transformers,
-            mode,
             model_dir,
+            seed,
+            progress,
+            distributed,
             desc=f"{model} ({'+'.join(fusion.modality_names)})",
-            progress=progress,
-            resumable=True,
         )
         metrics = {
             "valid": evaluate(fusion, valid, transformers, mode)[0],
@@ -417,6 +427,50 @@ def train_from_csv(
         raise
     run_folder.publish(staging, out, overwrite)
     return record
+
+
+def _train(
+    fusion: Any,
+    train: Any,
+    valid: Any,
+    epochs: int,
+    eval_every: int,
+    transformers: Sequence[Any],
+    model_dir: str,
+    seed: int,
+    progress: bool,
+    distributed: dict[str, Any] | None,
+    desc: str,
+) -> TrainingResult:
+    """Validation-based training in this process, or under Lightning with ``distributed``."""
+    if distributed:
+        from deepfuse_plugin.train.lightning import fit_distributed
+
+        return fit_distributed(
+            fusion,
+            train,
+            valid,
+            epochs,
+            eval_every,
+            transformers,
+            model_dir,
+            seed=seed,
+            progress=progress,
+            **distributed,
+        )
+    return train_with_validation(
+        fusion,
+        train,
+        valid,
+        epochs,
+        eval_every,
+        transformers,
+        fusion.mode,
+        model_dir,
+        desc=desc,
+        progress=progress,
+        resumable=True,
+    )
 
 
 def featurizer_settings(featurizer: Any) -> dict[str, Any]:

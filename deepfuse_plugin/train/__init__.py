@@ -9,7 +9,9 @@ and the benchmark harness are built on these pieces:
 - :mod:`.loop`: :func:`train_with_validation` and its :class:`BestCheckpointCallback`;
 - :mod:`.resume`: resume points of an interrupted run (no pickle: JSON and tensors only);
 - :mod:`.data`: datasets, DeepChem splits, label normalization;
-- :mod:`.utils`: seeding, JSON output, training-setting checks.
+- :mod:`.utils`: seeding, JSON output, training-setting checks;
+- :mod:`.lightning`: :func:`fit_distributed`, training on several processes, GPUs or machines
+  under Lightning (DDP); imported on first use (``pip install deepfuse[distributed]``).
 
 Examples
 --------
@@ -48,6 +50,7 @@ from deepfuse_plugin.train.utils import (
 __all__ = [
     # the loop
     "train_with_validation",
+    "fit_distributed",
     "BestCheckpointCallback",
     "TrainingResult",
     # metrics and selection
@@ -74,3 +77,12 @@ __all__ = [
     "to_jsonable",
     "write_json",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """:func:`fit_distributed` on first use: Lightning is an optional dependency."""
+    if name == "fit_distributed":
+        from deepfuse_plugin.train.lightning import fit_distributed
+
+        return fit_distributed
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

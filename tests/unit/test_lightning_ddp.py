@@ -1,0 +1,173 @@
+"""Distributed training on Lightning (deepfuse_plugin.train.lightning): the Lightning path is the
+model's own training math, DDP on 2 CPU processes (gloo) equals one process on the same global
+batch, and what DDP keeps restores into the ordinary model."""
+
+from __future__ import annotations
+
+import json
+
+import deepchem as dc
+import numpy as np
+import pytest
+import torch
+
+import deepfuse_plugin as dfp
+from deepfuse_plugin.errors import InvalidSettingError
+from deepfuse_plugin.train.lightning import RESULT_FILE, fit_distributed, lightning_strategy
+
+N_ROWS = 16
+
+
+def _datasets(featurized):
+    y = np.random.default_rng(3).normal(size=(len(featurized), 1))
+    train = dc.data.NumpyDataset(featurized[:N_ROWS], y[:N_ROWS])
+    valid = dc.data.NumpyDataset(featurized[N_ROWS:], y[N_ROWS:])
+    return train, valid
+
+
+def _model(modalities, model_dir, kwargs, **overrides):
+    """An early-fusion model without dropout anywhere (the encoders have their own) and plain
+    gradient descent: nothing random in training, and nothing that turns the rounding of a
+    batch summed in another order into a visible difference (Adam's first step moves every
+    weight by about the learning rate, whatever the size of its gradient)."""
+    torch.manual_seed(0)
+    encoders = {
+        kind: dict(kwargs["encoder_options"].get(kind, {}), dropout=0.0)
+        for kind in ("vector", "graph", "sequence")
+    }
+    settings = dict(
+        kwargs,
+        dropout=0.0,
+        encoder_options=encoders,
+        optimizer=dc.models.optimizers.GradientDescent(learning_rate=0.05),
+        model_dir=str(model_dir),
+        **overrides,
+    )
+    return dfp.EarlyFusionModel(1, modalities, fusion_hidden=32, **settings)
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.model.state_dict().items()}
+
+
+def _assert_same_weights(a, b, atol=1e-5):
+    for name, value in a.items():
+        torch.testing.assert_close(b[name], value, atol=atol, rtol=1e-4, msg=name)
+
+
+def test_lightning_path_is_the_models_own_training(
+    small_featurizer, featurized, tiny_model_kwargs, tmp_path
+):
+    """One process, one batch per epoch: the same steps as the model's own ``fit`` (batch order
+    within the batch does not change a mean loss), with its learning-rate schedule and
+    gradient clipping; and the curriculum counter advances per epoch."""
+    train, _ = _datasets(featurized)
+    settings = dict(batch_size=N_ROWS, lr_schedule="cosine", grad_clip=0.5)
+    reference = _model(small_featurizer.modalities, tmp_path / "fit", tiny_model_kwargs, **settings)
+    reference.fit(train, nb_epoch=3)
+    model = _model(small_featurizer.modalities, tmp_path / "pl", tiny_model_kwargs, **settings)
+    result = fit_distributed(model, train, epochs=3, accelerator="cpu", devices=1, strategy="auto")
+    assert result.best_epoch == 3  # no validation split: the last epoch is kept
+    assert model.epochs_started == reference.epochs_started == 3
+    assert model._global_step == reference._global_step == 3
+    _assert_same_weights(_weights(reference), _weights(model))
+    # the schedule ran: the rate ends where DeepChem's fit left it
+    assert model._pytorch_optimizer.param_groups[0]["lr"] == pytest.approx(
+        reference._pytorch_optimizer.param_groups[0]["lr"]
+    )
+
+
+def test_ddp_on_two_processes_equals_one_process_and_restores(
+    small_featurizer, featurized, tiny_model_kwargs, tmp_path
+):
+    """2 CPU processes (gloo, 4 rows each of a global batch of 8) against one process (8 rows):
+    the same weights, the same validation history and kept epoch; the DDP checkpoint loads into
+    the ordinary model and predicts the same."""
+    train, valid = _datasets(featurized)
+    modalities = small_featurizer.modalities
+    one = _model(modalities, tmp_path / "one", tiny_model_kwargs, batch_size=8)
+    two = _model(modalities, tmp_path / "two", tiny_model_kwargs, batch_size=8)
+    _assert_same_weights(_weights(one), _weights(two), atol=0)
+    run = dict(epochs=2, eval_every=1, accelerator="cpu", seed=5)
+    single = fit_distributed(one, train, valid, devices=1, strategy="auto", **run)
+    ddp = fit_distributed(two, train, valid, devices=2, strategy="ddp_fork", **run)
+
+    assert ddp.best_epoch == single.best_epoch
+    assert [h["epoch"] for h in ddp.history] == [1, 2]
+    np.testing.assert_allclose(
+        [h["score"] for h in ddp.history], [h["score"] for h in single.history], rtol=1e-4
+    )
+    _assert_same_weights(_weights(one), _weights(two))
+    assert two.epochs_started == ddp.best_epoch  # the kept checkpoint's epoch counter
+    np.testing.assert_allclose(two.predict(valid), one.predict(valid), rtol=1e-4, atol=1e-5)
+
+    loaded = dfp.MultiModalTorchModel.load(str(tmp_path / "two"), progress=False)
+    np.testing.assert_allclose(loaded.predict(valid), two.predict(valid), rtol=1e-6)
+    assert not (tmp_path / "two" / RESULT_FILE).exists()  # the hand-over file is removed
+
+
+def test_settings_are_checked_and_ddp_tolerates_unused_parameters(
+    small_featurizer, featurized, tiny_model_kwargs, tmp_path
+):
+    train, _ = _datasets(featurized)
+    model = _model(small_featurizer.modalities, tmp_path / "m", tiny_model_kwargs)
+    with pytest.raises(InvalidSettingError, match="epochs"):
+        fit_distributed(model, train, epochs=0)
+    with pytest.raises(InvalidSettingError, match="devices"):
+        fit_distributed(model, train, epochs=1, devices=0)
+    assert lightning_strategy("ddp") == "ddp_find_unused_parameters_true"
+    assert lightning_strategy("fsdp") == "fsdp"
+
+
+def _csv(path, smiles):
+    y = np.random.default_rng(0).normal(size=len(smiles))
+    path.write_text("smi,T1\n" + "".join(f"{s},{v:.4f}\n" for s, v in zip(smiles, y)))
+    return str(path)
+
+
+def _train_args(csv, out, *extra):
+    return [
+        "--no-progress",
+        "train",
+        "--csv",
+        csv,
+        "--smiles-column",
+        "smi",
+        "--tasks",
+        "T1",
+        "--model",
+        "early",
+        "--split",
+        "random",
+        "--modalities",
+        "ecfp",
+        "--epochs",
+        "2",
+        "--eval-every",
+        "1",
+        "--batch-size",
+        "8",
+        "--out",
+        out,
+        *extra,
+    ]
+
+
+def test_deepfuse_train_devices_2_writes_an_ordinary_run(smiles, tmp_path, capsys):
+    from deepfuse_plugin.cli import main
+    from deepfuse_plugin.workflows import predict_from_csv
+
+    csv = _csv(tmp_path / "data.csv", smiles)
+    out = str(tmp_path / "run")
+    assert main(_train_args(csv, out, "--devices", "2")) == 0
+    record = json.loads((tmp_path / "run" / "deepfuse_run.json").read_text())
+    assert record["training"]["best_epoch"] in (1, 2)
+    assert [h["epoch"] for h in record["training"]["history"]] == [1, 2]
+    assert not list((tmp_path / "run" / "model").glob(RESULT_FILE))
+    predictions = predict_from_csv(out, csv, smiles_column="smi", progress=False)
+    assert np.isfinite(predictions["T1_pred"].to_numpy()).all()
+    # more than one node would start the command on every node: refused, nothing written
+    nodes = str(tmp_path / "nodes")
+    assert main(_train_args(csv, nodes, "--devices", "2", "--num-nodes", "2")) == 2
+    assert "fit_distributed" in capsys.readouterr().err
+    assert not (tmp_path / "nodes").exists()
