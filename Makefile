@@ -10,7 +10,7 @@ BENCH_STAMP := $(VENV)/.deepfuse-bench-installed
 DATA_DIR ?= ../shared/data
 # `materials` brings pymatgen/matgl/robocrys/MiniLM so the crystal tests run; EXTRAS=test skips them
 # `pretrained` brings MiniMol (ONNX), `hpopt` Optuna, `docs` MkDocs, `lint` ruff/mypy/pre-commit
-EXTRAS ?= test,materials,pretrained,hpopt,docs,lint
+EXTRAS ?= test,materials,pretrained,hpopt,distributed,docs,lint
 
 .PHONY: venv demo test lint docs bench bench-full bench-crystals clean
 

@@ -91,7 +91,8 @@ class MultiModalTorchModel(InferenceMixin, ScheduleMixin, TorchModel):
     head_hidden: int
         Hidden width of the task head.
     dropout: float
-        Dropout in encoders and head.
+        Dropout in the task head(s) and, where a layer takes it, the fusion layer. Encoders keep
+        their own dropout (0.1); set it per kind with ``encoder_options={"graph": {"dropout": x}}``.
     encoder_options: dict, optional
         Per-kind encoder keyword arguments, e.g. ``{"graph": {"n_layers": 4}}``.
     fusion_loss_weight: float
