@@ -208,6 +208,9 @@ def _write(payload: dict[str, Any], out: str) -> None:
     ]
     variants = json.dumps(payload["variants"])
     lines += ["", f"Variants: `{variants}`", ""]
+    lines += [f"- {note}" for note in payload.get("notes", [])]
+    lines += [f"- Command: `{command}`" for command in payload.get("commands", [])]
+    lines += [""]
     with open(os.path.join(out, "plainfit.md"), "w") as fh:
         fh.write("\n".join(lines))
 
