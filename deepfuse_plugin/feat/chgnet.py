@@ -131,7 +131,8 @@ class CHGNetProvider(StructureEmbeddingProvider):
             import torch
             from chgnet.model import CHGNet
 
-            state = torch.load(_checkpoint_path(self.model), map_location="cpu", weights_only=True)
+            path = _checkpoint_path(self.model)
+            state = torch.load(path, map_location="cpu", weights_only=True)
             with contextlib.redirect_stdout(io.StringIO()):  # CHGNet prints its parameter count
                 network = CHGNet.from_dict(
                     state["model"], mlp_out_bias=self.model == "0.2.0", version=self.model
@@ -251,7 +252,8 @@ def _checkpoint_sha256(model: str) -> str:
 def _checkpoint_args(model: str) -> dict[str, Any]:
     import torch
 
-    state = torch.load(_checkpoint_path(model), map_location="cpu", weights_only=True)
+    path = _checkpoint_path(model)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     return dict(state["model"]["model_args"])
 
 

@@ -119,9 +119,8 @@ def predict_original_units(
     model: Any, dataset: Any, transformers: Sequence[Any], mode: str
 ) -> np.ndarray:
     """Regression: predictions with ``transformers`` undone; classification: P(class 1)
-    ``(N, n_tasks)``."""
-    if mode == "regression":
-        return untransform_labels(task_columns(model.predict(dataset), mode), transformers)
+    ``(N, n_tasks)``. The model undoes the transformers itself (deepfuse models keep a one-row
+    split's shape: :func:`~deepfuse_plugin.data.datasets.untransform_labels`)."""
     return task_columns(model.predict(dataset, list(transformers)), mode)
 
 
