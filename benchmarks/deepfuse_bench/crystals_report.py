@@ -25,6 +25,8 @@ from deepfuse_bench.environment import PeakRSS
 from deepfuse_bench.records import fmt as _fmt
 from deepfuse_plugin import workflows as wf
 
+#: File stem of the mp36k outputs (``crystals.{json,md,png}``; the Castelli ones add ``_castelli``).
+STEM = "crystals"
 #: Units of each dataset's target, for the headers.
 UNITS = {"mp36k": "eV/atom", "castelli": "eV, heat_ref as given"}
 LEAKED = "**leaked** (MP-trained view on MP data)"
@@ -399,7 +401,7 @@ def plot(
 def write_outputs(
     payload: dict[str, Any],
     out: str,
-    stem: str = "crystals",
+    stem: str = STEM,
     predictions: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> None:
     """``<out>/<stem>.json`` (atomically), ``.md`` and, with ``predictions``, ``.png``."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from deepfuse_bench import crystals_castelli as castelli
 from deepfuse_bench.crystals_data import BASELINE, MODELS, CrystalData, is_leaked
-from deepfuse_bench.crystals_report import write_outputs
+from deepfuse_bench.crystals_report import STEM, write_outputs
 from deepfuse_bench.environment import PeakRSS
 from deepfuse_bench.records import fmt as _fmt
 from deepfuse_plugin import workflows as wf
@@ -30,7 +30,7 @@ SCHEDULE_KEYS = ("lr_schedule", "warmup_epochs", "grad_clip", "early_stopping")
 
 def stem(dataset: str) -> str:
     """File stem of a dataset's outputs: ``crystals`` (mp36k), ``crystals_castelli``."""
-    return "crystals" if dataset == "mp36k" else f"crystals_{dataset}"
+    return STEM if dataset == "mp36k" else f"{STEM}_{dataset}"
 
 
 def build_model(name: str, specs: dict[str, Any], budget: dict[str, Any], model_dir: str) -> Any:
