@@ -8,7 +8,9 @@
                                [--models minimol_mlp,dynamic_pretrained,...]
                                [--pretrained NAME_OR_FOLDER] [--embedding-cache-dir DIR]
     deepfuse-bench merge benchmarks/full-hiv [...] --out benchmarks/full
-    deepfuse-bench crystals --data-dir DIR [--n-train 2000 --n-val 500 --n-test 500 | --full]
+    deepfuse-bench crystals --data-dir DIR [--dataset mp36k|castelli] [--seeds 0,1,2]
+                            [--n-train 2000 --n-val 500 --n-test 500 | --full] [--resume]
+                            [--lr-schedule cosine] [--zero-shot-castelli]
     deepfuse-bench speed --data-dir DIR [--n-train 2000] [--epochs 2] [--no-chemprop] [--profile]
     deepfuse-bench featurize-disk [--sizes 10000,100000,1000000] [--jobs 1,2] [--out benchmarks]
 
@@ -32,7 +34,7 @@ import time
 import warnings
 from collections.abc import Sequence
 
-from deepfuse_bench import gains, plainfit
+from deepfuse_bench import crystals_cli, gains, plainfit
 from deepfuse_plugin.cli import _csv_list, _positive_int, add_global_options
 
 logger = logging.getLogger("deepfuse_bench.cli")
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_featurize_parser,
         _add_moleculenet_parser,
         _add_merge_parser,
-        _add_crystals_parser,
+        crystals_cli.add_parser,
         _add_speed_parser,
         plainfit.add_parser,
         gains.add_parser,
@@ -226,98 +228,6 @@ def _add_merge_parser(sub: argparse._SubParsersAction) -> None:
     )
 
 
-def _add_crystals_parser(sub: argparse._SubParsersAction) -> None:
-    """``deepfuse-bench crystals`` (:func:`deepfuse_bench.crystals.run_crystal_bench`)."""
-    from deepfuse_bench.crystals import (
-        DEFAULT_EPOCHS,
-        DEFAULT_MODELS,
-        DEFAULT_SIZES,
-        MIN_FORMATION_ENERGY,
-        MODELS,
-    )
-
-    crystals = sub.add_parser(
-        "crystals",
-        help="mp36k formation energy (MEGNet split): "
-        "CGCNN, text-only, MatMMFuse and DynamicFusion, zero-shot "
-        "sulfides, featurization speed",
-    )
-    crystals.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder with materials/mp36k.extxyz.xz (this or --data-file is required)",
-    )
-    crystals.add_argument(
-        "--data-file",
-        default=None,
-        help="another extended XYZ file (info keys material_id, split, formation_energy_per_atom)",
-    )
-    for part, size in DEFAULT_SIZES.items():
-        crystals.add_argument(
-            f"--n-{part}",
-            type=_positive_int,
-            default=size,
-            help=f"first N {part} structures after a seeded shuffle (default: %(default)s)",
-        )
-    crystals.add_argument(
-        "--full",
-        action="store_true",
-        help="every row of every split (hours on 2 CPU cores; use a GPU)",
-    )
-    crystals.add_argument("--subset-seed", type=int, default=0, help="seed of the subset shuffle")
-    crystals.add_argument("--seed", type=int, default=0, help="model seed (same for every model)")
-    crystals.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS)
-    crystals.add_argument("--eval-every", type=_positive_int, default=1)
-    crystals.add_argument("--batch-size", type=_positive_int, default=64)
-    crystals.add_argument("--learning-rate", type=float, default=1e-3)
-    crystals.add_argument(
-        "--models",
-        type=_csv_list,
-        default=list(DEFAULT_MODELS),
-        help=f"comma-separated, from {','.join(MODELS)} (default: {','.join(DEFAULT_MODELS)})",
-    )
-    crystals.add_argument(
-        "--family",
-        default="sulfides",
-        help="family carved out of every split and evaluated zero-shot on the "
-        "test split's members; 'none' disables (default: %(default)s)",
-    )
-    crystals.add_argument(
-        "--n-zero-shot",
-        type=_positive_int,
-        default=None,
-        help="at most N family structures (default: all in the test split)",
-    )
-    crystals.add_argument(
-        "--min-formation-energy",
-        type=float,
-        default=MIN_FORMATION_ENERGY,
-        help="drop rows below this eV/atom (default: %(default)s)",
-    )
-    crystals.add_argument(
-        "--n-timing",
-        type=_positive_int,
-        default=200,
-        help="structures timed with the fast describer (default: %(default)s)",
-    )
-    crystals.add_argument(
-        "--robocrys-sample",
-        type=int,
-        default=10,
-        help="structures timed with robocrys, seconds each; 0 skips (default: %(default)s)",
-    )
-    crystals.add_argument(
-        "--cache-dir",
-        default=None,
-        help="featurized datasets and description/embedding caches (default: "
-        "$DEEPFUSE_CACHE_DIR or ~/.cache/deepfuse)",
-    )
-    crystals.add_argument(
-        "--out", default="benchmarks", help="writes crystals.{json,md,png} (default: %(default)s)"
-    )
-    crystals.add_argument("--n-jobs", type=_positive_int, default=1, help="featurization processes")
-
-
 def _add_speed_parser(sub: argparse._SubParsersAction) -> None:
     """``deepfuse-bench speed`` (:func:`deepfuse_bench.speed.run_speed_bench`)."""
     speed = sub.add_parser(
@@ -481,7 +391,7 @@ def _run(args: argparse.Namespace, command: str) -> None:
 
         merge_results(args.sources, args.out, replace=args.replace)
     elif args.benchmark == "crystals":
-        _run_crystals(args, progress, command)
+        crystals_cli.run_from_args(args, progress, command)
     elif args.benchmark == "featurize-disk":
         from deepfuse_bench.scaling import run_scaling_bench
 
@@ -514,36 +424,6 @@ def _run(args: argparse.Namespace, command: str) -> None:
             progress=progress,
             command=command,
         )
-
-
-def _run_crystals(args: argparse.Namespace, progress: bool, command: str) -> None:
-    from deepfuse_bench.crystals import run_crystal_bench
-
-    run_crystal_bench(
-        data_dir=args.data_dir,
-        data_file=args.data_file,
-        n_train=args.n_train,
-        n_val=args.n_val,
-        n_test=args.n_test,
-        full=args.full,
-        subset_seed=args.subset_seed,
-        seed=args.seed,
-        epochs=args.epochs,
-        eval_every=args.eval_every,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        models=args.models,
-        family=None if args.family == "none" else args.family,
-        n_zero_shot=args.n_zero_shot,
-        min_formation_energy=args.min_formation_energy,
-        n_timing=args.n_timing,
-        robocrys_sample=args.robocrys_sample,
-        cache_dir=args.cache_dir,
-        out=args.out,
-        n_jobs=args.n_jobs,
-        progress=progress,
-        command=command,
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

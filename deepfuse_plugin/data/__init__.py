@@ -1,20 +1,28 @@
-"""Datasets, loaders, corpora and out-of-core featurization.
+"""Datasets, loaders, corpora, out-of-core featurization and the Castelli perovskites.
 
-The out-of-core functions are imported on first use (``from deepfuse_plugin.data import
+The functions listed here are imported on first use (``from deepfuse_plugin.data import
 featurize_to_disk``), so importing a submodule such as :mod:`deepfuse_plugin.data.collate` stays
 light.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-__all__ = ["featurize_to_disk", "featurize_corpus_to_disk", "read_failures"]
+#: public name -> the submodule that defines it
+_LAZY = {
+    "featurize_to_disk": "sharded",
+    "featurize_corpus_to_disk": "sharded",
+    "read_failures": "sharded",
+    "load_castelli_perovskites": "perovskites",
+}
+
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from deepfuse_plugin.data import sharded
-
-        return getattr(sharded, name)
+    if name in _LAZY:
+        module = importlib.import_module(f"deepfuse_plugin.data.{_LAZY[name]}")
+        return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
