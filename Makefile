@@ -79,9 +79,11 @@ bench-full: $(BENCH_STAMP)
 	$(BIN)/deepfuse-bench moleculenet --suite full --data-dir $(DATA_DIR) --out benchmarks/full --resume
 
 # mp36k formation energy (MEGNet split, sulfides held out for zero shot): CGCNN, text-only,
-# MatMMFuse, DynamicFusion on a fixed 2000/500/500 subset, 15 epochs (about an hour on 2 shared
-# CPU cores; featurized parts cached in ~/.cache/deepfuse) -> benchmarks/crystals.{md,json,png}.
-# On a CUDA machine add --full.
+# MatMMFuse, DynamicFusion, late fusion and the CHGNet-view models (marked leaked on mp36k) on a
+# fixed 2000/500/500 subset, 15 epochs, the benchmark's schedule (cosine, 1 warm-up epoch, grad
+# clip 1, early stopping 10); featurized parts cached in ~/.cache/deepfuse ->
+# benchmarks/crystals.{md,json,png}. `--dataset castelli` for the leakage-free perovskites,
+# `--zero-shot-castelli` for the MatMMFuse zero-shot protocol. On a CUDA machine add --full.
 bench-crystals: $(BENCH_STAMP)
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/deepfuse-bench crystals --data-dir $(DATA_DIR) --out benchmarks
 

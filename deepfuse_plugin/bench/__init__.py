@@ -35,6 +35,8 @@ MOVED = {
         "deepfuse_bench.crystals",
         "deepfuse_bench.crystals_data",
         "deepfuse_bench.crystals_report",
+        "deepfuse_bench.crystals_runs",
+        "deepfuse_bench.crystals_timing",
     ),
     "demo": ("deepfuse_plugin.demo",),
     "featurize": ("deepfuse_bench.featurize",),
