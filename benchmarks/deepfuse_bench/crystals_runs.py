@@ -19,6 +19,7 @@ from deepfuse_bench.crystals_data import BASELINE, MODELS, CrystalData, is_leake
 from deepfuse_bench.crystals_report import STEM, write_outputs
 from deepfuse_bench.environment import PeakRSS
 from deepfuse_bench.records import fmt as _fmt
+from deepfuse_bench.runner import train_or_start_over
 from deepfuse_plugin import workflows as wf
 from deepfuse_plugin.train import resume as resume_lib
 
@@ -77,14 +78,7 @@ def _train(
             resumable=True,
         )
 
-    model = build()
-    try:
-        return model, fit(model)
-    except resume_lib.ResumeMismatchError as err:
-        logger.warning("%s Starting this run over.", err)
-    wf.fresh_model_dir(model_dir)
-    model = build()
-    return model, fit(model)
+    return train_or_start_over(build, fit, model_dir)
 
 
 def train_one(

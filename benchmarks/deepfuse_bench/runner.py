@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -277,6 +277,14 @@ def _train_resumable(
             resumable=True,
         )
 
+    return train_or_start_over(build, fit, model_dir)
+
+
+def train_or_start_over(
+    build: Callable[[], Any], fit: Callable[[Any], Any], model_dir: str
+) -> tuple[Any, Any]:
+    """``(model, fit(model))`` for ``model = build()``, resuming from ``model_dir``; a resume
+    point of another plan is discarded and the run starts over (with a warning)."""
     model = build()
     try:
         return model, fit(model)

@@ -39,6 +39,7 @@ import hashlib
 import json
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -178,20 +179,22 @@ def read_failures(out_dir: str | os.PathLike) -> dict[int, str]:
 
 
 # -- the inputs ------------------------------------------------------------------------------------
-class _Input:
+class _Input(ABC):
     """An input read in shards: ``identity()`` (what must match to resume), ``count()`` and
     ``shards(size)``."""
 
     task_names: list[Any] = []
 
+    @abstractmethod
     def identity(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """What a resumed featurization must share with the folder's."""
 
     def count(self) -> int | None:
         return None
 
+    @abstractmethod
     def shards(self, size: int) -> Iterator[ShardTask]:
-        raise NotImplementedError
+        """The input cut into shards of ``size`` rows."""
 
 
 class _SequenceInput(_Input):
