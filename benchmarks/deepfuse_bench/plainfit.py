@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -113,9 +114,13 @@ def run_plain_fit(
     epochs: int = EPOCHS,
     embedding_cache_dir: str | None = None,
     echo: Any = print,
+    resume: bool = False,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Every variant and the random forest on every dataset and seed -> ``<out>/plainfit.json``
-    and ``.md`` (written after each run, so a long run can be watched)."""
+    and ``.md`` (written after each run, so a long run can be watched). With ``resume`` the runs
+    already in ``<out>/plainfit.json`` (same model and epochs, same settings per variant) are
+    kept and skipped."""
     from deepfuse_bench.datasets import MINIMOL_FEATURES, prepare_dataset
     from deepfuse_bench.environment import environment
 
@@ -133,8 +138,14 @@ def run_plain_fit(
         "variants": variants,
         "environment": environment(),
         "runs": [],
+        "commands": [command] if command else [],
     }
+    if resume:
+        payload["runs"] = _previous_runs(out, payload)
+    done = {(r["dataset"], r["seed"], r["variant"]) for r in payload["runs"]}
     for name in datasets:
+        if all((name, s, v) in done for s in seeds for v in ["rf_ecfp", *variants]):
+            continue
         data = prepare_dataset(
             name,
             data_dir,
@@ -146,17 +157,41 @@ def run_plain_fit(
             embedding_cache_dir=embedding_cache_dir,
         )
         for seed in seeds:
-            runs = {"rf_ecfp": fit_forest(data, seed)}
-            runs.update(
-                (label, fit_plain(data, model, settings, seed, epochs))
-                for label, settings in variants.items()
-            )
-            for label, run in runs.items():
+            for label in ["rf_ecfp", *variants]:
+                if (name, seed, label) in done:
+                    continue
+                run = (
+                    fit_forest(data, seed)
+                    if label == "rf_ecfp"
+                    else fit_plain(data, model, variants[label], seed, epochs)
+                )
                 record = {"dataset": name, "seed": seed, "variant": label, **run}
                 payload["runs"].append(record)
                 echo(_line(record, data.mode))
-            _write(payload, out)
+                _write(payload, out)
     return payload
+
+
+def _previous_runs(out: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs of an earlier ``plainfit.json`` in ``out`` that this run's settings would repeat;
+    a different model or epoch budget is refused (it would mix two experiments)."""
+    path = os.path.join(out, "plainfit.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as fh:
+        previous = json.load(fh)
+    for key in ("model", "epochs"):
+        if previous.get(key) != payload[key]:
+            raise InvalidSettingError(
+                f"--resume: {path} holds {key}={previous.get(key)!r}, this run asks for "
+                f"{payload[key]!r}; use another --out"
+            )
+    old_variants = previous.get("variants", {})
+    payload["variants"] = {**old_variants, **payload["variants"]}
+    payload["commands"] = previous.get("commands", []) + payload["commands"]
+    payload["notes"] = previous.get("notes", [])
+    changed = [v for v in old_variants if old_variants[v] != payload["variants"][v]]
+    return [r for r in previous.get("runs", []) if r["variant"] not in changed]
 
 
 def _metric(mode: str) -> str:
@@ -235,6 +270,9 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--cache-dir", default=os.path.join("results", "molnet-cache"))
     parser.add_argument("--embedding-cache-dir", default=None)
     parser.add_argument("--out", default=os.path.join("results", "plain-fit"))
+    parser.add_argument(
+        "--resume", action="store_true", help="keep and skip the runs already in --out"
+    )
 
 
 def run_from_args(args: Any) -> None:
@@ -248,4 +286,6 @@ def run_from_args(args: Any) -> None:
         model=args.model,
         epochs=args.epochs,
         embedding_cache_dir=args.embedding_cache_dir,
+        resume=args.resume,
+        command=" ".join(["deepfuse-bench", *sys.argv[1:]]),
     )

@@ -13,15 +13,13 @@ from deepfuse_bench.plainfit import parse_variants, summary_rows
 from deepfuse_plugin.errors import InvalidSettingError
 
 
-def test_plain_fit_trains_every_variant_and_the_forest(tiny_molnet_dir, tmp_path):
-    out = tmp_path / "plain"
-    variants = json.dumps({"defaults": {}, "cosine": {"lr_schedule": "cosine"}})
-    code = main(
+def _plain_fit(data_dir, tmp_path, variants: dict, *extra: str) -> int:
+    return main(
         [
             "--no-progress",
             "plain-fit",
             "--data-dir",
-            str(tiny_molnet_dir),
+            str(data_dir),
             "--datasets",
             "delaney",
             "--seeds",
@@ -29,19 +27,45 @@ def test_plain_fit_trains_every_variant_and_the_forest(tiny_molnet_dir, tmp_path
             "--epochs",
             "2",
             "--variants",
-            variants,
+            json.dumps(variants),
             "--cache-dir",
             str(tmp_path / "cache"),
             "--out",
-            str(out),
+            str(tmp_path / "plain"),
+            *extra,
         ]
     )
-    assert code == 0
+
+
+def test_plain_fit_trains_every_variant_and_the_forest(tiny_molnet_dir, tmp_path):
+    out = tmp_path / "plain"
+    variants = {"defaults": {}, "cosine": {"lr_schedule": "cosine"}}
+    assert _plain_fit(tiny_molnet_dir, tmp_path, variants) == 0
     payload = json.loads((out / "plainfit.json").read_text())
     assert [r["variant"] for r in payload["runs"]] == ["rf_ecfp", "defaults", "cosine"]
     for run in payload["runs"]:
         assert run["valid"]["rmse"] > 0 and run["test"]["rmse"] > 0
     assert "| delaney | cosine | rmse |" in (out / "plainfit.md").read_text()
+
+    # --resume keeps the finished runs and trains only what is new: a new variant, and the
+    # variant whose settings changed (its old run no longer describes it)
+    first = {r["variant"]: r for r in payload["runs"]}
+    again = {"defaults": {}, "cosine": {"lr_schedule": "onecycle"}, "clip": {"grad_clip": 1.0}}
+    assert _plain_fit(tiny_molnet_dir, tmp_path, again, "--resume") == 0
+    resumed = json.loads((out / "plainfit.json").read_text())
+    variants_run = [r["variant"] for r in resumed["runs"]]
+    assert variants_run == ["rf_ecfp", "defaults", "cosine", "clip"]
+    assert resumed["runs"][1] == first["defaults"]
+    assert resumed["variants"]["cosine"] == {"lr_schedule": "onecycle"}
+    assert len(resumed["commands"]) == 2
+
+
+def test_plain_fit_resume_refuses_another_budget(tiny_molnet_dir, tmp_path):
+    out = tmp_path / "plain"
+    out.mkdir()
+    (out / "plainfit.json").write_text(json.dumps({"model": "dynamic", "epochs": 5, "runs": []}))
+    with pytest.raises(InvalidSettingError, match="epochs=5"):
+        _plain_fit(tiny_molnet_dir, tmp_path, {"defaults": {}}, "--resume")
 
 
 def test_variants_must_be_named_settings(tmp_path):
