@@ -371,7 +371,7 @@ def ordered(models: Sequence[str]) -> list[str]:
 
 def pretrained_notes(runs: Sequence[dict[str, Any]]) -> list[str]:
     """The checkpoint(s) the pretrained variants started from (name and weights SHA-256)."""
-    used: dict[tuple[str, str], list[str]] = defaultdict(list)
+    used: dict[tuple[Any, ...], list[str]] = defaultdict(list)
     for run in runs:
         params = run.get("hyperparameters") or {}
         if params.get("pretrained_name"):
