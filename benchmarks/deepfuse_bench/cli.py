@@ -161,6 +161,12 @@ def _add_moleculenet_parser(sub: argparse._SubParsersAction) -> None:
         help="cache of the MiniMol vectors (default: $DEEPFUSE_CACHE_DIR or ~/.cache/deepfuse)",
     )
     molnet.add_argument(
+        "--missing-views",
+        action="store_true",
+        help="also score each deepfuse model with two or more views on the test split with "
+        "each view absent at inference (a table and plot in the report)",
+    )
+    molnet.add_argument(
         "--out",
         default="benchmarks",
         help="writes moleculenet.{md,json,png} and splits/ (default: %(default)s)",
@@ -381,6 +387,7 @@ def _run(args: argparse.Namespace, command: str) -> None:
             command=command,
             pretrained=args.pretrained,
             embedding_cache_dir=args.embedding_cache_dir,
+            missing_views=args.missing_views,
         )
     elif args.benchmark == "gains":
         gains.run_from_args(args)

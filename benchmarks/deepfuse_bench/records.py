@@ -15,6 +15,7 @@ from typing import Any
 
 from deepfuse_bench.datasets import PreparedDataset, primary_metric
 from deepfuse_bench.environment import PeakRSS
+from deepfuse_bench.missing_views import summary_text as missing_views_text
 from deepfuse_bench.models import model_features, model_kind, model_label
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def run_summary(record: dict[str, Any]) -> str:
         f"valid {record['metric']} {fmt(record['valid_metric'])}, test "
         f"{fmt(record['test_metric'])}, best epoch {record['best_epoch']}, "
         f"{record['train_time_s']:.1f} s, peak RSS +{fmt(record['peak_rss_delta_mib'], 0)} "
-        "MiB"
+        "MiB" + missing_views_text(record)
     )
 
 

@@ -1,5 +1,7 @@
 """The MoleculeNet benchmark's report: ``moleculenet.md`` (tables, settings, data, observations,
-notes, and the commands behind it), ``moleculenet.png`` and the JSON, all rewritten from the runs.
+notes, and the commands behind it), ``moleculenet.png`` and the JSON, all rewritten from the runs;
+with ``--missing-views`` runs, also the "Missing views at inference" table and
+``moleculenet_missing_views.png`` (:mod:`deepfuse_bench.missing_views`).
 
 Examples
 --------
@@ -19,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from deepfuse_bench import missing_views
 from deepfuse_bench import peers as peer_lib
 from deepfuse_bench.chemprop_peer import CHEMPROP_SETTINGS
 from deepfuse_bench.datasets import (
@@ -181,6 +184,7 @@ def format_markdown(payload: dict[str, Any]) -> str:
         "",
         "Models: " + "; ".join(f"`{m}` = {model_label(m)}" for m in models) + ".",
         "",
+        *missing_views.markdown_section(runs),
         "## Settings",
         "",
         f"- Split: {_split_text(datasets)}; exported to `splits/` (`smiles` + task columns) so "
@@ -367,7 +371,7 @@ def ordered(models: Sequence[str]) -> list[str]:
 
 def pretrained_notes(runs: Sequence[dict[str, Any]]) -> list[str]:
     """The checkpoint(s) the pretrained variants started from (name and weights SHA-256)."""
-    used: dict[tuple[str, str], list[str]] = defaultdict(list)
+    used: dict[tuple[Any, ...], list[str]] = defaultdict(list)
     for run in runs:
         params = run.get("hyperparameters") or {}
         if params.get("pretrained_name"):
@@ -559,3 +563,4 @@ def write_outputs(payload: dict[str, Any], out: str, png: bool = True) -> None:
         fh.write(format_markdown(payload))
     if png:
         plot(payload, os.path.join(out, f"{STEM}.png"))
+        missing_views.plot(payload["runs"], os.path.join(out, missing_views.PLOT_NAME))

@@ -11,6 +11,10 @@ The MiniMol peer (``minimol_mlp``) is a deepfuse ``UnimodalModel`` on the ``mini
 pretrained-view variants (:data:`deepfuse_bench.models.VARIANTS`) are fusion models on the
 MiniMol feature set, the ``*_pretrained`` ones built with ``pretrained=budget["pretrained"]``
 (a checkpoint folder; its name and weights SHA-256 go into the run's hyper-parameters).
+
+With ``budget["missing_views"]`` a model with two or more views is also scored on the test split
+with each view absent (:mod:`deepfuse_bench.missing_views`), inside :func:`run_one`: the selected
+model is not kept after its run.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from deepfuse_bench import peers as peer_lib
 from deepfuse_bench.chemprop_peer import ChempropSetup, chemprop_setup, run_chemprop_peer
 from deepfuse_bench.datasets import PreparedDataset
 from deepfuse_bench.environment import PeakRSS
+from deepfuse_bench.missing_views import FIELD as MISSING_VIEWS
+from deepfuse_bench.missing_views import score_missing_views
 from deepfuse_bench.models import UNIMODAL, VARIANTS, model_features
 from deepfuse_bench.records import finish_record, run_header
 from deepfuse_plugin import workflows as wf
@@ -156,6 +162,11 @@ def run_one(
         wall = time.perf_counter() - wall
     record["hyperparameters"] = hyperparameters(name, model, data, budget)
     finish_record(record, valid_m, test_m, fit_s, wall, memory.peak_mib, memory.delta_mib, None)
+    if budget.get("missing_views"):
+        # here, while the selected model is loaded: the model folder is deleted just below
+        scores = score_missing_views(model, test, data.transformers, data.mode)
+        if scores is not None:
+            record[MISSING_VIEWS] = scores
     shutil.rmtree(model_dir, ignore_errors=True)
     del model
     return record
