@@ -10,7 +10,8 @@
     deepfuse predict --model-dir DIR --csv FILE [--smiles-column COL] [--out preds.csv]
                      [--overwrite]
     (--csv also takes crystal structures: a CIF folder, an extended XYZ file, or a CSV with
-    --cif-column COL instead of --smiles-column)
+    --cif-column COL instead of --smiles-column; train/hpopt --model matmmfuse, the crystal
+    model, with [--backbone cgcnn|megnet|m3gnet] [--describer fast|robocrys] [--text-model M])
     deepfuse bench ...   (deprecated: forwards to ``deepfuse-bench``, the benchmark harness)
 
 Argument parsing only; the work is done by functions in :mod:`deepfuse_plugin.workflows` and
@@ -39,9 +40,9 @@ from deepfuse_plugin.cli_options import (
     add_run_arguments,
     add_schedule_arguments,
     csv_list,
+    data_options,
     distributed_settings,
     input_help,
-    modalities_and_pretrained,
     positive_float,
     positive_int,
     schedule_settings,
@@ -136,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="tiny settings for tests (first 240 molecules, 2 epochs)",
     )
 
-    train = sub.add_parser("train", help="train a fusion model on your CSV")
+    train = sub.add_parser(
+        "train", help="train a fusion model on your CSV of molecules or crystal structures"
+    )
     train.add_argument(
         "--csv", "--data", dest="csv", metavar="DATA", required=True, help=input_help()
     )
@@ -325,9 +328,10 @@ def _print_pretrained() -> None:
         )
 
 
-def _fine_tuning_options(args: argparse.Namespace) -> tuple[list[str], dict, int, float]:
-    """``train``'s modalities, model settings, epochs and learning rate after --pretrained and
-    --params (an option given on the command line wins over the file's value)."""
+def _fine_tuning_options(args: argparse.Namespace) -> tuple[dict, int, float]:
+    """``train``'s :func:`~deepfuse_plugin.cli_options.data_options` with the model settings of
+    --params and the schedule options, its epochs and learning rate (an option given on the
+    command line wins over the file's value)."""
     from deepfuse_plugin.train.hpopt import load_best_params
 
     model_kwargs: dict = load_best_params(args.params) if args.params else {}
@@ -343,13 +347,13 @@ def _fine_tuning_options(args: argparse.Namespace) -> tuple[list[str], dict, int
             f"--params {args.params}: epochs {from_file[0]!r} or learning_rate "
             f"{from_file[1]!r} is not a number; give the file 'deepfuse hpopt' wrote"
         ) from None
-    modalities, pretrained = modalities_and_pretrained(args, args.csv)
-    return (
-        modalities,
-        {**model_kwargs, **schedule_settings(args), **pretrained},
-        epochs,
-        learning_rate,
-    )
+    options = data_options(args, args.csv)
+    options["model_kwargs"] = {
+        **model_kwargs,
+        **schedule_settings(args),
+        **options["model_kwargs"],
+    }
+    return options, epochs, learning_rate
 
 
 def _forward_to_bench(args: argparse.Namespace) -> int:
@@ -408,29 +412,20 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "train":
         from deepfuse_plugin.workflows import train_from_csv
 
-        modalities, model_kwargs, epochs, learning_rate = _fine_tuning_options(args)
+        options, epochs, learning_rate = _fine_tuning_options(args)
         record = train_from_csv(
             args.csv,
-            args.smiles_column,
-            args.tasks,
-            args.out,
-            mode=args.mode,
-            model=args.model,
-            split=args.split,
-            modalities=modalities,
-            model_kwargs=model_kwargs,
+            out=args.out,
             epochs=epochs,
             batch_size=args.batch_size,
             learning_rate=learning_rate,
             eval_every=args.eval_every,
-            seed=args.seed,
-            n_jobs=args.n_jobs,
             resume=args.resume,
             uncertainty=args.uncertainty,
             progress=progress,
             overwrite=args.overwrite,
-            cif_column=args.cif_column,
             distributed=distributed_settings(args),
+            **options,
         )
         training = record["training"]
         rows = "structures" if record["input"]["kind"] == "structures" else "molecules"

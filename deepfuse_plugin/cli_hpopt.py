@@ -19,8 +19,8 @@ from deepfuse_plugin.cli_options import (
     add_data_arguments,
     add_pretrained_arguments,
     add_run_arguments,
+    data_options,
     input_help,
-    modalities_and_pretrained,
     positive_float,
     positive_int,
 )
@@ -102,28 +102,20 @@ def run_hpopt_command(args: argparse.Namespace, progress: bool) -> None:
     csv = args.data or args.csv_option
     if not csv:
         raise InvalidSettingError("Give the input: deepfuse hpopt DATA ... (or --csv DATA)")
-    modalities, pretrained = modalities_and_pretrained(args, csv)
+    options = data_options(args, csv)
     result = hpopt_from_csv(
         csv,
-        args.smiles_column,
-        args.tasks,
-        args.out,
-        mode=args.mode,
-        model=args.model,
-        split=args.split,
-        modalities=modalities,
+        out=args.out,
         n_trials=args.trials,
         timeout_s=args.timeout,
-        seed=args.seed,
         epochs=args.epochs,
         batch_size=args.batch_size,
         eval_every=args.eval_every,
-        model_kwargs=pretrained,
-        n_jobs=args.n_jobs,
         overwrite=args.overwrite,
         progress=progress,
-        cif_column=args.cif_column,
+        **options,
     )
+    modalities = options["modalities"]
     print(
         f"Search of {args.model} ({'+'.join(modalities)}): {result.n_trials} trial(s) complete, "
         f"best validation {result.score_name} {result.best_score:.4g} (the test split was not "
@@ -145,17 +137,23 @@ def train_command(args: argparse.Namespace, csv: str, modalities: list[str]) -> 
 
     split = resolve_split(args.split, input_kind(csv, args.smiles_column, args.cif_column))
     command = ["deepfuse", "train", "--csv", csv]
-    for option, value in (
-        ("--smiles-column", args.smiles_column),
-        ("--cif-column", args.cif_column),
-    ):
-        command += [option, value] if value else []
+    command += _given(("--smiles-column", args.smiles_column), ("--cif-column", args.cif_column))
     command += ["--tasks", ",".join(args.tasks), "--mode", args.mode, "--model", args.model]
     command += ["--split", split, "--modalities", ",".join(modalities)]
     command += ["--batch-size", str(args.batch_size), "--seed", str(args.seed)]
+    command += _given(
+        ("--backbone", args.backbone),
+        ("--describer", args.describer),
+        ("--text-model", args.text_model),
+    )
     if args.pretrained:
         command += ["--pretrained", args.pretrained]
         command += ["--encoder-lr-scale", str(args.encoder_lr_scale)]
         command += ["--freeze-encoders"] if args.freeze_encoders else []
     params = os.path.join(args.out, "best_params.json")
     return command + ["--params", params, "--out", os.path.join(args.out, "best_run")]
+
+
+def _given(*options: tuple[str, str | None]) -> list[str]:
+    """``[option, value, ...]`` of the options that have a value."""
+    return [part for option, value in options if value for part in (option, value)]

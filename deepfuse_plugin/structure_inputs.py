@@ -33,6 +33,7 @@ from deepfuse_plugin.inputs import WorkflowError, read_csv_checked
 __all__ = [
     "STRUCTURE_FORMATS",
     "DEFAULT_CRYSTAL_MODALITIES",
+    "crystal_model_modalities",
     "StructureRows",
     "structure_format",
     "read_structures",
@@ -44,10 +45,33 @@ STRUCTURE_FORMATS = ("cif_folder", "extxyz", "cif_csv")
 #: vector need no language model and are computed in milliseconds; add ``text_embedding`` or
 #: ``text_sentences`` (MiniLM, offline) with ``--modalities``.
 DEFAULT_CRYSTAL_MODALITIES = ("graph", "composition")
+#: The structure-graph modality each MatMMFuse backbone reads: CGCNN the CGCNN-format graph, MatGL's
+#: MEGNet and M3GNet the MatGL-format one.
+_BACKBONE_GRAPH = {"cgcnn": "graph", "megnet": "matgl_graph", "m3gnet": "matgl_graph"}
 #: CGCNN's table of ids and targets in a CIF folder.
 ID_PROP = "id_prop.csv"
 _XYZ_SUFFIXES = (".xyz", ".extxyz")
 _COMPRESSED = (".xz", ".gz", ".bz2")
+
+
+def crystal_model_modalities(backbone: str | None = None) -> list[str]:
+    """Modalities of a crystal model's run (``--model matmmfuse``) when none are given: the
+    structure graph its ``backbone`` reads (default CGCNN's) and the sentence embeddings of the
+    structure's text description, the two views MatMMFuse fuses (each atom attends over the
+    sentences and each sentence over the atoms). The text is written offline by the ``fast``
+    describer and embedded by the offline MiniLM.
+
+    Examples
+    --------
+    >>> crystal_model_modalities(), crystal_model_modalities("megnet")
+    (['graph', 'text_sentences'], ['matgl_graph', 'text_sentences'])
+    """
+    graph = _BACKBONE_GRAPH.get(backbone or "cgcnn")
+    if graph is None:
+        raise WorkflowError(
+            f"Unknown backbone {backbone!r}; choose one of {sorted(_BACKBONE_GRAPH)}"
+        )
+    return [graph, "text_sentences"]
 
 
 @dataclass

@@ -34,11 +34,12 @@ from deepfuse_plugin.inputs import (
 )
 from deepfuse_plugin.structure_inputs import (
     DEFAULT_CRYSTAL_MODALITIES,
+    crystal_model_modalities,
     read_structures,
     structure_format,
 )
 from deepfuse_plugin.train.data import fit_normalizer, make_dataset, split_indices
-from deepfuse_plugin.train.utils import check_training_settings, set_seed
+from deepfuse_plugin.train.utils import check_training_settings, set_seed, to_jsonable
 
 __all__ = [
     "MODES",
@@ -48,6 +49,10 @@ __all__ = [
     "input_kind",
     "resolve_split",
     "default_modalities",
+    "is_crystal_model",
+    "check_model_input",
+    "run_inputs",
+    "RunInputs",
     "build_featurizer",
     "file_sha256",
 ]
@@ -254,9 +259,141 @@ def resolve_split(split: str | None, kind: str) -> str:
     return split
 
 
-def default_modalities(kind: str) -> list[str]:
-    """The modalities of a run when none are given, by input kind."""
-    return list(DEFAULT_MOLECULE_MODALITIES if kind == "smiles" else DEFAULT_CRYSTAL_MODALITIES)
+def default_modalities(
+    kind: str, model: str | None = None, backbone: str | None = None
+) -> list[str]:
+    """The modalities of a run when none are given: by input kind, and for a crystal model
+    (``--model matmmfuse``) the structure graph its ``backbone`` reads and the text
+    description's sentences
+    (:func:`~deepfuse_plugin.structure_inputs.crystal_model_modalities`).
+
+    Examples
+    --------
+    >>> default_modalities("smiles"), default_modalities("extxyz")
+    (['ecfp', 'graph', 'smiles'], ['graph', 'composition'])
+    >>> default_modalities("cif_folder", "matmmfuse")
+    ['graph', 'text_sentences']
+    """
+    if kind == "smiles":
+        return list(DEFAULT_MOLECULE_MODALITIES)
+    if model is not None and is_crystal_model(model):
+        return crystal_model_modalities(backbone)
+    return list(DEFAULT_CRYSTAL_MODALITIES)
+
+
+def is_crystal_model(model: str) -> bool:
+    """Whether ``model`` is registered as a crystal model (structures only, e.g. MatMMFuse)."""
+    import deepfuse_plugin  # noqa: F401  (importing it registers every model)
+    from deepfuse_plugin.models.registry import available_models
+
+    return model in available_models("crystal")
+
+
+def check_model_input(model: str, kind: str) -> None:
+    """Refuse a crystal model on molecules (its encoders read structure graphs and text
+    descriptions), naming the models that take molecules."""
+    if kind == "smiles" and is_crystal_model(model):
+        from deepfuse_plugin.models.registry import available_models
+
+        raise WorkflowError(
+            f"--model {model} is a crystal-structure model (structure graph + text description); "
+            "give crystal structures (a CIF folder, an extended XYZ file, or a CSV with "
+            f"--cif-column), or a model for molecules: {', '.join(available_models('fusion'))}"
+        )
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """The labelled data of a run (``deepfuse train``) or a search (``deepfuse hpopt``), resolved
+    and checked before any work: the input's ``kind``, the ``split`` and the ``modalities``
+    (:func:`run_inputs`). :meth:`prepare` reads, featurizes, splits and normalizes them."""
+
+    csv: str
+    smiles_column: str | None
+    tasks: list[str]
+    mode: str
+    kind: str
+    split: str
+    modalities: list[str]
+    seed: int = 0
+    featurizer_kwargs: dict[str, Any] = field(default_factory=dict)
+    n_jobs: int = 1
+    cif_column: str | None = None
+
+    def prepare(self, progress: bool = True) -> TrainingData:
+        """:func:`prepare_training_data` of these inputs."""
+        return prepare_training_data(
+            self.csv,
+            self.smiles_column,
+            self.tasks,
+            mode=self.mode,
+            split=self.split,
+            modalities=self.modalities,
+            seed=self.seed,
+            featurizer_kwargs=self.featurizer_kwargs,
+            n_jobs=self.n_jobs,
+            progress=progress,
+            cif_column=self.cif_column,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """The inputs as JSON values, the input's content as its SHA-256 (:func:`file_sha256`):
+        a search continues only on the same data."""
+        return {
+            "csv": os.path.abspath(self.csv),
+            "csv_sha256": file_sha256(self.csv),
+            "smiles_column": self.smiles_column,
+            "cif_column": self.cif_column,
+            "tasks": list(self.tasks),
+            "mode": self.mode,
+            "split": self.split,
+            "modalities": list(self.modalities),
+            "seed": self.seed,
+            "featurizer": to_jsonable(self.featurizer_kwargs),
+        }
+
+
+def run_inputs(
+    csv: str,
+    smiles_column: str | None,
+    tasks: Sequence[str],
+    *,
+    mode: str = "regression",
+    model: str = "dynamic",
+    backbone: str | None = None,
+    split: str | None = None,
+    modalities: Sequence[str] | None = None,
+    seed: int = 0,
+    featurizer_kwargs: dict[str, Any] | None = None,
+    n_jobs: int = 1,
+    cif_column: str | None = None,
+) -> RunInputs:
+    """The :class:`RunInputs` of a run of ``model`` (``deepfuse train`` and ``deepfuse hpopt``
+    alike), checked before any work: the input kind (:func:`input_kind`), the split
+    (:func:`resolve_split`) and the modalities (the given ones, else :func:`default_modalities`
+    of the kind, ``model`` and ``backbone``); a crystal model on molecules is refused.
+
+    Examples
+    --------
+    >>> inputs = run_inputs("crystals.extxyz", None, ["e_form"], model="matmmfuse")
+    >>> inputs.kind, inputs.split, inputs.modalities
+    ('extxyz', 'random', ['graph', 'text_sentences'])
+    """
+    kind = input_kind(csv, smiles_column, cif_column)
+    check_model_input(model, kind)
+    return RunInputs(
+        csv,
+        smiles_column,
+        list(tasks),
+        mode,
+        kind,
+        resolve_split(split, kind),
+        list(modalities) if modalities else default_modalities(kind, model, backbone),
+        seed,
+        dict(featurizer_kwargs or {}),
+        n_jobs,
+        cif_column,
+    )
 
 
 def build_featurizer(

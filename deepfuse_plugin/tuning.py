@@ -25,13 +25,7 @@ from deepfuse_plugin.inputs import WorkflowError
 from deepfuse_plugin.train import hpopt
 from deepfuse_plugin.train.hpopt import HpoptResult
 from deepfuse_plugin.train.utils import check_training_settings, resolve_model_class, to_jsonable
-from deepfuse_plugin.training_data import (
-    default_modalities,
-    file_sha256,
-    input_kind,
-    prepare_training_data,
-    resolve_split,
-)
+from deepfuse_plugin.training_data import run_inputs
 
 __all__ = ["hpopt_from_csv"]
 
@@ -115,28 +109,30 @@ def hpopt_from_csv(
         **({"epochs": epochs} if epochs is not None else {}),
     )
     resolve_model_class(model)
-    kind = input_kind(csv, smiles_column, cif_column)
-    split = resolve_split(split, kind)
-    modalities = list(modalities) if modalities else default_modalities(kind)
     fixed = {"batch_size": batch_size, **(model_kwargs or {})}
+    inputs = run_inputs(
+        csv,
+        smiles_column,
+        tasks,
+        mode=mode,
+        model=model,
+        backbone=fixed.get("backbone"),
+        split=split,
+        modalities=modalities,
+        seed=seed,
+        featurizer_kwargs=featurizer_kwargs,
+        n_jobs=n_jobs,
+        cif_column=cif_column,
+    )
     if epochs is not None:
         fixed["epochs"] = epochs
     if fixed.get("pretrained"):  # the checkpoint's encoders have one width
         fixed["encoder_dim"] = _pretrained_encoder_dim(fixed["pretrained"])
     setup = {
-        "csv": os.path.abspath(csv),
-        "csv_sha256": file_sha256(csv),
-        "smiles_column": smiles_column,
-        "cif_column": cif_column,
-        "tasks": list(tasks),
-        "mode": mode,
+        **inputs.describe(),
         "model": model,
-        "split": split,
-        "modalities": list(modalities),
-        "seed": seed,
         "eval_every": eval_every,
         "fixed": to_jsonable(fixed),
-        "featurizer": to_jsonable(featurizer_kwargs or {}),
     }
     if not overwrite:  # fail fast: a search of something else is refused before featurizing
         hpopt.check_study_setup(out, model, setup)
@@ -144,23 +140,11 @@ def hpopt_from_csv(
         raise RunFolderError(
             f"--out {out} exists and is a file, not a folder; choose another --out"
         )
-    data = prepare_training_data(
-        csv,
-        smiles_column,
-        tasks,
-        mode=mode,
-        split=split,
-        modalities=modalities,
-        seed=seed,
-        featurizer_kwargs=featurizer_kwargs,
-        n_jobs=n_jobs,
-        progress=progress,
-        cif_column=cif_column,
-    )
+    data = inputs.prepare(progress)
     if len(data.valid) == 0:
         raise WorkflowError(
-            f"The {split} split left no validation rows ({data.rows} rows in {csv}): a search "
-            "scores its trials on validation data; add rows or try another --split"
+            f"The {inputs.split} split left no validation rows ({data.rows} rows in {csv}): a "
+            "search scores its trials on validation data; add rows or try another --split"
         )
     if overwrite:
         hpopt.remove_search(out)

@@ -82,7 +82,7 @@ from deepfuse_plugin.train.utils import (
     set_seed,
     write_json,
 )
-from deepfuse_plugin.training_data import MODES, TrainingData, prepare_training_data
+from deepfuse_plugin.training_data import MODES, TrainingData, prepare_training_data, run_inputs
 from deepfuse_plugin.tuning import hpopt_from_csv
 
 __all__ = [
@@ -276,13 +276,16 @@ def train_from_csv(
     mode: str
         ``"regression"`` (labels normalized on the train split) or ``"classification"`` (0/1).
     model: str
-        A key of :data:`MODELS`.
+        A key of :data:`MODELS` (a fusion model, for molecules or structures) or a crystal model
+        of the registry (``"matmmfuse"``: structures only), see
+        :func:`~deepfuse_plugin.train.utils.trainable_models`.
     split: str, optional
         ``"scaffold"`` or ``"random"`` (80/10/10); default scaffold for molecules, random for
         structures.
     modalities: sequence of str, optional
         Built-in modality names (default ``ecfp, graph, smiles``; structures:
-        ``graph, composition``).
+        ``graph, composition``; ``model="matmmfuse"``: ``graph, text_sentences``, or
+        ``matgl_graph, text_sentences`` with ``model_kwargs={"backbone": "megnet"}``).
     epochs, batch_size, learning_rate, eval_every, seed:
         Training budget; the validation split is scored every ``eval_every`` epochs.
     featurizer_kwargs, model_kwargs: dict, optional
@@ -338,6 +341,20 @@ def train_from_csv(
         n_jobs=n_jobs,
     )
     model_cls = resolve_model_class(model)
+    inputs = run_inputs(
+        csv,
+        smiles_column,
+        tasks,
+        mode=mode,
+        model=model,
+        backbone=(model_kwargs or {}).get("backbone"),
+        split=split,
+        modalities=modalities,
+        seed=seed,
+        featurizer_kwargs=featurizer_kwargs,
+        n_jobs=n_jobs,
+        cif_column=cif_column,
+    )
     # fail fast, before a long featurization: nothing in out or the staging folder is touched yet
     run_folder.check_run_target(out, overwrite)
     staging = run_folder.staging_path(out)
@@ -349,19 +366,7 @@ def train_from_csv(
             f"--resume continues a single-process run ({staging}); distributed training "
             "writes no resume points: drop --resume to start over, or --devices/--strategy"
         )
-    data = prepare_training_data(
-        csv,
-        smiles_column,
-        tasks,
-        mode=mode,
-        split=split,
-        modalities=modalities,
-        seed=seed,
-        featurizer_kwargs=featurizer_kwargs,
-        n_jobs=n_jobs,
-        progress=progress,
-        cif_column=cif_column,
-    )
+    data = inputs.prepare(progress)
     featurizer, transformers, normalizer = data.featurizer, data.transformers, data.normalizer
     train, valid, test = data.train, data.valid, data.test
 

@@ -32,7 +32,8 @@ __all__ = [
 ]
 
 #: ``fusion``: several modalities, trainable from a SMILES CSV with ``deepfuse train``;
-#: ``unimodal``: one modality; ``crystal``: structure + text models.
+#: ``unimodal``: one modality; ``crystal``: structure + text models, trainable from crystal
+#: structures with ``deepfuse train`` (``deepfuse_plugin.train.utils.TRAINABLE_KINDS``).
 MODEL_KINDS = ("fusion", "unimodal", "crystal")
 
 T = TypeVar("T", bound=type)

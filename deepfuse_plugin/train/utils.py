@@ -28,7 +28,13 @@ __all__ = [
     "write_json",
     "check_training_settings",
     "resolve_model_class",
+    "trainable_models",
+    "TRAINABLE_KINDS",
 ]
+
+#: Registry kinds ``deepfuse train`` and ``deepfuse hpopt`` build (``--model``): the fusion models
+#: (molecules or crystal structures) and the crystal models (structures only, e.g. MatMMFuse).
+TRAINABLE_KINDS = ("fusion", "crystal")
 
 
 def set_seed(seed: int) -> None:
@@ -90,17 +96,26 @@ def check_training_settings(**settings: Any) -> None:
             raise InvalidSettingError(f"{name} must be an integer >= 1, got {value!r}")
 
 
+def trainable_models() -> list[str]:
+    """The ``--model`` names: registered models of a :data:`TRAINABLE_KINDS` kind, sorted."""
+    import deepfuse_plugin  # noqa: F401  (importing it registers every model)
+    from deepfuse_plugin.models.registry import model_entries
+
+    return sorted(e.name for e in model_entries() if e.kind in TRAINABLE_KINDS)
+
+
 def resolve_model_class(name: str) -> type:
-    """The fusion model class for a ``--model`` name (see :mod:`deepfuse_plugin.models.registry`).
+    """The model class for a ``--model`` name: a fusion or crystal model of
+    :mod:`deepfuse_plugin.models.registry` (:func:`trainable_models`).
 
     Raises
     ------
     WorkflowError
         Unknown name.
     """
-    import deepfuse_plugin  # noqa: F401  (importing it registers every model)
-    from deepfuse_plugin.models.registry import available_models, get_model_class
+    from deepfuse_plugin.models.registry import get_model_class
 
-    if name not in available_models("fusion"):
-        raise WorkflowError(f"Unknown model {name!r}; available: {available_models('fusion')}")
-    return get_model_class(name, kind="fusion")
+    names = trainable_models()
+    if name not in names:
+        raise WorkflowError(f"Unknown model {name!r}; available: {names}")
+    return get_model_class(name)
