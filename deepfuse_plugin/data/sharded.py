@@ -1,24 +1,22 @@
-"""Out-of-core featurization: a CSV, a SMILES list or a corpus straight into a ``DiskDataset``.
+"""Out-of-core featurization: a CSV, a SMILES list or a corpus straight into pickle-free shards.
 
 :func:`featurize_to_disk` and :func:`featurize_corpus_to_disk` read their input a shard at a time,
-featurize each shard (in ``n_jobs`` worker processes, each writing its own shards) and write a
-DeepChem :class:`~deepchem.data.DiskDataset` whose ``X``, ``y``, ``w`` and ``ids`` are exactly
-what the in-memory path gives (:meth:`deepfuse_plugin.MultiModalDataset.from_smiles`): the same
-samples in the same order, failed inputs dropped and reported with their row numbers. Memory
+featurize each shard (in ``n_jobs`` worker processes, each writing its own shards) and return a
+:class:`~deepfuse_plugin.data.ShardedMultiModalDataset` whose ``X``, ``y``, ``w`` and ``ids`` are
+exactly what the in-memory path gives (:meth:`deepfuse_plugin.MultiModalDataset.from_smiles`): the
+same samples in the same order, failed inputs dropped and reported with their row numbers. Memory
 stays flat whatever the input's length (at most two shards per worker in flight), so a 1.5M
 molecule corpus featurizes on a laptop; models train on the result as on any DeepChem dataset
-(``model.fit(dataset)`` streams it shard by shard).
+(``model.fit(dataset)`` streams it shard by shard) and ``pretrain_encoders`` streams it too.
 
 The folder is resumable: a featurization that is interrupted (Ctrl-C, a killed job) continues
 where it stopped when called again with the same input and settings; shards already written are
 kept. A folder holding anything else is refused, never overwritten.
 
-Security: DeepChem stores object arrays (the samples, the ids) with NumPy's pickle and opens every
-``.npy`` file of a ``DiskDataset`` with ``allow_pickle=True``, whatever it holds. Opening a folder
-therefore runs whatever the files contain: open only folders you (or your own pipeline) wrote,
-never one downloaded or received from elsewhere. Storing the samples as fixed-width numeric arrays
-would not change that (DeepChem's loader unpickles regardless) and would no longer be the
-``MultiModalSample`` objects every deepfuse model reads, so the samples are stored as they are.
+The shards hold plain numeric arrays (``.npz``, read with ``allow_pickle=False``) and JSON
+(:mod:`deepfuse_plugin.data._codec`): opening a folder runs nothing it contains, so a folder
+received from elsewhere is as safe to open as a CSV. (Until this format, the folder was a DeepChem
+``DiskDataset`` that DeepChem opens with pickle; such a folder is refused with an explanation.)
 
 Examples
 --------
@@ -46,12 +44,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from deepchem.data import DiskDataset
 from tqdm.auto import tqdm
 
 from deepfuse_plugin.data import _shards
 from deepfuse_plugin.data._shards import ShardTask
 from deepfuse_plugin.data.corpora import iter_smiles_chunks, moses_path
+from deepfuse_plugin.data.shard_dataset import (
+    DEFAULT_SHARD_SIZE,
+    ShardedMultiModalDataset,
+    write_dataset_file,
+)
 from deepfuse_plugin.errors import InvalidInputError, InvalidSettingError, RunFolderError
 
 __all__ = ["featurize_to_disk", "featurize_corpus_to_disk", "read_failures", "MANIFEST"]
@@ -62,8 +64,9 @@ logger = logging.getLogger(__name__)
 MANIFEST = "deepfuse_featurization.json"
 #: Every failed input of a complete featurization: ``row,input,reason``.
 FAILURES_FILE = "failures.csv"
-_FORMAT = "deepfuse-featurization/1"
-DEFAULT_SHARD_SIZE = 4096
+_FORMAT = "deepfuse-featurization/2"
+#: the DeepChem ``DiskDataset`` (pickle) format of earlier versions
+_PICKLED_FORMAT = "deepfuse-featurization/1"
 
 
 def featurize_to_disk(
@@ -79,8 +82,8 @@ def featurize_to_disk(
     shard_size: int = DEFAULT_SHARD_SIZE,
     n_jobs: int | None = None,
     progress: bool = True,
-) -> DiskDataset:
-    """Featurize a CSV file or a list of SMILES into a ``DiskDataset`` in ``out_dir``, in shards.
+) -> ShardedMultiModalDataset:
+    """Featurize a CSV file or a list of SMILES into pickle-free shards in ``out_dir``.
 
     Parameters
     ----------
@@ -110,8 +113,9 @@ def featurize_to_disk(
 
     Returns
     -------
-    dc.data.DiskDataset
-        ``X``: :class:`~deepfuse_plugin.MultiModalSample` per featurized input, ``ids``, ``y``,
+    ShardedMultiModalDataset
+        A DeepChem dataset read one shard at a time. ``X``:
+        :class:`~deepfuse_plugin.MultiModalSample` per featurized input, ``ids``, ``y``,
         ``w`` (1 where a label is known), task names ``tasks``. Failed inputs are left out and
         set as ``featurizer.last_failures`` (``{row: reason}``, rows of the whole input), logged
         and written to ``out_dir/failures.csv``; :func:`read_failures` reads them back.
@@ -148,8 +152,8 @@ def featurize_corpus_to_disk(
     shard_size: int = DEFAULT_SHARD_SIZE,
     n_jobs: int | None = None,
     progress: bool = True,
-) -> DiskDataset:
-    """Featurize an unlabelled corpus (``"moses"`` or a SMILES file) into a ``DiskDataset``.
+) -> ShardedMultiModalDataset:
+    """Featurize an unlabelled corpus (``"moses"`` or a SMILES file) into pickle-free shards.
 
     The molecules are those :func:`~deepfuse_plugin.data.corpora.moses_smiles` /
     :func:`~deepfuse_plugin.data.corpora.read_smiles_file` return for the same ``n``, ``seed``
@@ -366,7 +370,7 @@ def _featurize(
     shard_size: int,
     n_jobs: int,
     progress: bool,
-) -> DiskDataset:
+) -> ShardedMultiModalDataset:
     out = os.fspath(out_dir)
     identity = {
         "format": _FORMAT,
@@ -386,11 +390,11 @@ def _featurize(
                 bar.update(record["rows"])
 
             _shards.run_shards(featurizer, _todo(reader, out, shard_size, done), out, n_jobs, done)
-        _finish(out, identity, reader.task_names, [records[i] for i in sorted(records)])
+        _finish(out, identity, reader.task_names, [records[i] for i in sorted(records)], featurizer)
     failures = read_failures(out)
     if hasattr(featurizer, "last_failures"):
         featurizer.last_failures = failures
-    return DiskDataset(out)
+    return ShardedMultiModalDataset(out)
 
 
 def _todo(reader: _Input, out: str, shard_size: int, done: Any) -> Iterator[ShardTask]:
@@ -413,6 +417,12 @@ def _claim_folder(out: str, identity: dict[str, Any]) -> dict[str, Any]:
         with open(path, encoding="utf-8") as fh:
             manifest = json.load(fh)
         recorded = manifest.get("identity", {})
+        if recorded.get("format") == _PICKLED_FORMAT:
+            raise RunFolderError(
+                f"{out} holds a featurization written by an earlier deepfuse as a DeepChem "
+                "DiskDataset, which is read with pickle; deepfuse no longer reads it. Give a new "
+                "folder, or remove this one, to featurize again in the pickle-free format"
+            )
         differ = sorted(k for k in {*recorded, *identity} if recorded.get(k) != identity.get(k))
         if differ:
             raise RunFolderError(
@@ -437,9 +447,14 @@ def _claim_folder(out: str, identity: dict[str, Any]) -> dict[str, Any]:
 
 
 def _finish(
-    out: str, identity: dict[str, Any], task_names: list[Any], records: list[dict[str, Any]]
+    out: str,
+    identity: dict[str, Any],
+    task_names: list[Any],
+    records: list[dict[str, Any]],
+    featurizer: Any,
 ) -> None:
-    """DeepChem's metadata from the shards' records, the failure report and the manifest."""
+    """The dataset's description from the shards' records, the failure report and the
+    manifest."""
     rows = sum(r["rows"] for r in records)
     kept = sum(r["kept"] for r in records)
     if kept == 0:
@@ -447,11 +462,16 @@ def _finish(
             f"None of the {rows} inputs could be featurized (first failures: "
             f"{[tuple(f) for r in records for f in r['failures']][:5]}); see {out}"
         )
-    metadata = DiskDataset._construct_metadata(
-        [_shards.metadata_row(r) for r in records if r["files"]]
+    shards = [
+        {"stem": _shards.shard_stem(r["shard"]), "rows": r["kept"]} for r in records if r["files"]
+    ]
+    write_dataset_file(
+        out,
+        task_names or [0],  # NumpyDataset's single zero column when unlabelled
+        getattr(featurizer, "modalities", None),
+        shards,
+        int(identity["shard_size"]),
     )
-    tasks = task_names or [0]  # NumpyDataset's single zero column when unlabelled
-    DiskDataset._save_metadata(metadata, out, tasks)
     failures = [f for r in records for f in r["failures"]]
     pd.DataFrame(failures, columns=["row", "input", "reason"]).to_csv(
         os.path.join(out, FAILURES_FILE), index=False
