@@ -385,8 +385,9 @@ def _read_dataset_file(folder: str) -> dict[str, Any]:
                 f"{folder} is a DeepChem DiskDataset (written by deepfuse before the pickle-free "
                 "format, or by DeepChem): deepfuse does not open it, because DeepChem reads its "
                 "files with pickle, which runs whatever they contain. Featurize the data again "
-                "with featurize_to_disk into a new folder; only for a folder you wrote yourself, "
-                "dc.data.DiskDataset(path) still opens it"
+                "with featurize_to_disk into a new folder, or, only for a folder you wrote "
+                "yourself, convert it: ShardedMultiModalDataset.from_dataset("
+                "dc.data.DiskDataset(path), new_folder)"
             )
         raise InvalidInputError(
             f"{folder} holds no sharded dataset (no {DATASET_FILE}): give a folder written by "
