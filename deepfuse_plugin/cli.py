@@ -276,6 +276,13 @@ def _add_pretraining_parsers(sub: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--n-jobs", type=positive_int, default=1, help="featurization processes")
     pretrain.add_argument(
+        "--shards-dir",
+        default=None,
+        help="featurize into pickle-free shards in this folder (resumable; workers write their "
+        "own shards) and stream pretraining from them: memory stays flat for corpora of any "
+        "size (default: featurize and pretrain in memory)",
+    )
+    pretrain.add_argument(
         "--name", required=True, help="checkpoint name, e.g. DeepFuse-MOSES40k-v1-Multiview"
     )
     pretrain.add_argument("--out", required=True, help="checkpoint folder")
@@ -308,6 +315,7 @@ def _run_pretrain(args: argparse.Namespace, progress: bool) -> None:
         resume=not args.no_resume,
         progress=progress,
         command=" ".join(["deepfuse", *sys.argv[1:]]),
+        shards_dir=args.shards_dir,
     )
     print(
         f"Wrote the pretrained checkpoint {args.name} to {out} (encoders.safetensors, "

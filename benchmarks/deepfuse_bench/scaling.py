@@ -11,7 +11,8 @@ split, written once to a CSV, untimed) and each process count (default 1 and 2),
   forkserver that has imported torch, DeepChem, RDKit and deepfuse, so every run starts from the
   same baseline (reported). Out-of-core means that these stay flat as ``n`` grows;
 * **throughput**: molecules per second of the whole call (reading the CSV, featurizing, writing
-  the shards and DeepChem's metadata), and the ratio of each process count to one process;
+  the shards (``.npz`` + JSON) and the dataset's description), and the ratio of each process
+  count to one process;
 * the folder's size on disk per molecule, the shard count and the failed inputs.
 
 The load average is recorded before each run: on a shared machine throughput is noisy, and the
@@ -22,7 +23,7 @@ Examples
 >>> from deepfuse_bench.scaling import format_markdown
 >>> print(format_markdown({"modalities": ["ecfp"], "shard_size": 4096, "runs": [], "ratios": [],
 ...                        "environment": {"cpu_count": 2}}).splitlines()[0])
-# Out-of-core featurization (MOSES subsets into a DiskDataset)
+# Out-of-core featurization (MOSES subsets into pickle-free shards)
 """
 
 from __future__ import annotations
@@ -228,7 +229,7 @@ def _mib(value: float | None) -> str:
 def format_markdown(result: dict[str, Any]) -> str:
     """Markdown tables of a ``featurize-disk`` record."""
     lines = [
-        "# Out-of-core featurization (MOSES subsets into a DiskDataset)",
+        "# Out-of-core featurization (MOSES subsets into pickle-free shards)",
         "",
         f"`featurize_to_disk`, modalities {', '.join(result['modalities'])}, "
         f"shard size {result['shard_size']}. Memory: {result.get('memory_method', '')}.",

@@ -1,4 +1,5 @@
-"""Datasets, loaders, corpora, out-of-core featurization and the Castelli perovskites.
+"""Datasets, loaders, corpora, out-of-core featurization (pickle-free shards) and the Castelli
+perovskites.
 
 The functions listed here are imported on first use (``from deepfuse_plugin.data import
 featurize_to_disk``), so importing a submodule such as :mod:`deepfuse_plugin.data.collate` stays
@@ -15,6 +16,7 @@ _LAZY = {
     "featurize_to_disk": "sharded",
     "featurize_corpus_to_disk": "sharded",
     "read_failures": "sharded",
+    "ShardedMultiModalDataset": "shard_dataset",
     "load_castelli_perovskites": "perovskites",
 }
 

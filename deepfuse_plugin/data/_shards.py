@@ -1,9 +1,10 @@
-"""Featurize shards of inputs and write each as one DeepChem ``DiskDataset`` shard.
+"""Featurize shards of inputs and write each as one pickle-free shard.
 
 The engine behind :func:`deepfuse_plugin.data.featurize_to_disk`. A shard is a fixed slice of the
 input (``_ShardTask``). Whoever featurizes it (this process, or a forked worker) also writes it:
-``shard-<k>-{X,y,w,ids}.npy`` with DeepChem's own writer, then ``shard-<k>.done.json`` (written
-last, atomically) holding what the shard's metadata row and failure report need. A shard counts
+``shard-<k>.npz`` and ``shard-<k>.json`` (:mod:`deepfuse_plugin.data._codec`), then
+``shard-<k>.done.json`` (written last, atomically) holding what the dataset's description and the
+failure report need. A shard counts
 as written only once its ``.done.json`` exists, so a featurization killed at any point resumes
 from the shards that have one. Workers return only that small record: samples never travel back
 to the parent (pickling them back cost more than the second process gained).
@@ -29,8 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from deepchem.data import DiskDataset, NumpyDataset
 
+from deepfuse_plugin.data import _codec
 from deepfuse_plugin.feat import _base
 from deepfuse_plugin.feat._base import RowFailure
 from deepfuse_plugin.modalities import MultiModalSample
@@ -48,7 +49,7 @@ class ShardTask:
     Attributes
     ----------
     index: int
-        Shard number (``shard-<index>-*.npy``).
+        Shard number (``shard-<index>.npz``).
     start: int
         Input row of the shard's first entry (failures are reported with ``start + i``).
     points: list
@@ -78,7 +79,7 @@ def read_record(out_dir: str, index: int) -> dict[str, Any] | None:
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     files = record.get("files")
-    if files and not all(os.path.exists(os.path.join(out_dir, name)) for name in files[:4]):
+    if files and not all(os.path.exists(os.path.join(out_dir, name)) for name in files):
         return None  # a shard file was removed since: write the shard again
     return record
 
@@ -86,7 +87,14 @@ def read_record(out_dir: str, index: int) -> dict[str, Any] | None:
 def featurize_and_write(featurizer: Any, task: ShardTask, out_dir: str) -> dict[str, Any]:
     """Featurize ``task`` in this process and write it (what a worker does)."""
     _prepare(featurizer, task.points)
-    return write_shard(out_dir, task, [featurizer.featurize_row(p) for p in task.points])
+    return write_shard(
+        out_dir, task, [featurizer.featurize_row(p) for p in task.points], _kinds(featurizer)
+    )
+
+
+def _kinds(featurizer: Any) -> dict[str, str]:
+    """Modality name -> kind, to name the kind when a value cannot be stored."""
+    return {m.name: m.kind for m in getattr(featurizer, "modalities", ())}
 
 
 def _prepare(featurizer: Any, points: list[Any]) -> None:
@@ -99,13 +107,16 @@ def _prepare(featurizer: Any, points: list[Any]) -> None:
             modality.prepare(points, progress=False, limits=featurizer.limits)
 
 
-def write_shard(out_dir: str, task: ShardTask, results: list[Any]) -> dict[str, Any]:
+def write_shard(
+    out_dir: str, task: ShardTask, results: list[Any], kinds: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Write the samples of ``results`` (one per input of ``task``) as shard ``task.index`` and
     its ``.done.json``; return that record.
 
     Rows are kept, labelled and weighted exactly as
     :meth:`deepfuse_plugin.MultiModalDataset.from_smiles` does (failed inputs dropped, weight 0
-    where a label is NaN); a shard whose every input failed writes no array files.
+    where a label is NaN; unlabelled data: a zero label of weight 0, as DeepChem's
+    ``NumpyDataset`` gives it); a shard whose every input failed writes no array files.
     """
     keep = [i for i, result in enumerate(results) if not isinstance(result, RowFailure)]
     record: dict[str, Any] = {
@@ -122,27 +133,29 @@ def write_shard(out_dir: str, task: ShardTask, results: list[Any]) -> dict[str, 
         "files": None,
     }
     if keep:
-        X = np.empty(len(keep), dtype=object)
-        X[:] = [results[i] for i in keep]
-        ids = np.asarray(task.ids if task.ids is not None else task.points, dtype=object)
-        y = w = None
+        ids = task.ids if task.ids is not None else task.points
         if task.y is not None:
             y = task.y[keep]
             w = np.isfinite(y).astype(np.float64)  # a missing label weighs 0
             y = np.nan_to_num(y, nan=0.0)
-        rows = NumpyDataset(X, y, w, ids[keep].astype(str))
-        files = DiskDataset.write_data_to_disk(
-            out_dir, f"shard-{task.index}", rows.X, rows.y, rows.w, rows.ids
+        else:
+            y = np.zeros((len(keep), 1), np.float32)
+            w = np.zeros((len(keep), 1), np.float32)
+        record["files"] = _codec.write_shard_files(
+            out_dir,
+            shard_stem(task.index),
+            [results[i] for i in keep],
+            y,
+            w,
+            [str(ids[i]) for i in keep],
+            kinds,
         )
-        record["files"] = [list(v) if isinstance(v, tuple) else v for v in files]
     _write_json_atomically(done_path(out_dir, task.index), record)
     return record
 
 
-def metadata_row(record: dict[str, Any]) -> list[Any]:
-    """The record's DeepChem metadata row (file names, then shapes as tuples)."""
-    files = record["files"]
-    return [*files[:4], *(None if s is None else tuple(s) for s in files[4:])]
+def shard_stem(index: int) -> str:
+    return f"shard-{index}"
 
 
 def _missing_counts(results: list[Any]) -> dict[str, int]:
@@ -201,7 +214,7 @@ def run_shards(
         )
         for task in unwritten:  # after the pool is shut down: no executor threads when forking
             results = _base.run_isolated(featurizer, [task.points], n_jobs)[0]
-            on_done(write_shard(out_dir, task, results))
+            on_done(write_shard(out_dir, task, results, _kinds(featurizer)))
 
 
 def _run_pool(

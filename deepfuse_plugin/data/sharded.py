@@ -1,24 +1,22 @@
-"""Out-of-core featurization: a CSV, a SMILES list or a corpus straight into a ``DiskDataset``.
+"""Out-of-core featurization: a CSV, a SMILES list or a corpus straight into pickle-free shards.
 
 :func:`featurize_to_disk` and :func:`featurize_corpus_to_disk` read their input a shard at a time,
-featurize each shard (in ``n_jobs`` worker processes, each writing its own shards) and write a
-DeepChem :class:`~deepchem.data.DiskDataset` whose ``X``, ``y``, ``w`` and ``ids`` are exactly
-what the in-memory path gives (:meth:`deepfuse_plugin.MultiModalDataset.from_smiles`): the same
-samples in the same order, failed inputs dropped and reported with their row numbers. Memory
+featurize each shard (in ``n_jobs`` worker processes, each writing its own shards) and return a
+:class:`~deepfuse_plugin.data.ShardedMultiModalDataset` whose ``X``, ``y``, ``w`` and ``ids`` are
+exactly what the in-memory path gives (:meth:`deepfuse_plugin.MultiModalDataset.from_smiles`): the
+same samples in the same order, failed inputs dropped and reported with their row numbers. Memory
 stays flat whatever the input's length (at most two shards per worker in flight), so a 1.5M
 molecule corpus featurizes on a laptop; models train on the result as on any DeepChem dataset
-(``model.fit(dataset)`` streams it shard by shard).
+(``model.fit(dataset)`` streams it shard by shard) and ``pretrain_encoders`` streams it too.
 
 The folder is resumable: a featurization that is interrupted (Ctrl-C, a killed job) continues
 where it stopped when called again with the same input and settings; shards already written are
 kept. A folder holding anything else is refused, never overwritten.
 
-Security: DeepChem stores object arrays (the samples, the ids) with NumPy's pickle and opens every
-``.npy`` file of a ``DiskDataset`` with ``allow_pickle=True``, whatever it holds. Opening a folder
-therefore runs whatever the files contain: open only folders you (or your own pipeline) wrote,
-never one downloaded or received from elsewhere. Storing the samples as fixed-width numeric arrays
-would not change that (DeepChem's loader unpickles regardless) and would no longer be the
-``MultiModalSample`` objects every deepfuse model reads, so the samples are stored as they are.
+The shards hold plain numeric arrays (``.npz``, read with ``allow_pickle=False``) and JSON
+(:mod:`deepfuse_plugin.data._codec`): opening a folder runs nothing it contains, so a folder
+received from elsewhere is as safe to open as a CSV. (Until this format, the folder was a DeepChem
+``DiskDataset`` that DeepChem opens with pickle; such a folder is refused with an explanation.)
 
 Examples
 --------
@@ -35,23 +33,25 @@ Examples
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from deepchem.data import DiskDataset
 from tqdm.auto import tqdm
 
 from deepfuse_plugin.data import _shards
+from deepfuse_plugin.data._inputs import CorpusInput, CsvInput, Input, SequenceInput
 from deepfuse_plugin.data._shards import ShardTask
-from deepfuse_plugin.data.corpora import iter_smiles_chunks, moses_path
+from deepfuse_plugin.data.corpora import moses_path
+from deepfuse_plugin.data.shard_dataset import (
+    DEFAULT_SHARD_SIZE,
+    ShardedMultiModalDataset,
+    write_dataset_file,
+)
 from deepfuse_plugin.errors import InvalidInputError, InvalidSettingError, RunFolderError
 
 __all__ = ["featurize_to_disk", "featurize_corpus_to_disk", "read_failures", "MANIFEST"]
@@ -62,8 +62,9 @@ logger = logging.getLogger(__name__)
 MANIFEST = "deepfuse_featurization.json"
 #: Every failed input of a complete featurization: ``row,input,reason``.
 FAILURES_FILE = "failures.csv"
-_FORMAT = "deepfuse-featurization/1"
-DEFAULT_SHARD_SIZE = 4096
+_FORMAT = "deepfuse-featurization/2"
+#: the DeepChem ``DiskDataset`` (pickle) format of earlier versions
+_PICKLED_FORMAT = "deepfuse-featurization/1"
 
 
 def featurize_to_disk(
@@ -79,8 +80,8 @@ def featurize_to_disk(
     shard_size: int = DEFAULT_SHARD_SIZE,
     n_jobs: int | None = None,
     progress: bool = True,
-) -> DiskDataset:
-    """Featurize a CSV file or a list of SMILES into a ``DiskDataset`` in ``out_dir``, in shards.
+) -> ShardedMultiModalDataset:
+    """Featurize a CSV file or a list of SMILES into pickle-free shards in ``out_dir``.
 
     Parameters
     ----------
@@ -110,8 +111,9 @@ def featurize_to_disk(
 
     Returns
     -------
-    dc.data.DiskDataset
-        ``X``: :class:`~deepfuse_plugin.MultiModalSample` per featurized input, ``ids``, ``y``,
+    ShardedMultiModalDataset
+        A DeepChem dataset read one shard at a time. ``X``:
+        :class:`~deepfuse_plugin.MultiModalSample` per featurized input, ``ids``, ``y``,
         ``w`` (1 where a label is known), task names ``tasks``. Failed inputs are left out and
         set as ``featurizer.last_failures`` (``{row: reason}``, rows of the whole input), logged
         and written to ``out_dir/failures.csv``; :func:`read_failures` reads them back.
@@ -126,14 +128,14 @@ def featurize_to_disk(
     """
     n_jobs = _check_settings(featurizer, shard_size, n_jobs)
     if isinstance(source, (str, os.PathLike)):
-        reader: _Input = _CsvInput(os.fspath(source), smiles_column, list(tasks), id_column)
+        reader: Input = CsvInput(os.fspath(source), smiles_column, list(tasks), id_column)
         if labels is not None or ids is not None:
             raise InvalidSettingError(
                 "labels= and ids= go with a list of SMILES; for a CSV name its columns "
                 "(tasks=, id_column=)"
             )
     else:
-        reader = _SequenceInput(list(source), labels, ids)
+        reader = SequenceInput(list(source), labels, ids)
     return _featurize(reader, featurizer, out_dir, shard_size, n_jobs, progress)
 
 
@@ -148,8 +150,8 @@ def featurize_corpus_to_disk(
     shard_size: int = DEFAULT_SHARD_SIZE,
     n_jobs: int | None = None,
     progress: bool = True,
-) -> DiskDataset:
-    """Featurize an unlabelled corpus (``"moses"`` or a SMILES file) into a ``DiskDataset``.
+) -> ShardedMultiModalDataset:
+    """Featurize an unlabelled corpus (``"moses"`` or a SMILES file) into pickle-free shards.
 
     The molecules are those :func:`~deepfuse_plugin.data.corpora.moses_smiles` /
     :func:`~deepfuse_plugin.data.corpora.read_smiles_file` return for the same ``n``, ``seed``
@@ -165,7 +167,7 @@ def featurize_corpus_to_disk(
     path = moses_path("train") if str(corpus) == "moses" else Path(corpus)
     if not path.is_file():
         raise InvalidInputError(f"Corpus file not found: {path}")
-    reader = _CorpusInput(str(path), column, n, seed)
+    reader = CorpusInput(str(path), column, n, seed)
     return _featurize(reader, featurizer, out_dir, shard_size, n_jobs, progress)
 
 
@@ -176,171 +178,6 @@ def read_failures(out_dir: str | os.PathLike) -> dict[int, str]:
     for record in _records(str(out_dir)):
         failures.update({int(row): reason for row, _, reason in record["failures"]})
     return dict(sorted(failures.items()))
-
-
-# -- the inputs ------------------------------------------------------------------------------------
-class _Input(ABC):
-    """An input read in shards: ``identity()`` (what must match to resume), ``count()`` and
-    ``shards(size)``."""
-
-    task_names: list[Any] = []
-
-    @abstractmethod
-    def identity(self) -> dict[str, Any]:
-        """What a resumed featurization must share with the folder's."""
-
-    def count(self) -> int | None:
-        return None
-
-    @abstractmethod
-    def shards(self, size: int) -> Iterator[ShardTask]:
-        """The input cut into shards of ``size`` rows."""
-
-
-class _SequenceInput(_Input):
-    def __init__(self, points: list[Any], labels: Any, ids: Sequence[Any] | None):
-        self.points = points
-        self.y = None if labels is None else np.asarray(labels, dtype=np.float64)
-        if self.y is not None:
-            if self.y.shape[0] != len(points):
-                raise InvalidInputError(
-                    f"labels has {self.y.shape[0]} rows for {len(points)} inputs: "
-                    "give one per input"
-                )
-            self.y = self.y.reshape(len(points), -1)
-            self.task_names = list(range(self.y.shape[1]))  # NumpyDataset's task names
-        self.ids = None if ids is None else [str(i) for i in ids]
-        if self.ids is not None and len(self.ids) != len(points):
-            raise InvalidInputError(
-                f"ids has {len(self.ids)} entries for {len(points)} inputs: give one per input"
-            )
-
-    def identity(self) -> dict[str, Any]:
-        digest = hashlib.sha256(json.dumps([repr(p) for p in self.points]).encode())
-        if self.y is not None:
-            digest.update(self.y.tobytes())
-        digest.update(json.dumps(self.ids).encode())
-        return {"input": "sequence", "rows": len(self.points), "sha256": digest.hexdigest()}
-
-    def count(self) -> int:
-        return len(self.points)
-
-    def shards(self, size: int) -> Iterator[ShardTask]:
-        for index, start in enumerate(range(0, len(self.points), size)):
-            stop = start + size
-            yield ShardTask(
-                index,
-                start,
-                self.points[start:stop],
-                None if self.y is None else self.y[start:stop],
-                None if self.ids is None else self.ids[start:stop],
-            )
-
-
-class _CsvInput(_Input):
-    def __init__(self, path: str, smiles_column: str, tasks: list[str], id_column: str | None):
-        self.path, self.smiles_column, self.id_column = path, smiles_column, id_column
-        self.task_names = tasks
-        if not os.path.isfile(path):
-            raise InvalidInputError(f"CSV file not found: {path}")
-        header = list(pd.read_csv(path, dtype=str, nrows=0).columns)
-        wanted = [smiles_column, *tasks, *([id_column] if id_column else [])]
-        missing = [c for c in wanted if c not in header]
-        if missing:
-            raise InvalidInputError(
-                f"Column(s) {missing} not found in {path}. Available columns: {header}"
-            )
-
-    def identity(self) -> dict[str, Any]:
-        return {
-            "input": "csv",
-            "file": os.path.abspath(self.path),
-            "sha256": _file_sha256(self.path),
-            "smiles_column": self.smiles_column,
-            "tasks": self.task_names,
-            "id_column": self.id_column,
-        }
-
-    def count(self) -> int:
-        """Rows of the file; the label columns are parsed on the way, so text in one stops the
-        featurization before any shard is written."""
-        rows = 0
-        for frame in self._frames(65536):
-            if self.task_names:
-                self._labels(frame, rows)
-            rows += len(frame)
-        return rows
-
-    def shards(self, size: int) -> Iterator[ShardTask]:
-        start = 0
-        for index, frame in enumerate(self._frames(size)):
-            yield ShardTask(
-                index,
-                start,
-                frame[self.smiles_column].tolist(),
-                self._labels(frame, start) if self.task_names else None,
-                None if self.id_column is None else frame[self.id_column].tolist(),
-            )
-            start += len(frame)
-
-    def _frames(self, rows: int) -> Iterator[pd.DataFrame]:
-        columns = [
-            self.smiles_column,
-            *self.task_names,
-            *([self.id_column] if self.id_column else []),
-        ]
-        with pd.read_csv(
-            self.path,
-            dtype=str,
-            keep_default_na=False,
-            usecols=lambda c: c in columns,
-            chunksize=rows,
-        ) as reader:
-            yield from reader
-
-    def _labels(self, frame: pd.DataFrame, start: int) -> np.ndarray:
-        from deepfuse_plugin.inputs import parse_labels
-
-        rows = [f"row {start + i}" for i in range(len(frame))]
-        return parse_labels(frame.reset_index(drop=True), self.task_names, rows)
-
-
-class _CorpusInput(_Input):
-    def __init__(self, path: str, column: str, n: int | None, seed: int):
-        self.path, self.column, self.n, self.seed = path, column, n, seed
-
-    def identity(self) -> dict[str, Any]:
-        return {
-            "input": "corpus",
-            "file": os.path.abspath(self.path),
-            "sha256": _file_sha256(self.path),
-            "column": self.column,
-            "n": self.n,
-            "seed": self.seed,
-        }
-
-    def count(self) -> int | None:
-        return self.n  # a full corpus is not counted: that is a pass over the whole file
-
-    def shards(self, size: int) -> Iterator[ShardTask]:
-        chunks = iter_smiles_chunks(self.path, self.column, size, self.n, self.seed)
-        buffer: list[str] = []
-        index = start = 0
-        for chunk in chunks:
-            buffer += chunk
-            while len(buffer) >= size:
-                yield ShardTask(index, start, buffer[:size], None, None)
-                buffer, index, start = buffer[size:], index + 1, start + size
-        if buffer:
-            yield ShardTask(index, start, buffer, None, None)
-
-
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -360,13 +197,13 @@ def _check_settings(featurizer: Any, shard_size: int, n_jobs: int | None) -> int
 
 
 def _featurize(
-    reader: _Input,
+    reader: Input,
     featurizer: Any,
     out_dir: str | os.PathLike,
     shard_size: int,
     n_jobs: int,
     progress: bool,
-) -> DiskDataset:
+) -> ShardedMultiModalDataset:
     out = os.fspath(out_dir)
     identity = {
         "format": _FORMAT,
@@ -386,14 +223,14 @@ def _featurize(
                 bar.update(record["rows"])
 
             _shards.run_shards(featurizer, _todo(reader, out, shard_size, done), out, n_jobs, done)
-        _finish(out, identity, reader.task_names, [records[i] for i in sorted(records)])
+        _finish(out, identity, reader.task_names, [records[i] for i in sorted(records)], featurizer)
     failures = read_failures(out)
     if hasattr(featurizer, "last_failures"):
         featurizer.last_failures = failures
-    return DiskDataset(out)
+    return ShardedMultiModalDataset(out)
 
 
-def _todo(reader: _Input, out: str, shard_size: int, done: Any) -> Iterator[ShardTask]:
+def _todo(reader: Input, out: str, shard_size: int, done: Any) -> Iterator[ShardTask]:
     """The reader's shards not written yet; those written by an earlier run are reported to
     ``done`` and skipped."""
     for task in reader.shards(shard_size):
@@ -413,6 +250,12 @@ def _claim_folder(out: str, identity: dict[str, Any]) -> dict[str, Any]:
         with open(path, encoding="utf-8") as fh:
             manifest = json.load(fh)
         recorded = manifest.get("identity", {})
+        if recorded.get("format") == _PICKLED_FORMAT:
+            raise RunFolderError(
+                f"{out} holds a featurization written by an earlier deepfuse as a DeepChem "
+                "DiskDataset, which is read with pickle; deepfuse no longer reads it. Give a new "
+                "folder, or remove this one, to featurize again in the pickle-free format"
+            )
         differ = sorted(k for k in {*recorded, *identity} if recorded.get(k) != identity.get(k))
         if differ:
             raise RunFolderError(
@@ -437,9 +280,14 @@ def _claim_folder(out: str, identity: dict[str, Any]) -> dict[str, Any]:
 
 
 def _finish(
-    out: str, identity: dict[str, Any], task_names: list[Any], records: list[dict[str, Any]]
+    out: str,
+    identity: dict[str, Any],
+    task_names: list[Any],
+    records: list[dict[str, Any]],
+    featurizer: Any,
 ) -> None:
-    """DeepChem's metadata from the shards' records, the failure report and the manifest."""
+    """The dataset's description from the shards' records, the failure report and the
+    manifest."""
     rows = sum(r["rows"] for r in records)
     kept = sum(r["kept"] for r in records)
     if kept == 0:
@@ -447,11 +295,16 @@ def _finish(
             f"None of the {rows} inputs could be featurized (first failures: "
             f"{[tuple(f) for r in records for f in r['failures']][:5]}); see {out}"
         )
-    metadata = DiskDataset._construct_metadata(
-        [_shards.metadata_row(r) for r in records if r["files"]]
+    shards = [
+        {"stem": _shards.shard_stem(r["shard"]), "rows": r["kept"]} for r in records if r["files"]
+    ]
+    write_dataset_file(
+        out,
+        task_names or [0],  # NumpyDataset's single zero column when unlabelled
+        getattr(featurizer, "modalities", None),
+        shards,
+        int(identity["shard_size"]),
     )
-    tasks = task_names or [0]  # NumpyDataset's single zero column when unlabelled
-    DiskDataset._save_metadata(metadata, out, tasks)
     failures = [f for r in records for f in r["failures"]]
     pd.DataFrame(failures, columns=["row", "input", "reason"]).to_csv(
         os.path.join(out, FAILURES_FILE), index=False

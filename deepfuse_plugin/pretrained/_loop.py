@@ -29,6 +29,11 @@ from deepfuse_plugin.errors import InvalidInputError, InvalidSettingError
 from deepfuse_plugin.modalities import Modality, MultiModalSample
 from deepfuse_plugin.nn.pretraining import PretrainingNetwork
 from deepfuse_plugin.pretrained._checkpoints import render_readme, save_encoders
+from deepfuse_plugin.pretrained._stream import (
+    ShardedCorpus,
+    StreamedRows,
+    streamed_target_statistics,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +103,25 @@ class PretrainingConfig:
             raise InvalidSettingError(f"mask_rate values must be in [0, 1), got {self.mask_rate}")
 
 
-def _samples(dataset: Any) -> np.ndarray:
-    """The MultiModalSample objects of a DeepChem dataset or a sequence, failures dropped."""
+#: Shards of a sharded corpus whose rows are shuffled together (see :mod:`._stream`).
+DEFAULT_SHUFFLE_WINDOW = 4
+
+#: A corpus as the run reads it: samples in memory, or a sharded dataset streamed from disk.
+Corpus = np.ndarray | ShardedCorpus
+#: Training or validation rows: samples in memory, or rows of a sharded corpus.
+Rows = np.ndarray | StreamedRows
+
+
+def _samples(dataset: Any, shuffle_window: int = DEFAULT_SHUFFLE_WINDOW) -> Corpus:
+    """The corpus as the run reads it: a :class:`~deepfuse_plugin.data.ShardedMultiModalDataset`
+    is streamed (never loaded whole); any other DeepChem dataset or sequence gives its
+    MultiModalSample objects in memory, failures dropped."""
+    from deepfuse_plugin.data.shard_dataset import ShardedMultiModalDataset
+
+    if isinstance(dataset, ShardedMultiModalDataset):
+        if len(dataset) == 0:
+            raise InvalidInputError("The pretraining corpus has no featurized molecule")
+        return ShardedCorpus(dataset, shuffle_window)
     X = dataset.X if hasattr(dataset, "X") else np.asarray(list(dataset), dtype=object)
     keep = np.array([isinstance(x, MultiModalSample) for x in X], dtype=bool)
     if not keep.any():
@@ -107,14 +129,38 @@ def _samples(dataset: Any) -> np.ndarray:
     return X[keep]
 
 
-def _target_statistics(samples: np.ndarray, name: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    values = [s.values.get(name) for s in samples]
-    stacked = (
-        np.stack([np.asarray(v, dtype=np.float64) for v in values if v is not None])
-        if any(v is not None for v in values)
-        else np.zeros((1, dim))
-    )
-    return stacked.mean(0), stacked.std(0)
+def _target_statistics(
+    samples: Rows, targets: Sequence[Modality]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per target view, the mean and standard deviation of its values over ``samples``."""
+    if isinstance(samples, StreamedRows):
+        return streamed_target_statistics(samples, targets)
+    out = {}
+    for target in targets:
+        values = [s.values.get(target.name) for s in samples]
+        stacked = (
+            np.stack([np.asarray(v, dtype=np.float64) for v in values if v is not None])
+            if any(v is not None for v in values)
+            else np.zeros((1, target.require("dim")))
+        )
+        out[target.name] = (stacked.mean(0), stacked.std(0))
+    return out
+
+
+def _split(samples: Corpus, order: np.ndarray, n_valid: int) -> tuple[Rows, Rows]:
+    """``(valid, train)``: the rows ``order[:n_valid]`` and the others (in ``order``'s order for
+    samples in memory)."""
+    if isinstance(samples, ShardedCorpus):
+        return samples.split(order, n_valid)
+    return samples[order[:n_valid]], samples[order[n_valid:]]
+
+
+def _in_memory_batches(samples: np.ndarray, size: int, seed: list[int], shuffle: bool) -> Any:
+    """Lists of samples: a permutation from ``seed`` cut into full batches, or in order."""
+    n = len(samples)
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    for start in range(0, n - size + 1 if shuffle else n, size):
+        yield list(samples[order[start : start + size]])
 
 
 def _lr_factor(step: int, total: int) -> float:
@@ -130,7 +176,7 @@ class _Run:
 
     def __init__(
         self,
-        samples: np.ndarray,
+        samples: Corpus,
         inputs: list[Modality],
         targets: list[Modality],
         config: PretrainingConfig,
@@ -139,7 +185,7 @@ class _Run:
         rng = np.random.default_rng(config.seed)
         order = rng.permutation(len(samples))
         n_valid = int(round(config.valid_fraction * len(samples)))
-        self.valid, self.train = samples[order[:n_valid]], samples[order[n_valid:]]
+        self.valid, self.train = _split(samples, order, n_valid)
         if len(self.train) < config.batch_size:
             raise InvalidInputError(
                 f"{len(self.train)} training molecules, fewer than one batch of {config.batch_size}"
@@ -154,9 +200,8 @@ class _Run:
             config.temperature,
             config.loss_weights,
         )
-        for t in targets:
-            mean, std = _target_statistics(self.train, t.name, t.require("dim"))
-            self.network.set_target_scaling(t.name, torch.tensor(mean), torch.tensor(std))
+        for name, (mean, std) in _target_statistics(self.train, targets).items():
+            self.network.set_target_scaling(name, torch.tensor(mean), torch.tensor(std))
         default = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(config.device or default)
         self.network.to(self.device)
@@ -174,17 +219,17 @@ class _Run:
         start, end = self.config.mask_rate
         return start + (end - start) * step / max(1, self.total_steps - 1)
 
-    def batches(self, samples: np.ndarray, epoch: int, shuffle: bool) -> Any:
+    def batches(self, samples: Rows, epoch: int, shuffle: bool) -> Any:
+        """Collated batches of ``samples``: shuffled from ``(seed, epoch)`` (full batches only)
+        or in order; batches of fewer than 4 molecules are skipped (no contrastive negatives)."""
         size = self.config.batch_size
-        order = (
-            np.random.default_rng([self.config.seed, epoch]).permutation(len(samples))
-            if shuffle
-            else np.arange(len(samples))
-        )
-        for start in range(0, len(order) - size + 1 if shuffle else len(order), size):
-            rows = order[start : start + size]
+        if isinstance(samples, StreamedRows):
+            groups = samples.sample_batches(size, [self.config.seed, epoch], shuffle)
+        else:
+            groups = _in_memory_batches(samples, size, [self.config.seed, epoch], shuffle)
+        for rows in groups:
             if len(rows) >= 4:
-                yield collate_samples(list(samples[rows]), self.modalities).to(self.device)
+                yield collate_samples(rows, self.modalities).to(self.device)
 
     def train_epoch(self, epoch: int, progress: bool) -> dict[str, float]:
         self.network.train()
@@ -244,13 +289,18 @@ def pretrain_encoders(
     progress: bool = True,
     corpus_info: dict[str, Any] | None = None,
     command: str | None = None,
+    shuffle_window: int = DEFAULT_SHUFFLE_WINDOW,
 ) -> Path:
     """Pretrain encoders of ``inputs`` on ``corpus`` and write a checkpoint to ``out_dir``.
 
     Parameters
     ----------
     corpus: DeepChem dataset or sequence of MultiModalSample
-        Featurized unlabelled molecules holding every input and target view.
+        Featurized unlabelled molecules holding every input and target view. A
+        :class:`~deepfuse_plugin.data.ShardedMultiModalDataset` (from
+        :func:`~deepfuse_plugin.data.featurize_corpus_to_disk`) is streamed from disk, a few
+        shards at a time, so a corpus larger than memory pretrains; anything else is held in
+        memory.
     inputs, targets: sequence of Modality
         Views encoded (shipped) and views used only as targets/teacher (not shipped).
     out_dir: path
@@ -264,15 +314,28 @@ def pretrain_encoders(
         What the corpus is (description, subset, seed), recorded in ``model.json``.
     command: str, optional
         The command line that regenerates the checkpoint (recorded and shown in its README).
+    shuffle_window: int
+        For a sharded corpus: how many shards' rows are shuffled together each epoch (the shard
+        order is shuffled too); memory holds about ``shuffle_window + 1`` shards. Resume with
+        the same value to see the same batches.
 
     Returns
     -------
     Path of the checkpoint folder; load it with ``DynamicFusionModel(..., pretrained=path)``.
+
+    Examples
+    --------
+    >>> from deepfuse_plugin.data import featurize_corpus_to_disk
+    >>> corpus = featurize_corpus_to_disk("moses", feat, "moses_shards", n_jobs=2)  # doctest: +SKIP
+    >>> pretrain_encoders(corpus, feat.modalities[:3], feat.modalities[3:],
+    ...                   "ckpt")  # doctest: +SKIP
     """
     config = config or PretrainingConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    samples = _samples(corpus)
+    samples = _samples(corpus, shuffle_window)
+    if isinstance(samples, ShardedCorpus):
+        corpus_info = {**(corpus_info or {}), **samples.info()}
     run = _Run(samples, list(inputs), list(targets), config)
     history, start_epoch, elapsed = _resume(run, out, config) if resume else ([], 0, 0.0)
     started = time.perf_counter()

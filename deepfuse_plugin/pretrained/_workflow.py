@@ -1,14 +1,20 @@
-"""``deepfuse pretrain``: featurize an unlabelled corpus and pretrain encoders on it."""
+"""``deepfuse pretrain``: featurize an unlabelled corpus and pretrain encoders on it, in memory or
+through pickle-free shards on disk (``shards_dir``) that pretraining streams."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from deepfuse_plugin.data.corpora import moses_smiles, read_smiles_file
 from deepfuse_plugin.errors import InvalidSettingError
-from deepfuse_plugin.pretrained._loop import PretrainingConfig, pretrain_encoders
+from deepfuse_plugin.pretrained._loop import (
+    DEFAULT_SHUFFLE_WINDOW,
+    PretrainingConfig,
+    pretrain_encoders,
+)
 
 
 def pretrain_from_corpus(
@@ -25,6 +31,9 @@ def pretrain_from_corpus(
     progress: bool = True,
     embedding_cache_dir: str | os.PathLike | None = None,
     command: str | None = None,
+    shards_dir: str | os.PathLike | None = None,
+    shard_size: int | None = None,
+    shuffle_window: int = DEFAULT_SHUFFLE_WINDOW,
 ) -> Path:
     """Pretrain the encoders of ``modalities`` on ``corpus`` and write a checkpoint to ``out``.
 
@@ -43,6 +52,18 @@ def pretrain_from_corpus(
     config: PretrainingConfig, optional
     n_jobs: featurization processes.
     resume: continue from ``out``'s resume point if there is one.
+    shards_dir: path, optional
+        Featurize into pickle-free shards in this folder (resumable, ``n_jobs`` workers writing
+        their own shards; an unfinished featurization there is continued, a finished one reused)
+        and stream pretraining from them, so memory stays flat whatever the corpus size.
+        Default: featurize and pretrain in memory (fine for up to ~100k molecules).
+    shard_size: molecules per shard (default 4096), with ``shards_dir``.
+    shuffle_window: shards shuffled together per epoch, with ``shards_dir``.
+
+    Examples
+    --------
+    >>> pretrain_from_corpus("moses", "ckpt", "DeepFuse-MOSES-v1-Multiview",
+    ...                      shards_dir="moses_shards", n_jobs=2)  # doctest: +SKIP
     """
     from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
 
@@ -50,24 +71,33 @@ def pretrain_from_corpus(
     overlap = set(modalities) & set(targets)
     if overlap:
         raise InvalidSettingError(f"{sorted(overlap)} cannot be both an input and a target")
-    if corpus == "moses":
-        smiles = moses_smiles(n=n, seed=config.seed)
-        description = "MOSES train split (molsets package)"
-    else:
-        smiles = read_smiles_file(corpus, smiles_column, n=n, seed=config.seed)
-        description = f"{Path(corpus).name}"
-    subset = f"{n} molecules, seeded random subset (seed {config.seed})" if n else "all"
     featurizer = MultiModalFeaturizer(
         [*modalities, *targets],
         n_jobs=n_jobs,
         progress=progress,
         embedding_cache_dir=embedding_cache_dir,
     )
-    samples = featurizer.featurize(smiles)
+    if shards_dir is None:
+        data: Any = featurizer.featurize(_read_corpus(corpus, n, smiles_column, config.seed))
+    else:
+        from deepfuse_plugin.data.sharded import DEFAULT_SHARD_SIZE, featurize_corpus_to_disk
+
+        data = featurize_corpus_to_disk(
+            corpus,
+            featurizer,
+            shards_dir,
+            n=n,
+            seed=config.seed,
+            column=smiles_column,
+            shard_size=shard_size or DEFAULT_SHARD_SIZE,
+            progress=progress,
+        )
+    description = "MOSES train split (molsets package)" if corpus == "moses" else Path(corpus).name
+    subset = f"{n} molecules, seeded random subset (seed {config.seed})" if n else "all"
     inputs = featurizer.modalities[: len(modalities)]
     target_specs = featurizer.modalities[len(modalities) :]
     return pretrain_encoders(
-        samples,
+        data,
         inputs,
         target_specs,
         out,
@@ -81,4 +111,12 @@ def pretrain_from_corpus(
             "subset": subset,
             "failed_to_featurize": len(featurizer.last_failures),
         },
+        shuffle_window=shuffle_window,
     )
+
+
+def _read_corpus(corpus: str, n: int | None, column: str, seed: int) -> list[str]:
+    """The corpus's SMILES in memory (the same molecules ``featurize_corpus_to_disk`` reads)."""
+    if corpus == "moses":
+        return moses_smiles(n=n, seed=seed)
+    return read_smiles_file(corpus, column, n=n, seed=seed)

@@ -165,7 +165,7 @@ def test_an_interrupted_featurization_resumes_keeping_written_shards(
         featurize_to_disk(smiles, featurizer, out, labels=labels, shard_size=5, progress=False)
     assert json.loads((out / MANIFEST).read_text())["status"] == "in progress"
     assert featurized == [0, 1, 2]
-    (out / "shard-2-X.npy").write_bytes(b"half-written")  # killed while writing shard 2 ...
+    (out / "shard-2.npz").write_bytes(b"half-written")  # killed while writing shard 2 ...
     (out / "shard-2.done.json").unlink()  # ... before its record
 
     counted: list[int] = []
@@ -269,7 +269,8 @@ def test_fit_streams_the_disk_dataset_shard_by_shard(
     def no_whole_x(self):
         raise AssertionError("fit loaded every shard at once (dataset.X)")
 
-    monkeypatch.setattr(dc.data.DiskDataset, "X", property(no_whole_x))
+    assert isinstance(disk, dc.data.Dataset)
+    monkeypatch.setattr(type(disk), "X", property(no_whole_x))
     torch.manual_seed(0)
     model = dfp.DynamicFusionModel(1, featurizer.modalities, **make_tiny_kwargs())
     assert np.isfinite(model.fit(disk, nb_epoch=1))
