@@ -15,7 +15,7 @@ import os
 import platform
 import resource
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from deepfuse_plugin.data.collate import collate_samples
 from deepfuse_plugin.errors import InvalidInputError, InvalidSettingError
 from deepfuse_plugin.modalities import Modality, MultiModalSample
-from deepfuse_plugin.nn.pretraining import PretrainingNetwork
+from deepfuse_plugin.nn.pretraining import PretrainingNetwork, PretrainingOutput
 from deepfuse_plugin.pretrained._checkpoints import render_readme, save_encoders
 
 logger = logging.getLogger(__name__)
@@ -198,23 +198,36 @@ class _Run:
             disable=not progress,
         )
         for i, batch in enumerate(bar):
-            step = epoch * self.steps_per_epoch + i
-            self.network.mask_rate = self.mask_rate(step)
-            out = self.network(batch)
-            if not torch.isfinite(out.loss):
-                raise InvalidSettingError(
-                    f"The pretraining loss became {out.loss.item()} at epoch "
-                    f"{epoch + 1}, batch {i + 1}: lower the learning rate"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 5.0)
-            self.optimizer.step()
-            self.schedule.step()
+            out = self.train_step(batch, epoch * self.steps_per_epoch + i)
             for key, value in {"loss": out.loss, **out.terms}.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
             bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.3f}")
         return {k: v / max(1, self.steps_per_epoch) for k, v in sums.items()}
+
+    def train_step(
+        self,
+        batch: Any,
+        step: int,
+        backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+    ) -> PretrainingOutput:
+        """One optimizer step on ``batch``, the run's ``step``-th: the masking curriculum's rate,
+        forward, a finite-loss check, backward, gradient clipping (norm 5), AdamW, and the
+        learning-rate schedule. ``backward`` runs the backward pass (under Lightning DDP its
+        ``manual_backward``, which averages the gradients over the processes)."""
+        self.network.mask_rate = self.mask_rate(step)
+        out = self.network(batch)
+        if not torch.isfinite(out.loss):
+            epoch, i = divmod(step, max(1, self.steps_per_epoch))
+            raise InvalidSettingError(
+                f"The pretraining loss became {out.loss.item()} at epoch "
+                f"{epoch + 1}, batch {i + 1}: lower the learning rate"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        backward(out.loss)
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 5.0)
+        self.optimizer.step()
+        self.schedule.step()
+        return out
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -244,6 +257,10 @@ def pretrain_encoders(
     progress: bool = True,
     corpus_info: dict[str, Any] | None = None,
     command: str | None = None,
+    accelerator: str = "cpu",
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: str | None = None,
 ) -> Path:
     """Pretrain encoders of ``inputs`` on ``corpus`` and write a checkpoint to ``out_dir``.
 
@@ -264,11 +281,35 @@ def pretrain_encoders(
         What the corpus is (description, subset, seed), recorded in ``model.json``.
     command: str, optional
         The command line that regenerates the checkpoint (recorded and shown in its README).
+    accelerator, devices, num_nodes, strategy:
+        More than one device or node, or a ``strategy``: train on several processes under
+        Lightning DDP (default strategy ``ddp_fork``), ``batch_size`` being the global batch;
+        contrastive negatives then come from each process's share of the batch (see
+        :func:`deepfuse_plugin.pretrained._lightning.pretrain_distributed`).
 
     Returns
     -------
     Path of the checkpoint folder; load it with ``DynamicFusionModel(..., pretrained=path)``.
     """
+    if devices != 1 or num_nodes != 1 or strategy is not None:
+        from deepfuse_plugin.pretrained._lightning import pretrain_distributed
+
+        return pretrain_distributed(
+            corpus,
+            inputs,
+            targets,
+            out_dir,
+            name,
+            config,
+            resume,
+            progress,
+            corpus_info,
+            command,
+            accelerator,
+            devices,
+            num_nodes,
+            strategy or "ddp_fork",
+        )
     config = config or PretrainingConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

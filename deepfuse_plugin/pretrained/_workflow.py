@@ -25,6 +25,7 @@ def pretrain_from_corpus(
     progress: bool = True,
     embedding_cache_dir: str | os.PathLike | None = None,
     command: str | None = None,
+    distributed: dict | None = None,
 ) -> Path:
     """Pretrain the encoders of ``modalities`` on ``corpus`` and write a checkpoint to ``out``.
 
@@ -43,6 +44,9 @@ def pretrain_from_corpus(
     config: PretrainingConfig, optional
     n_jobs: featurization processes.
     resume: continue from ``out``'s resume point if there is one.
+    distributed: dict, optional
+        ``accelerator``, ``devices``, ``num_nodes``, ``strategy``: pretrain on several processes
+        under Lightning DDP (see :func:`~deepfuse_plugin.pretrained.pretrain_encoders`).
     """
     from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
 
@@ -76,6 +80,7 @@ def pretrain_from_corpus(
         resume=resume,
         progress=progress,
         command=command,
+        **(distributed or {}),
         corpus_info={
             "description": description,
             "subset": subset,

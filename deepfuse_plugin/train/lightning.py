@@ -67,7 +67,13 @@ from deepfuse_plugin.train.loop import BestCheckpointCallback
 from deepfuse_plugin.train.result import TrainingResult
 from deepfuse_plugin.train.utils import check_training_settings, write_json
 
-__all__ = ["MultiModalDataModule", "MultiModalLightningModule", "fit_distributed"]
+__all__ = [
+    "MultiModalDataModule",
+    "MultiModalLightningModule",
+    "distributed_trainer",
+    "fit_distributed",
+    "process_rank",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -221,6 +227,55 @@ def lightning_strategy(strategy: str) -> str:
     return f"{strategy}_find_unused_parameters_true" if strategy in _DDP_STRATEGIES else strategy
 
 
+def distributed_trainer(
+    accelerator: str,
+    devices: int | str,
+    num_nodes: int,
+    strategy: str,
+    max_epochs: int = 1,
+    callbacks: Sequence[L.Callback] = (),
+    progress: bool = False,
+    root_dir: str | None = None,
+) -> L.Trainer:
+    """The ``lightning.Trainer`` deepfuse trains under: no logger, no Lightning checkpoints or
+    sanity validation (deepfuse validates and saves itself), and no ``DistributedSampler``
+    (deepfuse's data modules give each process its share of every global batch)."""
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=lightning_strategy(strategy),
+        max_epochs=max_epochs,
+        callbacks=list(callbacks),
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        default_root_dir=root_dir,
+    )
+
+
+def process_rank(
+    accelerator: str = "cpu", devices: int | str = 1, num_nodes: int = 1, strategy: str = "ddp"
+) -> int:
+    """The global rank this process takes in a run with these settings, before it starts.
+
+    0 for the process that starts a run (it also launches the other processes of
+    ``ddp_fork``/``ddp_spawn``, and of ``ddp`` on one machine); a process that Lightning's
+    ``ddp`` launcher re-ran, or that ``torchrun``/SLURM started for another rank, reads its
+    rank from their environment variables (``LOCAL_RANK``/``NODE_RANK``, ``RANK``,
+    ``SLURM_PROCID``), as Lightning will. Only rank 0 should write a run's files.
+
+    Examples
+    --------
+    >>> process_rank("cpu", devices=1, strategy="auto")
+    0
+    """
+    return distributed_trainer(accelerator, devices, num_nodes, strategy).global_rank
+
+
 def fit_distributed(
     model: Any,
     train: Any,
@@ -293,20 +348,15 @@ def fit_distributed(
         patience=model.early_stopping if valid_rows is not None else None,
     )
     validation = _RankZeroValidation(best, epochs, save_dir)
-    trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy=lightning_strategy(strategy),
+    trainer = distributed_trainer(
+        accelerator,
+        devices,
+        num_nodes,
+        strategy,
         max_epochs=epochs,
         callbacks=[validation],
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=model.progress if progress is None else progress,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,  # the data module shards every global batch itself
-        default_root_dir=save_dir,
+        progress=model.progress if progress is None else progress,
+        root_dir=save_dir,
     )
     _warn_uneven_batch(model.batch_size, trainer.world_size)
     model._fitting = True

@@ -5,6 +5,7 @@ batch, and what DDP keeps restores into the ordinary model."""
 from __future__ import annotations
 
 import json
+import os
 
 import deepchem as dc
 import numpy as np
@@ -166,8 +167,81 @@ def test_deepfuse_train_devices_2_writes_an_ordinary_run(smiles, tmp_path, capsy
     assert not list((tmp_path / "run" / "model").glob(RESULT_FILE))
     predictions = predict_from_csv(out, csv, smiles_column="smi", progress=False)
     assert np.isfinite(predictions["T1_pred"].to_numpy()).all()
-    # more than one node would start the command on every node: refused, nothing written
+    # more than one node starts the command on every node: only --strategy ddp joins them
     nodes = str(tmp_path / "nodes")
     assert main(_train_args(csv, nodes, "--devices", "2", "--num-nodes", "2")) == 2
-    assert "fit_distributed" in capsys.readouterr().err
+    assert "--num-nodes 2 needs --strategy ddp" in capsys.readouterr().err
     assert not (tmp_path / "nodes").exists()
+
+
+def test_another_rank_of_a_multi_node_run_writes_nothing(smiles, tmp_path, monkeypatch):
+    """Global rank 5 of ``--num-nodes 2 --devices 4 --strategy ddp`` (node 1, local rank 1, as
+    srun/torchrun/Lightning set it): it trains in a private folder (here fit_distributed is
+    replaced), does not refuse an ``out`` that rank 0 has already filled, and writes nothing
+    there or next to it."""
+    from deepfuse_plugin.train import lightning
+    from deepfuse_plugin.train.result import TrainingResult
+    from deepfuse_plugin.workflows import train_from_csv
+
+    csv = _csv(tmp_path / "data.csv", smiles)
+    out = tmp_path / "run"
+    (out / "model").mkdir(parents=True)
+    (out / "deepfuse_run.json").write_text("{}")  # rank 0's run, already there
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for name, value in (("LOCAL_RANK", "1"), ("NODE_RANK", "1"), ("WORLD_SIZE", "8")):
+        monkeypatch.setenv(name, value)
+    trained_in = []
+
+    def fit(model, train, valid, epochs, eval_every, transformers, save_dir, **settings):
+        trained_in.append(save_dir)
+        assert settings["num_nodes"] == 2 and settings["strategy"] == "ddp"
+        return TrainingResult(1, 0.5, "rmse", [{"epoch": 1, "score": 0.5}])
+
+    monkeypatch.setattr(lightning, "fit_distributed", fit)
+    distributed = dict(accelerator="cpu", devices=4, num_nodes=2, strategy="ddp")
+    assert lightning.process_rank(**distributed) == 5
+    record = train_from_csv(
+        csv,
+        "smi",
+        ["T1"],
+        str(out),
+        model="early",
+        split="random",
+        modalities=["ecfp"],
+        epochs=1,
+        progress=False,
+        distributed=distributed,
+    )
+    assert record["rank"] == 5 and record["training"]["best_epoch"] == 1
+    assert not trained_in[0].startswith(str(tmp_path))
+    assert not os.path.exists(trained_in[0])  # the private folder is removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert sorted(p.name for p in out.iterdir()) == ["deepfuse_run.json", "model"]
+
+
+@pytest.mark.slow
+def test_deepfuse_train_strategy_ddp_reruns_the_command_and_rank_0_writes(smiles, tmp_path):
+    """``--strategy ddp --devices 2``: Lightning re-runs the command for rank 1 (as srun does on
+    another node); one run folder comes out, as with ddp_fork."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    csv = _csv(tmp_path / "data.csv", smiles)
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+    args = _train_args(csv, str(out), "--devices", "2", "--strategy", "ddp")
+    done = subprocess.run(
+        [sys.executable, "-m", "deepfuse_plugin.cli", *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 1: training done" in done.stderr
+    record = json.loads((out / "deepfuse_run.json").read_text())
+    assert [h["epoch"] for h in record["training"]["history"]] == [1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "run"]
