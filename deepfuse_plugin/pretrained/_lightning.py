@@ -51,7 +51,7 @@ from deepfuse_plugin.pretrained._loop import (
     _samples,
     pretrain_encoders,
 )
-from deepfuse_plugin.train.lightning import distributed_trainer
+from deepfuse_plugin.train.lightning import callers_thread_count, distributed_trainer
 
 __all__ = ["PretrainingLightningModule", "pretrain_distributed"]
 
@@ -286,7 +286,8 @@ def pretrain_distributed(
     _check_batch_split(config.batch_size, trainer.world_size)
     if first_epoch < config.epochs:
         module = PretrainingLightningModule(run, out, first_epoch, history, elapsed)
-        trainer.fit(module)
+        with callers_thread_count():
+            trainer.fit(module)
     if trainer.global_rank != 0:
         return out  # another rank: global rank 0 writes the checkpoint
     # rank 0 (or the launcher of ddp_fork/ddp_spawn): the one-process code finishes the run

@@ -120,6 +120,32 @@ def test_settings_are_checked_and_ddp_tolerates_unused_parameters(
     assert lightning_strategy("fsdp") == "fsdp"
 
 
+def test_every_process_trains_with_the_callers_thread_count(
+    small_featurizer, featurized, tiny_model_kwargs, tmp_path, monkeypatch
+):
+    """Lightning's launchers would give each process cores / processes threads (2 for one
+    process on 2 cores); deepfuse keeps the caller's (``--threads``, 1 by default)."""
+    from deepfuse_plugin.train.lightning import MultiModalLightningModule
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    seen = tmp_path / "threads"
+
+    def record_threads(module):
+        seen.write_text(str(torch.get_num_threads()))  # in the forked training process
+
+    monkeypatch.setattr(MultiModalLightningModule, "on_train_start", record_threads, raising=False)
+    train, _ = _datasets(featurized)
+    model = _model(small_featurizer.modalities, tmp_path / "m", tiny_model_kwargs, batch_size=8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit_distributed(model, train, epochs=1, devices=1, strategy="ddp_fork")
+    finally:
+        torch.set_num_threads(threads)
+    assert seen.read_text() == "1"
+    assert "OMP_NUM_THREADS" not in os.environ
+
+
 def _csv(path, smiles):
     y = np.random.default_rng(0).normal(size=len(smiles))
     path.write_text("smi,T1\n" + "".join(f"{s},{v:.4f}\n" for s, v in zip(smiles, y)))
