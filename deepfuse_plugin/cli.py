@@ -315,7 +315,7 @@ def _other_rank(distributed: dict | None) -> int:
     output and reports), else 0. Says what it did on standard error."""
     if not distributed:
         return 0
-    from deepfuse_plugin.train.lightning import process_rank
+    from deepfuse_plugin.train.ddp import process_rank
 
     rank = process_rank(**distributed)
     if rank:

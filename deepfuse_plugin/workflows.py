@@ -343,7 +343,7 @@ def train_from_csv(
         n_jobs=n_jobs,
     )
     model_cls = resolve_model_class(model)
-    rank = _rank_of_this_process(distributed)
+    rank = _rank(distributed)
     if rank:
         # another process of a distributed run (re-run by Lightning's ddp launcher, or started
         # by srun/torchrun on another node) trains along in a private folder: global rank 0
@@ -449,12 +449,12 @@ def train_from_csv(
     return record
 
 
-def _rank_of_this_process(distributed: dict[str, Any] | None) -> int:
-    """Global rank of this process in the distributed run ``distributed`` describes (0 without
-    one, and for the process that starts the run)."""
+def _rank(distributed: dict[str, Any] | None) -> int:
+    """This process's global rank in the distributed run (0 without one, and in the process
+    that starts it); Lightning is imported only for a distributed run (an optional extra)."""
     if not distributed:
         return 0
-    from deepfuse_plugin.train.lightning import process_rank
+    from deepfuse_plugin.train.ddp import process_rank
 
     return process_rank(**distributed)
 

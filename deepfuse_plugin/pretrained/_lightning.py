@@ -49,9 +49,9 @@ from deepfuse_plugin.pretrained._loop import (
     _resume,
     _Run,
     _samples,
-    pretrain_encoders,
+    pretrain_encoders,  # the one-process run: it writes the finished checkpoint
 )
-from deepfuse_plugin.train.lightning import callers_thread_count, distributed_trainer
+from deepfuse_plugin.train.ddp import callers_thread_count, distributed_trainer
 
 __all__ = ["PretrainingLightningModule", "pretrain_distributed"]
 

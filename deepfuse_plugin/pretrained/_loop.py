@@ -257,10 +257,6 @@ def pretrain_encoders(
     progress: bool = True,
     corpus_info: dict[str, Any] | None = None,
     command: str | None = None,
-    accelerator: str = "cpu",
-    devices: int | str = 1,
-    num_nodes: int = 1,
-    strategy: str | None = None,
 ) -> Path:
     """Pretrain encoders of ``inputs`` on ``corpus`` and write a checkpoint to ``out_dir``.
 
@@ -281,35 +277,11 @@ def pretrain_encoders(
         What the corpus is (description, subset, seed), recorded in ``model.json``.
     command: str, optional
         The command line that regenerates the checkpoint (recorded and shown in its README).
-    accelerator, devices, num_nodes, strategy:
-        More than one device or node, or a ``strategy``: train on several processes under
-        Lightning DDP (default strategy ``ddp_fork``), ``batch_size`` being the global batch;
-        contrastive negatives then come from each process's share of the batch (see
-        :func:`deepfuse_plugin.pretrained._lightning.pretrain_distributed`).
 
     Returns
     -------
     Path of the checkpoint folder; load it with ``DynamicFusionModel(..., pretrained=path)``.
     """
-    if devices != 1 or num_nodes != 1 or strategy is not None:
-        from deepfuse_plugin.pretrained._lightning import pretrain_distributed
-
-        return pretrain_distributed(
-            corpus,
-            inputs,
-            targets,
-            out_dir,
-            name,
-            config,
-            resume,
-            progress,
-            corpus_info,
-            command,
-            accelerator,
-            devices,
-            num_nodes,
-            strategy or "ddp_fork",
-        )
     config = config or PretrainingConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from deepfuse_plugin.data.corpora import moses_smiles, read_smiles_file
 from deepfuse_plugin.errors import InvalidSettingError
-from deepfuse_plugin.pretrained._loop import PretrainingConfig, pretrain_encoders
+from deepfuse_plugin.pretrained._loop import PretrainingConfig
+from deepfuse_plugin.pretrained._pretrain import pretrain_encoders
 
 
 def pretrain_from_corpus(

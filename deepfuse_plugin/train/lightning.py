@@ -45,11 +45,10 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -64,6 +63,12 @@ from deepfuse_plugin.models._batching import batch_to_device
 from deepfuse_plugin.models._data_checks import check_training_data, refusing_non_finite
 from deepfuse_plugin.models.checkpoints import restore_safely
 from deepfuse_plugin.train import resume
+from deepfuse_plugin.train.ddp import (  # the shared pieces, importable from here too
+    callers_thread_count,
+    distributed_trainer,
+    lightning_strategy,
+    process_rank,
+)
 from deepfuse_plugin.train.loop import BestCheckpointCallback
 from deepfuse_plugin.train.result import TrainingResult
 from deepfuse_plugin.train.utils import check_training_settings, write_json
@@ -73,6 +78,7 @@ __all__ = [
     "MultiModalLightningModule",
     "distributed_trainer",
     "fit_distributed",
+    "lightning_strategy",
     "process_rank",
 ]
 
@@ -81,9 +87,6 @@ logger = logging.getLogger(__name__)
 #: Rank 0 leaves the run's :class:`TrainingResult` here for a launching process that did not
 #: train itself (``ddp_spawn``/``ddp_fork``); that process reads and removes it.
 RESULT_FILE = "distributed_result.json"
-#: DDP strategies whose parameters may go unused in a step (a masked modality's encoder, a
-#: mixture-of-experts gate): Lightning's variant that lets DDP find them.
-_DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
 
 
 class MultiModalDataModule(L.LightningDataModule):
@@ -220,79 +223,6 @@ class _RankZeroValidation(L.Callback):
 def per_process_batch(batch_size: int, world_size: int) -> int:
     """Rows per process of a global batch of ``batch_size`` (rounded up)."""
     return math.ceil(batch_size / world_size)
-
-
-def lightning_strategy(strategy: str) -> str:
-    """Lightning's name for ``strategy``: DDP strategies in the variant that tolerates
-    parameters without a gradient in a step (masked modalities, unused experts)."""
-    return f"{strategy}_find_unused_parameters_true" if strategy in _DDP_STRATEGIES else strategy
-
-
-def distributed_trainer(
-    accelerator: str,
-    devices: int | str,
-    num_nodes: int,
-    strategy: str,
-    max_epochs: int = 1,
-    callbacks: Sequence[L.Callback] = (),
-    progress: bool = False,
-    root_dir: str | None = None,
-) -> L.Trainer:
-    """The ``lightning.Trainer`` deepfuse trains under: no logger, no Lightning checkpoints or
-    sanity validation (deepfuse validates and saves itself), and no ``DistributedSampler``
-    (deepfuse's data modules give each process its share of every global batch)."""
-    return L.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy=lightning_strategy(strategy),
-        max_epochs=max_epochs,
-        callbacks=list(callbacks),
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=progress,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-        default_root_dir=root_dir,
-    )
-
-
-@contextlib.contextmanager
-def callers_thread_count() -> Iterator[None]:
-    """Train every process with this process's torch thread count (``deepfuse --threads``).
-
-    Lightning's process launchers set each process's threads to ``cores / processes`` unless
-    ``OMP_NUM_THREADS`` is set (on 2 shared cores, 2 threads for one process made a training
-    step 4-10x slower than 1); inside this block it is set to the current count.
-    """
-    if "OMP_NUM_THREADS" in os.environ:
-        yield
-        return
-    os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
-    try:
-        yield
-    finally:
-        os.environ.pop("OMP_NUM_THREADS", None)
-
-
-def process_rank(
-    accelerator: str = "cpu", devices: int | str = 1, num_nodes: int = 1, strategy: str = "ddp"
-) -> int:
-    """The global rank this process takes in a run with these settings, before it starts.
-
-    0 for the process that starts a run (it also launches the other processes of
-    ``ddp_fork``/``ddp_spawn``, and of ``ddp`` on one machine); a process that Lightning's
-    ``ddp`` launcher re-ran, or that ``torchrun``/SLURM started for another rank, reads its
-    rank from their environment variables (``LOCAL_RANK``/``NODE_RANK``, ``RANK``,
-    ``SLURM_PROCID``), as Lightning will. Only rank 0 should write a run's files.
-
-    Examples
-    --------
-    >>> process_rank("cpu", devices=1, strategy="auto")
-    0
-    """
-    return distributed_trainer(accelerator, devices, num_nodes, strategy).global_rank
 
 
 def fit_distributed(
