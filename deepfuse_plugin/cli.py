@@ -289,12 +289,14 @@ def _add_pretraining_parsers(sub: argparse._SubParsersAction) -> None:
     pretrain.add_argument(
         "--no-resume", action="store_true", help="start over even if OUT holds a resume point"
     )
+    add_distributed_arguments(pretrain)
     sub.add_parser("pretrained", help="list the shipped pretrained checkpoints")
 
 
 def _run_pretrain(args: argparse.Namespace, progress: bool) -> None:
     from deepfuse_plugin.pretrained import PretrainingConfig, pretrain_from_corpus
 
+    distributed = distributed_settings(args)
     config = PretrainingConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -316,11 +318,27 @@ def _run_pretrain(args: argparse.Namespace, progress: bool) -> None:
         progress=progress,
         command=" ".join(["deepfuse", *sys.argv[1:]]),
         shards_dir=args.shards_dir,
+        distributed=distributed,
     )
+    if _other_rank(distributed):
+        return
     print(
         f"Wrote the pretrained checkpoint {args.name} to {out} (encoders.safetensors, "
         "model.json, history.json, loss_curve.png)"
     )
+
+
+def _other_rank(distributed: dict | None) -> int:
+    """This process's global rank in a distributed run when it is not rank 0 (which writes the
+    output and reports), else 0. Says what it did on standard error."""
+    if not distributed:
+        return 0
+    from deepfuse_plugin.train.ddp import process_rank
+
+    rank = process_rank(**distributed)
+    if rank:
+        print(f"rank {rank}: training done; global rank 0 writes the output", file=sys.stderr)
+    return rank
 
 
 def _print_pretrained() -> None:
@@ -421,6 +439,7 @@ def _run(args: argparse.Namespace) -> int:
         from deepfuse_plugin.workflows import train_from_csv
 
         options, epochs, learning_rate = _fine_tuning_options(args)
+        distributed = distributed_settings(args)
         record = train_from_csv(
             args.csv,
             out=args.out,
@@ -432,9 +451,11 @@ def _run(args: argparse.Namespace) -> int:
             uncertainty=args.uncertainty,
             progress=progress,
             overwrite=args.overwrite,
-            distributed=distributed_settings(args),
+            distributed=distributed,
             **options,
         )
+        if _other_rank(distributed):
+            return 0
         training = record["training"]
         rows = "structures" if record["input"]["kind"] == "structures" else "molecules"
         print(

@@ -184,10 +184,11 @@ def schedule_settings(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
-#: ``--strategy`` values ``deepfuse train`` runs: the training processes are started from the
-#: command's own process, so the run folder has one writer. ``ddp`` re-runs the whole command per
-#: process (and multi-node runs start it on every node): use ``fit_distributed`` from Python.
-CLI_STRATEGIES = ("ddp_fork", "ddp_spawn", "auto")
+#: ``--strategy`` values of ``deepfuse train`` and ``pretrain``. ``ddp_fork``/``ddp_spawn`` start
+#: the training processes from the command's own process; ``ddp`` joins processes started on
+#: every node (``srun``, ``torchrun``) or, on one machine, re-runs the command once per extra
+#: process. Either way only global rank 0 writes the run folder or checkpoint.
+CLI_STRATEGIES = ("ddp_fork", "ddp_spawn", "ddp", "auto")
 
 
 def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
@@ -202,11 +203,15 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
         "--devices",
         type=positive_int,
         default=1,
-        help="training processes (one per GPU, or CPU processes); more than 1 trains with "
-        "DDP under Lightning (default: %(default)s: the single-process trainer)",
+        help="training processes per machine (one per GPU, or CPU processes); more than 1 "
+        "trains with DDP under Lightning (default: %(default)s: the single-process trainer)",
     )
     parser.add_argument(
-        "--num-nodes", type=positive_int, default=1, help="machines (only 1 from the command line)"
+        "--num-nodes",
+        type=positive_int,
+        default=1,
+        help="machines; more than 1 needs --strategy ddp and the same command started on "
+        "every machine (e.g. by srun or torchrun); only global rank 0 writes --out",
     )
     parser.add_argument(
         "--strategy",
@@ -218,16 +223,25 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def distributed_settings(args: argparse.Namespace) -> dict | None:
-    """``fit_distributed``'s settings when the options ask for Lightning, else None."""
+    """``fit_distributed``'s (and ``pretrain_encoders``') settings when the options ask for
+    Lightning, else None.
+
+    Examples
+    --------
+    >>> args = argparse.Namespace(accelerator="gpu", devices=4, num_nodes=2, strategy="ddp")
+    >>> distributed_settings(args)["num_nodes"]
+    2
+    """
     from deepfuse_plugin.errors import InvalidSettingError
 
-    if args.num_nodes > 1:
+    if args.num_nodes > 1 and args.strategy != "ddp":
         raise InvalidSettingError(
-            "--num-nodes > 1: a multi-node run starts the command on every node, and deepfuse "
-            "train's run folder supports one writer only; train across nodes with "
-            "deepfuse_plugin.train.fit_distributed(..., num_nodes=N, strategy='ddp') from Python"
+            f"--num-nodes {args.num_nodes} needs --strategy ddp (got "
+            f"{args.strategy or 'the default ddp_fork'}): start the same command on every "
+            "machine (srun, torchrun), each joining the run; ddp_fork and ddp_spawn start "
+            "processes on this machine only"
         )
-    if args.devices == 1 and args.strategy is None:
+    if args.devices == 1 and args.num_nodes == 1 and args.strategy is None:
         return None
     return dict(
         accelerator=args.accelerator,

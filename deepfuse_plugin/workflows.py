@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -311,6 +312,10 @@ def train_from_csv(
         Train under Lightning with these :func:`~deepfuse_plugin.train.lightning.fit_distributed`
         settings (``accelerator``, ``devices``, ``num_nodes``, ``strategy``); the same
         validation-based epoch selection, no resume points. None: the single-process trainer.
+        Every process of the run calls this function (``ddp``: started on every node by
+        srun/torchrun, or re-run by Lightning); only global rank 0 checks and writes ``out``,
+        the others train in a private temporary folder, remove it and return
+        ``{"rank": r, "training": ...}``.
 
     Returns
     -------
@@ -355,9 +360,18 @@ def train_from_csv(
         n_jobs=n_jobs,
         cif_column=cif_column,
     )
-    # fail fast, before a long featurization: nothing in out or the staging folder is touched yet
-    run_folder.check_run_target(out, overwrite)
-    staging = run_folder.staging_path(out)
+    rank = _rank(distributed)
+    if rank:
+        # another process of a distributed run (re-run by Lightning's ddp launcher, or started
+        # by srun/torchrun on another node) trains along in a private folder: global rank 0
+        # owns out, and this process never checks, refuses or writes anything there
+        private = tempfile.mkdtemp(prefix=f"deepfuse-rank{rank}-")
+        staging = run_folder.staging_path(os.path.join(private, "run"))
+    else:
+        # fail fast, before a long featurization: nothing in out or the staging folder is
+        # touched yet
+        run_folder.check_run_target(out, overwrite)
+        staging = run_folder.staging_path(out)
     run_folder.check_staging(staging)
     model_dir = os.path.join(staging, run_folder.MODEL_DIR)
     continuing = resume and resume_points.read_state(model_dir) is not None
@@ -396,6 +410,9 @@ def train_from_csv(
             distributed,
             desc=f"{model} ({'+'.join(fusion.modality_names)})",
         )
+        if rank:
+            shutil.rmtree(os.path.dirname(staging))
+            return {"rank": rank, "training": _selection_summary(result)}
         metrics = {
             "valid": evaluate(fusion, valid, transformers, mode)[0],
             "test": evaluate(fusion, test, transformers, mode)[0],
@@ -428,10 +445,23 @@ def train_from_csv(
         record = run_folder.write_sealed_record(staging, record)
         write_json(os.path.join(staging, METRICS_FILE), metrics)
     except BaseException:
-        _keep_staging_only_to_resume(staging, out)
+        if rank:
+            shutil.rmtree(os.path.dirname(staging), ignore_errors=True)
+        else:
+            _keep_staging_only_to_resume(staging, out)
         raise
     run_folder.publish(staging, out, overwrite)
     return record
+
+
+def _rank(distributed: dict[str, Any] | None) -> int:
+    """This process's global rank in the distributed run (0 without one, and in the process
+    that starts it); Lightning is imported only for a distributed run (an optional extra)."""
+    if not distributed:
+        return 0
+    from deepfuse_plugin.train.ddp import process_rank
+
+    return process_rank(**distributed)
 
 
 def _train(

@@ -13,6 +13,7 @@
                             [--lr-schedule cosine] [--zero-shot-castelli]
     deepfuse-bench speed --data-dir DIR [--n-train 2000] [--epochs 2] [--no-chemprop] [--profile]
     deepfuse-bench featurize-disk [--sizes 10000,100000,1000000] [--jobs 1,2] [--out benchmarks]
+    deepfuse-bench train-scaling --data-dir DIR [--epochs 5] [--processes 2] [--out benchmarks]
 
 Argument parsing only; the work is done by the functions of :mod:`deepfuse_bench` that tests and
 notebooks call directly. ``main(argv)`` returns the exit code (0 success, 2 bad input or usage).
@@ -34,7 +35,7 @@ import time
 import warnings
 from collections.abc import Sequence
 
-from deepfuse_bench import crystals_cli, gains, plainfit
+from deepfuse_bench import crystals_cli, gains, plainfit, scaling_train
 from deepfuse_plugin.cli import _csv_list, _positive_int, add_global_options
 
 logger = logging.getLogger("deepfuse_bench.cli")
@@ -43,7 +44,7 @@ PROG = "deepfuse-bench"
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommands ``featurize``, ``moleculenet``, ``merge``, ``crystals``,
-    ``speed``, ``featurize-disk``)."""
+    ``speed``, ``plain-fit``, ``gains``, ``featurize-disk``, ``train-scaling``)."""
     from deepfuse_bench import __version__
 
     parser = argparse.ArgumentParser(
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         plainfit.add_parser,
         gains.add_parser,
         _add_featurize_disk_parser,
+        scaling_train.add_parser,
     ):
         add(sub)
     return parser
@@ -393,6 +395,8 @@ def _run(args: argparse.Namespace, command: str) -> None:
         gains.run_from_args(args)
     elif args.benchmark == "plain-fit":
         plainfit.run_from_args(args)
+    elif args.benchmark == "train-scaling":
+        scaling_train.run_from_args(args)
     elif args.benchmark == "merge":
         from deepfuse_bench.merge import merge_results
 

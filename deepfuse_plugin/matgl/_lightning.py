@@ -35,6 +35,14 @@ class MultiModalLightningModule(ModelLightningModule):
     :meth:`~deepfuse_plugin.matgl.MatMMFuse.predict_structure` and this module agree on the target
     scaling. Everything else (optimizer, cosine schedule, loss name, metrics, logging) is MatGL's.
 
+    Several processes or GPUs: ``lightning.Trainer(strategy="ddp_find_unused_parameters_true",
+    devices=N)`` (or ``ddp_fork_…``/``ddp_spawn_…``) with MatGL's ``MGLDataLoader``; Lightning
+    shards the loaders with a ``DistributedSampler`` (the batch size is then per process). Plain
+    ``"ddp"`` refuses a MatMMFuse: MatGL's own output layer (deepfuse reads the readout before
+    it) and, with a cross-attention fusion, the crystal readout take no part in the loss. With
+    ``ddp_fork``/``ddp_spawn`` Lightning hands rank 0's weights back to the calling process, so
+    ``model.save`` there saves the trained model.
+
     Parameters
     ----------
     model: MatMMFuse

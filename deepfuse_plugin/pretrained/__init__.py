@@ -2,7 +2,8 @@
 
 - :func:`pretrain_encoders` trains deepfuse's own encoders on unlabelled molecules (cross-view
   contrast, MMFRL relational similarity, auxiliary targets, masked cross-modal reconstruction)
-  and writes a checkpoint folder.
+  and writes a checkpoint folder; in one process, or with ``devices=N`` (``num_nodes``,
+  ``strategy``) on several processes, GPUs or machines under Lightning DDP.
 - :func:`list_pretrained` names the checkpoints shipped in ``deepfuse_plugin/pretrained_models``;
   :func:`load_encoders` loads one by name or path; every fusion model takes ``pretrained=<name>``.
 
@@ -21,7 +22,8 @@ from deepfuse_plugin.pretrained._checkpoints import (
     resolve_pretrained,
     save_encoders,
 )
-from deepfuse_plugin.pretrained._loop import PretrainingConfig, plot_loss_curve, pretrain_encoders
+from deepfuse_plugin.pretrained._loop import PretrainingConfig, plot_loss_curve
+from deepfuse_plugin.pretrained._pretrain import pretrain_encoders
 from deepfuse_plugin.pretrained._workflow import pretrain_from_corpus
 
 __all__ = [

@@ -15,7 +15,7 @@ import os
 import platform
 import resource
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from deepfuse_plugin.data.collate import collate_samples
 from deepfuse_plugin.errors import InvalidInputError, InvalidSettingError
 from deepfuse_plugin.modalities import Modality, MultiModalSample
-from deepfuse_plugin.nn.pretraining import PretrainingNetwork
+from deepfuse_plugin.nn.pretraining import PretrainingNetwork, PretrainingOutput
 from deepfuse_plugin.pretrained._checkpoints import render_readme, save_encoders
 from deepfuse_plugin.pretrained._stream import (
     ShardedCorpus,
@@ -243,23 +243,36 @@ class _Run:
             disable=not progress,
         )
         for i, batch in enumerate(bar):
-            step = epoch * self.steps_per_epoch + i
-            self.network.mask_rate = self.mask_rate(step)
-            out = self.network(batch)
-            if not torch.isfinite(out.loss):
-                raise InvalidSettingError(
-                    f"The pretraining loss became {out.loss.item()} at epoch "
-                    f"{epoch + 1}, batch {i + 1}: lower the learning rate"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 5.0)
-            self.optimizer.step()
-            self.schedule.step()
+            out = self.train_step(batch, epoch * self.steps_per_epoch + i)
             for key, value in {"loss": out.loss, **out.terms}.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
             bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.3f}")
         return {k: v / max(1, self.steps_per_epoch) for k, v in sums.items()}
+
+    def train_step(
+        self,
+        batch: Any,
+        step: int,
+        backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+    ) -> PretrainingOutput:
+        """One optimizer step on ``batch``, the run's ``step``-th: the masking curriculum's rate,
+        forward, a finite-loss check, backward, gradient clipping (norm 5), AdamW, and the
+        learning-rate schedule. ``backward`` runs the backward pass (under Lightning DDP its
+        ``manual_backward``, which averages the gradients over the processes)."""
+        self.network.mask_rate = self.mask_rate(step)
+        out = self.network(batch)
+        if not torch.isfinite(out.loss):
+            epoch, i = divmod(step, max(1, self.steps_per_epoch))
+            raise InvalidSettingError(
+                f"The pretraining loss became {out.loss.item()} at epoch "
+                f"{epoch + 1}, batch {i + 1}: lower the learning rate"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        backward(out.loss)
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 5.0)
+        self.optimizer.step()
+        self.schedule.step()
+        return out
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:

@@ -10,11 +10,8 @@ from typing import Any
 
 from deepfuse_plugin.data.corpora import moses_smiles, read_smiles_file
 from deepfuse_plugin.errors import InvalidSettingError
-from deepfuse_plugin.pretrained._loop import (
-    DEFAULT_SHUFFLE_WINDOW,
-    PretrainingConfig,
-    pretrain_encoders,
-)
+from deepfuse_plugin.pretrained._loop import DEFAULT_SHUFFLE_WINDOW, PretrainingConfig
+from deepfuse_plugin.pretrained._pretrain import pretrain_encoders
 
 
 def pretrain_from_corpus(
@@ -34,6 +31,7 @@ def pretrain_from_corpus(
     shards_dir: str | os.PathLike | None = None,
     shard_size: int | None = None,
     shuffle_window: int = DEFAULT_SHUFFLE_WINDOW,
+    distributed: dict | None = None,
 ) -> Path:
     """Pretrain the encoders of ``modalities`` on ``corpus`` and write a checkpoint to ``out``.
 
@@ -52,6 +50,9 @@ def pretrain_from_corpus(
     config: PretrainingConfig, optional
     n_jobs: featurization processes.
     resume: continue from ``out``'s resume point if there is one.
+    distributed: dict, optional
+        ``accelerator``, ``devices``, ``num_nodes``, ``strategy``: pretrain on several processes
+        under Lightning DDP (see :func:`~deepfuse_plugin.pretrained.pretrain_encoders`).
     shards_dir: path, optional
         Featurize into pickle-free shards in this folder (resumable, ``n_jobs`` workers writing
         their own shards; an unfinished featurization there is continued, a finished one reused)
@@ -106,6 +107,7 @@ def pretrain_from_corpus(
         resume=resume,
         progress=progress,
         command=command,
+        **(distributed or {}),
         corpus_info={
             "description": description,
             "subset": subset,

@@ -63,20 +63,30 @@ from deepfuse_plugin.models._batching import batch_to_device
 from deepfuse_plugin.models._data_checks import check_training_data, refusing_non_finite
 from deepfuse_plugin.models.checkpoints import restore_safely
 from deepfuse_plugin.train import resume
+from deepfuse_plugin.train.ddp import (  # the shared pieces, importable from here too
+    callers_thread_count,
+    distributed_trainer,
+    lightning_strategy,
+    process_rank,
+)
 from deepfuse_plugin.train.loop import BestCheckpointCallback
 from deepfuse_plugin.train.result import TrainingResult
 from deepfuse_plugin.train.utils import check_training_settings, write_json
 
-__all__ = ["MultiModalDataModule", "MultiModalLightningModule", "fit_distributed"]
+__all__ = [
+    "MultiModalDataModule",
+    "MultiModalLightningModule",
+    "distributed_trainer",
+    "fit_distributed",
+    "lightning_strategy",
+    "process_rank",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Rank 0 leaves the run's :class:`TrainingResult` here for a launching process that did not
 #: train itself (``ddp_spawn``/``ddp_fork``); that process reads and removes it.
 RESULT_FILE = "distributed_result.json"
-#: DDP strategies whose parameters may go unused in a step (a masked modality's encoder, a
-#: mixture-of-experts gate): Lightning's variant that lets DDP find them.
-_DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
 
 
 class MultiModalDataModule(L.LightningDataModule):
@@ -215,12 +225,6 @@ def per_process_batch(batch_size: int, world_size: int) -> int:
     return math.ceil(batch_size / world_size)
 
 
-def lightning_strategy(strategy: str) -> str:
-    """Lightning's name for ``strategy``: DDP strategies in the variant that tolerates
-    parameters without a gradient in a step (masked modalities, unused experts)."""
-    return f"{strategy}_find_unused_parameters_true" if strategy in _DDP_STRATEGIES else strategy
-
-
 def fit_distributed(
     model: Any,
     train: Any,
@@ -293,27 +297,23 @@ def fit_distributed(
         patience=model.early_stopping if valid_rows is not None else None,
     )
     validation = _RankZeroValidation(best, epochs, save_dir)
-    trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy=lightning_strategy(strategy),
+    trainer = distributed_trainer(
+        accelerator,
+        devices,
+        num_nodes,
+        strategy,
         max_epochs=epochs,
         callbacks=[validation],
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=model.progress if progress is None else progress,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,  # the data module shards every global batch itself
-        default_root_dir=save_dir,
+        progress=model.progress if progress is None else progress,
+        root_dir=save_dir,
     )
     _warn_uneven_batch(model.batch_size, trainer.world_size)
     model._fitting = True
     try:
-        trainer.fit(
-            MultiModalLightningModule(model, epochs), MultiModalDataModule(model, train, seed)
-        )
+        with callers_thread_count():
+            trainer.fit(
+                MultiModalLightningModule(model, epochs), MultiModalDataModule(model, train, seed)
+            )
     finally:
         model._fitting = False
         model.model.to(model.device)  # Lightning's teardown leaves the network on the CPU

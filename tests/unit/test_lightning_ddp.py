@@ -5,6 +5,7 @@ batch, and what DDP keeps restores into the ordinary model."""
 from __future__ import annotations
 
 import json
+import os
 
 import deepchem as dc
 import numpy as np
@@ -119,6 +120,32 @@ def test_settings_are_checked_and_ddp_tolerates_unused_parameters(
     assert lightning_strategy("fsdp") == "fsdp"
 
 
+def test_every_process_trains_with_the_callers_thread_count(
+    small_featurizer, featurized, tiny_model_kwargs, tmp_path, monkeypatch
+):
+    """Lightning's launchers would give each process cores / processes threads (2 for one
+    process on 2 cores); deepfuse keeps the caller's (``--threads``, 1 by default)."""
+    from deepfuse_plugin.train.lightning import MultiModalLightningModule
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    seen = tmp_path / "threads"
+
+    def record_threads(module):
+        seen.write_text(str(torch.get_num_threads()))  # in the forked training process
+
+    monkeypatch.setattr(MultiModalLightningModule, "on_train_start", record_threads, raising=False)
+    train, _ = _datasets(featurized)
+    model = _model(small_featurizer.modalities, tmp_path / "m", tiny_model_kwargs, batch_size=8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit_distributed(model, train, epochs=1, devices=1, strategy="ddp_fork")
+    finally:
+        torch.set_num_threads(threads)
+    assert seen.read_text() == "1"
+    assert "OMP_NUM_THREADS" not in os.environ
+
+
 def _csv(path, smiles):
     y = np.random.default_rng(0).normal(size=len(smiles))
     path.write_text("smi,T1\n" + "".join(f"{s},{v:.4f}\n" for s, v in zip(smiles, y)))
@@ -166,8 +193,81 @@ def test_deepfuse_train_devices_2_writes_an_ordinary_run(smiles, tmp_path, capsy
     assert not list((tmp_path / "run" / "model").glob(RESULT_FILE))
     predictions = predict_from_csv(out, csv, smiles_column="smi", progress=False)
     assert np.isfinite(predictions["T1_pred"].to_numpy()).all()
-    # more than one node would start the command on every node: refused, nothing written
+    # more than one node starts the command on every node: only --strategy ddp joins them
     nodes = str(tmp_path / "nodes")
     assert main(_train_args(csv, nodes, "--devices", "2", "--num-nodes", "2")) == 2
-    assert "fit_distributed" in capsys.readouterr().err
+    assert "--num-nodes 2 needs --strategy ddp" in capsys.readouterr().err
     assert not (tmp_path / "nodes").exists()
+
+
+def test_another_rank_of_a_multi_node_run_writes_nothing(smiles, tmp_path, monkeypatch):
+    """Global rank 5 of ``--num-nodes 2 --devices 4 --strategy ddp`` (node 1, local rank 1, as
+    srun/torchrun/Lightning set it): it trains in a private folder (here fit_distributed is
+    replaced), does not refuse an ``out`` that rank 0 has already filled, and writes nothing
+    there or next to it."""
+    from deepfuse_plugin.train import lightning
+    from deepfuse_plugin.train.result import TrainingResult
+    from deepfuse_plugin.workflows import train_from_csv
+
+    csv = _csv(tmp_path / "data.csv", smiles)
+    out = tmp_path / "run"
+    (out / "model").mkdir(parents=True)
+    (out / "deepfuse_run.json").write_text("{}")  # rank 0's run, already there
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for name, value in (("LOCAL_RANK", "1"), ("NODE_RANK", "1"), ("WORLD_SIZE", "8")):
+        monkeypatch.setenv(name, value)
+    trained_in = []
+
+    def fit(model, train, valid, epochs, eval_every, transformers, save_dir, **settings):
+        trained_in.append(save_dir)
+        assert settings["num_nodes"] == 2 and settings["strategy"] == "ddp"
+        return TrainingResult(1, 0.5, "rmse", [{"epoch": 1, "score": 0.5}])
+
+    monkeypatch.setattr(lightning, "fit_distributed", fit)
+    distributed = dict(accelerator="cpu", devices=4, num_nodes=2, strategy="ddp")
+    assert lightning.process_rank(**distributed) == 5
+    record = train_from_csv(
+        csv,
+        "smi",
+        ["T1"],
+        str(out),
+        model="early",
+        split="random",
+        modalities=["ecfp"],
+        epochs=1,
+        progress=False,
+        distributed=distributed,
+    )
+    assert record["rank"] == 5 and record["training"]["best_epoch"] == 1
+    assert not trained_in[0].startswith(str(tmp_path))
+    assert not os.path.exists(trained_in[0])  # the private folder is removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert sorted(p.name for p in out.iterdir()) == ["deepfuse_run.json", "model"]
+
+
+@pytest.mark.slow
+def test_deepfuse_train_strategy_ddp_reruns_the_command_and_rank_0_writes(smiles, tmp_path):
+    """``--strategy ddp --devices 2``: Lightning re-runs the command for rank 1 (as srun does on
+    another node); one run folder comes out, as with ddp_fork."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    csv = _csv(tmp_path / "data.csv", smiles)
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+    args = _train_args(csv, str(out), "--devices", "2", "--strategy", "ddp")
+    done = subprocess.run(
+        [sys.executable, "-m", "deepfuse_plugin.cli", *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 1: training done" in done.stderr
+    record = json.loads((out / "deepfuse_run.json").read_text())
+    assert [h["epoch"] for h in record["training"]["history"]] == [1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "run"]

@@ -151,3 +151,13 @@ def test_cli_pretrain_featurizes_to_shards_and_streams(tmp_path, monkeypatch):
     assert info["molecules"] == len(SMILES) and info["failed_to_featurize"] == 1
     assert info["streamed_from"] == str(tmp_path / "shards")
     assert len(ShardedMultiModalDataset(tmp_path / "shards")) == len(SMILES)
+
+
+def test_a_streamed_corpus_refuses_several_processes(tmp_path):
+    from deepfuse_plugin import MultiModalDataset
+
+    feat = MultiModalFeaturizer(["ecfp"], progress=False)
+    data = MultiModalDataset.from_smiles(["CCO", "CCN", "CCC", "CCCl"], feat)
+    corpus = ShardedMultiModalDataset.from_dataset(data, tmp_path / "shards", shard_size=2)
+    with pytest.raises(InvalidSettingError, match="one process only"):
+        pretrain_encoders(corpus, feat.modalities, out_dir=tmp_path / "ckpt", devices=2)
