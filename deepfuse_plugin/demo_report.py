@@ -27,14 +27,15 @@ class ModelRun:
 
 def format_table(runs: Sequence[ModelRun]) -> str:
     """The demo table (test metrics in original units)."""
+    width = max([34, *(len(r.name) for r in runs)])  # the names decide the first column
     header = (
-        f"{'model':<34} {'RMSE':>7} {'MAE':>7} {'R2':>7} {'valid RMSE':>10} "
+        f"{'model':<{width}} {'RMSE':>7} {'MAE':>7} {'R2':>7} {'valid RMSE':>10} "
         f"{'best ep':>7} {'train s':>8}"
     )
     lines = [header, "-" * len(header)]
     for r in runs:
         lines.append(
-            f"{r.name:<34} {r.test['rmse']:>7.3f} {r.test['mae']:>7.3f} "
+            f"{r.name:<{width}} {r.test['rmse']:>7.3f} {r.test['mae']:>7.3f} "
             f"{_fmt(r.test.get('r2')):>7} {r.valid['rmse']:>10.3f} {r.best_epoch:>7d} "
             f"{r.train_time_s:>8.1f}"
         )
