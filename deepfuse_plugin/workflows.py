@@ -311,7 +311,9 @@ def train_from_csv(
     distributed: dict, optional
         Train under Lightning with these :func:`~deepfuse_plugin.train.lightning.fit_distributed`
         settings (``accelerator``, ``devices``, ``num_nodes``, ``strategy``); the same
-        validation-based epoch selection, no resume points. None: the single-process trainer.
+        validation-based epoch selection and resume points (``resume`` continues a run
+        interrupted on any number of processes; on several machines ``out``'s folder must be
+        on a file system they share). None: the single-process trainer.
         Every process of the run calls this function (``ddp``: started on every node by
         srun/torchrun, or re-run by Lightning); only global rank 0 checks and writes ``out``,
         the others train in a private temporary folder, remove it and return
@@ -361,12 +363,16 @@ def train_from_csv(
         cif_column=cif_column,
     )
     rank = _rank(distributed)
+    resume_from = None
     if rank:
         # another process of a distributed run (re-run by Lightning's ddp launcher, or started
         # by srun/torchrun on another node) trains along in a private folder: global rank 0
-        # owns out, and this process never checks, refuses or writes anything there
+        # owns out, and this process never checks, refuses or writes anything there. It reads
+        # the resume point of --resume from rank 0's staging folder (a shared file system)
         private = tempfile.mkdtemp(prefix=f"deepfuse-rank{rank}-")
         staging = run_folder.staging_path(os.path.join(private, "run"))
+        if resume:
+            resume_from = os.path.join(run_folder.staging_path(out), run_folder.MODEL_DIR)
     else:
         # fail fast, before a long featurization: nothing in out or the staging folder is
         # touched yet
@@ -375,11 +381,6 @@ def train_from_csv(
     run_folder.check_staging(staging)
     model_dir = os.path.join(staging, run_folder.MODEL_DIR)
     continuing = resume and resume_points.read_state(model_dir) is not None
-    if continuing and distributed:
-        raise InvalidSettingError(
-            f"--resume continues a single-process run ({staging}); distributed training "
-            "writes no resume points: drop --resume to start over, or --devices/--strategy"
-        )
     data = inputs.prepare(progress)
     featurizer, transformers, normalizer = data.featurizer, data.transformers, data.normalizer
     train, valid, test = data.train, data.valid, data.test
@@ -409,6 +410,7 @@ def train_from_csv(
             progress,
             distributed,
             desc=f"{model} ({'+'.join(fusion.modality_names)})",
+            resume_from=resume_from,
         )
         if rank:
             shutil.rmtree(os.path.dirname(staging))
@@ -476,8 +478,10 @@ def _train(
     progress: bool,
     distributed: dict[str, Any] | None,
     desc: str,
+    resume_from: str | None = None,
 ) -> TrainingResult:
-    """Validation-based training in this process, or under Lightning with ``distributed``."""
+    """Validation-based training in this process, or under Lightning with ``distributed``;
+    resumable either way (another rank reads the resume point ``resume_from``)."""
     if distributed:
         from deepfuse_plugin.train.lightning import fit_distributed
 
@@ -491,6 +495,8 @@ def _train(
             model_dir,
             seed=seed,
             progress=progress,
+            resumable=True,
+            resume_from=resume_from,
             **distributed,
         )
     return train_with_validation(

@@ -188,6 +188,27 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``ddp`` run first (in their collected order). They fork training processes,
+    and a fork copies only the calling thread: a lock that another thread holds at that moment
+    (thread pools, notebook kernels' ZeroMQ sockets and event loops that earlier tests leave
+    behind) stays held in the child forever. Forking early, from a process that has started
+    little, is what a user's script does."""
+    items.sort(key=lambda item: item.get_closest_marker("ddp") is None)  # a stable sort
+
+
+@pytest.fixture(autouse=True)
+def _ddp_environment(request, monkeypatch):
+    """Every ``ddp`` test starts its process groups on a port Lightning picks afresh (its
+    launcher leaves ``MASTER_PORT`` in the environment, and later runs would reuse it), and its
+    forked processes keep one intra-op thread (as this process: a child that starts an OpenMP
+    thread team its parent's fork did not copy can wait on it forever)."""
+    if request.node.get_closest_marker("ddp") is not None:
+        monkeypatch.delenv("MASTER_PORT", raising=False)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     """Deterministic torch/numpy state per test."""

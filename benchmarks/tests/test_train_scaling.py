@@ -14,6 +14,7 @@ from deepfuse_bench.cli import build_parser
 from deepfuse_bench.scaling_train import configurations, format_markdown, ratios
 
 
+@pytest.mark.ddp
 @pytest.mark.skipif(
     "fork" not in multiprocessing.get_all_start_methods(), reason="needs fork-started processes"
 )

@@ -51,7 +51,11 @@ from deepfuse_plugin.pretrained._loop import (
     _samples,
     pretrain_encoders,  # the one-process run: it writes the finished checkpoint
 )
-from deepfuse_plugin.train.ddp import callers_thread_count, distributed_trainer
+from deepfuse_plugin.train.ddp import (
+    callers_thread_count,
+    check_same_first_epoch,
+    distributed_trainer,
+)
 
 __all__ = ["PretrainingLightningModule", "pretrain_distributed"]
 
@@ -159,17 +163,7 @@ class PretrainingLightningModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.run.device = self.device  # validation batches go where Lightning put the network
-        # a resumed optimizer state was loaded on the CPU: loading it again moves it to the
-        # parameters' device, as torch does on load
-        self.run.optimizer.load_state_dict(self.run.optimizer.state_dict())
-        gathered: Any = self.all_gather(torch.tensor(self.first_epoch, device=self.device))
-        starts = torch.as_tensor(gathered).reshape(-1)
-        if bool((starts != self.first_epoch).any()):
-            raise InvalidSettingError(
-                f"The processes resume from different epochs ({starts.tolist()}): "
-                f"{self.out / RESUME_FILE} must be on a file system every machine shares (or "
-                "start over with resume=False / --no-resume)"
-            )
+        check_same_first_epoch(self, self.first_epoch, str(self.out / RESUME_FILE))
 
     def on_train_start(self) -> None:
         self._started = time.perf_counter()

@@ -1,7 +1,7 @@
 """The ``lightning.Trainer`` deepfuse trains under, and where this process stands in a distributed
 run: the pieces :func:`~deepfuse_plugin.train.lightning.fit_distributed` (fine-tuning) and
-``pretrain_encoders(devices=...)`` (pretraining) share. It imports nothing of deepfuse, so the
-pretraining package can use it without reaching the training layers.
+``pretrain_encoders(devices=...)`` (pretraining) share. It imports nothing of deepfuse but its
+errors, so the pretraining package can use it without reaching the training layers.
 
 Examples
 --------
@@ -19,8 +19,11 @@ from collections.abc import Iterator, Sequence
 import lightning as L
 import torch
 
+from deepfuse_plugin.errors import InvalidSettingError
+
 __all__ = [
     "callers_thread_count",
+    "check_same_first_epoch",
     "distributed_trainer",
     "lightning_strategy",
     "process_rank",
@@ -83,6 +86,25 @@ def callers_thread_count() -> Iterator[None]:
         yield
     finally:
         os.environ.pop("OMP_NUM_THREADS", None)
+
+
+def check_same_first_epoch(module: L.LightningModule, first_epoch: int, resume_file: str) -> None:
+    """Raise :class:`~deepfuse_plugin.errors.InvalidSettingError` unless every process of
+    ``module``'s run resumes after the same epoch: each process reads the resume point itself
+    (on several machines ``resume_file`` must be on a file system they all share). Call it from
+    ``on_fit_start``.
+
+    Also moves a resumed optimizer state (loaded on the CPU) to the parameters' devices, as
+    ``torch`` does on load."""
+    for optimizer in module.trainer.optimizers:
+        optimizer.load_state_dict(optimizer.state_dict())
+    gathered = module.all_gather(torch.tensor(first_epoch, device=module.device))
+    starts = torch.as_tensor(gathered).reshape(-1)
+    if bool((starts != first_epoch).any()):
+        raise InvalidSettingError(
+            f"The processes resume from different epochs ({starts.tolist()}): {resume_file} "
+            "must be on a file system every machine shares (or start over without resuming)"
+        )
 
 
 def process_rank(

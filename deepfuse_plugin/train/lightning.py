@@ -10,6 +10,13 @@ per-modality auxiliary losses), its epoch hook (masking curriculum, evidential K
 learning-rate schedule. Validation-based epoch selection is
 :class:`~deepfuse_plugin.train.loop.BestCheckpointCallback`'s, run on rank 0.
 
+With ``resumable=True`` rank 0 also writes the one-process loop's resume point
+(:mod:`deepfuse_plugin.train.resume`) after every epoch, and a run interrupted on any number of
+processes continues from it, on any number (an uninterrupted run on the same number trains the
+same weights; on another number the later epochs' batches differ, as on another machine). Every
+process restores the resume point itself (``resume_from``): on several machines it must be on a
+file system they share.
+
 ``batch_size`` stays the *global* batch: each of the ``N`` processes takes ``batch_size / N``
 rows of every step's batch (a ``DistributedSampler`` shards each epoch's shuffled order) and DDP
 averages the gradients, so a run on ``N`` processes takes the same steps, on the same schedule, as
@@ -48,8 +55,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import lightning as L
@@ -65,11 +73,12 @@ from deepfuse_plugin.models.checkpoints import restore_safely
 from deepfuse_plugin.train import resume
 from deepfuse_plugin.train.ddp import (  # the shared pieces, importable from here too
     callers_thread_count,
+    check_same_first_epoch,
     distributed_trainer,
     lightning_strategy,
     process_rank,
 )
-from deepfuse_plugin.train.loop import BestCheckpointCallback
+from deepfuse_plugin.train.loop import BestCheckpointCallback, start_resumable
 from deepfuse_plugin.train.result import TrainingResult
 from deepfuse_plugin.train.utils import check_training_settings, write_json
 
@@ -92,23 +101,23 @@ RESULT_FILE = "distributed_result.json"
 class MultiModalDataModule(L.LightningDataModule):
     """Each process's share of every global batch of ``dataset``, collated by the model's own
     ``collate_samples``; the shuffled order of an epoch is the same on every process (seeded by
-    ``seed`` and the epoch) and each takes every ``world_size``-th row of it.
+    ``seed`` and the epoch, counted from ``first_epoch`` in a resumed run) and each takes every
+    ``world_size``-th row of it.
 
     The rows are held in memory (``dataset.X``); ``fork``-started processes share them.
     """
 
-    def __init__(self, model: Any, dataset: Any, seed: int = 0) -> None:
+    def __init__(self, model: Any, dataset: Any, seed: int = 0, first_epoch: int = 0) -> None:
         super().__init__()
-        self.model, self.seed = model, seed
+        self.model, self.seed, self.first_epoch = model, seed, first_epoch
         self.X, self.y, self.w = dataset.X, dataset.y, dataset.w
 
     def train_dataloader(self) -> DataLoader:
         trainer: Any = self.trainer
         world, rank = trainer.world_size, trainer.global_rank
         rows: Any = range(len(self.X))  # a sequence of row numbers serves as a Dataset
-        sampler: DistributedSampler = DistributedSampler(
-            rows, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
-        )
+        sampler = _EpochShare(rows, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        sampler.first_epoch = self.first_epoch
         return DataLoader(
             rows,
             batch_size=per_process_batch(self.model.batch_size, world),
@@ -124,13 +133,29 @@ class MultiModalDataModule(L.LightningDataModule):
         return [batch], [self.y[index]], [self.w[index]]
 
 
+class _EpochShare(DistributedSampler):
+    """``DistributedSampler`` whose epochs count from ``first_epoch`` (a resumed run's): Lightning
+    calls :meth:`set_epoch` with the epochs of this fit only."""
+
+    first_epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(self.first_epoch + epoch)
+
+
 class MultiModalLightningModule(L.LightningModule):
     """A deepfuse model's training step under Lightning: its network, loss, optimizer (parameter
-    groups, gradient clipping), learning-rate schedule and epoch hook (curricula)."""
+    groups, gradient clipping), learning-rate schedule and epoch hook (curricula).
 
-    def __init__(self, model: Any, epochs: int) -> None:
+    ``epochs`` is the run's length; a resumed run starts after ``first_epoch`` of them (read from
+    ``resume_file``, named in the error when the processes disagree)."""
+
+    def __init__(
+        self, model: Any, epochs: int, first_epoch: int = 0, resume_file: str = ""
+    ) -> None:
         super().__init__()
         self.deepfuse_model, self.epochs = model, epochs
+        self.first_epoch, self.resume_file = first_epoch, resume_file
         self.network = model.model
         self.loss_fn = refusing_non_finite(model._loss_fn, model)
         # DeepChem's step order (zero_grad, backward, step, schedule): Lightning's automatic
@@ -143,9 +168,13 @@ class MultiModalLightningModule(L.LightningModule):
     def transfer_batch_to_device(self, batch: Any, device: torch.device, _: int) -> Any:
         return batch_to_device(batch, device)  # this rank's device, not the model's
 
+    def on_fit_start(self) -> None:
+        check_same_first_epoch(self, self.first_epoch, self.resume_file)
+
     def on_train_epoch_start(self) -> None:
         # one fit(nb_epoch=epochs) call passes the same progress to the curriculum
-        self.deepfuse_model._on_epoch_start(self.current_epoch / max(1, self.epochs - 1))
+        epoch = self.first_epoch + self.current_epoch
+        self.deepfuse_model._on_epoch_start(epoch / max(1, self.epochs - 1))
 
     def training_step(self, batch: tuple[list, list, list], batch_idx: int) -> torch.Tensor:
         model, optimizer = self.deepfuse_model, self.optimizers()
@@ -178,19 +207,30 @@ class MultiModalLightningModule(L.LightningModule):
 class _RankZeroValidation(L.Callback):
     """Validation every ``eval_every`` epochs and after the last on rank 0 (the best epoch's
     checkpoint is saved into ``save_dir``); the history is broadcast so that every rank makes the
-    same plateau and early-stopping decisions."""
+    same plateau and early-stopping decisions. With a resume ``state`` (a resumable run, maybe
+    resumed) rank 0 writes a resume point into ``save_dir`` after every epoch."""
 
-    def __init__(self, best: BestCheckpointCallback, epochs: int, save_dir: str) -> None:
-        self.best, self.epochs, self.save_dir = best, epochs, save_dir
-        self.stopped_at: int | None = None
+    def __init__(
+        self,
+        best: BestCheckpointCallback,
+        epochs: int,
+        save_dir: str,
+        state: resume.ResumeState | None = None,
+    ) -> None:
+        self.best, self.epochs, self.save_dir, self.state = best, epochs, save_dir, state
+        self.so_far = state.result if state else TrainingResult(0, math.inf, "")
+        self.first_epoch = state.epochs_done if state else 0
+        self.stopped_at: int | None = self.so_far.stopped_at
         self.trained_here = False
+        self._started = time.perf_counter()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.trained_here = True
+        self._started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         model, best = pl_module.deepfuse_model, self.best
-        epoch = trainer.current_epoch + 1
+        epoch = self.first_epoch + trainer.current_epoch + 1
         if best.valid is not None and (epoch % best.eval_every == 0 or epoch == self.epochs):
             if trainer.is_global_zero:
                 best._validate(model, epoch)
@@ -200,23 +240,39 @@ class _RankZeroValidation(L.Callback):
             best.report_scores(model)
         if best.patience is not None and best.waited() >= best.patience:
             self.stopped_at, trainer.should_stop = epoch, True
+        if self.state is not None and trainer.is_global_zero:
+            self._save_resume_point(model, epoch)
+
+    def _save_resume_point(self, model: Any, epoch: int) -> None:
+        assert self.state is not None
+        try:
+            resume.save_resume_point(
+                model, self.save_dir, replace(self.state, epochs_done=epoch, result=self.result())
+            )
+        except OSError as err:  # e.g. a full disk: the run itself can still finish
+            logger.warning(
+                "could not write the resume point of epoch %d (%s); training goes on", epoch, err
+            )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         if self.best.best_epoch == 0:  # no validation split or only NaN scores: keep the last
             resume.save_checkpoint_atomically(pl_module.deepfuse_model, self.save_dir)
-            self.best.best_epoch = trainer.current_epoch
+            self.best.best_epoch = self.first_epoch + trainer.current_epoch
         write_json(os.path.join(self.save_dir, RESULT_FILE), asdict(self.result()))
 
     def result(self) -> TrainingResult:
-        best = self.best
+        best, so_far = self.best, self.so_far
+        elapsed = time.perf_counter() - self._started if self.trained_here else 0.0
         return TrainingResult(
             best.best_epoch,
             best.best_score,
             best.score_name,
             best.history,
-            stopped_at=self.stopped_at,
+            so_far.train_time_s + elapsed,
+            list(so_far.resumed_at),
+            self.stopped_at,
         )
 
 
@@ -239,6 +295,8 @@ def fit_distributed(
     strategy: str = "ddp",
     seed: int = 0,
     progress: bool | None = None,
+    resumable: bool = False,
+    resume_from: str | None = None,
 ) -> TrainingResult:
     """Train a deepfuse ``model`` on ``train`` under ``lightning.Trainer`` (DDP on
     ``devices`` x ``num_nodes`` processes) and leave the best validation epoch's weights in it.
@@ -267,6 +325,16 @@ def fit_distributed(
         Seed of the shuffled order of every epoch (the same on every process).
     progress: bool, optional
         Lightning's progress bar (default: the model's ``progress``).
+    resumable: bool
+        Rank 0 writes a resume point into ``save_dir`` after every epoch (removed when the run
+        finishes), and the run continues from the one in ``resume_from`` (default:
+        ``save_dir``) if an earlier run of the same plan (model configuration, rows, epochs,
+        batch size) was interrupted, on this or another number of processes, or in one process
+        (:func:`~deepfuse_plugin.train.loop.train_with_validation`'s resume points are the same).
+        A different plan raises :class:`~deepfuse_plugin.train.resume.ResumeMismatchError`.
+    resume_from: str, optional
+        Where this process reads the resume point: another rank that saves nowhere shared
+        (``deepfuse train`` gives it a private folder) reads rank 0's ``save_dir``.
 
     Returns
     -------
@@ -285,39 +353,61 @@ def fit_distributed(
     )
     model._ensure_built()
     model.count_schedules_over(epochs)
-    model._start_schedule(len(train), epochs)
+    eval_every = eval_every if valid_rows is not None else epochs + 1
+    resume_from = resume_from or save_dir
+    state = (
+        start_resumable(model, train, valid_rows, epochs, eval_every, resume_from, "train")
+        if resumable
+        else None
+    )
+    model._start_schedule(len(train), epochs)  # after a restore: from its epochs_started
+    so_far = state.result if state else None
     best = BestCheckpointCallback(
         valid_rows,
         list(transformers),
         model.mode,
         steps_per_epoch=1,
         total_steps=epochs,
-        eval_every=eval_every if valid_rows is not None else epochs + 1,
+        eval_every=eval_every,
         save_dir=save_dir,
+        so_far=so_far,
         patience=model.early_stopping if valid_rows is not None else None,
     )
-    validation = _RankZeroValidation(best, epochs, save_dir)
+    best.report_scores(model)  # a resumed run continues at its plateau scale
+    validation = _RankZeroValidation(best, epochs, save_dir, state)
+    first_epoch = validation.first_epoch
     trainer = distributed_trainer(
         accelerator,
         devices,
         num_nodes,
         strategy,
-        max_epochs=epochs,
+        max_epochs=max(1, epochs - first_epoch),
         callbacks=[validation],
         progress=model.progress if progress is None else progress,
         root_dir=save_dir,
     )
     _warn_uneven_batch(model.batch_size, trainer.world_size)
+    if first_epoch < epochs and validation.stopped_at is None:
+        module = MultiModalLightningModule(
+            model, epochs, first_epoch, os.path.join(resume_from, resume.STATE_FILE)
+        )
+        _fit(trainer, model, module, MultiModalDataModule(model, train, seed, first_epoch))
+        result = _finish(model, validation, trainer, save_dir)
+    else:  # interrupted after its last epoch or early stop: nothing left to train
+        result = _finish_without_training(model, validation, save_dir)
+    if state is not None and (not validation.trained_here or trainer.is_global_zero):
+        resume.clear(save_dir)
+    return result
+
+
+def _fit(trainer: L.Trainer, model: Any, module: L.LightningModule, data: Any) -> None:
     model._fitting = True
     try:
         with callers_thread_count():
-            trainer.fit(
-                MultiModalLightningModule(model, epochs), MultiModalDataModule(model, train, seed)
-            )
+            trainer.fit(module, data)
     finally:
         model._fitting = False
         model.model.to(model.device)  # Lightning's teardown leaves the network on the CPU
-    return _finish(model, validation, trainer, save_dir)
 
 
 def _finish(
@@ -330,6 +420,18 @@ def _finish(
     result = validation.result() if validation.trained_here else _read_result(result_path)
     if os.path.exists(result_path):
         os.remove(result_path)
+    restore_safely(model, save_dir)
+    return result
+
+
+def _finish_without_training(
+    model: Any, validation: _RankZeroValidation, save_dir: str
+) -> TrainingResult:
+    """The result of a resumed run that had no epoch left; the kept epoch restored."""
+    result = validation.result()
+    if result.best_epoch == 0:  # no validation: the resume point's (last) epoch is kept
+        resume.save_checkpoint_atomically(model, save_dir)
+        result.best_epoch = validation.first_epoch
     restore_safely(model, save_dir)
     return result
 

@@ -169,7 +169,7 @@ def train_with_validation(
     if count_schedules_over is not None:  # deepfuse models; DeepChem's have no such schedules
         count_schedules_over(epochs)
     state = (
-        _start_resumable(model, train, valid, epochs, eval_every, save_dir, desc)
+        start_resumable(model, train, valid, epochs, eval_every, save_dir, desc)
         if resumable
         else None
     )
@@ -249,11 +249,12 @@ def train_with_validation(
     return final
 
 
-def _start_resumable(
+def start_resumable(
     model: Any, train: Any, valid: Any, epochs: int, eval_every: int, save_dir: str, desc: str
 ) -> resume.ResumeState:
-    """The resume state to train from: a fresh one, or the interrupted run's (restored into
-    ``model``)."""
+    """The resume state to train from: a fresh one, or the interrupted run's in ``save_dir``
+    (restored into ``model``: weights, optimizer, global step, random states; a different plan
+    raises :class:`~deepfuse_plugin.train.resume.ResumeMismatchError`)."""
     plan = resume.training_plan(model, train, valid, epochs, eval_every)
     state = resume.read_state(save_dir)
     if state is None:

@@ -86,6 +86,7 @@ def training_plan(
 ) -> dict[str, Any]:
     """The facts a resume point must share with the run continuing it (JSON-serialisable)."""
     config = model.get_config() if hasattr(model, "get_config") else {}
+    valid_ids = [] if valid is None else valid.ids  # fit_distributed: no validation rows
     return {
         "format": FORMAT,
         "model_class": type(model).__name__,
@@ -94,9 +95,9 @@ def training_plan(
         "eval_every": int(eval_every),
         "batch_size": int(model.batch_size),
         "n_train": len(train),
-        "n_valid": len(valid),
+        "n_valid": len(valid_ids),
         "train_ids": _digest(train.ids),
-        "valid_ids": _digest(valid.ids),
+        "valid_ids": _digest(valid_ids),
     }
 
 

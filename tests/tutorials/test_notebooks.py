@@ -83,7 +83,9 @@ def run_notebook(path: Path, kernel_manager: AsyncKernelManager, env: dict[str, 
         startup_timeout=120,
         resources={"metadata": {"path": str(path.parent)}},
     )
-    client.execute(env=env)
+    # cleanup_kc: shut the kernel down afterwards (nbclient leaves a kernel it was handed running:
+    # four idle kernels, ~0.6 GiB each, outlived their tests)
+    client.execute(env=env, cleanup_kc=True)
     return nb
 
 

@@ -4,8 +4,11 @@ batch, and what DDP keeps restores into the ordinary model."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+from unittest import mock
 
 import deepchem as dc
 import numpy as np
@@ -14,7 +17,10 @@ import torch
 
 import deepfuse_plugin as dfp
 from deepfuse_plugin.errors import InvalidSettingError
+from deepfuse_plugin.train import resume
 from deepfuse_plugin.train.lightning import RESULT_FILE, fit_distributed, lightning_strategy
+
+pytestmark = pytest.mark.ddp
 
 N_ROWS = 16
 
@@ -105,6 +111,63 @@ def test_ddp_on_two_processes_equals_one_process_and_restores(
     loaded = dfp.MultiModalTorchModel.load(str(tmp_path / "two"), progress=False)
     np.testing.assert_allclose(loaded.predict(valid), two.predict(valid), rtol=1e-6)
     assert not (tmp_path / "two" / RESULT_FILE).exists()  # the hand-over file is removed
+
+
+@contextlib.contextmanager
+def _stopped_after_epoch(epoch):
+    """The DDP run inside the block dies (rank 0 raises) right after writing the resume point
+    of ``epoch``; the forked processes inherit the patch, the launcher sees them fail."""
+    real = resume.save_resume_point
+
+    def save_then_die(model, directory, state):
+        written = real(model, directory, state)
+        if written.epochs_done == epoch:
+            raise RuntimeError("killed")
+        return written
+
+    with mock.patch.object(resume, "save_resume_point", save_then_die):
+        with pytest.raises(Exception, match="killed|exit"):
+            yield
+
+
+def test_interrupted_ddp_run_resumes_to_the_uninterrupted_weights(
+    small_featurizer, featurized, tiny_model_kwargs, tmp_path
+):
+    """4 epochs on 2 processes, killed after epoch 2 and resumed on 2: the uninterrupted run's
+    weights, history and kept epoch; resumed again in one process it finishes there too."""
+    train, valid = _datasets(featurized)
+    modalities = small_featurizer.modalities
+    run = dict(epochs=4, eval_every=1, accelerator="cpu", seed=5, resumable=True)
+    ddp = dict(run, devices=2, strategy="ddp_fork")
+
+    def model(folder):
+        return _model(modalities, tmp_path / folder, tiny_model_kwargs, batch_size=8)
+
+    whole = model("whole")
+    full = fit_distributed(whole, train, valid, **ddp)
+    assert resume.read_state(str(tmp_path / "whole")) is None  # cleared when the run ends
+    with _stopped_after_epoch(2):
+        fit_distributed(model("cut"), train, valid, **ddp)
+    saved = resume.read_state(str(tmp_path / "cut"))
+    assert saved is not None and saved.epochs_done == 2
+    with pytest.raises(resume.ResumeMismatchError, match="epochs"):  # another plan
+        fit_distributed(model("cut"), train, valid, **dict(ddp, epochs=5))
+    shutil.copytree(tmp_path / "cut", tmp_path / "cut_one")  # the same point, for one process
+
+    resumed_model = model("cut")
+    resumed = fit_distributed(resumed_model, train, valid, **ddp)
+    assert resumed.resumed_at == [2]
+    assert resumed.best_epoch == full.best_epoch
+    np.testing.assert_allclose(
+        [h["score"] for h in resumed.history], [h["score"] for h in full.history], rtol=1e-4
+    )
+    _assert_same_weights(_weights(whole), _weights(resumed_model))
+    assert resume.read_state(str(tmp_path / "cut")) is None
+
+    one = fit_distributed(model("cut_one"), train, valid, devices=1, strategy="auto", **run)
+    assert one.resumed_at == [2]
+    assert [h["epoch"] for h in one.history] == [1, 2, 3, 4]
+    assert one.history[:2] == resumed.history[:2]  # the epochs trained on 2 processes
 
 
 def test_settings_are_checked_and_ddp_tolerates_unused_parameters(
@@ -198,6 +261,22 @@ def test_deepfuse_train_devices_2_writes_an_ordinary_run(smiles, tmp_path, capsy
     assert main(_train_args(csv, nodes, "--devices", "2", "--num-nodes", "2")) == 2
     assert "--num-nodes 2 needs --strategy ddp" in capsys.readouterr().err
     assert not (tmp_path / "nodes").exists()
+
+
+def test_deepfuse_train_devices_2_resumes_an_interrupted_run(smiles, tmp_path):
+    from deepfuse_plugin.cli import main
+
+    csv = _csv(tmp_path / "data.csv", smiles)
+    out = tmp_path / "run"
+    args = _train_args(csv, str(out), "--devices", "2", "--epochs", "3")
+    with _stopped_after_epoch(1):
+        main(args)
+    assert not out.exists()  # the run so far waits in its staging folder
+    assert main([*args, "--resume"]) == 0
+    record = json.loads((out / "deepfuse_run.json").read_text())
+    assert record["training"]["resumed_at_epochs"] == [1]
+    assert [h["epoch"] for h in record["training"]["history"]] == [1, 2, 3]
+    assert not list(tmp_path.glob("*.deepfuse-partial"))
 
 
 def test_another_rank_of_a_multi_node_run_writes_nothing(smiles, tmp_path, monkeypatch):

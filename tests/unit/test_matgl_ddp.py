@@ -27,9 +27,13 @@ from deepfuse_plugin.matgl import (  # noqa: E402
 )
 from tests.unit.test_crystal_structures import cscl, nacl, silicon, srtio3  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
-    "fork" not in multiprocessing.get_all_start_methods(), reason="needs fork-started processes"
-)
+pytestmark = [
+    pytest.mark.ddp,
+    pytest.mark.skipif(
+        "fork" not in multiprocessing.get_all_start_methods(),
+        reason="needs fork-started processes",
+    ),
+]
 
 GLOBAL_BATCH = 8
 

@@ -17,6 +17,8 @@ from deepfuse_plugin.pretrained import PretrainingConfig, load_encoders, pretrai
 from deepfuse_plugin.pretrained._lightning import EpochShare
 from tests.conftest import SMILES
 
+pytestmark = pytest.mark.ddp
+
 needs_fork = pytest.mark.skipif(
     "fork" not in multiprocessing.get_all_start_methods(), reason="needs fork-started processes"
 )
