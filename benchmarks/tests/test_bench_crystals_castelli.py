@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from test_bench_crystals import tiny_extxyz  # noqa: F401 (fixture: mp36k's firs
 from deepfuse_bench import crystals_castelli as castelli
 from deepfuse_bench.cli import main
 from deepfuse_bench.crystals_data import MODELS, is_leaked
+from deepfuse_bench.crystals_report import format_markdown
 from deepfuse_bench.crystals_runs import SCHEDULE_KEYS, build_model
 from deepfuse_plugin.errors import InvalidInputError
 
@@ -155,7 +157,11 @@ def test_castelli_run_records_split_schedule_and_no_leak(castelli_run):
     text = (out / "crystals_castelli.md").read_text()
     assert "Castelli perovskites (own split)" in text and "leaked" not in text.split("## ")[0]
     assert "## Cost per run" in text and (out / "crystals_castelli.png").stat().st_size > 0
+    assert re.search(r"` in \d+ s\.", text)  # the run's wall time
     assert (out / "crystals_castelli_predictions" / "cgcnn_s0.npz").exists()
+    # a report written between runs says the run is still going (not "in nan s")
+    between = format_markdown({k: v for k, v in payload.items() if k != "wall_time_s"})
+    assert "(in progress: 2 runs so far)" in between and "nan s" not in between
 
 
 def test_resume_skips_finished_runs_and_refuses_other_settings(castelli_run, capsys):
