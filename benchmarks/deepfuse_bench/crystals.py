@@ -43,9 +43,9 @@ are kept in ``<out>/<stem>_predictions/<model>_s<seed>.npz`` (for the parity plo
 3. **Features.** One :class:`~deepfuse_plugin.feat.crystal.CrystalMultiModalFeaturizer` (fast
    describer, offline MiniLM sentence embeddings) computes every modality the chosen models need;
    each model reads its own modalities from the same samples. Featurized parts are cached as
-   DeepChem ``DiskDataset`` under ``<cache_dir>/crystal_bench/<key>`` (key: featurizer identity,
-   target and row ids), descriptions and embeddings in the featurizer's SQLite caches, so reruns
-   skip featurization.
+   pickle-free shards (``ShardedMultiModalDataset``) under ``<cache_dir>/crystal_bench/<key>``
+   (key: cache format, featurizer identity, target and row ids), descriptions and embeddings in
+   the featurizer's SQLite caches, so reruns skip featurization.
 4. **Timing** (cold caches: describers called directly, featurizer and embedder with
    ``cache_dir=False``; one untimed warm-up call on NaCl first, so imports and model loading are not
    counted): the fast describer on ``n_timing`` structures of the training subset, robocrys on the

@@ -206,8 +206,14 @@ def make_featurizer(
     )
 
 
+#: Cache layout: pickle-free shards (older caches, pickled ``DiskDataset`` folders, have other
+#: keys and are never read).
+CACHE_FORMAT = "shards-1"
+
+
 def _dataset_key(featurizer: Any, ids: Sequence[Any] | np.ndarray, target: str) -> str:
-    text = "|".join([str(featurizer), featurizer.describer.key, target, *map(str, ids)])
+    parts = [CACHE_FORMAT, str(featurizer), featurizer.describer.key, target, *map(str, ids)]
+    text = "|".join(parts)
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 
@@ -221,23 +227,23 @@ def featurize_part(
 ) -> tuple[Any, bool]:
     """The featurized part as a ``CrystalDataset`` and whether it came from the dataset cache.
 
-    Cached as a ``DiskDataset`` under ``<cache_root>/<key>`` (written to a temporary folder, then
-    renamed, so an interrupted run leaves no half-written cache).
+    Cached as pickle-free shards (:class:`~deepfuse_plugin.data.ShardedMultiModalDataset`) under
+    ``<cache_root>/<key>`` (written to a temporary folder, then renamed, so an interrupted run
+    leaves no half-written cache).
     """
-    import deepchem as dc
-
+    from deepfuse_plugin.data import ShardedMultiModalDataset
     from deepfuse_plugin.data.loaders import CrystalDataset
 
     folder = os.path.join(cache_root, _dataset_key(featurizer, ids, target))
     w = np.isfinite(y).astype(np.float64)
     if os.path.isdir(folder):
-        disk = dc.data.DiskDataset(folder)
-        return CrystalDataset(disk.X, disk.y, disk.w, disk.ids, tasks=[target]), True
+        cached = ShardedMultiModalDataset(folder)
+        return CrystalDataset(cached.X, cached.y, cached.w, cached.ids, tasks=[target]), True
     X = featurizer.featurize(list(structures))
     dataset = CrystalDataset(X, np.nan_to_num(y), w, ids, tasks=[target])
     os.makedirs(cache_root, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix=".partial_", dir=cache_root)
-    dc.data.DiskDataset.from_numpy(X, dataset.y, w, ids, tasks=[target], data_dir=scratch)
+    ShardedMultiModalDataset.from_dataset(dataset, scratch, modalities=featurizer.modalities)
     os.replace(scratch, folder)
     return dataset, False
 

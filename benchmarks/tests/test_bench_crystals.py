@@ -170,7 +170,10 @@ def test_table_plot_and_dataset_cache(tiny_run):
     assert "issue" not in text.lower() and "met)" not in text and "target >=" not in text
     assert (out / "crystals.png").stat().st_size > 0
     assert payload["data"]["dataset_cache"] == "miss"
-    assert len(list((cache / "crystal_bench").iterdir())) == 4  # train, val, test, zero_shot
+    folders = list((cache / "crystal_bench").iterdir())
+    assert len(folders) == 4  # train, val, test, zero_shot
+    for folder in folders:  # pickle-free shards: numeric arrays and JSON only
+        assert {p.suffix for p in folder.iterdir()} == {".json", ".npz"}
 
 
 def test_rerun_reads_the_cached_datasets(tiny_run, tiny_extxyz, tmp_path):
@@ -189,7 +192,7 @@ def test_rerun_reads_the_cached_datasets(tiny_run, tiny_extxyz, tmp_path):
         progress=False,
         echo=lambda _: None,
     )
-    # same modalities (graph + text_sentences) and rows: the parts come from the DiskDataset cache
+    # same modalities (graph + text_sentences) and rows: the parts come from the shard cache
     assert payload["data"]["dataset_cache"] == "hit"
     assert payload["featurization"]["robocrys"]["skipped"]
 
