@@ -45,8 +45,8 @@ from deepfuse_plugin.modalities import Modality
 from deepfuse_plugin.pretrained._loop import (
     RESUME_FILE,
     PretrainingConfig,
-    _config_dict,
     _resume,
+    _resume_settings,
     _Run,
     _samples,
     pretrain_encoders,  # the one-process run: it writes the finished checkpoint
@@ -212,7 +212,7 @@ class PretrainingLightningModule(L.LightningModule):
             "schedule": run.schedule.state_dict(),
             "epoch": epochs_done,
             "history": json.dumps(self.history),
-            "config": json.dumps(_config_dict(run.config)),
+            "config": json.dumps(_resume_settings(run)),
             "elapsed": self.elapsed + time.perf_counter() - self._started,
         }
         self.out.mkdir(parents=True, exist_ok=True)
@@ -267,7 +267,7 @@ def pretrain_distributed(
     # built on the CPU: Lightning moves it to each process's device (and a fork must not
     # inherit an initialized CUDA context)
     run = _Run(_samples(corpus), list(inputs), list(targets), replace(config, device="cpu"))
-    history, first_epoch, elapsed = _resume(run, out, config) if resume else ([], 0, 0.0)
+    history, first_epoch, elapsed = _resume(run, out) if resume else ([], 0, 0.0)
     trainer = distributed_trainer(
         accelerator,
         devices,

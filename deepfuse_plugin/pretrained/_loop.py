@@ -182,6 +182,10 @@ class _Run:
         config: PretrainingConfig,
     ):
         self.config, self.inputs, self.targets = config, inputs, targets
+        # how a streamed corpus is read changes every epoch's order: a resume point must match it
+        self.corpus_order = (
+            {"shuffle_window": samples.window} if isinstance(samples, ShardedCorpus) else {}
+        )
         rng = np.random.default_rng(config.seed)
         order = rng.permutation(len(samples))
         n_valid = int(round(config.valid_fraction * len(samples)))
@@ -350,7 +354,7 @@ def pretrain_encoders(
     if isinstance(samples, ShardedCorpus):
         corpus_info = {**(corpus_info or {}), **samples.info()}
     run = _Run(samples, list(inputs), list(targets), config)
-    history, start_epoch, elapsed = _resume(run, out, config) if resume else ([], 0, 0.0)
+    history, start_epoch, elapsed = _resume(run, out) if resume else ([], 0, 0.0)
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         row = {
@@ -367,7 +371,7 @@ def pretrain_encoders(
                 "schedule": run.schedule.state_dict(),
                 "epoch": epoch + 1,
                 "history": json.dumps(history),
-                "config": json.dumps(_config_dict(config)),
+                "config": json.dumps(_resume_settings(run)),
                 "elapsed": elapsed + time.perf_counter() - started,
             },
             out / RESUME_FILE,
@@ -401,14 +405,20 @@ def _config_dict(config: PretrainingConfig) -> dict[str, Any]:
     }
 
 
-def _resume(run: _Run, out: Path, config: PretrainingConfig) -> tuple[list, int, float]:
+def _resume_settings(run: _Run) -> dict[str, Any]:
+    """What a resume point must share with the run continuing it: the settings and, for a
+    streamed corpus, how it is shuffled."""
+    return {**_config_dict(run.config), **run.corpus_order}
+
+
+def _resume(run: _Run, out: Path) -> tuple[list, int, float]:
     path = out / RESUME_FILE
     if not path.is_file():
         return [], 0, 0.0
     state = torch.load(path, weights_only=True, map_location=run.device)
-    saved = json.loads(state["config"])
-    if saved != _config_dict(config):
-        diffs = sorted(k for k in saved if saved.get(k) != _config_dict(config).get(k))
+    saved, now = json.loads(state["config"]), _resume_settings(run)
+    if saved != now:
+        diffs = sorted(k for k in {*saved, *now} if saved.get(k) != now.get(k))
         raise InvalidSettingError(
             f"{path} was written with other settings ({diffs}); use the same "
             "settings, another out_dir, or resume=False"

@@ -102,6 +102,9 @@ def test_streamed_resumed_run_equals_uninterrupted_run(sharded, featurized, tmp_
     with pytest.raises(KeyboardInterrupt):
         pretrain_encoders(*args, tmp_path / "b", **options)
     monkeypatch.setattr(_loop._Run, "train_epoch", original)
+    other_order = dict(options, shuffle_window=3)  # another order of every later epoch
+    with pytest.raises(InvalidSettingError, match="shuffle_window"):
+        pretrain_encoders(*args, tmp_path / "b", **other_order)
     resumed = load_encoders(pretrain_encoders(*args, tmp_path / "b", **options))
     assert resumed.info["history"] == whole.info["history"]
     for name in whole.state:
