@@ -144,6 +144,7 @@ def test_predict_a_cif_folder_keeps_every_row(folder_run, crystal_inputs, tmp_pa
     assert broken["deepfuse_status"].str.startswith("invalid structure").all()
     assert "not found" in broken.loc["gone", "deepfuse_status"]
     assert frame.loc[0, "formula"] == "NaCl"
+    assert "volume_per_atom" in frame.columns  # id_prop.csv's label column, named as the task
     # predictions are in label units (volumes per atom of 10-30 A^3), not normalized ones
     assert frame.loc[ok, "volume_per_atom_pred"].between(0, 100).all()
 
