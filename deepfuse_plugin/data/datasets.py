@@ -73,11 +73,19 @@ class MultiModalDataset(NumpyDataset):
 
 
 def presence_frame(dataset: Dataset, names: Sequence[str] | None = None) -> pd.DataFrame:
-    """``(N, M)`` boolean frame: is modality m present for sample i? (index = dataset ids)."""
-    X = dataset.X
-    names = list(names or (X[0].modality_names if len(X) else []))
-    data = np.stack([x.mask(names) for x in X]) if len(X) else np.zeros((0, len(names)), bool)
-    return pd.DataFrame(data, index=pd.Index(dataset.ids, name="id"), columns=names)
+    """``(N, M)`` boolean frame: is modality m present for sample i? (index = dataset ids).
+
+    Reads one sample at a time (a sharded dataset one shard at a time); ``names`` defaults to
+    the first sample's modalities."""
+    masks, ids = [], []
+    for sample, _, _, id_ in dataset.itersamples():
+        if not names:
+            names = list(sample.modality_names)
+        masks.append(sample.mask(names))
+        ids.append(id_)
+    names = list(names or [])
+    data = np.stack(masks) if masks else np.zeros((0, len(names)), bool)
+    return pd.DataFrame(data, index=pd.Index(ids, name="id"), columns=names)
 
 
 def drop_modalities(

@@ -6,6 +6,7 @@ import logging
 
 import deepchem as dc
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from rdkit import Chem
@@ -276,12 +277,18 @@ def test_from_smiles_dataset_keeps_valid_rows_aligned_with_labels(caplog):
         dfp.MultiModalDataset.from_smiles(["bad", ""], feat, y=[1.0, 2.0])
 
 
-def test_presence_frame_and_drop_modalities(featurized, smiles):
+def test_presence_frame_and_drop_modalities(featurized, smiles, tmp_path, monkeypatch):
     ds = dc.data.NumpyDataset(featurized, np.zeros(len(smiles)), ids=np.array(smiles))
     frame = dfp.presence_frame(ds)
     assert list(frame.columns) == ["ecfp", "graph", "smiles"] and frame.values.all()
     assert list(frame.index) == smiles
     dropped = dfp.drop_modalities(ds, ["graph"], fraction=1.0)
+    # a sharded copy is read shard by shard, never loaded whole
+    from deepfuse_plugin.data import ShardedMultiModalDataset
+
+    sharded = ShardedMultiModalDataset.from_dataset(dropped, tmp_path / "shards", shard_size=5)
+    monkeypatch.setattr(ShardedMultiModalDataset, "X", property(lambda _: pytest.fail("X read")))
+    pd.testing.assert_frame_equal(dfp.presence_frame(sharded), dfp.presence_frame(dropped))
     assert not dfp.presence_frame(dropped)["graph"].any()
     assert dfp.presence_frame(dropped)[["ecfp", "smiles"]].values.all()
     assert featurized[0].present("graph")  # original untouched
