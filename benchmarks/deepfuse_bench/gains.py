@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from deepfuse_bench import missing_views
+from deepfuse_bench.datasets import DISPLAY
 from deepfuse_bench.missing_views import carry_field as carry_missing_views
 
 #: fusion model -> (scratch, + MiniMol, + MiniMol and pretrained encoders)
@@ -167,7 +168,7 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    labels = [f"{r['dataset']}\n{r['family']}" for r in rows]
+    labels = [f"{DISPLAY.get(r['dataset'], r['dataset'])}\n{r['family']}" for r in rows]
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
     x, width = np.arange(len(rows)), 0.38
     for i, stage in enumerate(STAGES[1:], start=1):
