@@ -394,7 +394,7 @@ def fit_distributed(
         _fit(trainer, model, module, MultiModalDataModule(model, train, seed, first_epoch))
         result = _finish(model, validation, trainer, save_dir)
     else:  # interrupted after its last epoch or early stop: nothing left to train
-        result = _finish_without_training(model, validation, save_dir)
+        result = _finish_without_training(model, validation, trainer, save_dir)
     if state is not None and (not validation.trained_here or trainer.is_global_zero):
         resume.clear(save_dir)
     return result
@@ -425,10 +425,13 @@ def _finish(
 
 
 def _finish_without_training(
-    model: Any, validation: _RankZeroValidation, save_dir: str
+    model: Any, validation: _RankZeroValidation, trainer: L.Trainer, save_dir: str
 ) -> TrainingResult:
-    """The result of a resumed run that had no epoch left; the kept epoch restored."""
+    """The result of a resumed run that had no epoch left; the kept epoch restored (by rank 0:
+    another rank keeps the resume point's weights and nothing in its own folder)."""
     result = validation.result()
+    if trainer.global_rank != 0:
+        return result
     if result.best_epoch == 0:  # no validation: the resume point's (last) epoch is kept
         resume.save_checkpoint_atomically(model, save_dir)
         result.best_epoch = validation.first_epoch

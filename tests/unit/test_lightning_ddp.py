@@ -170,6 +170,31 @@ def test_interrupted_ddp_run_resumes_to_the_uninterrupted_weights(
     assert one.history[:2] == resumed.history[:2]  # the epochs trained on 2 processes
 
 
+def test_a_run_stopped_after_its_last_epoch_trains_nothing_more(
+    small_featurizer, featurized, tiny_model_kwargs, tmp_path
+):
+    """Killed between the last resume point and the end: resuming keeps the kept epoch, trains
+    nothing and removes the resume point."""
+    train, valid = _datasets(featurized)
+    run = dict(epochs=2, eval_every=1, accelerator="cpu", devices=1, strategy="auto")
+    folder = tmp_path / "m"
+
+    def model():
+        return _model(small_featurizer.modalities, folder, tiny_model_kwargs, batch_size=8)
+
+    with _stopped_after_epoch(2):
+        fit_distributed(model(), train, valid, resumable=True, **run)
+    saved = resume.read_state(str(folder))
+    assert saved is not None and saved.epochs_done == 2
+    resumed = model()
+    result = fit_distributed(resumed, train, valid, resumable=True, **run)
+    assert result.resumed_at == [2] and result.history == saved.result.history
+    assert result.best_epoch == saved.result.best_epoch
+    assert resume.read_state(str(folder)) is None
+    kept = dfp.MultiModalTorchModel.load(str(folder), progress=False)
+    np.testing.assert_allclose(resumed.predict(valid), kept.predict(valid), rtol=1e-6)
+
+
 def test_settings_are_checked_and_ddp_tolerates_unused_parameters(
     small_featurizer, featurized, tiny_model_kwargs, tmp_path
 ):
