@@ -24,7 +24,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from deepchem.feat import MaterialStructureFeaturizer
@@ -40,6 +40,7 @@ from deepfuse_plugin.feat.crystal_inputs import (
 )
 from deepfuse_plugin.feat.crystal_modalities import (
     BUILTIN_CRYSTAL_MODALITIES,
+    BatchedCrystalModality,
     CompositionModality,
     CrystalContext,
     CrystalGraphModality,
@@ -81,6 +82,7 @@ __all__ = [
     "COMPOSITION_DIM",
     "COMPOSITION_PROPERTIES",
     "MAX_Z",
+    "BatchedCrystalModality",
     "CompositionModality",
     "CrystalContext",
     "CrystalGraphModality",
@@ -470,7 +472,8 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
         results: Sequence[MultiModalSample | RowFailure | None],
         descriptions: Sequence[str | Exception | None],
     ) -> None:
-        batched = [m for m in self.modality_featurizers if m.batched]
+        # the ``batched`` flag promises compute_batch (BatchedCrystalModality's, or a user's own)
+        batched = [cast(BatchedCrystalModality, m) for m in self.modality_featurizers if m.batched]
         if not batched:
             return
         samples = {i: s for i, s in enumerate(results) if isinstance(s, MultiModalSample)}

@@ -28,6 +28,7 @@ from deepfuse_plugin.modalities import MATGL_FORMAT, GraphFeatures, Modality, de
 
 __all__ = [
     "BUILTIN_CRYSTAL_MODALITIES",
+    "BatchedCrystalModality",
     "CompositionModality",
     "CrystalContext",
     "CrystalGraphModality",
@@ -77,7 +78,8 @@ class CrystalModalityFeaturizer(ABC):
 
     name: str
     spec: Modality
-    #: computed after the per-structure pass, batched over all descriptions (language models)
+    #: computed after the per-structure pass, batched over all descriptions (language models):
+    #: such a modality implements ``compute_batch``, as :class:`BatchedCrystalModality` does
     batched: bool = False
     #: :meth:`prepare` runs before the per-structure pass, over every structure (pretrained
     #: structure models, :mod:`deepfuse_plugin.feat.crystal_pretrained`)
@@ -87,14 +89,24 @@ class CrystalModalityFeaturizer(ABC):
     def compute(self, structure: Any, context: CrystalContext) -> Any:
         """Value for one structure; raise to mark the modality missing."""
 
-    def compute_batch(self, descriptions: Sequence[str], progress: bool = False) -> list[Any]:
-        """Values for many descriptions at once; only for ``batched`` modalities."""
-        raise NotImplementedError(f"{type(self).__name__} is not a batched modality")
-
     def prepare(self, structures: Sequence[Any], progress: bool = False) -> None:
         """Batched work over all ``structures`` (already checked against the featurizer's input
         limits) before :meth:`compute` sees them one by one; only for ``up_front`` modalities."""
         return None  # nothing to prepare by default
+
+
+class BatchedCrystalModality(CrystalModalityFeaturizer):
+    """A modality computed from the descriptions of many structures at once (a language model):
+    the featurizer calls :meth:`compute_batch` after the per-structure pass."""
+
+    batched = True
+
+    @abstractmethod
+    def compute_batch(self, descriptions: Sequence[str], progress: bool = False) -> list[Any]:
+        """Values for many descriptions at once, in their order."""
+
+    def compute(self, structure: Any, context: CrystalContext) -> Any:
+        return self.compute_batch([context.description])[0]
 
 
 class DisorderedStructureError(ValueError):
@@ -339,7 +351,7 @@ class TextTokensModality(CrystalModalityFeaturizer):
         return np.asarray(ids, dtype=np.int32)
 
 
-class TextEmbeddingModality(CrystalModalityFeaturizer):
+class TextEmbeddingModality(BatchedCrystalModality):
     """Frozen language-model encoding of the description (:class:`TextEmbedder`).
 
     ``level="text"`` (kind ``embedding``): the mean-pooled text vector ``(d,)`` (384 for MiniLM).
@@ -350,8 +362,6 @@ class TextEmbeddingModality(CrystalModalityFeaturizer):
     S * d * 2 bytes (7-15 KB) per structure; storing every token's hidden state would cost ~20x
     more.
     """
-
-    batched = True
 
     def __init__(
         self,
@@ -380,9 +390,6 @@ class TextEmbeddingModality(CrystalModalityFeaturizer):
                 dim=embedder.dim,
                 params={**params, "representation": "sentence_embeddings"},
             )
-
-    def compute(self, structure: Any, context: CrystalContext) -> np.ndarray:
-        return self.compute_batch([context.description])[0]
 
     def compute_batch(
         self, descriptions: Sequence[str], progress: bool = False
