@@ -385,15 +385,6 @@ def _molecule_inputs(
     return frame, X, status, [str(s) for s in frame[column]]
 
 
-def _named_id_prop_labels(frame: pd.DataFrame, kind: str, tasks: list[str]) -> pd.DataFrame:
-    """An ``id_prop.csv`` has no header: its label columns (``target0``, ...) take the run's task
-    names when there are as many, so they sit beside the ``<task>_pred`` columns."""
-    labels = [c for c in frame.columns if c.startswith("target") and c[6:].isdigit()]
-    if kind != "cif_folder" or not tasks or len(labels) != len(tasks):
-        return frame
-    return frame.rename(columns=dict(zip(labels, tasks)))
-
-
 def _structure_inputs(
     model: Any, record: dict[str, Any], path: str, cif_column: str | None, progress: bool
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]]:
@@ -408,8 +399,10 @@ def _structure_inputs(
             f"This run was trained on crystal structures; give a CIF folder, an extended XYZ "
             f"file, or a CSV of CIF text with --cif-column (got {path})"
         )
-    read = read_structures(path, column)
-    frame = _named_id_prop_labels(read.frame.copy(), read.format, record.get("tasks") or [])
+    # an id_prop.csv has no header: its label columns take the run's task names, beside the
+    # <task>_pred columns
+    read = read_structures(path, column, label_names=record.get("tasks") or [])
+    frame = read.frame.copy()
     status = np.full(len(read.ids), "ok", dtype=object)
     for row, reason in read.problems.items():
         status[row] = f"invalid structure: {reason}"

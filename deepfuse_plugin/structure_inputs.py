@@ -123,6 +123,7 @@ def read_structures(
     cif_column: str | None = None,
     tasks: Sequence[str] = (),
     id_key: str = "material_id",
+    label_names: Sequence[str] = (),
 ) -> StructureRows:
     """Read every row of a structure input (see the module docstring).
 
@@ -137,6 +138,9 @@ def read_structures(
         target columns of ``id_prop.csv`` (as many as it has). Empty for prediction.
     id_key: str
         ``info`` key of an XYZ frame used as its id (the row number when absent).
+    label_names: sequence of str
+        Without ``tasks`` (prediction): names for ``id_prop.csv``'s label columns when it has as
+        many (a run's tasks); ``target0``, ``target1``, ... otherwise.
 
     Raises
     ------
@@ -148,7 +152,7 @@ def read_structures(
         raise WorkflowError(f"Input not found: {path}")
     kind = structure_format(path, cif_column)
     if kind == "cif_folder":
-        return _read_cif_folder(path, list(tasks))
+        return _read_cif_folder(path, list(tasks), list(label_names))
     if kind == "extxyz":
         return _read_extxyz(path, list(tasks), id_key)
     if kind == "cif_csv" and cif_column is not None:
@@ -192,11 +196,11 @@ def _read_cif_csv(path: str, cif_column: str, tasks: list[str]) -> StructureRows
     return StructureRows(ids, structures, frame, "cif_csv", problems)
 
 
-def _read_cif_folder(folder: str, tasks: list[str]) -> StructureRows:
+def _read_cif_folder(folder: str, tasks: list[str], label_names: list[str]) -> StructureRows:
     """CGCNN's layout; without ``id_prop.csv`` (prediction only) every ``*.cif`` is a row."""
     table_path = os.path.join(folder, ID_PROP)
     if os.path.isfile(table_path):
-        frame = _id_prop_frame(table_path, tasks)
+        frame = _id_prop_frame(table_path, tasks, label_names)
     else:
         if tasks:
             raise WorkflowError(
@@ -223,8 +227,9 @@ def _read_cif_folder(folder: str, tasks: list[str]) -> StructureRows:
     return StructureRows(list(frame["id"]), structures, frame, "cif_folder", problems)
 
 
-def _id_prop_frame(path: str, tasks: list[str]) -> pd.DataFrame:
-    """``id_prop.csv`` (no header: id, target...) as a frame with columns ``id`` and ``tasks``."""
+def _id_prop_frame(path: str, tasks: list[str], label_names: list[str]) -> pd.DataFrame:
+    """``id_prop.csv`` (no header: id, target...) as a frame with columns ``id`` and ``tasks``
+    (or ``label_names`` when there are as many, else ``target0``...)."""
     try:
         table = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
@@ -240,7 +245,8 @@ def _id_prop_frame(path: str, tasks: list[str]) -> pd.DataFrame:
         table = table.iloc[1:].reset_index(drop=True)
     if len(table) == 0:
         raise WorkflowError(f"{path} lists no structures")
-    names = ["id", *(tasks or [f"target{i}" for i in range(targets)])]
+    default = label_names if len(label_names) == targets else [f"target{i}" for i in range(targets)]
+    names = ["id", *(tasks or default)]
     table.columns = names
     return table
 

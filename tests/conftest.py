@@ -27,9 +27,15 @@ DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 
 
 @contextlib.contextmanager
-def killed_after_epoch(epoch: int) -> Iterator[None]:
-    """Resumable training inside the block stops (``KeyboardInterrupt``, as on Ctrl-C) right after
-    writing the resume point of ``epoch``; the block must be interrupted that way."""
+def killed_after_epoch(
+    epoch: int,
+    error: BaseException | type[BaseException] = KeyboardInterrupt,
+    expected: type[BaseException] = KeyboardInterrupt,
+    match: str | None = None,
+) -> Iterator[None]:
+    """Resumable training inside the block stops right after writing the resume point of
+    ``epoch``, raising ``error`` (default ``KeyboardInterrupt``, as on Ctrl-C); the block must
+    end with ``expected`` (on forked processes: the launcher's own error about them)."""
     from deepfuse_plugin.train import resume
 
     real = resume.save_resume_point
@@ -37,12 +43,12 @@ def killed_after_epoch(epoch: int) -> Iterator[None]:
     def save_then_stop(model, directory, state):
         written = real(model, directory, state)
         if written.epochs_done == epoch:
-            raise KeyboardInterrupt
+            raise error
         return written
 
     with (
         mock.patch.object(resume, "save_resume_point", save_then_stop),
-        pytest.raises(KeyboardInterrupt),
+        pytest.raises(expected, match=match),
     ):
         yield
 

@@ -55,6 +55,7 @@ from deepfuse_plugin.train.ddp import (
     callers_thread_count,
     check_same_first_epoch,
     distributed_trainer,
+    optimizer_state_to_devices,
 )
 
 __all__ = ["PretrainingLightningModule", "pretrain_distributed"]
@@ -163,6 +164,7 @@ class PretrainingLightningModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.run.device = self.device  # validation batches go where Lightning put the network
+        optimizer_state_to_devices(self)
         check_same_first_epoch(self, self.first_epoch, str(self.out / RESUME_FILE))
 
     def on_train_start(self) -> None:

@@ -24,6 +24,7 @@ from deepfuse_plugin.errors import InvalidSettingError
 __all__ = [
     "callers_thread_count",
     "check_same_first_epoch",
+    "optimizer_state_to_devices",
     "distributed_trainer",
     "lightning_strategy",
     "process_rank",
@@ -92,12 +93,7 @@ def check_same_first_epoch(module: L.LightningModule, first_epoch: int, resume_f
     """Raise :class:`~deepfuse_plugin.errors.InvalidSettingError` unless every process of
     ``module``'s run resumes after the same epoch: each process reads the resume point itself
     (on several machines ``resume_file`` must be on a file system they all share). Call it from
-    ``on_fit_start``.
-
-    Also moves a resumed optimizer state (loaded on the CPU) to the parameters' devices, as
-    ``torch`` does on load."""
-    for optimizer in module.trainer.optimizers:
-        optimizer.load_state_dict(optimizer.state_dict())
+    ``on_fit_start``."""
     gathered = module.all_gather(torch.tensor(first_epoch, device=module.device))
     starts = torch.as_tensor(gathered).reshape(-1)
     if bool((starts != first_epoch).any()):
@@ -105,6 +101,14 @@ def check_same_first_epoch(module: L.LightningModule, first_epoch: int, resume_f
             f"The processes resume from different epochs ({starts.tolist()}): {resume_file} "
             "must be on a file system every machine shares (or start over without resuming)"
         )
+
+
+def optimizer_state_to_devices(module: L.LightningModule) -> None:
+    """Move a resumed optimizer state (loaded on the CPU) to the devices Lightning put the
+    parameters on: loading a state dict does that, as ``torch`` does on load. Call it from
+    ``on_fit_start``."""
+    for optimizer in module.trainer.optimizers:
+        optimizer.load_state_dict(optimizer.state_dict())
 
 
 def process_rank(

@@ -76,9 +76,14 @@ from deepfuse_plugin.train.ddp import (  # the shared pieces, importable from he
     check_same_first_epoch,
     distributed_trainer,
     lightning_strategy,
+    optimizer_state_to_devices,
     process_rank,
 )
-from deepfuse_plugin.train.loop import BestCheckpointCallback, start_resumable
+from deepfuse_plugin.train.loop import (
+    BestCheckpointCallback,
+    keep_selected_epoch,
+    start_resumable,
+)
 from deepfuse_plugin.train.result import TrainingResult
 from deepfuse_plugin.train.utils import check_training_settings, write_json
 
@@ -116,8 +121,9 @@ class MultiModalDataModule(L.LightningDataModule):
         trainer: Any = self.trainer
         world, rank = trainer.world_size, trainer.global_rank
         rows: Any = range(len(self.X))  # a sequence of row numbers serves as a Dataset
-        sampler = _EpochShare(rows, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
-        sampler.first_epoch = self.first_epoch
+        sampler = _OffsetEpochSampler(
+            rows, self.first_epoch, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
+        )
         return DataLoader(
             rows,
             batch_size=per_process_batch(self.model.batch_size, world),
@@ -133,11 +139,13 @@ class MultiModalDataModule(L.LightningDataModule):
         return [batch], [self.y[index]], [self.w[index]]
 
 
-class _EpochShare(DistributedSampler):
+class _OffsetEpochSampler(DistributedSampler):
     """``DistributedSampler`` whose epochs count from ``first_epoch`` (a resumed run's): Lightning
     calls :meth:`set_epoch` with the epochs of this fit only."""
 
-    first_epoch = 0
+    def __init__(self, rows: Any, first_epoch: int, **options: Any) -> None:
+        super().__init__(rows, **options)
+        self.first_epoch = first_epoch
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(self.first_epoch + epoch)
@@ -169,6 +177,7 @@ class MultiModalLightningModule(L.LightningModule):
         return batch_to_device(batch, device)  # this rank's device, not the model's
 
     def on_fit_start(self) -> None:
+        optimizer_state_to_devices(self)
         check_same_first_epoch(self, self.first_epoch, self.resume_file)
 
     def on_train_epoch_start(self) -> None:
@@ -241,18 +250,8 @@ class _RankZeroValidation(L.Callback):
         if best.patience is not None and best.waited() >= best.patience:
             self.stopped_at, trainer.should_stop = epoch, True
         if self.state is not None and trainer.is_global_zero:
-            self._save_resume_point(model, epoch)
-
-    def _save_resume_point(self, model: Any, epoch: int) -> None:
-        assert self.state is not None
-        try:
-            resume.save_resume_point(
-                model, self.save_dir, replace(self.state, epochs_done=epoch, result=self.result())
-            )
-        except OSError as err:  # e.g. a full disk: the run itself can still finish
-            logger.warning(
-                "could not write the resume point of epoch %d (%s); training goes on", epoch, err
-            )
+            point = replace(self.state, epochs_done=epoch, result=self.result())
+            resume.save_resume_point_or_warn(model, self.save_dir, point, "train", logger)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -395,7 +394,7 @@ def fit_distributed(
         result = _finish(model, validation, trainer, save_dir)
     else:  # interrupted after its last epoch or early stop: nothing left to train
         result = _finish_without_training(model, validation, trainer, save_dir)
-    if state is not None and (not validation.trained_here or trainer.is_global_zero):
+    if state is not None and trainer.global_rank == 0:  # the launcher of ddp_fork/spawn too
         resume.clear(save_dir)
     return result
 
@@ -430,12 +429,8 @@ def _finish_without_training(
     """The result of a resumed run that had no epoch left; the kept epoch restored (by rank 0:
     another rank keeps the resume point's weights and nothing in its own folder)."""
     result = validation.result()
-    if trainer.global_rank != 0:
-        return result
-    if result.best_epoch == 0:  # no validation: the resume point's (last) epoch is kept
-        resume.save_checkpoint_atomically(model, save_dir)
-        result.best_epoch = validation.first_epoch
-    restore_safely(model, save_dir)
+    if trainer.global_rank == 0:
+        keep_selected_epoch(model, save_dir, result, validation.first_epoch)
     return result
 
 

@@ -208,20 +208,8 @@ def train_with_validation(
 
         def save_point(fitted: Any, epoch: int) -> None:
             assert state is not None
-            try:
-                resume.save_resume_point(
-                    fitted, save_dir, replace(state, epochs_done=epoch, result=result())
-                )
-            except OSError as err:  # e.g. a full disk: the run itself can still finish
-                saved = resume.read_state(save_dir)
-                logger.warning(
-                    "%s: could not write the resume point of epoch %d (%s); training "
-                    "goes on, but an interruption now continues from epoch %d",
-                    desc,
-                    epoch,
-                    err,
-                    saved.epochs_done if saved else 0,
-                )
+            point = replace(state, epochs_done=epoch, result=result())
+            resume.save_resume_point_or_warn(fitted, save_dir, point, desc, logger)
 
         if state is not None:
             callback.on_epoch_end = save_point
@@ -239,14 +227,21 @@ def train_with_validation(
                     stop.epoch,
                 )
         final = result()
-    if final.best_epoch == 0:  # empty validation split or only NaN scores: keep the last epoch
-        resume.save_checkpoint_atomically(model, save_dir)
-        final.best_epoch = epochs
-    else:  # DeepChem's own restore would unpickle without weights_only: never for baselines
-        restore_safely(model, save_dir)
+    keep_selected_epoch(model, save_dir, final, epochs)
     if state is not None:
         resume.clear(save_dir)
     return final
+
+
+def keep_selected_epoch(model: Any, save_dir: str, result: TrainingResult, last: int) -> None:
+    """Leave the kept epoch's weights in ``model`` and ``save_dir``: the best validation epoch's
+    checkpoint, or (no validation split, only NaN scores: ``best_epoch`` 0) the weights ``model``
+    holds, as epoch ``last``."""
+    if result.best_epoch == 0:
+        resume.save_checkpoint_atomically(model, save_dir)
+        result.best_epoch = last
+    else:  # DeepChem's own restore would unpickle without weights_only: never for baselines
+        restore_safely(model, save_dir)
 
 
 def start_resumable(

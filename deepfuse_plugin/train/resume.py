@@ -266,6 +266,25 @@ def save_resume_point(model: Any, directory: str, state: ResumeState) -> ResumeS
     return state
 
 
+def save_resume_point_or_warn(
+    model: Any, directory: str, state: ResumeState, desc: str, log: Any
+) -> None:
+    """:func:`save_resume_point`, but a failure to write (e.g. a full disk) is logged on ``log``
+    instead of raised: the run itself can still finish."""
+    try:
+        save_resume_point(model, directory, state)
+    except OSError as err:
+        saved = read_state(directory)
+        log.warning(
+            "%s: could not write the resume point of epoch %d (%s); training goes on, but an "
+            "interruption now continues from epoch %d",
+            desc,
+            state.epochs_done,
+            err,
+            saved.epochs_done if saved else 0,
+        )
+
+
 def restore_resume_point(model: Any, directory: str, state: ResumeState) -> None:
     """Load the weights, optimizer, global step and random states of ``state`` into ``model``."""
     from deepfuse_plugin.models.checkpoints import restore_safely

@@ -4,11 +4,9 @@ batch, and what DDP keeps restores into the ordinary model."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-from unittest import mock
 
 import deepchem as dc
 import numpy as np
@@ -19,6 +17,7 @@ import deepfuse_plugin as dfp
 from deepfuse_plugin.errors import InvalidSettingError
 from deepfuse_plugin.train import resume
 from deepfuse_plugin.train.lightning import RESULT_FILE, fit_distributed, lightning_strategy
+from tests.conftest import killed_after_epoch
 
 pytestmark = pytest.mark.ddp
 
@@ -113,21 +112,10 @@ def test_ddp_on_two_processes_equals_one_process_and_restores(
     assert not (tmp_path / "two" / RESULT_FILE).exists()  # the hand-over file is removed
 
 
-@contextlib.contextmanager
 def _stopped_after_epoch(epoch):
-    """The DDP run inside the block dies (rank 0 raises) right after writing the resume point
-    of ``epoch``; the forked processes inherit the patch, the launcher sees them fail."""
-    real = resume.save_resume_point
-
-    def save_then_die(model, directory, state):
-        written = real(model, directory, state)
-        if written.epochs_done == epoch:
-            raise RuntimeError("killed")
-        return written
-
-    with mock.patch.object(resume, "save_resume_point", save_then_die):
-        with pytest.raises(Exception, match="killed|exit"):
-            yield
+    """The run inside the block dies (rank 0 raises) right after writing the resume point of
+    ``epoch``; forked processes inherit the patch, and the launcher sees them fail."""
+    return killed_after_epoch(epoch, RuntimeError("killed"), Exception, "killed|exit")
 
 
 def test_interrupted_ddp_run_resumes_to_the_uninterrupted_weights(
