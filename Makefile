@@ -41,9 +41,9 @@ demo: $(STAMP)
 test: $(BENCH_STAMP)
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python -m pytest -q -ra --durations=15
 
-# ruff (lint + format check) over library, harness and tests; mypy over the library (pyproject.toml;
-# the pre-commit hooks run the same tools). All three run, so one call lists every problem; the
-# target fails if any of them does (CI runs it: .ci/run).
+# ruff (lint + format check) over library, harness and tests; mypy over library and harness
+# (pyproject.toml; the pre-commit hooks run the same tools). All three run, so one call lists
+# every problem; the target fails if any of them does (CI runs it: .ci/run).
 LINT_PATHS ?= deepfuse_plugin benchmarks tests
 lint: $(BENCH_STAMP)
 	status=0; \

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from deepfuse_plugin.cli_hpopt import add_hpopt_parser, run_hpopt_command
 from deepfuse_plugin.cli_options import (
     DEFAULT_EPOCHS,
+    DEFAULT_EVAL_EVERY,
     DEFAULT_LEARNING_RATE,
     add_data_arguments,
     add_distributed_arguments,
@@ -153,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--eval-every",
         type=positive_int,
-        default=2,
-        help="validate every N epochs, keep the best (default: %(default)s)",
+        default=None,
+        help=f"validate every N epochs, keep the best (default: {DEFAULT_EVAL_EVERY}, or the "
+        "--params file's: the interval its search scored with)",
     )
     train.add_argument("--batch-size", type=positive_int, default=64)
     train.add_argument(
@@ -198,8 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--params",
         default=None,
         metavar="JSON",
-        help="model settings (and epochs) from 'deepfuse hpopt' (DIR/best_params.json); "
-        "options given here explicitly (e.g. --epochs, --learning-rate) take precedence",
+        help="model settings, epochs and validation interval from 'deepfuse hpopt' "
+        "(DIR/best_params.json); options given here explicitly (e.g. --epochs, "
+        "--learning-rate, --eval-every) take precedence",
     )
 
     add_hpopt_parser(sub)
@@ -354,13 +357,14 @@ def _print_pretrained() -> None:
         )
 
 
-def _fine_tuning_options(args: argparse.Namespace) -> tuple[dict, int, float]:
+def _fine_tuning_options(args: argparse.Namespace) -> tuple[dict, int, float, int]:
     """``train``'s :func:`~deepfuse_plugin.cli_options.data_options` with the model settings of
-    --params and the schedule options, its epochs and learning rate (an option given on the
-    command line wins over the file's value)."""
-    from deepfuse_plugin.train.hpopt import load_best_params
+    --params and the schedule options, its epochs, learning rate and validation interval (an
+    option given on the command line wins over the file's value)."""
+    from deepfuse_plugin.train.hpopt import read_best_params
 
-    model_kwargs: dict = load_best_params(args.params) if args.params else {}
+    search = read_best_params(args.params) if args.params else {"params": {}}
+    model_kwargs = dict(search["params"])
     from_file = (
         model_kwargs.pop("epochs", DEFAULT_EPOCHS),
         model_kwargs.pop("learning_rate", DEFAULT_LEARNING_RATE),
@@ -373,13 +377,14 @@ def _fine_tuning_options(args: argparse.Namespace) -> tuple[dict, int, float]:
             f"--params {args.params}: epochs {from_file[0]!r} or learning_rate "
             f"{from_file[1]!r} is not a number; give the file 'deepfuse hpopt' wrote"
         ) from None
+    eval_every = args.eval_every or search.get("eval_every") or DEFAULT_EVAL_EVERY
     options = data_options(args, args.csv)
     options["model_kwargs"] = {
         **model_kwargs,
         **schedule_settings(args),
         **options["model_kwargs"],
     }
-    return options, epochs, learning_rate
+    return options, epochs, learning_rate, eval_every
 
 
 def _forward_to_bench(args: argparse.Namespace) -> int:
@@ -438,7 +443,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "train":
         from deepfuse_plugin.workflows import train_from_csv
 
-        options, epochs, learning_rate = _fine_tuning_options(args)
+        options, epochs, learning_rate, eval_every = _fine_tuning_options(args)
         distributed = distributed_settings(args)
         record = train_from_csv(
             args.csv,
@@ -446,7 +451,7 @@ def _run(args: argparse.Namespace) -> int:
             epochs=epochs,
             batch_size=args.batch_size,
             learning_rate=learning_rate,
-            eval_every=args.eval_every,
+            eval_every=eval_every,
             resume=args.resume,
             uncertainty=args.uncertainty,
             progress=progress,

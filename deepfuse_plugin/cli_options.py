@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import math
 
-#: ``train``'s epochs and learning rate when neither the command line nor ``--params`` sets them.
+#: ``train``'s epochs, learning rate and validation interval when neither the command line nor
+#: ``--params`` sets them.
 DEFAULT_EPOCHS = 30
 DEFAULT_LEARNING_RATE = 1e-3
+DEFAULT_EVAL_EVERY = 2
 
 
 def csv_list(text: str) -> list[str]:

@@ -390,8 +390,8 @@ def read_history(
             ("train_loss", "train_loss_epoch"),
             ("score", tracked),
         ):
-            values = rows[column].dropna() if column in rows else []
-            entry[key] = float(values.iloc[-1]) if len(values) else None
+            values = rows[column].dropna() if column in rows else None
+            entry[key] = float(values.iloc[-1]) if values is not None and len(values) else None
         history.append(entry)
     scores = [h["score"] for h in history if h["score"] is not None and np.isfinite(h["score"])]
     target = (max(scores) if higher else min(scores)) if scores else None
@@ -592,10 +592,11 @@ def run_chemprop(
     launcher = work / "chemprop_epoch_clock.py"
     launcher.write_text(CLOCK_SCRIPT)
     env = {**child_env(threads), CLOCK_ENV: str(clock)}
-    paths = [Path(p).absolute() for p in (train_csv, valid_csv, test_csv)]
     train_cmd = train_command(
         [str(exe.parent / "python"), str(launcher)],
-        *paths,
+        Path(train_csv).absolute(),
+        Path(valid_csv).absolute(),
+        Path(test_csv).absolute(),
         tasks,
         mode,
         epochs,

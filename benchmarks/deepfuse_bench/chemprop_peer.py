@@ -105,6 +105,8 @@ def fit_chemprop(
         threads=threads,
         executable=executable,
     )
+    if result.valid_pred is None or result.test_pred is None:
+        raise cp.ChempropError(f"chemprop finished in {workdir} without predictions")
     metrics = [
         wf.evaluate(Precomputed(pred, smiles), part, transformers, mode)[0]
         for pred, smiles, part in (

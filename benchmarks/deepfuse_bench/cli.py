@@ -147,13 +147,14 @@ def _add_moleculenet_parser(sub: argparse._SubParsersAction) -> None:
         "unimodal_smiles, dc_mlp,dc_rf,dc_dmpnn,chemprop. Opt-in: minimol_mlp "
         "(MiniMol embedding + MLP head), dynamic_minimol,late_minimol (the three "
         "views + MiniMol, from scratch), dynamic_pretrained,late_pretrained (the "
-        "same with encoders from --pretrained)",
+        "same with encoders from --pretrained), dynamic_ssl,late_ssl (encoders from "
+        "--pretrained, the three views without MiniMol)",
     )
     molnet.add_argument(
         "--pretrained",
         default=None,
         metavar="NAME_OR_FOLDER",
-        help="checkpoint of the *_pretrained models: a shipped name (`deepfuse "
+        help="checkpoint of the *_pretrained and *_ssl models: a shipped name (`deepfuse "
         "pretrained`) or a folder written by `deepfuse pretrain` (default: the "
         "first shipped checkpoint; without one those models are refused)",
     )

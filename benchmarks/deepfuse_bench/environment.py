@@ -52,11 +52,11 @@ class PeakRSS:
 
     def _rss(self) -> float:
         total = 0
+        process = self._process
+        if process is None:
+            return 0.0
         try:
-            processes = [
-                self._process,
-                *(self._process.children(recursive=True) if self.tree else []),
-            ]
+            processes = [process, *(process.children(recursive=True) if self.tree else [])]
         except self._gone:
             return 0.0
         for process in processes:

@@ -21,7 +21,7 @@ import os
 import platform
 import time
 import tracemalloc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -77,7 +77,7 @@ class Repeats:
         return int(np.argmin(self.wall))
 
 
-def time_interleaved(sides: dict[str, Callable[[], Any]], repeats: int) -> dict[str, Repeats]:
+def time_interleaved(sides: Mapping[str, Callable[[], Any]], repeats: int) -> dict[str, Repeats]:
     """Time every side ``repeats`` times, interleaved (A B C A B C ...) so that background load
     on a shared machine hits every side alike."""
     timings = {name: Repeats() for name in sides}
@@ -234,15 +234,13 @@ def run_featurize_bench(
         for times in parts.values():
             times.clear()
         timings = time_interleaved({k: partial(f, smiles) for k, f in sides.items()}, repeats)
-        for name, times in timings.items():
-            best = min(times.wall)
-            record[name] = {"best_s": best, "times_s": times.wall, "mol_per_s": n / best}
+        for name, repeats_of in timings.items():
+            best = min(repeats_of.wall)
+            record[name] = {"best_s": best, "times_s": repeats_of.wall, "mol_per_s": n / best}
         best_run = timings["deepchem"].best
         record["deepchem"]["parts_mol_per_s"] = {k: n / v[best_run] for k, v in parts.items()}
         for name in ("deepfuse", "deepchem"):  # untimed traced runs (workers are not traced)
-            record[name]["tracemalloc_peak_mib"] = tracemalloc_peak_mb(
-                lambda f=sides[name]: f(smiles)
-            )
+            record[name]["tracemalloc_peak_mib"] = tracemalloc_peak_mb(partial(sides[name], smiles))
     samples = sides["deepfuse"](smiles)  # outside the quiet block: logs the unparseable inputs once
     record["deepfuse"]["unparseable"] = int(sum(not hasattr(s, "values") for s in samples))
     speedup = record["deepchem"]["best_s"] / record["deepfuse"]["best_s"]

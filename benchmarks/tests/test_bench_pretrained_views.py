@@ -193,6 +193,23 @@ def test_new_variants_train_and_appear_in_the_table(tiny_molnet_dir, checkpoint,
     assert "`minimol_mlp`: best validation ROC-AUC." in text
 
 
+def test_self_supervised_encoders_train_without_the_minimol_view(
+    tiny_molnet_dir, checkpoint, tmp_path
+):
+    out = tmp_path / "out"
+    argv = ["--no-progress", "moleculenet", "--datasets", "bbbp", "--seeds", "0", "--epochs", "1"]
+    argv += ["--data-dir", str(tiny_molnet_dir), "--models", "dynamic_ssl"]
+    argv += ["--pretrained", str(checkpoint), "--out", str(out)]
+    argv += ["--embedding-cache-dir", str(tmp_path / "embeddings")]
+    assert main(argv) == 0
+    (run,) = json.loads((out / "moleculenet.json").read_text())["runs"]
+    assert run["features"] == "multimodal" and np.isfinite(run["test_metric"])
+    params = run["hyperparameters"]
+    assert params["modalities"] == list(molnet_data.FUSION_MODALITIES)
+    assert params["pretrained_name"] == "Tiny-test-v0"
+    assert params["pretrained_modalities"] == list(molnet_data.FUSION_MODALITIES)
+
+
 def test_pretrained_models_without_a_checkpoint_are_refused(
     checkpoint, tmp_path, capsys, monkeypatch
 ):
@@ -252,7 +269,20 @@ def test_new_names_are_opt_in_and_have_a_run_cost():
     assert models.default_models()[-1] == "chemprop"
     assert set(models.all_models()) <= set(runner.RUN_COST_S)
     assert set(models.MINIMOL_MODELS) == set(NEW)
-    assert models.PRETRAINED_MODELS == ("dynamic_pretrained", "late_pretrained")
+    assert models.PRETRAINED_MODELS == (
+        "dynamic_ssl",
+        "late_ssl",
+        "dynamic_pretrained",
+        "late_pretrained",
+    )
+    # the self-supervised encoders alone: opt-in too, on the three default views
+    assert models.check_models(["dynamic_ssl", "late_ssl"]) == ["dynamic_ssl", "late_ssl"]
+    assert not {"dynamic_ssl", "late_ssl"} & set(models.default_models())
+    assert models.model_features("dynamic_ssl") == "multimodal"
+    assert models.model_label("late_ssl") == (
+        "LateFusionModel (ecfp+graph+smiles, ecfp/graph/smiles encoders from the pretrained "
+        "checkpoint)"
+    )
 
 
 def test_notes_name_the_selection_rule_of_every_model():

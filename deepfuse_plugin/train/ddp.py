@@ -24,9 +24,9 @@ from deepfuse_plugin.errors import InvalidSettingError
 __all__ = [
     "callers_thread_count",
     "check_same_first_epoch",
-    "optimizer_state_to_devices",
     "distributed_trainer",
     "lightning_strategy",
+    "optimizer_state_to_devices",
     "process_rank",
 ]
 

@@ -44,6 +44,7 @@ __all__ = [
     "check_study_setup",
     "remove_search",
     "load_best_params",
+    "read_best_params",
     "HPOPT_FILES",
 ]
 
@@ -349,7 +350,7 @@ def run_hpopt(
                 show_progress_bar=progress,
                 catch=(ValueError,),
             )
-    return _write_results(study, out, model, score_name["name"])
+    return _write_results(study, out, model, score_name["name"], eval_every)
 
 
 def _searched_names(model: str) -> set[str]:
@@ -362,7 +363,9 @@ def _searched_names(model: str) -> set[str]:
     return set(trial.params) | {"mask_end"}
 
 
-def _write_results(study: Any, out: Path, model: str, score_name: str) -> HpoptResult:
+def _write_results(
+    study: Any, out: Path, model: str, score_name: str, eval_every: int
+) -> HpoptResult:
     import optuna
 
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -388,6 +391,8 @@ def _write_results(study: Any, out: Path, model: str, score_name: str) -> HpoptR
         "validation_score": best.value,
         "score_name": name,
         "best_epoch": best.user_attrs.get("best_epoch"),
+        # the validation interval the trials were scored with: `deepfuse train --params` keeps it
+        "eval_every": eval_every,
         "trials_complete": len(complete),
         "written": time.strftime("%Y-%m-%d %H:%M"),
     }
@@ -449,6 +454,20 @@ def load_best_params(path: str | os.PathLike) -> dict[str, Any]:
     InvalidInputError
         The file is missing, not JSON, or has no ``params`` mapping.
     """
+    return dict(read_best_params(path)["params"])
+
+
+def read_best_params(path: str | os.PathLike) -> dict[str, Any]:
+    """The whole ``best_params.json``: ``params``, the score, and ``eval_every``, the validation
+    interval the search scored its trials with (``deepfuse train --params`` keeps it; files
+    written before it was recorded lack it).
+
+    Raises
+    ------
+    InvalidInputError
+        The file is missing, not JSON, has no ``params`` mapping, or an ``eval_every`` that is
+        not a whole number >= 1.
+    """
     try:
         payload = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -462,4 +481,12 @@ def load_best_params(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     if not isinstance(payload, dict) or not isinstance(payload.get("params"), dict):
         raise InvalidInputError(f"{path} is not a deepfuse best_params.json (no 'params' mapping)")
-    return dict(payload["params"])
+    interval = payload.get("eval_every")
+    if interval is not None and (
+        isinstance(interval, bool) or not isinstance(interval, int) or interval < 1
+    ):
+        raise InvalidInputError(
+            f"{path}: eval_every must be a whole number >= 1, got {interval!r}; give the file "
+            "'deepfuse hpopt' wrote"
+        )
+    return payload

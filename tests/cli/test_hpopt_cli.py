@@ -140,10 +140,13 @@ def test_best_params_feed_deepfuse_train(search, tmp_path):
     assert argv[:2] == ["deepfuse", "train"]
     run = tmp_path / "run"
     argv[argv.index("--out") + 1] = str(run)
-    assert main(["--no-progress", *argv[1:], "--eval-every", "1"]) == 0
-    params = json.loads((out / "best_params.json").read_text())["params"]
+    assert main(["--no-progress", *argv[1:]]) == 0
+    saved = json.loads((out / "best_params.json").read_text())
+    params = saved["params"]
     record = json.loads((run / RUN_FILE).read_text())
     assert record["training"]["epochs"] == params["epochs"] == 1
+    # the checkpoint is kept by the rule the search scored with, not train's own default (2)
+    assert record["training"]["eval_every"] == saved["eval_every"] == 1
     assert record["training"]["learning_rate"] == pytest.approx(params["learning_rate"])
     model, _ = load_run(str(run))
     assert model.encoder_dim == params["encoder_dim"]
@@ -155,6 +158,7 @@ def test_best_params_feed_deepfuse_train(search, tmp_path):
     assert main(["--no-progress", *argv[1:], "--epochs", "2", "--learning-rate", "0.002"]) == 0
     training = json.loads((again / RUN_FILE).read_text())["training"]
     assert training["epochs"] == 2 and training["learning_rate"] == 0.002
+    assert training["eval_every"] == 1
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,12 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 from deepfuse_plugin import MultiModalDataset, MultiModalFeaturizer  # noqa: E402
-from deepfuse_plugin.train.hpopt import load_best_params, run_hpopt, suggest_settings  # noqa: E402
+from deepfuse_plugin.train.hpopt import (  # noqa: E402
+    load_best_params,
+    read_best_params,
+    run_hpopt,
+    suggest_settings,
+)
 
 SMILES = [
     "CCO",
@@ -76,6 +81,7 @@ def test_search_completes_trials_writes_results_and_resumes(data, tmp_path, monk
     saved = json.loads((tmp_path / "best_params.json").read_text())
     assert saved["validation_score"] == pytest.approx(again.best_score)
     assert load_best_params(tmp_path / "best_params.json") == again.best_params
+    assert read_best_params(tmp_path / "best_params.json")["eval_every"] == 1
 
 
 def test_dynamic_space_keeps_mask_end_within_range():
@@ -90,3 +96,11 @@ def test_best_params_file_must_hold_params(tmp_path):
     path.write_text("[]")
     with pytest.raises(ValueError, match="best_params"):
         load_best_params(path)
+
+
+@pytest.mark.parametrize("interval", [0, True, 2.5, "2"])
+def test_best_params_eval_every_must_be_a_positive_whole_number(tmp_path, interval):
+    path = tmp_path / "best_params.json"
+    path.write_text(json.dumps({"params": {"epochs": 3}, "eval_every": interval}))
+    with pytest.raises(ValueError, match=f"{path.name}: eval_every must be a whole number"):
+        read_best_params(path)
