@@ -148,8 +148,8 @@ def format_markdown(rows: Sequence[dict[str, Any]], seeds: int, sources: Sequenc
         other_text = f"{other[0]} {other[1][0]:.3f}" if other else "–"
         stages = " | ".join(_cell(c, seeds) for c in row["stages"])
         lines.append(
-            f"| {row['dataset']} | {row['family']} | {row['metric']} | {stages} | "
-            f"{row['gain']:+.1%} | {other_text} |"
+            f"| {DISPLAY.get(row['dataset'], row['dataset'])} | {row['family']} | "
+            f"{row['metric']} | {stages} | {row['gain']:+.1%} | {other_text} |"
         )
     datasets = sorted({r["dataset"] for r in rows})
     best_of_all = sorted({r["dataset"] for r in rows if r["beats_others"]})
@@ -171,15 +171,16 @@ def format_markdown(rows: Sequence[dict[str, Any]], seeds: int, sources: Sequenc
 
 
 def _names(datasets: Sequence[str]) -> str:
-    """Dataset names, those whose MiniMol rows may be leaked marked.
+    """Dataset display names, those whose MiniMol rows may be leaked marked.
 
     Examples
     --------
     >>> _names(["bbbp", "tox21"]), _names([])
-    ('bbbp, tox21 (MiniMol possibly leaked)', 'none')
+    ('BBBP, Tox21 (MiniMol possibly leaked)', 'none')
     """
     marked = [
-        d + (" (MiniMol possibly leaked)" if d in PUBCHEM_ASSAY_DATASETS else "") for d in datasets
+        DISPLAY.get(d, d) + (" (MiniMol possibly leaked)" if d in PUBCHEM_ASSAY_DATASETS else "")
+        for d in datasets
     ]
     return ", ".join(marked) or "none"
 

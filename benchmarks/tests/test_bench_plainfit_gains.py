@@ -121,6 +121,7 @@ def test_gains_table_counts_the_targets(tmp_path):
     assert "| + pretrained encoders |" in text and "| 1.000 | 0.950 | 0.900 | 0.800 |" in text
     assert not rows["bbbp"]["beats_others"] and not rows["bbbp"]["beats_scratch"]
     assert "best model on 1 of 2 datasets (esol)" in text
+    assert "| BBBP | dynamic | ROC-AUC |" in text  # display names, not loader names
     assert "0.680 (1 seed)" in text
     assert (tmp_path / "out" / "gains.png").stat().st_size > 0
 

@@ -20,7 +20,6 @@ rounded to 1e-4). A structure the model cannot embed has the modality missing wi
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -210,8 +209,8 @@ class StructureEmbeddingModality(CrystalModalityFeaturizer):
         return result.crystal if self.level == "crystal" else result.atoms
 
 
-#: Embedders of one featurizer, by provider name and options (shared by its modalities).
-Embedders = dict[tuple[str, str], StructureEmbedder]
+#: Embedders of one featurizer, by the provider's cache key (shared by its modalities).
+Embedders = dict[str, StructureEmbedder]
 
 
 def _embedder(
@@ -220,10 +219,12 @@ def _embedder(
     options: Mapping[str, Any],
     cache_dir: str | os.PathLike | None | bool,
 ) -> StructureEmbedder:
-    key = (provider, json.dumps(dict(options), sort_keys=True, default=str))
-    if key not in embedders:
-        embedders[key] = StructureEmbedder(provider, cache_dir, provider_options=options)
-    return embedders[key]
+    built = structure_provider(provider, **dict(options))
+    # keyed by what the provider computes, not by how it was asked for: "chgnet" by name and a
+    # saved spec's {"model": "0.3.0"} are the same network and must run once per structure
+    if built.key not in embedders:
+        embedders[built.key] = StructureEmbedder(built, cache_dir)
+    return embedders[built.key]
 
 
 def pretrained_crystal_modality(

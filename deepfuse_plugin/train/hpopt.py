@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from deepfuse_plugin.errors import InvalidInputError, InvalidSettingError, RunFolderError
+from deepfuse_plugin.models._settings import positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -481,12 +482,12 @@ def read_best_params(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     if not isinstance(payload, dict) or not isinstance(payload.get("params"), dict):
         raise InvalidInputError(f"{path} is not a deepfuse best_params.json (no 'params' mapping)")
-    interval = payload.get("eval_every")
-    if interval is not None and (
-        isinstance(interval, bool) or not isinstance(interval, int) or interval < 1
-    ):
-        raise InvalidInputError(
-            f"{path}: eval_every must be a whole number >= 1, got {interval!r}; give the file "
-            "'deepfuse hpopt' wrote"
-        )
+    if payload.get("eval_every") is not None:
+        try:
+            positive_int("eval_every", payload["eval_every"])
+        except InvalidSettingError as err:
+            # the file is the input at fault: name it, keep the setting's rule in one place
+            raise InvalidInputError(
+                f"{path}: {err}; give the file 'deepfuse hpopt' wrote"
+            ) from None
     return payload

@@ -178,6 +178,15 @@ def test_specs_rebuild_the_featurizer_and_refuse_another_provider(featurizer):
         CrystalMultiModalFeaturizer([foreign], progress=False, cache_dir=False)
 
 
+def test_a_name_and_a_saved_spec_of_the_same_network_share_one_embedder(featurizer):
+    # "chgnet" by name (no options) and a saved "chgnet_atoms" spec ({"model": "0.3.0"}) are one
+    # network: CHGNet must run once per structure, not once per modality
+    mixed = CrystalMultiModalFeaturizer(
+        ["chgnet", featurizer.modalities[2]], progress=False, cache_dir=False
+    )
+    assert len(mixed._structure_embedders) == 1
+
+
 def test_structure_provider_registry():
     assert "chgnet" in available_structure_providers()
     assert isinstance(structure_provider("chgnet", batch_size=4), CHGNetProvider)

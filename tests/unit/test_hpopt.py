@@ -102,5 +102,7 @@ def test_best_params_file_must_hold_params(tmp_path):
 def test_best_params_eval_every_must_be_a_positive_whole_number(tmp_path, interval):
     path = tmp_path / "best_params.json"
     path.write_text(json.dumps({"params": {"epochs": 3}, "eval_every": interval}))
-    with pytest.raises(ValueError, match=f"{path.name}: eval_every must be a whole number"):
+    with pytest.raises(
+        ValueError, match=f"{path.name}: eval_every must be >= 1 \\(a whole number\\)"
+    ):
         read_best_params(path)
