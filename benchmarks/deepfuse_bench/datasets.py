@@ -83,6 +83,31 @@ KNOWN_MODES = {
     "thermosol": "regression",
     "ppb": "regression",
 }
+
+
+def minimol_leakage_note(datasets: Sequence[str]) -> str | None:
+    """A warning naming those of ``datasets`` whose labels MiniMol may have been pretrained on
+    (:data:`PUBCHEM_ASSAY_DATASETS`), or ``None`` when there are none.
+
+    Examples
+    --------
+    >>> minimol_leakage_note(["bbbp"]) is None
+    True
+    >>> minimol_leakage_note(["bbbp", "hiv"])[:61]
+    'Possibly leaked: the MiniMol view and the MiniMol peer on HIV'
+    """
+    overlap = [d for d in datasets if d in PUBCHEM_ASSAY_DATASETS]
+    if not overlap:
+        return None
+    why = "; ".join(f"{DISPLAY.get(d, d)}: {PUBCHEM_ASSAY_DATASETS[d]}" for d in overlap)
+    return (
+        "Possibly leaked: the MiniMol view and the MiniMol peer on "
+        f"{', '.join(DISPLAY.get(d, d) for d in overlap)}. MiniMol was pretrained on 1,328 "
+        f"PubChem bioassays among its tasks ({why}), so it may have seen these labels, test "
+        "molecules included."
+    )
+
+
 #: Common names -> DeepChem loader names.
 ALIASES = {"esol": "delaney", "bace": "bace_classification", "lipophilicity": "lipo"}
 #: Display names for the tables.

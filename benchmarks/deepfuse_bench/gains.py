@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from deepfuse_bench import missing_views
-from deepfuse_bench.datasets import DISPLAY, PUBCHEM_ASSAY_DATASETS
+from deepfuse_bench.datasets import DISPLAY, PUBCHEM_ASSAY_DATASETS, minimol_leakage_note
 from deepfuse_bench.missing_views import carry_field as carry_missing_views
 
 #: fusion model -> (scratch, + pretrained encoders, + MiniMol, + MiniMol and pretrained encoders)
@@ -195,17 +195,13 @@ def _leakage_notes(datasets: Sequence[str]) -> list[str]:
     >>> _leakage_notes(["tox21"])[0][:32]
     '- Possibly leaked: the MiniMol v'
     """
-    overlap = [d for d in datasets if d in PUBCHEM_ASSAY_DATASETS]
-    if not overlap:
+    note = minimol_leakage_note(datasets)
+    if note is None:
         return []
-    why = "; ".join(f"{DISPLAY.get(d, d)}: {PUBCHEM_ASSAY_DATASETS[d]}" for d in overlap)
     return [
-        "- Possibly leaked: the MiniMol view and the MiniMol peer on "
-        f"{', '.join(DISPLAY.get(d, d) for d in overlap)}. MiniMol was pretrained on 1,328 "
-        f"PubChem bioassays among its tasks ({why}), so it may have seen these labels, test "
-        "molecules included. The '+ pretrained encoders' stage has no such overlap when its "
-        "checkpoint saw no assay labels (the shipped one: self-supervised objectives and "
-        "computed RDKit descriptors as auxiliary targets)."
+        f"- {note} The '+ pretrained encoders' stage has no such overlap when its checkpoint saw "
+        "no assay labels (the shipped one: self-supervised objectives and computed RDKit "
+        "descriptors as auxiliary targets)."
     ]
 
 

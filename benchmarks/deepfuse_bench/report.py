@@ -29,10 +29,17 @@ from deepfuse_bench.datasets import (
     FULL_DATASETS,
     FUSION_MODALITIES,
     MINIMOL_FEATURES,
+    minimol_leakage_note,
     primary_metric,
 )
 from deepfuse_bench.environment import PeakRSS
-from deepfuse_bench.models import all_models, model_features, model_kind, model_label
+from deepfuse_bench.models import (
+    MINIMOL_MODELS,
+    all_models,
+    model_features,
+    model_kind,
+    model_label,
+)
 from deepfuse_plugin import workflows as wf
 
 #: File stem of the outputs: ``moleculenet.{json,md,png}``.
@@ -292,6 +299,7 @@ def format_markdown(payload: dict[str, Any]) -> str:
         *payload.get("notes", []),
         *selection_notes(runs),
         *pretrained_notes(runs),
+        *leakage_notes(runs),
         *skipped_notes(runs),
     ]
     if notes:
@@ -397,6 +405,14 @@ def pretrained_notes(runs: Sequence[dict[str, Any]]) -> list[str]:
             "one checkpoint only."
         )
     return notes
+
+
+def leakage_notes(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """The leakage warning where a MiniMol row sits on a dataset whose labels MiniMol may have
+    been pretrained on."""
+    with_minimol = {r["dataset"] for r in runs if r["model"] in MINIMOL_MODELS}
+    note = minimol_leakage_note([d for d in ordered_datasets(runs, {}) if d in with_minimol])
+    return [] if note is None else [note]
 
 
 def skipped_notes(runs: Sequence[dict[str, Any]]) -> list[str]:

@@ -136,3 +136,17 @@ def test_gains_warn_where_minimol_may_have_seen_the_labels():
     text = gains.format_markdown(gains.gains_table(runs), seeds=1, sources=["x"])
     (note,) = [line for line in text.splitlines() if "Possibly leaked" in line]
     assert "on Tox21." in note and "BBBP" not in note
+
+
+def test_the_full_report_marks_minimol_rows_on_pubchem_assay_datasets():
+    from deepfuse_bench.report import leakage_notes
+
+    # HIV with a MiniMol row is named; Tox21 without one and BBBP (not an assay) are not
+    runs = [
+        _run("hiv", "minimol_mlp", 0, 0.80, "roc_auc"),
+        _run("tox21", "dynamic", 0, 0.74, "roc_auc"),
+        _run("bbbp", "dynamic_pretrained", 0, 0.73, "roc_auc"),
+    ]
+    (note,) = leakage_notes(runs)
+    assert "MiniMol peer on HIV." in note and "Tox21" not in note and "BBBP" not in note
+    assert leakage_notes([_run("tox21", "dynamic", 0, 0.74, "roc_auc")]) == []
