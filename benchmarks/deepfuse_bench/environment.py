@@ -51,14 +51,14 @@ class PeakRSS:
         self._thread: threading.Thread | None = None
 
     def _rss(self) -> float:
-        total = 0
-        process = self._process
-        if process is None:
+        root = self._process
+        if root is None:
             return 0.0
         try:
-            processes = [process, *(process.children(recursive=True) if self.tree else [])]
+            processes = [root, *(root.children(recursive=True) if self.tree else [])]
         except self._gone:
             return 0.0
+        total = 0
         for process in processes:
             try:
                 total += process.memory_info().rss

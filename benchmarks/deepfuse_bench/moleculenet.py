@@ -380,15 +380,23 @@ def _check_checkpoint_fits(models: Sequence[str], folder: str, given: str) -> No
     from deepfuse_plugin.errors import DeepfuseError
     from deepfuse_plugin.feat.molecule import MultiModalFeaturizer
 
+    specs = {  # one featurizer per view set, not one per model
+        views: MultiModalFeaturizer(
+            list(views), embedding_cache_dir=False, progress=False
+        ).modalities
+        for views in {VARIANTS[name].modalities for name in models}
+    }
     for name in models:
         variant = VARIANTS[name]
-        specs = MultiModalFeaturizer(
-            list(variant.modalities), embedding_cache_dir=False, progress=False
-        ).modalities
         cls = wf.resolve_model_class(variant.base)
         with tempfile.TemporaryDirectory(prefix="deepfuse_bench_check_") as model_dir:
             try:
-                cls(n_tasks=1, modalities=specs, pretrained=folder, model_dir=model_dir)
+                cls(
+                    n_tasks=1,
+                    modalities=specs[variant.modalities],
+                    pretrained=folder,
+                    model_dir=model_dir,
+                )
             except DeepfuseError as err:
                 raise wf.WorkflowError(
                     f"--pretrained {given} does not fit {name} (built with "

@@ -45,16 +45,19 @@ def load_split(data_dir: str):
     }
 
 
-def chgnet_graphs(structures):
-    """CHGNet 0.3.0 and its graph of each structure (rows it cannot build are dropped, with a
-    count, so the caller sees how many)."""
+def chgnet_graphs(parts):
+    """CHGNet 0.3.0 (loaded once) and, per part, its graphs and the rows they belong to (rows
+    it cannot build a graph for are dropped; the caller prints how many are kept)."""
     from deepfuse_plugin.feat.chgnet import CHGNetProvider
 
     provider = CHGNetProvider()
     network = provider._load()
-    graphs = [provider._graph(network, s) for s in structures]
-    keep = [i for i, g in enumerate(graphs) if not isinstance(g, str)]
-    return network, [graphs[i] for i in keep], np.asarray(keep)
+    graphs = {}
+    for part, structures in parts.items():
+        built = [provider._graph(network, s) for s in structures]
+        keep = [i for i, g in enumerate(built) if not isinstance(g, str)]
+        graphs[part] = ([built[i] for i in keep], np.asarray(keep))
+    return network, graphs
 
 
 class FineTuned:
@@ -109,8 +112,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
     split = load_split(args.data_dir)
-    network, train_graphs, train_rows = chgnet_graphs(split["train"][0])
-    _, val_graphs, val_rows = chgnet_graphs(split["val"][0])
+    network, graphs = chgnet_graphs({part: split[part][0] for part in ("train", "val")})
+    (train_graphs, train_rows), (val_graphs, val_rows) = graphs["train"], graphs["val"]
     y_train, y_val = split["train"][1][train_rows], split["val"][1][val_rows]
     print(
         f"graphs: train {len(train_graphs)}/{len(split['train'][0])}, "
