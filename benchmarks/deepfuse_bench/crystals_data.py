@@ -71,6 +71,16 @@ MODELS: dict[str, CrystalModel] = {
     "late_chgnet": CrystalModel(
         "late fusion (graph + text + CHGNet)", "LateFusionModel", (*_GRAPH_TEXT, "chgnet")
     ),
+    # CHGNet's atom states as the graph's node inputs (``chgnet_graph``): the convolutions start
+    # from them instead of attending over them as a separate view
+    "cgcnn_chgnet": CrystalModel(
+        "CGCNN on CHGNet atom states (chgnet_graph only)", "MatMMFuseModel", ("chgnet_graph",)
+    ),
+    "matmmfuse_chgnet_graph": CrystalModel(
+        "MatMMFuse (CHGNet-state graph + text)",
+        "MatMMFuseModel",
+        ("chgnet_graph", "text_sentences"),
+    ),
 }
 DEFAULT_MODELS = (
     "cgcnn",
@@ -82,12 +92,14 @@ DEFAULT_MODELS = (
     "matmmfuse_chgnet",
     "dynamic_chgnet",
     "late_chgnet",
+    "cgcnn_chgnet",
+    "matmmfuse_chgnet_graph",
 )
 #: The model every other model's MAE is divided by (``x CGCNN`` columns).
 BASELINE = "cgcnn"
 #: Views computed by a model trained on Materials Project data (CHGNet: MPtrj). On an MP-derived
 #: dataset (mp36k) they have seen the test labels' source: such runs are marked leaked.
-MP_TRAINED_MODALITIES = frozenset({"chgnet", "chgnet_atoms"})
+MP_TRAINED_MODALITIES = frozenset({"chgnet", "chgnet_atoms", "chgnet_graph"})
 #: Datasets whose structures and labels come from the Materials Project.
 MP_DATASETS = frozenset({"mp36k"})
 

@@ -86,7 +86,7 @@ def ordered_models(runs: Sequence[dict[str, Any]]) -> list[str]:
     return order + sorted(present - set(order))
 
 
-def ordered_datasets(runs: Sequence[dict[str, Any]], datasets: dict[str, Any]) -> list[str]:
+def ordered_datasets(runs: Sequence[dict[str, Any]]) -> list[str]:
     present = list(dict.fromkeys(r["dataset"] for r in runs))
     known = [d for d in FULL_DATASETS if d in present]
     return known + [d for d in present if d not in known]
@@ -116,7 +116,7 @@ def metric_table(
 ) -> list[str]:
     """Markdown table: one row per dataset, one column per model, best per row in bold."""
     models = ordered_models(runs)
-    names = [d for d in ordered_datasets(runs, datasets) if dataset_filter(d)]
+    names = [d for d in ordered_datasets(runs) if dataset_filter(d)]
     if not names:
         return []
     stats = summarize(runs, key)
@@ -226,7 +226,7 @@ def format_markdown(payload: dict[str, Any]) -> str:
         + device_text(runs, env),
         "",
     ]
-    reg = [d for d in ordered_datasets(runs, datasets) if not higher(d)]
+    reg = [d for d in ordered_datasets(runs) if not higher(d)]
     if reg:
         mae_runs = [{**r, "mae": (r.get("test") or {}).get("mae")} for r in runs]
         lines += [
@@ -259,7 +259,7 @@ def format_markdown(payload: dict[str, Any]) -> str:
     epoch_stats = summarize(runs, "best_epoch")
     header = "| dataset | " + " | ".join(models) + " |"
     lines += [header, "|" + "---|" * (1 + len(models))]
-    for d in ordered_datasets(runs, datasets):
+    for d in ordered_datasets(runs):
         cells = []
         for m in models:
             t, mem, ep = (s.get((d, m)) for s in (time_stats, mem_stats, epoch_stats))
@@ -272,7 +272,7 @@ def format_markdown(payload: dict[str, Any]) -> str:
         lines.append(f"| {DISPLAY.get(d, d)} | " + " | ".join(cells) + " |")
     lines += ["", "Cells: mean train time / mean peak RSS delta / mean best epoch.", ""]
     lines += ["## Data", ""]
-    for d in ordered_datasets(runs, datasets):
+    for d in ordered_datasets(runs):
         info = datasets.get(d, {})
         rows = info.get("n_rows_in_file")
         unparsed = (rows - max(info.get("n_featurized", {}).values() or [0])) if rows else None
@@ -411,7 +411,7 @@ def leakage_notes(runs: Sequence[dict[str, Any]]) -> list[str]:
     """The leakage warning where a MiniMol row sits on a dataset whose labels MiniMol may have
     been pretrained on."""
     with_minimol = {r["dataset"] for r in runs if r["model"] in MINIMOL_MODELS}
-    note = minimol_leakage_note([d for d in ordered_datasets(runs, {}) if d in with_minimol])
+    note = minimol_leakage_note([d for d in ordered_datasets(runs) if d in with_minimol])
     return [] if note is None else [note]
 
 
@@ -435,7 +435,7 @@ def observations(payload: dict[str, Any]) -> list[str]:
     runs, datasets = payload["runs"], payload["datasets"]
     epochs = payload["settings"]["epochs"]
     out = []
-    for d in ordered_datasets(runs, datasets):
+    for d in ordered_datasets(runs):
         these = [r for r in runs if r["dataset"] == d and r.get("best_epoch") is not None]
         if not these:
             continue
@@ -516,9 +516,7 @@ def plot(payload: dict[str, Any], path: str) -> None:
         ("classification", "test ROC-AUC (higher is better)"),
         ("regression", "test RMSE (lower is better)"),
     ):
-        names = [
-            d for d in ordered_datasets(runs, datasets) if datasets.get(d, {}).get("mode") == mode
-        ]
+        names = [d for d in ordered_datasets(runs) if datasets.get(d, {}).get("mode") == mode]
         if names:
             panels.append((names, label))
     if not panels:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -122,17 +122,19 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
     - ``"text_sentences"`` (kind ``text``, sentence embeddings): frozen per-sentence vectors;
     - ``"matgl_graph"`` (kind ``crystal_graph``, MatGL format): :class:`MatGLGraphModality`, for
       MatGL's MEGNet/M3GNet backbones (``MatMMFuseModel(backbone="megnet")``);
-    - ``"chgnet"`` (kind ``embedding``, 64-d) and ``"chgnet_atoms"`` (kind ``vector_set``, one
-      64-d state per site, what MatMMFuse's cross-attention attends over): the pretrained CHGNet
-      0.3.0's crystal and atom features (:class:`~deepfuse_plugin.feat.chgnet.CHGNetProvider`,
-      needs the ``chgnet`` package of the ``materials`` extra; offline), computed in batches
-      and cached by structure hash; a structure CHGNet cannot take (partial occupancies, Z > 94,
-      an atom with no neighbour within 6 Å) has them missing with the reason. Any registered
-      :class:`~deepfuse_plugin.feat.pretrained.StructureEmbeddingProvider` ``p`` gives ``"p"``
-      and ``"p_atoms"`` the same way. **Leakage**: CHGNet is trained on MPtrj (Materials
-      Project relaxations, which include the structures and energies of MP-derived sets such as
-      mp36k, test splits too): on MP data it leaks; judge it on non-MP data (e.g. the Castelli
-      perovskites).
+    - ``"chgnet"`` (kind ``embedding``, 64-d), ``"chgnet_atoms"`` (kind ``vector_set``, one
+      64-d state per site, what MatMMFuse's cross-attention attends over) and ``"chgnet_graph"``
+      (kind ``crystal_graph``: the ``"graph"`` modality with each site's CHGNet state appended
+      to its atom features, 91 + 64 wide, for any graph encoder): the pretrained CHGNet 0.3.0's
+      crystal and atom features (:class:`~deepfuse_plugin.feat.chgnet.CHGNetProvider`, needs
+      the ``chgnet`` package of the ``materials`` extra; offline), computed in batches and
+      cached by structure hash; a structure CHGNet cannot take (partial occupancies, Z > 94, an
+      atom with no neighbour within 6 Å) has them missing with the reason. Any registered
+      :class:`~deepfuse_plugin.feat.pretrained.StructureEmbeddingProvider` ``p`` gives ``"p"``,
+      ``"p_atoms"`` and ``"p_graph"`` the same way. **Leakage**: CHGNet is trained on MPtrj
+      (Materials Project relaxations, which include the structures and energies of MP-derived
+      sets such as mp36k, test splits too): on MP data it leaks; judge it on non-MP data (e.g.
+      the Castelli perovskites).
 
     Parameters
     ----------
@@ -255,14 +257,18 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
         if not isinstance(item, str):
             raise TypeError(f"Cannot use {item!r} as a crystal modality")
         key = self.describer.key
-        builders = {
-            "graph": lambda: CrystalGraphModality(
+
+        def graph() -> CrystalGraphModality:
+            return CrystalGraphModality(
                 self.radius,
                 self.max_neighbors,
                 self.gaussian_step,
                 self.gaussian_var,
                 self.atom_features,
-            ),
+            )
+
+        builders: dict[str, Callable[[], CrystalModalityFeaturizer]] = {
+            "graph": graph,
             "text": lambda: TextTokensModality(self.text_model, self.text_max_length, key),
             "composition": CompositionModality,
             "matgl_graph": lambda: MatGLGraphModality(self.matgl_cutoff),
@@ -274,7 +280,11 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
         if item in builders:
             return builders[item]()
         pretrained = pretrained_crystal_modality(
-            item, self._structure_embedders, self.cache_dir, self.pretrained_options
+            item,
+            self._structure_embedders,
+            self.cache_dir,
+            self.pretrained_options,
+            graph=graph(),
         )
         if pretrained is None:
             raise ValueError(
@@ -284,23 +294,16 @@ class CrystalMultiModalFeaturizer(MaterialStructureFeaturizer):
 
     def _from_spec(self, spec: Modality) -> CrystalModalityFeaturizer:
         p = spec.params
-        if spec.kind == "crystal_graph" and p.get("format") == "matgl":
-            return MatGLGraphModality(p.get("cutoff", 4.0), p.get("element_types"), name=spec.name)
-        if spec.kind == "crystal_graph":
-            return CrystalGraphModality(
-                p.get("radius", 8.0),
-                p.get("max_neighbors", 12),
-                p.get("gaussian_step", 0.2),
-                p.get("gaussian_var", 0.2),
-                p.get("atom_features", "cgcnn"),
-                name=spec.name,
-            )
-        if spec.kind == "vector" and "properties" in p:
-            return CompositionModality(spec.name)
         if "provider" in p:
             return pretrained_crystal_modality_from_spec(
                 spec, self._structure_embedders, self.cache_dir, self.pretrained_options
             )
+        if spec.kind == "crystal_graph" and p.get("format") == "matgl":
+            return MatGLGraphModality(p.get("cutoff", 4.0), p.get("element_types"), name=spec.name)
+        if spec.kind == "crystal_graph":
+            return CrystalGraphModality.from_params(p, name=spec.name)
+        if spec.kind == "vector" and "properties" in p:
+            return CompositionModality(spec.name)
         describer = p.get("describer", self.describer.key)
         if describer != self.describer.key:
             raise ValueError(

@@ -2,7 +2,7 @@
 
 :class:`~deepfuse_plugin.feat.crystal.CrystalMultiModalFeaturizer` builds them from built-in
 names (``"graph"``, ``"text"``, ``"composition"``, ``"text_embedding"``, ``"text_sentences"``,
-``"matgl_graph"``; the pretrained ``"chgnet"`` and ``"chgnet_atoms"`` live in
+``"matgl_graph"``; the pretrained ``"chgnet"``, ``"chgnet_atoms"`` and ``"chgnet_graph"`` live in
 :mod:`deepfuse_plugin.feat.crystal_pretrained`) or takes instances, including your own subclasses of
 :class:`CrystalModalityFeaturizer`. pymatgen is imported lazily (the ``materials`` extra).
 """
@@ -10,7 +10,7 @@ names (``"graph"``, ``"text"``, ``"composition"``, ``"text_embedding"``, ``"text
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,7 @@ BUILTIN_CRYSTAL_MODALITIES = (
     "matgl_graph",
     "chgnet",
     "chgnet_atoms",
+    "chgnet_graph",
 )
 
 
@@ -160,6 +161,18 @@ class CrystalGraphModality(CrystalModalityFeaturizer):
                 "gaussian_var": self.gaussian_var,
                 "atom_features": atom_features,
             },
+        )
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], name: str = "graph") -> CrystalGraphModality:
+        """The modality a spec's ``params`` describe (missing settings: CGCNN's defaults)."""
+        return cls(
+            params.get("radius", 8.0),
+            params.get("max_neighbors", 12),
+            params.get("gaussian_step", 0.2),
+            params.get("gaussian_var", 0.2),
+            params.get("atom_features", "cgcnn"),
+            name=name,
         )
 
     def compute(self, structure: Any, context: CrystalContext) -> GraphFeatures:

@@ -7,7 +7,10 @@ model:
 
 - ``<name>`` (e.g. ``"chgnet"``, kind ``embedding``): the crystal vector;
 - ``<name>_atoms`` (e.g. ``"chgnet_atoms"``, kind ``vector_set``): one state per site, which
-  MatMMFuse's cross-attention attends over like the atoms of a crystal graph.
+  MatMMFuse's cross-attention attends over like the atoms of a crystal graph;
+- ``<name>_graph`` (e.g. ``"chgnet_graph"``, kind ``crystal_graph``): the CGCNN neighbour graph
+  of the ``"graph"`` modality whose node features are each site's atom features followed by its
+  pretrained state, so a graph network convolves over the pretrained states themselves.
 
 Before the per-structure pass, the featurizer hands every structure that passed its
 :class:`~deepfuse_plugin.limits.InputLimits` to :meth:`StructureEmbedder.prepare`, which embeds
@@ -30,7 +33,11 @@ from tqdm.auto import tqdm
 
 from deepfuse_plugin.errors import InvalidInputError
 from deepfuse_plugin.feat import chgnet as _chgnet  # noqa: F401 (registers the "chgnet" provider)
-from deepfuse_plugin.feat.crystal_modalities import CrystalContext, CrystalModalityFeaturizer
+from deepfuse_plugin.feat.crystal_modalities import (
+    CrystalContext,
+    CrystalGraphModality,
+    CrystalModalityFeaturizer,
+)
 from deepfuse_plugin.feat.pretrained import (
     StructureEmbedding,
     StructureEmbeddingProvider,
@@ -40,10 +47,11 @@ from deepfuse_plugin.feat.pretrained import (
     structure_provider,
 )
 from deepfuse_plugin.feat.text import _SQLiteStore, default_cache_dir, structure_hash
-from deepfuse_plugin.modalities import Modality
+from deepfuse_plugin.modalities import GraphFeatures, Modality
 
 __all__ = [
     "LEVELS",
+    "PretrainedStateGraphModality",
     "StructureEmbedder",
     "StructureEmbeddingCache",
     "StructureEmbeddingModality",
@@ -52,8 +60,11 @@ __all__ = [
 ]
 
 #: ``crystal``: one vector per structure (kind ``embedding``); ``atoms``: one per site
-#: (kind ``vector_set``).
-LEVELS = ("crystal", "atoms")
+#: (kind ``vector_set``); ``graph``: the crystal graph with the atom states as node features
+#: (kind ``crystal_graph``). The suffix of each modality name (``chgnet``, ``chgnet_atoms``,
+#: ``chgnet_graph``).
+LEVELS = ("crystal", "atoms", "graph")
+_SUFFIX = {"crystal": "", "atoms": "_atoms", "graph": "_graph"}
 
 
 class StructureEmbeddingCache:
@@ -137,6 +148,15 @@ class StructureEmbedder:
             self._prepared.update(self._results({key: structure}, progress=False))
         return self._prepared[key]
 
+    def embedding(self, structure: Any) -> StructureEmbedding:
+        """:meth:`result` for a structure the provider could embed; raises
+        :class:`~deepfuse_plugin.errors.InvalidInputError` with the provider's reason otherwise
+        (the modality is then marked missing with it)."""
+        result = self.result(structure)
+        if isinstance(result, str):
+            raise InvalidInputError(result)
+        return result
+
     def _results(self, by_hash: dict[str, Any], progress: bool) -> dict[str, StructureResult]:
         known = {h: self._prepared[h] for h in by_hash if h in self._prepared}
         missing = [h for h in by_hash if h not in known]
@@ -184,16 +204,12 @@ class StructureEmbeddingModality(CrystalModalityFeaturizer):
     ):
         if level not in LEVELS:
             raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+        if level == "graph":
+            raise ValueError("level 'graph' is PretrainedStateGraphModality's")
         provider = embedder.provider
         self.embedder, self.level = embedder, level
-        self.name = name or (provider.name if level == "crystal" else f"{provider.name}_atoms")
-        params = {
-            "provider": provider.name,
-            "provider_key": provider.key,
-            "provider_settings": provider.settings(),
-            "provider_options": provider.rebuild_options(),
-            "level": level,
-        }
+        self.name = name or provider.name + _SUFFIX[level]
+        params = _provider_params(provider, level)
         if level == "crystal":
             self.spec = Modality(self.name, "embedding", dim=int(provider.dim), params=params)
         else:
@@ -203,10 +219,71 @@ class StructureEmbeddingModality(CrystalModalityFeaturizer):
         self.embedder.prepare(structures, progress)
 
     def compute(self, structure: Any, context: CrystalContext) -> np.ndarray:
-        result = self.embedder.result(structure)
-        if isinstance(result, str):
-            raise InvalidInputError(result)
+        result = self.embedder.embedding(structure)
         return result.crystal if self.level == "crystal" else result.atoms
+
+
+class PretrainedStateGraphModality(CrystalModalityFeaturizer):
+    """The crystal graph of ``graph`` with a provider's atom states appended to its node features.
+
+    Kind ``crystal_graph``: the neighbour graph, edges and edge features of ``graph`` (a
+    :class:`~deepfuse_plugin.feat.crystal_modalities.CrystalGraphModality`), node features
+    ``[atom features, pretrained state]`` of width ``graph.spec.node_dim + provider.atom_dim``
+    (CGCNN's 91 + CHGNet's 64), one row per site in the structure's site order. Any crystal-graph
+    encoder reads it (CGCNN, MatMMFuse's graph branch), so the convolutions start from what the
+    pretrained network knows of each atom's environment instead of from the element alone: on the
+    Castelli perovskites this beats attending over the same states as a separate view
+    (``docs/crystals.md``). A structure the provider cannot embed has the modality missing with the
+    provider's reason (keep the plain ``"graph"`` beside it if such structures matter).
+
+    Examples
+    --------
+    >>> embedder = StructureEmbedder("chgnet", cache_dir=False)  # doctest: +SKIP
+    >>> PretrainedStateGraphModality(embedder, CrystalGraphModality()).spec  # doctest: +SKIP
+    Modality('chgnet_graph', 'crystal_graph', node_dim=155, edge_dim=41)
+    """
+
+    up_front = True
+
+    def __init__(
+        self, embedder: StructureEmbedder, graph: CrystalGraphModality, name: str | None = None
+    ):
+        provider, base = embedder.provider, graph.spec
+        assert base.node_dim is not None and base.edge_dim is not None  # a crystal_graph spec
+        self.embedder, self.graph = embedder, graph
+        self.name = name or provider.name + _SUFFIX["graph"]
+        self.spec = Modality(
+            self.name,
+            "crystal_graph",
+            node_dim=base.node_dim + int(provider.atom_dim),
+            edge_dim=base.edge_dim,
+            params={**base.params, **_provider_params(provider, "graph")},
+        )
+
+    def prepare(self, structures: Sequence[Any], progress: bool = False) -> None:
+        self.embedder.prepare(structures, progress)
+
+    def compute(self, structure: Any, context: CrystalContext) -> GraphFeatures:
+        base = self.graph.compute(structure, context)
+        states = np.asarray(self.embedder.embedding(structure).atoms, dtype=np.float32)
+        if states.shape[0] != base.num_nodes:
+            raise InvalidInputError(
+                f"{self.embedder.provider.name} gave {states.shape[0]} atom states for "
+                f"{base.num_nodes} sites"
+            )
+        nodes = np.concatenate([base.node_features, states], axis=1)
+        return GraphFeatures(nodes, base.edge_index, base.edge_features)
+
+
+def _provider_params(provider: StructureEmbeddingProvider, level: str) -> dict[str, Any]:
+    """What a spec records of its provider: rebuilt from it, and checked against this machine's."""
+    return {
+        "provider": provider.name,
+        "provider_key": provider.key,
+        "provider_settings": provider.settings(),
+        "provider_options": provider.rebuild_options(),
+        "level": level,
+    }
 
 
 #: Embedders of one featurizer, by the provider's cache key (shared by its modalities).
@@ -232,19 +309,25 @@ def pretrained_crystal_modality(
     embedders: Embedders,
     cache_dir: str | os.PathLike | None | bool = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
-) -> StructureEmbeddingModality | None:
-    """The modality ``item`` names: ``"<provider>"`` (crystal vector) or ``"<provider>_atoms"``
-    (atom states) of a registered structure provider, else ``None``. ``options`` holds each
-    provider's constructor options by provider name."""
+    graph: CrystalGraphModality | None = None,
+) -> StructureEmbeddingModality | PretrainedStateGraphModality | None:
+    """The modality ``item`` names: ``"<provider>"`` (crystal vector), ``"<provider>_atoms"``
+    (atom states) or ``"<provider>_graph"`` (``graph``, default CGCNN's settings, with the atom
+    states as node features) of a registered structure provider, else ``None``. ``options`` holds
+    each provider's constructor options by provider name."""
     registered = available_structure_providers()
-    if item in registered:
-        provider, level = item, "crystal"
-    elif item.endswith("_atoms") and item[: -len("_atoms")] in registered:
-        provider, level = item[: -len("_atoms")], "atoms"
-    else:
+    named = [
+        (item[: len(item) - len(suffix)], level)
+        for level, suffix in _SUFFIX.items()
+        if item.endswith(suffix) and item[: len(item) - len(suffix)] in registered
+    ]
+    if not named:
         return None
-    own = (options or {}).get(provider, {})
-    return StructureEmbeddingModality(_embedder(embedders, provider, own, cache_dir), level)
+    provider, level = named[0]
+    embedder = _embedder(embedders, provider, (options or {}).get(provider, {}), cache_dir)
+    if level == "graph":
+        return PretrainedStateGraphModality(embedder, graph or CrystalGraphModality())
+    return StructureEmbeddingModality(embedder, level)
 
 
 def pretrained_crystal_modality_from_spec(
@@ -252,14 +335,19 @@ def pretrained_crystal_modality_from_spec(
     embedders: Embedders,
     cache_dir: str | os.PathLike | None | bool = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
-) -> StructureEmbeddingModality:
+) -> StructureEmbeddingModality | PretrainedStateGraphModality:
     """Rebuild a pretrained crystal modality from its spec; the provider's identity must match
     (a model trained on CHGNet 0.3.0 states must not silently receive other states)."""
     params = spec.params
     provider = params["provider"]
     own = {**(options or {}).get(provider, {}), **params.get("provider_options", {})}
     embedder = _embedder(embedders, provider, own, cache_dir)
-    modality = StructureEmbeddingModality(embedder, params["level"], name=spec.name)
+    modality: StructureEmbeddingModality | PretrainedStateGraphModality
+    if params["level"] == "graph":
+        graph = CrystalGraphModality.from_params(params)
+        modality = PretrainedStateGraphModality(embedder, graph, name=spec.name)
+    else:
+        modality = StructureEmbeddingModality(embedder, params["level"], name=spec.name)
     if modality.spec.params["provider_key"] != params.get("provider_key"):
         raise ValueError(
             f"Modality {spec.name!r} was made by {params.get('provider_key')} "
