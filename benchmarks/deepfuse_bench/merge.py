@@ -60,7 +60,9 @@ def combine_dataset_info(
     name: str, old: dict[str, Any] | None, new: dict[str, Any], where: str
 ) -> dict[str, Any]:
     """The dataset facts of two runs sharing a table; they must have the same rows and split
-    sizes. A fact only one side knows (a row count a cached run could not take) is kept."""
+    sizes. A fact only one side knows (a row count a cached run could not take) is kept, and so is
+    a per-feature-set count only one side featurized (``n_featurized``: each run featurizes only
+    the sets its models need)."""
     keys = ("n_molecules", "n_train", "n_test")
     if not old:
         return new
@@ -69,7 +71,11 @@ def combine_dataset_info(
             f"{where}: {name} has other rows or split sizes "
             f"({[new.get(k) for k in keys]} vs {[old.get(k) for k in keys]})"
         )
-    return {**old, **{k: v for k, v in new.items() if v is not None}}
+    merged = {**old, **{k: v for k, v in new.items() if v is not None}}
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(old.get(key), dict):
+            merged[key] = {**old[key], **value}
+    return merged
 
 
 def _same_result(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -545,6 +545,11 @@ def test_combined_dataset_facts_keep_what_one_side_knows():
     assert merge.combine_dataset_info("x", new, old, "here")["n_rows_in_file"] == 41
     with pytest.raises(wf.WorkflowError, match="here: x has other rows"):
         merge.combine_dataset_info("x", old, {**new, "n_train": 31}, "here")
+    # each run featurizes only the sets its models need: the counts of both sides are kept
+    with_minimol = {**old, "n_featurized": {"multimodal": 40, "multimodal+minimol": 40}}
+    without = {**new, "n_featurized": {"multimodal": 40, "ecfp": 40}}
+    combined = merge.combine_dataset_info("x", with_minimol, without, "here")
+    assert combined["n_featurized"] == {"multimodal": 40, "multimodal+minimol": 40, "ecfp": 40}
 
 
 def test_interrupted_run_continues_from_its_last_finished_epoch(tiny_molnet_dir, tmp_path):
