@@ -1,10 +1,11 @@
 """Do CHGNet's frozen atom states help more as CGCNN's node inputs than as a view to attend over?
 
 Seed-0 split of ``deepfuse-bench crystals --dataset castelli`` (70/15/15); train and validation
-rows only (test labels are never read). The same CGCNN (deepfuse's ``CGCNNEncoder``, 3
-convolutions, width 64, a 128-d crystal vector and a linear head) is trained with three kinds of
-node input: CGCNN's own 92-bit atom features (``cgcnn``), those concatenated with CHGNet 0.3.0's
-64-d state of each site (``cgcnn+chgnet``), and the CHGNet states alone (``chgnet``). Same loop
+rows only (test labels are never read). The same CGCNN (deepfuse's ``CGCNNEncoder``: atom width
+64 and 3 convolutions, or each ``--shapes`` ``WIDTHxCONVS``; a 128-d crystal vector and a linear
+head) is trained with three kinds of node input: CGCNN's own 91-d atom features (``cgcnn``), those
+concatenated with CHGNet 0.3.0's 64-d state of each site (``cgcnn+chgnet``), and the CHGNet
+states alone (``chgnet``). Same loop
 for all: normalized labels, MSE, AdamW (learning rate 1e-3), one-cycle schedule (5% warm-up,
 cosine decay), gradients clipped at norm 1, batch size 64, the epoch with the best validation MAE
 kept.
@@ -68,13 +69,15 @@ def node_input(batch, kind: str):
 
 
 class Regressor:
-    def __init__(self, kind: str, node_dim: int, edge_dim: int):
+    def __init__(self, kind: str, node_dim: int, edge_dim: int, width: int, n_conv: int):
         import torch
 
         from deepfuse_plugin.nn.cgcnn import CGCNNEncoder
 
         self.kind = kind
-        self.encoder = CGCNNEncoder(node_dim, edge_dim, out_dim=128)
+        self.encoder = CGCNNEncoder(
+            node_dim, edge_dim, out_dim=128, atom_fea_len=width, n_conv=n_conv
+        )
         self.head = torch.nn.Linear(128, 1)
         self.modules = torch.nn.ModuleList([self.encoder, self.head])
 
@@ -96,7 +99,7 @@ def validation_mae(model, loader, mean: float, std: float) -> float:
     return float(torch.cat(errors).mean())
 
 
-def train(kind, train_graphs, val_graphs, args) -> tuple[float, int, float]:
+def train(kind, width, n_conv, train_graphs, val_graphs, args) -> tuple[float, int, float]:
     import torch
     from torch_geometric.loader import DataLoader
 
@@ -105,7 +108,7 @@ def train(kind, train_graphs, val_graphs, args) -> tuple[float, int, float]:
     mean, std = float(y.mean()), float(y.std())
     probe = train_graphs[0]
     node_dim = node_input(probe, kind).shape[-1]
-    model = Regressor(kind, node_dim, probe.edge_attr.shape[-1])
+    model = Regressor(kind, node_dim, probe.edge_attr.shape[-1], width, n_conv)
     optimizer = torch.optim.AdamW(model.modules.parameters(), lr=args.lr, weight_decay=1e-5)
     loader = DataLoader(train_graphs, batch_size=64, shuffle=True)
     val_loader = DataLoader(val_graphs, batch_size=256)
@@ -125,7 +128,10 @@ def train(kind, train_graphs, val_graphs, args) -> tuple[float, int, float]:
         score = validation_mae(model, val_loader, mean, std)
         best = min(best, (score, epoch))
         if epoch % 10 == 0 or epoch == args.epochs:
-            print(f"  {kind:<13} epoch {epoch:3d}  validation MAE {score:.4f}", flush=True)
+            print(
+                f"  {kind:<13} {width}x{n_conv} epoch {epoch:3d}  validation MAE {score:.4f}",
+                flush=True,
+            )
     return best[0], best[1], time.perf_counter() - start
 
 
@@ -139,6 +145,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=None, help="featurizer cache (default: its own)")
     parser.add_argument("--inputs", default=",".join(NODE_INPUTS))
+    parser.add_argument(
+        "--shapes",
+        default="64x3",
+        help="comma-separated WIDTHxCONVS of the CGCNN (atom width x convolutions), each "
+        "trained with every node input",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     split = load_split(args.data_dir)
@@ -148,13 +160,15 @@ def main() -> None:
         f"val {len(parts['val'])}/{len(split['val'][0])}",
         flush=True,
     )
-    for kind in args.inputs.split(","):
-        score, epoch, seconds = train(kind, parts["train"], parts["val"], args)
-        print(
-            f"{kind:<13} best validation MAE {score:.4f} at epoch {epoch}/{args.epochs} "
-            f"({seconds:.0f} s)",
-            flush=True,
-        )
+    for shape in args.shapes.split(","):
+        width, n_conv = (int(v) for v in shape.split("x"))
+        for kind in args.inputs.split(","):
+            score, epoch, seconds = train(kind, width, n_conv, parts["train"], parts["val"], args)
+            print(
+                f"{kind:<13} {shape:<6} best validation MAE {score:.4f} at epoch "
+                f"{epoch}/{args.epochs} ({seconds:.0f} s)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
