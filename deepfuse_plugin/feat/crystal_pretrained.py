@@ -61,9 +61,10 @@ __all__ = [
 
 #: ``crystal``: one vector per structure (kind ``embedding``); ``atoms``: one per site
 #: (kind ``vector_set``); ``graph``: the crystal graph with the atom states as node features
-#: (kind ``crystal_graph``). The suffix of each modality name (``chgnet``, ``chgnet_atoms``,
-#: ``chgnet_graph``).
+#: (kind ``crystal_graph``).
 LEVELS = ("crystal", "atoms", "graph")
+#: What each level adds to the provider's name in the modality's name (``chgnet``,
+#: ``chgnet_atoms``, ``chgnet_graph``).
 _SUFFIX = {"crystal": "", "atoms": "_atoms", "graph": "_graph"}
 
 
@@ -205,7 +206,9 @@ class StructureEmbeddingModality(CrystalModalityFeaturizer):
         if level not in LEVELS:
             raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
         if level == "graph":
-            raise ValueError("level 'graph' is PretrainedStateGraphModality's")
+            raise ValueError(
+                "level 'graph' needs a crystal graph's settings: use PretrainedStateGraphModality"
+            )
         provider = embedder.provider
         self.embedder, self.level = embedder, level
         self.name = name or provider.name + _SUFFIX[level]
