@@ -63,12 +63,15 @@ def test_recalibration_is_fitted_on_the_sample_and_scored_on_the_rest():
 
 
 def test_mp_trained_views_are_leaked_on_mp_data_only():
-    chgnet_models = [m for m, e in MODELS.items() if {"chgnet", "chgnet_atoms"} & set(e.modalities)]
+    chgnet_views = {"chgnet", "chgnet_atoms", "chgnet_graph"}
+    chgnet_models = [m for m, e in MODELS.items() if chgnet_views & set(e.modalities)]
     assert set(chgnet_models) == {
         "chgnet_only",
         "matmmfuse_chgnet",
         "dynamic_chgnet",
         "late_chgnet",
+        "cgcnn_chgnet",
+        "matmmfuse_chgnet_graph",
     }
     assert all(is_leaked("mp36k", m) for m in chgnet_models)
     assert not any(is_leaked("castelli", m) for m in MODELS)
