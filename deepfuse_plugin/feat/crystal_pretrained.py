@@ -59,12 +59,11 @@ __all__ = [
     "pretrained_crystal_modality_from_spec",
 ]
 
-#: ``crystal``: one vector per structure (kind ``embedding``); ``atoms``: one per site
-#: (kind ``vector_set``); ``graph``: the crystal graph with the atom states as node features
-#: (kind ``crystal_graph``).
-LEVELS = ("crystal", "atoms", "graph")
+#: What :class:`StructureEmbeddingModality` computes: ``crystal``, one vector per structure
+#: (kind ``embedding``); ``atoms``, one per site (kind ``vector_set``).
+LEVELS = ("crystal", "atoms")
 #: What each level adds to the provider's name in the modality's name (``chgnet``,
-#: ``chgnet_atoms``, ``chgnet_graph``).
+#: ``chgnet_atoms``; ``graph``: :class:`PretrainedStateGraphModality`'s ``chgnet_graph``).
 _SUFFIX = {"crystal": "", "atoms": "_atoms", "graph": "_graph"}
 
 
@@ -183,7 +182,18 @@ class StructureEmbedder:
         return {**self.__dict__, "_prepared": {}}
 
 
-class StructureEmbeddingModality(CrystalModalityFeaturizer):
+class _EmbedderModality(CrystalModalityFeaturizer):
+    """A modality read from a :class:`StructureEmbedder` (``self.embedder``), which embeds every
+    structure in batches before the per-structure pass."""
+
+    up_front = True
+    embedder: StructureEmbedder
+
+    def prepare(self, structures: Sequence[Any], progress: bool = False) -> None:
+        self.embedder.prepare(structures, progress)
+
+
+class StructureEmbeddingModality(_EmbedderModality):
     """A crystal modality computed by a :class:`StructureEmbedder`.
 
     ``level="crystal"``: kind ``embedding``, the crystal vector ``(dim,)`` float32;
@@ -198,17 +208,11 @@ class StructureEmbeddingModality(CrystalModalityFeaturizer):
     Modality('chgnet_atoms', 'vector_set', dim=64)
     """
 
-    up_front = True
-
     def __init__(
         self, embedder: StructureEmbedder, level: str = "crystal", name: str | None = None
     ):
         if level not in LEVELS:
             raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
-        if level == "graph":
-            raise ValueError(
-                "level 'graph' needs a crystal graph's settings: use PretrainedStateGraphModality"
-            )
         provider = embedder.provider
         self.embedder, self.level = embedder, level
         self.name = name or provider.name + _SUFFIX[level]
@@ -218,15 +222,12 @@ class StructureEmbeddingModality(CrystalModalityFeaturizer):
         else:
             self.spec = Modality(self.name, "vector_set", dim=int(provider.atom_dim), params=params)
 
-    def prepare(self, structures: Sequence[Any], progress: bool = False) -> None:
-        self.embedder.prepare(structures, progress)
-
     def compute(self, structure: Any, context: CrystalContext) -> np.ndarray:
         result = self.embedder.embedding(structure)
         return result.crystal if self.level == "crystal" else result.atoms
 
 
-class PretrainedStateGraphModality(CrystalModalityFeaturizer):
+class PretrainedStateGraphModality(_EmbedderModality):
     """The crystal graph of ``graph`` with a provider's atom states appended to its node features.
 
     Kind ``crystal_graph``: the neighbour graph, edges and edge features of ``graph`` (a
@@ -246,8 +247,6 @@ class PretrainedStateGraphModality(CrystalModalityFeaturizer):
     Modality('chgnet_graph', 'crystal_graph', node_dim=155, edge_dim=41)
     """
 
-    up_front = True
-
     def __init__(
         self, embedder: StructureEmbedder, graph: CrystalGraphModality, name: str | None = None
     ):
@@ -262,9 +261,6 @@ class PretrainedStateGraphModality(CrystalModalityFeaturizer):
             edge_dim=base.edge_dim,
             params={**base.params, **_provider_params(provider, "graph")},
         )
-
-    def prepare(self, structures: Sequence[Any], progress: bool = False) -> None:
-        self.embedder.prepare(structures, progress)
 
     def compute(self, structure: Any, context: CrystalContext) -> GraphFeatures:
         base = self.graph.compute(structure, context)
@@ -319,14 +315,11 @@ def pretrained_crystal_modality(
     states as node features) of a registered structure provider, else ``None``. ``options`` holds
     each provider's constructor options by provider name."""
     registered = available_structure_providers()
-    named = [
-        (item[: len(item) - len(suffix)], level)
-        for level, suffix in _SUFFIX.items()
-        if item.endswith(suffix) and item[: len(item) - len(suffix)] in registered
-    ]
-    if not named:
+    # "crystal" (no suffix) is tried first: a name without a suffix is never read as another level
+    named = ((item.removesuffix(suffix), level) for level, suffix in _SUFFIX.items())
+    provider, level = next(((p, lv) for p, lv in named if p in registered), (None, None))
+    if provider is None or level is None:
         return None
-    provider, level = named[0]
     embedder = _embedder(embedders, provider, (options or {}).get(provider, {}), cache_dir)
     if level == "graph":
         return PretrainedStateGraphModality(embedder, graph or CrystalGraphModality())
