@@ -218,6 +218,31 @@ def _check_structures(structures: Sequence[Any]) -> None:
         )
 
 
+def _extra_modalities(featurizer: Any) -> list[Modality]:
+    """The featurizer's modalities that this route adds beside MatGL's graph.
+
+    A plain structure graph (``graph``, ``matgl_graph``) is left out: the converter's graph takes
+    its place. A graph carrying a pretrained provider's atom states (``chgnet_graph``) is refused,
+    not dropped: the route has no place for its node features, and training without a view the
+    user asked for would be a silent change of model.
+    """
+    if featurizer is None:
+        return []
+    carried = [
+        m.name
+        for m in featurizer.modalities
+        if m.kind == "crystal_graph" and "provider" in (m.params or {})
+    ]
+    if carried:
+        raise ValueError(
+            f"the MatGL route cannot carry {carried}: its structure view is MatGL's own graph, "
+            "so pretrained atom states on the CGCNN graph have nowhere to go. Use the provider's "
+            "atom states as their own view (e.g. 'chgnet_atoms') here, or train on the DeepChem "
+            "route (deepfuse_plugin.models), which reads these graphs."
+        )
+    return [m for m in featurizer.modalities if m.kind != "crystal_graph"]
+
+
 def _check_labels(labels: dict[str, Any], n: int) -> None:
     for name, values in labels.items():
         values = np.asarray(values, dtype=float)
@@ -279,7 +304,8 @@ class MultiModalMGLDataset(MGLDataset):
     converter: matgl GraphConverter
     featurizer: CrystalMultiModalFeaturizer, optional
         The extra modalities (a ``graph``/``matgl_graph`` modality in it is ignored: the
-        graph is the converter's).
+        graph is the converter's; a graph with pretrained atom states such as ``chgnet_graph``
+        raises ``ValueError``).
     root: str
     **kwargs:
         Passed to ``MGLDataset`` (``save_cache``, ``graph_labels``, ...).
@@ -308,11 +334,7 @@ class MultiModalMGLDataset(MGLDataset):
         self.featurizer = featurizer
         for key, name in CACHE_FILES.items():
             kwargs.setdefault(key, name)
-        self.modalities: list[Modality] = (
-            []
-            if featurizer is None
-            else [m for m in featurizer.modalities if m.kind != "crystal_graph"]
-        )
+        self.modalities: list[Modality] = _extra_modalities(featurizer)
         super().__init__(
             structures=structures,
             labels=_label_lists(labels),

@@ -114,3 +114,15 @@ def test_cgcnn_and_matmmfuse_train_on_it_and_reload(featurizer, samples, tmp_pat
     np.testing.assert_allclose(restored.predict(dataset), predictions, atol=1e-5)
     alone = dc.models.MatMMFuseModel(1, [featurizer.modalities[2]], **TINY)
     assert np.isfinite(alone.fit(dataset, nb_epoch=1))
+
+
+def test_the_matgl_route_refuses_it_instead_of_dropping_it(featurizer, tmp_path):
+    pytest.importorskip("matgl")
+    from deepfuse_plugin.matgl import MultiModalMGLDataset
+    from deepfuse_plugin.matgl._data import _extra_modalities
+
+    structures = [srtio3(), cscl()]
+    with pytest.raises(ValueError, match=r"\['chgnet_graph'\].*'chgnet_atoms'"):
+        MultiModalMGLDataset(structures, {"e": [0.0, 1.0]}, None, featurizer, root=str(tmp_path))
+    plain = CrystalMultiModalFeaturizer(["graph", "chgnet_atoms"], progress=False, cache_dir=False)
+    assert [m.name for m in _extra_modalities(plain)] == ["chgnet_atoms"]
