@@ -235,6 +235,13 @@ def _add_merge_parser(sub: argparse._SubParsersAction) -> None:
         "--out (a model re-run after a change of its defaults); recorded in the "
         "notes",
     )
+    merge.add_argument(
+        "--replace-rows",
+        action="store_true",
+        help="--replace, and a source's dataset/model row replaces the whole row of "
+        "--out, dropping the seeds it did not re-run (no row averages runs made "
+        "under different settings); recorded in the notes",
+    )
 
 
 def _add_speed_parser(sub: argparse._SubParsersAction) -> None:
@@ -401,7 +408,7 @@ def _run(args: argparse.Namespace, command: str) -> None:
     elif args.benchmark == "merge":
         from deepfuse_bench.merge import merge_results
 
-        merge_results(args.sources, args.out, replace=args.replace)
+        merge_results(args.sources, args.out, replace=args.replace, replace_rows=args.replace_rows)
     elif args.benchmark == "crystals":
         crystals_cli.run_from_args(args, progress, command)
     elif args.benchmark == "featurize-disk":

@@ -101,7 +101,11 @@ def _merge_splits(source: str, out: str) -> None:
 
 
 def merge_results(
-    sources: Sequence[str], out: str, replace: bool = False, echo: Callable[[str], None] = print
+    sources: Sequence[str],
+    out: str,
+    replace: bool = False,
+    echo: Callable[[str], None] = print,
+    replace_rows: bool = False,
 ) -> dict[str, Any]:
     """Merge the runs of other ``deepfuse-bench moleculenet`` output folders into ``out``.
 
@@ -121,12 +125,18 @@ def merge_results(
         A run of ``sources`` replaces the run of the same dataset, model, seed and split in
         ``out`` (a model re-run after its defaults changed). The JSON's notes record how many runs
         were replaced and from where.
+    replace_rows: bool
+        ``replace``, and a source's (dataset, model, split) row replaces the whole row of
+        ``out``, so that runs of seeds the source did not re-run are dropped rather than averaged
+        with the new ones (a column re-run under another selection rule on fewer seeds). The
+        notes say which runs were dropped.
 
     Returns
     -------
     dict
         The merged JSON payload.
     """
+    replace = replace or replace_rows
     folders = ([out] if os.path.exists(os.path.join(out, f"{STEM}.json")) else []) + [
         s for s in sources if os.path.abspath(s) != os.path.abspath(out)
     ]
@@ -149,6 +159,10 @@ def merge_results(
         merged["notes"] += [n for n in payload.get("notes", []) if n not in merged["notes"]]
         is_source = os.path.abspath(folder) != os.path.abspath(out)
         replacing, replaced = replace and is_source, []
+        if replacing and replace_rows:
+            dropped = _drop_rows_of(payload["runs"], by_key)
+            if dropped:
+                merged["notes"].append(_dropped_note(dropped))
         for run in payload["runs"]:
             key = run_key(run)
             kept = by_key.get(key)
@@ -181,14 +195,41 @@ def merge_results(
     return merged
 
 
-def _replaced_note(runs: Sequence[dict[str, Any]]) -> str:
-    """Which runs a ``bench merge --replace`` re-ran, by model and dataset (no local paths: the
-    note is committed with the table)."""
+def _row_key(run: dict[str, Any]) -> tuple:
+    """A table row: dataset, split, split seed and model (every seed of them)."""
+    dataset, split, split_seed, _seed, model = run_key(run)
+    return (dataset, split, split_seed, model)
+
+
+def _drop_rows_of(runs: Sequence[dict[str, Any]], by_key: dict[tuple, dict[str, Any]]) -> list:
+    """Remove from ``by_key`` the runs of the rows ``runs`` re-ran whose seeds ``runs`` lacks;
+    returns the removed runs."""
+    rows = {_row_key(run) for run in runs if not run.get("skipped")}
+    rerun = {run_key(run) for run in runs if not run.get("skipped")}
+    stale = [k for k, run in by_key.items() if _row_key(run) in rows and k not in rerun]
+    return [by_key.pop(k) for k in stale]
+
+
+def _seed_list(runs: Sequence[dict[str, Any]]) -> str:
+    """``model on dataset seed(s) ...`` for each row of ``runs`` (no local paths: the notes are
+    committed with the table)."""
     seeds: dict[tuple[str, str], list[int]] = defaultdict(list)
     for run in runs:
         seeds[(run["model"], run["dataset"])].append(run["seed"])
-    which = "; ".join(
+    return "; ".join(
         f"{model} on {dataset} seed(s) {', '.join(map(str, sorted(s)))}"
         for (model, dataset), s in sorted(seeds.items())
     )
-    return f"{len(runs)} run(s) replaced by a re-run (bench merge --replace): {which}."
+
+
+def _dropped_note(runs: Sequence[dict[str, Any]]) -> str:
+    return (
+        f"{len(runs)} run(s) dropped because their row was re-run on other seeds "
+        f"(bench merge --replace-rows): {_seed_list(runs)}."
+    )
+
+
+def _replaced_note(runs: Sequence[dict[str, Any]]) -> str:
+    """Which runs a ``bench merge --replace`` re-ran, by model and dataset (no local paths: the
+    note is committed with the table)."""
+    return f"{len(runs)} run(s) replaced by a re-run (bench merge --replace): {_seed_list(runs)}."

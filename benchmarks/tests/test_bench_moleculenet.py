@@ -493,6 +493,24 @@ def test_merge_combines_folders_run_in_parallel(tiny_molnet_dir, tmp_path):
     assert onward["notes"].count(replaced_note) == 1 and len(onward["runs"]) == 4
     assert replaced_note in (tmp_path / "f" / "moleculenet.md").read_text()
 
+    # a row re-run on fewer seeds replaces the whole row: no mean over old and new rules
+    rerun["runs"] = [
+        dict(r, test_metric=0.6, test={**r["test"], "roc_auc": 0.6}) for r in rerun["runs"]
+    ]
+    (tmp_path / "e" / "moleculenet.json").write_text(json.dumps(rerun))
+    assert main(["merge", str(tmp_path / "e"), "--out", str(tmp_path / "a"), "--replace-rows"]) == 0
+    merged = json.loads((tmp_path / "a" / "moleculenet.json").read_text())
+    assert sorted((r["dataset"], r["seed"]) for r in merged["runs"]) == [
+        ("bbbp", 1),
+        ("delaney", 0),
+    ]
+    assert {r["dataset"]: r["test_metric"] for r in merged["runs"]}["bbbp"] == 0.6
+    assert merged["notes"][-2:] == [
+        f"1 run(s) dropped because their row was re-run on other seeds (bench merge "
+        f"--replace-rows): {model} on bbbp seed(s) 0.",
+        f"1 run(s) replaced by a re-run (bench merge --replace): {model} on bbbp seed(s) 1.",
+    ]
+
 
 def test_length_bucket_pool_reaches_the_models_and_the_table(tiny_run, tiny_molnet_dir, tmp_path):
     payload = mn.run_moleculenet_bench(
