@@ -162,7 +162,7 @@ def merge_results(
         if replacing and replace_rows:
             dropped = _drop_rows_of(payload["runs"], by_key)
             if dropped:
-                merged["notes"].append(_dropped_note(dropped))
+                _add_note(merged["notes"], _dropped_note(dropped))
         for run in payload["runs"]:
             key = run_key(run)
             kept = by_key.get(key)
@@ -181,7 +181,7 @@ def merge_results(
             else:  # the same run twice: keep the missing-view scores either copy has
                 by_key[key] = carry_missing_views(kept, run)
         if replaced:
-            merged["notes"].append(_replaced_note(replaced))
+            _add_note(merged["notes"], _replaced_note(replaced))
         if is_source:
             _merge_splits(folder, out)
     merged["runs"] = list(by_key.values())
@@ -193,6 +193,12 @@ def merge_results(
     write_outputs(merged, out)
     echo(f"Merged {len(merged['runs'])} runs from {len(folders)} folder(s) into {out}")
     return merged
+
+
+def _add_note(notes: list[str], note: str) -> None:
+    """Append ``note`` unless the table says it already (the same runs replaced twice)."""
+    if note not in notes:
+        notes.append(note)
 
 
 def _row_key(run: dict[str, Any]) -> tuple:
