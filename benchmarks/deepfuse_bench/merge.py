@@ -210,8 +210,8 @@ def _row_key(run: dict[str, Any]) -> tuple:
 def _drop_rows_of(runs: Sequence[dict[str, Any]], by_key: dict[tuple, dict[str, Any]]) -> list:
     """Remove from ``by_key`` the runs of the rows ``runs`` re-ran whose seeds ``runs`` lacks;
     returns the removed runs."""
-    rows = {_row_key(run) for run in runs if not run.get("skipped")}
     rerun = {run_key(run) for run in runs if not run.get("skipped")}
+    rows = {(dataset, split, split_seed, model) for dataset, split, split_seed, _, model in rerun}
     stale = [k for k, run in by_key.items() if _row_key(run) in rows and k not in rerun]
     return [by_key.pop(k) for k in stale]
 
