@@ -8,6 +8,7 @@
                                [--models minimol_mlp,dynamic_pretrained,...]
                                [--pretrained NAME_OR_FOLDER] [--embedding-cache-dir DIR]
     deepfuse-bench merge benchmarks/full-hiv [...] --out benchmarks/full
+    deepfuse-bench merge runs/crystals-seed2 [...] --out benchmarks/crystals-mp36k
     deepfuse-bench crystals --data-dir DIR [--dataset mp36k|castelli] [--seeds 0,1,2]
                             [--n-train 2000 --n-val 500 --n-test 500 | --full] [--resume]
                             [--lr-schedule cosine] [--zero-shot-castelli]
@@ -219,14 +220,17 @@ def _add_merge_parser(sub: argparse._SubParsersAction) -> None:
     """``deepfuse-bench merge`` (:func:`deepfuse_bench.merge.merge_results`)."""
     merge = sub.add_parser(
         "merge",
-        help="merge 'moleculenet' output folders (e.g. datasets run in parallel) into one table",
+        help="merge 'moleculenet' or 'crystals' output folders (e.g. datasets or seeds run in "
+        "parallel) into one table",
     )
-    merge.add_argument("sources", nargs="+", help="folders holding moleculenet.json")
+    merge.add_argument(
+        "sources", nargs="+", help="folders holding moleculenet.json, or crystals*.json"
+    )
     merge.add_argument(
         "--out",
         required=True,
         help="folder to merge into; its own runs are kept, its moleculenet."
-        "{md,json,png} and splits/ rewritten",
+        "{md,json,png} and splits/ (or crystals*.{md,json,png}) rewritten",
     )
     merge.add_argument(
         "--replace",
@@ -242,6 +246,23 @@ def _add_merge_parser(sub: argparse._SubParsersAction) -> None:
         "--out, dropping the seeds it did not re-run (no row averages runs made "
         "under different settings); recorded in the notes",
     )
+
+
+def _merge(args: argparse.Namespace) -> None:
+    """Crystal results (``crystals*.json``) or molecule results (``moleculenet.json``)."""
+    from deepfuse_bench.crystals_merge import crystal_stems, merge_crystal_results
+    from deepfuse_bench.merge import merge_results
+    from deepfuse_plugin.workflows import WorkflowError
+
+    if any(crystal_stems(folder) for folder in args.sources):
+        if args.replace_rows:
+            raise WorkflowError(
+                "--replace-rows is for 'moleculenet' tables; crystal runs are replaced one "
+                "(model, seed) at a time with --replace"
+            )
+        merge_crystal_results(args.sources, args.out, replace=args.replace)
+    else:
+        merge_results(args.sources, args.out, replace=args.replace, replace_rows=args.replace_rows)
 
 
 def _add_speed_parser(sub: argparse._SubParsersAction) -> None:
@@ -406,9 +427,7 @@ def _run(args: argparse.Namespace, command: str) -> None:
     elif args.benchmark == "train-scaling":
         scaling_train.run_from_args(args)
     elif args.benchmark == "merge":
-        from deepfuse_bench.merge import merge_results
-
-        merge_results(args.sources, args.out, replace=args.replace, replace_rows=args.replace_rows)
+        _merge(args)
     elif args.benchmark == "crystals":
         crystals_cli.run_from_args(args, progress, command)
     elif args.benchmark == "featurize-disk":

@@ -23,7 +23,9 @@ small labelled sample (:mod:`deepfuse_bench.crystals_castelli`).
 ``--resume``: the runs (model, seed) already in ``<out>/<stem>.json`` are kept and skipped (same
 shared settings required), and a run interrupted mid-training continues from the resume point it
 wrote after its last finished epoch (``<out>/unfinished_<stem>/``). Test predictions of every run
-are kept in ``<out>/<stem>_predictions/<model>_s<seed>.npz`` (for the parity plot).
+are kept in ``<out>/<stem>_predictions/<model>_s<seed>.npz`` (for the parity plot). Seeds or
+models run in parallel processes, each with its own ``--out``, become one table with
+``deepfuse-bench merge`` (:func:`~deepfuse_bench.crystals_merge.merge_crystal_results`).
 
 1. **Rows.** Train on the ``train`` split, select the epoch on ``val``, report ``test``. Rows with a
    formation energy below ``min_formation_energy`` (default -5 eV/atom: the four implausible values
@@ -169,23 +171,36 @@ def environment() -> dict[str, Any]:
     return env
 
 
+def read_payload(json_path: str, way_out: str) -> dict[str, Any]:
+    """The results at ``json_path``, written by this version of ``deepfuse-bench crystals``
+    (``way_out``: what the user can do instead, for the error)."""
+    with open(json_path) as fh:
+        payload = json.load(fh)
+    if payload.get("benchmark") != "crystals" or payload.get("format") != FORMAT:
+        raise wf.WorkflowError(
+            f"{json_path} was not written by this version of 'deepfuse-bench crystals' "
+            f"(format {payload.get('format')}, expected {FORMAT}); {way_out}"
+        )
+    return payload
+
+
+def check_same_settings(old: dict[str, Any], new: dict[str, Any], where: str) -> None:
+    """Runs sharing a table must have the same :data:`SHARED_SETTINGS` (rows, budget, schedule,
+    zero-shot sets); ``where`` names the results that differ in the error."""
+    differ = {k: (old.get(k), new.get(k)) for k in SHARED_SETTINGS if old.get(k) != new.get(k)}
+    if differ:
+        raise wf.WorkflowError(f"{where} was made with other settings (old, new): {differ}")
+
+
 def resume_payload(payload: dict[str, Any], json_path: str) -> None:
     """Take over the finished runs, stage times, timing, commands and time of the results at
     ``json_path``; their shared settings must be this run's."""
-    with open(json_path) as fh:
-        previous = json.load(fh)
-    if previous.get("benchmark") != "crystals" or previous.get("format") != FORMAT:
-        raise wf.WorkflowError(
-            f"--resume: {json_path} was not written by this version of 'deepfuse-bench crystals' "
-            f"(format {previous.get('format')}, expected {FORMAT}); choose another --out"
-        )
+    previous = read_payload(json_path, "choose another --out")
+    try:
+        check_same_settings(previous["settings"], payload["settings"], json_path)
+    except wf.WorkflowError as error:
+        raise wf.WorkflowError(f"--resume: {error}; use the same ones, or another --out") from None
     old, new = previous["settings"], payload["settings"]
-    differ = {k: (old.get(k), new.get(k)) for k in SHARED_SETTINGS if old.get(k) != new.get(k)}
-    if differ:
-        raise wf.WorkflowError(
-            f"--resume: {json_path} was made with other settings (old, new): {differ}; use the "
-            "same ones, or another --out"
-        )
     for key in ("runs", "featurization", "zero_shot_castelli", "wall_time_s"):
         if key in previous:
             payload[key] = previous[key]

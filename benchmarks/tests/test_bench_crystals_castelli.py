@@ -1,5 +1,5 @@
 """``deepfuse-bench crystals`` grown: the Castelli dataset and its seeded split, the schedule
-options, leaked marking, the zero-shot recalibration, seeds and ``--resume``.
+options, leaked marking, the zero-shot recalibration, seeds, ``--resume`` and ``merge``.
 
 Pure functions first (split, recalibration, leakage, schedule reaching the model); then two tiny
 runs through the command: 12 perovskites (one bad row) with ``--dataset castelli`` and a resumed
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -183,6 +184,46 @@ def test_resume_skips_finished_runs_and_refuses_other_settings(castelli_run, cap
     assert after["runs"][:2] == before["runs"]  # kept as they were, not trained again
     assert after["settings"]["seeds"] == [0, 1] and len(after["commands"]) == 2
     assert main([*rerun[:-1], "--epochs", "3", "--resume"]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def _with_seed(command: list[str], seed: str, out) -> list[str]:
+    """``command`` for CGCNN alone at ``seed``, written to ``out``."""
+    command = [*command]
+    command[command.index("--models") + 1] = "cgcnn"
+    command[command.index("--out") + 1] = str(out)
+    return [*command, "--seeds", seed]
+
+
+def test_merge_joins_seeds_run_in_separate_folders(castelli_run, tmp_path, capsys):
+    command, before, out = castelli_run
+    seed1, merged = tmp_path / "seed1", tmp_path / "merged"
+    assert main(_with_seed(command, "1", seed1)) == 0
+    shutil.copytree(out, merged)  # the first folder as the fixture wrote it (no resumed runs)
+    (merged / "crystals_castelli.json").write_text(json.dumps(before))
+    assert main(["merge", str(seed1), "--out", str(merged)]) == 0
+    payload = json.loads((merged / "crystals_castelli.json").read_text())
+    runs = {(r["model"], r["seed"]): r for r in payload["runs"]}
+    assert list(runs) == [("cgcnn", 0), ("matmmfuse_chgnet", 0), ("cgcnn", 1)]
+    assert runs[("cgcnn", 1)]["test_ratio_to_cgcnn"] == pytest.approx(1.0)
+    assert payload["settings"]["seeds"] == [0, 1] and len(payload["commands"]) == 2
+    assert (merged / "crystals_castelli_predictions" / "cgcnn_s1.npz").exists()
+    assert "| 2 |" in (merged / "crystals_castelli.md").read_text()  # CGCNN's row: two seeds
+
+    # the same run with another result: refused, unless --replace
+    changed = json.loads((seed1 / "crystals_castelli.json").read_text())
+    changed["runs"][0]["test_mae"] += 1.0
+    (seed1 / "crystals_castelli.json").write_text(json.dumps(changed))
+    capsys.readouterr()
+    assert main(["merge", str(seed1), "--out", str(merged)]) == 2
+    assert "('cgcnn', 1) is also in another folder" in capsys.readouterr().err
+    assert main(["merge", str(seed1), "--out", str(merged), "--replace"]) == 0
+    payload = json.loads((merged / "crystals_castelli.json").read_text())
+    assert payload["runs"][-1]["test_mae"] == changed["runs"][0]["test_mae"]
+    # other settings (another epoch budget) never share a table
+    changed["settings"]["epochs"] = 5
+    (seed1 / "crystals_castelli.json").write_text(json.dumps(changed))
+    assert main(["merge", str(seed1), "--out", str(merged), "--replace"]) == 2
     assert "other settings" in capsys.readouterr().err
 
 
