@@ -113,7 +113,8 @@ def _merge_stem(
     )
     add_ratios(merged["runs"])  # each run against the CGCNN run of its seed, wherever it ran
     predictions = load_predictions(os.path.join(out, f"{stem}_predictions"), merged["runs"])
-    write_outputs(merged, out, stem, predictions)
+    # no saved predictions (a committed table keeps only its plot): the plot is left as it is
+    write_outputs(merged, out, stem, predictions or None)
     return merged
 
 
