@@ -254,7 +254,7 @@ def _merge(args: argparse.Namespace) -> None:
     from deepfuse_bench.merge import merge_results
     from deepfuse_plugin.workflows import WorkflowError
 
-    if any(crystal_stems(folder) for folder in args.sources):
+    if any(crystal_stems(folder) for folder in [*args.sources, args.out]):
         if args.replace_rows:
             raise WorkflowError(
                 "--replace-rows is for 'moleculenet' tables; crystal runs are replaced one "

@@ -18,9 +18,10 @@ import shutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from deepfuse_bench.crystals import check_same_settings, read_payload
-from deepfuse_bench.crystals_report import STEM, write_outputs
+from deepfuse_bench.crystals import DATASETS, check_same_settings, read_payload
+from deepfuse_bench.crystals_report import write_outputs
 from deepfuse_bench.crystals_runs import add_ratios, load_predictions
+from deepfuse_bench.crystals_runs import stem as stem_of
 from deepfuse_plugin import workflows as wf
 
 #: Facts of the rows two folders must share: the same structures, splits and label scaling.
@@ -30,14 +31,19 @@ SAME_ZERO_SHOT = ("n_usable", "n_calibration", "n_evaluation", "seed")
 
 
 def crystal_stems(folder: str) -> list[str]:
-    """Stems of the crystal results in ``folder`` (``crystals``, ``crystals_castelli``)."""
-    if not os.path.isdir(folder):
-        return []
-    return sorted(
-        name[: -len(".json")]
-        for name in os.listdir(folder)
-        if name.startswith(STEM) and name.endswith(".json")
-    )
+    """Stems of the crystal results in ``folder`` (``crystals`` for mp36k,
+    ``crystals_castelli``)."""
+    return [
+        stem_of(dataset)
+        for dataset in DATASETS
+        if os.path.isfile(os.path.join(folder, f"{stem_of(dataset)}.json"))
+    ]
+
+
+def _same_folder(a: str, b: str) -> bool:
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.abspath(a) == os.path.abspath(b)
 
 
 def _check_same_facts(
@@ -46,20 +52,38 @@ def _check_same_facts(
     old, new = old or {}, new or {}
     differ = {k: (old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)}
     if differ:
-        raise wf.WorkflowError(f"{where} holds other rows (old, new): {differ}")
+        raise wf.WorkflowError(
+            f"{where} holds other rows than the folders before it (theirs, its): {differ}; "
+            "only runs of the same rows share a table"
+        )
 
 
 def _union(*lists: Sequence[Any]) -> list[Any]:
     return list(dict.fromkeys(item for values in lists for item in values))
 
 
-def _copy_predictions(source: str, out: str, stem: str, run: dict[str, Any]) -> None:
-    """The run's saved test predictions (for the parity plot), when the source kept them."""
-    name = f"{run['model']}_s{run['seed']}.npz"
-    src = os.path.join(source, f"{stem}_predictions", name)
+def _predictions_path(folder: str, stem: str, run: dict[str, Any]) -> str:
+    return os.path.join(folder, f"{stem}_predictions", f"{run['model']}_s{run['seed']}.npz")
+
+
+def _take_predictions(source: str, out: str, stem: str, run: dict[str, Any]) -> None:
+    """The run's saved test predictions (for the parity plot) replace any in ``out``; a source
+    that kept none leaves none (not the replaced run's)."""
+    src, dst = _predictions_path(source, stem, run), _predictions_path(out, stem, run)
+    if os.path.exists(dst):
+        os.remove(dst)
     if os.path.exists(src):
-        os.makedirs(os.path.join(out, f"{stem}_predictions"), exist_ok=True)
-        shutil.copyfile(src, os.path.join(out, f"{stem}_predictions", name))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.copyfile(src, dst)
+
+
+def _position(values: Sequence[Any], value: Any) -> int:
+    return values.index(value) if value in values else len(values)
+
+
+def _replaced_note(replaced: Sequence[tuple[str, int]]) -> str:
+    runs = ", ".join(f"{model} s{seed}" for model, seed in replaced)
+    return f"{len(replaced)} run(s) replaced by a re-run (bench merge --replace): {runs}."
 
 
 def _merge_stem(
@@ -73,6 +97,8 @@ def _merge_stem(
     merged = dict(payloads[0], commands=[], notes=[], wall_time_s=0.0)
     merged["settings"] = dict(payloads[0]["settings"])
     by_key: dict[tuple[str, int], dict[str, Any]] = {}
+    origin: dict[tuple[str, int], str] = {}
+    replaced: list[tuple[str, int]] = []
     for folder, payload in zip(holding, payloads):
         where = os.path.join(folder, f"{stem}.json")
         check_same_settings(merged["settings"], payload["settings"], where)
@@ -83,33 +109,39 @@ def _merge_stem(
             SAME_ZERO_SHOT,
             where,
         )
-        for listed in ("seeds", "models"):
-            merged["settings"][listed] = _union(
-                merged["settings"][listed], payload["settings"][listed]
-            )
-        merged["commands"] = _union(merged["commands"], payload.get("commands", []))
+        merged["settings"]["seeds"] = sorted(
+            _union(merged["settings"]["seeds"], payload["settings"]["seeds"])
+        )
+        merged["settings"]["models"] = _union(
+            merged["settings"]["models"], payload["settings"]["models"]
+        )
+        commands = payload.get("commands", [])
+        if not set(commands) <= set(merged["commands"]):  # a folder merged in before: once
+            merged["wall_time_s"] += payload.get("wall_time_s", 0.0)
+        merged["commands"] = _union(merged["commands"], commands)
         merged["notes"] = _union(merged["notes"], payload.get("notes", []))
-        merged["wall_time_s"] += payload.get("wall_time_s", 0.0)
-        is_source = os.path.abspath(folder) != os.path.abspath(out)
+        is_source = not _same_folder(folder, out)
         for run in payload["runs"]:
             key = (run["model"], run["seed"])
             kept = by_key.get(key)
             if kept is not None and kept.get("test_mae") != run.get("test_mae"):
                 if not (replace and is_source):
                     raise wf.WorkflowError(
-                        f"{where}: run {key} is also in another folder with a different "
-                        "result; remove one of them, or merge with --replace to let the "
-                        "source's run replace it"
+                        f"run {key} has a different result in {where} and in "
+                        f"{origin[key]}; remove one of them, or merge with --replace to let "
+                        "the source's run replace the one in --out"
                     )
-            by_key[key] = run if kept is None or is_source else kept
-            if is_source and by_key[key] is run:
-                _copy_predictions(folder, out, stem, run)
+                replaced.append(key)
+            if kept is None or is_source:
+                by_key[key], origin[key] = run, where
+                if is_source:
+                    _take_predictions(folder, out, stem, run)
+    if replaced:
+        merged["notes"] = _union(merged["notes"], [_replaced_note(replaced)])
+    seeds, models = merged["settings"]["seeds"], merged["settings"]["models"]
     merged["runs"] = sorted(
         by_key.values(),
-        key=lambda r: (
-            merged["settings"]["seeds"].index(r["seed"]),
-            merged["settings"]["models"].index(r["model"]),
-        ),
+        key=lambda r: (_position(seeds, r["seed"]), _position(models, r["model"])),
     )
     add_ratios(merged["runs"])  # each run against the CGCNN run of its seed, wherever it ran
     predictions = load_predictions(os.path.join(out, f"{stem}_predictions"), merged["runs"])
@@ -130,10 +162,11 @@ def merge_crystal_results(
     commands, notes and wall times are combined, the saved test predictions copied, the ratios to
     CGCNN recomputed (each run against the CGCNN run of its own seed) and ``<stem>.{json,md,png}``
     of ``out`` rewritten, for every result stem the folders hold (``crystals`` for mp36k,
-    ``crystals_castelli``). The featurization timing and data facts are ``out``'s (or the first
-    source's). All folders must have the same shared settings (rows, epochs, batch size, learning
-    rate, schedule, zero-shot sets) and the same rows; a run (model, seed) present twice must have
-    the same test MAE unless ``replace``.
+    ``crystals_castelli``). The featurization timing, data facts and environment are ``out``'s
+    (or the first source's); wall times are summed, a folder merged in before counted once. All
+    folders must have the same shared settings (rows, epochs, batch size, learning rate,
+    schedule, zero-shot sets, device) and the same row counts and label scaling; a run (model,
+    seed) present twice must have the same test MAE unless ``replace``.
 
     Parameters
     ----------
@@ -142,25 +175,34 @@ def merge_crystal_results(
     out: str
         The folder to merge into (its own runs, if any, are kept).
     replace: bool
-        A source's run replaces the run of the same model and seed in ``out``.
+        A source's run replaces the run of the same model and seed in ``out`` (and its saved
+        predictions); the notes say which runs were replaced.
 
     Returns
     -------
     dict
         ``{stem: merged payload}``.
+
+    Raises
+    ------
+    WorkflowError
+        A source without crystal results, other settings or rows, a run with two results.
     """
-    folders = [out] + [s for s in sources if os.path.abspath(s) != os.path.abspath(out)]
-    stems = _union(*(crystal_stems(f) for f in folders))
-    if not stems:
+    empty = [s for s in sources if not crystal_stems(s)]
+    if empty:
         raise wf.WorkflowError(
-            "nothing to merge: give at least one folder with crystals.json or "
-            "crystals_castelli.json"
+            f"no crystal results (crystals.json, crystals_castelli.json) in: {', '.join(empty)}"
         )
+    folders = [out]
+    for source in sources:  # each folder once, --out first
+        if not any(_same_folder(source, f) for f in folders):
+            folders.append(source)
+    stems = _union(*(crystal_stems(f) for f in folders))
     os.makedirs(out, exist_ok=True)
     merged: dict[str, dict[str, Any]] = {}
-    for stem in stems:
-        payload = _merge_stem(folders, out, stem, replace)
+    for name in stems:
+        payload = _merge_stem(folders, out, name, replace)
         if payload is not None:
-            merged[stem] = payload
-            echo(f"Merged {len(payload['runs'])} runs into {os.path.join(out, stem)}.json")
+            merged[name] = payload
+            echo(f"Merged {len(payload['runs'])} runs into {os.path.join(out, name)}.json")
     return merged
