@@ -116,8 +116,10 @@ def _merge_stem(
             merged["settings"]["models"], payload["settings"]["models"]
         )
         commands = payload.get("commands", [])
-        if not set(commands) <= set(merged["commands"]):  # a folder merged in before: once
-            merged["wall_time_s"] += payload.get("wall_time_s", 0.0)
+        if "wall_time_s" not in payload:  # still running (or stopped): no total to give
+            merged["wall_time_s"] = None
+        elif merged["wall_time_s"] is not None and not set(commands) <= set(merged["commands"]):
+            merged["wall_time_s"] += payload["wall_time_s"]  # a folder merged in before: once
         merged["commands"] = _union(merged["commands"], commands)
         merged["notes"] = _union(merged["notes"], payload.get("notes", []))
         is_source = not _same_folder(folder, out)
@@ -143,6 +145,8 @@ def _merge_stem(
         by_key.values(),
         key=lambda r: (_position(seeds, r["seed"]), _position(models, r["model"])),
     )
+    if merged["wall_time_s"] is None:
+        del merged["wall_time_s"]
     add_ratios(merged["runs"])  # each run against the CGCNN run of its seed, wherever it ran
     predictions = load_predictions(os.path.join(out, f"{stem}_predictions"), merged["runs"])
     # no saved predictions (a committed table keeps only its plot): the plot is left as it is
@@ -163,7 +167,8 @@ def merge_crystal_results(
     CGCNN recomputed (each run against the CGCNN run of its own seed) and ``<stem>.{json,md,png}``
     of ``out`` rewritten, for every result stem the folders hold (``crystals`` for mp36k,
     ``crystals_castelli``). The featurization timing, data facts and environment are ``out``'s
-    (or the first source's); wall times are summed, a folder merged in before counted once. All
+    (or the first source's); wall times are summed, a folder merged in before counted once, and
+    a folder still running (no wall time yet) makes the report say "in progress". All
     folders must have the same shared settings (rows, epochs, batch size, learning rate,
     schedule, zero-shot sets, device) and the same row counts and label scaling; a run (model,
     seed) present twice must have the same test MAE unless ``replace``.

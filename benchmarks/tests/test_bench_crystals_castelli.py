@@ -216,6 +216,16 @@ def test_merge_joins_seeds_run_in_separate_folders(castelli_run, tmp_path, capsy
     assert main(["merge", str(seed1), str(seed1), "--out", str(merged)]) == 0  # again: no-op
     again = json.loads((merged / "crystals_castelli.json").read_text())
     assert again["runs"] == payload["runs"] and again["wall_time_s"] == pytest.approx(wall)
+    # a folder still running has no wall time yet: the merged report says so, with no total
+    running = tmp_path / "running"
+    shutil.copytree(seed1, running)
+    unfinished = json.loads((running / "crystals_castelli.json").read_text())
+    del unfinished["wall_time_s"]
+    (running / "crystals_castelli.json").write_text(json.dumps(unfinished))
+    assert main(["merge", str(running), "--out", str(tmp_path / "view")]) == 0
+    assert (
+        "(in progress: 1 run(s) so far)" in (tmp_path / "view" / "crystals_castelli.md").read_text()
+    )
     capsys.readouterr()
     assert main(["merge", str(tmp_path / "typo"), "--out", str(merged)]) == 2
     assert "no crystal results" in capsys.readouterr().err
