@@ -184,10 +184,18 @@ def read_payload(json_path: str, way_out: str) -> dict[str, Any]:
     return payload
 
 
+def differing(
+    old: dict[str, Any] | None, new: dict[str, Any] | None, keys: Sequence[str]
+) -> dict[str, tuple[Any, Any]]:
+    """``{key: (old value, new value)}`` of the ``keys`` whose values differ."""
+    old, new = old or {}, new or {}
+    return {k: (old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)}
+
+
 def check_same_settings(old: dict[str, Any], new: dict[str, Any], where: str) -> None:
     """Runs sharing a table must have the same :data:`SHARED_SETTINGS` (rows, budget, schedule,
     zero-shot sets); ``where`` names the results that differ in the error."""
-    differ = {k: (old.get(k), new.get(k)) for k in SHARED_SETTINGS if old.get(k) != new.get(k)}
+    differ = differing(old, new, SHARED_SETTINGS)
     if differ:
         raise wf.WorkflowError(f"{where} was made with other settings (old, new): {differ}")
 

@@ -18,7 +18,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from deepfuse_bench.crystals import DATASETS, check_same_settings, read_payload
+from deepfuse_bench.crystals import DATASETS, check_same_settings, differing, read_payload
 from deepfuse_bench.crystals_report import write_outputs
 from deepfuse_bench.crystals_runs import add_ratios, load_predictions
 from deepfuse_bench.crystals_runs import stem as stem_of
@@ -46,11 +46,13 @@ def _same_folder(a: str, b: str) -> bool:
     return os.path.abspath(a) == os.path.abspath(b)
 
 
-def _check_same_facts(
-    old: dict[str, Any] | None, new: dict[str, Any] | None, keys: Sequence[str], where: str
-) -> None:
-    old, new = old or {}, new or {}
-    differ = {k: (old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)}
+def _check_folder(merged: dict[str, Any], payload: dict[str, Any], where: str) -> None:
+    """``payload`` (read from ``where``) may join ``merged``: same settings, rows, zero-shot set."""
+    check_same_settings(merged["settings"], payload["settings"], where)
+    differ = differing(merged.get("data"), payload.get("data"), SAME_DATA)
+    differ |= differing(
+        merged.get("zero_shot_castelli"), payload.get("zero_shot_castelli"), SAME_ZERO_SHOT
+    )
     if differ:
         raise wf.WorkflowError(
             f"{where} holds other rows than the folders before it (theirs, its): {differ}; "
@@ -101,14 +103,7 @@ def _merge_stem(
     replaced: list[tuple[str, int]] = []
     for folder, payload in zip(holding, payloads):
         where = os.path.join(folder, f"{stem}.json")
-        check_same_settings(merged["settings"], payload["settings"], where)
-        _check_same_facts(merged.get("data"), payload.get("data"), SAME_DATA, where)
-        _check_same_facts(
-            merged.get("zero_shot_castelli"),
-            payload.get("zero_shot_castelli"),
-            SAME_ZERO_SHOT,
-            where,
-        )
+        _check_folder(merged, payload, where)
         merged["settings"]["seeds"] = sorted(
             _union(merged["settings"]["seeds"], payload["settings"]["seeds"])
         )
