@@ -88,7 +88,7 @@ from deepfuse_bench.crystals_data import (
     prepare_data,
     resolve_data_file,
 )
-from deepfuse_bench.crystals_report import format_markdown, write_outputs
+from deepfuse_bench.crystals_report import format_markdown, planned_runs, write_outputs
 from deepfuse_bench.crystals_runs import (
     SCHEDULE_KEYS,
     load_predictions,
@@ -212,6 +212,7 @@ def resume_payload(payload: dict[str, Any], json_path: str) -> None:
     for key in ("runs", "featurization", "zero_shot_castelli", "wall_time_s"):
         if key in previous:
             payload[key] = previous[key]
+    payload["planned"] = planned_runs(previous)  # before the settings take this run's
     for key in ("seeds", "models"):  # every seed and model the table holds
         new[key] = list(dict.fromkeys([*old.get(key, []), *new[key]]))
     payload["commands"] = [*previous.get("commands", [previous.get("command")])]
@@ -389,13 +390,20 @@ def run_crystal_bench(
     if resume and os.path.exists(json_path):
         resume_payload(payload, json_path)
     payload.setdefault("commands", []).append(payload["command"])
+    payload["planned"] = list(
+        dict.fromkeys([*payload.get("planned", []), *((m, s) for s in seeds for m in models)])
+    )
     done = {(r["model"], r["seed"]) for r in payload["runs"]}
     plan = [(m, s) for s in seeds for m in models if (m, s) not in done]
     echo(
         f"deepfuse-bench crystals ({dataset}): {len(plan)} run(s) to do"
         + (f", {len(done)} already in {json_path}" if resume else "")
     )
-    start = time.perf_counter()
+    start, earlier = time.perf_counter(), payload.get("wall_time_s", 0.0)
+
+    def wall_time() -> float:  # this command's time so far plus the resumed ones' (if recorded)
+        return earlier + time.perf_counter() - start
+
     if mp36k:
         data = prepare_data(
             path,
@@ -451,8 +459,8 @@ def run_crystal_bench(
         "learning_rate": learning_rate,
         **schedule,
     }
-    train_plan(plan, data, budget, payload, out, resume, zero_shot, progress, echo)
-    payload["wall_time_s"] = payload.get("wall_time_s", 0.0) + time.perf_counter() - start
+    train_plan(plan, data, budget, payload, out, resume, zero_shot, wall_time, progress, echo)
+    payload["wall_time_s"] = wall_time()
     folder = predictions_dir(out, dataset)
     write_outputs(payload, out, stem(dataset), load_predictions(folder, payload["runs"]))
     echo(format_markdown(payload).split("\n## Data and settings")[0])

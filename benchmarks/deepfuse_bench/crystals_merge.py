@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from deepfuse_bench.crystals import DATASETS, check_same_settings, differing, read_payload
-from deepfuse_bench.crystals_report import write_outputs
+from deepfuse_bench.crystals_report import planned_runs, write_outputs
 from deepfuse_bench.crystals_runs import add_ratios, load_predictions
 from deepfuse_bench.crystals_runs import stem as stem_of
 from deepfuse_plugin import workflows as wf
@@ -88,6 +88,13 @@ def _replaced_note(replaced: Sequence[tuple[str, int]]) -> str:
     return f"{len(replaced)} run(s) replaced by a re-run (bench merge --replace): {runs}."
 
 
+def _unknown_time_note(folders: Sequence[str]) -> str:
+    return (
+        f"No wall time was recorded by {', '.join(folders)} (stopped before its runs kept one); "
+        "the total leaves it out."
+    )
+
+
 def _merge_stem(
     folders: Sequence[str], out: str, stem: str, replace: bool
 ) -> dict[str, Any] | None:
@@ -96,7 +103,9 @@ def _merge_stem(
     if not holding:
         return None
     payloads = [read_payload(os.path.join(f, f"{stem}.json"), "re-run it") for f in holding]
-    merged = dict(payloads[0], commands=[], notes=[], wall_time_s=0.0)
+    merged = dict(payloads[0], commands=[], notes=[], planned=[], wall_time_s=0.0)
+    merged.pop("wall_time_unknown", None)
+    unknown: list[str] = []  # folders stopped before they recorded a wall time
     merged["settings"] = dict(payloads[0]["settings"])
     by_key: dict[tuple[str, int], dict[str, Any]] = {}
     origin: dict[tuple[str, int], str] = {}
@@ -111,11 +120,12 @@ def _merge_stem(
             merged["settings"]["models"], payload["settings"]["models"]
         )
         commands = payload.get("commands", [])
-        if "wall_time_s" not in payload:  # still running (or stopped): no total to give
-            merged["wall_time_s"] = None
-        elif merged["wall_time_s"] is not None and not set(commands) <= set(merged["commands"]):
-            merged["wall_time_s"] += payload["wall_time_s"]  # a folder merged in before: once
+        if not set(commands) <= set(merged["commands"]):  # a folder merged in before: once
+            merged["wall_time_s"] += payload.get("wall_time_s", 0.0)
+            missing = payload.get("wall_time_unknown", []) if "wall_time_s" in payload else [where]
+            unknown = _union(unknown, missing)
         merged["commands"] = _union(merged["commands"], commands)
+        merged["planned"] = _union(merged["planned"], planned_runs(payload))
         merged["notes"] = _union(merged["notes"], payload.get("notes", []))
         is_source = not _same_folder(folder, out)
         for run in payload["runs"]:
@@ -135,13 +145,14 @@ def _merge_stem(
                     _take_predictions(folder, out, stem, run)
     if replaced:
         merged["notes"] = _union(merged["notes"], [_replaced_note(replaced)])
+    if unknown:
+        merged["wall_time_unknown"] = unknown
+        merged["notes"] = _union(merged["notes"], [_unknown_time_note(unknown)])
     seeds, models = merged["settings"]["seeds"], merged["settings"]["models"]
     merged["runs"] = sorted(
         by_key.values(),
         key=lambda r: (_position(seeds, r["seed"]), _position(models, r["model"])),
     )
-    if merged["wall_time_s"] is None:
-        del merged["wall_time_s"]
     add_ratios(merged["runs"])  # each run against the CGCNN run of its seed, wherever it ran
     predictions = load_predictions(os.path.join(out, f"{stem}_predictions"), merged["runs"])
     # no saved predictions (a committed table keeps only its plot): the plot is left as it is
@@ -162,8 +173,9 @@ def merge_crystal_results(
     CGCNN recomputed (each run against the CGCNN run of its own seed) and ``<stem>.{json,md,png}``
     of ``out`` rewritten, for every result stem the folders hold (``crystals`` for mp36k,
     ``crystals_castelli``). The featurization timing, data facts and environment are ``out``'s
-    (or the first source's); wall times are summed, a folder merged in before counted once, and
-    a folder still running (no wall time yet) makes the report say "in progress". All
+    (or the first source's); wall times are summed (a folder merged in before counted once, one
+    that recorded none named in the notes), and while a run some folder planned is missing from
+    every folder the report says "in progress or stopped". All
     folders must have the same shared settings (rows, epochs, batch size, learning rate,
     schedule, zero-shot sets, device) and the same row counts and label scaling; a run (model,
     seed) present twice must have the same test MAE unless ``replace``.

@@ -201,11 +201,13 @@ def train_plan(
     out: str,
     resume: bool,
     zero_shot: castelli.ZeroShotSet | None,
+    wall_time: Callable[[], float],
     progress: bool,
     echo: Callable[[str], None],
 ) -> None:
     """Train every (model, seed) of the plan in turn; the record is appended to
-    ``payload["runs"]`` and the outputs rewritten after each."""
+    ``payload["runs"]`` and the outputs rewritten after each, with the wall time so far
+    (``wall_time()``), so that a stopped process leaves its time up to its last finished run."""
     from tqdm.auto import tqdm
 
     dataset = payload["settings"]["dataset"]
@@ -220,6 +222,7 @@ def train_plan(
         payload["runs"].append(record)
         add_ratios(payload["runs"])
         echo(f"  {name:<18} seed {seed}: {run_summary(record)}")
+        payload["wall_time_s"] = wall_time()
         write_outputs(payload, out, stem(dataset))
     if os.path.isdir(work_dir) and not os.listdir(work_dir):
         os.rmdir(work_dir)
