@@ -147,6 +147,7 @@ SHARED_SETTINGS = (
     "batch_size",
     "learning_rate",
     *SCHEDULE_KEYS,
+    "chgnet_layers",
     "family",
     "n_zero_shot",
     "min_formation_energy",
@@ -236,6 +237,7 @@ def run_crystal_bench(
     warmup_epochs: float = DEFAULT_SCHEDULE["warmup_epochs"],
     grad_clip: float | None = DEFAULT_SCHEDULE["grad_clip"],
     early_stopping: int | None = DEFAULT_SCHEDULE["early_stopping"],
+    chgnet_layers: Sequence[int] | None = None,
     models: Sequence[str] | None = None,
     family: str | None = "sulfides",
     n_zero_shot: int | None = None,
@@ -360,6 +362,8 @@ def run_crystal_bench(
         "batch_size": batch_size,
         "learning_rate": learning_rate,
         **schedule,
+        # None: CHGNet's atom_fea (so tables made before the option share settings with new ones)
+        "chgnet_layers": list(chgnet_layers) if chgnet_layers else None,
         "models": models,
         "family": family,
         "n_zero_shot": n_zero_shot if mp36k else None,
@@ -418,6 +422,7 @@ def run_crystal_bench(
             n_jobs,
             progress,
             echo,
+            chgnet_layers=chgnet_layers,
         )
     else:
         data = castelli.prepare_castelli_data(
@@ -431,6 +436,7 @@ def run_crystal_bench(
             n_jobs=n_jobs,
             progress=progress,
             echo=echo,
+            chgnet_layers=chgnet_layers,
         )
     data.info["dataset"] = dataset
     payload["data"] = data.info

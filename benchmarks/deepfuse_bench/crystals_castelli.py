@@ -107,6 +107,7 @@ def prepare_castelli_data(
     n_jobs: int = 1,
     progress: bool = False,
     echo: Callable[[str], None] = print,
+    chgnet_layers: Sequence[int] | None = None,
 ) -> CrystalData:
     """Read the perovskites, split them (``castelli_split``, then the first ``sizes[part]`` rows
     of each part), featurize (or load the cached parts), normalize."""
@@ -128,7 +129,7 @@ def prepare_castelli_data(
         f"read {data.n_rows} perovskites in {read_s:.0f} s ({len(data.problems)} left out); "
         f"parts {report['n']}"
     )
-    featurizer = make_featurizer(models, cache_dir, n_jobs, progress)
+    featurizer = make_featurizer(models, cache_dir, n_jobs, progress, chgnet_layers)
     ids = np.asarray(data.ids, dtype=object)
     parts, featurized = featurize_parts(
         data.structures, ids, data.labels[:, 0], rows, featurizer, cache_dir, target

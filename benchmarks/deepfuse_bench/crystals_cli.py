@@ -5,8 +5,10 @@ Examples
 --------
 >>> from deepfuse_bench.cli import build_parser
 >>> args = build_parser().parse_args(["crystals", "--dataset", "castelli", "--seeds", "0,1,2"])
->>> args.dataset, args.seeds, args.lr_schedule, args.early_stopping
-('castelli', [0, 1, 2], 'cosine', 10)
+>>> args.dataset, args.seeds, args.lr_schedule, args.early_stopping, args.chgnet_layers
+('castelli', [0, 1, 2], 'cosine', 10, None)
+>>> build_parser().parse_args(["crystals", "--chgnet-layers", "3,4"]).chgnet_layers
+[3, 4]
 """
 
 from __future__ import annotations
@@ -37,6 +39,18 @@ def _clip(text: str) -> float | None:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0 (0 = off), got {value}")
     return value or None
+
+
+def _chgnet_layers(text: str) -> list[int] | None:
+    """CHGNet layers for the atom views; CHGNet's own ``atom_fea`` layer alone means the default
+    (None), so such a run shares its table with runs made before the option."""
+    from deepfuse_plugin.feat.chgnet import ATOM_FEA_LAYER, CHGNET_N_CONV, check_atom_layers
+
+    try:
+        layers = list(check_atom_layers([int(x) for x in _csv_list(text)], CHGNET_N_CONV))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return None if layers == [ATOM_FEA_LAYER] else layers
 
 
 def add_parser(sub: Any) -> None:
@@ -177,6 +191,14 @@ def _add_training_options(
         default=schedule["early_stopping"],
         help="stop after N validations without improvement; 0 = off (default: %(default)s)",
     )
+    parser.add_argument(
+        "--chgnet-layers",
+        type=_chgnet_layers,
+        default=None,
+        help="CHGNet layers whose atom states, side by side, make the chgnet_atoms and "
+        "chgnet_graph views: 0 the atom embedding, 1-4 after each atom convolution (default: 3, "
+        "CHGNet's atom_fea; e.g. 3,4)",
+    )
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -233,6 +255,7 @@ def run_from_args(args: argparse.Namespace, progress: bool, command: str) -> Non
         warmup_epochs=args.warmup_epochs,
         grad_clip=args.grad_clip,
         early_stopping=args.early_stopping,
+        chgnet_layers=args.chgnet_layers,
         models=args.models,
         family=None if args.family == "none" else args.family,
         n_zero_shot=args.n_zero_shot,

@@ -207,14 +207,25 @@ def select_rows(
 
 # -- features ------------------------------------------------------------------------------------
 def make_featurizer(
-    models: Sequence[str], cache_dir: str | bool, n_jobs: int = 1, progress: bool = False
+    models: Sequence[str],
+    cache_dir: str | bool,
+    n_jobs: int = 1,
+    progress: bool = False,
+    chgnet_layers: Sequence[int] | None = None,
 ) -> Any:
-    """One fast-describer featurizer with the union of the models' modalities."""
+    """One fast-describer featurizer with the union of the models' modalities; ``chgnet_layers``
+    (CHGNetProvider's ``atom_layers``) for every CHGNet atom view, CHGNet's ``atom_fea`` if None."""
     from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer
 
     names = list(dict.fromkeys(m for name in models for m in MODELS[name].modalities))
+    options = {"chgnet": {"atom_layers": list(chgnet_layers)}} if chgnet_layers else None
     return CrystalMultiModalFeaturizer(
-        names, describer="fast", cache_dir=cache_dir, n_jobs=n_jobs, progress=progress
+        names,
+        describer="fast",
+        cache_dir=cache_dir,
+        n_jobs=n_jobs,
+        progress=progress,
+        pretrained_options=options,
     )
 
 
@@ -350,6 +361,7 @@ def prepare_data(
     n_jobs: int = 1,
     progress: bool = False,
     echo: Callable[[str], None] = print,
+    chgnet_layers: Sequence[int] | None = None,
 ) -> CrystalData:
     """Read the file, choose the rows, featurize (or load the cached parts), normalize."""
     from deepfuse_plugin.data.loaders import family_mask, read_extxyz
@@ -368,7 +380,7 @@ def prepare_data(
         f"read {len(structures)} structures in {read_s:.0f} s; parts {report['n']}, "
         f"{len(report['outliers'])} outlier(s) dropped"
     )
-    featurizer = make_featurizer(models, cache_dir, n_jobs, progress)
+    featurizer = make_featurizer(models, cache_dir, n_jobs, progress, chgnet_layers)
     ids = info["material_id"].astype(str).to_numpy(dtype=object)
     energy = info[TARGET].astype(float).to_numpy()
     parts, featurized = featurize_parts(

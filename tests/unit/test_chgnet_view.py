@@ -136,8 +136,9 @@ def test_cache_codec_round_trips():
     assert _decode(_encode("no graph: Fe")) == "no graph: Fe"
 
 
-def test_a_failing_batch_costs_only_the_structure_responsible(monkeypatch):
-    provider = CHGNetProvider(batch_size=8)
+@pytest.mark.parametrize("layers", [(3,), (3, 4)])
+def test_a_failing_batch_costs_only_the_structure_responsible(monkeypatch, layers):
+    provider = CHGNetProvider(batch_size=8, atom_layers=layers)
     network = provider._load()
     original = network.predict_graph
 
@@ -150,6 +151,7 @@ def test_a_failing_batch_costs_only_the_structure_responsible(monkeypatch):
     first, perovskite, last = provider.embed([cscl(), srtio3(), magnesia()])
     assert isinstance(first, StructureEmbedding) and isinstance(last, StructureEmbedding)
     assert perovskite == "CHGNet failed on this structure (RuntimeError: out of memory)"
+    assert first.atoms.shape == (2, 64 * len(layers)) and last.atoms.shape == (2, 64 * len(layers))
 
 
 def test_a_failing_bond_graph_writes_nothing_into_the_working_folder(tmp_path, monkeypatch):
@@ -221,3 +223,38 @@ def test_without_the_chgnet_package_the_error_says_how_to_install(monkeypatch):
     monkeypatch.setattr(chgnet_view, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match="pip install"):
         chgnet_view._package_dir()
+
+
+def test_atom_layers_join_the_states_of_the_chosen_chgnet_layers():
+    """``atom_layers=(3, 4)``: CHGNet's atom_fea, then the last convolution's output (checked
+    against a hook on CHGNet's own network), in a spec of its own that rebuilds the same view."""
+    from chgnet.model import CHGNet
+
+    reference = CHGNet.load(model_name="0.3.0", use_device="cpu", verbose=False)
+    last = []
+    hook = reference.atom_conv_layers[3].register_forward_hook(lambda m, i, out: last.append(out))
+    expected = reference.predict_structure(srtio3(), task="e", return_atom_feas=True)
+    hook.remove()
+    featurizer = CrystalMultiModalFeaturizer(
+        ["chgnet_atoms", "chgnet_graph"],
+        progress=False,
+        cache_dir=False,
+        pretrained_options={"chgnet": {"atom_layers": [3, 4]}},
+    )
+    atoms_spec, graph_spec = featurizer.modalities
+    assert atoms_spec.dim == 128 and graph_spec.node_dim == 91 + 128
+    assert atoms_spec.params["provider_options"] == {"model": "0.3.0", "atom_layers": [3, 4]}
+    assert atoms_spec.params["provider_settings"]["atoms"] == "atom layers [3, 4]"
+    default_key = CrystalMultiModalFeaturizer(["chgnet_atoms"], progress=False, cache_dir=False)
+    assert atoms_spec.params["provider_key"] != default_key.modalities[0].params["provider_key"]
+    [sample] = featurizer.featurize([srtio3()])
+    atoms = sample.values["chgnet_atoms"].astype(np.float32)
+    assert atoms.shape == (5, 128)
+    np.testing.assert_allclose(atoms[:, :64], expected["atom_fea"], rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(atoms[:, 64:], last[0].detach().numpy(), rtol=2e-3, atol=2e-3)
+    np.testing.assert_array_equal(sample.values["chgnet_graph"].node_features[:, 91:], atoms)
+    rebuilt = CrystalMultiModalFeaturizer(featurizer.modalities, progress=False, cache_dir=False)
+    assert rebuilt.modalities == featurizer.modalities
+    for bad in ([], [5], [3, 3]):
+        with pytest.raises(ValueError, match="atom_layers must be distinct layers from 0"):
+            CHGNetProvider(atom_layers=bad)
