@@ -19,12 +19,11 @@ validation rows only (test labels are never read).
 
 from __future__ import annotations
 
-import argparse
 import warnings
 
 import numpy as np
 from castelli_chgnet_finetune import chgnet_graphs, load_split
-from castelli_chgnet_node_features import graphs, train
+from castelli_chgnet_node_features import graphs, train, training_parser
 
 #: Layer choices tried by default: today's view, the last layer, the last two, all convolutions,
 #: everything.
@@ -63,12 +62,7 @@ def layer_states(network, chgnet_graph_list, batch_size: int = 16) -> list[np.nd
 def main() -> None:
     import torch
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache-dir", default=None, help="featurizer cache (default: its own)")
+    parser = training_parser(__doc__.split("\n")[0])
     parser.add_argument("--layers", default=DEFAULT_LAYERS)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--convs", type=int, default=3)

@@ -135,15 +135,21 @@ def train(kind, width, n_conv, train_graphs, val_graphs, args) -> tuple[float, i
     return best[0], best[1], time.perf_counter() - start
 
 
-def main() -> None:
-    import torch
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def training_parser(description: str) -> argparse.ArgumentParser:
+    """The options of :func:`train` (and the data): shared with ``castelli_chgnet_layers.py``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=None, help="featurizer cache (default: its own)")
+    return parser
+
+
+def main() -> None:
+    import torch
+
+    parser = training_parser(__doc__.split("\n")[0])
     parser.add_argument("--inputs", default=",".join(NODE_INPUTS))
     parser.add_argument(
         "--shapes",
