@@ -106,9 +106,9 @@ class CHGNetProvider(StructureEmbeddingProvider):
     atom_layers: sequence of int
         The layers whose atom states make the atom view, side by side in this order: 0 the atom
         embedding, 1 to 4 the output of each atom convolution (both checkpoints have four).
-        Default ``(3,)``, CHGNet's ``atom_fea``. ``(3, 4)`` adds the last convolution: as
-        CGCNN's node inputs (``chgnet_graph``) on the Castelli perovskites it lowered validation
-        MAE by about 10% (``benchmarks/experiments/castelli_chgnet_layers.py``).
+        Default ``(3,)``, CHGNet's ``atom_fea``. All five, ``(0, 1, 2, 3, 4)`` (320-d per
+        site), as CGCNN's node inputs (``chgnet_graph``) on the Castelli perovskites lowered
+        validation MAE by 11% (``benchmarks/experiments/castelli_chgnet_layers.py``).
     """
 
     name = "chgnet"
