@@ -145,6 +145,7 @@ def train_command(args: argparse.Namespace, csv: str, modalities: list[str]) -> 
         ("--backbone", args.backbone),
         ("--describer", args.describer),
         ("--text-model", args.text_model),
+        ("--chgnet-layers", ",".join(map(str, args.chgnet_layers or [])) or None),
     )
     if args.pretrained:
         command += ["--pretrained", args.pretrained]

