@@ -98,11 +98,11 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 def chgnet_layers(text: str) -> list[int] | None:
     """``--chgnet-layers``: CHGNet layers for the atom views (``CHGNetProvider``'s
     ``atom_layers``); CHGNet's own ``atom_fea`` layer alone is the default (None)."""
-    from deepfuse_plugin.feat.chgnet import ATOM_FEA_LAYER, CHGNET_N_CONV, check_atom_layers
+    from deepfuse_plugin.feat.chgnet import ATOM_FEA_LAYER, check_atom_layers
 
     try:
         numbers = [int(x) for x in text.split(",") if x.strip()]
-        layers = list(check_atom_layers(numbers, CHGNET_N_CONV))
+        layers = list(check_atom_layers(numbers))
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return None if layers == [ATOM_FEA_LAYER] else layers

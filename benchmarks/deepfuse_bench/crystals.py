@@ -394,11 +394,10 @@ def run_crystal_bench(
     if resume and os.path.exists(json_path):
         resume_payload(payload, json_path)
     payload.setdefault("commands", []).append(payload["command"])
-    payload["planned"] = list(
-        dict.fromkeys([*payload.get("planned", []), *((m, s) for s in seeds for m in models)])
-    )
+    runs = [(m, s) for s in seeds for m in models]
+    payload["planned"] = list(dict.fromkeys([*payload.get("planned", []), *runs]))
     done = {(r["model"], r["seed"]) for r in payload["runs"]}
-    plan = [(m, s) for s in seeds for m in models if (m, s) not in done]
+    plan = [run for run in runs if run not in done]
     echo(
         f"deepfuse-bench crystals ({dataset}): {len(plan)} run(s) to do"
         + (f", {len(done)} already in {json_path}" if resume else "")

@@ -31,16 +31,20 @@ NODE_INPUTS = ("cgcnn", "cgcnn+chgnet", "chgnet")
 VIEWS = ("graph", "chgnet_atoms")
 
 
-def graphs(structures, labels, cache_dir: str | None):
+def graphs(structures, labels, cache_dir: str | None, chgnet_options: dict | None = None):
     """PyG graphs with both node inputs (``x`` CGCNN's, ``chgnet`` CHGNet's), for the structures
-    that have both views (the caller prints how many)."""
+    that have both views (the caller prints how many); ``chgnet_options``: the CHGNet provider's
+    (e.g. ``atom_layers``)."""
     import torch
     from torch_geometric.data import Data
 
     from deepfuse_plugin.feat.crystal import CrystalMultiModalFeaturizer
     from deepfuse_plugin.modalities import MultiModalSample
 
-    featurizer = CrystalMultiModalFeaturizer(VIEWS, cache_dir=cache_dir, progress=True)
+    options = {"chgnet": chgnet_options} if chgnet_options else None
+    featurizer = CrystalMultiModalFeaturizer(
+        VIEWS, cache_dir=cache_dir, progress=True, pretrained_options=options
+    )
     out = []
     for sample, y in zip(featurizer.featurize(structures), labels):
         if not isinstance(sample, MultiModalSample) or not all(sample.mask(VIEWS)):

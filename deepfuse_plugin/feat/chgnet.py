@@ -73,7 +73,7 @@ class CHGNetProvider(StructureEmbeddingProvider):
     """CHGNet's crystal vector and atom states (the ``chgnet`` crystal modalities).
 
     For each structure, from one forward pass of the pretrained model (``CHGNet.predict_graph``
-    with ``return_crystal_feas`` and ``return_atom_feas``):
+    with ``return_crystal_feas``, and forward hooks on the layers ``atom_layers`` names):
 
     - crystal vector ``(64,)``: CHGNet's ``crystal_fea``, the mean over atoms of the last
       convolution's layer-normalised atom features (what its energy read-out sees);
@@ -125,7 +125,7 @@ class CHGNetProvider(StructureEmbeddingProvider):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.batch_size, self.device = model, int(batch_size), str(device)
-        self.atom_layers = check_atom_layers(atom_layers, CHGNET_N_CONV)
+        self.atom_layers = check_atom_layers(atom_layers)
         self._network: Any = None
 
     # -- identity ------------------------------------------------------------------------------
@@ -223,7 +223,6 @@ class CHGNetProvider(StructureEmbeddingProvider):
         """Results of one batch; a failing batch is re-run one graph at a time."""
         import torch
 
-        states.clear()
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # CHGNet's tensor-from-tensor UserWarning
@@ -231,7 +230,6 @@ class CHGNetProvider(StructureEmbeddingProvider):
                     graphs,
                     task="e",
                     return_crystal_feas=True,
-                    return_atom_feas=True,
                     batch_size=len(graphs),
                 )
         except Exception as err:
@@ -240,15 +238,11 @@ class CHGNetProvider(StructureEmbeddingProvider):
             return [r for graph in graphs for r in self._predict(network, [graph], states)]
         if isinstance(predictions, dict):  # CHGNet returns a bare dict for a single graph
             predictions = [predictions]
-        atoms = states.split([len(p["atom_fea"]) for p in predictions])
+        atoms = states.split([len(graph.atomic_number) for graph in graphs])
         return [self._checked(p, a) for p, a in zip(predictions, atoms)]
 
-    def _checked(
-        self, prediction: dict[str, np.ndarray], layer_states: np.ndarray | None
-    ) -> StructureResult:
+    def _checked(self, prediction: dict[str, np.ndarray], atoms: np.ndarray) -> StructureResult:
         crystal = np.asarray(prediction["crystal_fea"], dtype=np.float32).reshape(-1)
-        chosen = prediction["atom_fea"] if layer_states is None else layer_states
-        atoms = np.asarray(chosen, dtype=np.float32)
         if not (np.isfinite(crystal).all() and np.isfinite(atoms).all()):
             return "CHGNet returned non-finite features for this structure"
         if not np.isfinite(atoms.astype(np.float16)).all():
@@ -260,8 +254,9 @@ class CHGNetProvider(StructureEmbeddingProvider):
 
 
 class _AtomStates:
-    """Forward hooks that keep the atom states of the chosen CHGNet layers during one batch
-    (none for the default, whose states CHGNet returns as ``atom_fea`` itself)."""
+    """Forward hooks that keep the atom states of the chosen CHGNet layers (0 the atom embedding,
+    then each atom convolution) from the last forward pass. Layer 3's output is the tensor CHGNet
+    returns as ``atom_fea``, so the default goes the same way as any other choice."""
 
     def __init__(self, network: Any, layers: tuple[int, ...]):
         self.network, self.layers = network, layers
@@ -269,10 +264,8 @@ class _AtomStates:
         self._hooks: list[Any] = []
 
     def __enter__(self) -> _AtomStates:
-        if self.layers != (ATOM_FEA_LAYER,):
-            modules = [self.network.atom_embedding, *self.network.atom_conv_layers]
-            for k in set(self.layers):
-                self._hooks.append(modules[k].register_forward_hook(self._keeper(k)))
+        modules = [self.network.atom_embedding, *self.network.atom_conv_layers]
+        self._hooks = [modules[k].register_forward_hook(self._keeper(k)) for k in self.layers]
         return self
 
     def _keeper(self, k: int) -> Any:
@@ -281,14 +274,8 @@ class _AtomStates:
 
         return keep
 
-    def clear(self) -> None:
-        self.captured.clear()
-
-    def split(self, sizes: list[int]) -> list[np.ndarray | None]:
-        """Per graph of the last batch, the chosen layers side by side (None each by default:
-        CHGNet's own ``atom_fea`` is the answer)."""
-        if not self._hooks:
-            return [None] * len(sizes)
+    def split(self, sizes: list[int]) -> list[np.ndarray]:
+        """Per graph of the last pass (``sizes``: its atom counts), the layers side by side."""
         import torch
 
         joined = torch.cat([self.captured[k] for k in self.layers], dim=-1)
@@ -300,7 +287,7 @@ class _AtomStates:
         self._hooks.clear()
 
 
-def check_atom_layers(layers: Sequence[int], n_conv: int) -> tuple[int, ...]:
+def check_atom_layers(layers: Sequence[int], n_conv: int = CHGNET_N_CONV) -> tuple[int, ...]:
     """``layers`` as a tuple, each one of 0 (the embedding) to ``n_conv``, none twice."""
     chosen = tuple(int(k) for k in layers)
     if not chosen or len(set(chosen)) != len(chosen) or not all(0 <= k <= n_conv for k in chosen):
